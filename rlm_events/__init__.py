@@ -1,0 +1,49 @@
+"""Guard, steer, meter and observe every stage of ``dspy.RLM``'s loop without forking DSPy.
+
+>>> import rlm_events
+>>> from rlm_events import Stage, signals
+"""
+
+from . import signals
+from .context import (
+    ExtractContext,
+    PostExecutionContext,
+    PostIterationContext,
+    PreExecutionContext,
+    PreIterationContext,
+    Run,
+    RunEndContext,
+    RunStartContext,
+    StageContext,
+    ToolCallContext,
+    snapshot,
+)
+from .errors import RLMEventsError, StageError, UnknownStageError, UnsupportedDSPyError
+from .instrumentation import Instrumentation, instrument, instrumentation_of, uninstrument
+from .stages import Stage
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ExtractContext",
+    "Instrumentation",
+    "PostExecutionContext",
+    "PostIterationContext",
+    "PreExecutionContext",
+    "PreIterationContext",
+    "RLMEventsError",
+    "Run",
+    "RunEndContext",
+    "RunStartContext",
+    "Stage",
+    "StageContext",
+    "StageError",
+    "ToolCallContext",
+    "UnknownStageError",
+    "UnsupportedDSPyError",
+    "instrument",
+    "instrumentation_of",
+    "signals",
+    "snapshot",
+    "uninstrument",
+]

@@ -1,0 +1,700 @@
+"""The only module that touches DSPy's private RLM API.
+
+rlm-events never copies DSPy's loop. It swaps the class of one ``dspy.RLM`` instance (and of its
+``generate_action`` predictor) for a cached subclass whose overrides wrap the smallest private seams and call the
+original method for the real work, so DSPy's own loop body keeps running:
+
+================================  ===========================================================================
+seam                              stages
+================================  ===========================================================================
+``forward`` / ``aforward``        ``run_start``, ``run_end`` (the call boundary; the interpreter is shut down
+                                  inside, before ``run_end``)
+``_execute_iteration`` (+async)   ``pre_iteration`` before, ``post_execution`` and ``post_iteration`` after
+``generate_action.forward``       ``pre_execution`` right after the LM wrote the code (async-capable)
+``_execute_code`` (or the REPL)   skips execution when ``pre_execution`` supplied a result
+``_process_execution_result``     deferred until ``post_execution`` folded code and result
+``_extract_fallback`` (+async)    ``extract``
+``_prepare_execution_tools``      ``tool_call`` around every tool the executed code can call
+================================  ===========================================================================
+
+Version differences live in :class:`_Seams`, detected once per RLM class from signatures, never from version
+numbers. A class whose loop lacks a needed piece raises :class:`~rlm_events.UnsupportedDSPyError` at
+``instrument()`` time.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import copy
+import copyreg
+import functools
+import inspect
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import dspy
+from dspy import Prediction
+from dspy.primitives.repl_types import REPLEntry, REPLHistory, REPLVariable
+
+from .context import (
+    ExtractContext,
+    PostExecutionContext,
+    PostIterationContext,
+    PreExecutionContext,
+    PreIterationContext,
+    Run,
+    RunEndContext,
+    RunStartContext,
+    StageContext,
+    ToolCallContext,
+)
+from .errors import StageError, UnsupportedDSPyError
+from .stages import Stage
+
+if TYPE_CHECKING:
+    from .instrumentation import Instrumentation
+    from .plan import Plan
+
+_ATTR = "_rlm_events"
+_BASE = "__rlm_events_base__"
+_NO_RESULT: Any = object()
+
+
+# -- version adapters -----------------------------------------------------------------------------------------
+
+
+class _Params:
+    """Positions of named parameters of one private method, to read and replace arguments of a call to it."""
+
+    __slots__ = ("method", "where")
+
+    def __init__(self, cls: type, method: str, names: tuple[str, ...]) -> None:
+        self.method = method
+        params = [p.name for p in inspect.signature(getattr(cls, method)).parameters.values()][1:]  # drop self
+        missing = [n for n in names if n not in params]
+        if missing:
+            raise _unsupported(cls, f"{method}() has no parameter {', '.join(missing)}")
+        self.where = {name: params.index(name) for name in names}
+
+    def get(self, args: list[Any], kwargs: dict[str, Any], name: str) -> Any:
+        i = self.where[name]
+        return args[i] if i < len(args) else kwargs[name]
+
+    def put(self, args: list[Any], kwargs: dict[str, Any], name: str, value: Any) -> None:
+        i = self.where[name]
+        if i < len(args):
+            args[i] = value
+        else:
+            kwargs[name] = value
+
+    def has(self, name: str) -> bool:
+        return name in self.where
+
+
+def _unsupported(cls: type, piece: str) -> UnsupportedDSPyError:
+    return UnsupportedDSPyError(
+        f"rlm-events cannot instrument {cls.__qualname__} on DSPy {dspy.__version__}: {piece}. "
+        "Supported: DSPy 3.1.2 to 3.4.x; please report this DSPy version."
+    )
+
+
+class _Seams:
+    """What one RLM class's loop looks like, detected from its methods' signatures."""
+
+    _REQUIRED = (
+        "forward",
+        "aforward",
+        "_execute_iteration",
+        "_aexecute_iteration",
+        "_process_execution_result",
+        "_extract_fallback",
+        "_aextract_fallback",
+        "_prepare_execution_tools",
+    )
+
+    def __init__(self, cls: Any) -> None:
+        for name in self._REQUIRED:
+            if not callable(getattr(cls, name, None)):
+                raise _unsupported(cls, f"RLM.{name}() is missing")
+        loop_args = ("repl", "variables", "history", "iteration", "input_args", "output_field_names")
+        self.iteration = _Params(cls, "_execute_iteration", loop_args)
+        self.aiteration = _Params(cls, "_aexecute_iteration", loop_args)
+        names = [p for p in inspect.signature(cls._process_execution_result).parameters][1:]
+        # 3.2+ pass the stripped code explicitly; 3.1 records pred.code.
+        self.result = _Params(
+            cls, "_process_execution_result", ("pred", "result", "history", *(("code",) if "code" in names else ()))
+        )
+        self.extract = _Params(cls, "_extract_fallback", ("variables", "history", "output_field_names"))
+        self.aextract = _Params(cls, "_aextract_fallback", ("variables", "history", "output_field_names"))
+        # 3.2+ route execution through _execute_code; 3.1 calls repl.execute inline, so we wrap the REPL.
+        self.has_execute_code = callable(getattr(cls, "_execute_code", None))
+        forward = inspect.signature(cls.forward).parameters.values()
+        self.call_options = frozenset(p.name for p in forward if p.kind is not p.VAR_KEYWORD and p.name != "self")
+        for method in ("_execute_iteration", "_aexecute_iteration"):
+            _require_direct_return(cls, method)
+        from dspy.predict import rlm as rlm_module
+
+        strip = getattr(rlm_module, "_strip_code_fences", None)
+        self.strip: Callable[[str], str] = strip if callable(strip) else str.strip
+
+
+def _require_direct_return(cls: type, method: str) -> None:
+    """post_execution defers ``_process_execution_result``; that needs the loop body to return its value as is."""
+    try:
+        source = inspect.getsource(getattr(cls, method))
+    except (OSError, TypeError):  # no source shipped: trust the signature checks
+        return
+    calls = [line.strip() for line in source.splitlines() if "self._process_execution_result(" in line]
+    if not calls or any(not line.startswith("return ") for line in calls):
+        raise _unsupported(cls, f"{method}() does not return _process_execution_result(...) directly")
+
+
+# -- per-call state -------------------------------------------------------------------------------------------
+
+_CURRENT: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("rlm_events_call", default=None)
+
+
+class _Deferred:
+    """Returned by the patched ``_process_execution_result`` so post_execution can fold before DSPy's processing."""
+
+    __slots__ = ("args", "kwargs")
+
+    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.args, self.kwargs = list(args), kwargs
+
+
+class _Frame:
+    """One iteration of one call."""
+
+    __slots__ = ("action", "code", "history", "index", "output_field_names", "result", "skip", "variables")
+
+    def __init__(self, index: int, history: REPLHistory, variables: list[REPLVariable], names: list[str]) -> None:
+        self.index, self.history, self.variables, self.output_field_names = index, history, variables, names
+        self.action: Prediction | None = None
+        self.skip: Any = _NO_RESULT
+        self.code = ""
+        self.result: Any = None
+
+
+class _Call:
+    """One call of an instrumented RLM: its plan (fixed at start), run, counters and current iteration."""
+
+    __slots__ = ("forced_extract", "frame", "input_args", "iterations", "module", "plan", "run", "seams", "t0")
+
+    def __init__(self, module: dspy.RLM, seams: _Seams, plan: Plan, input_args: dict[str, Any]) -> None:
+        self.module, self.seams, self.plan, self.input_args = module, seams, plan, input_args
+        self.run = Run.model_construct(
+            id=uuid.uuid4().hex, module=module, started_at=datetime.now(timezone.utc), state={}
+        )
+        self.iterations = 0
+        self.forced_extract = False
+        self.frame: _Frame | None = None
+        self.t0 = time.perf_counter()
+
+    @staticmethod
+    def begin(module: dspy.RLM, seams: _Seams, kwargs: dict[str, Any]) -> _Call | None:
+        events: Instrumentation | None = module.__dict__.get(_ATTR)
+        if events is None:
+            return None
+        plan = events.plan
+        if plan.idle:
+            return None
+        _swap_predictor(module)
+        return _Call(module, seams, plan, {k: v for k, v in kwargs.items() if k not in seams.call_options})
+
+    def ctx(self, cls: type[StageContext], iteration: int | None = None, **fields: Any) -> Any:
+        return cls.model_construct(
+            stage=cls.STAGE, iteration=iteration, input_args=self.input_args, run=self.run, **fields
+        )
+
+    # run_start / run_end
+
+    def start_ctx(self) -> RunStartContext | None:
+        return self.ctx(RunStartContext) if self.plan.wants(Stage.RUN_START) else None
+
+    def apply_start(self, ctx: RunStartContext | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if ctx is None:
+            return kwargs
+        self.input_args = ctx.input_args
+        return {**{k: v for k, v in kwargs.items() if k in self.seams.call_options}, **ctx.input_args}
+
+    def end_ctx(self, prediction: Prediction | None, error: BaseException | None) -> RunEndContext:
+        return self.ctx(
+            RunEndContext,
+            prediction=prediction,
+            error=error,
+            iterations=self.iterations,
+            forced_extract=self.forced_extract,
+            duration_s=time.perf_counter() - self.t0,
+        )
+
+    # pre_iteration
+
+    def enter(self, params: _Params, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[_Frame, list[Any]]:
+        a = list(args)
+        frame = _Frame(
+            params.get(a, kwargs, "iteration"),
+            params.get(a, kwargs, "history"),
+            params.get(a, kwargs, "variables"),
+            params.get(a, kwargs, "output_field_names"),
+        )
+        self.iterations += 1
+        self.frame = frame
+        if not self.seams.has_execute_code:
+            params.put(a, kwargs, "repl", _SkippableREPL(params.get(a, kwargs, "repl"), frame))
+        return frame, a
+
+    def pre_iteration_ctx(self, frame: _Frame) -> PreIterationContext | None:
+        if not self.plan.wants(Stage.PRE_ITERATION):
+            return None
+        return self.ctx(
+            PreIterationContext,
+            frame.index,
+            history=frame.history,
+            variables=list(frame.variables),
+            extra_vars={},
+            python_code=None,
+        )
+
+    def apply_pre_iteration(
+        self, ctx: PreIterationContext | None, frame: _Frame, params: _Params, args: list[Any], kwargs: dict[str, Any]
+    ) -> None:
+        if ctx is None:
+            return
+        if ctx.python_code:
+            repl = params.get(args, kwargs, "repl")
+            result = repl.execute(ctx.python_code, variables={})
+            if isinstance(result, str) and result.startswith("[Error]"):
+                raise StageError(f"pre_iteration: python_code failed in the REPL: {result}")
+        frame.history, frame.variables = ctx.history, list(ctx.variables)
+        if ctx.extra_vars:
+            shown = {v.name for v in frame.variables}
+            frame.variables += [REPLVariable.from_value(k, v) for k, v in ctx.extra_vars.items() if k not in shown]
+            params.put(args, kwargs, "input_args", {**params.get(args, kwargs, "input_args"), **ctx.extra_vars})
+        params.put(args, kwargs, "history", frame.history)
+        params.put(args, kwargs, "variables", frame.variables)
+
+    # pre_execution (called from the generate_action seam)
+
+    def pre_execution_ctx(self, frame: _Frame, action: Prediction) -> PreExecutionContext | None:
+        frame.action = action
+        if not self.plan.wants(Stage.PRE_EXECUTION):
+            return None
+        raw = action.code if isinstance(action.code, str) else str(action.code)
+        try:
+            code = self.seams.strip(raw)
+        except SyntaxError:  # DSPy will report the bad fence; middleware still see (and may fix) the raw text
+            code = raw
+        frame.code = code
+        return self.ctx(
+            PreExecutionContext,
+            frame.index,
+            code=code,
+            reasoning=str(action.get("reasoning", "")),
+            history=frame.history,
+            result=None,
+        )
+
+    @staticmethod
+    def apply_pre_execution(ctx: PreExecutionContext | None, frame: _Frame, action: Prediction) -> None:
+        if ctx is None:
+            return
+        if ctx.code != frame.code:
+            action.code = ctx.code
+        if ctx.result is not None:
+            frame.skip = ctx.result
+
+    # post_execution
+
+    def post_execution_ctx(self, frame: _Frame, deferred: _Deferred) -> PostExecutionContext:
+        p, a, kw = self.seams.result, deferred.args, deferred.kwargs
+        code = p.get(a, kw, "code") if p.has("code") else p.get(a, kw, "pred").code
+        return self.ctx(
+            PostExecutionContext, frame.index, code=code, result=p.get(a, kw, "result"), history=p.get(a, kw, "history")
+        )
+
+    def finish_execution(self, ctx: PostExecutionContext, frame: _Frame, deferred: _Deferred) -> Any:
+        p, a, kw = self.seams.result, deferred.args, deferred.kwargs
+        p.put(a, kw, "result", ctx.result)
+        if p.has("code"):
+            p.put(a, kw, "code", ctx.code)
+        else:
+            p.get(a, kw, "pred").code = ctx.code
+        frame.code, frame.result = ctx.code, ctx.result
+        return type(self.module).__dict__[_BASE]._process_execution_result(self.module, *a, **kw)
+
+    # post_iteration
+
+    def post_iteration_ctx(self, frame: _Frame, outcome: Prediction | REPLHistory) -> PostIterationContext | None:
+        if not self.plan.wants(Stage.POST_ITERATION):
+            return None
+        if isinstance(outcome, Prediction):
+            entries = [REPLEntry.model_validate(e) for e in outcome.get("trajectory", [])]
+            history = frame.history.model_copy(update={"entries": entries})
+            prediction: Prediction | None = outcome
+        else:
+            history, prediction = outcome, None
+        return self.ctx(
+            PostIterationContext,
+            frame.index,
+            history=history,
+            prediction=prediction,
+            stop=False,
+            action=frame.action,
+            code=frame.code,
+            result=frame.result,
+        )
+
+    @staticmethod
+    def after_iteration(ctx: PostIterationContext | None, outcome: Any) -> tuple[Any, bool]:
+        """What the iteration returns to the loop, and whether the extract fallback must produce it instead."""
+        if ctx is None:
+            return outcome, False
+        if ctx.prediction is not None:
+            return ctx.prediction, False
+        return ctx.history, ctx.stop
+
+    # tools
+
+    def wrap_tool(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        plan, module = self.plan, self.module
+
+        def new_ctx(args: tuple[Any, ...], kwargs: dict[str, Any]) -> ToolCallContext:
+            index = self.frame.index if self.frame is not None else None
+            return self.ctx(ToolCallContext, index, name=name, args=args, kwargs=kwargs, result=None)
+
+        if inspect.iscoroutinefunction(fn):
+
+            async def aterminal(c: ToolCallContext) -> ToolCallContext:
+                c.result = await fn(*c.args, **c.kwargs)
+                return c
+
+            @functools.wraps(fn)
+            async def atool(*args: Any, **kwargs: Any) -> Any:
+                return (await plan.afire(new_ctx(args, kwargs), module, aterminal)).result
+
+            return atool
+
+        def terminal(c: ToolCallContext) -> ToolCallContext:
+            c.result = fn(*c.args, **c.kwargs)
+            return c
+
+        @functools.wraps(fn)
+        def tool(*args: Any, **kwargs: Any) -> Any:
+            return plan.fire(new_ctx(args, kwargs), module, terminal).result
+
+        return tool
+
+
+class _SkippableREPL:
+    """DSPy 3.1 runs ``repl.execute`` inline; this stand-in lets pre_execution skip it. Everything else passes."""
+
+    def __init__(self, repl: Any, frame: _Frame) -> None:
+        object.__setattr__(self, "_repl", repl)
+        object.__setattr__(self, "_frame", frame)
+
+    def execute(self, code: str, variables: dict[str, Any] | None = None) -> Any:
+        skip = self._frame.skip
+        return self._repl.execute(code, variables=variables) if skip is _NO_RESULT else skip
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._repl, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._repl, name, value)
+
+
+def _current(module: Any) -> _Call | None:
+    call = _CURRENT.get()
+    return call if call is not None and call.module is module else None
+
+
+# -- the instrumented classes ---------------------------------------------------------------------------------
+
+
+def _base_of(cls: Any) -> Any:
+    return cls.__dict__.get(_BASE, cls)
+
+
+def _reduce_to_base(self: Any, protocol: int) -> tuple[Any, ...]:
+    """Pickle (and copy.copy) as the plain DSPy class: instrumentation holds live callables and is not state."""
+    state = self.__getstate__()
+    if isinstance(state, dict):
+        state = {k: v for k, v in state.items() if k != _ATTR}
+    return copyreg.__newobj__, (_base_of(type(self)),), state  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _instrumented_rlm_class(cls: Any) -> Any:
+    seams = _Seams(cls)
+
+    def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
+        call = _Call.begin(self, seams, kwargs)
+        if call is None:
+            return cls.forward(self, *args, **kwargs)
+        prediction, error = None, None
+        token = _CURRENT.set(call)
+        try:
+            start = call.start_ctx()
+            kwargs = call.apply_start(start and call.plan.fire(start, self), kwargs)
+            prediction = cls.forward(self, *args, **kwargs)
+        except BaseException as exc:
+            error = exc
+        finally:
+            _CURRENT.reset(token)
+        end = call.plan.fire(call.end_ctx(prediction, error), self)
+        if end.error is not None:
+            raise end.error
+        return end.prediction
+
+    async def aforward(self: Any, *args: Any, **kwargs: Any) -> Any:
+        call = _Call.begin(self, seams, kwargs)
+        if call is None:
+            return await cls.aforward(self, *args, **kwargs)
+        prediction, error = None, None
+        token = _CURRENT.set(call)
+        try:
+            start = call.start_ctx()
+            kwargs = call.apply_start(start and await call.plan.afire(start, self), kwargs)
+            prediction = await cls.aforward(self, *args, **kwargs)
+        except BaseException as exc:
+            error = exc
+        finally:
+            _CURRENT.reset(token)
+        end = await call.plan.afire(call.end_ctx(prediction, error), self)
+        if end.error is not None:
+            raise end.error
+        return end.prediction
+
+    def _execute_iteration(self: Any, *args: Any, **kwargs: Any) -> Any:
+        call = _current(self)
+        if call is None:
+            return cls._execute_iteration(self, *args, **kwargs)
+        frame, a = call.enter(seams.iteration, args, kwargs)
+        try:
+            ctx = call.pre_iteration_ctx(frame)
+            call.apply_pre_iteration(ctx and call.plan.fire(ctx, self), frame, seams.iteration, a, kwargs)
+            outcome = cls._execute_iteration(self, *a, **kwargs)
+            if isinstance(outcome, _Deferred):
+                post = call.plan.fire(call.post_execution_ctx(frame, outcome), self)
+                outcome = call.finish_execution(post, frame, outcome)
+            end = call.post_iteration_ctx(frame, outcome)
+            outcome, stop = call.after_iteration(end and call.plan.fire(end, self), outcome)
+        finally:
+            call.frame = None
+        if stop:
+            return self._extract_fallback(frame.variables, outcome, frame.output_field_names)
+        return outcome
+
+    async def _aexecute_iteration(self: Any, *args: Any, **kwargs: Any) -> Any:
+        call = _current(self)
+        if call is None:
+            return await cls._aexecute_iteration(self, *args, **kwargs)
+        frame, a = call.enter(seams.aiteration, args, kwargs)
+        try:
+            ctx = call.pre_iteration_ctx(frame)
+            call.apply_pre_iteration(ctx and await call.plan.afire(ctx, self), frame, seams.aiteration, a, kwargs)
+            outcome = await cls._aexecute_iteration(self, *a, **kwargs)
+            if isinstance(outcome, _Deferred):
+                post = await call.plan.afire(call.post_execution_ctx(frame, outcome), self)
+                outcome = call.finish_execution(post, frame, outcome)
+            end = call.post_iteration_ctx(frame, outcome)
+            outcome, stop = call.after_iteration(end and await call.plan.afire(end, self), outcome)
+        finally:
+            call.frame = None
+        if stop:
+            return await self._aextract_fallback(frame.variables, outcome, frame.output_field_names)
+        return outcome
+
+    def _process_execution_result(self: Any, *args: Any, **kwargs: Any) -> Any:
+        call = _current(self)
+        if (
+            call is None
+            or call.frame is None
+            or not (call.plan.wants(Stage.POST_EXECUTION) or call.plan.wants(Stage.POST_ITERATION))
+        ):
+            return cls._process_execution_result(self, *args, **kwargs)
+        return _Deferred(args, kwargs)
+
+    def _execute_code(self: Any, *args: Any, **kwargs: Any) -> Any:
+        call = _current(self)
+        if call is not None and call.frame is not None and call.frame.skip is not _NO_RESULT:
+            return call.frame.skip
+        return cls._execute_code(self, *args, **kwargs)
+
+    def _extract_fallback(self: Any, *args: Any, **kwargs: Any) -> Any:
+        call = _current(self)
+        if call is None:
+            return cls._extract_fallback(self, *args, **kwargs)
+        call.forced_extract = True
+        if not call.plan.wants(Stage.EXTRACT):
+            return cls._extract_fallback(self, *args, **kwargs)
+        p, a = seams.extract, list(args)
+
+        def terminal(c: ExtractContext) -> ExtractContext:
+            if c.prediction is None:
+                p.put(a, kwargs, "history", c.history)
+                p.put(a, kwargs, "variables", c.variables)
+                c.prediction = cls._extract_fallback(self, *a, **kwargs)
+            return c
+
+        ctx = call.ctx(ExtractContext, history=p.get(a, kwargs, "history"), variables=p.get(a, kwargs, "variables"))
+        return _extracted(call.plan.fire(ctx, self, terminal))
+
+    async def _aextract_fallback(self: Any, *args: Any, **kwargs: Any) -> Any:
+        call = _current(self)
+        if call is None:
+            return await cls._aextract_fallback(self, *args, **kwargs)
+        call.forced_extract = True
+        if not call.plan.wants(Stage.EXTRACT):
+            return await cls._aextract_fallback(self, *args, **kwargs)
+        p, a = seams.aextract, list(args)
+
+        async def terminal(c: ExtractContext) -> ExtractContext:
+            if c.prediction is None:
+                p.put(a, kwargs, "history", c.history)
+                p.put(a, kwargs, "variables", c.variables)
+                c.prediction = await cls._aextract_fallback(self, *a, **kwargs)
+            return c
+
+        ctx = call.ctx(ExtractContext, history=p.get(a, kwargs, "history"), variables=p.get(a, kwargs, "variables"))
+        return _extracted(await call.plan.afire(ctx, self, terminal))
+
+    def _prepare_execution_tools(self: Any, *args: Any, **kwargs: Any) -> Any:
+        tools = cls._prepare_execution_tools(self, *args, **kwargs)
+        call = _current(self)
+        if call is None or not call.plan.wants(Stage.TOOL_CALL):
+            return tools
+        return {name: call.wrap_tool(name, fn) for name, fn in tools.items()}
+
+    def __deepcopy__(self: Any, memo: dict[int, Any]) -> Any:
+        """A deep copy carries its own instrumentation: same middleware and taps, its own registrations, runs and
+        signal sender; nothing it does reaches the original's receivers or ``run.state``."""
+        base: Any = _base_of(type(self))
+        new = base.__new__(base)
+        memo[id(self)] = new
+        state = {k: copy.deepcopy(v, memo) for k, v in self.__getstate__().items() if k != _ATTR}
+        new.__setstate__(state)
+        events = self.__dict__.get(_ATTR)
+        if events is not None:
+            clone = memo.get(id(events))
+            if clone is None:
+                clone = memo[id(events)] = events._clone()
+            attach(new, clone)
+        return new
+
+    namespace: dict[str, Any] = {
+        "forward": forward,
+        "aforward": aforward,
+        "_execute_iteration": _execute_iteration,
+        "_aexecute_iteration": _aexecute_iteration,
+        "_process_execution_result": _process_execution_result,
+        "_extract_fallback": _extract_fallback,
+        "_aextract_fallback": _aextract_fallback,
+        "_prepare_execution_tools": _prepare_execution_tools,
+        "__deepcopy__": __deepcopy__,
+        "__reduce_ex__": _reduce_to_base,
+    }
+    if seams.has_execute_code:
+        namespace["_execute_code"] = _execute_code
+    for name, fn in namespace.items():
+        original = getattr(cls, name, None)
+        if original is not None and name not in ("__deepcopy__", "__reduce_ex__"):
+            functools.update_wrapper(fn, original)
+    namespace.update({_BASE: cls, "__module__": cls.__module__, "__qualname__": cls.__qualname__})
+    return type(cls)(cls.__name__, (cls,), namespace)
+
+
+def _extracted(ctx: ExtractContext) -> Prediction:
+    if ctx.prediction is None:
+        raise StageError("extract: the middleware chain returned without a prediction (call next(ctx) or set one)")
+    return ctx.prediction
+
+
+@functools.cache
+def _instrumented_predictor_class(cls: Any) -> Any:
+    """``generate_action``'s class with the pre_execution seam: fires right after the LM wrote the code."""
+
+    def owning_frame(predictor: Any) -> tuple[_Call, _Frame] | None:
+        call = _CURRENT.get()
+        if call is None or call.frame is None or call.frame.action is not None:
+            return None
+        return (call, call.frame) if call.module.__dict__.get("generate_action") is predictor else None
+
+    def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
+        action = cls.forward(self, *args, **kwargs)
+        owner = owning_frame(self)
+        if owner is not None:
+            call, frame = owner
+            ctx = call.pre_execution_ctx(frame, action)
+            call.apply_pre_execution(ctx and call.plan.fire(ctx, call.module), frame, action)
+        return action
+
+    async def aforward(self: Any, *args: Any, **kwargs: Any) -> Any:
+        action = await cls.aforward(self, *args, **kwargs)
+        owner = owning_frame(self)
+        if owner is not None:
+            call, frame = owner
+            ctx = call.pre_execution_ctx(frame, action)
+            call.apply_pre_execution(ctx and await call.plan.afire(ctx, call.module), frame, action)
+        return action
+
+    functools.update_wrapper(forward, cls.forward)
+    functools.update_wrapper(aforward, cls.aforward)
+    namespace = {
+        "forward": forward,
+        "aforward": aforward,
+        "__reduce_ex__": _reduce_to_base,
+        _BASE: cls,
+        "__module__": cls.__module__,
+        "__qualname__": cls.__qualname__,
+    }
+    return type(cls)(cls.__name__, (cls,), namespace)
+
+
+def _swap_predictor(module: Any) -> None:
+    predictor = module.__dict__.get("generate_action")
+    if predictor is None or _BASE in type(predictor).__dict__:
+        return
+    if not all(callable(getattr(type(predictor), name, None)) for name in ("forward", "aforward")):
+        raise _unsupported(type(module), f"generate_action ({type(predictor).__name__}) has no forward/aforward")
+    cls: Any = type(predictor)
+    predictor.__class__ = _instrumented_predictor_class(cls)
+
+
+def _unswap_predictor(module: Any) -> None:
+    predictor = module.__dict__.get("generate_action")
+    if predictor is not None and _BASE in type(predictor).__dict__:
+        predictor.__class__ = _base_of(type(predictor))
+
+
+# -- attach / detach ------------------------------------------------------------------------------------------
+
+
+def instrumentation_of(rlm: Any) -> Instrumentation | None:
+    return rlm.__dict__.get(_ATTR)
+
+
+def attach(rlm: Any, events: Instrumentation) -> None:
+    """Instrument ``rlm`` with ``events`` (``rlm`` must not be instrumented yet)."""
+    original: Any = type(rlm)
+    cls = _instrumented_rlm_class(original)
+    if "generate_action" not in rlm.__dict__:
+        raise _unsupported(type(rlm), "the instance has no generate_action predictor")
+    _swap_predictor(rlm)
+    rlm.__dict__[_ATTR] = events
+    rlm.__class__ = cls
+    events._attach(rlm)
+
+
+def detach(rlm: Any) -> None:
+    """Exactly undo :func:`attach`; a no-op on an RLM that is not instrumented."""
+    events = rlm.__dict__.pop(_ATTR, None)
+    if _BASE in type(rlm).__dict__:
+        rlm.__class__ = _base_of(type(rlm))
+    _unswap_predictor(rlm)
+    if events is not None:
+        events._detach(rlm)

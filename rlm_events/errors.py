@@ -1,0 +1,19 @@
+"""Errors raised by rlm-events. All derive from :class:`RLMEventsError`."""
+
+from __future__ import annotations
+
+
+class RLMEventsError(Exception):
+    """Base class for every error rlm-events raises on its own account."""
+
+
+class UnknownStageError(RLMEventsError, ValueError):
+    """A stage name that is not one of :class:`rlm_events.Stage`; the message suggests the closest one."""
+
+
+class UnsupportedDSPyError(RLMEventsError, RuntimeError):
+    """The installed DSPy's RLM loop lacks a piece rlm-events hooks into; the message names version and piece."""
+
+
+class StageError(RLMEventsError, RuntimeError):
+    """A stage's folded context asked for something the loop cannot do (for example, injected code that fails)."""

@@ -1,0 +1,190 @@
+"""The user-facing handle: register middleware and taps; ``instrument()`` / ``uninstrument()``."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from dspy import RLM, Module
+
+from . import _patch
+from .plan import Plan, Tap
+from .signals import BY_STAGE
+from .stages import Stage
+
+F = TypeVar("F", bound=Callable[..., Any])
+StageLike = Stage | str
+
+
+class Instrumentation:
+    """The registrations shared by every ``dspy.RLM`` that :func:`instrument` patched for one target.
+
+    Thread-safe: registrations replace an immutable :class:`~rlm_events.plan.Plan` under a lock (copy-on-write),
+    so a running call keeps the plan it started with and is never affected by changes made meanwhile.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._plan = Plan()
+        self._modules: weakref.WeakValueDictionary[int, RLM] = weakref.WeakValueDictionary()
+
+    @property
+    def plan(self) -> Plan:
+        """The current registrations (immutable)."""
+        return self._plan
+
+    @property
+    def modules(self) -> tuple[RLM, ...]:
+        """The ``dspy.RLM`` instances this instrumentation is attached to."""
+        return tuple(self._modules.values())
+
+    def use(self, stage: StageLike, mw: F) -> F:
+        """Append ``mw(ctx, next)`` to ``stage``'s chain (innermost so far); return ``mw``.
+
+        Raises :class:`~rlm_events.UnknownStageError` for an unknown stage and ``TypeError`` for something that is
+        not callable as ``(ctx, next)``, now rather than mid-run.
+        """
+        resolved = Stage.parse(stage)
+        with self._lock:
+            try:
+                chain = self._plan.chains[resolved].append(mw)
+            except TypeError as exc:
+                raise TypeError(f"cannot use {mw!r} at stage {resolved.value!r}: {exc}") from None
+            self._plan = Plan({**self._plan.chains, resolved: chain}, self._plan.all_taps)
+        return mw
+
+    def middleware(self, *stages: StageLike) -> Callable[[F], F]:
+        """Decorator form of :meth:`use` for one or more stages: ``@events.middleware(Stage.PRE_EXECUTION)``."""
+        if not stages:
+            raise TypeError("middleware() needs at least one stage, e.g. @events.middleware(Stage.PRE_EXECUTION)")
+        resolved = [Stage.parse(s) for s in stages]
+
+        def register(mw: F) -> F:
+            for stage in resolved:
+                self.use(stage, mw)
+            return mw
+
+        return register
+
+    def remove(self, mw: Callable[..., Any], stage: StageLike | None = None) -> None:
+        """Remove every registration of ``mw`` (on ``stage`` only, if given). Unknown middleware are ignored."""
+        stages = list(Stage) if stage is None else [Stage.parse(stage)]
+        with self._lock:
+            chains = dict(self._plan.chains)
+            for s in stages:
+                chains[s] = chains[s].remove(mw)
+            self._plan = Plan(chains, self._plan.all_taps)
+
+    def tap(self, fn: F, stages: Iterable[StageLike] | None = None) -> F:
+        """Observe ``stages`` (all if ``None``) with ``fn(snapshot)``; return ``fn``.
+
+        ``fn`` gets a read-only snapshot after middleware and receivers ran. Whatever it raises is logged and
+        never reaches the run. ``async def`` taps are awaited in ``aforward`` and run on a private loop otherwise.
+        """
+        if not callable(fn):
+            raise TypeError(f"tap must be callable, got {type(fn).__name__}")
+        try:
+            inspect.signature(fn).bind(None)
+        except TypeError:
+            raise TypeError(f"tap {fn!r} must accept exactly one argument (the context snapshot)") from None
+        except ValueError:  # not introspectable
+            pass
+        resolved = list(Stage) if stages is None else [Stage.parse(s) for s in stages]
+        with self._lock:
+            self._plan = Plan(self._plan.chains, (*self._plan.all_taps, Tap(fn, resolved)))
+        return fn
+
+    def untap(self, fn: Callable[..., Any]) -> None:
+        """Remove every tap registered with ``fn``."""
+        with self._lock:
+            self._plan = Plan(self._plan.chains, tuple(t for t in self._plan.all_taps if t.fn is not fn))
+
+    def connect(self, stage: StageLike, receiver: F, *, weak: bool = True) -> F:
+        """Connect ``receiver`` to ``stage``'s signal for every RLM of this instrumentation; return it."""
+        signal = BY_STAGE[Stage.parse(stage)]
+        for module in self.modules:
+            signal.connect(receiver, sender=module, weak=weak)
+        return receiver
+
+    def clear(self) -> None:
+        """Remove all middleware and taps (signal receivers are blinker's and stay connected)."""
+        with self._lock:
+            self._plan = Plan()
+
+    def __repr__(self) -> str:
+        chains = {s.value: len(c) for s, c in self._plan.chains.items() if c}
+        return f"<Instrumentation modules={len(self._modules)} middleware={chains} taps={len(self._plan.all_taps)}>"
+
+    # -- used by the patch -------------------------------------------------------------------------------------
+
+    def _attach(self, rlm: RLM) -> None:
+        self._modules[id(rlm)] = rlm
+
+    def _detach(self, rlm: RLM) -> None:
+        self._modules.pop(id(rlm), None)
+
+    def _clone(self) -> Instrumentation:
+        """A new instrumentation with the same registrations and no modules (for copies of a module)."""
+        clone = Instrumentation()
+        clone._plan = self._plan
+        return clone
+
+
+def _rlms_in(target: Any) -> list[RLM]:
+    if isinstance(target, RLM):
+        return [target]
+    if not isinstance(target, Module):
+        raise TypeError(
+            f"instrument() expects a dspy.RLM or a dspy.Module that contains one; got {type(target).__name__}"
+        )
+    found = {id(m): m for _, m in target.named_sub_modules() if isinstance(m, RLM)}
+    if not found:
+        raise TypeError(f"instrument(): {type(target).__name__} contains no dspy.RLM to instrument")
+    return list(found.values())
+
+
+def instrument(target: Module) -> Instrumentation:
+    """Patch ``target`` (a ``dspy.RLM``, or every ``dspy.RLM`` inside a composite module) and return its handle.
+
+    Only these instances change; other RLMs are untouched. Idempotent: a second call returns the same
+    :class:`Instrumentation`. Raises ``TypeError`` for a target without RLM, ``ValueError`` when the RLMs inside a
+    composite are already instrumented separately, and :class:`~rlm_events.UnsupportedDSPyError` when the
+    installed DSPy's RLM loop lacks a piece rlm-events needs.
+    """
+    rlms = _rlms_in(target)
+    existing = {id(i): i for i in (_patch.instrumentation_of(r) for r in rlms) if i is not None}
+    if len(existing) == 1 and all(_patch.instrumentation_of(r) is not None for r in rlms):
+        return next(iter(existing.values()))
+    if existing:
+        raise ValueError(
+            "instrument(): some RLMs inside this module are already instrumented separately; "
+            "uninstrument() them first or instrument each RLM on its own"
+        )
+    events = Instrumentation()
+    attached: list[RLM] = []
+    try:
+        for rlm in rlms:
+            _patch.attach(rlm, events)
+            attached.append(rlm)
+    except BaseException:
+        for rlm in attached:
+            _patch.detach(rlm)
+        raise
+    return events
+
+
+def uninstrument(target: Module) -> None:
+    """Exactly undo :func:`instrument` on ``target`` (idempotent; a never-instrumented target is left alone)."""
+    for rlm in _rlms_in(target):
+        _patch.detach(rlm)
+
+
+def instrumentation_of(target: RLM) -> Instrumentation | None:
+    """The :class:`Instrumentation` attached to ``target``, or ``None``."""
+    return _patch.instrumentation_of(target)
+
+
+__all__ = ["Instrumentation", "instrument", "instrumentation_of", "uninstrument"]

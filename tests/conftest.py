@@ -1,0 +1,41 @@
+"""Shared fixtures: a scripted LM and the real interpreter (dspy.LocalInterpreter where DSPy ships it)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import dspy
+import pytest
+
+import rlm_events
+from rlm_events.testing import InProcessInterpreter, ScriptedLM
+
+REAL_INTERPRETER: Callable[[], Any] = getattr(dspy, "LocalInterpreter", InProcessInterpreter)
+
+
+@pytest.fixture
+def make_rlm() -> Iterator[Callable[..., tuple[dspy.RLM, ScriptedLM]]]:
+    """Build ``(rlm, lm)``: a real dspy.RLM on the real interpreter, and a ScriptedLM playing ``steps``."""
+    made: list[dspy.RLM] = []
+
+    def make(
+        steps: Sequence[Any],
+        *,
+        signature: str = "text -> answer",
+        max_iters: int = 6,
+        interpreter_factory: Callable[[], Any] | None = None,
+        **lm_options: Any,
+    ) -> tuple[dspy.RLM, ScriptedLM]:
+        lm = ScriptedLM(steps, **lm_options)
+        rlm = dspy.RLM(signature, max_iters=max_iters, interpreter_factory=interpreter_factory or REAL_INTERPRETER)
+        made.append(rlm)
+        return rlm, lm
+
+    yield make
+    for rlm in made:
+        rlm_events.uninstrument(rlm)
