@@ -29,10 +29,18 @@ def make_rlm() -> Iterator[Callable[..., tuple[dspy.RLM, ScriptedLM]]]:
         signature: str = "text -> answer",
         max_iters: int = 6,
         interpreter_factory: Callable[[], Any] | None = None,
+        tools: list[Any] | None = None,
+        sub_lm: Any = None,
         **lm_options: Any,
     ) -> tuple[dspy.RLM, ScriptedLM]:
         lm = ScriptedLM(steps, **lm_options)
-        rlm = dspy.RLM(signature, max_iters=max_iters, interpreter_factory=interpreter_factory or REAL_INTERPRETER)
+        rlm = dspy.RLM(
+            signature,
+            max_iters=max_iters,
+            tools=tools,
+            sub_lm=sub_lm,
+            interpreter_factory=interpreter_factory or REAL_INTERPRETER,
+        )
         made.append(rlm)
         return rlm, lm
 
