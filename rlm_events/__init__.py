@@ -20,6 +20,7 @@ from .context import (
 )
 from .errors import RLMEventsError, StageError, UnknownStageError, UnsupportedDSPyError
 from .instrumentation import Instrumentation, instrument, instrumentation_of, uninstrument
+from .listeners import isolated
 from .stages import Stage
 
 __version__ = "0.1.0"
@@ -43,6 +44,7 @@ __all__ = [
     "UnsupportedDSPyError",
     "instrument",
     "instrumentation_of",
+    "isolated",
     "signals",
     "snapshot",
     "uninstrument",

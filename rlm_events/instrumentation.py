@@ -47,14 +47,19 @@ class Instrumentation:
         Raises :class:`~rlm_events.UnknownStageError` for an unknown stage and ``TypeError`` for something that is
         not callable as ``(ctx, next)``, now rather than mid-run.
         """
-        resolved = Stage.parse(stage)
-        with self._lock:
-            try:
-                chain = self._plan.chains[resolved].append(mw)
-            except TypeError as exc:
-                raise TypeError(f"cannot use {mw!r} at stage {resolved.value!r}: {exc}") from None
-            self._plan = Plan({**self._plan.chains, resolved: chain}, self._plan.all_taps)
+        self._register([Stage.parse(stage)], mw)
         return mw
+
+    def _register(self, stages: list[Stage], mw: Callable[..., Any]) -> None:
+        # One plan swap for all stages, so a call starting meanwhile sees mw on all of them or on none.
+        with self._lock:
+            chains = dict(self._plan.chains)
+            for stage in stages:
+                try:
+                    chains[stage] = chains[stage].append(mw)
+                except TypeError as exc:
+                    raise TypeError(f"cannot use {mw!r} at stage {stage.value!r}: {exc}") from None
+            self._plan = Plan(chains, self._plan.all_taps)
 
     def middleware(self, *stages: StageLike) -> Callable[[F], F]:
         """Decorator form of :meth:`use` for one or more stages: ``@events.middleware(Stage.PRE_EXECUTION)``."""
@@ -63,8 +68,7 @@ class Instrumentation:
         resolved = [Stage.parse(s) for s in stages]
 
         def register(mw: F) -> F:
-            for stage in resolved:
-                self.use(stage, mw)
+            self._register(resolved, mw)
             return mw
 
         return register
