@@ -143,29 +143,48 @@ class Chain(Generic[C]):
     def __repr__(self) -> str:
         return f"Chain({[e.name for e in self._entries]!r}, label={self.label!r})"
 
-    def run(self, ctx: C, terminal: Terminal[C] | None = None) -> C:
+    def run(self, ctx: C, terminal: Terminal[C] | None = None, _index: int = 0) -> C:
         """Fold ``ctx`` through the chain from a sync caller and return the resulting context."""
-        return self._dispatch(0, ctx, terminal)
-
-    async def arun(self, ctx: C, terminal: Terminal[C] | None = None) -> C:
-        """Fold ``ctx`` through the chain from an async caller and return the resulting context."""
-        return await self._adispatch(0, ctx, terminal)
-
-    def _dispatch(self, i: int, ctx: C, terminal: Terminal[C] | None) -> C:
-        if i == len(self._entries):
-            out = ctx if terminal is None else terminal(ctx)
-            return run_sync(out) if inspect.isawaitable(out) else out  # type: ignore[return-value]
-        entry = self._entries[i]
+        # The hot path of every stage, run between two stretches of DSPy's own work (so with cold caches): as few
+        # Python frames and objects as possible. `next` is a closure, not an object with an __init__; the innermost
+        # `next` returns at once; the usual outcome (`out is ctx`) skips the awaitable and type checks.
+        entries = self._entries
+        if _index == len(entries):
+            if terminal is None:
+                return ctx
+            out = terminal(ctx)
+            return out if out is ctx or not inspect.isawaitable(out) else run_sync(out)  # type: ignore[return-value]
+        entry = entries[_index]
         if entry.is_async:
-            return run_sync(self._adispatch(i, ctx, terminal))
+            return run_sync(self._adispatch(_index, ctx, terminal))
+        innermost = _index + 1 == len(entries) and terminal is None
+        called = False
+
+        def next(ctx: C) -> C:  # the name middleware see in tracebacks
+            nonlocal called
+            if called:
+                raise ChainError(f"middleware {entry.name} at stage {self.label!r} called next() more than once")
+            called = True
+            if innermost:
+                return ctx
+            try:
+                return self.run(ctx, terminal, _index + 1)
+            except Exception as exc:
+                setattr(exc, _PASSED_THROUGH, True)  # raised deeper in: the middleware it passed through adds no note
+                raise
+
         try:
-            out = entry.fn(ctx, _Next(entry, self.label, lambda c: self._dispatch(i + 1, c, terminal)))
-            if inspect.isawaitable(out):  # a `def` that returned a coroutine
+            out = entry.fn(ctx, next)
+            if out is not ctx and inspect.isawaitable(out):  # a `def` that returned a coroutine
                 out = run_sync(out)
         except BaseException as exc:
             entry.failed(exc, self.label)
             raise
-        return entry.checked(out, ctx, self.label)
+        return out if out is ctx else entry.checked(out, ctx, self.label)
+
+    async def arun(self, ctx: C, terminal: Terminal[C] | None = None) -> C:
+        """Fold ``ctx`` through the chain from an async caller and return the resulting context."""
+        return await self._adispatch(0, ctx, terminal)
 
     async def _adispatch(self, i: int, ctx: C, terminal: Terminal[C] | None) -> C:
         if i == len(self._entries):
@@ -177,7 +196,7 @@ class Chain(Generic[C]):
                 out = await entry.fn(ctx, _AsyncNext(entry, label, lambda c: self._adispatch(i + 1, c, terminal)))
             elif i > self._last_async and (terminal is None or not is_async_callable(terminal)):
                 # Nothing async below: run the remainder inline, exactly as a sync caller would.
-                out = entry.fn(ctx, _Next(entry, label, lambda c: self._dispatch(i + 1, c, terminal)))
+                out = entry.fn(ctx, _Next(entry, label, lambda c: self.run(c, terminal, i + 1)))
             else:
                 loop = asyncio.get_running_loop()
 

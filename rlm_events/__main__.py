@@ -1,21 +1,62 @@
-"""Command line: ``python -m rlm_events demo``."""
+"""Command line: ``python -m rlm_events demo`` and ``python -m rlm_events view TRACE.jsonl``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import webbrowser
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m rlm_events", description="rlm-events: guard, steer, meter and observe dspy.RLM's loop."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser(
+        "demo",
+        help="run an instrumented dspy.RLM on a scripted LM, print each stage and write a JSONL trace",
+        description="Count TODO/FIXME lines in a bundled text with a real dspy.RLM: code guard, budget, progress, "
+        "one line per stage, and a JSONL trace to view with 'python -m rlm_events view'.",
+    )
+    demo.add_argument("--model", help="use a real LM through DSPy (e.g. openai/gpt-4o-mini) instead of the script")
+    demo.add_argument("--trace", default="rlm-trace.jsonl", metavar="PATH", help="where to write the JSONL trace")
+    view = commands.add_parser(
+        "view",
+        help="render a JSONL trace as one self-contained HTML page",
+        description="Render a JSONL trace written by rlm_events.taps.JsonlTrace as one HTML file (no network).",
+    )
+    view.add_argument("trace", metavar="TRACE.jsonl", help="the trace to render")
+    view.add_argument("-o", "--output", metavar="OUT.html", help="where to write the page (default: TRACE.html)")
+    view.add_argument("--open", action="store_true", help="open the page in the default browser")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rlm_events", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run an instrumented dspy.RLM on a scripted LM and print each stage")
-    demo.add_argument("--model", help="use a real LM through DSPy (e.g. openai/gpt-4o-mini) instead of the script")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     if args.command == "demo":
         from .demo import run_demo
 
-        run_demo(sys.stdout, model=args.model)
+        try:
+            run_demo(model=args.model, trace_path=args.trace)
+        except Exception as exc:
+            print(f"demo failed: {type(exc).__name__}: {exc}\nthe trace {args.trace} records the call", file=sys.stderr)
+            return 1
+        return 0
+    from .viewer import write_html
+
+    source = Path(args.trace)
+    if not source.is_file():
+        print(f"no such trace file: {source}", file=sys.stderr)
+        return 2
+    try:
+        page = write_html(source, args.output)
+    except ValueError as exc:
+        print(f"cannot render {source}: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {page}")
+    if args.open:
+        webbrowser.open(page.resolve().as_uri())
     return 0
 
 

@@ -17,26 +17,40 @@ seam                              stages
 ``_prepare_execution_tools``      ``tool_call`` around every tool the executed code can call
 ================================  ===========================================================================
 
-Version differences live in :class:`_Seams`, detected once per RLM class from signatures, never from version
-numbers. A class whose loop lacks a needed piece raises :class:`~rlm_events.UnsupportedDSPyError` at
-``instrument()`` time.
+Version differences (DSPy 3.1.2 to 3.4.x) live in :class:`_Seams` and :class:`RLMConstructor`, detected once per
+RLM class from signatures, attributes and the loop's source, never from version numbers:
+
+* 3.1 runs ``repl.execute`` inline in ``_execute_iteration`` (so the REPL is wrapped to let pre_execution skip it)
+  and its ``_process_execution_result`` takes no ``code``: it records ``pred.code`` (3.1.2 as the LM wrote it, fence
+  included), so contexts see it stripped, as it runs, and a changed code is handed over through ``pred.code``.
+  3.2+ route execution through ``_execute_code`` and pass ``code`` explicitly.
+* 3.3 adds a positional-only caller-owned ``interpreter`` to ``forward`` and 3.4 a keyword ``interpreter_factory``:
+  call options, never input args. 3.4 adds arguments to ``_execute_iteration``; arguments are bound by name.
+* The constructor takes ``max_iterations`` and one shared ``interpreter`` before 3.3, ``max_iters`` and an
+  ``interpreter_factory`` from 3.3 on; 3.1.2 takes tools as a dict. :class:`RLMConstructor` translates.
+
+A class whose loop lacks a needed piece raises :class:`~rlm_events.UnsupportedDSPyError` at ``instrument()`` time,
+naming the DSPy version and the piece: a stage is never silently skipped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import copy
 import copyreg
 import functools
 import inspect
+import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import dspy
 from dspy import Prediction
+from dspy.primitives.code_interpreter import CodeInterpreter
 from dspy.primitives.repl_types import REPLEntry, REPLHistory, REPLVariable
 
 from .context import (
@@ -73,7 +87,7 @@ class _Params:
 
     def __init__(self, cls: type, method: str, names: tuple[str, ...]) -> None:
         self.method = method
-        params = [p.name for p in inspect.signature(getattr(cls, method)).parameters.values()][1:]  # drop self
+        params = [p.name for p in inspect.signature(_implementation(cls, method)).parameters.values()][1:]  # no self
         missing = [n for n in names if n not in params]
         if missing:
             raise _unsupported(cls, f"{method}() has no parameter {', '.join(missing)}")
@@ -102,7 +116,7 @@ def _unsupported(cls: type, piece: str) -> UnsupportedDSPyError:
 
 
 class _Seams:
-    """What one RLM class's loop looks like, detected from its methods' signatures."""
+    """What one RLM class's loop looks like, detected from its methods' signatures and source."""
 
     _REQUIRED = (
         "forward",
@@ -131,21 +145,67 @@ class _Seams:
         self.aextract = _Params(cls, "_aextract_fallback", ("variables", "history", "output_field_names"))
         # 3.2+ route execution through _execute_code; 3.1 calls repl.execute inline, so we wrap the REPL.
         self.has_execute_code = callable(getattr(cls, "_execute_code", None))
+        # Options of the call itself, never input args: 3.3's positional-only caller-owned interpreter is passed in
+        # *args (a keyword of that name is an input), 3.4's keyword-only interpreter_factory in **kwargs.
         forward = inspect.signature(cls.forward).parameters.values()
-        self.call_options = frozenset(p.name for p in forward if p.kind is not p.VAR_KEYWORD and p.name != "self")
-        for method in ("_execute_iteration", "_aexecute_iteration"):
-            _require_direct_return(cls, method)
+        self.call_options = frozenset(
+            p.name for p in forward if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"
+        )
+        self._require_loop_calls(cls)
         from dspy.predict import rlm as rlm_module
 
         strip = getattr(rlm_module, "_strip_code_fences", None)
         self.strip: Callable[[str], str] = strip if callable(strip) else str.strip
 
+    def _require_loop_calls(self, cls: type) -> None:
+        """Each stage fires from a call the loop makes; a loop that no longer makes it would skip the stage."""
+        execute = "self._execute_code(" if self.has_execute_code else "repl.execute("
+        required = {
+            "forward": ("self._prepare_execution_tools(", "self._execute_iteration(", "self._extract_fallback("),
+            "aforward": ("self._prepare_execution_tools(", "self._aexecute_iteration(", "self._aextract_fallback("),
+            "_execute_iteration": ("self.generate_action(", execute),
+            "_aexecute_iteration": ("self.generate_action.acall(", execute),
+        }
+        for method, calls in required.items():
+            source = _loop_source(cls, method)
+            if source is None:  # no source shipped: trust the signature checks
+                continue
+            missing = [c for c in calls if c not in source]
+            if missing:
+                raise _unsupported(cls, f"{method}() no longer calls {', '.join(c + '...)' for c in missing)}")
+        for method in ("_execute_iteration", "_aexecute_iteration"):
+            _require_direct_return(cls, method)
+
+
+def _source(fn: Any) -> str | None:
+    try:
+        return inspect.getsource(fn)
+    except (OSError, TypeError):  # no source shipped
+        return None
+
+
+def _implementation(cls: type, method: str) -> Any:
+    """The function doing ``method``'s work: an override that only delegates with ``return super().<method>(...)``
+    (the usual way to wrap a method) is followed to its parent's, whose parameters the loop's calls bind to."""
+    for klass in cls.__mro__:
+        fn = klass.__dict__.get(method, _NO_RESULT)
+        if fn is _NO_RESULT:
+            continue
+        source = _source(fn) if inspect.isfunction(fn) else None
+        if source is None or not re.search(rf"return (await )?super\(\)\.{method}\(", source):
+            return fn if inspect.isfunction(fn) else getattr(cls, method)
+    return getattr(cls, method)
+
+
+def _loop_source(cls: type, method: str) -> str | None:
+    """The source of the implementation of ``method`` that does the work (see :func:`_implementation`)."""
+    return _source(_implementation(cls, method))
+
 
 def _require_direct_return(cls: type, method: str) -> None:
     """post_execution defers ``_process_execution_result``; that needs the loop body to return its value as is."""
-    try:
-        source = inspect.getsource(getattr(cls, method))
-    except (OSError, TypeError):  # no source shipped: trust the signature checks
+    source = _loop_source(cls, method)
+    if source is None:
         return
     calls = [line.strip() for line in source.splitlines() if "self._process_execution_result(" in line]
     if not calls or any(not line.startswith("return ") for line in calls):
@@ -311,7 +371,8 @@ class _Call:
 
     def post_execution_ctx(self, frame: _Frame, deferred: _Deferred) -> PostExecutionContext:
         p, a, kw = self.seams.result, deferred.args, deferred.kwargs
-        code = p.get(a, kw, "code") if p.has("code") else p.get(a, kw, "pred").code
+        # 3.1 passes no code: it is pred.code, stripped as 3.1 strips it to run it.
+        code = p.get(a, kw, "code") if p.has("code") else self.seams.strip(str(p.get(a, kw, "pred").code))
         return self.ctx(
             PostExecutionContext, frame.index, code=code, result=p.get(a, kw, "result"), history=p.get(a, kw, "history")
         )
@@ -321,7 +382,8 @@ class _Call:
         p.put(a, kw, "result", ctx.result)
         if p.has("code"):
             p.put(a, kw, "code", ctx.code)
-        else:
+        elif ctx.code != self.seams.strip(str(p.get(a, kw, "pred").code)):
+            # 3.1 records pred.code as the LM wrote it (3.1.2 with its markdown fence): changed only when changed.
             p.get(a, kw, "pred").code = ctx.code
         frame.code, frame.result = ctx.code, ctx.result
         return type(self.module).__dict__[_BASE]._process_execution_result(self.module, *a, **kw)
@@ -424,7 +486,9 @@ def _reduce_to_base(self: Any, protocol: int) -> tuple[Any, ...]:
     state = self.__getstate__()
     if isinstance(state, dict):
         state = {k: v for k, v in state.items() if k != _ATTR}
-    return copyreg.__newobj__, (_base_of(type(self)),), state  # type: ignore[attr-defined]
+    # Not copyreg.__newobj__: pickle refuses it for a class other than the object's own. _reconstructor(cls, object,
+    # None) is object.__new__(cls), and needs nothing from rlm-events to unpickle.
+    return copyreg._reconstructor, (_base_of(type(self)), object, None), state  # type: ignore[attr-defined]
 
 
 @functools.cache
@@ -669,6 +733,126 @@ def _unswap_predictor(module: Any) -> None:
     predictor = module.__dict__.get("generate_action")
     if predictor is not None and _BASE in type(predictor).__dict__:
         predictor.__class__ = _base_of(type(predictor))
+
+
+# -- building an RLM the same way on every version ------------------------------------------------------------
+
+
+class RLMConstructor:
+    """How one RLM class's constructor takes the iteration limit, the interpreter and the tools.
+
+    :meth:`arguments` translates the DSPy 3.3+ arguments (``max_iters``, ``interpreter_factory``, ``tools`` as a
+    list) into what this class takes, and :meth:`finish` completes a freshly constructed instance, so that an RLM
+    built this way behaves the same on every supported release: before 3.3 the constructor takes
+    ``max_iterations`` and one ``interpreter`` that every call shares and nobody shuts down, so the instance is
+    given a fresh interpreter from the factory per call, shut down when the call ends (as 3.3+ do).
+    """
+
+    def __init__(self, cls: Any) -> None:
+        params = inspect.signature(cls.__init__).parameters
+        limit = next((name for name in ("max_iters", "max_iterations") if name in params), None)
+        if limit is None:
+            raise _unsupported(cls, "RLM.__init__() takes neither max_iters nor max_iterations")
+        self.limit: str = limit
+        self.takes_factory = "interpreter_factory" in params
+        if not self.takes_factory:
+            if "interpreter" not in params:
+                raise _unsupported(cls, "RLM.__init__() takes neither interpreter_factory nor interpreter")
+            _Params(cls, "_interpreter_context", ("execution_tools",))
+            _Params(cls, "_inject_execution_context", ("interpreter", "execution_tools"))
+        # 3.1.2 takes {name: function}; 3.1.3+ take a list of functions or dspy.Tool (normalised by _normalize_tools).
+        self.tools_as_dict = not callable(getattr(cls, "_normalize_tools", None))
+
+    def arguments(
+        self,
+        *,
+        max_iters: int | None = None,
+        interpreter_factory: Callable[[], Any] | None = None,
+        tools: Iterable[Any] | None = None,
+        **options: Any,
+    ) -> tuple[dict[str, Any], Callable[[], Any] | None]:
+        """This class's constructor keywords, and the factory :meth:`finish` must install (``None``: nothing to)."""
+        kwargs = dict(options)
+        if max_iters is not None:
+            kwargs[self.limit] = max_iters
+        if tools is not None:
+            kwargs["tools"] = _tools_by_name(tools) if self.tools_as_dict else list(tools)
+        if interpreter_factory is None:
+            return kwargs, None
+        if self.takes_factory:  # DSPy validates it
+            kwargs["interpreter_factory"] = interpreter_factory
+            return kwargs, None
+        is_interpreter = not isinstance(interpreter_factory, type) and isinstance(interpreter_factory, CodeInterpreter)
+        if is_interpreter or not callable(interpreter_factory):
+            raise TypeError(
+                "interpreter_factory must be a zero-argument callable that creates a CodeInterpreter (one per call), "
+                f"not {'an interpreter' if is_interpreter else 'a'} {type(interpreter_factory).__name__}"
+            )
+        return kwargs, interpreter_factory
+
+    @staticmethod
+    def finish(rlm: Any, factory: Callable[[], Any] | None) -> None:
+        """Make ``rlm`` (before 3.3) create its interpreter per call with ``factory``; a no-op for ``None``."""
+        if factory is not None:
+            rlm.__dict__["_interpreter_context"] = _InterpreterPerCall(rlm, factory)
+
+
+@functools.cache
+def constructor_of(cls: Any) -> RLMConstructor:
+    """The :class:`RLMConstructor` of an RLM class (detected once per class)."""
+    return RLMConstructor(cls)
+
+
+def _tools_by_name(tools: Iterable[Any]) -> dict[str, Callable[..., Any]]:
+    found: dict[str, Callable[..., Any]] = {}
+    for tool in tools:
+        if isinstance(tool, dspy.Tool):
+            name, fn = tool.name, tool.func
+        elif callable(tool):
+            name, fn = getattr(tool, "__name__", type(tool).__name__), tool
+        else:
+            raise TypeError(f"Tool {tool!r} must be callable, got {type(tool).__name__}")
+        if name in found:
+            raise ValueError(f"Duplicate tool name '{name}'")
+        found[name] = fn
+    return found
+
+
+class _InterpreterPerCall:
+    """``_interpreter_context`` of one RLM before DSPy 3.3: a fresh interpreter from ``factory`` for each call,
+    given the call's tools, and shut down when the call ends, failed and cancelled calls included."""
+
+    def __init__(self, rlm: Any, factory: Callable[[], Any]) -> None:
+        self.rlm, self.factory = rlm, factory
+
+    @contextlib.contextmanager
+    def __call__(self, execution_tools: dict[str, Callable[..., Any]]) -> Iterator[Any]:
+        interpreter = self.factory()
+        try:
+            self.rlm._inject_execution_context(interpreter, execution_tools)
+            yield interpreter
+        finally:
+            interpreter.shutdown()
+
+
+def batched_queries_keep_context(cls: Any) -> bool:
+    """Whether ``llm_query_batched`` of this RLM class runs its prompts with the caller's context variables.
+
+    DSPy 3.3+ do (``contextvars.copy_context()``). Before, its worker threads see neither ``dspy.context(...)`` nor
+    the rlm-events run, so their sub-LM calls cannot be attributed to the run (a DSPy limitation we do not patch
+    around: the executor is module-global in DSPy, and patching it would change RLMs we do not instrument).
+    """
+    source = _loop_source(cls, "_make_llm_tools")
+    return source is None or "copy_context" in source
+
+
+def iteration_limit(rlm: Any) -> int | None:
+    """The iteration limit of ``rlm`` (``max_iters``; ``max_iterations`` before DSPy 3.3), or ``None``."""
+    for name in ("max_iters", "max_iterations"):
+        value = getattr(rlm, name, None)
+        if isinstance(value, int):
+            return value
+    return None
 
 
 # -- attach / detach ------------------------------------------------------------------------------------------

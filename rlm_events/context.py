@@ -7,9 +7,11 @@ forbids unknown fields, and carries ``stage``, ``iteration`` (0-based; ``None`` 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
+from enum import Enum
 from functools import cache
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from dspy import Prediction
 from dspy.primitives.repl_types import REPLHistory, REPLVariable
@@ -18,9 +20,81 @@ from pydantic import BaseModel, ConfigDict, Field
 from .stages import Stage
 
 _CONFIG = ConfigDict(arbitrary_types_allowed=True, validate_assignment=True, extra="forbid")
+_IMMUTABLE_DEFAULTS = (type(None), bool, int, float, complex, str, bytes, tuple, frozenset, Enum)
+
+_REQUIRED: Any = object()
+_set_attribute = object.__setattr__
+M = TypeVar("M", bound="_FastConstruct")
 
 
-class Run(BaseModel):
+class _Recipe:
+    """How to build one model class without pydantic's per-call field introspection, computed once per class."""
+
+    __slots__ = ("defaults", "factories", "required")
+
+    def __init__(self, defaults: dict[str, Any], factories: tuple[tuple[str, Callable[[], Any]], ...]) -> None:
+        self.defaults = defaults  # every field, in declaration order; required ones and factories as _REQUIRED
+        self.factories = factories
+        self.required = frozenset(n for n, v in defaults.items() if v is _REQUIRED) - {n for n, _ in factories}
+
+
+@cache
+def _recipe(cls: type[BaseModel]) -> _Recipe | None:
+    """``None`` when the fast path could not reproduce pydantic's ``model_construct`` exactly (aliases,
+    data-taking or mutable defaults, post-init, private attributes, extra fields)."""
+    if cls.__pydantic_post_init__ or cls.__private_attributes__ or cls.model_config.get("extra") == "allow":
+        return None
+    defaults: dict[str, Any] = {}
+    factories: list[tuple[str, Callable[[], Any]]] = []
+    fields = getattr(cls, "__pydantic_fields__", None) or cls.model_fields  # the former before pydantic 2.10
+    for name, field in fields.items():
+        if field.alias not in (None, name) or field.validation_alias not in (None, name):
+            return None
+        if field.default_factory is not None:
+            if getattr(field, "default_factory_takes_validated_data", False):
+                return None
+            factories.append((name, field.default_factory))  # type: ignore[arg-type]  # takes no data: checked
+            defaults[name] = _REQUIRED
+        elif field.is_required():
+            defaults[name] = _REQUIRED
+        elif isinstance(field.default, _IMMUTABLE_DEFAULTS):
+            defaults[name] = field.default
+        else:  # pydantic deep-copies a mutable default for every instance
+            return None
+    return _Recipe(defaults, tuple(factories))
+
+
+class _FastConstruct(BaseModel):
+    """``model_construct`` without pydantic's per-call field introspection (contexts are built on every stage of
+    every iteration). Same result: fields in declaration order, defaults and factories applied, unknown keywords
+    ignored, missing required fields left unset, no validation."""
+
+    @classmethod
+    def model_construct(cls: type[M], _fields_set: set[str] | None = None, **values: Any) -> M:
+        recipe = _recipe(cls)
+        if recipe is None:
+            return super().model_construct(_fields_set, **values)
+        defaults = recipe.defaults
+        fields = {**defaults, **values}  # declaration order, given values in place of the defaults
+        unknown = len(fields) != len(defaults)
+        if unknown:  # pydantic ignores unknown keywords: they are neither fields nor "set"
+            fields = {k: v for k, v in fields.items() if k in defaults}
+        for name, factory in recipe.factories:
+            if name not in values:
+                fields[name] = factory()
+        if not recipe.required <= values.keys():
+            fields = {k: v for k, v in fields.items() if v is not _REQUIRED}
+        if _fields_set is None:
+            _fields_set = values.keys() & defaults.keys() if unknown else set(values)
+        instance = cls.__new__(cls)
+        _set_attribute(instance, "__dict__", fields)
+        _set_attribute(instance, "__pydantic_fields_set__", _fields_set)
+        _set_attribute(instance, "__pydantic_extra__", None)
+        _set_attribute(instance, "__pydantic_private__", None)
+        return instance
+
+
+class Run(_FastConstruct):
     """One call of an RLM: shared by every context of that call and by no other call.
 
     ``state`` is a dict private to this call: middleware shared by concurrent calls keep per-call counters there.
@@ -34,7 +108,7 @@ class Run(BaseModel):
     state: dict[str, Any] = Field(default_factory=dict, repr=False)
 
 
-class StageContext(BaseModel):
+class StageContext(_FastConstruct):
     """Fields every stage's context has."""
 
     model_config = _CONFIG
@@ -193,5 +267,12 @@ def _frozen(cls: type[StageContext]) -> type[StageContext]:
 def snapshot(ctx: StageContext) -> StageContext:
     """A read-only copy of ``ctx`` as it is now: assigning a field raises, and dict/list fields are copies, so an
     observer can neither change the run nor see later changes. It is still an instance of ``type(ctx)``."""
+    frozen = _frozen(type(ctx))
+    copy = frozen.__new__(frozen)
+    # The fields are already those of type(ctx): copy them as they are, without building the model again.
     values = {k: (v.copy() if isinstance(v, (dict, list)) else v) for k, v in ctx.__dict__.items()}
-    return _frozen(type(ctx)).model_construct(_fields_set=ctx.model_fields_set, **values)
+    _set_attribute(copy, "__dict__", values)
+    _set_attribute(copy, "__pydantic_fields_set__", set(ctx.model_fields_set))
+    _set_attribute(copy, "__pydantic_extra__", None)
+    _set_attribute(copy, "__pydantic_private__", None)
+    return copy

@@ -1,4 +1,6 @@
-"""Errors raised by rlm-events. All derive from :class:`RLMEventsError`."""
+"""Errors raised by rlm-events. All derive from :class:`RLMEventsError`, except
+:class:`rlm_events.replay.ReplayExhaustedError`: a ``BaseException`` (like pytest's outcome exceptions) so the
+interpreter running generated code cannot turn a diverged replay into text the LM reads."""
 
 from __future__ import annotations
 

@@ -51,6 +51,16 @@ class Instrumentation:
         return mw
 
     def _register(self, stages: list[Stage], mw: Callable[..., Any]) -> None:
+        # A middleware object may declare the stages it serves (STAGES); anywhere else it would do nothing silently.
+        declared = getattr(mw, "STAGES", None)
+        if isinstance(declared, (tuple, list, frozenset, set)) and declared:
+            for stage in stages:
+                if stage not in declared:
+                    expected = ", ".join(Stage.parse(s).value for s in declared)
+                    raise TypeError(
+                        f"{type(mw).__name__} is a middleware for stage(s) {expected}; it cannot be used at stage "
+                        f"{stage.value!r}"
+                    )
         # One plan swap for all stages, so a call starting meanwhile sees mw on all of them or on none.
         with self._lock:
             chains = dict(self._plan.chains)

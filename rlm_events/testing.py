@@ -6,28 +6,36 @@
   LM, so budgets can be tested.
 * :class:`InProcessInterpreter` — a real interpreter implementing DSPy's ``CodeInterpreter`` protocol in this
   process: persistent namespace, ``SUBMIT`` → ``FinalOutput``, tools callable from code. Fast, for tests and
-  benchmarks; it is no sandbox.
+  benchmarks; it is no sandbox. What code sees and returns matches ``dspy.LocalInterpreter`` (DSPy 3.4+), which
+  earlier releases lack.
+* :func:`build_rlm` — a ``dspy.RLM`` built with the DSPy 3.3+ constructor arguments (``max_iters``,
+  ``interpreter_factory``) on every supported release.
 """
 
 from __future__ import annotations
 
+import ast
+import asyncio
 import inspect
 import io
 import json
 import re
-import traceback
+import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from types import SimpleNamespace
+from types import CodeType, SimpleNamespace
 from typing import Any
 
 import dspy
 from dspy.primitives import code_interpreter as _ci
 
+from . import _patch
+
 # The BaseLM.forward() interface is the one every supported DSPy release (3.1 → 3.4) accepts.
 warnings.filterwarnings("ignore", message=r"Implementing custom LMs through BaseLM", category=DeprecationWarning)
 
 _ITERATION = re.compile(r"\[\[ ## iteration ## \]\]\s*(\d+)\s*/\s*(\d+)")
+_FENCED = re.compile(r"`code`[^\n]*```")  # the code field's description asks for a markdown code block
 Step = str | tuple[str, str] | Callable[[int], "str | tuple[str, str]"]
 
 
@@ -58,6 +66,8 @@ class ScriptedLM(dspy.BaseLM):
         model: str = "scripted",
     ) -> None:
         super().__init__(model=model, model_type="chat", temperature=0.0, max_tokens=1000, cache=False)
+        if not isinstance(getattr(self, "callbacks", None), list):  # BaseLM sets it from DSPy 3.3 on, dspy.LM always
+            self.callbacks: list[Any] = []
         if not steps:
             raise ValueError("ScriptedLM needs at least one step")
         self.steps = list(steps)
@@ -79,7 +89,10 @@ class ScriptedLM(dspy.BaseLM):
         if "[[ ## code ## ]]" in system:
             found = _ITERATION.search(last)
             reasoning, code = self.step(int(found.group(1)) - 1 if found else 0)
-            return _fields({"reasoning": reasoning, "code": f"```python\n{code}\n```"})
+            # As the prompt asks: DSPy 3.1.3+ describe the code field as a markdown block, 3.1.2 as plain code.
+            return _fields(
+                {"reasoning": reasoning, "code": f"```python\n{code}\n```" if _FENCED.search(system) else code}
+            )
         if "[[ ## repl_history ## ]]" in system:
             outputs = self.extract(last) if callable(self.extract) else self.extract
             if outputs is None:
@@ -105,10 +118,12 @@ class ScriptedLM(dspy.BaseLM):
     async def aforward(
         self, prompt: str | None = None, messages: list[dict[str, Any]] | None = None, **kwargs: Any
     ) -> Any:
+        await asyncio.sleep(0)  # a real LM call suspends the caller (so concurrent calls interleave) on any DSPy
         return self.forward(prompt=prompt, messages=messages, **kwargs)
 
 
-# DSPy 3.2 split CodeExecutionError out of CodeInterpreterError; 3.1 only has the latter.
+# DSPy 3.3 split CodeExecutionError (recoverable, shown to the LM) out of CodeInterpreterError; 3.1/3.2 only have
+# the latter, which their loop shows to the LM.
 _ExecutionError: type[Exception] = getattr(_ci, "CodeExecutionError", _ci.CodeInterpreterError)
 
 
@@ -117,24 +132,86 @@ class _Submitted(BaseException):
         self.output = output
 
 
-def _by_keyword(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """DSPy's tool shims take keywords only (``invoke(**kwargs)``); bind positional calls by the signature, as
-    DSPy's own interpreters do."""
+def _described(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _crossed(value: Any) -> Any:
+    """A value as it comes back from ``dspy.LocalInterpreter``'s worker: through JSON, or its ``repr``."""
     try:
-        signature = inspect.signature(fn)
+        return json.loads(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError):
-        return fn
-    if any(p.kind is p.VAR_POSITIONAL for p in signature.parameters.values()):
-        return fn
+        return repr(value)
+
+
+def _takes_keywords_only(fn: Callable[..., Any]) -> bool:
+    """Whether a layer of ``fn`` (following ``__wrapped__``) is a ``def f(**kwargs)``: DSPy 3.3+ wrap user tools so,
+    and advertise the tool's own signature."""
+    seen: set[int] = set()
+    layer: Any = fn
+    while layer is not None and id(layer) not in seen:
+        seen.add(id(layer))
+        code = getattr(getattr(layer, "__func__", layer), "__code__", None)
+        if code is not None:
+            positional = code.co_argcount - (1 if inspect.ismethod(layer) else 0)
+            if positional <= 0 and not code.co_flags & inspect.CO_VARARGS and code.co_flags & inspect.CO_VARKEYWORDS:
+                return True
+            if code.co_flags & inspect.CO_VARARGS == 0:
+                return False
+        layer = getattr(layer, "__wrapped__", None)
+    return False
+
+
+def _host_tool(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` as code in the REPL calls it, as ``dspy.LocalInterpreter`` does: arguments as written, through JSON
+    (positional ones bound by the advertised signature for keyword-only wrappers, as DSPy's PythonInterpreter binds
+    them), a failure raised in the code as ``RuntimeError("Type: message")``, the result JSON-checked."""
+    bind = _takes_keywords_only(fn)
 
     def call(*args: Any, **kwargs: Any) -> Any:
-        return fn(**signature.bind(*args, **kwargs).arguments)
+        # Arguments that are not JSON raise TypeError in the code, as there.
+        positional, keywords = json.loads(json.dumps([args, kwargs], allow_nan=False))
+        try:
+            if bind and positional:
+                keywords = dict(inspect.signature(fn).bind(*positional, **keywords).arguments)
+                positional = []
+            value = fn(*positional, **keywords)
+            json.dumps(value, allow_nan=False)
+        except Exception as exc:
+            raise RuntimeError(_described(exc)) from None
+        return json.loads(json.dumps(value))
 
     return call
 
 
+# Converting between source, Python AST objects and code objects is not thread-safe in some CPython releases
+# (SystemError: AST constructor recursion depth mismatch), and interpreters of concurrent calls compile at once.
+_AST_LOCK = threading.Lock()
+
+
+def _compiled(code: str) -> tuple[CodeType, CodeType | None]:
+    """``code`` as ``dspy.LocalInterpreter``'s worker runs it: its statements, and apart its final expression, whose
+    value is the result. Raises ``SyntaxError``."""
+    with _AST_LOCK:
+        tree = ast.parse(code, mode="exec")
+        tail = tree.body[-1] if tree.body else None
+        last = tail if isinstance(tail, ast.Expr) else None
+        if last is not None:
+            tree.body.pop()
+        body = compile(tree, "<interpreter>", "exec")
+        value = compile(ast.Expression(last.value), "<interpreter>", "eval") if last is not None else None
+    return body, value
+
+
 class InProcessInterpreter:
     """A persistent in-process Python REPL implementing DSPy's ``CodeInterpreter`` protocol.
+
+    What executed code sees and returns matches ``dspy.LocalInterpreter`` (DSPy 3.4+), so tests behave the same on
+    every DSPy release: the value of a final expression is the result (else the printed output, without the trailing
+    newline, or ``None``); ``SUBMIT`` takes the output fields positionally or by keyword and raises ``FinalOutput``;
+    tools get their arguments as written; errors surface as ``"Type: message"`` (a failing tool as
+    ``RuntimeError``); results, submissions and tool results cross as JSON (``repr`` for results that are not JSON).
+    Unlike it, input variables may be any Python object, nothing runs in a subprocess, and it is no sandbox.
 
     ``print`` output is captured per interpreter (not via ``sys.stdout``), so concurrent interpreters don't mix.
     ``shutdown_count`` counts shutdowns, to check that every run released its interpreter.
@@ -150,37 +227,47 @@ class InProcessInterpreter:
         self.closed = False
 
     def start(self) -> None:
+        if self.closed:
+            raise _ci.CodeInterpreterError("InProcessInterpreter session has been shut down.")
         self.started = True
 
     def _submit(self, *args: Any, **kwargs: Any) -> None:
-        names = [f["name"] for f in self.output_fields or []]
-        if args and len(args) > len(names):
-            raise TypeError(f"SUBMIT takes at most {len(names)} positional arguments ({', '.join(names)})")
-        raise _Submitted({**dict(zip(names, args, strict=False)), **kwargs})
+        if self.output_fields is None:
+            if len(args) != 1 or kwargs:
+                raise TypeError("SUBMIT requires one output value")
+            raise _Submitted({"output": args[0]})
+        names = [f["name"] for f in self.output_fields]
+        if args and kwargs:
+            raise TypeError("SUBMIT accepts positional or keyword values, not both")
+        values = dict(zip(names, args, strict=False)) if args else dict(kwargs)
+        if set(values) != set(names) or len(args) > len(names):
+            raise TypeError("SUBMIT fields do not match the configured output fields")
+        raise _Submitted(values)
 
     def execute(self, code: str, variables: dict[str, Any] | None = None) -> Any:
-        if self.closed:
-            raise _ci.CodeInterpreterError("interpreter was shut down")
         self.start()
+        try:
+            body, tail = _compiled(code)
+        except SyntaxError as exc:
+            raise SyntaxError(str(exc)) from None
         out = io.StringIO()
         ns = self.namespace
         ns.update(variables or {})
-        ns.update({name: _by_keyword(fn) for name, fn in self.tools.items()})
+        ns.update({name: _host_tool(fn) for name, fn in self.tools.items()})
         ns["SUBMIT"] = self._submit
         ns["print"] = lambda *a, **k: print(*a, **{**k, "file": out})
         try:
-            compiled = compile(code, "<rlm>", "exec")
-        except SyntaxError:
-            raise
-        try:
-            exec(compiled, ns)
+            exec(body, ns)
+            value = eval(tail, ns) if tail is not None else None
         except _Submitted as done:
-            return _ci.FinalOutput(done.output)
-        except Exception as exc:
-            lines = traceback.format_exception_only(type(exc), exc)
-            raise _ExecutionError("".join(lines).strip()) from None
-        text = out.getvalue().rstrip("\n")  # as LocalInterpreter reports it
-        return text or None
+            return _ci.FinalOutput(_crossed(done.output))
+        except SyntaxError as exc:  # raised by the code itself (compile, eval, ...): reported like a parse error
+            raise SyntaxError(str(exc)) from None
+        except (Exception, SystemExit) as exc:
+            raise _ExecutionError(_described(exc)) from None
+        if value is not None:
+            return _crossed(value)
+        return out.getvalue().rstrip("\n") or None
 
     def __call__(self, code: str, variables: dict[str, Any] | None = None) -> Any:
         return self.execute(code, variables)
@@ -191,4 +278,29 @@ class InProcessInterpreter:
             type(self).shutdown_count += 1
 
 
-__all__ = ["InProcessInterpreter", "ScriptedLM"]
+def build_rlm(
+    signature: str | type[dspy.Signature],
+    *,
+    max_iters: int | None = None,
+    interpreter_factory: Callable[[], Any] | None = None,
+    tools: Sequence[Any] | None = None,
+    **options: Any,
+) -> dspy.RLM:
+    """A ``dspy.RLM`` built with the DSPy 3.3+ constructor arguments on every supported DSPy release (3.1.2+).
+
+    ``max_iters`` is passed as ``max_iterations`` before 3.3; ``tools`` (functions or ``dspy.Tool``) as a dict on
+    3.1.2. ``interpreter_factory`` is called once per call and what it returns is shut down when the call ends, as
+    on 3.3+ (before 3.3, where the constructor takes one interpreter shared by every call, the instance is given
+    that behaviour). Other ``options`` (``sub_lm``, ``max_llm_calls``, ``verbose``, ...) are passed as they are.
+    The result is a plain ``dspy.RLM``.
+    """
+    constructor = _patch.constructor_of(dspy.RLM)
+    kwargs, factory = constructor.arguments(
+        max_iters=max_iters, interpreter_factory=interpreter_factory, tools=tools, **options
+    )
+    rlm = dspy.RLM(signature, **kwargs)
+    constructor.finish(rlm, factory)
+    return rlm
+
+
+__all__ = ["InProcessInterpreter", "ScriptedLM", "build_rlm"]

@@ -1,0 +1,44 @@
+"""Ready-made middleware for ``dspy.RLM``: each a ``(ctx, next)`` object registered with one line.
+
+>>> from rlm_events.builtins import CodeGuard, Budget, RetryHint, HistoryTrimmer, ToolCallCache
+>>> # CodeGuard("strict").install(events); Budget(max_cost_usd=0.5).install(events); ...
+
+=================  ==================  ====================================================================
+built-in           stage(s)            what it does
+=================  ==================  ====================================================================
+CodeGuard          pre_execution       refuses code that breaks a GuardPolicy (AST check), tells the LM why
+Budget             run_start,          stops the run at an iteration / time / token / cost limit; caps and
+                   tool_call,          denies tool calls by name; meters real LM usage per call
+                   post_iteration,
+                   run_end
+RetryHint          post_execution      appends a hint (failing line, close names) to ``[Error]`` results
+HistoryTrimmer     pre_iteration       shortens old outputs to a head/tail preview (or drops them)
+ToolCallCache      tool_call           memoises identical ``llm_query`` (or named tool) calls in a run
+=================  ==================  ====================================================================
+"""
+
+from ._base import Builtin, ToolDenied
+from .budget import Budget
+from .cache import ToolCacheState, ToolCallCache
+from .guard import CodeGuard
+from .policy import GuardPolicy, Violation
+from .retry import RetryHint
+from .trim import HistoryTrimmer, TrimStats
+from .usage import Spend, UsageMeter, current_run
+
+__all__ = [
+    "Budget",
+    "Builtin",
+    "CodeGuard",
+    "GuardPolicy",
+    "HistoryTrimmer",
+    "RetryHint",
+    "Spend",
+    "ToolCacheState",
+    "ToolCallCache",
+    "ToolDenied",
+    "TrimStats",
+    "UsageMeter",
+    "Violation",
+    "current_run",
+]

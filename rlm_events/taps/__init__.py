@@ -1,0 +1,53 @@
+"""Observe-only taps: record, show, log, time and export what instrumented ``dspy.RLM`` calls do.
+
+Register any of them with ``events.tap(tap)`` or ``tap.install(events)``. Each is imported on first use, so
+``import rlm_events.taps`` costs nothing and an optional extra (``rich``, ``otel``) is needed only by the tap that
+uses it.
+
+=====================  =================  ======================================================================
+tap                    module             what it does
+=====================  =================  ======================================================================
+``JsonlTrace``         ``jsonl``          one JSON line per stage event, for ``python -m rlm_events view``
+``ProgressTap``        ``progress``       live iteration n/max, stage, elapsed time and tokens (``rich``)
+``LoggingTap``         ``logs``           stage events as ``logging`` records
+``StageTimings``       ``timings``        per-stage duration statistics
+``OpenTelemetryTap``   ``otel``           OpenTelemetry spans per call and iteration (``otel``)
+=====================  =================  ======================================================================
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .jsonl import JsonlTrace
+    from .logs import LoggingTap
+    from .otel import OpenTelemetryTap
+    from .progress import ProgressTap
+    from .timings import StageStats, StageTimings
+
+_EXPORTS = {
+    "JsonlTrace": "jsonl",
+    "LoggingTap": "logs",
+    "OpenTelemetryTap": "otel",
+    "ProgressTap": "progress",
+    "StageStats": "timings",
+    "StageTimings": "timings",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+__all__ = ["JsonlTrace", "LoggingTap", "OpenTelemetryTap", "ProgressTap", "StageStats", "StageTimings"]

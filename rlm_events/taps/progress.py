@@ -1,0 +1,193 @@
+"""A progress display for interactive runs of instrumented ``dspy.RLM`` calls.
+
+>>> events.tap(ProgressTap())  # or ProgressTap().install(events)  # doctest: +SKIP
+
+On a terminal, with the optional ``rich`` extra installed (``pip install 'rlm-events[rich]'``), it shows a live
+table with one row per running call: iteration n/max, the stage that fired last, elapsed time and tokens. Anywhere
+else (a pipe, a log file, CI, tests) it degrades to plain text: one line per finished iteration and one per
+finished call, so logs stay readable. Like every tap it only observes; a display failure never reaches the run.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Any, TextIO
+
+from ..context import PostExecutionContext, PostIterationContext, RunEndContext, StageContext
+from ..instrumentation import Instrumentation
+from .jsonl import LMHistoryMeter, is_error_result, usage_of
+
+_RICH_MISSING = (
+    "ProgressTap(live=True) needs the optional 'rich' package: pip install 'rlm-events[rich]' "
+    "(or use live=False for plain lines)"
+)
+
+
+def _rich_available() -> bool:
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class _CallProgress:
+    """What the display knows about one running call."""
+
+    __slots__ = ("cost_usd", "error_in_iteration", "iteration", "max_iters", "meter", "stage", "started", "tokens")
+
+    def __init__(self, max_iters: int | None) -> None:
+        self.started = time.monotonic()
+        self.max_iters = max_iters
+        self.iteration = 0  # 1-based number of the iteration running or last finished; 0 before the first
+        self.stage = "run_start"
+        self.tokens: int | None = None
+        self.cost_usd = 0.0
+        self.meter = LMHistoryMeter()
+        self.error_in_iteration = False
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def of_max(self) -> str:
+        return f"{self.iteration}/{self.max_iters}" if self.max_iters else str(self.iteration)
+
+    def tokens_text(self) -> str:
+        if self.tokens is None:
+            return ""
+        return f" | {self.tokens:,} tokens" + (f" | ${self.cost_usd:.4f}" if self.cost_usd else "")
+
+
+class ProgressTap:
+    """A tap showing each running call's iteration n/max, current stage, elapsed time, tokens and cost.
+
+    Args:
+        out: where to write (default: ``sys.stdout`` at the time of each write).
+        live: ``True`` for the live ``rich`` view (``ImportError`` naming the extra if ``rich`` is missing),
+            ``False`` for plain lines, ``None`` (default) for the live view when ``out`` is a terminal and
+            ``rich`` is installed, plain lines otherwise.
+    """
+
+    def __init__(self, out: TextIO | None = None, *, live: bool | None = None) -> None:
+        if live and not _rich_available():
+            raise ImportError(_RICH_MISSING)
+        self._out = out
+        self._live_wanted = live
+        # Lock order: _display_lock, then rich's own lock (refresh), then _state_lock. rich's refresh thread takes
+        # its lock and then _state_lock (to draw the table), so the tap never holds _state_lock while calling rich.
+        self._display_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._calls: dict[str, _CallProgress] = {}
+        self._live: Any = None  # a rich.live.Live while calls run in live mode
+
+    @property
+    def out(self) -> TextIO:
+        return self._out if self._out is not None else sys.stdout
+
+    @property
+    def live(self) -> bool:
+        """Whether this tap draws the live ``rich`` view (rather than plain lines)."""
+        if self._live_wanted is not None:
+            return self._live_wanted
+        isatty = getattr(self.out, "isatty", None)
+        return bool(callable(isatty) and isatty()) and _rich_available()
+
+    def install(self, events: Instrumentation) -> ProgressTap:
+        """Register this display as a tap on every stage of ``events``; return it."""
+        events.tap(self)
+        return self
+
+    def uninstall(self, events: Instrumentation) -> None:
+        """Remove this display from ``events``."""
+        events.untap(self)
+
+    # -- the tap --------------------------------------------------------------------------------------------
+
+    def __call__(self, ctx: StageContext) -> None:
+        with self._display_lock:
+            with self._state_lock:
+                call = self._update(ctx)
+                if isinstance(ctx, RunEndContext):
+                    del self._calls[ctx.run.id]
+                running = bool(self._calls)
+            live = self.live
+            if live and running and self._live is None:
+                self._start_live()
+            line = self._line(ctx, call, live)
+            if line is not None:
+                self._emit(line)
+            if self._live is not None:
+                if running:
+                    self._live.refresh()
+                else:
+                    self._live.stop()
+                    self._live = None
+
+    def _update(self, ctx: StageContext) -> _CallProgress:
+        call = self._calls.get(ctx.run.id)
+        if call is None:  # run_start, or a display installed mid-call
+            call = self._calls[ctx.run.id] = _CallProgress(getattr(ctx.run.module, "max_iters", None))
+        call.stage = ctx.stage.value
+        if ctx.iteration is not None:
+            call.iteration = ctx.iteration + 1
+        if isinstance(ctx, PostExecutionContext):
+            call.error_in_iteration = is_error_result(ctx.result)
+        usage = usage_of(ctx.run, call.meter)
+        if usage is not None:
+            call.tokens, call.cost_usd = usage["total_tokens"], usage["cost_usd"]
+        return call
+
+    @staticmethod
+    def _line(ctx: StageContext, call: _CallProgress, live: bool) -> str | None:
+        """The line that ``ctx`` ends: a finished iteration (plain mode only) or a finished call; else ``None``."""
+        tag = f"[{ctx.run.id[:8]}]"
+        if isinstance(ctx, PostIterationContext) and not live:  # the live view shows iterations itself
+            outcome = "submitted" if ctx.prediction is not None else "error" if call.error_in_iteration else "ok"
+            return f"{tag} iteration {call.of_max()} {outcome} | {call.elapsed:.2f} s{call.tokens_text()}"
+        if isinstance(ctx, RunEndContext):
+            if ctx.error is not None:
+                outcome = f"failed: {type(ctx.error).__name__}: {ctx.error}"
+            else:
+                outcome = "finished by extract fallback" if ctx.forced_extract else "finished"
+            return f"{tag} {outcome} | {ctx.iterations} iterations | {ctx.duration_s:.2f} s{call.tokens_text()}"
+        return None
+
+    # -- output ---------------------------------------------------------------------------------------------
+
+    def _emit(self, line: str) -> None:
+        if self._live is not None:
+            self._live.console.print(line, markup=False, highlight=False)
+        else:
+            print(line, file=self.out, flush=True)
+
+    def _start_live(self) -> None:
+        try:
+            from rich.console import Console
+            from rich.live import Live
+        except ImportError as exc:  # rich went away after __init__ checked it
+            raise ImportError(_RICH_MISSING) from exc
+        console = Console(file=self.out)
+        self._live = Live(get_renderable=self._table, console=console, refresh_per_second=8, transient=True)
+        self._live.start()
+
+    def _table(self) -> Any:
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+
+        table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+        for column in ("run", "iteration", "", "stage", "elapsed", "tokens", "cost"):
+            table.add_column(column, justify="right" if column in ("elapsed", "tokens", "cost") else "left")
+        with self._state_lock:
+            calls = list(self._calls.items())
+        for run_id, call in calls:
+            bar = ProgressBar(total=call.max_iters or None, completed=call.iteration, width=20)
+            tokens = "" if call.tokens is None else f"{call.tokens:,}"
+            cost = f"${call.cost_usd:.4f}" if call.cost_usd else ""
+            table.add_row(run_id[:8], call.of_max(), bar, call.stage, f"{call.elapsed:.1f} s", tokens, cost)
+        return table
+
+
+__all__ = ["ProgressTap"]

@@ -1,0 +1,422 @@
+"""The logging, OpenTelemetry and stage-timing taps, on real dspy.RLM loops (LocalInterpreter, ScriptedLM)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import dspy
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+
+import rlm_events
+from rlm_events import Stage
+from rlm_events.taps.logs import LoggingTap
+from rlm_events.taps.otel import OpenTelemetryTap
+from rlm_events.taps.timings import StageTimings, percentile
+
+MODEL = "openai/gpt-4o-mini"
+STEPS = [
+    "x = 6 * 7\nprint(x)",
+    "print(llm_query('say hi'))",
+    "SUBMIT(answer=str(x))",
+]
+
+
+def run_ids_of(events: rlm_events.Instrumentation) -> list[str]:
+    """Collect the run id of every call (a tap of our own, independent of the taps under test)."""
+    ids: list[str] = []
+    events.tap(lambda ctx: ids.append(ctx.run.id), stages=[Stage.RUN_START])
+    return ids
+
+
+def usage(entries: list[dict[str, Any]]) -> tuple[int, int]:
+    return (
+        sum(e["usage"]["prompt_tokens"] for e in entries),
+        sum(e["usage"]["completion_tokens"] for e in entries),
+    )
+
+
+def boom(ctx: Any, next: Any) -> Any:
+    raise RuntimeError("boom")
+
+
+# -- logging ----------------------------------------------------------------------------------------------------
+
+
+def test_logging_tap_logs_each_stage_with_the_run_id_at_the_right_level(make_rlm, caplog):
+    rlm, lm = make_rlm(STEPS, sub="hi!")
+    events = rlm_events.instrument(rlm)
+    ids = run_ids_of(events)
+    LoggingTap().install(events)
+    caplog.set_level(logging.DEBUG, logger="rlm_events.runs")
+
+    with dspy.context(lm=lm):
+        assert rlm(text="t").answer == "42"
+
+    records = [r for r in caplog.records if r.name == "rlm_events.runs"]
+    (run_id,) = ids
+    for record in records:
+        assert record.rlm_run_id == run_id  # type: ignore[attr-defined]
+        assert run_id in record.getMessage()
+    info = [r for r in records if r.levelno == logging.INFO]
+    debug = [r for r in records if r.levelno == logging.DEBUG]
+    assert [r.rlm_stage for r in info] == [  # type: ignore[attr-defined]
+        "run_start",
+        "post_iteration",
+        "tool_call",
+        "post_iteration",
+        "post_iteration",
+        "run_end",
+    ]
+    assert "started: RLM(text -> answer), inputs: text" in info[0].getMessage()
+    assert "iteration 2/6 tool llm_query('say hi') -> 'hi!'" in info[2].getMessage()
+    assert "submitted the answer" in info[4].getMessage()
+    assert "finished in" in info[-1].getMessage() and "after 3 iterations" in info[-1].getMessage()
+    assert [r.rlm_iteration for r in info] == [None, 0, 1, 1, 2, None]  # type: ignore[attr-defined]
+    # code and results only at DEBUG
+    codes = [r.getMessage() for r in debug if r.rlm_stage == "pre_execution"]  # type: ignore[attr-defined]
+    assert [c.split("code:\n", 1)[1] for c in codes] == STEPS
+    results = [r.getMessage() for r in debug if r.rlm_stage == "post_execution"]  # type: ignore[attr-defined]
+    assert results[0].endswith("result:\n42") and results[1].endswith("result:\nhi!")
+    assert not any("x = 6 * 7" in r.getMessage() for r in info)
+
+
+def test_logging_tap_uses_the_given_logger_and_level_and_logs_failures_at_error(make_rlm, caplog):
+    rlm, lm = make_rlm(STEPS)
+    events = rlm_events.instrument(rlm)
+    events.use(Stage.POST_EXECUTION, boom)
+    LoggingTap(logging.getLogger("my.app"), level=logging.WARNING).install(events)
+    caplog.set_level(logging.WARNING, logger="my.app")
+
+    with dspy.context(lm=lm), pytest.raises(RuntimeError, match="boom"):
+        rlm(text="t")
+
+    records = [r for r in caplog.records if r.name == "my.app"]
+    assert [(r.levelno, r.rlm_stage) for r in records] == [  # type: ignore[attr-defined]
+        (logging.WARNING, "run_start"),
+        (logging.ERROR, "run_end"),
+    ]
+    assert "failed after" in records[1].getMessage() and "RuntimeError: boom" in records[1].getMessage()
+
+
+def test_logging_tap_keeps_concurrent_runs_apart(make_rlm, caplog):
+    rlm, lm = make_rlm(STEPS, sub="hi!")
+    events = rlm_events.instrument(rlm)
+    ids = run_ids_of(events)
+    LoggingTap().install(events)
+    caplog.set_level(logging.INFO, logger="rlm_events.runs")
+
+    async def main() -> None:
+        with dspy.context(lm=lm):
+            await asyncio.gather(*(rlm.acall(text=f"t{i}") for i in range(3)))
+
+    asyncio.run(main())
+    per_run = Counter(r.rlm_run_id for r in caplog.records if r.name == "rlm_events.runs")  # type: ignore[attr-defined]
+    assert sorted(per_run) == sorted(ids) and len(ids) == 3
+    assert set(per_run.values()) == {6}  # start, 3 iterations, 1 tool call, end: each run its own
+
+
+def test_logging_tap_rejects_bad_arguments():
+    with pytest.raises(TypeError, match="logging level"):
+        LoggingTap(level="INFO")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_chars"):
+        LoggingTap(max_chars=0)
+
+
+# -- OpenTelemetry ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def provider(exporter: InMemorySpanExporter) -> TracerProvider:
+    provider = TracerProvider()  # passed in: the global provider stays untouched
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider
+
+
+def by_name(spans: tuple[ReadableSpan, ...] | list[ReadableSpan], name: str) -> list[ReadableSpan]:
+    return [s for s in spans if s.name == name]
+
+
+def parent_id(span: ReadableSpan) -> int | None:
+    return span.parent.span_id if span.parent is not None else None
+
+
+def span_id(span: ReadableSpan) -> int:
+    assert span.context is not None
+    return span.context.span_id
+
+
+def test_otel_span_tree_attributes_and_usage(make_rlm, exporter, provider):
+    rlm, lm = make_rlm(STEPS, sub="hi!", model=MODEL, cost_per_1k_tokens=0.5)
+    events = rlm_events.instrument(rlm)
+    ids = run_ids_of(events)
+    OpenTelemetryTap(provider).install(events)
+
+    with dspy.context(lm=lm):
+        rlm(text="t")
+
+    spans = exporter.get_finished_spans()
+    (run,) = by_name(spans, "invoke_agent RLM(text -> answer)")
+    iterations = sorted(by_name(spans, "rlm.iteration"), key=lambda s: s.attributes["rlm.iteration"])
+    (tool,) = by_name(spans, "execute_tool llm_query")
+    assert len(spans) == 5
+    assert run.parent is None
+    assert all(parent_id(s) == span_id(run) for s in iterations)
+    assert parent_id(tool) == span_id(iterations[1])
+    for child in [*iterations, tool]:
+        assert run.start_time <= child.start_time <= child.end_time <= run.end_time
+
+    a = run.attributes
+    assert a["gen_ai.operation.name"] == "invoke_agent"
+    assert a["gen_ai.agent.name"] == "RLM(text -> answer)"
+    assert a["gen_ai.request.model"] == MODEL
+    assert a["gen_ai.provider.name"] == a["gen_ai.system"] == "openai"
+    assert a["rlm.run.id"] == ids[0] and a["rlm.iterations"] == 3 and a["rlm.forced_extract"] is False
+    assert (a["gen_ai.usage.input_tokens"], a["gen_ai.usage.output_tokens"]) == usage(lm.history)
+    assert a["rlm.cost_usd"] == pytest.approx(sum(e["cost"] for e in lm.history))
+    assert run.status.status_code is StatusCode.UNSET
+
+    # iteration 2 used the action call and the llm_query call; the others one action call each
+    action, second, sub, third = lm.history
+    expected = [usage([action]), usage([second, sub]), usage([third])]
+    assert [
+        (s.attributes["gen_ai.usage.input_tokens"], s.attributes["gen_ai.usage.output_tokens"]) for s in iterations
+    ] == expected
+    assert [s.attributes["rlm.code.length"] for s in iterations] == [len(c) for c in STEPS]
+    assert [s.attributes["rlm.submitted"] for s in iterations] == [False, False, True]
+    assert "rlm.code" not in iterations[0].attributes  # content is opt-in
+
+    t = tool.attributes
+    assert (t["gen_ai.operation.name"], t["gen_ai.tool.name"], t["rlm.iteration"]) == ("execute_tool", "llm_query", 1)
+
+
+def test_otel_captures_content_and_the_extract_fallback(make_rlm, exporter, provider):
+    rlm, lm = make_rlm(["print('working')"], max_iters=2, extract={"answer": "late"})
+    events = rlm_events.instrument(rlm)
+    OpenTelemetryTap(provider, capture_content=True).install(events)
+
+    with dspy.context(lm=lm):
+        assert rlm(text="t").answer == "late"
+
+    spans = exporter.get_finished_spans()
+    (run,) = by_name(spans, "invoke_agent RLM(text -> answer)")
+    (extract,) = by_name(spans, "rlm.extract")
+    iterations = by_name(spans, "rlm.iteration")
+    assert run.attributes["rlm.forced_extract"] is True and "gen_ai.provider.name" not in run.attributes
+    assert parent_id(extract) == span_id(run)
+    assert max(s.end_time for s in iterations) <= extract.start_time
+    assert extract.attributes["gen_ai.usage.input_tokens"] == usage([lm.history[-1]])[0]
+    assert run.attributes["gen_ai.usage.input_tokens"] == usage(lm.history)[0]
+    assert {s.attributes["rlm.code"] for s in iterations} == {"print('working')"}
+    assert {s.attributes["rlm.output"] for s in iterations} == {"working"}
+
+
+def test_otel_failed_run_ends_every_span_with_error_status(make_rlm, exporter, provider):
+    rlm, lm = make_rlm(STEPS)
+    events = rlm_events.instrument(rlm)
+    OpenTelemetryTap(provider).install(events)
+    events.use(Stage.POST_EXECUTION, boom)  # fails inside iteration 1
+
+    with dspy.context(lm=lm), pytest.raises(RuntimeError, match="boom"):
+        rlm(text="t")
+
+    spans = exporter.get_finished_spans()
+    (run,) = by_name(spans, "invoke_agent RLM(text -> answer)")
+    (iteration,) = by_name(spans, "rlm.iteration")  # left open by the failure, ended by run_end
+    for span in (run, iteration):
+        assert span.status.status_code is StatusCode.ERROR
+        assert span.attributes["error.type"] == "RuntimeError"
+    assert run.status.description == "RuntimeError: boom"
+    (event,) = run.events
+    assert event.name == "exception" and event.attributes["exception.message"] == "boom"
+
+
+def test_otel_failing_tool_gets_an_error_span_and_the_run_goes_on(make_rlm, exporter, provider):
+    def lookup(key: str) -> str:
+        raise ValueError(f"no such key: {key}")
+
+    rlm, lm = make_rlm(["print(lookup(key='k'))", "SUBMIT(answer='done')"], tools=[lookup])
+    events = rlm_events.instrument(rlm)
+    OpenTelemetryTap(provider).install(events)
+
+    with dspy.context(lm=lm):
+        result = rlm(text="t")
+
+    assert result.answer == "done" and "no such key: k" in result.trajectory[0]["output"]
+    spans = exporter.get_finished_spans()
+    (tool,) = by_name(spans, "execute_tool lookup")
+    (run,) = by_name(spans, "invoke_agent RLM(text -> answer)")
+    assert tool.status.status_code is StatusCode.ERROR and tool.attributes["error.type"] == "ValueError"
+    assert run.status.status_code is StatusCode.UNSET
+
+
+def check_tree(spans: tuple[ReadableSpan, ...], parent: ReadableSpan, run_id: str, iterations: int) -> None:
+    """The spans of ``run_id`` form one tree under ``parent``: run -> iterations -> tool calls."""
+    mine = [s for s in spans if s.attributes.get("rlm.run.id") == run_id]
+    (run,) = [s for s in mine if s.name.startswith("invoke_agent")]
+    its = {s.attributes["rlm.iteration"]: s for s in mine if s.name == "rlm.iteration"}
+    tools = [s for s in mine if s.name.startswith("execute_tool")]
+    assert parent_id(run) == span_id(parent)
+    assert run.context.trace_id == parent.context.trace_id
+    assert sorted(its) == list(range(iterations))
+    assert all(parent_id(s) == span_id(run) for s in its.values())
+    assert tools and all(parent_id(t) == span_id(its[t.attributes["rlm.iteration"]]) for t in tools)
+
+
+def test_otel_concurrent_async_runs_get_separate_correctly_parented_trees(make_rlm, exporter, provider):
+    rlm, lm = make_rlm(STEPS, sub="hi!")
+    events = rlm_events.instrument(rlm)
+    ids: dict[str, str] = {}
+    events.tap(lambda ctx: ids.__setitem__(ctx.input_args["text"], ctx.run.id), stages=[Stage.RUN_START])
+    OpenTelemetryTap(provider).install(events)
+    tracer = provider.get_tracer("test")
+
+    async def request(i: int) -> None:
+        with tracer.start_as_current_span(f"request {i}"):
+            await rlm.acall(text=f"t{i}")
+
+    async def main() -> None:
+        with dspy.context(lm=lm):  # one LM shared by all: their usage cannot be told apart
+            await asyncio.gather(*(request(i) for i in range(4)))
+
+    asyncio.run(main())
+    spans = exporter.get_finished_spans()
+    for i in range(4):
+        (parent,) = by_name(spans, f"request {i}")
+        check_tree(spans, parent, ids[f"t{i}"], iterations=3)
+    runs = [s for s in spans if s.name.startswith("invoke_agent")]
+    assert len(runs) == 4 and len({s.context.trace_id for s in runs}) == 4
+    assert all(s.attributes["rlm.usage.attributed"] is False for s in runs)
+    assert not any("gen_ai.usage.input_tokens" in s.attributes for s in runs)  # left out, not wrong
+
+
+def test_otel_concurrent_threaded_runs_with_their_own_lms_report_their_own_usage(make_rlm, exporter, provider):
+    rlm, lm = make_rlm(STEPS, sub="hi!")
+    events = rlm_events.instrument(rlm)
+    OpenTelemetryTap(provider).install(events)
+    tracer = provider.get_tracer("test")
+    lms = {i: lm.copy() for i in range(3)}
+
+    def request(i: int) -> None:
+        with tracer.start_as_current_span(f"request {i}"), dspy.context(lm=lms[i]):
+            rlm(text="x" * (100 * i))  # different prompt sizes: different usage per call
+
+    threads = [threading.Thread(target=request, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    spans = exporter.get_finished_spans()
+    for i in range(3):
+        (parent,) = by_name(spans, f"request {i}")
+        (run,) = [s for s in spans if parent_id(s) == span_id(parent)]
+        check_tree(spans, parent, run.attributes["rlm.run.id"], iterations=3)
+        assert run.attributes["rlm.usage.attributed"] is True
+        assert (run.attributes["gen_ai.usage.input_tokens"], run.attributes["gen_ai.usage.output_tokens"]) == usage(
+            lms[i].history
+        )
+
+
+def test_otel_without_opentelemetry_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)  # makes `import opentelemetry` fail
+    with pytest.raises(ImportError, match=r"rlm-events\[otel\]"):
+        OpenTelemetryTap()
+
+
+# -- stage timings ----------------------------------------------------------------------------------------------
+
+
+def test_timings_count_every_event_and_add_up(make_rlm):
+    rlm, lm = make_rlm(STEPS, sub="hi!")
+    events = rlm_events.instrument(rlm)
+    seen: Counter[str] = Counter()
+    ids = run_ids_of(events)
+    events.tap(lambda ctx: seen.update([ctx.stage.value]))
+    timings = StageTimings().install(events)
+
+    started = time.perf_counter()
+    with dspy.context(lm=lm):
+        rlm(text="t")
+    call = time.perf_counter() - started
+
+    stats = timings.for_run(ids[0]).stats()
+    assert {stage.value: s.count for stage, s in stats.items()} == dict(seen)
+    assert list(stats) == [s for s in Stage if s.value in seen]  # stage order
+    for s in stats.values():
+        assert 0 <= s.p50_s <= s.p95_s <= s.max_s <= s.total_s
+    loop = sum(s.total_s for stage, s in stats.items() if stage not in (Stage.RUN_END, Stage.TOOL_CALL))
+    assert 0 < loop <= call and 0 < stats[Stage.RUN_END].total_s <= call  # all measured inside the call
+    assert stats[Stage.TOOL_CALL].total_s <= stats[Stage.PRE_EXECUTION].total_s  # tool calls run inside it
+
+
+def test_timings_across_concurrent_runs_per_run_table_and_export(make_rlm):
+    rlm, lm = make_rlm(STEPS, sub="hi!")
+    events = rlm_events.instrument(rlm)
+    ids = run_ids_of(events)
+    timings = StageTimings().install(events)
+
+    def call() -> None:
+        with dspy.context(lm=lm):
+            rlm(text="t")
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(timings.run_ids) == sorted(ids)
+    overall = timings.stats()
+    assert overall[Stage.PRE_ITERATION].count == 9 and overall[Stage.RUN_END].count == 3
+    assert overall[Stage.TOOL_CALL].count == 3
+    for run_id in ids:
+        assert timings.for_run(run_id).stats()[Stage.POST_ITERATION].count == 3
+    exported = json.loads(json.dumps(timings.to_dict()))
+    assert exported["runs"] == 3
+    assert exported["stages"]["pre_execution"]["count"] == 9
+    assert set(exported["stages"]["run_end"]) == {"count", "total_s", "p50_s", "p95_s", "max_s"}
+    lines = timings.table().splitlines()
+    assert lines[0].split()[:3] == ["stage", "count", "total"]
+    assert [line.split()[:2] for line in lines[1:]] == [[s.value, str(overall[s].count)] for s in overall]
+    with pytest.raises(KeyError, match="no timings for run 'nope'"):
+        timings.for_run("nope")
+
+
+def test_timings_keep_only_the_latest_runs(make_rlm):
+    rlm, lm = make_rlm(["SUBMIT(answer='a')"])
+    events = rlm_events.instrument(rlm)
+    ids = run_ids_of(events)
+    timings = StageTimings(max_runs=2).install(events)
+    with dspy.context(lm=lm):
+        for _ in range(3):
+            rlm(text="t")
+    assert timings.run_ids == ids[1:]
+    assert timings.stats()[Stage.RUN_END].count == 2
+    timings.reset()
+    assert timings.stats() == {} and "runs=0" in repr(timings)
+
+
+def test_percentile_interpolates_between_closest_ranks():
+    assert percentile([5.0], 95) == 5.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile([float(i) for i in range(1, 21)], 95) == pytest.approx(19.05)
+    with pytest.raises(ValueError):
+        percentile([], 50)
+    with pytest.raises(ValueError, match="max_runs"):
+        StageTimings(max_runs=0)
