@@ -41,7 +41,9 @@ import copy
 import copyreg
 import functools
 import inspect
+import logging
 import re
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -260,10 +262,14 @@ class _Call:
         if events is None:
             return None
         plan = events.plan
-        if plan.idle:
+        if plan.idle_for(module):  # receivers connected only to other RLMs do not count
             return None
         _swap_predictor(module)
         return _Call(module, seams, plan, {k: v for k, v in kwargs.items() if k not in seams.call_options})
+
+    def wants(self, stage: Stage) -> bool:
+        """Whether anything would see ``stage`` in this call: receivers connected only to other RLMs do not count."""
+        return self.plan.wants(stage, self.module)
 
     def ctx(self, cls: type[StageContext], iteration: int | None = None, **fields: Any) -> Any:
         return cls.model_construct(
@@ -273,7 +279,7 @@ class _Call:
     # run_start / run_end
 
     def start_ctx(self) -> RunStartContext | None:
-        return self.ctx(RunStartContext) if self.plan.wants(Stage.RUN_START) else None
+        return self.ctx(RunStartContext) if self.wants(Stage.RUN_START) else None
 
     def apply_start(self, ctx: RunStartContext | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         if ctx is None:
@@ -308,7 +314,7 @@ class _Call:
         return frame, a
 
     def pre_iteration_ctx(self, frame: _Frame) -> PreIterationContext | None:
-        if not self.plan.wants(Stage.PRE_ITERATION):
+        if not self.wants(Stage.PRE_ITERATION):
             return None
         return self.ctx(
             PreIterationContext,
@@ -341,8 +347,8 @@ class _Call:
 
     def pre_execution_ctx(self, frame: _Frame, action: Prediction) -> PreExecutionContext | None:
         frame.action = action
-        if not self.plan.wants(Stage.PRE_EXECUTION):
-            return None
+        if not self.wants(Stage.PRE_EXECUTION):
+            return None  # DSPy strips the fences itself; post_execution records frame.code when it is needed
         raw = action.code if isinstance(action.code, str) else str(action.code)
         try:
             code = self.seams.strip(raw)
@@ -391,7 +397,7 @@ class _Call:
     # post_iteration
 
     def post_iteration_ctx(self, frame: _Frame, outcome: Prediction | REPLHistory) -> PostIterationContext | None:
-        if not self.plan.wants(Stage.POST_ITERATION):
+        if not self.wants(Stage.POST_ITERATION):
             return None
         if isinstance(outcome, Prediction):
             entries = [REPLEntry.model_validate(e) for e in outcome.get("trajectory", [])]
@@ -578,7 +584,7 @@ def _instrumented_rlm_class(cls: Any) -> Any:
         if (
             call is None
             or call.frame is None
-            or not (call.plan.wants(Stage.POST_EXECUTION) or call.plan.wants(Stage.POST_ITERATION))
+            or not (call.wants(Stage.POST_EXECUTION) or call.wants(Stage.POST_ITERATION))
         ):
             return cls._process_execution_result(self, *args, **kwargs)
         return _Deferred(args, kwargs)
@@ -594,7 +600,7 @@ def _instrumented_rlm_class(cls: Any) -> Any:
         if call is None:
             return cls._extract_fallback(self, *args, **kwargs)
         call.forced_extract = True
-        if not call.plan.wants(Stage.EXTRACT):
+        if not call.wants(Stage.EXTRACT):
             return cls._extract_fallback(self, *args, **kwargs)
         p, a = seams.extract, list(args)
 
@@ -613,7 +619,7 @@ def _instrumented_rlm_class(cls: Any) -> Any:
         if call is None:
             return await cls._aextract_fallback(self, *args, **kwargs)
         call.forced_extract = True
-        if not call.plan.wants(Stage.EXTRACT):
+        if not call.wants(Stage.EXTRACT):
             return await cls._aextract_fallback(self, *args, **kwargs)
         p, a = seams.aextract, list(args)
 
@@ -630,7 +636,7 @@ def _instrumented_rlm_class(cls: Any) -> Any:
     def _prepare_execution_tools(self: Any, *args: Any, **kwargs: Any) -> Any:
         tools = cls._prepare_execution_tools(self, *args, **kwargs)
         call = _current(self)
-        if call is None or not call.plan.wants(Stage.TOOL_CALL):
+        if call is None or not call.wants(Stage.TOOL_CALL):
             return tools
         return {name: call.wrap_tool(name, fn) for name, fn in tools.items()}
 
@@ -669,7 +675,30 @@ def _instrumented_rlm_class(cls: Any) -> Any:
         if original is not None and name not in ("__deepcopy__", "__reduce_ex__"):
             functools.update_wrapper(fn, original)
     namespace.update({_BASE: cls, "__module__": cls.__module__, "__qualname__": cls.__qualname__})
+    if _walks_the_stack(cls):
+        namespace["__getattribute__"] = _getattribute_without_stack_walk
     return type(cls)(cls.__name__, (cls,), namespace)
+
+
+def _walks_the_stack(cls: Any) -> bool:
+    """DSPy before 3.3 calls ``inspect.stack()`` on every ``module.forward`` lookup, to warn about direct calls. That
+    reads the source line of every frame on the stack, once per iteration for ``generate_action``: each frame a
+    seam adds costs tens of microseconds per iteration there. DSPy 3.3's check looks at the caller's frame only."""
+    try:
+        return "inspect.stack(" in inspect.getsource(cls.__getattribute__)
+    except (OSError, TypeError):  # a slot wrapper (object's own) or no source shipped
+        return False
+
+
+def _getattribute_without_stack_walk(self: Any, name: str) -> Any:
+    """DSPy 3.3+'s version of that check: the same warning, from the caller's frame alone."""
+    attr = object.__getattribute__(self, name)
+    if name == "forward" and callable(attr) and sys._getframe(1).f_code.co_name != "__call__":
+        logging.getLogger("dspy.primitives.module").warning(
+            f"Calling module.forward(...) on {type(self).__name__} directly is discouraged. "
+            "Please use module(...) instead."
+        )
+    return attr
 
 
 def _extracted(ctx: ExtractContext) -> Prediction:
@@ -716,6 +745,8 @@ def _instrumented_predictor_class(cls: Any) -> Any:
         "__module__": cls.__module__,
         "__qualname__": cls.__qualname__,
     }
+    if _walks_the_stack(cls):
+        namespace["__getattribute__"] = _getattribute_without_stack_walk
     return type(cls)(cls.__name__, (cls,), namespace)
 
 

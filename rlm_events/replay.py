@@ -71,6 +71,7 @@ from typing import Any, Final, Literal
 import dspy
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from ._patch import iteration_limit
 from .context import (
     ExtractContext,
     PostIterationContext,
@@ -293,7 +294,7 @@ class _Pending:
         self.recording = Recording(
             run_id=ctx.run.id,
             module=module_label(module),
-            max_iters=getattr(module, "max_iters", None),
+            max_iters=iteration_limit(module),
             started_at=ctx.run.started_at,
             input_args=inputs if isinstance(inputs, dict) else {},
         )

@@ -206,8 +206,12 @@ def test_tool_call_wraps_user_tools(make_rlm):
         """Look a key up."""
         return key.upper()
 
-    lm = rlm_events.testing.ScriptedLM(["print(lookup('k'))", "SUBMIT(answer='ok')"])
-    rlm = dspy.RLM("text -> answer", max_iters=3, tools=[lookup], interpreter_factory=InProcessInterpreter)
+    rlm, lm = make_rlm(
+        ["print(lookup('k'))", "SUBMIT(answer='ok')"],
+        max_iters=3,
+        tools=[lookup],
+        interpreter_factory=InProcessInterpreter,
+    )
     events = rlm_events.instrument(rlm)
     seen = []
     events.tap(lambda ctx: seen.append((ctx.name, ctx.result)), stages=["tool_call"])

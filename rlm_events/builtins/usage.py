@@ -155,6 +155,15 @@ class UsageMeter(BaseCallback):
         except Exception:  # metering must never break the LM call it observes
             logger.debug("rlm-events could not meter an LM call", exc_info=True)
 
+    # DSPy 3.1 reports calls of an LM that is a BaseLM but not a dspy.LM (custom LMs, ScriptedLM) to the module
+    # hooks; 3.2+ to the LM hooks. Both reach the same accounting.
+    def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        if isinstance(instance, dspy.BaseLM):
+            self.on_lm_start(call_id, instance, inputs)
+
+    def on_module_end(self, call_id: str, outputs: Any | None, exception: Exception | None = None) -> None:
+        self.on_lm_end(call_id, outputs, exception)
+
     # One shared instance: copies of an LM (lm.copy(), deepcopy) keep sharing it rather than cloning its state.
     def __copy__(self) -> UsageMeter:
         return self

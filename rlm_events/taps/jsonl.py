@@ -59,6 +59,7 @@ from datetime import datetime, timezone
 from types import TracebackType
 from typing import IO, Any
 
+from .._patch import iteration_limit
 from ..builtins.usage import spend_of
 from ..context import (
     ExtractContext,
@@ -299,7 +300,7 @@ class JsonlTrace:
             return {
                 "schema": SCHEMA,
                 "module": module_label(ctx.run.module),
-                "max_iters": getattr(ctx.run.module, "max_iters", None),
+                "max_iters": iteration_limit(ctx.run.module),
                 "inputs": {name: preview(value, limit) for name, value in ctx.input_args.items()},
             }
         if isinstance(ctx, PreIterationContext):

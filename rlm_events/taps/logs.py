@@ -32,6 +32,7 @@ import threading
 import time
 from typing import Any
 
+from .._patch import iteration_limit
 from ..context import (
     ExtractContext,
     PostExecutionContext,
@@ -127,7 +128,7 @@ class LoggingTap:
             return
         where = f"rlm run {ctx.run.id}"
         if ctx.iteration is not None:
-            max_iters = getattr(ctx.run.module, "max_iters", None)
+            max_iters = iteration_limit(ctx.run.module)
             where += f" iteration {ctx.iteration + 1}" + (f"/{max_iters}" if isinstance(max_iters, int) else "")
         # "rlm run <id> iteration 2/6: …" for the summary, "rlm run <id> iteration 2/6 code: …" for the rest.
         separator = "" if message.startswith(":") else " "

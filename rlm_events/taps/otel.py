@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import dspy
 
+from .._patch import iteration_limit
 from ..context import (
     ExtractContext,
     PostExecutionContext,
@@ -192,8 +193,9 @@ class OpenTelemetryTap(ToolTimingTap):
             "gen_ai.agent.name": agent,
             "rlm.run.id": ctx.run.id,
         }
-        if isinstance(getattr(module, "max_iters", None), int):
-            attributes["rlm.max_iters"] = module.max_iters
+        max_iters = iteration_limit(module)
+        if max_iters is not None:
+            attributes["rlm.max_iters"] = max_iters
         if model:
             attributes["gen_ai.request.model"] = model
             provider = _provider(model)

@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Any, TextIO
 
+from .._patch import iteration_limit
 from ..context import PostExecutionContext, PostIterationContext, RunEndContext, StageContext
 from ..instrumentation import Instrumentation
 from .jsonl import LMHistoryMeter, is_error_result, usage_of
@@ -129,7 +130,7 @@ class ProgressTap:
     def _update(self, ctx: StageContext) -> _CallProgress:
         call = self._calls.get(ctx.run.id)
         if call is None:  # run_start, or a display installed mid-call
-            call = self._calls[ctx.run.id] = _CallProgress(getattr(ctx.run.module, "max_iters", None))
+            call = self._calls[ctx.run.id] = _CallProgress(iteration_limit(ctx.run.module))
         call.stage = ctx.stage.value
         if ctx.iteration is not None:
             call.iteration = ctx.iteration + 1
