@@ -224,12 +224,19 @@ def test_tool_errors_and_the_extract_fallback_replay(make_rlm, tmp_path):
 
 def test_overlapping_recordings_on_one_lm_refuse_to_save_and_lm_copies_fix_it(make_rlm, tmp_path):
     rlm, lm = make_rlm(STEPS, tools=[Counted()], sub="cheerful")
-    recorder = Recorder().install(rlm_events.instrument(rlm))
-    barrier = threading.Barrier(2)
+    events = rlm_events.instrument(rlm)
+    recorder = Recorder().install(events)
+    both_started = threading.Barrier(2, timeout=60)
+
+    @events.middleware(Stage.PRE_ITERATION)
+    def overlap(ctx, next):
+        # Both calls are past run_start (the recorder watches them) before either makes an LM call: a certain overlap.
+        if ctx.iteration == 0:
+            both_started.wait()
+        return next(ctx)
 
     def call(model: dspy.BaseLM) -> None:
         with dspy.context(lm=model):
-            barrier.wait()
             rlm(text="hello brave world")
 
     for lms in ([lm, lm], [lm.copy(), lm.copy()]):
