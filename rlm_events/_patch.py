@@ -55,6 +55,8 @@ from dspy import Prediction
 from dspy.primitives.code_interpreter import CodeInterpreter
 from dspy.primitives.repl_types import REPLEntry, REPLHistory, REPLVariable
 
+from middleware import is_async_callable
+
 from .context import (
     ExtractContext,
     PostExecutionContext,
@@ -434,7 +436,7 @@ class _Call:
             index = self.frame.index if self.frame is not None else None
             return self.ctx(ToolCallContext, index, name=name, args=args, kwargs=kwargs, result=None)
 
-        if inspect.iscoroutinefunction(fn):
+        if is_async_callable(fn):  # also an object whose __call__ is async
 
             async def aterminal(c: ToolCallContext) -> ToolCallContext:
                 c.result = await fn(*c.args, **c.kwargs)

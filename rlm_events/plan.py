@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from blinker import NamedSignal
 from blinker import base as _blinker
 
-from middleware import Chain, add_note, is_async_callable, middleware_name, run_sync
+from middleware import Chain, add_note, middleware_name, run_sync
 
 from .context import StageContext, snapshot
 from .signals import BY_STAGE
@@ -45,11 +45,10 @@ class Tap:
     in the same call at DEBUG, so a broken tap cannot flood the log.
     """
 
-    __slots__ = ("_last_failed_run", "fn", "is_async", "name", "stages")
+    __slots__ = ("_last_failed_run", "fn", "name", "stages")
 
     def __init__(self, fn: TapFn, stages: Iterable[Stage]) -> None:
         self.fn, self.name, self.stages = fn, middleware_name(fn), frozenset(stages)
-        self.is_async = is_async_callable(fn)
         self._last_failed_run: str | None = None
 
     def _failed(self, ctx: StageContext) -> None:
