@@ -41,6 +41,7 @@ import copy
 import copyreg
 import functools
 import inspect
+import itertools
 import logging
 import re
 import sys
@@ -68,6 +69,7 @@ from .context import (
     RunStartContext,
     StageContext,
     ToolCallContext,
+    construct,
 )
 from .errors import StageError, UnsupportedDSPyError
 from .stages import Stage
@@ -85,31 +87,30 @@ _NO_RESULT: Any = object()
 
 
 class _Params:
-    """Positions of named parameters of one private method, to read and replace arguments of a call to it."""
+    """The parameters of one private method, to bind the arguments of a call to it by name.
 
-    __slots__ = ("method", "where")
+    A seam binds the loop's call once (:meth:`bind`), reads and replaces arguments in that dict, and calls the
+    original method with it as keywords.
+    """
 
-    def __init__(self, cls: type, method: str, names: tuple[str, ...]) -> None:
+    __slots__ = ("method", "names")
+
+    def __init__(self, cls: type, method: str, required: tuple[str, ...]) -> None:
         self.method = method
-        params = [p.name for p in inspect.signature(_implementation(cls, method)).parameters.values()][1:]  # no self
-        missing = [n for n in names if n not in params]
+        params = list(inspect.signature(_implementation(cls, method)).parameters.values())[1:]  # no self
+        if any(p.kind is p.POSITIONAL_ONLY for p in params):
+            raise _unsupported(cls, f"{method}() has positional-only parameters")
+        missing = [n for n in required if n not in {p.name for p in params}]
         if missing:
             raise _unsupported(cls, f"{method}() has no parameter {', '.join(missing)}")
-        self.where = {name: params.index(name) for name in names}
+        # The names positional arguments bind to, in order (up to *args or the keyword-only ones).
+        self.names = tuple(p.name for p in itertools.takewhile(lambda p: p.kind is p.POSITIONAL_OR_KEYWORD, params))
 
-    def get(self, args: list[Any], kwargs: dict[str, Any], name: str) -> Any:
-        i = self.where[name]
-        return args[i] if i < len(args) else kwargs[name]
-
-    def put(self, args: list[Any], kwargs: dict[str, Any], name: str, value: Any) -> None:
-        i = self.where[name]
-        if i < len(args):
-            args[i] = value
-        else:
-            kwargs[name] = value
-
-    def has(self, name: str) -> bool:
-        return name in self.where
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The call's arguments by name, to call the method with as keywords."""
+        if len(args) > len(self.names):
+            raise TypeError(f"{self.method}() takes {len(self.names)} positional arguments but {len(args)} were given")
+        return {**dict(zip(self.names, args, strict=False)), **kwargs}  # fewer: the rest have defaults
 
 
 def _unsupported(cls: type, piece: str) -> UnsupportedDSPyError:
@@ -134,6 +135,7 @@ class _Seams:
     )
 
     def __init__(self, cls: Any) -> None:
+        self.cls = cls  # the class whose methods do the work
         for name in self._REQUIRED:
             if not callable(getattr(cls, name, None)):
                 raise _unsupported(cls, f"RLM.{name}() is missing")
@@ -142,8 +144,9 @@ class _Seams:
         self.aiteration = _Params(cls, "_aexecute_iteration", loop_args)
         names = [p for p in inspect.signature(cls._process_execution_result).parameters][1:]
         # 3.2+ pass the stripped code explicitly; 3.1 records pred.code.
+        self.result_takes_code = "code" in names
         self.result = _Params(
-            cls, "_process_execution_result", ("pred", "result", "history", *(("code",) if "code" in names else ()))
+            cls, "_process_execution_result", ("pred", "result", "history", *(("code",) * self.result_takes_code))
         )
         self.extract = _Params(cls, "_extract_fallback", ("variables", "history", "output_field_names"))
         self.aextract = _Params(cls, "_aextract_fallback", ("variables", "history", "output_field_names"))
@@ -219,37 +222,59 @@ def _require_direct_return(cls: type, method: str) -> None:
 # -- per-call state -------------------------------------------------------------------------------------------
 
 _CURRENT: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("rlm_events_call", default=None)
+_DEFERRED: Any = object()  # what the patched _process_execution_result returns when post_execution must fold first
 
-
-class _Deferred:
-    """Returned by the patched ``_process_execution_result`` so post_execution can fold before DSPy's processing."""
-
-    __slots__ = ("args", "kwargs")
-
-    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        self.args, self.kwargs = list(args), kwargs
+# Hot paths read these once per iteration: a module global is cheaper than the enum's class attribute.
+_PRE_ITERATION, _PRE_EXECUTION = Stage.PRE_ITERATION, Stage.PRE_EXECUTION
+_POST_EXECUTION, _POST_ITERATION = Stage.POST_EXECUTION, Stage.POST_ITERATION
 
 
 class _Frame:
-    """One iteration of one call."""
+    """One iteration of one call: the loop body's arguments by name, and what its stages learnt on the way."""
 
-    __slots__ = ("action", "code", "history", "index", "output_field_names", "result", "skip", "variables")
+    __slots__ = ("action", "args", "code", "index", "processing", "result", "skip")
 
-    def __init__(self, index: int, history: REPLHistory, variables: list[REPLVariable], names: list[str]) -> None:
-        self.index, self.history, self.variables, self.output_field_names = index, history, variables, names
-        self.action: Prediction | None = None
-        self.skip: Any = _NO_RESULT
+    def __init__(self, call: _Call, args: dict[str, Any]) -> None:
+        """Start iteration ``args["iteration"]`` of ``call``, whose loop body is called with ``args``."""
+        self.args = args  # what DSPy's loop body runs with; pre_iteration replaces history, variables, input_args
+        self.index: int = args["iteration"]
+        self.action: Prediction | None = None  # generate_action's output: the LM's reasoning and code
+        self.skip: Any = _NO_RESULT  # pre_execution's result, used instead of running the code
+        self.processing: dict[str, Any] | None = None  # _process_execution_result's arguments, while deferred
         self.code = ""
         self.result: Any = None
+        call.iterations += 1
+        call.frame = self
+        if not call.seams.has_execute_code:
+            args["repl"] = _SkippableREPL(args["repl"], self)
 
 
 class _Call:
-    """One call of an instrumented RLM: its plan (fixed at start), run, counters and current iteration."""
+    """One call of an instrumented RLM: its plan (fixed at start), run, counters and current iteration.
 
-    __slots__ = ("forced_extract", "frame", "input_args", "iterations", "module", "plan", "run", "seams", "t0")
+    The stage helpers come in pairs around ``plan.fire``/``plan.afire``, so that the sync and async seams share
+    everything but the firing: ``*_ctx`` builds a stage's context from the loop's state, ``apply_*`` (or
+    ``finish_*``) hands what the middleware left in it back to the loop.
+    """
+
+    __slots__ = (
+        "busy",
+        "forced_extract",
+        "frame",
+        "input_args",
+        "iterations",
+        "module",
+        "plan",
+        "predictor",
+        "run",
+        "seams",
+        "t0",
+    )
 
     def __init__(self, module: dspy.RLM, seams: _Seams, plan: Plan, input_args: dict[str, Any]) -> None:
         self.module, self.seams, self.plan, self.input_args = module, seams, plan, input_args
+        self.busy = plan.busy
+        self.predictor = module.__dict__.get("generate_action")
         self.run = Run.model_construct(
             id=uuid.uuid4().hex, module=module, started_at=datetime.now(timezone.utc), state={}
         )
@@ -270,12 +295,16 @@ class _Call:
         return _Call(module, seams, plan, {k: v for k, v in kwargs.items() if k not in seams.call_options})
 
     def wants(self, stage: Stage) -> bool:
-        """Whether anything would see ``stage`` in this call: receivers connected only to other RLMs do not count."""
+        """Whether anything would see ``stage`` in this call: receivers connected only to other RLMs do not count.
+
+        The per-iteration seams test ``busy[stage] or plan.wants(stage, module)`` in place, so that a stage with
+        middleware costs them no call."""
         return self.plan.wants(stage, self.module)
 
     def ctx(self, cls: type[StageContext], iteration: int | None = None, **fields: Any) -> Any:
-        return cls.model_construct(
-            stage=cls.STAGE, iteration=iteration, input_args=self.input_args, run=self.run, **fields
+        """A ``cls`` context of this call; ``fields`` are the rest of its fields, all of them, in declaration order."""
+        return construct(
+            cls, {"stage": cls.STAGE, "iteration": iteration, "input_args": self.input_args, "run": self.run, **fields}
         )
 
     # run_start / run_end
@@ -301,60 +330,47 @@ class _Call:
 
     # pre_iteration
 
-    def enter(self, params: _Params, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[_Frame, list[Any]]:
-        a = list(args)
-        frame = _Frame(
-            params.get(a, kwargs, "iteration"),
-            params.get(a, kwargs, "history"),
-            params.get(a, kwargs, "variables"),
-            params.get(a, kwargs, "output_field_names"),
-        )
-        self.iterations += 1
-        self.frame = frame
-        if not self.seams.has_execute_code:
-            params.put(a, kwargs, "repl", _SkippableREPL(params.get(a, kwargs, "repl"), frame))
-        return frame, a
-
-    def pre_iteration_ctx(self, frame: _Frame) -> PreIterationContext | None:
-        if not self.wants(Stage.PRE_ITERATION):
-            return None
+    def pre_iteration_ctx(self, frame: _Frame) -> PreIterationContext:
+        args = frame.args
         return self.ctx(
             PreIterationContext,
             frame.index,
-            history=frame.history,
-            variables=list(frame.variables),
+            history=args["history"],
+            variables=list(args["variables"]),
             extra_vars={},
             python_code=None,
         )
 
-    def apply_pre_iteration(
-        self, ctx: PreIterationContext | None, frame: _Frame, params: _Params, args: list[Any], kwargs: dict[str, Any]
-    ) -> None:
-        if ctx is None:
-            return
+    @staticmethod
+    def apply_pre_iteration(ctx: PreIterationContext, frame: _Frame) -> None:
+        args = frame.args
         if ctx.python_code:
-            repl = params.get(args, kwargs, "repl")
-            result = repl.execute(ctx.python_code, variables={})
+            result = args["repl"].execute(ctx.python_code, variables={})
             if isinstance(result, str) and result.startswith("[Error]"):
                 raise StageError(f"pre_iteration: python_code failed in the REPL: {result}")
-        frame.history, frame.variables = ctx.history, list(ctx.variables)
+        variables = list(ctx.variables)
         if ctx.extra_vars:
-            shown = {v.name for v in frame.variables}
-            frame.variables += [REPLVariable.from_value(k, v) for k, v in ctx.extra_vars.items() if k not in shown]
-            params.put(args, kwargs, "input_args", {**params.get(args, kwargs, "input_args"), **ctx.extra_vars})
-        params.put(args, kwargs, "history", frame.history)
-        params.put(args, kwargs, "variables", frame.variables)
+            shown = {v.name for v in variables}
+            variables += [REPLVariable.from_value(k, v) for k, v in ctx.extra_vars.items() if k not in shown]
+            args["input_args"] = {**args["input_args"], **ctx.extra_vars}
+        args["history"], args["variables"] = ctx.history, variables
 
     # pre_execution (called from the generate_action seam)
 
-    def pre_execution_ctx(self, frame: _Frame, action: Prediction) -> PreExecutionContext | None:
+    def acted(self, predictor: Any, action: Prediction) -> _Frame | None:
+        """Record ``action`` as this iteration's LM output when ``predictor`` is this call's ``generate_action``;
+        the iteration's frame if pre_execution then fires, else ``None``."""
+        frame = self.frame
+        if predictor is not self.predictor or frame is None or frame.action is not None:
+            return None
         frame.action = action
-        if not self.wants(Stage.PRE_EXECUTION):
-            return None  # DSPy strips the fences itself; post_execution records frame.code when it is needed
+        return frame if self.busy[_PRE_EXECUTION] or self.plan.wants(_PRE_EXECUTION, self.module) else None
+
+    def pre_execution_ctx(self, frame: _Frame, action: Prediction) -> PreExecutionContext:
         raw = action.code if isinstance(action.code, str) else str(action.code)
         try:
             code = self.seams.strip(raw)
-        except SyntaxError:  # DSPy will report the bad fence; middleware still see (and may fix) the raw text
+        except SyntaxError:  # DSPy reports the bad fence; middleware still see (and may fix) the raw text
             code = raw
         frame.code = code
         return self.ctx(
@@ -362,48 +378,67 @@ class _Call:
             frame.index,
             code=code,
             reasoning=str(action.get("reasoning", "")),
-            history=frame.history,
+            history=frame.args["history"],
             result=None,
         )
 
     @staticmethod
-    def apply_pre_execution(ctx: PreExecutionContext | None, frame: _Frame, action: Prediction) -> None:
-        if ctx is None:
-            return
+    def apply_pre_execution(ctx: PreExecutionContext, frame: _Frame, action: Prediction) -> None:
         if ctx.code != frame.code:
             action.code = ctx.code
         if ctx.result is not None:
             frame.skip = ctx.result
 
-    # post_execution
+    # post_execution (deferred by the _process_execution_result seam)
 
-    def post_execution_ctx(self, frame: _Frame, deferred: _Deferred) -> PostExecutionContext:
-        p, a, kw = self.seams.result, deferred.args, deferred.kwargs
-        # 3.1 passes no code: it is pred.code, stripped as 3.1 strips it to run it.
-        code = p.get(a, kw, "code") if p.has("code") else self.seams.strip(str(p.get(a, kw, "pred").code))
+    def processed(self, frame: _Frame, processing: dict[str, Any]) -> bool:
+        """Called with ``_process_execution_result``'s arguments: whether to defer it until post_execution folded
+        code and result. Either way, what the post_iteration context shows is recorded when it is wanted."""
+        if self.busy[_POST_EXECUTION] or self.plan.wants(_POST_EXECUTION, self.module):
+            frame.processing = processing
+            return True
+        if self.busy[_POST_ITERATION] or self.plan.wants(_POST_ITERATION, self.module):
+            frame.code, frame.result = self.code_of(processing), processing["result"]
+        return False
+
+    def code_of(self, processing: dict[str, Any]) -> str:
+        if self.seams.result_takes_code:
+            return processing["code"]  # type: ignore[no-any-return]
+        # 3.1 passes no code: it is pred.code, stripped as 3.1 strips it to run it (a bad fence: as it is).
+        raw = str(processing["pred"].code)
+        try:
+            return self.seams.strip(raw)
+        except SyntaxError:
+            return raw
+
+    def post_execution_ctx(self, frame: _Frame) -> PostExecutionContext:
+        processing: Any = frame.processing
+        frame.code = self.code_of(processing)
         return self.ctx(
-            PostExecutionContext, frame.index, code=code, result=p.get(a, kw, "result"), history=p.get(a, kw, "history")
+            PostExecutionContext,
+            frame.index,
+            code=frame.code,
+            result=processing["result"],
+            history=processing["history"],
         )
 
-    def finish_execution(self, ctx: PostExecutionContext, frame: _Frame, deferred: _Deferred) -> Any:
-        p, a, kw = self.seams.result, deferred.args, deferred.kwargs
-        p.put(a, kw, "result", ctx.result)
-        if p.has("code"):
-            p.put(a, kw, "code", ctx.code)
-        elif ctx.code != self.seams.strip(str(p.get(a, kw, "pred").code)):
+    def finish_execution(self, ctx: PostExecutionContext, frame: _Frame) -> Any:
+        processing: Any = frame.processing
+        processing["result"] = ctx.result
+        if self.seams.result_takes_code:
+            processing["code"] = ctx.code
+        elif ctx.code != frame.code:
             # 3.1 records pred.code as the LM wrote it (3.1.2 with its markdown fence): changed only when changed.
-            p.get(a, kw, "pred").code = ctx.code
-        frame.code, frame.result = ctx.code, ctx.result
-        return type(self.module).__dict__[_BASE]._process_execution_result(self.module, *a, **kw)
+            processing["pred"].code = ctx.code
+        frame.code, frame.result, frame.processing = ctx.code, ctx.result, None
+        return self.seams.cls._process_execution_result(self.module, **processing)
 
     # post_iteration
 
-    def post_iteration_ctx(self, frame: _Frame, outcome: Prediction | REPLHistory) -> PostIterationContext | None:
-        if not self.wants(Stage.POST_ITERATION):
-            return None
+    def post_iteration_ctx(self, frame: _Frame, outcome: Prediction | REPLHistory) -> PostIterationContext:
         if isinstance(outcome, Prediction):
             entries = [REPLEntry.model_validate(e) for e in outcome.get("trajectory", [])]
-            history = frame.history.model_copy(update={"entries": entries})
+            history = frame.args["history"].model_copy(update={"entries": entries})
             prediction: Prediction | None = outcome
         else:
             history, prediction = outcome, None
@@ -419,10 +454,8 @@ class _Call:
         )
 
     @staticmethod
-    def after_iteration(ctx: PostIterationContext | None, outcome: Any) -> tuple[Any, bool]:
+    def after_iteration(ctx: PostIterationContext, outcome: Any) -> tuple[Any, bool]:
         """What the iteration returns to the loop, and whether the extract fallback must produce it instead."""
-        if ctx is None:
-            return outcome, False
         if ctx.prediction is not None:
             return ctx.prediction, False
         return ctx.history, ctx.stop
@@ -502,6 +535,7 @@ def _reduce_to_base(self: Any, protocol: int) -> tuple[Any, ...]:
 @functools.cache
 def _instrumented_rlm_class(cls: Any) -> Any:
     seams = _Seams(cls)
+    iteration, aiteration, result = seams.iteration, seams.aiteration, seams.result
 
     def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
         call = _Call.begin(self, seams, kwargs)
@@ -541,60 +575,62 @@ def _instrumented_rlm_class(cls: Any) -> Any:
             raise end.error
         return end.prediction
 
+    # The iteration seams run on every iteration: no helper call for what a stage with nothing to see skips.
+
     def _execute_iteration(self: Any, *args: Any, **kwargs: Any) -> Any:
-        call = _current(self)
-        if call is None:
+        call = _CURRENT.get()
+        if call is None or call.module is not self:
             return cls._execute_iteration(self, *args, **kwargs)
-        frame, a = call.enter(seams.iteration, args, kwargs)
+        frame = _Frame(call, iteration.bind(args, kwargs))
+        stop = False
         try:
-            ctx = call.pre_iteration_ctx(frame)
-            call.apply_pre_iteration(ctx and call.plan.fire(ctx, self), frame, seams.iteration, a, kwargs)
-            outcome = cls._execute_iteration(self, *a, **kwargs)
-            if isinstance(outcome, _Deferred):
-                post = call.plan.fire(call.post_execution_ctx(frame, outcome), self)
-                outcome = call.finish_execution(post, frame, outcome)
-            end = call.post_iteration_ctx(frame, outcome)
-            outcome, stop = call.after_iteration(end and call.plan.fire(end, self), outcome)
+            if call.busy[_PRE_ITERATION] or call.plan.wants(_PRE_ITERATION, self):
+                call.apply_pre_iteration(call.plan.fire(call.pre_iteration_ctx(frame), self), frame)
+            outcome = cls._execute_iteration(self, **frame.args)
+            if outcome is _DEFERRED:
+                outcome = call.finish_execution(call.plan.fire(call.post_execution_ctx(frame), self), frame)
+            if call.busy[_POST_ITERATION] or call.plan.wants(_POST_ITERATION, self):
+                end = call.plan.fire(call.post_iteration_ctx(frame, outcome), self)
+                outcome, stop = call.after_iteration(end, outcome)
         finally:
             call.frame = None
         if stop:
-            return self._extract_fallback(frame.variables, outcome, frame.output_field_names)
+            return self._extract_fallback(frame.args["variables"], outcome, frame.args["output_field_names"])
         return outcome
 
     async def _aexecute_iteration(self: Any, *args: Any, **kwargs: Any) -> Any:
-        call = _current(self)
-        if call is None:
+        call = _CURRENT.get()
+        if call is None or call.module is not self:
             return await cls._aexecute_iteration(self, *args, **kwargs)
-        frame, a = call.enter(seams.aiteration, args, kwargs)
+        frame = _Frame(call, aiteration.bind(args, kwargs))
+        stop = False
         try:
-            ctx = call.pre_iteration_ctx(frame)
-            call.apply_pre_iteration(ctx and await call.plan.afire(ctx, self), frame, seams.aiteration, a, kwargs)
-            outcome = await cls._aexecute_iteration(self, *a, **kwargs)
-            if isinstance(outcome, _Deferred):
-                post = await call.plan.afire(call.post_execution_ctx(frame, outcome), self)
-                outcome = call.finish_execution(post, frame, outcome)
-            end = call.post_iteration_ctx(frame, outcome)
-            outcome, stop = call.after_iteration(end and await call.plan.afire(end, self), outcome)
+            if call.busy[_PRE_ITERATION] or call.plan.wants(_PRE_ITERATION, self):
+                call.apply_pre_iteration(await call.plan.afire(call.pre_iteration_ctx(frame), self), frame)
+            outcome = await cls._aexecute_iteration(self, **frame.args)
+            if outcome is _DEFERRED:
+                outcome = call.finish_execution(await call.plan.afire(call.post_execution_ctx(frame), self), frame)
+            if call.busy[_POST_ITERATION] or call.plan.wants(_POST_ITERATION, self):
+                end = await call.plan.afire(call.post_iteration_ctx(frame, outcome), self)
+                outcome, stop = call.after_iteration(end, outcome)
         finally:
             call.frame = None
         if stop:
-            return await self._aextract_fallback(frame.variables, outcome, frame.output_field_names)
+            return await self._aextract_fallback(frame.args["variables"], outcome, frame.args["output_field_names"])
         return outcome
 
     def _process_execution_result(self: Any, *args: Any, **kwargs: Any) -> Any:
-        call = _current(self)
-        if (
-            call is None
-            or call.frame is None
-            or not (call.wants(Stage.POST_EXECUTION) or call.wants(Stage.POST_ITERATION))
-        ):
-            return cls._process_execution_result(self, *args, **kwargs)
-        return _Deferred(args, kwargs)
+        call = _CURRENT.get()
+        frame = call.frame if call is not None and call.module is self else None
+        if frame is not None and call.processed(frame, result.bind(args, kwargs)):  # type: ignore[union-attr]
+            return _DEFERRED
+        return cls._process_execution_result(self, *args, **kwargs)
 
     def _execute_code(self: Any, *args: Any, **kwargs: Any) -> Any:
-        call = _current(self)
-        if call is not None and call.frame is not None and call.frame.skip is not _NO_RESULT:
-            return call.frame.skip
+        call = _CURRENT.get()
+        frame = call.frame if call is not None and call.module is self else None
+        if frame is not None and frame.skip is not _NO_RESULT:
+            return frame.skip
         return cls._execute_code(self, *args, **kwargs)
 
     def _extract_fallback(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -604,16 +640,15 @@ def _instrumented_rlm_class(cls: Any) -> Any:
         call.forced_extract = True
         if not call.wants(Stage.EXTRACT):
             return cls._extract_fallback(self, *args, **kwargs)
-        p, a = seams.extract, list(args)
+        bound = seams.extract.bind(args, kwargs)
 
         def terminal(c: ExtractContext) -> ExtractContext:
             if c.prediction is None:
-                p.put(a, kwargs, "history", c.history)
-                p.put(a, kwargs, "variables", c.variables)
-                c.prediction = cls._extract_fallback(self, *a, **kwargs)
+                bound["history"], bound["variables"] = c.history, c.variables
+                c.prediction = cls._extract_fallback(self, **bound)
             return c
 
-        ctx = call.ctx(ExtractContext, history=p.get(a, kwargs, "history"), variables=p.get(a, kwargs, "variables"))
+        ctx = call.ctx(ExtractContext, history=bound["history"], variables=bound["variables"], prediction=None)
         return _extracted(call.plan.fire(ctx, self, terminal))
 
     async def _aextract_fallback(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -623,16 +658,15 @@ def _instrumented_rlm_class(cls: Any) -> Any:
         call.forced_extract = True
         if not call.wants(Stage.EXTRACT):
             return await cls._aextract_fallback(self, *args, **kwargs)
-        p, a = seams.aextract, list(args)
+        bound = seams.aextract.bind(args, kwargs)
 
         async def terminal(c: ExtractContext) -> ExtractContext:
             if c.prediction is None:
-                p.put(a, kwargs, "history", c.history)
-                p.put(a, kwargs, "variables", c.variables)
-                c.prediction = await cls._aextract_fallback(self, *a, **kwargs)
+                bound["history"], bound["variables"] = c.history, c.variables
+                c.prediction = await cls._aextract_fallback(self, **bound)
             return c
 
-        ctx = call.ctx(ExtractContext, history=p.get(a, kwargs, "history"), variables=p.get(a, kwargs, "variables"))
+        ctx = call.ctx(ExtractContext, history=bound["history"], variables=bound["variables"], prediction=None)
         return _extracted(await call.plan.afire(ctx, self, terminal))
 
     def _prepare_execution_tools(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -713,28 +747,22 @@ def _extracted(ctx: ExtractContext) -> Prediction:
 def _instrumented_predictor_class(cls: Any) -> Any:
     """``generate_action``'s class with the pre_execution seam: fires right after the LM wrote the code."""
 
-    def owning_frame(predictor: Any) -> tuple[_Call, _Frame] | None:
-        call = _CURRENT.get()
-        if call is None or call.frame is None or call.frame.action is not None:
-            return None
-        return (call, call.frame) if call.module.__dict__.get("generate_action") is predictor else None
-
     def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
         action = cls.forward(self, *args, **kwargs)
-        owner = owning_frame(self)
-        if owner is not None:
-            call, frame = owner
-            ctx = call.pre_execution_ctx(frame, action)
-            call.apply_pre_execution(ctx and call.plan.fire(ctx, call.module), frame, action)
+        call = _CURRENT.get()
+        frame = call.acted(self, action) if call is not None else None
+        if frame is not None:
+            ctx = call.plan.fire(call.pre_execution_ctx(frame, action), call.module)  # type: ignore[union-attr]
+            call.apply_pre_execution(ctx, frame, action)  # type: ignore[union-attr]
         return action
 
     async def aforward(self: Any, *args: Any, **kwargs: Any) -> Any:
         action = await cls.aforward(self, *args, **kwargs)
-        owner = owning_frame(self)
-        if owner is not None:
-            call, frame = owner
-            ctx = call.pre_execution_ctx(frame, action)
-            call.apply_pre_execution(ctx and await call.plan.afire(ctx, call.module), frame, action)
+        call = _CURRENT.get()
+        frame = call.acted(self, action) if call is not None else None
+        if frame is not None:
+            ctx = await call.plan.afire(call.pre_execution_ctx(frame, action), call.module)  # type: ignore[union-attr]
+            call.apply_pre_execution(ctx, frame, action)  # type: ignore[union-attr]
         return action
 
     functools.update_wrapper(forward, cls.forward)

@@ -86,12 +86,19 @@ class _FastConstruct(BaseModel):
             fields = {k: v for k, v in fields.items() if v is not _REQUIRED}
         if _fields_set is None:
             _fields_set = values.keys() & defaults.keys() if unknown else set(values)
-        instance = cls.__new__(cls)
-        _set_attribute(instance, "__dict__", fields)
-        _set_attribute(instance, "__pydantic_fields_set__", _fields_set)
-        _set_attribute(instance, "__pydantic_extra__", None)
-        _set_attribute(instance, "__pydantic_private__", None)
-        return instance
+        return construct(cls, fields, _fields_set)
+
+
+def construct(cls: type[M], values: dict[str, Any], fields_set: set[str] | None = None) -> M:
+    """An instance of ``cls`` holding ``values`` as they are (taken, not copied): what ``cls.model_construct(**values)``
+    returns when ``values`` names every field of ``cls`` in declaration order, without its per-call work. No
+    validation. ``fields_set`` defaults to every name in ``values``."""
+    instance = cls.__new__(cls)
+    _set_attribute(instance, "__dict__", values)
+    _set_attribute(instance, "__pydantic_fields_set__", set(values) if fields_set is None else fields_set)
+    _set_attribute(instance, "__pydantic_extra__", None)
+    _set_attribute(instance, "__pydantic_private__", None)
+    return instance
 
 
 class Run(_FastConstruct):
@@ -267,12 +274,6 @@ def _frozen(cls: type[StageContext]) -> type[StageContext]:
 def snapshot(ctx: StageContext) -> StageContext:
     """A read-only copy of ``ctx`` as it is now: assigning a field raises, and dict/list fields are copies, so an
     observer can neither change the run nor see later changes. It is still an instance of ``type(ctx)``."""
-    frozen = _frozen(type(ctx))
-    copy = frozen.__new__(frozen)
     # The fields are already those of type(ctx): copy them as they are, without building the model again.
     values = {k: (v.copy() if isinstance(v, (dict, list)) else v) for k, v in ctx.__dict__.items()}
-    _set_attribute(copy, "__dict__", values)
-    _set_attribute(copy, "__pydantic_fields_set__", set(ctx.model_fields_set))
-    _set_attribute(copy, "__pydantic_extra__", None)
-    _set_attribute(copy, "__pydantic_private__", None)
-    return copy
+    return construct(_frozen(type(ctx)), values, set(ctx.model_fields_set))

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+import weakref
+from collections.abc import Callable, Iterable
 from types import MethodType
 from typing import Any, TypeVar
 
@@ -23,16 +24,24 @@ from .stages import Stage
 
 logger = logging.getLogger("rlm_events")
 _ANY_ID = getattr(_blinker, "ANY_ID", 0)  # the key of receivers connected to every sender
+_NONE: frozenset[Any] = frozenset()
 
 
 def _ids_are_plain() -> bool:
     """Whether this blinker keys a plain object by ``id(obj)`` in ``_by_sender`` (1.8 and 1.9 do): only then may
-    :func:`_may_hear` look there directly; otherwise it asks blinker's public API."""
+    :func:`_may_hear` and :func:`_receivers` look there directly; otherwise they ask blinker's public API."""
     make_id, probe = getattr(_blinker, "make_id", None), object()
     return callable(make_id) and make_id(probe) == id(probe) and isinstance(getattr(_blinker, "ANY_ID", None), int)
 
 
-_PLAIN_IDS = _ids_are_plain()
+# Each stage signal's receiver ids by sender id, where this blinker keeps them (it clears, never replaces, the
+# dict), when it keys plain objects by id(); senders of these types have other ids.
+_BY_SENDER: dict[NamedSignal, dict[Any, Any]] = {
+    signal: by_sender
+    for signal in BY_STAGE.values()
+    if _ids_are_plain() and isinstance(by_sender := getattr(signal, "_by_sender", None), dict)
+}
+_NOT_PLAIN = (str, int, MethodType)
 
 C = TypeVar("C", bound=StageContext)
 TapFn = Callable[[Any], Any]
@@ -80,15 +89,28 @@ class Tap:
             self._failed(ctx)
 
 
-def _sync_receiver(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
-    return lambda *args, **kwargs: run_sync(fn(*args, **kwargs))
+def _receivers(signal: NamedSignal, sender: Any) -> list[Callable[..., Any]]:
+    """``list(signal.receivers_for(sender))``: the live receivers connected to ``sender`` or to ANY.
 
-
-def _async_receiver(fn: Callable[..., Any]) -> Callable[..., Coroutine[Any, Any, Any]]:
-    async def receiver(*args: Any, **kwargs: Any) -> Any:
-        return fn(*args, **kwargs)
-
-    return receiver
+    For the plain objects RLMs are, read where this blinker keeps them (see :func:`_may_hear`), without blinker's
+    ``make_id()``, whose ``inspect.ismethod()`` goes through DSPy's Python-level ``__getattribute__``. A weakly
+    connected receiver that died is skipped; blinker's weakref callback disconnects it.
+    """
+    by_sender = _BY_SENDER.get(signal)
+    if by_sender is None or issubclass(type(sender), _NOT_PLAIN):
+        return list(signal.receivers_for(sender))
+    ids = by_sender.get(_ANY_ID, _NONE) | by_sender.get(id(sender), _NONE)
+    if not ids:
+        return []
+    refs = signal.receivers
+    live = []
+    for receiver_id in ids:
+        receiver = refs.get(receiver_id)
+        if isinstance(receiver, weakref.ref):  # weakref.WeakMethod is one too
+            receiver = receiver()
+        if receiver is not None:
+            live.append(receiver)
+    return live
 
 
 def _noted(exc: Exception, signal: NamedSignal) -> None:
@@ -103,8 +125,8 @@ def _may_hear(signal: NamedSignal, sender: Any) -> bool:
     which on a ``dspy.Module`` goes through DSPy's Python-level ``__getattribute__``: for the plain objects RLMs
     are, the id is ``id(sender)``, looked up directly where this blinker keeps it.
     """
-    by_sender = getattr(signal, "_by_sender", None) if _PLAIN_IDS else None
-    if not isinstance(by_sender, dict) or issubclass(type(sender), (str, int, MethodType)):
+    by_sender = _BY_SENDER.get(signal)
+    if by_sender is None or issubclass(type(sender), _NOT_PLAIN):
         return signal.has_receivers_for(sender)
     return bool(by_sender.get(_ANY_ID)) or bool(by_sender.get(id(sender)))
 
@@ -120,13 +142,14 @@ class Plan:
     Everything a stage needs at fire time is resolved once here, when registrations change, not per call.
     """
 
-    __slots__ = ("_any_busy", "_busy", "_route", "chains", "taps")
+    __slots__ = ("_any_busy", "_route", "busy", "chains", "taps")
 
     def __init__(self, chains: dict[Stage, Chain[Any]] | None = None, taps: tuple[Tap, ...] = ()) -> None:
         self.chains = chains or {stage: Chain(label=stage.value) for stage in Stage}
         self.taps = {stage: tuple(t for t in taps if stage in t.stages) for stage in Stage}
-        self._busy = {stage: bool(self.chains[stage]) or bool(self.taps[stage]) for stage in Stage}
-        self._any_busy = any(self._busy.values())
+        # Per stage: whether middleware or taps are registered (signal receivers are checked when firing).
+        self.busy = {stage: bool(self.chains[stage]) or bool(self.taps[stage]) for stage in Stage}
+        self._any_busy = any(self.busy.values())
         # Per stage: the chain, or None when it is empty (no __bool__ call per fire), its signal and its taps.
         self._route = {stage: (self.chains[stage] or None, BY_STAGE[stage], self.taps[stage]) for stage in Stage}
 
@@ -135,17 +158,18 @@ class Plan:
         return tuple(dict.fromkeys(t for taps in self.taps.values() for t in taps))
 
     def wants(self, stage: Stage, sender: Any = None) -> bool:
-        """Whether anything would see ``stage``: middleware, a tap, or a signal receiver; cheap (~0.2 µs).
+        """Whether anything may see ``stage``: middleware, a tap, or a signal receiver; cheap (~0.1 µs).
 
-        With ``sender`` (the RLM being called), only receivers that would hear that sender count, so receivers
-        connected to other RLMs do not pull this one off its fast path.
+        With ``sender`` (the RLM being called), only receivers connected to that sender or to every sender count,
+        so receivers connected to other RLMs do not pull this one off its fast path. A weakly connected receiver
+        that died counts until blinker drops it on the next send: that costs one unused context, never an event.
         """
-        if self._busy[stage]:
+        if self.busy[stage]:
             return True
         signal = BY_STAGE[stage]
         if not signal.receivers:
             return False
-        return sender is None or _has_receivers_for(signal, sender)
+        return sender is None or _may_hear(signal, sender)
 
     @property
     def idle(self) -> bool:
@@ -165,10 +189,14 @@ class Plan:
             ctx = chain.run(ctx, terminal)
         elif terminal is not None:
             ctx = self.chains[ctx.stage].run(ctx, terminal)
-        # Receivers connected only to other RLMs cost a blinker lookup per send: skip it cheaply.
-        if signal.receivers and _may_hear(signal, sender):
+        if signal.receivers and not signal.is_muted:
+            receivers = _receivers(signal, sender)
             try:
-                signal.send(sender, _async_wrapper=_sync_receiver, ctx=ctx)
+                # As blinker's send(), but an async def receiver is not asked about: what it returns is run.
+                for receiver in receivers:
+                    out = receiver(sender, ctx=ctx)
+                    if out is not None and inspect.isawaitable(out):
+                        run_sync(out)  # on the private loop: the caller's loop is never nested
             except Exception as exc:
                 _noted(exc, signal)
                 raise
@@ -177,13 +205,17 @@ class Plan:
         return ctx
 
     async def afire(self, ctx: C, sender: Any, terminal: Callable[[C], Any] | None = None) -> C:
-        """As :meth:`fire`, for an async caller: middleware may be ``async def``; the signal uses ``send_async``."""
+        """As :meth:`fire`, for an async caller: middleware and receivers may be ``async def``, and are awaited."""
         stage = ctx.stage
         _, signal, taps = self._route[stage]
         ctx = await self.chains[stage].arun(ctx, terminal)
-        if signal.receivers and _may_hear(signal, sender):
+        if signal.receivers and not signal.is_muted:
+            receivers = _receivers(signal, sender)
             try:
-                await signal.send_async(sender, _sync_wrapper=_async_receiver, ctx=ctx)
+                for receiver in receivers:  # as blinker's send_async(); sync receivers are called in place
+                    out = receiver(sender, ctx=ctx)
+                    if out is not None and inspect.isawaitable(out):
+                        await out
             except Exception as exc:
                 _noted(exc, signal)
                 raise

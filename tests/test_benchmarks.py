@@ -7,6 +7,9 @@ figure, and that nothing leaks (contexts, runs, signal receivers).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gc
 import importlib.util
 import json
 import os
@@ -22,7 +25,8 @@ from dspy.primitives.repl_types import REPLHistory
 from pydantic import BaseModel, ValidationError
 
 import rlm_events
-from rlm_events import PreExecutionContext, PreIterationContext, Run, Stage, snapshot
+from rlm_events import PreExecutionContext, PreIterationContext, Run, Stage, StageContext, snapshot
+from rlm_events._patch import _Seams
 from rlm_events.context import CONTEXT_TYPES
 from rlm_events.signals import BY_STAGE
 from rlm_events.testing import InProcessInterpreter
@@ -244,3 +248,84 @@ def test_signals_reach_the_receivers_of_the_sender_and_of_any_only(make_rlm):
         for receiver in receivers.values():
             BY_STAGE[Stage.PRE_EXECUTION].disconnect(receiver)
     assert heard == {"one": ["pre_execution"], "any": ["pre_execution"], "other": []}
+
+
+def test_contexts_a_real_run_builds_are_what_pydantic_builds(make_rlm):
+    """The stage seams build contexts with ``construct`` (every field given): same fields, order and set fields."""
+    rlm, lm = make_rlm(["print(1)", "SUBMIT(answer='ok')"], max_iters=2)
+    built: list[StageContext] = []
+
+    def keep(ctx, next):
+        built.append(ctx)
+        return next(ctx)
+
+    events = rlm_events.instrument(rlm)
+    for stage in Stage:
+        events.use(stage, keep)
+    with dspy.context(lm=lm):
+        assert rlm(text="x").answer == "ok"
+    assert {ctx.stage for ctx in built} == set(Stage) - {Stage.EXTRACT, Stage.TOOL_CALL}
+    for ctx in built:
+        reference = _pydantic_construct(type(ctx), **ctx.__dict__)
+        assert list(ctx.__dict__) == list(type(ctx).model_fields), ctx.stage  # every field, declaration order
+        assert ctx.model_fields_set == reference.model_fields_set == set(type(ctx).model_fields)
+        assert ctx == reference and repr(ctx) == repr(reference)
+
+
+def test_signal_delivery_keeps_blinker_semantics(make_rlm):
+    """Receivers are called the way blinker's send() calls them: muted signals send nothing, a weakly connected
+    receiver that died is skipped, bound methods and async receivers are called, errors carry the signal's name."""
+    rlm, lm = make_rlm(["SUBMIT(answer='ok')"] * 4)
+    rlm_events.instrument(rlm)
+    signal = BY_STAGE[Stage.PRE_EXECUTION]
+    heard: list[str] = []
+
+    class Listener:
+        def on(self, sender, ctx):
+            heard.append(f"method {sender is rlm}")
+
+    async def on_async(sender, ctx):
+        heard.append("async")
+
+    def dying(sender, ctx):
+        heard.append("dead")
+
+    listener = Listener()
+    signal.connect(listener.on, sender=rlm)  # weak: a WeakMethod
+    signal.connect(on_async, sender=rlm)
+    signal.connect(dying, sender=rlm)
+    try:
+        del dying
+        gc.collect()
+        with dspy.context(lm=lm):
+            rlm(text="x")
+            assert sorted(heard) == ["async", "method True"]
+            heard.clear()
+            with signal.muted():
+                rlm(text="x")
+            assert heard == []
+            asyncio.run(rlm.acall(text="x"))
+            assert sorted(heard) == ["async", "method True"]
+
+            def boom(sender, ctx):
+                raise RuntimeError("listener failed")
+
+            signal.connect(boom, sender=rlm)
+            with pytest.raises(RuntimeError, match="listener failed") as raised:
+                rlm(text="x")
+            assert any("pre_execution" in note for note in raised.value.__notes__)
+    finally:
+        signal.disconnect(listener.on)
+        signal.disconnect(on_async)
+        with contextlib.suppress(NameError):
+            signal.disconnect(boom)
+
+
+def test_a_loop_method_with_positional_only_parameters_is_unsupported():
+    class Changed(dspy.RLM):
+        def _execute_iteration(self, repl, variables, history, iteration, input_args, output_field_names, /, *rest):
+            outcome = super()._execute_iteration(repl, variables, history, iteration, input_args, output_field_names)
+            return outcome
+
+    with pytest.raises(rlm_events.UnsupportedDSPyError, match="positional-only"):
+        _Seams(Changed)

@@ -44,7 +44,7 @@ def test_the_adapter_detected_for_the_installed_dspy_is_the_known_one():
     seams, constructor = _Seams(dspy.RLM), constructor_of(dspy.RLM)
     detected = (
         seams.has_execute_code,
-        seams.result.has("code"),
+        seams.result_takes_code,
         set(seams.call_options),
         constructor.limit,
         constructor.takes_factory,
