@@ -367,7 +367,8 @@ class _Call:
         return frame if self.busy[_PRE_EXECUTION] or self.plan.wants(_PRE_EXECUTION, self.module) else None
 
     def pre_execution_ctx(self, frame: _Frame, action: Prediction) -> PreExecutionContext:
-        raw = action.code if isinstance(action.code, str) else str(action.code)
+        raw = action.code  # once: Prediction attributes are looked up in Python
+        raw = raw if isinstance(raw, str) else str(raw)
         try:
             code = self.seams.strip(raw)
         except SyntaxError:  # DSPy reports the bad fence; middleware still see (and may fix) the raw text

@@ -93,12 +93,33 @@ def construct(cls: type[M], values: dict[str, Any], fields_set: set[str] | None 
     """An instance of ``cls`` holding ``values`` as they are (taken, not copied): what ``cls.model_construct(**values)``
     returns when ``values`` names every field of ``cls`` in declaration order, without its per-call work. No
     validation. ``fields_set`` defaults to every name in ``values``."""
-    instance = cls.__new__(cls)
-    _set_attribute(instance, "__dict__", values)
-    _set_attribute(instance, "__pydantic_fields_set__", set(values) if fields_set is None else fields_set)
-    _set_attribute(instance, "__pydantic_extra__", None)
-    _set_attribute(instance, "__pydantic_private__", None)
+    instance = _new(cls)
+    _set_dict(instance, values)
+    _set_fields_set(instance, set(values) if fields_set is None else fields_set)
+    _set_extra(instance, None)
+    _set_private(instance, None)
     return instance
+
+
+def _slot_setter(name: str) -> Callable[[Any, Any], None]:
+    """Sets BaseModel's slot ``name`` through its descriptor: without the attribute lookup along each context
+    class's MRO that ``object.__setattr__`` does (the contexts of every stage are built this way); through
+    ``object.__setattr__`` where this pydantic keeps it elsewhere."""
+    descriptor = BaseModel.__dict__.get(name)
+    setter = getattr(descriptor, "__set__", None)
+    return setter if callable(setter) else lambda instance, value: _set_attribute(instance, name, value)
+
+
+def _new_via_class(cls: Any) -> Any:
+    return cls.__new__(cls)
+
+
+# object.__new__ unless this pydantic's BaseModel defines its own.
+_new: Callable[[Any], Any] = object.__new__ if "__new__" not in BaseModel.__dict__ else _new_via_class
+_set_dict = _slot_setter("__dict__")
+_set_fields_set = _slot_setter("__pydantic_fields_set__")
+_set_extra = _slot_setter("__pydantic_extra__")
+_set_private = _slot_setter("__pydantic_private__")
 
 
 class Run(_FastConstruct):
