@@ -556,7 +556,13 @@ class Settings:
 
 
 FULL = Settings(
-    iterations=50, rounds=100, local_rounds=100, warmup=3, memory_runs=10_000, memory_iterations=2, dispatch_loops=200_000
+    iterations=50,
+    rounds=100,
+    local_rounds=100,
+    warmup=3,
+    memory_runs=10_000,
+    memory_iterations=2,
+    dispatch_loops=200_000,
 )
 QUICK = Settings(
     iterations=3, rounds=1, local_rounds=1, warmup=1, memory_runs=10, memory_iterations=2, dispatch_loops=1_000

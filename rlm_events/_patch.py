@@ -437,9 +437,13 @@ class _Call:
     # post_iteration
 
     def post_iteration_ctx(self, frame: _Frame, outcome: Prediction | REPLHistory) -> PostIterationContext:
-        if isinstance(outcome, Prediction):
-            entries = [REPLEntry.model_validate(e) for e in outcome.get("trajectory", [])]
-            history = frame.args["history"].model_copy(update={"entries": entries})
+        if isinstance(outcome, Prediction):  # SUBMIT: the history is in the trajectory, dumped
+            before, trajectory = frame.args["history"], outcome.get("trajectory", [])
+            if len(trajectory) == len(before.entries) + 1:  # the entries this iteration saw, then its own
+                entries = [*before.entries, REPLEntry.model_validate(trajectory[-1])]
+            else:
+                entries = [REPLEntry.model_validate(e) for e in trajectory]
+            history = before.model_copy(update={"entries": entries})
             prediction: Prediction | None = outcome
         else:
             history, prediction = outcome, None

@@ -464,3 +464,21 @@ def test_registration_errors_are_clear_and_early(make_rlm):
         events.use("run_end", "not a function")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="exactly one argument"):
         events.tap(lambda a, b: None)
+
+
+def test_post_iteration_history_on_submit_is_the_whole_trajectory(make_rlm):
+    rlm, lm = make_rlm(["print('a')", "print('b')", "SUBMIT(answer='ok')"], max_iters=4)
+    seen = []
+
+    def keep(ctx, next):
+        seen.append((ctx.prediction, ctx.history))
+        return next(ctx)
+
+    rlm_events.instrument(rlm).use(Stage.POST_ITERATION, keep)
+    with dspy.context(lm=lm):
+        prediction = rlm(text="x")
+    final, history = seen[-1]
+    assert final is prediction and [p for p, _ in seen[:-1]] == [None, None]
+    assert [e.model_dump() for e in history.entries] == prediction.trajectory
+    assert [e.output.strip() for e in history.entries[:2]] == ["a", "b"] and "ok" in history.entries[2].output
+    assert history.entries[:2] == seen[1][1].entries  # the entries the last iteration saw, then its own
