@@ -164,6 +164,13 @@ class _Seams:
         strip = getattr(rlm_module, "_strip_code_fences", None)
         self.strip: Callable[[str], str] = strip if callable(strip) else str.strip
 
+    def stripped(self, raw: str) -> str:
+        """The code as DSPy runs it: without its markdown fence."""
+        try:
+            return self.strip(raw)
+        except SyntaxError:  # DSPy reports the bad fence; middleware still see (and may fix) the raw text
+            return raw
+
     def _require_loop_calls(self, cls: type) -> None:
         """Each stage fires from a call the loop makes; a loop that no longer makes it would skip the stage."""
         execute = "self._execute_code(" if self.has_execute_code else "repl.execute("
@@ -367,13 +374,8 @@ class _Call:
         return frame if self.busy[_PRE_EXECUTION] or self.plan.wants(_PRE_EXECUTION, self.module) else None
 
     def pre_execution_ctx(self, frame: _Frame, action: Prediction) -> PreExecutionContext:
-        raw = action.code  # once: Prediction attributes are looked up in Python
-        raw = raw if isinstance(raw, str) else str(raw)
-        try:
-            code = self.seams.strip(raw)
-        except SyntaxError:  # DSPy reports the bad fence; middleware still see (and may fix) the raw text
-            code = raw
-        frame.code = code
+        code = action.code  # once: Prediction attributes are looked up in Python
+        frame.code = code = self.seams.stripped(code if isinstance(code, str) else str(code))
         return self.ctx(
             PreExecutionContext,
             frame.index,
@@ -405,12 +407,8 @@ class _Call:
     def code_of(self, processing: dict[str, Any]) -> str:
         if self.seams.result_takes_code:
             return processing["code"]  # type: ignore[no-any-return]
-        # 3.1 passes no code: it is pred.code, stripped as 3.1 strips it to run it (a bad fence: as it is).
-        raw = str(processing["pred"].code)
-        try:
-            return self.seams.strip(raw)
-        except SyntaxError:
-            return raw
+        # 3.1 passes no code: it is pred.code, stripped as 3.1 strips it to run it.
+        return self.seams.stripped(str(processing["pred"].code))
 
     def post_execution_ctx(self, frame: _Frame) -> PostExecutionContext:
         processing: Any = frame.processing

@@ -36,11 +36,15 @@ def _ids_are_plain() -> bool:
 
 # Each stage signal's receiver ids by sender id, where this blinker keeps them (it clears, never replaces, the
 # dict), when it keys plain objects by id(); senders of these types have other ids.
-_BY_SENDER: dict[NamedSignal, dict[Any, Any]] = {
-    signal: by_sender
-    for signal in BY_STAGE.values()
-    if _ids_are_plain() and isinstance(by_sender := getattr(signal, "_by_sender", None), dict)
-}
+_BY_SENDER: dict[NamedSignal, dict[Any, Any]] = (
+    {
+        signal: by_sender
+        for signal in BY_STAGE.values()
+        if isinstance(by_sender := getattr(signal, "_by_sender", None), dict)
+    }
+    if _ids_are_plain()
+    else {}
+)
 _NOT_PLAIN = (str, int, MethodType)
 
 C = TypeVar("C", bound=StageContext)
