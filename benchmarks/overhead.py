@@ -57,6 +57,7 @@ from dspy.utils.callback import BaseCallback
 
 import rlm_events
 from rlm_events import PreExecutionContext, Run, Stage, StageContext, snapshot
+from rlm_events.context import construct
 from rlm_events.signals import BY_STAGE
 from rlm_events.testing import InProcessInterpreter, ScriptedLM
 
@@ -500,9 +501,10 @@ def dispatch_benchmark(make_rlm: MakeRLM, *, loops: int) -> list[dict[str, Any]]
     run = Run.model_construct(id="bench", module=rlm, started_at=None, state={})
     history = REPLHistory()
 
-    def context() -> PreExecutionContext:
-        return PreExecutionContext.model_construct(
-            stage=Stage.PRE_EXECUTION, iteration=0, input_args={}, run=run, code="x = 1", history=history
+    def context() -> PreExecutionContext:  # as the stage seams build one: every field given, in order
+        fields = {"stage": Stage.PRE_EXECUTION, "iteration": 0, "input_args": {}, "run": run}
+        return construct(
+            PreExecutionContext, {**fields, "code": "x = 1", "reasoning": "", "history": history, "result": None}
         )
 
     ctx = context()
@@ -511,7 +513,7 @@ def dispatch_benchmark(make_rlm: MakeRLM, *, loops: int) -> list[dict[str, Any]]
         ("idle stage seam: is anything subscribed? (plan.wants)", lambda: idle.wants(stage), 2.0),
         ("fire an idle stage anyway (plan.fire)", lambda: idle.fire(ctx, rlm), 2.0),
         ("call start: is the whole plan idle? (plan.idle)", lambda: idle.idle, None),
-        ("build a stage context (model_construct)", context, None),
+        ("build a stage context (as the seams do)", context, None),
         ("read-only snapshot for one tap", lambda: snapshot(ctx), None),
         ("fire: 3 pass-through middleware", lambda: busy.plan.fire(ctx, other), None),
     ]
