@@ -45,6 +45,7 @@ import itertools
 import logging
 import re
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -783,14 +784,26 @@ def _instrumented_predictor_class(cls: Any) -> Any:
     return type(cls)(cls.__name__, (cls,), namespace)
 
 
+# Orders predictor swaps against detach(): a call that found the RLM instrumented just before uninstrument() must
+# not swap generate_action's class back in after detach() restored it.
+_SWAP_LOCK = threading.Lock()
+
+
+def _check_predictor(module: Any, predictor: Any) -> None:
+    if not all(callable(getattr(type(predictor), name, None)) for name in ("forward", "aforward")):
+        raise _unsupported(type(module), f"generate_action ({type(predictor).__name__}) has no forward/aforward")
+
+
 def _swap_predictor(module: Any) -> None:
+    """Give ``module``'s ``generate_action`` the pre_execution seam, if ``module`` is (still) instrumented."""
     predictor = module.__dict__.get("generate_action")
     if predictor is None or _BASE in type(predictor).__dict__:
         return
-    if not all(callable(getattr(type(predictor), name, None)) for name in ("forward", "aforward")):
-        raise _unsupported(type(module), f"generate_action ({type(predictor).__name__}) has no forward/aforward")
-    cls: Any = type(predictor)
-    predictor.__class__ = _instrumented_predictor_class(cls)
+    _check_predictor(module, predictor)
+    with _SWAP_LOCK:
+        if _ATTR in module.__dict__ and _BASE not in type(predictor).__dict__:
+            cls: Any = type(predictor)
+            predictor.__class__ = _instrumented_predictor_class(cls)
 
 
 def _unswap_predictor(module: Any) -> None:
@@ -932,17 +945,19 @@ def attach(rlm: Any, events: Instrumentation) -> None:
     cls = _instrumented_rlm_class(original)
     if "generate_action" not in rlm.__dict__:
         raise _unsupported(type(rlm), "the instance has no generate_action predictor")
-    _swap_predictor(rlm)
+    _check_predictor(rlm, rlm.__dict__["generate_action"])
     rlm.__dict__[_ATTR] = events
+    _swap_predictor(rlm)
     rlm.__class__ = cls
     events._attach(rlm)
 
 
 def detach(rlm: Any) -> None:
     """Exactly undo :func:`attach`; a no-op on an RLM that is not instrumented."""
-    events = rlm.__dict__.pop(_ATTR, None)
+    with _SWAP_LOCK:
+        events = rlm.__dict__.pop(_ATTR, None)
+        _unswap_predictor(rlm)
     if _BASE in type(rlm).__dict__:
         rlm.__class__ = _base_of(type(rlm))
-    _unswap_predictor(rlm)
     if events is not None:
         events._detach(rlm)

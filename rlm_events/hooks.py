@@ -352,7 +352,8 @@ def enable_rlm_hooks(
     callable with its documented positional arguments raises ``TypeError`` naming it; so does ``rlm`` not being a
     ``dspy.RLM``. At run time, a hook returning anything but its output model or ``None`` raises ``TypeError``
     naming the hook and the model; whatever a hook raises fails the call, as in ``dspy-rlm-hooks``.
-    Calls already running keep the hooks they started with.
+    Calls already running keep the hooks they started with; the old hooks are swapped for the new ones in one change,
+    so a call starting meanwhile has either set, whole.
     """
     _require_rlm(rlm, "enable_rlm_hooks")
     hooks = (pre_iteration_hook, pre_execution_hook, post_execution_hook, post_iteration_hook)
@@ -369,13 +370,14 @@ def enable_rlm_hooks(
     events = instrument(rlm)
     if owns:
         _CREATED_BY_HOOKS.add(events)
-    for mw in previous_hooks:
-        events.remove(mw)
     needs_variables = pre_execution_hook is not None or post_execution_hook is not None
-    for kind, hook in given:
-        # The execution hooks are given the iteration's variables, which only pre_iteration sees: record them.
-        if hook is not None or (kind.stage is Stage.PRE_ITERATION and needs_variables):
-            events.use(kind.stage, _adapt(kind, hook, owns))
+    # The execution hooks are given the iteration's variables, which only pre_iteration sees: record them.
+    new = [
+        (kind.stage, _adapt(kind, hook, owns))
+        for kind, hook in given
+        if hook is not None or (kind.stage is Stage.PRE_ITERATION and needs_variables)
+    ]
+    events.replace(previous_hooks, new)  # one change: a call starting meanwhile has the old hooks or the new
 
 
 def disable_rlm_hooks(rlm: dspy.RLM) -> None:
@@ -390,8 +392,7 @@ def disable_rlm_hooks(rlm: dspy.RLM) -> None:
     if events is None:
         return
     hooks = list(_hooks_on(events))
-    for mw in hooks:
-        events.remove(mw)
+    events.replace(hooks, [])
     if not _owned(events, hooks):
         return
     _CREATED_BY_HOOKS.add(events)

@@ -51,20 +51,33 @@ class Instrumentation:
         return mw
 
     def _register(self, stages: list[Stage], mw: Callable[..., Any]) -> None:
-        # A middleware object may declare the stages it serves (STAGES); anywhere else it would do nothing silently.
-        declared = getattr(mw, "STAGES", None)
-        if isinstance(declared, (tuple, list, frozenset, set)) and declared:
-            for stage in stages:
-                if stage not in declared:
-                    expected = ", ".join(Stage.parse(s).value for s in declared)
-                    raise TypeError(
-                        f"{type(mw).__name__} is a middleware for stage(s) {expected}; it cannot be used at stage "
-                        f"{stage.value!r}"
-                    )
-        # One plan swap for all stages, so a call starting meanwhile sees mw on all of them or on none.
+        self._swap((), [(stage, mw) for stage in stages])  # all stages or none: see replace()
+
+    def replace(self, old: Iterable[Callable[..., Any]], new: Iterable[tuple[StageLike, Callable[..., Any]]]) -> None:
+        """Remove every registration of each middleware in ``old``, then append each ``(stage, mw)`` of ``new``, in
+        one change: a call starting meanwhile sees all of the old middleware or all of the new, never a mix.
+
+        Validates ``new`` as :meth:`use` does; on a bad entry nothing changes.
+        """
+        self._swap(tuple(old), [(Stage.parse(stage), mw) for stage, mw in new])
+
+    def _swap(self, old: tuple[Callable[..., Any], ...], new: list[tuple[Stage, Callable[..., Any]]]) -> None:
+        for stage, mw in new:
+            # A middleware object may declare the stages it serves (STAGES); anywhere else it would do nothing.
+            declared = getattr(mw, "STAGES", None)
+            if isinstance(declared, (tuple, list, frozenset, set)) and declared and stage not in declared:
+                expected = ", ".join(Stage.parse(s).value for s in declared)
+                raise TypeError(
+                    f"{type(mw).__name__} is a middleware for stage(s) {expected}; it cannot be used at stage "
+                    f"{stage.value!r}"
+                )
+        # One plan swap for everything, so a call starting meanwhile sees the change whole or not at all.
         with self._lock:
             chains = dict(self._plan.chains)
-            for stage in stages:
+            for mw in old:
+                for stage in Stage:
+                    chains[stage] = chains[stage].remove(mw)
+            for stage, mw in new:
                 try:
                     chains[stage] = chains[stage].append(mw)
                 except TypeError as exc:
@@ -85,12 +98,12 @@ class Instrumentation:
 
     def remove(self, mw: Callable[..., Any], stage: StageLike | None = None) -> None:
         """Remove every registration of ``mw`` (on ``stage`` only, if given). Unknown middleware are ignored."""
-        stages = list(Stage) if stage is None else [Stage.parse(stage)]
+        if stage is None:
+            self._swap((mw,), [])
+            return
+        stage = Stage.parse(stage)
         with self._lock:
-            chains = dict(self._plan.chains)
-            for s in stages:
-                chains[s] = chains[s].remove(mw)
-            self._plan = Plan(chains, self._plan.all_taps)
+            self._plan = Plan({**self._plan.chains, stage: self._plan.chains[stage].remove(mw)}, self._plan.all_taps)
 
     def tap(self, fn: F, stages: Iterable[StageLike] | None = None) -> F:
         """Observe ``stages`` (all if ``None``) with ``fn(snapshot)``; return ``fn``.

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 import rlm_events
-from rlm_events import Stage, signals
+from rlm_events import Stage, _patch, signals
 from rlm_events.testing import InProcessInterpreter
 
 ORDER_ONE_ITERATION = ["run_start", "pre_iteration", "pre_execution", "post_execution", "post_iteration", "run_end"]
@@ -421,6 +421,18 @@ def test_uninstrument_restores_exactly(make_rlm):
     assert rlm_events.instrument(rlm) is not events  # a fresh instrumentation after a full undo
 
 
+def test_a_call_starting_as_uninstrument_runs_leaves_the_predictor_restored(make_rlm):
+    """A call that found the RLM instrumented gives generate_action its seam as it starts; when uninstrument() ran in
+    between, that late swap must not undo the restore."""
+    rlm, _ = make_rlm(["SUBMIT(answer='ok')"])
+    plain = type(rlm.generate_action)
+    rlm_events.instrument(rlm).use(Stage.RUN_END, lambda ctx, next: next(ctx))
+    assert type(rlm.generate_action) is not plain
+    rlm_events.uninstrument(rlm)
+    _patch._swap_predictor(rlm)  # what the starting call does next
+    assert type(rlm.generate_action) is plain
+
+
 def test_composite_modules_instrument_every_rlm_inside(make_rlm):
     first, lm = make_rlm(["SUBMIT(answer=text + '!')"])
     second, _ = make_rlm(["SUBMIT(answer=text + '!')"])
@@ -482,3 +494,33 @@ def test_post_iteration_history_on_submit_is_the_whole_trajectory(make_rlm):
     assert [e.model_dump() for e in history.entries] == prediction.trajectory
     assert [e.output.strip() for e in history.entries[:2]] == ["a", "b"] and "ok" in history.entries[2].output
     assert history.entries[:2] == seen[1][1].entries  # the entries the last iteration saw, then its own
+
+
+def test_replace_swaps_middleware_in_one_change_or_not_at_all(make_rlm):
+    rlm, lm = make_rlm(["print(1)", "SUBMIT(answer='ok')"], max_iters=3)
+    events = rlm_events.instrument(rlm)
+    order = []
+
+    def old(ctx, next):
+        order.append("old")
+        return next(ctx)
+
+    def new(ctx, next):
+        order.append(f"new {ctx.stage.value}")
+        return next(ctx)
+
+    events.use(Stage.PRE_ITERATION, old)
+    events.use(Stage.POST_ITERATION, old)
+    before = events.plan
+    with pytest.raises(TypeError, match="exactly"):  # a bad entry: nothing changes
+        events.replace([old], [(Stage.PRE_EXECUTION, new), ("post_execution", lambda ctx: ctx)])
+    assert events.plan is before
+    with pytest.raises(rlm_events.UnknownStageError):
+        events.replace([old], [("pre_executoin", new)])
+    assert events.plan is before
+
+    events.replace([old], [(Stage.PRE_EXECUTION, new), ("post_execution", new)])
+    assert {s for s, chain in events.plan.chains.items() if chain} == {Stage.PRE_EXECUTION, Stage.POST_EXECUTION}
+    with dspy.context(lm=lm):
+        assert rlm(text="x").answer == "ok"
+    assert order == ["new pre_execution", "new post_execution"] * 2

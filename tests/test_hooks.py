@@ -353,6 +353,32 @@ def test_enabling_twice_replaces_the_hooks(make_rlm):
     assert type(rlm) is dspy.RLM
 
 
+def test_enabling_again_swaps_all_hooks_in_one_plan_change(make_rlm):
+    rlm, _ = make_rlm(["SUBMIT(answer='done')"])
+    enable_rlm_hooks(rlm, pre_iteration_hook=lambda i, v, h, a: None, post_iteration_hook=lambda i, p, c, r, h: None)
+    events = rlm_events.instrumentation_of(rlm)
+    plans = []
+    original = type(events)
+
+    class Recording(original):  # records every plan a call starting meanwhile could take
+        @property
+        def _plan(self):
+            return self.__dict__["_plan"]
+
+        @_plan.setter
+        def _plan(self, plan):
+            plans.append(plan)
+            self.__dict__["_plan"] = plan
+
+    events.__class__ = Recording
+    try:
+        enable_rlm_hooks(rlm, pre_execution_hook=lambda i, c, v, h, a: None)
+    finally:
+        events.__class__ = original
+    assert len(plans) == 1  # never a plan with some old hooks gone and the new ones not there yet
+    assert {s for s, chain in plans[0].chains.items() if chain} == {Stage.PRE_ITERATION, Stage.PRE_EXECUTION}
+
+
 def test_hooks_coexist_with_middleware_and_listeners_in_registration_order(make_rlm):
     rlm, lm = make_rlm(["print(eval('6*7'))", "SUBMIT(answer='done')"])
     events = rlm_events.instrument(rlm)
