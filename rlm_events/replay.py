@@ -84,6 +84,7 @@ from .errors import RLMEventsError
 from .instrumentation import Instrumentation
 from .lm_history import LMHistoryWatch, lms_of, module_label, usage_of
 from .stages import Stage
+from .taps._tool_tap import ToolAwareTap
 
 # ReplayLM implements BaseLM.forward(), the interface every supported DSPy release (3.1 → 3.4) accepts.
 warnings.filterwarnings("ignore", message=r"Implementing custom LMs through BaseLM", category=DeprecationWarning)
@@ -391,27 +392,19 @@ class _Pending:
         return recording
 
 
-class Recorder:
+class Recorder(ToolAwareTap):
     """Records calls of instrumented RLMs (see the module docstring for what and how).
 
-    A tap on the loop stages plus a ``tool_call`` middleware; neither changes anything, and a failure inside the
-    recorder is logged and listed in the recording's :attr:`~Recording.problems`, never raised into the run.
+    A tap on the loop stages plus a ``tool_call`` middleware (``recorder.install(events)``); neither changes
+    anything, and a failure inside the recorder is logged and listed in the recording's
+    :attr:`~Recording.problems`, never raised into the run. Install it after your own ``tool_call`` middleware to
+    record what the real tools returned.
 
     Args:
         include_prompts: also store each LM call's request text (large: every action prompt repeats the REPL
             history). Sub calls always keep theirs.
         keep: how many finished recordings to keep in memory (the oldest are dropped).
     """
-
-    _STAGES = (
-        Stage.RUN_START,
-        Stage.PRE_ITERATION,
-        Stage.PRE_EXECUTION,
-        Stage.POST_EXECUTION,
-        Stage.POST_ITERATION,
-        Stage.EXTRACT,
-        Stage.RUN_END,
-    )
 
     def __init__(self, *, include_prompts: bool = False, keep: int = 100) -> None:
         if keep < 1:
@@ -422,22 +415,6 @@ class Recorder:
         self._pending: dict[str, _Pending] = {}
         self._done: deque[Recording] = deque(maxlen=keep)
         self._tool_middleware = self._record_tool  # one object, so uninstall() can find it
-
-    # -- registration ---------------------------------------------------------------------------------------
-
-    def install(self, events: Instrumentation) -> Recorder:
-        """Tap the loop stages of ``events`` and add the ``tool_call`` recording middleware; return ``self``.
-
-        Install it after your own ``tool_call`` middleware to record what the real tools returned.
-        """
-        events.tap(self, stages=self._STAGES)
-        events.use(Stage.TOOL_CALL, self._tool_middleware)
-        return self
-
-    def uninstall(self, events: Instrumentation) -> None:
-        """Remove what :meth:`install` registered on ``events``."""
-        events.untap(self)
-        events.remove(self._tool_middleware, Stage.TOOL_CALL)
 
     # -- results --------------------------------------------------------------------------------------------
 

@@ -73,11 +73,11 @@ from ..context import (
     StageContext,
     ToolCallContext,
 )
-from ..instrumentation import Instrumentation
 from ..lm_history import HistoryCursor, lms_of, module_label
 from ..lm_history import usage_of as lm_usage
 from ..stages import Stage
 from ._text import is_error_result, preview
+from ._tool_tap import InstallableTap
 
 SCHEMA = "rlm-events-trace/1"
 """Written as ``schema`` on every ``run_start`` line; the number changes when a field changes meaning."""
@@ -195,7 +195,7 @@ class _RunClock:
         self.meter = LMHistoryMeter()
 
 
-class JsonlTrace:
+class JsonlTrace(InstallableTap):
     """A tap writing one JSON object per stage event to ``path_or_file`` (see the module docstring for the schema).
 
     Args:
@@ -230,16 +230,7 @@ class JsonlTrace:
         self._runs: dict[str, _RunClock] = {}
         self._closed = False
 
-    # -- registration ---------------------------------------------------------------------------------------
-
-    def install(self, events: Instrumentation) -> JsonlTrace:
-        """Register this trace as a tap on every stage of ``events``; return it."""
-        events.tap(self)
-        return self
-
-    def uninstall(self, events: Instrumentation) -> None:
-        """Remove this trace's tap from ``events`` (the file stays open)."""
-        events.untap(self)
+    # -- closing --------------------------------------------------------------------------------------------
 
     def close(self) -> None:
         """Stop recording and close the file if this trace opened it. Idempotent."""

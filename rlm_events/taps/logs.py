@@ -43,9 +43,9 @@ from ..context import (
     StageContext,
     ToolCallContext,
 )
-from ..instrumentation import Instrumentation
 from ..stages import Stage
 from ._text import is_error_result, preview
+from ._tool_tap import InstallableTap
 
 DEFAULT_LOGGER = "rlm_events.runs"
 
@@ -63,7 +63,7 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-class LoggingTap:
+class LoggingTap(InstallableTap):
     """A tap that writes each call's progress to a standard :class:`logging.Logger` (see the module docstring).
 
     Args:
@@ -84,15 +84,6 @@ class LoggingTap:
         self.max_chars = max_chars
         self._lock = threading.Lock()
         self._iteration_started: dict[tuple[str, int], float] = {}
-
-    def install(self, events: Instrumentation) -> LoggingTap:
-        """Register this tap on every stage of ``events``; return it."""
-        events.tap(self)
-        return self
-
-    def uninstall(self, events: Instrumentation) -> None:
-        """Remove this tap from ``events``."""
-        events.untap(self)
 
     def __repr__(self) -> str:
         return f"<LoggingTap {self.logger.name} {logging.getLevelName(self.level)}>"

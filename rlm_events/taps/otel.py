@@ -60,7 +60,7 @@ from ..context import (
 )
 from ..lm_history import LMHistoryWatch, lms_of, module_label, usage_of
 from ._text import is_error_result, preview
-from ._tool_tap import ToolTimingTap
+from ._tool_tap import ToolAwareTap
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, TracerProvider
@@ -120,7 +120,7 @@ class _RunSpans:
         self.usage_ok = True
 
 
-class OpenTelemetryTap(ToolTimingTap):
+class OpenTelemetryTap(ToolAwareTap):
     """Emits OpenTelemetry spans for every call of the instrumented RLMs (see the module docstring).
 
     Args:

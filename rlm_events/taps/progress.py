@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from .._patch import iteration_limit
 from ..context import PostExecutionContext, PostIterationContext, RunEndContext, StageContext
-from ..instrumentation import Instrumentation
+from ._tool_tap import InstallableTap
 from .jsonl import LMHistoryMeter, is_error_result, usage_of
 
 _RICH_MISSING = (
@@ -62,7 +62,7 @@ class _CallProgress:
         return f" | {self.tokens:,} tokens" + (f" | ${self.cost_usd:.4f}" if self.cost_usd else "")
 
 
-class ProgressTap:
+class ProgressTap(InstallableTap):
     """A tap showing each running call's iteration n/max, current stage, elapsed time, tokens and cost.
 
     Args:
@@ -95,15 +95,6 @@ class ProgressTap:
             return self._live_wanted
         isatty = getattr(self.out, "isatty", None)
         return bool(callable(isatty) and isatty()) and _rich_available()
-
-    def install(self, events: Instrumentation) -> ProgressTap:
-        """Register this display as a tap on every stage of ``events``; return it."""
-        events.tap(self)
-        return self
-
-    def uninstall(self, events: Instrumentation) -> None:
-        """Remove this display from ``events``."""
-        events.untap(self)
 
     # -- the tap --------------------------------------------------------------------------------------------
 

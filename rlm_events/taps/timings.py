@@ -41,7 +41,7 @@ from typing import Any
 
 from ..context import RunEndContext, StageContext, ToolCallContext
 from ..stages import Stage
-from ._tool_tap import ToolTimingTap
+from ._tool_tap import ToolAwareTap
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def _stats(samples: list[float]) -> StageStats:
     )
 
 
-class StageTimings(ToolTimingTap):
+class StageTimings(ToolAwareTap):
     """Collects stage durations (defined in the module docstring) of every call it observes. Thread-safe.
 
     Args:
