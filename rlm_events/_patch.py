@@ -1,8 +1,8 @@
 """The only module that touches DSPy's private RLM API.
 
-rlm-events never copies DSPy's loop. It swaps the class of one ``dspy.RLM`` instance (and of its
-``generate_action`` predictor) for a cached subclass whose overrides wrap the smallest private seams and call the
-original method for the real work, so DSPy's own loop body keeps running:
+rlm-events never copies DSPy's loop. It swaps the class of one ``dspy.RLM`` instance for a cached subclass whose
+overrides wrap the smallest private seams and call the original method for the real work, so DSPy's own loop body
+keeps running:
 
 ================================  ===========================================================================
 seam                              stages
@@ -10,7 +10,7 @@ seam                              stages
 ``forward`` / ``aforward``        ``run_start``, ``run_end`` (the call boundary; the interpreter is shut down
                                   inside, before ``run_end``)
 ``_execute_iteration`` (+async)   ``pre_iteration`` before, ``post_execution`` and ``post_iteration`` after
-``generate_action.forward``       ``pre_execution`` right after the LM wrote the code (async-capable)
+``generate_action`` (read)        ``pre_execution`` right after the predictor (any callable) returned the code
 ``_execute_code`` (or the REPL)   skips execution when ``pre_execution`` supplied a result
 ``_process_execution_result``     deferred until ``post_execution`` folded code and result
 ``_extract_fallback`` (+async)    ``extract``
@@ -45,9 +45,9 @@ import itertools
 import logging
 import re
 import sys
-import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -88,36 +88,97 @@ _NO_RESULT: Any = object()
 
 
 class _Params:
-    """The parameters of one private method, to bind the arguments of a call to it by name.
+    """The parameters of one private method, to bind the arguments of a call to it by name and call it again.
 
     A seam binds the loop's call once (:meth:`bind`), reads and replaces arguments in that dict, and calls the
-    original method with it as keywords.
+    method with it (:meth:`call`). The names are those of the base-most definition in the MRO that declares them
+    all (DSPy's own), as the loop passes them. An override may rename nothing, but may take fewer of them plus
+    ``*args``, take ``*args, **kwargs`` only, or take them positionally only: it is called as it can be called.
     """
 
-    __slots__ = ("method", "names")
+    __slots__ = ("by_keyword", "method", "names")
 
     def __init__(self, cls: type, method: str, required: tuple[str, ...]) -> None:
         self.method = method
-        params = list(inspect.signature(_implementation(cls, method)).parameters.values())[1:]  # no self
-        if any(p.kind is p.POSITIONAL_ONLY for p in params):
-            raise _unsupported(cls, f"{method}() has positional-only parameters")
-        missing = [n for n in required if n not in {p.name for p in params}]
-        if missing:
-            raise _unsupported(cls, f"{method}() has no parameter {', '.join(missing)}")
+        definitions = [_parameters(fn) for fn in _definitions(cls, method)]
+        outer = definitions[0]
+        named = next((d for d in reversed(definitions) if _declares(d, required, positional_only=True)), None)
+        outer_names = _positional(outer)
+        if named is None or outer_names != _positional(named)[: len(outer_names)]:
+            declared = {p.name for p in outer}
+            missing = [n for n in required if n not in declared] or [n for n in outer_names if n not in required]
+            raise _unsupported(cls, method, f"has no parameter {', '.join(missing)}")
         # The names positional arguments bind to, in order (up to *args or the keyword-only ones).
-        self.names = tuple(p.name for p in itertools.takewhile(lambda p: p.kind is p.POSITIONAL_OR_KEYWORD, params))
+        self.names = _positional(named)
+        keywords = {p.name for p in outer if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        self.by_keyword = any(p.kind is p.VAR_KEYWORD for p in outer) or all(n in keywords for n in self.names)
+        if (
+            not self.by_keyword
+            and not any(p.kind is p.VAR_POSITIONAL for p in outer)
+            and len(outer_names) < len(self.names)
+        ):
+            raise _unsupported(cls, method, f"does not accept {', '.join(self.names[len(outer_names) :])}")
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        """The call's arguments by name, to call the method with as keywords."""
+        """The call's arguments by name, to :meth:`call` the method with."""
         if len(args) > len(self.names):
             raise TypeError(f"{self.method}() takes {len(self.names)} positional arguments but {len(args)} were given")
         return {**dict(zip(self.names, args, strict=False)), **kwargs}  # fewer: the rest have defaults
 
+    def call(self, fn: Callable[..., Any], obj: Any, bound: dict[str, Any]) -> Any:
+        """``fn(obj, ...)`` with ``bound``: as keywords where ``fn`` takes them, else the loop's names positionally."""
+        if self.by_keyword:
+            return fn(obj, **bound)
+        positional = list(itertools.takewhile(lambda n: n in bound, self.names))
+        return fn(obj, *[bound[n] for n in positional], **{k: v for k, v in bound.items() if k not in positional})
 
-def _unsupported(cls: type, piece: str) -> UnsupportedDSPyError:
+
+def _positional(params: list[inspect.Parameter]) -> tuple[str, ...]:
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return tuple(p.name for p in itertools.takewhile(lambda p: p.kind in kinds, params))
+
+
+def _parameters(fn: Any) -> list[inspect.Parameter]:
+    params = list(inspect.signature(fn).parameters.values())
+    return params[1:] if params and params[0].name == "self" else params
+
+
+def _declares(params: list[inspect.Parameter], names: tuple[str, ...], *, positional_only: bool = False) -> bool:
+    kinds: set[inspect._ParameterKind] = {inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY}
+    if positional_only:
+        kinds.add(inspect.Parameter.POSITIONAL_ONLY)
+    declared = {p.name for p in params if p.kind in kinds}
+    return all(n in declared for n in names)
+
+
+def _definitions(cls: type, method: str) -> Iterator[Any]:
+    """``method`` as each class of ``cls``'s MRO defines it, outermost first."""
+    for klass in cls.__mro__:
+        fn = klass.__dict__.get(method, _NO_RESULT)
+        if fn is not _NO_RESULT:
+            yield fn
+
+
+def _owner(cls: type, method: str) -> type:
+    """The class whose definition of ``method`` ``cls`` uses."""
+    return next((k for k in cls.__mro__ if method in k.__dict__), cls)
+
+
+def _is_dspys(klass: type) -> bool:
+    return klass.__module__ == "dspy" or klass.__module__.startswith("dspy.")
+
+
+def _unsupported(cls: type, method: str, piece: str) -> UnsupportedDSPyError:
+    """The error for a loop rlm-events cannot fit: DSPy's own class changed, or a subclass's override differs."""
+    owner = _owner(cls, method)
+    if _is_dspys(owner):
+        return UnsupportedDSPyError(
+            f"rlm-events cannot instrument {cls.__qualname__} on DSPy {dspy.__version__}: {owner.__name__}.{method}() "
+            f"{piece}. Supported: DSPy 3.1.2 to 3.4.x; please report this DSPy version."
+        )
     return UnsupportedDSPyError(
-        f"rlm-events cannot instrument {cls.__qualname__} on DSPy {dspy.__version__}: {piece}. "
-        "Supported: DSPy 3.1.2 to 3.4.x; please report this DSPy version."
+        f"rlm-events cannot instrument {cls.__qualname__}: {owner.__qualname__}.{method}() {piece}, which "
+        f"rlm-events needs of a dspy.RLM subclass (DSPy {dspy.__version__})"
     )
 
 
@@ -139,27 +200,36 @@ class _Seams:
         self.cls = cls  # the class whose methods do the work
         for name in self._REQUIRED:
             if not callable(getattr(cls, name, None)):
-                raise _unsupported(cls, f"RLM.{name}() is missing")
+                raise _unsupported(cls, name, "is missing")
         loop_args = ("repl", "variables", "history", "iteration", "input_args", "output_field_names")
         self.iteration = _Params(cls, "_execute_iteration", loop_args)
         self.aiteration = _Params(cls, "_aexecute_iteration", loop_args)
-        names = [p for p in inspect.signature(cls._process_execution_result).parameters][1:]
         # 3.2+ pass the stripped code explicitly; 3.1 records pred.code.
-        self.result_takes_code = "code" in names
+        self.result_takes_code = any(
+            _declares(_parameters(fn), ("code",)) for fn in _definitions(cls, "_process_execution_result")
+        )
         self.result = _Params(
             cls, "_process_execution_result", ("pred", "result", "history", *(("code",) * self.result_takes_code))
         )
         self.extract = _Params(cls, "_extract_fallback", ("variables", "history", "output_field_names"))
         self.aextract = _Params(cls, "_aextract_fallback", ("variables", "history", "output_field_names"))
         # 3.2+ route execution through _execute_code; 3.1 calls repl.execute inline, so we wrap the REPL.
-        self.has_execute_code = callable(getattr(cls, "_execute_code", None))
+        self.has_execute_code = callable(getattr(cls, "_execute_code", None)) and all(
+            _calls(cls, method, "self._execute_code(") is not False
+            for method in ("_execute_iteration", "_aexecute_iteration")
+        )
         # Options of the call itself, never input args: 3.3's positional-only caller-owned interpreter is passed in
         # *args (a keyword of that name is an input), 3.4's keyword-only interpreter_factory in **kwargs.
-        forward = inspect.signature(cls.forward).parameters.values()
         self.call_options = frozenset(
-            p.name for p in forward if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"
+            p.name
+            for fn in _definitions(cls, "forward")
+            for p in _parameters(fn)
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
         )
         self._require_loop_calls(cls)
+        # post_execution of an async call is fired after the loop body returned, where it can be awaited: that
+        # needs the body to return _process_execution_result(...) as is. Otherwise it fires inside that method.
+        self.defers = all(_returns_processed(cls, m) for m in ("_execute_iteration", "_aexecute_iteration"))
         from dspy.predict import rlm as rlm_module
 
         strip = getattr(rlm_module, "_strip_code_fences", None)
@@ -174,22 +244,25 @@ class _Seams:
 
     def _require_loop_calls(self, cls: type) -> None:
         """Each stage fires from a call the loop makes; a loop that no longer makes it would skip the stage."""
-        execute = "self._execute_code(" if self.has_execute_code else "repl.execute("
+        execute = ("self._execute_code(", "repl.execute(")
         required = {
-            "forward": ("self._prepare_execution_tools(", "self._execute_iteration(", "self._extract_fallback("),
-            "aforward": ("self._prepare_execution_tools(", "self._aexecute_iteration(", "self._aextract_fallback("),
-            "_execute_iteration": ("self.generate_action(", execute),
-            "_aexecute_iteration": ("self.generate_action.acall(", execute),
+            "forward": (
+                ("self._prepare_execution_tools(",),
+                ("self._execute_iteration(",),
+                ("self._extract_fallback(",),
+            ),
+            "aforward": (
+                ("self._prepare_execution_tools(",),
+                ("self._aexecute_iteration(",),
+                ("self._aextract_fallback(",),
+            ),
+            "_execute_iteration": (("self.generate_action(",), execute),
+            "_aexecute_iteration": (("self.generate_action.acall(",), execute),
         }
         for method, calls in required.items():
-            source = _loop_source(cls, method)
-            if source is None:  # no source shipped: trust the signature checks
-                continue
-            missing = [c for c in calls if c not in source]
+            missing = [alternatives[0] for alternatives in calls if _calls_any(cls, method, alternatives) is False]
             if missing:
-                raise _unsupported(cls, f"{method}() no longer calls {', '.join(c + '...)' for c in missing)}")
-        for method in ("_execute_iteration", "_aexecute_iteration"):
-            _require_direct_return(cls, method)
+                raise _unsupported(cls, method, f"does not call {', '.join(c + '...)' for c in missing)}")
 
 
 def _source(fn: Any) -> str | None:
@@ -199,32 +272,45 @@ def _source(fn: Any) -> str | None:
         return None
 
 
-def _implementation(cls: type, method: str) -> Any:
-    """The function doing ``method``'s work: an override that only delegates with ``return super().<method>(...)``
-    (the usual way to wrap a method) is followed to its parent's, whose parameters the loop's calls bind to."""
-    for klass in cls.__mro__:
-        fn = klass.__dict__.get(method, _NO_RESULT)
-        if fn is _NO_RESULT:
-            continue
+def _chain_sources(cls: type, method: str) -> Iterator[str | None]:
+    """The sources of the definitions of ``method`` that run when ``cls``'s is called: the outermost, and each
+    parent's as long as an override calls ``super().<method>(...)``. ``None`` for a definition without source."""
+    for fn in _definitions(cls, method):
         source = _source(fn) if inspect.isfunction(fn) else None
-        if source is None or not re.search(rf"return (await )?super\(\)\.{method}\(", source):
-            return fn if inspect.isfunction(fn) else getattr(cls, method)
-    return getattr(cls, method)
+        yield source
+        if source is None or not re.search(rf"super\(\)\.{method}\(", source):
+            return
 
 
-def _loop_source(cls: type, method: str) -> str | None:
-    """The source of the implementation of ``method`` that does the work (see :func:`_implementation`)."""
-    return _source(_implementation(cls, method))
+def _calls(cls: type, method: str, call: str) -> bool | None:
+    """Whether running ``cls``'s ``method`` makes ``call`` (by its source); ``None`` when a source is missing."""
+    return _calls_any(cls, method, (call,))
 
 
-def _require_direct_return(cls: type, method: str) -> None:
-    """post_execution defers ``_process_execution_result``; that needs the loop body to return its value as is."""
-    source = _loop_source(cls, method)
-    if source is None:
-        return
-    calls = [line.strip() for line in source.splitlines() if "self._process_execution_result(" in line]
-    if not calls or any(not line.startswith("return ") for line in calls):
-        raise _unsupported(cls, f"{method}() does not return _process_execution_result(...) directly")
+def _calls_any(cls: type, method: str, calls: tuple[str, ...]) -> bool | None:
+    unknown = False
+    for source in _chain_sources(cls, method):
+        if source is None:
+            unknown = True
+        elif any(c in source for c in calls):
+            return True
+    return None if unknown else False
+
+
+def _returns_processed(cls: type, method: str) -> bool:
+    """Whether each definition that runs returns ``_process_execution_result(...)`` (or its parent's result) as is."""
+    for source in _chain_sources(cls, method):
+        if source is None:
+            return False
+        lines = [line.strip() for line in source.splitlines()]
+        delegations = [line for line in lines if f"super().{method}(" in line]
+        if delegations:
+            if any(not re.match(rf"return (await )?super\(\)\.{method}\(", line) for line in delegations):
+                return False
+            continue
+        calls = [line for line in lines if "self._process_execution_result(" in line]
+        return bool(calls) and all(line.startswith("return ") for line in calls)
+    return False
 
 
 # -- per-call state -------------------------------------------------------------------------------------------
@@ -267,22 +353,26 @@ class _Call:
 
     __slots__ = (
         "busy",
+        "defers",
         "forced_extract",
         "frame",
         "input_args",
+        "is_async",
         "iterations",
         "module",
         "plan",
-        "predictor",
         "run",
         "seams",
         "t0",
     )
 
-    def __init__(self, module: dspy.RLM, seams: _Seams, plan: Plan, input_args: dict[str, Any]) -> None:
+    def __init__(
+        self, module: dspy.RLM, seams: _Seams, plan: Plan, input_args: dict[str, Any], *, is_async: bool
+    ) -> None:
         self.module, self.seams, self.plan, self.input_args = module, seams, plan, input_args
         self.busy = plan.busy
-        self.predictor = module.__dict__.get("generate_action")
+        # An async call awaits post_execution after the loop body returned; a sync one fires it in place.
+        self.is_async, self.defers = is_async, is_async and seams.defers
         self.run = Run.model_construct(
             id=uuid.uuid4().hex, module=module, started_at=datetime.now(timezone.utc), state={}
         )
@@ -292,15 +382,15 @@ class _Call:
         self.t0 = time.perf_counter()
 
     @staticmethod
-    def begin(module: dspy.RLM, seams: _Seams, kwargs: dict[str, Any]) -> _Call | None:
+    def begin(module: dspy.RLM, seams: _Seams, kwargs: dict[str, Any], *, is_async: bool) -> _Call | None:
         events: Instrumentation | None = module.__dict__.get(_ATTR)
         if events is None:
             return None
         plan = events.plan
         if plan.idle_for(module):  # receivers connected only to other RLMs do not count
             return None
-        _swap_predictor(module)
-        return _Call(module, seams, plan, {k: v for k, v in kwargs.items() if k not in seams.call_options})
+        inputs = {k: v for k, v in kwargs.items() if k not in seams.call_options}
+        return _Call(module, seams, plan, inputs, is_async=is_async)
 
     def wants(self, stage: Stage) -> bool:
         """Whether anything would see ``stage`` in this call: receivers connected only to other RLMs do not count.
@@ -365,45 +455,87 @@ class _Call:
 
     # pre_execution (called from the generate_action seam)
 
-    def acted(self, predictor: Any, action: Prediction) -> _Frame | None:
-        """Record ``action`` as this iteration's LM output when ``predictor`` is this call's ``generate_action``;
-        the iteration's frame if pre_execution then fires, else ``None``."""
-        frame = self.frame
-        if predictor is not self.predictor or frame is None or frame.action is not None:
-            return None
-        frame.action = action
-        return frame if self.busy[_PRE_EXECUTION] or self.plan.wants(_PRE_EXECUTION, self.module) else None
+    def acting(self, frame: _Frame, predictor: Any) -> Any:
+        """What ``self.generate_action`` is while this iteration waits for its action: ``predictor`` itself once
+        the action is in, else a stand-in that records the action and fires pre_execution on it."""
+        return predictor if frame.action is not None else _Acting(predictor, self, frame)
 
-    def pre_execution_ctx(self, frame: _Frame, action: Prediction) -> PreExecutionContext:
-        code = action.code  # once: Prediction attributes are looked up in Python
-        frame.code = code = self.seams.stripped(code if isinstance(code, str) else str(code))
+    def acted(self, frame: _Frame, action: Any) -> bool:
+        """Record ``action`` as the iteration's LM output (the first one only): whether pre_execution fires on it."""
+        if frame.action is not None or self.frame is not frame:
+            return False
+        frame.action = action
+        if not isinstance(getattr(action, "code", None), str):  # DSPy reports what it cannot run; we stand aside
+            return False
+        return self.busy[_PRE_EXECUTION] or self.plan.wants(_PRE_EXECUTION, self.module)
+
+    def unacted(self, frame: _Frame) -> None:
+        """The iteration ended without an action from ``self.generate_action``: say once that pre_execution could
+        not fire (the loop called the predictor another way), if anything wanted it."""
+        if not (self.busy[_PRE_EXECUTION] or self.plan.wants(_PRE_EXECUTION, self.module)):
+            return
+        predictor = type(self.module.__dict__.get("generate_action"))
+        warn_once(
+            self.module,
+            ("pre_execution", predictor),
+            f"rlm-events: pre_execution did not fire in iteration {frame.index + 1} of "
+            f"{type(self.module).__qualname__}: its loop did not get the action from self.generate_action(...) "
+            f"(a {predictor.__qualname__}); not reported again for this RLM and predictor class",
+        )
+
+    def pre_execution_ctx(self, frame: _Frame, action: Any) -> PreExecutionContext:
+        frame.code = code = self.seams.stripped(action.code)
         return self.ctx(
             PreExecutionContext,
             frame.index,
             code=code,
-            reasoning=str(action.get("reasoning", "")),
+            reasoning=str(getattr(action, "reasoning", "")),
             history=frame.args["history"],
             result=None,
         )
 
     @staticmethod
-    def apply_pre_execution(ctx: PreExecutionContext, frame: _Frame, action: Prediction) -> None:
+    def apply_pre_execution(ctx: PreExecutionContext, frame: _Frame, action: Any) -> Any:
         if ctx.code != frame.code:
-            action.code = ctx.code
+            try:
+                action.code = ctx.code  # DSPy strips and runs action.code next
+            except (AttributeError, TypeError) as exc:
+                raise StageError(
+                    f"pre_execution: a middleware changed the code, but generate_action returned a "
+                    f"{type(action).__name__} whose code cannot be set ({exc}); return a dspy.Prediction"
+                ) from None
         if ctx.result is not None:
             frame.skip = ctx.result
+        return action
 
     # post_execution (deferred by the _process_execution_result seam)
 
-    def processed(self, frame: _Frame, processing: dict[str, Any]) -> bool:
-        """Called with ``_process_execution_result``'s arguments: whether to defer it until post_execution folded
-        code and result. Either way, what the post_iteration context shows is recorded when it is wanted."""
+    def folds(self, frame: _Frame, processing: dict[str, Any]) -> bool:
+        """Called with ``_process_execution_result``'s arguments: whether post_execution must fold code and result
+        first. Either way, what the post_iteration context shows is recorded when it is wanted."""
         if self.busy[_POST_EXECUTION] or self.plan.wants(_POST_EXECUTION, self.module):
             frame.processing = processing
             return True
         if self.busy[_POST_ITERATION] or self.plan.wants(_POST_ITERATION, self.module):
             frame.code, frame.result = self.code_of(processing), processing["result"]
         return False
+
+    def fold_in_place(self, frame: _Frame) -> Any:
+        """post_execution fired inside ``_process_execution_result``: in sync calls, and in async calls whose loop
+        body does not return that method's value as is (then ``async def`` middleware run on the private loop)."""
+        if (
+            not self.defers
+            and self.seams.defers is False
+            and any(map(is_async_callable, self.plan.chains[_POST_EXECUTION]))
+        ):
+            warn_once(
+                self.module,
+                ("post_execution", "async"),
+                f"rlm-events: {type(self.module).__qualname__}'s loop body does not return "
+                "_process_execution_result(...) as is, so async post_execution middleware run on a private event "
+                "loop, blocking this call's loop while they run",
+            )
+        return self.finish_execution(self.plan.fire(self.post_execution_ctx(frame), self.module), frame)
 
     def code_of(self, processing: dict[str, Any]) -> str:
         if self.seams.result_takes_code:
@@ -514,6 +646,18 @@ class _SkippableREPL:
         setattr(self._repl, name, value)
 
 
+_WARNED: weakref.WeakKeyDictionary[Any, set[Any]] = weakref.WeakKeyDictionary()
+
+
+def warn_once(module: Any, key: Any, message: str) -> None:
+    """Log ``message`` at WARNING the first time ``key`` comes up for ``module``: stages that cannot fire are named,
+    never skipped silently, and never flood the log."""
+    seen = _WARNED.setdefault(module, set())
+    if key not in seen:
+        seen.add(key)
+        logging.getLogger("rlm_events").warning(message)
+
+
 def _current(module: Any) -> _Call | None:
     call = _CURRENT.get()
     return call if call is not None and call.module is module else None
@@ -542,7 +686,7 @@ def _instrumented_rlm_class(cls: Any) -> Any:
     iteration, aiteration, result = seams.iteration, seams.aiteration, seams.result
 
     def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
-        call = _Call.begin(self, seams, kwargs)
+        call = _Call.begin(self, seams, kwargs, is_async=False)
         if call is None:
             return cls.forward(self, *args, **kwargs)
         prediction, error = None, None
@@ -561,7 +705,7 @@ def _instrumented_rlm_class(cls: Any) -> Any:
         return end.prediction
 
     async def aforward(self: Any, *args: Any, **kwargs: Any) -> Any:
-        call = _Call.begin(self, seams, kwargs)
+        call = _Call.begin(self, seams, kwargs, is_async=True)
         if call is None:
             return await cls.aforward(self, *args, **kwargs)
         prediction, error = None, None
@@ -590,9 +734,9 @@ def _instrumented_rlm_class(cls: Any) -> Any:
         try:
             if call.busy[_PRE_ITERATION] or call.plan.wants(_PRE_ITERATION, self):
                 call.apply_pre_iteration(call.plan.fire(call.pre_iteration_ctx(frame), self), frame)
-            outcome = cls._execute_iteration(self, **frame.args)
-            if outcome is _DEFERRED:
-                outcome = call.finish_execution(call.plan.fire(call.post_execution_ctx(frame), self), frame)
+            outcome = iteration.call(cls._execute_iteration, self, frame.args)
+            if frame.action is None:
+                call.unacted(frame)
             if call.busy[_POST_ITERATION] or call.plan.wants(_POST_ITERATION, self):
                 end = call.plan.fire(call.post_iteration_ctx(frame, outcome), self)
                 outcome, stop = call.after_iteration(end, outcome)
@@ -611,7 +755,9 @@ def _instrumented_rlm_class(cls: Any) -> Any:
         try:
             if call.busy[_PRE_ITERATION] or call.plan.wants(_PRE_ITERATION, self):
                 call.apply_pre_iteration(await call.plan.afire(call.pre_iteration_ctx(frame), self), frame)
-            outcome = await cls._aexecute_iteration(self, **frame.args)
+            outcome = await aiteration.call(cls._aexecute_iteration, self, frame.args)
+            if frame.action is None:
+                call.unacted(frame)
             if outcome is _DEFERRED:
                 outcome = call.finish_execution(await call.plan.afire(call.post_execution_ctx(frame), self), frame)
             if call.busy[_POST_ITERATION] or call.plan.wants(_POST_ITERATION, self):
@@ -626,8 +772,8 @@ def _instrumented_rlm_class(cls: Any) -> Any:
     def _process_execution_result(self: Any, *args: Any, **kwargs: Any) -> Any:
         call = _CURRENT.get()
         frame = call.frame if call is not None and call.module is self else None
-        if frame is not None and call.processed(frame, result.bind(args, kwargs)):  # type: ignore[union-attr]
-            return _DEFERRED
+        if frame is not None and call.folds(frame, result.bind(args, kwargs)):  # type: ignore[union-attr]
+            return _DEFERRED if call.defers else call.fold_in_place(frame)  # type: ignore[union-attr]
         return cls._process_execution_result(self, *args, **kwargs)
 
     def _execute_code(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -707,12 +853,13 @@ def _instrumented_rlm_class(cls: Any) -> Any:
         "_prepare_execution_tools": _prepare_execution_tools,
         "__deepcopy__": __deepcopy__,
         "__reduce_ex__": _reduce_to_base,
+        "generate_action": _ActionSeam(),
     }
     if seams.has_execute_code:
         namespace["_execute_code"] = _execute_code
     for name, fn in namespace.items():
         original = getattr(cls, name, None)
-        if original is not None and name not in ("__deepcopy__", "__reduce_ex__"):
+        if original is not None and name not in ("__deepcopy__", "__reduce_ex__", "generate_action"):
             functools.update_wrapper(fn, original)
     namespace.update({_BASE: cls, "__module__": cls.__module__, "__qualname__": cls.__qualname__})
     if _walks_the_stack(cls):
@@ -747,69 +894,76 @@ def _extracted(ctx: ExtractContext) -> Prediction:
     return ctx.prediction
 
 
-@functools.cache
-def _instrumented_predictor_class(cls: Any) -> Any:
-    """``generate_action``'s class with the pre_execution seam: fires right after the LM wrote the code."""
+class _Acting:
+    """``generate_action`` as the loop sees it until the iteration's action is in: calls go to the real predictor
+    (``__call__`` / ``forward`` in sync loops, ``acall`` / ``aforward`` in async ones), then record the action and
+    fire pre_execution on it. Everything else, and any error, is the predictor's own: a loop that works bare works
+    the same, whatever the predictor is (a ``dspy.Predict``, another module, a plain callable)."""
 
-    def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
-        action = cls.forward(self, *args, **kwargs)
+    __slots__ = ("_call", "_frame", "_predictor")
+
+    def __init__(self, predictor: Any, call: _Call, frame: _Frame) -> None:
+        self._predictor, self._call, self._frame = predictor, call, frame
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._acted(self._predictor(*args, **kwargs))
+
+    def _acted(self, action: Any) -> Any:
+        call, frame = self._call, self._frame
+        if not call.acted(frame, action):
+            return action
+        return call.apply_pre_execution(
+            call.plan.fire(call.pre_execution_ctx(frame, action), call.module), frame, action
+        )
+
+    async def _aacted(self, action: Any) -> Any:
+        call, frame = self._call, self._frame
+        if not call.acted(frame, action):
+            return action
+        ctx = await call.plan.afire(call.pre_execution_ctx(frame, action), call.module)
+        return call.apply_pre_execution(ctx, frame, action)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._predictor, name)  # a missing acall fails here as it fails bare
+        if name in ("acall", "aforward") and callable(attr):
+
+            async def acted(*args: Any, **kwargs: Any) -> Any:
+                return await self._aacted(await attr(*args, **kwargs))
+
+            return acted
+        if name == "forward" and callable(attr):
+            return lambda *args, **kwargs: self._acted(attr(*args, **kwargs))
+        return attr
+
+    def __repr__(self) -> str:
+        return repr(self._predictor)
+
+
+class _ActionSeam:
+    """``generate_action`` of an instrumented RLM class: a data descriptor over the instance's own attribute, so
+    that reading it during an iteration yields the :class:`_Acting` stand-in, while assigning, deleting and every
+    other read (``named_predictors``, pickling, copies) see the real predictor in the instance's ``__dict__``."""
+
+    def __get__(self, rlm: Any, owner: Any = None) -> Any:
+        if rlm is None:
+            return self
+        try:
+            predictor = rlm.__dict__["generate_action"]
+        except KeyError:
+            raise AttributeError(f"'{type(rlm).__name__}' object has no attribute 'generate_action'") from None
         call = _CURRENT.get()
-        frame = call.acted(self, action) if call is not None else None
-        if frame is not None:
-            ctx = call.plan.fire(call.pre_execution_ctx(frame, action), call.module)  # type: ignore[union-attr]
-            call.apply_pre_execution(ctx, frame, action)  # type: ignore[union-attr]
-        return action
+        if call is None or call.module is not rlm or call.frame is None:
+            return predictor
+        return call.acting(call.frame, predictor)
 
-    async def aforward(self: Any, *args: Any, **kwargs: Any) -> Any:
-        action = await cls.aforward(self, *args, **kwargs)
-        call = _CURRENT.get()
-        frame = call.acted(self, action) if call is not None else None
-        if frame is not None:
-            ctx = await call.plan.afire(call.pre_execution_ctx(frame, action), call.module)  # type: ignore[union-attr]
-            call.apply_pre_execution(ctx, frame, action)  # type: ignore[union-attr]
-        return action
+    def __set__(self, rlm: Any, value: Any) -> None:
+        rlm.__dict__["generate_action"] = value
 
-    functools.update_wrapper(forward, cls.forward)
-    functools.update_wrapper(aforward, cls.aforward)
-    namespace = {
-        "forward": forward,
-        "aforward": aforward,
-        "__reduce_ex__": _reduce_to_base,
-        _BASE: cls,
-        "__module__": cls.__module__,
-        "__qualname__": cls.__qualname__,
-    }
-    if _walks_the_stack(cls):
-        namespace["__getattribute__"] = _getattribute_without_stack_walk
-    return type(cls)(cls.__name__, (cls,), namespace)
-
-
-# Orders predictor swaps against detach(): a call that found the RLM instrumented just before uninstrument() must
-# not swap generate_action's class back in after detach() restored it.
-_SWAP_LOCK = threading.Lock()
-
-
-def _check_predictor(module: Any, predictor: Any) -> None:
-    if not all(callable(getattr(type(predictor), name, None)) for name in ("forward", "aforward")):
-        raise _unsupported(type(module), f"generate_action ({type(predictor).__name__}) has no forward/aforward")
-
-
-def _swap_predictor(module: Any) -> None:
-    """Give ``module``'s ``generate_action`` the pre_execution seam, if ``module`` is (still) instrumented."""
-    predictor = module.__dict__.get("generate_action")
-    if predictor is None or _BASE in type(predictor).__dict__:
-        return
-    _check_predictor(module, predictor)
-    with _SWAP_LOCK:
-        if _ATTR in module.__dict__ and _BASE not in type(predictor).__dict__:
-            cls: Any = type(predictor)
-            predictor.__class__ = _instrumented_predictor_class(cls)
-
-
-def _unswap_predictor(module: Any) -> None:
-    predictor = module.__dict__.get("generate_action")
-    if predictor is not None and _BASE in type(predictor).__dict__:
-        predictor.__class__ = _base_of(type(predictor))
+    def __delete__(self, rlm: Any) -> None:
+        try:
+            del rlm.__dict__["generate_action"]
+        except KeyError:
+            raise AttributeError("generate_action") from None
 
 
 # -- building an RLM the same way on every version ------------------------------------------------------------
@@ -829,12 +983,12 @@ class RLMConstructor:
         params = inspect.signature(cls.__init__).parameters
         limit = next((name for name in ("max_iters", "max_iterations") if name in params), None)
         if limit is None:
-            raise _unsupported(cls, "RLM.__init__() takes neither max_iters nor max_iterations")
+            raise _unsupported(cls, "__init__", "takes neither max_iters nor max_iterations")
         self.limit: str = limit
         self.takes_factory = "interpreter_factory" in params
         if not self.takes_factory:
             if "interpreter" not in params:
-                raise _unsupported(cls, "RLM.__init__() takes neither interpreter_factory nor interpreter")
+                raise _unsupported(cls, "__init__", "takes neither interpreter_factory nor interpreter")
             _Params(cls, "_interpreter_context", ("execution_tools",))
             _Params(cls, "_inject_execution_context", ("interpreter", "execution_tools"))
         # 3.1.2 takes {name: function}; 3.1.3+ take a list of functions or dspy.Tool (normalised by _normalize_tools).
@@ -919,8 +1073,7 @@ def batched_queries_keep_context(cls: Any) -> bool:
     the rlm-events run, so their sub-LM calls cannot be attributed to the run (a DSPy limitation we do not patch
     around: the executor is module-global in DSPy, and patching it would change RLMs we do not instrument).
     """
-    source = _loop_source(cls, "_make_llm_tools")
-    return source is None or "copy_context" in source
+    return _calls(cls, "_make_llm_tools", "copy_context") is not False
 
 
 def iteration_limit(rlm: Any) -> int | None:
@@ -943,20 +1096,14 @@ def attach(rlm: Any, events: Instrumentation) -> None:
     """Instrument ``rlm`` with ``events`` (``rlm`` must not be instrumented yet)."""
     original: Any = type(rlm)
     cls = _instrumented_rlm_class(original)
-    if "generate_action" not in rlm.__dict__:
-        raise _unsupported(type(rlm), "the instance has no generate_action predictor")
-    _check_predictor(rlm, rlm.__dict__["generate_action"])
     rlm.__dict__[_ATTR] = events
-    _swap_predictor(rlm)
     rlm.__class__ = cls
     events._attach(rlm)
 
 
 def detach(rlm: Any) -> None:
     """Exactly undo :func:`attach`; a no-op on an RLM that is not instrumented."""
-    with _SWAP_LOCK:
-        events = rlm.__dict__.pop(_ATTR, None)
-        _unswap_predictor(rlm)
+    events = rlm.__dict__.pop(_ATTR, None)
     if _BASE in type(rlm).__dict__:
         rlm.__class__ = _base_of(type(rlm))
     if events is not None:

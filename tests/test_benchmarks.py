@@ -26,7 +26,6 @@ from pydantic import BaseModel, ValidationError
 
 import rlm_events
 from rlm_events import PreExecutionContext, PreIterationContext, Run, Stage, StageContext, snapshot
-from rlm_events._patch import _Seams
 from rlm_events.context import CONTEXT_TYPES
 from rlm_events.signals import BY_STAGE
 from rlm_events.testing import InProcessInterpreter
@@ -321,11 +320,19 @@ def test_signal_delivery_keeps_blinker_semantics(make_rlm):
             signal.disconnect(boom)
 
 
-def test_a_loop_method_with_positional_only_parameters_is_unsupported():
+def test_a_loop_method_with_positional_only_parameters_is_called_positionally(make_rlm):
     class Changed(dspy.RLM):
         def _execute_iteration(self, repl, variables, history, iteration, input_args, output_field_names, /, *rest):
-            outcome = super()._execute_iteration(repl, variables, history, iteration, input_args, output_field_names)
+            outcome = super()._execute_iteration(
+                repl, variables, history, iteration, input_args, output_field_names, *rest
+            )
             return outcome
 
-    with pytest.raises(rlm_events.UnsupportedDSPyError, match="positional-only"):
-        _Seams(Changed)
+    rlm, lm = make_rlm(["print(1)", "SUBMIT(answer='ok')"])
+    rlm.__class__ = Changed
+    events = rlm_events.instrument(rlm)
+    codes: list[str] = []
+    events.tap(lambda ctx: codes.append(ctx.code), [Stage.POST_EXECUTION])
+    with dspy.context(lm=lm):
+        assert rlm(text="x").answer == "ok"
+    assert codes == ["print(1)", "SUBMIT(answer='ok')"]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import dspy
 import pytest
 from pydantic import ValidationError
 
 import rlm_events
-from rlm_events import Stage, _patch, signals
+from rlm_events import Stage, signals
 from rlm_events.testing import InProcessInterpreter
 
 ORDER_ONE_ITERATION = ["run_start", "pre_iteration", "pre_execution", "post_execution", "post_iteration", "run_end"]
@@ -421,16 +422,18 @@ def test_uninstrument_restores_exactly(make_rlm):
     assert rlm_events.instrument(rlm) is not events  # a fresh instrumentation after a full undo
 
 
-def test_a_call_starting_as_uninstrument_runs_leaves_the_predictor_restored(make_rlm):
-    """A call that found the RLM instrumented gives generate_action its seam as it starts; when uninstrument() ran in
-    between, that late swap must not undo the restore."""
-    rlm, _ = make_rlm(["SUBMIT(answer='ok')"])
-    plain = type(rlm.generate_action)
-    rlm_events.instrument(rlm).use(Stage.RUN_END, lambda ctx, next: next(ctx))
-    assert type(rlm.generate_action) is not plain
-    rlm_events.uninstrument(rlm)
-    _patch._swap_predictor(rlm)  # what the starting call does next
-    assert type(rlm.generate_action) is plain
+def test_the_predictor_is_never_patched_and_is_the_users_own_outside_an_iteration(make_rlm):
+    """pre_execution fires through the RLM's own class: generate_action keeps its object and class while instrumented,
+    and reading it outside an iteration gives that object."""
+    rlm, lm = make_rlm(["SUBMIT(answer='ok')"])
+    predictor = rlm.generate_action
+    events = rlm_events.instrument(rlm)
+    seen: list[Any] = []
+    events.use(Stage.PRE_EXECUTION, lambda ctx, next: (seen.append(type(rlm.generate_action)), next(ctx))[1])
+    assert rlm.generate_action is predictor and type(predictor) is dspy.Predict
+    with dspy.context(lm=lm):
+        assert rlm(text="x").answer == "ok"
+    assert seen == [dspy.Predict] and type(predictor) is dspy.Predict and rlm.generate_action is predictor
 
 
 def test_composite_modules_instrument_every_rlm_inside(make_rlm):
