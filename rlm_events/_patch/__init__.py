@@ -1,0 +1,84 @@
+"""The only module that touches DSPy's private RLM API.
+
+rlm-events never copies DSPy's loop. It swaps the class of one ``dspy.RLM`` instance for a cached subclass whose
+overrides wrap the smallest private seams and call the original method for the real work, so DSPy's own loop body
+keeps running:
+
+================================  ===========================================================================
+seam                              stages
+================================  ===========================================================================
+``forward`` / ``aforward``        ``run_start``, ``run_end`` (the call boundary; the interpreter is shut down
+                                  inside, before ``run_end``)
+``_execute_iteration`` (+async)   ``pre_iteration`` before, ``post_execution`` and ``post_iteration`` after
+``generate_action`` (read)        ``pre_execution`` right after the predictor (any callable) returned the code
+``_execute_code`` (or the REPL)   skips execution when ``pre_execution`` supplied a result
+``_process_execution_result``     deferred until ``post_execution`` folded code and result
+``_extract_fallback`` (+async)    ``extract``
+``_prepare_execution_tools``      ``tool_call`` around every tool the executed code can call
+================================  ===========================================================================
+
+Version differences (DSPy 3.1.2 to 3.4.x) live in :class:`_Seams` and :class:`RLMConstructor`, detected once per
+RLM class from signatures, attributes and the loop's source, never from version numbers:
+
+* 3.1 runs ``repl.execute`` inline in ``_execute_iteration`` (so the REPL is wrapped to let pre_execution skip it)
+  and its ``_process_execution_result`` takes no ``code``: it records ``pred.code`` (3.1.2 as the LM wrote it, fence
+  included), so contexts see it stripped, as it runs, and a changed code is handed over through ``pred.code``.
+  3.2+ route execution through ``_execute_code`` and pass ``code`` explicitly.
+* 3.3 adds a positional-only caller-owned ``interpreter`` to ``forward`` and 3.4 a keyword ``interpreter_factory``:
+  call options, never input args. 3.4 adds arguments to ``_execute_iteration``; arguments are bound by name.
+* The constructor takes ``max_iterations`` and one shared ``interpreter`` before 3.3, ``max_iters`` and an
+  ``interpreter_factory`` from 3.3 on; 3.1.2 takes tools as a dict. :class:`RLMConstructor` translates.
+
+A class whose loop lacks a needed piece raises :class:`~rlm_events.UnsupportedDSPyError` at ``instrument()`` time,
+naming the DSPy version and the piece: a stage is never silently skipped.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .call import _CURRENT, warn_once
+from .classes import _base_of, _instrumented_rlm_class
+from .construct import RLMConstructor, batched_queries_keep_context, constructor_of, iteration_limit
+from .detect import _ATTR, _BASE, _Seams
+
+if TYPE_CHECKING:
+    from ..instrumentation import Instrumentation
+
+__all__ = [
+    "_CURRENT",
+    "RLMConstructor",
+    "_Seams",
+    "attach",
+    "batched_queries_keep_context",
+    "constructor_of",
+    "detach",
+    "instrumentation_of",
+    "iteration_limit",
+    "warn_once",
+]
+
+
+# -- attach / detach ------------------------------------------------------------------------------------------
+
+
+def instrumentation_of(rlm: Any) -> Instrumentation | None:
+    return rlm.__dict__.get(_ATTR)
+
+
+def attach(rlm: Any, events: Instrumentation) -> None:
+    """Instrument ``rlm`` with ``events`` (``rlm`` must not be instrumented yet)."""
+    original: Any = type(rlm)
+    cls = _instrumented_rlm_class(original)
+    rlm.__dict__[_ATTR] = events
+    rlm.__class__ = cls
+    events._attach(rlm)
+
+
+def detach(rlm: Any) -> None:
+    """Exactly undo :func:`attach`; a no-op on an RLM that is not instrumented."""
+    events = rlm.__dict__.pop(_ATTR, None)
+    if _BASE in type(rlm).__dict__:
+        rlm.__class__ = _base_of(type(rlm))
+    if events is not None:
+        events._detach(rlm)

@@ -1,0 +1,463 @@
+"""Per-call state: one instrumented call (:class:`_Call`), its current iteration (:class:`_Frame`), and the
+stand-ins through which the loop's own calls reach the stages (``generate_action``, 3.1's REPL).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import logging
+import time
+import uuid
+import weakref
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import dspy
+from dspy import Prediction
+from dspy.primitives.repl_types import REPLEntry, REPLHistory, REPLVariable
+
+from middleware import is_async_callable
+
+from ..context import (
+    PostExecutionContext,
+    PostIterationContext,
+    PreExecutionContext,
+    PreIterationContext,
+    Run,
+    RunEndContext,
+    RunStartContext,
+    StageContext,
+    ToolCallContext,
+    construct,
+)
+from ..errors import StageError
+from ..stages import Stage
+
+if TYPE_CHECKING:
+    from ..instrumentation import Instrumentation
+    from ..plan import Plan
+
+from .detect import _ATTR, _NO_RESULT, _Seams
+
+# -- per-call state -------------------------------------------------------------------------------------------
+
+_CURRENT: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("rlm_events_call", default=None)
+_DEFERRED: Any = object()  # what the patched _process_execution_result returns when post_execution must fold first
+
+# Hot paths read these once per iteration: a module global is cheaper than the enum's class attribute.
+_PRE_ITERATION, _PRE_EXECUTION = Stage.PRE_ITERATION, Stage.PRE_EXECUTION
+_POST_EXECUTION, _POST_ITERATION = Stage.POST_EXECUTION, Stage.POST_ITERATION
+
+
+class _Frame:
+    """One iteration of one call: the loop body's arguments by name, and what its stages learnt on the way."""
+
+    __slots__ = ("action", "args", "code", "index", "processing", "result", "skip")
+
+    def __init__(self, call: _Call, args: dict[str, Any]) -> None:
+        """Start iteration ``args["iteration"]`` of ``call``, whose loop body is called with ``args``."""
+        self.args = args  # what DSPy's loop body runs with; pre_iteration replaces history, variables, input_args
+        self.index: int = args["iteration"]
+        self.action: Prediction | None = None  # generate_action's output: the LM's reasoning and code
+        self.skip: Any = _NO_RESULT  # pre_execution's result, used instead of running the code
+        self.processing: dict[str, Any] | None = None  # _process_execution_result's arguments, while deferred
+        self.code = ""
+        self.result: Any = None
+        call.iterations += 1
+        call.frame = self
+        if not call.seams.has_execute_code:
+            args["repl"] = _SkippableREPL(args["repl"], self)
+
+
+class _Call:
+    """One call of an instrumented RLM: its plan (fixed at start), run, counters and current iteration.
+
+    The stage helpers come in pairs around ``plan.fire``/``plan.afire``, so that the sync and async seams share
+    everything but the firing: ``*_ctx`` builds a stage's context from the loop's state, ``apply_*`` (or
+    ``finish_*``) hands what the middleware left in it back to the loop.
+    """
+
+    __slots__ = (
+        "busy",
+        "defers",
+        "forced_extract",
+        "frame",
+        "input_args",
+        "is_async",
+        "iterations",
+        "module",
+        "plan",
+        "run",
+        "seams",
+        "t0",
+    )
+
+    def __init__(
+        self, module: dspy.RLM, seams: _Seams, plan: Plan, input_args: dict[str, Any], *, is_async: bool
+    ) -> None:
+        self.module, self.seams, self.plan, self.input_args = module, seams, plan, input_args
+        self.busy = plan.busy
+        # An async call awaits post_execution after the loop body returned; a sync one fires it in place.
+        self.is_async, self.defers = is_async, is_async and seams.defers
+        self.run = Run.model_construct(
+            id=uuid.uuid4().hex, module=module, started_at=datetime.now(timezone.utc), state={}
+        )
+        self.iterations = 0
+        self.forced_extract = False
+        self.frame: _Frame | None = None
+        self.t0 = time.perf_counter()
+
+    @staticmethod
+    def begin(module: dspy.RLM, seams: _Seams, kwargs: dict[str, Any], *, is_async: bool) -> _Call | None:
+        events: Instrumentation | None = module.__dict__.get(_ATTR)
+        if events is None:
+            return None
+        plan = events.plan
+        if plan.idle_for(module):  # receivers connected only to other RLMs do not count
+            return None
+        inputs = {k: v for k, v in kwargs.items() if k not in seams.call_options}
+        return _Call(module, seams, plan, inputs, is_async=is_async)
+
+    def wants(self, stage: Stage) -> bool:
+        """Whether anything would see ``stage`` in this call: receivers connected only to other RLMs do not count.
+
+        The per-iteration seams test ``busy[stage] or plan.wants(stage, module)`` in place, so that a stage with
+        middleware costs them no call."""
+        return self.plan.wants(stage, self.module)
+
+    def ctx(self, cls: type[StageContext], iteration: int | None = None, **fields: Any) -> Any:
+        """A ``cls`` context of this call; ``fields`` are the rest of its fields, all of them, in declaration order."""
+        return construct(
+            cls, {"stage": cls.STAGE, "iteration": iteration, "input_args": self.input_args, "run": self.run, **fields}
+        )
+
+    # run_start / run_end
+
+    def start_ctx(self) -> RunStartContext | None:
+        return self.ctx(RunStartContext) if self.wants(Stage.RUN_START) else None
+
+    def apply_start(self, ctx: RunStartContext | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if ctx is None:
+            return kwargs
+        self.input_args = ctx.input_args
+        return {**{k: v for k, v in kwargs.items() if k in self.seams.call_options}, **ctx.input_args}
+
+    def end_ctx(self, prediction: Prediction | None, error: BaseException | None) -> RunEndContext:
+        return self.ctx(
+            RunEndContext,
+            prediction=prediction,
+            error=error,
+            iterations=self.iterations,
+            forced_extract=self.forced_extract,
+            duration_s=time.perf_counter() - self.t0,
+        )
+
+    # pre_iteration
+
+    def pre_iteration_ctx(self, frame: _Frame) -> PreIterationContext:
+        args = frame.args
+        return self.ctx(
+            PreIterationContext,
+            frame.index,
+            history=args["history"],
+            variables=list(args["variables"]),
+            extra_vars={},
+            python_code=None,
+        )
+
+    @staticmethod
+    def apply_pre_iteration(ctx: PreIterationContext, frame: _Frame) -> None:
+        args = frame.args
+        if ctx.python_code:
+            result = args["repl"].execute(ctx.python_code, variables={})
+            if isinstance(result, str) and result.startswith("[Error]"):
+                raise StageError(f"pre_iteration: python_code failed in the REPL: {result}")
+        variables = list(ctx.variables)
+        if ctx.extra_vars:
+            shown = {v.name for v in variables}
+            variables += [REPLVariable.from_value(k, v) for k, v in ctx.extra_vars.items() if k not in shown]
+            args["input_args"] = {**args["input_args"], **ctx.extra_vars}
+        args["history"], args["variables"] = ctx.history, variables
+
+    # pre_execution (called from the generate_action seam)
+
+    def acting(self, frame: _Frame, predictor: Any) -> Any:
+        """What ``self.generate_action`` is while this iteration waits for its action: ``predictor`` itself once
+        the action is in, else a stand-in that records the action and fires pre_execution on it."""
+        return predictor if frame.action is not None else _Acting(predictor, self, frame)
+
+    def acted(self, frame: _Frame, action: Any) -> bool:
+        """Record ``action`` as the iteration's LM output (the first one only): whether pre_execution fires on it."""
+        if frame.action is not None or self.frame is not frame:
+            return False
+        frame.action = action
+        if not isinstance(getattr(action, "code", None), str):  # DSPy reports what it cannot run; we stand aside
+            return False
+        return self.busy[_PRE_EXECUTION] or self.plan.wants(_PRE_EXECUTION, self.module)
+
+    def unacted(self, frame: _Frame) -> None:
+        """The iteration ended without an action from ``self.generate_action``: say once that pre_execution could
+        not fire (the loop called the predictor another way), if anything wanted it."""
+        if not (self.busy[_PRE_EXECUTION] or self.plan.wants(_PRE_EXECUTION, self.module)):
+            return
+        predictor = type(self.module.__dict__.get("generate_action"))
+        warn_once(
+            self.module,
+            ("pre_execution", predictor),
+            f"rlm-events: pre_execution did not fire in iteration {frame.index + 1} of "
+            f"{type(self.module).__qualname__}: its loop did not get the action from self.generate_action(...) "
+            f"(a {predictor.__qualname__}); not reported again for this RLM and predictor class",
+        )
+
+    def pre_execution_ctx(self, frame: _Frame, action: Any) -> PreExecutionContext:
+        frame.code = code = self.seams.stripped(action.code)
+        return self.ctx(
+            PreExecutionContext,
+            frame.index,
+            code=code,
+            reasoning=str(getattr(action, "reasoning", "")),
+            history=frame.args["history"],
+            result=None,
+        )
+
+    @staticmethod
+    def apply_pre_execution(ctx: PreExecutionContext, frame: _Frame, action: Any) -> Any:
+        if ctx.code != frame.code:
+            try:
+                action.code = ctx.code  # DSPy strips and runs action.code next
+            except (AttributeError, TypeError) as exc:
+                raise StageError(
+                    f"pre_execution: a middleware changed the code, but generate_action returned a "
+                    f"{type(action).__name__} whose code cannot be set ({exc}); return a dspy.Prediction"
+                ) from None
+        if ctx.result is not None:
+            frame.skip = ctx.result
+        return action
+
+    # post_execution (deferred by the _process_execution_result seam)
+
+    def folds(self, frame: _Frame, processing: dict[str, Any]) -> bool:
+        """Called with ``_process_execution_result``'s arguments: whether post_execution must fold code and result
+        first. Either way, what the post_iteration context shows is recorded when it is wanted."""
+        if self.busy[_POST_EXECUTION] or self.plan.wants(_POST_EXECUTION, self.module):
+            frame.processing = processing
+            return True
+        if self.busy[_POST_ITERATION] or self.plan.wants(_POST_ITERATION, self.module):
+            frame.code, frame.result = self.code_of(processing), processing["result"]
+        return False
+
+    def fold_in_place(self, frame: _Frame) -> Any:
+        """post_execution fired inside ``_process_execution_result``: in sync calls, and in async calls whose loop
+        body does not return that method's value as is (then ``async def`` middleware run on the private loop)."""
+        if (
+            not self.defers
+            and self.seams.defers is False
+            and any(map(is_async_callable, self.plan.chains[_POST_EXECUTION]))
+        ):
+            warn_once(
+                self.module,
+                ("post_execution", "async"),
+                f"rlm-events: {type(self.module).__qualname__}'s loop body does not return "
+                "_process_execution_result(...) as is, so async post_execution middleware run on a private event "
+                "loop, blocking this call's loop while they run",
+            )
+        return self.finish_execution(self.plan.fire(self.post_execution_ctx(frame), self.module), frame)
+
+    def code_of(self, processing: dict[str, Any]) -> str:
+        if self.seams.result_takes_code:
+            return processing["code"]  # type: ignore[no-any-return]
+        # 3.1 passes no code: it is pred.code, stripped as 3.1 strips it to run it.
+        return self.seams.stripped(str(processing["pred"].code))
+
+    def post_execution_ctx(self, frame: _Frame) -> PostExecutionContext:
+        processing: Any = frame.processing
+        frame.code = self.code_of(processing)
+        return self.ctx(
+            PostExecutionContext,
+            frame.index,
+            code=frame.code,
+            result=processing["result"],
+            history=processing["history"],
+        )
+
+    def finish_execution(self, ctx: PostExecutionContext, frame: _Frame) -> Any:
+        processing: Any = frame.processing
+        processing["result"] = ctx.result
+        if self.seams.result_takes_code:
+            processing["code"] = ctx.code
+        elif ctx.code != frame.code:
+            # 3.1 records pred.code as the LM wrote it (3.1.2 with its markdown fence): changed only when changed.
+            processing["pred"].code = ctx.code
+        frame.code, frame.result, frame.processing = ctx.code, ctx.result, None
+        return self.seams.cls._process_execution_result(self.module, **processing)
+
+    # post_iteration
+
+    def post_iteration_ctx(self, frame: _Frame, outcome: Prediction | REPLHistory) -> PostIterationContext:
+        if isinstance(outcome, Prediction):  # SUBMIT: the history is in the trajectory, dumped
+            before, trajectory = frame.args["history"], outcome.get("trajectory", [])
+            if len(trajectory) == len(before.entries) + 1:  # the entries this iteration saw, then its own
+                entries = [*before.entries, REPLEntry.model_validate(trajectory[-1])]
+            else:
+                entries = [REPLEntry.model_validate(e) for e in trajectory]
+            history = before.model_copy(update={"entries": entries})
+            prediction: Prediction | None = outcome
+        else:
+            history, prediction = outcome, None
+        return self.ctx(
+            PostIterationContext,
+            frame.index,
+            history=history,
+            prediction=prediction,
+            stop=False,
+            action=frame.action,
+            code=frame.code,
+            result=frame.result,
+        )
+
+    @staticmethod
+    def after_iteration(ctx: PostIterationContext, outcome: Any) -> tuple[Any, bool]:
+        """What the iteration returns to the loop, and whether the extract fallback must produce it instead."""
+        if ctx.prediction is not None:
+            return ctx.prediction, False
+        return ctx.history, ctx.stop
+
+    # tools
+
+    def wrap_tool(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        plan, module = self.plan, self.module
+
+        def new_ctx(args: tuple[Any, ...], kwargs: dict[str, Any]) -> ToolCallContext:
+            index = self.frame.index if self.frame is not None else None
+            return self.ctx(ToolCallContext, index, name=name, args=args, kwargs=kwargs, result=None)
+
+        if is_async_callable(fn):  # also an object whose __call__ is async
+
+            async def aterminal(c: ToolCallContext) -> ToolCallContext:
+                c.result = await fn(*c.args, **c.kwargs)
+                return c
+
+            @functools.wraps(fn)
+            async def atool(*args: Any, **kwargs: Any) -> Any:
+                return (await plan.afire(new_ctx(args, kwargs), module, aterminal)).result
+
+            return atool
+
+        def terminal(c: ToolCallContext) -> ToolCallContext:
+            c.result = fn(*c.args, **c.kwargs)
+            return c
+
+        @functools.wraps(fn)
+        def tool(*args: Any, **kwargs: Any) -> Any:
+            return plan.fire(new_ctx(args, kwargs), module, terminal).result
+
+        return tool
+
+
+class _SkippableREPL:
+    """DSPy 3.1 runs ``repl.execute`` inline; this stand-in lets pre_execution skip it. Everything else passes."""
+
+    def __init__(self, repl: Any, frame: _Frame) -> None:
+        object.__setattr__(self, "_repl", repl)
+        object.__setattr__(self, "_frame", frame)
+
+    def execute(self, code: str, variables: dict[str, Any] | None = None) -> Any:
+        skip = self._frame.skip
+        return self._repl.execute(code, variables=variables) if skip is _NO_RESULT else skip
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._repl, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._repl, name, value)
+
+
+_WARNED: weakref.WeakKeyDictionary[Any, set[Any]] = weakref.WeakKeyDictionary()
+
+
+def warn_once(module: Any, key: Any, message: str) -> None:
+    """Log ``message`` at WARNING the first time ``key`` comes up for ``module``: stages that cannot fire are named,
+    never skipped silently, and never flood the log."""
+    seen = _WARNED.setdefault(module, set())
+    if key not in seen:
+        seen.add(key)
+        logging.getLogger("rlm_events").warning(message)
+
+
+def _current(module: Any) -> _Call | None:
+    call = _CURRENT.get()
+    return call if call is not None and call.module is module else None
+
+
+class _Acting:
+    """``generate_action`` as the loop sees it until the iteration's action is in: calls go to the real predictor
+    (``__call__`` / ``forward`` in sync loops, ``acall`` / ``aforward`` in async ones), then record the action and
+    fire pre_execution on it. Everything else, and any error, is the predictor's own: a loop that works bare works
+    the same, whatever the predictor is (a ``dspy.Predict``, another module, a plain callable)."""
+
+    __slots__ = ("_call", "_frame", "_predictor")
+
+    def __init__(self, predictor: Any, call: _Call, frame: _Frame) -> None:
+        self._predictor, self._call, self._frame = predictor, call, frame
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._acted(self._predictor(*args, **kwargs))
+
+    def _acted(self, action: Any) -> Any:
+        call, frame = self._call, self._frame
+        if not call.acted(frame, action):
+            return action
+        return call.apply_pre_execution(
+            call.plan.fire(call.pre_execution_ctx(frame, action), call.module), frame, action
+        )
+
+    async def _aacted(self, action: Any) -> Any:
+        call, frame = self._call, self._frame
+        if not call.acted(frame, action):
+            return action
+        ctx = await call.plan.afire(call.pre_execution_ctx(frame, action), call.module)
+        return call.apply_pre_execution(ctx, frame, action)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._predictor, name)  # a missing acall fails here as it fails bare
+        if name in ("acall", "aforward") and callable(attr):
+
+            async def acted(*args: Any, **kwargs: Any) -> Any:
+                return await self._aacted(await attr(*args, **kwargs))
+
+            return acted
+        if name == "forward" and callable(attr):
+            return lambda *args, **kwargs: self._acted(attr(*args, **kwargs))
+        return attr
+
+    def __repr__(self) -> str:
+        return repr(self._predictor)
+
+
+class _ActionSeam:
+    """``generate_action`` of an instrumented RLM class: a data descriptor over the instance's own attribute, so
+    that reading it during an iteration yields the :class:`_Acting` stand-in, while assigning, deleting and every
+    other read (``named_predictors``, pickling, copies) see the real predictor in the instance's ``__dict__``."""
+
+    def __get__(self, rlm: Any, owner: Any = None) -> Any:
+        if rlm is None:
+            return self
+        try:
+            predictor = rlm.__dict__["generate_action"]
+        except KeyError:
+            raise AttributeError(f"'{type(rlm).__name__}' object has no attribute 'generate_action'") from None
+        call = _CURRENT.get()
+        if call is None or call.module is not rlm or call.frame is None:
+            return predictor
+        return call.acting(call.frame, predictor)
+
+    def __set__(self, rlm: Any, value: Any) -> None:
+        rlm.__dict__["generate_action"] = value
+
+    def __delete__(self, rlm: Any) -> None:
+        try:
+            del rlm.__dict__["generate_action"]
+        except KeyError:
+            raise AttributeError("generate_action") from None

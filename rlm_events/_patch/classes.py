@@ -1,0 +1,259 @@
+"""The instrumented subclass of one RLM class: overrides of the seams that call the original method for the
+real work, cached per class.
+"""
+
+from __future__ import annotations
+
+import copy
+import copyreg
+import functools
+import inspect
+import logging
+import sys
+from typing import TYPE_CHECKING, Any
+
+from dspy import Prediction
+
+from ..context import (
+    ExtractContext,
+)
+from ..errors import StageError
+from ..stages import Stage
+
+if TYPE_CHECKING:
+    pass
+
+from .call import _CURRENT, _DEFERRED, _NO_RESULT, _POST_ITERATION, _PRE_ITERATION, _ActionSeam, _Call, _current, _Frame
+from .detect import _ATTR, _BASE, _Seams
+
+# -- the instrumented classes ---------------------------------------------------------------------------------
+
+
+def _base_of(cls: Any) -> Any:
+    return cls.__dict__.get(_BASE, cls)
+
+
+def _reduce_to_base(self: Any, protocol: int) -> tuple[Any, ...]:
+    """Pickle (and copy.copy) as the plain DSPy class: instrumentation holds live callables and is not state."""
+    state = self.__getstate__()
+    if isinstance(state, dict):
+        state = {k: v for k, v in state.items() if k != _ATTR}
+    # Not copyreg.__newobj__: pickle refuses it for a class other than the object's own. _reconstructor(cls, object,
+    # None) is object.__new__(cls), and needs nothing from rlm-events to unpickle.
+    return copyreg._reconstructor, (_base_of(type(self)), object, None), state  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _instrumented_rlm_class(cls: Any) -> Any:
+    seams = _Seams(cls)
+    iteration, aiteration, result = seams.iteration, seams.aiteration, seams.result
+
+    def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
+        call = _Call.begin(self, seams, kwargs, is_async=False)
+        if call is None:
+            return cls.forward(self, *args, **kwargs)
+        prediction, error = None, None
+        token = _CURRENT.set(call)
+        try:
+            start = call.start_ctx()
+            kwargs = call.apply_start(start and call.plan.fire(start, self), kwargs)
+            prediction = cls.forward(self, *args, **kwargs)
+        except BaseException as exc:
+            error = exc
+        finally:
+            _CURRENT.reset(token)
+        end = call.plan.fire(call.end_ctx(prediction, error), self)
+        if end.error is not None:
+            raise end.error
+        return end.prediction
+
+    async def aforward(self: Any, *args: Any, **kwargs: Any) -> Any:
+        call = _Call.begin(self, seams, kwargs, is_async=True)
+        if call is None:
+            return await cls.aforward(self, *args, **kwargs)
+        prediction, error = None, None
+        token = _CURRENT.set(call)
+        try:
+            start = call.start_ctx()
+            kwargs = call.apply_start(start and await call.plan.afire(start, self), kwargs)
+            prediction = await cls.aforward(self, *args, **kwargs)
+        except BaseException as exc:
+            error = exc
+        finally:
+            _CURRENT.reset(token)
+        end = await call.plan.afire(call.end_ctx(prediction, error), self)
+        if end.error is not None:
+            raise end.error
+        return end.prediction
+
+    # The iteration seams run on every iteration: no helper call for what a stage with nothing to see skips.
+
+    def _execute_iteration(self: Any, *args: Any, **kwargs: Any) -> Any:
+        call = _CURRENT.get()
+        if call is None or call.module is not self:
+            return cls._execute_iteration(self, *args, **kwargs)
+        frame = _Frame(call, iteration.bind(args, kwargs))
+        stop = False
+        try:
+            if call.busy[_PRE_ITERATION] or call.plan.wants(_PRE_ITERATION, self):
+                call.apply_pre_iteration(call.plan.fire(call.pre_iteration_ctx(frame), self), frame)
+            outcome = iteration.call(cls._execute_iteration, self, frame.args)
+            if frame.action is None:
+                call.unacted(frame)
+            if call.busy[_POST_ITERATION] or call.plan.wants(_POST_ITERATION, self):
+                end = call.plan.fire(call.post_iteration_ctx(frame, outcome), self)
+                outcome, stop = call.after_iteration(end, outcome)
+        finally:
+            call.frame = None
+        if stop:
+            return self._extract_fallback(frame.args["variables"], outcome, frame.args["output_field_names"])
+        return outcome
+
+    async def _aexecute_iteration(self: Any, *args: Any, **kwargs: Any) -> Any:
+        call = _CURRENT.get()
+        if call is None or call.module is not self:
+            return await cls._aexecute_iteration(self, *args, **kwargs)
+        frame = _Frame(call, aiteration.bind(args, kwargs))
+        stop = False
+        try:
+            if call.busy[_PRE_ITERATION] or call.plan.wants(_PRE_ITERATION, self):
+                call.apply_pre_iteration(await call.plan.afire(call.pre_iteration_ctx(frame), self), frame)
+            outcome = await aiteration.call(cls._aexecute_iteration, self, frame.args)
+            if frame.action is None:
+                call.unacted(frame)
+            if outcome is _DEFERRED:
+                outcome = call.finish_execution(await call.plan.afire(call.post_execution_ctx(frame), self), frame)
+            if call.busy[_POST_ITERATION] or call.plan.wants(_POST_ITERATION, self):
+                end = await call.plan.afire(call.post_iteration_ctx(frame, outcome), self)
+                outcome, stop = call.after_iteration(end, outcome)
+        finally:
+            call.frame = None
+        if stop:
+            return await self._aextract_fallback(frame.args["variables"], outcome, frame.args["output_field_names"])
+        return outcome
+
+    def _process_execution_result(self: Any, *args: Any, **kwargs: Any) -> Any:
+        call = _CURRENT.get()
+        frame = call.frame if call is not None and call.module is self else None
+        if frame is not None and call.folds(frame, result.bind(args, kwargs)):  # type: ignore[union-attr]
+            return _DEFERRED if call.defers else call.fold_in_place(frame)  # type: ignore[union-attr]
+        return cls._process_execution_result(self, *args, **kwargs)
+
+    def _execute_code(self: Any, *args: Any, **kwargs: Any) -> Any:
+        call = _CURRENT.get()
+        frame = call.frame if call is not None and call.module is self else None
+        if frame is not None and frame.skip is not _NO_RESULT:
+            return frame.skip
+        return cls._execute_code(self, *args, **kwargs)
+
+    def _extract_fallback(self: Any, *args: Any, **kwargs: Any) -> Any:
+        call = _current(self)
+        if call is None:
+            return cls._extract_fallback(self, *args, **kwargs)
+        call.forced_extract = True
+        if not call.wants(Stage.EXTRACT):
+            return cls._extract_fallback(self, *args, **kwargs)
+        bound = seams.extract.bind(args, kwargs)
+
+        def terminal(c: ExtractContext) -> ExtractContext:
+            if c.prediction is None:
+                bound["history"], bound["variables"] = c.history, c.variables
+                c.prediction = cls._extract_fallback(self, **bound)
+            return c
+
+        ctx = call.ctx(ExtractContext, history=bound["history"], variables=bound["variables"], prediction=None)
+        return _extracted(call.plan.fire(ctx, self, terminal))
+
+    async def _aextract_fallback(self: Any, *args: Any, **kwargs: Any) -> Any:
+        call = _current(self)
+        if call is None:
+            return await cls._aextract_fallback(self, *args, **kwargs)
+        call.forced_extract = True
+        if not call.wants(Stage.EXTRACT):
+            return await cls._aextract_fallback(self, *args, **kwargs)
+        bound = seams.aextract.bind(args, kwargs)
+
+        async def terminal(c: ExtractContext) -> ExtractContext:
+            if c.prediction is None:
+                bound["history"], bound["variables"] = c.history, c.variables
+                c.prediction = await cls._aextract_fallback(self, **bound)
+            return c
+
+        ctx = call.ctx(ExtractContext, history=bound["history"], variables=bound["variables"], prediction=None)
+        return _extracted(await call.plan.afire(ctx, self, terminal))
+
+    def _prepare_execution_tools(self: Any, *args: Any, **kwargs: Any) -> Any:
+        tools = cls._prepare_execution_tools(self, *args, **kwargs)
+        call = _current(self)
+        if call is None or not call.wants(Stage.TOOL_CALL):
+            return tools
+        return {name: call.wrap_tool(name, fn) for name, fn in tools.items()}
+
+    def __deepcopy__(self: Any, memo: dict[int, Any]) -> Any:
+        """A deep copy carries its own instrumentation: same middleware and taps, its own registrations, runs and
+        signal sender; nothing it does reaches the original's receivers or ``run.state``."""
+        base: Any = _base_of(type(self))
+        new = base.__new__(base)
+        memo[id(self)] = new
+        state = {k: copy.deepcopy(v, memo) for k, v in self.__getstate__().items() if k != _ATTR}
+        new.__setstate__(state)
+        events = self.__dict__.get(_ATTR)
+        if events is not None:
+            clone = memo.get(id(events))
+            if clone is None:
+                clone = memo[id(events)] = events._clone()
+            from . import attach  # the package's: it imports this module
+
+            attach(new, clone)
+        return new
+
+    namespace: dict[str, Any] = {
+        "forward": forward,
+        "aforward": aforward,
+        "_execute_iteration": _execute_iteration,
+        "_aexecute_iteration": _aexecute_iteration,
+        "_process_execution_result": _process_execution_result,
+        "_extract_fallback": _extract_fallback,
+        "_aextract_fallback": _aextract_fallback,
+        "_prepare_execution_tools": _prepare_execution_tools,
+        "__deepcopy__": __deepcopy__,
+        "__reduce_ex__": _reduce_to_base,
+        "generate_action": _ActionSeam(),
+    }
+    if seams.has_execute_code:
+        namespace["_execute_code"] = _execute_code
+    for name, fn in namespace.items():
+        original = getattr(cls, name, None)
+        if original is not None and name not in ("__deepcopy__", "__reduce_ex__", "generate_action"):
+            functools.update_wrapper(fn, original)
+    namespace.update({_BASE: cls, "__module__": cls.__module__, "__qualname__": cls.__qualname__})
+    if _walks_the_stack(cls):
+        namespace["__getattribute__"] = _getattribute_without_stack_walk
+    return type(cls)(cls.__name__, (cls,), namespace)
+
+
+def _walks_the_stack(cls: Any) -> bool:
+    """DSPy before 3.3 calls ``inspect.stack()`` on every ``module.forward`` lookup, to warn about direct calls. That
+    reads the source line of every frame on the stack, once per iteration for ``generate_action``: each frame a
+    seam adds costs tens of microseconds per iteration there. DSPy 3.3's check looks at the caller's frame only."""
+    try:
+        return "inspect.stack(" in inspect.getsource(cls.__getattribute__)
+    except (OSError, TypeError):  # a slot wrapper (object's own) or no source shipped
+        return False
+
+
+def _getattribute_without_stack_walk(self: Any, name: str) -> Any:
+    """DSPy 3.3+'s version of that check: the same warning, from the caller's frame alone."""
+    attr = object.__getattribute__(self, name)
+    if name == "forward" and callable(attr) and sys._getframe(1).f_code.co_name != "__call__":
+        logging.getLogger("dspy.primitives.module").warning(
+            f"Calling module.forward(...) on {type(self).__name__} directly is discouraged. "
+            "Please use module(...) instead."
+        )
+    return attr
+
+
+def _extracted(ctx: ExtractContext) -> Prediction:
+    if ctx.prediction is None:
+        raise StageError("extract: the middleware chain returned without a prediction (call next(ctx) or set one)")
+    return ctx.prediction
