@@ -14,6 +14,8 @@ from typing import Any
 
 import dspy
 
+from ._patch.predict_rlm import own_lms
+
 
 def module_label(module: Any) -> str:
     """``"RLM(text -> answer)"``: the class name and, when it has one, the string signature."""
@@ -28,10 +30,10 @@ def module_label(module: Any) -> str:
 def lms_of(module: Any) -> list[Any]:
     """The distinct LMs a call of ``module`` can use, resolved now (call it in the run's context).
 
-    ``dspy.settings.lm``, the module's ``sub_lm`` and its predictors' own ``lm``; only objects with a ``history``
-    list (DSPy's ``BaseLM``) count.
+    ``dspy.settings.lm``, the module's ``sub_lm``, the LM a PredictRLM was built with, and its predictors' own
+    ``lm``; only objects with a ``history`` list (DSPy's ``BaseLM``) count.
     """
-    candidates = [dspy.settings.lm, getattr(module, "sub_lm", None)]
+    candidates = [dspy.settings.lm, getattr(module, "sub_lm", None), *own_lms(module)]
     with contextlib.suppress(Exception):  # not a dspy.Module after all: the LMs above are all we know
         candidates += [getattr(p, "lm", None) for p in module.predictors()]
     found: dict[int, Any] = {}

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 from .call import _CURRENT, _DEFERRED, _NO_RESULT, _POST_ITERATION, _PRE_ITERATION, _ActionSeam, _Call, _current, _Frame
 from .detect import _ATTR, _BASE, _Seams
+from .predict_rlm import kernel_seams
 
 # -- the instrumented classes ---------------------------------------------------------------------------------
 
@@ -45,8 +46,12 @@ def _reduce_to_base(self: Any, protocol: int) -> tuple[Any, ...]:
 
 @functools.cache
 def _instrumented_rlm_class(cls: Any) -> Any:
-    seams = _Seams(cls)
-    iteration, aiteration, result = seams.iteration, seams.aiteration, seams.result
+    kernel = kernel_seams(cls)
+    seams: Any = kernel or _Seams(cls)
+    iteration, aiteration = seams.iteration, seams.aiteration
+    # DSPy's extract fallback; PredictRLM's runs it on a copy of the module, from *_for_run.
+    extract_name, aextract_name = seams.extract.method, seams.aextract.method
+    extract_fallback, aextract_fallback = getattr(cls, extract_name), getattr(cls, aextract_name)
 
     def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
         call = _Call.begin(self, seams, kwargs, is_async=False)
@@ -106,7 +111,7 @@ def _instrumented_rlm_class(cls: Any) -> Any:
         finally:
             call.frame = None
         if stop:
-            return self._extract_fallback(frame.args["variables"], outcome, frame.args["output_field_names"])
+            return getattr(self, extract_name)(frame.args["variables"], outcome, frame.args["output_field_names"])
         return outcome
 
     async def _aexecute_iteration(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -129,13 +134,14 @@ def _instrumented_rlm_class(cls: Any) -> Any:
         finally:
             call.frame = None
         if stop:
-            return await self._aextract_fallback(frame.args["variables"], outcome, frame.args["output_field_names"])
+            args = (frame.args["variables"], outcome, frame.args["output_field_names"])
+            return await getattr(self, aextract_name)(*args)
         return outcome
 
     def _process_execution_result(self: Any, *args: Any, **kwargs: Any) -> Any:
         call = _CURRENT.get()
         frame = call.frame if call is not None and call.module is self else None
-        if frame is not None and call.folds(frame, result.bind(args, kwargs)):  # type: ignore[union-attr]
+        if frame is not None and call.folds(frame, seams.result.bind(args, kwargs)):  # type: ignore[union-attr]
             return _DEFERRED if call.defers else call.fold_in_place(frame)  # type: ignore[union-attr]
         return cls._process_execution_result(self, *args, **kwargs)
 
@@ -149,16 +155,16 @@ def _instrumented_rlm_class(cls: Any) -> Any:
     def _extract_fallback(self: Any, *args: Any, **kwargs: Any) -> Any:
         call = _current(self)
         if call is None:
-            return cls._extract_fallback(self, *args, **kwargs)
+            return extract_fallback(self, *args, **kwargs)
         call.forced_extract = True
         if not call.wants(Stage.EXTRACT):
-            return cls._extract_fallback(self, *args, **kwargs)
+            return extract_fallback(self, *args, **kwargs)
         bound = seams.extract.bind(args, kwargs)
 
         def terminal(c: ExtractContext) -> ExtractContext:
             if c.prediction is None:
                 bound["history"], bound["variables"] = c.history, c.variables
-                c.prediction = cls._extract_fallback(self, **bound)
+                c.prediction = seams.extract.call(extract_fallback, self, bound)
             return c
 
         ctx = call.ctx(ExtractContext, history=bound["history"], variables=bound["variables"], prediction=None)
@@ -167,16 +173,16 @@ def _instrumented_rlm_class(cls: Any) -> Any:
     async def _aextract_fallback(self: Any, *args: Any, **kwargs: Any) -> Any:
         call = _current(self)
         if call is None:
-            return await cls._aextract_fallback(self, *args, **kwargs)
+            return await aextract_fallback(self, *args, **kwargs)
         call.forced_extract = True
         if not call.wants(Stage.EXTRACT):
-            return await cls._aextract_fallback(self, *args, **kwargs)
+            return await aextract_fallback(self, *args, **kwargs)
         bound = seams.aextract.bind(args, kwargs)
 
         async def terminal(c: ExtractContext) -> ExtractContext:
             if c.prediction is None:
                 bound["history"], bound["variables"] = c.history, c.variables
-                c.prediction = await cls._aextract_fallback(self, **bound)
+                c.prediction = await seams.aextract.call(aextract_fallback, self, bound)
             return c
 
         ctx = call.ctx(ExtractContext, history=bound["history"], variables=bound["variables"], prediction=None)
@@ -210,22 +216,25 @@ def _instrumented_rlm_class(cls: Any) -> Any:
     namespace: dict[str, Any] = {
         "forward": forward,
         "aforward": aforward,
-        "_execute_iteration": _execute_iteration,
         "_aexecute_iteration": _aexecute_iteration,
-        "_process_execution_result": _process_execution_result,
-        "_extract_fallback": _extract_fallback,
-        "_aextract_fallback": _aextract_fallback,
+        extract_name: _extract_fallback,
+        aextract_name: _aextract_fallback,
         "_prepare_execution_tools": _prepare_execution_tools,
-        "__deepcopy__": __deepcopy__,
-        "__reduce_ex__": _reduce_to_base,
-        "generate_action": _ActionSeam(),
     }
-    if seams.has_execute_code:
-        namespace["_execute_code"] = _execute_code
+    if kernel is None:  # DSPy's loop; PredictRLM's kernel runs a legacy loop when these are overridden
+        namespace.update(
+            _execute_iteration=_execute_iteration,
+            _process_execution_result=_process_execution_result,
+            generate_action=_ActionSeam(),
+        )
+        if seams.has_execute_code:
+            namespace["_execute_code"] = _execute_code
     for name, fn in namespace.items():
-        original = getattr(cls, name, None)
-        if original is not None and name not in ("__deepcopy__", "__reduce_ex__", "generate_action"):
-            functools.update_wrapper(fn, original)
+        if name != "generate_action":
+            functools.update_wrapper(fn, getattr(cls, name))
+    if kernel is not None:
+        namespace.update(kernel.overrides(cls))
+    namespace.update(__deepcopy__=__deepcopy__, __reduce_ex__=_reduce_to_base)
     namespace.update({_BASE: cls, "__module__": cls.__module__, "__qualname__": cls.__qualname__})
     if _walks_the_stack(cls):
         namespace["__getattribute__"] = _getattribute_without_stack_walk

@@ -30,9 +30,10 @@ class _Params:
     """The parameters of one private method, to bind the arguments of a call to it by name and call it again.
 
     A seam binds the loop's call once (:meth:`bind`), reads and replaces arguments in that dict, and calls the
-    method with it (:meth:`call`). The names are those of the base-most definition in the MRO that declares them
-    all (DSPy's own), as the loop passes them. An override may rename nothing, but may take fewer of them plus
-    ``*args``, take ``*args, **kwargs`` only, or take them positionally only: it is called as it can be called.
+    method with it (:meth:`call`). The names are those of the outermost definition in the MRO that declares them
+    all, as its loop passes them (an override taking ``*args, **kwargs`` only is skipped; one ending in ``*rest``
+    is extended with its parent's further names). An override may rename nothing, but may take fewer of them
+    plus ``*rest``, take ``*args, **kwargs`` only, or take them positionally only: it is called as it can be.
     """
 
     __slots__ = ("by_keyword", "method", "names")
@@ -41,14 +42,19 @@ class _Params:
         self.method = method
         definitions = [_parameters(fn) for fn in _definitions(cls, method)]
         outer = definitions[0]
-        named = next((d for d in reversed(definitions) if _declares(d, required, positional_only=True)), None)
+        named = next((d for d in definitions if _declares(d, required, positional_only=True)), None)
         outer_names = _positional(outer)
-        if named is None or outer_names != _positional(named)[: len(outer_names)]:
+        names = _positional(named) if named is not None else ()
+        if named is not None and any(p.kind is p.VAR_POSITIONAL for p in named):
+            # It passes the rest on (``*rest``): the caller's further arguments are those of a parent's definition.
+            longer = (_positional(d) for d in definitions[definitions.index(named) + 1 :])
+            names = next((n for n in longer if n[: len(names)] == names), names)
+        if named is None or outer_names != names[: len(outer_names)]:
             declared = {p.name for p in outer}
             missing = [n for n in required if n not in declared] or [n for n in outer_names if n not in required]
             raise _unsupported(cls, method, f"has no parameter {', '.join(missing)}")
         # The names positional arguments bind to, in order (up to *args or the keyword-only ones).
-        self.names = _positional(named)
+        self.names = names
         keywords = {p.name for p in outer if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
         self.by_keyword = any(p.kind is p.VAR_KEYWORD for p in outer) or all(n in keywords for n in self.names)
         if (

@@ -1,0 +1,153 @@
+"""The seams of ``predict_rlm.PredictRLM`` (predict-rlm 0.13, on DSPy 3.4), beside DSPy's own.
+
+PredictRLM is a ``dspy.RLM`` subclass with a loop of its own: ``forward`` runs the async kernel
+(``_aforward_kernel``) to completion, so sync and async calls both go through ``_aexecute_iteration``, which gets the
+action from a per-run predictor, strips it in ``_prepare_iteration_execution``, runs it with
+``_aexecute_iteration_code`` (an execution session's ``aexecute``) and folds it with
+``_complete_iteration_execution``; the extract fallback runs on a copy of the module
+(``_aextract_fallback_for_run``). Its kernel checks that ``_execute_iteration``, ``_extract_fallback``,
+``_forward_traced`` and ``_aforward_traced`` are its own and falls back to a legacy loop otherwise, so those are
+never overridden here.
+
+=================================  ============================================================================
+seam                               stages
+=================================  ============================================================================
+``forward`` / ``aforward``         ``run_start``, ``run_end`` (as for DSPy's class)
+``_aexecute_iteration``            ``pre_iteration`` before, ``post_iteration`` after (as for DSPy's class)
+``_prepare_iteration_execution``   records the iteration's action (its ``plan`` is the context's reasoning)
+``_aexecute_iteration_code``       ``pre_execution`` before the code runs (may change or skip it),
+                                   ``post_execution`` after (may change the result), both awaited
+``_complete_iteration_execution``  hands the changed code to the history
+``_aextract_fallback_for_run``     ``extract`` (and its sync twin)
+``_prepare_execution_tools``       ``tool_call`` around ``predict()`` and every user tool
+=================================  ============================================================================
+
+Detected by those methods (:func:`kernel_seams`), never by importing predict-rlm or reading its version.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from ..context import PostExecutionContext, PreExecutionContext
+from ..stages import Stage
+from .call import _current
+from .detect import _calls, _Params, _unsupported
+
+KERNEL = (
+    "_aforward_kernel",
+    "_prepare_iteration_execution",
+    "_aexecute_iteration_code",
+    "_complete_iteration_execution",
+)
+_LOOP_ARGS = ("repl", "variables", "history", "iteration", "input_args", "output_field_names")
+_EXTRACT_ARGS = ("variables", "history", "output_field_names")
+
+
+class KernelSeams:
+    """What a PredictRLM-shaped class's loop looks like: the attributes the shared seams read from
+    :class:`~rlm_events._patch.detect._Seams`, and the overrides of its own seams (:meth:`overrides`)."""
+
+    has_execute_code = True  # no REPL stand-in: execution is its own seam
+    result_takes_code = True
+    defers = False  # post_execution is awaited in the code seam, never deferred
+
+    def __init__(self, cls: Any) -> None:
+        self.cls = cls
+        for name in (*KERNEL, "forward", "aforward", "_aexecute_iteration", "_prepare_execution_tools"):
+            if not callable(getattr(cls, name, None)):
+                raise _unsupported(cls, name, "is missing")
+        self.aiteration = _Params(cls, "_aexecute_iteration", _LOOP_ARGS)
+        self.iteration = self.aiteration
+        self.extract = _Params(cls, "_extract_fallback_for_run", _EXTRACT_ARGS)
+        self.aextract = _Params(cls, "_aextract_fallback_for_run", _EXTRACT_ARGS)
+        self.code = _Params(cls, "_aexecute_iteration_code", ("repl", "code", "input_args"))
+        self.complete = _Params(cls, "_complete_iteration_execution", ("pred", "code", "result", "history"))
+        self.prepare = _Params(cls, "_prepare_iteration_execution", ("pred",))
+        for call in (f"self.{name}(" for name in KERNEL[1:]):
+            if _calls(cls, "_aexecute_iteration", call) is False:
+                raise _unsupported(cls, "_aexecute_iteration", f"does not call {call}...)")
+        self.call_options: frozenset[str] = frozenset()  # forward(**inputs): every keyword is an input
+
+    @staticmethod
+    def stripped(raw: str) -> str:
+        return raw  # _prepare_iteration_execution strips the fence; contexts see the code it returned
+
+    def overrides(self, cls: Any) -> dict[str, Callable[..., Any]]:
+        """The kernel's own seams, for the instrumented subclass of ``cls``."""
+        code_params, complete_params, prepare_params = self.code, self.complete, self.prepare
+
+        def _prepare_iteration_execution(self: Any, *args: Any, **kwargs: Any) -> Any:
+            call = _current(self)
+            frame = call.frame if call is not None else None
+            if frame is not None and frame.action is None:
+                frame.action = prepare_params.bind(args, kwargs)["pred"]
+            return cls._prepare_iteration_execution(self, *args, **kwargs)
+
+        async def _aexecute_iteration_code(self: Any, *args: Any, **kwargs: Any) -> Any:
+            call = _current(self)
+            frame = call.frame if call is not None else None
+            if frame is None:
+                return await cls._aexecute_iteration_code(self, *args, **kwargs)
+            bound = code_params.bind(args, kwargs)
+            frame.code, result, skipped = bound["code"], None, False
+            if call.wants(Stage.PRE_EXECUTION):  # type: ignore[union-attr]
+                action = frame.action
+                reasoning = getattr(action, "reasoning", None) or getattr(action, "plan", "") or ""
+                history = frame.args["history"]
+                before = call.ctx(  # type: ignore[union-attr]
+                    PreExecutionContext,
+                    frame.index,
+                    code=frame.code,
+                    reasoning=str(reasoning),
+                    history=history,
+                    result=None,
+                )
+                before = await call.plan.afire(before, self)  # type: ignore[union-attr]
+                bound["code"] = frame.code = before.code
+                result, skipped = before.result, before.result is not None
+            if not skipped:
+                result = await code_params.call(cls._aexecute_iteration_code, self, bound)
+            if call.wants(Stage.POST_EXECUTION):  # type: ignore[union-attr]
+                after = call.ctx(  # type: ignore[union-attr]
+                    PostExecutionContext, frame.index, code=frame.code, result=result, history=frame.args["history"]
+                )
+                after = await call.plan.afire(after, self)  # type: ignore[union-attr]
+                frame.code, result = after.code, after.result
+            frame.result = result
+            return result
+
+        def _complete_iteration_execution(self: Any, *args: Any, **kwargs: Any) -> Any:
+            call = _current(self)
+            frame = call.frame if call is not None else None
+            if frame is None or not frame.code:
+                return cls._complete_iteration_execution(self, *args, **kwargs)
+            bound = complete_params.bind(args, kwargs)
+            bound["code"] = frame.code  # what ran, as pre_execution left it
+            return complete_params.call(cls._complete_iteration_execution, self, bound)
+
+        overrides = {
+            "_prepare_iteration_execution": _prepare_iteration_execution,
+            "_aexecute_iteration_code": _aexecute_iteration_code,
+            "_complete_iteration_execution": _complete_iteration_execution,
+        }
+        for name, fn in overrides.items():
+            functools.update_wrapper(fn, getattr(cls, name))
+        return overrides
+
+
+def own_lms(module: Any) -> list[Any]:
+    """The LM a PredictRLM was constructed with (``lm=``, kept as ``_lm``); empty for other RLMs. PredictRLM copies a
+    ``dspy.LM`` per run, and that copy's history is out of reach: see the README's PredictRLM section."""
+    if not all(callable(getattr(type(module), name, None)) for name in KERNEL):
+        return []
+    return [module.__dict__.get("_lm")]
+
+
+def kernel_seams(cls: Any) -> KernelSeams | None:
+    """The :class:`KernelSeams` of ``cls`` if its loop is PredictRLM's kernel, else ``None``."""
+    if not all(callable(getattr(cls, name, None)) for name in KERNEL):
+        return None
+    return KernelSeams(cls)
