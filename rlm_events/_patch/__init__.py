@@ -1,4 +1,4 @@
-"""The only module that touches DSPy's private RLM API.
+"""The only subpackage that touches DSPy's (and PredictRLM's) private RLM API.
 
 rlm-events never copies DSPy's loop. It swaps the class of one ``dspy.RLM`` instance for a cached subclass whose
 overrides wrap the smallest private seams and call the original method for the real work, so DSPy's own loop body
@@ -12,10 +12,16 @@ seam                              stages
 ``_execute_iteration`` (+async)   ``pre_iteration`` before, ``post_execution`` and ``post_iteration`` after
 ``generate_action`` (read)        ``pre_execution`` right after the predictor (any callable) returned the code
 ``_execute_code`` (or the REPL)   skips execution when ``pre_execution`` supplied a result
-``_process_execution_result``     deferred until ``post_execution`` folded code and result
+``_process_execution_result``     ``post_execution`` folds code and result first (in place in sync calls;
+                                  deferred to the awaitable iteration seam in async ones)
 ``_extract_fallback`` (+async)    ``extract``
 ``_prepare_execution_tools``      ``tool_call`` around every tool the executed code can call
 ================================  ===========================================================================
+
+Modules: ``detect`` (what a class's loop looks like), ``call`` (per-call state, and the stand-ins through which the
+loop's own calls reach the stages), ``classes`` (the instrumented subclass), ``predict_rlm`` (PredictRLM's kernel
+seams, used instead of the iteration seams below for a class with that loop), ``construct`` (building an RLM the
+same way on every release).
 
 Version differences (DSPy 3.1.2 to 3.4.x) live in :class:`_Seams` and :class:`RLMConstructor`, detected once per
 RLM class from signatures, attributes and the loop's source, never from version numbers:
@@ -30,7 +36,9 @@ RLM class from signatures, attributes and the loop's source, never from version 
   ``interpreter_factory`` from 3.3 on; 3.1.2 takes tools as a dict. :class:`RLMConstructor` translates.
 
 A class whose loop lacks a needed piece raises :class:`~rlm_events.UnsupportedDSPyError` at ``instrument()`` time,
-naming the DSPy version and the piece: a stage is never silently skipped.
+naming the class, its method and the piece ("report this DSPy version" only when DSPy's own class changed). A
+subclass's overrides may delegate to ``super()`` or reimplement; ``generate_action`` may be any callable. A stage
+that cannot fire in a running call is named in one WARNING per RLM and predictor class (:func:`warn_once`).
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ _POST_EXECUTION, _POST_ITERATION = Stage.POST_EXECUTION, Stage.POST_ITERATION
 class _Frame:
     """One iteration of one call: the loop body's arguments by name, and what its stages learnt on the way."""
 
-    __slots__ = ("action", "args", "code", "index", "processing", "result", "skip")
+    __slots__ = ("action", "args", "code", "index", "processing", "result", "skip", "stand_in")
 
     def __init__(self, call: _Call, args: dict[str, Any]) -> None:
         """Start iteration ``args["iteration"]`` of ``call``, whose loop body is called with ``args``."""
@@ -65,6 +65,7 @@ class _Frame:
         self.processing: dict[str, Any] | None = None  # _process_execution_result's arguments, while deferred
         self.code = ""
         self.result: Any = None
+        self.stand_in: _Acting | None = None  # generate_action as the loop reads it until the action is in
         call.iterations += 1
         call.frame = self
         if not call.seams.has_execute_code:
@@ -182,11 +183,6 @@ class _Call:
         args["history"], args["variables"] = ctx.history, variables
 
     # pre_execution (called from the generate_action seam)
-
-    def acting(self, frame: _Frame, predictor: Any) -> Any:
-        """What ``self.generate_action`` is while this iteration waits for its action: ``predictor`` itself once
-        the action is in, else a stand-in that records the action and fires pre_execution on it."""
-        return predictor if frame.action is not None else _Acting(predictor, self, frame)
 
     def acted(self, frame: _Frame, action: Any) -> bool:
         """Record ``action`` as the iteration's LM output (the first one only): whether pre_execution fires on it."""
@@ -449,9 +445,13 @@ class _ActionSeam:
         except KeyError:
             raise AttributeError(f"'{type(rlm).__name__}' object has no attribute 'generate_action'") from None
         call = _CURRENT.get()
-        if call is None or call.module is not rlm or call.frame is None:
+        frame = call.frame if call is not None and call.module is rlm else None
+        if frame is None or frame.action is not None:
             return predictor
-        return call.acting(call.frame, predictor)
+        stand_in = frame.stand_in
+        if stand_in is None or stand_in._predictor is not predictor:  # DSPy reads it twice per iteration
+            stand_in = frame.stand_in = _Acting(predictor, call, frame)  # type: ignore[arg-type]
+        return stand_in
 
     def __set__(self, rlm: Any, value: Any) -> None:
         rlm.__dict__["generate_action"] = value
