@@ -145,16 +145,19 @@ class Instrumentation:
         chains = {s.value: len(c) for s, c in self._plan.chains.items() if c}
         return f"<Instrumentation modules={len(self._modules)} middleware={chains} taps={len(self._plan.all_taps)}>"
 
-    # -- used by the patch -------------------------------------------------------------------------------------
+    # -- the patch layer's Handle protocol ----------------------------------------------------------------------
 
-    def _attach(self, rlm: RLM) -> None:
+    def attached(self, rlm: RLM) -> None:
+        """Called by the patch layer: ``rlm`` now runs with these registrations."""
         self._modules[id(rlm)] = rlm
 
-    def _detach(self, rlm: RLM) -> None:
+    def detached(self, rlm: RLM) -> None:
+        """Called by the patch layer: ``rlm`` no longer runs with these registrations."""
         self._modules.pop(id(rlm), None)
 
-    def _clone(self) -> Instrumentation:
-        """A new instrumentation with the same registrations and no modules (for copies of a module)."""
+    def copy(self) -> Instrumentation:
+        """A new instrumentation with the same registrations and no modules (a deep copy of an instrumented RLM
+        gets one)."""
         clone = Instrumentation()
         clone._plan = self._plan
         return clone
@@ -182,8 +185,8 @@ def instrument(target: Module) -> Instrumentation:
     installed DSPy's RLM loop lacks a piece rlm-events needs.
     """
     rlms = _rlms_in(target)
-    existing = {id(i): i for i in (_patch.instrumentation_of(r) for r in rlms) if i is not None}
-    if len(existing) == 1 and all(_patch.instrumentation_of(r) is not None for r in rlms):
+    existing = {id(i): i for i in map(instrumentation_of, rlms) if i is not None}
+    if len(existing) == 1 and all(instrumentation_of(r) is not None for r in rlms):
         return next(iter(existing.values()))
     if existing:
         raise ValueError(
@@ -211,7 +214,8 @@ def uninstrument(target: Module) -> None:
 
 def instrumentation_of(target: RLM) -> Instrumentation | None:
     """The :class:`Instrumentation` attached to ``target``, or ``None``."""
-    return _patch.instrumentation_of(target)
+    handle = _patch.instrumentation_of(target)
+    return handle if isinstance(handle, Instrumentation) else None
 
 
 __all__ = ["Instrumentation", "instrument", "instrumentation_of", "uninstrument"]

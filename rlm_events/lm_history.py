@@ -14,7 +14,7 @@ from typing import Any
 
 import dspy
 
-from ._patch.predict_rlm import own_lms
+from ._patch import own_lms
 
 
 def module_label(module: Any) -> str:

@@ -71,7 +71,6 @@ from typing import Any, Final, Literal
 import dspy
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from ._patch import iteration_limit
 from .context import (
     ExtractContext,
     PostIterationContext,
@@ -83,6 +82,7 @@ from .context import (
 from .errors import RLMEventsError
 from .instrumentation import Instrumentation
 from .lm_history import LMHistoryWatch, lms_of, module_label, usage_of
+from .runtime import iteration_limit
 from .stages import Stage
 from .taps._tool_tap import ToolAwareTap
 

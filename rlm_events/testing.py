@@ -29,7 +29,7 @@ from typing import Any
 import dspy
 from dspy.primitives import code_interpreter as _ci
 
-from . import _patch
+from .runtime import constructor_of
 
 # The BaseLM.forward() interface is the one every supported DSPy release (3.1 → 3.4) accepts.
 warnings.filterwarnings("ignore", message=r"Implementing custom LMs through BaseLM", category=DeprecationWarning)
@@ -294,7 +294,7 @@ def build_rlm(
     that behaviour). Other ``options`` (``sub_lm``, ``max_llm_calls``, ``verbose``, ...) are passed as they are.
     The result is a plain ``dspy.RLM``.
     """
-    constructor = _patch.constructor_of(dspy.RLM)
+    constructor = constructor_of(dspy.RLM)
     kwargs, factory = constructor.arguments(
         max_iters=max_iters, interpreter_factory=interpreter_factory, tools=tools, **options
     )

@@ -9,7 +9,7 @@ import dspy
 import pytest
 
 import rlm_events
-from rlm_events._patch import batched_queries_keep_context
+from rlm_events.runtime import batched_queries_keep_context
 from rlm_events.builtins import Budget, Spend
 from rlm_events.testing import ScriptedLM
 

@@ -9,7 +9,7 @@ from typing import Any
 import dspy
 import pytest
 
-from rlm_events._patch import constructor_of
+from rlm_events.runtime import constructor_of
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

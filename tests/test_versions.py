@@ -14,7 +14,9 @@ import pytest
 import rlm_events
 import rlm_events.testing
 from rlm_events import Stage, UnsupportedDSPyError
-from rlm_events._patch import _CURRENT, _Seams, batched_queries_keep_context, constructor_of, iteration_limit
+from rlm_events._patch.call import _CURRENT
+from rlm_events._patch.detect import _Seams
+from rlm_events.runtime import batched_queries_keep_context, constructor_of, iteration_limit
 from rlm_events.testing import InProcessInterpreter, ScriptedLM, build_rlm
 
 RELEASE = tuple(int(part) for part in re.findall(r"\d+", dspy.__version__)[:3])

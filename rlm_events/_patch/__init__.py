@@ -43,44 +43,53 @@ that cannot fire in a running call is named in one WARNING per RLM and predictor
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..context import Run
 from .call import _CURRENT, warn_once
 from .classes import _base_of, _instrumented_rlm_class
 from .construct import RLMConstructor, batched_queries_keep_context, constructor_of, iteration_limit
-from .detect import _ATTR, _BASE, _Seams
+from .detect import _ATTR, _BASE
+from .handle import Handle
+from .predict_rlm import own_lms
 
-if TYPE_CHECKING:
-    from ..instrumentation import Instrumentation
-
+# The patch layer's API for the rest of rlm-events: nothing outside this package imports its private names.
 __all__ = [
-    "_CURRENT",
+    "Handle",
     "RLMConstructor",
-    "_Seams",
     "attach",
     "batched_queries_keep_context",
     "constructor_of",
+    "current_run",
     "detach",
     "instrumentation_of",
     "iteration_limit",
+    "own_lms",
     "warn_once",
 ]
+
+
+def current_run() -> Run | None:
+    """The run of the instrumented call executing in this context (``None`` outside one). Threads DSPy's
+    interpreters and ``llm_query_batched`` (3.3+) run tools in see it too: they copy the caller's context."""
+    call = _CURRENT.get()
+    return call.run if call is not None else None
 
 
 # -- attach / detach ------------------------------------------------------------------------------------------
 
 
-def instrumentation_of(rlm: Any) -> Instrumentation | None:
+def instrumentation_of(rlm: Any) -> Handle | None:
     return rlm.__dict__.get(_ATTR)
 
 
-def attach(rlm: Any, events: Instrumentation) -> None:
+def attach(rlm: Any, events: Handle) -> None:
     """Instrument ``rlm`` with ``events`` (``rlm`` must not be instrumented yet)."""
     original: Any = type(rlm)
     cls = _instrumented_rlm_class(original)
     rlm.__dict__[_ATTR] = events
     rlm.__class__ = cls
-    events._attach(rlm)
+    events.attached(rlm)
 
 
 def detach(rlm: Any) -> None:
@@ -89,4 +98,4 @@ def detach(rlm: Any) -> None:
     if _BASE in type(rlm).__dict__:
         rlm.__class__ = _base_of(type(rlm))
     if events is not None:
-        events._detach(rlm)
+        events.detached(rlm)

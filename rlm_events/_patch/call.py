@@ -36,8 +36,8 @@ from ..errors import StageError
 from ..stages import Stage
 
 if TYPE_CHECKING:
-    from ..instrumentation import Instrumentation
     from ..plan import Plan
+    from .handle import Handle
 
 from .detect import _ATTR, _NO_RESULT, _Seams
 
@@ -112,7 +112,7 @@ class _Call:
 
     @staticmethod
     def begin(module: dspy.RLM, seams: _Seams, kwargs: dict[str, Any], *, is_async: bool) -> _Call | None:
-        events: Instrumentation | None = module.__dict__.get(_ATTR)
+        events: Handle | None = module.__dict__.get(_ATTR)
         if events is None:
             return None
         plan = events.plan

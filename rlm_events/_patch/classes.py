@@ -207,7 +207,7 @@ def _instrumented_rlm_class(cls: Any) -> Any:
         if events is not None:
             clone = memo.get(id(events))
             if clone is None:
-                clone = memo[id(events)] = events._clone()
+                clone = memo[id(events)] = events.copy()
             from . import attach  # the package's: it imports this module
 
             attach(new, clone)

@@ -30,21 +30,15 @@ from typing import Any
 import dspy
 from dspy.utils.callback import BaseCallback
 
-from .. import _patch
 from ..context import Run
 from ..lm_history import lms_of
+from ..runtime import current_run
 
 logger = logging.getLogger("rlm_events")
 
 STATE_KEY = "budget"
 HISTORY_SCAN = 256  # recent history entries searched for a call's own entry (others may interleave)
 _LOCK = threading.Lock()  # guards every Spend update; contention is one increment per LM or tool call
-
-
-def current_run() -> Run | None:
-    """The rlm-events run of the RLM call executing in this context (``None`` outside an instrumented call)."""
-    call = _patch._CURRENT.get()
-    return call.run if call is not None else None
 
 
 @dataclass

@@ -59,7 +59,6 @@ from datetime import datetime, timezone
 from types import TracebackType
 from typing import IO, Any
 
-from .._patch import iteration_limit
 from ..builtins.usage import spend_of
 from ..context import (
     ExtractContext,
@@ -75,6 +74,7 @@ from ..context import (
 )
 from ..lm_history import HistoryCursor, lms_of, module_label
 from ..lm_history import usage_of as lm_usage
+from ..runtime import iteration_limit
 from ..stages import Stage
 from ._text import is_error_result, preview
 from ._tool_tap import InstallableTap

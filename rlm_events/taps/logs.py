@@ -32,7 +32,6 @@ import threading
 import time
 from typing import Any
 
-from .._patch import iteration_limit
 from ..context import (
     ExtractContext,
     PostExecutionContext,
@@ -43,6 +42,7 @@ from ..context import (
     StageContext,
     ToolCallContext,
 )
+from ..runtime import iteration_limit
 from ..stages import Stage
 from ._text import is_error_result, preview
 from ._tool_tap import InstallableTap

@@ -46,7 +46,6 @@ from typing import TYPE_CHECKING, Any
 
 import dspy
 
-from .._patch import iteration_limit
 from ..context import (
     ExtractContext,
     PostExecutionContext,
@@ -59,6 +58,7 @@ from ..context import (
     ToolCallContext,
 )
 from ..lm_history import LMHistoryWatch, lms_of, module_label, usage_of
+from ..runtime import iteration_limit
 from ._text import is_error_result, preview
 from ._tool_tap import ToolAwareTap
 

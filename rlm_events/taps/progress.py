@@ -15,8 +15,8 @@ import threading
 import time
 from typing import Any, TextIO
 
-from .._patch import iteration_limit
 from ..context import PostExecutionContext, PostIterationContext, RunEndContext, StageContext
+from ..runtime import iteration_limit
 from ._tool_tap import InstallableTap
 from .jsonl import LMHistoryMeter, is_error_result, usage_of
 

@@ -1,0 +1,12 @@
+"""What taps, built-ins and record/replay may know about the RLM call they run in, in one place.
+
+The patch layer (``rlm_events._patch``) owns the per-call state; everything else in rlm-events reads it through
+these functions, never through the patch layer's private names.
+"""
+
+from __future__ import annotations
+
+from ._patch import batched_queries_keep_context, constructor_of, current_run, iteration_limit
+from .lm_history import lms_of
+
+__all__ = ["batched_queries_keep_context", "constructor_of", "current_run", "iteration_limit", "lms_of"]
