@@ -139,18 +139,4 @@ class LMHistoryWatch:
                             del self._active[id(cursor.lm)]
 
 
-def usage_of(entries: Iterable[dict[str, Any]]) -> tuple[int, int, float | None]:
-    """``(input_tokens, output_tokens, cost)`` summed over LM history entries (cost ``None`` if none known)."""
-    tokens_in = tokens_out = 0
-    cost: float | None = None
-    for entry in entries:
-        usage = entry.get("usage") or {}
-        if isinstance(usage, dict):
-            tokens_in += int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
-            tokens_out += int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
-        if isinstance(entry.get("cost"), (int, float)):
-            cost = (cost or 0.0) + float(entry["cost"])
-    return tokens_in, tokens_out, cost
-
-
-__all__ = ["HistoryCursor", "LMHistoryWatch", "lms_of", "module_label", "usage_of"]
+__all__ = ["HistoryCursor", "LMHistoryWatch", "lms_of", "module_label"]

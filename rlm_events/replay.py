@@ -81,7 +81,8 @@ from .context import (
 )
 from .errors import RLMEventsError
 from .instrumentation import Instrumentation
-from .lm_history import LMHistoryWatch, lms_of, module_label, usage_of
+from .lm_history import LMHistoryWatch, lms_of, module_label
+from .lm_usage import usage_of
 from .runtime import iteration_limit
 from .stages import Stage
 from .taps._tool_tap import ToolAwareTap
@@ -209,6 +210,11 @@ class Recording(BaseModel):
             return cls.model_validate(raw)
         except ValidationError as exc:
             raise RecordingError(f"{path} is a damaged recording: {exc}") from None
+
+    def usage(self) -> tuple[int, int, float | None]:
+        """``(input_tokens, output_tokens, cost)`` of the recorded LM calls, read by the one usage parser
+        (:mod:`rlm_events.lm_usage`) that Budget, JsonlTrace and the spans use."""
+        return usage_of({"usage": call.usage, "cost": call.cost} for call in self.lm_calls)
 
 
 _ANY: TypeAdapter[Any] = TypeAdapter(Any)

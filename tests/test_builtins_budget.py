@@ -9,8 +9,8 @@ import dspy
 import pytest
 
 import rlm_events
-from rlm_events.runtime import batched_queries_keep_context
 from rlm_events.builtins import Budget, Spend
+from rlm_events.runtime import batched_queries_keep_context
 from rlm_events.testing import ScriptedLM
 
 PRINTS = [f"print('step {i}', len(text))" for i in range(8)]

@@ -14,9 +14,10 @@ from ..context import (
     StageContext,
     ToolCallContext,
 )
+from ..lm_usage import meter_run
 from ..stages import Stage
 from ._base import Builtin, check_tool_names, denial_for
-from .usage import STATE_KEY, Spend, lms_of, meter_lm, spend_of
+from .usage import STATE_KEY, Spend, spend_of
 
 if TYPE_CHECKING:
     from ..instrumentation import Instrumentation
@@ -110,8 +111,7 @@ class Budget(Builtin):
         spend = spend_of(run)
         if spend is None:
             spend = run.state.setdefault(STATE_KEY, Spend())
-            for lm in lms_of(run.module):
-                meter_lm(lm)
+            meter_run(run, spend)  # the run's one Usage: traces and spans report the same counts
         return spend
 
     def _tool_call(self, ctx: ToolCallContext, next: Any) -> Any:

@@ -43,10 +43,8 @@ Per stage::
 
 Previews are strings cut to ``preview_chars`` (code to ``code_chars``) with a ``… [+N chars]`` marker.
 
-``usage`` is exact when a :class:`~rlm_events.builtins.Budget` meters the call (it attributes every LM call to its
-own call, concurrent ones included). Otherwise it counts the LM calls recorded, since this call started, in the
-histories of the LMs the call can use (``dspy.settings.lm``, ``sub_lm``, the predictors' LMs): exact for
-sequential calls, an upper bound when concurrent calls share an LM instance.
+``usage`` is the run's one meter (:mod:`rlm_events.lm_usage`): every LM call attributed to the call that made it,
+concurrent calls on one LM instance included; the same counts a Budget, the spans and the progress display see.
 """
 
 from __future__ import annotations
@@ -59,7 +57,6 @@ from datetime import datetime, timezone
 from types import TracebackType
 from typing import IO, Any
 
-from ..builtins.usage import spend_of
 from ..context import (
     ExtractContext,
     PostExecutionContext,
@@ -72,8 +69,8 @@ from ..context import (
     StageContext,
     ToolCallContext,
 )
-from ..lm_history import HistoryCursor, lms_of, module_label
-from ..lm_history import usage_of as lm_usage
+from ..lm_history import module_label
+from ..lm_usage import meter_run, metered
 from ..runtime import iteration_limit
 from ..stages import Stage
 from ._text import is_error_result, preview
@@ -131,68 +128,21 @@ def _one_line(text: str) -> str:
 # -- LM usage -------------------------------------------------------------------------------------------------
 
 
-class LMHistoryMeter:
-    """LM use since a point in time, read from the LMs' own ``history`` lists (what DSPy records per LM call).
-
-    ``start()`` puts a :class:`~rlm_events.lm_history.HistoryCursor` on each LM; ``read()`` adds up ``usage`` and
-    ``cost`` of the entries recorded since, so a read costs the new entries only and DSPy trimming old entries
-    (``max_history_size``) does not shift the count. It cannot tell concurrent calls on one LM apart;
-    :func:`usage_of` prefers a Budget's exact per-call count when there is one.
-    """
-
-    __slots__ = ("_cost", "_cursors", "_totals")
-
-    def __init__(self) -> None:
-        self._cursors: dict[int, HistoryCursor] = {}
-        self._totals = {"lm_calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        self._cost = 0.0
-
-    def start(self, module: Any) -> None:
-        """Count from now on for the LMs ``module`` can use now; LMs that appear later count from then."""
-        for lm in lms_of(module):
-            self._cursors.setdefault(id(lm), HistoryCursor(lm))
-
-    def read(self, module: Any) -> dict[str, Any] | None:
-        """``{lm_calls, prompt_tokens, completion_tokens, total_tokens, cost_usd}``, or ``None`` without LMs."""
-        self.start(module)
-        if not self._cursors:
-            return None
-        for cursor in self._cursors.values():
-            entries = cursor.take()
-            tokens_in, tokens_out, cost = lm_usage(entries)
-            self._totals["lm_calls"] += len(entries)
-            self._totals["prompt_tokens"] += tokens_in
-            self._totals["completion_tokens"] += tokens_out
-            self._totals["total_tokens"] += tokens_in + tokens_out
-            self._cost += cost or 0.0
-        return {**self._totals, "cost_usd": round(self._cost, 8)}
-
-
-def usage_of(run: Run, meter: LMHistoryMeter) -> dict[str, Any] | None:
-    """The LM use of ``run`` so far (the schema's ``usage``): exact when a
-    :class:`~rlm_events.builtins.Budget` meters the run (it attributes each LM call to its own run), else what
-    ``meter`` reads from the LMs' histories."""
-    spend = spend_of(run)
-    if spend is None:
-        return meter.read(run.module)
-    return {
-        "lm_calls": spend.lm_calls,
-        "prompt_tokens": spend.prompt_tokens,
-        "completion_tokens": spend.completion_tokens,
-        "total_tokens": spend.tokens,
-        "cost_usd": round(spend.cost_usd, 8),
-    }
+def usage_of(run: Run) -> dict[str, Any] | None:
+    """The LM use of ``run`` so far (the schema's ``usage``), from the run's one meter (:mod:`rlm_events.lm_usage`),
+    or ``None`` when the run is not metered."""
+    usage = metered(run)
+    return usage.record() if usage is not None else None
 
 
 # -- the tap --------------------------------------------------------------------------------------------------
 
 
 class _RunClock:
-    __slots__ = ("last", "meter")
+    __slots__ = ("last",)
 
     def __init__(self, now: float) -> None:
         self.last = now
-        self.meter = LMHistoryMeter()
 
 
 class JsonlTrace(InstallableTap):
@@ -263,6 +213,7 @@ class JsonlTrace(InstallableTap):
             clock = self._runs.get(ctx.run.id)
             if clock is None:  # run_start, or a trace installed mid-call
                 clock = self._runs[ctx.run.id] = _RunClock(now)
+                meter_run(ctx.run)
             record: dict[str, Any] = {
                 "run_id": ctx.run.id,
                 "stage": ctx.stage.value,
@@ -272,7 +223,7 @@ class JsonlTrace(InstallableTap):
                 "dt_prev_s": round(now - clock.last, 6),
             }
             clock.last = now
-            usage = usage_of(ctx.run, clock.meter)
+            usage = usage_of(ctx.run)
             if usage is not None:
                 record["usage"] = usage
             record.update(fields)
@@ -338,4 +289,4 @@ class JsonlTrace(InstallableTap):
         return {}
 
 
-__all__ = ["SCHEMA", "JsonlTrace", "LMHistoryMeter", "is_error_result", "preview", "usage_of"]
+__all__ = ["SCHEMA", "JsonlTrace", "is_error_result", "preview", "usage_of"]

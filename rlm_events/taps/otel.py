@@ -27,10 +27,9 @@ Guarantees:
 * Tool spans are current while the tool runs, so spans other instrumentation creates inside a tool (an
   instrumented LM client under ``llm_query``) nest under them. The call and iteration spans are not made current
   (taps observe the loop; they cannot wrap it).
-* LM usage comes from the LMs' ``history`` (see :class:`rlm_events.replay.LMHistoryWatch`): an iteration span
-  counts the LM calls made during it (its action call and its code's sub-LLM calls). When another call used the
-  same LM instance at the same time, the usage cannot be attributed; it is then left out (and
-  ``rlm.usage.attributed`` is false) rather than reported wrong.
+* LM usage comes from the run's one meter (:mod:`rlm_events.lm_usage`), which attributes each LM call to the run
+  that made it, concurrent runs on one LM instance included: an iteration span counts the LM calls made during it
+  (its action call and its code's sub-LLM calls), the call's span all of them.
 * Code and outputs are content: set ``capture_content=True`` to add ``rlm.code``, ``rlm.output`` and the tool
   arguments and results (``gen_ai.tool.call.arguments`` / ``gen_ai.tool.call.result``), cut to ``max_chars``.
 * A failure inside the tap is logged and never reaches the call.
@@ -57,7 +56,8 @@ from ..context import (
     StageContext,
     ToolCallContext,
 )
-from ..lm_history import LMHistoryWatch, lms_of, module_label, usage_of
+from ..lm_history import module_label
+from ..lm_usage import Usage, meter_run
 from ..runtime import iteration_limit
 from ._text import is_error_result, preview
 from ._tool_tap import ToolAwareTap
@@ -108,16 +108,15 @@ def _error_description(error: BaseException) -> str:
 class _RunSpans:
     """The open spans and LM usage of one call."""
 
-    __slots__ = ("cost", "iterations", "last_event_ns", "model", "run_span", "tokens_in", "tokens_out", "usage_ok")
+    __slots__ = ("iterations", "last_event_ns", "model", "reported", "run_span", "usage")
 
-    def __init__(self, run_span: Span, model: str | None) -> None:
+    def __init__(self, run_span: Span, model: str | None, usage: Usage) -> None:
         self.run_span = run_span
         self.model = model
         self.iterations: dict[int, Span] = {}
         self.last_event_ns = time.time_ns()
-        self.tokens_in = self.tokens_out = 0
-        self.cost: float | None = None
-        self.usage_ok = True
+        self.usage = usage  # the run's one meter (rlm_events.lm_usage)
+        self.reported = (0, 0)  # input and output tokens already put on iteration spans
 
 
 class OpenTelemetryTap(ToolAwareTap):
@@ -148,7 +147,6 @@ class OpenTelemetryTap(ToolAwareTap):
         self.max_chars = max_chars
         self._lock = threading.Lock()
         self._runs: dict[str, _RunSpans] = {}
-        self._watch = LMHistoryWatch()
         self._tool_middleware = self._trace_tool  # one object, so uninstall() can find it
 
     # -- registration ---------------------------------------------------------------------------------------
@@ -183,7 +181,7 @@ class OpenTelemetryTap(ToolAwareTap):
 
     def _run_start(self, ctx: RunStartContext) -> None:
         module = ctx.run.module
-        lms = lms_of(module)
+        usage = meter_run(ctx.run)
         action_lm = getattr(getattr(module, "generate_action", None), "lm", None) or dspy.settings.lm
         model = getattr(action_lm, "model", None)
         model = model if isinstance(model, str) else None
@@ -210,32 +208,24 @@ class OpenTelemetryTap(ToolAwareTap):
             start_time=_epoch_ns(ctx.run.started_at),
         )
         with self._lock:
-            self._runs[ctx.run.id] = _RunSpans(span, model)
-        self._watch.start(ctx.run.id, lms)
+            self._runs[ctx.run.id] = _RunSpans(span, model, usage)
 
     def _child(self, state: _RunSpans, name: str, start_ns: int, attributes: dict[str, Any]) -> Span:
         parent = self._trace.set_span_in_context(state.run_span)
         return self.tracer.start_span(name, context=parent, attributes=attributes, start_time=start_ns)
 
-    def _take_usage(self, state: _RunSpans, run_id: str, span: Span | None) -> None:
-        """Add the LM usage since the previous event to ``span`` (if any) and to the call's totals."""
-        entries = self._watch.take(run_id)
-        if entries is None:
-            state.usage_ok = False
-            if span is not None:
-                span.set_attribute("rlm.usage.attributed", False)
-            return
-        tokens_in, tokens_out, cost = usage_of(entries)
-        state.tokens_in += tokens_in
-        state.tokens_out += tokens_out
-        if cost is not None:
-            state.cost = (state.cost or 0.0) + cost
-        if span is not None and entries:
+    @staticmethod
+    def _take_usage(state: _RunSpans, span: Span | None) -> None:
+        """Put the LM usage since the previous event on ``span`` (if any): the run's meter counts it already."""
+        totals = (state.usage.prompt_tokens, state.usage.completion_tokens)
+        tokens_in, tokens_out = totals[0] - state.reported[0], totals[1] - state.reported[1]
+        state.reported = totals
+        if span is not None and (tokens_in or tokens_out):
             span.set_attribute("gen_ai.usage.input_tokens", tokens_in)
             span.set_attribute("gen_ai.usage.output_tokens", tokens_out)
 
     def _pre_iteration(self, state: _RunSpans, ctx: PreIterationContext) -> None:
-        self._take_usage(state, ctx.run.id, None)  # LM calls between iterations count for the call only
+        self._take_usage(state, None)  # LM calls between iterations count for the call only
         attributes: dict[str, Any] = {"rlm.run.id": ctx.run.id, "rlm.iteration": ctx.iteration or 0}
         if state.model:
             attributes["gen_ai.request.model"] = state.model
@@ -276,14 +266,14 @@ class OpenTelemetryTap(ToolAwareTap):
         try:
             span.set_attribute("rlm.submitted", ctx.prediction is not None)
             span.set_attribute("rlm.stop", ctx.stop)
-            self._take_usage(state, ctx.run.id, span)
+            self._take_usage(state, span)
         finally:
             span.end()
 
     def _extract(self, state: _RunSpans, ctx: ExtractContext) -> None:
         span = self._child(state, "rlm.extract", state.last_event_ns, {"rlm.run.id": ctx.run.id})
         try:
-            self._take_usage(state, ctx.run.id, span)
+            self._take_usage(state, span)
             if self.capture_content and ctx.prediction is not None:
                 fields = {k: v for k, v in ctx.prediction.items() if k != "trajectory"}
                 span.set_attribute("rlm.output", preview(fields, self.max_chars))
@@ -297,23 +287,13 @@ class OpenTelemetryTap(ToolAwareTap):
             state.iterations.clear()
         span = state.run_span
         try:
-            entries = self._watch.end(ctx.run.id)
-            if entries is None:
-                state.usage_ok = False
-            else:
-                tokens_in, tokens_out, cost = usage_of(entries)
-                state.tokens_in += tokens_in
-                state.tokens_out += tokens_out
-                if cost is not None:
-                    state.cost = (state.cost or 0.0) + cost
+            usage = state.usage
             span.set_attribute("rlm.iterations", ctx.iterations)
             span.set_attribute("rlm.forced_extract", ctx.forced_extract)
-            span.set_attribute("rlm.usage.attributed", state.usage_ok)
-            if state.usage_ok:
-                span.set_attribute("gen_ai.usage.input_tokens", state.tokens_in)
-                span.set_attribute("gen_ai.usage.output_tokens", state.tokens_out)
-                if state.cost is not None:
-                    span.set_attribute("rlm.cost_usd", state.cost)
+            span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
+            span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
+            if usage.lm_calls > usage.unpriced_lm_calls + usage.unmetered_lm_calls:
+                span.set_attribute("rlm.cost_usd", usage.cost_usd)
             if ctx.error is not None:
                 description = _error_description(ctx.error)
                 for iteration in open_iterations:

@@ -16,9 +16,10 @@ import time
 from typing import Any, TextIO
 
 from ..context import PostExecutionContext, PostIterationContext, RunEndContext, StageContext
+from ..lm_usage import meter_run
 from ..runtime import iteration_limit
 from ._tool_tap import InstallableTap
-from .jsonl import LMHistoryMeter, is_error_result, usage_of
+from .jsonl import is_error_result, usage_of
 
 _RICH_MISSING = (
     "ProgressTap(live=True) needs the optional 'rich' package: pip install 'rlm-events[rich]' "
@@ -37,7 +38,7 @@ def _rich_available() -> bool:
 class _CallProgress:
     """What the display knows about one running call."""
 
-    __slots__ = ("cost_usd", "error_in_iteration", "iteration", "max_iters", "meter", "stage", "started", "tokens")
+    __slots__ = ("cost_usd", "error_in_iteration", "iteration", "max_iters", "stage", "started", "tokens")
 
     def __init__(self, max_iters: int | None) -> None:
         self.started = time.monotonic()
@@ -46,7 +47,6 @@ class _CallProgress:
         self.stage = "run_start"
         self.tokens: int | None = None
         self.cost_usd = 0.0
-        self.meter = LMHistoryMeter()
         self.error_in_iteration = False
 
     @property
@@ -122,12 +122,13 @@ class ProgressTap(InstallableTap):
         call = self._calls.get(ctx.run.id)
         if call is None:  # run_start, or a display installed mid-call
             call = self._calls[ctx.run.id] = _CallProgress(iteration_limit(ctx.run.module))
+            meter_run(ctx.run)
         call.stage = ctx.stage.value
         if ctx.iteration is not None:
             call.iteration = ctx.iteration + 1
         if isinstance(ctx, PostExecutionContext):
             call.error_in_iteration = is_error_result(ctx.result)
-        usage = usage_of(ctx.run, call.meter)
+        usage = usage_of(ctx.run)
         if usage is not None:
             call.tokens, call.cost_usd = usage["total_tokens"], usage["cost_usd"]
         return call
