@@ -187,7 +187,12 @@ class PreExecutionContext(StageContext):
     def skip(self, result: Any) -> None:
         """Do not run the code; use ``result`` as if the interpreter had returned it (text, ``[Error] …``, …)."""
         if result is None:
-            raise ValueError("skip() needs a result; use '' for empty output")
+            raise ValueError("pre_execution: skip() needs a result; use '' for empty output")
+        if not isinstance(result, str) and type(result).__name__ != "FinalOutput":
+            raise TypeError(
+                f"pre_execution: skip() expects the text the interpreter would have printed (a str, e.g. "
+                f"'[Error] not allowed'), or DSPy's FinalOutput; got {type(result).__name__}: {result!r}"
+            )
         self.result = result
 
     @property

@@ -30,6 +30,7 @@ class Instrumentation:
         self._lock = threading.Lock()
         self._plan = Plan()
         self._modules: weakref.WeakValueDictionary[int, RLM] = weakref.WeakValueDictionary()
+        self._receivers: list[tuple[Stage, Callable[..., Any]]] = []  # connected through connect(), for clear()
 
     @property
     def plan(self) -> Plan:
@@ -86,8 +87,11 @@ class Instrumentation:
 
     def middleware(self, *stages: StageLike) -> Callable[[F], F]:
         """Decorator form of :meth:`use` for one or more stages: ``@events.middleware(Stage.PRE_EXECUTION)``."""
-        if not stages:
-            raise TypeError("middleware() needs at least one stage, e.g. @events.middleware(Stage.PRE_EXECUTION)")
+        if not stages or (len(stages) == 1 and callable(stages[0]) and not isinstance(stages[0], str)):
+            raise TypeError(
+                "middleware(): a stage is missing; name the stage(s) to register on, "
+                "e.g. @events.middleware(Stage.PRE_EXECUTION)"
+            )
         resolved = [Stage.parse(s) for s in stages]
 
         def register(mw: F) -> F:
@@ -96,50 +100,82 @@ class Instrumentation:
 
         return register
 
-    def remove(self, mw: Callable[..., Any], stage: StageLike | None = None) -> None:
-        """Remove every registration of ``mw`` (on ``stage`` only, if given). Unknown middleware are ignored."""
-        if stage is None:
-            self._swap((mw,), [])
-            return
+    def remove(self, stage: StageLike, mw: Callable[..., Any]) -> None:
+        """Undo :meth:`use`: remove ``mw`` from ``stage``'s chain. Unknown middleware are ignored."""
         stage = Stage.parse(stage)
         with self._lock:
             self._plan = Plan({**self._plan.chains, stage: self._plan.chains[stage].remove(mw)}, self._plan.all_taps)
 
-    def tap(self, fn: F, stages: Iterable[StageLike] | None = None) -> F:
-        """Observe ``stages`` (all if ``None``) with ``fn(snapshot)``; return ``fn``.
+    def remove_all(self, mw: Callable[..., Any]) -> None:
+        """Remove every registration of middleware ``mw``, on every stage. Unknown middleware are ignored."""
+        self._swap((mw,), [])
+
+    def tap(self, *args: Any) -> Any:
+        """``tap(stages, fn)``: observe ``stages`` (a stage or an iterable of them) with ``fn(snapshot)``;
+        ``tap(fn)``: observe every stage. Returns ``fn``; :meth:`untap` removes it.
 
         ``fn`` gets a read-only snapshot after middleware and receivers ran. Whatever it raises is logged and
         never reaches the run. ``async def`` taps are awaited in ``aforward`` and run on a private loop otherwise.
         """
-        if not callable(fn):
-            raise TypeError(f"tap must be callable, got {type(fn).__name__}")
+        if len(args) == 1:
+            stages, fn = None, args[0]
+        elif len(args) == 2:
+            stages, fn = args
+        else:
+            raise TypeError(f"tap() takes (stages, fn) or (fn), got {len(args)} arguments")
+        if not callable(fn) or (len(args) == 2 and callable(stages) and not isinstance(stages, str)):
+            raise TypeError(
+                f"tap(stages, fn) needs a callable last, got {type(fn).__name__}; e.g. events.tap(['run_end'], print)"
+            )
         try:
             inspect.signature(fn).bind(None)
         except TypeError:
             raise TypeError(f"tap {fn!r} must accept exactly one argument (the context snapshot)") from None
         except ValueError:  # not introspectable
             pass
-        resolved = list(Stage) if stages is None else [Stage.parse(s) for s in stages]
+        if stages is None:
+            resolved = list(Stage)
+        elif isinstance(stages, (Stage, str)):
+            resolved = [Stage.parse(stages)]
+        else:
+            resolved = [Stage.parse(s) for s in stages]
         with self._lock:
             self._plan = Plan(self._plan.chains, (*self._plan.all_taps, Tap(fn, resolved)))
         return fn
 
     def untap(self, fn: Callable[..., Any]) -> None:
-        """Remove every tap registered with ``fn``."""
+        """Undo :meth:`tap`: remove every tap registered with ``fn``."""
         with self._lock:
             self._plan = Plan(self._plan.chains, tuple(t for t in self._plan.all_taps if t.fn is not fn))
 
     def connect(self, stage: StageLike, receiver: F, *, weak: bool = True) -> F:
-        """Connect ``receiver`` to ``stage``'s signal for every RLM of this instrumentation; return it."""
-        signal = BY_STAGE[Stage.parse(stage)]
+        """Connect ``receiver(sender, ctx=...)`` to ``stage``'s signal for every RLM of this instrumentation (and
+        RLMs copied from them); return it. :meth:`disconnect` and :meth:`clear` undo it."""
+        stage = Stage.parse(stage)
+        signal = BY_STAGE[stage]
         for module in self.modules:
             signal.connect(receiver, sender=module, weak=weak)
+        with self._lock:
+            self._receivers.append((stage, receiver))
         return receiver
 
+    def disconnect(self, stage: StageLike, receiver: Callable[..., Any]) -> None:
+        """Undo :meth:`connect`: ``receiver`` no longer hears ``stage`` from the RLMs of this instrumentation."""
+        stage = Stage.parse(stage)
+        signal = BY_STAGE[stage]
+        for module in self.modules:
+            signal.disconnect(receiver, sender=module)
+        with self._lock:
+            self._receivers = [(s, r) for s, r in self._receivers if (s, r) != (stage, receiver)]
+
     def clear(self) -> None:
-        """Remove all middleware and taps (signal receivers are blinker's and stay connected)."""
+        """Remove every middleware and tap, and disconnect every receiver :meth:`connect` connected."""
         with self._lock:
             self._plan = Plan()
+            receivers, self._receivers = self._receivers, []
+        for stage, receiver in receivers:
+            for module in self.modules:
+                BY_STAGE[stage].disconnect(receiver, sender=module)
 
     def __repr__(self) -> str:
         chains = {s.value: len(c) for s, c in self._plan.chains.items() if c}

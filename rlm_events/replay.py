@@ -61,7 +61,6 @@ import json
 import logging
 import re
 import threading
-import warnings
 from collections import deque
 from datetime import datetime
 from pathlib import Path
@@ -80,15 +79,15 @@ from .context import (
     ToolCallContext,
 )
 from .errors import RLMEventsError
-from .instrumentation import Instrumentation
+from .installable import Installable, Registrations
 from .lm_history import LMHistoryWatch, lms_of, module_label
 from .lm_usage import usage_of
 from .runtime import iteration_limit
 from .stages import Stage
 from .taps._tool_tap import ToolAwareTap
 
-# ReplayLM implements BaseLM.forward(), the interface every supported DSPy release (3.1 → 3.4) accepts.
-warnings.filterwarnings("ignore", message=r"Implementing custom LMs through BaseLM", category=DeprecationWarning)
+# ReplayLM implements BaseLM.forward(), the interface every supported DSPy release (3.1 → 3.4) accepts; DSPy 3.4
+# calls it legacy (a DeprecationWarning per call, hidden by Python's default filters): the user's filters are theirs.
 
 logger = logging.getLogger("rlm_events.replay")
 
@@ -650,7 +649,7 @@ def _replayed_error(call: RecordedToolCall) -> Exception:
     return cls(call.error_message or "")
 
 
-class ReplayTools:
+class ReplayTools(Installable):
     """A ``tool_call`` middleware that serves a recording's tool results instead of calling the tools.
 
     A call gets the next unserved recorded result of a call with the same name and the same (JSON) arguments;
@@ -672,14 +671,9 @@ class ReplayTools:
             self._queues.setdefault(_canonical(call.name, call.args, call.kwargs), deque()).append(call)
         self._middleware = self._serve  # one object, so uninstall() can find it
 
-    def install(self, events: Instrumentation) -> ReplayTools:
-        """Add the replaying middleware to ``events``' ``tool_call`` chain (innermost so far); return ``self``."""
-        events.use(Stage.TOOL_CALL, self._middleware)
-        return self
-
-    def uninstall(self, events: Instrumentation) -> None:
-        """Remove the middleware from ``events``."""
-        events.remove(self._middleware, Stage.TOOL_CALL)
+    def registrations(self) -> Registrations:
+        """The replaying middleware, innermost so far in the ``tool_call`` chain: install it last."""
+        return Registrations(middleware=[(Stage.TOOL_CALL, self._middleware)])
 
     def remaining(self) -> list[RecordedToolCall]:
         """The recorded tool calls not served yet, in recorded order."""

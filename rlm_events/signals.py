@@ -26,18 +26,13 @@ extract: NamedSignal = namespace.signal("extract", doc="The extract fallback pro
 tool_call: NamedSignal = namespace.signal("tool_call", doc="Executed code called a tool or sub-LLM.")
 run_end: NamedSignal = namespace.signal("run_end", doc="A call ended, successfully or not.")
 
+# Internal: the seams and Instrumentation.connect() look signals up by stage. Users reach a signal one way, as the
+# attribute of its stage's name (``signals.pre_execution``), or connect through Instrumentation.connect(stage, ...).
 BY_STAGE: dict[Stage, NamedSignal] = {stage: namespace.signal(stage.value) for stage in Stage}
 
 
-def for_stage(stage: Stage | str) -> NamedSignal:
-    """The signal of ``stage`` (a :class:`Stage` or its name)."""
-    return BY_STAGE[Stage.parse(stage)]
-
-
 __all__ = [
-    "BY_STAGE",
     "extract",
-    "for_stage",
     "namespace",
     "post_execution",
     "post_iteration",

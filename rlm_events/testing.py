@@ -21,7 +21,6 @@ import io
 import json
 import re
 import threading
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from types import CodeType, SimpleNamespace
 from typing import Any
@@ -31,8 +30,8 @@ from dspy.primitives import code_interpreter as _ci
 
 from .runtime import constructor_of
 
-# The BaseLM.forward() interface is the one every supported DSPy release (3.1 → 3.4) accepts.
-warnings.filterwarnings("ignore", message=r"Implementing custom LMs through BaseLM", category=DeprecationWarning)
+# The BaseLM.forward() interface is the one every supported DSPy release (3.1 → 3.4) accepts; DSPy 3.4 calls it
+# legacy (a DeprecationWarning per call, hidden by Python's default filters): the user's filters are theirs.
 
 _ITERATION = re.compile(r"\[\[ ## iteration ## \]\]\s*(\d+)\s*/\s*(\d+)")
 _FENCED = re.compile(r"`code`[^\n]*```")  # the code field's description asks for a markdown code block

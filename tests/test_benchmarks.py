@@ -332,7 +332,7 @@ def test_a_loop_method_with_positional_only_parameters_is_called_positionally(ma
     rlm.__class__ = Changed
     events = rlm_events.instrument(rlm)
     codes: list[str] = []
-    events.tap(lambda ctx: codes.append(ctx.code), [Stage.POST_EXECUTION])
+    events.tap([Stage.POST_EXECUTION], lambda ctx: codes.append(ctx.code))
     with dspy.context(lm=lm):
         assert rlm(text="x").answer == "ok"
     assert codes == ["print(1)", "SUBMIT(answer='ok')"]

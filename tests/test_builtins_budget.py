@@ -27,7 +27,7 @@ def cost(lm: ScriptedLM) -> float:
 def spends(events) -> dict[str, Spend]:
     """The final Spend of every call, by its ``text`` input."""
     found: dict[str, Spend] = {}
-    events.tap(lambda ctx: found.__setitem__(ctx.input_args["text"], Budget.spent(ctx)), stages=["run_end"])
+    events.tap(["run_end"], lambda ctx: found.__setitem__(ctx.input_args["text"], Budget.spent(ctx)))
     return found
 
 
@@ -37,7 +37,7 @@ def cumulative(make_rlm, measure: str, **lm_options) -> list[float]:
     events = rlm_events.instrument(rlm)
     Budget().install(events)
     seen: list[float] = []
-    events.tap(lambda ctx: seen.append(getattr(Budget.spent(ctx), measure)), stages=["post_iteration"])
+    events.tap(["post_iteration"], lambda ctx: seen.append(getattr(Budget.spent(ctx), measure)))
     with dspy.context(lm=lm):
         rlm(text="some text")
     return seen
@@ -179,7 +179,7 @@ def test_concurrent_async_calls_sharing_one_budget_and_one_lm_each_count_their_o
 
     rlm, lm, sub, together = build()
     boundaries: list[str] = []
-    rlm_events.instrumentation_of(rlm).tap(lambda ctx: boundaries.append(ctx.stage.value), ["run_start", "run_end"])
+    rlm_events.instrumentation_of(rlm).tap(["run_start", "run_end"], lambda ctx: boundaries.append(ctx.stage.value))
 
     async def all_at_once():
         return await asyncio.gather(*(rlm.acall(text=t) for t in texts))

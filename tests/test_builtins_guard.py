@@ -153,7 +153,7 @@ def test_bad_policies_and_guards_fail_at_construction():
 
 def _runs(events):
     runs = []
-    events.tap(lambda ctx: runs.append(ctx.run), stages=["run_end"])
+    events.tap(["run_end"], lambda ctx: runs.append(ctx.run))
     return runs
 
 

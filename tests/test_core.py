@@ -140,7 +140,7 @@ def test_stop_ends_the_loop_through_the_extract_fallback(make_rlm):
         ctx.stop = ctx.iteration == 1
         return next(ctx)
 
-    events.tap(ends.append, stages=[Stage.RUN_END])
+    events.tap([Stage.RUN_END], ends.append)
     with dspy.context(lm=lm):
         result = rlm(text="x")
     assert result.answer == "extracted"
@@ -215,7 +215,7 @@ def test_tool_call_wraps_user_tools(make_rlm):
     )
     events = rlm_events.instrument(rlm)
     seen = []
-    events.tap(lambda ctx: seen.append((ctx.name, ctx.result)), stages=["tool_call"])
+    events.tap(["tool_call"], lambda ctx: seen.append((ctx.name, ctx.result)))
     with dspy.context(lm=lm):
         result = rlm(text="x")
     assert result.trajectory[0]["output"] == "K"
@@ -234,7 +234,7 @@ def test_run_start_can_change_inputs_and_run_state_is_per_call(make_rlm):
         ctx.run.state["count"] = ctx.run.state.get("count", 0) + 1
         return next(ctx)
 
-    events.tap(lambda ctx: states.append((ctx.run.id, dict(ctx.run.state))), stages=[Stage.RUN_END])
+    events.tap([Stage.RUN_END], lambda ctx: states.append((ctx.run.id, dict(ctx.run.state))))
     with dspy.context(lm=lm):
         assert rlm(text="my password").answer == "my *****"
         rlm(text="again")
@@ -349,7 +349,7 @@ def test_taps_get_read_only_snapshots(make_rlm):
         except ValidationError as exc:
             errors.append(exc)
 
-    events.tap(meddle, stages=[Stage.PRE_EXECUTION])
+    events.tap([Stage.PRE_EXECUTION], meddle)
     with dspy.context(lm=lm):
         result = rlm(text="x")
     assert result.trajectory[0]["code"] == "SUBMIT(answer='ok')"
@@ -380,7 +380,7 @@ def test_failed_runs_fire_run_end_with_the_error_and_shut_the_interpreter_down(m
     rlm, lm = make_rlm(["print(1)", "SUBMIT(answer='ok')"], interpreter_factory=factory)
     events = rlm_events.instrument(rlm)
     ends = []
-    events.tap(ends.append, stages=["run_end"])
+    events.tap(["run_end"], ends.append)
 
     @events.middleware(Stage.POST_EXECUTION)
     def explode(ctx, next):
@@ -391,7 +391,7 @@ def test_failed_runs_fire_run_end_with_the_error_and_shut_the_interpreter_down(m
     assert "explode" in info.value.__notes__[0] and "post_execution" in info.value.__notes__[0]
     assert isinstance(ends[0].error, KeyError) and ends[0].prediction is None
     assert made[0].closed
-    events.remove(explode)
+    events.remove_all(explode)
     with dspy.context(lm=lm):
         assert rlm(text="x").answer == "ok"  # the instance is still usable
 
@@ -453,7 +453,7 @@ def test_composite_modules_instrument_every_rlm_inside(make_rlm):
     assert rlm_events.instrument(program) is events
     assert set(map(id, events.modules)) == {id(first), id(second)}
     senders = []
-    events.tap(lambda ctx: senders.append(ctx.run.module), stages=[Stage.RUN_END])
+    events.tap([Stage.RUN_END], lambda ctx: senders.append(ctx.run.module))
     with dspy.context(lm=lm):
         assert program(text="x").answer == "x!!"
     assert senders == [first, second]

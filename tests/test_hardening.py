@@ -148,7 +148,7 @@ def test_registrations_racing_with_running_calls_never_change_a_running_call(mak
             if rng.random() < 0.5:
                 events.middleware(*Stage)(marker)
             else:
-                events.remove(marker)
+                events.remove_all(marker)
 
     async def calls() -> list[str]:
         async def one(i: int) -> str:
@@ -222,7 +222,7 @@ def test_a_raising_middleware_fails_the_call_cleanly(make_rlm, stage, mode):
     rlm, lm = make_rlm(steps, max_iters=2, interpreter_factory=factory, extract={"answer": "ok"})
     events = rlm_events.instrument(rlm)
     ends = []
-    events.tap(ends.append, stages=[Stage.RUN_END])
+    events.tap([Stage.RUN_END], ends.append)
 
     if mode == "sync":
 
@@ -245,7 +245,7 @@ def test_a_raising_middleware_fails_the_call_cleanly(make_rlm, stage, mode):
     if stage is not Stage.RUN_END:
         assert len(ends) == 1 and ends[0].error is info.value
     assert factory.all_closed and len(factory.made) == (0 if stage is Stage.RUN_START else 1)
-    events.remove(explode)
+    events.remove_all(explode)
     with dspy.context(lm=lm):
         assert rlm(text="x").answer == "ok"
 
@@ -267,7 +267,7 @@ def test_a_raising_tool_call_middleware_reaches_the_code_as_a_tool_error(make_rl
 def test_taps_and_isolated_listeners_that_raise_are_logged_once_per_call(make_rlm, caplog):
     rlm, lm = make_rlm(["print(1)", "print(2)", "SUBMIT(answer='ok')"])
     events = rlm_events.instrument(rlm)
-    events.tap(lambda ctx: 1 / 0, stages=[Stage.POST_ITERATION])
+    events.tap([Stage.POST_ITERATION], lambda ctx: 1 / 0)
 
     @isolated
     def broken_listener(sender, ctx):
@@ -291,7 +291,7 @@ def test_cancelling_aforward_mid_iteration_shuts_the_interpreter_down(make_rlm):
     events = rlm_events.instrument(rlm)
     started = asyncio.Event()
     ends = []
-    events.tap(ends.append, stages=[Stage.RUN_END])
+    events.tap([Stage.RUN_END], ends.append)
 
     @events.middleware(Stage.PRE_EXECUTION)
     async def slow(ctx, next):
@@ -310,7 +310,7 @@ def test_cancelling_aforward_mid_iteration_shuts_the_interpreter_down(make_rlm):
     asyncio.run(main())
     assert factory.made and factory.all_closed
     assert isinstance(ends[0].error, asyncio.CancelledError)
-    events.remove(slow)
+    events.remove_all(slow)
     with dspy.context(lm=lm):
         assert rlm(text="x").answer == "ok"
 
@@ -320,7 +320,7 @@ def test_a_crashing_interpreter_surfaces_dspys_error_and_nothing_hangs(make_rlm)
     rlm, lm = make_rlm(["import os\nos._exit(3)", "SUBMIT(answer='never')"], interpreter_factory=dspy.LocalInterpreter)
     events = rlm_events.instrument(rlm)
     ends = []
-    events.tap(ends.append, stages=[Stage.RUN_END])
+    events.tap([Stage.RUN_END], ends.append)
     with dspy.context(lm=lm), pytest.raises(dspy.primitives.code_interpreter.CodeInterpreterError):
         rlm(text="x")
     assert isinstance(ends[0].error, dspy.primitives.code_interpreter.CodeInterpreterError)
@@ -334,7 +334,7 @@ def test_copies_carry_their_own_independent_instrumentation(make_rlm, how):
     rlm, lm = make_rlm(["SUBMIT(answer=text)"], interpreter_factory=InProcessInterpreter)
     events = rlm_events.instrument(rlm)
     runs: list[tuple[int, str]] = []
-    events.tap(lambda ctx: runs.append((id(ctx.run.module), ctx.run.id)), stages=[Stage.RUN_END])
+    events.tap([Stage.RUN_END], lambda ctx: runs.append((id(ctx.run.module), ctx.run.id)))
 
     @events.middleware(Stage.RUN_START)
     def shout(ctx, next):
@@ -407,7 +407,7 @@ def test_many_runs_with_weak_listeners_leak_nothing(make_rlm):
     rlm, lm = make_rlm(["SUBMIT(answer=text)"], interpreter_factory=InProcessInterpreter)
     events = rlm_events.instrument(rlm)
     events.use(Stage.PRE_EXECUTION, lambda ctx, next: next(ctx))
-    events.tap(lambda ctx: None, stages=[Stage.RUN_END])
+    events.tap([Stage.RUN_END], lambda ctx: None)
 
     class Owner:
         calls = 0

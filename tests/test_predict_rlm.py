@@ -125,7 +125,7 @@ def test_skip_stop_and_extract_on_predict_rlm(use_async):
     CodeGuard().install(events)
     Budget(max_iterations=1).install(events)
     extracts: list[int] = []
-    events.tap(lambda ctx: extracts.append(len(ctx.history)), [Stage.EXTRACT])
+    events.tap([Stage.EXTRACT], lambda ctx: extracts.append(len(ctx.history)))
     result = call(rlm, use_async)
     assert result.trajectory[0]["output"].startswith("[Error] CodeGuard refused")
     assert result.answer == "extracted" and extracts == [1]  # the budget stopped it after one iteration

@@ -148,7 +148,7 @@ def test_a_predictor_replaced_between_calls_is_the_one_used(make_rlm):
     rlm, lm = make_rlm(["SUBMIT(answer='from the LM')"])
     events = rlm_events.instrument(rlm)
     codes: list[str] = []
-    events.tap(lambda ctx: codes.append(ctx.code), [Stage.PRE_EXECUTION])
+    events.tap([Stage.PRE_EXECUTION], lambda ctx: codes.append(ctx.code))
     assert run(rlm, lm, use_async=False).answer == "from the LM"
     stock = rlm.generate_action
     rlm.generate_action = function_predictor(["SUBMIT(answer='from a function')"])

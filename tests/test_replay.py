@@ -333,5 +333,5 @@ def test_one_replay_lm_replays_one_call_until_reset(make_rlm, tmp_path):
         with pytest.raises(ReplayExhaustedError, match=r"LM call 4 \(0-based; an action prompt for iteration 1\)"):
             rlm(text="hello brave world")
         lm.reset()
-        events.remove(stop_after_two)
+        events.remove_all(stop_after_two)
         assert rlm(text="hello brave world").answer == ANSWER

@@ -180,7 +180,7 @@ def test_usage_is_exact_per_call_when_a_budget_meters_it(make_rlm, tmp_path):
     path = tmp_path / "trace.jsonl"
     trace = JsonlTrace(path).install(events)
     spent: dict[str, Any] = {}
-    events.tap(lambda ctx: spent.setdefault(ctx.run.id, Budget.spent(ctx)), stages=[Stage.RUN_END])
+    events.tap([Stage.RUN_END], lambda ctx: spent.setdefault(ctx.run.id, Budget.spent(ctx)))
 
     def call(i: int) -> None:
         with dspy.context(lm=lm):

@@ -73,7 +73,7 @@ def test_every_meter_reports_the_same_totals(make_rlm, tmp_path: Path, lm_class)
     progress_out = io.StringIO()
     ProgressTap(progress_out, live=False).install(events)
     spent: list[Any] = []
-    events.tap(lambda ctx: spent.append(Budget.spent(ctx)), stages=["run_end"])
+    events.tap(["run_end"], lambda ctx: spent.append(Budget.spent(ctx)))
 
     with dspy.context(lm=lm):
         rlm(text="t")

@@ -153,7 +153,7 @@ def test_contexts_see_the_code_as_it_runs_and_the_history_stays_dspys_own(make_r
     for stage in (Stage.PRE_EXECUTION, Stage.POST_EXECUTION):
         events.use(stage, lambda ctx, next: next(ctx))  # the deferred path, changing nothing
     events.tap(
-        lambda ctx: codes.append((ctx.stage.value, ctx.code)), stages=[Stage.PRE_EXECUTION, Stage.POST_EXECUTION]
+        [Stage.PRE_EXECUTION, Stage.POST_EXECUTION], lambda ctx: codes.append((ctx.stage.value, ctx.code))
     )
     with dspy.context(lm=lm):
         result = rlm(text="x")
@@ -191,7 +191,7 @@ def test_a_caller_owned_interpreter_is_a_call_option_not_an_input(make_rlm):
     rlm, lm = make_rlm(["SUBMIT(answer=text)"])
     events = rlm_events.instrument(rlm)
     seen: list[dict[str, Any]] = []
-    events.tap(lambda ctx: seen.append(ctx.input_args), stages=[Stage.RUN_START, Stage.RUN_END])
+    events.tap([Stage.RUN_START, Stage.RUN_END], lambda ctx: seen.append(ctx.input_args))
     mine = InProcessInterpreter()
     with dspy.context(lm=lm):
         assert rlm(mine, text="x").answer == "x"
@@ -211,7 +211,7 @@ def test_a_per_call_interpreter_factory_is_a_call_option_not_an_input(make_rlm):
         ctx.input_args["text"] = "changed"
         return next(ctx)
 
-    events.tap(lambda ctx: seen.append(ctx.input_args), stages=[Stage.RUN_END])
+    events.tap([Stage.RUN_END], lambda ctx: seen.append(ctx.input_args))
     with dspy.context(lm=lm):
         result = rlm(text="x", interpreter_factory=lambda: made.append(InProcessInterpreter()) or made[-1])
     assert result.answer == "changed" and seen == [{"text": "changed"}]
@@ -265,7 +265,7 @@ def test_build_rlm_honours_the_iteration_limit_on_every_release():
     rlm = build_rlm("text -> answer", max_iters=2, interpreter_factory=InProcessInterpreter)
     events = rlm_events.instrument(rlm)
     ends: list[Any] = []
-    events.tap(ends.append, stages=[Stage.RUN_END])
+    events.tap([Stage.RUN_END], ends.append)
     with dspy.context(lm=ScriptedLM(["print(1)"], extract={"answer": "forced"})):
         assert rlm(text="x").answer == "forced"
     assert ends[0].iterations == 2 and ends[0].forced_extract
@@ -287,7 +287,7 @@ def test_build_rlm_takes_tools_as_a_list_on_every_release():
     )
     events = rlm_events.instrument(rlm)
     names: list[str] = []
-    events.tap(lambda ctx: names.append(ctx.name), stages=[Stage.TOOL_CALL])
+    events.tap([Stage.TOOL_CALL], lambda ctx: names.append(ctx.name))
     with dspy.context(lm=ScriptedLM(["SUBMIT(answer=exclaim(word=lookup(key=text)))"])):
         assert rlm(text="hi").answer == "HI!"
     assert names == ["lookup", "exclaim"]

@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..context import StageContext
+from ..installable import Installable, Registrations
 from ..stages import Stage
 
 if TYPE_CHECKING:
     from ..instrumentation import Instrumentation
 
-B = TypeVar("B", bound="Builtin")
 
 # Names every dspy.RLM exposes to the code it runs, besides the user's tools.
 RLM_BUILTIN_TOOLS = ("llm_query", "llm_query_batched")
 
 
-class Builtin:
+class Builtin(Installable):
     """A ``(ctx, next)`` middleware object that knows the stages it belongs to.
 
-    ``install(events)`` registers it on exactly those stages (in :attr:`STAGES` order) and returns it;
-    ``uninstall(events)`` removes every registration of it. Called at any other stage it raises ``TypeError``
+    ``install(events)`` registers it on exactly those stages (in :attr:`STAGES` order, in one change) and returns
+    it; ``uninstall(events)`` removes those registrations. Called at any other stage it raises ``TypeError``
     naming the stage, because a built-in registered by hand on the wrong stage would otherwise do nothing silently.
     """
 
@@ -31,18 +31,8 @@ class Builtin:
     def __call__(self, ctx: Any, next: Any) -> Any:  # pragma: no cover - every built-in overrides it
         raise NotImplementedError
 
-    def install(self: B, events: Instrumentation) -> B:
-        """Register this middleware on every stage it needs (see :attr:`STAGES`); return it."""
-        self._check_install(events)
-        events.middleware(*self.STAGES)(self)  # one atomic registration on all its stages
-        return self
-
-    def uninstall(self, events: Instrumentation) -> None:
-        """Remove every registration of this middleware from ``events``."""
-        events.remove(self)
-
-    def _check_install(self, events: Instrumentation) -> None:
-        """Validate the configuration against the RLMs of ``events``; raise now rather than mid-run."""
+    def registrations(self) -> Registrations:
+        return Registrations(middleware=[(stage, self) for stage in self.STAGES])
 
     def stage_error(self, stage: Stage) -> TypeError:
         """The error for using this middleware at ``stage``, which is not one of its :attr:`STAGES`."""

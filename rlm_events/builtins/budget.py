@@ -87,7 +87,7 @@ class Budget(Builtin):
         """The :class:`Spend` of a run (or of a context's run); ``None`` if no Budget metered it."""
         return spend_of(run.run if isinstance(run, StageContext) else run)
 
-    def _check_install(self, events: Instrumentation) -> None:
+    def check(self, events: Instrumentation) -> None:
         check_tool_names("Budget(max_tool_calls=...)", self.max_tool_calls, events)
 
     def __call__(self, ctx: Any, next: Any) -> Any:

@@ -53,7 +53,7 @@ class ToolCallCache(Builtin):
             raise ValueError(f"ToolCallCache(tools=...) needs one or more tool names, got {sorted(map(str, names))}")
         self.tools = names
 
-    def _check_install(self, events: Instrumentation) -> None:
+    def check(self, events: Instrumentation) -> None:
         check_tool_names("ToolCallCache(tools=...)", sorted(self.tools), events)
 
     def __call__(self, ctx: Any, next: Any) -> Any:

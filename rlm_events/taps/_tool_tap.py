@@ -7,30 +7,22 @@ middleware around the real call next to the tap (:class:`ToolAwareTap`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-from ..instrumentation import Instrumentation
+from ..installable import Installable, Registrations
 from ..stages import Stage
 
-T = TypeVar("T", bound="InstallableTap")
-W = TypeVar("W", bound="ToolAwareTap")
 LOOP_STAGES = tuple(s for s in Stage if s is not Stage.TOOL_CALL)
 
 
-class InstallableTap:
-    """A tap object (``__call__(snapshot)``) on every stage, that registers and removes itself."""
+class InstallableTap(Installable):
+    """A tap object (``__call__(snapshot)``) on every stage."""
 
     def __call__(self, ctx: Any) -> Any:  # pragma: no cover - every subclass is the tap itself
         raise NotImplementedError
 
-    def install(self: T, events: Instrumentation) -> T:
-        """Register this tap on every stage of ``events``; return ``self``."""
-        events.tap(self)
-        return self
-
-    def uninstall(self, events: Instrumentation) -> None:
-        """Remove what :meth:`install` registered on ``events``."""
-        events.untap(self)
+    def registrations(self) -> Registrations:
+        return Registrations(taps=[(tuple(Stage), self)])
 
 
 class ToolAwareTap(InstallableTap):
@@ -42,13 +34,5 @@ class ToolAwareTap(InstallableTap):
 
     _tool_middleware: Callable[[Any, Any], Any]
 
-    def install(self: W, events: Instrumentation) -> W:
-        """Tap the loop stages of ``events`` and add the ``tool_call`` middleware; return ``self``."""
-        events.tap(self, stages=LOOP_STAGES)
-        events.use(Stage.TOOL_CALL, self._tool_middleware)
-        return self
-
-    def uninstall(self, events: Instrumentation) -> None:
-        """Remove what :meth:`install` registered on ``events``."""
-        events.untap(self)
-        events.remove(self._tool_middleware, Stage.TOOL_CALL)
+    def registrations(self) -> Registrations:
+        return Registrations(middleware=[(Stage.TOOL_CALL, self._tool_middleware)], taps=[(LOOP_STAGES, self)])
