@@ -17,8 +17,9 @@ from typing import Any, TextIO
 
 from .._patch import iteration_limit
 from ..context import PostExecutionContext, PostIterationContext, RunEndContext, StageContext
+from ..trace.writer import LMHistoryMeter, usage_of
+from ._text import is_error_result
 from ._tool_tap import InstallableTap
-from .jsonl import LMHistoryMeter, is_error_result, usage_of
 
 _RICH_MISSING = (
     "ProgressTap(live=True) needs the optional 'rich' package: pip install 'rlm-events[rich]' "
