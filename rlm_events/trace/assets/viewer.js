@@ -1,3 +1,6 @@
+// The rlm-events trace viewer. rlm_events/trace/viewer.py inlines this script into viewer.html, after the
+// #trace-data element holding the trace as JSON (the records of rlm_events/trace/schema.py, grouped by run).
+// All trace text is set as textContent, never parsed as markup. Check: node --check rlm_events/trace/assets/viewer.js
 (() => {
 "use strict";
 const DATA = JSON.parse(document.getElementById("trace-data").textContent);
