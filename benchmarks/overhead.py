@@ -20,7 +20,7 @@ Everything runs in one process, offline:
 Every call is checked (full trajectory, expected answer), so a configuration that changed the run cannot pass as
 fast. DSPy's LM/module histories and its predictor trace are cleared between calls, outside the timed section, in
 every configuration. Optional configurations show "n/a" with the reason when they cannot run: the built-ins
-(``rlm_events.builtins`` + ``rlm_events.taps.jsonl``) and the reference package ``dspy-rlm-hooks`` (Python >= 3.12,
+(``rlm_events.builtins`` + ``rlm_events.trace``) and the reference package ``dspy-rlm-hooks`` (Python >= 3.12,
 DSPy <= 3.2: it replaces the loop body with a copy of DSPy 3.1's). On DSPy < 3.3, ``--no-stack-walk`` removes
 DSPy's own per-frame cost from every configuration (see :func:`_without_dspy_stack_walk`).
 """
@@ -184,7 +184,7 @@ def _busy(rlm: dspy.RLM, tmp: Path, *, taps: int = 0) -> Setup:
 def _builtins(rlm: dspy.RLM, tmp: Path) -> Setup | str:
     try:
         from rlm_events.builtins import Budget, CodeGuard  # type: ignore[attr-defined]
-        from rlm_events.taps.jsonl import JsonlTrace  # type: ignore[import-not-found]
+        from rlm_events.trace import JsonlTrace  # type: ignore[import-not-found]
     except ImportError as exc:
         return f"not importable yet ({exc})"
     events = rlm_events.instrument(rlm)

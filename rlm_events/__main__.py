@@ -24,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     view = commands.add_parser(
         "view",
         help="render a JSONL trace as one self-contained HTML page",
-        description="Render a JSONL trace written by rlm_events.taps.JsonlTrace as one HTML file (no network).",
+        description="Render a JSONL trace written by rlm_events.trace.JsonlTrace as one HTML file (no network).",
     )
     view.add_argument("trace", metavar="TRACE.jsonl", help="the trace to render")
     view.add_argument("-o", "--output", metavar="OUT.html", help="where to write the page (default: TRACE.html)")
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"demo failed: {type(exc).__name__}: {exc}\nthe trace {args.trace} records the call", file=sys.stderr)
             return 1
         return 0
-    from .viewer import write_html
+    from .trace.viewer import write_html
 
     source = Path(args.trace)
     if not source.is_file():

@@ -29,9 +29,10 @@ from . import (
     instrument,
 )
 from .builtins import Budget, CodeGuard
-from .taps.jsonl import JsonlTrace, is_error_result
+from .taps._text import is_error_result
 from .taps.progress import ProgressTap
 from .testing import InProcessInterpreter, ScriptedLM, build_rlm
+from .trace import JsonlTrace
 
 SIGNATURE = "text -> todo: int, fixme: int, summary: str"
 DEFAULT_TRACE = "rlm-trace.jsonl"

@@ -59,7 +59,7 @@ def overhead() -> ModuleType:
 def _builtins_importable() -> bool:
     try:
         from rlm_events.builtins import Budget, CodeGuard  # noqa: F401
-        from rlm_events.taps.jsonl import JsonlTrace  # noqa: F401
+        from rlm_events.trace import JsonlTrace  # noqa: F401
     except ImportError:
         return False
     return True

@@ -23,7 +23,7 @@ from rlm_events import Stage  # noqa: E402
 from rlm_events.builtins import Budget, CodeGuard  # noqa: E402
 from rlm_events.hooks import PreExecutionOutput, enable_rlm_hooks  # noqa: E402
 from rlm_events.replay import Recorder, ReplayLM  # noqa: E402
-from rlm_events.taps.jsonl import JsonlTrace  # noqa: E402
+from rlm_events.trace import JsonlTrace  # noqa: E402
 
 
 class JsonLM(DummyLM):

@@ -17,9 +17,10 @@ import pytest
 
 import rlm_events
 from rlm_events import Stage
-from rlm_events.taps.jsonl import JsonlTrace, preview
+from rlm_events.taps._text import preview
 from rlm_events.taps.progress import ProgressTap
 from rlm_events.testing import InProcessInterpreter
+from rlm_events.trace import JsonlTrace
 
 STEPS = [
     ("Look.", "print(len(text))"),

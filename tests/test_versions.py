@@ -152,9 +152,7 @@ def test_contexts_see_the_code_as_it_runs_and_the_history_stays_dspys_own(make_r
     codes: list[tuple[str, str]] = []
     for stage in (Stage.PRE_EXECUTION, Stage.POST_EXECUTION):
         events.use(stage, lambda ctx, next: next(ctx))  # the deferred path, changing nothing
-    events.tap(
-        [Stage.PRE_EXECUTION, Stage.POST_EXECUTION], lambda ctx: codes.append((ctx.stage.value, ctx.code))
-    )
+    events.tap([Stage.PRE_EXECUTION, Stage.POST_EXECUTION], lambda ctx: codes.append((ctx.stage.value, ctx.code)))
     with dspy.context(lm=lm):
         result = rlm(text="x")
     assert result.trajectory == expected  # instrumenting changes nothing, on every release

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
+from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +23,7 @@ import pytest
 import rlm_events
 from rlm_events import Stage
 from rlm_events.__main__ import main
-from rlm_events.taps.jsonl import JsonlTrace
-from rlm_events.viewer import read_trace, render_html, write_html
+from rlm_events.trace import JsonlTrace, read_trace, render_html, write_html
 
 # Its output holds a real U+2028 (a line break to JavaScript); the code itself keeps the escape, as an LM would.
 HOSTILE = "print('</script><script>document.title = \"pwned\"</script><!-- & \\u2028')"
@@ -113,6 +114,30 @@ def test_view_command_explains_bad_input(tmp_path, capsys):
     empty.write_text("not json\n")
     assert main(["view", str(empty)]) == 1
     assert "holds no rlm-events events" in capsys.readouterr().err
+
+
+# -- the assets ---------------------------------------------------------------------------------------------
+
+ASSETS = files("rlm_events.trace") / "assets"
+
+
+def test_the_assets_are_package_files_the_page_is_built_from():
+    page = (ASSETS / "viewer.html").read_text(encoding="utf-8")
+    for placeholder in ("__TITLE__", "__STYLE__", "__SCRIPT__", "__DATA__"):
+        assert page.count(placeholder) == 1, placeholder
+    for name in ("viewer.html", "viewer.css", "viewer.js"):
+        text = (ASSETS / name).read_text(encoding="utf-8")
+        assert "<!--" not in text  # would open an HTML comment in the inline <style>/<script>
+        assert name == "viewer.html" or "</" not in text  # would end the inline element
+
+
+def test_the_script_is_valid_javascript():
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("needs node to check viewer.js (node --check)")
+    with as_file(ASSETS / "viewer.js") as script:
+        checked = subprocess.run([node, "--check", str(script)], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stderr
 
 
 # -- in a real browser ----------------------------------------------------------------------------------------

@@ -4,15 +4,17 @@ Register any of them with ``events.tap(tap)`` or ``tap.install(events)``. Each i
 ``import rlm_events.taps`` costs nothing and an optional extra (``rich``, ``otel``) is needed only by the tap that
 uses it.
 
-=====================  =================  ======================================================================
-tap                    module             what it does
-=====================  =================  ======================================================================
-``JsonlTrace``         ``jsonl``          one JSON line per stage event, for ``python -m rlm_events view``
-``ProgressTap``        ``progress``       live iteration n/max, stage, elapsed time and tokens (``rich``)
-``LoggingTap``         ``logs``           stage events as ``logging`` records
-``StageTimings``       ``timings``        per-stage duration statistics
-``OpenTelemetryTap``   ``otel``           OpenTelemetry spans per call and iteration (``otel``)
-=====================  =================  ======================================================================
+=====================  ====================  ===================================================================
+tap                    module                what it does
+=====================  ====================  ===================================================================
+``JsonlTrace``         ``rlm_events.trace``  one JSON line per stage event, for ``python -m rlm_events view``
+``ProgressTap``        ``progress``          live iteration n/max, stage, elapsed time and tokens (``rich``)
+``LoggingTap``         ``logs``              stage events as ``logging`` records
+``StageTimings``       ``timings``           per-stage duration statistics
+``OpenTelemetryTap``   ``otel``              OpenTelemetry spans per call and iteration (``otel``)
+=====================  ====================  ===================================================================
+
+``JsonlTrace`` lives with the trace format it writes (schema, reader, viewer) in :mod:`rlm_events.trace`.
 """
 
 from __future__ import annotations
@@ -21,19 +23,19 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .jsonl import JsonlTrace
+    from ..trace.writer import JsonlTrace
     from .logs import LoggingTap
     from .otel import OpenTelemetryTap
     from .progress import ProgressTap
     from .timings import StageStats, StageTimings
 
-_EXPORTS = {
-    "JsonlTrace": "jsonl",
-    "LoggingTap": "logs",
-    "OpenTelemetryTap": "otel",
-    "ProgressTap": "progress",
-    "StageStats": "timings",
-    "StageTimings": "timings",
+_EXPORTS = {  # name -> its module, relative to this package
+    "JsonlTrace": "..trace.writer",
+    "LoggingTap": ".logs",
+    "OpenTelemetryTap": ".otel",
+    "ProgressTap": ".progress",
+    "StageStats": ".timings",
+    "StageTimings": ".timings",
 }
 
 
@@ -41,7 +43,7 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value  # later lookups are plain attribute reads
     return value
 

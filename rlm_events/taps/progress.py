@@ -18,8 +18,9 @@ from typing import Any, TextIO
 from ..context import PostExecutionContext, PostIterationContext, RunEndContext, StageContext
 from ..lm_usage import meter_run
 from ..runtime import iteration_limit
+from ..trace.writer import usage_of
+from ._text import is_error_result
 from ._tool_tap import InstallableTap
-from .jsonl import is_error_result, usage_of
 
 _RICH_MISSING = (
     "ProgressTap(live=True) needs the optional 'rich' package: pip install 'rlm-events[rich]' "

@@ -1,0 +1,258 @@
+"""Record every stage event of instrumented ``dspy.RLM`` calls as JSON Lines, one object per event.
+
+>>> trace = JsonlTrace("rlm-trace.jsonl")  # doctest: +SKIP
+>>> events.tap(trace)  # or trace.install(events)  # doctest: +SKIP
+
+Guarantees: each event is serialized, appended as one line and flushed before the tap returns, under one lock, so
+lines of concurrent calls never interleave and a crash loses at most the event being written. A line is a line for
+every reader (``str.splitlines`` included: Unicode line separators are escaped too). Values that are not JSON are
+previewed with ``repr``; nothing a value does (a failing ``repr`` included) makes recording fail.
+
+Each line is one record of :mod:`rlm_events.trace.schema` (the format's fields and their meaning are documented
+there); :func:`~rlm_events.trace.reader.read_trace` reads the file back, ``python -m rlm_events view`` renders it.
+The ``usage`` field is the run's one meter (:mod:`rlm_events.lm_usage`): every LM call attributed to the call that
+made it, concurrent calls on one LM instance included; the same counts a Budget, the spans and the progress display
+see.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from datetime import datetime, timezone
+from types import TracebackType
+from typing import IO, Any
+
+from ..context import (
+    ExtractContext,
+    PostExecutionContext,
+    PostIterationContext,
+    PreExecutionContext,
+    PreIterationContext,
+    Run,
+    RunEndContext,
+    RunStartContext,
+    StageContext,
+    ToolCallContext,
+)
+from ..lm_history import module_label
+from ..lm_usage import meter_run, metered
+from ..runtime import iteration_limit
+from ..stages import Stage
+from ..taps._text import is_error_result, preview
+from ..taps._tool_tap import InstallableTap
+from .schema import SCHEMA_VERSION
+
+# -- previews -------------------------------------------------------------------------------------------------
+
+
+def _fields_preview(prediction: Any, limit: int) -> dict[str, str] | None:
+    """The output fields of a ``Prediction`` (its trajectory left out: it repeats the whole history)."""
+    if prediction is None:
+        return None
+    try:
+        items = dict(prediction.items())
+    except Exception:
+        return {"value": preview(prediction, limit)}
+    return {name: preview(value, limit) for name, value in items.items() if name != "trajectory"}
+
+
+def _error_text(error: BaseException | None, limit: int) -> str | None:
+    if error is None:
+        return None
+    try:
+        message = str(error)
+    except Exception:
+        message = "<unprintable message>"
+    return preview(f"{type(error).__name__}: {message}" if message else type(error).__name__, limit)
+
+
+def _call_preview(args: tuple[Any, ...], kwargs: dict[str, Any], limit: int) -> str:
+    parts = [preview(a, limit) if not isinstance(a, str) else repr(a) for a in args]
+    parts += [f"{k}={v!r}" if isinstance(v, str) else f"{k}={preview(v, limit)}" for k, v in kwargs.items()]
+    return preview(", ".join(parts), limit)
+
+
+def _history_len(history: Any) -> int | None:
+    try:
+        return len(history)
+    except Exception:
+        return None
+
+
+# Characters json.dumps leaves raw that str.splitlines() (and so many line readers) still break lines at.
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def _one_line(text: str) -> str:
+    """JSON text that every line reader sees as one line (those characters only occur inside JSON strings)."""
+    return text.translate(_LINE_BREAKS)
+
+
+# -- LM usage -------------------------------------------------------------------------------------------------
+
+
+def usage_of(run: Run) -> dict[str, Any] | None:
+    """The LM use of ``run`` so far (the schema's ``usage``), from the run's one meter (:mod:`rlm_events.lm_usage`),
+    or ``None`` when the run is not metered."""
+    usage = metered(run)
+    return usage.record() if usage is not None else None
+
+
+# -- the tap --------------------------------------------------------------------------------------------------
+
+
+class _RunClock:
+    __slots__ = ("last",)
+
+    def __init__(self, now: float) -> None:
+        self.last = now
+
+
+class JsonlTrace(InstallableTap):
+    """A tap writing one JSON object per stage event to ``path_or_file``: a record of :mod:`rlm_events.trace.schema`.
+
+    Args:
+        path_or_file: a path, opened now for appending (UTF-8; the directory must exist), or an open text file,
+            which is written to and flushed but never closed.
+        preview_chars: the length results, arguments, inputs and predictions are cut to.
+        code_chars: the length code is cut to.
+
+    Use as ``events.tap(trace)`` or ``trace.install(events)``; ``close()`` (or ``with JsonlTrace(...)``) closes
+    a file it opened. Events arriving after ``close()`` are dropped.
+    """
+
+    def __init__(
+        self, path_or_file: str | os.PathLike[str] | IO[str], *, preview_chars: int = 2000, code_chars: int = 20_000
+    ) -> None:
+        if preview_chars < 16 or code_chars < 16:
+            raise ValueError("JsonlTrace: preview_chars and code_chars must be at least 16")
+        if isinstance(path_or_file, (str, os.PathLike)):
+            self.path: str | None = os.fspath(path_or_file)
+            self._file: IO[str] = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+            self._owns_file = True
+        elif callable(getattr(path_or_file, "write", None)):
+            name = getattr(path_or_file, "name", None)
+            self.path = name if isinstance(name, str) else None
+            self._file = path_or_file
+            self._owns_file = False
+        else:
+            raise TypeError(f"JsonlTrace needs a path or an open text file, got {type(path_or_file).__name__}")
+        self.preview_chars = preview_chars
+        self.code_chars = code_chars
+        self._lock = threading.Lock()
+        self._runs: dict[str, _RunClock] = {}
+        self._closed = False
+
+    # -- closing --------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop recording and close the file if this trace opened it. Idempotent."""
+        with self._lock:
+            self._closed = True
+            self._runs.clear()
+            if self._owns_file and not self._file.closed:
+                self._file.close()
+
+    def __enter__(self) -> JsonlTrace:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<JsonlTrace {self.path or self._file!r}{' closed' if self._closed else ''}>"
+
+    # -- recording ------------------------------------------------------------------------------------------
+
+    def __call__(self, ctx: StageContext) -> None:
+        """Record ``ctx`` (the tap entry point)."""
+        fields = self.fields(ctx)
+        with self._lock:
+            if self._closed:
+                return
+            now = time.monotonic()
+            clock = self._runs.get(ctx.run.id)
+            if clock is None:  # run_start, or a trace installed mid-call
+                clock = self._runs[ctx.run.id] = _RunClock(now)
+                meter_run(ctx.run)
+            record: dict[str, Any] = {
+                "run_id": ctx.run.id,
+                "stage": ctx.stage.value,
+                "iteration": ctx.iteration,
+                "t_mono": now,
+                "t_wall": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+                "dt_prev_s": round(now - clock.last, 6),
+            }
+            clock.last = now
+            usage = usage_of(ctx.run)
+            if usage is not None:
+                record["usage"] = usage
+            record.update(fields)
+            if ctx.stage is Stage.RUN_END:
+                del self._runs[ctx.run.id]
+            self._file.write(_one_line(json.dumps(record, ensure_ascii=False, default=self._default)) + "\n")
+            self._file.flush()
+
+    def _default(self, value: Any) -> str:
+        return preview(value, self.preview_chars)
+
+    def fields(self, ctx: StageContext) -> dict[str, Any]:
+        """The stage-specific fields of ``ctx``'s line (the schema's per-stage part)."""
+        limit = self.preview_chars
+        if isinstance(ctx, RunStartContext):
+            return {
+                "schema": SCHEMA_VERSION,
+                "module": module_label(ctx.run.module),
+                "max_iters": iteration_limit(ctx.run.module),
+                "inputs": {name: preview(value, limit) for name, value in ctx.input_args.items()},
+            }
+        if isinstance(ctx, PreIterationContext):
+            return {"history_len": _history_len(ctx.history)}
+        if isinstance(ctx, PreExecutionContext):
+            out: dict[str, Any] = {
+                "code": preview(ctx.code, self.code_chars),
+                "reasoning": preview(ctx.reasoning, limit),
+                "history_len": _history_len(ctx.history),
+                "skipped": ctx.skipped,
+            }
+            if ctx.skipped:
+                out["result_preview"] = preview(ctx.result, limit)
+            return out
+        if isinstance(ctx, PostExecutionContext):
+            return {
+                "code": preview(ctx.code, self.code_chars),
+                "result_preview": preview(ctx.result, limit),
+                "result_type": type(ctx.result).__name__,
+                "is_error": is_error_result(ctx.result),
+                "history_len": _history_len(ctx.history),
+            }
+        if isinstance(ctx, PostIterationContext):
+            return {
+                "history_len": _history_len(ctx.history),
+                "submitted": ctx.prediction is not None,
+                "stop": ctx.stop,
+            }
+        if isinstance(ctx, ToolCallContext):
+            return {
+                "tool": {"name": ctx.name, "args": _call_preview(ctx.args, ctx.kwargs, limit)},
+                "result_preview": preview(ctx.result, limit),
+            }
+        if isinstance(ctx, ExtractContext):
+            return {"history_len": _history_len(ctx.history), "prediction": _fields_preview(ctx.prediction, limit)}
+        if isinstance(ctx, RunEndContext):
+            return {
+                "iterations": ctx.iterations,
+                "forced_extract": ctx.forced_extract,
+                "duration_s": round(ctx.duration_s, 6),
+                "prediction": _fields_preview(ctx.prediction, limit),
+                "error": _error_text(ctx.error, limit),
+            }
+        return {}
+
+
+__all__ = ["JsonlTrace", "usage_of"]
