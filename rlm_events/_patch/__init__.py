@@ -23,7 +23,7 @@ loop's own calls reach the stages), ``classes`` (the instrumented subclass), ``p
 seams, used instead of the iteration seams below for a class with that loop), ``construct`` (building an RLM the
 same way on every release).
 
-Version differences (DSPy 3.1.2 to 3.4.x) live in :class:`_Seams` and :class:`RLMConstructor`, detected once per
+Version differences (DSPy 3.1.2 to 3.4.x) live in ``detect._Seams`` and :class:`RLMConstructor`, detected once per
 RLM class from signatures, attributes and the loop's source, never from version numbers:
 
 * 3.1 runs ``repl.execute`` inline in ``_execute_iteration`` (so the REPL is wrapped to let pre_execution skip it)

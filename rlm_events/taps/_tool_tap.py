@@ -29,7 +29,7 @@ class ToolAwareTap(InstallableTap):
     """A tap on every stage but ``tool_call``, plus ``_tool_middleware`` on ``tool_call``.
 
     Subclasses set ``self._tool_middleware`` once in ``__init__`` (a bound method is a new object on every
-    attribute access, and :meth:`uninstall` must find the very object :meth:`install` registered).
+    attribute access, and ``uninstall`` must find the very object ``install`` registered).
     """
 
     _tool_middleware: Callable[[Any, Any], Any]
