@@ -23,9 +23,10 @@ from ..stages import Stage
 if TYPE_CHECKING:
     pass
 
-from .call import _CURRENT, _DEFERRED, _NO_RESULT, _POST_ITERATION, _PRE_ITERATION, _ActionSeam, _Call, _current, _Frame
+from .call import _CURRENT, _DEFERRED, _NO_RESULT, _POST_ITERATION, _PRE_ITERATION, _Call, _current, _Frame
 from .detect import _ATTR, _BASE, _Seams
 from .predict_rlm import kernel_seams
+from .predictor import _ActionSeam
 
 # -- the instrumented classes ---------------------------------------------------------------------------------
 

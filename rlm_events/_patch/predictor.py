@@ -1,0 +1,85 @@
+"""``generate_action`` as an instrumented RLM's loop sees it: whatever the predictor is (a ``dspy.Predict``,
+another module, an object with only ``__call__`` or ``acall``, a function), reading the attribute during an
+iteration yields a stand-in that calls it, records the action and fires pre_execution on it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .call import _CURRENT, _Call, _Frame
+
+
+class _Acting:
+    """``generate_action`` as the loop sees it until the iteration's action is in: calls go to the real predictor
+    (``__call__`` / ``forward`` in sync loops, ``acall`` / ``aforward`` in async ones), then record the action and
+    fire pre_execution on it. Everything else, and any error, is the predictor's own: a loop that works bare works
+    the same, whatever the predictor is (a ``dspy.Predict``, another module, a plain callable)."""
+
+    __slots__ = ("_call", "_frame", "_predictor")
+
+    def __init__(self, predictor: Any, call: _Call, frame: _Frame) -> None:
+        self._predictor, self._call, self._frame = predictor, call, frame
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._acted(self._predictor(*args, **kwargs))
+
+    def _acted(self, action: Any) -> Any:
+        call, frame = self._call, self._frame
+        if not call.acted(frame, action):
+            return action
+        return call.apply_pre_execution(
+            call.plan.fire(call.pre_execution_ctx(frame, action), call.module), frame, action
+        )
+
+    async def _aacted(self, action: Any) -> Any:
+        call, frame = self._call, self._frame
+        if not call.acted(frame, action):
+            return action
+        ctx = await call.plan.afire(call.pre_execution_ctx(frame, action), call.module)
+        return call.apply_pre_execution(ctx, frame, action)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._predictor, name)  # a missing acall fails here as it fails bare
+        if name in ("acall", "aforward") and callable(attr):
+
+            async def acted(*args: Any, **kwargs: Any) -> Any:
+                return await self._aacted(await attr(*args, **kwargs))
+
+            return acted
+        if name == "forward" and callable(attr):
+            return lambda *args, **kwargs: self._acted(attr(*args, **kwargs))
+        return attr
+
+    def __repr__(self) -> str:
+        return repr(self._predictor)
+
+
+class _ActionSeam:
+    """``generate_action`` of an instrumented RLM class: a data descriptor over the instance's own attribute, so
+    that reading it during an iteration yields the :class:`_Acting` stand-in, while assigning, deleting and every
+    other read (``named_predictors``, pickling, copies) see the real predictor in the instance's ``__dict__``."""
+
+    def __get__(self, rlm: Any, owner: Any = None) -> Any:
+        if rlm is None:
+            return self
+        try:
+            predictor = rlm.__dict__["generate_action"]
+        except KeyError:
+            raise AttributeError(f"'{type(rlm).__name__}' object has no attribute 'generate_action'") from None
+        call = _CURRENT.get()
+        frame = call.frame if call is not None and call.module is rlm else None
+        if frame is None or frame.action is not None:
+            return predictor
+        stand_in = frame.stand_in
+        if stand_in is None or stand_in._predictor is not predictor:  # DSPy reads it twice per iteration
+            stand_in = frame.stand_in = _Acting(predictor, call, frame)  # type: ignore[arg-type]
+        return stand_in
+
+    def __set__(self, rlm: Any, value: Any) -> None:
+        rlm.__dict__["generate_action"] = value
+
+    def __delete__(self, rlm: Any) -> None:
+        try:
+            del rlm.__dict__["generate_action"]
+        except KeyError:
+            raise AttributeError("generate_action") from None
