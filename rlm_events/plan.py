@@ -208,6 +208,7 @@ class Plan:
             tap.observe(ctx)
         return ctx
 
+    # The async twin of fire: middleware, receivers and taps are awaited on the caller's loop.
     async def afire(self, ctx: C, sender: Any, terminal: Callable[[C], Any] | None = None) -> C:
         """As :meth:`fire`, for an async caller: middleware and receivers may be ``async def``, and are awaited."""
         stage = ctx.stage

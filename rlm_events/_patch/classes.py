@@ -73,6 +73,7 @@ def _instrumented_rlm_class(cls: Any) -> Any:
             raise end.error
         return end.prediction
 
+    # The async twin of forward: the same steps, awaiting the plan; a shared helper would cost every call a frame.
     async def aforward(self: Any, *args: Any, **kwargs: Any) -> Any:
         call = _Call.begin(self, seams, kwargs, is_async=True)
         if call is None:
@@ -115,6 +116,7 @@ def _instrumented_rlm_class(cls: Any) -> Any:
             return getattr(self, extract_name)(frame.args["variables"], outcome, frame.args["output_field_names"])
         return outcome
 
+    # The async twin of _execute_iteration (awaits the plan, folds a deferred post_execution); kept apart for speed.
     async def _aexecute_iteration(self: Any, *args: Any, **kwargs: Any) -> Any:
         call = _CURRENT.get()
         if call is None or call.module is not self:
@@ -171,6 +173,7 @@ def _instrumented_rlm_class(cls: Any) -> Any:
         ctx = call.ctx(ExtractContext, history=bound["history"], variables=bound["variables"], prediction=None)
         return _extracted(call.plan.fire(ctx, self, terminal))
 
+    # The async twin of _extract_fallback: the terminal awaits DSPy's async extractor.
     async def _aextract_fallback(self: Any, *args: Any, **kwargs: Any) -> Any:
         call = _current(self)
         if call is None:

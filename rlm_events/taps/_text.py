@@ -8,18 +8,20 @@ ERROR_PREFIXES = ("[Error]", "[Type Error]")
 """How DSPy (and rlm-events' middleware) begin the result text of code that failed."""
 
 
+def safe_repr(value: Any) -> str:
+    """``repr(value)``; never raises: a ``repr`` that fails gives ``<unrepresentable TypeName>``."""
+    try:
+        return repr(value)
+    except Exception:
+        return f"<unrepresentable {type(value).__name__}>"
+
+
 def preview(value: Any, limit: int) -> str:
     """``value`` as text of at most about ``limit`` characters: strings as they are, anything else by ``repr``.
 
-    Never raises: a ``repr`` that fails gives ``<unrepresentable TypeName>``.
+    Never raises (see :func:`safe_repr`).
     """
-    if isinstance(value, str):
-        text = value
-    else:
-        try:
-            text = repr(value)
-        except Exception:
-            text = f"<unrepresentable {type(value).__name__}>"
+    text = value if isinstance(value, str) else safe_repr(value)
     if len(text) > limit:
         return f"{text[:limit]}… [+{len(text) - limit} chars]"
     return text

@@ -44,7 +44,7 @@ from ..context import (
 )
 from ..runtime import iteration_limit
 from ..stages import Stage
-from ._text import is_error_result, preview
+from ._text import is_error_result, preview, safe_repr
 from ._tool_tap import InstallableTap
 
 DEFAULT_LOGGER = "rlm_events.runs"
@@ -52,10 +52,7 @@ DEFAULT_LOGGER = "rlm_events.runs"
 
 def _short(value: Any, limit: int) -> str:
     """``repr``-like preview of at most about ``limit`` characters; never raises."""
-    try:
-        text = repr(value)
-    except Exception:
-        text = f"<unrepresentable {type(value).__name__}>"
+    text = safe_repr(value)
     return text if len(text) <= limit else f"{text[: max(limit - 1, 0)]}…"
 
 
