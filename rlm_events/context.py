@@ -218,7 +218,9 @@ class PostIterationContext(StageContext):
     ``history`` (mutable) is what the next iteration sees. ``prediction`` is the final ``Prediction`` when
     ``SUBMIT`` succeeded, else ``None``; set it to ``None`` to reject a submission and go on, or to a
     ``Prediction`` to finish now. Set ``stop = True`` to end the loop: DSPy's extract fallback then produces the
-    answer from the history so far. ``action`` is the LM's output for this iteration (``reasoning``, ``code``).
+    answer from the history so far; ``stop_reason`` says why in the run's ``RunEndContext.stop_reason`` (a
+    :class:`~rlm_events.builtins.Budget` sets ``"budget"``; unset, it is ``"middleware"``). ``action`` is the LM's
+    output for this iteration (``reasoning``, ``code``).
     """
 
     STAGE: ClassVar[Stage] = Stage.POST_ITERATION
@@ -226,6 +228,7 @@ class PostIterationContext(StageContext):
     history: REPLHistory
     prediction: Prediction | None = None
     stop: bool = False
+    stop_reason: str | None = None
     action: Prediction | None = Field(default=None, repr=False)
     code: str = ""
     result: Any = Field(default=None, repr=False)
@@ -264,7 +267,11 @@ class RunEndContext(StageContext):
     """A call ended. Fires for every call, failed ones included, after the interpreter was shut down.
 
     ``prediction`` and ``error`` are mutable: the call returns ``prediction`` when ``error`` is ``None``,
-    else raises ``error``.
+    else raises ``error``. ``stop_reason`` says why the loop ended: ``"submit"`` (the code called ``SUBMIT``),
+    ``"max_iters"`` (the iteration limit; DSPy's extract fallback answered), ``"budget"`` (a Budget stopped it),
+    ``"middleware"`` (another middleware set ``PostIterationContext.stop``, or its own ``stop_reason``) or
+    ``"error"`` (the call failed). ``iterations`` counts the iterations that started: whose ``pre_iteration``
+    completed (0 for a call that failed before its first).
     """
 
     STAGE: ClassVar[Stage] = Stage.RUN_END
@@ -274,6 +281,7 @@ class RunEndContext(StageContext):
     iterations: int = 0
     forced_extract: bool = False
     duration_s: float = 0.0
+    stop_reason: str = "submit"
 
 
 CONTEXT_TYPES: dict[Stage, type[StageContext]] = {

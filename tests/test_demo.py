@@ -44,9 +44,9 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert not post[2]["is_error"] and post[2]["result_preview"].startswith("82 hits")
 
     # progress: one line per finished iteration, then the call
-    assert re.search(r"iteration 2/8 error \| [\d.]+ s \| [\d,]+ tokens", out)
+    assert re.search(r"iteration 2/8 error \| [\d.]+ s \| [\d,]+ tokens, \$0\.\d{4} total so far$", out, re.M)
     assert re.search(r"iteration 6/8 submitted", out)
-    assert re.search(r"finished \| 6 iterations \| [\d.]+ s \| [\d,]+ tokens \| \$0\.\d{4}$", out, re.M)
+    assert re.search(r"finished by SUBMIT \| 6 iterations \| [\d.]+ s \| [\d,]+ tokens, \$0\.\d{4}$", out, re.M)
 
     end = lines[-1]
     assert end["stage"] == "run_end" and end["error"] is None and end["iterations"] == 6

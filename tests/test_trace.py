@@ -219,7 +219,7 @@ def test_a_failing_run_records_run_end_with_the_error(make_rlm, tmp_path):
     assert [line["stage"] for line in lines][-2:] == ["post_iteration", "run_end"]
     end = lines[-1]
     assert end["error"] == "RuntimeError: no budget left"
-    assert end["prediction"] is None and end["iterations"] == 2  # the second iteration started, then failed
+    assert end["prediction"] is None and end["iterations"] == 1  # the second never started: its pre_iteration raised
 
 
 def test_forced_extract_is_recorded(make_rlm, tmp_path):
@@ -332,10 +332,11 @@ def test_progress_prints_plain_lines_when_not_a_terminal(make_rlm):
         "iteration 2/6 ok",
         "iteration 3/6 error",
         "iteration 4/6 submitted",
-        "finished",
+        "finished by SUBMIT",
     ]
     assert lines[-1].split(" | ")[1] == "4 iterations"
-    tokens = [int(line.rsplit(" | ", 1)[1].removesuffix(" tokens").replace(",", "")) for line in lines]
+    assert all(line.endswith(" tokens total so far") for line in lines[:-1]) and lines[-1].endswith(" tokens")
+    tokens = [int(line.rsplit(" | ", 1)[1].split(" tokens")[0].replace(",", "")) for line in lines]
     assert tokens == sorted(tokens) and tokens[-1] == sum(e["usage"]["total_tokens"] for e in lm.history)
 
 
@@ -352,7 +353,7 @@ def test_progress_reports_a_failed_call(make_rlm):
     with dspy.context(lm=lm), pytest.raises(ValueError):
         rlm(text="abc")
     (line,) = out.getvalue().splitlines()  # no iteration finished: only the call's line
-    assert line[11:].startswith("failed: ValueError: refused | 1 iterations | ")
+    assert line[11:].startswith("failed: ValueError: refused | 1 iteration | ")
 
 
 def test_live_view_needs_rich(monkeypatch):
@@ -371,5 +372,5 @@ def test_live_view_runs_with_rich(make_rlm):
     with dspy.context(lm=lm):
         rlm(text="abc")
     assert tap._live is None  # stopped once no call runs
-    assert "finished | 4 iterations" in out.getvalue()
+    assert "finished by SUBMIT | 4 iterations" in out.getvalue()
     assert "iteration 1/" not in out.getvalue()  # iterations are drawn live, not logged

@@ -275,3 +275,45 @@ def test_extract_fallback_and_a_run_cut_short(browser, make_rlm, tmp_path):
     assert "1 line(s) of the trace could not be read" in find(browser, "#warning")[0].text
     find(browser, '#timeline .row[data-row="end"]')[0].click()
     assert "no run_end" in find(browser, "#details")[0].text
+
+
+def test_the_run_card_says_why_the_run_ended_and_flags_the_stopping_iteration(browser, make_rlm, tmp_path):
+    from rlm_events.builtins import Budget
+
+    rlm, lm = make_rlm(["print(1)"], max_iters=6, extract={"answer": "stopped"})
+    events = rlm_events.instrument(rlm)
+    Budget(max_iterations=2).install(events)
+    path = tmp_path / "budget.jsonl"
+    with JsonlTrace(path) as trace:
+        trace.install(events)
+        with dspy.context(lm=lm):
+            rlm(text="abc")
+    load(browser, path)
+    header = find(browser, "#run-header")[0].text
+    assert "BUDGET STOP" in header.upper() and "2 / 6" in header
+    flags = [f.text for f in find(browser, "#timeline .flag")]
+    assert flags == ["■ budget stop"]
+    find(browser, '#timeline .row[data-row="end"]')[0].click()
+    assert (
+        "2 iterations" in find(browser, "#details")[0].text
+        and "ended by budget stop" in find(browser, "#details")[0].text
+    )
+
+
+def test_a_run_that_failed_before_its_first_iteration_counts_none_everywhere(browser, make_rlm, tmp_path):
+    rlm, lm = make_rlm(["print(1)"], max_iters=6)
+    events = rlm_events.instrument(rlm)
+
+    @events.middleware(Stage.PRE_ITERATION)
+    def refuse(ctx, next):
+        raise RuntimeError("not today")
+
+    path = tmp_path / "failed.jsonl"
+    with JsonlTrace(path) as trace:
+        trace.install(events)
+        with dspy.context(lm=lm), pytest.raises(RuntimeError):
+            rlm(text="abc")
+    load(browser, path)
+    assert "0 / 6" in find(browser, "#run-header")[0].text
+    find(browser, '#timeline .row[data-row="end"]')[0].click()
+    assert "0 iterations" in find(browser, "#details")[0].text

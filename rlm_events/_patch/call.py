@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from .handle import Handle
     from .predictor import _Acting
 
+from .construct import iteration_limit
 from .detect import _ATTR, _NO_RESULT, _Seams
 
 # -- per-call state -------------------------------------------------------------------------------------------
@@ -67,7 +68,6 @@ class _Frame:
         self.code = ""
         self.result: Any = None
         self.stand_in: _Acting | None = None  # generate_action as the loop reads it until the action is in
-        call.iterations += 1
         call.frame = self
         if not call.seams.has_execute_code:
             args["repl"] = _SkippableREPL(args["repl"], self)
@@ -93,6 +93,7 @@ class _Call:
         "plan",
         "run",
         "seams",
+        "stopped_by",
         "t0",
     )
 
@@ -108,6 +109,7 @@ class _Call:
         )
         self.iterations = 0
         self.forced_extract = False
+        self.stopped_by: str | None = None  # the stop_reason of the post_iteration that set stop
         self.frame: _Frame | None = None
         self.t0 = time.perf_counter()
 
@@ -154,7 +156,28 @@ class _Call:
             iterations=self.iterations,
             forced_extract=self.forced_extract,
             duration_s=time.perf_counter() - self.t0,
+            stop_reason=self.stop_reason(error),
         )
+
+    def explained(self, prediction: Any) -> Any:
+        """``prediction``, after saying that DSPy's "RLM reached max iterations" line, which its extract fallback
+        logs whenever it runs, is about a stop (a budget's, a middleware's) when it is one."""
+        if self.stopped_by is not None:
+            limit = iteration_limit(self.module)
+            logging.getLogger("rlm_events").warning(
+                "rlm-events: the run was stopped by %s after iteration %d%s, not by the iteration limit; DSPy's "
+                "extract fallback produced the answer (DSPy's 'reached max iterations' line above is about that)",
+                {"budget": "a budget", "middleware": "a middleware"}.get(self.stopped_by, f"'{self.stopped_by}'"),
+                self.iterations,
+                f" of {limit}" if limit else "",
+            )
+        return prediction
+
+    def stop_reason(self, error: BaseException | None) -> str:
+        """Why the loop ended (see :attr:`RunEndContext.stop_reason`)."""
+        if error is not None:
+            return "error"
+        return self.stopped_by or ("max_iters" if self.forced_extract else "submit")
 
     # pre_iteration
 
@@ -309,16 +332,18 @@ class _Call:
             history=history,
             prediction=prediction,
             stop=False,
+            stop_reason=None,
             action=frame.action,
             code=frame.code,
             result=frame.result,
         )
 
-    @staticmethod
-    def after_iteration(ctx: PostIterationContext, outcome: Any) -> tuple[Any, bool]:
+    def after_iteration(self, ctx: PostIterationContext, outcome: Any) -> tuple[Any, bool]:
         """What the iteration returns to the loop, and whether the extract fallback must produce it instead."""
         if ctx.prediction is not None:
             return ctx.prediction, False
+        if ctx.stop:
+            self.stopped_by = ctx.stop_reason or "middleware"
         return ctx.history, ctx.stop
 
     # tools

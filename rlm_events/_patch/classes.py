@@ -104,6 +104,7 @@ def _instrumented_rlm_class(cls: Any) -> Any:
         try:
             if call.busy[_PRE_ITERATION] or call.plan.wants(_PRE_ITERATION, self):
                 call.apply_pre_iteration(call.plan.fire(call.pre_iteration_ctx(frame), self), frame)
+            call.iterations += 1  # started: its pre_iteration folded without raising
             outcome = iteration.call(cls._execute_iteration, self, frame.args)
             if frame.action is None:
                 call.unacted(frame)
@@ -126,6 +127,7 @@ def _instrumented_rlm_class(cls: Any) -> Any:
         try:
             if call.busy[_PRE_ITERATION] or call.plan.wants(_PRE_ITERATION, self):
                 call.apply_pre_iteration(await call.plan.afire(call.pre_iteration_ctx(frame), self), frame)
+            call.iterations += 1  # started: its pre_iteration folded without raising
             outcome = await aiteration.call(cls._aexecute_iteration, self, frame.args)
             if frame.action is None:
                 call.unacted(frame)
@@ -161,13 +163,13 @@ def _instrumented_rlm_class(cls: Any) -> Any:
             return extract_fallback(self, *args, **kwargs)
         call.forced_extract = True
         if not call.wants(Stage.EXTRACT):
-            return extract_fallback(self, *args, **kwargs)
+            return call.explained(extract_fallback(self, *args, **kwargs))
         bound = seams.extract.bind(args, kwargs)
 
         def terminal(c: ExtractContext) -> ExtractContext:
             if c.prediction is None:
                 bound["history"], bound["variables"] = c.history, c.variables
-                c.prediction = seams.extract.call(extract_fallback, self, bound)
+                c.prediction = call.explained(seams.extract.call(extract_fallback, self, bound))
             return c
 
         ctx = call.ctx(ExtractContext, history=bound["history"], variables=bound["variables"], prediction=None)
@@ -180,13 +182,13 @@ def _instrumented_rlm_class(cls: Any) -> Any:
             return await aextract_fallback(self, *args, **kwargs)
         call.forced_extract = True
         if not call.wants(Stage.EXTRACT):
-            return await aextract_fallback(self, *args, **kwargs)
+            return call.explained(await aextract_fallback(self, *args, **kwargs))
         bound = seams.aextract.bind(args, kwargs)
 
         async def terminal(c: ExtractContext) -> ExtractContext:
             if c.prediction is None:
                 bound["history"], bound["variables"] = c.history, c.variables
-                c.prediction = await seams.aextract.call(aextract_fallback, self, bound)
+                c.prediction = call.explained(await seams.aextract.call(aextract_fallback, self, bound))
             return c
 
         ctx = call.ctx(ExtractContext, history=bound["history"], variables=bound["variables"], prediction=None)

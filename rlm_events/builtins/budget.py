@@ -141,7 +141,7 @@ class Budget(Builtin):
         exceeded = self._exceeded(spend, include_iterations=True)
         if exceeded is not None:
             spend.stopped_by, spend.reason = exceeded
-            ctx.stop = True
+            ctx.stop, ctx.stop_reason = True, "budget"
 
     def _exceeded(self, spend: Spend, *, include_iterations: bool) -> tuple[str, str] | None:
         checks = (

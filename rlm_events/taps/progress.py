@@ -57,10 +57,12 @@ class _CallProgress:
     def of_max(self) -> str:
         return f"{self.iteration}/{self.max_iters}" if self.max_iters else str(self.iteration)
 
-    def tokens_text(self) -> str:
+    def tokens_text(self, so_far: bool = True) -> str:
+        """The call's tokens and cost, totals since it started: labelled so after an iteration."""
         if self.tokens is None:
             return ""
-        return f" | {self.tokens:,} tokens" + (f" | ${self.cost_usd:.4f}" if self.cost_usd else "")
+        text = f"{self.tokens:,} tokens" + (f", ${self.cost_usd:.4f}" if self.cost_usd else "")
+        return f" | {text} total so far" if so_far else f" | {text}"
 
 
 class ProgressTap(InstallableTap):
@@ -140,13 +142,19 @@ class ProgressTap(InstallableTap):
         tag = f"[{ctx.run.id[:8]}]"
         if isinstance(ctx, PostIterationContext) and not live:  # the live view shows iterations itself
             outcome = "submitted" if ctx.prediction is not None else "error" if call.error_in_iteration else "ok"
+            if ctx.stop and ctx.prediction is None:
+                outcome += f", stopped ({ctx.stop_reason or 'middleware'})"
             return f"{tag} iteration {call.of_max()} {outcome} | {call.elapsed:.2f} s{call.tokens_text()}"
         if isinstance(ctx, RunEndContext):
             if ctx.error is not None:
                 outcome = f"failed: {type(ctx.error).__name__}: {ctx.error}"
             else:
-                outcome = "finished by extract fallback" if ctx.forced_extract else "finished"
-            return f"{tag} {outcome} | {ctx.iterations} iterations | {ctx.duration_s:.2f} s{call.tokens_text()}"
+                ended = {"submit": "SUBMIT", "max_iters": "the iteration limit", "budget": "a budget stop"}
+                outcome = f"finished by {ended.get(ctx.stop_reason, 'a middleware stop')}"
+                if ctx.forced_extract:
+                    outcome += " (answer from the extract fallback)"
+            iterations = f"{ctx.iterations} iteration{'' if ctx.iterations == 1 else 's'}"
+            return f"{tag} {outcome} | {iterations} | {ctx.duration_s:.2f} s{call.tokens_text(so_far=False)}"
         return None
 
     # -- output ---------------------------------------------------------------------------------------------

@@ -138,6 +138,9 @@ class PostIterationRecord(_InIteration):
     history_len: HistoryLength
     submitted: bool = Field(description="the iteration produced the final prediction")
     stop: bool = Field(description="a middleware ended the loop (the extract fallback follows)")
+    stop_reason: str | None = Field(
+        default=None, description="why, when this iteration ended the loop: 'budget' or 'middleware' (else null)"
+    )
 
 
 class ToolCallRecord(RecordBase):
@@ -163,6 +166,10 @@ class RunEndRecord(_RunLevel):
     stage: Literal["run_end"] = Field(description="run_end")
     iterations: int = Field(description="iterations started")
     forced_extract: bool = Field(description="the answer came from the extract fallback")
+    stop_reason: str | None = Field(
+        default=None,
+        description="why the loop ended: submit, max_iters, budget, middleware or error (null in older traces)",
+    )
     duration_s: float = Field(description="the call's duration in seconds")
     prediction: FieldPreviews | None = Field(
         description="the output fields: name -> preview, the trajectory left out; null when the call failed"

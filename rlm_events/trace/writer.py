@@ -236,6 +236,7 @@ class JsonlTrace(InstallableTap):
                 "history_len": _history_len(ctx.history),
                 "submitted": ctx.prediction is not None,
                 "stop": ctx.stop,
+                "stop_reason": (ctx.stop_reason or "middleware") if ctx.stop and ctx.prediction is None else None,
             }
         if isinstance(ctx, ToolCallContext):
             return {
@@ -248,6 +249,7 @@ class JsonlTrace(InstallableTap):
             return {
                 "iterations": ctx.iterations,
                 "forced_extract": ctx.forced_extract,
+                "stop_reason": ctx.stop_reason,
                 "duration_s": round(ctx.duration_s, 6),
                 "prediction": _fields_preview(ctx.prediction, limit),
                 "error": _error_text(ctx.error, limit),

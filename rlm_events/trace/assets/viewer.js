@@ -91,12 +91,18 @@ function summarize(run) {
   const span = Math.max(last.t_mono - t0, 1e-9);
   let outcome = "incomplete";
   if (end) outcome = end.error ? "error" : end.forced_extract ? "extract" : "ok";
+  // One iteration count everywhere: the call's own (iterations started) when it ended, else what the trace shows.
+  const count = end ? end.iterations : its.length;
+  const stopReason = end ? end.stop_reason || (end.error ? "error" : end.forced_extract ? "max_iters" : "submit") : null;
   const usage = [...events].reverse().find((e) => e.usage);
-  return { id: run.run_id, events, t0, span, start, end, extract, iterations: its, outcome,
+  return { id: run.run_id, events, t0, span, start, end, extract, iterations: its, outcome, count, stopReason,
     usage: usage ? usage.usage : null, duration: end ? end.duration_s : last.t_mono - t0 };
 }
 
 const OUTCOME_TEXT = { ok: "ok", error: "failed", extract: "extract fallback", incomplete: "incomplete" };
+const STOP_TEXT = { submit: "SUBMIT", max_iters: "iteration limit", budget: "budget stop", middleware: "middleware stop",
+  error: "error" };
+const iterationsText = (n) => n + (n === 1 ? " iteration" : " iterations");
 
 function renderHeader(r) {
   const box = document.getElementById("run-header");
@@ -104,7 +110,8 @@ function renderHeader(r) {
   const maxIters = r.start && r.start.max_iters ? " / " + r.start.max_iters : "";
   const stats = [
     ["duration", dur(r.duration)],
-    ["iterations", (r.end ? r.end.iterations : r.iterations.length) + maxIters],
+    ["iterations", r.count + maxIters],
+    ["ended by", r.stopReason ? STOP_TEXT[r.stopReason] || r.stopReason : "\u2013"],
     ["LM calls", r.usage ? int(r.usage.lm_calls) : "\u2013"],
     ["tokens", r.usage ? int(r.usage.total_tokens) : "\u2013"],
     ["cost", r.usage && r.usage.cost_usd ? "$" + r.usage.cost_usd.toFixed(4) : "\u2013"],
@@ -186,6 +193,8 @@ function renderTimeline(r) {
     const flags = [];
     if (it.error) flags.push(el("span", { class: "flag error", text: "✗ error" }));
     if (it.submitted) flags.push(el("span", { class: "flag submitted", text: "✓ submit" }));
+    if (it.after && it.after.stop) flags.push(el("span", { class: "flag stop",
+      text: "■ " + (STOP_TEXT[it.after.stop_reason] || "stop") }));
     const tokens = it.tokens !== null ? " · " + int(it.tokens) + " tok" : "";
     rows.push(row("it" + it.index, "#" + (it.index + 1), it.events, [dur(it.end - it.begin) + tokens, ...flags],
       { "data-iteration": it.index }));
@@ -222,8 +231,8 @@ function renderDetails(key, stage) {
     if (!e) parts.push(el("p", { class: "note", text: "The trace has no run_end for this run: the process " +
       "stopped before the call returned." }));
     else {
-      parts.push(el("div", { class: "muted", text: OUTCOME_TEXT[r.outcome] + " · " + e.iterations +
-        " iterations · " + dur(e.duration_s) + (e.forced_extract ? " · extract fallback" : "") }));
+      parts.push(el("div", { class: "muted", text: OUTCOME_TEXT[r.outcome] + " · " + iterationsText(r.count) +
+        " · " + dur(e.duration_s) + " · ended by " + (STOP_TEXT[r.stopReason] || r.stopReason) }));
       if (e.error) parts.push(...block("Error", "output error", e.error, true));
       if (e.prediction) parts.push(el("h3", { text: "Prediction" }), kv(Object.entries(e.prediction)));
     }
@@ -284,7 +293,7 @@ function init() {
   DATA.runs.forEach((run, i) => {
     const r = summarize(run);
     select.append(el("option", { value: i, text: "#" + (i + 1) + " · " + short(r.id) + " · " +
-      OUTCOME_TEXT[r.outcome] + " · " + r.iterations.length + " it · " + dur(r.duration) }));
+      OUTCOME_TEXT[r.outcome] + " · " + r.count + " it · " + dur(r.duration) }));
   });
   document.getElementById("run-picker").hidden = DATA.runs.length < 2;
   select.addEventListener("change", () => showRun(Number(select.value)));
