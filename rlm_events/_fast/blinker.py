@@ -14,7 +14,9 @@ They rely on:
 * ``is_muted`` is true inside ``signal.muted()``, when ``send()`` calls no receiver.
 
 Checked against blinker 1.9.0, the newest release tested, and blinker 1.8.0, the lowest supported (CI runs the
-suite on it). :func:`probe` checks all of the above once at import on a signal of its own, with receivers connected
+suite on it).
+
+:func:`probe` checks all of the above once at import on a signal of its own, with receivers connected
 to senders and to ANY, weakly and strongly (functions and bound methods), some disconnected or dead, comparing with
 ``receivers_for()`` and ``has_receivers_for()``. If anything is not as expected, :data:`FAST` is ``False``
 (:data:`REASON` says why) and both go through those public methods: slower, never different.

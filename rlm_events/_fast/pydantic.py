@@ -15,12 +15,14 @@ keeps per class and per instance, without its per-call field introspection. They
 * an instance built so is what ``model_construct`` builds: the same ``__dict__`` (values and order), fields set,
   extra and private state, equal to it with the same repr, and assignments are still validated.
 
-Checked against pydantic 2.14.4 (pydantic-core 2.50.5), the newest release tested, and pydantic 2.7.0
-(pydantic-core 2.18.1), the lowest supported (CI runs the suite on it). :func:`probe` checks all of the above once at
-import, on models shaped like the contexts and on models the fast path must leave to pydantic. If anything is not as
-expected, :data:`FAST` is ``False`` (:data:`REASON` says why) and both go through the public
-``Model.model_construct(**fields)``: slower, never different. ``RLM_EVENTS_FAST_PATHS=0`` in the environment does so
-without probing; :func:`fallback` does so for a while (tests).
+Checked against pydantic 2.14.4 (pydantic-core 2.50.5), the newest release tested; 2.11.0 (pydantic-core 2.33.0), the
+lowest DSPy 3.4 takes; and 2.7.0 (pydantic-core 2.18.1), the lowest supported (CI runs the suite on it). Earlier
+releases fail the probe: their ``model_construct`` keeps unknown keywords in ``__dict__``.
+
+:func:`probe` checks all of the above once at import, on models shaped like the contexts and on models the fast path
+must leave to pydantic. If anything is not as expected, :data:`FAST` is ``False`` (:data:`REASON` says why) and both
+go through the public ``Model.model_construct(**fields)``: slower, never different. ``RLM_EVENTS_FAST_PATHS=0`` in
+the environment does so without probing; :func:`fallback` does so for a while (tests).
 """
 
 from __future__ import annotations
