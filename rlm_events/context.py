@@ -3,126 +3,28 @@
 Every context validates assignments (``ctx.code = 3`` raises :class:`pydantic.ValidationError` naming the field),
 forbids unknown fields, and carries ``stage``, ``iteration`` (0-based; ``None`` on run-level stages),
 ``input_args`` and ``run``. What a middleware leaves in a context when its chain returns is what the loop uses.
+
+Contexts are built by :func:`construct` and :meth:`FastConstruct.model_construct` (``rlm_events._fast.pydantic``, the
+fast path over pydantic's internals, with its fallback to the public ``model_construct``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
-from enum import Enum
 from functools import cache
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from dspy import Prediction
 from dspy.primitives.repl_types import REPLHistory, REPLVariable
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from ._fast.pydantic import FastConstruct, construct
 from .stages import Stage
 
 _CONFIG = ConfigDict(arbitrary_types_allowed=True, validate_assignment=True, extra="forbid")
-_IMMUTABLE_DEFAULTS = (type(None), bool, int, float, complex, str, bytes, tuple, frozenset, Enum)
-
-_REQUIRED: Any = object()
-_set_attribute = object.__setattr__
-M = TypeVar("M", bound="_FastConstruct")
 
 
-class _Recipe:
-    """How to build one model class without pydantic's per-call field introspection, computed once per class."""
-
-    __slots__ = ("defaults", "factories", "required")
-
-    def __init__(self, defaults: dict[str, Any], factories: tuple[tuple[str, Callable[[], Any]], ...]) -> None:
-        self.defaults = defaults  # every field, in declaration order; required ones and factories as _REQUIRED
-        self.factories = factories
-        self.required = frozenset(n for n, v in defaults.items() if v is _REQUIRED) - {n for n, _ in factories}
-
-
-@cache
-def _recipe(cls: type[BaseModel]) -> _Recipe | None:
-    """``None`` when the fast path could not reproduce pydantic's ``model_construct`` exactly (aliases,
-    data-taking or mutable defaults, post-init, private attributes, extra fields)."""
-    if cls.__pydantic_post_init__ or cls.__private_attributes__ or cls.model_config.get("extra") == "allow":
-        return None
-    defaults: dict[str, Any] = {}
-    factories: list[tuple[str, Callable[[], Any]]] = []
-    fields = getattr(cls, "__pydantic_fields__", None) or cls.model_fields  # the former before pydantic 2.10
-    for name, field in fields.items():
-        if field.alias not in (None, name) or field.validation_alias not in (None, name):
-            return None
-        if field.default_factory is not None:
-            if getattr(field, "default_factory_takes_validated_data", False):
-                return None
-            factories.append((name, field.default_factory))  # type: ignore[arg-type]  # takes no data: checked
-            defaults[name] = _REQUIRED
-        elif field.is_required():
-            defaults[name] = _REQUIRED
-        elif isinstance(field.default, _IMMUTABLE_DEFAULTS):
-            defaults[name] = field.default
-        else:  # pydantic deep-copies a mutable default for every instance
-            return None
-    return _Recipe(defaults, tuple(factories))
-
-
-class _FastConstruct(BaseModel):
-    """``model_construct`` without pydantic's per-call field introspection (contexts are built on every stage of
-    every iteration). Same result: fields in declaration order, defaults and factories applied, unknown keywords
-    ignored, missing required fields left unset, no validation."""
-
-    @classmethod
-    def model_construct(cls: type[M], _fields_set: set[str] | None = None, **values: Any) -> M:
-        recipe = _recipe(cls)
-        if recipe is None:
-            return super().model_construct(_fields_set, **values)
-        defaults = recipe.defaults
-        fields = {**defaults, **values}  # declaration order, given values in place of the defaults
-        unknown = len(fields) != len(defaults)
-        if unknown:  # pydantic ignores unknown keywords: they are neither fields nor "set"
-            fields = {k: v for k, v in fields.items() if k in defaults}
-        for name, factory in recipe.factories:
-            if name not in values:
-                fields[name] = factory()
-        if not recipe.required <= values.keys():
-            fields = {k: v for k, v in fields.items() if v is not _REQUIRED}
-        if _fields_set is None:
-            _fields_set = values.keys() & defaults.keys() if unknown else set(values)
-        return construct(cls, fields, _fields_set)
-
-
-def construct(cls: type[M], values: dict[str, Any], fields_set: set[str] | None = None) -> M:
-    """An instance of ``cls`` holding ``values`` as they are (taken, not copied): what ``cls.model_construct(**values)``
-    returns when ``values`` names every field of ``cls`` in declaration order, without its per-call work. No
-    validation. ``fields_set`` defaults to every name in ``values``."""
-    instance = _new(cls)
-    _set_dict(instance, values)
-    _set_fields_set(instance, set(values) if fields_set is None else fields_set)
-    _set_extra(instance, None)
-    _set_private(instance, None)
-    return instance
-
-
-def _slot_setter(name: str) -> Callable[[Any, Any], None]:
-    """Sets BaseModel's slot ``name`` through its descriptor: without the attribute lookup along each context
-    class's MRO that ``object.__setattr__`` does (the contexts of every stage are built this way); through
-    ``object.__setattr__`` where this pydantic keeps it elsewhere."""
-    descriptor = BaseModel.__dict__.get(name)
-    setter = getattr(descriptor, "__set__", None)
-    return setter if callable(setter) else lambda instance, value: _set_attribute(instance, name, value)
-
-
-def _new_via_class(cls: Any) -> Any:
-    return cls.__new__(cls)
-
-
-# object.__new__ unless this pydantic's BaseModel defines its own.
-_new: Callable[[Any], Any] = object.__new__ if "__new__" not in BaseModel.__dict__ else _new_via_class
-_set_dict = _slot_setter("__dict__")
-_set_fields_set = _slot_setter("__pydantic_fields_set__")
-_set_extra = _slot_setter("__pydantic_extra__")
-_set_private = _slot_setter("__pydantic_private__")
-
-
-class Run(_FastConstruct):
+class Run(FastConstruct):
     """One call of an RLM: shared by every context of that call and by no other call.
 
     ``state`` is a dict private to this call: middleware shared by concurrent calls keep per-call counters there.
@@ -136,7 +38,7 @@ class Run(_FastConstruct):
     state: dict[str, Any] = Field(default_factory=dict, repr=False)
 
 
-class StageContext(_FastConstruct):
+class StageContext(FastConstruct):
     """Fields every stage's context has."""
 
     model_config = _CONFIG

@@ -2,50 +2,31 @@
 
 A :class:`Plan` is an immutable snapshot of one :class:`~rlm_events.Instrumentation`'s registrations. A call takes
 the plan once when it starts and uses it to the end, so registrations made meanwhile never change a running call.
+
+Which receivers hear the RLM being called is asked of ``rlm_events._fast.blinker`` (the fast path over blinker's
+internals, with its fallback to ``receivers_for()`` / ``has_receivers_for()``); receivers are then called as blinker's
+``send()`` calls them, except that what an ``async def`` receiver returns is run.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-import weakref
 from collections.abc import Callable, Iterable
-from types import MethodType
 from typing import Any, TypeVar
 
 from blinker import NamedSignal
-from blinker import base as _blinker
 
 from middleware import Chain, add_note, middleware_name, run_sync
 
+from ._fast import blinker as _fast_blinker
 from .context import StageContext, snapshot
 from .signals import BY_STAGE
 from .stages import Stage
 
 logger = logging.getLogger("rlm_events")
-_ANY_ID = getattr(_blinker, "ANY_ID", 0)  # the key of receivers connected to every sender
-_NONE: frozenset[Any] = frozenset()
-
-
-def _ids_are_plain() -> bool:
-    """Whether this blinker keys a plain object by ``id(obj)`` in ``_by_sender`` (1.8 and 1.9 do): only then may
-    :func:`_may_hear` and :func:`_receivers` look there directly; otherwise they ask blinker's public API."""
-    make_id, probe = getattr(_blinker, "make_id", None), object()
-    return callable(make_id) and make_id(probe) == id(probe) and isinstance(getattr(_blinker, "ANY_ID", None), int)
-
-
-# Each stage signal's receiver ids by sender id, where this blinker keeps them (it clears, never replaces, the
-# dict), when it keys plain objects by id(); senders of these types have other ids.
-_BY_SENDER: dict[NamedSignal, dict[Any, Any]] = (
-    {
-        signal: by_sender
-        for signal in BY_STAGE.values()
-        if isinstance(by_sender := getattr(signal, "_by_sender", None), dict)
-    }
-    if _ids_are_plain()
-    else {}
-)
-_NOT_PLAIN = (str, int, MethodType)
+_fast_blinker.track(BY_STAGE.values())  # the stage signals: read where blinker keeps their receivers, when it can
+_receivers, _may_hear, _has_receivers_for = _fast_blinker.receivers, _fast_blinker.may_hear, _fast_blinker.hears
 
 C = TypeVar("C", bound=StageContext)
 TapFn = Callable[[Any], Any]
@@ -93,51 +74,8 @@ class Tap:
             self._failed(ctx)
 
 
-def _receivers(signal: NamedSignal, sender: Any) -> list[Callable[..., Any]]:
-    """``list(signal.receivers_for(sender))``: the live receivers connected to ``sender`` or to ANY.
-
-    For the plain objects RLMs are, read where this blinker keeps them (see :func:`_may_hear`), without blinker's
-    ``make_id()``, whose ``inspect.ismethod()`` goes through DSPy's Python-level ``__getattribute__``. A weakly
-    connected receiver that died is skipped; blinker's weakref callback disconnects it.
-    """
-    by_sender = _BY_SENDER.get(signal)
-    if by_sender is None or issubclass(type(sender), _NOT_PLAIN):
-        return list(signal.receivers_for(sender))
-    ids = by_sender.get(_ANY_ID, _NONE) | by_sender.get(id(sender), _NONE)
-    if not ids:
-        return []
-    refs = signal.receivers
-    live = []
-    for receiver_id in ids:
-        receiver = refs.get(receiver_id)
-        if isinstance(receiver, weakref.ref):  # weakref.WeakMethod is one too
-            receiver = receiver()
-        if receiver is not None:
-            live.append(receiver)
-    return live
-
-
 def _noted(exc: Exception, signal: NamedSignal) -> None:
     add_note(exc, f"raised in a receiver of signal {signal.name!r}")
-
-
-def _may_hear(signal: NamedSignal, sender: Any) -> bool:
-    """Whether a receiver may be connected for ``sender`` or for ANY (it may be dead or disconnected: a cheap first
-    filter, so that receivers connected only to other RLMs cost next to nothing).
-
-    blinker's ``has_receivers_for()`` answers this too, but computes the sender's id with ``inspect.ismethod()``,
-    which on a ``dspy.Module`` goes through DSPy's Python-level ``__getattribute__``: for the plain objects RLMs
-    are, the id is ``id(sender)``, looked up directly where this blinker keeps it.
-    """
-    by_sender = _BY_SENDER.get(signal)
-    if by_sender is None or issubclass(type(sender), _NOT_PLAIN):
-        return signal.has_receivers_for(sender)
-    return bool(by_sender.get(_ANY_ID)) or bool(by_sender.get(id(sender)))
-
-
-def _has_receivers_for(signal: NamedSignal, sender: Any) -> bool:
-    # receivers_for() resolves the live receivers connected to ``sender`` or to ANY: exact, after the cheap filter.
-    return _may_hear(signal, sender) and next(iter(signal.receivers_for(sender)), None) is not None
 
 
 class Plan:
@@ -193,8 +131,8 @@ class Plan:
             ctx = chain.run(ctx, terminal)
         elif terminal is not None:
             ctx = self.chains[ctx.stage].run(ctx, terminal)
-        if signal.receivers and not signal.is_muted:
-            receivers = _receivers(signal, sender)
+        if signal.receivers:
+            receivers = _receivers(signal, sender)  # none while muted
             try:
                 # As blinker's send(), but an async def receiver is not asked about: what it returns is run.
                 for receiver in receivers:
@@ -214,8 +152,8 @@ class Plan:
         stage = ctx.stage
         _, signal, taps = self._route[stage]
         ctx = await self.chains[stage].arun(ctx, terminal)
-        if signal.receivers and not signal.is_muted:
-            receivers = _receivers(signal, sender)
+        if signal.receivers:
+            receivers = _receivers(signal, sender)  # none while muted
             try:
                 for receiver in receivers:  # as blinker's send_async(); sync receivers are called in place
                     out = receiver(sender, ctx=ctx)

@@ -1,0 +1,23 @@
+"""Fast paths over other libraries' internals, each fenced in one module.
+
+* :mod:`.pydantic`: building a context without ``model_construct``'s per-call work (slot descriptors, per-class
+  field recipes).
+* :mod:`.blinker`: which receivers hear a sender, read where blinker keeps them, without its ``make_id()``.
+
+Each module names the releases it was checked against, probes once at import that the internals are what it
+expects, and otherwise uses the library's public API (``FAST`` says which is in use; ``REASON`` why not the fast
+path). ``RLM_EVENTS_FAST_PATHS=0`` in the environment makes both use the public API without probing; ``fallback()``
+does so for a while (tests). ``tests/test_fast_paths.py`` pins both paths; CI runs the suite on the lowest supported
+pydantic and blinker releases too.
+"""
+
+from __future__ import annotations
+
+import os
+
+ENV = "RLM_EVENTS_FAST_PATHS"
+
+
+def disabled() -> str | None:
+    """Why the fast paths are off by request (``RLM_EVENTS_FAST_PATHS=0``), or ``None``."""
+    return f"{ENV}=0 in the environment" if os.environ.get(ENV, "").strip() == "0" else None

@@ -1,0 +1,218 @@
+"""The fast path over blinker's internals: which receivers hear a sender, read where blinker keeps them.
+
+Every stage asks whether a receiver hears the RLM being called, and which. blinker's ``has_receivers_for()`` and
+``receivers_for()`` answer, but compute the sender's id with ``make_id()``, whose ``inspect.ismethod()`` goes through
+DSPy's Python-level ``__getattribute__`` on a ``dspy.Module``. For the plain objects RLMs are, that id is
+``id(sender)``: :func:`may_hear` and :func:`receivers` look it up directly in the signals given to :func:`track`.
+They rely on:
+
+* ``blinker.base.make_id(obj)`` is ``id(obj)`` for an object that is not a bound method, ``str`` or ``int``, and
+  ``blinker.base.ANY_ID``, an ``int``, is the id of ``ANY``, the sender of receivers connected to every sender;
+* a signal's ``_by_sender`` maps a sender id to the set of ids of the receivers connected to it, and stays the same
+  dict for the signal's life (blinker clears it, never replaces it); ``receivers`` maps a receiver id to the receiver,
+  or to a ``weakref.ref`` of it (a ``WeakMethod`` for a bound method) when connected weakly;
+* ``is_muted`` is true inside ``signal.muted()``, when ``send()`` calls no receiver.
+
+Checked against blinker 1.9.0, the newest release tested, and blinker 1.8.0, the lowest supported (CI runs the
+suite on it).
+
+:func:`probe` checks all of the above once at import on a signal of its own, with receivers connected
+to senders and to ANY, weakly and strongly (functions and bound methods), some disconnected or dead, comparing with
+``receivers_for()`` and ``has_receivers_for()``. If anything is not as expected, :data:`FAST` is ``False``
+(:data:`REASON` says why) and both go through those public methods: slower, never different.
+``RLM_EVENTS_FAST_PATHS=0`` in the environment does so without probing; :func:`fallback` does so for a while (tests).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from types import MethodType
+from typing import Any
+
+from blinker import ANY, Signal
+from blinker import base as _blinker
+
+from . import disabled
+
+FAST = True  # set below, from the probe
+REASON: str | None = None  # why the public API is used, when it is
+
+_ANY_ID = getattr(_blinker, "ANY_ID", 0)  # the key of receivers connected to every sender
+_NONE: frozenset[Any] = frozenset()
+_NOT_PLAIN = (str, int, MethodType)  # senders whose blinker id is not id(sender)
+
+# The _by_sender dict of each tracked signal, where this blinker keeps it, while the fast path is in use. Others
+# (and every signal on the fallback) go through blinker's public API.
+_BY_SENDER: dict[Signal, dict[Any, Any]] = {}
+_TRACKED: list[Signal] = []
+
+
+def track(signals: Iterable[Signal]) -> None:
+    """Answer for ``signals`` (the stage signals) from blinker's own bookkeeping, while the fast path is in use."""
+    _TRACKED.extend(signals)
+    _follow()
+
+
+def _follow() -> None:
+    _BY_SENDER.clear()
+    if FAST:
+        _BY_SENDER.update(
+            (signal, by_sender)
+            for signal in _TRACKED
+            if isinstance(by_sender := getattr(signal, "_by_sender", None), dict)
+        )
+
+
+def receivers(signal: Signal, sender: Any) -> list[Callable[..., Any]]:
+    """The receivers ``signal.send(sender)`` calls: ``list(signal.receivers_for(sender))``, the live receivers connected
+    to ``sender`` or to ANY, in blinker's order; none while the signal is muted.
+
+    A weakly connected receiver that died is skipped; blinker's weakref callback disconnects it (``receivers_for()``
+    also does so itself).
+    """
+    by_sender = _BY_SENDER.get(signal)
+    if by_sender is None or issubclass(type(sender), _NOT_PLAIN):
+        return [] if getattr(signal, "is_muted", False) else list(signal.receivers_for(sender))
+    if signal.is_muted:
+        return []
+    ids = by_sender.get(_ANY_ID, _NONE) | by_sender.get(id(sender), _NONE)
+    if not ids:
+        return []
+    refs = signal.receivers
+    live = []
+    for receiver_id in ids:
+        receiver = refs.get(receiver_id)
+        if isinstance(receiver, weakref.ref):  # weakref.WeakMethod is one too
+            receiver = receiver()
+        if receiver is not None:
+            live.append(receiver)
+    return live
+
+
+def may_hear(signal: Signal, sender: Any) -> bool:
+    """Whether a receiver may be connected for ``sender`` or for ANY: ``signal.has_receivers_for(sender)``, a cheap
+    first filter, so that receivers connected only to other RLMs cost next to nothing. Never ``False`` when
+    :func:`receivers` would return one; may be ``True`` when it would return none (a dead weak receiver; on the
+    fallback also a sender whose receivers were all disconnected, whose bucket blinker keeps)."""
+    by_sender = _BY_SENDER.get(signal)
+    if by_sender is None or issubclass(type(sender), _NOT_PLAIN):
+        return signal.has_receivers_for(sender)
+    return bool(by_sender.get(_ANY_ID)) or bool(by_sender.get(id(sender)))
+
+
+def hears(signal: Signal, sender: Any) -> bool:
+    """Whether a live receiver is connected for ``sender`` or for ANY (muted or not): exact, after the cheap filter."""
+    return may_hear(signal, sender) and next(iter(signal.receivers_for(sender)), None) is not None
+
+
+# -- choosing the path ---------------------------------------------------------------------------------------------
+
+
+class _Unexpected(Exception):
+    """blinker's internals are not what the fast path expects."""
+
+
+class _Sender:
+    """A plain sender, as an RLM is for blinker."""
+
+
+class _Listener:
+    def on(self, sender: Any, **kwargs: Any) -> None:
+        pass
+
+
+def _compare(signal: Signal, senders: dict[str, Any], when: str) -> None:
+    for name, sender in senders.items():
+        public = list(signal.receivers_for(sender))
+        fast = receivers(signal, sender)
+        if Counter(fast) != Counter(public):
+            raise _Unexpected(f"{when}: the fast path finds {len(fast)} receivers for {name}, blinker {len(public)}")
+        if public and not may_hear(signal, sender):
+            raise _Unexpected(f"{when}: the fast path misses the receivers of {name}")
+        if hears(signal, sender) != bool(public):
+            raise _Unexpected(f"{when}: the fast path says {name} is heard: {not public}")
+
+
+def _check() -> None:
+    """Raise :class:`_Unexpected` where the fast path would find other receivers than blinker's public API."""
+    make_id, plain = getattr(_blinker, "make_id", None), _Sender()
+    if not callable(make_id) or make_id(plain) != id(plain):
+        raise _Unexpected("blinker.base.make_id(obj) is not id(obj) for a plain object")
+    if not isinstance(getattr(_blinker, "ANY_ID", None), int) or _blinker.ANY_ID != _ANY_ID:
+        raise _Unexpected(f"blinker.base.ANY_ID is {getattr(_blinker, 'ANY_ID', None)!r}, not the int {_ANY_ID!r}")
+    signal = Signal()
+    by_sender = getattr(signal, "_by_sender", None)
+    if not isinstance(by_sender, dict) or not isinstance(signal.receivers, dict):
+        raise _Unexpected("a blinker Signal keeps no _by_sender and receivers dicts")
+    one, other, unheard = _Sender(), _Sender(), _Sender()
+    senders = {"a sender": one, "another sender": other, "an unheard sender": unheard, "ANY": ANY, "a str": "one"}
+    listener = _Listener()
+
+    def to_any(sender: Any, **kwargs: Any) -> None:
+        pass
+
+    def to_one(sender: Any, **kwargs: Any) -> None:
+        pass
+
+    def to_other(sender: Any, **kwargs: Any) -> None:
+        pass
+
+    signal.connect(to_any, weak=False)
+    signal.connect(to_one, sender=one)  # weakly: a weakref.ref
+    signal.connect(listener.on, sender=one)  # weakly: a WeakMethod
+    signal.connect(to_other, sender=other, weak=False)
+    signal.connect(to_one, sender="one")
+    if by_sender.get(_ANY_ID) != {make_id(to_any)} or by_sender.get(id(one)) != {make_id(to_one), make_id(listener.on)}:
+        raise _Unexpected("a blinker Signal's _by_sender does not map sender ids to receiver ids")
+    _BY_SENDER[signal] = by_sender
+    try:
+        _compare(signal, senders, "receivers to senders and to ANY")
+        with signal.muted():
+            if not signal.is_muted or receivers(signal, one) or signal.send(one):
+                raise _Unexpected("signal.muted() does not set is_muted")
+        signal.disconnect(to_any)
+        signal.disconnect(to_other, sender=other)  # its bucket stays
+        _compare(signal, senders, "after disconnecting")
+        del to_one  # dead: blinker's weakref callback disconnects it
+        _compare(signal, senders, "after a weak receiver died")
+        del listener
+        _compare(signal, senders, "after a bound method's owner died")
+        del senders["another sender"], other  # blinker drops a dead sender's bucket
+        _compare(signal, senders, "after a sender died")
+        cleared = getattr(signal, "_clear_state", None)
+        if callable(cleared):
+            cleared()
+        if getattr(signal, "_by_sender", None) is not by_sender:
+            raise _Unexpected("a blinker Signal replaces its _by_sender dict")
+    finally:
+        _BY_SENDER.pop(signal, None)
+
+
+def probe() -> str | None:
+    """Why the fast path would not find the receivers blinker's public API finds on this blinker, or ``None`` when
+    it would. Runs the fast path itself on a signal of its own: for the import, and for tests."""
+    try:
+        _check()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}" if not isinstance(exc, _Unexpected) else str(exc)
+    return None
+
+
+@contextmanager
+def fallback() -> Iterator[None]:
+    """Use blinker's public API inside the block, as when the probe fails (for tests; not thread-safe)."""
+    global FAST
+    was, FAST = FAST, False
+    _follow()
+    try:
+        yield
+    finally:
+        FAST = was
+        _follow()
+
+
+REASON = disabled() or probe()
+FAST = REASON is None
