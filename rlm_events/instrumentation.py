@@ -188,8 +188,11 @@ class Instrumentation:
         self._modules[id(rlm)] = rlm
 
     def detached(self, rlm: RLM) -> None:
-        """Called by the patch layer: ``rlm`` no longer runs with these registrations."""
+        """Called by the patch layer: ``rlm`` no longer runs with these registrations; the receivers
+        :meth:`connect` connected for it are disconnected (``uninstrument()`` leaves nothing behind)."""
         self._modules.pop(id(rlm), None)
+        for stage, receiver in list(self._receivers):
+            BY_STAGE[stage].disconnect(receiver, sender=rlm)
 
     def copy(self) -> Instrumentation:
         """A new instrumentation with the same registrations and no modules (a deep copy of an instrumented RLM
