@@ -85,6 +85,9 @@ class Usage:
     unpriced_lm_calls: int = 0
     unmetered_lm_calls: int = 0
     """Calls whose history entry could not be found (``dspy.settings.disable_history``, ``max_history_size=0``)."""
+    largest_call_tokens: int = 0
+    """The most tokens one LM call of the run used (a hard Budget's estimate of the next call)."""
+    largest_call_cost_usd: float = 0.0
 
     def add_lm_call(self, entry: dict[str, Any] | None, model: str) -> None:
         """Account for one LM call from its DSPy history ``entry`` (``None``: it could not be found)."""
@@ -101,10 +104,12 @@ class Usage:
             self.completion_tokens += tokens_out
             self.tokens += total
             self.tokens_by_model[model] = self.tokens_by_model.get(model, 0) + total
+            self.largest_call_tokens = max(self.largest_call_tokens, total)
             if cost is None:
                 self.unpriced_lm_calls += 1
             else:
                 self.cost_usd += cost
+                self.largest_call_cost_usd = max(self.largest_call_cost_usd, cost)
 
     def record(self) -> dict[str, Any]:
         """``{lm_calls, prompt_tokens, completion_tokens, total_tokens, cost_usd}``: what traces and spans report."""

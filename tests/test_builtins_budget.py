@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import dspy
 import pytest
 
 import rlm_events
+from rlm_events import Stage
 from rlm_events.builtins import Budget, Spend
 from rlm_events.runtime import batched_queries_keep_context
 from rlm_events.testing import ScriptedLM
@@ -250,3 +252,47 @@ def test_bad_budgets_fail_at_construction_or_install(make_rlm):
     rlm, _ = make_rlm(["SUBMIT(answer='ok')"])
     with pytest.raises(ValueError, match="no tool named 'llm_qery'; did you mean 'llm_query'"):
         Budget(max_tool_calls={"llm_qery": 1}).install(rlm_events.instrument(rlm))
+
+
+# -- hard caps -------------------------------------------------------------------------------------------------
+
+HARD_STEPS = ["print(llm_query('summarise part ' + str(len(text))))"]  # every iteration: one action, one sub call
+
+
+def hard_run(make_rlm, limit: int, *, hard: bool) -> Any:
+    rlm, lm = make_rlm(HARD_STEPS, max_iters=30, sub="a summary " * 20, extract={"answer": "enough"})
+    events = rlm_events.instrument(rlm)
+    Budget(max_tokens=limit, hard=hard).install(events)
+    spent: list[Any] = []
+    events.tap([Stage.RUN_END], lambda ctx: spent.append(Budget.spent(ctx)))
+    with dspy.context(lm=lm):
+        rlm(text="x" * 400)
+    return spent[0]
+
+
+@pytest.mark.parametrize("limit", [1_500, 3_000, 5_000, 8_000, 12_000])
+def test_a_hard_budget_exceeds_its_cap_by_at_most_one_lm_call(make_rlm, limit):
+    spend = hard_run(make_rlm, limit, hard=True)
+    assert spend.stopped_by == "tokens" and "(hard)" in (spend.reason or "")
+    assert spend.tokens <= limit + spend.largest_call_tokens  # the extract call, after the stop
+    soft = hard_run(make_rlm, limit, hard=False)
+    assert soft.tokens > spend.tokens  # the soft budget stops only after the limit was reached
+
+
+def test_a_hard_budget_denies_sub_llm_calls_it_cannot_cover(make_rlm):
+    rlm, lm = make_rlm(
+        ["print(llm_query_batched(['q'] * 40))", "SUBMIT(answer='done')"], sub="word " * 50, max_iters=3
+    )
+    events = rlm_events.instrument(rlm)
+    Budget(max_tokens=4_000, hard=True).install(events)
+    with dspy.context(lm=lm):
+        result = rlm(text="t")
+    output = result.trajectory[0]["output"]
+    assert "[Budget] llm_query_batched was not called: this run's hard budget cannot cover 40 more LM call(s)" in output
+    sub_calls = [e for e in lm.history if "word word" in str(e.get("outputs"))]
+    assert sub_calls == []  # none of the 40 was made
+
+
+def test_hard_must_be_a_bool():
+    with pytest.raises(TypeError, match="hard"):
+        Budget(max_tokens=10, hard="yes")  # type: ignore[arg-type]

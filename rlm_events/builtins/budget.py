@@ -16,7 +16,7 @@ from ..context import (
 )
 from ..lm_usage import meter_run
 from ..stages import Stage
-from ._base import Builtin, check_tool_names, denial_for
+from ._base import RLM_BUILTIN_TOOLS, Builtin, check_tool_names, denial_for
 from .usage import STATE_KEY, Spend, spend_of
 
 if TYPE_CHECKING:
@@ -57,6 +57,18 @@ class Budget(Builtin):
       (:meth:`Budget.spent`), updated as the run goes and final at ``run_end``.
 
     Place a :class:`ToolCallCache` before the Budget so that cache hits are not counted against the caps.
+
+    ``hard=True`` makes ``max_tokens`` and ``max_cost_usd`` caps rather than stopping points:
+
+    * a sub-LLM call (``llm_query``; ``llm_query_batched`` counts each prompt) starts only if what is left, less
+      what calls in flight set aside, covers it, each LM call estimated at the largest LM call of the run so far;
+      otherwise the code gets a ``[Budget]`` denial it can read;
+    * after each iteration the loop stops (extract fallback) unless what is left covers another iteration as
+      large as the largest so far (its action call and its code's sub-LLM calls).
+
+    Overshoot bound: the run exceeds the cap by at most the extract call's usage plus what its last iteration used
+    beyond the largest iteration before it — one LM call's usage when iterations do not grow by more than a call.
+    Without ``hard`` the overshoot is up to one whole iteration plus the extract call.
     """
 
     STAGES: ClassVar[tuple[Stage, ...]] = (Stage.RUN_START, Stage.TOOL_CALL, Stage.POST_ITERATION, Stage.RUN_END)
@@ -69,6 +81,7 @@ class Budget(Builtin):
         max_tokens: int | None = None,
         max_cost_usd: float | None = None,
         max_tool_calls: Mapping[str, int] | None = None,
+        hard: bool = False,
     ) -> None:
         self.max_iterations: int | None = _limit("max_iterations", max_iterations, integer=True)
         self.max_seconds: float | None = _limit("max_seconds", max_seconds, integer=False)
@@ -81,6 +94,9 @@ class Budget(Builtin):
             if not isinstance(name, str) or isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
                 raise ValueError(f"Budget(max_tool_calls=...): {name!r}: {cap!r} must be a tool name and an int >= 0")
         self.max_tool_calls: dict[str, int] = caps
+        if not isinstance(hard, bool):
+            raise TypeError(f"Budget(hard=...) must be True or False, got {hard!r}")
+        self.hard = hard
 
     @staticmethod
     def spent(run: Run | StageContext) -> Spend | None:
@@ -126,19 +142,49 @@ class Budget(Builtin):
                 f"[Budget] {name} was not called: this run may call it at most {cap} time(s). "
                 "Continue with the results you already have."
             )
+        elif self.hard and name in RLM_BUILTIN_TOOLS:
+            return self._hard_sub_call(ctx, next, spend)
         else:
             return next(ctx)
         spend.count_denied(name)
         ctx.result = denial_for(name, ctx.args, ctx.kwargs, message)
         return ctx
 
+    def _hard_sub_call(self, ctx: ToolCallContext, next: Any, spend: Spend) -> Any:
+        """A sub-LLM call starts only when what is left covers it (each prompt estimated at the run's largest LM
+        call so far), counting what calls in flight set aside; else the code gets a ``[Budget]`` denial."""
+        calls = len(prompts) if ctx.name == "llm_query_batched" and isinstance(prompts := _prompts(ctx), list) else 1
+        tokens, cost = calls * spend.largest_call_tokens, calls * spend.largest_call_cost_usd
+        if not spend.reserve(tokens, cost, self.max_tokens, self.max_cost_usd):
+            spend.count_denied(ctx.name)
+            left = self._left(spend)
+            message = (
+                f"[Budget] {ctx.name} was not called: this run's hard budget cannot cover {calls} more LM call(s) "
+                f"(about {tokens:,} tokens each time at most{left}). Finish with what you have, or SUBMIT."
+            )
+            ctx.result = denial_for(ctx.name, ctx.args, ctx.kwargs, message)
+            return ctx
+        try:
+            return next(ctx)
+        finally:
+            spend.release(tokens, cost)
+
+    def _left(self, spend: Spend) -> str:
+        parts = []
+        if self.max_tokens is not None:
+            parts.append(f"{max(self.max_tokens - spend.tokens, 0):,} tokens")
+        if self.max_cost_usd is not None:
+            parts.append(f"${max(self.max_cost_usd - spend.cost_usd, 0):.4g}")
+        return "; left: " + ", ".join(parts) if parts else ""
+
     def _after_iteration(self, ctx: PostIterationContext) -> None:
         spend = self._ledger(ctx.run)
         spend.iterations = (ctx.iteration or 0) + 1
         spend.seconds = spend.elapsed()
+        spend.end_iteration()
         if ctx.prediction is not None or ctx.stop:
             return  # finishing anyway
-        exceeded = self._exceeded(spend, include_iterations=True)
+        exceeded = self._exceeded(spend, include_iterations=True) or (self._no_room(spend) if self.hard else None)
         if exceeded is not None:
             spend.stopped_by, spend.reason = exceeded
             ctx.stop, ctx.stop_reason = True, "budget"
@@ -155,6 +201,20 @@ class Budget(Builtin):
                 return kind, f"{kind}: {fmt.format(value)} spent, limit {fmt.format(limit)}"
         return None
 
+    def _no_room(self, spend: Spend) -> tuple[str, str] | None:
+        """Hard mode: what is left cannot cover another iteration as large as the largest so far."""
+        if self.max_tokens is not None and spend.tokens + spend.largest_iteration_tokens > self.max_tokens:
+            return "tokens", (
+                f"tokens: {spend.tokens:,} spent, limit {self.max_tokens:,}; the largest iteration used "
+                f"{spend.largest_iteration_tokens:,} (hard)"
+            )
+        if self.max_cost_usd is not None and spend.cost_usd + spend.largest_iteration_cost_usd > self.max_cost_usd:
+            return "cost_usd", (
+                f"cost_usd: ${spend.cost_usd:.4g} spent, limit ${self.max_cost_usd:.4g}; the largest iteration cost "
+                f"${spend.largest_iteration_cost_usd:.4g} (hard)"
+            )
+        return None
+
     def __repr__(self) -> str:
         limits = {
             "max_iterations": self.max_iterations,
@@ -162,8 +222,13 @@ class Budget(Builtin):
             "max_tokens": self.max_tokens,
             "max_cost_usd": self.max_cost_usd,
             "max_tool_calls": self.max_tool_calls or None,
+            "hard": self.hard or None,
         }
         return "Budget({})".format(", ".join(f"{k}={v!r}" for k, v in limits.items() if v is not None))
+
+
+def _prompts(ctx: ToolCallContext) -> Any:
+    return ctx.args[0] if ctx.args else ctx.kwargs.get("prompts")
 
 
 __all__ = ["Budget", "Spend"]

@@ -34,6 +34,13 @@ class Spend(Usage):
     reason: str | None = None
     """The same, in words: ``"tokens: 1,532 spent, limit 1,000"``."""
     started: float = field(default_factory=time.monotonic, repr=False)
+    largest_iteration_tokens: int = 0
+    """The most tokens one iteration used (its action call and its code's sub-LLM calls)."""
+    largest_iteration_cost_usd: float = 0.0
+    iteration_start: tuple[int, float] = (0, 0.0)
+    """Tokens and cost spent when the current iteration started."""
+    reserved: tuple[int, float] = (0, 0.0)
+    """Tokens and cost a hard Budget set aside for sub-LLM calls in flight."""
 
     def elapsed(self) -> float:
         """Seconds since the call started."""
@@ -48,6 +55,31 @@ class Spend(Usage):
                 return False
             self.tool_calls[name] = used + 1
             return True
+
+    def end_iteration(self) -> None:
+        """Record what the iteration that just ended used, and start counting the next one."""
+        with _LOCK:
+            tokens, cost = self.tokens - self.iteration_start[0], self.cost_usd - self.iteration_start[1]
+            self.largest_iteration_tokens = max(self.largest_iteration_tokens, tokens)
+            self.largest_iteration_cost_usd = max(self.largest_iteration_cost_usd, cost)
+            self.iteration_start = (self.tokens, self.cost_usd)
+
+    def reserve(self, tokens: int, cost: float, max_tokens: int | None, max_cost: float | None) -> bool:
+        """Set ``tokens`` and ``cost`` aside for calls about to start, unless what is spent and already set aside
+        leaves no room for them (atomic: concurrent calls of one run cannot all take the last room)."""
+        with _LOCK:
+            held_tokens, held_cost = self.reserved
+            if max_tokens is not None and self.tokens + held_tokens + tokens > max_tokens:
+                return False
+            if max_cost is not None and self.cost_usd + held_cost + cost > max_cost:
+                return False
+            self.reserved = (held_tokens + tokens, held_cost + cost)
+            return True
+
+    def release(self, tokens: int, cost: float) -> None:
+        """Give back what :meth:`reserve` set aside, once the calls ended (their real usage is counted)."""
+        with _LOCK:
+            self.reserved = (self.reserved[0] - tokens, self.reserved[1] - cost)
 
     def count_denied(self, name: str) -> None:
         with _LOCK:
