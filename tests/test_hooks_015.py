@@ -1,7 +1,8 @@
 """The dspy-rlm-hooks 0.1.15 API (rlm_events.hooks) on real dspy.RLM loops: the 0.1.15 page's examples that need
 no network, verbatim but for the import line (and the page's `dspy.RLM(...)` placeholders, filled with a scripted
 LM), and PreIterationContext's native python_code / persistent_python_code / prompt_context, in sync and async
-calls. The 0.1.6 page's examples are in tests/test_hooks.py."""
+calls. The 0.1.6 page's examples are in tests/test_hooks.py. Not covered: the page's "Speculative Execution"
+examples (enable_rlm_speculation, SpecTool), which rlm_events.hooks does not provide."""
 
 # The page's imports are kept as the page writes them, unsorted: users paste them as they are.
 # ruff: noqa: I001, E402, F811
