@@ -59,9 +59,18 @@ class RunStartContext(StageContext):
 class PreIterationContext(StageContext):
     """Before the LM writes this iteration's code.
 
-    ``extra_vars`` are bound in the REPL namespace for this iteration's code and listed among the variables the LM
-    is shown. ``python_code`` runs in the REPL before generation; what it defines persists. ``history`` is what
-    the LM will see.
+    * ``extra_vars`` are bound in the REPL namespace for this iteration's code and listed among the variables the
+      LM is shown.
+    * ``python_code`` is this iteration's prelude: prepended to this iteration's code (after the pre_execution
+      chain changed it), so it runs with it and the history records it as part of it. Later iterations do not get
+      it again (what it defines stays in the REPL namespace, like anything the code defines).
+    * ``persistent_python_code`` is the call's persistent prelude: on entry the one in force ("" for none);
+      what is left here runs before every execution of this call from this iteration on, until a later iteration
+      changes it ("" clears it). It is not recorded in the history.
+    * ``prompt_context`` is text the LM is shown in this iteration's action prompt only, after the variables'
+      descriptions (the ``variables_info`` input); it is never executed, and neither the history nor the next
+      iteration's prompt has it.
+    * ``history`` is what the LM will see.
     """
 
     STAGE: ClassVar[Stage] = Stage.PRE_ITERATION
@@ -70,6 +79,8 @@ class PreIterationContext(StageContext):
     variables: list[REPLVariable]
     extra_vars: dict[str, Any] = Field(default_factory=dict)
     python_code: str | None = None
+    persistent_python_code: str = ""
+    prompt_context: str = ""
 
 
 class PreExecutionContext(StageContext):

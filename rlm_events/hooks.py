@@ -24,11 +24,23 @@ whose ``SUBMIT`` succeeded: there is no next iteration to steer.
 An ``async def`` hook becomes an ``async def`` middleware: awaited on the caller's loop in ``aforward``, run on
 rlm-events' private loop in ``forward`` (the caller's loop is never nested). A ``def`` hook that returns an awaitable
 has it run on that private loop.
+
+The output models are those of ``dspy-rlm-hooks`` 0.1.15 (``PreIterationOutput`` with ``python_code``,
+``persistent_python_code`` and ``prompt_context``) and reject unknown fields, naming the field and the ones that
+exist. When MLflow can be imported, :func:`enable_rlm_hooks` also installs
+``rlm_events.taps.mlflow.MlflowTap`` on the RLM's instrumentation (once; :func:`disable_rlm_hooks` removes it), as
+``dspy-rlm-hooks`` records hook spans; :func:`enable_rlm_hooks_with_tracing` does the same but raises
+``ImportError`` without MLflow.
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import importlib.util
 import inspect
+import logging
+import sys
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -37,7 +49,7 @@ from typing import Any, Union
 import dspy
 from dspy import Prediction
 from dspy.primitives.repl_types import REPLHistory, REPLVariable
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from middleware import is_async_callable, middleware_name, run_sync
 
@@ -46,33 +58,66 @@ from .instrumentation import Instrumentation, instrument, instrumentation_of, un
 from .signals import BY_STAGE
 from .stages import Stage
 
-# -- output models (field names and defaults as in dspy-rlm-hooks) -------------------------------------------
+# -- output models (field names and defaults as in dspy-rlm-hooks 0.1.15) ------------------------------------
 
 
-class PreIterationOutput(BaseModel):
+def _unknown_fields(model: type[BaseModel], unknown: list[str]) -> str:
+    fields = list(model.model_fields)
+    described = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, fields, n=1)
+        described.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    plural = "s" if len(unknown) > 1 else ""
+    return f"{model.__name__} has no field{plural} {', '.join(described)}; its fields are: {', '.join(fields)}"
+
+
+class _Output(BaseModel):
+    """An output model: unknown fields are an error naming them and the fields that exist (not ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields_only(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = [str(k) for k in data if k not in cls.model_fields]
+            if unknown:
+                raise ValueError(_unknown_fields(cls, unknown))
+        return data
+
+
+class PreIterationOutput(_Output):
     """What a ``pre_iteration`` hook changes before the LM writes this iteration's code.
 
-    ``extra_vars`` are bound in the REPL for this iteration's code (and listed among the variables the LM sees).
-    ``python_code`` runs in the REPL before the LM is asked; what it defines (imports, helpers) persists.
+    * ``extra_vars`` are bound in the REPL for this iteration's code (and listed among the variables the LM sees).
+    * ``python_code`` is prepended to this iteration's code only (after ``pre_execution_hook`` saw the LM's code),
+      so it runs with it and the history records it with it; return it again to have it in a later iteration.
+    * ``persistent_python_code`` replaces the call's persistent prelude: ``None`` keeps it, a string replaces it,
+      ``""`` clears it. The prelude runs before every execution of the call from this iteration on; the history
+      does not record it.
+    * ``prompt_context`` is shown to the LM in this iteration's action prompt only, after the variables'
+      descriptions; it is not executed.
     """
 
     extra_vars: dict[str, Any] = Field(default_factory=dict)
     python_code: str = ""
+    persistent_python_code: str | None = None
+    prompt_context: str = ""
 
 
-class PreExecutionOutput(BaseModel):
+class PreExecutionOutput(_Output):
     """The code to run instead of the LM's; it is also what the history records."""
 
     code: str
 
 
-class PostExecutionOutput(BaseModel):
+class PostExecutionOutput(_Output):
     """The execution result to record instead of the raw one (output text, ``[Error] …`` text or ``FinalOutput``)."""
 
     result: Any
 
 
-class PostIterationOutput(BaseModel):
+class PostIterationOutput(_Output):
     """The history the next iteration sees; ``stop=True`` ends the loop through DSPy's extract fallback."""
 
     history: REPLHistory
@@ -127,6 +172,10 @@ def _pre_iteration_apply(ctx: PreIterationContext, out: PreIterationOutput) -> N
         ctx.extra_vars = {**ctx.extra_vars, **out.extra_vars}
     if out.python_code:
         ctx.python_code = "\n".join(code for code in (ctx.python_code, out.python_code) if code)
+    if out.persistent_python_code is not None:
+        ctx.persistent_python_code = out.persistent_python_code
+    if out.prompt_context:
+        ctx.prompt_context = "\n\n".join(text for text in (ctx.prompt_context, out.prompt_context) if text)
 
 
 def _remember_iteration(ctx: PreIterationContext) -> None:
@@ -239,6 +288,7 @@ class _HookMiddleware:
 
     def __init__(self, kind: _Kind, hook: Callable[..., Any] | None, owns_instrumentation: bool) -> None:
         self.kind, self.hook, self.owns_instrumentation = kind, hook, owns_instrumentation
+        self.tap: Any = None  # the MlflowTap enable_rlm_hooks installed with these hooks, if any
         described = middleware_name(hook) if hook is not None else "(records variables)"
         # Middleware errors and notes name the middleware by __module__/__qualname__: name the user's hook there.
         self.__module__ = __name__
@@ -334,6 +384,58 @@ def _require_rlm(rlm: Any, function: str) -> None:
         raise TypeError(f"{function}() expects a dspy.RLM instance, got {type(rlm).__name__}: {rlm!r}")
 
 
+# -- MLflow -----------------------------------------------------------------------------------------------------
+
+_MLFLOW_TAP_MODULE = "rlm_events.taps.mlflow"
+_MLFLOW_MISSING = (
+    'enable_rlm_hooks_with_tracing() needs MLflow: pip install "rlm-events[mlflow]" '
+    "(or use enable_rlm_hooks(), which records hook spans only when MLflow is installed)"
+)
+
+
+def _mlflow_importable() -> bool:
+    """Whether ``import mlflow`` can succeed, without importing it (``sys.modules["mlflow"] = None`` blocks it)."""
+    if "mlflow" in sys.modules:
+        return sys.modules["mlflow"] is not None
+    try:
+        return importlib.util.find_spec("mlflow") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _new_mlflow_tap(*, required: bool) -> Any:
+    """A new ``MlflowTap()``; ``None`` when MLflow or the tap cannot be imported, unless ``required`` (then
+    ``ImportError``)."""
+    if not _mlflow_importable():
+        if required:
+            raise ImportError(_MLFLOW_MISSING)
+        return None
+    try:
+        return importlib.import_module(_MLFLOW_TAP_MODULE).MlflowTap()
+    except ImportError as exc:
+        if required:
+            raise ImportError(f"{_MLFLOW_MISSING}: {exc}") from exc
+        logging.getLogger("rlm_events").debug("rlm-events: hook spans not recorded in MLflow: %s", exc)
+        return None
+
+
+def _install_tap(tap: Any, events: Instrumentation, *, required: bool) -> Any:
+    try:
+        tap.install(events)
+    except ImportError as exc:  # e.g. an MLflow without the tracing API
+        if required:
+            raise ImportError(f"{_MLFLOW_MISSING}: {exc}") from exc
+        logging.getLogger("rlm_events").debug("rlm-events: hook spans not recorded in MLflow: %s", exc)
+        return None
+    return tap
+
+
+def _uninstall_tap(tap: Any, events: Instrumentation) -> None:
+    uninstall = getattr(tap, "uninstall", None)
+    if callable(uninstall):
+        uninstall(events)
+
+
 # -- public API -----------------------------------------------------------------------------------------------
 
 
@@ -354,8 +456,39 @@ def enable_rlm_hooks(
     naming the hook and the model; whatever a hook raises fails the call, as in ``dspy-rlm-hooks``.
     Calls already running keep the hooks they started with; the old hooks are swapped for the new ones in one change,
     so a call starting meanwhile has either set, whole.
+
+    When MLflow can be imported, ``rlm_events.taps.mlflow.MlflowTap()`` is installed too (once, kept when hooks are
+    enabled again, removed by :func:`disable_rlm_hooks`), so the stages the hooks act on are recorded as MLflow
+    spans; without MLflow the hooks run the same, untraced.
     """
-    _require_rlm(rlm, "enable_rlm_hooks")
+    _enable(rlm, "enable_rlm_hooks", pre_iteration_hook, pre_execution_hook, post_execution_hook, post_iteration_hook)
+
+
+def enable_rlm_hooks_with_tracing(
+    rlm: dspy.RLM,
+    *,
+    pre_iteration_hook: PreIterationHook | None = None,
+    pre_execution_hook: PreExecutionHook | None = None,
+    post_execution_hook: PostExecutionHook | None = None,
+    post_iteration_hook: PostIterationHook | None = None,
+) -> None:
+    """:func:`enable_rlm_hooks`, for callers who want MLflow spans or an error: raises ``ImportError`` (naming
+    ``pip install "rlm-events[mlflow]"``) before changing anything when MLflow or the MLflow tap cannot be imported."""
+    hooks = (pre_iteration_hook, pre_execution_hook, post_execution_hook, post_iteration_hook)
+    _enable(rlm, "enable_rlm_hooks_with_tracing", *hooks, tracing=True)
+
+
+def _enable(
+    rlm: dspy.RLM,
+    function: str,
+    pre_iteration_hook: PreIterationHook | None,
+    pre_execution_hook: PreExecutionHook | None,
+    post_execution_hook: PostExecutionHook | None,
+    post_iteration_hook: PostIterationHook | None,
+    *,
+    tracing: bool = False,
+) -> None:
+    _require_rlm(rlm, function)
     hooks = (pre_iteration_hook, pre_execution_hook, post_execution_hook, post_iteration_hook)
     given = list(zip(_KINDS, hooks, strict=True))
     for kind, hook in given:
@@ -366,6 +499,8 @@ def enable_rlm_hooks(
         return
     previous = instrumentation_of(rlm)
     previous_hooks = list(_hooks_on(previous)) if previous is not None else []
+    tap = next((mw.tap for mw in previous_hooks if mw.tap is not None), None)
+    new_tap = _new_mlflow_tap(required=tracing) if tap is None else None  # ImportError before any change
     owns = previous is None or _owned(previous, previous_hooks)
     events = instrument(rlm)
     if owns:
@@ -377,11 +512,16 @@ def enable_rlm_hooks(
         for kind, hook in given
         if hook is not None or (kind.stage is Stage.PRE_ITERATION and needs_variables)
     ]
+    if new_tap is not None:
+        tap = _install_tap(new_tap, events, required=tracing)
+    for _, mw in new:
+        mw.tap = tap
     events.replace(previous_hooks, new)  # one change: a call starting meanwhile has the old hooks or the new
 
 
 def disable_rlm_hooks(rlm: dspy.RLM) -> None:
-    """Remove the hooks :func:`enable_rlm_hooks` registered on ``rlm``; other middleware, taps and receivers stay.
+    """Remove the hooks :func:`enable_rlm_hooks` registered on ``rlm`` (and the MLflow tap it installed with them);
+    other middleware, taps and receivers stay.
 
     When :func:`enable_rlm_hooks` created the instrumentation and nothing else uses it (no middleware, no tap, no
     signal receiver connected for this RLM), ``rlm`` is uninstrumented: its class and ``__dict__`` are exactly as
@@ -393,6 +533,8 @@ def disable_rlm_hooks(rlm: dspy.RLM) -> None:
         return
     hooks = list(_hooks_on(events))
     events.replace(hooks, [])
+    for tap in {id(mw.tap): mw.tap for mw in hooks if mw.tap is not None}.values():
+        _uninstall_tap(tap, events)
     if not _owned(events, hooks):
         return
     _CREATED_BY_HOOKS.add(events)
@@ -427,4 +569,5 @@ __all__ = [
     "RLMHook",
     "disable_rlm_hooks",
     "enable_rlm_hooks",
+    "enable_rlm_hooks_with_tracing",
 ]

@@ -280,9 +280,7 @@ def test_a_hard_budget_exceeds_its_cap_by_at_most_one_lm_call(make_rlm, limit):
 
 
 def test_a_hard_budget_denies_sub_llm_calls_it_cannot_cover(make_rlm):
-    rlm, lm = make_rlm(
-        ["print(llm_query_batched(['q'] * 40))", "SUBMIT(answer='done')"], sub="word " * 50, max_iters=3
-    )
+    rlm, lm = make_rlm(["print(llm_query_batched(['q'] * 40))", "SUBMIT(answer='done')"], sub="word " * 50, max_iters=3)
     events = rlm_events.instrument(rlm)
     Budget(max_tokens=4_000, hard=True).install(events)
     with dspy.context(lm=lm):

@@ -161,7 +161,8 @@ def test_all_four_hooks(make_rlm, tmp_path):
     assert steps[0]["output"] == "['TODO', 'FIXME', 'HACK']"
     assert "# BLOCKED(" in steps[1]["code"] and "eval(" not in steps[1]["code"]  # history records the rewrite
     assert steps[1]["output"] == "survived"
-    assert steps[2]["code"].startswith("print(# BLOCKED(")
+    # python_code is prepended to each iteration's code; the history records it with it (dspy-rlm-hooks 0.1.15)
+    assert steps[2]["code"].lstrip().startswith("import re\n\ndef grep(") and "\nprint(# BLOCKED(" in steps[2]["code"]
     assert steps[2]["output"].startswith("[Error]")
     assert steps[2]["output"].endswith("# Hint: the variable 'search_pattern' is already in scope.")
     assert not marker.exists()  # no eval ever ran

@@ -56,7 +56,19 @@ _POST_EXECUTION, _POST_ITERATION = Stage.POST_EXECUTION, Stage.POST_ITERATION
 class _Frame:
     """One iteration of one call: the loop body's arguments by name, and what its stages learnt on the way."""
 
-    __slots__ = ("action", "args", "code", "index", "processing", "result", "skip", "stand_in")
+    __slots__ = (
+        "action",
+        "args",
+        "code",
+        "index",
+        "prefix",
+        "prelude",
+        "processing",
+        "prompt",
+        "result",
+        "skip",
+        "stand_in",
+    )
 
     def __init__(self, call: _Call, args: dict[str, Any]) -> None:
         """Start iteration ``args["iteration"]`` of ``call``, whose loop body is called with ``args``."""
@@ -68,6 +80,9 @@ class _Frame:
         self.code = ""
         self.result: Any = None
         self.stand_in: _Acting | None = None  # generate_action as the loop reads it until the action is in
+        self.prefix = ""  # pre_iteration's python_code: prepended to this iteration's code
+        self.prelude = call.prelude  # the persistent prelude: runs before this iteration's execution
+        self.prompt = ""  # pre_iteration's prompt_context, until the action prompt shows it
         call.frame = self
         if not call.seams.has_execute_code:
             args["repl"] = _SkippableREPL(args["repl"], self)
@@ -91,6 +106,7 @@ class _Call:
         "iterations",
         "module",
         "plan",
+        "prelude",
         "run",
         "seams",
         "stopped_by",
@@ -111,6 +127,7 @@ class _Call:
         self.forced_extract = False
         self.stopped_by: str | None = None  # the stop_reason of the post_iteration that set stop
         self.frame: _Frame | None = None
+        self.prelude = ""  # pre_iteration's persistent_python_code: per call, until replaced
         self.t0 = time.perf_counter()
 
     @staticmethod
@@ -190,15 +207,15 @@ class _Call:
             variables=list(args["variables"]),
             extra_vars={},
             python_code=None,
+            persistent_python_code=self.prelude,
+            prompt_context="",
         )
 
-    @staticmethod
-    def apply_pre_iteration(ctx: PreIterationContext, frame: _Frame) -> None:
+    def apply_pre_iteration(self, ctx: PreIterationContext, frame: _Frame) -> None:
         args = frame.args
-        if ctx.python_code:
-            result = args["repl"].execute(ctx.python_code, variables={})
-            if isinstance(result, str) and result.startswith("[Error]"):
-                raise StageError(f"pre_iteration: python_code failed in the REPL: {result}")
+        frame.prefix = ctx.python_code or ""
+        self.prelude = frame.prelude = ctx.persistent_python_code
+        frame.prompt = ctx.prompt_context
         variables = list(ctx.variables)
         if ctx.extra_vars:
             shown = {v.name for v in variables}
@@ -209,13 +226,42 @@ class _Call:
     # pre_execution (called from the generate_action seam)
 
     def acted(self, frame: _Frame, action: Any) -> bool:
-        """Record ``action`` as the iteration's LM output (the first one only): whether pre_execution fires on it."""
+        """Record ``action`` as the iteration's LM output (the first one only): whether pre_execution fires on it or
+        its code gets this iteration's prelude (then :meth:`executing` says which)."""
         if frame.action is not None or self.frame is not frame:
             return False
         frame.action = action
         if not isinstance(getattr(action, "code", None), str):  # DSPy reports what it cannot run; we stand aside
             return False
+        return bool(frame.prefix) or self.busy[_PRE_EXECUTION] or self.plan.wants(_PRE_EXECUTION, self.module)
+
+    def executing(self) -> bool:
+        """Whether pre_execution fires in this call now."""
         return self.busy[_PRE_EXECUTION] or self.plan.wants(_PRE_EXECUTION, self.module)
+
+    @staticmethod
+    def shown(frame: _Frame, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The action predictor's keyword arguments with this iteration's ``prompt_context`` after the variables'
+        descriptions (``variables_info``), once; unchanged when the loop passes no ``variables_info``."""
+        info = kwargs.get("variables_info")
+        if isinstance(info, list):
+            kwargs = {**kwargs, "variables_info": [*info, frame.prompt]}
+        elif isinstance(info, str):
+            kwargs = {**kwargs, "variables_info": f"{info}\n\n{frame.prompt}" if info else frame.prompt}
+        else:
+            return kwargs
+        frame.prompt = ""
+        return kwargs
+
+    def unshown(self, frame: _Frame) -> None:
+        """The iteration ended with its ``prompt_context`` not shown: say so once, never drop it silently."""
+        warn_once(
+            self.module,
+            ("prompt_context", type(self.module)),
+            f"rlm-events: pre_iteration's prompt_context was not shown in iteration {frame.index + 1} of "
+            f"{type(self.module).__qualname__}: its loop did not pass variables_info to the action predictor; "
+            "not reported again for this RLM",
+        )
 
     def unacted(self, frame: _Frame) -> None:
         """The iteration ended without an action from ``self.generate_action``: say once that pre_execution could
@@ -244,9 +290,12 @@ class _Call:
 
     @staticmethod
     def apply_pre_execution(ctx: PreExecutionContext, frame: _Frame, action: Any) -> Any:
-        if ctx.code != frame.code:
+        code = ctx.code
+        if ctx.result is None and frame.prefix:  # this iteration's prelude, before the code as the chain left it
+            code = f"{frame.prefix}\n{code}"
+        if code != frame.code:
             try:
-                action.code = ctx.code  # DSPy strips and runs action.code next
+                action.code = code  # DSPy strips and runs action.code next
             except (AttributeError, TypeError) as exc:
                 raise StageError(
                     f"pre_execution: a middleware changed the code, but generate_action returned a "
@@ -386,8 +435,12 @@ class _SkippableREPL:
         object.__setattr__(self, "_frame", frame)
 
     def execute(self, code: str, variables: dict[str, Any] | None = None) -> Any:
-        skip = self._frame.skip
-        return self._repl.execute(code, variables=variables) if skip is _NO_RESULT else skip
+        frame = self._frame
+        if frame.skip is not _NO_RESULT:
+            return frame.skip
+        if frame.prelude:
+            code = f"{frame.prelude}\n{code}"
+        return self._repl.execute(code, variables=variables)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._repl, name)

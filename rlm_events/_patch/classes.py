@@ -108,6 +108,8 @@ def _instrumented_rlm_class(cls: Any) -> Any:
             outcome = iteration.call(cls._execute_iteration, self, frame.args)
             if frame.action is None:
                 call.unacted(frame)
+            if frame.prompt:
+                call.unshown(frame)
             if call.busy[_POST_ITERATION] or call.plan.wants(_POST_ITERATION, self):
                 end = call.plan.fire(call.post_iteration_ctx(frame, outcome), self)
                 outcome, stop = call.after_iteration(end, outcome)
@@ -131,6 +133,8 @@ def _instrumented_rlm_class(cls: Any) -> Any:
             outcome = await aiteration.call(cls._aexecute_iteration, self, frame.args)
             if frame.action is None:
                 call.unacted(frame)
+            if frame.prompt:
+                call.unshown(frame)
             if outcome is _DEFERRED:
                 outcome = call.finish_execution(await call.plan.afire(call.post_execution_ctx(frame), self), frame)
             if call.busy[_POST_ITERATION] or call.plan.wants(_POST_ITERATION, self):
@@ -153,8 +157,13 @@ def _instrumented_rlm_class(cls: Any) -> Any:
     def _execute_code(self: Any, *args: Any, **kwargs: Any) -> Any:
         call = _CURRENT.get()
         frame = call.frame if call is not None and call.module is self else None
-        if frame is not None and frame.skip is not _NO_RESULT:
-            return frame.skip
+        if frame is not None:
+            if frame.skip is not _NO_RESULT:
+                return frame.skip
+            if frame.prelude:  # pre_iteration's persistent_python_code runs first; the history records the code only
+                bound = seams.execute.bind(args, kwargs)
+                bound["code"] = f"{frame.prelude}\n{bound['code']}"
+                return seams.execute.call(cls._execute_code, self, bound)
         return cls._execute_code(self, *args, **kwargs)
 
     def _extract_fallback(self: Any, *args: Any, **kwargs: Any) -> Any:

@@ -16,8 +16,10 @@ seam                               stages
 ``_aexecute_iteration``            ``pre_iteration`` before, ``post_iteration`` after (as for DSPy's class)
 ``_prepare_iteration_execution``   records the iteration's action (its ``plan`` is the context's reasoning)
 ``_aexecute_iteration_code``       ``pre_execution`` before the code runs (may change or skip it),
-                                   ``post_execution`` after (may change the result), both awaited
+                                   ``post_execution`` after (may change the result), both awaited; runs
+                                   pre_iteration's ``python_code`` and persistent prelude before the code
 ``_complete_iteration_execution``  hands the changed code to the history
+``_begin_action_generation``       adds pre_iteration's ``prompt_context`` to the ``variables_info`` it returns
 ``_aextract_fallback_for_run``     ``extract`` (and its sync twin)
 ``_prepare_execution_tools``       ``tool_call`` around ``predict()`` and every user tool
 =================================  ============================================================================
@@ -109,6 +111,10 @@ class KernelSeams:
                 bound["code"] = frame.code = before.code
                 result, skipped = before.result, before.result is not None
             if not skipped:
+                if frame.prefix:  # pre_iteration's python_code: part of this iteration's code, in the history too
+                    bound["code"] = frame.code = f"{frame.prefix}\n{frame.code}"
+                if frame.prelude:  # persistent_python_code: runs first, not recorded
+                    bound = {**bound, "code": f"{frame.prelude}\n{bound['code']}"}
                 result = await code_params.call(cls._aexecute_iteration_code, self, bound)
             if call.wants(Stage.POST_EXECUTION):  # type: ignore[union-attr]
                 after = call.ctx(  # type: ignore[union-attr]
@@ -128,11 +134,23 @@ class KernelSeams:
             bound["code"] = frame.code  # what ran, as pre_execution left it
             return complete_params.call(cls._complete_iteration_execution, self, bound)
 
+        def _begin_action_generation(self: Any, *args: Any, **kwargs: Any) -> Any:
+            begun = cls._begin_action_generation(self, *args, **kwargs)
+            call = _current(self)
+            frame = call.frame if call is not None else None
+            if frame is not None and frame.prompt and isinstance(begun, tuple) and begun:
+                # (variables_info, start time): pre_iteration's prompt_context after the variables' descriptions
+                shown = call.shown(frame, {"variables_info": begun[0]})  # type: ignore[union-attr]
+                begun = (shown["variables_info"], *begun[1:])
+            return begun
+
         overrides = {
             "_prepare_iteration_execution": _prepare_iteration_execution,
             "_aexecute_iteration_code": _aexecute_iteration_code,
             "_complete_iteration_execution": _complete_iteration_execution,
         }
+        if callable(getattr(cls, "_begin_action_generation", None)):  # else prompt_context is reported unshown
+            overrides["_begin_action_generation"] = _begin_action_generation
         for name, fn in overrides.items():
             functools.update_wrapper(fn, getattr(cls, name))
         return overrides

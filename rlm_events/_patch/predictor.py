@@ -21,21 +21,26 @@ class _Acting:
         self._predictor, self._call, self._frame = predictor, call, frame
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._frame.prompt:  # pre_iteration's prompt_context, in this call's variables_info
+            kwargs = self._call.shown(self._frame, kwargs)
         return self._acted(self._predictor(*args, **kwargs))
 
     def _acted(self, action: Any) -> Any:
         call, frame = self._call, self._frame
         if not call.acted(frame, action):
             return action
-        return call.apply_pre_execution(
-            call.plan.fire(call.pre_execution_ctx(frame, action), call.module), frame, action
-        )
+        ctx = call.pre_execution_ctx(frame, action)
+        if call.executing():
+            ctx = call.plan.fire(ctx, call.module)
+        return call.apply_pre_execution(ctx, frame, action)
 
     async def _aacted(self, action: Any) -> Any:
         call, frame = self._call, self._frame
         if not call.acted(frame, action):
             return action
-        ctx = await call.plan.afire(call.pre_execution_ctx(frame, action), call.module)
+        ctx = call.pre_execution_ctx(frame, action)
+        if call.executing():
+            ctx = await call.plan.afire(ctx, call.module)
         return call.apply_pre_execution(ctx, frame, action)
 
     def __getattr__(self, name: str) -> Any:
@@ -43,11 +48,19 @@ class _Acting:
         if name in ("acall", "aforward") and callable(attr):
 
             async def acted(*args: Any, **kwargs: Any) -> Any:
+                if self._frame.prompt:
+                    kwargs = self._call.shown(self._frame, kwargs)
                 return await self._aacted(await attr(*args, **kwargs))
 
             return acted
         if name == "forward" and callable(attr):
-            return lambda *args, **kwargs: self._acted(attr(*args, **kwargs))
+
+            def forward(*args: Any, **kwargs: Any) -> Any:
+                if self._frame.prompt:
+                    kwargs = self._call.shown(self._frame, kwargs)
+                return self._acted(attr(*args, **kwargs))
+
+            return forward
         return attr
 
     def __repr__(self) -> str:

@@ -1,0 +1,628 @@
+"""The dspy-rlm-hooks 0.1.15 API (rlm_events.hooks) on real dspy.RLM loops: the 0.1.15 page's examples that need
+no network, verbatim but for the import line (and the page's `dspy.RLM(...)` placeholders, filled with a scripted
+LM), and PreIterationContext's native python_code / persistent_python_code / prompt_context, in sync and async
+calls. The 0.1.6 page's examples are in tests/test_hooks.py. Not covered: the page's "Speculative Execution"
+examples (enable_rlm_speculation, SpecTool), which rlm_events.hooks does not provide."""
+
+# The page's imports are kept as the page writes them, unsorted: users paste them as they are.
+# ruff: noqa: I001, E402, F811
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import sys
+import types
+
+import dspy
+import pytest
+from pydantic import ValidationError
+
+import rlm_events
+from rlm_events import Stage
+from rlm_events.installable import Installable, Registrations
+
+# ── The page's "Basic Usage" hook, verbatim except the import line ──────────────────────────────────────────────
+# fmt: off
+from rlm_events.hooks import enable_rlm_hooks, PreIterationOutput
+
+def inject_math(iteration, variables, history, input_args):
+    return PreIterationOutput(
+        extra_vars={"tool": "calculator"},
+        persistent_python_code="import math",
+        prompt_context="Verify the calculation before answering.",
+    )
+
+# ── The page's "All Four Hooks" example, verbatim except the import line ──────────────────────────────────────
+from rlm_events.hooks import (
+    enable_rlm_hooks,
+    PreIterationOutput,
+    PreExecutionOutput,
+    PostExecutionOutput,
+    PostIterationOutput,
+)
+from dspy.primitives.repl_types import REPLHistory
+import re
+
+# ── Pre-iteration: seed interpreter with a regex toolkit ──
+
+def pre_iteration(iteration, variables, history, input_args):
+    """Inject a regex helper and seed variables before every iteration."""
+    return PreIterationOutput(
+        extra_vars={"search_pattern": r"TODO|FIXME|HACK"},
+        persistent_python_code="""
+import re
+
+def grep(pattern, text):
+    return re.findall(pattern, text)
+""",
+    )
+
+# ── Pre-execution: block dangerous code ──
+
+FORBIDDEN = re.compile(r"\b(eval|exec|compile|__import__)\b")
+
+def pre_execution(iteration, code, variables, history, input_args):
+    """Sanitise generated code before it reaches the interpreter."""
+    if FORBIDDEN.search(code):
+        safe_code = FORBIDDEN.sub("# BLOCKED", code)
+        return PreExecutionOutput(code=safe_code)
+    return PreExecutionOutput(code=code)
+
+# ── Post-execution: retry on error ──
+
+def post_execution(iteration, code, result, variables, history, input_args):
+    """If execution raised an error, wrap a hint so the LLM retries next round."""
+    if isinstance(result, str) and result.startswith("[Error]"):
+        return PostExecutionOutput(
+            result=f"{result}\n# Hint: the variable 'search_pattern' is already in scope."
+        )
+    return PostExecutionOutput(result=result)
+
+# ── Post-iteration: enforce a price budget ──
+
+MAX_COST_USD = 0.50
+
+def _estimate_cost(pred):
+    # In production, derive this from response.usage or similar.
+    return 0.015
+
+def make_budget_hook(max_cost=MAX_COST_USD):
+    """Return a post_iteration hook with isolated, per-request state.
+
+    Create a new hook for every RLM session so budgets don't leak
+    across concurrent requests on a multi-threaded or async server.
+    """
+    accumulated_cost = 0.0
+
+    def post_iteration(iteration, pred, code, result, history: REPLHistory):
+        nonlocal accumulated_cost
+        accumulated_cost += _estimate_cost(pred)
+        if accumulated_cost >= max_cost:
+            return PostIterationOutput(history=history, stop=True)
+        return PostIterationOutput(history=history)
+
+    return post_iteration
+
+# ── The page's "Async Hooks" example, verbatim; `remote_cache` is the page's placeholder, faked here ─────────
+
+
+class _RemoteCache:
+    async def get(self, key: str) -> str:
+        await asyncio.sleep(0)
+        return f"cached context for {key!r}"
+
+
+remote_cache = _RemoteCache()
+
+async def fetch_context(iteration, variables, history, input_args):
+    context = await remote_cache.get(input_args["question"])
+    return PreIterationOutput(extra_vars={"cached_context": context})
+
+# fmt: on
+
+from rlm_events.hooks import disable_rlm_hooks, enable_rlm_hooks_with_tracing
+
+CODEBASE = "x = 1  # TODO: fix\\ny = 2  # FIXME later\\nz = 3  # HACK"
+VERIFY = "Verify the calculation before answering."
+
+
+def action_prompts(lm) -> list[str]:
+    """The text of each action-generation prompt the scripted LM was sent, in order (extract prompts excluded)."""
+    prompts = [" ".join(str(m.get("content", "")) for m in h["messages"]) for h in lm.history]
+    return [p for p in prompts if "[[ ## code ## ]]" in p and "[[ ## iteration ## ]]" in p]
+
+
+def run(rlm, lm, entry: str, **inputs):
+    with dspy.context(lm=lm):
+        if entry == "call":
+            return rlm(**inputs)
+        return asyncio.run(rlm.acall(**inputs))
+
+
+ENTRIES = pytest.mark.parametrize("entry", ["call", "acall"])
+
+
+# -- the page's examples ------------------------------------------------------------------------------------------
+
+
+@ENTRIES
+def test_basic_usage_imports_math_through_the_persistent_prelude(make_rlm, entry):
+    # The LM never imports math; the second step even deletes it: the prelude runs before every execution.
+    rlm, lm = make_rlm(
+        ["print(math.sqrt(1764))\ndel math", 'SUBMIT(answer=f"{tool}: {math.sqrt(1764):g}")'],
+        signature="question -> answer",
+    )
+
+    enable_rlm_hooks(rlm, pre_iteration_hook=inject_math)
+
+    result = run(rlm, lm, entry, question="What is the square root of 1764?")
+    assert result.answer == "calculator: 42"
+    steps = result.trajectory
+    assert steps[0]["output"] == "42.0"  # no NameError: `math` came from persistent_python_code
+    assert all("import math" not in step["code"] for step in steps)  # the prelude runs, the history keeps the code
+    prompts = action_prompts(lm)
+    assert len(prompts) == 2 and all(VERIFY in p for p in prompts)  # prompt_context, returned every iteration
+    assert all(VERIFY not in step["code"] + str(step["output"]) for step in steps)  # shown, never executed
+
+
+def test_all_four_hooks(make_rlm, tmp_path):
+    marker = tmp_path / "eval-ran"
+    rlm, lm = make_rlm(
+        [
+            f'hits = grep(search_pattern, "{CODEBASE}")\nprint(hits)\ndel grep',  # the prelude defines it again
+            f"status = 'survived'\neval(\"open({str(marker)!r}, 'w').write('ran')\")\nprint(status)",
+            f"print(eval(\"open({str(marker)!r}, 'w').write('ran')\"))",
+            'SUBMIT(answer=", ".join(grep(search_pattern, "TODO")))',
+        ],
+        signature="question -> answer",
+    )
+
+    enable_rlm_hooks(
+        rlm,
+        pre_iteration_hook=pre_iteration,
+        pre_execution_hook=pre_execution,
+        post_execution_hook=post_execution,
+        post_iteration_hook=make_budget_hook(max_cost=0.50),
+    )
+
+    with dspy.context(lm=lm):
+        result = rlm(question="Find all TODO comments in the codebase")
+
+    steps = result.trajectory
+    assert steps[0]["output"] == "['TODO', 'FIXME', 'HACK']"
+    assert "# BLOCKED(" in steps[1]["code"] and "eval(" not in steps[1]["code"]
+    assert steps[1]["output"] == "survived"
+    assert steps[2]["code"].startswith("print(# BLOCKED(")  # the persistent prelude is not in the history
+    assert steps[2]["output"].endswith("# Hint: the variable 'search_pattern' is already in scope.")
+    assert result.answer == "TODO"
+    assert not marker.exists()
+    assert len(steps) == 4
+
+
+@ENTRIES
+def test_async_hooks(make_rlm, entry):
+    rlm, lm = make_rlm(["SUBMIT(answer=cached_context)"], signature="question -> answer")
+    enable_rlm_hooks(rlm, pre_iteration_hook=fetch_context)
+    assert run(rlm, lm, entry, question="What?").answer == "cached context for 'What?'"
+
+
+def test_mlflow_tracing_example(make_rlm):
+    mlflow = pytest.importorskip("mlflow")  # the page's example needs MLflow installed
+    pytest.importorskip("rlm_events.taps.mlflow")
+    rlm, lm = make_rlm(["SUBMIT(answer=cached_context)"], signature="question -> answer")
+
+    mlflow.dspy.autolog()
+    enable_rlm_hooks(rlm, pre_iteration_hook=fetch_context)
+
+    with dspy.context(lm=lm):
+        assert rlm(question="What?").answer == "cached context for 'What?'"
+    disable_rlm_hooks(rlm)
+    assert type(rlm) is dspy.RLM
+
+
+def test_disabling_hooks(make_rlm):
+    rlm, lm = make_rlm(["print(math.pi)", "SUBMIT(answer='done')"])
+    enable_rlm_hooks(rlm, pre_iteration_hook=inject_math)
+    disable_rlm_hooks(rlm)
+    assert type(rlm) is dspy.RLM
+    with dspy.context(lm=lm):
+        assert "NameError" in rlm(text="x").trajectory[0]["output"]  # no prelude any more
+
+
+# -- PreIterationOutput's fields, as the page's Basic Usage explains them ----------------------------------------
+
+
+@ENTRIES
+def test_python_code_is_prepended_to_this_iterations_code_only(make_rlm, entry):
+    rlm, lm = make_rlm(["print(x)", "print(x)", "SUBMIT(answer=str(x))"])
+    seen = []
+
+    def once(iteration, variables, history, input_args):
+        return PreIterationOutput(python_code="x = 41\nx += 1") if iteration == 0 else None
+
+    def record(iteration, code, variables, history, input_args):
+        seen.append(("pre", code))
+
+    def record_after(iteration, code, result, variables, history, input_args):
+        seen.append(("post", code))
+
+    enable_rlm_hooks(rlm, pre_iteration_hook=once, pre_execution_hook=record, post_execution_hook=record_after)
+    result = run(rlm, lm, entry, text="?")
+    steps = result.trajectory
+    assert steps[0]["code"] == "x = 41\nx += 1\nprint(x)"  # part of this iteration's code, as it ran
+    assert steps[1]["code"] == "print(x)"  # not prepended again ...
+    assert [s["output"] for s in steps[:2]] == ["42", "42"]  # ... but what it defined stays in the REPL
+    assert result.answer == "42"
+    # As in dspy-rlm-hooks: pre_execution sees the LM's code, post_execution the code that ran.
+    assert seen[:2] == [("pre", "print(x)"), ("post", "x = 41\nx += 1\nprint(x)")]
+
+
+@ENTRIES
+def test_persistent_python_code_none_keeps_a_string_replaces_empty_clears(make_rlm, entry):
+    code = "print(greeting)\ndel greeting"
+    rlm, lm = make_rlm([code, code, code, code, "SUBMIT(answer='done')"], max_iters=5)
+    preludes = {0: "greeting = 'hi'", 1: None, 2: "greeting = 'hello'", 3: ""}
+
+    def steer(iteration, variables, history, input_args):
+        return PreIterationOutput(persistent_python_code=preludes.get(iteration))
+
+    enable_rlm_hooks(rlm, pre_iteration_hook=steer)
+    steps = run(rlm, lm, entry, text="?").trajectory
+    outputs = [str(s["output"]) for s in steps]
+    assert outputs[:3] == ["hi", "hi", "hello"]  # set; None kept it (it ran again); replaced
+    assert "NameError" in outputs[3]  # "" cleared it
+    assert all(s["code"] == code for s in steps[:4])  # never recorded in the history
+
+
+def test_the_persistent_prelude_belongs_to_one_call(make_rlm):
+    rlm, lm = make_rlm(["print(seeded)", "SUBMIT(answer='done')"])
+
+    def first_call_only(iteration, variables, history, input_args):
+        if input_args["text"] == "first" and iteration == 0:
+            return PreIterationOutput(persistent_python_code="seeded = 1")
+        return None
+
+    enable_rlm_hooks(rlm, pre_iteration_hook=first_call_only)
+    with dspy.context(lm=lm):
+        assert rlm(text="first").trajectory[0]["output"] == "1"
+        assert "NameError" in rlm(text="second").trajectory[0]["output"]  # a new call starts without a prelude
+
+
+@ENTRIES
+def test_prompt_context_is_in_this_iterations_prompt_only(make_rlm, entry):
+    rlm, lm = make_rlm(["print(1)", "print(2)"], max_iters=2, extract={"answer": "extracted"})
+
+    def steer(iteration, variables, history, input_args):
+        return PreIterationOutput(prompt_context="Only now: check units.") if iteration == 0 else None
+
+    enable_rlm_hooks(rlm, pre_iteration_hook=steer)
+    result = run(rlm, lm, entry, text="?")
+    first, second = action_prompts(lm)
+    assert "Only now: check units." in first
+    assert "Only now: check units." not in second  # the next iteration's prompt does not have it
+    assert all("Only now" not in " ".join(str(m["content"]) for m in h["messages"]) for h in lm.history[2:])
+    assert "Only now" not in str(result.trajectory)  # nor the history
+
+
+def test_the_seed_pages_python_code_keeps_working(make_rlm):
+    """0.1.6's python_code (its "persistent code"): returned on the first iteration only, what it defines is usable
+    in every later iteration, as before."""
+    rlm, lm = make_rlm(["print(helper(2))", "print(helper(3))", "SUBMIT(answer=str(helper(21)))"])
+
+    def seed(iteration, variables, history, input_args):
+        return PreIterationOutput(python_code="def helper(n):\n    return n * 2") if iteration == 0 else None
+
+    enable_rlm_hooks(rlm, pre_iteration_hook=seed)
+    with dspy.context(lm=lm):
+        result = rlm(text="?")
+    assert [s["output"] for s in result.trajectory[:2]] == ["4", "6"]
+    assert result.answer == "42"
+
+
+def test_failing_python_code_is_this_iterations_error_result(make_rlm):
+    rlm, lm = make_rlm(["print('lm code')", "SUBMIT(answer='done')"])
+
+    def broken(iteration, variables, history, input_args):
+        return PreIterationOutput(python_code="1 / 0") if iteration == 0 else None
+
+    enable_rlm_hooks(rlm, pre_iteration_hook=broken)
+    with dspy.context(lm=lm):
+        result = rlm(text="?")
+    assert (
+        result.trajectory[0]["output"].startswith("[Error]") and "ZeroDivisionError" in result.trajectory[0]["output"]
+    )
+    assert result.answer == "done"  # the LM saw the error and went on
+
+
+# -- output models reject unknown fields --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "fields", "wrong", "meant"),
+    [
+        (PreIterationOutput, {}, "promt_context", "prompt_context"),
+        (PreIterationOutput, {}, "persistent_code", "persistent_python_code"),
+        (PreExecutionOutput, {"code": "x"}, "cod", "code"),
+        (PostExecutionOutput, {"result": "x"}, "results", "result"),
+        (PostIterationOutput, {"history": REPLHistory()}, "stopp", "stop"),
+    ],
+)
+def test_output_models_reject_unknown_fields_naming_them_and_the_fields(model, fields, wrong, meant):
+    with pytest.raises(ValidationError) as raised:
+        model(**fields, **{wrong: "x"})
+    message = str(raised.value)
+    assert f"{model.__name__} has no field {wrong!r} (did you mean {meant!r}?)" in message
+    assert f"its fields are: {', '.join(model.model_fields)}" in message
+
+
+def test_an_unknown_field_in_a_hook_fails_the_call_naming_hook_and_stage(make_rlm):
+    rlm, lm = make_rlm(["print(1)"])
+
+    def typo(iteration, variables, history, input_args):
+        return PreIterationOutput(promt_context="check units")
+
+    enable_rlm_hooks(rlm, pre_iteration_hook=typo)
+    with dspy.context(lm=lm), pytest.raises(ValidationError) as raised:
+        rlm(text="?")
+    described = "\n".join([str(raised.value), *getattr(raised.value, "__notes__", [])])
+    assert "'promt_context' (did you mean 'prompt_context'?)" in described
+    assert "pre_iteration_hook[" in described and "typo" in described and "pre_iteration" in described
+    assert lm.history == []  # it failed before the LM was asked
+
+
+# -- MLflow ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_mlflow(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` raises ImportError
+
+
+class _FakeMlflowTap(Installable):
+    """Stands in for rlm_events.taps.mlflow.MlflowTap: records the stages it sees."""
+
+    made: list[_FakeMlflowTap] = []
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.installs = 0
+        self.tap = self.record  # one bound method: uninstall removes the very callable install registered
+        self.made.append(self)
+
+    def record(self, ctx) -> None:
+        self.seen.append(ctx.stage.value)
+
+    def registrations(self) -> Registrations:
+        return Registrations(taps=[(list(Stage), self.tap)])
+
+    def install(self, events):
+        self.installs += 1
+        return super().install(events)
+
+
+@pytest.fixture
+def fake_mlflow(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", types.ModuleType("mlflow"))
+    module = types.ModuleType("rlm_events.taps.mlflow")
+    module.MlflowTap = _FakeMlflowTap  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "rlm_events.taps.mlflow", module)
+    _FakeMlflowTap.made.clear()
+    return _FakeMlflowTap.made
+
+
+def test_with_tracing_raises_import_error_without_mlflow_and_changes_nothing(make_rlm, no_mlflow):
+    rlm, _ = make_rlm(["SUBMIT(answer='done')"])
+    with pytest.raises(ImportError, match=r'pip install "rlm-events\[mlflow\]"'):
+        enable_rlm_hooks_with_tracing(rlm, pre_iteration_hook=inject_math)
+    assert type(rlm) is dspy.RLM and rlm_events.instrumentation_of(rlm) is None
+
+
+def test_without_mlflow_the_hooks_run_untraced(make_rlm, no_mlflow):
+    rlm, lm = make_rlm(["SUBMIT(answer=str(math.floor(math.pi)))"])
+    enable_rlm_hooks(rlm, pre_iteration_hook=inject_math)
+    assert rlm_events.instrument(rlm).plan.all_taps == ()
+    with dspy.context(lm=lm):
+        assert rlm(text="?").answer == "3"
+
+
+@pytest.mark.parametrize("enable", [enable_rlm_hooks, enable_rlm_hooks_with_tracing])
+def test_with_mlflow_the_mlflow_tap_records_the_run_once_and_goes_with_the_hooks(make_rlm, fake_mlflow, enable):
+    rlm, lm = make_rlm(["SUBMIT(answer=str(math.floor(math.pi)))"])
+    enable(rlm, pre_iteration_hook=inject_math)
+    enable(rlm, pre_iteration_hook=inject_math, pre_execution_hook=pre_execution)  # again: the same tap
+    assert len(fake_mlflow) == 1 and fake_mlflow[0].installs == 1
+    with dspy.context(lm=lm):
+        assert rlm(text="?").answer == "3"
+    assert fake_mlflow[0].seen[0] == "run_start" and "pre_iteration" in fake_mlflow[0].seen
+    assert fake_mlflow[0].seen[-1] == "run_end"
+    disable_rlm_hooks(rlm)
+    assert type(rlm) is dspy.RLM  # the tap went with the hooks: nothing kept the instrumentation
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="MLflow is not installed (the mlflow extra)")
+def test_the_real_mlflow_tap_is_installed(make_rlm):
+    try:
+        tap_module = importlib.import_module("rlm_events.taps.mlflow")
+    except ImportError:
+        pytest.skip("rlm_events.taps.mlflow is not in this tree yet")
+    rlm, lm = make_rlm(["SUBMIT(answer='done')"])
+    enable_rlm_hooks(rlm, pre_iteration_hook=inject_math)
+    assert rlm_events.instrument(rlm).plan.all_taps  # MlflowTap's
+    with dspy.context(lm=lm):
+        assert rlm(text="?").answer == "done"
+    assert isinstance(tap_module.MlflowTap(), object)
+    disable_rlm_hooks(rlm)
+    assert type(rlm) is dspy.RLM
+
+
+# -- the native PreIterationContext fields ---------------------------------------------------------------------
+
+
+@ENTRIES
+@pytest.mark.parametrize("style", ["def", "async def"])
+def test_native_preludes_and_prompt_context(make_rlm, entry, style):
+    rlm, lm = make_rlm(
+        ["print(n)\ndel n", "print(n, twice(n))", "print(n)", "SUBMIT(answer='done')"],
+        max_iters=4,
+    )
+    events = rlm_events.instrument(rlm)
+    on_entry = []
+
+    def steer(ctx):
+        on_entry.append(ctx.persistent_python_code)
+        if ctx.iteration == 0:
+            ctx.persistent_python_code = "n = 21"
+            ctx.prompt_context = "Iteration one only."
+        if ctx.iteration == 1:
+            ctx.python_code = "def twice(k):\n    return 2 * k"
+        if ctx.iteration == 2:
+            ctx.persistent_python_code += "\nn += 1"  # extend the prelude in force
+
+    if style == "def":
+
+        @events.middleware(Stage.PRE_ITERATION)
+        def native(ctx, next):
+            steer(ctx)
+            return next(ctx)
+
+    else:
+
+        @events.middleware(Stage.PRE_ITERATION)
+        async def native(ctx, next):
+            steer(ctx)
+            return await next(ctx)
+
+    steps = run(rlm, lm, entry, text="?").trajectory
+    assert on_entry == ["", "n = 21", "n = 21", "n = 21\nn += 1"]  # the prelude in force, as each iteration starts
+    assert [s["output"] for s in steps[:3]] == ["21", "21 42", "22"]
+    assert steps[0]["code"] == "print(n)\ndel n"  # the persistent prelude is not recorded ...
+    assert steps[1]["code"] == "def twice(k):\n    return 2 * k\nprint(n, twice(n))"  # ... this iteration's is
+    prompts = action_prompts(lm)
+    assert "Iteration one only." in prompts[0] and all("Iteration one only." not in p for p in prompts[1:])
+
+
+def test_native_skip_runs_no_prelude(make_rlm):
+    rlm, lm = make_rlm(["print('never')", "SUBMIT(answer=str(ran))"])
+    events = rlm_events.instrument(rlm)
+
+    @events.middleware(Stage.PRE_ITERATION)
+    def preludes(ctx, next):
+        ctx.persistent_python_code = "ran = globals().get('ran', 0) + 1"
+        ctx.python_code = "print('this iteration')"
+        return next(ctx)
+
+    @events.middleware(Stage.PRE_EXECUTION)
+    def skip_first(ctx, next):
+        if ctx.iteration == 0:
+            ctx.skip("skipped")
+        return next(ctx)
+
+    with dspy.context(lm=lm):
+        result = rlm(text="?")
+    assert result.trajectory[0] == {**result.trajectory[0], "code": "print('never')", "output": "skipped"}
+    assert result.answer == "1"  # the prelude ran once: in the iteration that executed
+
+
+def test_native_persistent_prelude_rejects_none(make_rlm):
+    rlm, lm = make_rlm(["print(1)"])
+    events = rlm_events.instrument(rlm)
+
+    @events.middleware(Stage.PRE_ITERATION)
+    def clear_wrongly(ctx, next):
+        ctx.persistent_python_code = None  # "" clears it; None is the hooks' "keep"
+        return next(ctx)
+
+    with dspy.context(lm=lm), pytest.raises(ValidationError, match="persistent_python_code"):
+        rlm(text="?")
+
+
+def test_prompt_context_goes_after_the_variables_info_or_is_reported_unshown(caplog):
+    from rlm_events._patch.call import _Call
+
+    frame = types.SimpleNamespace(prompt="Check units.", index=0)
+    assert _Call.shown(frame, {"variables_info": ["[a]"], "x": 1}) == {
+        "variables_info": ["[a]", "Check units."],
+        "x": 1,
+    }
+    assert frame.prompt == ""  # shown once
+    frame.prompt = "Check units."
+    assert _Call.shown(frame, {"variables_info": "[a]"}) == {"variables_info": "[a]\n\nCheck units."}
+    frame.prompt = "Check units."
+    assert _Call.shown(frame, {"other": 1}) == {"other": 1} and frame.prompt == "Check units."  # not shown
+    call = types.SimpleNamespace(module=type("SomeRLM", (), {})())  # any object that can be weakly referenced
+    _Call.unshown(call, frame)  # type: ignore[arg-type]
+    _Call.unshown(call, frame)  # type: ignore[arg-type]
+    warnings = [r for r in caplog.records if "prompt_context was not shown in iteration 1" in r.getMessage()]
+    assert len(warnings) == 1  # said once, never dropped silently
+
+
+# -- PredictRLM (the page's "PredictRLM Support"; predict-rlm needs DSPy 3.4+) -----------------------------------
+
+try:
+    import predict_rlm
+except ImportError:
+    predict_rlm = None
+
+needs_predict_rlm = pytest.mark.skipif(
+    predict_rlm is None or not hasattr(dspy, "LocalInterpreter"), reason="needs the predict-rlm extra (DSPy 3.4+)"
+)
+PROMPTS: list[str] = []  # PredictRLM copies its LM per run: the scripted LM records its prompts here
+
+
+def _json_lm(codes: list[str]):
+    from dspy.utils import DummyLM
+
+    class JsonLM(DummyLM):
+        def forward(self, prompt=None, messages=None, **kwargs):
+            PROMPTS.append(" ".join(str(m.get("content", "")) for m in messages))
+            return super().forward(prompt=prompt, messages=messages, **kwargs)
+
+    PROMPTS.clear()
+    return JsonLM([{"plan": "next", "code": f"```repl\n{code}\n```"} for code in codes], adapter=dspy.JSONAdapter())
+
+
+def _predict_rlm(signature: str, codes: list[str]):
+    # The page's PredictRLM(signature), given a scripted LM and the local interpreter (its sandbox needs a network).
+    return predict_rlm.PredictRLM(
+        signature, lm=_json_lm(codes), max_iterations=4, interpreter=dspy.LocalInterpreter(), verbose=False
+    )
+
+
+@needs_predict_rlm
+def test_predict_rlm_quick_example():
+    rlm = _predict_rlm("query -> answer", ["import os\nos.system('echo hacked')\nprint('ok')", "SUBMIT(answer='done')"])
+
+    def sanitize_code(iteration, code, variables, history, input_args):
+        """Block dangerous code patterns."""
+        if "os.system" in code:
+            code = code.replace("os.system", "# BLOCKED")
+        return PreExecutionOutput(code=code)
+
+    enable_rlm_hooks(rlm, pre_execution_hook=sanitize_code)
+    result = rlm(query="...")
+    assert result.answer == "done"
+    assert result.trajectory[0]["code"] == "import os\n# BLOCKED('echo hacked')\nprint('ok')"
+    assert result.trajectory[0]["output"].strip() == "ok"
+
+
+@needs_predict_rlm
+@pytest.mark.parametrize("entry", ["call", "acall"])
+def test_predict_rlm_preludes_and_prompt_context(entry):
+    rlm = _predict_rlm("query -> answer", ["print(n)\ndel n", "print(n, twice(n))", "SUBMIT(answer=str(n))"])
+
+    def steer(iteration, variables, history, input_args):
+        return PreIterationOutput(
+            persistent_python_code="n = 21" if iteration == 0 else None,
+            python_code="def twice(k):\n    return 2 * k" if iteration == 1 else "",
+            prompt_context="First iteration only." if iteration == 0 else "",
+        )
+
+    enable_rlm_hooks(rlm, pre_iteration_hook=steer)
+    result = rlm(query="?") if entry == "call" else asyncio.run(rlm.acall(query="?"))
+    steps = result.trajectory
+    assert result.answer == "21" and [s["output"].strip() for s in steps[:2]] == ["21", "21 42"]
+    assert steps[0]["code"] == "print(n)\ndel n"  # the persistent prelude ran, unrecorded
+    assert steps[1]["code"] == "def twice(k):\n    return 2 * k\nprint(n, twice(n))"
+    assert "First iteration only." in PROMPTS[0] and all("First iteration only." not in p for p in PROMPTS[1:])
