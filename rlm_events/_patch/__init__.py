@@ -46,12 +46,13 @@ from __future__ import annotations
 from typing import Any
 
 from ..context import Run
-from .call import _CURRENT, warn_once
+from .call import _CURRENT
 from .classes import _base_of, _instrumented_rlm_class
 from .construct import RLMConstructor, batched_queries_keep_context, constructor_of, iteration_limit
 from .detect import _ATTR, _BASE
 from .handle import Handle
 from .predict_rlm import own_lms
+from .warnings import warn_once
 
 # The patch layer's API for the rest of rlm-events: nothing outside this package imports its private names.
 __all__ = [

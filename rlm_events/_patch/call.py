@@ -5,12 +5,9 @@ stand-ins through which the loop's own calls reach the stages (``generate_action
 from __future__ import annotations
 
 import contextvars
-import functools
 import logging
 import time
 import uuid
-import weakref
-from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +26,6 @@ from ..context import (
     RunEndContext,
     RunStartContext,
     StageContext,
-    ToolCallContext,
     construct,
 )
 from ..errors import StageError
@@ -42,6 +38,7 @@ if TYPE_CHECKING:
 
 from .construct import iteration_limit
 from .detect import _ATTR, _NO_RESULT, _Seams
+from .warnings import warn_once
 
 # -- per-call state -------------------------------------------------------------------------------------------
 
@@ -395,37 +392,6 @@ class _Call:
             self.stopped_by = ctx.stop_reason or "middleware"
         return ctx.history, ctx.stop
 
-    # tools
-
-    def wrap_tool(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        plan, module = self.plan, self.module
-
-        def new_ctx(args: tuple[Any, ...], kwargs: dict[str, Any]) -> ToolCallContext:
-            index = self.frame.index if self.frame is not None else None
-            return self.ctx(ToolCallContext, index, name=name, args=args, kwargs=kwargs, result=None)
-
-        if is_async_callable(fn):  # also an object whose __call__ is async
-
-            async def aterminal(c: ToolCallContext) -> ToolCallContext:
-                c.result = await fn(*c.args, **c.kwargs)
-                return c
-
-            @functools.wraps(fn)
-            async def atool(*args: Any, **kwargs: Any) -> Any:
-                return (await plan.afire(new_ctx(args, kwargs), module, aterminal)).result
-
-            return atool
-
-        def terminal(c: ToolCallContext) -> ToolCallContext:
-            c.result = fn(*c.args, **c.kwargs)
-            return c
-
-        @functools.wraps(fn)
-        def tool(*args: Any, **kwargs: Any) -> Any:
-            return plan.fire(new_ctx(args, kwargs), module, terminal).result
-
-        return tool
-
 
 class _SkippableREPL:
     """DSPy 3.1 runs ``repl.execute`` inline; this stand-in lets pre_execution skip it. Everything else passes."""
@@ -447,18 +413,6 @@ class _SkippableREPL:
 
     def __setattr__(self, name: str, value: Any) -> None:
         setattr(self._repl, name, value)
-
-
-_WARNED: weakref.WeakKeyDictionary[Any, set[Any]] = weakref.WeakKeyDictionary()
-
-
-def warn_once(module: Any, key: Any, message: str) -> None:
-    """Log ``message`` at WARNING the first time ``key`` comes up for ``module``: stages that cannot fire are named,
-    never skipped silently, and never flood the log."""
-    seen = _WARNED.setdefault(module, set())
-    if key not in seen:
-        seen.add(key)
-        logging.getLogger("rlm_events").warning(message)
 
 
 def _current(module: Any) -> _Call | None:

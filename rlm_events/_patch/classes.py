@@ -27,6 +27,7 @@ from .call import _CURRENT, _DEFERRED, _NO_RESULT, _POST_ITERATION, _PRE_ITERATI
 from .detect import _ATTR, _BASE, _Seams
 from .predict_rlm import kernel_seams
 from .predictor import _ActionSeam
+from .tools import wrap_tool
 
 # -- the instrumented classes ---------------------------------------------------------------------------------
 
@@ -208,7 +209,7 @@ def _instrumented_rlm_class(cls: Any) -> Any:
         call = _current(self)
         if call is None or not call.wants(Stage.TOOL_CALL):
             return tools
-        return {name: call.wrap_tool(name, fn) for name, fn in tools.items()}
+        return {name: wrap_tool(call, name, fn) for name, fn in tools.items()}
 
     def __deepcopy__(self: Any, memo: dict[int, Any]) -> Any:
         """A deep copy carries its own instrumentation: same middleware and taps, its own registrations, runs and

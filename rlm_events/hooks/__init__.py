@@ -1,0 +1,192 @@
+"""The ``dspy-rlm-hooks`` API on rlm-events: switch by changing one import line.
+
+>>> from rlm_events.hooks import enable_rlm_hooks, disable_rlm_hooks, PreIterationOutput
+
+Each hook becomes one ``(ctx, next)`` middleware on its stage of :func:`rlm_events.instrument`'s chain, so hooks
+run in registration order among other middleware, signals and taps on the same RLM. A hook is called with the
+positional arguments ``dspy-rlm-hooks`` documents and returns its output model or ``None`` (change nothing):
+
+==================  ======================================================  ==========================
+hook                called as                                                returns
+==================  ======================================================  ==========================
+``pre_iteration``   ``(iteration, variables, history, input_args)``          :class:`PreIterationOutput`
+``pre_execution``   ``(iteration, code, variables, history, input_args)``    :class:`PreExecutionOutput`
+``post_execution``  ``(iteration, code, result, variables, history,          :class:`PostExecutionOutput`
+                    input_args)``
+``post_iteration``  ``(iteration, pred, code, result, history)``             :class:`PostIterationOutput`
+==================  ======================================================  ==========================
+
+``iteration`` is 0-based. ``variables`` is the iteration's ``REPLVariable`` list; in the execution hooks
+``input_args`` also holds the ``extra_vars`` injected for this iteration (as in ``dspy-rlm-hooks``). ``pred`` is the
+LM's action (``reasoning``, ``code``). As in ``dspy-rlm-hooks``, ``post_iteration`` is not called for the iteration
+whose ``SUBMIT`` succeeded: there is no next iteration to steer.
+
+An ``async def`` hook becomes an ``async def`` middleware: awaited on the caller's loop in ``aforward``, run on
+rlm-events' private loop in ``forward`` (the caller's loop is never nested). A ``def`` hook that returns an awaitable
+has it run on that private loop.
+
+The output models are those of ``dspy-rlm-hooks`` 0.1.15 (``PreIterationOutput`` with ``python_code``,
+``persistent_python_code`` and ``prompt_context``) and reject unknown fields, naming the field and the ones that
+exist. When MLflow can be imported, :func:`enable_rlm_hooks` also installs
+``rlm_events.taps.mlflow.MlflowTap`` on the RLM's instrumentation (once; :func:`disable_rlm_hooks` removes it), as
+``dspy-rlm-hooks`` records hook spans; :func:`enable_rlm_hooks_with_tracing` does the same but raises
+``ImportError`` without MLflow.
+"""
+
+from __future__ import annotations
+
+import dspy
+
+from ..instrumentation import Instrumentation, instrument, instrumentation_of, uninstrument
+from ..signals import BY_STAGE
+from ..stages import Stage
+from .adapters import _CREATED_BY_HOOKS, _adapt, _check_hook, _hooks_on, _owned, _require_rlm
+from .kinds import _KINDS
+from .outputs import (
+    PostExecutionHook,
+    PostExecutionOutput,
+    PostIterationHook,
+    PostIterationOutput,
+    PreExecutionHook,
+    PreExecutionOutput,
+    PreIterationHook,
+    PreIterationOutput,
+    RLMHook,
+)
+from .tracing import _install_tap, _new_mlflow_tap, _uninstall_tap
+
+# -- public API -----------------------------------------------------------------------------------------------
+
+
+def enable_rlm_hooks(
+    rlm: dspy.RLM,
+    *,
+    pre_iteration_hook: PreIterationHook | None = None,
+    pre_execution_hook: PreExecutionHook | None = None,
+    post_execution_hook: PostExecutionHook | None = None,
+    post_iteration_hook: PostIterationHook | None = None,
+) -> None:
+    """Run these hooks in every iteration of ``rlm`` (this instance only), replacing hooks enabled before.
+
+    Each hook is registered as a middleware on its stage of ``rlm_events.instrument(rlm)`` (innermost so far), so
+    it coexists with other middleware, signal receivers and taps. Hooks are checked now: a hook that is not
+    callable with its documented positional arguments raises ``TypeError`` naming it; so does ``rlm`` not being a
+    ``dspy.RLM``. At run time, a hook returning anything but its output model or ``None`` raises ``TypeError``
+    naming the hook and the model; whatever a hook raises fails the call, as in ``dspy-rlm-hooks``.
+    Calls already running keep the hooks they started with; the old hooks are swapped for the new ones in one change,
+    so a call starting meanwhile has either set, whole.
+
+    When MLflow can be imported, ``rlm_events.taps.mlflow.MlflowTap()`` is installed too (once, kept when hooks are
+    enabled again, removed by :func:`disable_rlm_hooks`), so the stages the hooks act on are recorded as MLflow
+    spans; without MLflow the hooks run the same, untraced.
+    """
+    _enable(rlm, "enable_rlm_hooks", pre_iteration_hook, pre_execution_hook, post_execution_hook, post_iteration_hook)
+
+
+def enable_rlm_hooks_with_tracing(
+    rlm: dspy.RLM,
+    *,
+    pre_iteration_hook: PreIterationHook | None = None,
+    pre_execution_hook: PreExecutionHook | None = None,
+    post_execution_hook: PostExecutionHook | None = None,
+    post_iteration_hook: PostIterationHook | None = None,
+) -> None:
+    """:func:`enable_rlm_hooks`, for callers who want MLflow spans or an error: raises ``ImportError`` (naming
+    ``pip install "rlm-events[mlflow]"``) before changing anything when MLflow or the MLflow tap cannot be imported."""
+    hooks = (pre_iteration_hook, pre_execution_hook, post_execution_hook, post_iteration_hook)
+    _enable(rlm, "enable_rlm_hooks_with_tracing", *hooks, tracing=True)
+
+
+def _enable(
+    rlm: dspy.RLM,
+    function: str,
+    pre_iteration_hook: PreIterationHook | None,
+    pre_execution_hook: PreExecutionHook | None,
+    post_execution_hook: PostExecutionHook | None,
+    post_iteration_hook: PostIterationHook | None,
+    *,
+    tracing: bool = False,
+) -> None:
+    _require_rlm(rlm, function)
+    hooks = (pre_iteration_hook, pre_execution_hook, post_execution_hook, post_iteration_hook)
+    given = list(zip(_KINDS, hooks, strict=True))
+    for kind, hook in given:
+        if hook is not None:
+            _check_hook(kind, hook)
+    if all(hook is None for _, hook in given):
+        disable_rlm_hooks(rlm)
+        return
+    previous = instrumentation_of(rlm)
+    previous_hooks = list(_hooks_on(previous)) if previous is not None else []
+    tap = next((mw.tap for mw in previous_hooks if mw.tap is not None), None)
+    new_tap = _new_mlflow_tap(required=tracing) if tap is None else None  # ImportError before any change
+    owns = previous is None or _owned(previous, previous_hooks)
+    events = instrument(rlm)
+    if owns:
+        _CREATED_BY_HOOKS.add(events)
+    needs_variables = pre_execution_hook is not None or post_execution_hook is not None
+    # The execution hooks are given the iteration's variables, which only pre_iteration sees: record them.
+    new = [
+        (kind.stage, _adapt(kind, hook, owns))
+        for kind, hook in given
+        if hook is not None or (kind.stage is Stage.PRE_ITERATION and needs_variables)
+    ]
+    if new_tap is not None:
+        tap = _install_tap(new_tap, events, required=tracing)
+    for _, mw in new:
+        mw.tap = tap
+    events.replace(previous_hooks, new)  # one change: a call starting meanwhile has the old hooks or the new
+
+
+def disable_rlm_hooks(rlm: dspy.RLM) -> None:
+    """Remove the hooks :func:`enable_rlm_hooks` registered on ``rlm`` (and the MLflow tap it installed with them);
+    other middleware, taps and receivers stay.
+
+    When :func:`enable_rlm_hooks` created the instrumentation and nothing else uses it (no middleware, no tap, no
+    signal receiver connected for this RLM), ``rlm`` is uninstrumented: its class and ``__dict__`` are exactly as
+    before. A no-op on an RLM without hooks. Raises ``TypeError`` if ``rlm`` is not a ``dspy.RLM``.
+    """
+    _require_rlm(rlm, "disable_rlm_hooks")
+    events = instrumentation_of(rlm)
+    if events is None:
+        return
+    hooks = list(_hooks_on(events))
+    events.replace(hooks, [])
+    for tap in {id(mw.tap): mw.tap for mw in hooks if mw.tap is not None}.values():
+        _uninstall_tap(tap, events)
+    if not _owned(events, hooks):
+        return
+    _CREATED_BY_HOOKS.add(events)
+    if not _in_use(events, rlm):
+        uninstrument(rlm)
+        _CREATED_BY_HOOKS.discard(events)
+
+
+def _in_use(events: Instrumentation, rlm: dspy.RLM) -> bool:
+    plan = events.plan
+    if any(plan.chains[stage] for stage in Stage) or plan.all_taps:
+        return True
+    # Receivers connected for this RLM only would go silent if it were uninstrumented. Receivers connected for
+    # any sender are not counted: they heard nothing from this RLM before the hooks either.
+    anonymous = object()
+    for signal in BY_STAGE.values():
+        for_any = {id(r) for r in signal.receivers_for(anonymous)}
+        if any(id(r) not in for_any for r in signal.receivers_for(rlm)):
+            return True
+    return False
+
+
+__all__ = [
+    "PostExecutionHook",
+    "PostExecutionOutput",
+    "PostIterationHook",
+    "PostIterationOutput",
+    "PreExecutionHook",
+    "PreExecutionOutput",
+    "PreIterationHook",
+    "PreIterationOutput",
+    "RLMHook",
+    "disable_rlm_hooks",
+    "enable_rlm_hooks",
+    "enable_rlm_hooks_with_tracing",
+]

@@ -1,0 +1,127 @@
+"""Hooks as middleware: a sync or async hook called at its stage, its output checked and applied."""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import dspy
+from pydantic import BaseModel
+
+from middleware import is_async_callable, middleware_name, run_sync
+
+from ..instrumentation import Instrumentation
+from ..stages import Stage
+from .kinds import _Kind
+
+# -- hooks as middleware --------------------------------------------------------------------------------------
+
+
+class _HookMiddleware:
+    """A hook (or, for pre_iteration without a hook, only the recorder the execution hooks need) as middleware.
+
+    Being an instance of this class is what marks the middleware :func:`disable_rlm_hooks` removes, so the hooks
+    of an RLM are found in its own plan, deep copies included (they share their plan's middleware).
+    ``owns_instrumentation`` says :func:`enable_rlm_hooks` created the instrumentation.
+    """
+
+    __call__: Callable[[Any, Any], Any]  # sync or async, by subclass
+
+    def __init__(self, kind: _Kind, hook: Callable[..., Any] | None, owns_instrumentation: bool) -> None:
+        self.kind, self.hook, self.owns_instrumentation = kind, hook, owns_instrumentation
+        self.tap: Any = None  # the MlflowTap enable_rlm_hooks installed with these hooks, if any
+        described = middleware_name(hook) if hook is not None else "(records variables)"
+        # Middleware errors and notes name the middleware by __module__/__qualname__: name the user's hook there.
+        self.__module__ = __name__
+        self.__qualname__ = f"{kind.keyword}[{described}]"
+
+    def __repr__(self) -> str:
+        return f"<{self.__qualname__}>"
+
+    def _hook_for(self, ctx: Any) -> Callable[..., Any] | None:
+        """The hook to call at this ``ctx``, if any (the recorder has none; post_iteration skips final ones)."""
+        return self.hook if self.hook is not None and self.kind.applies(ctx) else None
+
+    def _checked(self, out: Any) -> BaseModel | None:
+        if out is None or isinstance(out, self.kind.output):
+            return out
+        raise TypeError(
+            f"{self.kind.keyword} {middleware_name(self.hook)} returned {type(out).__name__}; "
+            f"it must return {self.kind.output.__name__} or None"
+        )
+
+    def _apply(self, ctx: Any, out: Any) -> None:
+        checked = self._checked(out)
+        if checked is not None:
+            self.kind.apply(ctx, checked)
+
+
+class _SyncHookMiddleware(_HookMiddleware):
+    def __call__(self, ctx: Any, next: Callable[[Any], Any]) -> Any:
+        hook = self._hook_for(ctx)
+        if hook is not None:
+            out = hook(*self.kind.arguments(ctx))
+            if inspect.isawaitable(out):  # "return a coroutine and the system handles it"
+                out = run_sync(out)
+            self._apply(ctx, out)
+        ctx = next(ctx)
+        self.kind.after(ctx)
+        return ctx
+
+
+class _AsyncHookMiddleware(_HookMiddleware):
+    async def __call__(self, ctx: Any, next: Callable[[Any], Awaitable[Any]]) -> Any:
+        hook = self._hook_for(ctx)
+        if hook is not None:
+            out = hook(*self.kind.arguments(ctx))
+            if inspect.isawaitable(out):
+                out = await out
+            self._apply(ctx, out)
+        ctx = await next(ctx)
+        self.kind.after(ctx)
+        return ctx
+
+
+def _check_hook(kind: _Kind, hook: Any) -> None:
+    if not callable(hook):
+        raise TypeError(f"{kind.keyword} must be callable or None, got {type(hook).__name__}: {hook!r}")
+    try:
+        signature = inspect.signature(hook)
+    except (TypeError, ValueError):  # some builtins cannot be inspected; accept them
+        return
+    try:
+        signature.bind(*kind.parameters)
+    except TypeError:
+        raise TypeError(
+            f"{kind.keyword} {middleware_name(hook)} must accept ({', '.join(kind.parameters)}) positionally; "
+            f"its signature is {signature}"
+        ) from None
+
+
+def _adapt(kind: _Kind, hook: Callable[..., Any] | None, owns_instrumentation: bool) -> _HookMiddleware:
+    cls = _AsyncHookMiddleware if hook is not None and is_async_callable(hook) else _SyncHookMiddleware
+    return cls(kind, hook, owns_instrumentation)
+
+
+# Instrumentations enable_rlm_hooks created, remembered even while they hold no hooks (disable kept one for a
+# receiver), so a later disable still knows it may uninstrument. Weak: it never keeps an instrumentation alive.
+_CREATED_BY_HOOKS: weakref.WeakSet[Instrumentation] = weakref.WeakSet()
+
+
+def _owned(events: Instrumentation, hooks: list[_HookMiddleware]) -> bool:
+    # The middleware flag covers deep copies, whose cloned instrumentation shares the hooks' middleware.
+    return events in _CREATED_BY_HOOKS or any(mw.owns_instrumentation for mw in hooks)
+
+
+def _hooks_on(events: Instrumentation) -> Iterator[_HookMiddleware]:
+    for stage in Stage:
+        for mw in events.plan.chains[stage]:
+            if isinstance(mw, _HookMiddleware):
+                yield mw
+
+
+def _require_rlm(rlm: Any, function: str) -> None:
+    if not isinstance(rlm, dspy.RLM):
+        raise TypeError(f"{function}() expects a dspy.RLM instance, got {type(rlm).__name__}: {rlm!r}")
