@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import functools
+from typing import Any, ClassVar, Literal
 
 from ..context import PreExecutionContext
 from ..stages import Stage
 from ._base import Builtin
-from .policy import GuardPolicy, Violation
+from .policy import GuardPolicy, Violation, imports_of
 
 MAX_LISTED = 5  # violations listed to the LM; more would only bury the first ones
+# DSPy's PythonInterpreter runs Pyodide 0.29 (CPython 3.13) under Deno; the guard parses its code with that grammar.
+PYODIDE_PYTHON = (3, 13)
 
 
 class CodeGuard(Builtin):
@@ -19,21 +22,36 @@ class CodeGuard(Builtin):
     :meth:`GuardPolicy.strict`; ``CodeGuard(policy=GuardPolicy(...))`` a policy of your own.
 
     Guarantees: code with a violation is not executed: the iteration's result is an ``[Error] CodeGuard refused
-    …`` text listing what was refused (line, construct) and why, which DSPy records in the history so the LM can
-    rewrite the code in the next iteration. Each refusal is appended to ``ctx.run.state["guard"]`` as
-    ``{"iteration": int, "code": str, "violations": list[Violation]}``. Code that does not parse is passed on
-    unchanged, so the interpreter reports the syntax error. The code is checked before the rest of the chain (which
-    sees the refusal as ``ctx.skipped``) and again if the rest of the chain rewrote it, so what runs complies.
+    …`` text listing what was refused (line, construct), why, and what to do instead, which DSPy records in the
+    history so the LM can rewrite the code in the next iteration. Each refusal is appended to
+    ``ctx.run.state["guard"]`` as ``{"iteration": int, "code": str, "violations": list[Violation]}``; what the steps
+    it let run imported is kept in ``ctx.run.state["guard_imports"]`` and later steps are checked against it
+    (``j.codecs`` after an earlier ``import json as j``; a bare ``html`` no step imported is a variable). Code the guard
+    cannot parse is refused too (it cannot be checked), with the parser's message. The code is checked before the
+    rest of the chain (which sees the refusal as ``ctx.skipped``) and again if the rest of the chain rewrote it, so
+    what runs complies.
+
+    ``target_python`` is the grammar the code is parsed with: ``(major, minor)``; ``None`` for the guard's own
+    Python; ``"auto"`` (the default) for the policy's :attr:`~GuardPolicy.target_python` if it has one, else the
+    RLM's interpreter where it is known (DSPy's ``PythonInterpreter``: :data:`PYODIDE_PYTHON`), else the guard's.
     """
 
     STAGES: ClassVar[tuple[Stage, ...]] = (Stage.PRE_EXECUTION,)
 
-    def __init__(self, policy: GuardPolicy | str = "default") -> None:
+    def __init__(
+        self,
+        policy: GuardPolicy | str = "default",
+        *,
+        target_python: tuple[int, int] | Literal["auto"] | None = "auto",
+    ) -> None:
         if isinstance(policy, str):
             policy = GuardPolicy.named(policy)
         elif not isinstance(policy, GuardPolicy):
             raise TypeError(f"CodeGuard(policy=...) takes a GuardPolicy, 'default' or 'strict'; got {policy!r}")
+        if target_python != "auto":
+            policy = policy.with_target(target_python)  # validates it
         self.policy = policy
+        self.infer_target = target_python == "auto" and policy.target_python is None
 
     def __call__(self, ctx: Any, next: Any) -> Any:
         if not isinstance(ctx, PreExecutionContext):
@@ -50,29 +68,81 @@ class CodeGuard(Builtin):
             return
         # Inputs and tools are REPL variables: an input named `input` or `code` is not the built-in or module.
         shadowed = [*ctx.input_args, *(getattr(ctx.run.module, "tools", {}) or {})]
-        violations = self.policy.check(ctx.code, shadowed=shadowed)
+        target = interpreter_python(ctx.run.module) if self.infer_target else None
+        # What the steps that ran imported: their names are modules in the REPL (`j` after `import json as j`).
+        imported: dict[str, str] = ctx.run.state.setdefault("guard_imports", {})
+        violations = self.policy.check(ctx.code, shadowed=shadowed, target_python=target, imported=imported)
         if violations:
             ctx.run.state.setdefault("guard", []).append(
                 {"iteration": ctx.iteration, "code": ctx.code, "violations": violations}
             )
-            ctx.skip(refusal(violations))
+            ctx.skip(refusal(violations, self.policy))
+        else:
+            imported.update(imports_of(ctx.code))
 
     def __repr__(self) -> str:
         return f"CodeGuard(policy={self.policy!r})"
 
 
-def refusal(violations: list[Violation]) -> str:
+def interpreter_python(rlm: Any) -> tuple[int, int] | None:
+    """The Python version of the interpreter ``rlm`` runs code in, when the guard can tell: :data:`PYODIDE_PYTHON`
+    for DSPy's Deno/Pyodide ``PythonInterpreter`` (also when it is the default), else ``None`` (the guard's own)."""
+    try:
+        from dspy.primitives.python_interpreter import PythonInterpreter
+    except ImportError:  # pragma: no cover - every supported DSPy has it
+        return None
+    factory = getattr(rlm, "_interpreter_factory", None)  # DSPy 3.3+
+    if factory is None:
+        per_call = vars(rlm).get("_interpreter_context") if hasattr(rlm, "__dict__") else None
+        factory = getattr(per_call, "factory", None) or getattr(rlm, "interpreter", None)
+    if factory is None or factory is PythonInterpreter:
+        try:
+            from dspy.primitives.code_interpreter import resolve_interpreter_factory
+        except ImportError:  # before DSPy 3.3: no factory means the default PythonInterpreter
+            factory = PythonInterpreter
+        else:
+            try:
+                factory = resolve_interpreter_factory(factory)
+            except Exception:
+                return None
+    while isinstance(factory, functools.partial):
+        factory = factory.func
+    pyodide = isinstance(factory, PythonInterpreter) or (
+        isinstance(factory, type) and issubclass(factory, PythonInterpreter)
+    )
+    return PYODIDE_PYTHON if pyodide else None
+
+
+def refusal(violations: list[Violation], policy: GuardPolicy | None = None) -> str:
     """The ``[Error]`` text the LM sees instead of the output of refused code."""
     lines = [f"- {v}" for v in violations[:MAX_LISTED]]
     if len(violations) > MAX_LISTED:
         lines.append(f"- … and {len(violations) - MAX_LISTED} more")
+    modules = (policy or GuardPolicy.default()).modules
+    shown = [m for m in _SHOWN_MODULES if m in modules]
+    allowed = f", the allowed modules ({', '.join(shown)}, …)" if shown else ""
     return "\n".join(
         [
             "[Error] CodeGuard refused to run this code; nothing was executed.",
             *lines,
-            "Rewrite the step without these constructs, using plain Python, your variables and the provided tools.",
+            f"Rewrite the step without these constructs, using plain Python, your variables{allowed} and the provided "
+            "tools.",
         ]
     )
 
 
-__all__ = ["CodeGuard", "refusal"]
+_SHOWN_MODULES = (
+    "re",
+    "json",
+    "math",
+    "statistics",
+    "collections",
+    "itertools",
+    "functools",
+    "datetime",
+    "dataclasses",
+    "concurrent.futures",
+)
+
+
+__all__ = ["PYODIDE_PYTHON", "CodeGuard", "interpreter_python", "refusal"]

@@ -1,118 +1,32 @@
-"""What :class:`~rlm_events.builtins.CodeGuard` refuses: a :class:`GuardPolicy` checked against the code's AST.
+"""What :class:`~rlm_events.builtins.CodeGuard` lets generated code do: a :class:`GuardPolicy` checked on the AST.
 
-The check reads the syntax tree, never the text, so ``print("eval is fine in a string")`` passes while
-``import os as o; o.system(...)``, ``getattr(__builtins__, "ev" + "al")`` or ``open(path, "w")`` do not. Names are
+A policy is an allowlist. Code may import only the listed modules and reach, through them, only their public,
+non-module members (``logging.os``, ``random._os`` and ``json.codecs`` are refused even though ``logging``,
+``random`` and ``json`` are allowed); it may use only the listed built-ins, and no private or dunder attribute
+outside a short list (``__class__``, ``__name__``, ``__init__``, the operator protocols …). Attribute names may not
+be smuggled in strings (``getattr`` with a computed name, ``operator.attrgetter``, ``"{0.__globals__}".format``,
+``case object(__globals__=g)``); string annotations are checked as the code they are. Code the guard cannot parse is
+refused, parsed with the target interpreter's grammar where it is known (:attr:`GuardPolicy.target_python`).
+
+The check reads the syntax tree, never the text, so ``print("eval is fine in a string")`` passes, and names are
 resolved through the code's own imports (``import subprocess as sp`` → ``sp.run`` is ``subprocess.run``).
 
-It is a policy check, not a sandbox: Python has too many doors for a static check to close them all against an
-adversary. Run untrusted code in a real sandbox (DSPy's default Deno/Pyodide ``PythonInterpreter``) and use the
-guard to steer the LM away from what you do not want and to make the refusal explicit.
+It is a policy check, not a sandbox: run untrusted code in a real sandbox (DSPy's default Deno/Pyodide
+``PythonInterpreter``) and use the guard to steer the LM away from what you do not want, with refusals that say
+what to do instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import ast
+import sys
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from ._policy_check import Violation, ViolationKind, _Scanner
-from ._syntax import parse
-
-_DEFAULT_CALLS = frozenset(
-    {"eval", "exec", "compile", "__import__", "breakpoint", "globals", "locals", "vars", "input", "exit", "quit"}
-)
-_DEFAULT_MODULES = frozenset(
-    {
-        "os",
-        "subprocess",
-        "sys",
-        "shutil",
-        "socket",
-        "ctypes",
-        "importlib",
-        "multiprocessing",
-        "pty",
-        "signal",
-        "builtins",
-        "code",
-        "resource",
-    }
-)
-_DEFAULT_ATTRIBUTES = frozenset(
-    {
-        "__builtins__",
-        "__globals__",
-        "__subclasses__",
-        "__code__",
-        "__closure__",
-        "__import__",
-        "__loader__",
-        "__self__",
-        "f_globals",
-        "f_locals",
-        "f_builtins",
-        "f_back",
-        "gi_frame",
-        "cr_frame",
-        "tb_frame",
-    }
-)
-_STRICT_CALLS = frozenset({"open", "getattr", "setattr", "delattr", "memoryview", "help"})
-_STRICT_MODULES = frozenset(
-    {
-        "pathlib",
-        "io.open",
-        "io.open_code",
-        "io.FileIO",
-        "tempfile",
-        "glob",
-        "fileinput",
-        "shelve",
-        "pickle",
-        "marshal",
-        "dbm",
-        "sqlite3",
-        "urllib",
-        "http",
-        "requests",
-        "httpx",
-        "ftplib",
-        "smtplib",
-        "ssl",
-        "socketserver",
-        "asyncio",
-        "threading",
-        "_thread",
-        "concurrent",
-        "inspect",
-        "gc",
-        "runpy",
-        "codeop",
-        "types.CodeType",
-        "types.FunctionType",
-        "platform",
-        "getpass",
-        "pwd",
-        "grp",
-        "webbrowser",
-    }
-)
-_STRICT_ATTRIBUTES = frozenset(
-    {
-        "__dict__",
-        "__class__",
-        "__bases__",
-        "__base__",
-        "__mro__",
-        "__getattribute__",
-        "__reduce__",
-        "__reduce_ex__",
-        "__spec__",
-        "__func__",
-        "tb_next",
-    }
-)
+from . import _allowlist as allowlist
+from ._policy_check import Violation, ViolationKind, _Scanner, imported_names, parse_code
 
 
 def _names(value: Any, field: str, *, dotted: bool) -> frozenset[str]:
@@ -131,71 +45,98 @@ def _names(value: Any, field: str, *, dotted: bool) -> frozenset[str]:
 
 
 class GuardPolicy(BaseModel):
-    """What generated code may not do. Immutable; derive variants with :meth:`extend` and :meth:`allow`.
+    """What generated code may do. Immutable; derive variants with :meth:`allow` and :meth:`deny`.
 
-    * ``deny_calls``: built-in names that may be neither called nor referenced (a reference could be aliased and
-      called later), e.g. ``eval``. Attribute calls such as ``re.compile`` are not affected.
-    * ``deny_modules``: modules (``"os"`` covers ``os.path`` too) or dotted paths inside one (``"shutil.rmtree"``)
-      that may be neither imported nor used, under any alias.
-    * ``deny_attributes``: attribute names that may not be accessed (``x.__globals__``, or via
-      ``getattr(x, "__globals__")``); dunder names here are denied as bare names too (``__builtins__``).
-    * ``deny_write_open``: refuse ``open``/``io.open``/``Path.open`` with a mode that writes (``w``, ``a``, ``x``,
-      ``+``) or a mode that is not a literal, and ``Path.write_text``/``write_bytes``.
-    * ``deny_dynamic_getattr``: refuse ``getattr``/``setattr``/``delattr``/``hasattr`` whose name is not a literal.
+    Fields left out take :meth:`strict`'s values.
+
+    * ``modules``: modules code may import and use (dotted; ``"collections"`` does not include
+      ``"collections.abc"``). Through a module, code reaches only its public members that are not modules
+      themselves, unless that module is listed too (``threading.functools`` is ``functools``).
+    * ``only_members``: ``"module.member"`` paths; a module with entries here offers only those members.
+    * ``deny_members``: ``"module.member"`` paths refused in allowed modules (``"typing.get_type_hints"``).
+    * ``builtins``: built-in names code may use. ``getattr``, ``setattr``, ``delattr``, ``vars`` and ``open`` may
+      only be called directly; ``open`` (and the archive openers) only with a literal mode that reads.
+    * ``dunders``: dunder attributes code may access (``__dict__`` only on the code's own objects).
+    * ``private``: ``_name`` attributes code may access on any object (namedtuple's ``_asdict`` …); private
+      attributes of the code's own objects (``self._cache``) are always allowed.
+    * ``deny_attributes``: public attribute names refused too (frame and code internals such as ``f_globals``).
+    * ``self_introspection``: allow ``self.__dict__``, ``vars(self)`` and ``getattr(self, name)`` with a computed
+      name inside methods (a method can be called with any object as ``self``, so strict refuses them).
+    * ``literal_formats``: ``.format()`` / ``.format_map()`` only on strings written in the code.
+    * ``target_python``: ``(major, minor)`` of the interpreter that will run the code, when it is known: code is
+      parsed with that grammar (``feature_version`` when it is older than the guard's Python); code that the
+      guard's older parser cannot read is refused with a message that says so. ``None``: the guard's Python.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    deny_calls: frozenset[str] = frozenset()
-    deny_modules: frozenset[str] = frozenset()
-    deny_attributes: frozenset[str] = frozenset()
-    deny_write_open: bool = False
-    deny_dynamic_getattr: bool = False
+    modules: frozenset[str] = allowlist.STRICT_MODULES
+    only_members: frozenset[str] = allowlist.STRICT_ONLY_MEMBERS
+    deny_members: frozenset[str] = allowlist.DENIED_MEMBERS
+    builtins: frozenset[str] = allowlist.STRICT_BUILTINS
+    dunders: frozenset[str] = allowlist.DUNDERS
+    private: frozenset[str] = allowlist.PRIVATE
+    deny_attributes: frozenset[str] = allowlist.FRAME_ATTRIBUTES
+    self_introspection: bool = False
+    literal_formats: bool = True
+    target_python: tuple[int, int] | None = None
 
-    @field_validator("deny_calls", "deny_attributes", mode="before")
+    @field_validator("builtins", "dunders", "private", "deny_attributes", mode="before")
     @classmethod
     def _identifiers(cls, value: Any, info: Any) -> frozenset[str]:
         return _names(value, info.field_name, dotted=False)
 
-    @field_validator("deny_modules", mode="before")
+    @field_validator("modules", "only_members", "deny_members", mode="before")
     @classmethod
     def _modules(cls, value: Any, info: Any) -> frozenset[str]:
         return _names(value, info.field_name, dotted=True)
 
+    @field_validator("target_python", mode="before")
+    @classmethod
+    def _version(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not (
+            isinstance(value, (tuple, list))
+            and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            and tuple(value) >= (3, 7)
+        ):
+            raise ValueError(f"GuardPolicy.target_python takes (major, minor), e.g. (3, 13), >= (3, 7); got {value!r}")
+        return tuple(value)
+
     @classmethod
     def default(cls) -> GuardPolicy:
-        """Refuse what breaks out of the REPL or reaches the machine; allow ordinary data processing.
+        """Ordinary analysis code, reading files, threads, ``asyncio``, ``logging`` and archives read-only.
 
-        Denies the built-ins ``eval exec compile __import__ breakpoint globals locals vars input exit quit``; the
-        modules ``os subprocess sys shutil socket ctypes importlib multiprocessing pty signal builtins code
-        resource``; the attributes ``__builtins__ __globals__ __subclasses__ __code__ __closure__ __import__
-        __loader__ __self__ f_globals f_locals f_builtins f_back gi_frame cr_frame tb_frame``; and writing files.
-        Reading files with ``open(path)`` and ``getattr`` with any name are allowed.
+        :meth:`strict`, plus: the modules ``asyncio logging tarfile threading xml.etree.ElementTree zipfile``
+        (minus their members that start processes, connect, write files or trace: see
+        ``rlm_events.builtins._allowlist.DENIED_MEMBERS``), the built-in ``open`` and the openers ``io.open``,
+        ``gzip.open``/``GzipFile``, ``bz2``, ``lzma``, ``zipfile.ZipFile``, ``tarfile.open`` with a literal mode that
+        reads, ``.format()`` on any string, and ``self.__dict__``, ``vars(self)`` and ``getattr(self, name)`` inside
+        methods.
         """
         return cls(
-            deny_calls=_DEFAULT_CALLS,
-            deny_modules=_DEFAULT_MODULES,
-            deny_attributes=_DEFAULT_ATTRIBUTES,
-            deny_write_open=True,
+            modules=allowlist.DEFAULT_MODULES,
+            only_members=allowlist.DEFAULT_ONLY_MEMBERS,
+            builtins=allowlist.DEFAULT_BUILTINS,
+            self_introspection=True,
+            literal_formats=False,
         )
 
     @classmethod
     def strict(cls) -> GuardPolicy:
-        """:meth:`default`, plus no file, network, thread or introspection access at all.
+        """Pure data processing: no files at all, no processes, network or interpreter internals.
 
-        Adds the built-ins ``open getattr setattr delattr memoryview help``; the modules ``pathlib tempfile glob
-        fileinput shelve pickle marshal dbm sqlite3 urllib http requests httpx ftplib smtplib ssl socketserver
-        asyncio threading _thread concurrent inspect gc runpy codeop platform getpass pwd grp webbrowser`` and the
-        paths ``io.open io.open_code io.FileIO types.CodeType types.FunctionType`` (``io.StringIO`` stays usable);
-        the attributes ``__dict__ __class__ __bases__ __base__ __mro__ __getattribute__ __reduce__ __reduce_ex__
-        __spec__ __func__ tb_next``; and ``getattr``-style calls with a computed name.
+        Modules: ``rlm_events.builtins._allowlist.STRICT_MODULES`` (re, json, math, statistics, collections,
+        itertools, functools, operator, datetime, dataclasses, typing, concurrent.futures, urllib.parse, …, and
+        ``dspy``'s sub-agent API), a few of them member by member (``io``: ``StringIO``, ``BytesIO``,
+        ``TextIOWrapper`` …). Built-ins: the ordinary ones; not ``eval exec compile __import__ globals locals
+        breakpoint input help exit quit open``. Attributes: no private or dunder attribute except
+        ``rlm_events.builtins._allowlist.DUNDERS`` and ``PRIVATE``, nor frame/code internals. ``getattr`` only
+        with names the code spells out, ``.format()`` only on literal strings.
         """
-        return cls.default().extend(
-            deny_calls=_STRICT_CALLS,
-            deny_modules=_STRICT_MODULES,
-            deny_attributes=_STRICT_ATTRIBUTES,
-            deny_dynamic_getattr=True,
-        )
+        return cls()
 
     @classmethod
     def named(cls, name: str) -> GuardPolicy:
@@ -205,59 +146,128 @@ class GuardPolicy(BaseModel):
             raise ValueError(f"unknown GuardPolicy preset {name!r}; use 'default', 'strict' or a GuardPolicy(...)")
         return presets[name]()
 
+    def allow(
+        self,
+        *,
+        modules: Iterable[str] = (),
+        members: Iterable[str] = (),
+        calls: Iterable[str] = (),
+        attributes: Iterable[str] = (),
+    ) -> GuardPolicy:
+        """A copy that also allows these (``GuardPolicy.strict().allow(modules={"numpy"})``).
+
+        ``members`` are ``"module.member"`` paths: no longer denied, and added where a module is allowed member
+        by member. ``attributes``: dunder names join ``dunders``, ``_names`` join ``private``, others leave
+        ``deny_attributes``.
+        """
+        modules = _names(modules, "modules", dotted=True)
+        members = _names(members, "members", dotted=True)
+        attributes = _names(attributes, "attributes", dotted=False)
+        restricted = {m.rpartition(".")[0] for m in self.only_members}
+        return self.model_copy(
+            update={
+                "modules": self.modules | modules,
+                "deny_members": self.deny_members - members - modules,
+                "only_members": self.only_members | {m for m in members if m.rpartition(".")[0] in restricted},
+                "builtins": self.builtins | _names(calls, "calls", dotted=False),
+                "dunders": self.dunders | {a for a in attributes if _is_dunder(a)},
+                "private": self.private | {a for a in attributes if a.startswith("_") and not _is_dunder(a)},
+                "deny_attributes": self.deny_attributes - attributes,
+            }
+        )
+
+    def deny(
+        self, *, modules: Iterable[str] = (), calls: Iterable[str] = (), attributes: Iterable[str] = ()
+    ) -> GuardPolicy:
+        """A copy that refuses these too.
+
+        ``modules``: an allowed module (and its submodules) leaves the allowlist; a dotted path inside an allowed
+        module (``"json.dump"``) is added to ``deny_members``. ``calls``: built-ins. ``attributes``: any names.
+        """
+        modules = _names(modules, "modules", dotted=True)
+        attributes = _names(attributes, "attributes", dotted=False)
+        gone = {m for m in self.modules if any(m == d or m.startswith(f"{d}.") for d in modules)}
+        inside = {d for d in modules if d not in self.modules and self.module_of(d) is not None}
+        return self.model_copy(
+            update={
+                "modules": self.modules - gone,
+                "deny_members": self.deny_members | inside,
+                "builtins": self.builtins - _names(calls, "calls", dotted=False),
+                "dunders": self.dunders - attributes,
+                "private": self.private - attributes,
+                "deny_attributes": self.deny_attributes
+                | {a for a in attributes if not a.startswith("_") or _is_dunder(a)},
+            }
+        )
+
     def extend(
         self,
         *,
         deny_calls: Iterable[str] = (),
         deny_modules: Iterable[str] = (),
         deny_attributes: Iterable[str] = (),
-        deny_write_open: bool | None = None,
-        deny_dynamic_getattr: bool | None = None,
     ) -> GuardPolicy:
-        """A copy that denies these too (flags given as ``None`` keep their value)."""
-        return GuardPolicy(
-            deny_calls=self.deny_calls | _names(deny_calls, "deny_calls", dotted=False),
-            deny_modules=self.deny_modules | _names(deny_modules, "deny_modules", dotted=True),
-            deny_attributes=self.deny_attributes | _names(deny_attributes, "deny_attributes", dotted=False),
-            deny_write_open=self.deny_write_open if deny_write_open is None else deny_write_open,
-            deny_dynamic_getattr=self.deny_dynamic_getattr if deny_dynamic_getattr is None else deny_dynamic_getattr,
-        )
+        """:meth:`deny` under the names of the former deny-list API."""
+        return self.deny(modules=deny_modules, calls=deny_calls, attributes=deny_attributes)
 
-    def allow(
-        self, *, calls: Iterable[str] = (), modules: Iterable[str] = (), attributes: Iterable[str] = ()
-    ) -> GuardPolicy:
-        """A copy that no longer denies these names (e.g. ``GuardPolicy.strict().allow(modules={"pathlib"})``)."""
-        return self.model_copy(
-            update={
-                "deny_calls": self.deny_calls - _names(calls, "calls", dotted=False),
-                "deny_modules": self.deny_modules - _names(modules, "modules", dotted=True),
-                "deny_attributes": self.deny_attributes - _names(attributes, "attributes", dotted=False),
-            }
-        )
+    def with_target(self, target_python: tuple[int, int] | None) -> GuardPolicy:
+        """A copy whose :attr:`target_python` is ``target_python``."""
+        return self.model_copy(update={"target_python": GuardPolicy._version(target_python)})
 
-    def check(self, code: str, *, shadowed: Iterable[str] = ()) -> list[Violation]:
-        """Every violation in ``code``, in source order; ``[]`` when it complies *or does not parse* (the
-        interpreter then reports the syntax error itself, which tells the LM more than a refusal would).
+    def check(
+        self,
+        code: str,
+        *,
+        shadowed: Iterable[str] = (),
+        target_python: tuple[int, int] | None = None,
+        imported: Mapping[str, str] | None = None,
+    ) -> list[Violation]:
+        """Every violation in ``code``, in source order; ``[]`` when it complies.
 
+        Code that does not parse is refused (one ``"syntax"`` violation saying why); ``target_python`` (else the
+        policy's :attr:`target_python`, else the guard's own Python) is the grammar it is parsed with.
         ``shadowed`` are names the REPL binds to something of its own (the RLM's inputs and tools): a bare use of
-        ``input`` or ``code`` then means that variable, not the built-in or the module.
+        ``input`` or ``code`` then means that variable, not the built-in or the module. ``imported`` are the names
+        earlier steps imported (name → dotted path, see :func:`imports_of`): ``j.codecs`` after an earlier
+        ``import json as j`` is then checked as ``json.codecs``, and a bare name that no step imported is a
+        variable. ``None`` (earlier steps unknown): a bare name of an allowed module may be that module, so it may
+        not be used as a value.
         """
-        tree = parse(code)
-        if tree is None:
-            return []
-        scanner = _Scanner(self, tree, frozenset(shadowed))
-        scanner.visit(tree)
+        tree, problem = parse_code(code, target_python or self.target_python)
+        if problem is not None:
+            return [problem]
+        assert tree is not None
+        scanner = _Scanner(self, tree, frozenset(shadowed), imported)
+        scanner.run()
         unique = dict.fromkeys(scanner.found)
         return sorted(unique, key=lambda v: v.line)
 
-    def module_denied(self, path: str) -> str | None:
-        """The denied module or path that covers the dotted ``path`` (``"os.path.join"`` → ``"os"``), or ``None``."""
+    def module_of(self, path: str) -> str | None:
+        """The longest allowed module that ``path`` is, or is inside of (``"json.loads"`` → ``"json"``), or ``None``."""
         parts = path.split(".")
-        for i in range(1, len(parts) + 1):
+        for i in range(len(parts), 0, -1):
             prefix = ".".join(parts[:i])
-            if prefix in self.deny_modules:
+            if prefix in self.modules:
                 return prefix
         return None
 
+    def module_allowed(self, name: str) -> bool:
+        """Whether code may import the module ``name``."""
+        return name in self.modules
 
-__all__ = ["GuardPolicy", "Violation", "ViolationKind"]
+
+def imports_of(code: str) -> dict[str, str]:
+    """The names ``code``'s imports bind (name → dotted path); ``{}`` if it does not parse."""
+    try:
+        return imported_names(ast.parse(code))
+    except (SyntaxError, ValueError):
+        return {}
+
+
+def _is_dunder(name: str) -> bool:
+    return len(name) > 4 and name.startswith("__") and name.endswith("__")
+
+
+HOST_PYTHON: tuple[int, int] = (sys.version_info[0], sys.version_info[1])
+
+__all__ = ["HOST_PYTHON", "GuardPolicy", "Violation", "ViolationKind", "imports_of"]

@@ -1,0 +1,79 @@
+"""CodeGuard's presets on the corpus in tests/guard_corpus: how many escapes each refuses, how much ordinary analysis
+code each lets through, per category. Run with ``-s`` to see the table.
+
+Targets (the issue): strict blocks >= 95% of escapes and allows >= 95% of ordinary code; default >= 85% / >= 97%.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+from guard_corpus.escapes import ESCAPES
+from guard_corpus.ordinary import ORDINARY
+
+from rlm_events.builtins import GuardPolicy
+
+TARGETS = {"strict": (0.95, 0.95), "default": (0.85, 0.97)}  # (escapes blocked, ordinary allowed)
+
+
+def measure(policy: GuardPolicy) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """Per category: [refused, total] for the escapes, [allowed, total] for the ordinary snippets."""
+    escapes: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    ordinary: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for category, code in ESCAPES:
+        escapes[category][0] += bool(policy.check(code))
+        escapes[category][1] += 1
+    for category, code in ORDINARY:
+        ordinary[category][0] += not policy.check(code)
+        ordinary[category][1] += 1
+    return escapes, ordinary
+
+
+def rate(counts: dict[str, list[int]]) -> float:
+    return sum(c[0] for c in counts.values()) / sum(c[1] for c in counts.values())
+
+
+def table(name: str, escapes: dict[str, list[int]], ordinary: dict[str, list[int]]) -> str:
+    lines = [
+        f"{name}: blocks {rate(escapes):.1%} of {len(ESCAPES)} escapes, allows {rate(ordinary):.1%} of "
+        f"{len(ORDINARY)} ordinary snippets"
+    ]
+    lines += [f"  escape   {cat:<15} {n}/{total}" for cat, (n, total) in escapes.items()]
+    lines += [f"  ordinary {cat:<15} {n}/{total}" for cat, (n, total) in ordinary.items()]
+    return "\n".join(lines)
+
+
+def test_the_corpus_has_every_class_of_escape_and_of_ordinary_code():
+    assert len(ESCAPES) >= 150 and len(ORDINARY) >= 40
+    assert {c for c, _ in ESCAPES} >= {
+        "shell", "files", "network", "internals", "dynamic-code", "importers", "reexports", "c-twins",
+        "smuggled-names", "obfuscated", "parser-skew",
+    }  # fmt: skip
+    assert len({code for _, code in ESCAPES}) == len(ESCAPES)
+    assert len({code for _, code in ORDINARY}) == len(ORDINARY)
+
+
+@pytest.mark.parametrize("name", ["strict", "default"])
+def test_preset_meets_its_targets_on_the_corpus(name):
+    escapes, ordinary = measure(GuardPolicy.named(name))
+    report = table(name, escapes, ordinary)
+    print(report)
+    blocked, allowed = TARGETS[name]
+    assert rate(escapes) >= blocked, report
+    assert rate(ordinary) >= allowed, report
+
+
+def test_strict_refuses_at_least_what_default_refuses():
+    default, strict = GuardPolicy.default(), GuardPolicy.strict()
+    for _, code in ESCAPES + ORDINARY:
+        if default.check(code):
+            assert strict.check(code), code
+
+
+@pytest.mark.parametrize("name", ["strict", "default"])
+def test_every_refusal_says_what_to_do_instead(name):
+    policy = GuardPolicy.named(name)
+    for _, code in ESCAPES:
+        for violation in policy.check(code):
+            assert violation.hint, (code, violation)
