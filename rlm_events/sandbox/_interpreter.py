@@ -1,0 +1,496 @@
+"""The host side of the sandbox: :class:`SandboxedInterpreter`, a ``CodeInterpreter`` whose worker process runs
+inside bubblewrap, with a watchdog per execution and a lazy restart after the worker is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import inspect
+import json
+import keyword
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeoutError
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from dspy.primitives import code_interpreter as _ci
+
+from . import _isolation
+from ._isolation import WORKER, PidsCgroup
+
+if TYPE_CHECKING:
+    from . import Sandboxed
+
+# DSPy 3.3+ shows CodeExecutionError to the LM and ends the call on a bare CodeInterpreterError; 3.1 and 3.2 show
+# CodeInterpreterError (they have no other).
+ExecutionError: type[Exception] = getattr(_ci, "CodeExecutionError", _ci.CodeInterpreterError)
+CodeInterpreterError = _ci.CodeInterpreterError
+
+STARTUP_TIMEOUT = 20.0
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+STATE_LOST = (
+    "the interpreter restarts on the next execution, and its state (variables, imports, definitions) was lost; "
+    "files in the working directory were kept"
+)
+# Executions DSPy's RLM makes to set an interpreter up, replayed on a restarted worker: the sandbox dspy facade
+# (DSPy 3.4) is installed with this variable.
+_SETUP_VARIABLE = "__dspy_host_token"
+
+
+class _Lost(Exception):
+    """The worker is gone (or must go): ``str()`` says why, for the LM."""
+
+
+def _takes_keywords_only(fn: Callable[..., Any]) -> bool:
+    # Shared with rlm_events.testing.InProcessInterpreter, so both bind a tool's positional arguments alike.
+    from ..testing import _takes_keywords_only as takes
+
+    return takes(fn)
+
+
+def _run_in_thread(function: Callable[[], Any]) -> Future[Any]:
+    outcome: Future[Any] = Future()
+
+    def run() -> None:
+        try:
+            outcome.set_result(function())
+        except BaseException as exc:
+            outcome.set_exception(exc)
+
+    context = contextvars.copy_context()
+    threading.Thread(target=context.run, args=(run,), daemon=True, name="rlm-events-sandbox-tool").start()
+    return outcome
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _remove_tree(path: str) -> None:
+    """Remove a scratch directory, whatever modes the code left on it (never following its symlinks)."""
+    for root, dirs, _files in os.walk(path):
+        for name in dirs:
+            child = os.path.join(root, name)
+            if not os.path.islink(child):
+                with contextlib.suppress(OSError):
+                    os.chmod(child, 0o700)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+class _Worker:
+    """One sandboxed worker process and its pipes."""
+
+    def __init__(self, sandbox: Sandboxed, scratch: str) -> None:
+        self.sandbox = sandbox
+        self.responses: queue.Queue[bytes | BaseException | None] = queue.Queue()
+        self.send_lock = threading.Lock()
+        self.killed_by_host = False
+        processes = sandbox.max_processes
+        self.cgroup = PidsCgroup(processes) if sandbox._uses_cgroup and processes is not None else None
+        self.stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _release()
+        limits = {
+            "memory_bytes": None if sandbox.memory_mb is None else sandbox.memory_mb * 1024 * 1024,
+            "cpu_seconds": sandbox.cpu_seconds,
+            "max_processes": sandbox.max_processes,
+        }
+        command = [
+            *(self.cgroup.launcher() if self.cgroup else []),
+            *_isolation.bwrap_arguments(sandbox._bwrap, scratch, sandbox.hide, sandbox.python),
+            "--",
+            sandbox.python,
+            "-I",
+            str(WORKER),
+            json.dumps(limits),
+        ]
+        try:
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self.stderr,
+                env=_isolation.sandbox_environment(scratch),
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            self._release()
+            raise CodeInterpreterError(f"Unable to start the sandbox: {exc}") from exc
+        threading.Thread(target=self._read, daemon=True, name="rlm-events-sandbox-reader").start()
+
+    def _read(self) -> None:
+        stream = self.process.stdout
+        assert stream is not None
+        with contextlib.suppress(OSError, ValueError):
+            while True:
+                line = stream.readline(MAX_MESSAGE_BYTES + 1)
+                if not line:
+                    break
+                if len(line) > MAX_MESSAGE_BYTES:
+                    self.responses.put(_Lost(f"sent a message over {MAX_MESSAGE_BYTES // 2**20} MiB"))
+                    return
+                self.responses.put(line)
+        self.responses.put(None)
+
+    def send(self, message: dict[str, Any]) -> None:
+        data = (json.dumps(message, separators=(",", ":"), allow_nan=False) + "\n").encode()
+        with self.send_lock:
+            stdin = self.process.stdin
+            assert stdin is not None
+            try:
+                stdin.write(data)
+                stdin.flush()
+            except (OSError, ValueError) as exc:
+                raise _Lost(self.death()) from exc
+
+    def receive(self, deadline: float | None) -> dict[str, Any]:
+        """The next message; raises _Lost (worker gone, bad message), TimeoutError, or what a tool thread raised."""
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            line = self.responses.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError from None
+        if line is None:
+            raise _Lost(self.death())
+        if isinstance(line, BaseException):
+            raise line
+        try:
+            message = json.loads(line)
+        except ValueError:
+            raise _Lost(f"broke the protocol (not JSON: {line[:200]!r})") from None
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            raise _Lost(f"broke the protocol (not a message: {str(message)[:200]})")
+        return message
+
+    def death(self) -> str:
+        """Why the worker is gone, from its exit status (bwrap exits with 128 + N when signal N killed it)."""
+        if self.killed_by_host:
+            return "was stopped"
+        try:
+            status = self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return "stopped answering"
+        signal_number = -status if status < 0 else status - 128 if status > 128 else 0
+        cpu = self.sandbox.cpu_seconds
+        if signal_number == signal.SIGXCPU:
+            return f"was killed by SIGXCPU: it used up its CPU time (cpu_seconds={cpu} per process)"
+        if signal_number == signal.SIGKILL:
+            return (
+                "was killed by SIGKILL (at its CPU-time hard limit"
+                + (f", cpu_seconds={cpu}+1" if cpu else "")
+                + ", or by the kernel's out-of-memory killer)"
+            )
+        if signal_number:
+            return f"was killed by {_signal_name(signal_number)}"
+        return f"exited with status {status}"
+
+    def startup_error(self) -> str:
+        with contextlib.suppress(OSError, ValueError):
+            self.stderr.seek(0)
+            text = self.stderr.read()[-2000:].decode(errors="replace").strip()
+            if text:
+                return text
+        return self.death()
+
+    def kill(self) -> None:
+        self.killed_by_host = True
+        with contextlib.suppress(OSError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            self.process.kill()
+        if self.cgroup is not None:
+            self.cgroup.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        self._release()
+
+    def _release(self) -> None:
+        if self.cgroup is not None:
+            self.cgroup.remove()
+            self.cgroup = None
+        with contextlib.suppress(OSError):
+            self.stderr.close()
+
+
+class _Resources:
+    """What an interpreter holds outside Python: released by shutdown(), or when it is collected or Python exits."""
+
+    def __init__(self) -> None:
+        self.worker: _Worker | None = None
+        self.scratch: str | None = None
+
+    def drop_worker(self) -> None:
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            worker.kill()
+
+    def close(self) -> None:
+        self.drop_worker()
+        scratch, self.scratch = self.scratch, None
+        if scratch is not None:
+            _remove_tree(scratch)
+
+
+class SandboxedInterpreter:
+    """A persistent Python interpreter in an OS sandbox, implementing DSPy's ``CodeInterpreter`` protocol.
+
+    Made by :class:`rlm_events.sandbox.Sandboxed` (``Sandboxed()()``), which holds the limits. Code sees what it
+    sees in ``dspy.LocalInterpreter``'s worker (DSPy 3.4): a persistent namespace, tools and ``SUBMIT`` as global
+    functions, the value of a final expression as the result, else the printed output; values cross as JSON. One
+    difference: a tool that takes only keyword arguments (DSPy wraps user tools so) also accepts them positionally,
+    bound by its signature, as in :class:`rlm_events.testing.InProcessInterpreter`.
+
+    Tools run in this process, on threads, called over the worker's pipes. An execution that outlives
+    ``timeout`` seconds (tool calls included) kills the sandbox and raises ``CodeExecutionError`` (shown to the LM
+    as ``[Error] Execution timed out after N s ...``); so does a worker that dies (its CPU-time limit, a crash,
+    ``os._exit``). The next execution starts a fresh worker, re-installing what DSPy set up (its ``dspy`` facade);
+    everything else the code had defined is lost, which the error says. Files in :attr:`scratch` survive a
+    restart; :meth:`shutdown` removes them.
+
+    Attributes:
+        scratch: the writable working directory of the sandbox (a fresh one per interpreter), or None before start.
+        restarts: how many times a lost worker was replaced.
+    """
+
+    def __init__(
+        self,
+        tools: dict[str, Callable[..., Any]] | None = None,
+        output_fields: list[dict[str, Any]] | None = None,
+        *,
+        sandbox: Sandboxed | None = None,
+    ) -> None:
+        if sandbox is None:
+            from . import Sandboxed
+
+            sandbox = Sandboxed()
+        self.sandbox = sandbox
+        self.tools: dict[str, Callable[..., Any]] = dict(tools or {})
+        self.output_fields = None if output_fields is None else [dict(field) for field in output_fields]
+        self.restarts = 0
+        self._resources = _Resources()
+        self._finalizer = weakref.finalize(self, self._resources.close)
+        self._lock = threading.Lock()
+        self._ended = False
+        self._lost = False
+        self._setup: list[tuple[str, dict[str, Any]]] = []
+
+    @property
+    def execution_instructions(self) -> str:
+        return self.sandbox.execution_instructions
+
+    @property
+    def scratch(self) -> Path | None:
+        return None if self._resources.scratch is None else Path(self._resources.scratch)
+
+    @property
+    def pid(self) -> int | None:
+        """The host PID of the sandbox's outermost process (bwrap), while a worker runs."""
+        worker = self._resources.worker
+        return None if worker is None else worker.process.pid
+
+    # --- lifecycle -------------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker, or return if it runs. Raises ``CodeInterpreterError`` if the sandbox cannot start."""
+        if self._ended:
+            raise CodeInterpreterError("SandboxedInterpreter session has been shut down.")
+        if self._resources.worker is not None:
+            return
+        if self._resources.scratch is None:
+            base = None if self.sandbox.scratch is None else os.fspath(self.sandbox.scratch)
+            self._resources.scratch = tempfile.mkdtemp(prefix="rlm-sandbox-", dir=base)
+        try:
+            worker = _Worker(self.sandbox, self._resources.scratch)
+        except _isolation.SandboxUnavailable as exc:  # its pids cgroup could not be made this time
+            raise CodeInterpreterError(f"The sandboxed interpreter did not start: {exc}") from exc
+        self._resources.worker = worker
+        try:
+            message = worker.receive(time.monotonic() + STARTUP_TIMEOUT)
+        except TimeoutError:
+            self._resources.drop_worker()
+            raise CodeInterpreterError(
+                f"The sandboxed interpreter did not start within {STARTUP_TIMEOUT:g} s."
+            ) from None
+        except _Lost:
+            error = worker.startup_error()
+            self._resources.drop_worker()
+            raise CodeInterpreterError(f"The sandboxed interpreter did not start: {error}") from None
+        if message.get("type") != "ready":
+            self._resources.drop_worker()
+            raise CodeInterpreterError(f"The sandboxed interpreter sent {message!r} instead of 'ready'")
+        if self._lost:
+            self._lost = False
+            self.restarts += 1
+            for code, variables in self._setup:
+                with contextlib.suppress(Exception):
+                    self._execute(code, variables)
+
+    def shutdown(self) -> None:
+        """Kill the sandbox (every process in it) and remove the scratch directory."""
+        self._ended = True
+        self._resources.close()
+
+    def __enter__(self) -> SandboxedInterpreter:
+        self.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.shutdown()
+
+    def __call__(self, code: str, variables: dict[str, Any] | None = None) -> Any:
+        return self.execute(code, variables)
+
+    # --- execution -------------------------------------------------------------------------------------------------
+
+    def execute(self, code: str, variables: dict[str, Any] | None = None) -> Any:
+        """Run ``code`` in the sandbox's persistent namespace, ``variables`` bound first (JSON-compatible).
+
+        Returns ``FinalOutput`` on ``SUBMIT``, else the final expression's value or the printed output (or None).
+        Raises ``SyntaxError``; ``CodeExecutionError`` for an error in the code or a tool, a timeout, or a lost
+        worker; ``CodeInterpreterError`` for invalid arguments or a sandbox that cannot start.
+        """
+        if not self._lock.acquire(blocking=False):
+            raise CodeInterpreterError("SandboxedInterpreter already has an active execution.")
+        try:
+            variables = self._checked(code, variables)
+            if self._resources.worker is None:
+                self.start()
+                if self._resources.worker is None:  # lost again while DSPy's setup was replayed
+                    self._lost = True
+                    raise ExecutionError(f"The sandboxed interpreter could not be set up again; {STATE_LOST}.")
+            if _SETUP_VARIABLE in variables:
+                self._setup.append((code, dict(variables)))
+            return self._execute(code, variables)
+        finally:
+            self._lock.release()
+
+    def _checked(self, code: Any, variables: Any) -> dict[str, Any]:
+        if not isinstance(code, str):
+            raise CodeInterpreterError("code must be a string")
+        variables = {} if variables is None else variables
+        if not isinstance(variables, dict):
+            raise CodeInterpreterError("variables must map Python identifiers to JSON-compatible values")
+        reserved = {"SUBMIT", "__builtins__", *self.tools}
+        invalid = [
+            name
+            for name in [*self.tools, *variables]
+            if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name)
+        ] + [name for name in variables if name in reserved]
+        if invalid:
+            raise CodeInterpreterError(
+                f"tool and variable names must be distinct, non-reserved Python identifiers: {invalid!r}"
+            )
+        try:
+            json.dumps([variables, self.output_fields], allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise CodeInterpreterError(f"variables and output fields must be JSON-compatible: {exc}") from exc
+        return variables
+
+    def _execute(self, code: str, variables: dict[str, Any]) -> Any:
+        worker = self._resources.worker
+        assert worker is not None
+        timeout = self.sandbox.timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        tool_calls: list[Future[Any]] = []
+        try:
+            worker.send(
+                {
+                    "type": "execute",
+                    "code": code,
+                    "variables": variables,
+                    "tools": list(self.tools),
+                    "output_fields": self.output_fields,
+                }
+            )
+            message = worker.receive(deadline)
+            while message["type"] == "tool_request":
+                tool_calls.append(_run_in_thread(functools.partial(self._handle_tool, message, worker)))
+                message = worker.receive(deadline)
+            for call in tool_calls:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    call.result(remaining)
+                except FutureTimeoutError:
+                    raise TimeoutError from None
+            kind = message["type"]
+            if kind == "terminal_error":
+                raise _Lost(f"failed: {message.get('error')}")
+        except TimeoutError:
+            self._lose()
+            raise ExecutionError(
+                f"Execution timed out after {timeout:g} s: the sandbox was killed, with every process in it; "
+                + STATE_LOST
+                + "."
+            ) from None
+        except _Lost as lost:
+            self._lose()
+            raise ExecutionError(f"The sandboxed interpreter {lost}; {STATE_LOST}.") from None
+        except BaseException:  # e.g. KeyboardInterrupt in a tool: the worker still waits for its answer
+            self._lose()
+            raise
+        if kind == "syntax":
+            raise SyntaxError(message.get("error"))
+        if kind == "execution_error":
+            raise ExecutionError(message.get("error"))
+        if kind == "final":
+            return _ci.FinalOutput(message.get("value"))
+        if kind == "result":
+            value, stdout = message.get("value"), message.get("stdout")
+            return value if value is not None else (stdout or None)
+        self._lose()
+        raise ExecutionError(f"The sandboxed interpreter broke the protocol (sent {kind!r}); {STATE_LOST}.")
+
+    def _lose(self) -> None:
+        self._resources.drop_worker()
+        self._lost = True
+
+    def _handle_tool(self, request: dict[str, Any], worker: _Worker) -> None:
+        request_id = request.get("id")
+        try:
+            name, args, kwargs = request.get("name"), request.get("args", []), request.get("kwargs", {})
+            if not isinstance(name, str) or not isinstance(args, list) or not isinstance(kwargs, dict):
+                raise CodeInterpreterError("malformed tool request")
+            value = self.invoke_tool(name, args, kwargs)
+            json.dumps(value, allow_nan=False)
+            response = {"type": "tool_result", "id": request_id, "value": value}
+        except Exception as exc:
+            response = {"type": "tool_error", "id": request_id, "error": f"{type(exc).__name__}: {exc}"}
+        except BaseException as exc:  # KeyboardInterrupt and the like reach the caller, as in LocalInterpreter
+            worker.responses.put(exc)
+            return
+        with contextlib.suppress(_Lost):
+            if self._resources.worker is worker:
+                worker.send(response)
+
+    def invoke_tool(self, tool_name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """Call one registered host tool, as code in the sandbox called it (awaiting it if it is async)."""
+        tool = self.tools.get(tool_name)
+        if tool is None:
+            raise CodeInterpreterError(f"Unknown tool: {tool_name}")
+        if args and _takes_keywords_only(tool):
+            kwargs = dict(inspect.signature(tool).bind(*args, **kwargs).arguments)
+            args = []
+        result = tool(*args, **kwargs)
+        return asyncio.run(_awaited(result)) if inspect.isawaitable(result) else result

@@ -1,0 +1,295 @@
+"""The OS isolation under :mod:`rlm_events.sandbox`: bubblewrap's command line, the pids cgroup used when the host
+runs as root, and the checks that name what is missing.
+
+All of it is Linux-only; nothing here falls back to running without isolation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+WORKER = Path(__file__).with_name("_worker.py")
+
+# Covered by an empty read-only tmpfs inside the sandbox: temporary files and the Unix sockets of the host's daemons
+# (a socket on a read-only mount can still be connected to), and home directories. The interpreter's own files
+# under them (a pyenv Python in /root, a virtual environment in a home) are bound back read-only.
+DEFAULT_HIDDEN: tuple[str, ...] = ("/tmp", "/var/tmp", "/run", "/home", "/root", "~")
+
+SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+class SandboxUnavailable(RuntimeError):
+    """The sandbox cannot run here; the message names what is missing (and how to get it)."""
+
+
+def find_bwrap(bwrap: str | os.PathLike[str] | None) -> str | None:
+    if bwrap is not None:
+        path = os.fspath(bwrap)
+        return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+    return shutil.which("bwrap")
+
+
+_HELP: dict[str, str] = {}
+
+
+def bwrap_help(bwrap: str) -> str:
+    if bwrap not in _HELP:
+        try:
+            done = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10, check=False)
+            _HELP[bwrap] = done.stdout + done.stderr
+        except (OSError, subprocess.SubprocessError):
+            _HELP[bwrap] = ""
+    return _HELP[bwrap]
+
+
+def _real(path: str) -> str:
+    return os.path.realpath(os.path.expanduser(path))
+
+
+def _under(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def hidden_directories(hide: Iterable[str]) -> list[str]:
+    """The real directories to hide, outermost only, without duplicates (``/var/run`` is often ``/run``)."""
+    found: list[str] = []
+    for entry in hide:
+        real = _real(entry)
+        if real != "/" and os.path.isdir(real) and real not in found:
+            found.append(real)
+    return [d for d in found if not any(other != d and _under(d, other) for other in found)]
+
+
+def interpreter_paths(python: str) -> list[str]:
+    """What the sandboxed interpreter reads to start: its prefixes (standard library, the virtual environment's
+    site-packages), its executable and the worker script."""
+    paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, python, _real(python), str(WORKER)]
+    unique: list[str] = []
+    for path in paths:
+        real = _real(path)
+        for candidate in (os.path.abspath(path), real):
+            if os.path.exists(candidate) and candidate not in unique:
+                unique.append(candidate)
+    return unique
+
+
+def bwrap_arguments(bwrap: str, scratch: str, hide: Sequence[str], python: str) -> list[str]:
+    """``bwrap`` and its options, up to (not including) the command: every namespace unshared (user, PID, network,
+    mount, IPC, UTS, cgroup), no capabilities, the host's filesystem read-only with ``hide`` covered, a fresh
+    ``/proc`` and a minimal read-only ``/dev``, ``scratch`` the one writable directory (and the working one)."""
+    args = [
+        bwrap,
+        "--unshare-all",
+        "--unshare-user",  # required, never "try": no user namespace means no sandbox
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--hostname",
+        "rlm-sandbox",
+    ]
+    if "--disable-userns" in bwrap_help(bwrap):
+        args.append("--disable-userns")
+    args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    hidden = hidden_directories(hide)
+    for directory in hidden:
+        args += ["--tmpfs", directory]
+    for path in interpreter_paths(python):
+        if any(_under(path, directory) for directory in hidden):
+            args += ["--ro-bind", path, path]
+    args += ["--bind", scratch, scratch]
+    for directory in hidden:
+        args += ["--remount-ro", directory]
+    args += ["--remount-ro", "/dev", "--chdir", scratch]
+    return args
+
+
+def sandbox_environment(scratch: str) -> dict[str, str]:
+    """The whole environment the sandbox starts with: none of the host's variables (API keys stay outside)."""
+    return {"PATH": SANDBOX_PATH, "HOME": scratch, "TMPDIR": scratch, "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
+
+
+# --- the process-count limit when the host runs as root ------------------------------------------------------------
+# RLIMIT_NPROC is counted per user, and the kernel never applies it to the host's uid 0 (a user namespace mapped to
+# it stays uid 0 outside). For root, the sandbox goes into a cgroup of its own whose pids.max is the limit.
+
+
+def _pids_hierarchy() -> tuple[str, str] | None:
+    """``(directory of this process's pids cgroup, "v1" or "v2")``, or None."""
+    try:
+        mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
+        own = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    v1 = v2 = None
+    for line in mountinfo:
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) < 5 or len(tail) < 3:
+            continue
+        if tail[0] == "cgroup" and "pids" in tail[2].split(","):
+            v1 = fields[4]
+        elif tail[0] == "cgroup2":
+            v2 = fields[4]
+    for line in own:
+        _, controllers, path = [*line.split(":", 2), "", ""][:3]
+        if v1 and "pids" in controllers.split(","):
+            return os.path.join(v1, path.lstrip("/")), "v1"
+    for line in own:
+        if line.startswith("0::") and v2:
+            directory = os.path.join(v2, line[3:].lstrip("/"))
+            with contextlib.suppress(OSError):
+                if "pids" in Path(directory, "cgroup.controllers").read_text().split():
+                    return directory, "v2"
+    return None
+
+
+class PidsCgroup:
+    """A pids cgroup of one sandbox: created with ``pids.max``, joined by the launcher, emptied and removed."""
+
+    def __init__(self, limit: int) -> None:
+        found = _pids_hierarchy()
+        if found is None:
+            raise SandboxUnavailable(_NO_CGROUP)
+        parent, self.version = found
+        self.path = os.path.join(parent, f"rlm-events-sandbox-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+        try:
+            os.mkdir(self.path)
+        except OSError as exc:
+            raise SandboxUnavailable(f"{_NO_CGROUP} (creating {self.path}: {exc})") from exc
+        try:
+            Path(self.path, "pids.max").write_text(str(limit))
+        except OSError as exc:
+            self.remove()
+            raise SandboxUnavailable(f"{_NO_CGROUP} (setting pids.max in {self.path}: {exc})") from exc
+
+    @property
+    def procs(self) -> str:
+        return os.path.join(self.path, "cgroup.procs")
+
+    def launcher(self) -> list[str]:
+        """A prefix for the command: the shell joins the cgroup, then becomes bwrap (so everything it starts is in)."""
+        return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', self.procs]
+
+    def kill(self) -> None:
+        """SIGKILL to everything in the cgroup (the sandbox's processes die with its PID namespace anyway)."""
+        if self.version == "v2":
+            with contextlib.suppress(OSError):
+                Path(self.path, "cgroup.kill").write_text("1")
+                return
+        try:
+            pids = [int(p) for p in Path(self.procs).read_text().split()]
+        except (OSError, ValueError):
+            return
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+    def remove(self) -> None:
+        """Remove the cgroup once its last process has gone (within 5 s; a cgroup left behind is empty)."""
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                os.rmdir(self.path)
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    return
+                self.kill()
+                time.sleep(0.002)
+
+
+_NO_CGROUP = (
+    "max_processes cannot be enforced: the host runs as root (uid 0), which RLIMIT_NPROC never binds, and no "
+    "writable pids cgroup was found (cgroup v1 'pids' hierarchy, or cgroup v2 with the 'pids' controller delegated). "
+    "Run as a non-root user, give this process a writable pids cgroup, or pass max_processes=None to run without a "
+    "process-count limit"
+)
+
+
+def needs_cgroup(max_processes: int | None) -> bool:
+    return max_processes is not None and os.geteuid() == 0
+
+
+# --- what is missing ----------------------------------------------------------------------------------------------
+
+_PROBED: dict[tuple[str, str, tuple[str, ...], bool], str | None] = {}
+_PROBE_LOCK = threading.Lock()
+
+
+def _userns_hints() -> list[str]:
+    hints = []
+    for path, bad, text in (
+        ("/proc/sys/kernel/unprivileged_userns_clone", "0", "unprivileged user namespaces are disabled"),
+        ("/proc/sys/user/max_user_namespaces", "0", "user namespaces are disabled"),
+        ("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1", "AppArmor restricts them"),
+    ):
+        with contextlib.suppress(OSError):
+            if Path(path).read_text().strip() == bad:
+                hints.append(f"{text} ({path} is {bad})")
+    return hints
+
+
+def problems(
+    bwrap: str | os.PathLike[str] | None, python: str, hide: Sequence[str], max_processes: int | None
+) -> list[str]:
+    """What stops the sandbox from running here, each naming the missing primitive; empty when it runs. The first
+    check on a configuration starts a real sandbox (cached for the process)."""
+    if not sys.platform.startswith("linux"):
+        return [f"rlm_events.sandbox needs Linux (user, PID, network and mount namespaces); this is {sys.platform}"]
+    found = find_bwrap(bwrap)
+    if found is None:
+        where = f"{os.fspath(bwrap)} is not an executable file" if bwrap is not None else "not found on PATH"
+        return [f"bubblewrap (bwrap) {where}: install it (Debian/Ubuntu: apt-get install bubblewrap)"]
+    use_cgroup = needs_cgroup(max_processes)
+    key = (found, python, tuple(hide), use_cgroup)
+    with _PROBE_LOCK:
+        if key not in _PROBED:
+            _PROBED[key] = _probe(found, python, hide, use_cgroup)
+        failure = _PROBED[key]
+    return [] if failure is None else [failure]
+
+
+def _probe(bwrap: str, python: str, hide: Sequence[str], use_cgroup: bool) -> str | None:
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="rlm-sandbox-probe-")
+    cgroup = None
+    try:
+        prefix: list[str] = []
+        if use_cgroup:
+            try:
+                cgroup = PidsCgroup(64)
+            except SandboxUnavailable as exc:
+                return str(exc)
+            prefix = cgroup.launcher()
+        command = [*prefix, *bwrap_arguments(bwrap, scratch, hide, python), "--", python, "-I", "-c", "print('ok')"]
+        try:
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=30, env=sandbox_environment(scratch), check=False
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"bubblewrap ({bwrap}) could not start a sandbox: {exc}"
+        if done.returncode == 0 and done.stdout.strip() == "ok":
+            return None
+        detail = (done.stderr.strip() or done.stdout.strip() or f"exit status {done.returncode}")[-600:]
+        hints = "".join(f"; {hint}" for hint in _userns_hints())
+        return (
+            f"bubblewrap ({bwrap}) could not start a sandbox (user, PID, network and mount namespaces): {detail}{hints}"
+        )
+    finally:
+        if cgroup is not None:
+            cgroup.remove()
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -1,0 +1,288 @@
+"""The interpreter process of :class:`rlm_events.sandbox.SandboxedInterpreter`: run inside the sandbox as a script
+(``python -I _worker.py LIMITS_JSON``), standard library only.
+
+It speaks the line protocol of ``dspy.LocalInterpreter``'s worker (DSPy 3.4), one JSON object per line: it says
+``ready``, then answers each ``execute`` request (code, variables, tool names, output fields) with ``result``,
+``final`` (``SUBMIT``), ``syntax``, ``execution_error`` or ``terminal_error``; a tool called by the code becomes a
+``tool_request`` answered by the host with ``tool_result`` or ``tool_error``. What code sees is what it sees there:
+a persistent namespace, tools and ``SUBMIT`` as globals, the value of a final expression as the result (else the
+printed output), errors as ``"Type: message"``, values through JSON (``repr`` where they are not JSON).
+
+Before anything else it lowers its own resource limits (inherited by every process the code starts, and never
+raised again: the sandbox holds no capability). Everything here is inside the boundary: the host trusts none of
+what this process sends.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import contextlib
+import itertools
+import json
+import keyword
+import os
+import queue
+import resource
+import sys
+import tempfile
+import threading
+from typing import Any
+
+# Printed output kept per execution: the host and the LM need a readable amount, not a flood.
+MAX_CAPTURED_BYTES = 4 * 1024 * 1024
+
+
+def apply_limits(limits: dict[str, Any]) -> None:
+    """Soft and hard limits at once, so executed code cannot raise them back."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    memory = limits.get("memory_bytes")
+    if memory:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    cpu = limits.get("cpu_seconds")
+    if cpu:
+        # SIGXCPU at the soft limit, SIGKILL a second later if that signal is caught.
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    processes = limits.get("max_processes")
+    if processes:
+        # Counted per user in this user namespace (it does not bind uid 0 of the host: the host side then puts the
+        # sandbox in a pids cgroup).
+        resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
+
+
+class Channel:
+    """The protocol's own copies of stdin and stdout; file descriptors 0, 1 and 2 then point to /dev/null, so code
+    that writes to them (or reads) outside an execution cannot break the protocol."""
+
+    input: Any = None
+    output: Any = None
+    lock = threading.Lock()
+
+    @classmethod
+    def open(cls) -> None:
+        cls.output = os.fdopen(os.dup(1), "w", encoding="utf-8")
+        cls.input = os.fdopen(os.dup(0), "r", encoding="utf-8")
+        sink = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(sink, fd)
+        os.close(sink)
+
+
+_worker_stdout, _worker_stderr = sys.stdout, sys.stderr
+
+
+class Submission(BaseException):
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value, allow_nan=False)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def send(message: dict[str, Any]) -> None:
+    line = json.dumps(message, separators=(",", ":"), allow_nan=False)
+    with Channel.lock:
+        Channel.output.write(line + "\n")
+        Channel.output.flush()
+
+
+def receive() -> dict[str, Any]:
+    line = Channel.input.readline()
+    if not line:
+        raise EOFError
+    message = json.loads(line)
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ValueError("protocol messages must be tagged objects")
+    return message
+
+
+class Protocol:
+    """Reads the host's messages on a thread: tool answers go to the waiting call, the rest to ``commands``."""
+
+    def __init__(self) -> None:
+        self.commands: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.pending: dict[int, queue.Queue[dict[str, Any] | None]] = {}
+        self.lock = threading.Lock()
+        self.ids = itertools.count()
+        threading.Thread(target=self._read, daemon=True, name="rlm-events-sandbox-protocol").start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                message = receive()
+                request_id = message.get("id")
+                if message["type"] in {"tool_result", "tool_error"} and isinstance(request_id, int):
+                    with self.lock:
+                        response = self.pending.get(request_id)
+                    if response is not None:
+                        response.put(message)
+                else:
+                    self.commands.put(message)
+        except EOFError:
+            pass
+        except BaseException as exc:
+            self.commands.put({"type": "protocol_error", "error": describe(exc)})
+        self.commands.put(None)
+        with self.lock:
+            waiting = list(self.pending.values())
+        for response in waiting:
+            response.put(None)
+
+    def call_tool(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        request_id = next(self.ids)
+        response: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=1)
+        with self.lock:
+            self.pending[request_id] = response
+        try:
+            send({"type": "tool_request", "id": request_id, "name": name, "args": list(args), "kwargs": kwargs})
+            message = response.get()
+        finally:
+            with self.lock:
+                self.pending.pop(request_id, None)
+        if message is None:
+            raise EOFError("the host closed the connection")
+        if message.get("type") == "tool_error":
+            raise RuntimeError(message.get("error"))
+        return message.get("value")
+
+
+class CapturedOutput:
+    """Everything written to file descriptors 1 and 2 during one execution (subprocesses' output included)."""
+
+    value = ""
+
+    def __enter__(self) -> CapturedOutput:
+        self.file = tempfile.TemporaryFile()
+        for stream in (_worker_stdout, _worker_stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        sys.stdout, sys.stderr = _worker_stdout, _worker_stderr
+        self.saved = os.dup(1), os.dup(2)
+        os.dup2(self.file.fileno(), 1)
+        os.dup2(self.file.fileno(), 2)
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        for stream in (sys.stdout, sys.stderr, _worker_stdout, _worker_stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        sys.stdout, sys.stderr = _worker_stdout, _worker_stderr
+        os.dup2(self.saved[0], 1)
+        os.dup2(self.saved[1], 2)
+        os.close(self.saved[0])
+        os.close(self.saved[1])
+        size = self.file.seek(0, os.SEEK_END)
+        self.file.seek(0)
+        text = self.file.read(MAX_CAPTURED_BYTES).decode(errors="replace")
+        if size > MAX_CAPTURED_BYTES:
+            text += f"\n... [output truncated: {size} bytes in all]"
+        self.value = text.rstrip("\n")
+        self.file.close()
+
+
+class Session:
+    def __init__(self, protocol: Protocol) -> None:
+        self.protocol = protocol
+        self.worker_threads = set(threading.enumerate())
+        self.namespace: dict[str, Any] = {"__builtins__": vars(builtins).copy()}
+        self.tool_names: set[str] = set()
+        self.output_fields: list[dict[str, Any]] | None = None
+
+    def configure(self, tool_names: list[str], output_fields: list[dict[str, Any]] | None) -> None:
+        for name in tool_names:
+            if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+                raise ValueError("tool names must be Python identifiers")
+        for name in self.tool_names:
+            self.namespace.pop(name, None)
+        self.tool_names = set(tool_names)
+        self.output_fields = output_fields
+        for name in tool_names:
+            self.namespace[name] = self._tool(name)
+        self.namespace["__builtins__"] = vars(builtins).copy()
+        self.namespace["SUBMIT"] = self.submit
+
+    def _tool(self, name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self.protocol.call_tool(name, args, kwargs)
+
+        call.__name__ = call.__qualname__ = name
+        return call
+
+    def submit(self, *args: Any, **kwargs: Any) -> None:
+        if self.output_fields is None:
+            if len(args) != 1 or kwargs:
+                raise TypeError("SUBMIT requires one output value")
+            raise Submission({"output": args[0]})
+        names = [field["name"] for field in self.output_fields]
+        if args and kwargs:
+            raise TypeError("SUBMIT accepts positional or keyword values, not both")
+        values = dict(zip(names, args, strict=False)) if args else dict(kwargs)
+        if set(values) != set(names) or len(args) > len(names):
+            raise TypeError("SUBMIT fields do not match the configured output fields")
+        raise Submission(values)
+
+    def execute(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.configure(list(request.get("tools") or []), request.get("output_fields"))
+        variables = request.get("variables") or {}
+        if {"SUBMIT", "__builtins__", *self.tool_names} & variables.keys():
+            raise ValueError("variables cannot replace interpreter-owned globals")
+        code = request["code"]
+        self.namespace.update(variables)
+        outcome: dict[str, Any]
+        with CapturedOutput() as captured:
+            try:
+                tree = ast.parse(code, mode="exec")
+                last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+                exec(compile(tree, "<interpreter>", "exec"), self.namespace)
+                value = (
+                    eval(compile(ast.Expression(last.value), "<interpreter>", "eval"), self.namespace) if last else None
+                )
+                outcome = {"type": "result", "value": jsonable(value)}
+            except Submission as submission:
+                outcome = {"type": "final", "value": jsonable(submission.value)}
+            except SyntaxError as exc:
+                outcome = {"type": "syntax", "error": str(exc)}
+            except BaseException as exc:
+                outcome = {"type": "execution_error", "error": describe(exc)}
+        outcome["stdout"] = captured.value
+        leaked = [thread.name for thread in threading.enumerate() if thread not in self.worker_threads]
+        if leaked:
+            return {"type": "terminal_error", "error": f"executed code left background threads running: {leaked!r}"}
+        return outcome
+
+
+def main() -> None:
+    apply_limits(json.loads(sys.argv[1]) if len(sys.argv) > 1 else {})
+    Channel.open()
+    protocol = Protocol()
+    session = Session(protocol)
+    send({"type": "ready", "pid": os.getpid()})
+    try:
+        while True:
+            request = protocol.commands.get()
+            if request is None or request.get("type") == "shutdown":
+                return
+            if request.get("type") == "protocol_error":
+                raise ValueError(request.get("error"))
+            if request.get("type") != "execute":
+                raise ValueError(f"unknown request {request.get('type')!r}")
+            response = session.execute(request)
+            send(response)
+            if response["type"] == "terminal_error":
+                return
+    except BaseException as exc:
+        with contextlib.suppress(BaseException):
+            send({"type": "terminal_error", "error": describe(exc)})
+
+
+if __name__ == "__main__":
+    main()

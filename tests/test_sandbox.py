@@ -1,0 +1,557 @@
+"""rlm_events.sandbox: attacks run as LM-written code in real dspy.RLM calls, their effects checked on the host.
+
+Every attack is code a ScriptedLM writes; each RLM call must complete, with the attack's error in its trajectory,
+and the host must show no trace of it. Needs Linux, bubblewrap and user namespaces: without them these tests are
+skipped, naming what is missing, unless RLM_EVENTS_REQUIRE_SANDBOX=1 (CI), which makes that a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dspy
+import pytest
+
+import rlm_events
+from rlm_events import sandbox
+from rlm_events.sandbox import Sandboxed, SandboxedInterpreter, SandboxUnavailable, _isolation
+
+ROOT = Path(__file__).resolve().parent.parent
+try:
+    Sandboxed()
+    MISSING = ""
+except SandboxUnavailable as error:
+    MISSING = str(error)
+
+if MISSING and os.environ.get("RLM_EVENTS_REQUIRE_SANDBOX") == "1":
+    raise RuntimeError(f"RLM_EVENTS_REQUIRE_SANDBOX=1 but the sandbox cannot run here: {MISSING}")
+needs_sandbox = pytest.mark.skipif(bool(MISSING), reason=f"no sandbox here: {MISSING}")
+
+
+def outputs(result: Any) -> list[str]:
+    return [str(step["output"]) for step in result.trajectory]
+
+
+def run(make_rlm: Any, steps: list[str], factory: Any, **options: Any) -> Any:
+    rlm, lm = make_rlm(steps, interpreter_factory=factory, **options)
+    with dspy.context(lm=lm):
+        return rlm(text="go")
+
+
+def marked(marker: str) -> int:
+    """Processes on the host whose command line contains ``marker``."""
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    count += 1
+            except OSError:
+                pass
+    return count
+
+
+class Recorder:
+    """An interpreter factory that keeps what it made (to look at after the call)."""
+
+    def __init__(self, **limits: Any) -> None:
+        self.factory = Sandboxed(**limits)
+        self.made: list[SandboxedInterpreter] = []
+        self.execution_instructions = self.factory.execution_instructions
+
+    def __call__(self, *args: Any, **kwargs: Any) -> SandboxedInterpreter:
+        interpreter = self.factory(*args, **kwargs)
+        self.made.append(interpreter)
+        return interpreter
+
+
+def test_it_imports_from_this_worktree():
+    assert Path(rlm_events.__file__).resolve().is_relative_to(ROOT)
+    assert set(sandbox.__all__) == {"DEFAULT_HIDDEN", "SandboxUnavailable", "Sandboxed", "SandboxedInterpreter"}
+
+
+# --- the RLM works in it -------------------------------------------------------------------------------------------
+
+
+@needs_sandbox
+def test_an_rlm_call_runs_in_the_sandbox_with_tools_llm_query_and_submit(make_rlm):
+    def shout(word: str) -> str:
+        return word.upper() + "!"
+
+    recorder = Recorder()
+    steps = [
+        "import os, socket\nprint(os.getpid(), socket.gethostname(), os.getcwd())",
+        "x = shout(word='a') + shout('b') + llm_query('hi')",
+        "SUBMIT(answer=x)",
+    ]
+    result = run(make_rlm, steps, recorder, tools=[shout], sub="sub")
+    assert result.answer == "A!B!sub"
+    pid, hostname, cwd = outputs(result)[0].split()
+    assert int(pid) < 10 and hostname == "rlm-sandbox"  # its own PID and UTS namespaces
+    assert cwd.startswith(os.path.join(os.path.realpath(os.path.dirname(cwd)), "rlm-sandbox-"))
+    [interpreter] = recorder.made
+    assert interpreter.scratch is None and not Path(cwd).exists()  # shut down, scratch removed
+    assert "read-only except the working directory" in Sandboxed().execution_instructions
+
+
+@needs_sandbox
+def test_it_is_a_dspy_rlm_interpreter_factory_on_dspy_3_4():
+    if "interpreter_factory" not in dspy.RLM.__init__.__code__.co_varnames:
+        pytest.skip("dspy.RLM takes no interpreter_factory before DSPy 3.3")
+    from rlm_events.testing import ScriptedLM
+
+    rlm = dspy.RLM("text -> answer", max_iters=3, interpreter_factory=Sandboxed())
+    with dspy.context(lm=ScriptedLM(["import os\nn = os.getpid()", "SUBMIT(answer=str(n))"])):
+        assert int(rlm(text="go").answer) < 10
+
+
+# --- the attacks ---------------------------------------------------------------------------------------------------
+
+
+@needs_sandbox
+def test_files_written_outside_scratch_do_not_exist_afterwards(make_rlm, tmp_path):
+    tag = uuid.uuid4().hex
+    targets = [
+        ROOT / f".sandbox-escape-{tag}",  # the worktree: on the read-only root
+        tmp_path / f"escape-{tag}",  # the host's /tmp: hidden, read-only
+        Path.home() / f".sandbox-escape-{tag}",
+        Path("/etc") / f"sandbox-escape-{tag}",
+        Path(sys.prefix) / f"sandbox-escape-{tag}",  # the interpreter's own files, bound back read-only
+    ]
+    attack = f"""
+import os, subprocess
+errors = []
+for target in {[str(t) for t in targets]!r}:
+    try:
+        with open(target, "w") as handle:
+            handle.write("escaped")
+    except OSError as exc:
+        errors.append(type(exc).__name__ + ": " + str(exc.strerror))
+    os.system(f"echo escaped > {{target}} 2>/dev/null; touch {{target}}.sh 2>/dev/null")
+    subprocess.run(["cp", "/etc/hostname", target + ".cp"], stderr=subprocess.DEVNULL)
+open("inside.txt", "w").write("kept for the call")
+print(len(errors), sorted(set(errors)))
+"""
+    seen: dict[str, bool] = {}
+
+    def on_host(path: str) -> bool:
+        seen[path] = Path(path).exists()
+        return seen[path]
+
+    steps = [attack, "print(on_host(os.path.join(os.getcwd(), 'inside.txt')))", "SUBMIT(answer='done')"]
+    try:
+        result = run(make_rlm, steps, Recorder(), tools=[on_host])
+        assert result.answer == "done"
+        last = outputs(result)[0].splitlines()[-1]
+        # Read-only everywhere; the host's /tmp is hidden (an empty read-only tmpfs), so tmp_path is not even there.
+        errors = ["FileNotFoundError: No such file or directory", "OSError: Read-only file system"]
+        assert last == f"{len(targets)} {errors}"
+        for target in targets:
+            for suffix in ("", ".sh", ".cp"):
+                assert not Path(f"{target}{suffix}").exists(), f"{target}{suffix} was written from the sandbox"
+        # The one writable place is the scratch directory: the host saw the file during the call, then it went.
+        [(inside, existed)] = seen.items()
+        assert existed and outputs(result)[1] == "True"
+        assert not Path(inside).exists() and not Path(inside).parent.exists()
+    finally:
+        for target in targets:
+            for suffix in ("", ".sh", ".cp"):
+                Path(f"{target}{suffix}").unlink(missing_ok=True)
+
+
+@needs_sandbox
+def test_a_connection_to_a_loopback_server_of_the_test_fails(make_rlm):
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    port = server.getsockname()[1]
+    accepted: list[Any] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                accepted.append(server.accept())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    host_sees_it = socket.create_connection(("127.0.0.1", port), timeout=2)  # the server works, from the host
+    attack = f"""
+import os, socket, urllib.request
+errors = []
+for attempt in (
+    lambda: socket.create_connection(("127.0.0.1", {port}), timeout=2),
+    lambda: socket.create_connection(("localhost", {port}), timeout=2),
+    lambda: urllib.request.urlopen("http://127.0.0.1:{port}/", timeout=2),
+):
+    try:
+        attempt()
+        errors.append("connected")
+    except OSError as exc:
+        errors.append(type(exc).__name__)
+import subprocess
+shell = subprocess.run(["/bin/bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/{port}"], capture_output=True).returncode
+print(errors, shell, [name for _, name in socket.if_nameindex()])
+"""
+    try:
+        time.sleep(0.3)
+        before = len(accepted)
+        result = run(make_rlm, [attack, "SUBMIT(answer='done')"], Recorder())
+        assert result.answer == "done"
+        output = outputs(result)[0]
+        assert "connected" not in output and "ConnectionRefusedError" in output, output
+        assert output.endswith(" 1 ['lo']"), output  # bash failed too; a network namespace with its own loopback only
+        assert len(accepted) == before == 1  # the host's own connection, nothing from the sandbox
+    finally:
+        stop.set()
+        host_sees_it.close()
+        thread.join(2)
+        server.close()
+
+
+@needs_sandbox
+def test_os_system_cannot_touch_the_host(make_rlm, tmp_path, monkeypatch):
+    monkeypatch.setenv("RLM_EVENTS_TEST_SECRET", "s3cr3t-value")
+    victim = subprocess.Popen(["sleep", "120"])
+    outside = tmp_path / "touched"
+    attack = f"""
+import os
+status = os.system("kill -9 {victim.pid}; touch {outside}; env; ps -e 2>/dev/null || ls /proc")
+try:
+    os.kill({victim.pid}, 9)
+    print("killed")
+except ProcessLookupError as exc:
+    print("ProcessLookupError")
+"""
+    try:
+        result = run(make_rlm, [attack, "SUBMIT(answer='done')"], Recorder())
+        assert result.answer == "done"
+        output = outputs(result)[0]
+        assert "ProcessLookupError" in output and "killed" not in output, output
+        assert victim.poll() is None, "the sandbox killed a host process"
+        assert not outside.exists()
+        assert "s3cr3t-value" not in output and "RLM_EVENTS_TEST_SECRET" not in output  # no host environment
+        assert f"{victim.pid}" not in output.replace(f"kill -9 {victim.pid}", "")  # host processes are not visible
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+@needs_sandbox
+def test_a_bounded_process_flood_is_stopped_and_its_processes_die_with_the_sandbox(make_rlm):
+    marker = f"rlm-flood-{uuid.uuid4().hex}"
+    flood = f"""
+import subprocess, sys
+procs, error = [], None
+for _ in range(40):  # bounded: never an unbounded fork bomb on a shared machine
+    try:
+        procs.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "{marker}"]))
+    except OSError as exc:
+        error = exc
+        break
+print(len(procs), type(error).__name__, error)
+"""
+    during: list[int] = []
+
+    def count_marked() -> int:
+        during.append(marked(marker))
+        return during[-1]
+
+    steps = [flood, "print(count_marked())", "SUBMIT(answer='done')"]
+    result = run(make_rlm, steps, Recorder(max_processes=16), tools=[count_marked])
+    assert result.answer == "done"
+    started, kind, *message = outputs(result)[0].splitlines()[-1].split()
+    assert 0 < int(started) < 16 and kind == "BlockingIOError", outputs(result)[0]
+    assert "Resource temporarily unavailable" in " ".join(message)
+    assert len(during) == 1 and 0 < during[0] <= int(started)  # the flood ran (the host saw its processes) ...
+    assert marked(marker) == 0  # ... and died with the sandbox
+
+
+@needs_sandbox
+def test_a_memory_hog_is_stopped_and_the_interpreter_goes_on(make_rlm):
+    steps = [
+        "kept = 'state survives'",
+        "hog = bytearray(2 * 1024 ** 3)",
+        "chunks = []\nwhile True:\n    chunks.append(bytearray(32 * 1024 ** 2))",
+        "import subprocess, sys\n"
+        "print(subprocess.run([sys.executable, '-c', 'bytearray(2 * 1024 ** 3)'], capture_output=True).returncode)",
+        "SUBMIT(answer=kept)",
+    ]
+    result = run(make_rlm, steps, Recorder(memory_mb=256), max_iters=6)
+    assert result.answer == "state survives"
+    out = outputs(result)
+    assert out[1].startswith("[Error]") and "MemoryError" in out[1]
+    assert out[2].startswith("[Error]") and "MemoryError" in out[2]
+    assert out[3] == "1"  # a child process is limited too
+
+
+@needs_sandbox
+def test_a_runaway_is_killed_at_the_timeout_and_the_lm_is_told_that_state_was_lost(make_rlm):
+    marker = f"rlm-runaway-{uuid.uuid4().hex}"
+    recorder = Recorder(timeout=1.5)
+    steps = [
+        "state = 1",
+        f"import subprocess\nsubprocess.Popen(['/bin/sh', '-c', 'sleep 120', '{marker}'])\nwhile True:\n    pass",
+        "print(count_marked())",
+        "print(state)",
+        "state = 2\nSUBMIT(answer=str(state))",
+    ]
+    started = time.monotonic()
+    result = run(make_rlm, steps, recorder, tools=[count_marked_tool(marker)])
+    assert result.answer == "2"
+    out = outputs(result)
+    assert out[1].startswith("[Error] Execution timed out after 1.5 s")
+    assert "state (variables, imports, definitions) was lost" in out[1]
+    assert out[2] == "0"  # what the runaway started died with it, before the call went on
+    assert out[3].startswith("[Error]") and "NameError" in out[3]  # a fresh interpreter
+    assert recorder.made[0].restarts == 1
+    assert time.monotonic() - started < 15
+
+
+def count_marked_tool(marker: str) -> Any:
+    def count_marked() -> int:
+        return marked(marker)
+
+    return count_marked
+
+
+@needs_sandbox
+def test_the_cpu_time_limit_kills_the_worker_and_the_next_execution_gets_a_fresh_one(make_rlm):
+    steps = ["while True:\n    pass", "print('alive')", "SUBMIT(answer='done')"]
+    result = run(make_rlm, steps, Recorder(cpu_seconds=1, timeout=30))
+    assert result.answer == "done"
+    out = outputs(result)
+    assert out[0].startswith("[Error] The sandboxed interpreter was killed by SIGXCPU"), out[0]
+    assert "state (variables, imports, definitions) was lost" in out[0]
+    assert out[1] == "alive"
+
+
+@needs_sandbox
+def test_the_dspy_facade_is_installed_again_after_a_restart(make_rlm):
+    if not hasattr(dspy, "LocalInterpreter"):
+        pytest.skip("the sandbox dspy facade is DSPy 3.4's")
+    steps = ["while True: pass", "import dspy\nprint(type(dspy.Predict).__name__)", "SUBMIT(answer='done')"]
+    result = run(make_rlm, steps, Recorder(timeout=1))
+    assert outputs(result)[0].startswith("[Error] Execution timed out")
+    assert outputs(result)[1] == "function"  # the shim's constructor, not ModuleNotFoundError
+
+
+# --- lifecycle -----------------------------------------------------------------------------------------------------
+
+
+@needs_sandbox
+def test_shutdown_kills_every_process_and_removes_scratch_and_cgroup():
+    interpreter = Sandboxed()()
+    interpreter.execute("import subprocess\nsubprocess.Popen(['sleep', '120'])\nopen('f', 'w').write('x')")
+    pid, scratch = interpreter.pid, interpreter.scratch
+    assert pid is not None and scratch is not None and (scratch / "f").exists()
+    interpreter.shutdown()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert not scratch.exists() and interpreter.pid is None
+    found = _isolation._pids_hierarchy()
+    if found:
+        assert not list(Path(found[0]).glob(f"rlm-events-sandbox-{os.getpid()}-*"))
+    with pytest.raises(dspy.primitives.code_interpreter.CodeInterpreterError, match="shut down"):
+        interpreter.execute("1")
+
+
+@needs_sandbox
+def test_results_match_dspy_local_interpreter():
+    if not hasattr(dspy, "LocalInterpreter"):
+        pytest.skip("dspy.LocalInterpreter is DSPy 3.4's")
+
+    def lookup(key: str) -> str:
+        return key.upper()
+
+    def failing() -> None:
+        raise KeyError("nope")
+
+    snippets = [
+        "x = 1",
+        "x + 1",
+        "print('a')\nprint('b')",
+        "print('a'); 5",
+        "lookup(key='k')",
+        "failing()",
+        "1/0",
+        "import sys; sys.exit(3)",
+        "object",
+        "float('nan')",
+        "def f(:",
+        "eval('1 +')",
+        "SUBMIT('a')",
+        "SUBMIT(answer='b')",
+        "SUBMIT(1, 2)",
+        "SUBMIT(answer={1, 2})",
+        "import threading; threading.Thread(target=lambda: None).start()",
+        "[x, {'k': (1, 2)}]",
+    ]
+    tools = {"lookup": lookup, "failing": failing}
+    fields = [{"name": "answer", "type": "str"}]
+
+    def results(interpreter: Any) -> list[str]:
+        seen = []
+        for code in snippets:
+            try:
+                seen.append(repr(interpreter.execute(code)))
+            except Exception as exc:
+                seen.append(f"{type(exc).__name__}: {str(exc).split(' at 0x')[0]}")
+        interpreter.shutdown()
+        return seen
+
+    ours = results(Sandboxed()(dict(tools), fields))
+    theirs = results(dspy.LocalInterpreter(dict(tools), fields))
+    assert ours == theirs
+
+
+# --- where it cannot run, it says what is missing ------------------------------------------------------------------
+
+
+def test_a_missing_bwrap_is_named():
+    with pytest.raises(SandboxUnavailable, match=r"bubblewrap \(bwrap\) /nonexistent/bwrap is not an executable"):
+        Sandboxed(bwrap="/nonexistent/bwrap")
+
+
+def test_no_bwrap_on_path_is_named(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(SandboxUnavailable, match=r"bwrap\) not found on PATH: install it .*apt-get install bubblewrap"):
+        Sandboxed()
+
+
+def test_a_sandbox_that_cannot_start_is_named_with_bwraps_reason(tmp_path, monkeypatch):
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to creating new namespace' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(_isolation, "_PROBED", {})
+    with pytest.raises(
+        SandboxUnavailable, match=r"could not start a sandbox .*No permissions to creating new namespace"
+    ):
+        Sandboxed(bwrap=fake)
+
+
+def test_root_without_a_pids_cgroup_is_named(monkeypatch):
+    monkeypatch.setattr(_isolation, "_PROBED", {})
+    monkeypatch.setattr(_isolation.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(_isolation, "_pids_hierarchy", lambda: None)
+    if _isolation.find_bwrap(None) is None:
+        pytest.skip("needs bwrap on PATH to get as far as the process-count limit")
+    with pytest.raises(SandboxUnavailable, match="max_processes cannot be enforced: the host runs as root"):
+        Sandboxed()
+    assert Sandboxed(max_processes=None).max_processes is None or MISSING  # the explicit opt-out
+
+
+def test_other_systems_are_named(monkeypatch):
+    monkeypatch.setattr(_isolation.sys, "platform", "darwin")
+    with pytest.raises(SandboxUnavailable, match=r"needs Linux .* this is darwin"):
+        Sandboxed()
+
+
+def test_limits_are_checked():
+    for bad in ({"timeout": 0}, {"memory_mb": 1}, {"max_processes": 2}, {"cpu_seconds": 0}, {"hide": "/tmp"}):
+        with pytest.raises((ValueError, TypeError)):
+            Sandboxed(**bad)
+
+
+def test_nothing_here_imports_the_sandbox_worker_into_the_host():
+    # The worker rewires file descriptors 0-2 only when it runs as a script, never on import.
+    done = subprocess.run(
+        [sys.executable, "-c", "import rlm_events.sandbox._worker as w; print(w.MAX_CAPTURED_BYTES)"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    assert done.stdout.strip() == str(4 * 1024 * 1024), done.stderr
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_sandboxes() -> Iterator[None]:
+    yield
+    found = _isolation._pids_hierarchy() if sys.platform.startswith("linux") else None
+    if found:
+        assert not list(Path(found[0]).glob(f"rlm-events-sandbox-{os.getpid()}-*"))
+
+
+@needs_sandbox
+def test_for_a_non_root_host_rlimit_nproc_in_the_namespace_stops_a_flood():
+    """The limit a non-root host relies on (as root, the pids cgroup does the work): the worker of an unprivileged
+    user, started as Sandboxed starts it, cannot exceed max_processes. Run as nobody with Debian's Python."""
+    python, setpriv = Path("/usr/bin/python3"), Path("/usr/bin/setpriv")
+    if os.geteuid() != 0 or not python.exists() or not setpriv.exists():
+        pytest.skip("needs root (to become nobody), /usr/bin/python3 and setpriv")
+    scratch = Path(tempfile.mkdtemp(prefix="rlm-sandbox-nobody-"))  # pytest's tmp_path is private to root
+    worker = scratch / "_worker.py"
+    worker.write_text(_isolation.WORKER.read_text())
+    os.chown(scratch, 65534, 65534)
+    limits = {"memory_bytes": 256 * 2**20, "cpu_seconds": 10, "max_processes": 12}
+    command = [
+        str(setpriv), "--reuid", "65534", "--regid", "65534", "--clear-groups",
+        *_isolation.bwrap_arguments(_isolation.find_bwrap(None) or "bwrap", str(scratch), (), str(python)),
+        "--", str(python), "-I", str(worker), json.dumps(limits),
+    ]  # fmt: skip
+    flood = (
+        "import os, subprocess\nprocs, error = [], None\nfor _ in range(40):\n    try:\n"
+        "        procs.append(subprocess.Popen(['sleep', '30']))\n    except OSError as exc:\n        error = exc\n"
+        "        break\nprint(os.getuid(), len(procs), type(error).__name__)"
+    )
+    request = {"type": "execute", "code": flood, "variables": {}, "tools": [], "output_fields": None}
+    try:
+        done = subprocess.run(
+            command,
+            input=json.dumps(request) + "\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=_isolation.sandbox_environment(str(scratch)),
+            check=False,
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    messages = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [m["type"] for m in messages] == ["ready", "result"], (done.stdout, done.stderr)
+    uid, started, kind = messages[1]["stdout"].split()
+    assert uid == "65534" and 0 < int(started) < 12 and kind == "BlockingIOError"
+
+
+@needs_sandbox
+def test_the_benchmark_runs(capsys):
+    if not hasattr(dspy, "LocalInterpreter"):
+        pytest.skip("the benchmark compares with dspy.LocalInterpreter (DSPy 3.4+)")
+    spec = importlib.util.spec_from_file_location("sandbox_benchmark", ROOT / "benchmarks" / "sandbox.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--quick"]) == 0
+    table = capsys.readouterr().out
+    for measure in ("statement", "tool call", "print", "compute", "session: all", "RLM call (5 iterations)"):
+        assert f"| {measure} |" in table
+
+
+@needs_sandbox
+def test_rlm_events_sees_every_stage_of_a_sandboxed_call(make_rlm):
+    def shout(word: str) -> str:
+        return word.upper()
+
+    rlm, lm = make_rlm(
+        ["print(shout(word='a'))", "SUBMIT(answer='done')"], interpreter_factory=Sandboxed(), tools=[shout]
+    )
+    events = rlm_events.instrument(rlm)
+    stages: list[str] = []
+    events.tap(list(rlm_events.Stage), lambda ctx: stages.append(ctx.stage.value))
+    with dspy.context(lm=lm):
+        assert rlm(text="go").answer == "done"
+    assert "tool_call" in stages and stages[0] == "run_start" and stages[-1] == "run_end"
