@@ -111,12 +111,9 @@ LOOP = ("RLM.forward", (iteration(1), iteration(2, tool="llm_query"), iteration(
 
 
 def lm_spans(span_id: str, trace: Any) -> list[Any]:
-    """The LM spans (autolog's) right under ``span_id``."""
-    return [
-        s
-        for s in trace.data.spans
-        if s.parent_id == span_id and s.span_type in (SpanType.LLM, SpanType.CHAT_MODEL) and s.name.endswith("__call__")
-    ]
+    """Autolog's spans of ScriptedLM calls right under ``span_id`` (``ScriptedLM.__call__``; DSPy 3.1 reports a
+    custom LM's calls as a module's, ``ScriptedLM.forward``)."""
+    return [s for s in trace.data.spans if s.parent_id == span_id and s.name.startswith("ScriptedLM.")]
 
 
 def usage_of(entries: list[dict[str, Any]]) -> dict[str, int]:
@@ -192,7 +189,7 @@ def test_with_autolog_its_spans_nest_in_the_loop(make_rlm, autolog, experiment):
     for action in by_name(trace, "generate_action"):  # the predictor's spans, under the action
         (predict,) = [s for s in trace.data.spans if s.parent_id == action.span_id]
         assert predict.name == "Predict.forward"
-        assert any(s.span_type == SpanType.CHAT_MODEL for s in trace.data.spans if s.parent_id == predict.span_id)
+        assert lm_spans(predict.span_id, trace)
     (tool,) = by_name(trace, "llm_query")
     (sub,) = lm_spans(tool.span_id, trace)  # the sub-LM call, under the tool that made it
     assert sub.outputs is not None

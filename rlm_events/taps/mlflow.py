@@ -71,6 +71,7 @@ from ..lm_usage import Usage, meter_run
 from ..runtime import iteration_limit
 from ..stages import Stage
 from ._changes import ChangeWitnesses
+from ._stop import STOP_REASONS, stop_reason
 from ._text import is_error_result, preview, safe_repr
 from ._tool_tap import LOOP_STAGES, InstallableTap
 
@@ -78,8 +79,6 @@ if TYPE_CHECKING:
     from ..instrumentation import Instrumentation
 
 logger = logging.getLogger("rlm_events.taps.mlflow")
-
-STOP_REASONS = ("submit", "max_iters", "budget", "middleware", "error")
 
 
 def _require_mlflow() -> Any:
@@ -495,21 +494,6 @@ class MlflowTap(InstallableTap):
             return self._content(prediction)
         return self._io(fields)
 
-    def _stop_reason(self, state: _RunSpans, ctx: RunEndContext) -> str:
-        reason = getattr(ctx, "stop_reason", None)  # the loop's own word, where this rlm-events has it
-        if isinstance(reason, str) and reason:
-            return reason
-        if ctx.error is not None:
-            return "error"
-        spend = ctx.run.state.get("budget")
-        if ctx.forced_extract and getattr(spend, "stopped_by", None):
-            return "budget"
-        if ctx.forced_extract and state.stopped_by:
-            return "middleware"
-        if ctx.forced_extract:
-            return "max_iters"
-        return "submit"
-
     def _run_end(self, state: _RunSpans, ctx: RunEndContext) -> None:
         with self._lock:
             self._runs.pop(ctx.run.id, None)
@@ -517,7 +501,7 @@ class MlflowTap(InstallableTap):
         status = "ERROR" if ctx.error is not None else None
         try:
             self._close_iteration(state, status=status)
-            reason = self._stop_reason(state, ctx)
+            reason = stop_reason(ctx, bool(state.stopped_by))
             usage = state.usage
             attributes: dict[str, Any] = {
                 "rlm.stop_reason": reason,
