@@ -262,10 +262,10 @@ class MlflowTap(InstallableTap):
     def _model_attributes(self, state: _RunSpans) -> dict[str, Any]:
         if not state.model:
             return {}
-        attributes = {self._Key.MODEL: state.model}
+        attributes = {getattr(self._Key, "MODEL", "mlflow.llm.model"): state.model}  # the keys since MLflow 3.5
         provider = _provider(state.model)
         if provider:
-            attributes[self._Key.MODEL_PROVIDER] = provider
+            attributes[getattr(self._Key, "MODEL_PROVIDER", "mlflow.llm.provider")] = provider
         return attributes
 
     # -- the tap --------------------------------------------------------------------------------------------
