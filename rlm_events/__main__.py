@@ -21,6 +21,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--model", help="use a real LM through DSPy (e.g. openai/gpt-4o-mini) instead of the script")
     demo.add_argument("--trace", default="rlm-trace.jsonl", metavar="PATH", help="where to write the JSONL trace")
+    demo.add_argument(
+        "--mlflow",
+        action="store_true",
+        help="also record the call as an MLflow trace (mlflow.dspy.autolog() and MlflowTap), for 'mlflow ui'",
+    )
+    demo.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="the MLflow tracking store for --mlflow (default: sqlite:///mlruns.db in the working directory)",
+    )
     view = commands.add_parser(
         "view",
         help="render a JSONL trace as one self-contained HTML page",
@@ -35,10 +45,17 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":
-        from .demo import run_demo
+        from .demo import DEFAULT_MLFLOW_URI, run_demo
 
+        if args.tracking_uri and not args.mlflow:
+            print("--tracking-uri is for --mlflow", file=sys.stderr)
+            return 2
         try:
-            run_demo(model=args.model, trace_path=args.trace)
+            run_demo(
+                model=args.model,
+                trace_path=args.trace,
+                mlflow_uri=(args.tracking_uri or DEFAULT_MLFLOW_URI) if args.mlflow else None,
+            )
         except Exception as exc:
             print(f"demo failed: {type(exc).__name__}: {exc}\nthe trace {args.trace} records the call", file=sys.stderr)
             return 1

@@ -5,6 +5,10 @@ It runs on an embedded scripted LM (no API key) or, with ``model``, on a real LM
 the budget are on, the progress tap shows where the call is, every stage is printed as it fires, and the whole call
 is recorded as a JSONL trace for ``python -m rlm_events view``. The script's second step reaches for the shell; the
 guard refuses it, the LM gets the ``[Error]`` back and the next step recovers in plain Python.
+
+With ``mlflow_uri`` (``python -m rlm_events demo --mlflow``) the call is also recorded as an MLflow trace, with
+``mlflow.dspy.autolog()`` on and :class:`~rlm_events.taps.MlflowTap` installed, in the tracking store at that URI
+(default ``sqlite:///mlruns.db``, in the working directory), for ``mlflow ui``.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from .trace import JsonlTrace
 
 SIGNATURE = "text -> todo: int, fixme: int, summary: str"
 DEFAULT_TRACE = "rlm-trace.jsonl"
+DEFAULT_MLFLOW_URI = "sqlite:///mlruns.db"
+MLFLOW_EXPERIMENT = "rlm-events demo"
 MAX_ITERS = 8
 # The budget matters with --model (a real, paid LM); the script stays far below it.
 MAX_SECONDS, MAX_TOKENS, MAX_COST_USD = 120, 100_000, 0.10
@@ -137,10 +143,52 @@ def stage_printer(out: TextIO | None = None) -> Any:
     return show
 
 
+class _MlflowRecording:
+    """The demo's MLflow side: tracking store, experiment, autolog and the tap; undone by :meth:`close`."""
+
+    def __init__(self, events: Instrumentation, uri: str) -> None:
+        try:
+            import mlflow
+        except ImportError as exc:
+            raise RuntimeError("--mlflow needs MLflow: pip install 'rlm-events[mlflow]' mlflow") from exc
+        from .taps.mlflow import MlflowTap
+
+        self.mlflow, self.uri = mlflow, uri
+        self.previous_uri = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(uri)
+        try:
+            self.experiment = mlflow.set_experiment(MLFLOW_EXPERIMENT)
+        except Exception as exc:
+            mlflow.set_tracking_uri(self.previous_uri)
+            hint = ""
+            if not uri.startswith(("http://", "https://", "databricks")):
+                hint = " (a local store needs the full mlflow package: pip install mlflow)"
+            raise RuntimeError(f"cannot use the MLflow tracking store {uri}{hint}: {exc}") from exc
+        mlflow.dspy.autolog()
+        self.tap = MlflowTap().install(events)
+        self.events = events
+
+    def trace_id(self) -> str | None:
+        """The demo call's trace, once it is stored (MLflow logs spans in the background)."""
+        flush = getattr(self.mlflow, "flush_trace_async_logging", None)
+        if flush is not None:
+            flush()
+        return self.mlflow.get_last_active_trace_id()  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.tap.uninstall(self.events)
+        self.mlflow.dspy.autolog(disable=True)
+        self.mlflow.set_tracking_uri(self.previous_uri)
+
+
 def run_demo(
-    out: TextIO | None = None, model: str | None = None, trace_path: str | os.PathLike[str] = DEFAULT_TRACE
+    out: TextIO | None = None,
+    model: str | None = None,
+    trace_path: str | os.PathLike[str] = DEFAULT_TRACE,
+    mlflow_uri: str | None = None,
 ) -> dspy.Prediction:
-    """Run the demo, printing to ``out`` (default ``sys.stdout``) and writing a fresh trace to ``trace_path``."""
+    """Run the demo, printing to ``out`` (default ``sys.stdout``) and writing a fresh trace to ``trace_path``; with
+    ``mlflow_uri``, also record it as an MLflow trace there."""
 
     def say(text: str) -> None:
         print(text, file=out or sys.stdout, flush=True)
@@ -151,16 +199,32 @@ def run_demo(
     guards = install_guards(events)
     events.tap(stage_printer(out))
     ProgressTap(out).install(events)
+    recording = _MlflowRecording(events, mlflow_uri) if mlflow_uri else None
     path = Path(trace_path)
     text = bundled_text()
     say(f"rlm-events demo: count TODO/FIXME in {len(text.splitlines()):,} lines with dspy.RLM on {lm.model}")
-    say(f"on: {guards}, progress, JSONL trace -> {path}\n")
-    with open(path, "w", encoding="utf-8") as file, JsonlTrace(file) as trace:
-        trace.install(events)
-        with dspy.context(lm=lm):
-            result = rlm(text=text)
+    mlflow_note = f", MLflow trace -> {mlflow_uri}" if mlflow_uri else ""
+    say(f"on: {guards}, progress, JSONL trace -> {path}{mlflow_note}\n")
+    try:
+        with open(path, "w", encoding="utf-8") as file, JsonlTrace(file) as trace:
+            trace.install(events)
+            with dspy.context(lm=lm):
+                result = rlm(text=text)
+        trace_id = recording.trace_id() if recording is not None else None
+    finally:
+        if recording is not None:
+            recording.close()
     want = expected_counts(text)
     say(f"\nanswer: todo={result.todo} fixme={result.fixme} (expected {want['TODO']}/{want['FIXME']})")
     say(f"summary: {result.summary}")
     say(f"trace: {path}  ->  python -m rlm_events view {path} --open")
+    if recording is not None and mlflow_uri:
+        experiment = recording.experiment.experiment_id
+        say(f"MLflow trace {trace_id} in experiment {MLFLOW_EXPERIMENT!r} ({experiment}) at {mlflow_uri}")
+        if mlflow_uri.startswith(("http://", "https://")):
+            say(f"open: {mlflow_uri.rstrip('/')}/#/experiments/{experiment}/traces")
+        else:
+            say(
+                f"open: mlflow ui --backend-store-uri {mlflow_uri}  ->  http://127.0.0.1:5000/#/experiments/{experiment}/traces"
+            )
     return result

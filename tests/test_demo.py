@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from rlm_events.__main__ import main
 from rlm_events.demo import bundled_text, expected_counts
 
@@ -61,3 +63,36 @@ def test_demo_writes_a_fresh_trace_in_the_current_directory(tmp_path, monkeypatc
     capsys.readouterr()
     runs = {line["run_id"] for line in lines_of(tmp_path / "rlm-trace.jsonl")}
     assert len(runs) == 1  # the second demo replaced the first one's trace
+
+
+def test_demo_records_an_mlflow_trace(tmp_path, monkeypatch, capsys):
+    mlflow = pytest.importorskip("mlflow")
+    pytest.importorskip("mlflow.store.tracking.sqlalchemy_store", reason="needs the full mlflow package")
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path / 'demo.db'}"
+    assert main(["demo", "--mlflow", "--tracking-uri", store]) == 0
+    out = capsys.readouterr().out
+    assert f"mlflow ui --backend-store-uri {store}" in out
+    trace_id = re.search(r"MLflow trace (tr-[0-9a-f]+) in experiment 'rlm-events demo'", out).group(1)  # type: ignore[union-attr]
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(store)
+    try:
+        trace = mlflow.get_trace(trace_id)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    spans = trace.data.spans
+    (root,) = [s for s in spans if s.parent_id is None]
+    assert root.name == "RLM.forward" and root.attributes["rlm.stop_reason"] == "submit"
+    iterations = sorted((s for s in spans if s.parent_id == root.span_id), key=lambda s: s.start_time_ns)
+    assert [s.name for s in iterations] == [f"iteration {n}" for n in range(1, 7)]
+    refused = [s for s in spans if s.name == "execute_code" and s.parent_id == iterations[1].span_id]
+    assert [e.name for e in refused[0].events if e.name == "guard_refusal"] == ["guard_refusal"]
+    (tool,) = [s for s in spans if s.name == "llm_query"]
+    assert [s.name for s in spans if s.parent_id == tool.span_id]  # autolog's sub-LM span, under the tool
+    assert (tmp_path / "rlm-trace.jsonl").is_file()
+
+
+def test_demo_tracking_uri_needs_mlflow(capsys):
+    assert main(["demo", "--tracking-uri", "sqlite:///x.db"]) == 2
+    assert "--tracking-uri is for --mlflow" in capsys.readouterr().err

@@ -29,6 +29,7 @@ PUBLIC_MODULES = [
     "rlm_events.taps",
     "rlm_events.taps.jsonl",
     "rlm_events.taps.logs",
+    "rlm_events.taps.mlflow",
     "rlm_events.taps.otel",
     "rlm_events.taps.progress",
     "rlm_events.taps.timings",

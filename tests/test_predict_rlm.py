@@ -161,10 +161,45 @@ def test_opentelemetry_spans_on_predict_rlm():
     rlm = build()
     OpenTelemetryTap(provider).install(rlm_events.instrument(rlm))
     call(rlm, use_async=True)
-    names = [span.name for span in exporter.get_finished_spans()]
-    assert names.count("rlm.iteration") == 3
+    spans = exporter.get_finished_spans()
+    names = [span.name for span in spans]
+    assert sorted(name for name in names if name.startswith("iteration ")) == [
+        "iteration 1",
+        "iteration 2",
+        "iteration 3",
+    ]
     assert {"execute_tool ask", "execute_tool predict"} <= set(names)
     assert any(name.startswith("invoke_agent") for name in names)
+    executions = {span.context.span_id for span in spans if span.name == "execute_code"}
+    tools = [span for span in spans if span.name.startswith("execute_tool")]
+    assert tools and all(span.parent.span_id in executions for span in tools)
+
+
+def test_mlflow_trace_of_predict_rlm(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow.store.tracking.sqlalchemy_store", reason="needs the full mlflow package")
+    import mlflow
+
+    from rlm_events.taps import MlflowTap
+
+    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "false")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    try:
+        experiment = mlflow.set_experiment("predict-rlm").experiment_id
+        rlm = build()
+        MlflowTap().install(rlm_events.instrument(rlm))
+        call(rlm, use_async=True)
+        (found,) = mlflow.search_traces(locations=[experiment], return_type="list")
+        spans = mlflow.get_trace(found.info.trace_id).data.spans
+    finally:
+        mlflow.set_tracking_uri(previous)
+    by_id = {span.span_id: span for span in spans}
+    (root,) = [span for span in spans if span.parent_id is None]
+    assert root.name == f"{type(rlm).__name__}.forward" and root.attributes["rlm.stop_reason"] == "submit"
+    iterations = [span for span in spans if span.parent_id == root.span_id and span.name.startswith("iteration ")]
+    assert len(iterations) == 3
+    tools = [span for span in spans if span.name in ("ask", "predict")]
+    assert tools and {by_id[span.parent_id].name for span in tools} == {"execute_code"}
 
 
 def test_enable_rlm_hooks_on_predict_rlm():

@@ -23,6 +23,7 @@ from rlm_events import Stage
 from rlm_events.taps.logs import LoggingTap
 from rlm_events.taps.otel import OpenTelemetryTap
 from rlm_events.taps.timings import StageTimings, percentile
+from rlm_events.testing import ScriptedLM
 
 MODEL = "openai/gpt-4o-mini"
 STEPS = [
@@ -161,6 +162,17 @@ def span_id(span: ReadableSpan) -> int:
     return span.context.span_id
 
 
+def iteration_spans(spans: tuple[ReadableSpan, ...] | list[ReadableSpan]) -> list[ReadableSpan]:
+    found = [s for s in spans if s.name.startswith("iteration ")]
+    return sorted(found, key=lambda s: s.attributes["rlm.iteration"])
+
+
+def otel_tree(spans: tuple[ReadableSpan, ...] | list[ReadableSpan], root: ReadableSpan) -> tuple[Any, ...]:
+    """``(name, (children...))`` under ``root``, children by start time: the shape MlflowTap's traces have."""
+    below = sorted((s for s in spans if parent_id(s) == span_id(root)), key=lambda s: s.start_time)
+    return (root.name, tuple(otel_tree(spans, child) for child in below))
+
+
 def test_otel_span_tree_attributes_and_usage(make_rlm, exporter, provider):
     rlm, lm = make_rlm(STEPS, sub="hi!", model=MODEL, cost_per_1k_tokens=0.5)
     events = rlm_events.instrument(rlm)
@@ -172,14 +184,22 @@ def test_otel_span_tree_attributes_and_usage(make_rlm, exporter, provider):
 
     spans = exporter.get_finished_spans()
     (run,) = by_name(spans, "invoke_agent RLM(text -> answer)")
-    iterations = sorted(by_name(spans, "rlm.iteration"), key=lambda s: s.attributes["rlm.iteration"])
+    iterations = iteration_spans(spans)
     (tool,) = by_name(spans, "execute_tool llm_query")
-    assert len(spans) == 5
+    executions = sorted(by_name(spans, "execute_code"), key=lambda s: s.start_time)
+    assert len(spans) == 11
     assert run.parent is None
-    assert all(parent_id(s) == span_id(run) for s in iterations)
-    assert parent_id(tool) == span_id(iterations[1])
-    for child in [*iterations, tool]:
-        assert run.start_time <= child.start_time <= child.end_time <= run.end_time
+    assert otel_tree(spans, run) == (
+        "invoke_agent RLM(text -> answer)",
+        (
+            ("iteration 1", (("generate_action", ()), ("execute_code", ()))),
+            ("iteration 2", (("generate_action", ()), ("execute_code", (("execute_tool llm_query", ()),)))),
+            ("iteration 3", (("generate_action", ()), ("execute_code", ()))),
+        ),
+    )
+    for child in spans:
+        if child is not run:
+            assert run.start_time <= child.start_time <= child.end_time <= run.end_time
 
     a = run.attributes
     assert a["gen_ai.operation.name"] == "invoke_agent"
@@ -187,6 +207,7 @@ def test_otel_span_tree_attributes_and_usage(make_rlm, exporter, provider):
     assert a["gen_ai.request.model"] == MODEL
     assert a["gen_ai.provider.name"] == a["gen_ai.system"] == "openai"
     assert a["rlm.run.id"] == ids[0] and a["rlm.iterations"] == 3 and a["rlm.forced_extract"] is False
+    assert a["rlm.stop_reason"] == "submit"
     assert (a["gen_ai.usage.input_tokens"], a["gen_ai.usage.output_tokens"]) == usage(lm.history)
     assert a["rlm.cost_usd"] == pytest.approx(sum(e["cost"] for e in lm.history))
     assert run.status.status_code is StatusCode.UNSET
@@ -197,9 +218,15 @@ def test_otel_span_tree_attributes_and_usage(make_rlm, exporter, provider):
     assert [
         (s.attributes["gen_ai.usage.input_tokens"], s.attributes["gen_ai.usage.output_tokens"]) for s in iterations
     ] == expected
-    assert [s.attributes["rlm.code.length"] for s in iterations] == [len(c) for c in STEPS]
+    actions = sorted(by_name(spans, "generate_action"), key=lambda s: s.start_time)
+    assert [
+        (s.attributes["gen_ai.usage.input_tokens"], s.attributes["gen_ai.usage.output_tokens"]) for s in actions
+    ] == [usage([action]), usage([second]), usage([third])]
+    assert {s.attributes["gen_ai.request.model"] for s in actions} == {MODEL}
+    assert executions[1].attributes.get("gen_ai.usage.output_tokens") == usage([sub])[1]  # the llm_query call
+    assert [s.attributes["rlm.code.length"] for s in executions] == [len(c) for c in STEPS]
     assert [s.attributes["rlm.submitted"] for s in iterations] == [False, False, True]
-    assert "rlm.code" not in iterations[0].attributes  # content is opt-in
+    assert "rlm.code" not in executions[0].attributes  # content is opt-in
 
     t = tool.attributes
     assert (t["gen_ai.operation.name"], t["gen_ai.tool.name"], t["rlm.iteration"]) == ("execute_tool", "llm_query", 1)
@@ -215,15 +242,18 @@ def test_otel_captures_content_and_the_extract_fallback(make_rlm, exporter, prov
 
     spans = exporter.get_finished_spans()
     (run,) = by_name(spans, "invoke_agent RLM(text -> answer)")
-    (extract,) = by_name(spans, "rlm.extract")
-    iterations = by_name(spans, "rlm.iteration")
+    (extract,) = by_name(spans, "extract")
+    iterations = iteration_spans(spans)
+    executions = by_name(spans, "execute_code")
     assert run.attributes["rlm.forced_extract"] is True and "gen_ai.provider.name" not in run.attributes
+    assert run.attributes["rlm.stop_reason"] == "max_iters"
     assert parent_id(extract) == span_id(run)
     assert max(s.end_time for s in iterations) <= extract.start_time
     assert extract.attributes["gen_ai.usage.input_tokens"] == usage([lm.history[-1]])[0]
     assert run.attributes["gen_ai.usage.input_tokens"] == usage(lm.history)[0]
-    assert {s.attributes["rlm.code"] for s in iterations} == {"print('working')"}
-    assert {s.attributes["rlm.output"] for s in iterations} == {"working"}
+    assert {s.attributes["rlm.code"] for s in executions} == {"print('working')"}
+    assert {s.attributes["rlm.output"] for s in executions} == {"working"}
+    assert "late" in extract.attributes["rlm.output"]
 
 
 def test_otel_failed_run_ends_every_span_with_error_status(make_rlm, exporter, provider):
@@ -237,10 +267,12 @@ def test_otel_failed_run_ends_every_span_with_error_status(make_rlm, exporter, p
 
     spans = exporter.get_finished_spans()
     (run,) = by_name(spans, "invoke_agent RLM(text -> answer)")
-    (iteration,) = by_name(spans, "rlm.iteration")  # left open by the failure, ended by run_end
-    for span in (run, iteration):
+    (iteration,) = iteration_spans(spans)  # left open by the failure, ended by run_end
+    (execution,) = by_name(spans, "execute_code")
+    for span in (run, iteration, execution):
         assert span.status.status_code is StatusCode.ERROR
         assert span.attributes["error.type"] == "RuntimeError"
+    assert run.attributes["rlm.stop_reason"] == "error"
     assert run.status.description == "RuntimeError: boom"
     (event,) = run.events
     assert event.name == "exception" and event.attributes["exception.message"] == "boom"
@@ -266,16 +298,19 @@ def test_otel_failing_tool_gets_an_error_span_and_the_run_goes_on(make_rlm, expo
 
 
 def check_tree(spans: tuple[ReadableSpan, ...], parent: ReadableSpan, run_id: str, iterations: int) -> None:
-    """The spans of ``run_id`` form one tree under ``parent``: run -> iterations -> tool calls."""
+    """The spans of ``run_id`` form one tree under ``parent``: run -> iterations -> execute_code -> tool calls."""
     mine = [s for s in spans if s.attributes.get("rlm.run.id") == run_id]
     (run,) = [s for s in mine if s.name.startswith("invoke_agent")]
-    its = {s.attributes["rlm.iteration"]: s for s in mine if s.name == "rlm.iteration"}
+    its = {s.attributes["rlm.iteration"]: s for s in mine if s.name.startswith("iteration ")}
+    executions = {s.attributes["rlm.iteration"]: s for s in mine if s.name == "execute_code"}
     tools = [s for s in mine if s.name.startswith("execute_tool")]
     assert parent_id(run) == span_id(parent)
     assert run.context.trace_id == parent.context.trace_id
     assert sorted(its) == list(range(iterations))
     assert all(parent_id(s) == span_id(run) for s in its.values())
-    assert tools and all(parent_id(t) == span_id(its[t.attributes["rlm.iteration"]]) for t in tools)
+    assert all(parent_id(s) == span_id(its[i]) for i, s in executions.items())
+    assert tools and all(parent_id(t) == span_id(executions[t.attributes["rlm.iteration"]]) for t in tools)
+    assert {s.context.trace_id for s in mine} == {parent.context.trace_id}
 
 
 def test_otel_concurrent_async_runs_get_separate_correctly_parented_trees(make_rlm, exporter, provider):
@@ -331,6 +366,33 @@ def test_otel_concurrent_threaded_runs_with_their_own_lms_report_their_own_usage
         assert (run.attributes["gen_ai.usage.input_tokens"], run.attributes["gen_ai.usage.output_tokens"]) == usage(
             lms[i].history
         )
+
+
+def test_otel_spans_are_current_so_other_instrumentation_nests_in_the_loop(make_rlm, exporter, provider):
+    """An instrumented LM client's spans land under generate_action, the tool that called it, and extract."""
+    tracer = provider.get_tracer("an instrumented LM client")
+
+    class TracedLM(ScriptedLM):
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            with tracer.start_as_current_span("chat scripted"):
+                return super().forward(*args, **kwargs)
+
+    rlm, _ = make_rlm(STEPS, max_iters=2)
+    lm = TracedLM(["print(llm_query('say hi'))", "print('more')"], sub="hi!", extract={"answer": "x"})
+    events = rlm_events.instrument(rlm)
+    OpenTelemetryTap(provider).install(events)
+
+    with dspy.context(lm=lm):
+        rlm(text="t")
+
+    spans = exporter.get_finished_spans()
+    (run,) = by_name(spans, "invoke_agent RLM(text -> answer)")
+    lm_call = ("chat scripted", ())
+    assert otel_tree(spans, run)[1] == (
+        ("iteration 1", (("generate_action", (lm_call,)), ("execute_code", (("execute_tool llm_query", (lm_call,)),)))),
+        ("iteration 2", (("generate_action", (lm_call,)), ("execute_code", ()))),
+        ("extract", (lm_call,)),
+    )
 
 
 def test_otel_without_opentelemetry_names_the_extra(monkeypatch):

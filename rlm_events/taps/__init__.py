@@ -1,8 +1,8 @@
 """Observe-only taps: record, show, log, time and export what instrumented ``dspy.RLM`` calls do.
 
 Register any of them with ``events.tap(tap)`` or ``tap.install(events)``. Each is imported on first use, so
-``import rlm_events.taps`` costs nothing and an optional extra (``rich``, ``otel``) is needed only by the tap that
-uses it.
+``import rlm_events.taps`` costs nothing and an optional extra (``rich``, ``otel``, ``mlflow``) is needed only by the
+tap that uses it.
 
 =====================  ====================  ===================================================================
 tap                    module                what it does
@@ -12,6 +12,7 @@ tap                    module                what it does
 ``LoggingTap``         ``logs``              stage events as ``logging`` records
 ``StageTimings``       ``timings``           per-stage duration statistics
 ``OpenTelemetryTap``   ``otel``              OpenTelemetry spans per call and iteration (``otel``)
+``MlflowTap``          ``mlflow``            MLflow traces of the loop, nesting ``mlflow.dspy.autolog()`` (``mlflow``)
 =====================  ====================  ===================================================================
 
 ``JsonlTrace`` lives with the trace format it writes (schema, reader, viewer) in :mod:`rlm_events.trace`.
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ..trace.writer import JsonlTrace
     from .logs import LoggingTap
+    from .mlflow import MlflowTap
     from .otel import OpenTelemetryTap
     from .progress import ProgressTap
     from .timings import StageStats, StageTimings
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 _EXPORTS = {  # name -> its module, relative to this package
     "JsonlTrace": "..trace.writer",
     "LoggingTap": ".logs",
+    "MlflowTap": ".mlflow",
     "OpenTelemetryTap": ".otel",
     "ProgressTap": ".progress",
     "StageStats": ".timings",
@@ -52,4 +55,4 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPORTS})
 
 
-__all__ = ["JsonlTrace", "LoggingTap", "OpenTelemetryTap", "ProgressTap", "StageStats", "StageTimings"]
+__all__ = ["JsonlTrace", "LoggingTap", "MlflowTap", "OpenTelemetryTap", "ProgressTap", "StageStats", "StageTimings"]

@@ -2,31 +2,35 @@
 
 >>> OpenTelemetryTap(tracer_provider).install(events)  # doctest: +SKIP
 
-Span tree of one call (names / attributes follow the OpenTelemetry GenAI semantic conventions where they apply;
-``rlm.*`` attributes are ours)::
+Span tree of one call: the tree :class:`~rlm_events.taps.MlflowTap` records, with names and attributes after the
+OpenTelemetry GenAI semantic conventions where they apply (``rlm.*`` attributes are ours)::
 
     invoke_agent RLM(text -> answer)     gen_ai.operation.name=invoke_agent, gen_ai.agent.name, gen_ai.request.model,
     │                                    gen_ai.provider.name (+ deprecated gen_ai.system), gen_ai.usage.input_tokens,
     │                                    gen_ai.usage.output_tokens, rlm.run.id, rlm.max_iters, rlm.iterations,
-    │                                    rlm.forced_extract, rlm.cost_usd, error.type
-    ├── rlm.iteration                    rlm.iteration (0-based), rlm.code.length, rlm.code.lines, rlm.skipped,
-    │   │                                rlm.error (the code's result is an error), rlm.output.length,
-    │   │                                rlm.submitted, rlm.stop, gen_ai.request.model, gen_ai.usage.*
-    │   └── execute_tool llm_query       gen_ai.operation.name=execute_tool, gen_ai.tool.name, gen_ai.tool.type,
+    │                                    rlm.forced_extract, rlm.stop_reason, rlm.cost_usd, error.type
+    ├── iteration 1                      rlm.iteration (0-based), rlm.submitted, rlm.stop, gen_ai.usage.*
+    │   ├── generate_action              the LM writes the code: gen_ai.request.model, gen_ai.usage.*
+    │   └── execute_code                 rlm.code.length, rlm.code.lines, rlm.skipped, rlm.error (the code's result
+    │       │                            is an error), rlm.output.length, gen_ai.usage.* (its sub-LM calls)
+    │       └── execute_tool llm_query   gen_ai.operation.name=execute_tool, gen_ai.tool.name, gen_ai.tool.type,
     │                                    rlm.iteration, error.type
-    └── rlm.extract                      the extract fallback (from the last iteration's end), gen_ai.usage.*
+    └── extract                          the extract fallback, gen_ai.usage.*
+
+``rlm.stop_reason`` is ``submit``, ``max_iters``, ``budget``, ``middleware`` or ``error`` (as on the MLflow root).
 
 Guarantees:
 
 * The call span's parent is the span current where the RLM was called, so it nests in your traces. Per-call
   state is kept by run id, never in shared globals: concurrent calls (threads or asyncio tasks) get separate,
-  correctly parented trees, and tool calls arriving on interpreter threads find their iteration's span.
+  correctly parented trees, and tool calls arriving on interpreter threads find their ``execute_code`` span.
+* Spans are current (OpenTelemetry's context) while what they stand for runs: the call span for the whole call,
+  an iteration from ``pre_iteration`` to ``post_iteration``, ``generate_action`` while the LM writes the code,
+  ``execute_code`` while it runs, a tool span while its tool runs, ``extract`` while the extractor runs. So spans
+  other instrumentation creates meanwhile (an instrumented LM client) nest where they happened.
 * Every span ends, failed calls included: on ``run_end`` a failed call's span gets status ERROR, ``error.type``
-  and the recorded exception; an iteration left open by the failure ends with status ERROR too. A tool call that
-  raises gets the same on its span.
-* Tool spans are current while the tool runs, so spans other instrumentation creates inside a tool (an
-  instrumented LM client under ``llm_query``) nest under them. The call and iteration spans are not made current
-  (taps observe the loop; they cannot wrap it).
+  and the recorded exception; spans left open by the failure end with status ERROR too. A tool call that raises
+  gets the same on its span.
 * LM usage comes from the run's one meter (:mod:`rlm_events.lm_usage`), which attributes each LM call to the run
   that made it, concurrent runs on one LM instance included: an iteration span counts the LM calls made during it
   (its action call and its code's sub-LLM calls), the call's span all of them.
@@ -56,11 +60,14 @@ from ..context import (
     StageContext,
     ToolCallContext,
 )
+from ..installable import Registrations
 from ..lm_history import module_label
 from ..lm_usage import Usage, meter_run
 from ..runtime import iteration_limit
+from ..stages import Stage
+from ._stop import stop_reason
 from ._text import is_error_result, preview
-from ._tool_tap import ToolAwareTap
+from ._tool_tap import LOOP_STAGES, ToolAwareTap
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, TracerProvider
@@ -108,15 +115,35 @@ def _error_description(error: BaseException) -> str:
 class _RunSpans:
     """The open spans and LM usage of one call."""
 
-    __slots__ = ("iterations", "last_event_ns", "model", "reported", "run_span", "usage")
+    __slots__ = (
+        "attached",
+        "iteration",
+        "iteration_mark",
+        "last_event_ns",
+        "model",
+        "run_span",
+        "step",
+        "step_kind",
+        "step_mark",
+        "stopped",
+        "usage",
+    )
 
     def __init__(self, run_span: Span, model: str | None, usage: Usage) -> None:
         self.run_span = run_span
         self.model = model
-        self.iterations: dict[int, Span] = {}
+        self.attached: list[tuple[Span, object]] = []  # spans made current in the call's context, innermost last
+        self.iteration: Span | None = None
+        self.step: Span | None = None  # the open generate_action or execute_code span
+        self.step_kind = ""
         self.last_event_ns = time.time_ns()
         self.usage = usage  # the run's one meter (rlm_events.lm_usage)
-        self.reported = (0, 0)  # input and output tokens already put on iteration spans
+        self.iteration_mark = self.step_mark = (usage.prompt_tokens, usage.completion_tokens)
+        self.stopped = False  # a post_iteration had stop set
+
+
+def _totals(usage: Usage) -> tuple[int, int]:
+    return usage.prompt_tokens, usage.completion_tokens
 
 
 class OpenTelemetryTap(ToolAwareTap):
@@ -147,9 +174,17 @@ class OpenTelemetryTap(ToolAwareTap):
         self.max_chars = max_chars
         self._lock = threading.Lock()
         self._runs: dict[str, _RunSpans] = {}
-        self._tool_middleware = self._trace_tool  # one object, so uninstall() can find it
+        # One object each, so uninstall() can find them.
+        self._tool_middleware = self._trace_tool
+        self._extract_middleware = self._trace_extract
 
     # -- registration ---------------------------------------------------------------------------------------
+
+    def registrations(self) -> Registrations:
+        return Registrations(
+            middleware=[(Stage.TOOL_CALL, self._tool_middleware), (Stage.EXTRACT, self._extract_middleware)],
+            taps=[(LOOP_STAGES, self)],
+        )
 
     # -- the tap --------------------------------------------------------------------------------------------
 
@@ -171,8 +206,6 @@ class OpenTelemetryTap(ToolAwareTap):
                 self._post_execution(state, ctx)
             elif isinstance(ctx, PostIterationContext):
                 self._post_iteration(state, ctx)
-            elif isinstance(ctx, ExtractContext):
-                self._extract(state, ctx)
         finally:
             if isinstance(ctx, RunEndContext):
                 self._run_end(state, ctx)
@@ -207,48 +240,112 @@ class OpenTelemetryTap(ToolAwareTap):
             attributes=attributes,
             start_time=_epoch_ns(ctx.run.started_at),
         )
+        state = _RunSpans(span, model, usage)
         with self._lock:
-            self._runs[ctx.run.id] = _RunSpans(span, model, usage)
+            self._runs[ctx.run.id] = state
+        self._push(state, span)
 
-    def _child(self, state: _RunSpans, name: str, start_ns: int, attributes: dict[str, Any]) -> Span:
-        parent = self._trace.set_span_in_context(state.run_span)
-        return self.tracer.start_span(name, context=parent, attributes=attributes, start_time=start_ns)
+    # -- spans current in the call's context -----------------------------------------------------------------
+
+    def _push(self, state: _RunSpans, span: Span) -> None:
+        """Make ``span`` current in this (the call's) context, until :meth:`_pop`."""
+        state.attached.append((span, self._context.attach(self._trace.set_span_in_context(span))))
+
+    def _pop(self, state: _RunSpans, span: Span) -> None:
+        """Undo :meth:`_push` of ``span`` and of everything pushed after it, innermost first."""
+        if not any(attached is span for attached, _ in state.attached):
+            return
+        while state.attached:
+            attached, token = state.attached.pop()
+            try:
+                self._context.detach(token)  # type: ignore[arg-type]
+            except Exception:
+                logger.debug("OpenTelemetryTap could not detach a span", exc_info=True)
+            if attached is span:
+                return
+
+    def _child(self, state: _RunSpans, parent: Span, name: str, attributes: dict[str, Any]) -> Span:
+        context = self._trace.set_span_in_context(parent)
+        return self.tracer.start_span(name, context=context, attributes=attributes, start_time=time.time_ns())
 
     @staticmethod
-    def _take_usage(state: _RunSpans, span: Span | None) -> None:
-        """Put the LM usage since the previous event on ``span`` (if any): the run's meter counts it already."""
-        totals = (state.usage.prompt_tokens, state.usage.completion_tokens)
-        tokens_in, tokens_out = totals[0] - state.reported[0], totals[1] - state.reported[1]
-        state.reported = totals
-        if span is not None and (tokens_in or tokens_out):
+    def _set_usage(span: Span, since: tuple[int, int], now: tuple[int, int]) -> None:
+        tokens_in, tokens_out = now[0] - since[0], now[1] - since[1]
+        if tokens_in or tokens_out:
             span.set_attribute("gen_ai.usage.input_tokens", tokens_in)
             span.set_attribute("gen_ai.usage.output_tokens", tokens_out)
 
+    def _close_step(self, state: _RunSpans, error: BaseException | None = None) -> None:
+        step = state.step
+        if step is None:
+            return
+        state.step = None
+        self._pop(state, step)
+        try:
+            now = _totals(state.usage)
+            self._set_usage(step, state.step_mark, now)
+            state.step_mark = now
+            if error is not None:
+                self._mark_failed(step, error)
+        finally:
+            step.end()
+
+    def _close_iteration(self, state: _RunSpans, error: BaseException | None = None) -> None:
+        self._close_step(state, error)
+        iteration = state.iteration
+        if iteration is None:
+            return
+        state.iteration = None
+        self._pop(state, iteration)
+        try:
+            now = _totals(state.usage)
+            self._set_usage(iteration, state.iteration_mark, now)
+            state.iteration_mark = now
+            if error is not None:
+                self._mark_failed(iteration, error)
+        finally:
+            iteration.end()
+
+    def _open_step(self, state: _RunSpans, kind: str, span: Span) -> None:
+        state.step, state.step_kind, state.step_mark = span, kind, _totals(state.usage)
+        self._push(state, span)
+
+    def _mark_failed(self, span: Span, error: BaseException) -> None:
+        span.set_attribute("error.type", type(error).__qualname__)
+        span.set_status(self._Status(self._StatusCode.ERROR, _error_description(error)))
+
+    # -- the loop stages --------------------------------------------------------------------------------------
+
     def _pre_iteration(self, state: _RunSpans, ctx: PreIterationContext) -> None:
-        self._take_usage(state, None)  # LM calls between iterations count for the call only
-        attributes: dict[str, Any] = {"rlm.run.id": ctx.run.id, "rlm.iteration": ctx.iteration or 0}
+        self._close_iteration(state)  # an iteration the loop left without its later stages
+        index = ctx.iteration or 0
+        iteration = self._child(
+            state, state.run_span, f"iteration {index + 1}", {"rlm.run.id": ctx.run.id, "rlm.iteration": index}
+        )
+        state.iteration, state.iteration_mark = iteration, _totals(state.usage)
+        self._push(state, iteration)
+        attributes: dict[str, Any] = {"rlm.run.id": ctx.run.id, "rlm.iteration": index}
         if state.model:
             attributes["gen_ai.request.model"] = state.model
-        span = self._child(state, "rlm.iteration", time.time_ns(), attributes)
-        with self._lock:
-            state.iterations[ctx.iteration or 0] = span
-
-    def _iteration_span(self, state: _RunSpans, iteration: int | None) -> Span | None:
-        with self._lock:
-            return state.iterations.get(iteration or 0)
+        self._open_step(state, "generate_action", self._child(state, iteration, "generate_action", attributes))
 
     def _pre_execution(self, state: _RunSpans, ctx: PreExecutionContext) -> None:
-        span = self._iteration_span(state, ctx.iteration)
-        if span is None:
-            return
-        span.set_attribute("rlm.code.length", len(ctx.code))
-        span.set_attribute("rlm.code.lines", len(ctx.code.splitlines()))
-        span.set_attribute("rlm.skipped", ctx.skipped)
+        if state.step_kind == "generate_action":
+            self._close_step(state)
+        attributes: dict[str, Any] = {
+            "rlm.run.id": ctx.run.id,
+            "rlm.iteration": ctx.iteration or 0,
+            "rlm.code.length": len(ctx.code),
+            "rlm.code.lines": len(ctx.code.splitlines()),
+            "rlm.skipped": ctx.skipped,
+        }
         if self.capture_content:
-            span.set_attribute("rlm.code", preview(ctx.code, self.max_chars))
+            attributes["rlm.code"] = preview(ctx.code, self.max_chars)
+        span = self._child(state, state.iteration or state.run_span, "execute_code", attributes)
+        self._open_step(state, "execute_code", span)
 
     def _post_execution(self, state: _RunSpans, ctx: PostExecutionContext) -> None:
-        span = self._iteration_span(state, ctx.iteration)
+        span = state.step if state.step_kind == "execute_code" else None
         if span is None:
             return
         output = "" if ctx.result is None else str(ctx.result)
@@ -257,64 +354,48 @@ class OpenTelemetryTap(ToolAwareTap):
         span.set_attribute("rlm.code.length", len(ctx.code))  # as recorded: middleware may have changed it
         if self.capture_content:
             span.set_attribute("rlm.output", preview(output, self.max_chars))
+        self._close_step(state)
 
     def _post_iteration(self, state: _RunSpans, ctx: PostIterationContext) -> None:
-        with self._lock:
-            span = state.iterations.pop(ctx.iteration or 0, None)
+        span = state.iteration
         if span is None:
             return
-        try:
-            span.set_attribute("rlm.submitted", ctx.prediction is not None)
-            span.set_attribute("rlm.stop", ctx.stop)
-            self._take_usage(state, span)
-        finally:
-            span.end()
-
-    def _extract(self, state: _RunSpans, ctx: ExtractContext) -> None:
-        span = self._child(state, "rlm.extract", state.last_event_ns, {"rlm.run.id": ctx.run.id})
-        try:
-            self._take_usage(state, span)
-            if self.capture_content and ctx.prediction is not None:
-                fields = {k: v for k, v in ctx.prediction.items() if k != "trajectory"}
-                span.set_attribute("rlm.output", preview(fields, self.max_chars))
-        finally:
-            span.end()
+        span.set_attribute("rlm.submitted", ctx.prediction is not None)
+        span.set_attribute("rlm.stop", ctx.stop)
+        state.stopped = state.stopped or ctx.stop
+        self._close_iteration(state)
 
     def _run_end(self, state: _RunSpans, ctx: RunEndContext) -> None:
         with self._lock:
             self._runs.pop(ctx.run.id, None)
-            open_iterations = list(state.iterations.values())
-            state.iterations.clear()
         span = state.run_span
         try:
+            self._close_iteration(state, ctx.error)
             usage = state.usage
             span.set_attribute("rlm.iterations", ctx.iterations)
             span.set_attribute("rlm.forced_extract", ctx.forced_extract)
+            span.set_attribute("rlm.stop_reason", stop_reason(ctx, state.stopped))
             span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
             span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
             if usage.lm_calls > usage.unpriced_lm_calls + usage.unmetered_lm_calls:
                 span.set_attribute("rlm.cost_usd", usage.cost_usd)
             if ctx.error is not None:
-                description = _error_description(ctx.error)
-                for iteration in open_iterations:
-                    iteration.set_attribute("error.type", type(ctx.error).__qualname__)
-                    iteration.set_status(self._Status(self._StatusCode.ERROR, description))
                 span.record_exception(ctx.error)
-                span.set_attribute("error.type", type(ctx.error).__qualname__)
-                span.set_status(self._Status(self._StatusCode.ERROR, description))
+                self._mark_failed(span, ctx.error)
         finally:
-            for iteration in open_iterations:
-                iteration.end()
+            while state.attached:  # whatever is still current, innermost first; the call's span last
+                self._pop(state, state.attached[-1][0])
             span.end()
 
-    # -- the tool_call middleware ---------------------------------------------------------------------------
+    # -- middleware: spans current while the tool or the extractor runs -------------------------------------
 
     def _start_tool_span(self, ctx: ToolCallContext) -> Span:
         with self._lock:
             state = self._runs.get(ctx.run.id)
-            parent_span = None
-            if state is not None:
-                parent_span = state.iterations.get(ctx.iteration or 0, state.run_span)
+        parent_span = None
+        if state is not None:
+            parent_span = state.step if state.step_kind == "execute_code" else None
+            parent_span = parent_span or state.iteration or state.run_span
         parent = self._trace.set_span_in_context(parent_span) if parent_span is not None else None
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": "execute_tool",
@@ -344,8 +425,7 @@ class OpenTelemetryTap(ToolAwareTap):
         except BaseException as exc:
             try:
                 span.record_exception(exc)
-                span.set_attribute("error.type", type(exc).__qualname__)
-                span.set_status(self._Status(self._StatusCode.ERROR, _error_description(exc)))
+                self._mark_failed(span, exc)
             except Exception:
                 logger.exception("OpenTelemetryTap could not mark the span of tool %s as failed", ctx.name)
             raise
@@ -355,6 +435,41 @@ class OpenTelemetryTap(ToolAwareTap):
                 span.end()
             except Exception:
                 logger.exception("OpenTelemetryTap could not end the span of tool %s", ctx.name)
+
+    def _trace_extract(self, ctx: ExtractContext, next: Any) -> ExtractContext:
+        try:
+            with self._lock:
+                state = self._runs.get(ctx.run.id)
+            if state is None:
+                return next(ctx)  # type: ignore[no-any-return]
+            mark = _totals(state.usage)
+            span = self._child(state, state.run_span, "extract", {"rlm.run.id": ctx.run.id})
+            token = self._context.attach(self._trace.set_span_in_context(span))
+        except Exception:
+            logger.exception("OpenTelemetryTap could not start the extract span")
+            return next(ctx)  # type: ignore[no-any-return]
+        try:
+            ctx = next(ctx)
+            if self.capture_content and ctx.prediction is not None:
+                fields = {k: v for k, v in ctx.prediction.items() if k != "trajectory"}
+                span.set_attribute("rlm.output", preview(fields, self.max_chars))
+            return ctx
+        except BaseException as exc:
+            try:
+                span.record_exception(exc)
+                self._mark_failed(span, exc)
+            except Exception:
+                logger.exception("OpenTelemetryTap could not mark the extract span as failed")
+            raise
+        finally:
+            try:
+                self._context.detach(token)
+                now = _totals(state.usage)
+                self._set_usage(span, mark, now)
+                state.iteration_mark = state.step_mark = now
+                span.end()
+            except Exception:
+                logger.exception("OpenTelemetryTap could not end the extract span")
 
 
 __all__ = ["INSTRUMENTATION_NAME", "OpenTelemetryTap"]
