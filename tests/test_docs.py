@@ -37,6 +37,7 @@ PUBLIC_MODULES = [
     "rlm_events.lm_usage",
     "rlm_events.installable",
     "rlm_events.runtime",
+    "rlm_events.sandbox",
     "rlm_events.hooks",
     "rlm_events.replay",
     "rlm_events.testing",

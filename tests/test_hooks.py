@@ -6,6 +6,8 @@ import line, plus replacement, coexistence, error and restore guarantees."""
 
 from __future__ import annotations
 
+import sys
+
 import asyncio
 import copy
 
@@ -354,7 +356,8 @@ def test_enabling_twice_replaces_the_hooks(make_rlm):
     assert type(rlm) is dspy.RLM
 
 
-def test_enabling_again_swaps_all_hooks_in_one_plan_change(make_rlm):
+def test_enabling_again_swaps_all_hooks_in_one_plan_change(make_rlm, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # the hooks alone: no MLflow spans
     rlm, _ = make_rlm(["SUBMIT(answer='done')"])
     enable_rlm_hooks(rlm, pre_iteration_hook=lambda i, v, h, a: None, post_iteration_hook=lambda i, p, c, r, h: None)
     events = rlm_events.instrumentation_of(rlm)
