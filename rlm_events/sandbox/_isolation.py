@@ -80,7 +80,10 @@ def interpreter_paths(python: str) -> list[str]:
         for candidate in (os.path.abspath(path), real):
             if os.path.exists(candidate) and candidate not in unique:
                 unique.append(candidate)
-    return unique
+    # A path inside a directory bound whole is there already (binding it again would mount over, e.g., the
+    # virtual environment's bin/python symlink).
+    directories = [p for p in unique if os.path.isdir(p) and not os.path.islink(p)]
+    return [p for p in unique if not any(d != p and _under(p, d) for d in directories)]
 
 
 def bwrap_arguments(bwrap: str, scratch: str, hide: Sequence[str], python: str) -> list[str]:
