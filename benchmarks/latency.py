@@ -46,8 +46,9 @@ from typing import Any
 import dspy
 
 import rlm_events
-from rlm_events.builtins import Speculate, SpeculateStats
+from rlm_events.builtins import Budget, CodeGuard, Speculate, SpeculateStats
 from rlm_events.testing import InProcessInterpreter, ScriptedLM, build_rlm
+from rlm_events.trace import JsonlTrace
 
 TOOL_MS = {"lookup_price": 60, "check_stock": 120, "lookup_detail": 90, "fetch_seed": 60}
 CHAIN_MS = {"step_a": 30, "step_b": 90, "step_c": 60}
@@ -254,6 +255,7 @@ VARIANTS: list[tuple[str, Callable[[Scenario], Speculate | None]]] = [
     ("bare", lambda s: None),
     ("speculate", lambda s: Speculate(pure=s.pure)),
     ("literals", lambda s: Speculate(pure=s.pure, repl_state=False)),
+    ("composed", lambda s: Speculate(pure=s.pure)),  # with CodeGuard, a hard Budget and a JSONL trace (see _make)
 ]
 
 
@@ -268,6 +270,10 @@ def _make(scenario: Scenario, variant: Variant, interpreter: Callable[[], Any]) 
     )
     events = rlm_events.instrument(rlm)
     events.use("tool_call", _ToolTimer())
+    if variant.name == "composed":
+        CodeGuard().install(events)
+        Budget(max_tokens=10_000_000, max_cost_usd=100.0, hard=True).install(events)
+        JsonlTrace(open(os.devnull, "w", encoding="utf-8")).install(events)  # noqa: SIM115 - lives as long as the RLM
     speculate = variant.speculate(scenario)
     if speculate is not None:
         speculate.install(events)
@@ -337,6 +343,7 @@ def run_scenario(scenario: Scenario, *, repeats: int, interpreter: Callable[[], 
             "wasted": median_of("wasted"),
             "cancelled": median_of("cancelled"),
             "wasted_tokens": median_of("wasted_tokens"),
+            "planning_ms": round(1000 * m, 3) if (m := median_of("planning_seconds")) is not None else None,
             "repl": stats[0].repl if stats else None,
             "identical": not differences,
             "differing_rounds": differences,
@@ -371,8 +378,8 @@ def table(report: dict) -> str:
         f"interleaved rounds, main LM {report['lm_ms']:g} ms/action",
         "",
         f"| scenario | variant | wall (s) | {X} bare | tool-blocking (s) | {X} bare | speculated | claimed | wasted "
-        f"| wasted tokens | identical | limit (s) | {X} bare at limit |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        f"| cancelled | wasted tokens | planning (ms) | identical | limit (s) | {X} bare at limit |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for name, scenario in report["scenarios"].items():
         for variant, row in scenario["variants"].items():
@@ -384,7 +391,8 @@ def table(report: dict) -> str:
             lines.append(
                 f"| {name} | {variant} | {row['wall_s']:.3f} | {X}{row['wall_speedup']:.2f} | "
                 f"{row['tool_blocking_s']:.3f} | {X}{(row['tool_speedup'] or 0):.2f} | {n(row['speculated'])} | "
-                f"{n(row['claimed'])} | {n(row['wasted'])} | {n(row['wasted_tokens'])} | {identical} | "
+                f"{n(row['claimed'])} | {n(row['wasted'])} | {n(row['cancelled'])} | {n(row['wasted_tokens'])} | "
+                f"{n(row['planning_ms'])} | {identical} | "
                 f"{scenario['limit_s']:.3f} | {X}{scenario['limit_speedup']:.2f} |"
             )
     lines.append("")

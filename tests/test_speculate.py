@@ -639,3 +639,46 @@ def test_build_rlm_on_every_release_keeps_speculating():
         Speculate().install(events)
     finally:
         rlm_events.uninstrument(rlm)
+
+
+def test_print_in_process_is_no_barrier(make_rlm, tools, counter):
+    steps = ["print('start')\nr = [lookup(item=i) for i in ['p', 'q']]\nprint(r)", "SUBMIT(answer=str(r))"]
+    _, _, stats, _ = run(
+        make_rlm, steps, speculate=Speculate(pure=["lookup"]), tools=tools, counter=counter,
+        interpreter=InProcessInterpreter,
+    )  # fmt: skip
+    assert stats.dispatched == 2 and stats.claimed + stats.cancelled == 2
+
+
+def test_calls_made_ahead_have_spans_marked_claimed_or_wasted(make_rlm, counter):
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from rlm_events.taps import OpenTelemetryTap
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    steps = [
+        "def change():\n    global p\n    p = 'b' * 40",
+        "p = 'a' * 40\nchange()\nr = llm_query(p)\ns = [llm_query(x) for x in ['u', 'v']]",
+        "SUBMIT(answer=r)",
+    ]
+    _, _, stats, _ = run(
+        make_rlm, steps, speculate=Speculate(tracer_provider=provider, max_in_flight=1), counter=counter,
+        install=[OpenTelemetryTap(provider)],
+    )  # fmt: skip
+    spans = exporter.get_finished_spans()
+    ahead = [s for s in spans if s.name == "speculate llm_query"]
+    outcomes = sorted(s.attributes["rlm.speculate.outcome"] for s in ahead)
+    assert len(ahead) == stats.dispatched == 3
+    assert outcomes.count("wasted") == stats.wasted == 1
+    assert outcomes.count("claimed") == stats.claimed and stats.claimed + stats.cancelled == 2
+    wasted = next(s for s in ahead if s.attributes["rlm.speculate.outcome"] == "wasted")
+    assert wasted.attributes["gen_ai.usage.input_tokens"] > 0 and wasted.attributes["rlm.speculative"] is True
+    claimed_tools = [
+        s for s in spans if s.name == "execute_tool llm_query" and s.attributes.get("rlm.speculate.claimed")
+    ]
+    assert len(claimed_tools) == stats.claimed

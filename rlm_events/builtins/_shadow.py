@@ -384,52 +384,6 @@ def _base_name(node: ast.AST) -> str | None:
     return node.id if isinstance(node, ast.Name) else None
 
 
-def free_names(tree: ast.AST) -> set[str]:
-    """Names the code reads before (in source order) it assigns them: what it takes from the REPL."""
-    assigned: set[str] = set()
-    free: set[str] = set()
-
-    class Visitor(ast.NodeVisitor):
-        def visit_Name(self, node: ast.Name) -> None:
-            if isinstance(node.ctx, ast.Load):
-                if node.id not in assigned:
-                    free.add(node.id)
-            else:
-                assigned.add(node.id)
-
-        def visit_Assign(self, node: ast.Assign) -> None:
-            self.visit(node.value)
-            for target in node.targets:
-                self.visit(target)
-
-        def visit_AugAssign(self, node: ast.AugAssign) -> None:
-            if isinstance(node.target, ast.Name) and node.target.id not in assigned:
-                free.add(node.target.id)
-            self.visit(node.value)
-            self.visit(node.target)
-
-        def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
-            assigned.add(node.name)
-
-        def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> None:
-            assigned.add(node.name)
-
-        def visit_ClassDef(self, node: ast.ClassDef) -> None:
-            assigned.add(node.name)
-
-        def visit_Lambda(self, node: ast.Lambda) -> None:
-            return
-
-        def visit_Import(self, node: ast.Import) -> None:
-            assigned.update((a.asname or a.name).split(".")[0] for a in node.names)
-
-        def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
-            assigned.update(a.asname or a.name for a in node.names)
-
-    Visitor().visit(tree)
-    return free
-
-
 # -- the planner ----------------------------------------------------------------------------------------------
 
 
@@ -1234,4 +1188,4 @@ def _as_load(target: ast.expr) -> ast.expr:
     return ast.Constant(value=None)  # attributes: unknown (None here: AugAssign then fails, giving unknown)
 
 
-__all__ = ["LIMITS", "UNKNOWN", "Limits", "Plan", "Planner", "Predicted", "Unknown", "free_names", "needs_of", "plain"]
+__all__ = ["LIMITS", "UNKNOWN", "Limits", "Plan", "Planner", "Predicted", "Unknown", "needs_of", "plain"]

@@ -110,7 +110,7 @@ class Values(Mapping[str, Any]):
         return len({**self._repl, **self._variables})
 
 
-class _Absent:
+class Absent:
     """``name in absent``: the name is bound neither in the REPL nor by the execution's variables."""
 
     def __init__(self, values: Mapping[str, Any], known: frozenset[str] | None) -> None:
@@ -133,11 +133,14 @@ class NamespaceReader:
     def __init__(self, namespace: dict[str, Any]) -> None:
         self.namespace = namespace
 
-    def values(self, variables: Mapping[str, Any], limits: Limits) -> tuple[Values, _Absent]:
+    # Bound by the interpreter itself before every execution (print captures output): not the code's values.
+    OWN = frozenset({"__builtins__", "SUBMIT", "print"})
+
+    def values(self, variables: Mapping[str, Any], limits: Limits) -> tuple[Values, Absent]:
         # A snapshot of the keys and values: copying the dict's items runs no code of theirs.
-        snapshot = {k: v for k, v in list(self.namespace.items()) if type(k) is str and k != "__builtins__"}
+        snapshot = {k: v for k, v in list(self.namespace.items()) if type(k) is str and k not in self.OWN}
         values = Values(variables, snapshot, limits)
-        return values, _Absent(values, None)
+        return values, Absent(values, None)
 
 
 # The expression ProbeReader evaluates in dspy.LocalInterpreter's worker (the eval of a final expression; the
@@ -308,6 +311,7 @@ def call_key(name: str, args: Any, kwargs: Any) -> str | None:
 
 __all__ = [
     "UNKNOWN",
+    "Absent",
     "NamespaceReader",
     "ProbeReader",
     "Values",

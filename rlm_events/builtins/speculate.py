@@ -100,7 +100,19 @@ class SpeculateStats:
 class _Dispatch:
     """One call made ahead: what it is, its future, and its own LM ledger."""
 
-    __slots__ = ("args", "future", "iteration", "key", "kwargs", "ledger", "name", "outcome", "reserved", "settled")
+    __slots__ = (
+        "args",
+        "future",
+        "iteration",
+        "key",
+        "kwargs",
+        "ledger",
+        "name",
+        "outcome",
+        "reserved",
+        "settled",
+        "span",
+    )
 
     def __init__(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], key: str, iteration: int) -> None:
         self.name, self.args, self.kwargs, self.key, self.iteration = name, args, kwargs, key, iteration
@@ -109,6 +121,7 @@ class _Dispatch:
         self.outcome: str | None = None  # claimed, wasted, cancelled
         self.settled = False
         self.reserved: tuple[Any, int, float] | None = None  # (spend, tokens, cost) a hard Budget set aside
+        self.span: Any = None  # its OpenTelemetry span, when OpenTelemetry is installed
 
 
 class _Live:
@@ -142,6 +155,8 @@ class _Live:
             if dispatch.outcome is None:
                 dispatch.outcome = outcome
                 setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
+        if outcome == "cancelled":
+            _end_span(dispatch)
         self.settle(dispatch)
 
     def settle(self, dispatch: _Dispatch) -> None:
@@ -165,6 +180,7 @@ class _Live:
         usage = metered(self.run)
         if usage is not None:
             usage.add_speculation(ledger, wasted=wasted)
+        _end_span(dispatch)
 
     def finished(self, dispatch: _Dispatch) -> None:
         """The dispatched call ended (or was cancelled): give back what a hard Budget set aside; settle it."""
@@ -258,6 +274,7 @@ class Speculate(Builtin):
         max_per_iteration: int = 32,
         timeout: float = 30.0,
         repl_state: bool = True,
+        tracer_provider: Any = None,
         limits: Limits = LIMITS,
     ) -> None:
         if isinstance(pure, (str, bytes)) or callable(pure):
@@ -276,6 +293,7 @@ class Speculate(Builtin):
         self.llm, self.repl_state = llm, repl_state
         self.max_in_flight, self.max_per_iteration, self.timeout = max_in_flight, max_per_iteration, float(timeout)
         self.limits = limits
+        self.tracer = _tracer(tracer_provider)
         self.speculable = (_LLM_TOOLS if llm else frozenset()) | self.pure_names
         names = "|".join(re.escape(n) for n in sorted(self.speculable)) or r"(?!)"
         self._mentions = re.compile(rf"\b(?:{names})\b")
@@ -438,7 +456,7 @@ class Speculate(Builtin):
         absent_known: frozenset[str] | None = None
         for _ in range(3):  # each read can reveal names that were hidden behind unknown values
             values = repl_io.Values(variables, read, self.limits)
-            plan = planned(values, repl_io._Absent(values, absent_known) if absent_known is not None else None)
+            plan = planned(values, repl_io.Absent(values, absent_known) if absent_known is not None else None)
             wanted = {n for n in plan.needs if n not in asked and n not in variables}
             if not wanted or not reader.started():
                 return plan.calls  # type: ignore[no-any-return]
@@ -496,6 +514,8 @@ class Speculate(Builtin):
             live.pending.setdefault(dispatch.key, deque()).append(dispatch)
             live.all.append(dispatch)
             live.stats.dispatched += 1
+        if self.tracer is not None:
+            dispatch.span = _start_span(self.tracer, dispatch, live.run)
         future = live.pool().submit(context.run, _call_ahead, dispatch, fn)
         dispatch.future = future
         future.add_done_callback(lambda _: live.finished(dispatch))
@@ -607,12 +627,15 @@ def _call_ahead(dispatch: _Dispatch, fn: Callable[..., Any]) -> Any:
     """Run in a worker thread, in a copy of the run's context: the real tool, its LM calls on the dispatch's
     ledger as well as on the run's."""
     token = SPECULATION.set(dispatch.ledger)
+    current = _span_current(dispatch.span)
     try:
         result = fn(*dispatch.args, **dispatch.kwargs)
         if inspect.isawaitable(result):
             result = asyncio.run(_awaited(result))
         return result
     finally:
+        if current is not None:
+            current()
         SPECULATION.reset(token)
 
 
@@ -649,6 +672,62 @@ def _budget_refusal(
             return "budget"
         dispatch.reserved = (spend, tokens, cost)
     return None
+
+
+def _tracer(provider: Any) -> Any:
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        return None
+    return (provider or trace).get_tracer("rlm_events.speculate")  # the global provider: a proxy until one is set
+
+
+def _start_span(tracer: Any, dispatch: _Dispatch, run: Run) -> Any:
+    """A span for one call made ahead, child of the span current at pre_execution; ended when it settles, with
+    ``rlm.speculate.outcome`` (claimed, wasted or cancelled) and the LM use it cost."""
+    try:
+        return tracer.start_span(
+            f"speculate {dispatch.name}",
+            attributes={
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": dispatch.name,
+                "rlm.run.id": run.id,
+                "rlm.iteration": dispatch.iteration,
+                "rlm.speculative": True,
+            },
+        )
+    except Exception:
+        logger.debug("rlm-events: Speculate could not start a span", exc_info=True)
+        return None
+
+
+def _span_current(span: Any) -> Callable[[], None] | None:
+    """Make ``span`` current in this thread (so spans made inside the call nest under it); returns the undo."""
+    if span is None:
+        return None
+    from opentelemetry import context, trace
+
+    token = context.attach(trace.set_span_in_context(span))
+    return lambda: context.detach(token)
+
+
+def _end_span(dispatch: _Dispatch) -> None:
+    span, dispatch.span = dispatch.span, None
+    if span is None:
+        return
+    try:
+        span.set_attribute("rlm.speculate.outcome", dispatch.outcome or "unknown")
+        ledger = dispatch.ledger
+        if ledger.lm_calls:
+            span.set_attribute("gen_ai.usage.input_tokens", ledger.prompt_tokens)
+            span.set_attribute("gen_ai.usage.output_tokens", ledger.completion_tokens)
+        future = dispatch.future
+        error = future.exception() if future is not None and future.done() and not future.cancelled() else None
+        if error is not None:
+            span.set_attribute("error.type", type(error).__qualname__)
+        span.end()
+    except Exception:
+        logger.debug("rlm-events: Speculate could not end a span", exc_info=True)
 
 
 def _mark_span(dispatch: _Dispatch) -> None:
