@@ -682,3 +682,29 @@ def test_calls_made_ahead_have_spans_marked_claimed_or_wasted(make_rlm, counter)
         s for s in spans if s.name == "execute_tool llm_query" and s.attributes.get("rlm.speculate.claimed")
     ]
     assert len(claimed_tools) == stats.claimed
+
+
+def test_the_latency_benchmark_runs_and_compares_every_step(tmp_path):
+    """benchmarks/latency.py keeps working: one round of the fan-out scenario, its report and its identity check."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "latency.py"
+    spec = importlib.util.spec_from_file_location("latency_benchmark", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(bench)
+    finally:
+        sys.modules.pop(spec.name, None)
+    out = tmp_path / "latency.json"
+    assert (
+        bench.main(["--repeats", "1", "--interpreter", "inprocess", "--scenario", "fan-out", "--json", str(out)]) == 0
+    )
+    report = json.loads(out.read_text())
+    scenario = report["scenarios"]["fan-out"]
+    assert report["identical"] and set(scenario["variants"]) == {"bare", "speculate", "literals", "composed"}
+    speculate = scenario["variants"]["speculate"]
+    assert speculate["claimed"] + speculate["cancelled"] == 10 and speculate["wasted"] == 0
+    assert speculate["wall_speedup"] > 2  # 10 sequential 150 ms calls at once (loose: one round on a shared machine)
