@@ -22,7 +22,7 @@ from rlm_events.builtins import Budget, CodeGuard, Speculate, SpeculateStats
 from rlm_events.builtins._shadow import LIMITS, UNKNOWN, Planner, plain
 from rlm_events.builtins._speculate_repl import ProbeReader, probe_code
 from rlm_events.lm_usage import Usage
-from rlm_events.testing import InProcessInterpreter, build_rlm
+from rlm_events.testing import InProcessInterpreter, ScriptedLM, build_rlm
 from rlm_events.trace import JsonlTrace
 
 HAS_LOCAL = hasattr(dspy, "LocalInterpreter")
@@ -708,3 +708,45 @@ def test_the_latency_benchmark_runs_and_compares_every_step(tmp_path):
     speculate = scenario["variants"]["speculate"]
     assert speculate["claimed"] + speculate["cancelled"] == 10 and speculate["wasted"] == 0
     assert speculate["wall_speedup"] > 2  # 10 sequential 150 ms calls at once (loose: one round on a shared machine)
+
+
+def test_no_call_is_dispatched_past_dspys_max_llm_calls(counter):
+    steps = ["r = [llm_query(str(i)) for i in range(5)]\nprint(r)", "SUBMIT(answer='done')"]
+    outcomes = []
+    for speculate in (None, Speculate()):
+        lm = ScriptedLM(steps, sub=sub(counter))
+        rlm = build_rlm("text -> answer", max_iters=3, interpreter_factory=REAL_INTERPRETER, max_llm_calls=3)
+        events = rlm_events.instrument(rlm)
+        if speculate is not None:
+            speculate.install(events)
+        state: dict[str, Any] = {}
+        events.tap([Stage.RUN_END], lambda ctx, state=state: state.update(ctx.run.state))
+        with dspy.context(lm=lm):
+            prediction = rlm(text="t")
+        outcomes.append((steps_of(prediction), state.get("speculate")))
+        rlm_events.uninstrument(rlm)
+    (bare, _), (fast, stats) = outcomes
+    assert fast == bare and "LLM call limit exceeded" in bare[0][1]
+    assert stats.dispatched == 3 and stats.refused == {"max_llm_calls": 2}
+
+
+def test_concurrent_runs_keep_their_own_speculation(make_rlm, tools, counter):
+    from concurrent.futures import ThreadPoolExecutor
+
+    rlm, lm = make_rlm(LOOP_STEPS, tools=list(tools.values()), sub=sub(counter), max_iters=4)
+    events = rlm_events.instrument(rlm)
+    Speculate(pure=["lookup"]).install(events)
+    ends: list[Any] = []
+    events.tap([Stage.RUN_END], lambda ctx: ends.append(ctx.run.state))
+
+    def one(text: str) -> Any:
+        with dspy.context(lm=lm):
+            return rlm(text=text)
+
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(one, ["first", "second"]))
+    assert all(a.answer.startswith("answer to about <a>") for a in answers)
+    for state in ends:
+        stats, usage = state["speculate"], state["usage"]
+        assert stats.dispatched == 8 and stats.claimed + stats.cancelled == 8 and stats.wasted == 0
+        assert usage.speculative_lm_calls == stats.lm_calls <= 4  # its own calls made ahead, not the other run's

@@ -62,7 +62,7 @@ class SpeculateStats:
     its real call came, or when the iteration ended: the real call was made instead, and it cost nothing);
     ``speculated`` counts the ones that started. ``missed`` counts real calls of speculable tools
     that no dispatched call matched; ``refused`` predictions that were not dispatched, by reason (``per_iteration``,
-    ``budget``, ``tool_cap``, ``arguments``). LM use of the calls made ahead is also on the run's
+    ``budget``, ``tool_cap``, ``max_llm_calls``, ``arguments``). LM use of the calls made ahead is also on the run's
     :class:`~rlm_events.lm_usage.Usage` (``speculative_*`` and ``wasted_*``), which traces and spans report.
     """
 
@@ -112,6 +112,7 @@ class _Dispatch:
         "reserved",
         "settled",
         "span",
+        "weight",
     )
 
     def __init__(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], key: str, iteration: int) -> None:
@@ -122,6 +123,7 @@ class _Dispatch:
         self.settled = False
         self.reserved: tuple[Any, int, float] | None = None  # (spend, tokens, cost) a hard Budget set aside
         self.span: Any = None  # its OpenTelemetry span, when OpenTelemetry is installed
+        self.weight = 0  # the LM calls it counts against DSPy's max_llm_calls (0 for a pure tool)
 
 
 class _Live:
@@ -134,6 +136,7 @@ class _Live:
         self.all: list[_Dispatch] = []
         self.executor: ThreadPoolExecutor | None = None
         self.readers: dict[int, Any] = {}
+        self.llm_counted = 0  # sub-LLM calls DSPy's max_llm_calls counted: made ahead, and made by the code
 
     def pool(self) -> ThreadPoolExecutor:
         if self.executor is None:
@@ -155,6 +158,8 @@ class _Live:
             if dispatch.outcome is None:
                 dispatch.outcome = outcome
                 setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
+                if outcome == "cancelled":  # it never ran: DSPy did not count it
+                    self.llm_counted -= dispatch.weight
         if outcome == "cancelled":
             _end_span(dispatch)
         self.settle(dispatch)
@@ -215,7 +220,8 @@ class Speculate(Builtin):
     """Runs the sub-LLM and pure tool calls an iteration's code is about to make ahead of it, concurrently; the
     real calls claim the results. Results are those of the real calls: only an exact match is claimed.
 
-    ``Speculate(pure=(), *, llm=True, max_in_flight=16, max_per_iteration=32, timeout=30.0, repl_state=True)``;
+    ``Speculate(pure=(), *, llm=True, max_in_flight=16, max_per_iteration=32, timeout=30.0, repl_state=True,
+    tracer_provider=None)``;
     install it with ``Speculate(...).install(events)`` (stages ``run_start``, ``pre_execution``, ``tool_call``,
     ``post_execution``, ``run_end``). Install it last, so that every other ``tool_call`` middleware (a Budget, a
     cache, a trace) sees each real call exactly as without it: middleware installed after it do not see claimed
@@ -235,6 +241,8 @@ class Speculate(Builtin):
             ``dspy.LocalInterpreter`` (a read-only probe expression, see
             :class:`~rlm_events.builtins._speculate_repl.ProbeReader`); any other interpreter is refused at install
             time. ``False`` plans from the code's literals and the execution's input variables only.
+        tracer_provider: where the OpenTelemetry span of each call made ahead goes (the global provider if
+            ``None``; nothing without OpenTelemetry installed).
 
     Guarantees:
 
@@ -251,7 +259,8 @@ class Speculate(Builtin):
       (:class:`SpeculateStats`) and the run's ``Usage`` (``speculative_*``, ``wasted_*``) say which were claimed
       and which wasted. A Budget whose limit is reached refuses dispatches; a per-tool cap refuses dispatches
       past it; a hard Budget reserves each sub-LLM dispatch as it reserves a real call, and refuses it when the
-      reservation fails. DSPy's ``max_llm_calls`` counts calls made ahead as the LM calls they are.
+      reservation fails. DSPy's ``max_llm_calls`` counts calls made ahead, claimed or not, as the LM calls they are;
+      none is dispatched past it, and near it a wasted call leaves the code one call fewer.
     * **Never degrades silently.** A REPL it cannot read at run time (an interpreter factory it could not check at
       install time) is logged once per RLM, and the run plans without REPL state (``stats.repl`` says so).
       Speculation never fails the run: an error of its own is logged and the run goes on without it.
@@ -483,6 +492,7 @@ class Speculate(Builtin):
         budgets = _budgets_of(run)
         spend = spend_of(run)
         stats = live.stats
+        limit = getattr(run.module, "max_llm_calls", None)
         sent = 0
         per_tool: dict[str, int] = {}
         for call in predicted:
@@ -500,6 +510,12 @@ class Speculate(Builtin):
                 stats.refuse("arguments")
                 continue
             dispatch = _Dispatch(call.name, args, kwargs, key, iteration)
+            if call.name in _LLM_TOOLS:
+                # DSPy's max_llm_calls counts calls made ahead: never dispatch one it would refuse.
+                if isinstance(limit, int) and live.llm_counted + weight > limit:
+                    stats.refuse("max_llm_calls")
+                    continue
+                dispatch.weight = weight
             refusal = _budget_refusal(budgets, spend, dispatch, weight, per_tool)
             if refusal is not None:
                 stats.refuse(refusal)
@@ -514,6 +530,7 @@ class Speculate(Builtin):
             live.pending.setdefault(dispatch.key, deque()).append(dispatch)
             live.all.append(dispatch)
             live.stats.dispatched += 1
+            live.llm_counted += dispatch.weight
         if self.tracer is not None:
             dispatch.span = _start_span(self.tracer, dispatch, live.run)
         future = live.pool().submit(context.run, _call_ahead, dispatch, fn)
@@ -528,15 +545,23 @@ class Speculate(Builtin):
             return next(ctx)
         key = repl_io.call_key(ctx.name, ctx.args, ctx.kwargs) if live.pending else None
         dispatch = live.take(key) if key is not None else None
+
+        def real() -> Any:  # the code makes the call itself
+            if ctx.name in _LLM_TOOLS:
+                calls = _lm_calls(Predicted(ctx.name, tuple(ctx.args), dict(ctx.kwargs)))
+                with live.lock:
+                    live.llm_counted += calls
+            return next(ctx)
+
         if dispatch is None:
             with live.lock:
                 live.stats.missed += 1
-            return next(ctx)
+            return real()
         future = dispatch.future
         assert future is not None
         if future.cancel():  # not started yet: making the call now is as quick, and nothing was spent
             live.decide(dispatch, "cancelled")
-            return next(ctx)
+            return real()
         started = time.perf_counter()
         try:
             result = future.result(timeout=self.timeout)
@@ -544,15 +569,15 @@ class Speculate(Builtin):
             with live.lock:
                 live.stats.timeouts += 1
             live.decide(dispatch, "wasted")
-            return next(ctx)
+            return real()
         except CancelledError:
             live.decide(dispatch, "cancelled")
-            return next(ctx)
+            return real()
         except Exception:
             with live.lock:
                 live.stats.failed += 1
             live.decide(dispatch, "wasted")
-            return next(ctx)
+            return real()
         finally:
             with live.lock:
                 live.stats.waited_seconds += time.perf_counter() - started
