@@ -17,6 +17,7 @@ OpenTelemetry, Recorder and the progress display all read the same :class:`Usage
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from collections.abc import Iterable
@@ -88,6 +89,23 @@ class Usage:
     largest_call_tokens: int = 0
     """The most tokens one LM call of the run used (a hard Budget's estimate of the next call)."""
     largest_call_cost_usd: float = 0.0
+    speculative_lm_calls: int = 0
+    """LM calls made ahead by :class:`~rlm_events.builtins.Speculate` (included in the counts above) and settled."""
+    speculative_tokens: int = 0
+    wasted_lm_calls: int = 0
+    """Of those, the calls no real call claimed: their tokens and cost were spent for nothing."""
+    wasted_tokens: int = 0
+    wasted_cost_usd: float = 0.0
+
+    def add_speculation(self, ledger: Usage, *, wasted: bool) -> None:
+        """Account for one settled speculative call whose own LM use is ``ledger`` (claimed, or ``wasted``)."""
+        with _LOCK:
+            self.speculative_lm_calls += ledger.lm_calls
+            self.speculative_tokens += ledger.tokens
+            if wasted:
+                self.wasted_lm_calls += ledger.lm_calls
+                self.wasted_tokens += ledger.tokens
+                self.wasted_cost_usd += ledger.cost_usd
 
     def add_lm_call(self, entry: dict[str, Any] | None, model: str) -> None:
         """Account for one LM call from its DSPy history ``entry`` (``None``: it could not be found)."""
@@ -112,14 +130,25 @@ class Usage:
                 self.largest_call_cost_usd = max(self.largest_call_cost_usd, cost)
 
     def record(self) -> dict[str, Any]:
-        """``{lm_calls, prompt_tokens, completion_tokens, total_tokens, cost_usd}``: what traces and spans report."""
-        return {
+        """``{lm_calls, prompt_tokens, completion_tokens, total_tokens, cost_usd}``: what traces and spans report;
+        with ``speculative_lm_calls``, ``speculative_tokens``, ``wasted_lm_calls``, ``wasted_tokens`` and
+        ``wasted_cost_usd`` once calls made ahead by Speculate settled."""
+        record = {
             "lm_calls": self.lm_calls,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.tokens,
             "cost_usd": round(self.cost_usd, 8),
         }
+        if self.speculative_lm_calls:
+            record.update(
+                speculative_lm_calls=self.speculative_lm_calls,
+                speculative_tokens=self.speculative_tokens,
+                wasted_lm_calls=self.wasted_lm_calls,
+                wasted_tokens=self.wasted_tokens,
+                wasted_cost_usd=round(self.wasted_cost_usd, 8),
+            )
+        return record
 
 
 def metered(run: Run) -> Usage | None:
@@ -152,21 +181,24 @@ class UsageMeter(BaseCallback):
 
     def __init__(self) -> None:
         super().__init__()
-        self._pending: dict[str, tuple[Any, Usage]] = {}
+        self._pending: dict[str, tuple[Any, Usage, Usage | None]] = {}
 
     def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         run = current_run()
         usage = metered(run) if run is not None else None
         if usage is not None:
-            self._pending[call_id] = (instance, usage)
+            self._pending[call_id] = (instance, usage, SPECULATION.get())
 
     def on_lm_end(self, call_id: str, outputs: Any | None, exception: Exception | None = None) -> None:
         pending = self._pending.pop(call_id, None)
         if pending is None or exception is not None or outputs is None:
             return
-        lm, usage = pending
+        lm, usage, speculation = pending
         try:
-            usage.add_lm_call(_entry_for(lm, outputs), str(getattr(lm, "model", type(lm).__name__)))
+            entry, model = _entry_for(lm, outputs), str(getattr(lm, "model", type(lm).__name__))
+            usage.add_lm_call(entry, model)
+            if speculation is not None:  # a call Speculate made ahead: its own ledger counts it too
+                speculation.add_lm_call(entry, model)
         except Exception:  # metering must never break the LM call it observes
             logger.debug("rlm-events could not meter an LM call", exc_info=True)
 
@@ -202,6 +234,8 @@ def _entry_for(lm: Any, outputs: Any) -> dict[str, Any] | None:
 
 
 METER = UsageMeter()
+SPECULATION: contextvars.ContextVar[Usage | None] = contextvars.ContextVar("rlm_events_speculation", default=None)
+"""Set by :class:`~rlm_events.builtins.Speculate` around a call it makes ahead: that call's own ledger."""
 _ATTACH_LOCK = threading.Lock()
 
 
@@ -218,4 +252,4 @@ def meter_lm(lm: Any) -> bool:
     return True
 
 
-__all__ = ["METER", "Usage", "UsageMeter", "entry_usage", "meter_lm", "meter_run", "metered", "usage_of"]
+__all__ = ["METER", "SPECULATION", "Usage", "UsageMeter", "entry_usage", "meter_lm", "meter_run", "metered", "usage_of"]

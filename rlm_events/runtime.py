@@ -6,7 +6,22 @@ these functions, never through the patch layer's private names.
 
 from __future__ import annotations
 
-from ._patch import batched_queries_keep_context, constructor_of, current_run, iteration_limit
+from ._patch import (
+    batched_queries_keep_context,
+    constructor_of,
+    current_iteration,
+    current_run,
+    iteration_limit,
+    raw_tool,
+)
 from .lm_history import lms_of
 
-__all__ = ["batched_queries_keep_context", "constructor_of", "current_run", "iteration_limit", "lms_of"]
+__all__ = [
+    "batched_queries_keep_context",
+    "constructor_of",
+    "current_iteration",
+    "current_run",
+    "iteration_limit",
+    "lms_of",
+    "raw_tool",
+]

@@ -1,8 +1,8 @@
 """The dspy-rlm-hooks 0.1.15 API (rlm_events.hooks) on real dspy.RLM loops: the 0.1.15 page's examples that need
 no network, verbatim but for the import line (and the page's `dspy.RLM(...)` placeholders, filled with a scripted
 LM), and PreIterationContext's native python_code / persistent_python_code / prompt_context, in sync and async
-calls. The 0.1.6 page's examples are in tests/test_hooks.py. Not covered: the page's "Speculative Execution"
-examples (enable_rlm_speculation, SpecTool), which rlm_events.hooks does not provide."""
+calls. The 0.1.6 page's examples are in tests/test_hooks.py. The page's "Speculative Execution" examples run on
+rlm_events.builtins.Speculate (streaming=True plans from the assembled code, the page's own fallback)."""
 
 # The page's imports are kept as the page writes them, unsorted: users paste them as they are.
 # ruff: noqa: I001, E402, F811
@@ -626,3 +626,60 @@ def test_predict_rlm_preludes_and_prompt_context(entry):
     assert steps[0]["code"] == "print(n)\ndel n"  # the persistent prelude ran, unrecorded
     assert steps[1]["code"] == "def twice(k):\n    return 2 * k\nprint(n, twice(n))"
     assert "First iteration only." in PROMPTS[0] and all("First iteration only." not in p for p in PROMPTS[1:])
+
+
+# -- the page's "Speculative Execution" examples ---------------------------------------------------------------
+
+from rlm_events.hooks import enable_rlm_speculation, SpecTool
+
+
+def lookup_price(symbol: str) -> float:
+    """Read-only price lookup."""
+    PRICE_CALLS.append(symbol)
+    return {"AAPL": 190.5, "MSFT": 410.0}.get(symbol, 0.0)
+
+
+PRICE_CALLS: list[str] = []
+
+
+def speculation_stats(rlm):
+    stats = []
+    rlm_events.instrumentation_of(rlm).tap([Stage.RUN_END], lambda ctx: stats.append(ctx.run.state.get("speculate")))
+    return stats
+
+
+def test_speculation_quick_start(make_rlm):
+    steps = ["out = [llm_query('part ' + str(i)) for i in range(3)]\nprint(out)", "SUBMIT(answer=str(len(out)))"]
+    rlm, lm = make_rlm(steps, sub="summary")
+    enable_rlm_speculation(rlm)
+    stats = speculation_stats(rlm)
+    with dspy.context(lm=lm):
+        result = rlm(text="...")
+    assert result.answer == "3" and stats[0].claimed >= 1  # made ahead and claimed (a call the code reaches
+    assert stats[0].claimed + stats[0].cancelled == 3  # before it started is cancelled and made by the code)
+
+
+def test_speculating_your_own_tools(make_rlm):
+    PRICE_CALLS.clear()
+    steps = ["print([lookup_price(symbol=s) for s in ['AAPL', 'MSFT']])", "SUBMIT(answer='ok')"]
+    rlm, lm = make_rlm(steps, tools=[lookup_price])
+    enable_rlm_speculation(rlm, tools=[SpecTool(lookup_price, deterministic=True, latency_hint_ms=250)])
+    stats = speculation_stats(rlm)
+    with dspy.context(lm=lm):
+        result = rlm(text="What is the current price of AAPL?")
+    assert "190.5" in result.trajectory[0]["output"] and stats[0].claimed >= 1
+    assert stats[0].claimed + stats[0].cancelled == 2
+    assert sorted(PRICE_CALLS) == ["AAPL", "MSFT"]  # each made once: ahead, then claimed
+
+
+def test_speculation_composes_with_hooks(make_rlm):
+    def sanitize_code(iteration, code, variables, history, input_args):
+        return PreExecutionOutput(code=code.replace("part", "chunk"))
+
+    steps = ["print([llm_query('part ' + str(i)) for i in range(2)])", "SUBMIT(answer='done')"]
+    rlm, lm = make_rlm(steps, sub=lambda prompt: prompt.upper())
+    enable_rlm_hooks(rlm, pre_execution_hook=sanitize_code)
+    enable_rlm_speculation(rlm)
+    with dspy.context(lm=lm):
+        result = rlm(text="...")
+    assert result.trajectory[0]["output"].strip() == "['CHUNK 0', 'CHUNK 1']"

@@ -46,12 +46,13 @@ from __future__ import annotations
 from typing import Any
 
 from ..context import Run
-from .call import _CURRENT
+from .call import _CURRENT, _SkippableREPL
 from .classes import _base_of, _instrumented_rlm_class
 from .construct import RLMConstructor, batched_queries_keep_context, constructor_of, iteration_limit
 from .detect import _ATTR, _BASE
 from .handle import Handle
 from .predict_rlm import own_lms
+from .tools import raw_tool
 from .warnings import warn_once
 
 # The patch layer's API for the rest of rlm-events: nothing outside this package imports its private names.
@@ -61,13 +62,29 @@ __all__ = [
     "attach",
     "batched_queries_keep_context",
     "constructor_of",
+    "current_iteration",
     "current_run",
     "detach",
     "instrumentation_of",
     "iteration_limit",
     "own_lms",
+    "raw_tool",
     "warn_once",
 ]
+
+
+def current_iteration(run: Run) -> tuple[Any, dict[str, Any]] | None:
+    """``(repl, input_args)`` of the iteration of ``run`` executing in this context (the interpreter itself, never
+    a stand-in of ours), or ``None`` outside one."""
+    call = _CURRENT.get()
+    frame = call.frame if call is not None and call.run is run else None
+    if frame is None or "repl" not in frame.args:
+        return None
+    repl = frame.args["repl"]
+    if isinstance(repl, _SkippableREPL):
+        repl = object.__getattribute__(repl, "_repl")
+    inputs = frame.args.get("input_args")
+    return repl, dict(inputs) if isinstance(inputs, dict) else {}
 
 
 def current_run() -> Run | None:

@@ -12,6 +12,13 @@ from middleware import is_async_callable
 from ..context import ToolCallContext
 from .call import _Call
 
+TOOL_ATTR = "__rlm_events_tool__"  # on a wrapper: the tool it calls
+
+
+def raw_tool(fn: Any) -> Any:
+    """The tool behind a ``tool_call`` wrapper of :func:`wrap_tool` (``fn`` itself for anything else)."""
+    return fn.__dict__.get(TOOL_ATTR, fn) if hasattr(fn, "__dict__") else fn
+
 
 def wrap_tool(call: _Call, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` as the code of ``call`` calls it: through the ``tool_call`` stage (sync or async, as ``fn`` is)."""
@@ -31,6 +38,7 @@ def wrap_tool(call: _Call, name: str, fn: Callable[..., Any]) -> Callable[..., A
         async def atool(*args: Any, **kwargs: Any) -> Any:
             return (await plan.afire(new_ctx(args, kwargs), module, aterminal)).result
 
+        atool.__dict__[TOOL_ATTR] = fn
         return atool
 
     def terminal(c: ToolCallContext) -> ToolCallContext:
@@ -41,4 +49,5 @@ def wrap_tool(call: _Call, name: str, fn: Callable[..., Any]) -> Callable[..., A
     def tool(*args: Any, **kwargs: Any) -> Any:
         return plan.fire(new_ctx(args, kwargs), module, terminal).result
 
+    tool.__dict__[TOOL_ATTR] = fn
     return tool

@@ -14,6 +14,11 @@ Budget             run_start,          stops the run at an iteration / time / to
 RetryHint          post_execution      appends a hint (failing line, close names) to ``[Error]`` results
 HistoryTrimmer     pre_iteration       shortens old outputs to a head/tail preview (or drops them)
 ToolCallCache      tool_call           memoises identical ``llm_query`` (or named tool) calls in a run
+Speculate          run_start,          makes the sub-LLM and pure tool calls the code is about to make ahead,
+                   pre_execution,      concurrently; real calls claim exact matches
+                   tool_call,
+                   post_execution,
+                   run_end
 =================  ==================  ====================================================================
 """
 
@@ -23,6 +28,7 @@ from .cache import ToolCacheState, ToolCallCache
 from .guard import CodeGuard
 from .policy import GuardPolicy, Violation
 from .retry import RetryHint
+from .speculate import Speculate, SpeculateStats
 from .trim import HistoryTrimmer, TrimStats
 from .usage import Spend, UsageMeter, current_run
 
@@ -33,6 +39,8 @@ __all__ = [
     "GuardPolicy",
     "HistoryTrimmer",
     "RetryHint",
+    "Speculate",
+    "SpeculateStats",
     "Spend",
     "ToolCacheState",
     "ToolCallCache",

@@ -53,6 +53,7 @@ from .outputs import (
     PreIterationOutput,
     RLMHook,
 )
+from .speculation import Spec, SpecTool, disable_rlm_speculation, enable_rlm_speculation, speculative
 from .tracing import _install_tap, _new_mlflow_tap, _uninstall_tap
 
 # -- public API -----------------------------------------------------------------------------------------------
@@ -186,7 +187,12 @@ __all__ = [
     "PreIterationHook",
     "PreIterationOutput",
     "RLMHook",
+    "Spec",
+    "SpecTool",
     "disable_rlm_hooks",
+    "disable_rlm_speculation",
     "enable_rlm_hooks",
     "enable_rlm_hooks_with_tracing",
+    "enable_rlm_speculation",
+    "speculative",
 ]
