@@ -276,35 +276,27 @@ class OpenTelemetryTap(ToolAwareTap):
             span.set_attribute("gen_ai.usage.output_tokens", tokens_out)
 
     def _close_step(self, state: _RunSpans, error: BaseException | None = None) -> None:
-        step = state.step
-        if step is None:
-            return
-        state.step = None
-        self._pop(state, step)
-        try:
-            now = _totals(state.usage)
-            self._set_usage(step, state.step_mark, now)
-            state.step_mark = now
-            if error is not None:
-                self._mark_failed(step, error)
-        finally:
-            step.end()
+        self._close(state, "step", error)
 
     def _close_iteration(self, state: _RunSpans, error: BaseException | None = None) -> None:
         self._close_step(state, error)
-        iteration = state.iteration
-        if iteration is None:
+        self._close(state, "iteration", error)
+
+    def _close(self, state: _RunSpans, level: str, error: BaseException | None) -> None:
+        """End the open ``level`` span (``"step"`` or ``"iteration"``) with the usage since it opened."""
+        span = getattr(state, level)
+        if span is None:
             return
-        state.iteration = None
-        self._pop(state, iteration)
+        setattr(state, level, None)
+        self._pop(state, span)
         try:
             now = _totals(state.usage)
-            self._set_usage(iteration, state.iteration_mark, now)
-            state.iteration_mark = now
+            self._set_usage(span, getattr(state, f"{level}_mark"), now)
+            setattr(state, f"{level}_mark", now)
             if error is not None:
-                self._mark_failed(iteration, error)
+                self._mark_failed(span, error)
         finally:
-            iteration.end()
+            span.end()
 
     def _open_step(self, state: _RunSpans, kind: str, span: Span) -> None:
         state.step, state.step_kind, state.step_mark = span, kind, _totals(state.usage)
