@@ -7,21 +7,31 @@ these functions, never through the patch layer's private names.
 from __future__ import annotations
 
 from ._patch import (
+    CodeInterpreterError,
+    ExecutionError,
     batched_queries_keep_context,
     constructor_of,
     current_iteration,
     current_run,
+    execute_without_callbacks,
+    interpreter_class,
     iteration_limit,
     raw_tool,
+    worker_started,
 )
 from .lm_history import lms_of
 
 __all__ = [
+    "CodeInterpreterError",
+    "ExecutionError",
     "batched_queries_keep_context",
     "constructor_of",
     "current_iteration",
     "current_run",
+    "execute_without_callbacks",
+    "interpreter_class",
     "iteration_limit",
     "lms_of",
     "raw_tool",
+    "worker_started",
 ]

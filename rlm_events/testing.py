@@ -7,27 +7,23 @@
 * :class:`InProcessInterpreter` — a real interpreter implementing DSPy's ``CodeInterpreter`` protocol in this
   process: persistent namespace, ``SUBMIT`` → ``FinalOutput``, tools callable from code. Fast, for tests and
   benchmarks; it is no sandbox. What code sees and returns matches ``dspy.LocalInterpreter`` (DSPy 3.4+), which
-  earlier releases lack.
+  earlier releases lack. It lives in :mod:`rlm_events.inprocess` (the library uses it); re-exported here.
 * :func:`build_rlm` — a ``dspy.RLM`` built with the DSPy 3.3+ constructor arguments (``max_iters``,
   ``interpreter_factory``) on every supported release.
 """
 
 from __future__ import annotations
 
-import ast
 import asyncio
-import inspect
-import io
 import json
 import re
-import threading
 from collections.abc import Callable, Mapping, Sequence
-from types import CodeType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 import dspy
-from dspy.primitives import code_interpreter as _ci
 
+from .inprocess import InProcessInterpreter
 from .runtime import constructor_of
 
 # The BaseLM.forward() interface is the one every supported DSPy release (3.1 → 3.4) accepts; DSPy 3.4 calls it
@@ -119,162 +115,6 @@ class ScriptedLM(dspy.BaseLM):
     ) -> Any:
         await asyncio.sleep(0)  # a real LM call suspends the caller (so concurrent calls interleave) on any DSPy
         return self.forward(prompt=prompt, messages=messages, **kwargs)
-
-
-# DSPy 3.3 split CodeExecutionError (recoverable, shown to the LM) out of CodeInterpreterError; 3.1/3.2 only have
-# the latter, which their loop shows to the LM.
-_ExecutionError: type[Exception] = getattr(_ci, "CodeExecutionError", _ci.CodeInterpreterError)
-
-
-class _Submitted(BaseException):
-    def __init__(self, output: dict[str, Any]) -> None:
-        self.output = output
-
-
-def _described(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _crossed(value: Any) -> Any:
-    """A value as it comes back from ``dspy.LocalInterpreter``'s worker: through JSON, or its ``repr``."""
-    try:
-        return json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError):
-        return repr(value)
-
-
-def _takes_keywords_only(fn: Callable[..., Any]) -> bool:
-    """Whether a layer of ``fn`` (following ``__wrapped__``) is a ``def f(**kwargs)``: DSPy 3.3+ wrap user tools so,
-    and advertise the tool's own signature."""
-    seen: set[int] = set()
-    layer: Any = fn
-    while layer is not None and id(layer) not in seen:
-        seen.add(id(layer))
-        code = getattr(getattr(layer, "__func__", layer), "__code__", None)
-        if code is not None:
-            positional = code.co_argcount - (1 if inspect.ismethod(layer) else 0)
-            if positional <= 0 and not code.co_flags & inspect.CO_VARARGS and code.co_flags & inspect.CO_VARKEYWORDS:
-                return True
-            if code.co_flags & inspect.CO_VARARGS == 0:
-                return False
-        layer = getattr(layer, "__wrapped__", None)
-    return False
-
-
-def _host_tool(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` as code in the REPL calls it, as ``dspy.LocalInterpreter`` does: arguments as written, through JSON
-    (positional ones bound by the advertised signature for keyword-only wrappers, as DSPy's PythonInterpreter binds
-    them), a failure raised in the code as ``RuntimeError("Type: message")``, the result JSON-checked."""
-    bind = _takes_keywords_only(fn)
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        # Arguments that are not JSON raise TypeError in the code, as there.
-        positional, keywords = json.loads(json.dumps([args, kwargs], allow_nan=False))
-        try:
-            if bind and positional:
-                keywords = dict(inspect.signature(fn).bind(*positional, **keywords).arguments)
-                positional = []
-            value = fn(*positional, **keywords)
-            json.dumps(value, allow_nan=False)
-        except Exception as exc:
-            raise RuntimeError(_described(exc)) from None
-        return json.loads(json.dumps(value))
-
-    return call
-
-
-# Converting between source, Python AST objects and code objects is not thread-safe in some CPython releases
-# (SystemError: AST constructor recursion depth mismatch), and interpreters of concurrent calls compile at once.
-_AST_LOCK = threading.Lock()
-
-
-def _compiled(code: str) -> tuple[CodeType, CodeType | None]:
-    """``code`` as ``dspy.LocalInterpreter``'s worker runs it: its statements, and apart its final expression, whose
-    value is the result. Raises ``SyntaxError``."""
-    with _AST_LOCK:
-        tree = ast.parse(code, mode="exec")
-        tail = tree.body[-1] if tree.body else None
-        last = tail if isinstance(tail, ast.Expr) else None
-        if last is not None:
-            tree.body.pop()
-        body = compile(tree, "<interpreter>", "exec")
-        value = compile(ast.Expression(last.value), "<interpreter>", "eval") if last is not None else None
-    return body, value
-
-
-class InProcessInterpreter:
-    """A persistent in-process Python REPL implementing DSPy's ``CodeInterpreter`` protocol.
-
-    What executed code sees and returns matches ``dspy.LocalInterpreter`` (DSPy 3.4+), so tests behave the same on
-    every DSPy release: the value of a final expression is the result (else the printed output, without the trailing
-    newline, or ``None``); ``SUBMIT`` takes the output fields positionally or by keyword and raises ``FinalOutput``;
-    tools get their arguments as written; errors surface as ``"Type: message"`` (a failing tool as
-    ``RuntimeError``); results, submissions and tool results cross as JSON (``repr`` for results that are not JSON).
-    Unlike it, input variables may be any Python object, nothing runs in a subprocess, and it is no sandbox.
-
-    ``print`` output is captured per interpreter (not via ``sys.stdout``), so concurrent interpreters don't mix.
-    ``shutdown_count`` counts shutdowns, to check that every run released its interpreter.
-    """
-
-    shutdown_count = 0
-
-    def __init__(self, tools: dict[str, Callable[..., Any]] | None = None, output_fields: list[dict] | None = None):
-        self.tools: dict[str, Callable[..., Any]] = dict(tools or {})
-        self.output_fields = output_fields
-        self.namespace: dict[str, Any] = {}
-        self.started = False
-        self.closed = False
-
-    def start(self) -> None:
-        if self.closed:
-            raise _ci.CodeInterpreterError("InProcessInterpreter session has been shut down.")
-        self.started = True
-
-    def _submit(self, *args: Any, **kwargs: Any) -> None:
-        if self.output_fields is None:
-            if len(args) != 1 or kwargs:
-                raise TypeError("SUBMIT requires one output value")
-            raise _Submitted({"output": args[0]})
-        names = [f["name"] for f in self.output_fields]
-        if args and kwargs:
-            raise TypeError("SUBMIT accepts positional or keyword values, not both")
-        values = dict(zip(names, args, strict=False)) if args else dict(kwargs)
-        if set(values) != set(names) or len(args) > len(names):
-            raise TypeError("SUBMIT fields do not match the configured output fields")
-        raise _Submitted(values)
-
-    def execute(self, code: str, variables: dict[str, Any] | None = None) -> Any:
-        self.start()
-        try:
-            body, tail = _compiled(code)
-        except SyntaxError as exc:
-            raise SyntaxError(str(exc)) from None
-        out = io.StringIO()
-        ns = self.namespace
-        ns.update(variables or {})
-        ns.update({name: _host_tool(fn) for name, fn in self.tools.items()})
-        ns["SUBMIT"] = self._submit
-        ns["print"] = lambda *a, **k: print(*a, **{**k, "file": out})
-        try:
-            exec(body, ns)
-            value = eval(tail, ns) if tail is not None else None
-        except _Submitted as done:
-            return _ci.FinalOutput(_crossed(done.output))
-        except SyntaxError as exc:  # raised by the code itself (compile, eval, ...): reported like a parse error
-            raise SyntaxError(str(exc)) from None
-        except (Exception, SystemExit) as exc:
-            raise _ExecutionError(_described(exc)) from None
-        if value is not None:
-            return _crossed(value)
-        return out.getvalue().rstrip("\n") or None
-
-    def __call__(self, code: str, variables: dict[str, Any] | None = None) -> Any:
-        return self.execute(code, variables)
-
-    def shutdown(self) -> None:
-        if not self.closed:
-            self.closed = True
-            type(self).shutdown_count += 1
 
 
 def build_rlm(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -453,8 +455,26 @@ def test_code_is_parsed_with_the_target_grammar():
         assert DEFAULT.check("type A = __import__('os')", target_python=(3, 13))
 
 
+@pytest.mark.parametrize("first", ["rlm_events.guard", "rlm_events.builtins"])
+def test_the_guard_is_its_own_package_and_the_builtins_reexport_it(first):
+    """Either package can be imported first (a fresh interpreter each), and both name the same objects."""
+    both = (
+        f"import {first}\n"
+        "from rlm_events import builtins, guard\n"
+        "from middleware.errors import middleware_name\n"
+        "assert (builtins.CodeGuard, builtins.GuardPolicy, builtins.Violation) == "
+        "(guard.CodeGuard, guard.GuardPolicy, guard.Violation)\n"
+        "print(middleware_name(guard.CodeGuard()))\n"
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    done = subprocess.run([sys.executable, "-c", both], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "rlm_events.guard.CodeGuard"  # the name errors, notes and telemetry show
+
+
 def test_the_guard_infers_the_sandboxs_python(make_rlm):
-    from rlm_events.builtins.guard import PYODIDE_PYTHON, interpreter_python
+    from rlm_events.guard import PYODIDE_PYTHON, interpreter_python
 
     assert interpreter_python(dspy.RLM("text -> answer")) == PYODIDE_PYTHON  # DSPy's default Deno/Pyodide sandbox
     rlm, _ = make_rlm(["SUBMIT(answer='x')"])
@@ -464,7 +484,9 @@ def test_the_guard_infers_the_sandboxs_python(make_rlm):
 
 
 def test_refusals_say_what_to_do_instead():
-    text = rlm_events.builtins.guard.refusal(DEFAULT.check("import subprocess\nimport logging\nlogging.os"), DEFAULT)
+    from rlm_events.guard import refusal
+
+    text = refusal(DEFAULT.check("import subprocess\nimport logging\nlogging.os"), DEFAULT)
     assert "there is no shell here" in text and "which is not allowed" in text
     assert "the allowed modules (re, json, math" in text
 

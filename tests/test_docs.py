@@ -26,6 +26,10 @@ REFERENCE = ROOT / "docs" / "reference"
 PUBLIC_MODULES = [
     "rlm_events",
     "rlm_events.builtins",
+    "rlm_events.guard",
+    "rlm_events.guard.allowlist",
+    "rlm_events.speculate",
+    "rlm_events.inprocess",
     "rlm_events.taps",
     "rlm_events.taps.jsonl",
     "rlm_events.taps.logs",

@@ -18,10 +18,11 @@ from conftest import REAL_INTERPRETER
 
 import rlm_events
 from rlm_events import Stage
+from rlm_events._ast import LIMITS, UNKNOWN, plain
 from rlm_events.builtins import Budget, CodeGuard, Speculate, SpeculateStats
-from rlm_events.builtins._shadow import LIMITS, UNKNOWN, Planner, plain
-from rlm_events.builtins._speculate_repl import ProbeReader, probe_code
 from rlm_events.lm_usage import Usage
+from rlm_events.speculate.planner import Planner
+from rlm_events.speculate.repl import ProbeReader, probe_code
 from rlm_events.testing import InProcessInterpreter, ScriptedLM, build_rlm
 from rlm_events.trace import JsonlTrace
 

@@ -368,7 +368,7 @@ def test_guard_refusals_and_the_middleware_that_changed_code_or_result_are_named
     assert changed == [(f"{__name__}.rewrite", ["code"]), (f"{__name__}.shout", ["result"])]
 
     assert refused.attributes["rlm.skipped"] is True
-    assert refused.attributes["rlm.result.changed_by"] == ["rlm_events.builtins.guard.CodeGuard", f"{__name__}.shout"]
+    assert refused.attributes["rlm.result.changed_by"] == ["rlm_events.guard.CodeGuard", f"{__name__}.shout"]
     (refusal,) = [e for e in refused.events if e.name == "guard_refusal"]
     assert refusal.attributes["rlm.iteration"] == 1 and "subprocess" in refusal.attributes["code"]
     assert any("subprocess" in v for v in refusal.attributes["violations"])

@@ -51,12 +51,21 @@ from .classes import _base_of, _instrumented_rlm_class
 from .construct import RLMConstructor, batched_queries_keep_context, constructor_of, iteration_limit
 from .detect import _ATTR, _BASE
 from .handle import Handle
+from .interpreters import (
+    CodeInterpreterError,
+    ExecutionError,
+    execute_without_callbacks,
+    interpreter_class,
+    worker_started,
+)
 from .predict_rlm import own_lms
 from .tools import raw_tool
 from .warnings import warn_once
 
 # The patch layer's API for the rest of rlm-events: nothing outside this package imports its private names.
 __all__ = [
+    "CodeInterpreterError",
+    "ExecutionError",
     "Handle",
     "RLMConstructor",
     "attach",
@@ -65,11 +74,14 @@ __all__ = [
     "current_iteration",
     "current_run",
     "detach",
+    "execute_without_callbacks",
     "instrumentation_of",
+    "interpreter_class",
     "iteration_limit",
     "own_lms",
     "raw_tool",
     "warn_once",
+    "worker_started",
 ]
 
 

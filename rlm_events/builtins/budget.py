@@ -103,6 +103,27 @@ class Budget(Builtin):
         """The :class:`Spend` of a run (or of a context's run); ``None`` if no Budget metered it."""
         return spend_of(run.run if isinstance(run, StageContext) else run)
 
+    @staticmethod
+    def installed(run: Run) -> list[Budget]:
+        """The Budgets in the ``tool_call`` chain of the instrumentation ``run`` belongs to, in chain order."""
+        from ..instrumentation import instrumentation_of
+
+        events = instrumentation_of(run.module)
+        if events is None:
+            return []
+        return [mw for mw in events.plan.chains[Stage.TOOL_CALL] if isinstance(mw, Budget)]
+
+    def admits(self, spend: Spend, name: str, *, pending: int = 0) -> str | None:
+        """Whether this Budget would let one more call of tool ``name`` start now, with ``pending`` calls of it
+        already promised elsewhere: ``None`` if so, else why not (``"budget"``: a token, time or cost limit is
+        reached; ``"tool_cap"``: the tool's ``max_tool_calls`` cap). Reserves nothing."""
+        if self._exceeded(spend, include_iterations=False) is not None:
+            return "budget"
+        cap = self.max_tool_calls.get(name)
+        if cap is not None and spend.tool_calls.get(name, 0) + pending >= cap:
+            return "tool_cap"
+        return None
+
     def check(self, events: Instrumentation) -> None:
         check_tool_names("Budget(max_tool_calls=...)", self.max_tool_calls, events)
 

@@ -11,10 +11,10 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
+from .._ast import bound_names, class_members, parse
 from ..context import PostExecutionContext
 from ..stages import Stage
 from ._base import RLM_BUILTIN_TOOLS, Builtin
-from ._syntax import bound_names, class_members, parse
 
 logger = logging.getLogger("rlm_events")
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import dspy
 
-from ..builtins.speculate import Speculate
 from ..instrumentation import instrument
+from ..speculate import Speculate
 
 
 class speculative:

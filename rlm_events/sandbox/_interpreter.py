@@ -27,16 +27,13 @@ from typing import IO, TYPE_CHECKING, Any
 
 from dspy.primitives import code_interpreter as _ci
 
+from ..inprocess import takes_keywords_only
+from ..runtime import CodeInterpreterError, ExecutionError
 from . import _isolation
 from ._isolation import WORKER, PidsCgroup
 
 if TYPE_CHECKING:
     from . import Sandboxed
-
-# DSPy 3.3+ shows CodeExecutionError to the LM and ends the call on a bare CodeInterpreterError; 3.1 and 3.2 show
-# CodeInterpreterError (they have no other).
-ExecutionError: type[Exception] = getattr(_ci, "CodeExecutionError", _ci.CodeInterpreterError)
-CodeInterpreterError = _ci.CodeInterpreterError
 
 STARTUP_TIMEOUT = 20.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -51,13 +48,6 @@ _SETUP_VARIABLE = "__dspy_host_token"
 
 class _Lost(Exception):
     """The worker is gone (or must go): ``str()`` says why, for the LM."""
-
-
-def _takes_keywords_only(fn: Callable[..., Any]) -> bool:
-    # Shared with rlm_events.testing.InProcessInterpreter, so both bind a tool's positional arguments alike.
-    from ..testing import _takes_keywords_only as takes
-
-    return takes(fn)
 
 
 def _run_in_thread(function: Callable[[], Any]) -> Future[Any]:
@@ -260,7 +250,7 @@ class SandboxedInterpreter:
     sees in ``dspy.LocalInterpreter``'s worker (DSPy 3.4): a persistent namespace, tools and ``SUBMIT`` as global
     functions, the value of a final expression as the result, else the printed output; values cross as JSON. One
     difference: a tool that takes only keyword arguments (DSPy wraps user tools so) also accepts them positionally,
-    bound by its signature, as in :class:`rlm_events.testing.InProcessInterpreter`.
+    bound by its signature, as in :class:`rlm_events.inprocess.InProcessInterpreter`.
 
     Tools run in this process, on threads, called over the worker's pipes. An execution that outlives
     ``timeout`` seconds (tool calls included) kills the sandbox and raises ``CodeExecutionError`` (shown to the LM
@@ -489,7 +479,7 @@ class SandboxedInterpreter:
         tool = self.tools.get(tool_name)
         if tool is None:
             raise CodeInterpreterError(f"Unknown tool: {tool_name}")
-        if args and _takes_keywords_only(tool):
+        if args and takes_keywords_only(tool):
             kwargs = dict(inspect.signature(tool).bind(*args, **kwargs).arguments)
             args = []
         result = tool(*args, **kwargs)

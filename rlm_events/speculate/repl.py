@@ -1,4 +1,4 @@
-"""What :class:`~rlm_events.builtins.Speculate` needs of the running iteration, and how it reads the REPL.
+"""What :class:`~rlm_events.speculate.Speculate` needs of the running iteration, and how it reads the REPL.
 
 * :func:`iteration_of`: the REPL and the variables this iteration's code will run with. They are arguments of
   DSPy's loop body, which only the patch layer holds: read through :mod:`rlm_events.runtime`, never changed.
@@ -7,13 +7,15 @@
 * :class:`NamespaceReader` / :class:`ProbeReader`: the REPL's current variables, as plain-data copies, without
   side effects on it (see their docstrings); :func:`reader_for` picks one, or says why none fits.
 * :func:`normalizer_for`: the arguments a tool will see for a call written in the code, as the interpreter
-  passes them (through JSON, and for :class:`~rlm_events.testing.InProcessInterpreter` bound to keyword-only
+  passes them (through JSON, and for :class:`~rlm_events.inprocess.InProcessInterpreter` bound to keyword-only
   wrappers as it binds them).
+
+Whatever this needs of DSPy's private API (the interpreter's worker, its execute without callbacks) it reads
+through :mod:`rlm_events.runtime`.
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
 import json
 import keyword
@@ -22,10 +24,10 @@ from typing import Any
 
 import dspy
 
+from .._ast import Limits, plain
 from ..context import Run
-from ..runtime import current_iteration, raw_tool
-from ..testing import InProcessInterpreter, _takes_keywords_only
-from ._shadow import UNKNOWN, Limits, plain
+from ..inprocess import InProcessInterpreter, takes_keywords_only
+from ..runtime import current_iteration, execute_without_callbacks, raw_tool, worker_started
 
 LocalInterpreter: Any = getattr(dspy, "LocalInterpreter", None)
 
@@ -86,7 +88,7 @@ class Absent:
 
 
 class NamespaceReader:
-    """:class:`~rlm_events.testing.InProcessInterpreter`: its namespace is a dict in this process.
+    """:class:`~rlm_events.inprocess.InProcessInterpreter`: its namespace is a dict in this process.
 
     Reading it runs no code at all: a lookup in an exact ``dict`` by an exact ``str``, and :func:`plain` copies of
     values of exact builtin types (anything else reads as unknown). Nothing is executed in the REPL."""
@@ -163,15 +165,14 @@ class ProbeReader:
         self.executions = 0
 
     def started(self) -> bool:
-        return vars(self.repl).get("_process") is not None
+        return worker_started(self.repl)
 
     def read(self, names: list[str], limits: Limits) -> tuple[dict[str, Any], frozenset[str]]:
         """``({name: value}, bound names)`` for ``names``; raises when the worker did not answer as expected."""
         if not names or not self.started():
             return {}, frozenset()
-        execute = getattr(LocalInterpreter.execute, "__wrapped__", LocalInterpreter.execute)
         self.executions += 1
-        result = execute(self.repl, probe_code(names, limits), {})
+        result = execute_without_callbacks(self.repl, probe_code(names, limits), {})
         if not (isinstance(result, list) and len(result) == 2 and isinstance(result[0], dict)):
             raise RuntimeError(f"the REPL probe returned {type(result).__name__}, not its [values, names] pair")
         values, bound = result
@@ -209,31 +210,6 @@ def unsupported_reason(cls: Any) -> str | None:
     return f"{name} is not an interpreter whose variables the shadow can read without side effects"
 
 
-def interpreter_class(module: Any) -> type | None:
-    """The class of the interpreters ``module`` creates, when it can be told without creating one."""
-    per_call = module.__dict__.get("_interpreter_context")  # rlm_events.testing.build_rlm before DSPy 3.3
-    candidate: Any = getattr(per_call, "factory", None)
-    if candidate is None and "_interpreter_factory" in module.__dict__:
-        candidate = module.__dict__["_interpreter_factory"]
-        from dspy.primitives.python_interpreter import PythonInterpreter
-
-        if candidate is None or candidate is PythonInterpreter:  # "unset": dspy.settings, else PythonInterpreter
-            candidate = dspy.settings.get("interpreter_factory") or PythonInterpreter
-    elif candidate is None and "_interpreter" in module.__dict__:  # DSPy 3.1/3.2: one shared interpreter, or None
-        candidate = module.__dict__["_interpreter"]
-        if candidate is None:
-            from dspy.primitives.python_interpreter import PythonInterpreter
-
-            candidate = PythonInterpreter
-    while isinstance(candidate, functools.partial):
-        candidate = candidate.func
-    if isinstance(candidate, type):
-        return candidate
-    if candidate is not None and hasattr(candidate, "execute") and not inspect.isroutine(candidate):
-        return type(candidate)  # an interpreter instance
-    return None
-
-
 # -- what a tool sees -----------------------------------------------------------------------------------------
 
 
@@ -250,7 +226,7 @@ def normalizer_for(repl: Any) -> Callable[[Callable[..., Any], tuple[Any, ...], 
 
         def in_process(tool: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             positional, keywords = _through_json(args, kwargs)
-            if positional and _takes_keywords_only(tool):  # as InProcessInterpreter's _host_tool binds them
+            if positional and takes_keywords_only(tool):  # as InProcessInterpreter's _host_tool binds them
                 keywords = dict(inspect.signature(tool).bind(*positional, **keywords).arguments)
                 positional = []
             return tuple(positional), keywords
@@ -273,13 +249,11 @@ def call_key(name: str, args: Any, kwargs: Any) -> str | None:
 
 
 __all__ = [
-    "UNKNOWN",
     "Absent",
     "NamespaceReader",
     "ProbeReader",
     "Values",
     "call_key",
-    "interpreter_class",
     "iteration_of",
     "normalizer_for",
     "probe_code",

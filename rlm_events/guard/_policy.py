@@ -1,4 +1,4 @@
-"""What :class:`~rlm_events.builtins.CodeGuard` lets generated code do: a :class:`GuardPolicy` checked on the AST.
+"""What :class:`~rlm_events.guard.CodeGuard` lets generated code do: a :class:`GuardPolicy` checked on the AST.
 
 A policy is an allowlist. Code may import only the listed modules and reach, through them, only their public,
 non-module members (``logging.os``, ``random._os`` and ``json.codecs`` are refused even though ``logging``,
@@ -19,14 +19,16 @@ what to do instead.
 from __future__ import annotations
 
 import ast
-import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from . import _allowlist as allowlist
-from ._policy_check import Violation, ViolationKind, _Scanner, imported_names, parse_code
+from . import allowlist
+from ._bindings import imported_names
+from ._grammar import parse_code
+from ._scanner import Scanner
+from ._violation import Violation
 
 
 def _names(value: Any, field: str, *, dotted: bool) -> frozenset[str]:
@@ -111,7 +113,7 @@ class GuardPolicy(BaseModel):
 
         :meth:`strict`, plus: the modules ``asyncio logging tarfile threading xml.etree.ElementTree zipfile``
         (minus their members that start processes, connect, write files or trace: see
-        ``rlm_events.builtins._allowlist.DENIED_MEMBERS``), the built-in ``open`` and the openers ``io.open``,
+        ``rlm_events.guard.allowlist.DENIED_MEMBERS``), the built-in ``open`` and the openers ``io.open``,
         ``gzip.open``/``GzipFile``, ``bz2``, ``lzma``, ``zipfile.ZipFile``, ``tarfile.open`` with a literal mode that
         reads, ``.format()`` on any string, and ``self.__dict__``, ``vars(self)`` and ``getattr(self, name)`` inside
         methods.
@@ -128,12 +130,12 @@ class GuardPolicy(BaseModel):
     def strict(cls) -> GuardPolicy:
         """Pure data processing: no files at all, no processes, network or interpreter internals.
 
-        Modules: ``rlm_events.builtins._allowlist.STRICT_MODULES`` (re, json, math, statistics, collections,
+        Modules: ``rlm_events.guard.allowlist.STRICT_MODULES`` (re, json, math, statistics, collections,
         itertools, functools, operator, datetime, dataclasses, typing, concurrent.futures, urllib.parse, …, and
         ``dspy``'s sub-agent API), a few of them member by member (``io``: ``StringIO``, ``BytesIO``,
         ``TextIOWrapper`` …). Built-ins: the ordinary ones; not ``eval exec compile __import__ globals locals
         breakpoint input help exit quit open``. Attributes: no private or dunder attribute except
-        ``rlm_events.builtins._allowlist.DUNDERS`` and ``PRIVATE``, nor frame/code internals. ``getattr`` only
+        ``rlm_events.guard.allowlist.DUNDERS`` and ``PRIVATE``, nor frame/code internals. ``getattr`` only
         with names the code spells out, ``.format()`` only on literal strings.
         """
         return cls()
@@ -237,7 +239,7 @@ class GuardPolicy(BaseModel):
         if problem is not None:
             return [problem]
         assert tree is not None
-        scanner = _Scanner(self, tree, frozenset(shadowed), imported)
+        scanner = Scanner(self, tree, frozenset(shadowed), imported)
         scanner.run()
         unique = dict.fromkeys(scanner.found)
         return sorted(unique, key=lambda v: v.line)
@@ -268,6 +270,4 @@ def _is_dunder(name: str) -> bool:
     return len(name) > 4 and name.startswith("__") and name.endswith("__")
 
 
-HOST_PYTHON: tuple[int, int] = (sys.version_info[0], sys.version_info[1])
-
-__all__ = ["HOST_PYTHON", "GuardPolicy", "Violation", "ViolationKind", "imports_of"]
+__all__ = ["GuardPolicy", "imports_of"]

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any, ClassVar, Literal
 
+from ..builtins._base import Builtin
 from ..context import PreExecutionContext
 from ..stages import Stage
-from ._base import Builtin
-from .policy import GuardPolicy, Violation, imports_of
+from ._grammar import interpreter_python
+from ._policy import GuardPolicy, imports_of
+from ._violation import Violation
 
 MAX_LISTED = 5  # violations listed to the LM; more would only bury the first ones
-# DSPy's PythonInterpreter runs Pyodide 0.29 (CPython 3.13) under Deno; the guard parses its code with that grammar.
-PYODIDE_PYTHON = (3, 13)
 
 
 class CodeGuard(Builtin):
@@ -33,9 +32,12 @@ class CodeGuard(Builtin):
 
     ``target_python`` is the grammar the code is parsed with: ``(major, minor)``; ``None`` for the guard's own
     Python; ``"auto"`` (the default) for the policy's :attr:`~GuardPolicy.target_python` if it has one, else the
-    RLM's interpreter where it is known (DSPy's ``PythonInterpreter``: :data:`PYODIDE_PYTHON`), else the guard's.
+    RLM's interpreter where it is known (DSPy's ``PythonInterpreter``: :data:`~rlm_events.guard.PYODIDE_PYTHON`),
+    else the guard's.
     """
 
+    # Middleware are named module.qualname in errors, notes and telemetry: name the public home, not this module.
+    __module__ = "rlm_events.guard"
     STAGES: ClassVar[tuple[Stage, ...]] = (Stage.PRE_EXECUTION,)
 
     def __init__(
@@ -84,35 +86,6 @@ class CodeGuard(Builtin):
         return f"CodeGuard(policy={self.policy!r})"
 
 
-def interpreter_python(rlm: Any) -> tuple[int, int] | None:
-    """The Python version of the interpreter ``rlm`` runs code in, when the guard can tell: :data:`PYODIDE_PYTHON`
-    for DSPy's Deno/Pyodide ``PythonInterpreter`` (also when it is the default), else ``None`` (the guard's own)."""
-    try:
-        from dspy.primitives.python_interpreter import PythonInterpreter
-    except ImportError:  # pragma: no cover - every supported DSPy has it
-        return None
-    factory = getattr(rlm, "_interpreter_factory", None)  # DSPy 3.3+
-    if factory is None:
-        per_call = vars(rlm).get("_interpreter_context") if hasattr(rlm, "__dict__") else None
-        factory = getattr(per_call, "factory", None) or getattr(rlm, "interpreter", None)
-    if factory is None or factory is PythonInterpreter:
-        try:
-            from dspy.primitives.code_interpreter import resolve_interpreter_factory
-        except ImportError:  # before DSPy 3.3: no factory means the default PythonInterpreter
-            factory = PythonInterpreter
-        else:
-            try:
-                factory = resolve_interpreter_factory(factory)
-            except Exception:
-                return None
-    while isinstance(factory, functools.partial):
-        factory = factory.func
-    pyodide = isinstance(factory, PythonInterpreter) or (
-        isinstance(factory, type) and issubclass(factory, PythonInterpreter)
-    )
-    return PYODIDE_PYTHON if pyodide else None
-
-
 def refusal(violations: list[Violation], policy: GuardPolicy | None = None) -> str:
     """The ``[Error]`` text the LM sees instead of the output of refused code."""
     lines = [f"- {v}" for v in violations[:MAX_LISTED]]
@@ -145,4 +118,4 @@ _SHOWN_MODULES = (
 )
 
 
-__all__ = ["PYODIDE_PYTHON", "CodeGuard", "interpreter_python", "refusal"]
+__all__ = ["MAX_LISTED", "CodeGuard", "refusal"]

@@ -1,0 +1,42 @@
+"""Reading generated code without running it: shared by every part of rlm-events that reads the LM's code.
+
+Its API (everything else in this package is an implementation detail):
+
+* parsing: :func:`parse` (the tree, or ``None``), :data:`AST_LOCK` (held around every source/AST/code conversion);
+* names: :func:`bound_names`, :func:`assigned_names`, :func:`class_members`, :func:`base_name`,
+  :func:`walk_local`, :func:`escapes`;
+* the bounded evaluator: :class:`Evaluator` over plain data (:func:`plain` copies REPL values into it,
+  :class:`Unknown` is what it cannot know, :func:`needs_of` what an unknown part needs), with one set of
+  :class:`Limits` (:data:`LIMITS` by default) for every evaluation.
+
+Modules: ``parse``, ``names``, ``values``, ``limits``, ``scope`` (name resolution), ``operations`` (the modelled
+operations), ``expressions``, ``statements`` (:class:`Evaluator`).
+"""
+
+from __future__ import annotations
+
+from .limits import LIMITS, Limits
+from .names import assigned_names, base_name, bound_names, class_members, escapes, walk_local
+from .parse import AST_LOCK, parse
+from .statements import Evaluator
+from .values import UNKNOWN, Opaque, Ref, Unknown, needs_of, plain
+
+__all__ = [
+    "AST_LOCK",
+    "LIMITS",
+    "UNKNOWN",
+    "Evaluator",
+    "Limits",
+    "Opaque",
+    "Ref",
+    "Unknown",
+    "assigned_names",
+    "base_name",
+    "bound_names",
+    "class_members",
+    "escapes",
+    "needs_of",
+    "parse",
+    "plain",
+    "walk_local",
+]

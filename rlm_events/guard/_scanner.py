@@ -1,0 +1,48 @@
+"""The guard's one pass over a module's tree: every rule, with the methods' ``self`` tracked through the scopes."""
+
+from __future__ import annotations
+
+import ast
+
+from ._bindings import decorated
+from ._rules_calls import CallRules
+from ._rules_strings import StringRules
+
+
+class Scanner(CallRules, StringRules):
+    """One pass over a module's tree, resolving names through the code's own imports; ``found`` holds the
+    violations in the order they were met."""
+
+    def run(self) -> None:
+        """Check the whole tree."""
+        self.visit(self.tree)
+
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        for decorator in node.decorator_list:
+            self.visit(decorator)
+        self.visit(node.args)
+        if node.returns is not None:
+            self.visit(node.returns)
+        own = set(self.own[-1])
+        params = [*node.args.posonlyargs, *node.args.args]
+        stored = {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+        own -= stored | {a.arg for a in (*params, *node.args.kwonlyargs)}
+        method = isinstance(self.parents.get(node), ast.ClassDef) and not decorated(node, "staticmethod")
+        if method and params and params[0].arg not in stored:
+            own.add(params[0].arg)
+        self.own.append(frozenset(own))
+        for statement in node.body:
+            self.visit(statement)
+        self.own.pop()
+
+    visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
+
+    def visit_Lambda(self, node: ast.Lambda) -> None:
+        self.visit(node.args)
+        params = {a.arg for a in (*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs)}
+        self.own.append(self.own[-1] - params)
+        self.visit(node.body)
+        self.own.pop()
+
+
+__all__ = ["Scanner"]

@@ -1,0 +1,175 @@
+"""Attributes: the dunder and private attributes code may access, and the public ones it may not."""
+
+from __future__ import annotations
+
+# --- attributes ------------------------------------------------------------------------------------------------------
+
+# Dunder attributes code may access on any object: naming, construction and the operator protocols. Everything that
+# leads to classes' relatives, functions' globals, frames or loaders (__bases__, __subclasses__, __mro__,
+# __globals__, __code__, __closure__, __func__, __self__, __builtins__, __getattribute__, __reduce_ex__, __loader__,
+# __spec__, __traceback__, __annotations__, __wrapped__ …) is not listed, so it is refused.
+DUNDERS = frozenset(
+    {
+        "__class__",
+        "__name__",
+        "__qualname__",
+        "__module__",
+        "__doc__",
+        "__dict__",  # only on the code's own objects (see the attribute rules)
+        "__init__",
+        "__new__",
+        "__post_init__",
+        "__repr__",
+        "__str__",
+        "__format__",
+        "__bytes__",
+        "__hash__",
+        "__bool__",
+        "__len__",
+        "__length_hint__",
+        "__iter__",
+        "__next__",
+        "__reversed__",
+        "__contains__",
+        "__getitem__",
+        "__setitem__",
+        "__delitem__",
+        "__missing__",
+        "__enter__",
+        "__exit__",
+        "__aenter__",
+        "__aexit__",
+        "__aiter__",
+        "__anext__",
+        "__await__",
+        "__call__",
+        "__copy__",
+        "__deepcopy__",
+        "__eq__",
+        "__ne__",
+        "__lt__",
+        "__le__",
+        "__gt__",
+        "__ge__",
+        "__neg__",
+        "__pos__",
+        "__abs__",
+        "__invert__",
+        "__complex__",
+        "__int__",
+        "__float__",
+        "__index__",
+        "__round__",
+        "__trunc__",
+        "__floor__",
+        "__ceil__",
+        "__slots__",
+        "__match_args__",
+        "__all__",
+        "__version__",
+    }
+    | {
+        f"__{prefix}{op}__"
+        for op in (
+            [
+                "add",
+                "sub",
+                "mul",
+                "matmul",
+                "truediv",
+                "floordiv",
+                "mod",
+                "divmod",
+                "pow",
+                "lshift",
+                "rshift",
+                "and",
+                "xor",
+                "or",
+            ]
+        )
+        for prefix in ("", "r", "i")
+    }
+)
+# Dunder strings that may appear as literals besides DUNDERS.
+DUNDER_STRINGS = frozenset({"__main__"})
+# Private attributes that are public API: namedtuple's.
+PRIVATE = frozenset({"_asdict", "_replace", "_fields", "_field_defaults", "_make"})
+# Public attribute names of frames, code objects, generators, coroutines and tracebacks.
+FRAME_ATTRIBUTES = frozenset(
+    {
+        "f_back",
+        "f_builtins",
+        "f_code",
+        "f_globals",
+        "f_lasti",
+        "f_lineno",
+        "f_locals",
+        "f_trace",
+        "f_trace_lines",
+        "f_trace_opcodes",
+        "gi_code",
+        "gi_frame",
+        "gi_running",
+        "gi_suspended",
+        "gi_yieldfrom",
+        "cr_await",
+        "cr_code",
+        "cr_frame",
+        "cr_origin",
+        "cr_running",
+        "cr_suspended",
+        "ag_await",
+        "ag_code",
+        "ag_frame",
+        "ag_running",
+        "tb_frame",
+        "tb_lasti",
+        "tb_lineno",
+        "tb_next",
+        "co_code",
+        "co_consts",
+        "co_names",
+        "co_varnames",
+        "co_cellvars",
+        "co_freevars",
+        "co_filename",
+        "co_name",
+        "co_qualname",
+        "co_flags",
+        "co_lines",
+        "co_positions",
+        "co_linetable",
+        "co_lnotab",
+        "co_exceptiontable",
+        "func_globals",
+        "func_code",
+    }
+)
+# Method names refused on any object (the guard cannot know the object's type): they write files outside open(),
+# or start processes and connections from an event loop.
+DENIED_METHODS: dict[str, str] = {
+    "write_text": "write",
+    "write_bytes": "write",
+    "extractall": "write",
+    "tofile": "write",
+    "to_pickle": "write",
+    "symlink_to": "write",
+    "hardlink_to": "write",
+    "makefile": "write",  # TarFile.makefile(tarinfo, path) and its siblings write files
+    "makedir": "write",
+    "makelink": "write",
+    "makefifo": "write",
+    "makedev": "write",
+    "subprocess_exec": "process",
+    "subprocess_shell": "process",
+    "create_connection": "network",
+    "create_server": "network",
+    "create_datagram_endpoint": "network",
+    "create_unix_connection": "network",
+    "create_unix_server": "network",
+    "connect_accepted_socket": "network",
+    "sock_connect": "network",
+    "connect_read_pipe": "process",
+    "connect_write_pipe": "process",
+}

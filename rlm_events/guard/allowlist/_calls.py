@@ -1,0 +1,144 @@
+"""Calls: the built-ins code may use, and the functions whose arguments the guard checks (openers and their modes,
+writing keywords, functions that take attribute names)."""
+
+from __future__ import annotations
+
+import builtins
+
+# --- calls whose arguments are checked -------------------------------------------------------------------------------
+
+# Functions that open a file: (position of the mode argument, default mode). Checked in every policy that allows
+# them: a mode that writes, a mode that is not a literal, ``**kwargs`` or an ``opener=`` are refused.
+OPENERS: dict[str, int] = {
+    "open": 1,
+    "io.open": 1,
+    "gzip.open": 1,
+    "gzip.GzipFile": 1,
+    "bz2.open": 1,
+    "bz2.BZ2File": 1,
+    "lzma.open": 1,
+    "lzma.LZMAFile": 1,
+    "zipfile.ZipFile": 1,
+    "tarfile.open": 1,
+    "tarfile.TarFile": 1,
+    "tarfile.TarFile.open": 1,
+    "tarfile.TarFile.taropen": 1,
+    "tarfile.TarFile.gzopen": 1,
+    "tarfile.TarFile.bz2open": 1,
+    "tarfile.TarFile.xzopen": 1,
+}
+# Keyword arguments that make an allowed function write a file.
+WRITING_KEYWORDS: dict[str, frozenset[str]] = {
+    "logging.basicConfig": frozenset({"filename", "filemode", "handlers", "stream"}),
+}
+# Members that may only be called directly with literal attribute names (never passed around as values).
+NAME_TAKING = frozenset({"operator.attrgetter", "operator.methodcaller"})
+# Members whose arguments are checked may only be called directly: as a value (functools.partial(gzip.open, p, "wb"),
+# map(...)) they could be called later with anything.
+CALL_ONLY_MEMBERS = NAME_TAKING | (frozenset(OPENERS) - {"open"}) | frozenset(WRITING_KEYWORDS)
+# Command-line entry points of modules (zipfile.main(["-e", ...]) extracts, base64.main() reads files).
+ENTRY_POINTS = frozenset({"main", "test"})
+# Calls that return an archive object (its .extract() writes files).
+ARCHIVES = frozenset(
+    {
+        "zipfile.ZipFile",
+        "tarfile.open",
+        "tarfile.TarFile",
+        *(f"tarfile.TarFile.{m}" for m in ("open", "taropen", "gzopen", "bz2open", "xzopen")),
+    }
+)
+
+# --- built-ins -------------------------------------------------------------------------------------------------------
+
+_EXCEPTIONS = frozenset(
+    name
+    for name in dir(builtins)
+    if isinstance(getattr(builtins, name), type) and issubclass(getattr(builtins, name), BaseException)
+)
+STRICT_BUILTINS = _EXCEPTIONS | {
+    "Ellipsis",
+    "NotImplemented",
+    "__debug__",
+    "__doc__",
+    "__name__",
+    "abs",
+    "aiter",
+    "all",
+    "anext",
+    "any",
+    "ascii",
+    "bin",
+    "bool",
+    "bytearray",
+    "bytes",
+    "callable",
+    "chr",
+    "classmethod",
+    "complex",
+    "delattr",
+    "dict",
+    "dir",
+    "divmod",
+    "enumerate",
+    "filter",
+    "float",
+    "format",
+    "frozenset",
+    "getattr",
+    "hasattr",
+    "hash",
+    "hex",
+    "id",
+    "int",
+    "isinstance",
+    "issubclass",
+    "iter",
+    "len",
+    "list",
+    "map",
+    "max",
+    "memoryview",
+    "min",
+    "next",
+    "object",
+    "oct",
+    "ord",
+    "pow",
+    "print",
+    "property",
+    "range",
+    "repr",
+    "reversed",
+    "round",
+    "set",
+    "setattr",
+    "slice",
+    "sorted",
+    "staticmethod",
+    "str",
+    "sum",
+    "super",
+    "tuple",
+    "type",
+    "vars",
+    "zip",
+}
+DEFAULT_BUILTINS = STRICT_BUILTINS | {"open"}  # read-only: open(path), open(path, "rb")
+# Built-ins that may only be called directly (a reference could be called later with anything).
+CALL_ONLY_BUILTINS = frozenset({"getattr", "setattr", "delattr", "vars", "open"})
+# Why a built-in is refused, and what to do instead.
+BUILTIN_HINTS: dict[str, str] = {
+    "eval": "compute the value in plain Python; to parse a literal use ast.literal_eval(text)",
+    "exec": "write the code itself in this step",
+    "compile": "write the code itself in this step",
+    "__import__": "use an import statement with an allowed module",
+    "__build_class__": "use a class statement",
+    "globals": "use your variables by name",
+    "locals": "use your variables by name",
+    "breakpoint": "print() what you want to inspect",
+    "help": "print() what you want to inspect",
+    "input": "the REPL has no stdin; use your input variables",
+    "exit": "call SUBMIT(...) when you are done",
+    "quit": "call SUBMIT(...) when you are done",
+    "open": "work on the variables you were given (the data is already loaded)",
+}

@@ -1,0 +1,174 @@
+"""Calls made ahead, from dispatch to claim.
+
+* :func:`dispatch_calls`: the predicted calls of one iteration that may start (per-iteration cap, arguments the
+  interpreter would pass, DSPy's ``max_llm_calls``, the run's Budgets) start on the run's pool, each in a copy of
+  the run's context (so the usage meter, the Budget and ``dspy.context`` see them as the run's).
+* :func:`claim`: at ``tool_call``, the real call takes the result of a dispatched call whose name and arguments
+  match exactly; anything else makes the real call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import CancelledError
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from ..builtins._base import RLM_BUILTIN_TOOLS
+from ..context import Run, ToolCallContext
+from ..lm_usage import SPECULATION
+from . import repl as repl_io
+from .budget_gate import BudgetGate
+from .ledger import Dispatch, Live
+from .planner import Predicted
+from .spans import mark_span, span_current, start_span
+
+LLM_TOOLS = frozenset(RLM_BUILTIN_TOOLS)
+"""The sub-LLM tools every ``dspy.RLM`` gives its code."""
+
+
+def lm_calls(call: Predicted) -> int:
+    """The LM calls ``call`` makes (``llm_query_batched`` makes one per prompt)."""
+    if call.name != "llm_query_batched":
+        return 1
+    prompts = call.args[0] if call.args else call.kwargs.get("prompts")
+    return len(prompts) if isinstance(prompts, (list, tuple)) else 1
+
+
+def dispatch_calls(
+    live: Live,
+    run: Run,
+    iteration: int,
+    predicted: list[Predicted],
+    repl: Any,
+    tools: dict[str, Callable[..., Any]],
+    repl_tools: dict[str, Callable[..., Any]],
+    *,
+    max_per_iteration: int,
+    tracer: Any,
+) -> None:
+    """Start the calls of ``predicted`` that may start; count the others on ``live.stats.refused`` by reason."""
+    normalize = repl_io.normalizer_for(repl)
+    gate = BudgetGate(run)
+    stats = live.stats
+    limit = getattr(run.module, "max_llm_calls", None)
+    sent = 0
+    per_tool: dict[str, int] = {}
+    for call in predicted:
+        weight = lm_calls(call) if call.name in LLM_TOOLS else 1
+        if sent + weight > max_per_iteration:
+            stats.refuse("per_iteration")
+            continue
+        try:
+            args, kwargs = normalize(repl_tools.get(call.name, tools[call.name]), call.args, call.kwargs)
+        except Exception:
+            stats.refuse("arguments")
+            continue
+        key = repl_io.call_key(call.name, args, kwargs)
+        if key is None:
+            stats.refuse("arguments")
+            continue
+        dispatch = Dispatch(call.name, args, kwargs, key, iteration)
+        if call.name in LLM_TOOLS:
+            # DSPy's max_llm_calls counts calls made ahead: never dispatch one it would refuse.
+            if isinstance(limit, int) and live.llm_counted + weight > limit:
+                stats.refuse("max_llm_calls")
+                continue
+            dispatch.weight = weight
+        refusal = gate.refusal(dispatch, weight, per_tool)
+        if refusal is not None:
+            stats.refuse(refusal)
+            continue
+        sent += weight
+        per_tool[call.name] = per_tool.get(call.name, 0) + 1
+        submit(live, dispatch, tools[call.name], tracer)
+
+
+def submit(live: Live, dispatch: Dispatch, fn: Callable[..., Any], tracer: Any) -> None:
+    """Record ``dispatch`` on the ledger and start it on the run's pool."""
+    context = contextvars.copy_context()  # the run's: the meter, dspy.context and current_run() see it
+    with live.lock:
+        live.pending.setdefault(dispatch.key, deque()).append(dispatch)
+        live.all.append(dispatch)
+        live.stats.dispatched += 1
+        live.llm_counted += dispatch.weight
+    if tracer is not None:
+        dispatch.span = start_span(tracer, dispatch, live.run)
+    future = live.pool().submit(context.run, call_ahead, dispatch, fn)
+    dispatch.future = future
+    future.add_done_callback(lambda _: live.finished(dispatch))
+
+
+def call_ahead(dispatch: Dispatch, fn: Callable[..., Any]) -> Any:
+    """Run in a worker thread, in a copy of the run's context: the real tool, its LM calls on the dispatch's
+    ledger as well as on the run's."""
+    token = SPECULATION.set(dispatch.ledger)
+    current = span_current(dispatch.span)
+    try:
+        result = fn(*dispatch.args, **dispatch.kwargs)
+        if inspect.isawaitable(result):
+            result = asyncio.run(_awaited(result))
+        return result
+    finally:
+        if current is not None:
+            current()
+        SPECULATION.reset(token)
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def claim(live: Live, ctx: ToolCallContext, next: Any, timeout: float) -> Any:
+    """The ``tool_call`` of a speculable tool: the result of the dispatched call that matches it exactly (waiting
+    up to ``timeout`` seconds for it to finish), else the real call."""
+    key = repl_io.call_key(ctx.name, ctx.args, ctx.kwargs) if live.pending else None
+    dispatch = live.take(key) if key is not None else None
+
+    def real() -> Any:  # the code makes the call itself
+        if ctx.name in LLM_TOOLS:
+            calls = lm_calls(Predicted(ctx.name, tuple(ctx.args), dict(ctx.kwargs)))
+            with live.lock:
+                live.llm_counted += calls
+        return next(ctx)
+
+    if dispatch is None:
+        with live.lock:
+            live.stats.missed += 1
+        return real()
+    future = dispatch.future
+    assert future is not None
+    if future.cancel():  # not started yet: making the call now is as quick, and nothing was spent
+        live.decide(dispatch, "cancelled")
+        return real()
+    started = time.perf_counter()
+    try:
+        result = future.result(timeout=timeout)
+    except FutureTimeout:
+        with live.lock:
+            live.stats.timeouts += 1
+        live.decide(dispatch, "wasted")
+        return real()
+    except CancelledError:
+        live.decide(dispatch, "cancelled")
+        return real()
+    except Exception:
+        with live.lock:
+            live.stats.failed += 1
+        live.decide(dispatch, "wasted")
+        return real()
+    finally:
+        with live.lock:
+            live.stats.waited_seconds += time.perf_counter() - started
+    live.decide(dispatch, "claimed")
+    mark_span(dispatch)
+    ctx.result = result
+    return ctx
+
+
+__all__ = ["LLM_TOOLS", "call_ahead", "claim", "dispatch_calls", "lm_calls", "submit"]

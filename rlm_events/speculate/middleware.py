@@ -1,0 +1,343 @@
+"""``Speculate``: make the sub-LLM calls (and pure tool calls) an iteration's code is about to make ahead of it,
+concurrently, and hand each result to the real call that asks for exactly that call.
+
+LM-written code makes its calls one after another (``for c in chunks: out.append(llm_query(...))``); what the
+user waits for is the sum of them. At ``pre_execution`` a shadow planner (:mod:`rlm_events.speculate.planner`)
+works out, without running the code, which calls of ``llm_query``, ``llm_query_batched`` and the tools marked
+pure the code will make and with which arguments; they are dispatched on a thread pool, in the run's context (so
+the usage meter, the Budget and ``dspy.context`` see them as the run's). At ``tool_call`` the real call claims a
+dispatched result whose name and arguments match exactly; anything else makes the real call
+(:mod:`rlm_events.speculate.dispatch`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import wait as wait_futures
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import dspy
+
+from .._ast import LIMITS, Limits, parse
+from ..builtins._base import Builtin
+from ..context import (
+    PostExecutionContext,
+    PreExecutionContext,
+    Run,
+    RunEndContext,
+    RunStartContext,
+    ToolCallContext,
+)
+from ..lm_usage import meter_run
+from ..runtime import interpreter_class
+from ..stages import Stage
+from . import repl as repl_io
+from .dispatch import LLM_TOOLS, claim, dispatch_calls
+from .ledger import LIVE_KEY, Live
+from .planner import plan_calls
+from .spans import tracer_for
+from .stats import STATE_KEY, SpeculateStats
+
+if TYPE_CHECKING:
+    from ..instrumentation import Instrumentation
+
+logger = logging.getLogger("rlm_events")
+
+
+class Speculate(Builtin):
+    """Runs the sub-LLM and pure tool calls an iteration's code is about to make ahead of it, concurrently; the
+    real calls claim the results. Results are those of the real calls: only an exact match is claimed.
+
+    ``Speculate(pure=(), *, llm=True, max_in_flight=16, max_per_iteration=32, timeout=30.0, repl_state=True,
+    tracer_provider=None)``;
+    install it with ``Speculate(...).install(events)`` (stages ``run_start``, ``pre_execution``, ``tool_call``,
+    ``post_execution``, ``run_end``). Install it last, so that every other ``tool_call`` middleware (a Budget, a
+    cache, a trace) sees each real call exactly as without it: middleware installed after it do not see claimed
+    calls.
+
+    Args:
+        pure: tools that may be called ahead (functions, ``dspy.Tool`` objects or names). A pure tool's result must
+            depend only on its arguments, and calling it must change nothing. No other user tool is ever called
+            ahead, so none is ever called twice. Each must be a tool of the RLM (checked at install time).
+        llm: speculate ``llm_query`` and ``llm_query_batched`` (the default).
+        max_in_flight: calls of one run running ahead at once (the rest wait their turn).
+        max_per_iteration: calls dispatched per iteration (``llm_query_batched`` counts each prompt).
+        timeout: seconds a real call waits for its call made ahead to finish; after that it makes the call itself.
+        repl_state: read the REPL's current variables to compute arguments (a loop over a list an earlier
+            iteration built). Needs an interpreter whose variables can be read without side effects:
+            :class:`~rlm_events.inprocess.InProcessInterpreter` (its namespace, in this process) or
+            ``dspy.LocalInterpreter`` (a read-only probe expression, see
+            :class:`~rlm_events.speculate.repl.ProbeReader`); any other interpreter is refused at install
+            time. ``False`` plans from the code's literals and the execution's input variables only.
+        tracer_provider: where the OpenTelemetry span of each call made ahead goes (the global provider if
+            ``None``; nothing without OpenTelemetry installed).
+
+    Guarantees:
+
+    * **Safety.** Only ``llm_query``, ``llm_query_batched`` and the tools in ``pure`` are called ahead. Planning
+      runs nothing of the code: the shadow evaluates its AST over plain-data copies (see
+      :mod:`rlm_events.speculate.planner`). A pure tool called after an unmarked tool or a function of the code is
+      not called ahead (the unmarked one may change what it reads).
+    * **Identical results.** A real call gets a result made ahead only when its tool name, positional and keyword
+      arguments (after the interpreter's normalisation: through JSON, bound as the interpreter binds them) equal
+      the dispatched call's exactly (as JSON: types, order and dict order included), and that call succeeded.
+      Each dispatched call serves at most one real call. Anything else makes the real call.
+    * **Accounting.** Calls made ahead run in the run's context: the one usage meter attributes their LM calls to
+      the run, so Budget, traces and spans count their tokens, claimed or not; ``run.state["speculate"]``
+      (:class:`SpeculateStats`) and the run's ``Usage`` (``speculative_*``, ``wasted_*``) say which were claimed
+      and which wasted. A Budget whose limit is reached refuses dispatches; a per-tool cap refuses dispatches
+      past it; a hard Budget reserves each sub-LLM dispatch as it reserves a real call, and refuses it when the
+      reservation fails. DSPy's ``max_llm_calls`` counts calls made ahead, claimed or not, as the LM calls they are;
+      none is dispatched past it, and near it a wasted call leaves the code one call fewer.
+    * **Never degrades silently.** A REPL it cannot read at run time (an interpreter factory it could not check at
+      install time) is logged once per RLM, and the run plans without REPL state (``stats.repl`` says so).
+      Speculation never fails the run: an error of its own is logged and the run goes on without it.
+    """
+
+    STAGES: ClassVar[tuple[Stage, ...]] = (
+        Stage.RUN_START,
+        Stage.PRE_EXECUTION,
+        Stage.TOOL_CALL,
+        Stage.POST_EXECUTION,
+        Stage.RUN_END,
+    )
+
+    def __init__(
+        self,
+        pure: Iterable[Any] = (),
+        *,
+        llm: bool = True,
+        max_in_flight: int = 16,
+        max_per_iteration: int = 32,
+        timeout: float = 30.0,
+        repl_state: bool = True,
+        tracer_provider: Any = None,
+        limits: Limits = LIMITS,
+    ) -> None:
+        if isinstance(pure, (str, bytes)) or callable(pure):
+            raise TypeError(f"Speculate(pure=...) takes a collection of tools; use [{pure!r}]")
+        self.pure: tuple[Any, ...] = tuple(pure)
+        self.pure_names = frozenset(_tool_name(item) for item in self.pure)
+        for name in ("max_in_flight", "max_per_iteration"):
+            value = locals()[name]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Speculate({name}=...) must be an int >= 1, got {value!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"Speculate(timeout=...) must be a positive number of seconds, got {timeout!r}")
+        for name, flag in (("llm", llm), ("repl_state", repl_state)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"Speculate({name}=...) must be True or False, got {flag!r}")
+        self.llm, self.repl_state = llm, repl_state
+        self.max_in_flight, self.max_per_iteration, self.timeout = max_in_flight, max_per_iteration, float(timeout)
+        self.limits = limits
+        self.tracer = tracer_for(tracer_provider)
+        self.speculable = (LLM_TOOLS if llm else frozenset()) | self.pure_names
+        names = "|".join(re.escape(n) for n in sorted(self.speculable)) or r"(?!)"
+        self._mentions = re.compile(rf"\b(?:{names})\b")
+        self._warned: set[tuple[int, str]] = set()
+
+    # -- install-time checks
+
+    def check(self, events: Instrumentation) -> None:
+        for module in events.modules:
+            self._check_pure(module)
+            if self.repl_state:
+                cls = interpreter_class(module)
+                reason = repl_io.unsupported_reason(cls) if cls is not None else None
+                if reason is not None:
+                    raise ValueError(
+                        f"Speculate cannot read the REPL state of {type(module).__name__}'s interpreter: {reason}. "
+                        "It reads variables from rlm_events.inprocess.InProcessInterpreter (its namespace, in "
+                        "process) and dspy.LocalInterpreter (a checked read-only expression). Use another "
+                        "interpreter, or Speculate(..., repl_state=False) to plan from the code's literals and the "
+                        "input variables only."
+                    )
+
+    def _check_pure(self, module: Any) -> None:
+        tools = dict(getattr(module, "tools", None) or {})
+        listing = ", ".join(sorted(tools)) or "none"
+        for item in self.pure:
+            name = _tool_name(item)
+            if name in LLM_TOOLS:
+                continue
+            tool = tools.get(name)
+            if tool is None:
+                raise ValueError(
+                    f"Speculate(pure=...): {item!r} is not a tool of this RLM. Tools of this RLM: {listing} "
+                    "(llm_query and llm_query_batched are speculated unless llm=False)"
+                )
+            given = item.func if isinstance(item, dspy.Tool) else item
+            actual = tool.func if isinstance(tool, dspy.Tool) else tool
+            if callable(given) and not isinstance(item, str) and given is not actual:
+                raise ValueError(
+                    f"Speculate(pure=...): {item!r} is not the function of this RLM's tool {name!r}. Tools of this "
+                    f"RLM: {listing}"
+                )
+
+    # -- the stages
+
+    def __call__(self, ctx: Any, next: Any) -> Any:
+        if isinstance(ctx, ToolCallContext):
+            return self._tool_call(ctx, next)
+        if isinstance(ctx, PreExecutionContext):
+            ctx = next(ctx)  # plan on the code that will run: after every other middleware changed or refused it
+            if not ctx.skipped:
+                self._guarded(self._speculate, ctx)
+            return ctx
+        if isinstance(ctx, PostExecutionContext):
+            live = ctx.run.state.get(LIVE_KEY)
+            if isinstance(live, Live):
+                self._guarded(live.expire)
+            return next(ctx)
+        if isinstance(ctx, RunStartContext):
+            self._live(ctx.run)
+            meter_run(ctx.run)  # so that calls made ahead are metered even without a Budget or trace
+            return next(ctx)
+        if isinstance(ctx, RunEndContext):
+            self._guarded(self._finish, ctx.run)
+            return next(ctx)
+        raise self._wrong_stage(ctx)
+
+    def _guarded(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:  # speculation must never break the run it speeds up
+            logger.warning("rlm-events: Speculate failed; the run goes on without it", exc_info=True)
+
+    def _live(self, run: Run) -> Live:
+        live = run.state.get(LIVE_KEY)
+        if not isinstance(live, Live):
+            stats = run.state.setdefault(STATE_KEY, SpeculateStats())
+            live = run.state[LIVE_KEY] = Live(run, stats, self.max_in_flight)
+        return live
+
+    @staticmethod
+    def stats(run: Run | Any) -> SpeculateStats | None:
+        """The :class:`SpeculateStats` of a run (or of a context's run)."""
+        state = getattr(getattr(run, "run", run), "state", {})
+        stats = state.get(STATE_KEY)
+        return stats if isinstance(stats, SpeculateStats) else None
+
+    # -- pre_execution: plan and dispatch
+
+    def _speculate(self, ctx: PreExecutionContext) -> None:
+        live = self._live(ctx.run)
+        iteration = ctx.iteration or 0
+        live.expire(iteration)
+        if not self._mentions.search(ctx.code):
+            return
+        found = repl_io.iteration_of(ctx.run)
+        if found is None:
+            self._warn_once(ctx.run, "iteration", "could not find this iteration's REPL; nothing is speculated")
+            return
+        repl, variables = found
+        tools = repl_io.raw_tools(repl, self.speculable)
+        repl_tools = dict(vars(repl).get("tools") or {}) if hasattr(repl, "__dict__") else {}
+        if not tools:
+            return
+        started = time.perf_counter()
+        tree = parse(ctx.code)
+        if tree is None:
+            return
+        predicted = plan_calls(
+            self._reader(live, ctx.run, repl),
+            tree,
+            variables,
+            speculable=frozenset(tools),
+            tools=frozenset(repl_tools),
+            limits=self.limits,
+            stats=live.stats,
+        )
+        live.stats.planning_seconds += time.perf_counter() - started
+        live.stats.planned += len(predicted)
+        if predicted:
+            dispatch_calls(
+                live,
+                ctx.run,
+                iteration,
+                predicted,
+                repl,
+                tools,
+                repl_tools,
+                max_per_iteration=self.max_per_iteration,
+                tracer=self.tracer,
+            )
+
+    def _reader(self, live: Live, run: Run, repl: Any) -> Any:
+        if not self.repl_state:
+            live.stats.repl = "off"
+            return None
+        reader = live.readers.get(id(repl))
+        if reader is None:
+            reader = live.readers[id(repl)] = repl_io.reader_for(repl)
+            if isinstance(reader, str):
+                self._warn_once(
+                    run,
+                    "repl",
+                    f"cannot read the REPL's variables ({reader}); planning from literals and input variables only",
+                )
+        if isinstance(reader, str):
+            live.stats.repl = f"unavailable: {reader}"
+            return None
+        live.stats.repl = reader.kind
+        return reader
+
+    def _tool_call(self, ctx: ToolCallContext, next: Any) -> Any:
+        live = ctx.run.state.get(LIVE_KEY)
+        if not isinstance(live, Live) or ctx.name not in self.speculable:
+            return next(ctx)
+        return claim(live, ctx, next, self.timeout)
+
+    # -- run_end
+
+    def _finish(self, run: Run) -> None:
+        live = run.state.get(LIVE_KEY)
+        if not isinstance(live, Live):
+            return
+        live.expire()
+        running = [d.future for d in live.all if d.future is not None and not d.future.done()]
+        if running:
+            wait_futures(running, timeout=self.timeout)  # their tokens belong to this run: count them before it ends
+        live.stats.running_at_end = sum(1 for d in live.all if d.future is not None and not d.future.done())
+        if live.executor is not None:
+            live.executor.shutdown(wait=False, cancel_futures=True)
+
+    def _warn_once(self, run: Run, what: str, message: str) -> None:
+        key = (id(run.module), what)
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning("rlm-events: Speculate on %s: %s", type(run.module).__qualname__, message)
+
+    def __repr__(self) -> str:
+        pure = [_tool_name(p) for p in self.pure]
+        options = {
+            "pure": pure or None,
+            "llm": None if self.llm else False,
+            "max_in_flight": self.max_in_flight,
+            "max_per_iteration": self.max_per_iteration,
+            "timeout": self.timeout,
+            "repl_state": None if self.repl_state else False,
+        }
+        return "Speculate({})".format(", ".join(f"{k}={v!r}" for k, v in options.items() if v is not None))
+
+
+# -- helpers --------------------------------------------------------------------------------------------------
+
+
+def _tool_name(item: Any) -> str:
+    if isinstance(item, str):
+        if not item.isidentifier():
+            raise ValueError(f"Speculate(pure=...): {item!r} is not a tool name")
+        return item
+    if isinstance(item, dspy.Tool):
+        return str(item.name)
+    name = getattr(item, "__name__", None)
+    if callable(item) and isinstance(name, str):
+        return name
+    raise TypeError(f"Speculate(pure=...) takes tools (functions, dspy.Tool or names), got {item!r}")
+
+
+__all__ = ["Speculate"]

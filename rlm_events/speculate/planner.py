@@ -1,0 +1,137 @@
+"""The shadow planner of :class:`~rlm_events.speculate.Speculate`: which speculable calls will this code make?
+
+:class:`Planner` is the bounded evaluator of :mod:`rlm_events._ast` (a pure-AST evaluation over plain-data
+copies: it never runs, compiles or imports the code, and runs no code of the values it sees) that records each call
+of a speculable tool (``llm_query``, ``llm_query_batched``, the tools marked pure) whose arguments it can compute.
+
+Predictions may be wrong (the REPL may hold other values than the shadow thinks, the code may raise half-way): a
+prediction is only ever a guess, claimed by the real call only on an exact match of name and arguments.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Container, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._ast import LIMITS, UNKNOWN, Evaluator, Limits, Unknown, needs_of
+from . import repl as repl_io
+from .stats import SpeculateStats
+
+
+@dataclass
+class Predicted:
+    """One call the code is expected to make: tool name and concrete arguments, as the code writes them."""
+
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    line: int = 0
+
+
+@dataclass
+class CallPlan:
+    """What one planning found."""
+
+    calls: list[Predicted] = field(default_factory=list)
+    needs: set[str] = field(default_factory=set)
+    """Free names whose values would have made a blocked call (or loop) computable."""
+    assumed_builtins: set[str] = field(default_factory=set)
+    """Builtin names the planning assumed not to be rebound in the REPL."""
+    stopped: str | None = None
+    """Why the planning stopped early (``"budget"``, ``"time"``), if it did."""
+
+
+class Planner(Evaluator):
+    """Walk one iteration's code in the shadow and record the speculable calls it will make.
+
+    Args:
+        speculable: names of the tools that may be called ahead (``llm_query``, ``llm_query_batched``, pure tools).
+        tools: every tool name the code can call (calls of the others are unknown, and barriers for pure tools).
+        values: what the code's free names hold when it starts: plain data or :class:`~rlm_events._ast.Unknown`.
+        absent: names known to be unbound in the REPL (builtins of that name are the real builtins).
+        llm_tools: the speculable names that are the sub-LLM tools (not stopped by a barrier).
+        limits: the bounds of one planning.
+    """
+
+    def __init__(
+        self,
+        *,
+        speculable: frozenset[str],
+        tools: frozenset[str],
+        values: Mapping[str, Any],
+        absent: Container[str] | None = None,
+        llm_tools: frozenset[str] = frozenset({"llm_query", "llm_query_batched"}),
+        limits: Limits = LIMITS,
+    ) -> None:
+        super().__init__(tools=tools, values=values, absent=absent, limits=limits)
+        self.speculable, self.llm_tools = speculable, llm_tools
+        self.calls: list[Predicted] = []
+
+    def run(self, tree: ast.Module) -> CallPlan:
+        """Plan ``tree``: the calls it will make, as far as the shadow can tell."""
+        self.evaluate(tree)
+        return CallPlan(self.calls, self.needs, self.assumed_builtins, self.stopped)
+
+    def tool(self, name: str, arguments: Any, node: ast.Call) -> Any:
+        if name not in self.speculable:
+            self.barrier = True  # an unmarked tool may change what pure tools read
+            return UNKNOWN
+        if self.barrier and name not in self.llm_tools:
+            return UNKNOWN
+        if isinstance(arguments, Unknown):
+            if arguments.needs:
+                self.needs.update(arguments.needs)
+            return UNKNOWN
+        args, kwargs = arguments
+        needs = needs_of([args, kwargs])
+        if needs is not None:
+            self.needs.update(needs)
+            return Unknown(needs)
+        self.calls.append(Predicted(name, tuple(args), dict(kwargs), self.line))
+        return UNKNOWN
+
+
+def plan_calls(
+    reader: repl_io.NamespaceReader | repl_io.ProbeReader | None,
+    tree: ast.Module,
+    variables: dict[str, Any],
+    *,
+    speculable: frozenset[str],
+    tools: frozenset[str],
+    limits: Limits,
+    stats: SpeculateStats,
+) -> list[Predicted]:
+    """The calls ``tree`` will make, planned over the execution's ``variables`` and what ``reader`` reads of the
+    REPL (nothing when ``None``). A probe reads only the names a planning found it needs, in up to three rounds
+    (each read can reveal names that were hidden behind unknown values); ``stats.repl_reads`` counts them."""
+
+    def planned(values: Any, absent: Any) -> CallPlan:
+        return Planner(speculable=speculable, tools=tools, values=values, absent=absent, limits=limits).run(tree)
+
+    if isinstance(reader, repl_io.NamespaceReader):
+        values, absent = reader.values(variables, limits)
+        return planned(values, absent).calls
+    if not isinstance(reader, repl_io.ProbeReader):
+        return planned(repl_io.Values(variables, {}, limits), None).calls
+    read: dict[str, Any] = {}
+    asked: set[str] = set()
+    absent_known: frozenset[str] | None = None
+    for _ in range(3):
+        values = repl_io.Values(variables, read, limits)
+        plan = planned(values, repl_io.Absent(values, absent_known) if absent_known is not None else None)
+        wanted = {n for n in plan.needs if n not in asked and n not in variables}
+        if not wanted or not reader.started():
+            return plan.calls
+        wanted |= {n for n in plan.assumed_builtins if n not in asked}
+        got, bound = reader.read(sorted(wanted), limits)
+        stats.repl_reads += 1
+        asked |= wanted
+        read.update(got)
+        read.update({name: UNKNOWN for name in bound if name not in got})
+        absent_known = frozenset(asked - set(read))
+    return plan.calls
+
+
+__all__ = ["CallPlan", "Planner", "Predicted", "plan_calls"]
