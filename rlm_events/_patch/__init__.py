@@ -52,6 +52,7 @@ from .construct import RLMConstructor, batched_queries_keep_context, constructor
 from .detect import _ATTR, _BASE
 from .handle import Handle
 from .predict_rlm import own_lms
+from .prices import register_dspy_prices
 from .tools import raw_tool
 from .warnings import warn_once
 
@@ -69,6 +70,7 @@ __all__ = [
     "iteration_limit",
     "own_lms",
     "raw_tool",
+    "register_dspy_prices",
     "warn_once",
 ]
 
