@@ -34,6 +34,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network look
 import argparse
 import gc
 import importlib
+import importlib.util
 import inspect
 import json
 import platform
@@ -557,6 +558,7 @@ class Settings:
     memory_iterations: int
     dispatch_loops: int
     clock: str = "auto"  # "auto": CPU time with the in-process interpreter, wall time with dspy.LocalInterpreter
+    real_client_rounds: int = 100  # benchmarks/real_client.py: the meter on a real LM client (0: skipped)
 
 
 FULL = Settings(
@@ -569,8 +571,24 @@ FULL = Settings(
     dispatch_loops=200_000,
 )
 QUICK = Settings(
-    iterations=3, rounds=1, local_rounds=1, warmup=1, memory_runs=10, memory_iterations=2, dispatch_loops=1_000
+    iterations=3,
+    rounds=1,
+    local_rounds=1,
+    warmup=1,
+    memory_runs=10,
+    memory_iterations=2,
+    dispatch_loops=1_000,
+    real_client_rounds=1,
 )
+
+
+def _real_client() -> Any:
+    """``benchmarks/real_client.py``, loaded by path (this file also runs as a module loaded by path)."""
+    spec = importlib.util.spec_from_file_location("real_client_benchmark", Path(__file__).with_name("real_client.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run(settings: Settings = FULL, *, make_rlm: MakeRLM = build_rlm, local: bool = True) -> dict[str, Any]:
@@ -610,6 +628,8 @@ def run(settings: Settings = FULL, *, make_rlm: MakeRLM = build_rlm, local: bool
             tmp=tmp,
         )
     dispatch = dispatch_benchmark(make_rlm, loops=settings.dispatch_loops)
+    rounds = settings.real_client_rounds
+    real_client = _real_client().benchmark(rounds=rounds, warmup=min(settings.warmup, 3)) if rounds else None
     return {
         "environment": {
             "dspy": dspy.__version__,
@@ -625,6 +645,7 @@ def run(settings: Settings = FULL, *, make_rlm: MakeRLM = build_rlm, local: bool
         "memory": memory,
         "memory_target_bytes": 1 << 20,
         "dispatch": dispatch,
+        "real_client": real_client,
     }
 
 
@@ -689,6 +710,8 @@ def render(report: dict[str, Any]) -> str:
     for row in report["dispatch"]:
         target = f"target <={row['target_us']:g} us {_verdict(row['met'])}" if row["target_us"] is not None else ""
         lines.append(f"  {row['name']:<60} {row['us']:>7.3f} us  {target}")
+    if report.get("real_client"):
+        lines += ["", _real_client().render(report["real_client"])]
     return "\n".join(lines)
 
 

@@ -18,9 +18,10 @@ from .context import (
     ToolCallContext,
     snapshot,
 )
-from .errors import RLMEventsError, StageError, UnknownStageError, UnsupportedDSPyError
+from .errors import RLMEventsError, StageError, UnknownCostError, UnknownStageError, UnsupportedDSPyError
 from .instrumentation import Instrumentation, instrument, instrumentation_of, uninstrument
 from .listeners import isolated
+from .pricing import register_prices, registered_prices
 from .stages import Stage
 
 __version__ = "0.1.0"
@@ -40,11 +41,14 @@ __all__ = [
     "StageContext",
     "StageError",
     "ToolCallContext",
+    "UnknownCostError",
     "UnknownStageError",
     "UnsupportedDSPyError",
     "instrument",
     "instrumentation_of",
     "isolated",
+    "register_prices",
+    "registered_prices",
     "signals",
     "snapshot",
     "uninstrument",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import webbrowser
 from pathlib import Path
@@ -19,7 +20,31 @@ def _parser() -> argparse.ArgumentParser:
         description="Count TODO/FIXME lines in a bundled text with a real dspy.RLM: code guard, budget, progress, "
         "one line per stage, and a JSONL trace to view with 'python -m rlm_events view'.",
     )
-    demo.add_argument("--model", help="use a real LM through DSPy (e.g. openai/gpt-4o-mini) instead of the script")
+    demo.add_argument(
+        "--model",
+        help="use a real LM through DSPy's LiteLLM client instead of the script (e.g. openai/gpt-4o-mini, or "
+        "openai/<name> with --api-base); DSPy's cache is off, so every run makes its calls",
+    )
+    demo.add_argument(
+        "--api-base",
+        metavar="URL",
+        help="the base URL of an OpenAI-compatible server for --model openai/<name> (e.g. http://127.0.0.1:8000/v1 "
+        "for vLLM, http://127.0.0.1:11434/v1 for Ollama)",
+    )
+    demo.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="the API key for --model (default: the one LiteLLM finds in the provider's variable, e.g. "
+        "OPENAI_API_KEY; with --api-base and no OPENAI_API_KEY set, a placeholder, as local servers need none)",
+    )
+    demo.add_argument(
+        "--price",
+        nargs=2,
+        type=float,
+        metavar=("INPUT", "OUTPUT"),
+        help="the --model's price in USD per million input and output tokens, for a model LiteLLM does not price: "
+        "the budget then keeps its dollar cap (without a price it has none, and the cost is reported unknown)",
+    )
     demo.add_argument("--trace", default="rlm-trace.jsonl", metavar="PATH", help="where to write the JSONL trace")
     demo.add_argument(
         "--mlflow",
@@ -42,22 +67,50 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _demo_usage_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the demo's options, if anything."""
+    if args.tracking_uri and not args.mlflow:
+        return "--tracking-uri is for --mlflow"
+    for option, value in (("--api-base", args.api_base), ("--api-key", args.api_key), ("--price", args.price)):
+        if value is not None and not args.model:
+            return f"{option} is for --model (e.g. --model openai/<name> --api-base http://127.0.0.1:8000/v1)"
+    if args.api_base is not None and not args.api_base.startswith(("http://", "https://")):
+        return f"--api-base must be an http(s) URL such as http://127.0.0.1:8000/v1, got {args.api_base!r}"
+    if args.price is not None and any(not math.isfinite(p) or p < 0 for p in args.price):
+        return f"--price takes two numbers >= 0 (USD per million input and output tokens), got {args.price}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":
         from .demo import DEFAULT_MLFLOW_URI, run_demo
+        from .errors import UnknownCostError
 
-        if args.tracking_uri and not args.mlflow:
-            print("--tracking-uri is for --mlflow", file=sys.stderr)
+        problem = _demo_usage_error(args)
+        if problem:
+            print(problem, file=sys.stderr)
             return 2
         try:
             run_demo(
                 model=args.model,
                 trace_path=args.trace,
                 mlflow_uri=(args.tracking_uri or DEFAULT_MLFLOW_URI) if args.mlflow else None,
+                api_base=args.api_base,
+                api_key=args.api_key,
+                price=tuple(args.price) if args.price is not None else None,
             )
         except Exception as exc:
-            print(f"demo failed: {type(exc).__name__}: {exc}\nthe trace {args.trace} records the call", file=sys.stderr)
+            # The first line says what went wrong (DSPy's parse errors go on with the LM's whole answer, which the
+            # progress line above and the trace already show).
+            reason = (str(exc).strip().splitlines() or [""])[0]
+            if isinstance(exc, UnknownCostError):
+                reason += f"\nfor the demo, give {args.model}'s price: --price INPUT OUTPUT (USD per million tokens)"
+            print(
+                f"demo failed: {type(exc).__name__}: {reason}\n"
+                f"the trace {args.trace} records the call: python -m rlm_events view {args.trace} --open",
+                file=sys.stderr,
+            )
             return 1
         return 0
     from .trace.viewer import write_html

@@ -1,7 +1,9 @@
 """The demo task: count TODO/FIXME lines in a bundled text of a few thousand lines with a real ``dspy.RLM``.
 
-It runs on an embedded scripted LM (no API key) or, with ``model``, on a real LM through DSPy, with the real
-``dspy.LocalInterpreter`` when the installed DSPy has it (an in-process interpreter otherwise). The code guard and
+It runs on an embedded scripted LM (no API key) or, with ``model``, on a real LM through DSPy's LiteLLM client
+(``api_base`` for any OpenAI-compatible server), with the real ``dspy.LocalInterpreter`` when the installed DSPy has
+it (an in-process interpreter otherwise). A real LM writes its own code: whatever it answers, the demo ends with
+the answer it got (or the run's error), the LM use it counted and the trace. The code guard and
 the budget are on, the progress tap shows where the call is, every stage is printed as it fires, and the whole call
 is recorded as a JSONL trace for ``python -m rlm_events view``. The script's second step reaches for the shell; the
 guard refuses it, the LM gets the ``[Error]`` back and the next step recovers in plain Python.
@@ -16,10 +18,9 @@ from __future__ import annotations
 import os
 import random
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
-
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import dspy
 
@@ -28,6 +29,7 @@ from . import (
     PostExecutionContext,
     PreExecutionContext,
     RunEndContext,
+    Stage,
     StageContext,
     ToolCallContext,
     instrument,
@@ -37,6 +39,7 @@ from .taps._text import is_error_result
 from .taps.progress import ProgressTap
 from .testing import InProcessInterpreter, ScriptedLM, build_rlm
 from .trace import JsonlTrace
+from .trace.writer import usage_of
 
 SIGNATURE = "text -> todo: int, fixme: int, summary: str"
 DEFAULT_TRACE = "rlm-trace.jsonl"
@@ -45,6 +48,9 @@ MLFLOW_EXPERIMENT = "rlm-events demo"
 MAX_ITERS = 8
 # The budget matters with --model (a real, paid LM); the script stays far below it.
 MAX_SECONDS, MAX_TOKENS, MAX_COST_USD = 120, 100_000, 0.10
+# Local servers (vLLM, Ollama, llama.cpp, ...) ignore the key, but LiteLLM's OpenAI client refuses to start without one.
+PLACEHOLDER_API_KEY = "no-key"
+SUB_ANSWER = "Mostly parser and cache clean-ups; a few FIXMEs about empty input."
 
 STEPS: list[tuple[str, str]] = [
     ("Look at the data first.", "lines = text.splitlines()\nprint(len(lines), 'lines')\nprint(lines[:3])"),
@@ -99,18 +105,67 @@ def build(max_iters: int = MAX_ITERS) -> dspy.RLM:
 
 
 def scripted_lm() -> ScriptedLM:
-    return ScriptedLM(
-        STEPS, sub="Mostly parser and cache clean-ups; a few FIXMEs about empty input.", cost_per_1k_tokens=0.0006
-    )
+    return ScriptedLM(STEPS, sub=SUB_ANSWER, cost_per_1k_tokens=0.0006)
 
 
-def install_guards(events: Instrumentation) -> str:
-    """Install the code guard and the budget on ``events``; return what they are, for the banner."""
+def real_lm(model: str, api_base: str | None = None, api_key: str | None = None) -> dspy.LM:
+    """``dspy.LM(model)`` (LiteLLM) with DSPy's cache off, so that every run makes, and meters, its own calls.
+
+    ``api_key`` defaults to what LiteLLM finds itself (the provider's variable, e.g. ``OPENAI_API_KEY``); with an
+    ``api_base`` for an ``openai/`` model and no ``OPENAI_API_KEY`` set, to a placeholder (local servers need none).
+    """
+    if api_key is None and api_base and model.startswith("openai/") and not os.environ.get("OPENAI_API_KEY"):
+        api_key = PLACEHOLDER_API_KEY
+    options = {k: v for k, v in (("api_base", api_base), ("api_key", api_key)) if v is not None}
+    return dspy.LM(model, cache=False, **options)
+
+
+def has_price(model: str) -> bool:
+    """Whether LiteLLM's model-cost map prices ``model`` (DSPy prices calls from that map, or from its own copy of
+    it), so that the demo's dollar cap can hold; a price given with ``register_prices`` counts."""
+    import litellm  # DSPy's client, which register_prices also registers with
+
+    try:
+        info = litellm.get_model_info(model)
+    except Exception:  # LiteLLM raises for a model it does not know
+        return False
+    return bool(info.get("input_cost_per_token") or info.get("output_cost_per_token"))
+
+
+def install_guards(
+    events: Instrumentation, *, dollar_cap: bool = True, prices: Mapping[str, tuple[float, float]] | None = None
+) -> str:
+    """Install the code guard and the budget on ``events`` (with a dollar cap only if ``dollar_cap``: a model
+    without a price cannot be capped in dollars; ``prices`` go to the Budget); return what they are, for the banner."""
     CodeGuard("default").install(events)
-    Budget(max_iterations=MAX_ITERS, max_seconds=MAX_SECONDS, max_tokens=MAX_TOKENS, max_cost_usd=MAX_COST_USD).install(
-        events
+    max_cost_usd = MAX_COST_USD if dollar_cap else None
+    Budget(
+        max_iterations=MAX_ITERS,
+        max_seconds=MAX_SECONDS,
+        max_tokens=MAX_TOKENS,
+        max_cost_usd=max_cost_usd,
+        prices=prices,
+    ).install(events)
+    caps = f"{MAX_ITERS} iterations, {MAX_SECONDS} s, {MAX_TOKENS:,} tokens"
+    return f"code guard, budget ({caps}, {f'${MAX_COST_USD:.2f}' if dollar_cap else 'no dollar cap'})"
+
+
+def usage_line(usage: dict[str, Any] | None, model: str) -> str:
+    """What the call's LM use was, as its trace records it: calls, tokens (prompt + completion) and cost."""
+    if usage is None:
+        return "usage: not metered"
+    calls = usage["lm_calls"]
+    text = (
+        f"usage: {calls} LM call{'' if calls == 1 else 's'}, {usage['total_tokens']:,} tokens "
+        f"({usage['prompt_tokens']:,} prompt + {usage['completion_tokens']:,} completion), "
     )
-    return f"code guard, budget ({MAX_ITERS} iterations, {MAX_SECONDS} s, {MAX_TOKENS:,} tokens, ${MAX_COST_USD:.2f})"
+    cost = usage.get("cost_usd")
+    text += f"${cost:.4f}" if cost is not None else f"cost unknown (LiteLLM has no price for {model})"
+    if usage.get("unmetered_lm_calls"):
+        text += f"; {usage['unmetered_lm_calls']} call(s) answered without usage, not counted"
+    if usage.get("cached_lm_calls"):
+        text += f"; {usage['cached_lm_calls']} answered from DSPy's cache"
+    return text
 
 
 def _first_line(value: Any, width: int = 70) -> str:
@@ -186,23 +241,40 @@ def run_demo(
     model: str | None = None,
     trace_path: str | os.PathLike[str] = DEFAULT_TRACE,
     mlflow_uri: str | None = None,
+    *,
+    api_base: str | None = None,
+    api_key: str | None = None,
+    price: tuple[float, float] | None = None,
 ) -> dspy.Prediction:
     """Run the demo, printing to ``out`` (default ``sys.stdout``) and writing a fresh trace to ``trace_path``; with
-    ``mlflow_uri``, also record it as an MLflow trace there."""
+    ``mlflow_uri``, also record it as an MLflow trace there.
+
+    With ``model``, the LM is :func:`real_lm` (``api_base``/``api_key`` passed on). ``price`` is the model's
+    ``(input, output)`` price in USD per million tokens (registered for the process by the Budget); without it the
+    dollar cap is kept only if LiteLLM prices the model. A failed call (the LM's answer could not be parsed, the
+    provider refused, ...) raises after the trace recorded it and the LM use was printed. Sets
+    ``LITELLM_LOCAL_MODEL_COST_MAP=True`` unless set (LiteLLM's bundled prices: the demo runs offline).
+    """
 
     def say(text: str) -> None:
         print(text, file=out or sys.stdout, flush=True)
 
-    lm = dspy.LM(model) if model else scripted_lm()
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    lm = real_lm(model, api_base, api_key) if model else scripted_lm()
     rlm = build()
     events = instrument(rlm)
-    guards = install_guards(events)
+    prices = {model: price} if model and price is not None else None
+    guards = install_guards(events, dollar_cap=not model or prices is not None or has_price(model), prices=prices)
     events.tap(stage_printer(out))
     ProgressTap(out).install(events)
+    usage: dict[str, Any] = {}  # the call's LM use at run_end (the Budget meters the run)
+    events.tap([Stage.RUN_END], lambda ctx: usage.update(record=usage_of(ctx.run)))
+
     recording = _MlflowRecording(events, mlflow_uri) if mlflow_uri else None
     path = Path(trace_path)
     text = bundled_text()
-    say(f"rlm-events demo: count TODO/FIXME in {len(text.splitlines()):,} lines with dspy.RLM on {lm.model}")
+    where = f" at {api_base}" if model and api_base else ""
+    say(f"rlm-events demo: count TODO/FIXME in {len(text.splitlines()):,} lines with dspy.RLM on {lm.model}{where}")
     mlflow_note = f", MLflow trace -> {mlflow_uri}" if mlflow_uri else ""
     say(f"on: {guards}, progress, JSONL trace -> {path}{mlflow_note}\n")
     try:
@@ -214,9 +286,11 @@ def run_demo(
     finally:
         if recording is not None:
             recording.close()
+        if "record" in usage:
+            say("\n" + usage_line(usage["record"], lm.model))
     want = expected_counts(text)
-    say(f"\nanswer: todo={result.todo} fixme={result.fixme} (expected {want['TODO']}/{want['FIXME']})")
-    say(f"summary: {result.summary}")
+    say(f"answer: todo={result.todo} fixme={result.fixme} (expected {want['TODO']}/{want['FIXME']})")
+    say(f"summary: {_first_line(result.summary, 200)}")
     say(f"trace: {path}  ->  python -m rlm_events view {path} --open")
     if recording is not None and mlflow_uri:
         experiment = recording.experiment.experiment_id

@@ -19,3 +19,13 @@ class UnsupportedDSPyError(RLMEventsError, RuntimeError):
 
 class StageError(RLMEventsError, RuntimeError):
     """A stage's folded context asked for something the loop cannot do (for example, injected code that fails)."""
+
+
+class UnknownCostError(RLMEventsError, RuntimeError):
+    """A dollar cap (``Budget(max_cost_usd=...)``) met an LM call whose cost is unknown: a model no price map prices
+    (:attr:`models` names them; give their prices with :func:`rlm_events.register_prices` or ``Budget(prices=...)``),
+    or a call whose usage could not be seen. The run is stopped rather than let run uncapped."""
+
+    def __init__(self, message: str, models: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.models = models

@@ -2,8 +2,27 @@
 
 **Parsing.** DSPy records every LM call as an entry of the LM's ``history``: ``usage`` (a dict, or an object with
 attributes) and ``cost``. :func:`entry_usage` reads every spelling LiteLLM and DSPy emit: ``prompt_tokens`` or
-``input_tokens``, ``completion_tokens`` or ``output_tokens``, ``total_tokens`` (their sum when absent); a cached
-response (``response.cache_hit``) costs nothing.
+``input_tokens``, ``completion_tokens`` or ``output_tokens``, ``total_tokens`` (their sum when absent).
+
+**What is billed.** The meter counts what the provider billed and the client could see, per LM call:
+
+* *A call DSPy's cache answered* (memory or disk) made no request: it is counted in ``cached_lm_calls``, costs
+  nothing, consumes no budget, and the cost DSPy kept for it is added to ``saved_cost_usd``. DSPy up to 3.3 (and
+  3.4 for cache records in the LiteLLM format) marks the cached response ``cache_hit=True`` and empties its usage;
+  DSPy 3.4's own cache records keep the entry's ``cost`` but give it an empty ``usage`` while the restored response
+  still carries the usage it was billed with, and no ``cache_hit`` attribute: either marks a hit
+  (:func:`entry_cached`). A cached answer that carried no usage is counted as unmetered.
+* *A call whose usage cannot be seen* is counted in ``lm_calls`` and ``unmetered_lm_calls`` (its tokens in no
+  total, so the run's cost is unknown: ``Usage.cost_known``), and logged once per run: no history entry
+  (``dspy.settings.disable_history``, ``max_history_size=0``), an answer without ``usage``, a call streamed
+  (``dspy.streamify``) through LiteLLM without ``dspy.settings.track_usage`` (DSPy then does not ask the provider
+  for ``stream_options.include_usage`` and LiteLLM's ``stream_chunk_builder`` *estimates* the usage with a local
+  tokenizer: the estimate is kept apart, in ``estimated_tokens``), and a streamed call that failed inside DSPy
+  after the provider answered (DSPy 3.4 sends the request before it streams the chunks to the listener, and a
+  call made in a worker thread, e.g. by ``llm_query_batched``, fails there).
+* *Retries* (LiteLLM's or DSPy's ``num_retries``) happen inside one LM call: the call is counted once, with the
+  usage of the attempt that answered; attempts that failed (429, 5xx, timeouts) were billed nothing.
+* A call that failed with a provider error is not counted.
 
 **Attribution: one policy, everywhere.** An LM call belongs to the run current in the context that made it. The
 meter is a DSPy callback (:data:`METER`, attached to the LMs a run can use when the run starts): ``on_lm_end`` runs
@@ -18,6 +37,7 @@ OpenTelemetry, Recorder and the progress display all read the same :class:`Usage
 from __future__ import annotations
 
 import contextvars
+import itertools
 import logging
 import threading
 from collections.abc import Iterable
@@ -46,9 +66,28 @@ def _int(usage: Any, *keys: str) -> int:
     return 0
 
 
+_TOKEN_KEYS = ("prompt_tokens", "input_tokens", "completion_tokens", "output_tokens", "total_tokens")
+
+
+def reports_usage(usage: Any) -> bool:
+    """Whether ``usage`` (a dict or an object) reports a token count. All zeros is no report: LiteLLM fills the
+    usage of an answer that had none with zeros, and a billed call has at least one token."""
+    return usage is not None and any(_int(usage, key) for key in _TOKEN_KEYS)
+
+
+def entry_cached(entry: dict[str, Any]) -> bool:
+    """Whether DSPy's cache answered the call of this history entry (see the module's docstring)."""
+    response = entry.get("response")
+    responses = response if isinstance(response, (tuple, list)) else (response,)
+    if any(getattr(r, "cache_hit", False) is True for r in responses):
+        return True
+    # DSPy 3.4's cache: the entry's usage emptied, the restored response's own usage kept.
+    return not reports_usage(entry.get("usage")) and any(reports_usage(getattr(r, "usage", None)) for r in responses)
+
+
 def entry_usage(entry: dict[str, Any]) -> tuple[int, int, int, float | None, bool]:
     """``(input_tokens, output_tokens, total_tokens, cost_usd, cached)`` of one LM history entry."""
-    cached = bool(getattr(entry.get("response"), "cache_hit", False))
+    cached = entry_cached(entry)
     usage = entry.get("usage") or {}
     tokens_in = _int(usage, "prompt_tokens", "input_tokens")
     tokens_out = _int(usage, "completion_tokens", "output_tokens")
@@ -83,9 +122,19 @@ class Usage:
     cost_usd: float = 0.0
     tokens_by_model: dict[str, int] = field(default_factory=dict)
     cached_lm_calls: int = 0
+    """Calls DSPy answered from its cache: no request was made, they cost nothing and consume no budget."""
+    saved_cost_usd: float = 0.0
+    """What the cached calls cost when they were first paid for (DSPy keeps that cost on a cache hit)."""
     unpriced_lm_calls: int = 0
+    """Paid calls whose cost LiteLLM could not price: while any, the run's cost is unknown (``cost_known``)."""
     unmetered_lm_calls: int = 0
-    """Calls whose history entry could not be found (``dspy.settings.disable_history``, ``max_history_size=0``)."""
+    """Calls whose usage could not be seen (their tokens are in no total): no history entry
+    (``dspy.settings.disable_history``, ``max_history_size=0``), an answer without ``usage``, a streamed call whose
+    usage LiteLLM estimated, a streamed call that failed after the provider answered (see the module's docstring)."""
+    estimated_tokens: int = 0
+    """Tokens LiteLLM estimated for unmetered streamed calls (its local tokenizer, not the provider's count)."""
+    unmetered_logged: bool = field(default=False, repr=False, compare=False)
+    """Whether the run's first unmetered call was logged (once per run)."""
     largest_call_tokens: int = 0
     """The most tokens one LM call of the run used (a hard Budget's estimate of the next call)."""
     largest_call_cost_usd: float = 0.0
@@ -97,6 +146,11 @@ class Usage:
     wasted_tokens: int = 0
     wasted_cost_usd: float = 0.0
 
+    @property
+    def cost_known(self) -> bool:
+        """Whether :attr:`cost_usd` is the run's whole cost: no paid call was unpriced or unmetered."""
+        return not (self.unpriced_lm_calls or self.unmetered_lm_calls)
+
     def add_speculation(self, ledger: Usage, *, wasted: bool) -> None:
         """Account for one settled speculative call whose own LM use is ``ledger`` (claimed, or ``wasted``)."""
         with _LOCK:
@@ -107,17 +161,30 @@ class Usage:
                 self.wasted_tokens += ledger.tokens
                 self.wasted_cost_usd += ledger.cost_usd
 
-    def add_lm_call(self, entry: dict[str, Any] | None, model: str) -> None:
-        """Account for one LM call from its DSPy history ``entry`` (``None``: it could not be found)."""
+    def add_lm_call(self, entry: dict[str, Any] | None, model: str, *, estimated: bool = False) -> str | None:
+        """Account for one LM call from its DSPy history ``entry`` (``None``: it could not be found);
+        ``estimated``: its usage, if not cached, is LiteLLM's estimate of a stream's. Returns why the call is
+        unmetered, if it is."""
         with _LOCK:
             self.lm_calls += 1
             if entry is None:
                 self.unmetered_lm_calls += 1
-                return
+                return "DSPy recorded no history entry for it"
             tokens_in, tokens_out, total, cost, cached = entry_usage(entry)
             if cached:
                 self.cached_lm_calls += 1
-                return
+                self.saved_cost_usd += cost or 0.0
+                return None
+            if estimated:
+                self.unmetered_lm_calls += 1
+                self.estimated_tokens += total
+                return (
+                    "it was streamed without dspy.settings.track_usage, so the provider sent no usage and LiteLLM "
+                    "estimated it (dspy.configure(track_usage=True) asks for the real one)"
+                )
+            if not reports_usage(entry.get("usage")):
+                self.unmetered_lm_calls += 1
+                return "the provider's answer carried no usage"
             self.prompt_tokens += tokens_in
             self.completion_tokens += tokens_out
             self.tokens += total
@@ -128,18 +195,48 @@ class Usage:
             else:
                 self.cost_usd += cost
                 self.largest_call_cost_usd = max(self.largest_call_cost_usd, cost)
+            return None
+
+    def add_unseen_call(self) -> None:
+        """Account for one LM call that may have been billed but returned nothing to read (see the module)."""
+        with _LOCK:
+            self.lm_calls += 1
+            self.unmetered_lm_calls += 1
+
+    def log_unmetered(self, model: str, reason: str) -> None:
+        """Log the run's first unmetered call (once per run: the count is in the run's usage records)."""
+        with _LOCK:
+            if self.unmetered_logged:
+                return
+            self.unmetered_logged = True
+        logger.warning(
+            "rlm-events: an LM call of %s could not be metered: %s. It is counted in unmetered_lm_calls and the "
+            "run's cost is unknown (logged once per run).",
+            model,
+            reason,
+        )
 
     def record(self) -> dict[str, Any]:
-        """``{lm_calls, prompt_tokens, completion_tokens, total_tokens, cost_usd}``: what traces and spans report;
-        with ``speculative_lm_calls``, ``speculative_tokens``, ``wasted_lm_calls``, ``wasted_tokens`` and
+        """``{lm_calls, prompt_tokens, completion_tokens, total_tokens, cost_usd}``: what traces and spans report
+        (``cost_usd`` is ``None`` while the cost is unknown: see :attr:`cost_known`); with ``cached_lm_calls`` and
+        ``saved_cost_usd`` once DSPy's cache answered a call; ``unpriced_lm_calls`` / ``unmetered_lm_calls`` when
+        any; ``speculative_lm_calls``, ``speculative_tokens``, ``wasted_lm_calls``, ``wasted_tokens`` and
         ``wasted_cost_usd`` once calls made ahead by Speculate settled."""
-        record = {
+        record: dict[str, Any] = {
             "lm_calls": self.lm_calls,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.tokens,
-            "cost_usd": round(self.cost_usd, 8),
+            "cost_usd": round(self.cost_usd, 8) if self.cost_known else None,
         }
+        if self.cached_lm_calls:
+            record.update(cached_lm_calls=self.cached_lm_calls, saved_cost_usd=round(self.saved_cost_usd, 8))
+        if self.unpriced_lm_calls:
+            record["unpriced_lm_calls"] = self.unpriced_lm_calls
+        if self.unmetered_lm_calls:
+            record["unmetered_lm_calls"] = self.unmetered_lm_calls
+        if self.estimated_tokens:
+            record["estimated_tokens"] = self.estimated_tokens
         if self.speculative_lm_calls:
             record.update(
                 speculative_lm_calls=self.speculative_lm_calls,
@@ -181,24 +278,35 @@ class UsageMeter(BaseCallback):
 
     def __init__(self) -> None:
         super().__init__()
-        self._pending: dict[str, tuple[Any, Usage, Usage | None]] = {}
+        self._pending: dict[str, tuple[Any, Usage, Usage | None, str | None]] = {}
 
     def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         run = current_run()
         usage = metered(run) if run is not None else None
         if usage is not None:
-            self._pending[call_id] = (instance, usage, SPECULATION.get())
+            self._pending[call_id] = (instance, usage, SPECULATION.get(), _streaming())
 
     def on_lm_end(self, call_id: str, outputs: Any | None, exception: Exception | None = None) -> None:
         pending = self._pending.pop(call_id, None)
-        if pending is None or exception is not None or outputs is None:
+        if pending is None:
             return
-        lm, usage, speculation = pending
+        lm, usage, speculation, streaming = pending
         try:
-            entry, model = _entry_for(lm, outputs), str(getattr(lm, "model", type(lm).__name__))
-            usage.add_lm_call(entry, model)
+            model = str(getattr(lm, "model", type(lm).__name__))
+            if exception is not None or outputs is None:
+                if streaming is not None and _failed_after_answer(exception):
+                    usage.add_unseen_call()
+                    if speculation is not None:
+                        speculation.add_unseen_call()
+                    usage.log_unmetered(model, "a streamed call failed inside DSPy after the provider answered")
+                return
+            entry = _entry_for(lm, outputs)
+            estimated = streaming == "estimated" and entry is not None and _litellm_response(entry)
+            reason = usage.add_lm_call(entry, model, estimated=estimated)
             if speculation is not None:  # a call Speculate made ahead: its own ledger counts it too
-                speculation.add_lm_call(entry, model)
+                speculation.add_lm_call(entry, model, estimated=estimated)
+            if reason is not None:
+                usage.log_unmetered(model, reason)
         except Exception:  # metering must never break the LM call it observes
             logger.debug("rlm-events could not meter an LM call", exc_info=True)
 
@@ -220,6 +328,49 @@ class UsageMeter(BaseCallback):
 
     def __reduce__(self) -> str:
         return "METER"
+
+
+def _streaming() -> str | None:
+    """How the LM call starting now streams: ``None`` (not: no ``dspy.streamify`` stream is open), ``"usage"``
+    (DSPy asks the provider for the stream's usage) or ``"estimated"`` (it does not, on the LiteLLM path)."""
+    settings = dspy.settings
+    if getattr(settings, "send_stream", None) is None:
+        return None
+    return "usage" if getattr(settings, "track_usage", False) else "estimated"
+
+
+def _litellm_response(entry: dict[str, Any]) -> bool:
+    """Whether the entry's response was assembled by LiteLLM (DSPy's LiteLLM path, where a stream's usage is only
+    the provider's when DSPy asked for it), not by DSPy 3.4's own engines (which always ask)."""
+    return type(entry.get("response")).__module__.split(".", 1)[0] == "litellm"
+
+
+_STREAM_READERS = frozenset({"_attempt", "_aattempt"})  # the functions of DSPy 3.4's _EXECUTION reading a stream
+_EXECUTION = "dspy.clients.execution"
+
+
+def _failed_after_answer(exception: BaseException | None) -> bool:
+    """Whether a streamed call failed inside DSPy while it passed the provider's answer on to the stream's
+    listener: DSPy 3.4 reads the provider's stream (the request was answered and billed) and sends each chunk
+    with ``anyio.from_thread.run``, which fails in a thread AnyIO did not start (``llm_query_batched``'s workers).
+    Read from the traceback (the failure or its causes): a frame of DSPy's stream reader calling into AnyIO.
+    DSPy before 3.4 fails the same way *before* sending the request: nothing was billed, nothing is counted."""
+    seen: set[int] = set()
+    while exception is not None and id(exception) not in seen:
+        seen.add(id(exception))
+        frames = [tb.tb_frame for tb in _walk(exception.__traceback__)]
+        for caller, callee in itertools.pairwise(frames):
+            reader = caller.f_code.co_name in _STREAM_READERS and caller.f_globals.get("__name__") == _EXECUTION
+            if reader and str(callee.f_globals.get("__name__", "")).startswith("anyio"):
+                return True
+        exception = exception.__cause__ or exception.__context__
+    return False
+
+
+def _walk(tb: Any) -> Iterable[Any]:
+    while tb is not None:
+        yield tb
+        tb = tb.tb_next
 
 
 def _entry_for(lm: Any, outputs: Any) -> dict[str, Any] | None:
@@ -252,4 +403,16 @@ def meter_lm(lm: Any) -> bool:
     return True
 
 
-__all__ = ["METER", "SPECULATION", "Usage", "UsageMeter", "entry_usage", "meter_lm", "meter_run", "metered", "usage_of"]
+__all__ = [
+    "METER",
+    "SPECULATION",
+    "Usage",
+    "UsageMeter",
+    "entry_cached",
+    "entry_usage",
+    "meter_lm",
+    "meter_run",
+    "metered",
+    "reports_usage",
+    "usage_of",
+]

@@ -19,12 +19,15 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dspy
 
 from .inprocess import InProcessInterpreter
 from .runtime import constructor_of
+
+if TYPE_CHECKING:
+    from .local_openai import LocalOpenAIServer
 
 # The BaseLM.forward() interface is the one every supported DSPy release (3.1 → 3.4) accepts; DSPy 3.4 calls it
 # legacy (a DeprecationWarning per call, hidden by Python's default filters): the user's filters are theirs.
@@ -34,9 +37,15 @@ _FENCED = re.compile(r"`code`[^\n]*```")  # the code field's description asks fo
 Step = str | tuple[str, str] | Callable[[int], "str | tuple[str, str]"]
 
 
-def _fields(values: Mapping[str, Any]) -> str:
+def adapter_reply(values: Mapping[str, Any]) -> str:
+    """A completion in DSPy's ChatAdapter format giving each output field its value (non-strings as JSON):
+    ``[[ ## reasoning ## ]]`` ... ``[[ ## completed ## ]]``. What :class:`ScriptedLM` answers, and what a
+    :class:`~rlm_events.local_openai.LocalOpenAIServer` must answer a ``dspy.LM`` with."""
     parts = [f"[[ ## {name} ## ]]\n{v if isinstance(v, str) else json.dumps(v)}" for name, v in values.items()]
     return "\n\n".join([*parts, "[[ ## completed ## ]]"])
+
+
+_fields = adapter_reply
 
 
 class ScriptedLM(dspy.BaseLM):
@@ -142,4 +151,13 @@ def build_rlm(
     return rlm
 
 
-__all__ = ["InProcessInterpreter", "ScriptedLM", "build_rlm"]
+def __getattr__(name: str) -> Any:
+    # The local OpenAI-compatible server, imported only when used.
+    if name == "LocalOpenAIServer":
+        from .local_openai import LocalOpenAIServer
+
+        return LocalOpenAIServer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["InProcessInterpreter", "LocalOpenAIServer", "ScriptedLM", "adapter_reply", "build_rlm"]

@@ -4,6 +4,7 @@ rlm_events.testing.InProcessInterpreter, which behaves like it, before)."""
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -52,3 +53,49 @@ def make_rlm() -> Iterator[Callable[..., tuple[dspy.RLM, ScriptedLM]]]:
     yield make
     for rlm in made:
         rlm_events.uninstrument(rlm)
+
+
+_MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _mlflow_left_as_found() -> Iterator[None]:
+    """Each test module leaves MLflow's global settings as it found them (tracking URI, experiment, DSPy autologging):
+    a module that set them would otherwise turn MLflow on for the next, whose ``enable_rlm_hooks`` would then trace
+    into MLflow's default store in the working directory (``mlflow.db``, ``mlruns/``: the checkout)."""
+    environment = {name: os.environ.get(name) for name in _MLFLOW_ENV}
+    yield
+    for name, value in environment.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is None:
+        return
+    from mlflow.tracking import fluent
+    from mlflow.utils.autologging_utils import autologging_is_disabled
+
+    if not autologging_is_disabled("dspy"):
+        mlflow.dspy.autolog(disable=True)
+    fluent._active_experiment_id = None  # set_experiment() has no public undo
+    mlflow.set_tracking_uri(environment["MLFLOW_TRACKING_URI"])  # None: back to "not set"
+
+
+@pytest.fixture
+def openai_server() -> Iterator[Callable[..., Any]]:
+    """Start :class:`rlm_events.local_openai.LocalOpenAIServer` instances on 127.0.0.1: ``make(steps, **options)``
+    plays ``steps`` as :class:`ScriptedLM` does (options: ``extract``, ``sub``, and the server's ``faults``,
+    ``prices``, ...); every server started is stopped after the test."""
+    from rlm_events.local_openai import LocalOpenAIServer
+
+    started: list[LocalOpenAIServer] = []
+
+    def make(steps: Sequence[Any], **options: Any) -> LocalOpenAIServer:
+        server = LocalOpenAIServer.scripted(steps, **options).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()

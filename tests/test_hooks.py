@@ -13,9 +13,13 @@ import copy
 
 import dspy
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import rlm_events
 from rlm_events import Stage, signals
+from rlm_events.hooks import disable_rlm_speculation, enable_rlm_speculation
+from rlm_events.testing import InProcessInterpreter, ScriptedLM, build_rlm
 
 # ── The page's "All Four Hooks" example, verbatim except the import line ──────────────────────────────────────
 # fmt: off
@@ -453,3 +457,62 @@ def test_a_deep_copy_keeps_its_hooks_and_can_be_unhooked(make_rlm):
         assert rlm_events.instrumentation_of(rlm) is not None  # the original keeps its hooks
     finally:
         rlm_events.uninstrument(clone)
+
+
+# -- hooks and speculation, enabled and disabled in any order: the RLM exactly restored ---------------------------
+
+OPERATIONS = ("enable hooks", "enable speculation", "disable hooks", "disable speculation")
+
+
+def _seed(iteration, variables, history, input_args):
+    return PreIterationOutput(persistent_python_code="seeded = 41")
+
+
+def _answer(rlm) -> str:
+    with dspy.context(lm=ScriptedLM(["SUBMIT(answer=str(globals().get('seeded')))"], sub="ok")):
+        return str(rlm(text="?").answer)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.sampled_from(OPERATIONS), max_size=8),
+    st.sampled_from([("disable hooks", "disable speculation"), ("disable speculation", "disable hooks")]),
+)
+def test_any_order_of_enabling_and_disabling_restores_the_rlm_exactly(operations, last):
+    rlm = build_rlm("text -> answer", max_iters=2, interpreter_factory=InProcessInterpreter)
+    before = dict(vars(rlm))
+    hooks = False
+    for operation in operations:
+        if operation == "enable hooks":
+            enable_rlm_hooks(rlm, pre_iteration_hook=_seed, tracing=False)
+        elif operation == "enable speculation":
+            enable_rlm_speculation(rlm)
+        elif operation == "disable hooks":
+            disable_rlm_hooks(rlm)
+        else:
+            disable_rlm_speculation(rlm)
+        hooks = operation == "enable hooks" or (hooks and operation != "disable hooks")
+    assert _answer(rlm) == ("41" if hooks else "None")  # the hooks run exactly while enabled
+    for operation in last:
+        disable_rlm_hooks(rlm) if operation == "disable hooks" else disable_rlm_speculation(rlm)
+    assert type(rlm) is dspy.RLM
+    assert vars(rlm).keys() == before.keys() and all(vars(rlm)[k] is v for k, v in before.items())
+    assert rlm_events.instrumentation_of(rlm) is None
+    assert _answer(rlm) == "None"  # and it still runs, bare
+
+
+def test_disabling_speculation_keeps_an_instrumentation_the_user_made(make_rlm):
+    rlm, lm = make_rlm(["SUBMIT(answer='done')"])
+    events = rlm_events.instrument(rlm)
+    enable_rlm_speculation(rlm)
+    disable_rlm_speculation(rlm)
+    assert rlm_events.instrumentation_of(rlm) is events and not any(events.plan.chains[s] for s in Stage)
+    with dspy.context(lm=lm):
+        assert rlm(text="?").answer == "done"
+
+
+def test_disabling_speculation_on_a_bare_rlm_changes_nothing(make_rlm):
+    rlm, _ = make_rlm(["SUBMIT(answer='done')"])
+    before = dict(vars(rlm))
+    disable_rlm_speculation(rlm)
+    assert type(rlm) is dspy.RLM and vars(rlm) == before and rlm_events.instrumentation_of(rlm) is None

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 import importlib.util
+import os
+import subprocess
 import sys
 import types
 
@@ -208,9 +210,8 @@ def test_async_hooks(make_rlm, entry):
     assert run(rlm, lm, entry, question="What?").answer == "cached context for 'What?'"
 
 
-def test_mlflow_tracing_example(make_rlm):
-    mlflow = pytest.importorskip("mlflow")  # the page's example needs MLflow installed
-    pytest.importorskip("rlm_events.taps.mlflow")
+def test_mlflow_tracing_example(make_rlm, mlflow_store):
+    mlflow = mlflow_store
     rlm, lm = make_rlm(["SUBMIT(answer=cached_context)"], signature="question -> answer")
 
     mlflow.dspy.autolog()
@@ -218,6 +219,9 @@ def test_mlflow_tracing_example(make_rlm):
 
     with dspy.context(lm=lm):
         assert rlm(question="What?").answer == "cached context for 'What?'"
+    names = span_names(mlflow)
+    assert "rlm_hook/pre_iteration" in names and "rlm/execute_code" in names  # 0.1.15's names
+    assert "Predict.forward" in names  # autolog's spans, in the same trace
     disable_rlm_hooks(rlm)
     assert type(rlm) is dspy.RLM
 
@@ -385,7 +389,8 @@ class _FakeMlflowTap(Installable):
 
     made: list[_FakeMlflowTap] = []
 
-    def __init__(self) -> None:
+    def __init__(self, **options) -> None:
+        self.options = options
         self.seen: list[str] = []
         self.installs = 0
         self.tap = self.record  # one bound method: uninstall removes the very callable install registered
@@ -404,7 +409,9 @@ class _FakeMlflowTap(Installable):
 
 @pytest.fixture
 def fake_mlflow(monkeypatch):
-    monkeypatch.setitem(sys.modules, "mlflow", types.ModuleType("mlflow"))
+    fake = types.ModuleType("mlflow")
+    fake.is_tracking_uri_set = lambda: True  # type: ignore[attr-defined]  # the user turned MLflow on
+    monkeypatch.setitem(sys.modules, "mlflow", fake)
     module = types.ModuleType("rlm_events.taps.mlflow")
     module.MlflowTap = _FakeMlflowTap  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "rlm_events.taps.mlflow", module)
@@ -433,6 +440,7 @@ def test_with_mlflow_the_mlflow_tap_records_the_run_once_and_goes_with_the_hooks
     enable(rlm, pre_iteration_hook=inject_math)
     enable(rlm, pre_iteration_hook=inject_math, pre_execution_hook=pre_execution)  # again: the same tap
     assert len(fake_mlflow) == 1 and fake_mlflow[0].installs == 1
+    assert fake_mlflow[0].options == {"span_names": {"execute_code": "rlm/execute_code"}}
     with dspy.context(lm=lm):
         assert rlm(text="?").answer == "3"
     assert fake_mlflow[0].seen[0] == "run_start" and "pre_iteration" in fake_mlflow[0].seen
@@ -441,20 +449,172 @@ def test_with_mlflow_the_mlflow_tap_records_the_run_once_and_goes_with_the_hooks
     assert type(rlm) is dspy.RLM  # the tap went with the hooks: nothing kept the instrumentation
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="MLflow is not installed (the mlflow extra)")
-def test_the_real_mlflow_tap_is_installed(make_rlm):
-    try:
-        tap_module = importlib.import_module("rlm_events.taps.mlflow")
-    except ImportError:
-        pytest.skip("rlm_events.taps.mlflow is not in this tree yet")
-    rlm, lm = make_rlm(["SUBMIT(answer='done')"])
+# -- MLflow only when the user turned it on, into a temporary store -------------------------------------------
+
+needs_mlflow = pytest.mark.skipif(
+    importlib.util.find_spec("mlflow") is None, reason="MLflow is not installed (the mlflow extra)"
+)
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch):
+    """MLflow turned on with a temporary tracking URI (a SQLite store: reading traces back needs the full mlflow
+    package); everything is put back afterwards. Yields the ``mlflow`` module."""
+    mlflow = pytest.importorskip("mlflow")
+    pytest.importorskip("rlm_events.taps.mlflow")
+    pytest.importorskip("mlflow.store.tracking.sqlalchemy_store", reason="needs the full mlflow package (SQLite store)")
+    from mlflow.tracking._tracking_service import utils
+
+    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "false")  # traces readable when the call returns
+    monkeypatch.chdir(tmp_path)  # the store's artifact root (./mlruns) is resolved in the working directory
+    previous = utils._tracking_uri
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    yield mlflow
+    mlflow.dspy.autolog(disable=True)
+    mlflow.set_tracking_uri(previous)
+
+
+def span_names(mlflow) -> list[str]:
+    trace = mlflow.get_trace(mlflow.get_last_active_trace_id())
+    return [span.name for span in trace.data.spans]
+
+
+@pytest.fixture
+def mlflow_off(monkeypatch):
+    """MLflow importable but not turned on (the state a program that never configured it is in)."""
+    mlflow = pytest.importorskip("mlflow")
+    from mlflow.tracking._tracking_service import utils
+
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "RLM_EVENTS_MLFLOW"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(utils, "_tracking_uri", None)
+    assert mlflow_turned_on() is None
+    return mlflow
+
+
+from rlm_events.hooks.tracing import mlflow_turned_on
+
+
+@needs_mlflow
+def test_mlflow_not_turned_on_adds_no_spans(make_rlm, mlflow_off):
+    rlm, lm = make_rlm(["SUBMIT(answer=str(math.floor(math.pi)))"])
     enable_rlm_hooks(rlm, pre_iteration_hook=inject_math)
-    assert rlm_events.instrument(rlm).plan.all_taps  # MlflowTap's
+    assert rlm_events.instrument(rlm).plan.all_taps == ()
+    with dspy.context(lm=lm):
+        assert rlm(text="?").answer == "3"
+
+
+@pytest.mark.parametrize("how", ["set_tracking_uri", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "autolog"])
+def test_each_way_of_turning_mlflow_on_is_recognised(mlflow_off, monkeypatch, tmp_path, how):
+    mlflow = mlflow_off
+    uri = (tmp_path / "mlruns").as_uri()
+    if how == "set_tracking_uri":
+        monkeypatch.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", uri)
+        expected = "tracking URI"
+    elif how == "MLFLOW_TRACKING_URI":
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        expected = "tracking URI"
+    elif how == "MLFLOW_EXPERIMENT_NAME":
+        monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "rlm")
+        expected = "experiment"
+    else:
+        mlflow.dspy.autolog(log_traces=False)
+        expected = "autolog"
+    try:
+        assert mlflow_turned_on() == expected
+    finally:
+        if how == "autolog":
+            mlflow.dspy.autolog(disable=True)
+    assert mlflow_turned_on() is None or how != "autolog"
+
+
+def test_the_real_mlflow_tap_records_0115_span_names(make_rlm, mlflow_store):
+    mlflow = mlflow_store
+    rlm, lm = make_rlm(["print(math.pi)", "SUBMIT(answer='done')"])
+
+    def sanitize(iteration, code, variables, history, input_args):
+        return PreExecutionOutput(code=code)
+
+    enable_rlm_hooks(rlm, pre_iteration_hook=inject_math, pre_execution_hook=sanitize)
+    assert rlm_events.instrument(rlm).plan.all_taps  # MlflowTap's: a tracking URI is set
     with dspy.context(lm=lm):
         assert rlm(text="?").answer == "done"
-    assert isinstance(tap_module.MlflowTap(), object)
+    trace = mlflow.get_trace(mlflow.get_last_active_trace_id())
+    names = [span.name for span in trace.data.spans]
+    assert names.count("rlm_hook/pre_iteration") == 2 and names.count("rlm_hook/pre_execution") == 2
+    assert names.count("rlm/execute_code") == 2 and "execute_code" not in names
+    (pre_execution,) = [s for s in trace.data.spans if s.name == "rlm_hook/pre_execution"][:1]
+    assert pre_execution.inputs == {"iteration": 0, "original_code": "```python\nprint(math.pi)\n```"}
+    assert pre_execution.outputs == {"modified_code": "```python\nprint(math.pi)\n```"}
     disable_rlm_hooks(rlm)
     assert type(rlm) is dspy.RLM
+
+
+@pytest.mark.parametrize("opt_out", ["tracing=False", "RLM_EVENTS_MLFLOW=0"])
+def test_mlflow_opt_out(make_rlm, mlflow_store, monkeypatch, opt_out):
+    rlm, lm = make_rlm(["SUBMIT(answer='done')"])
+    if opt_out == "tracing=False":
+        enable_rlm_hooks(rlm, pre_iteration_hook=inject_math, tracing=False)
+    else:
+        monkeypatch.setenv("RLM_EVENTS_MLFLOW", "0")
+        enable_rlm_hooks(rlm, pre_iteration_hook=inject_math)
+    assert rlm_events.instrument(rlm).plan.all_taps == ()
+    with dspy.context(lm=lm):
+        assert rlm(text="?").answer == "done"
+
+
+def test_enabling_again_with_tracing_false_removes_the_tap(make_rlm, mlflow_store):
+    rlm, _ = make_rlm(["SUBMIT(answer='done')"])
+    enable_rlm_hooks(rlm, pre_iteration_hook=inject_math)
+    assert rlm_events.instrument(rlm).plan.all_taps
+    enable_rlm_hooks(rlm, pre_iteration_hook=inject_math, tracing=False)
+    assert rlm_events.instrument(rlm).plan.all_taps == ()
+    disable_rlm_hooks(rlm)
+    assert type(rlm) is dspy.RLM
+
+
+def test_tracing_must_be_a_bool_or_none(make_rlm):
+    rlm, _ = make_rlm(["SUBMIT(answer='done')"])
+    with pytest.raises(TypeError, match=r"tracing=\.\.\.\) must be True, False or None, got 'yes'"):
+        enable_rlm_hooks(rlm, pre_iteration_hook=inject_math, tracing="yes")
+    assert type(rlm) is dspy.RLM
+
+
+def test_tracing_true_without_mlflow_raises_import_error(make_rlm, no_mlflow):
+    rlm, _ = make_rlm(["SUBMIT(answer='done')"])
+    with pytest.raises(ImportError, match=r'pip install "rlm-events\[mlflow\]"'):
+        enable_rlm_hooks(rlm, pre_iteration_hook=inject_math, tracing=True)
+    assert type(rlm) is dspy.RLM
+
+
+_PROGRAM = """
+import sys, dspy
+{mlflow}
+from rlm_events.hooks import enable_rlm_hooks, PreIterationOutput
+from rlm_events.testing import ScriptedLM, build_rlm, InProcessInterpreter
+
+rlm = build_rlm("text -> answer", max_iters=3, interpreter_factory=InProcessInterpreter)
+enable_rlm_hooks(rlm, pre_iteration_hook=lambda i, v, h, a: PreIterationOutput(persistent_python_code="n = 41"))
+with dspy.context(lm=ScriptedLM(["SUBMIT(answer=str(n + 1))"])):
+    print(rlm(text="?").answer, "mlflow" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("imports_mlflow", [False, True], ids=["no-import", "import-mlflow"])
+def test_a_migrated_program_writes_nothing_into_its_working_directory(tmp_path, imports_mlflow):
+    """A program that migrated to rlm_events.hooks and never turned MLflow on: no MLflow import it did not make,
+    no store in its working directory, nothing on stderr (no sqlparse warning, no exit-time flush)."""
+    if imports_mlflow and importlib.util.find_spec("mlflow") is None:
+        pytest.skip("MLflow is not installed")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RLM_EVENTS_MLFLOW"))}
+    program = _PROGRAM.format(mlflow="import mlflow" if imports_mlflow else "")
+    done = subprocess.run(
+        [sys.executable, "-c", program], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["42", str(imports_mlflow)]
+    assert "mlflow" not in done.stderr.lower() and "sqlparse" not in done.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- the native PreIterationContext fields ---------------------------------------------------------------------
@@ -683,3 +843,81 @@ def test_speculation_composes_with_hooks(make_rlm):
     with dspy.context(lm=lm):
         result = rlm(text="...")
     assert result.trajectory[0]["output"].strip() == "['CHUNK 0', 'CHUNK 1']"
+
+
+# -- the persistent prelude runs on its own: the LM's errors keep their line numbers ---------------------------
+
+
+def _interpreters():
+    from rlm_events.sandbox import Sandboxed, SandboxUnavailable
+    from rlm_events.testing import InProcessInterpreter
+
+    found = [pytest.param(InProcessInterpreter, id="in-process")]
+    if hasattr(dspy, "LocalInterpreter"):
+        found.append(pytest.param(dspy.LocalInterpreter, id="LocalInterpreter"))
+    try:
+        found.append(pytest.param(Sandboxed(), id="sandbox"))
+    except SandboxUnavailable as missing:
+        found.append(pytest.param(None, id="sandbox", marks=pytest.mark.skip(reason=f"no sandbox here: {missing}")))
+    return found
+
+
+PRELUDE = "import math\n\ndef helper():\n    return 1\n\nready = True"  # six lines before the LM's code
+
+
+@pytest.mark.parametrize("factory", _interpreters())
+def test_a_prelude_leaves_the_lms_line_numbers_alone(make_rlm, factory):
+    steps = [
+        "x = 1\ny = (\n",  # a syntax error on line 2
+        "import sys\nprint(sys._getframe().f_lineno, ready, helper())",  # the line number the code sees
+        "import traceback\ntry:\n    1 / 0\nexcept ZeroDivisionError:\n    print(traceback.format_exc())",
+        "SUBMIT(answer='done')",
+    ]
+    rlm, lm = make_rlm(steps, interpreter_factory=factory)
+
+    def prelude(iteration, variables, history, input_args):
+        return PreIterationOutput(persistent_python_code=PRELUDE) if iteration == 0 else None
+
+    enable_rlm_hooks(rlm, pre_iteration_hook=prelude)
+    with dspy.context(lm=lm):
+        result = rlm(text="?")
+    syntax, line, traceback = (str(step["output"]) for step in result.trajectory[:3])
+    assert syntax.startswith("[Error]") and "line 2" in syntax and "line 8" not in syntax
+    assert line == "2 True 1"
+    assert "line 3, in <module>" in traceback and "ZeroDivisionError" in traceback
+    assert result.answer == "done"
+
+
+def test_a_prelude_runs_first_and_its_output_and_errors_are_kept(make_rlm):
+    steps = ["print('code')", "print('code')", "print('never')", "SUBMIT(answer=str(count))"]
+    rlm, lm = make_rlm(steps)
+    preludes = {0: "count = 1\nprint('prelude')", 1: "count += 1", 2: "count += 1\nundefined_name", 3: "count += 1"}
+
+    def steer(iteration, variables, history, input_args):
+        return PreIterationOutput(persistent_python_code=preludes.get(iteration))
+
+    enable_rlm_hooks(rlm, pre_iteration_hook=steer)
+    with dspy.context(lm=lm):
+        result = rlm(text="?")
+    outputs = [str(step["output"]) for step in result.trajectory]
+    assert outputs[:2] == ["prelude\ncode", "code"]  # as if written before the code
+    assert outputs[2].startswith("[Error]") and "undefined_name" in outputs[2]  # the prelude failed: no code ran
+    assert "never" not in outputs[2]
+    assert result.answer == "4"  # the prelude ran before each execution: 1, 2, 3 (then failed after += 1), 4
+
+
+@needs_predict_rlm
+def test_predict_rlm_errors_keep_their_line_numbers_after_a_prelude():
+    rlm = _predict_rlm(
+        "query -> answer", ["x = 1\ny = (\n", "import sys\nprint(sys._getframe().f_lineno)", "SUBMIT(answer='done')"]
+    )
+
+    def prelude(iteration, variables, history, input_args):
+        return PreIterationOutput(persistent_python_code=PRELUDE) if iteration == 0 else None
+
+    enable_rlm_hooks(rlm, pre_iteration_hook=prelude)
+    result = rlm(query="?")
+    syntax, line = (str(step["output"]) for step in result.trajectory[:2])
+    assert "line 2" in syntax and "line 8" not in syntax
+    assert line.strip() == "2"
+    assert result.answer == "done"

@@ -484,3 +484,35 @@ def test_without_mlflow_names_the_extra(monkeypatch):
     with pytest.raises(ValueError, match="max_chars"):
         monkeypatch.undo()
         MlflowTap(max_chars=0)
+
+
+def test_the_root_reports_the_cost_an_unknown_cost_and_the_cache_saving(experiment):
+    """Through the real LiteLLM client: rlm.cost_usd is the server's bill, absent (rlm.cost_known=false) for an
+    unpriced model, never 0 then; a cached run reports rlm.cached_lm_calls and rlm.saved_cost_usd."""
+    from conftest import REAL_INTERPRETER
+    from dspy.clients.cache import Cache
+
+    from rlm_events.testing import LocalOpenAIServer, build_rlm
+
+    rlm = build_rlm("text -> answer", max_iters=4, interpreter_factory=REAL_INTERPRETER)
+    MlflowTap().install(rlm_events.instrument(rlm))
+    previous = dspy.cache
+    dspy.cache = Cache(enable_disk_cache=False, enable_memory_cache=True, disk_cache_dir=None)
+    try:
+        with LocalOpenAIServer.scripted(STEPS, sub="hi", prices={"gpt-4o-mini": (0.15, 0.6)}) as server:
+            for model, cache in (("any-model", False), ("gpt-4o-mini", True), ("gpt-4o-mini", True)):
+                lm = dspy.LM(f"openai/{model}", api_base=server.base_url, api_key="x", cache=cache)
+                with dspy.context(lm=lm):
+                    rlm(text="t")
+            bill = server.bill
+    finally:
+        dspy.cache = previous
+    paid = sum(r.cost_usd or 0.0 for r in bill if r.model == "gpt-4o-mini")
+    assert bill.calls == 8 and paid > 0  # the third run came from DSPy's cache
+    roots = [by_name(t, "RLM.forward")[0] for t in sorted(traces(experiment), key=lambda t: t.info.request_time)]
+    unpriced, priced, cached = (root.attributes for root in roots)
+    assert "rlm.cost_usd" not in unpriced and unpriced["rlm.cost_known"] is False
+    assert unpriced["rlm.unpriced_lm_calls"] == unpriced["rlm.lm_calls"] == 4
+    assert priced["rlm.cost_usd"] == pytest.approx(paid, rel=1e-6) and "rlm.cached_lm_calls" not in priced
+    assert cached["rlm.cost_usd"] == 0.0 and cached["rlm.cached_lm_calls"] == 4
+    assert cached["rlm.saved_cost_usd"] == pytest.approx(paid, rel=1e-6)

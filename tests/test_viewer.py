@@ -317,3 +317,50 @@ def test_a_run_that_failed_before_its_first_iteration_counts_none_everywhere(bro
     assert "0 / 6" in find(browser, "#run-header")[0].text
     find(browser, '#timeline .row[data-row="end"]')[0].click()
     assert "0 iterations" in find(browser, "#details")[0].text
+
+
+def stats_of(browser: Any) -> dict[str, str]:
+    """The run card's figures: ``{label: value}``."""
+    return {
+        item.find_element("css selector", "dt").text: item.find_element("css selector", "dd").text
+        for item in find(browser, "#run-header dl.stats > div")
+    }
+
+
+def test_the_run_card_shows_an_unknown_cost_as_a_dash_and_what_the_cache_saved(browser, tmp_path):
+    """Through the real LiteLLM client: an unpriced model's cost is a dash (never $0); a cached run shows its saving."""
+    from conftest import REAL_INTERPRETER
+    from dspy.clients.cache import Cache
+
+    from rlm_events.testing import LocalOpenAIServer, build_rlm
+
+    steps = ["x = 6 * 7\nprint(x)", "SUBMIT(answer=str(x))"]
+    rlm = build_rlm("text -> answer", max_iters=4, interpreter_factory=REAL_INTERPRETER)
+    events = rlm_events.instrument(rlm)
+    paths = {name: tmp_path / f"{name}.jsonl" for name in ("unpriced", "paid", "cached")}
+    previous = dspy.cache
+    dspy.cache = Cache(enable_disk_cache=False, enable_memory_cache=True, disk_cache_dir=None)
+    try:
+        with LocalOpenAIServer.scripted(steps, prices={"gpt-4o-mini": (0.15, 0.6)}) as server:
+            for name, model in (("unpriced", "any-model"), ("paid", "gpt-4o-mini"), ("cached", "gpt-4o-mini")):
+                lm = dspy.LM(f"openai/{model}", api_base=server.base_url, api_key="x", cache=name != "unpriced")
+                with JsonlTrace(paths[name]) as trace:
+                    trace.install(events)
+                    with dspy.context(lm=lm):
+                        rlm(text="abc")
+                    trace.uninstall(events)
+            bill = server.bill
+    finally:
+        dspy.cache = previous
+    paid_cost = sum(r.cost_usd or 0.0 for r in bill if r.model == "gpt-4o-mini")
+    assert bill.calls == 4 and paid_cost > 0  # the cached run made no request
+
+    load(browser, paths["unpriced"])
+    stats = stats_of(browser)
+    assert stats["cost"] == "\u2013" and stats["cost unknown"] == "2 unpriced call(s)" and "cached" not in stats
+    load(browser, paths["paid"])
+    assert stats_of(browser)["cost"] == f"${paid_cost:.4f}" and "cost unknown" not in stats_of(browser)
+    load(browser, paths["cached"])
+    stats = stats_of(browser)
+    assert stats["cost"] == "$0.0000" and stats["tokens"] == "0" and stats["LM calls"] == "2"
+    assert stats["cached"] == f"2 calls, saved ${paid_cost:.4f}"

@@ -59,6 +59,7 @@ from .interpreters import (
     worker_started,
 )
 from .predict_rlm import own_lms
+from .prices import register_dspy_prices
 from .tools import raw_tool
 from .warnings import warn_once
 
@@ -80,6 +81,7 @@ __all__ = [
     "iteration_limit",
     "own_lms",
     "raw_tool",
+    "register_dspy_prices",
     "warn_once",
     "worker_started",
 ]

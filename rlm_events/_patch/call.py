@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 from .construct import iteration_limit
 from .detect import _ATTR, _NO_RESULT, _Seams
+from .prelude import PreludeREPL
 from .warnings import warn_once
 
 # -- per-call state -------------------------------------------------------------------------------------------
@@ -102,6 +103,7 @@ class _Call:
         "is_async",
         "iterations",
         "module",
+        "ours",
         "plan",
         "prelude",
         "run",
@@ -123,6 +125,9 @@ class _Call:
         self.iterations = 0
         self.forced_extract = False
         self.stopped_by: str | None = None  # the stop_reason of the post_iteration that set stop
+        # A final prediction the loop gets from rlm-events, no SUBMIT: a stop's extract or a post_iteration
+        # middleware's; and the history the iteration ended with. PredictRLM's seams end such a run as their own.
+        self.ours: tuple[Prediction, REPLHistory] | None = None
         self.frame: _Frame | None = None
         self.prelude = ""  # pre_iteration's persistent_python_code: per call, until replaced
         self.t0 = time.perf_counter()
@@ -173,19 +178,24 @@ class _Call:
             stop_reason=self.stop_reason(error),
         )
 
-    def explained(self, prediction: Any) -> Any:
-        """``prediction``, after saying that DSPy's "RLM reached max iterations" line, which its extract fallback
-        logs whenever it runs, is about a stop (a budget's, a middleware's) when it is one."""
-        if self.stopped_by is not None:
-            limit = iteration_limit(self.module)
-            logging.getLogger("rlm_events").warning(
-                "rlm-events: the run was stopped by %s after iteration %d%s, not by the iteration limit; DSPy's "
-                "extract fallback produced the answer (DSPy's 'reached max iterations' line above is about that)",
-                {"budget": "a budget", "middleware": "a middleware"}.get(self.stopped_by, f"'{self.stopped_by}'"),
-                self.iterations,
-                f" of {limit}" if limit else "",
-            )
-        return prediction
+    def announce_stop(self) -> None:
+        """Log the one line a stop gets: who stopped the run, after which iteration. The extract that follows runs
+        without DSPy's "RLM reached max iterations" line (see :mod:`~rlm_events._patch.extract`)."""
+        reason = self.stopped_by
+        if reason == "budget":
+            spent = getattr(self.run.state.get("budget"), "reason", None)
+            who = f"a Budget ({spent})" if spent else "a Budget"
+        elif reason == "middleware":
+            who = "a post_iteration middleware"
+        else:
+            who = f"a post_iteration middleware (stop_reason {reason!r})"
+        limit = iteration_limit(self.module)
+        logging.getLogger("rlm_events").warning(
+            "rlm-events: %s stopped the run after iteration %d%s; the extract fallback gives the answer",
+            who,
+            self.iterations,
+            f" of {limit}" if limit else "",
+        )
 
     def stop_reason(self, error: BaseException | None) -> str:
         """Why the loop ended (see :attr:`RunEndContext.stop_reason`)."""
@@ -387,10 +397,18 @@ class _Call:
     def after_iteration(self, ctx: PostIterationContext, outcome: Any) -> tuple[Any, bool]:
         """What the iteration returns to the loop, and whether the extract fallback must produce it instead."""
         if ctx.prediction is not None:
+            if not isinstance(outcome, Prediction):  # no SUBMIT: a middleware finishes the run with its own
+                self.ours = (ctx.prediction, ctx.history)
             return ctx.prediction, False
         if ctx.stop:
             self.stopped_by = ctx.stop_reason or "middleware"
+            self.announce_stop()
         return ctx.history, ctx.stop
+
+    def stopped_with(self, prediction: Prediction, history: REPLHistory) -> Prediction:
+        """``prediction``, the stop's extract from ``history``, recorded as :attr:`ours`."""
+        self.ours = (prediction, history)
+        return prediction
 
 
 class _SkippableREPL:
@@ -404,8 +422,8 @@ class _SkippableREPL:
         frame = self._frame
         if frame.skip is not _NO_RESULT:
             return frame.skip
-        if frame.prelude:
-            code = f"{frame.prelude}\n{code}"
+        if frame.prelude:  # runs first, on its own: see _patch.prelude
+            return PreludeREPL(self._repl, frame.prelude).execute(code, variables=variables)
         return self._repl.execute(code, variables=variables)
 
     def __getattr__(self, name: str) -> Any:

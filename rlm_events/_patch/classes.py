@@ -25,8 +25,10 @@ if TYPE_CHECKING:
 
 from .call import _CURRENT, _DEFERRED, _NO_RESULT, _POST_ITERATION, _PRE_ITERATION, _Call, _current, _Frame
 from .detect import _ATTR, _BASE, _Seams
+from .extract import stop_extracts
 from .predict_rlm import kernel_seams
 from .predictor import _ActionSeam
+from .prelude import PreludeREPL
 from .tools import wrap_tool
 
 # -- the instrumented classes ---------------------------------------------------------------------------------
@@ -54,6 +56,8 @@ def _instrumented_rlm_class(cls: Any) -> Any:
     # DSPy's extract fallback; PredictRLM's runs it on a copy of the module, from *_for_run.
     extract_name, aextract_name = seams.extract.method, seams.aextract.method
     extract_fallback, aextract_fallback = getattr(cls, extract_name), getattr(cls, aextract_name)
+    # What a stop runs instead: the same, without DSPy's "reached max iterations" line (a stop logs its own).
+    stop_extract, astop_extract = stop_extracts(cls, extract_name, aextract_name)
 
     def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
         call = _Call.begin(self, seams, kwargs, is_async=False)
@@ -117,7 +121,8 @@ def _instrumented_rlm_class(cls: Any) -> Any:
         finally:
             call.frame = None
         if stop:
-            return getattr(self, extract_name)(frame.args["variables"], outcome, frame.args["output_field_names"])
+            args = (frame.args["variables"], outcome, frame.args["output_field_names"])
+            return call.stopped_with(getattr(self, extract_name)(*args), outcome)
         return outcome
 
     # The async twin of _execute_iteration (awaits the plan, folds a deferred post_execution); kept apart for speed.
@@ -145,7 +150,7 @@ def _instrumented_rlm_class(cls: Any) -> Any:
             call.frame = None
         if stop:
             args = (frame.args["variables"], outcome, frame.args["output_field_names"])
-            return await getattr(self, aextract_name)(*args)
+            return call.stopped_with(await getattr(self, aextract_name)(*args), outcome)
         return outcome
 
     def _process_execution_result(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -161,9 +166,9 @@ def _instrumented_rlm_class(cls: Any) -> Any:
         if frame is not None:
             if frame.skip is not _NO_RESULT:
                 return frame.skip
-            if frame.prelude:  # pre_iteration's persistent_python_code runs first; the history records the code only
+            if frame.prelude:  # pre_iteration's persistent_python_code runs first, on its own: see _patch.prelude
                 bound = seams.execute.bind(args, kwargs)
-                bound["code"] = f"{frame.prelude}\n{bound['code']}"
+                bound["repl"] = PreludeREPL(bound["repl"], frame.prelude)
                 return seams.execute.call(cls._execute_code, self, bound)
         return cls._execute_code(self, *args, **kwargs)
 
@@ -172,14 +177,15 @@ def _instrumented_rlm_class(cls: Any) -> Any:
         if call is None:
             return extract_fallback(self, *args, **kwargs)
         call.forced_extract = True
+        fallback = extract_fallback if call.stopped_by is None else stop_extract
         if not call.wants(Stage.EXTRACT):
-            return call.explained(extract_fallback(self, *args, **kwargs))
+            return fallback(self, *args, **kwargs)
         bound = seams.extract.bind(args, kwargs)
 
         def terminal(c: ExtractContext) -> ExtractContext:
             if c.prediction is None:
                 bound["history"], bound["variables"] = c.history, c.variables
-                c.prediction = call.explained(seams.extract.call(extract_fallback, self, bound))
+                c.prediction = seams.extract.call(fallback, self, bound)
             return c
 
         ctx = call.ctx(ExtractContext, history=bound["history"], variables=bound["variables"], prediction=None)
@@ -191,14 +197,15 @@ def _instrumented_rlm_class(cls: Any) -> Any:
         if call is None:
             return await aextract_fallback(self, *args, **kwargs)
         call.forced_extract = True
+        fallback = aextract_fallback if call.stopped_by is None else astop_extract
         if not call.wants(Stage.EXTRACT):
-            return call.explained(await aextract_fallback(self, *args, **kwargs))
+            return await fallback(self, *args, **kwargs)
         bound = seams.aextract.bind(args, kwargs)
 
         async def terminal(c: ExtractContext) -> ExtractContext:
             if c.prediction is None:
                 bound["history"], bound["variables"] = c.history, c.variables
-                c.prediction = call.explained(await seams.aextract.call(aextract_fallback, self, bound))
+                c.prediction = await seams.aextract.call(fallback, self, bound)
             return c
 
         ctx = call.ctx(ExtractContext, history=bound["history"], variables=bound["variables"], prediction=None)

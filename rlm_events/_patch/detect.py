@@ -163,7 +163,8 @@ class _Seams:
             _calls(cls, method, "self._execute_code(") is not False
             for method in ("_execute_iteration", "_aexecute_iteration")
         )
-        # The persistent prelude is prepended to the code argument of _execute_code (3.2+) or of repl.execute (3.1).
+        # The persistent prelude runs first, on its own, through the REPL given to _execute_code (3.2+) or
+        # repl.execute (3.1): see _patch.prelude.
         self.execute = _Params(cls, "_execute_code", ("repl", "code", "input_args")) if self.has_execute_code else None
         # Options of the call itself, never input args: 3.3's positional-only caller-owned interpreter is passed in
         # *args (a keyword of that name is an input), 3.4's keyword-only interpreter_factory in **kwargs.

@@ -24,6 +24,12 @@ seam                               stages
 ``_prepare_execution_tools``       ``tool_call`` around ``predict()`` and every user tool
 =================================  ============================================================================
 
+A final prediction that rlm-events hands the loop is no SUBMIT, and ``_maybe_request_submit_confirmation``,
+``_build_iteration_outcome`` and ``_build_run_trace`` treat it so: a stop's extract ends the run as PredictRLM's own
+extract fallback does (the step of an iteration that ended with its history, trace status ``max_iterations``), a
+post_iteration middleware's prediction ends it at once (status ``completed``); ``submit_confirmation`` is asked
+about neither. A ``FinalOutput`` from pre_execution or post_execution is a SUBMIT, as PredictRLM makes of it.
+
 Detected by those methods (:func:`kernel_seams`), never by importing predict-rlm or reading its version.
 """
 
@@ -37,6 +43,7 @@ from ..context import PostExecutionContext, PreExecutionContext
 from ..stages import Stage
 from .call import _current
 from .detect import _calls, _Params, _unsupported
+from .prelude import PreludeREPL
 
 KERNEL = (
     "_aforward_kernel",
@@ -68,6 +75,10 @@ class KernelSeams:
         self.code = _Params(cls, "_aexecute_iteration_code", ("repl", "code", "input_args"))
         self.complete = _Params(cls, "_complete_iteration_execution", ("pred", "code", "result", "history"))
         self.prepare = _Params(cls, "_prepare_iteration_execution", ("pred",))
+        # The steps that read an iteration's final prediction, where it has them (see overrides)
+        self.confirm = _optional(cls, "_maybe_request_submit_confirmation", ("prediction",))
+        self.outcome = _optional(cls, "_build_iteration_outcome", ("result", "history"))
+        self.trace = _optional(cls, "_build_run_trace", ("status",))
         for call in (f"self.{name}(" for name in KERNEL[1:]):
             if _calls(cls, "_aexecute_iteration", call) is False:
                 raise _unsupported(cls, "_aexecute_iteration", f"does not call {call}...)")
@@ -113,8 +124,8 @@ class KernelSeams:
             if not skipped:
                 if frame.prefix:  # pre_iteration's python_code: part of this iteration's code, in the history too
                     bound["code"] = frame.code = f"{frame.prefix}\n{frame.code}"
-                if frame.prelude:  # persistent_python_code: runs first, not recorded
-                    bound = {**bound, "code": f"{frame.prelude}\n{bound['code']}"}
+                if frame.prelude:  # persistent_python_code: runs first, on its own (_patch.prelude), not recorded
+                    bound = {**bound, "repl": PreludeREPL(bound["repl"], frame.prelude)}
                 result = await code_params.call(cls._aexecute_iteration_code, self, bound)
             if call.wants(Stage.POST_EXECUTION):  # type: ignore[union-attr]
                 after = call.ctx(  # type: ignore[union-attr]
@@ -144,6 +155,40 @@ class KernelSeams:
                 begun = (shown["variables_info"], *begun[1:])
             return begun
 
+        # A final prediction from rlm-events (a stop's extract, a post_iteration middleware's) is no SUBMIT: the loop
+        # ends on it as on its own extract (a stop) or at once (a middleware's), never asking submit_confirmation.
+        confirm_params = self.confirm
+        outcome_params = self.outcome
+        trace_params = self.trace
+
+        def _maybe_request_submit_confirmation(self: Any, *args: Any, **kwargs: Any) -> Any:
+            call = _current(self)
+            ours = call.ours if call is not None else None
+            if ours is not None and confirm_params.bind(args, kwargs)["prediction"] is ours[0]:  # type: ignore[union-attr]
+                return None
+            return cls._maybe_request_submit_confirmation(self, *args, **kwargs)
+
+        def _build_iteration_outcome(self: Any, *args: Any, **kwargs: Any) -> Any:
+            call = _current(self)
+            if call is None or call.ours is None:
+                return cls._build_iteration_outcome(self, *args, **kwargs)
+            bound = outcome_params.bind(args, kwargs)  # type: ignore[union-attr]
+            if bound["result"] is not call.ours[0]:
+                return cls._build_iteration_outcome(self, *args, **kwargs)
+            # The step the loop records for an iteration that ended with this history; final, to end the loop.
+            bound["result"] = call.ours[1]
+            step, _ = outcome_params.call(cls._build_iteration_outcome, self, bound)  # type: ignore[union-attr]
+            return step, True
+
+        def _build_run_trace(self: Any, *args: Any, **kwargs: Any) -> Any:
+            call = _current(self)
+            if call is None or call.stopped_by is None or call.ours is None:
+                return cls._build_run_trace(self, *args, **kwargs)
+            bound = trace_params.bind(args, kwargs)  # type: ignore[union-attr]
+            if bound["status"] == "completed":  # the loop ended on the stop's extract: its extract's status
+                bound["status"] = "max_iterations"
+            return trace_params.call(cls._build_run_trace, self, bound)  # type: ignore[union-attr]
+
         overrides = {
             "_prepare_iteration_execution": _prepare_iteration_execution,
             "_aexecute_iteration_code": _aexecute_iteration_code,
@@ -151,9 +196,20 @@ class KernelSeams:
         }
         if callable(getattr(cls, "_begin_action_generation", None)):  # else prompt_context is reported unshown
             overrides["_begin_action_generation"] = _begin_action_generation
+        for name, override, params in (
+            ("_maybe_request_submit_confirmation", _maybe_request_submit_confirmation, confirm_params),
+            ("_build_iteration_outcome", _build_iteration_outcome, outcome_params),
+            ("_build_run_trace", _build_run_trace, trace_params),
+        ):
+            if params is not None:  # else this PredictRLM has no such step to keep our prediction from
+                overrides[name] = override
         for name, fn in overrides.items():
             functools.update_wrapper(fn, getattr(cls, name))
         return overrides
+
+
+def _optional(cls: Any, method: str, required: tuple[str, ...]) -> _Params | None:
+    return _Params(cls, method, required) if callable(getattr(cls, method, None)) else None
 
 
 def own_lms(module: Any) -> list[Any]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..context import (
@@ -14,13 +15,18 @@ from ..context import (
     StageContext,
     ToolCallContext,
 )
+from ..errors import UnknownCostError
 from ..lm_usage import meter_run
+from ..pricing import register_prices
+from ..runtime import lms_of
 from ..stages import Stage
 from ._base import RLM_BUILTIN_TOOLS, Builtin, check_tool_names, denial_for
 from .usage import STATE_KEY, Spend, spend_of
 
 if TYPE_CHECKING:
     from ..instrumentation import Instrumentation
+
+logger = logging.getLogger("rlm_events")
 
 
 def _limit(name: str, value: Any, *, integer: bool) -> Any:
@@ -37,8 +43,10 @@ def _limit(name: str, value: Any, *, integer: bool) -> Any:
 class Budget(Builtin):
     """Stops a run when it reaches any limit, and caps how often its code may call each tool.
 
-    ``Budget(max_iterations=None, max_seconds=None, max_tokens=None, max_cost_usd=None, max_tool_calls=None)``;
-    ``max_tool_calls`` maps tool names to a per-run cap, e.g. ``{"llm_query": 5}``. Install it with
+    ``Budget(max_iterations=None, max_seconds=None, max_tokens=None, max_cost_usd=None, max_tool_calls=None,
+    hard=False, prices=None)``; ``max_tool_calls`` maps tool names to a per-run cap, e.g. ``{"llm_query": 5}``;
+    ``prices`` gives models no price map prices their price, ``{"openai/my-model": (input, output)}`` in USD per
+    million tokens, through :func:`rlm_events.register_prices` (process-wide, at construction). Install it with
     ``Budget(...).install(events)`` (stages ``run_start``, ``tool_call``, ``post_iteration``, ``run_end``).
 
     Guarantees:
@@ -55,6 +63,12 @@ class Budget(Builtin):
       uses (``lm.callbacks``); calls outside a metered run are ignored by it.
     * What was spent, and why the run stopped, is the :class:`Spend` at ``ctx.run.state["budget"]``
       (:meth:`Budget.spent`), updated as the run goes and final at ``run_end``.
+    * Calls DSPy answered from its cache (``Spend.cached_lm_calls``) cost nothing and count against no limit.
+    * A dollar cap is never a silent no-op. Once an LM call of the run came back with an unknown cost (a model no
+      price map prices, or usage the meter could not see), further tool calls are denied, and at the end of that
+      iteration the run is stopped by raising :class:`~rlm_events.UnknownCostError`, naming the models and how to
+      price them (``Spend.stopped_by == "cost_usd"``; ``run_end`` still fires, with the error). An iteration that
+      ``SUBMIT``-ted, or the extract call, ends the run anyway: it returns, and one WARNING says its cost is unknown.
 
     Place a :class:`ToolCallCache` before the Budget so that cache hits are not counted against the caps.
 
@@ -82,6 +96,7 @@ class Budget(Builtin):
         max_cost_usd: float | None = None,
         max_tool_calls: Mapping[str, int] | None = None,
         hard: bool = False,
+        prices: Mapping[str, Sequence[float]] | None = None,
     ) -> None:
         self.max_iterations: int | None = _limit("max_iterations", max_iterations, integer=True)
         self.max_seconds: float | None = _limit("max_seconds", max_seconds, integer=False)
@@ -97,6 +112,9 @@ class Budget(Builtin):
         if not isinstance(hard, bool):
             raise TypeError(f"Budget(hard=...) must be True or False, got {hard!r}")
         self.hard = hard
+        if prices is not None:
+            register_prices(prices)
+        self.prices: dict[str, tuple[float, float]] = {m: (float(p[0]), float(p[1])) for m, p in (prices or {}).items()}
 
     @staticmethod
     def spent(run: Run | StageContext) -> Spend | None:
@@ -140,6 +158,8 @@ class Budget(Builtin):
         if isinstance(ctx, RunEndContext):
             spend = self._ledger(ctx.run)
             spend.seconds = spend.elapsed()
+            if self.max_cost_usd is not None and not spend.cost_known and spend.stopped_by is None:
+                logger.warning("rlm-events Budget: run %s finished; %s", ctx.run.id, self._unknown_cost(ctx.run, spend))
             return next(ctx)
         raise self._wrong_stage(ctx)
 
@@ -158,6 +178,8 @@ class Budget(Builtin):
         exhausted = self._exceeded(spend, include_iterations=False)
         if exhausted is not None:
             message = f"[Budget] {name} was not called: this run's budget is spent ({exhausted[1]})."
+        elif self.max_cost_usd is not None and not spend.cost_known:
+            message = f"[Budget] {name} was not called: this run's cost is unknown, so its dollar cap cannot hold."
         elif not spend.reserve_tool(name, cap):
             message = (
                 f"[Budget] {name} was not called: this run may call it at most {cap} time(s). "
@@ -205,6 +227,10 @@ class Budget(Builtin):
         spend.end_iteration()
         if ctx.prediction is not None or ctx.stop:
             return  # finishing anyway
+        if self.max_cost_usd is not None and not spend.cost_known:
+            message = self._unknown_cost(ctx.run, spend)
+            spend.stopped_by, spend.reason = "cost_usd", "cost_usd: unknown; " + message
+            raise UnknownCostError(message, _unpriced_models(ctx.run))
         exceeded = self._exceeded(spend, include_iterations=True) or (self._no_room(spend) if self.hard else None)
         if exceeded is not None:
             spend.stopped_by, spend.reason = exceeded
@@ -236,6 +262,28 @@ class Budget(Builtin):
             )
         return None
 
+    def _unknown_cost(self, run: Run, spend: Spend) -> str:
+        """Why the run's cost is unknown, and what to do about it."""
+        cap = f"Budget(max_cost_usd={self.max_cost_usd!r})"
+        models = _unpriced_models(run) if spend.unpriced_lm_calls else ()
+        if models:
+            named = ", ".join(repr(m) for m in models)
+            table = ", ".join(f"{m!r}: (input_usd, output_usd)" for m in models)
+            return (
+                f"{cap} cannot cap this run: no price is known for {named} ({spend.unpriced_lm_calls} unpriced LM "
+                f"call(s)). Give its price in USD per million input and output tokens: "
+                f"Budget(max_cost_usd=..., prices={{{table}}}) or rlm_events.register_prices({{{table}}})."
+            )
+        parts = []
+        if spend.unpriced_lm_calls:
+            parts.append(f"{spend.unpriced_lm_calls} LM call(s) came back without a price")
+        if spend.unmetered_lm_calls:
+            parts.append(
+                f"{spend.unmetered_lm_calls} LM call(s) came back without usage the meter could see (an answer "
+                "without `usage`, or DSPy's history disabled)"
+            )
+        return f"{cap} cannot cap this run: its cost is unknown: {'; '.join(parts)}."
+
     def __repr__(self) -> str:
         limits = {
             "max_iterations": self.max_iterations,
@@ -244,8 +292,25 @@ class Budget(Builtin):
             "max_cost_usd": self.max_cost_usd,
             "max_tool_calls": self.max_tool_calls or None,
             "hard": self.hard or None,
+            "prices": self.prices or None,
         }
         return "Budget({})".format(", ".join(f"{k}={v!r}" for k, v in limits.items() if v is not None))
+
+
+def _unpriced_models(run: Run) -> tuple[str, ...]:
+    """The models of ``run``'s LMs whose recent calls DSPy recorded with a usage but no cost (DSPy keeps no record
+    of which call of a run was unpriced: the LMs the run can use are searched, newest entries first)."""
+    found: dict[str, None] = {}
+    for lm in lms_of(run.module):
+        for entry in lm.history[-64:]:
+            if (
+                isinstance(entry, dict)
+                and entry.get("usage")
+                and entry.get("cost") is None
+                and not getattr(entry.get("response"), "cache_hit", False)
+            ):
+                found[str(entry.get("model") or getattr(lm, "model", "?"))] = None
+    return tuple(found)
 
 
 def _prompts(ctx: ToolCallContext) -> Any:

@@ -27,20 +27,21 @@ has it run on that private loop.
 
 The output models are those of ``dspy-rlm-hooks`` 0.1.15 (``PreIterationOutput`` with ``python_code``,
 ``persistent_python_code`` and ``prompt_context``) and reject unknown fields, naming the field and the ones that
-exist. When MLflow can be imported, :func:`enable_rlm_hooks` also installs
-``rlm_events.taps.mlflow.MlflowTap`` on the RLM's instrumentation (once; :func:`disable_rlm_hooks` removes it), as
-``dspy-rlm-hooks`` records hook spans; :func:`enable_rlm_hooks_with_tracing` does the same but raises
-``ImportError`` without MLflow.
+exist. When the user turned MLflow on (autologging, a tracking URI, an experiment or a run; see
+:mod:`rlm_events.hooks.tracing`), :func:`enable_rlm_hooks` also installs ``rlm_events.taps.mlflow.MlflowTap`` on the
+RLM's instrumentation (once; :func:`disable_rlm_hooks` removes it) and records each hook call as a
+``rlm_hook/<hook>`` span and each execution as ``rlm/execute_code``, as ``dspy-rlm-hooks`` 0.1.15 names them;
+``tracing=False`` or ``RLM_EVENTS_MLFLOW=0`` turns that off, :func:`enable_rlm_hooks_with_tracing` (``tracing=True``)
+always traces and raises ``ImportError`` without MLflow.
 """
 
 from __future__ import annotations
 
 import dspy
 
-from ..instrumentation import Instrumentation, instrument, instrumentation_of, uninstrument
-from ..signals import BY_STAGE
+from ..instrumentation import instrumentation_of
 from ..stages import Stage
-from .adapters import _CREATED_BY_HOOKS, _adapt, _check_hook, _hooks_on, _owned, _require_rlm
+from .adapters import _adapt, _check_hook, _hooks_on, _require_rlm
 from .kinds import _KINDS
 from .outputs import (
     PostExecutionHook,
@@ -53,8 +54,15 @@ from .outputs import (
     PreIterationOutput,
     RLMHook,
 )
+from .ownership import _owned, instrument_for_api, release
 from .speculation import Spec, SpecTool, disable_rlm_speculation, enable_rlm_speculation, speculative
-from .tracing import _install_tap, _new_mlflow_tap, _uninstall_tap
+from .tracing import (
+    _install_tap,
+    _new_mlflow_tap,
+    _uninstall_tap,
+    mlflow_turned_on,
+    turned_off_by_environment,
+)
 
 # -- public API -----------------------------------------------------------------------------------------------
 
@@ -66,6 +74,7 @@ def enable_rlm_hooks(
     pre_execution_hook: PreExecutionHook | None = None,
     post_execution_hook: PostExecutionHook | None = None,
     post_iteration_hook: PostIterationHook | None = None,
+    tracing: bool | None = None,
 ) -> None:
     """Run these hooks in every iteration of ``rlm`` (this instance only), replacing hooks enabled before.
 
@@ -77,11 +86,18 @@ def enable_rlm_hooks(
     Calls already running keep the hooks they started with; the old hooks are swapped for the new ones in one change,
     so a call starting meanwhile has either set, whole.
 
-    When MLflow can be imported, ``rlm_events.taps.mlflow.MlflowTap()`` is installed too (once, kept when hooks are
-    enabled again, removed by :func:`disable_rlm_hooks`), so the stages the hooks act on are recorded as MLflow
-    spans; without MLflow the hooks run the same, untraced.
+    ``tracing`` says whether the hooks are traced in MLflow, with 0.1.15's span names (``rlm_hook/<hook>``,
+    ``rlm/execute_code``) inside the trace of ``rlm_events.taps.mlflow.MlflowTap``: ``None`` (the default) when the
+    user turned MLflow on — DSPy autologging, an explicit tracking URI, an experiment or an active run, checked now
+    (:func:`rlm_events.hooks.tracing.mlflow_turned_on`) — unless ``RLM_EVENTS_MLFLOW=0``; ``False`` never; ``True``
+    always, raising ``ImportError`` without MLflow (as :func:`enable_rlm_hooks_with_tracing`). The tap is installed
+    once, follows the latest enable's decision and is removed by :func:`disable_rlm_hooks`. Without it the hooks
+    run the same, untraced, and MLflow is not even imported.
     """
-    _enable(rlm, "enable_rlm_hooks", pre_iteration_hook, pre_execution_hook, post_execution_hook, post_iteration_hook)
+    if tracing is not None and not isinstance(tracing, bool):
+        raise TypeError(f"enable_rlm_hooks(tracing=...) must be True, False or None, got {tracing!r}")
+    hooks = (pre_iteration_hook, pre_execution_hook, post_execution_hook, post_iteration_hook)
+    _enable(rlm, "enable_rlm_hooks", *hooks, tracing=tracing)
 
 
 def enable_rlm_hooks_with_tracing(
@@ -92,10 +108,17 @@ def enable_rlm_hooks_with_tracing(
     post_execution_hook: PostExecutionHook | None = None,
     post_iteration_hook: PostIterationHook | None = None,
 ) -> None:
-    """:func:`enable_rlm_hooks`, for callers who want MLflow spans or an error: raises ``ImportError`` (naming
-    ``pip install "rlm-events[mlflow]"``) before changing anything when MLflow or the MLflow tap cannot be imported."""
+    """:func:`enable_rlm_hooks` with ``tracing=True``, for callers who want MLflow spans or an error: raises
+    ``ImportError`` (naming ``pip install "rlm-events[mlflow]"``) before changing anything when MLflow or the MLflow
+    tap cannot be imported. The spans go where MLflow sends them (its own default store when nothing is set)."""
     hooks = (pre_iteration_hook, pre_execution_hook, post_execution_hook, post_iteration_hook)
     _enable(rlm, "enable_rlm_hooks_with_tracing", *hooks, tracing=True)
+
+
+def _traced(tracing: bool | None) -> bool:
+    if tracing is not None:
+        return tracing
+    return not turned_off_by_environment() and mlflow_turned_on() is not None
 
 
 def _enable(
@@ -106,7 +129,7 @@ def _enable(
     post_execution_hook: PostExecutionHook | None,
     post_iteration_hook: PostIterationHook | None,
     *,
-    tracing: bool = False,
+    tracing: bool | None,
 ) -> None:
     _require_rlm(rlm, function)
     hooks = (pre_iteration_hook, pre_execution_hook, post_execution_hook, post_iteration_hook)
@@ -117,14 +140,14 @@ def _enable(
     if all(hook is None for _, hook in given):
         disable_rlm_hooks(rlm)
         return
+    required = tracing is True
+    traced = _traced(tracing)
     previous = instrumentation_of(rlm)
     previous_hooks = list(_hooks_on(previous)) if previous is not None else []
     tap = next((mw.tap for mw in previous_hooks if mw.tap is not None), None)
-    new_tap = _new_mlflow_tap(required=tracing) if tap is None else None  # ImportError before any change
-    owns = previous is None or _owned(previous, previous_hooks)
-    events = instrument(rlm)
-    if owns:
-        _CREATED_BY_HOOKS.add(events)
+    new_tap = _new_mlflow_tap(required=required) if traced and tap is None else None  # ImportError before changes
+    dropped = tap if not traced else None
+    events, owns = instrument_for_api(rlm)
     needs_variables = pre_execution_hook is not None or post_execution_hook is not None
     # The execution hooks are given the iteration's variables, which only pre_iteration sees: record them.
     new = [
@@ -133,19 +156,25 @@ def _enable(
         if hook is not None or (kind.stage is Stage.PRE_ITERATION and needs_variables)
     ]
     if new_tap is not None:
-        tap = _install_tap(new_tap, events, required=tracing)
+        tap = _install_tap(new_tap, events, required=required)
+    if dropped is not None:
+        tap = None
     for _, mw in new:
         mw.tap = tap
     events.replace(previous_hooks, new)  # one change: a call starting meanwhile has the old hooks or the new
+    if dropped is not None:
+        _uninstall_tap(dropped, events)
 
 
 def disable_rlm_hooks(rlm: dspy.RLM) -> None:
     """Remove the hooks :func:`enable_rlm_hooks` registered on ``rlm`` (and the MLflow tap it installed with them);
     other middleware, taps and receivers stay.
 
-    When :func:`enable_rlm_hooks` created the instrumentation and nothing else uses it (no middleware, no tap, no
-    signal receiver connected for this RLM), ``rlm`` is uninstrumented: its class and ``__dict__`` are exactly as
-    before. A no-op on an RLM without hooks. Raises ``TypeError`` if ``rlm`` is not a ``dspy.RLM``.
+    When the 0.1.15 API (:func:`enable_rlm_hooks` or :func:`enable_rlm_speculation`) created the instrumentation
+    and nothing else uses it (no middleware — speculation included —, no tap, no signal receiver connected for this
+    RLM), ``rlm`` is uninstrumented: its class and ``__dict__`` are exactly as before, in whatever order hooks and
+    speculation were enabled and disabled. A no-op on an RLM without hooks. Raises ``TypeError`` if ``rlm`` is not a
+    ``dspy.RLM``.
     """
     _require_rlm(rlm, "disable_rlm_hooks")
     events = instrumentation_of(rlm)
@@ -155,26 +184,7 @@ def disable_rlm_hooks(rlm: dspy.RLM) -> None:
     events.replace(hooks, [])
     for tap in {id(mw.tap): mw.tap for mw in hooks if mw.tap is not None}.values():
         _uninstall_tap(tap, events)
-    if not _owned(events, hooks):
-        return
-    _CREATED_BY_HOOKS.add(events)
-    if not _in_use(events, rlm):
-        uninstrument(rlm)
-        _CREATED_BY_HOOKS.discard(events)
-
-
-def _in_use(events: Instrumentation, rlm: dspy.RLM) -> bool:
-    plan = events.plan
-    if any(plan.chains[stage] for stage in Stage) or plan.all_taps:
-        return True
-    # Receivers connected for this RLM only would go silent if it were uninstrumented. Receivers connected for
-    # any sender are not counted: they heard nothing from this RLM before the hooks either.
-    anonymous = object()
-    for signal in BY_STAGE.values():
-        for_any = {id(r) for r in signal.receivers_for(anonymous)}
-        if any(id(r) not in for_any for r in signal.receivers_for(rlm)):
-            return True
-    return False
+    release(rlm, events, _owned(events, hooks))
 
 
 __all__ = [

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import inspect
-import weakref
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import dspy
@@ -15,6 +15,9 @@ from middleware import is_async_callable, middleware_name, run_sync
 from ..instrumentation import Instrumentation
 from ..stages import Stage
 from .kinds import _Kind
+from .tracing import HookSpan, hook_span
+
+_NO_SPAN = nullcontext(HookSpan(Stage.PRE_ITERATION))  # outputs() is a no-op: the span never started
 
 # -- hooks as middleware --------------------------------------------------------------------------------------
 
@@ -44,6 +47,10 @@ class _HookMiddleware:
         """The hook to call at this ``ctx``, if any (the recorder has none; post_iteration skips final ones)."""
         return self.hook if self.hook is not None and self.kind.applies(ctx) else None
 
+    def _span(self, arguments: tuple[Any, ...]) -> AbstractContextManager[HookSpan]:
+        """The hook call's ``rlm_hook/<stage>`` MLflow span when MLflow is traced with these hooks (else none)."""
+        return hook_span(self.kind.stage, arguments) if self.tap is not None else _NO_SPAN
+
     def _checked(self, out: Any) -> BaseModel | None:
         if out is None or isinstance(out, self.kind.output):
             return out
@@ -62,10 +69,13 @@ class _SyncHookMiddleware(_HookMiddleware):
     def __call__(self, ctx: Any, next: Callable[[Any], Any]) -> Any:
         hook = self._hook_for(ctx)
         if hook is not None:
-            out = hook(*self.kind.arguments(ctx))
-            if inspect.isawaitable(out):  # "return a coroutine and the system handles it"
-                out = run_sync(out)
-            self._apply(ctx, out)
+            arguments = self.kind.arguments(ctx)
+            with self._span(arguments) as span:
+                out = hook(*arguments)
+                if inspect.isawaitable(out):  # "return a coroutine and the system handles it"
+                    out = run_sync(out)
+                self._apply(ctx, out)
+                span.outputs(out)
         ctx = next(ctx)
         self.kind.after(ctx)
         return ctx
@@ -75,10 +85,13 @@ class _AsyncHookMiddleware(_HookMiddleware):
     async def __call__(self, ctx: Any, next: Callable[[Any], Awaitable[Any]]) -> Any:
         hook = self._hook_for(ctx)
         if hook is not None:
-            out = hook(*self.kind.arguments(ctx))
-            if inspect.isawaitable(out):
-                out = await out
-            self._apply(ctx, out)
+            arguments = self.kind.arguments(ctx)
+            with self._span(arguments) as span:
+                out = hook(*arguments)
+                if inspect.isawaitable(out):
+                    out = await out
+                self._apply(ctx, out)
+                span.outputs(out)
         ctx = await next(ctx)
         self.kind.after(ctx)
         return ctx
@@ -103,16 +116,6 @@ def _check_hook(kind: _Kind, hook: Any) -> None:
 def _adapt(kind: _Kind, hook: Callable[..., Any] | None, owns_instrumentation: bool) -> _HookMiddleware:
     cls = _AsyncHookMiddleware if hook is not None and is_async_callable(hook) else _SyncHookMiddleware
     return cls(kind, hook, owns_instrumentation)
-
-
-# Instrumentations enable_rlm_hooks created, remembered even while they hold no hooks (disable kept one for a
-# receiver), so a later disable still knows it may uninstrument. Weak: it never keeps an instrumentation alive.
-_CREATED_BY_HOOKS: weakref.WeakSet[Instrumentation] = weakref.WeakSet()
-
-
-def _owned(events: Instrumentation, hooks: list[_HookMiddleware]) -> bool:
-    # The middleware flag covers deep copies, whose cloned instrumentation shares the hooks' middleware.
-    return events in _CREATED_BY_HOOKS or any(mw.owns_instrumentation for mw in hooks)
 
 
 def _hooks_on(events: Instrumentation) -> Iterator[_HookMiddleware]:

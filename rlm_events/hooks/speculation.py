@@ -14,8 +14,10 @@ from typing import Any
 
 import dspy
 
-from ..instrumentation import instrument
+from ..instrumentation import instrumentation_of
 from ..speculate import Speculate
+from .adapters import _hooks_on
+from .ownership import _owned, instrument_for_api, release
 
 
 class speculative:
@@ -74,10 +76,10 @@ def enable_rlm_speculation(
     :class:`SpecTool` (every tool in ``tools`` with ``speculate_user_tools=True``), ahead of the code that makes
     them; replaces speculation enabled before. Returns the installed :class:`~rlm_events.builtins.Speculate`.
 
-    Composes with :func:`enable_rlm_hooks` in either order."""
+    Composes with :func:`enable_rlm_hooks` in either order; :func:`disable_rlm_speculation` undoes it."""
     if not isinstance(streaming, bool):
         raise TypeError(f"enable_rlm_speculation(streaming=...) must be True or False, got {streaming!r}")
-    events = instrument(rlm)
+    events, _ = instrument_for_api(rlm)
     speculate = Speculate(
         pure=_pure_names(tools, speculate_user_tools),
         max_in_flight=max_inflight,
@@ -93,10 +95,18 @@ def enable_rlm_speculation(
 
 
 def disable_rlm_speculation(rlm: dspy.RLM) -> None:
-    """Undo :func:`enable_rlm_speculation` on ``rlm`` (a no-op when it is not enabled)."""
+    """Undo :func:`enable_rlm_speculation` on ``rlm`` (a no-op when it is not enabled).
+
+    When the 0.1.15 API (this function's twin or :func:`~rlm_events.hooks.enable_rlm_hooks`) instrumented ``rlm``
+    and nothing else uses the instrumentation any more, ``rlm`` is uninstrumented: its class and ``__dict__`` are
+    exactly as before, in whatever order hooks and speculation were enabled and disabled."""
     speculate = rlm.__dict__.pop(_INSTALLED, None)
+    events = instrumentation_of(rlm)
+    if events is None:
+        return
     if isinstance(speculate, Speculate):
-        speculate.uninstall(instrument(rlm))
+        speculate.uninstall(events)
+    release(rlm, events, _owned(events, list(_hooks_on(events))))
 
 
 __all__ = ["Spec", "SpecTool", "disable_rlm_speculation", "enable_rlm_speculation", "speculative"]

@@ -30,7 +30,10 @@ The trace of one call::
 * **Usage.** ``mlflow.chat.tokenUsage`` (MLflow's token-usage attribute) on the root, every iteration, every
   ``generate_action``, ``execute_code`` with sub-LM calls and ``extract``, from the run's one meter
   (:mod:`rlm_events.lm_usage`): an iteration counts its action and its code's sub-LM calls. MLflow adds up a trace's
-  usage from the outermost spans that have it, so the trace's total is the run's.
+  usage from the outermost spans that have it, so the trace's total is the run's. Calls DSPy's cache answered are
+  not in the token counts. On the root, ``rlm.lm_calls``; ``rlm.cost_usd`` only while the cost is known (else
+  ``rlm.cost_known=false`` and ``rlm.unpriced_lm_calls`` / ``rlm.unmetered_lm_calls``, never ``0``); with cached
+  calls, ``rlm.cached_lm_calls`` and ``rlm.saved_cost_usd``.
 * **Events.** A :class:`~rlm_events.builtins.CodeGuard` refusal is a ``guard_refusal`` event on ``execute_code``;
   a budget stop a ``budget_stop`` event on the iteration it ended. A middleware that changed the code, the result
   or stopped the loop is named (``rlm.code.changed_by``, ``rlm.result.changed_by``, ``rlm.stop.by``; and a
@@ -71,6 +74,7 @@ from ..lm_usage import Usage, meter_run
 from ..runtime import iteration_limit
 from ..stages import Stage
 from ._changes import ChangeWitnesses
+from ._cost import cost_attributes
 from ._stop import STOP_REASONS, stop_reason
 from ._text import is_error_result, preview, safe_repr
 from ._tool_tap import LOOP_STAGES, InstallableTap
@@ -151,6 +155,8 @@ class MlflowTap(InstallableTap):
         capture_content: record inputs and outputs (code, outputs, tool arguments and results, the answer);
             ``False`` records their sizes only.
         max_chars: each recorded string is cut to this many characters.
+        span_names: other names for the spans this tap names (``{"execute_code": "rlm/execute_code"}``: the names
+            of ``rlm_events.hooks``' compatibility mode); the rest keep theirs.
 
     Traces go where MLflow sends them (``mlflow.set_tracking_uri``, ``mlflow.set_experiment``). Install with
     ``tap.install(events)``: besides the tap on the loop stages it adds ``tool_call`` and ``extract`` middleware
@@ -160,7 +166,9 @@ class MlflowTap(InstallableTap):
     Raises ``ImportError`` naming the ``mlflow`` extra when MLflow is not installed.
     """
 
-    def __init__(self, *, capture_content: bool = True, max_chars: int = 4000) -> None:
+    def __init__(
+        self, *, capture_content: bool = True, max_chars: int = 4000, span_names: dict[str, str] | None = None
+    ) -> None:
         mlflow = _require_mlflow()
         from mlflow.entities import SpanEvent, SpanType
         from mlflow.tracing.constant import SpanAttributeKey
@@ -175,6 +183,7 @@ class MlflowTap(InstallableTap):
         self._attach, self._detach = set_span_in_context, detach_span_from_context
         self.capture_content = capture_content
         self.max_chars = max_chars
+        self._span_names = dict(span_names or {})
         self._lock = threading.Lock()
         self._runs: dict[str, _RunSpans] = {}
         self._witnesses = ChangeWitnesses("MlflowTap")
@@ -229,7 +238,11 @@ class MlflowTap(InstallableTap):
 
     def _start(self, name: str, span_type: str, parent: Any, inputs: Any = None, **attributes: Any) -> Any:
         return self._mlflow.start_span_no_context(
-            name=name, span_type=span_type, parent_span=parent, inputs=inputs, attributes=attributes
+            name=self._span_names.get(name, name),
+            span_type=span_type,
+            parent_span=parent,
+            inputs=inputs,
+            attributes=attributes,
         )
 
     def _push(self, state: _RunSpans, span: Any) -> None:
@@ -509,8 +522,7 @@ class MlflowTap(InstallableTap):
                 "rlm.forced_extract": ctx.forced_extract,
                 "rlm.lm_calls": usage.lm_calls,
             }
-            if usage.lm_calls > usage.unpriced_lm_calls + usage.unmetered_lm_calls:
-                attributes["rlm.cost_usd"] = usage.cost_usd
+            attributes.update(cost_attributes(usage))  # no rlm.cost_usd while unknown (see taps._cost)
             spend = ctx.run.state.get("budget")
             if getattr(spend, "stopped_by", None):
                 attributes["rlm.budget.stopped_by"] = str(spend.stopped_by)  # type: ignore[union-attr]

@@ -8,7 +8,8 @@ OpenTelemetry GenAI semantic conventions where they apply (``rlm.*`` attributes 
     invoke_agent RLM(text -> answer)     gen_ai.operation.name=invoke_agent, gen_ai.agent.name, gen_ai.request.model,
     │                                    gen_ai.provider.name (+ deprecated gen_ai.system), gen_ai.usage.input_tokens,
     │                                    gen_ai.usage.output_tokens, rlm.run.id, rlm.max_iters, rlm.iterations,
-    │                                    rlm.forced_extract, rlm.stop_reason, rlm.cost_usd, error.type
+    │                                    rlm.forced_extract, rlm.stop_reason, rlm.lm_calls, rlm.cost_usd (or
+    │                                    rlm.cost_known=false), rlm.cached_lm_calls, rlm.saved_cost_usd, error.type
     ├── iteration 1                      rlm.iteration (0-based), rlm.submitted, rlm.stop, gen_ai.usage.*
     │   ├── generate_action              the LM writes the code: gen_ai.request.model, gen_ai.usage.*
     │   └── execute_code                 rlm.code.length, rlm.code.lines, rlm.skipped, rlm.error (the code's result
@@ -33,7 +34,11 @@ Guarantees:
   gets the same on its span.
 * LM usage comes from the run's one meter (:mod:`rlm_events.lm_usage`), which attributes each LM call to the run
   that made it, concurrent runs on one LM instance included: an iteration span counts the LM calls made during it
-  (its action call and its code's sub-LLM calls), the call's span all of them.
+  (its action call and its code's sub-LLM calls), the call's span all of them. Calls DSPy's cache answered are
+  not in the token counts. ``rlm.cost_usd`` is set only while the cost is known; an unknown cost (a call no price
+  map prices, or whose usage could not be seen) sets ``rlm.cost_known=false`` and ``rlm.unpriced_lm_calls`` /
+  ``rlm.unmetered_lm_calls`` instead, never ``0``; cached calls add ``rlm.cached_lm_calls`` and
+  ``rlm.saved_cost_usd``.
 * Code and outputs are content: set ``capture_content=True`` to add ``rlm.code``, ``rlm.output`` and the tool
   arguments and results (``gen_ai.tool.call.arguments`` / ``gen_ai.tool.call.result``), cut to ``max_chars``.
 * A failure inside the tap is logged and never reaches the call.
@@ -65,6 +70,7 @@ from ..lm_history import module_label
 from ..lm_usage import Usage, meter_run
 from ..runtime import iteration_limit
 from ..stages import Stage
+from ._cost import cost_attributes
 from ._stop import stop_reason
 from ._text import is_error_result, preview
 from ._tool_tap import LOOP_STAGES, ToolAwareTap
@@ -369,8 +375,8 @@ class OpenTelemetryTap(ToolAwareTap):
             span.set_attribute("rlm.stop_reason", stop_reason(ctx, state.stopped))
             span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
             span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
-            if usage.lm_calls > usage.unpriced_lm_calls + usage.unmetered_lm_calls:
-                span.set_attribute("rlm.cost_usd", usage.cost_usd)
+            span.set_attribute("rlm.lm_calls", usage.lm_calls)
+            span.set_attributes(cost_attributes(usage))  # no rlm.cost_usd while unknown (see taps._cost)
             if ctx.error is not None:
                 span.record_exception(ctx.error)
                 self._mark_failed(span, ctx.error)

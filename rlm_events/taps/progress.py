@@ -6,6 +6,10 @@ On a terminal, with the optional ``rich`` extra installed (``pip install 'rlm-ev
 table with one row per running call: iteration n/max, the stage that fired last, elapsed time and tokens. Anywhere
 else (a pipe, a log file, CI, tests) it degrades to plain text: one line per finished iteration and one per
 finished call, so logs stay readable. Like every tap it only observes; a display failure never reaches the run.
+
+Cost, from the run's meter (:mod:`rlm_events.lm_usage`): ``$0.0123`` when known and not zero; ``cost unknown``
+(never ``$0``) once a call could not be priced or metered; ``N cached, saved $0.0040`` once DSPy's cache answered
+calls (they cost nothing and are not in the tokens).
 """
 
 from __future__ import annotations
@@ -39,7 +43,17 @@ def _rich_available() -> bool:
 class _CallProgress:
     """What the display knows about one running call."""
 
-    __slots__ = ("cost_usd", "error_in_iteration", "iteration", "max_iters", "stage", "started", "tokens")
+    __slots__ = (
+        "cached",
+        "cost_usd",
+        "error_in_iteration",
+        "iteration",
+        "max_iters",
+        "saved_cost_usd",
+        "stage",
+        "started",
+        "tokens",
+    )
 
     def __init__(self, max_iters: int | None) -> None:
         self.started = time.monotonic()
@@ -47,7 +61,9 @@ class _CallProgress:
         self.iteration = 0  # 1-based number of the iteration running or last finished; 0 before the first
         self.stage = "run_start"
         self.tokens: int | None = None
-        self.cost_usd = 0.0
+        self.cost_usd: float | None = 0.0  # None: unknown
+        self.cached = 0
+        self.saved_cost_usd = 0.0
         self.error_in_iteration = False
 
     @property
@@ -61,8 +77,16 @@ class _CallProgress:
         """The call's tokens and cost, totals since it started: labelled so after an iteration."""
         if self.tokens is None:
             return ""
-        text = f"{self.tokens:,} tokens" + (f", ${self.cost_usd:.4f}" if self.cost_usd else "")
+        text = f"{self.tokens:,} tokens" + (f", {cost}" if (cost := self.cost_text()) else "")
+        if self.cached:
+            text += f", {self.cached:,} cached (saved ${self.saved_cost_usd:.4f})"
         return f" | {text} total so far" if so_far else f" | {text}"
+
+    def cost_text(self) -> str:
+        """``$0.0123``; ``cost unknown`` when it is; empty when it is zero (a free or scripted LM)."""
+        if self.cost_usd is None:
+            return "cost unknown"
+        return f"${self.cost_usd:.4f}" if self.cost_usd else ""
 
 
 class ProgressTap(InstallableTap):
@@ -134,6 +158,7 @@ class ProgressTap(InstallableTap):
         usage = usage_of(ctx.run)
         if usage is not None:
             call.tokens, call.cost_usd = usage["total_tokens"], usage["cost_usd"]
+            call.cached, call.saved_cost_usd = usage.get("cached_lm_calls", 0), usage.get("saved_cost_usd", 0.0)
         return call
 
     @staticmethod
@@ -187,7 +212,7 @@ class ProgressTap(InstallableTap):
         for run_id, call in calls:
             bar = ProgressBar(total=call.max_iters or None, completed=call.iteration, width=20)
             tokens = "" if call.tokens is None else f"{call.tokens:,}"
-            cost = f"${call.cost_usd:.4f}" if call.cost_usd else ""
+            cost = call.cost_text() + (f" ({call.cached:,} cached)" if call.cached else "")
             table.add_row(run_id[:8], call.of_max(), bar, call.stage, f"{call.elapsed:.1f} s", tokens, cost)
         return table
 

@@ -38,21 +38,32 @@ HistoryLength = Annotated[
 
 
 class LMUsage(BaseModel):
-    """LM use of the call so far, counted from its start.
+    """LM use of the call so far, counted from its start by the run's one meter (:mod:`rlm_events.lm_usage`): every
+    LM call attributed to the call that made it, concurrent calls sharing an LM instance included.
 
-    Exact when a :class:`~rlm_events.builtins.Budget` meters the call (it attributes every LM call to its own call,
-    concurrent ones included). Otherwise the LM calls recorded, since this call started, in the histories of the LMs
-    the call can use (``dspy.settings.lm``, ``sub_lm``, the predictors' LMs): exact for sequential calls, an upper
-    bound when concurrent calls share an LM instance.
+    ``cost_usd`` is ``null`` while the cost is *unknown* (a paid call its client could not price, or whose usage
+    could not be seen: ``unpriced_lm_calls`` / ``unmetered_lm_calls`` say how many), never ``0.0``. Calls DSPy's
+    cache answered are counted in ``cached_lm_calls``, not in the tokens and cost (no request was made); what they
+    cost when first paid for is ``saved_cost_usd``. Those four fields are present only when non-zero.
     """
 
     model_config = _CONFIG
 
-    lm_calls: int = Field(description="LM calls so far (the sub-LM's llm_query calls included)")
-    prompt_tokens: int = Field(description="prompt (input) tokens so far")
-    completion_tokens: int = Field(description="completion (output) tokens so far")
-    total_tokens: int = Field(description="prompt_tokens + completion_tokens")
-    cost_usd: float = Field(description="cost in US dollars so far, as the LMs report it (0.0 when they do not)")
+    lm_calls: int = Field(description="LM calls so far (the sub-LM's llm_query calls and cached calls included)")
+    prompt_tokens: int = Field(description="prompt (input) tokens so far, of the calls a provider served")
+    completion_tokens: int = Field(description="completion (output) tokens so far, of the calls a provider served")
+    total_tokens: int = Field(description="the providers' total_tokens (prompt_tokens + completion_tokens if absent)")
+    cost_usd: float | None = Field(
+        description="cost in US dollars so far, as the LMs' clients priced it; null while unknown (never 0.0 then)"
+    )
+    cached_lm_calls: int = Field(default=0, description="calls DSPy's cache answered: no request, no cost; absent if 0")
+    saved_cost_usd: float = Field(
+        default=0.0, description="what the cached calls cost when they were paid for (absent without cached calls)"
+    )
+    unpriced_lm_calls: int = Field(default=0, description="paid calls without a price (cost_usd is null); absent if 0")
+    unmetered_lm_calls: int = Field(
+        default=0, description="calls whose usage could not be seen (cost_usd is null); absent if 0"
+    )
 
 
 class ToolInfo(BaseModel):

@@ -12,7 +12,8 @@ Each line is one record of :mod:`rlm_events.trace.schema` (the format's fields a
 there); :func:`~rlm_events.trace.reader.read_trace` reads the file back, ``python -m rlm_events view`` renders it.
 The ``usage`` field is the run's one meter (:mod:`rlm_events.lm_usage`): every LM call attributed to the call that
 made it, concurrent calls on one LM instance included; the same counts a Budget, the spans and the progress display
-see.
+see. Its ``cost_usd`` is ``null`` while the cost is unknown (never ``0.0`` then); calls DSPy's cache answered appear
+as ``cached_lm_calls`` and ``saved_cost_usd`` (see :class:`~rlm_events.trace.schema.LMUsage`).
 """
 
 from __future__ import annotations

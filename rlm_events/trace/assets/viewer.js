@@ -104,6 +104,16 @@ const STOP_TEXT = { submit: "SUBMIT", max_iters: "iteration limit", budget: "bud
   error: "error" };
 const iterationsText = (n) => n + (n === 1 ? " iteration" : " iterations");
 
+// Dollars: a cost the trace does not know (null: an unpriced or unmetered call) is "\u2013", never $0.
+const money = (usd) => (typeof usd === "number" ? "$" + usd.toFixed(4) : "\u2013");
+// Why the cost is unknown: the calls without a price, or without usage the meter could see.
+function unknownCost(usage) {
+  const parts = [];
+  if (usage && usage.unpriced_lm_calls) parts.push(int(usage.unpriced_lm_calls) + " unpriced");
+  if (usage && usage.unmetered_lm_calls) parts.push(int(usage.unmetered_lm_calls) + " unmetered");
+  return parts.length ? [["cost unknown", parts.join(", ") + " call(s)"]] : [];
+}
+
 function renderHeader(r) {
   const box = document.getElementById("run-header");
   const module = r.start ? r.start.module : "RLM";
@@ -114,7 +124,10 @@ function renderHeader(r) {
     ["ended by", r.stopReason ? STOP_TEXT[r.stopReason] || r.stopReason : "\u2013"],
     ["LM calls", r.usage ? int(r.usage.lm_calls) : "\u2013"],
     ["tokens", r.usage ? int(r.usage.total_tokens) : "\u2013"],
-    ["cost", r.usage && r.usage.cost_usd ? "$" + r.usage.cost_usd.toFixed(4) : "\u2013"],
+    ["cost", money(r.usage ? r.usage.cost_usd : null)],
+    ...unknownCost(r.usage),
+    ...(r.usage && r.usage.cached_lm_calls ? [["cached", int(r.usage.cached_lm_calls) + " calls, saved " +
+      money(r.usage.saved_cost_usd)]] : []),
     ["started", r.events[0].t_wall ? r.events[0].t_wall.replace("T", " ").slice(0, 19) + " UTC" : "\u2013"],
   ];
   const answer = [];
