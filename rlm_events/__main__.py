@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import webbrowser
 from pathlib import Path
@@ -84,6 +85,8 @@ def _demo_usage_error(args: argparse.Namespace) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":
+        # The program, not the library, chooses LiteLLM's bundled prices (the demo runs offline).
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         from .demo import DEFAULT_MLFLOW_URI, run_demo
         from .errors import UnknownCostError
 

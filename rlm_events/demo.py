@@ -34,10 +34,12 @@ from . import (
     ToolCallContext,
     instrument,
 )
+from .build import build_rlm
 from .builtins import Budget, CodeGuard
+from .inprocess import InProcessInterpreter
+from .scripted import ScriptedLM
 from .taps._text import is_error_result
 from .taps.progress import ProgressTap
-from .testing import InProcessInterpreter, ScriptedLM, build_rlm
 from .trace import JsonlTrace
 from .trace.writer import usage_of
 
@@ -252,14 +254,13 @@ def run_demo(
     With ``model``, the LM is :func:`real_lm` (``api_base``/``api_key`` passed on). ``price`` is the model's
     ``(input, output)`` price in USD per million tokens (registered for the process by the Budget); without it the
     dollar cap is kept only if LiteLLM prices the model. A failed call (the LM's answer could not be parsed, the
-    provider refused, ...) raises after the trace recorded it and the LM use was printed. Sets
-    ``LITELLM_LOCAL_MODEL_COST_MAP=True`` unless set (LiteLLM's bundled prices: the demo runs offline).
+    provider refused, ...) raises after the trace recorded it and the LM use was printed. It changes no
+    environment variable (``python -m rlm_events demo`` sets ``LITELLM_LOCAL_MODEL_COST_MAP=True`` unless set).
     """
 
     def say(text: str) -> None:
         print(text, file=out or sys.stdout, flush=True)
 
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     lm = real_lm(model, api_base, api_key) if model else scripted_lm()
     rlm = build()
     events = instrument(rlm)

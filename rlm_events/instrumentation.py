@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from dspy import RLM, Module
 
 from . import _patch
-from .plan import Plan, Tap
+from .plan import Plan, Tap, track_stage_signals
 from .signals import BY_STAGE
 from .stages import Stage
 
@@ -27,6 +27,7 @@ class Instrumentation:
     """
 
     def __init__(self) -> None:
+        track_stage_signals()  # the first instrumentation, not the import, turns the receivers' fast path on
         self._lock = threading.Lock()
         self._plan = Plan()
         self._modules: weakref.WeakValueDictionary[int, RLM] = weakref.WeakValueDictionary()

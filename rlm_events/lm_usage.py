@@ -37,7 +37,6 @@ OpenTelemetry, Recorder and the progress display all read the same :class:`Usage
 from __future__ import annotations
 
 import contextvars
-import itertools
 import logging
 import threading
 from collections.abc import Iterable
@@ -47,13 +46,13 @@ from typing import Any
 import dspy
 from dspy.utils.callback import BaseCallback
 
-from .context import Run
+from .context import Run, StageContext
 from .lm_history import lms_of
-from .runtime import current_run
+from .runtime import assembled_by_litellm, current_run, failed_after_answer, stream_mode
 
 logger = logging.getLogger("rlm_events")
 
-STATE_KEY = "usage"
+_STATE_KEY = "usage"  # where metered(run) finds the run's Usage; read it only through metered()
 HISTORY_SCAN = 256  # recent history entries searched for a call's own entry (others may interleave)
 _LOCK = threading.Lock()  # guards every Usage update; contention is one increment per LM call
 
@@ -248,9 +247,11 @@ class Usage:
         return record
 
 
-def metered(run: Run) -> Usage | None:
-    """The :class:`Usage` of ``run``, if it is metered."""
-    usage = run.state.get(STATE_KEY)
+def metered(run: Run | StageContext) -> Usage | None:
+    """The :class:`Usage` of a run (or of a context's run), if it is metered: how taps and built-ins read it."""
+    if isinstance(run, StageContext):
+        run = run.run
+    usage = run.state.get(_STATE_KEY)
     return usage if isinstance(usage, Usage) else None
 
 
@@ -263,7 +264,7 @@ def meter_run(run: Run, usage: Usage | None = None) -> Usage:
             for name in Usage.__dataclass_fields__:  # what was counted before a Budget took over
                 setattr(usage, name, getattr(current, name))
         if usage is not None or current is None:
-            current = run.state[STATE_KEY] = usage or Usage()
+            current = run.state[_STATE_KEY] = usage or Usage()
     for lm in lms_of(run.module):
         meter_lm(lm)
     return current
@@ -284,7 +285,7 @@ class UsageMeter(BaseCallback):
         run = current_run()
         usage = metered(run) if run is not None else None
         if usage is not None:
-            self._pending[call_id] = (instance, usage, SPECULATION.get(), _streaming())
+            self._pending[call_id] = (instance, usage, SPECULATION.get(), stream_mode())
 
     def on_lm_end(self, call_id: str, outputs: Any | None, exception: Exception | None = None) -> None:
         pending = self._pending.pop(call_id, None)
@@ -294,14 +295,14 @@ class UsageMeter(BaseCallback):
         try:
             model = str(getattr(lm, "model", type(lm).__name__))
             if exception is not None or outputs is None:
-                if streaming is not None and _failed_after_answer(exception):
+                if streaming is not None and failed_after_answer(exception):
                     usage.add_unseen_call()
                     if speculation is not None:
                         speculation.add_unseen_call()
                     usage.log_unmetered(model, "a streamed call failed inside DSPy after the provider answered")
                 return
             entry = _entry_for(lm, outputs)
-            estimated = streaming == "estimated" and entry is not None and _litellm_response(entry)
+            estimated = streaming == "estimated" and entry is not None and assembled_by_litellm(entry)
             reason = usage.add_lm_call(entry, model, estimated=estimated)
             if speculation is not None:  # a call Speculate made ahead: its own ledger counts it too
                 speculation.add_lm_call(entry, model, estimated=estimated)
@@ -328,49 +329,6 @@ class UsageMeter(BaseCallback):
 
     def __reduce__(self) -> str:
         return "METER"
-
-
-def _streaming() -> str | None:
-    """How the LM call starting now streams: ``None`` (not: no ``dspy.streamify`` stream is open), ``"usage"``
-    (DSPy asks the provider for the stream's usage) or ``"estimated"`` (it does not, on the LiteLLM path)."""
-    settings = dspy.settings
-    if getattr(settings, "send_stream", None) is None:
-        return None
-    return "usage" if getattr(settings, "track_usage", False) else "estimated"
-
-
-def _litellm_response(entry: dict[str, Any]) -> bool:
-    """Whether the entry's response was assembled by LiteLLM (DSPy's LiteLLM path, where a stream's usage is only
-    the provider's when DSPy asked for it), not by DSPy 3.4's own engines (which always ask)."""
-    return type(entry.get("response")).__module__.split(".", 1)[0] == "litellm"
-
-
-_STREAM_READERS = frozenset({"_attempt", "_aattempt"})  # the functions of DSPy 3.4's _EXECUTION reading a stream
-_EXECUTION = "dspy.clients.execution"
-
-
-def _failed_after_answer(exception: BaseException | None) -> bool:
-    """Whether a streamed call failed inside DSPy while it passed the provider's answer on to the stream's
-    listener: DSPy 3.4 reads the provider's stream (the request was answered and billed) and sends each chunk
-    with ``anyio.from_thread.run``, which fails in a thread AnyIO did not start (``llm_query_batched``'s workers).
-    Read from the traceback (the failure or its causes): a frame of DSPy's stream reader calling into AnyIO.
-    DSPy before 3.4 fails the same way *before* sending the request: nothing was billed, nothing is counted."""
-    seen: set[int] = set()
-    while exception is not None and id(exception) not in seen:
-        seen.add(id(exception))
-        frames = [tb.tb_frame for tb in _walk(exception.__traceback__)]
-        for caller, callee in itertools.pairwise(frames):
-            reader = caller.f_code.co_name in _STREAM_READERS and caller.f_globals.get("__name__") == _EXECUTION
-            if reader and str(callee.f_globals.get("__name__", "")).startswith("anyio"):
-                return True
-        exception = exception.__cause__ or exception.__context__
-    return False
-
-
-def _walk(tb: Any) -> Iterable[Any]:
-    while tb is not None:
-        yield tb
-        tb = tb.tb_next
 
 
 def _entry_for(lm: Any, outputs: Any) -> dict[str, Any] | None:

@@ -25,7 +25,6 @@ from .signals import BY_STAGE
 from .stages import Stage
 
 logger = logging.getLogger("rlm_events")
-_fast_blinker.track(BY_STAGE.values())  # the stage signals: read where blinker keeps their receivers, when it can
 _receivers, _may_hear, _has_receivers_for = _fast_blinker.receivers, _fast_blinker.may_hear, _fast_blinker.hears
 
 C = TypeVar("C", bound=StageContext)
@@ -72,6 +71,14 @@ class Tap:
                 await out
         except Exception:
             self._failed(ctx)
+
+
+def track_stage_signals() -> None:
+    """Let the fast path read the stage signals' receivers where blinker keeps them, when it can (idempotent).
+
+    Called by every new :class:`~rlm_events.Instrumentation`, not at import: importing rlm-events registers nothing.
+    Until then (a plan with no instrumentation) receivers are found through blinker's public API: the same ones."""
+    _fast_blinker.track(BY_STAGE.values())
 
 
 def _noted(exc: Exception, signal: NamedSignal) -> None:

@@ -9,14 +9,18 @@ from __future__ import annotations
 from ._patch import (
     CodeInterpreterError,
     ExecutionError,
+    assembled_by_litellm,
     batched_queries_keep_context,
     constructor_of,
     current_iteration,
     current_run,
     execute_without_callbacks,
+    failed_after_answer,
     interpreter_class,
     iteration_limit,
     raw_tool,
+    runs_pyodide,
+    stream_mode,
     worker_started,
 )
 from .lm_history import lms_of
@@ -24,14 +28,18 @@ from .lm_history import lms_of
 __all__ = [
     "CodeInterpreterError",
     "ExecutionError",
+    "assembled_by_litellm",
     "batched_queries_keep_context",
     "constructor_of",
     "current_iteration",
     "current_run",
     "execute_without_callbacks",
+    "failed_after_answer",
     "interpreter_class",
     "iteration_limit",
     "lms_of",
     "raw_tool",
+    "runs_pyodide",
+    "stream_mode",
     "worker_started",
 ]

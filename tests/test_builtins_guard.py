@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import dspy
@@ -13,6 +14,7 @@ import pytest
 
 import rlm_events
 from rlm_events.builtins import CodeGuard, GuardPolicy, Violation
+from rlm_events.context import Run
 
 DEFAULT = GuardPolicy.default()
 STRICT = GuardPolicy.strict()
@@ -214,8 +216,27 @@ def test_refused_code_never_runs_the_lm_sees_why_and_recovers(make_rlm, tmp_path
     assert "CodeGuard refused" in second_prompt  # the LM saw the refusal before writing step 2
     assert result.trajectory[1]["output"] == "5"
     assert result.answer == "5"
-    [record] = runs[0].state["guard"]
+    [record] = CodeGuard.refusals(runs[0])
     assert record["iteration"] == 0 and record["violations"][0].name == "os"
+    assert runs[0].state["guard"] == [record]  # the documented per-run state the accessor reads
+
+
+def test_refusals_are_read_through_the_guard_per_run_and_per_context(make_rlm):
+    rlm, lm = make_rlm(["print(1)", "import os", "SUBMIT(answer='ok')"])
+    events = rlm_events.instrument(rlm)
+    CodeGuard().install(events)
+    seen = []
+    events.tap(["post_execution"], lambda ctx: seen.append(len(CodeGuard.refusals(ctx))))
+    runs = _runs(events)
+    with dspy.context(lm=lm):
+        assert rlm(text="x").answer == "ok"
+    assert seen == [0, 1, 1]  # from a context, as the run goes
+    refusals = CodeGuard.refusals(runs[0])
+    assert [r["iteration"] for r in refusals] == [1] and refusals[0]["code"] == "import os"
+    refusals.clear()  # a copy: the run's own record is untouched
+    assert len(CodeGuard.refusals(runs[0])) == 1
+    unguarded = Run(id="unguarded", module=rlm, started_at=datetime.now(tz=timezone.utc))
+    assert CodeGuard.refusals(unguarded) == []  # a run no guard checked
 
 
 def test_write_mode_open_is_refused_and_reading_still_works(make_rlm, tmp_path):
@@ -511,7 +532,7 @@ def test_a_reexported_escape_is_refused_in_a_real_rlm_and_the_lm_recovers(make_r
     assert "a private member of random" in second
     assert "CodeGuard refused" in str(lm.history[1]["messages"])
     assert result.trajectory[2]["output"] == "3" and result.answer == "3"
-    assert [r["iteration"] for r in runs[0].state["guard"]] == [0, 1]
+    assert [r["iteration"] for r in CodeGuard.refusals(runs[0])] == [0, 1]
 
 
 def test_strict_runs_a_thread_pool_around_llm_query_in_a_real_rlm(make_rlm):

@@ -39,6 +39,8 @@ PUBLIC_MODULES = [
     "rlm_events.taps.timings",
     "rlm_events.trace",
     "rlm_events.lm_usage",
+    "rlm_events.pricing",
+    "rlm_events.local_openai",
     "rlm_events.installable",
     "rlm_events.runtime",
     "rlm_events.sandbox",

@@ -65,11 +65,16 @@ def test_the_fast_paths_are_in_use_on_the_installed_releases():
     assert fast_pydantic.FAST and fast_pydantic.REASON is None, f"{VERSIONS}: {fast_pydantic.REASON}"
     assert fast_blinker.FAST and fast_blinker.REASON is None, f"{VERSIONS}: {fast_blinker.REASON}"
     assert fast_pydantic.probe() is None and fast_blinker.probe() is None
+    rlm_events.Instrumentation()  # the first instrumentation (not the import) tracks the stage signals
     assert set(BY_STAGE.values()) <= set(fast_blinker._BY_SENDER)  # the stage signals are read directly
+    tracked = list(fast_blinker._TRACKED)
+    rlm_events.Instrumentation()
+    assert tracked == fast_blinker._TRACKED  # idempotent: no signal tracked twice
 
 
 @needs_fast_paths
 def test_fallback_switches_each_path_for_the_block_only():
+    rlm_events.Instrumentation()
     with fast_pydantic.fallback():
         assert not fast_pydantic.FAST and fast_blinker.FAST
     with fast_blinker.fallback():

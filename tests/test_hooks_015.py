@@ -699,21 +699,21 @@ def test_native_persistent_prelude_rejects_none(make_rlm):
 
 
 def test_prompt_context_goes_after_the_variables_info_or_is_reported_unshown(caplog):
-    from rlm_events._patch.call import _Call
+    from rlm_events._patch.call import Call
 
     frame = types.SimpleNamespace(prompt="Check units.", index=0)
-    assert _Call.shown(frame, {"variables_info": ["[a]"], "x": 1}) == {
+    assert Call.shown(frame, {"variables_info": ["[a]"], "x": 1}) == {
         "variables_info": ["[a]", "Check units."],
         "x": 1,
     }
     assert frame.prompt == ""  # shown once
     frame.prompt = "Check units."
-    assert _Call.shown(frame, {"variables_info": "[a]"}) == {"variables_info": "[a]\n\nCheck units."}
+    assert Call.shown(frame, {"variables_info": "[a]"}) == {"variables_info": "[a]\n\nCheck units."}
     frame.prompt = "Check units."
-    assert _Call.shown(frame, {"other": 1}) == {"other": 1} and frame.prompt == "Check units."  # not shown
+    assert Call.shown(frame, {"other": 1}) == {"other": 1} and frame.prompt == "Check units."  # not shown
     call = types.SimpleNamespace(module=type("SomeRLM", (), {})())  # any object that can be weakly referenced
-    _Call.unshown(call, frame)  # type: ignore[arg-type]
-    _Call.unshown(call, frame)  # type: ignore[arg-type]
+    Call.unshown(call, frame)  # type: ignore[arg-type]
+    Call.unshown(call, frame)  # type: ignore[arg-type]
     warnings = [r for r in caplog.records if "prompt_context was not shown in iteration 1" in r.getMessage()]
     assert len(warnings) == 1  # said once, never dropped silently
 
@@ -791,6 +791,7 @@ def test_predict_rlm_preludes_and_prompt_context(entry):
 # -- the page's "Speculative Execution" examples ---------------------------------------------------------------
 
 from rlm_events.hooks import enable_rlm_speculation, SpecTool
+from rlm_events.speculate import Speculate
 
 
 def lookup_price(symbol: str) -> float:
@@ -804,7 +805,7 @@ PRICE_CALLS: list[str] = []
 
 def speculation_stats(rlm):
     stats = []
-    rlm_events.instrumentation_of(rlm).tap([Stage.RUN_END], lambda ctx: stats.append(ctx.run.state.get("speculate")))
+    rlm_events.instrumentation_of(rlm).tap([Stage.RUN_END], lambda ctx: stats.append(Speculate.stats(ctx)))
     return stats
 
 

@@ -10,6 +10,7 @@ import logging
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 import dspy
@@ -20,6 +21,7 @@ import rlm_events
 from rlm_events import Stage
 from rlm_events._ast import LIMITS, UNKNOWN, plain
 from rlm_events.builtins import Budget, CodeGuard, Speculate, SpeculateStats
+from rlm_events.context import Run
 from rlm_events.lm_usage import Usage
 from rlm_events.speculate.planner import Planner
 from rlm_events.speculate.repl import ProbeReader, probe_code
@@ -146,6 +148,8 @@ def test_async_calls_speculate_too(make_rlm, tools, counter):
     Speculate(pure=["lookup"]).install(events)
     state: dict[str, Any] = {}
     events.tap([Stage.RUN_END], lambda ctx: state.update(ctx.run.state))
+    ctxs: list[Any] = []
+    events.tap([Stage.RUN_END], ctxs.append)
 
     async def main() -> Any:
         with dspy.context(lm=lm):
@@ -154,6 +158,8 @@ def test_async_calls_speculate_too(make_rlm, tools, counter):
     prediction = asyncio.run(main())
     assert prediction.answer.startswith("answer to about <a>")
     stats = state["speculate"]
+    assert Speculate.stats(ctxs[0]) is Speculate.stats(ctxs[0].run) is stats  # the accessor: from a context or a run
+    assert Speculate.stats(Run(id="bare", module=rlm, started_at=datetime.now(tz=timezone.utc))) is None
     assert stats.claimed + stats.cancelled == 8 and stats.wasted == 0 and stats.claimed >= 6
 
 

@@ -387,7 +387,7 @@ def test_a_failed_call_ends_every_span_with_error(make_rlm, experiment, with_aut
     rlm, lm = make_rlm(STEPS)
     events = rlm_events.instrument(rlm)
     events.use(Stage.POST_EXECUTION, boom)
-    MlflowTap().install(events)
+    tap = MlflowTap().install(events)
 
     with dspy.context(lm=lm), pytest.raises(RuntimeError, match="boom"):
         rlm(text="t")
@@ -402,8 +402,9 @@ def test_a_failed_call_ends_every_span_with_error(make_rlm, experiment, with_aut
     assert any(e.name == "exception" and e.attributes["exception.message"] == "boom" for e in root.events)
     assert by_name(trace, "iteration 1")[0].status.status_code == "ERROR"
     assert all(s.end_time_ns is not None for s in trace.data.spans)
-    # nothing stays current after the failed call
+    # nothing stays current after the failed call, and nothing of it stays with the tap
     assert mlflow.get_current_active_span() is None
+    assert len(tap._forest) == 0
 
 
 def test_a_failing_tool_gets_an_error_span_and_the_run_goes_on(make_rlm, experiment):
@@ -443,10 +444,14 @@ def test_a_failing_tap_never_breaks_the_call(make_rlm, experiment, monkeypatch, 
     rlm, lm = make_rlm(STEPS, sub="hi!")
     tap = MlflowTap().install(rlm_events.instrument(rlm))
 
-    def broken(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("tap bug")
+    start = tap._spans.start
 
-    monkeypatch.setattr(tap, "_start", broken)
+    def broken(role: str, *args: Any, **kwargs: Any) -> Any:
+        if role == "run":
+            return start(role, *args, **kwargs)
+        raise RuntimeError("tap bug")  # every span but the call's
+
+    monkeypatch.setattr(tap._spans, "start", broken)
     caplog.set_level(logging.ERROR, logger="rlm_events.taps.mlflow")
     with dspy.context(lm=lm):
         assert rlm(text="t").answer == "42"

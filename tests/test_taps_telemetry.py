@@ -13,7 +13,7 @@ from typing import Any
 
 import dspy
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
@@ -276,6 +276,36 @@ def test_otel_failed_run_ends_every_span_with_error_status(make_rlm, exporter, p
     assert run.status.description == "RuntimeError: boom"
     (event,) = run.events
     assert event.name == "exception" and event.attributes["exception.message"] == "boom"
+
+
+def test_otel_a_call_leaves_nothing_behind_whatever_happened(make_rlm, exporter, provider):
+    """Failed or not, a call ends every span it started, restores the caller's current span and leaves no
+    per-call state in the tap."""
+    from opentelemetry import trace
+
+    rlm, lm = make_rlm(STEPS * 2, sub="hi!")
+    events = rlm_events.instrument(rlm)
+    tap = OpenTelemetryTap(provider).install(events)
+    fail = threading.Event()
+    events.use(Stage.POST_EXECUTION, lambda ctx, next: boom(ctx, next) if fail.is_set() else next(ctx))
+    started: list[Any] = []
+
+    class Started(SpanProcessor):
+        def on_start(self, span: Any, parent_context: Any = None) -> None:
+            started.append(span)
+
+    provider.add_span_processor(Started())
+
+    with provider.get_tracer("test").start_as_current_span("caller") as caller, dspy.context(lm=lm):
+        assert rlm(text="t").answer == "42"
+        fail.set()
+        with pytest.raises(RuntimeError, match="boom"):
+            rlm(text="t")
+        assert trace.get_current_span() is caller
+
+    assert len(tap._forest) == 0
+    ended = {span_id(s) for s in exporter.get_finished_spans()}
+    assert started and {s.context.span_id for s in started} <= ended
 
 
 def test_otel_failing_tool_gets_an_error_span_and_the_run_goes_on(make_rlm, exporter, provider):

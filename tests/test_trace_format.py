@@ -193,9 +193,6 @@ def test_the_old_import_paths_still_work():
     import rlm_events.taps
     import rlm_events.taps.jsonl
     import rlm_events.trace
-    import rlm_events.viewer
 
     assert rlm_events.taps.JsonlTrace is rlm_events.taps.jsonl.JsonlTrace is rlm_events.trace.JsonlTrace
     assert rlm_events.taps.jsonl.SCHEMA == SCHEMA_VERSION
-    assert rlm_events.viewer.write_html is rlm_events.trace.write_html
-    assert rlm_events.viewer.read_trace is rlm_events.trace.read_trace

@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import rlm_events
 from rlm_events.builtins import Budget
-from rlm_events.lm_usage import entry_usage, usage_of
+from rlm_events.lm_usage import entry_usage, metered, usage_of
 from rlm_events.replay import Recorder
 from rlm_events.taps.jsonl import JsonlTrace
 from rlm_events.taps.otel import OpenTelemetryTap
@@ -73,11 +73,12 @@ def test_every_meter_reports_the_same_totals(make_rlm, tmp_path: Path, lm_class)
     progress_out = io.StringIO()
     ProgressTap(progress_out, live=False).install(events)
     spent: list[Any] = []
-    events.tap(["run_end"], lambda ctx: spent.append(Budget.spent(ctx)))
+    events.tap(["run_end"], lambda ctx: spent.extend([Budget.spent(ctx), metered(ctx), metered(ctx.run)]))
 
     with dspy.context(lm=lm):
         rlm(text="t")
     trace.close()
+    assert spent[0] is spent[1] is spent[2]  # the Budget's Spend is the run's one Usage, from a context or a run
 
     tokens_in, tokens_out, _ = usage_of(lm.history)  # the LM's own record
     assert tokens_in > 0 and tokens_out > 0

@@ -12,10 +12,11 @@ import dspy
 import pytest
 
 import rlm_events
+import rlm_events.scripted
 import rlm_events.testing
 from rlm_events import Stage, UnsupportedDSPyError
-from rlm_events._patch.call import _CURRENT
-from rlm_events._patch.detect import _Seams
+from rlm_events._patch.call import CURRENT
+from rlm_events._patch.detect import Seams
 from rlm_events.runtime import batched_queries_keep_context, constructor_of, iteration_limit
 from rlm_events.testing import InProcessInterpreter, ScriptedLM, build_rlm
 
@@ -43,7 +44,7 @@ KNOWN = {
 
 def test_the_adapter_detected_for_the_installed_dspy_is_the_known_one():
     expected = KNOWN.get(RELEASE) or KNOWN[RELEASE[:2]]
-    seams, constructor = _Seams(dspy.RLM), constructor_of(dspy.RLM)
+    seams, constructor = Seams(dspy.RLM), constructor_of(dspy.RLM)
     detected = (
         seams.has_execute_code,
         seams.result_takes_code,
@@ -101,7 +102,7 @@ def test_only_a_change_in_dspys_own_class_asks_to_report_the_dspy_version(monkey
 
     monkeypatch.setattr(dspy.RLM, "_process_execution_result", renamed)
     with pytest.raises(UnsupportedDSPyError) as info:
-        _Seams(dspy.RLM)
+        Seams(dspy.RLM)
     message = str(info.value)
     assert f"RLM on DSPy {dspy.__version__}: RLM._process_execution_result() has no parameter pred" in message
     assert message.endswith("please report this DSPy version.")
@@ -141,7 +142,7 @@ def test_a_constructor_without_an_iteration_limit_is_refused():
 def test_contexts_see_the_code_as_it_runs_and_the_history_stays_dspys_own(make_rlm, monkeypatch):
     # An LM that fences its code even where the prompt does not ask for it (3.1.2): 3.1 passes no stripped code to
     # _process_execution_result, which records pred.code (on 3.1.2 with the fence).
-    monkeypatch.setattr(rlm_events.testing, "_FENCED", re.compile(""))
+    monkeypatch.setattr(rlm_events.scripted, "_FENCED", re.compile(""))
     steps = ["print('a')", "SUBMIT(answer='ok')"]
     plain, lm = make_rlm(steps)
     with dspy.context(lm=lm):
@@ -218,7 +219,7 @@ def test_a_per_call_interpreter_factory_is_a_call_option_not_an_input(make_rlm):
 
 def test_batched_sub_lm_calls_see_the_run_exactly_where_detected(make_rlm):
     seen: list[bool] = []
-    sub = ScriptedLM(["unused"], sub=lambda prompt: seen.append(_CURRENT.get() is not None) or prompt)
+    sub = ScriptedLM(["unused"], sub=lambda prompt: seen.append(CURRENT.get() is not None) or prompt)
     rlm, lm = make_rlm(["print(llm_query_batched(['a', 'b']))", "SUBMIT(answer='ok')"], sub_lm=sub)
     rlm_events.instrument(rlm).tap(lambda ctx: None)
     with dspy.context(lm=lm):

@@ -14,10 +14,25 @@ pydantic and blinker releases too.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 ENV = "RLM_EVENTS_FAST_PATHS"
+
+
+class Unexpected(Exception):
+    """A library's internals are not what its fast path expects (raised by the probes)."""
 
 
 def disabled() -> str | None:
     """Why the fast paths are off by request (``RLM_EVENTS_FAST_PATHS=0``), or ``None``."""
     return f"{ENV}=0 in the environment" if os.environ.get(ENV, "").strip() == "0" else None
+
+
+def failure(check: Callable[[], None]) -> str | None:
+    """What ``check`` (a fast path's probe) found wrong, or ``None``: its :class:`Unexpected` message as it is,
+    anything else it raised with the exception's type."""
+    try:
+        check()
+    except Exception as exc:
+        return str(exc) if isinstance(exc, Unexpected) else f"{type(exc).__name__}: {exc}"
+    return None

@@ -3,7 +3,8 @@
 Every stage asks whether a receiver hears the RLM being called, and which. blinker's ``has_receivers_for()`` and
 ``receivers_for()`` answer, but compute the sender's id with ``make_id()``, whose ``inspect.ismethod()`` goes through
 DSPy's Python-level ``__getattribute__`` on a ``dspy.Module``. For the plain objects RLMs are, that id is
-``id(sender)``: :func:`may_hear` and :func:`receivers` look it up directly in the signals given to :func:`track`.
+``id(sender)``: :func:`may_hear` and :func:`receivers` look it up directly in the signals given to :func:`track`
+(by the first :class:`~rlm_events.Instrumentation`, not at import).
 They rely on:
 
 * ``blinker.base.make_id(obj)`` is ``id(obj)`` for an object that is not a bound method, ``str`` or ``int``, and
@@ -35,7 +36,7 @@ from typing import Any
 from blinker import ANY, Signal
 from blinker import base as _blinker
 
-from . import disabled
+from . import Unexpected, disabled, failure
 
 FAST = True  # set below, from the probe
 REASON: str | None = None  # why the public API is used, when it is
@@ -51,9 +52,12 @@ _TRACKED: list[Signal] = []
 
 
 def track(signals: Iterable[Signal]) -> None:
-    """Answer for ``signals`` (the stage signals) from blinker's own bookkeeping, while the fast path is in use."""
-    _TRACKED.extend(signals)
-    _follow()
+    """Answer for ``signals`` (the stage signals) from blinker's own bookkeeping, while the fast path is in use.
+    Idempotent: a signal tracked already is not added again."""
+    added = [signal for signal in dict.fromkeys(signals) if signal not in _TRACKED]
+    if added:
+        _TRACKED.extend(added)
+        _follow()
 
 
 def _follow() -> None:
@@ -111,10 +115,6 @@ def hears(signal: Signal, sender: Any) -> bool:
 # -- choosing the path ---------------------------------------------------------------------------------------------
 
 
-class _Unexpected(Exception):
-    """blinker's internals are not what the fast path expects."""
-
-
 class _Sender:
     """A plain sender, as an RLM is for blinker."""
 
@@ -129,24 +129,24 @@ def _compare(signal: Signal, senders: dict[str, Any], when: str) -> None:
         public = list(signal.receivers_for(sender))
         fast = receivers(signal, sender)
         if Counter(fast) != Counter(public):
-            raise _Unexpected(f"{when}: the fast path finds {len(fast)} receivers for {name}, blinker {len(public)}")
+            raise Unexpected(f"{when}: the fast path finds {len(fast)} receivers for {name}, blinker {len(public)}")
         if public and not may_hear(signal, sender):
-            raise _Unexpected(f"{when}: the fast path misses the receivers of {name}")
+            raise Unexpected(f"{when}: the fast path misses the receivers of {name}")
         if hears(signal, sender) != bool(public):
-            raise _Unexpected(f"{when}: the fast path says {name} is heard: {not public}")
+            raise Unexpected(f"{when}: the fast path says {name} is heard: {not public}")
 
 
 def _check() -> None:
-    """Raise :class:`_Unexpected` where the fast path would find other receivers than blinker's public API."""
+    """Raise :class:`Unexpected` where the fast path would find other receivers than blinker's public API."""
     make_id, plain = getattr(_blinker, "make_id", None), _Sender()
     if not callable(make_id) or make_id(plain) != id(plain):
-        raise _Unexpected("blinker.base.make_id(obj) is not id(obj) for a plain object")
+        raise Unexpected("blinker.base.make_id(obj) is not id(obj) for a plain object")
     if not isinstance(getattr(_blinker, "ANY_ID", None), int) or _blinker.ANY_ID != _ANY_ID:
-        raise _Unexpected(f"blinker.base.ANY_ID is {getattr(_blinker, 'ANY_ID', None)!r}, not the int {_ANY_ID!r}")
+        raise Unexpected(f"blinker.base.ANY_ID is {getattr(_blinker, 'ANY_ID', None)!r}, not the int {_ANY_ID!r}")
     signal = Signal()
     by_sender = getattr(signal, "_by_sender", None)
     if not isinstance(by_sender, dict) or not isinstance(signal.receivers, dict):
-        raise _Unexpected("a blinker Signal keeps no _by_sender and receivers dicts")
+        raise Unexpected("a blinker Signal keeps no _by_sender and receivers dicts")
     one, other, unheard = _Sender(), _Sender(), _Sender()
     senders = {"a sender": one, "another sender": other, "an unheard sender": unheard, "ANY": ANY, "a str": "one"}
     listener = _Listener()
@@ -166,13 +166,13 @@ def _check() -> None:
     signal.connect(to_other, sender=other, weak=False)
     signal.connect(to_one, sender="one")
     if by_sender.get(_ANY_ID) != {make_id(to_any)} or by_sender.get(id(one)) != {make_id(to_one), make_id(listener.on)}:
-        raise _Unexpected("a blinker Signal's _by_sender does not map sender ids to receiver ids")
+        raise Unexpected("a blinker Signal's _by_sender does not map sender ids to receiver ids")
     _BY_SENDER[signal] = by_sender
     try:
         _compare(signal, senders, "receivers to senders and to ANY")
         with signal.muted():
             if not signal.is_muted or receivers(signal, one) or signal.send(one):
-                raise _Unexpected("signal.muted() does not set is_muted")
+                raise Unexpected("signal.muted() does not set is_muted")
         signal.disconnect(to_any)
         signal.disconnect(to_other, sender=other)  # its bucket stays
         _compare(signal, senders, "after disconnecting")
@@ -186,7 +186,7 @@ def _check() -> None:
         if callable(cleared):
             cleared()
         if getattr(signal, "_by_sender", None) is not by_sender:
-            raise _Unexpected("a blinker Signal replaces its _by_sender dict")
+            raise Unexpected("a blinker Signal replaces its _by_sender dict")
     finally:
         _BY_SENDER.pop(signal, None)
 
@@ -194,11 +194,7 @@ def _check() -> None:
 def probe() -> str | None:
     """Why the fast path would not find the receivers blinker's public API finds on this blinker, or ``None`` when
     it would. Runs the fast path itself on a signal of its own: for the import, and for tests."""
-    try:
-        _check()
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}" if not isinstance(exc, _Unexpected) else str(exc)
-    return None
+    return failure(_check)
 
 
 @contextmanager

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from pydantic.fields import FieldInfo
 
-from . import disabled
+from . import Unexpected, disabled, failure
 
 FAST = True  # set below, from the probe; True while the probe runs
 REASON: str | None = None  # why the public API is used, when it is
@@ -48,10 +48,6 @@ _IMMUTABLE_DEFAULTS = (type(None), bool, int, float, complex, str, bytes, tuple,
 _REQUIRED: Any = object()
 
 
-class _Unexpected(Exception):
-    """pydantic's internals are not what the fast path expects."""
-
-
 def _slot_setters() -> tuple[Callable[[Any, Any], None], ...]:
     """The ``__set__`` of each of BaseModel's slots in :data:`_SLOTS`: setting a slot through its descriptor skips the
     attribute lookup along each model class's MRO that ``object.__setattr__`` does."""
@@ -59,18 +55,18 @@ def _slot_setters() -> tuple[Callable[[Any, Any], None], ...]:
     for name in _SLOTS:
         setter = getattr(BaseModel.__dict__.get(name), "__set__", None)
         if name not in getattr(BaseModel, "__slots__", ()) or not callable(setter):
-            raise _Unexpected(f"BaseModel has no {name!r} slot")
+            raise Unexpected(f"BaseModel has no {name!r} slot")
         setters.append(setter)
     return tuple(setters)
 
 
 def _unset(instance: Any, value: Any) -> None:
-    raise _Unexpected("BaseModel's slots were not found")
+    raise Unexpected("BaseModel's slots were not found")
 
 
 try:
     _set_dict, _set_fields_set, _set_extra, _set_private = _slot_setters()
-except _Unexpected:  # the probe says so; construct() uses model_construct
+except Unexpected:  # the probe says so; construct() uses model_construct
     _set_dict = _set_fields_set = _set_extra = _set_private = _unset
 _new = object.__new__
 
@@ -228,15 +224,15 @@ def _probe_models() -> tuple[tuple[type[BaseModel], bool], ...]:
 
 
 def _check() -> None:
-    """Raise :class:`_Unexpected` where the fast path would build other than ``model_construct`` builds."""
+    """Raise :class:`Unexpected` where the fast path would build other than ``model_construct`` builds."""
     if "__new__" in BaseModel.__dict__:
-        raise _Unexpected("BaseModel defines __new__")
+        raise Unexpected("BaseModel defines __new__")
     _slot_setters()
     if unset := sorted(set(getattr(BaseModel, "__slots__", ())) - set(_SLOTS)):
-        raise _Unexpected(f"BaseModel has slots the fast path does not set: {', '.join(unset)}")
+        raise Unexpected(f"BaseModel has slots the fast path does not set: {', '.join(unset)}")
     for model, shaped in _probe_models():
         if (_recipe(model) is not None) != shaped:
-            raise _Unexpected(f"the fast path would {'not ' * shaped}build {model.__name__} itself")
+            raise Unexpected(f"the fast path would {'not ' * shaped}build {model.__name__} itself")
         if not shaped:  # left to pydantic's own model_construct
             continue
         calls: list[tuple[set[str] | None, dict[str, Any]]] = [
@@ -248,21 +244,21 @@ def _check() -> None:
         for fields_set, values in calls:
             built = model.model_construct(fields_set, **values)
             if difference := _differs(built, _pydantic_construct(model, fields_set, **values)):
-                raise _Unexpected(f"{model.__name__}.model_construct(**{values}) builds {difference}")
+                raise Unexpected(f"{model.__name__}.model_construct(**{values}) builds {difference}")
         values = {"required": 1, "text": "t", "flag": True, "anything": None, "mapping": {}}
         for fields_set in (None, {"required"}):
             built = construct(model, dict(values), fields_set)
             if difference := _differs(built, _pydantic_construct(model, fields_set, **values)):
-                raise _Unexpected(f"construct({model.__name__}, {values}) builds {difference}")
+                raise Unexpected(f"construct({model.__name__}, {values}) builds {difference}")
         one, two = model.model_construct(required=1), model.model_construct(required=1)
         if one.mapping is two.mapping:  # type: ignore[attr-defined]
-            raise _Unexpected(f"{model.__name__}'s default factory is shared between instances")
+            raise Unexpected(f"{model.__name__}'s default factory is shared between instances")
         try:
             built.required = "not a number"  # type: ignore[attr-defined]
         except ValidationError:
             pass
         else:
-            raise _Unexpected(f"assigning a field of {model.__name__} built so is not validated")
+            raise Unexpected(f"assigning a field of {model.__name__} built so is not validated")
 
 
 @contextmanager
@@ -279,11 +275,7 @@ def probe() -> str | None:
     """Why the fast path would not build what ``model_construct`` builds on this pydantic, or ``None`` when it would.
     Runs the fast path itself on probe models (:data:`FAST` is ``True`` meanwhile): for the import, and for tests."""
     with _forced(True):
-        try:
-            _check()
-        except Exception as exc:
-            return f"{type(exc).__name__}: {exc}" if not isinstance(exc, _Unexpected) else str(exc)
-    return None
+        return failure(_check)
 
 
 @contextmanager

@@ -18,12 +18,14 @@ seam                              stages
 ``_prepare_execution_tools``      ``tool_call`` around every tool the executed code can call
 ================================  ===========================================================================
 
-Modules: ``detect`` (what a class's loop looks like), ``call`` (per-call state, and the stand-ins through which the
-loop's own calls reach the stages), ``classes`` (the instrumented subclass), ``predict_rlm`` (PredictRLM's kernel
-seams, used instead of the iteration seams below for a class with that loop), ``construct`` (building an RLM the
-same way on every release).
+Modules: ``detect`` (what a class's loop looks like), ``call`` (per-call state and the stage helpers), ``frame``
+(one iteration, and 3.1's skippable REPL), ``predictor`` (the ``generate_action`` stand-in), ``classes`` (the
+instrumented subclass), ``predict_rlm`` (PredictRLM's kernel seams, used instead of the iteration seams below for a
+class with that loop), ``construct`` (building an RLM the same way on every release), ``interpreters`` (what
+rlm-events needs of DSPy's code interpreters: the one interpreter discovery, the error classes, the uncallbacked
+execute).
 
-Version differences (DSPy 3.1.2 to 3.4.x) live in ``detect._Seams`` and :class:`RLMConstructor`, detected once per
+Version differences (DSPy 3.1.2 to 3.4.x) live in ``detect.Seams`` and :class:`RLMConstructor`, detected once per
 RLM class from signatures, attributes and the loop's source, never from version numbers:
 
 * 3.1 runs ``repl.execute`` inline in ``_execute_iteration`` (so the REPL is wrapped to let pre_execution skip it)
@@ -46,18 +48,21 @@ from __future__ import annotations
 from typing import Any
 
 from ..context import Run
-from .call import _CURRENT, _SkippableREPL
-from .classes import _base_of, _instrumented_rlm_class
+from .call import CURRENT
+from .classes import base_of, instrumented_rlm_class
 from .construct import RLMConstructor, batched_queries_keep_context, constructor_of, iteration_limit
-from .detect import _ATTR, _BASE
+from .detect import ATTR, BASE
+from .frame import SkippableREPL
 from .handle import Handle
 from .interpreters import (
     CodeInterpreterError,
     ExecutionError,
     execute_without_callbacks,
     interpreter_class,
+    runs_pyodide,
     worker_started,
 )
+from .lm_signals import assembled_by_litellm, failed_after_answer, stream_mode
 from .predict_rlm import own_lms
 from .prices import register_dspy_prices
 from .tools import raw_tool
@@ -69,6 +74,7 @@ __all__ = [
     "ExecutionError",
     "Handle",
     "RLMConstructor",
+    "assembled_by_litellm",
     "attach",
     "batched_queries_keep_context",
     "constructor_of",
@@ -76,12 +82,15 @@ __all__ = [
     "current_run",
     "detach",
     "execute_without_callbacks",
+    "failed_after_answer",
     "instrumentation_of",
     "interpreter_class",
     "iteration_limit",
     "own_lms",
     "raw_tool",
     "register_dspy_prices",
+    "runs_pyodide",
+    "stream_mode",
     "warn_once",
     "worker_started",
 ]
@@ -90,12 +99,12 @@ __all__ = [
 def current_iteration(run: Run) -> tuple[Any, dict[str, Any]] | None:
     """``(repl, input_args)`` of the iteration of ``run`` executing in this context (the interpreter itself, never
     a stand-in of ours), or ``None`` outside one."""
-    call = _CURRENT.get()
+    call = CURRENT.get()
     frame = call.frame if call is not None and call.run is run else None
     if frame is None or "repl" not in frame.args:
         return None
     repl = frame.args["repl"]
-    if isinstance(repl, _SkippableREPL):
+    if isinstance(repl, SkippableREPL):
         repl = object.__getattribute__(repl, "_repl")
     inputs = frame.args.get("input_args")
     return repl, dict(inputs) if isinstance(inputs, dict) else {}
@@ -104,7 +113,7 @@ def current_iteration(run: Run) -> tuple[Any, dict[str, Any]] | None:
 def current_run() -> Run | None:
     """The run of the instrumented call executing in this context (``None`` outside one). Threads DSPy's
     interpreters and ``llm_query_batched`` (3.3+) run tools in see it too: they copy the caller's context."""
-    call = _CURRENT.get()
+    call = CURRENT.get()
     return call.run if call is not None else None
 
 
@@ -112,22 +121,22 @@ def current_run() -> Run | None:
 
 
 def instrumentation_of(rlm: Any) -> Handle | None:
-    return rlm.__dict__.get(_ATTR)
+    return rlm.__dict__.get(ATTR)
 
 
 def attach(rlm: Any, events: Handle) -> None:
     """Instrument ``rlm`` with ``events`` (``rlm`` must not be instrumented yet)."""
     original: Any = type(rlm)
-    cls = _instrumented_rlm_class(original)
-    rlm.__dict__[_ATTR] = events
+    cls = instrumented_rlm_class(original)
+    rlm.__dict__[ATTR] = events
     rlm.__class__ = cls
     events.attached(rlm)
 
 
 def detach(rlm: Any) -> None:
     """Exactly undo :func:`attach`; a no-op on an RLM that is not instrumented."""
-    events = rlm.__dict__.pop(_ATTR, None)
-    if _BASE in type(rlm).__dict__:
-        rlm.__class__ = _base_of(type(rlm))
+    events = rlm.__dict__.pop(ATTR, None)
+    if BASE in type(rlm).__dict__:
+        rlm.__class__ = base_of(type(rlm))
     if events is not None:
         events.detached(rlm)

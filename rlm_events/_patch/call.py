@@ -1,5 +1,5 @@
-"""Per-call state: one instrumented call (:class:`_Call`), its current iteration (:class:`_Frame`), and the
-stand-ins through which the loop's own calls reach the stages (``generate_action``, 3.1's REPL).
+"""Per-call state: one instrumented call (:class:`Call`), the context variable that holds it (:data:`CURRENT`), and
+the stage helpers the seams share. Its current iteration is a :class:`~rlm_events._patch.frame.Frame`.
 """
 
 from __future__ import annotations
@@ -30,63 +30,26 @@ from ..context import (
 )
 from ..errors import StageError
 from ..stages import Stage
+from .construct import iteration_limit
+from .detect import ATTR, Seams
+from .warnings import warn_once
 
 if TYPE_CHECKING:
     from ..plan import Plan
+    from .frame import Frame
     from .handle import Handle
-    from .predictor import _Acting
-
-from .construct import iteration_limit
-from .detect import _ATTR, _NO_RESULT, _Seams
-from .prelude import PreludeREPL
-from .warnings import warn_once
 
 # -- per-call state -------------------------------------------------------------------------------------------
 
-_CURRENT: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("rlm_events_call", default=None)
-_DEFERRED: Any = object()  # what the patched _process_execution_result returns when post_execution must fold first
+CURRENT: contextvars.ContextVar[Call | None] = contextvars.ContextVar("rlm_events_call", default=None)
+DEFERRED: Any = object()  # what the patched _process_execution_result returns when post_execution must fold first
 
 # Hot paths read these once per iteration: a module global is cheaper than the enum's class attribute.
-_PRE_ITERATION, _PRE_EXECUTION = Stage.PRE_ITERATION, Stage.PRE_EXECUTION
-_POST_EXECUTION, _POST_ITERATION = Stage.POST_EXECUTION, Stage.POST_ITERATION
+PRE_ITERATION, PRE_EXECUTION = Stage.PRE_ITERATION, Stage.PRE_EXECUTION
+POST_EXECUTION, POST_ITERATION = Stage.POST_EXECUTION, Stage.POST_ITERATION
 
 
-class _Frame:
-    """One iteration of one call: the loop body's arguments by name, and what its stages learnt on the way."""
-
-    __slots__ = (
-        "action",
-        "args",
-        "code",
-        "index",
-        "prefix",
-        "prelude",
-        "processing",
-        "prompt",
-        "result",
-        "skip",
-        "stand_in",
-    )
-
-    def __init__(self, call: _Call, args: dict[str, Any]) -> None:
-        """Start iteration ``args["iteration"]`` of ``call``, whose loop body is called with ``args``."""
-        self.args = args  # what DSPy's loop body runs with; pre_iteration replaces history, variables, input_args
-        self.index: int = args["iteration"]
-        self.action: Prediction | None = None  # generate_action's output: the LM's reasoning and code
-        self.skip: Any = _NO_RESULT  # pre_execution's result, used instead of running the code
-        self.processing: dict[str, Any] | None = None  # _process_execution_result's arguments, while deferred
-        self.code = ""
-        self.result: Any = None
-        self.stand_in: _Acting | None = None  # generate_action as the loop reads it until the action is in
-        self.prefix = ""  # pre_iteration's python_code: prepended to this iteration's code
-        self.prelude = call.prelude  # the persistent prelude: runs before this iteration's execution
-        self.prompt = ""  # pre_iteration's prompt_context, until the action prompt shows it
-        call.frame = self
-        if not call.seams.has_execute_code:
-            args["repl"] = _SkippableREPL(args["repl"], self)
-
-
-class _Call:
+class Call:
     """One call of an instrumented RLM: its plan (fixed at start), run, counters and current iteration.
 
     The stage helpers come in pairs around ``plan.fire``/``plan.afire``, so that the sync and async seams share
@@ -113,7 +76,7 @@ class _Call:
     )
 
     def __init__(
-        self, module: dspy.RLM, seams: _Seams, plan: Plan, input_args: dict[str, Any], *, is_async: bool
+        self, module: dspy.RLM, seams: Seams, plan: Plan, input_args: dict[str, Any], *, is_async: bool
     ) -> None:
         self.module, self.seams, self.plan, self.input_args = module, seams, plan, input_args
         self.busy = plan.busy
@@ -128,20 +91,20 @@ class _Call:
         # A final prediction the loop gets from rlm-events, no SUBMIT: a stop's extract or a post_iteration
         # middleware's; and the history the iteration ended with. PredictRLM's seams end such a run as their own.
         self.ours: tuple[Prediction, REPLHistory] | None = None
-        self.frame: _Frame | None = None
+        self.frame: Frame | None = None
         self.prelude = ""  # pre_iteration's persistent_python_code: per call, until replaced
         self.t0 = time.perf_counter()
 
     @staticmethod
-    def begin(module: dspy.RLM, seams: _Seams, kwargs: dict[str, Any], *, is_async: bool) -> _Call | None:
-        events: Handle | None = module.__dict__.get(_ATTR)
+    def begin(module: dspy.RLM, seams: Seams, kwargs: dict[str, Any], *, is_async: bool) -> Call | None:
+        events: Handle | None = module.__dict__.get(ATTR)
         if events is None:
             return None
         plan = events.plan
         if plan.idle_for(module):  # receivers connected only to other RLMs do not count
             return None
         inputs = {k: v for k, v in kwargs.items() if k not in seams.call_options}
-        return _Call(module, seams, plan, inputs, is_async=is_async)
+        return Call(module, seams, plan, inputs, is_async=is_async)
 
     def wants(self, stage: Stage) -> bool:
         """Whether anything would see ``stage`` in this call: receivers connected only to other RLMs do not count.
@@ -183,7 +146,9 @@ class _Call:
         without DSPy's "RLM reached max iterations" line (see :mod:`~rlm_events._patch.extract`)."""
         reason = self.stopped_by
         if reason == "budget":
-            spent = getattr(self.run.state.get("budget"), "reason", None)
+            from ..builtins.budget import Budget  # here: the built-ins import the patch layer
+
+            spent = getattr(Budget.spent(self.run), "reason", None)
             who = f"a Budget ({spent})" if spent else "a Budget"
         elif reason == "middleware":
             who = "a post_iteration middleware"
@@ -205,7 +170,7 @@ class _Call:
 
     # pre_iteration
 
-    def pre_iteration_ctx(self, frame: _Frame) -> PreIterationContext:
+    def pre_iteration_ctx(self, frame: Frame) -> PreIterationContext:
         args = frame.args
         return self.ctx(
             PreIterationContext,
@@ -218,7 +183,7 @@ class _Call:
             prompt_context="",
         )
 
-    def apply_pre_iteration(self, ctx: PreIterationContext, frame: _Frame) -> None:
+    def apply_pre_iteration(self, ctx: PreIterationContext, frame: Frame) -> None:
         args = frame.args
         frame.prefix = ctx.python_code or ""
         self.prelude = frame.prelude = ctx.persistent_python_code
@@ -232,7 +197,7 @@ class _Call:
 
     # pre_execution (called from the generate_action seam)
 
-    def acted(self, frame: _Frame, action: Any) -> bool:
+    def acted(self, frame: Frame, action: Any) -> bool:
         """Record ``action`` as the iteration's LM output (the first one only): whether pre_execution fires on it or
         its code gets this iteration's prelude (then :meth:`executing` says which)."""
         if frame.action is not None or self.frame is not frame:
@@ -240,14 +205,14 @@ class _Call:
         frame.action = action
         if not isinstance(getattr(action, "code", None), str):  # DSPy reports what it cannot run; we stand aside
             return False
-        return bool(frame.prefix) or self.busy[_PRE_EXECUTION] or self.plan.wants(_PRE_EXECUTION, self.module)
+        return bool(frame.prefix) or self.busy[PRE_EXECUTION] or self.plan.wants(PRE_EXECUTION, self.module)
 
     def executing(self) -> bool:
         """Whether pre_execution fires in this call now."""
-        return self.busy[_PRE_EXECUTION] or self.plan.wants(_PRE_EXECUTION, self.module)
+        return self.busy[PRE_EXECUTION] or self.plan.wants(PRE_EXECUTION, self.module)
 
     @staticmethod
-    def shown(frame: _Frame, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def shown(frame: Frame, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The action predictor's keyword arguments with this iteration's ``prompt_context`` after the variables'
         descriptions (``variables_info``), once; unchanged when the loop passes no ``variables_info``."""
         info = kwargs.get("variables_info")
@@ -260,7 +225,7 @@ class _Call:
         frame.prompt = ""
         return kwargs
 
-    def unshown(self, frame: _Frame) -> None:
+    def unshown(self, frame: Frame) -> None:
         """The iteration ended with its ``prompt_context`` not shown: say so once, never drop it silently."""
         warn_once(
             self.module,
@@ -270,10 +235,10 @@ class _Call:
             "not reported again for this RLM",
         )
 
-    def unacted(self, frame: _Frame) -> None:
+    def unacted(self, frame: Frame) -> None:
         """The iteration ended without an action from ``self.generate_action``: say once that pre_execution could
         not fire (the loop called the predictor another way), if anything wanted it."""
-        if not (self.busy[_PRE_EXECUTION] or self.plan.wants(_PRE_EXECUTION, self.module)):
+        if not (self.busy[PRE_EXECUTION] or self.plan.wants(PRE_EXECUTION, self.module)):
             return
         predictor = type(self.module.__dict__.get("generate_action"))
         warn_once(
@@ -284,7 +249,7 @@ class _Call:
             f"(a {predictor.__qualname__}); not reported again for this RLM and predictor class",
         )
 
-    def pre_execution_ctx(self, frame: _Frame, action: Any) -> PreExecutionContext:
+    def pre_execution_ctx(self, frame: Frame, action: Any) -> PreExecutionContext:
         frame.code = code = self.seams.stripped(action.code)
         return self.ctx(
             PreExecutionContext,
@@ -296,7 +261,7 @@ class _Call:
         )
 
     @staticmethod
-    def apply_pre_execution(ctx: PreExecutionContext, frame: _Frame, action: Any) -> Any:
+    def apply_pre_execution(ctx: PreExecutionContext, frame: Frame, action: Any) -> Any:
         code = ctx.code
         if ctx.result is None and frame.prefix:  # this iteration's prelude, before the code as the chain left it
             code = f"{frame.prefix}\n{code}"
@@ -314,23 +279,23 @@ class _Call:
 
     # post_execution (deferred by the _process_execution_result seam)
 
-    def folds(self, frame: _Frame, processing: dict[str, Any]) -> bool:
+    def folds(self, frame: Frame, processing: dict[str, Any]) -> bool:
         """Called with ``_process_execution_result``'s arguments: whether post_execution must fold code and result
         first. Either way, what the post_iteration context shows is recorded when it is wanted."""
-        if self.busy[_POST_EXECUTION] or self.plan.wants(_POST_EXECUTION, self.module):
+        if self.busy[POST_EXECUTION] or self.plan.wants(POST_EXECUTION, self.module):
             frame.processing = processing
             return True
-        if self.busy[_POST_ITERATION] or self.plan.wants(_POST_ITERATION, self.module):
+        if self.busy[POST_ITERATION] or self.plan.wants(POST_ITERATION, self.module):
             frame.code, frame.result = self.code_of(processing), processing["result"]
         return False
 
-    def fold_in_place(self, frame: _Frame) -> Any:
+    def fold_in_place(self, frame: Frame) -> Any:
         """post_execution fired inside ``_process_execution_result``: in sync calls, and in async calls whose loop
         body does not return that method's value as is (then ``async def`` middleware run on the private loop)."""
         if (
             not self.defers
             and self.seams.defers is False
-            and any(map(is_async_callable, self.plan.chains[_POST_EXECUTION]))
+            and any(map(is_async_callable, self.plan.chains[POST_EXECUTION]))
         ):
             warn_once(
                 self.module,
@@ -347,7 +312,7 @@ class _Call:
         # 3.1 passes no code: it is pred.code, stripped as 3.1 strips it to run it.
         return self.seams.stripped(str(processing["pred"].code))
 
-    def post_execution_ctx(self, frame: _Frame) -> PostExecutionContext:
+    def post_execution_ctx(self, frame: Frame) -> PostExecutionContext:
         processing: Any = frame.processing
         frame.code = self.code_of(processing)
         return self.ctx(
@@ -358,7 +323,7 @@ class _Call:
             history=processing["history"],
         )
 
-    def finish_execution(self, ctx: PostExecutionContext, frame: _Frame) -> Any:
+    def finish_execution(self, ctx: PostExecutionContext, frame: Frame) -> Any:
         processing: Any = frame.processing
         processing["result"] = ctx.result
         if self.seams.result_takes_code:
@@ -371,7 +336,7 @@ class _Call:
 
     # post_iteration
 
-    def post_iteration_ctx(self, frame: _Frame, outcome: Prediction | REPLHistory) -> PostIterationContext:
+    def post_iteration_ctx(self, frame: Frame, outcome: Prediction | REPLHistory) -> PostIterationContext:
         if isinstance(outcome, Prediction):  # SUBMIT: the history is in the trajectory, dumped
             before, trajectory = frame.args["history"], outcome.get("trajectory", [])
             if len(trajectory) == len(before.entries) + 1:  # the entries this iteration saw, then its own
@@ -411,28 +376,6 @@ class _Call:
         return prediction
 
 
-class _SkippableREPL:
-    """DSPy 3.1 runs ``repl.execute`` inline; this stand-in lets pre_execution skip it. Everything else passes."""
-
-    def __init__(self, repl: Any, frame: _Frame) -> None:
-        object.__setattr__(self, "_repl", repl)
-        object.__setattr__(self, "_frame", frame)
-
-    def execute(self, code: str, variables: dict[str, Any] | None = None) -> Any:
-        frame = self._frame
-        if frame.skip is not _NO_RESULT:
-            return frame.skip
-        if frame.prelude:  # runs first, on its own: see _patch.prelude
-            return PreludeREPL(self._repl, frame.prelude).execute(code, variables=variables)
-        return self._repl.execute(code, variables=variables)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._repl, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._repl, name, value)
-
-
-def _current(module: Any) -> _Call | None:
-    call = _CURRENT.get()
+def current_call(module: Any) -> Call | None:
+    call = CURRENT.get()
     return call if call is not None and call.module is module else None

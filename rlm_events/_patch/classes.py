@@ -23,35 +23,36 @@ from ..stages import Stage
 if TYPE_CHECKING:
     pass
 
-from .call import _CURRENT, _DEFERRED, _NO_RESULT, _POST_ITERATION, _PRE_ITERATION, _Call, _current, _Frame
-from .detect import _ATTR, _BASE, _Seams
+from .call import CURRENT, DEFERRED, POST_ITERATION, PRE_ITERATION, Call, current_call
+from .detect import ATTR, BASE, NO_RESULT, Seams
 from .extract import stop_extracts
+from .frame import Frame
 from .predict_rlm import kernel_seams
-from .predictor import _ActionSeam
+from .predictor import ActionSeam
 from .prelude import PreludeREPL
 from .tools import wrap_tool
 
 # -- the instrumented classes ---------------------------------------------------------------------------------
 
 
-def _base_of(cls: Any) -> Any:
-    return cls.__dict__.get(_BASE, cls)
+def base_of(cls: Any) -> Any:
+    return cls.__dict__.get(BASE, cls)
 
 
 def _reduce_to_base(self: Any, protocol: int) -> tuple[Any, ...]:
     """Pickle (and copy.copy) as the plain DSPy class: instrumentation holds live callables and is not state."""
     state = self.__getstate__()
     if isinstance(state, dict):
-        state = {k: v for k, v in state.items() if k != _ATTR}
+        state = {k: v for k, v in state.items() if k != ATTR}
     # Not copyreg.__newobj__: pickle refuses it for a class other than the object's own. _reconstructor(cls, object,
     # None) is object.__new__(cls), and needs nothing from rlm-events to unpickle.
-    return copyreg._reconstructor, (_base_of(type(self)), object, None), state  # type: ignore[attr-defined]
+    return copyreg._reconstructor, (base_of(type(self)), object, None), state  # type: ignore[attr-defined]
 
 
 @functools.cache
-def _instrumented_rlm_class(cls: Any) -> Any:
+def instrumented_rlm_class(cls: Any) -> Any:
     kernel = kernel_seams(cls)
-    seams: Any = kernel or _Seams(cls)
+    seams: Any = kernel or Seams(cls)
     iteration, aiteration = seams.iteration, seams.aiteration
     # DSPy's extract fallback; PredictRLM's runs it on a copy of the module, from *_for_run.
     extract_name, aextract_name = seams.extract.method, seams.aextract.method
@@ -60,11 +61,11 @@ def _instrumented_rlm_class(cls: Any) -> Any:
     stop_extract, astop_extract = stop_extracts(cls, extract_name, aextract_name)
 
     def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
-        call = _Call.begin(self, seams, kwargs, is_async=False)
+        call = Call.begin(self, seams, kwargs, is_async=False)
         if call is None:
             return cls.forward(self, *args, **kwargs)
         prediction, error = None, None
-        token = _CURRENT.set(call)
+        token = CURRENT.set(call)
         try:
             start = call.start_ctx()
             kwargs = call.apply_start(start and call.plan.fire(start, self), kwargs)
@@ -72,7 +73,7 @@ def _instrumented_rlm_class(cls: Any) -> Any:
         except BaseException as exc:
             error = exc
         finally:
-            _CURRENT.reset(token)
+            CURRENT.reset(token)
         end = call.plan.fire(call.end_ctx(prediction, error), self)
         if end.error is not None:
             raise end.error
@@ -80,11 +81,11 @@ def _instrumented_rlm_class(cls: Any) -> Any:
 
     # The async twin of forward: the same steps, awaiting the plan; a shared helper would cost every call a frame.
     async def aforward(self: Any, *args: Any, **kwargs: Any) -> Any:
-        call = _Call.begin(self, seams, kwargs, is_async=True)
+        call = Call.begin(self, seams, kwargs, is_async=True)
         if call is None:
             return await cls.aforward(self, *args, **kwargs)
         prediction, error = None, None
-        token = _CURRENT.set(call)
+        token = CURRENT.set(call)
         try:
             start = call.start_ctx()
             kwargs = call.apply_start(start and await call.plan.afire(start, self), kwargs)
@@ -92,7 +93,7 @@ def _instrumented_rlm_class(cls: Any) -> Any:
         except BaseException as exc:
             error = exc
         finally:
-            _CURRENT.reset(token)
+            CURRENT.reset(token)
         end = await call.plan.afire(call.end_ctx(prediction, error), self)
         if end.error is not None:
             raise end.error
@@ -101,13 +102,13 @@ def _instrumented_rlm_class(cls: Any) -> Any:
     # The iteration seams run on every iteration: no helper call for what a stage with nothing to see skips.
 
     def _execute_iteration(self: Any, *args: Any, **kwargs: Any) -> Any:
-        call = _CURRENT.get()
+        call = CURRENT.get()
         if call is None or call.module is not self:
             return cls._execute_iteration(self, *args, **kwargs)
-        frame = _Frame(call, iteration.bind(args, kwargs))
+        frame = Frame(call, iteration.bind(args, kwargs))
         stop = False
         try:
-            if call.busy[_PRE_ITERATION] or call.plan.wants(_PRE_ITERATION, self):
+            if call.busy[PRE_ITERATION] or call.plan.wants(PRE_ITERATION, self):
                 call.apply_pre_iteration(call.plan.fire(call.pre_iteration_ctx(frame), self), frame)
             call.iterations += 1  # started: its pre_iteration folded without raising
             outcome = iteration.call(cls._execute_iteration, self, frame.args)
@@ -115,7 +116,7 @@ def _instrumented_rlm_class(cls: Any) -> Any:
                 call.unacted(frame)
             if frame.prompt:
                 call.unshown(frame)
-            if call.busy[_POST_ITERATION] or call.plan.wants(_POST_ITERATION, self):
+            if call.busy[POST_ITERATION] or call.plan.wants(POST_ITERATION, self):
                 end = call.plan.fire(call.post_iteration_ctx(frame, outcome), self)
                 outcome, stop = call.after_iteration(end, outcome)
         finally:
@@ -127,13 +128,13 @@ def _instrumented_rlm_class(cls: Any) -> Any:
 
     # The async twin of _execute_iteration (awaits the plan, folds a deferred post_execution); kept apart for speed.
     async def _aexecute_iteration(self: Any, *args: Any, **kwargs: Any) -> Any:
-        call = _CURRENT.get()
+        call = CURRENT.get()
         if call is None or call.module is not self:
             return await cls._aexecute_iteration(self, *args, **kwargs)
-        frame = _Frame(call, aiteration.bind(args, kwargs))
+        frame = Frame(call, aiteration.bind(args, kwargs))
         stop = False
         try:
-            if call.busy[_PRE_ITERATION] or call.plan.wants(_PRE_ITERATION, self):
+            if call.busy[PRE_ITERATION] or call.plan.wants(PRE_ITERATION, self):
                 call.apply_pre_iteration(await call.plan.afire(call.pre_iteration_ctx(frame), self), frame)
             call.iterations += 1  # started: its pre_iteration folded without raising
             outcome = await aiteration.call(cls._aexecute_iteration, self, frame.args)
@@ -141,9 +142,9 @@ def _instrumented_rlm_class(cls: Any) -> Any:
                 call.unacted(frame)
             if frame.prompt:
                 call.unshown(frame)
-            if outcome is _DEFERRED:
+            if outcome is DEFERRED:
                 outcome = call.finish_execution(await call.plan.afire(call.post_execution_ctx(frame), self), frame)
-            if call.busy[_POST_ITERATION] or call.plan.wants(_POST_ITERATION, self):
+            if call.busy[POST_ITERATION] or call.plan.wants(POST_ITERATION, self):
                 end = await call.plan.afire(call.post_iteration_ctx(frame, outcome), self)
                 outcome, stop = call.after_iteration(end, outcome)
         finally:
@@ -154,17 +155,17 @@ def _instrumented_rlm_class(cls: Any) -> Any:
         return outcome
 
     def _process_execution_result(self: Any, *args: Any, **kwargs: Any) -> Any:
-        call = _CURRENT.get()
+        call = CURRENT.get()
         frame = call.frame if call is not None and call.module is self else None
         if frame is not None and call.folds(frame, seams.result.bind(args, kwargs)):  # type: ignore[union-attr]
-            return _DEFERRED if call.defers else call.fold_in_place(frame)  # type: ignore[union-attr]
+            return DEFERRED if call.defers else call.fold_in_place(frame)  # type: ignore[union-attr]
         return cls._process_execution_result(self, *args, **kwargs)
 
     def _execute_code(self: Any, *args: Any, **kwargs: Any) -> Any:
-        call = _CURRENT.get()
+        call = CURRENT.get()
         frame = call.frame if call is not None and call.module is self else None
         if frame is not None:
-            if frame.skip is not _NO_RESULT:
+            if frame.skip is not NO_RESULT:
                 return frame.skip
             if frame.prelude:  # pre_iteration's persistent_python_code runs first, on its own: see _patch.prelude
                 bound = seams.execute.bind(args, kwargs)
@@ -173,7 +174,7 @@ def _instrumented_rlm_class(cls: Any) -> Any:
         return cls._execute_code(self, *args, **kwargs)
 
     def _extract_fallback(self: Any, *args: Any, **kwargs: Any) -> Any:
-        call = _current(self)
+        call = current_call(self)
         if call is None:
             return extract_fallback(self, *args, **kwargs)
         call.forced_extract = True
@@ -193,7 +194,7 @@ def _instrumented_rlm_class(cls: Any) -> Any:
 
     # The async twin of _extract_fallback: the terminal awaits DSPy's async extractor.
     async def _aextract_fallback(self: Any, *args: Any, **kwargs: Any) -> Any:
-        call = _current(self)
+        call = current_call(self)
         if call is None:
             return await aextract_fallback(self, *args, **kwargs)
         call.forced_extract = True
@@ -213,7 +214,7 @@ def _instrumented_rlm_class(cls: Any) -> Any:
 
     def _prepare_execution_tools(self: Any, *args: Any, **kwargs: Any) -> Any:
         tools = cls._prepare_execution_tools(self, *args, **kwargs)
-        call = _current(self)
+        call = current_call(self)
         if call is None or not call.wants(Stage.TOOL_CALL):
             return tools
         return {name: wrap_tool(call, name, fn) for name, fn in tools.items()}
@@ -221,12 +222,12 @@ def _instrumented_rlm_class(cls: Any) -> Any:
     def __deepcopy__(self: Any, memo: dict[int, Any]) -> Any:
         """A deep copy carries its own instrumentation: same middleware and taps, its own registrations, runs and
         signal sender; nothing it does reaches the original's receivers or ``run.state``."""
-        base: Any = _base_of(type(self))
+        base: Any = base_of(type(self))
         new = base.__new__(base)
         memo[id(self)] = new
-        state = {k: copy.deepcopy(v, memo) for k, v in self.__getstate__().items() if k != _ATTR}
+        state = {k: copy.deepcopy(v, memo) for k, v in self.__getstate__().items() if k != ATTR}
         new.__setstate__(state)
-        events = self.__dict__.get(_ATTR)
+        events = self.__dict__.get(ATTR)
         if events is not None:
             clone = memo.get(id(events))
             if clone is None:
@@ -248,7 +249,7 @@ def _instrumented_rlm_class(cls: Any) -> Any:
         namespace.update(
             _execute_iteration=_execute_iteration,
             _process_execution_result=_process_execution_result,
-            generate_action=_ActionSeam(),
+            generate_action=ActionSeam(),
         )
         if seams.has_execute_code:
             namespace["_execute_code"] = _execute_code
@@ -258,7 +259,7 @@ def _instrumented_rlm_class(cls: Any) -> Any:
     if kernel is not None:
         namespace.update(kernel.overrides(cls))
     namespace.update(__deepcopy__=__deepcopy__, __reduce_ex__=_reduce_to_base)
-    namespace.update({_BASE: cls, "__module__": cls.__module__, "__qualname__": cls.__qualname__})
+    namespace.update({BASE: cls, "__module__": cls.__module__, "__qualname__": cls.__qualname__})
     if _walks_the_stack(cls):
         namespace["__getattribute__"] = _getattribute_without_stack_walk
     return type(cls)(cls.__name__, (cls,), namespace)

@@ -14,7 +14,7 @@ from dspy.primitives.code_interpreter import CodeInterpreter
 if TYPE_CHECKING:
     pass
 
-from .detect import _calls, _Params, _unsupported
+from .detect import Params, method_calls, unsupported
 
 # -- building an RLM the same way on every version ------------------------------------------------------------
 
@@ -33,14 +33,14 @@ class RLMConstructor:
         params = inspect.signature(cls.__init__).parameters
         limit = next((name for name in ("max_iters", "max_iterations") if name in params), None)
         if limit is None:
-            raise _unsupported(cls, "__init__", "takes neither max_iters nor max_iterations")
+            raise unsupported(cls, "__init__", "takes neither max_iters nor max_iterations")
         self.limit: str = limit
         self.takes_factory = "interpreter_factory" in params
         if not self.takes_factory:
             if "interpreter" not in params:
-                raise _unsupported(cls, "__init__", "takes neither interpreter_factory nor interpreter")
-            _Params(cls, "_interpreter_context", ("execution_tools",))
-            _Params(cls, "_inject_execution_context", ("interpreter", "execution_tools"))
+                raise unsupported(cls, "__init__", "takes neither interpreter_factory nor interpreter")
+            Params(cls, "_interpreter_context", ("execution_tools",))
+            Params(cls, "_inject_execution_context", ("interpreter", "execution_tools"))
         # 3.1.2 takes {name: function}; 3.1.3+ take a list of functions or dspy.Tool (normalised by _normalize_tools).
         self.tools_as_dict = not callable(getattr(cls, "_normalize_tools", None))
 
@@ -123,7 +123,7 @@ def batched_queries_keep_context(cls: Any) -> bool:
     the rlm-events run, so their sub-LM calls cannot be attributed to the run (a DSPy limitation we do not patch
     around: the executor is module-global in DSPy, and patching it would change RLMs we do not instrument).
     """
-    return _calls(cls, "_make_llm_tools", "copy_context") is not False
+    return method_calls(cls, "_make_llm_tools", "copy_context") is not False
 
 
 def iteration_limit(rlm: Any) -> int | None:

@@ -18,15 +18,15 @@ if TYPE_CHECKING:
     pass
 
 
-_ATTR = "_rlm_events"
-_BASE = "__rlm_events_base__"
-_NO_RESULT: Any = object()
+ATTR = "_rlm_events"
+BASE = "__rlm_events_base__"
+NO_RESULT: Any = object()
 
 
 # -- version adapters -----------------------------------------------------------------------------------------
 
 
-class _Params:
+class Params:
     """The parameters of one private method, to bind the arguments of a call to it by name and call it again.
 
     A seam binds the loop's call once (:meth:`bind`), reads and replaces arguments in that dict, and calls the
@@ -52,7 +52,7 @@ class _Params:
         if named is None or outer_names != names[: len(outer_names)]:
             declared = {p.name for p in outer}
             missing = [n for n in required if n not in declared] or [n for n in outer_names if n not in required]
-            raise _unsupported(cls, method, f"has no parameter {', '.join(missing)}")
+            raise unsupported(cls, method, f"has no parameter {', '.join(missing)}")
         # The names positional arguments bind to, in order (up to *args or the keyword-only ones).
         self.names = names
         keywords = {p.name for p in outer if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
@@ -62,7 +62,7 @@ class _Params:
             and not any(p.kind is p.VAR_POSITIONAL for p in outer)
             and len(outer_names) < len(self.names)
         ):
-            raise _unsupported(cls, method, f"does not accept {', '.join(self.names[len(outer_names) :])}")
+            raise unsupported(cls, method, f"does not accept {', '.join(self.names[len(outer_names) :])}")
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """The call's arguments by name, to :meth:`call` the method with."""
@@ -99,12 +99,12 @@ def _declares(params: list[inspect.Parameter], names: tuple[str, ...], *, positi
 def _definitions(cls: type, method: str) -> Iterator[Any]:
     """``method`` as each class of ``cls``'s MRO defines it, outermost first."""
     for klass in cls.__mro__:
-        fn = klass.__dict__.get(method, _NO_RESULT)
-        if fn is not _NO_RESULT:
+        fn = klass.__dict__.get(method, NO_RESULT)
+        if fn is not NO_RESULT:
             yield fn
 
 
-def _owner(cls: type, method: str) -> type:
+def owner_of(cls: type, method: str) -> type:
     """The class whose definition of ``method`` ``cls`` uses."""
     return next((k for k in cls.__mro__ if method in k.__dict__), cls)
 
@@ -113,9 +113,9 @@ def _is_dspys(klass: type) -> bool:
     return klass.__module__ == "dspy" or klass.__module__.startswith("dspy.")
 
 
-def _unsupported(cls: type, method: str, piece: str) -> UnsupportedDSPyError:
+def unsupported(cls: type, method: str, piece: str) -> UnsupportedDSPyError:
     """The error for a loop rlm-events cannot fit: DSPy's own class changed, or a subclass's override differs."""
-    owner = _owner(cls, method)
+    owner = owner_of(cls, method)
     if _is_dspys(owner):
         return UnsupportedDSPyError(
             f"rlm-events cannot instrument {cls.__qualname__} on DSPy {dspy.__version__}: {owner.__name__}.{method}() "
@@ -127,7 +127,7 @@ def _unsupported(cls: type, method: str, piece: str) -> UnsupportedDSPyError:
     )
 
 
-class _Seams:
+class Seams:
     """What one RLM class's loop looks like, detected from its methods' signatures and source."""
 
     _REQUIRED = (
@@ -145,27 +145,27 @@ class _Seams:
         self.cls = cls  # the class whose methods do the work
         for name in self._REQUIRED:
             if not callable(getattr(cls, name, None)):
-                raise _unsupported(cls, name, "is missing")
+                raise unsupported(cls, name, "is missing")
         loop_args = ("repl", "variables", "history", "iteration", "input_args", "output_field_names")
-        self.iteration = _Params(cls, "_execute_iteration", loop_args)
-        self.aiteration = _Params(cls, "_aexecute_iteration", loop_args)
+        self.iteration = Params(cls, "_execute_iteration", loop_args)
+        self.aiteration = Params(cls, "_aexecute_iteration", loop_args)
         # 3.2+ pass the stripped code explicitly; 3.1 records pred.code.
         self.result_takes_code = any(
             _declares(_parameters(fn), ("code",)) for fn in _definitions(cls, "_process_execution_result")
         )
-        self.result = _Params(
+        self.result = Params(
             cls, "_process_execution_result", ("pred", "result", "history", *(("code",) * self.result_takes_code))
         )
-        self.extract = _Params(cls, "_extract_fallback", ("variables", "history", "output_field_names"))
-        self.aextract = _Params(cls, "_aextract_fallback", ("variables", "history", "output_field_names"))
+        self.extract = Params(cls, "_extract_fallback", ("variables", "history", "output_field_names"))
+        self.aextract = Params(cls, "_aextract_fallback", ("variables", "history", "output_field_names"))
         # 3.2+ route execution through _execute_code; 3.1 calls repl.execute inline, so we wrap the REPL.
         self.has_execute_code = callable(getattr(cls, "_execute_code", None)) and all(
-            _calls(cls, method, "self._execute_code(") is not False
+            method_calls(cls, method, "self._execute_code(") is not False
             for method in ("_execute_iteration", "_aexecute_iteration")
         )
         # The persistent prelude runs first, on its own, through the REPL given to _execute_code (3.2+) or
         # repl.execute (3.1): see _patch.prelude.
-        self.execute = _Params(cls, "_execute_code", ("repl", "code", "input_args")) if self.has_execute_code else None
+        self.execute = Params(cls, "_execute_code", ("repl", "code", "input_args")) if self.has_execute_code else None
         # Options of the call itself, never input args: 3.3's positional-only caller-owned interpreter is passed in
         # *args (a keyword of that name is an input), 3.4's keyword-only interpreter_factory in **kwargs.
         self.call_options = frozenset(
@@ -210,7 +210,7 @@ class _Seams:
         for method, calls in required.items():
             missing = [alternatives[0] for alternatives in calls if _calls_any(cls, method, alternatives) is False]
             if missing:
-                raise _unsupported(cls, method, f"does not call {', '.join(c + '...)' for c in missing)}")
+                raise unsupported(cls, method, f"does not call {', '.join(c + '...)' for c in missing)}")
 
 
 def _source(fn: Any) -> str | None:
@@ -230,7 +230,7 @@ def _chain_sources(cls: type, method: str) -> Iterator[str | None]:
             return
 
 
-def _calls(cls: type, method: str, call: str) -> bool | None:
+def method_calls(cls: type, method: str, call: str) -> bool | None:
     """Whether running ``cls``'s ``method`` makes ``call`` (by its source); ``None`` when a source is missing."""
     return _calls_any(cls, method, (call,))
 

@@ -2,7 +2,7 @@
 
 DSPy's ``RLM._extract_fallback`` (and its async twin) logs that line, then asks ``self.extract`` for the outputs.
 When a budget or a middleware stopped the run, the line is wrong: rlm-events logs one line of its own instead (who
-stopped the run, after which iteration: :meth:`~rlm_events._patch.call._Call.announce_stop`) and runs the same
+stopped the run, after which iteration: :meth:`~rlm_events._patch.call.Call.announce_stop`) and runs the same
 extraction without DSPy's line. Only DSPy's own definitions are replaced so, and PredictRLM's
 ``_aextract_fallback_for_run`` around them. Every release from 3.1.2 to 3.4.1 defines DSPy's alike;
 ``tests/test_stop_reason.py`` checks on each that both give the same prediction from the same LM call, and
@@ -18,7 +18,7 @@ from typing import Any
 import dspy
 from dspy import Prediction
 
-from .detect import _owner
+from .detect import owner_of
 
 _DSPY_EXTRACT = dspy.RLM._extract_fallback
 _DSPY_AEXTRACT = dspy.RLM._aextract_fallback
@@ -73,7 +73,7 @@ def stop_extracts(cls: Any, extract_name: str, aextract_name: str) -> tuple[Call
         )
     # PredictRLM's own wrappers, none overridden: one class of predict-rlm defines all three. Only the async one
     # can follow a stop: its sync loop (a subclass's legacy _forward_traced) has no post_iteration seam.
-    owners = {_owner(cls, name) if callable(getattr(cls, name, None)) else None for name in _RUN_METHODS}
+    owners = {owner_of(cls, name) if callable(getattr(cls, name, None)) else None for name in _RUN_METHODS}
     owner = owners.pop() if len(owners) == 1 else None
     if owner is not None and owner.__module__.partition(".")[0] == "predict_rlm":
         return extract, _arun_extract

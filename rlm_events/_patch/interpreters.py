@@ -5,7 +5,7 @@
   to the LM). :data:`CodeInterpreterError` ends the call on 3.3+.
 * :func:`interpreter_class`: the class of the interpreters an RLM creates, told without creating one (read from
   the RLM's private ``_interpreter_factory`` (3.3+), ``_interpreter`` (3.1/3.2), or the per-call factory
-  :func:`rlm_events.testing.build_rlm` sets before 3.3).
+  :func:`rlm_events.build.build_rlm` sets before 3.3); :func:`runs_pyodide` on top of it.
 * :func:`worker_started` and :func:`execute_without_callbacks`: ``dspy.LocalInterpreter``'s worker process (its
   private ``_process``) and its ``execute`` without the DSPy callback wrapper (``execute.__wrapped__``), so that an
   execution of rlm-events' own is recorded by no trace.
@@ -25,20 +25,24 @@ CodeInterpreterError = code_interpreter.CodeInterpreterError
 
 
 def interpreter_class(module: Any) -> type | None:
-    """The class of the interpreters ``module`` creates, when it can be told without creating one."""
-    per_call = module.__dict__.get("_interpreter_context")  # rlm_events.testing.build_rlm before DSPy 3.3
-    candidate: Any = getattr(per_call, "factory", None)
-    if candidate is None and "_interpreter_factory" in module.__dict__:
-        candidate = module.__dict__["_interpreter_factory"]
-        from dspy.primitives.python_interpreter import PythonInterpreter
+    """The class of the interpreters ``module`` creates, when it can be told without creating one.
 
+    The one place that reads where an RLM keeps its interpreter: the per-call factory
+    :func:`rlm_events.build.build_rlm` sets before DSPy 3.3, else ``_interpreter_factory`` (3.3+; unset means
+    ``dspy.settings.interpreter_factory``, else ``PythonInterpreter``, as DSPy resolves it), else the shared
+    ``_interpreter`` (3.1/3.2, and PredictRLM; ``None`` means ``PythonInterpreter``). ``None`` for a factory that is
+    a plain function (what it makes is unknown until it is called)."""
+    from dspy.primitives.python_interpreter import PythonInterpreter
+
+    attributes = vars(module) if hasattr(module, "__dict__") else {}
+    candidate: Any = getattr(attributes.get("_interpreter_context"), "factory", None)
+    if candidate is None and "_interpreter_factory" in attributes:
+        candidate = attributes["_interpreter_factory"]
         if candidate is None or candidate is PythonInterpreter:  # "unset": dspy.settings, else PythonInterpreter
             candidate = dspy.settings.get("interpreter_factory") or PythonInterpreter
-    elif candidate is None and "_interpreter" in module.__dict__:  # DSPy 3.1/3.2: one shared interpreter, or None
-        candidate = module.__dict__["_interpreter"]
+    elif candidate is None and "_interpreter" in attributes:  # DSPy 3.1/3.2: one shared interpreter, or None
+        candidate = attributes["_interpreter"]
         if candidate is None:
-            from dspy.primitives.python_interpreter import PythonInterpreter
-
             candidate = PythonInterpreter
     while isinstance(candidate, functools.partial):
         candidate = candidate.func
@@ -47,6 +51,15 @@ def interpreter_class(module: Any) -> type | None:
     if candidate is not None and hasattr(candidate, "execute") and not inspect.isroutine(candidate):
         return type(candidate)  # an interpreter instance
     return None
+
+
+def runs_pyodide(module: Any) -> bool:
+    """Whether ``module`` runs its code in DSPy's Deno/Pyodide ``PythonInterpreter`` (or a subclass), also when
+    that is the default it falls back to."""
+    from dspy.primitives.python_interpreter import PythonInterpreter
+
+    cls = interpreter_class(module)
+    return cls is not None and issubclass(cls, PythonInterpreter)
 
 
 def worker_started(repl: Any) -> bool:
@@ -62,4 +75,11 @@ def execute_without_callbacks(repl: Any, code: str, variables: dict[str, Any]) -
     return execute(repl, code, variables)
 
 
-__all__ = ["CodeInterpreterError", "ExecutionError", "execute_without_callbacks", "interpreter_class", "worker_started"]
+__all__ = [
+    "CodeInterpreterError",
+    "ExecutionError",
+    "execute_without_callbacks",
+    "interpreter_class",
+    "runs_pyodide",
+    "worker_started",
+]

@@ -41,8 +41,8 @@ from typing import Any
 
 from ..context import PostExecutionContext, PreExecutionContext
 from ..stages import Stage
-from .call import _current
-from .detect import _calls, _Params, _unsupported
+from .call import current_call
+from .detect import Params, method_calls, unsupported
 from .prelude import PreludeREPL
 
 KERNEL = (
@@ -57,7 +57,7 @@ _EXTRACT_ARGS = ("variables", "history", "output_field_names")
 
 class KernelSeams:
     """What a PredictRLM-shaped class's loop looks like: the attributes the shared seams read from
-    :class:`~rlm_events._patch.detect._Seams`, and the overrides of its own seams (:meth:`overrides`)."""
+    :class:`~rlm_events._patch.detect.Seams`, and the overrides of its own seams (:meth:`overrides`)."""
 
     has_execute_code = True  # no REPL stand-in: execution is its own seam
     result_takes_code = True
@@ -67,21 +67,21 @@ class KernelSeams:
         self.cls = cls
         for name in (*KERNEL, "forward", "aforward", "_aexecute_iteration", "_prepare_execution_tools"):
             if not callable(getattr(cls, name, None)):
-                raise _unsupported(cls, name, "is missing")
-        self.aiteration = _Params(cls, "_aexecute_iteration", _LOOP_ARGS)
+                raise unsupported(cls, name, "is missing")
+        self.aiteration = Params(cls, "_aexecute_iteration", _LOOP_ARGS)
         self.iteration = self.aiteration
-        self.extract = _Params(cls, "_extract_fallback_for_run", _EXTRACT_ARGS)
-        self.aextract = _Params(cls, "_aextract_fallback_for_run", _EXTRACT_ARGS)
-        self.code = _Params(cls, "_aexecute_iteration_code", ("repl", "code", "input_args"))
-        self.complete = _Params(cls, "_complete_iteration_execution", ("pred", "code", "result", "history"))
-        self.prepare = _Params(cls, "_prepare_iteration_execution", ("pred",))
+        self.extract = Params(cls, "_extract_fallback_for_run", _EXTRACT_ARGS)
+        self.aextract = Params(cls, "_aextract_fallback_for_run", _EXTRACT_ARGS)
+        self.code = Params(cls, "_aexecute_iteration_code", ("repl", "code", "input_args"))
+        self.complete = Params(cls, "_complete_iteration_execution", ("pred", "code", "result", "history"))
+        self.prepare = Params(cls, "_prepare_iteration_execution", ("pred",))
         # The steps that read an iteration's final prediction, where it has them (see overrides)
         self.confirm = _optional(cls, "_maybe_request_submit_confirmation", ("prediction",))
         self.outcome = _optional(cls, "_build_iteration_outcome", ("result", "history"))
         self.trace = _optional(cls, "_build_run_trace", ("status",))
         for call in (f"self.{name}(" for name in KERNEL[1:]):
-            if _calls(cls, "_aexecute_iteration", call) is False:
-                raise _unsupported(cls, "_aexecute_iteration", f"does not call {call}...)")
+            if method_calls(cls, "_aexecute_iteration", call) is False:
+                raise unsupported(cls, "_aexecute_iteration", f"does not call {call}...)")
         self.call_options: frozenset[str] = frozenset()  # forward(**inputs): every keyword is an input
 
     @staticmethod
@@ -93,14 +93,14 @@ class KernelSeams:
         code_params, complete_params, prepare_params = self.code, self.complete, self.prepare
 
         def _prepare_iteration_execution(self: Any, *args: Any, **kwargs: Any) -> Any:
-            call = _current(self)
+            call = current_call(self)
             frame = call.frame if call is not None else None
             if frame is not None and frame.action is None:
                 frame.action = prepare_params.bind(args, kwargs)["pred"]
             return cls._prepare_iteration_execution(self, *args, **kwargs)
 
         async def _aexecute_iteration_code(self: Any, *args: Any, **kwargs: Any) -> Any:
-            call = _current(self)
+            call = current_call(self)
             frame = call.frame if call is not None else None
             if frame is None:
                 return await cls._aexecute_iteration_code(self, *args, **kwargs)
@@ -137,7 +137,7 @@ class KernelSeams:
             return result
 
         def _complete_iteration_execution(self: Any, *args: Any, **kwargs: Any) -> Any:
-            call = _current(self)
+            call = current_call(self)
             frame = call.frame if call is not None else None
             if frame is None or not frame.code:
                 return cls._complete_iteration_execution(self, *args, **kwargs)
@@ -147,7 +147,7 @@ class KernelSeams:
 
         def _begin_action_generation(self: Any, *args: Any, **kwargs: Any) -> Any:
             begun = cls._begin_action_generation(self, *args, **kwargs)
-            call = _current(self)
+            call = current_call(self)
             frame = call.frame if call is not None else None
             if frame is not None and frame.prompt and isinstance(begun, tuple) and begun:
                 # (variables_info, start time): pre_iteration's prompt_context after the variables' descriptions
@@ -162,14 +162,14 @@ class KernelSeams:
         trace_params = self.trace
 
         def _maybe_request_submit_confirmation(self: Any, *args: Any, **kwargs: Any) -> Any:
-            call = _current(self)
+            call = current_call(self)
             ours = call.ours if call is not None else None
             if ours is not None and confirm_params.bind(args, kwargs)["prediction"] is ours[0]:  # type: ignore[union-attr]
                 return None
             return cls._maybe_request_submit_confirmation(self, *args, **kwargs)
 
         def _build_iteration_outcome(self: Any, *args: Any, **kwargs: Any) -> Any:
-            call = _current(self)
+            call = current_call(self)
             if call is None or call.ours is None:
                 return cls._build_iteration_outcome(self, *args, **kwargs)
             bound = outcome_params.bind(args, kwargs)  # type: ignore[union-attr]
@@ -181,7 +181,7 @@ class KernelSeams:
             return step, True
 
         def _build_run_trace(self: Any, *args: Any, **kwargs: Any) -> Any:
-            call = _current(self)
+            call = current_call(self)
             if call is None or call.stopped_by is None or call.ours is None:
                 return cls._build_run_trace(self, *args, **kwargs)
             bound = trace_params.bind(args, kwargs)  # type: ignore[union-attr]
@@ -208,8 +208,8 @@ class KernelSeams:
         return overrides
 
 
-def _optional(cls: Any, method: str, required: tuple[str, ...]) -> _Params | None:
-    return _Params(cls, method, required) if callable(getattr(cls, method, None)) else None
+def _optional(cls: Any, method: str, required: tuple[str, ...]) -> Params | None:
+    return Params(cls, method, required) if callable(getattr(cls, method, None)) else None
 
 
 def own_lms(module: Any) -> list[Any]:

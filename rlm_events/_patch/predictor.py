@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .call import _CURRENT, _Call, _Frame
+from .call import CURRENT, Call
+from .frame import Frame
 
 
-class _Acting:
+class Acting:
     """``generate_action`` as the loop sees it until the iteration's action is in: calls go to the real predictor
     (``__call__`` / ``forward`` in sync loops, ``acall`` / ``aforward`` in async ones), then record the action and
     fire pre_execution on it. Everything else, and any error, is the predictor's own: a loop that works bare works
@@ -17,7 +18,7 @@ class _Acting:
 
     __slots__ = ("_call", "_frame", "_predictor")
 
-    def __init__(self, predictor: Any, call: _Call, frame: _Frame) -> None:
+    def __init__(self, predictor: Any, call: Call, frame: Frame) -> None:
         self._predictor, self._call, self._frame = predictor, call, frame
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -67,9 +68,9 @@ class _Acting:
         return repr(self._predictor)
 
 
-class _ActionSeam:
+class ActionSeam:
     """``generate_action`` of an instrumented RLM class: a data descriptor over the instance's own attribute, so
-    that reading it during an iteration yields the :class:`_Acting` stand-in, while assigning, deleting and every
+    that reading it during an iteration yields the :class:`Acting` stand-in, while assigning, deleting and every
     other read (``named_predictors``, pickling, copies) see the real predictor in the instance's ``__dict__``."""
 
     def __get__(self, rlm: Any, owner: Any = None) -> Any:
@@ -79,13 +80,13 @@ class _ActionSeam:
             predictor = rlm.__dict__["generate_action"]
         except KeyError:
             raise AttributeError(f"'{type(rlm).__name__}' object has no attribute 'generate_action'") from None
-        call = _CURRENT.get()
+        call = CURRENT.get()
         frame = call.frame if call is not None and call.module is rlm else None
         if frame is None or frame.action is not None:
             return predictor
         stand_in = frame.stand_in
         if stand_in is None or stand_in._predictor is not predictor:  # DSPy reads it twice per iteration
-            stand_in = frame.stand_in = _Acting(predictor, call, frame)  # type: ignore[arg-type]
+            stand_in = frame.stand_in = Acting(predictor, call, frame)  # type: ignore[arg-type]
         return stand_in
 
     def __set__(self, rlm: Any, value: Any) -> None:

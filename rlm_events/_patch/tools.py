@@ -10,7 +10,7 @@ from typing import Any
 from middleware import is_async_callable
 
 from ..context import ToolCallContext
-from .call import _Call
+from .call import Call
 
 TOOL_ATTR = "__rlm_events_tool__"  # on a wrapper: the tool it calls
 
@@ -20,7 +20,7 @@ def raw_tool(fn: Any) -> Any:
     return fn.__dict__.get(TOOL_ATTR, fn) if hasattr(fn, "__dict__") else fn
 
 
-def wrap_tool(call: _Call, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+def wrap_tool(call: Call, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` as the code of ``call`` calls it: through the ``tool_call`` stage (sync or async, as ``fn`` is)."""
     plan, module = call.plan, call.module
 

@@ -22,34 +22,14 @@ Speculate          run_start,          makes the sub-LLM and pure tool calls the
 =================  ==================  ====================================================================
 """
 
-from typing import TYPE_CHECKING, Any
-
-from ._base import Builtin, ToolDenied
+from ..builtin import Builtin, ToolDenied
+from ..guard import CodeGuard, GuardPolicy, Violation
+from ..speculate import Speculate, SpeculateStats
 from .budget import Budget
 from .cache import ToolCacheState, ToolCallCache
 from .retry import RetryHint
 from .trim import HistoryTrimmer, TrimStats
 from .usage import Spend, UsageMeter, current_run
-
-if TYPE_CHECKING:
-    from ..guard import CodeGuard, GuardPolicy, Violation
-    from ..speculate import Speculate, SpeculateStats
-
-# Built-ins that live in packages of their own (which subclass Builtin, so they import this package): re-exported
-# here on first use, so either package can be imported first.
-_ELSEWHERE = {"CodeGuard": "rlm_events.guard", "GuardPolicy": "rlm_events.guard", "Violation": "rlm_events.guard"}
-_ELSEWHERE.update(Speculate="rlm_events.speculate", SpeculateStats="rlm_events.speculate")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _ELSEWHERE:
-        import importlib
-
-        value = getattr(importlib.import_module(_ELSEWHERE[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 __all__ = [
     "Budget",

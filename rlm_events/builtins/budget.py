@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..builtin import RLM_BUILTIN_TOOLS, Builtin, check_tool_names, denial_for
 from ..context import (
     PostIterationContext,
     Run,
@@ -20,13 +21,14 @@ from ..lm_usage import meter_run
 from ..pricing import register_prices
 from ..runtime import lms_of
 from ..stages import Stage
-from ._base import RLM_BUILTIN_TOOLS, Builtin, check_tool_names, denial_for
-from .usage import STATE_KEY, Spend, spend_of
+from .usage import Spend
 
 if TYPE_CHECKING:
     from ..instrumentation import Instrumentation
 
 logger = logging.getLogger("rlm_events")
+
+_STATE_KEY = "budget"  # where a run's Spend lives in run.state; read it only through Budget.spent()
 
 
 def _limit(name: str, value: Any, *, integer: bool) -> Any:
@@ -118,8 +120,10 @@ class Budget(Builtin):
 
     @staticmethod
     def spent(run: Run | StageContext) -> Spend | None:
-        """The :class:`Spend` of a run (or of a context's run); ``None`` if no Budget metered it."""
-        return spend_of(run.run if isinstance(run, StageContext) else run)
+        """The :class:`Spend` of a run (or of a context's run); ``None`` if no Budget metered it. Taps and other
+        built-ins read a Budget's per-run state only through this."""
+        spend = (run.run if isinstance(run, StageContext) else run).state.get(_STATE_KEY)
+        return spend if isinstance(spend, Spend) else None
 
     @staticmethod
     def installed(run: Run) -> list[Budget]:
@@ -165,9 +169,9 @@ class Budget(Builtin):
 
     def _ledger(self, run: Run) -> Spend:
         """This run's Spend; created (and its LMs metered) at run_start, or lazily if run_start was skipped."""
-        spend = spend_of(run)
+        spend = Budget.spent(run)
         if spend is None:
-            spend = run.state.setdefault(STATE_KEY, Spend())
+            spend = run.state.setdefault(_STATE_KEY, Spend())
             meter_run(run, spend)  # the run's one Usage: traces and spans report the same counts
         return spend
 

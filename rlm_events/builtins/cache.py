@@ -9,14 +9,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..builtin import Builtin, ToolDenied, check_tool_names
 from ..context import ToolCallContext
 from ..stages import Stage
-from ._base import Builtin, ToolDenied, check_tool_names
 
 if TYPE_CHECKING:
     from ..instrumentation import Instrumentation
 
-STATE_KEY = "tool_cache"
+_STATE_KEY = "tool_cache"  # where a run's ToolCacheState lives in run.state (documented, read by no other module)
 
 
 @dataclass
@@ -64,7 +64,7 @@ class ToolCallCache(Builtin):
         key = _key(ctx.name, ctx.args, ctx.kwargs)
         if key is None:  # arguments that have no stable identity: do not guess
             return next(ctx)
-        state = ctx.run.state.setdefault(STATE_KEY, ToolCacheState())
+        state = ctx.run.state.setdefault(_STATE_KEY, ToolCacheState())
         with state.lock:
             cached = key in state.results
             if cached:

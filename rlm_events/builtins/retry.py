@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 from .._ast import bound_names, class_members, parse
+from ..builtin import RLM_BUILTIN_TOOLS, Builtin
 from ..context import PostExecutionContext
 from ..stages import Stage
-from ._base import RLM_BUILTIN_TOOLS, Builtin
 
 logger = logging.getLogger("rlm_events")
 

@@ -7,12 +7,12 @@ from typing import Any, ClassVar, Literal
 
 from dspy.primitives.repl_types import REPLEntry, REPLHistory
 
+from ..builtin import Builtin
 from ..context import PreIterationContext
 from ..stages import Stage
-from ._base import Builtin
 
 Mode = Literal["preview", "drop"]
-STATE_KEY = "history_trimmer"
+_STATE_KEY = "history_trimmer"  # where a run's TrimStats live in run.state (documented, read by no other module)
 _MARK = "[HistoryTrimmer:"  # every marker starts so: a trimmed output is recognised and never trimmed again
 
 
@@ -53,7 +53,7 @@ class HistoryTrimmer(Builtin):
     def __call__(self, ctx: Any, next: Any) -> Any:
         if not isinstance(ctx, PreIterationContext):
             raise self._wrong_stage(ctx)
-        ctx.history = self.trim(ctx.history, stats=ctx.run.state.setdefault(STATE_KEY, TrimStats()))
+        ctx.history = self.trim(ctx.history, stats=ctx.run.state.setdefault(_STATE_KEY, TrimStats()))
         return next(ctx)
 
     def trim(self, history: REPLHistory, *, stats: TrimStats | None = None) -> REPLHistory:

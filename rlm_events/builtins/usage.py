@@ -9,11 +9,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from ..context import Run
 from ..lm_usage import METER, Usage, UsageMeter, meter_lm
 from ..runtime import current_run, lms_of
 
-STATE_KEY = "budget"
 _LOCK = threading.Lock()  # guards the tool counters; contention is one increment per tool call
 
 
@@ -86,10 +84,4 @@ class Spend(Usage):
             self.denied_tool_calls[name] = self.denied_tool_calls.get(name, 0) + 1
 
 
-def spend_of(run: Run) -> Spend | None:
-    """The :class:`Spend` of ``run``, if a Budget is metering it."""
-    spend = run.state.get(STATE_KEY)
-    return spend if isinstance(spend, Spend) else None
-
-
-__all__ = ["METER", "Spend", "UsageMeter", "current_run", "lms_of", "meter_lm", "spend_of"]
+__all__ = ["METER", "Spend", "UsageMeter", "current_run", "lms_of", "meter_lm"]

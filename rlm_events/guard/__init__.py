@@ -18,7 +18,7 @@ pass over the tree), and ``_hints`` (what to do instead).
 """
 
 from ._grammar import HOST_PYTHON, PYODIDE_PYTHON, interpreter_python
-from ._middleware import CodeGuard, refusal
+from ._middleware import CodeGuard, Refusal, refusal
 from ._policy import GuardPolicy, imports_of
 from ._violation import Violation, ViolationKind
 
@@ -27,6 +27,7 @@ __all__ = [
     "PYODIDE_PYTHON",
     "CodeGuard",
     "GuardPolicy",
+    "Refusal",
     "Violation",
     "ViolationKind",
     "imports_of",

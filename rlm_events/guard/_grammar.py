@@ -4,10 +4,10 @@ with that Python's grammar (:func:`parse_code`), refusing what the guard cannot 
 from __future__ import annotations
 
 import ast
-import functools
 import sys
 from typing import Any
 
+from ..runtime import runs_pyodide
 from ._violation import Violation
 
 HOST_PYTHON: tuple[int, int] = (sys.version_info[0], sys.version_info[1])
@@ -49,30 +49,7 @@ def parse_code(code: str, target: tuple[int, int] | None) -> tuple[ast.Module | 
 def interpreter_python(rlm: Any) -> tuple[int, int] | None:
     """The Python version of the interpreter ``rlm`` runs code in, when the guard can tell: :data:`PYODIDE_PYTHON`
     for DSPy's Deno/Pyodide ``PythonInterpreter`` (also when it is the default), else ``None`` (the guard's own)."""
-    try:
-        from dspy.primitives.python_interpreter import PythonInterpreter
-    except ImportError:  # pragma: no cover - every supported DSPy has it
-        return None
-    factory = getattr(rlm, "_interpreter_factory", None)  # DSPy 3.3+
-    if factory is None:
-        per_call = vars(rlm).get("_interpreter_context") if hasattr(rlm, "__dict__") else None
-        factory = getattr(per_call, "factory", None) or getattr(rlm, "interpreter", None)
-    if factory is None or factory is PythonInterpreter:
-        try:
-            from dspy.primitives.code_interpreter import resolve_interpreter_factory
-        except ImportError:  # before DSPy 3.3: no factory means the default PythonInterpreter
-            factory = PythonInterpreter
-        else:
-            try:
-                factory = resolve_interpreter_factory(factory)
-            except Exception:
-                return None
-    while isinstance(factory, functools.partial):
-        factory = factory.func
-    pyodide = isinstance(factory, PythonInterpreter) or (
-        isinstance(factory, type) and issubclass(factory, PythonInterpreter)
-    )
-    return PYODIDE_PYTHON if pyodide else None
+    return PYODIDE_PYTHON if runs_pyodide(rlm) else None
 
 
 __all__ = ["HOST_PYTHON", "NEWER_SYNTAX", "PYODIDE_PYTHON", "interpreter_python", "parse_code"]

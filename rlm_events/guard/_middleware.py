@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypedDict
 
-from ..builtins._base import Builtin
-from ..context import PreExecutionContext
+from ..builtin import Builtin
+from ..context import PreExecutionContext, Run, StageContext
 from ..stages import Stage
 from ._grammar import interpreter_python
 from ._policy import GuardPolicy, imports_of
 from ._violation import Violation
 
 MAX_LISTED = 5  # violations listed to the LM; more would only bury the first ones
+# Where a run's refusals, and what the steps the guard let run imported, live in run.state. Other modules read the
+# refusals only through CodeGuard.refusals(); the imports are the guard's own.
+_REFUSALS_KEY = "guard"
+_IMPORTS_KEY = "guard_imports"
+
+
+class Refusal(TypedDict):
+    """One step :class:`CodeGuard` refused: its iteration, its code, and what in it broke the policy."""
+
+    iteration: int | None
+    code: str
+    violations: list[Violation]
 
 
 class CodeGuard(Builtin):
@@ -23,7 +35,8 @@ class CodeGuard(Builtin):
     Guarantees: code with a violation is not executed: the iteration's result is an ``[Error] CodeGuard refused
     …`` text listing what was refused (line, construct), why, and what to do instead, which DSPy records in the
     history so the LM can rewrite the code in the next iteration. Each refusal is appended to
-    ``ctx.run.state["guard"]`` as ``{"iteration": int, "code": str, "violations": list[Violation]}``; what the steps
+    ``ctx.run.state["guard"]`` as a :class:`Refusal` ``{"iteration": int, "code": str, "violations":
+    list[Violation]}`` (read them with :meth:`CodeGuard.refusals`); what the steps
     it let run imported is kept in ``ctx.run.state["guard_imports"]`` and later steps are checked against it
     (``j.codecs`` after an earlier ``import json as j``; a bare ``html`` no step imported is a variable). Code the guard
     cannot parse is refused too (it cannot be checked), with the parser's message. The code is checked before the
@@ -55,6 +68,13 @@ class CodeGuard(Builtin):
         self.policy = policy
         self.infer_target = target_python == "auto" and policy.target_python is None
 
+    @staticmethod
+    def refusals(run: Run | StageContext) -> list[Refusal]:
+        """The steps the guard refused in a run (or in a context's run) so far, in order (``[]`` if none, or if no
+        CodeGuard checked it): how taps and other built-ins read the guard's per-run state. A new list each call."""
+        found = (run.run if isinstance(run, StageContext) else run).state.get(_REFUSALS_KEY)
+        return list(found) if isinstance(found, list) else []
+
     def __call__(self, ctx: Any, next: Any) -> Any:
         if not isinstance(ctx, PreExecutionContext):
             raise self._wrong_stage(ctx)
@@ -72,12 +92,11 @@ class CodeGuard(Builtin):
         shadowed = [*ctx.input_args, *(getattr(ctx.run.module, "tools", {}) or {})]
         target = interpreter_python(ctx.run.module) if self.infer_target else None
         # What the steps that ran imported: their names are modules in the REPL (`j` after `import json as j`).
-        imported: dict[str, str] = ctx.run.state.setdefault("guard_imports", {})
+        imported: dict[str, str] = ctx.run.state.setdefault(_IMPORTS_KEY, {})
         violations = self.policy.check(ctx.code, shadowed=shadowed, target_python=target, imported=imported)
         if violations:
-            ctx.run.state.setdefault("guard", []).append(
-                {"iteration": ctx.iteration, "code": ctx.code, "violations": violations}
-            )
+            refused: Refusal = {"iteration": ctx.iteration, "code": ctx.code, "violations": violations}
+            ctx.run.state.setdefault(_REFUSALS_KEY, []).append(refused)
             ctx.skip(refusal(violations, self.policy))
         else:
             imported.update(imports_of(ctx.code))
@@ -118,4 +137,4 @@ _SHOWN_MODULES = (
 )
 
 
-__all__ = ["MAX_LISTED", "CodeGuard", "refusal"]
+__all__ = ["MAX_LISTED", "CodeGuard", "Refusal", "refusal"]

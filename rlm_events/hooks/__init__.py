@@ -41,8 +41,9 @@ import dspy
 
 from ..instrumentation import instrumentation_of
 from ..stages import Stage
-from .adapters import _adapt, _check_hook, _hooks_on, _require_rlm
-from .kinds import _KINDS
+from ._adapters import adapt, check_hook, hooks_on, require_rlm
+from ._kinds import KINDS
+from ._ownership import instrument_for_api, owned, release
 from .outputs import (
     PostExecutionHook,
     PostExecutionOutput,
@@ -54,14 +55,13 @@ from .outputs import (
     PreIterationOutput,
     RLMHook,
 )
-from .ownership import _owned, instrument_for_api, release
 from .speculation import Spec, SpecTool, disable_rlm_speculation, enable_rlm_speculation, speculative
 from .tracing import (
-    _install_tap,
-    _new_mlflow_tap,
-    _uninstall_tap,
+    install_tap,
     mlflow_turned_on,
+    new_mlflow_tap,
     turned_off_by_environment,
+    uninstall_tap,
 )
 
 # -- public API -----------------------------------------------------------------------------------------------
@@ -131,39 +131,39 @@ def _enable(
     *,
     tracing: bool | None,
 ) -> None:
-    _require_rlm(rlm, function)
+    require_rlm(rlm, function)
     hooks = (pre_iteration_hook, pre_execution_hook, post_execution_hook, post_iteration_hook)
-    given = list(zip(_KINDS, hooks, strict=True))
+    given = list(zip(KINDS, hooks, strict=True))
     for kind, hook in given:
         if hook is not None:
-            _check_hook(kind, hook)
+            check_hook(kind, hook)
     if all(hook is None for _, hook in given):
         disable_rlm_hooks(rlm)
         return
     required = tracing is True
     traced = _traced(tracing)
     previous = instrumentation_of(rlm)
-    previous_hooks = list(_hooks_on(previous)) if previous is not None else []
+    previous_hooks = list(hooks_on(previous)) if previous is not None else []
     tap = next((mw.tap for mw in previous_hooks if mw.tap is not None), None)
-    new_tap = _new_mlflow_tap(required=required) if traced and tap is None else None  # ImportError before changes
+    new_tap = new_mlflow_tap(required=required) if traced and tap is None else None  # ImportError before changes
     dropped = tap if not traced else None
     events, owns = instrument_for_api(rlm)
     needs_variables = pre_execution_hook is not None or post_execution_hook is not None
     # The execution hooks are given the iteration's variables, which only pre_iteration sees: record them.
     new = [
-        (kind.stage, _adapt(kind, hook, owns))
+        (kind.stage, adapt(kind, hook, owns))
         for kind, hook in given
         if hook is not None or (kind.stage is Stage.PRE_ITERATION and needs_variables)
     ]
     if new_tap is not None:
-        tap = _install_tap(new_tap, events, required=required)
+        tap = install_tap(new_tap, events, required=required)
     if dropped is not None:
         tap = None
     for _, mw in new:
         mw.tap = tap
     events.replace(previous_hooks, new)  # one change: a call starting meanwhile has the old hooks or the new
     if dropped is not None:
-        _uninstall_tap(dropped, events)
+        uninstall_tap(dropped, events)
 
 
 def disable_rlm_hooks(rlm: dspy.RLM) -> None:
@@ -176,15 +176,15 @@ def disable_rlm_hooks(rlm: dspy.RLM) -> None:
     speculation were enabled and disabled. A no-op on an RLM without hooks. Raises ``TypeError`` if ``rlm`` is not a
     ``dspy.RLM``.
     """
-    _require_rlm(rlm, "disable_rlm_hooks")
+    require_rlm(rlm, "disable_rlm_hooks")
     events = instrumentation_of(rlm)
     if events is None:
         return
-    hooks = list(_hooks_on(events))
+    hooks = list(hooks_on(events))
     events.replace(hooks, [])
     for tap in {id(mw.tap): mw.tap for mw in hooks if mw.tap is not None}.values():
-        _uninstall_tap(tap, events)
-    release(rlm, events, _owned(events, hooks))
+        uninstall_tap(tap, events)
+    release(rlm, events, owned(events, hooks))
 
 
 __all__ = [

@@ -16,8 +16,8 @@ import dspy
 
 from ..instrumentation import instrumentation_of
 from ..speculate import Speculate
-from .adapters import _hooks_on
-from .ownership import _owned, instrument_for_api, release
+from ._adapters import hooks_on
+from ._ownership import instrument_for_api, owned, release
 
 
 class speculative:
@@ -106,7 +106,7 @@ def disable_rlm_speculation(rlm: dspy.RLM) -> None:
         return
     if isinstance(speculate, Speculate):
         speculate.uninstall(events)
-    release(rlm, events, _owned(events, list(_hooks_on(events))))
+    release(rlm, events, owned(events, list(hooks_on(events))))
 
 
 __all__ = ["Spec", "SpecTool", "disable_rlm_speculation", "enable_rlm_speculation", "speculative"]

@@ -103,7 +103,7 @@ def _dspy_autolog_on(mlflow: Any) -> bool:
 # -- the tap ----------------------------------------------------------------------------------------------------
 
 
-def _new_mlflow_tap(*, required: bool) -> Any:
+def new_mlflow_tap(*, required: bool) -> Any:
     """A new ``MlflowTap`` with 0.1.15's span names; ``None`` when MLflow or the tap cannot be imported, unless
     ``required`` (then ``ImportError``)."""
     if not _mlflow_importable():
@@ -113,24 +113,28 @@ def _new_mlflow_tap(*, required: bool) -> Any:
     try:
         return importlib.import_module(_MLFLOW_TAP_MODULE).MlflowTap(span_names=SPAN_NAMES)
     except ImportError as exc:
-        if required:
-            raise ImportError(f"{_MLFLOW_MISSING}: {exc}") from exc
-        logger.debug("rlm-events: hook spans not recorded in MLflow: %s", exc)
-        return None
+        return _untraced(exc, required=required)
 
 
-def _install_tap(tap: Any, events: Instrumentation, *, required: bool) -> Any:
+def install_tap(tap: Any, events: Instrumentation, *, required: bool) -> Any:
+    """Install the tap :func:`new_mlflow_tap` made on ``events``; the tap, or ``None`` when MLflow refuses it
+    (``ImportError`` instead when ``required``)."""
     try:
         tap.install(events)
     except ImportError as exc:  # e.g. an MLflow without the tracing API
-        if required:
-            raise ImportError(f"{_MLFLOW_MISSING}: {exc}") from exc
-        logger.debug("rlm-events: hook spans not recorded in MLflow: %s", exc)
-        return None
+        return _untraced(exc, required=required)
     return tap
 
 
-def _uninstall_tap(tap: Any, events: Instrumentation) -> None:
+def _untraced(exc: ImportError, *, required: bool) -> None:
+    """MLflow cannot trace the hooks: say so (``ImportError`` naming the extra when ``required``; else DEBUG)."""
+    if required:
+        raise ImportError(f"{_MLFLOW_MISSING}: {exc}") from exc
+    logger.debug("rlm-events: hook spans not recorded in MLflow: %s", exc)
+
+
+def uninstall_tap(tap: Any, events: Instrumentation) -> None:
+    """Remove a tap :func:`install_tap` installed from ``events``."""
     uninstall = getattr(tap, "uninstall", None)
     if callable(uninstall):
         uninstall(events)

@@ -10,14 +10,14 @@ from typing import Any
 _ITERATION = re.compile(r"(?:\[\[ ## iteration ## \]\]|<iteration>|\"iteration\"\s*:)\s*\"?\s*(\d+)\s*/\s*(\d+)")
 
 
-def _messages(prompt: Any, messages: Any) -> list[dict[str, Any]]:
+def request_messages(prompt: Any, messages: Any) -> list[dict[str, Any]]:
     """The request as a message list, the way DSPy renders a bare prompt."""
     if messages:
         return [m if isinstance(m, dict) else {"content": m} for m in messages]
     return [{"role": "user", "content": prompt if prompt is not None else ""}]
 
 
-def _request_sha256(messages: list[dict[str, Any]]) -> str:
+def request_sha256(messages: list[dict[str, Any]]) -> str:
     canonical = [[m.get("role"), m.get("content")] for m in messages]
     data = json.dumps(canonical, sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(data.encode("utf-8")).hexdigest()
@@ -32,18 +32,18 @@ def _text(message: dict[str, Any]) -> str:
     return "" if content is None else str(content)
 
 
-def _last_user_text(messages: list[dict[str, Any]]) -> str:
+def last_user_text(messages: list[dict[str, Any]]) -> str:
     for message in reversed(messages):
         if message.get("role", "user") == "user":
             return _text(message)
     return _text(messages[-1]) if messages else ""
 
 
-def _prompt_iteration(messages: list[dict[str, Any]]) -> int | None:
+def iteration_in_prompt(messages: list[dict[str, Any]]) -> int | None:
     """The ``N`` of ``iteration: N/M`` in an action prompt (the last occurrence: earlier ones are history)."""
-    found = _ITERATION.findall(_last_user_text(messages))
+    found = _ITERATION.findall(last_user_text(messages))
     return int(found[-1][0]) if found else None
 
 
-def _looks_like_extract(messages: list[dict[str, Any]]) -> bool:
+def looks_like_extract(messages: list[dict[str, Any]]) -> bool:
     return any("repl_history" in _text(m) for m in messages)

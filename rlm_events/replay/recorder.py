@@ -20,8 +20,9 @@ from ..lm_history import LMHistoryWatch, lms_of, module_label
 from ..runtime import iteration_limit
 from ..stages import Stage
 from ..taps._tool_tap import ToolAwareTap
-from ._requests import _last_user_text, _messages, _prompt_iteration, _request_sha256
-from .recording import LMCallKind, RecordedLMCall, RecordedToolCall, Recording, _jsonable
+from ._json import jsonable
+from ._requests import iteration_in_prompt, last_user_text, request_messages, request_sha256
+from .recording import LMCallKind, RecordedLMCall, RecordedToolCall, Recording
 
 logger = logging.getLogger("rlm_events.replay")
 
@@ -47,7 +48,7 @@ class _Pending:
 
     def __init__(self, ctx: RunStartContext) -> None:
         module = ctx.run.module
-        inputs, exact = _jsonable(dict(ctx.input_args))
+        inputs, exact = jsonable(dict(ctx.input_args))
         self.lock = threading.Lock()
         self.recording = Recording(
             run_id=ctx.run.id,
@@ -69,8 +70,8 @@ class _Pending:
 
     def add_lm_calls(self, entries: list[dict[str, Any]], stage: Stage, include_prompts: bool) -> None:
         for entry in entries:
-            messages = _messages(entry.get("prompt"), entry.get("messages"))
-            prompt_iteration = _prompt_iteration(messages)
+            messages = request_messages(entry.get("prompt"), entry.get("messages"))
+            prompt_iteration = iteration_in_prompt(messages)
             if prompt_iteration is not None:
                 kind: LMCallKind = "action"
                 expected = None if self.iteration is None else self.iteration + 1
@@ -81,10 +82,10 @@ class _Pending:
                     )
             else:
                 kind = "extract" if stage is Stage.EXTRACT else "sub"
-            outputs, exact = _jsonable(list(entry.get("outputs") or []))
+            outputs, exact = jsonable(list(entry.get("outputs") or []))
             if not exact:
                 self.problem(f"LM call {len(self.recording.lm_calls)}: its outputs are not JSON")
-            usage, _ = _jsonable(dict(entry.get("usage") or {}))
+            usage, _ = jsonable(dict(entry.get("usage") or {}))
             cost = entry.get("cost")
             with self.lock:
                 self.recording.lm_calls.append(
@@ -93,8 +94,8 @@ class _Pending:
                         kind=kind,
                         prompt_iteration=prompt_iteration,
                         iteration=None if stage is Stage.EXTRACT else self.iteration,
-                        request_sha256=_request_sha256(messages),
-                        prompt=_last_user_text(messages) if kind == "sub" or include_prompts else None,
+                        request_sha256=request_sha256(messages),
+                        prompt=last_user_text(messages) if kind == "sub" or include_prompts else None,
                         outputs=outputs,
                         model=str(entry.get("model")) if entry.get("model") is not None else None,
                         usage=usage if isinstance(usage, dict) else {},
@@ -103,8 +104,8 @@ class _Pending:
                 )
 
     def start_tool_call(self, ctx: ToolCallContext) -> RecordedToolCall:
-        args, args_exact = _jsonable(list(ctx.args))
-        kwargs, kwargs_exact = _jsonable(dict(ctx.kwargs))
+        args, args_exact = jsonable(list(ctx.args))
+        kwargs, kwargs_exact = jsonable(dict(ctx.kwargs))
         with self.lock:
             call = RecordedToolCall(
                 index=len(self.recording.tool_calls),
@@ -132,13 +133,13 @@ class _Pending:
                 fields = {}
             trajectory = fields.pop("trajectory", None)
             fields.pop("final_reasoning", None)
-            outputs, exact = _jsonable(fields)
+            outputs, exact = jsonable(fields)
             recording.outputs = outputs if isinstance(outputs, dict) else {"value": outputs}
             if not exact:
                 self.problem("the outputs are not JSON; only their repr is recorded")
             if isinstance(trajectory, list):
                 self.history = trajectory
-        steps, _ = _jsonable(self.history)
+        steps, _ = jsonable(self.history)
         recording.trajectory = [s for s in steps if isinstance(s, dict)] if isinstance(steps, list) else []
         if recording.iterations and not any(c.kind == "action" for c in recording.lm_calls) and not self.overlapped:
             self.problem(
@@ -270,10 +271,10 @@ class Recorder(ToolAwareTap):
             if call is not None:
                 call.error_type = type(exc).__name__
                 call.error_message = _message(exc)
-                args, exact = _jsonable(list(exc.args))
+                args, exact = jsonable(list(exc.args))
                 call.error_args = args if exact and isinstance(args, list) else None
             raise
         if call is not None and pending is not None:
-            result, exact = _jsonable(ctx.result)
+            result, exact = jsonable(ctx.result)
             call.result, call.exact = result, call.exact and exact
         return ctx

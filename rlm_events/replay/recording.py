@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import RLMEventsError
 from ..lm_usage import usage_of
@@ -133,22 +133,3 @@ class Recording(BaseModel):
         """``(input_tokens, output_tokens, cost)`` of the recorded LM calls, read by the one usage parser
         (:mod:`rlm_events.lm_usage`) that Budget, JsonlTrace and the spans use."""
         return usage_of({"usage": call.usage, "cost": call.cost} for call in self.lm_calls)
-
-
-_ANY: TypeAdapter[Any] = TypeAdapter(Any)
-
-
-def _jsonable(value: Any) -> tuple[Any, bool]:
-    """``value`` as JSON-compatible data, and whether that is exact (False: only a repr could be kept)."""
-    try:
-        json.dumps(value)
-        return value, True
-    except (TypeError, ValueError):
-        pass
-    try:
-        return _ANY.dump_python(value, mode="json"), True  # pydantic models, dataclasses, datetimes, sets, …
-    except Exception:
-        try:
-            return {"__repr__": repr(value)}, False
-        except Exception:
-            return {"__repr__": f"<unrepresentable {type(value).__name__}>"}, False

@@ -9,7 +9,7 @@ from typing import Any
 
 import dspy
 
-from ._requests import _looks_like_extract, _messages, _prompt_iteration, _request_sha256
+from ._requests import iteration_in_prompt, looks_like_extract, request_messages, request_sha256
 from .recording import RecordedLMCall, Recording, ReplayExhaustedError
 
 # ReplayLM implements BaseLM.forward(), the interface every supported DSPy release (3.1 → 3.4) accepts; DSPy 3.4
@@ -72,15 +72,15 @@ class ReplayLM(dspy.BaseLM):
 
     def _pick(self, messages: list[dict[str, Any]]) -> tuple[RecordedLMCall | None, str]:
         unused = [c for c in self.recording.lm_calls if c.index not in self._used]
-        fingerprint = _request_sha256(messages)
+        fingerprint = request_sha256(messages)
         same = next((c for c in unused if c.request_sha256 == fingerprint), None)
         if same is not None:
             return same, "an identical request"
-        iteration = _prompt_iteration(messages)
+        iteration = iteration_in_prompt(messages)
         if iteration is not None:
             what = f"an action prompt for iteration {iteration}"
             return next((c for c in unused if c.kind == "action" and c.prompt_iteration == iteration), None), what
-        if _looks_like_extract(messages):
+        if looks_like_extract(messages):
             return next((c for c in unused if c.kind == "extract"), None), "an extract prompt"
         return next((c for c in unused if c.kind == "sub"), None), "a sub-LLM / other prompt"
 
@@ -97,7 +97,7 @@ class ReplayLM(dspy.BaseLM):
         )
 
     def forward(self, prompt: str | None = None, messages: list[dict[str, Any]] | None = None, **kwargs: Any) -> Any:
-        request = _messages(prompt, messages)
+        request = request_messages(prompt, messages)
         with self._lock:
             index = len(self.served)
             call, what = self._pick(request)

@@ -12,7 +12,8 @@ from typing import Any, Literal
 from ..context import ToolCallContext
 from ..installable import Installable, Registrations
 from ..stages import Stage
-from .recording import RecordedToolCall, Recording, ReplayExhaustedError, _jsonable
+from ._json import jsonable
+from .recording import RecordedToolCall, Recording, ReplayExhaustedError
 
 
 def _canonical(name: str, args: Any, kwargs: Any) -> str:
@@ -68,8 +69,8 @@ class ReplayTools(Installable):
             return sorted((c for q in self._queues.values() for c in q), key=lambda c: c.index)
 
     def _serve(self, ctx: ToolCallContext, next: Any) -> ToolCallContext:
-        args, _ = _jsonable(list(ctx.args))
-        kwargs, _ = _jsonable(dict(ctx.kwargs))
+        args, _ = jsonable(list(ctx.args))
+        kwargs, _ = jsonable(dict(ctx.kwargs))
         with self._lock:
             index = self.served
             self.served += 1

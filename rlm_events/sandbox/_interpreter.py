@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import inspect
 import json
 import keyword
 import os
-import queue
-import shutil
-import signal
-import subprocess
 import tempfile
 import threading
 import time
@@ -23,20 +18,19 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from dspy.primitives import code_interpreter as _ci
 
 from ..inprocess import takes_keywords_only
 from ..runtime import CodeInterpreterError, ExecutionError
 from . import _isolation
-from ._isolation import WORKER, PidsCgroup
+from ._process import Resources, Worker, WorkerLost, awaited, run_in_thread
 
 if TYPE_CHECKING:
     from . import Sandboxed
 
 STARTUP_TIMEOUT = 20.0
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 STATE_LOST = (
     "the interpreter restarts on the next execution, and its state (variables, imports, definitions) was lost; "
     "files in the working directory were kept"
@@ -44,203 +38,6 @@ STATE_LOST = (
 # Executions DSPy's RLM makes to set an interpreter up, replayed on a restarted worker: the sandbox dspy facade
 # (DSPy 3.4) is installed with this variable.
 _SETUP_VARIABLE = "__dspy_host_token"
-
-
-class _Lost(Exception):
-    """The worker is gone (or must go): ``str()`` says why, for the LM."""
-
-
-def _run_in_thread(function: Callable[[], Any]) -> Future[Any]:
-    outcome: Future[Any] = Future()
-
-    def run() -> None:
-        try:
-            outcome.set_result(function())
-        except BaseException as exc:
-            outcome.set_exception(exc)
-
-    context = contextvars.copy_context()
-    threading.Thread(target=context.run, args=(run,), daemon=True, name="rlm-events-sandbox-tool").start()
-    return outcome
-
-
-async def _awaited(awaitable: Any) -> Any:
-    return await awaitable
-
-
-def _remove_tree(path: str) -> None:
-    """Remove a scratch directory, whatever modes the code left on it (never following its symlinks)."""
-    for root, dirs, _files in os.walk(path):
-        for name in dirs:
-            child = os.path.join(root, name)
-            if not os.path.islink(child):
-                with contextlib.suppress(OSError):
-                    os.chmod(child, 0o700)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
-class _Worker:
-    """One sandboxed worker process and its pipes."""
-
-    def __init__(self, sandbox: Sandboxed, scratch: str) -> None:
-        self.sandbox = sandbox
-        self.responses: queue.Queue[bytes | BaseException | None] = queue.Queue()
-        self.send_lock = threading.Lock()
-        self.killed_by_host = False
-        processes = sandbox.max_processes
-        self.cgroup = PidsCgroup(processes) if sandbox._uses_cgroup and processes is not None else None
-        self.stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _release()
-        limits = {
-            "memory_bytes": None if sandbox.memory_mb is None else sandbox.memory_mb * 1024 * 1024,
-            "cpu_seconds": sandbox.cpu_seconds,
-            "max_processes": sandbox.max_processes,
-        }
-        command = [
-            *(self.cgroup.launcher() if self.cgroup else []),
-            *_isolation.bwrap_arguments(sandbox._bwrap, scratch, sandbox.hide, sandbox.python),
-            "--",
-            sandbox.python,
-            "-I",
-            str(WORKER),
-            json.dumps(limits),
-        ]
-        try:
-            self.process = subprocess.Popen(
-                command,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=self.stderr,
-                env=_isolation.sandbox_environment(scratch),
-                start_new_session=True,
-                close_fds=True,
-            )
-        except OSError as exc:
-            self._release()
-            raise CodeInterpreterError(f"Unable to start the sandbox: {exc}") from exc
-        threading.Thread(target=self._read, daemon=True, name="rlm-events-sandbox-reader").start()
-
-    def _read(self) -> None:
-        stream = self.process.stdout
-        assert stream is not None
-        with contextlib.suppress(OSError, ValueError):
-            while True:
-                line = stream.readline(MAX_MESSAGE_BYTES + 1)
-                if not line:
-                    break
-                if len(line) > MAX_MESSAGE_BYTES:
-                    self.responses.put(_Lost(f"sent a message over {MAX_MESSAGE_BYTES // 2**20} MiB"))
-                    return
-                self.responses.put(line)
-        self.responses.put(None)
-
-    def send(self, message: dict[str, Any]) -> None:
-        data = (json.dumps(message, separators=(",", ":"), allow_nan=False) + "\n").encode()
-        with self.send_lock:
-            stdin = self.process.stdin
-            assert stdin is not None
-            try:
-                stdin.write(data)
-                stdin.flush()
-            except (OSError, ValueError) as exc:
-                raise _Lost(self.death()) from exc
-
-    def receive(self, deadline: float | None) -> dict[str, Any]:
-        """The next message; raises _Lost (worker gone, bad message), TimeoutError, or what a tool thread raised."""
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            line = self.responses.get(timeout=timeout)
-        except queue.Empty:
-            raise TimeoutError from None
-        if line is None:
-            raise _Lost(self.death())
-        if isinstance(line, BaseException):
-            raise line
-        try:
-            message = json.loads(line)
-        except ValueError:
-            raise _Lost(f"broke the protocol (not JSON: {line[:200]!r})") from None
-        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-            raise _Lost(f"broke the protocol (not a message: {str(message)[:200]})")
-        return message
-
-    def death(self) -> str:
-        """Why the worker is gone, from its exit status (bwrap exits with 128 + N when signal N killed it)."""
-        if self.killed_by_host:
-            return "was stopped"
-        try:
-            status = self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            return "stopped answering"
-        signal_number = -status if status < 0 else status - 128 if status > 128 else 0
-        cpu = self.sandbox.cpu_seconds
-        if signal_number == signal.SIGXCPU:
-            return f"was killed by SIGXCPU: it used up its CPU time (cpu_seconds={cpu} per process)"
-        if signal_number == signal.SIGKILL:
-            return (
-                "was killed by SIGKILL (at its CPU-time hard limit"
-                + (f", cpu_seconds={cpu}+1" if cpu else "")
-                + ", or by the kernel's out-of-memory killer)"
-            )
-        if signal_number:
-            return f"was killed by {_signal_name(signal_number)}"
-        return f"exited with status {status}"
-
-    def startup_error(self) -> str:
-        with contextlib.suppress(OSError, ValueError):
-            self.stderr.seek(0)
-            text = self.stderr.read()[-2000:].decode(errors="replace").strip()
-            if text:
-                return text
-        return self.death()
-
-    def kill(self) -> None:
-        self.killed_by_host = True
-        with contextlib.suppress(OSError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(OSError):
-            self.process.kill()
-        if self.cgroup is not None:
-            self.cgroup.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=5)
-        for stream in (self.process.stdin, self.process.stdout):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
-        self._release()
-
-    def _release(self) -> None:
-        if self.cgroup is not None:
-            self.cgroup.remove()
-            self.cgroup = None
-        with contextlib.suppress(OSError):
-            self.stderr.close()
-
-
-class _Resources:
-    """What an interpreter holds outside Python: released by shutdown(), or when it is collected or Python exits."""
-
-    def __init__(self) -> None:
-        self.worker: _Worker | None = None
-        self.scratch: str | None = None
-
-    def drop_worker(self) -> None:
-        worker, self.worker = self.worker, None
-        if worker is not None:
-            worker.kill()
-
-    def close(self) -> None:
-        self.drop_worker()
-        scratch, self.scratch = self.scratch, None
-        if scratch is not None:
-            _remove_tree(scratch)
 
 
 class SandboxedInterpreter:
@@ -279,7 +76,7 @@ class SandboxedInterpreter:
         self.tools: dict[str, Callable[..., Any]] = dict(tools or {})
         self.output_fields = None if output_fields is None else [dict(field) for field in output_fields]
         self.restarts = 0
-        self._resources = _Resources()
+        self._resources = Resources()
         self._finalizer = weakref.finalize(self, self._resources.close)
         self._lock = threading.Lock()
         self._ended = False
@@ -312,7 +109,7 @@ class SandboxedInterpreter:
             base = None if self.sandbox.scratch is None else os.fspath(self.sandbox.scratch)
             self._resources.scratch = tempfile.mkdtemp(prefix="rlm-sandbox-", dir=base)
         try:
-            worker = _Worker(self.sandbox, self._resources.scratch)
+            worker = Worker(self.sandbox, self._resources.scratch)
         except _isolation.SandboxUnavailable as exc:  # its pids cgroup could not be made this time
             raise CodeInterpreterError(f"The sandboxed interpreter did not start: {exc}") from exc
         self._resources.worker = worker
@@ -323,7 +120,7 @@ class SandboxedInterpreter:
             raise CodeInterpreterError(
                 f"The sandboxed interpreter did not start within {STARTUP_TIMEOUT:g} s."
             ) from None
-        except _Lost:
+        except WorkerLost:
             error = worker.startup_error()
             self._resources.drop_worker()
             raise CodeInterpreterError(f"The sandboxed interpreter did not start: {error}") from None
@@ -416,7 +213,7 @@ class SandboxedInterpreter:
             )
             message = worker.receive(deadline)
             while message["type"] == "tool_request":
-                tool_calls.append(_run_in_thread(functools.partial(self._handle_tool, message, worker)))
+                tool_calls.append(run_in_thread(functools.partial(self._handle_tool, message, worker)))
                 message = worker.receive(deadline)
             for call in tool_calls:
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -426,7 +223,7 @@ class SandboxedInterpreter:
                     raise TimeoutError from None
             kind = message["type"]
             if kind == "terminal_error":
-                raise _Lost(f"failed: {message.get('error')}")
+                raise WorkerLost(f"failed: {message.get('error')}")
         except TimeoutError:
             self._lose()
             raise ExecutionError(
@@ -434,7 +231,7 @@ class SandboxedInterpreter:
                 + STATE_LOST
                 + "."
             ) from None
-        except _Lost as lost:
+        except WorkerLost as lost:
             self._lose()
             raise ExecutionError(f"The sandboxed interpreter {lost}; {STATE_LOST}.") from None
         except BaseException:  # e.g. KeyboardInterrupt in a tool: the worker still waits for its answer
@@ -456,7 +253,7 @@ class SandboxedInterpreter:
         self._resources.drop_worker()
         self._lost = True
 
-    def _handle_tool(self, request: dict[str, Any], worker: _Worker) -> None:
+    def _handle_tool(self, request: dict[str, Any], worker: Worker) -> None:
         request_id = request.get("id")
         try:
             name, args, kwargs = request.get("name"), request.get("args", []), request.get("kwargs", {})
@@ -470,7 +267,7 @@ class SandboxedInterpreter:
         except BaseException as exc:  # KeyboardInterrupt and the like reach the caller, as in LocalInterpreter
             worker.responses.put(exc)
             return
-        with contextlib.suppress(_Lost):
+        with contextlib.suppress(WorkerLost):
             if self._resources.worker is worker:
                 worker.send(response)
 
@@ -483,4 +280,4 @@ class SandboxedInterpreter:
             kwargs = dict(inspect.signature(tool).bind(*args, **kwargs).arguments)
             args = []
         result = tool(*args, **kwargs)
-        return asyncio.run(_awaited(result)) if inspect.isawaitable(result) else result
+        return asyncio.run(awaited(result)) if inspect.isawaitable(result) else result

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..builtins._base import RLM_BUILTIN_TOOLS
-from ..builtins.budget import Budget
+from ..builtin import RLM_BUILTIN_TOOLS
 from ..context import Run
 from .ledger import Dispatch
 
@@ -19,6 +18,8 @@ class BudgetGate:
     """The Budgets installed on ``run``'s instrumentation, and what the run has spent, for one dispatch pass."""
 
     def __init__(self, run: Run) -> None:
+        from ..builtins.budget import Budget  # rlm_events.builtins re-exports Speculate: imported when used
+
         self.budgets = Budget.installed(run)
         self.spend: Any = Budget.spent(run)
 

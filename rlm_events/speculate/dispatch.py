@@ -19,7 +19,7 @@ from concurrent.futures import CancelledError
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from ..builtins._base import RLM_BUILTIN_TOOLS
+from ..builtin import RLM_BUILTIN_TOOLS
 from ..context import Run, ToolCallContext
 from ..lm_usage import SPECULATION
 from . import repl as repl_io

@@ -17,9 +17,6 @@ from ..lm_usage import Usage, metered
 from .spans import end_span
 from .stats import SpeculateStats
 
-LIVE_KEY = "rlm_events.speculate:live"
-"""Where a run's :class:`Live` speculation is kept in ``run.state`` (internal to Speculate)."""
-
 
 class Dispatch:
     """One call made ahead: what it is, its future, and its own LM ledger."""
@@ -140,4 +137,4 @@ class Live:
         return expired
 
 
-__all__ = ["LIVE_KEY", "Dispatch", "Live"]
+__all__ = ["Dispatch", "Live"]

@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import dspy
 
 from .._ast import LIMITS, Limits, parse
-from ..builtins._base import Builtin
+from ..builtin import Builtin
 from ..context import (
     PostExecutionContext,
     PreExecutionContext,
     Run,
     RunEndContext,
     RunStartContext,
+    StageContext,
     ToolCallContext,
 )
 from ..lm_usage import meter_run
@@ -36,15 +37,20 @@ from ..runtime import interpreter_class
 from ..stages import Stage
 from . import repl as repl_io
 from .dispatch import LLM_TOOLS, claim, dispatch_calls
-from .ledger import LIVE_KEY, Live
+from .ledger import Live
 from .planner import plan_calls
 from .spans import tracer_for
-from .stats import STATE_KEY, SpeculateStats
+from .stats import SpeculateStats
 
 if TYPE_CHECKING:
     from ..instrumentation import Instrumentation
 
 logger = logging.getLogger("rlm_events")
+
+# Where a run's SpeculateStats and its live speculation (Live) are kept in run.state: the stats are read only through
+# Speculate.stats(), the live state only by Speculate itself.
+_STATS_KEY = "speculate"
+_LIVE_KEY = "rlm_events.speculate:live"
 
 
 class Speculate(Builtin):
@@ -86,7 +92,7 @@ class Speculate(Builtin):
       the dispatched call's exactly (as JSON: types, order and dict order included), and that call succeeded.
       Each dispatched call serves at most one real call. Anything else makes the real call.
     * **Accounting.** Calls made ahead run in the run's context: the one usage meter attributes their LM calls to
-      the run, so Budget, traces and spans count their tokens, claimed or not; ``run.state["speculate"]``
+      the run, so Budget, traces and spans count their tokens, claimed or not; :meth:`Speculate.stats`
       (:class:`SpeculateStats`) and the run's ``Usage`` (``speculative_*``, ``wasted_*``) say which were claimed
       and which wasted. A Budget whose limit is reached refuses dispatches; a per-tool cap refuses dispatches
       past it; a hard Budget reserves each sub-LLM dispatch as it reserves a real call, and refuses it when the
@@ -188,8 +194,8 @@ class Speculate(Builtin):
                 self._guarded(self._speculate, ctx)
             return ctx
         if isinstance(ctx, PostExecutionContext):
-            live = ctx.run.state.get(LIVE_KEY)
-            if isinstance(live, Live):
+            live = _live_of(ctx.run)
+            if live is not None:
                 self._guarded(live.expire)
             return next(ctx)
         if isinstance(ctx, RunStartContext):
@@ -208,17 +214,17 @@ class Speculate(Builtin):
             logger.warning("rlm-events: Speculate failed; the run goes on without it", exc_info=True)
 
     def _live(self, run: Run) -> Live:
-        live = run.state.get(LIVE_KEY)
-        if not isinstance(live, Live):
-            stats = run.state.setdefault(STATE_KEY, SpeculateStats())
-            live = run.state[LIVE_KEY] = Live(run, stats, self.max_in_flight)
+        live = _live_of(run)
+        if live is None:
+            stats = run.state.setdefault(_STATS_KEY, SpeculateStats())
+            live = run.state[_LIVE_KEY] = Live(run, stats, self.max_in_flight)
         return live
 
     @staticmethod
-    def stats(run: Run | Any) -> SpeculateStats | None:
-        """The :class:`SpeculateStats` of a run (or of a context's run)."""
-        state = getattr(getattr(run, "run", run), "state", {})
-        stats = state.get(STATE_KEY)
+    def stats(run: Run | StageContext) -> SpeculateStats | None:
+        """The :class:`SpeculateStats` of a run (or of a context's run); ``None`` if no Speculate ran in it. Taps
+        and other built-ins read Speculate's per-run state only through this."""
+        stats = (run.run if isinstance(run, StageContext) else run).state.get(_STATS_KEY)
         return stats if isinstance(stats, SpeculateStats) else None
 
     # -- pre_execution: plan and dispatch
@@ -286,16 +292,16 @@ class Speculate(Builtin):
         return reader
 
     def _tool_call(self, ctx: ToolCallContext, next: Any) -> Any:
-        live = ctx.run.state.get(LIVE_KEY)
-        if not isinstance(live, Live) or ctx.name not in self.speculable:
+        live = _live_of(ctx.run)
+        if live is None or ctx.name not in self.speculable:
             return next(ctx)
         return claim(live, ctx, next, self.timeout)
 
     # -- run_end
 
     def _finish(self, run: Run) -> None:
-        live = run.state.get(LIVE_KEY)
-        if not isinstance(live, Live):
+        live = _live_of(run)
+        if live is None:
             return
         live.expire()
         running = [d.future for d in live.all if d.future is not None and not d.future.done()]
@@ -325,6 +331,11 @@ class Speculate(Builtin):
 
 
 # -- helpers --------------------------------------------------------------------------------------------------
+
+
+def _live_of(run: Run) -> Live | None:
+    live = run.state.get(_LIVE_KEY)
+    return live if isinstance(live, Live) else None
 
 
 def _tool_name(item: Any) -> str:

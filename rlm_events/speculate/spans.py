@@ -1,11 +1,17 @@
 """The OpenTelemetry spans of calls made ahead: one per dispatched call, child of the span current when it was
-planned, ended when the call settles; and the mark on a claiming tool span. Nothing without OpenTelemetry."""
+planned, ended when the call settles; and the mark on a claiming tool span. Nothing without OpenTelemetry.
+
+They are started and made current through the OpenTelemetry backend the taps' span driver uses
+(:class:`~rlm_events.taps._otel_spans.OtelSpans`); they form no tree of their own (each nests where it was planned),
+so the driver's per-run tree is not needed."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from ..taps._otel_spans import OtelSpans
 
 if TYPE_CHECKING:
     from ..context import Run
@@ -14,28 +20,27 @@ if TYPE_CHECKING:
 logger = logging.getLogger("rlm_events")
 
 
-def tracer_for(provider: Any) -> Any:
+def tracer_for(provider: Any) -> OtelSpans | None:
+    """Speculate's spans on ``provider`` (the global provider, a proxy until one is set, if ``None``); ``None``
+    without OpenTelemetry."""
     try:
-        from opentelemetry import trace
+        return OtelSpans(provider, "rlm_events.speculate")
     except ImportError:
         return None
-    return (provider or trace).get_tracer("rlm_events.speculate")  # the global provider: a proxy until one is set
 
 
-def start_span(tracer: Any, dispatch: Dispatch, run: Run) -> Any:
+def start_span(spans: OtelSpans, dispatch: Dispatch, run: Run) -> Any:
     """A span for one call made ahead, child of the span current at pre_execution; ended when it settles, with
     ``rlm.speculate.outcome`` (claimed, wasted or cancelled) and the LM use it cost."""
+    attributes = {
+        "gen_ai.operation.name": "execute_tool",
+        "gen_ai.tool.name": dispatch.name,
+        "rlm.run.id": run.id,
+        "rlm.iteration": dispatch.iteration,
+        "rlm.speculative": True,
+    }
     try:
-        return tracer.start_span(
-            f"speculate {dispatch.name}",
-            attributes={
-                "gen_ai.operation.name": "execute_tool",
-                "gen_ai.tool.name": dispatch.name,
-                "rlm.run.id": run.id,
-                "rlm.iteration": dispatch.iteration,
-                "rlm.speculative": True,
-            },
-        )
+        return spans.start("tool", f"speculate {dispatch.name}", None, attributes)
     except Exception:
         logger.debug("rlm-events: Speculate could not start a span", exc_info=True)
         return None

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-STATE_KEY = "speculate"
-"""Where a run's :class:`SpeculateStats` live in ``run.state`` (read them with ``Speculate.stats(run)``)."""
-
 
 @dataclass
 class SpeculateStats:
-    """What speculation did in one run: ``ctx.run.state["speculate"]`` (final at ``run_end``).
+    """What speculation did in one run: ``Speculate.stats(run)`` (``ctx.run.state["speculate"]``; final at
+    ``run_end``).
 
     Every dispatched call ends as exactly one of ``claimed``, ``wasted`` or ``cancelled`` (it had not started when
     its real call came, or when the iteration ended: the real call was made instead, and it cost nothing);
@@ -51,4 +49,4 @@ class SpeculateStats:
         self.refused[reason] = self.refused.get(reason, 0) + 1
 
 
-__all__ = ["STATE_KEY", "SpeculateStats"]
+__all__ = ["SpeculateStats"]

@@ -47,112 +47,37 @@ Guarantees:
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-import dspy
-
-from ..context import (
-    ExtractContext,
-    PostExecutionContext,
-    PostIterationContext,
-    PreExecutionContext,
-    PreIterationContext,
-    RunEndContext,
-    RunStartContext,
-    StageContext,
-    ToolCallContext,
-)
-from ..installable import Registrations
+from .. import context
 from ..lm_history import module_label
-from ..lm_usage import Usage, meter_run
-from ..runtime import iteration_limit
-from ..stages import Stage
+from ..lm_usage import Usage
 from ._cost import cost_attributes
+from ._otel_spans import OtelSpans
+from ._span_tap import SpanTap, code_attributes, limit_attributes
+from ._spans import SpanTree, provider_of
 from ._stop import stop_reason
 from ._text import is_error_result, preview
-from ._tool_tap import LOOP_STAGES, ToolAwareTap
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span, TracerProvider
+    from opentelemetry.trace import TracerProvider
 
 logger = logging.getLogger("rlm_events.taps.otel")
 
 INSTRUMENTATION_NAME = "rlm_events"
 
 
-def _require_otel() -> Any:
-    try:
-        from opentelemetry import trace
-    except ImportError as exc:
-        raise ImportError(
-            "OpenTelemetryTap needs OpenTelemetry, from the optional extra 'otel': pip install 'rlm-events[otel]'"
-        ) from exc
-    return trace
+class _Notes:
+    """What the tap remembers of one call besides its spans."""
 
+    __slots__ = ("model", "stopped")
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-def _epoch_ns(moment: datetime) -> int:
-    """Nanoseconds since the epoch, in exact integer arithmetic (``timestamp() * 1e9`` rounds)."""
-    if moment.tzinfo is None:
-        moment = moment.astimezone()  # naive: local time, as datetime.timestamp() assumes
-    return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
-
-
-def _provider(model: str | None) -> str | None:
-    """``openai`` for ``openai/gpt-4o-mini`` (LiteLLM's provider prefix); ``None`` when the model has none."""
-    if model and "/" in model:
-        return model.split("/", 1)[0] or None
-    return None
-
-
-def _error_description(error: BaseException) -> str:
-    try:
-        message = str(error)
-    except Exception:
-        message = ""
-    return f"{type(error).__name__}: {message}" if message else type(error).__name__
-
-
-class _RunSpans:
-    """The open spans and LM usage of one call."""
-
-    __slots__ = (
-        "attached",
-        "iteration",
-        "iteration_mark",
-        "last_event_ns",
-        "model",
-        "run_span",
-        "step",
-        "step_kind",
-        "step_mark",
-        "stopped",
-        "usage",
-    )
-
-    def __init__(self, run_span: Span, model: str | None, usage: Usage) -> None:
-        self.run_span = run_span
+    def __init__(self, model: str | None) -> None:
         self.model = model
-        self.attached: list[tuple[Span, object]] = []  # spans made current in the call's context, innermost last
-        self.iteration: Span | None = None
-        self.step: Span | None = None  # the open generate_action or execute_code span
-        self.step_kind = ""
-        self.last_event_ns = time.time_ns()
-        self.usage = usage  # the run's one meter (rlm_events.lm_usage)
-        self.iteration_mark = self.step_mark = (usage.prompt_tokens, usage.completion_tokens)
         self.stopped = False  # a post_iteration had stop set
 
 
-def _totals(usage: Usage) -> tuple[int, int]:
-    return usage.prompt_tokens, usage.completion_tokens
-
-
-class OpenTelemetryTap(ToolAwareTap):
+class OpenTelemetryTap(SpanTap[_Notes]):
     """Emits OpenTelemetry spans for every call of the instrumented RLMs (see the module docstring).
 
     Args:
@@ -167,234 +92,84 @@ class OpenTelemetryTap(ToolAwareTap):
     def __init__(
         self, tracer_provider: TracerProvider | None = None, *, capture_content: bool = False, max_chars: int = 4000
     ) -> None:
-        trace = _require_otel()
-        from opentelemetry import context as otel_context
-        from opentelemetry.trace import SpanKind, Status, StatusCode
-
         from .. import __version__
 
-        self._trace, self._context = trace, otel_context
-        self._Status, self._StatusCode, self._SpanKind = Status, StatusCode, SpanKind
-        self.tracer = trace.get_tracer(INSTRUMENTATION_NAME, __version__, tracer_provider=tracer_provider)
+        self._spans = OtelSpans(tracer_provider, INSTRUMENTATION_NAME, __version__, owner="OpenTelemetryTap")
+        super().__init__(self._spans, "OpenTelemetryTap", logger)
+        self.tracer = self._spans.tracer
         self.capture_content = capture_content
         self.max_chars = max_chars
-        self._lock = threading.Lock()
-        self._runs: dict[str, _RunSpans] = {}
-        # One object each, so uninstall() can find them.
-        self._tool_middleware = self._trace_tool
-        self._extract_middleware = self._trace_extract
 
-    # -- registration ---------------------------------------------------------------------------------------
+    # -- the loop stages --------------------------------------------------------------------------------------
 
-    def registrations(self) -> Registrations:
-        return Registrations(
-            middleware=[(Stage.TOOL_CALL, self._tool_middleware), (Stage.EXTRACT, self._extract_middleware)],
-            taps=[(LOOP_STAGES, self)],
-        )
-
-    # -- the tap --------------------------------------------------------------------------------------------
-
-    def __call__(self, ctx: StageContext) -> None:
-        """Open, annotate or end the spans ``ctx`` concerns (the tap entry point)."""
-        if isinstance(ctx, RunStartContext):
-            self._run_start(ctx)
-            return
-        with self._lock:
-            state = self._runs.get(ctx.run.id)
-        if state is None:  # run_start failed for this call (and was logged): no span to attach to
-            return
-        try:
-            if isinstance(ctx, PreIterationContext):
-                self._pre_iteration(state, ctx)
-            elif isinstance(ctx, PreExecutionContext):
-                self._pre_execution(state, ctx)
-            elif isinstance(ctx, PostExecutionContext):
-                self._post_execution(state, ctx)
-            elif isinstance(ctx, PostIterationContext):
-                self._post_iteration(state, ctx)
-        finally:
-            if isinstance(ctx, RunEndContext):
-                self._run_end(state, ctx)
-            else:
-                state.last_event_ns = time.time_ns()
-
-    def _run_start(self, ctx: RunStartContext) -> None:
-        module = ctx.run.module
-        usage = meter_run(ctx.run)
-        action_lm = getattr(getattr(module, "generate_action", None), "lm", None) or dspy.settings.lm
-        model = getattr(action_lm, "model", None)
-        model = model if isinstance(model, str) else None
-        agent = module_label(module)
+    def _run_start(self, ctx: context.RunStartContext, usage: Usage, model: str | None) -> None:
+        agent = module_label(ctx.run.module)
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": "invoke_agent",
             "gen_ai.agent.name": agent,
             "rlm.run.id": ctx.run.id,
+            **limit_attributes(ctx.run.module),
         }
-        max_iters = iteration_limit(module)
-        if max_iters is not None:
-            attributes["rlm.max_iters"] = max_iters
         if model:
             attributes["gen_ai.request.model"] = model
-            provider = _provider(model)
+            provider = provider_of(model)
             if provider:
                 attributes["gen_ai.provider.name"] = provider
                 attributes["gen_ai.system"] = provider  # the attribute's name before semconv 1.37
-        span = self.tracer.start_span(
-            f"invoke_agent {agent}",
-            context=self._context.get_current(),  # the caller's: the call nests in its trace
-            kind=self._SpanKind.INTERNAL,
-            attributes=attributes,
-            start_time=_epoch_ns(ctx.run.started_at),
-        )
-        state = _RunSpans(span, model, usage)
-        with self._lock:
-            self._runs[ctx.run.id] = state
-        self._push(state, span)
+        span = self._forest.start_root(ctx.run.started_at, f"invoke_agent {agent}", attributes)
+        self._forest.plant(ctx.run.id, span, usage, _Notes(model))
 
-    # -- spans current in the call's context -----------------------------------------------------------------
-
-    def _push(self, state: _RunSpans, span: Span) -> None:
-        """Make ``span`` current in this (the call's) context, until :meth:`_pop`."""
-        state.attached.append((span, self._context.attach(self._trace.set_span_in_context(span))))
-
-    def _pop(self, state: _RunSpans, span: Span) -> None:
-        """Undo :meth:`_push` of ``span`` and of everything pushed after it, innermost first."""
-        if not any(attached is span for attached, _ in state.attached):
-            return
-        while state.attached:
-            attached, token = state.attached.pop()
-            try:
-                self._context.detach(token)  # type: ignore[arg-type]
-            except Exception:
-                logger.debug("OpenTelemetryTap could not detach a span", exc_info=True)
-            if attached is span:
-                return
-
-    def _child(self, state: _RunSpans, parent: Span, name: str, attributes: dict[str, Any]) -> Span:
-        context = self._trace.set_span_in_context(parent)
-        return self.tracer.start_span(name, context=context, attributes=attributes, start_time=time.time_ns())
-
-    @staticmethod
-    def _set_usage(span: Span, since: tuple[int, int], now: tuple[int, int]) -> None:
-        tokens_in, tokens_out = now[0] - since[0], now[1] - since[1]
-        if tokens_in or tokens_out:
-            span.set_attribute("gen_ai.usage.input_tokens", tokens_in)
-            span.set_attribute("gen_ai.usage.output_tokens", tokens_out)
-
-    def _close_step(self, state: _RunSpans, error: BaseException | None = None) -> None:
-        self._close(state, "step", error)
-
-    def _close_iteration(self, state: _RunSpans, error: BaseException | None = None) -> None:
-        self._close_step(state, error)
-        self._close(state, "iteration", error)
-
-    def _close(self, state: _RunSpans, level: str, error: BaseException | None) -> None:
-        """End the open ``level`` span (``"step"`` or ``"iteration"``) with the usage since it opened."""
-        span = getattr(state, level)
-        if span is None:
-            return
-        setattr(state, level, None)
-        self._pop(state, span)
-        try:
-            now = _totals(state.usage)
-            self._set_usage(span, getattr(state, f"{level}_mark"), now)
-            setattr(state, f"{level}_mark", now)
-            if error is not None:
-                self._mark_failed(span, error)
-        finally:
-            span.end()
-
-    def _open_step(self, state: _RunSpans, kind: str, span: Span) -> None:
-        state.step, state.step_kind, state.step_mark = span, kind, _totals(state.usage)
-        self._push(state, span)
-
-    def _mark_failed(self, span: Span, error: BaseException) -> None:
-        span.set_attribute("error.type", type(error).__qualname__)
-        span.set_status(self._Status(self._StatusCode.ERROR, _error_description(error)))
-
-    # -- the loop stages --------------------------------------------------------------------------------------
-
-    def _pre_iteration(self, state: _RunSpans, ctx: PreIterationContext) -> None:
-        self._close_iteration(state)  # an iteration the loop left without its later stages
+    def _pre_iteration(self, tree: SpanTree[_Notes], ctx: context.PreIterationContext) -> None:
         index = ctx.iteration or 0
-        iteration = self._child(
-            state, state.run_span, f"iteration {index + 1}", {"rlm.run.id": ctx.run.id, "rlm.iteration": index}
-        )
-        state.iteration, state.iteration_mark = iteration, _totals(state.usage)
-        self._push(state, iteration)
         attributes: dict[str, Any] = {"rlm.run.id": ctx.run.id, "rlm.iteration": index}
-        if state.model:
-            attributes["gen_ai.request.model"] = state.model
-        self._open_step(state, "generate_action", self._child(state, iteration, "generate_action", attributes))
+        self._forest.open_iteration(tree, f"iteration {index + 1}", attributes)
+        if tree.notes.model:
+            attributes = {**attributes, "gen_ai.request.model": tree.notes.model}
+        self._forest.open_step(tree, "generate_action", "generate_action", attributes)
 
-    def _pre_execution(self, state: _RunSpans, ctx: PreExecutionContext) -> None:
-        if state.step_kind == "generate_action":
-            self._close_step(state)
-        attributes: dict[str, Any] = {
-            "rlm.run.id": ctx.run.id,
-            "rlm.iteration": ctx.iteration or 0,
-            "rlm.code.length": len(ctx.code),
-            "rlm.code.lines": len(ctx.code.splitlines()),
-            "rlm.skipped": ctx.skipped,
-        }
+    def _pre_execution(self, tree: SpanTree[_Notes], ctx: context.PreExecutionContext) -> None:
+        if tree.step_kind == "generate_action":
+            self._forest.close_step(tree)
+        attributes = {"rlm.run.id": ctx.run.id, **code_attributes(ctx)}
         if self.capture_content:
             attributes["rlm.code"] = preview(ctx.code, self.max_chars)
-        span = self._child(state, state.iteration or state.run_span, "execute_code", attributes)
-        self._open_step(state, "execute_code", span)
+        self._forest.open_step(tree, "execute_code", "execute_code", attributes)
 
-    def _post_execution(self, state: _RunSpans, ctx: PostExecutionContext) -> None:
-        span = state.step if state.step_kind == "execute_code" else None
-        if span is None:
-            return
+    def _code_ran(self, tree: SpanTree[_Notes], ctx: context.PostExecutionContext, span: Any) -> None:
         output = "" if ctx.result is None else str(ctx.result)
-        span.set_attribute("rlm.error", is_error_result(ctx.result))
-        span.set_attribute("rlm.output.length", len(output))
-        span.set_attribute("rlm.code.length", len(ctx.code))  # as recorded: middleware may have changed it
+        attributes: dict[str, Any] = {
+            "rlm.error": is_error_result(ctx.result),
+            "rlm.output.length": len(output),
+            "rlm.code.length": len(ctx.code),  # as recorded: middleware may have changed it
+        }
         if self.capture_content:
-            span.set_attribute("rlm.output", preview(output, self.max_chars))
-        self._close_step(state)
+            attributes["rlm.output"] = preview(output, self.max_chars)
+        span.set_attributes(attributes)
 
-    def _post_iteration(self, state: _RunSpans, ctx: PostIterationContext) -> None:
-        span = state.iteration
-        if span is None:
-            return
-        span.set_attribute("rlm.submitted", ctx.prediction is not None)
-        span.set_attribute("rlm.stop", ctx.stop)
-        state.stopped = state.stopped or ctx.stop
-        self._close_iteration(state)
+    def _iteration_ended(self, tree: SpanTree[_Notes], ctx: context.PostIterationContext, span: Any) -> None:
+        tree.notes.stopped = tree.notes.stopped or ctx.stop
 
-    def _run_end(self, state: _RunSpans, ctx: RunEndContext) -> None:
-        with self._lock:
-            self._runs.pop(ctx.run.id, None)
-        span = state.run_span
-        try:
-            self._close_iteration(state, ctx.error)
-            usage = state.usage
-            span.set_attribute("rlm.iterations", ctx.iterations)
-            span.set_attribute("rlm.forced_extract", ctx.forced_extract)
-            span.set_attribute("rlm.stop_reason", stop_reason(ctx, state.stopped))
-            span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
-            span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
-            span.set_attribute("rlm.lm_calls", usage.lm_calls)
-            span.set_attributes(cost_attributes(usage))  # no rlm.cost_usd while unknown (see taps._cost)
-            if ctx.error is not None:
-                span.record_exception(ctx.error)
-                self._mark_failed(span, ctx.error)
-        finally:
-            while state.attached:  # whatever is still current, innermost first; the call's span last
-                self._pop(state, state.attached[-1][0])
-            span.end()
+    def _run_end(self, tree: SpanTree[_Notes], ctx: context.RunEndContext) -> None:
+        def annotate() -> None:
+            usage = tree.usage
+            tree.root.set_attributes(
+                {
+                    "rlm.iterations": ctx.iterations,
+                    "rlm.forced_extract": ctx.forced_extract,
+                    "rlm.stop_reason": stop_reason(ctx, tree.notes.stopped),
+                    "gen_ai.usage.input_tokens": usage.prompt_tokens,
+                    "gen_ai.usage.output_tokens": usage.completion_tokens,
+                    "rlm.lm_calls": usage.lm_calls,
+                    **cost_attributes(usage),  # no rlm.cost_usd while unknown (see taps._cost)
+                }
+            )
+
+        self._forest.finish(tree, ctx.error, annotate)
 
     # -- middleware: spans current while the tool or the extractor runs -------------------------------------
 
-    def _start_tool_span(self, ctx: ToolCallContext) -> Span:
-        with self._lock:
-            state = self._runs.get(ctx.run.id)
-        parent_span = None
-        if state is not None:
-            parent_span = state.step if state.step_kind == "execute_code" else None
-            parent_span = parent_span or state.iteration or state.run_span
-        parent = self._trace.set_span_in_context(parent_span) if parent_span is not None else None
+    def _start_tool_span(self, ctx: context.ToolCallContext) -> Any:
+        tree = self._forest.get(ctx.run.id)
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": "execute_tool",
             "gen_ai.tool.name": ctx.name,
@@ -406,68 +181,23 @@ class OpenTelemetryTap(ToolAwareTap):
         if self.capture_content:
             arguments = [*ctx.args, *(f"{k}={v!r}" for k, v in ctx.kwargs.items())]
             attributes["gen_ai.tool.call.arguments"] = preview(arguments, self.max_chars)
-        return self.tracer.start_span(f"execute_tool {ctx.name}", context=parent, attributes=attributes)
+        parent = tree.tool_parent() if tree is not None else None  # None: the span current here
+        return self._spans.start("tool", f"execute_tool {ctx.name}", parent, attributes)
 
-    def _trace_tool(self, ctx: ToolCallContext, next: Any) -> ToolCallContext:
-        try:
-            span = self._start_tool_span(ctx)
-            token = self._context.attach(self._trace.set_span_in_context(span))
-        except Exception:
-            logger.exception("OpenTelemetryTap could not start the span of tool %s", ctx.name)
-            return next(ctx)  # type: ignore[no-any-return]
-        try:
-            ctx = next(ctx)
-            if self.capture_content:
-                span.set_attribute("gen_ai.tool.call.result", preview(ctx.result, self.max_chars))
-            return ctx
-        except BaseException as exc:
-            try:
-                span.record_exception(exc)
-                self._mark_failed(span, exc)
-            except Exception:
-                logger.exception("OpenTelemetryTap could not mark the span of tool %s as failed", ctx.name)
-            raise
-        finally:
-            try:
-                self._context.detach(token)
-                span.end()
-            except Exception:
-                logger.exception("OpenTelemetryTap could not end the span of tool %s", ctx.name)
+    def _trace_tool(self, ctx: context.ToolCallContext, next: Any) -> context.ToolCallContext:
+        def settle(span: Any, done: context.ToolCallContext | None, error: BaseException | None) -> None:
+            if self.capture_content and done is not None:
+                span.set_attribute("gen_ai.tool.call.result", preview(done.result, self.max_chars))
 
-    def _trace_extract(self, ctx: ExtractContext, next: Any) -> ExtractContext:
-        try:
-            with self._lock:
-                state = self._runs.get(ctx.run.id)
-            if state is None:
-                return next(ctx)  # type: ignore[no-any-return]
-            mark = _totals(state.usage)
-            span = self._child(state, state.run_span, "extract", {"rlm.run.id": ctx.run.id})
-            token = self._context.attach(self._trace.set_span_in_context(span))
-        except Exception:
-            logger.exception("OpenTelemetryTap could not start the extract span")
-            return next(ctx)  # type: ignore[no-any-return]
-        try:
-            ctx = next(ctx)
-            if self.capture_content and ctx.prediction is not None:
-                fields = {k: v for k, v in ctx.prediction.items() if k != "trajectory"}
-                span.set_attribute("rlm.output", preview(fields, self.max_chars))
-            return ctx
-        except BaseException as exc:
-            try:
-                span.record_exception(exc)
-                self._mark_failed(span, exc)
-            except Exception:
-                logger.exception("OpenTelemetryTap could not mark the extract span as failed")
-            raise
-        finally:
-            try:
-                self._context.detach(token)
-                now = _totals(state.usage)
-                self._set_usage(span, mark, now)
-                state.iteration_mark = state.step_mark = now
-                span.end()
-            except Exception:
-                logger.exception("OpenTelemetryTap could not end the extract span")
+        return self._forest.around(f"tool {ctx.name}", lambda: self._start_tool_span(ctx), lambda: next(ctx), settle)
+
+    def _start_extract(self, tree: SpanTree[_Notes], ctx: context.ExtractContext) -> Any:
+        return self._spans.start("extract", "extract", tree.root, {"rlm.run.id": ctx.run.id})
+
+    def _extract_outputs(self, span: Any, done: context.ExtractContext | None) -> None:
+        if self.capture_content and done is not None and done.prediction is not None:
+            fields = {k: v for k, v in done.prediction.items() if k != "trajectory"}
+            span.set_attribute("rlm.output", preview(fields, self.max_chars))
 
 
 __all__ = ["INSTRUMENTATION_NAME", "OpenTelemetryTap"]

@@ -1,4 +1,9 @@
-"""What every built-in middleware shares: one-line registration on the stages it needs, and stage checks."""
+"""What every built-in middleware shares: one-line registration on the stages it needs, stage checks, the denial
+text a built-in returns instead of calling a tool, and tool-name checks.
+
+It lives below :mod:`rlm_events.builtins`, :mod:`rlm_events.guard` and :mod:`rlm_events.speculate`, which all
+subclass :class:`Builtin`, so that none of them imports another to get it (``rlm_events.builtins`` re-exports it).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,12 @@ import difflib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..context import StageContext
-from ..installable import Installable, Registrations
-from ..stages import Stage
+from .context import StageContext
+from .installable import Installable, Registrations
+from .stages import Stage
 
 if TYPE_CHECKING:
-    from ..instrumentation import Instrumentation
+    from .instrumentation import Instrumentation
 
 
 # Names every dspy.RLM exposes to the code it runs, besides the user's tools.
@@ -82,3 +87,6 @@ def check_tool_names(owner: str, wanted: Iterable[str], events: Instrumentation)
             close = difflib.get_close_matches(name, sorted(known), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"{owner}: no tool named {name!r}{hint} Tools of this RLM: {', '.join(sorted(known))}")
+
+
+__all__ = ["RLM_BUILTIN_TOOLS", "Builtin", "ToolDenied", "check_tool_names", "denial_for", "tool_names"]

@@ -27,139 +27,12 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-
-@dataclass(frozen=True)
-class Reply:
-    """One answer of the server. Every field but ``text`` has a default meaning "as a provider answers".
-
-    Args:
-        text: the completion text (``None`` in a fault: the scripted reply of that request).
-        status: the HTTP status; anything but 200 is an error answer (OpenAI's error JSON), billed nothing.
-        delay: seconds to wait before answering (a delay past the client's timeout makes it time out).
-        usage: whether the answer carries ``usage`` (a non-streamed answer, or a stream's usage chunk).
-        time_to_first_token: streamed answers: seconds before the first content chunk (after ``delay``).
-        tokens_per_second: streamed answers: the rate content chunks are sent at (``None``: at once).
-    """
-
-    text: str | None = None
-    status: int = 200
-    delay: float = 0.0
-    usage: bool = True
-    time_to_first_token: float = 0.0
-    tokens_per_second: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.delay < 0 or self.time_to_first_token < 0:
-            raise ValueError(f"Reply: delays must be >= 0 seconds, got {self.delay=}, {self.time_to_first_token=}")
-        if self.tokens_per_second is not None and self.tokens_per_second <= 0:
-            raise ValueError(f"Reply: tokens_per_second must be > 0 or None, got {self.tokens_per_second!r}")
-
-
-def error(status: int, *, delay: float = 0.0) -> Reply:
-    """A fault: an error answer with HTTP ``status`` (429, 500, ...) after ``delay`` seconds."""
-    if status == 200 or not 400 <= status <= 599:
-        raise ValueError(f"error(): status must be a 4xx or 5xx HTTP status, got {status!r}")
-    return Reply(status=status, delay=delay)
-
-
-NO_USAGE = Reply(usage=False)
-"""A fault: the scripted reply, answered without a ``usage`` block."""
-
-
-@dataclass(frozen=True)
-class BillRecord:
-    """What the server did with one request (in arrival order: ``index`` is the request's 0-based index)."""
-
-    index: int
-    model: str
-    status: int
-    streamed: bool
-    usage_sent: bool
-    """Whether the client could see this answer's usage (a 200 answer with ``usage``, or a usage chunk)."""
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    cost_usd: float | None
-    """The cost at the server's price for ``model`` (``None``: no price given); 0 for an error."""
-
-    @property
-    def billed(self) -> bool:
-        """Whether this request was billed (a 200 answer)."""
-        return self.status == 200
-
-
-@dataclass(frozen=True)
-class Bill:
-    """A snapshot of the server's billing log: every request's :class:`BillRecord`, and the billed totals."""
-
-    records: tuple[BillRecord, ...] = ()
-
-    @property
-    def billed(self) -> tuple[BillRecord, ...]:
-        """The billed records (200 answers)."""
-        return tuple(r for r in self.records if r.billed)
-
-    @property
-    def calls(self) -> int:
-        """Billed calls."""
-        return len(self.billed)
-
-    @property
-    def metered_calls(self) -> int:
-        """Billed calls whose usage the client could see."""
-        return sum(1 for r in self.billed if r.usage_sent)
-
-    @property
-    def unmetered_calls(self) -> int:
-        """Billed calls answered without usage."""
-        return self.calls - self.metered_calls
-
-    @property
-    def prompt_tokens(self) -> int:
-        return sum(r.prompt_tokens for r in self.billed)
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(r.completion_tokens for r in self.billed)
-
-    @property
-    def total_tokens(self) -> int:
-        return sum(r.total_tokens for r in self.billed)
-
-    @property
-    def cost_usd(self) -> float | None:
-        """The billed cost, ``None`` if a billed model had no price."""
-        costs = [r.cost_usd for r in self.billed]
-        return None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __iter__(self) -> Iterator[BillRecord]:
-        return iter(self.records)
-
-
-def count_prompt_tokens(messages: Any) -> int:
-    """The server's deterministic prompt-token count of a request's ``messages`` (characters of text // 4)."""
-    chars = 0
-    for message in messages if isinstance(messages, list) else []:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            chars += len(content)
-        elif isinstance(content, list):
-            chars += sum(len(str(part.get("text", ""))) for part in content if isinstance(part, dict))
-    return chars // 4
-
-
-def count_completion_tokens(text: str) -> int:
-    """The server's deterministic completion-token count of a reply (``max(1, characters // 4)``)."""
-    return max(1, len(text) // 4)
-
+from ._bill import NO_USAGE, Bill, BillRecord, Reply, count_completion_tokens, count_prompt_tokens, error
 
 Replies = Sequence["str | Reply"] | Callable[[dict[str, Any]], "str | Reply"]
 CHUNK_CHARS = 16  # characters per streamed content chunk (about 4 tokens, as providers send a few at a time)
@@ -172,7 +45,7 @@ class LocalOpenAIServer:
         replies: what to answer: a list of texts (or :class:`Reply`), taken in order by the requests that get a
             scripted reply (the last one repeats), or a function of the request's JSON body returning one.
             Replies must be in the format the client's DSPy adapter parses: see
-            :func:`rlm_events.testing.adapter_reply` and :meth:`scripted`.
+            :func:`rlm_events.scripted.adapter_reply` and :meth:`scripted`.
         faults: per request index (0-based, in arrival order, counting every request), a :class:`Reply` that
             replaces the scripted answer's options: :func:`error` (429, 500, a delay past the client's timeout),
             :data:`NO_USAGE`, or any other knob. A fault with ``text=None`` that answers 200 uses the scripted
@@ -217,9 +90,9 @@ class LocalOpenAIServer:
 
     @classmethod
     def scripted(cls, steps: Sequence[Any], **options: Any) -> LocalOpenAIServer:
-        """A server answering a ``dspy.RLM``'s prompts as :class:`~rlm_events.testing.ScriptedLM` does (same
+        """A server answering a ``dspy.RLM``'s prompts as :class:`~rlm_events.scripted.ScriptedLM` does (same
         ``steps``, ``extract`` and ``sub``; other ``options`` go to the server), in DSPy's ChatAdapter format."""
-        from .testing import ScriptedLM  # imports DSPy: only when asked
+        from ..scripted import ScriptedLM  # imports DSPy: only when asked
 
         lm_options = {k: options.pop(k) for k in ("extract", "sub") if k in options}
         script = ScriptedLM(steps, **lm_options)

@@ -14,7 +14,7 @@ from middleware import is_async_callable, middleware_name, run_sync
 
 from ..instrumentation import Instrumentation
 from ..stages import Stage
-from .kinds import _Kind
+from ._kinds import Kind
 from .tracing import HookSpan, hook_span
 
 _NO_SPAN = nullcontext(HookSpan(Stage.PRE_ITERATION))  # outputs() is a no-op: the span never started
@@ -22,7 +22,7 @@ _NO_SPAN = nullcontext(HookSpan(Stage.PRE_ITERATION))  # outputs() is a no-op: t
 # -- hooks as middleware --------------------------------------------------------------------------------------
 
 
-class _HookMiddleware:
+class HookMiddleware:
     """A hook (or, for pre_iteration without a hook, only the recorder the execution hooks need) as middleware.
 
     Being an instance of this class is what marks the middleware :func:`disable_rlm_hooks` removes, so the hooks
@@ -32,12 +32,12 @@ class _HookMiddleware:
 
     __call__: Callable[[Any, Any], Any]  # sync or async, by subclass
 
-    def __init__(self, kind: _Kind, hook: Callable[..., Any] | None, owns_instrumentation: bool) -> None:
+    def __init__(self, kind: Kind, hook: Callable[..., Any] | None, owns_instrumentation: bool) -> None:
         self.kind, self.hook, self.owns_instrumentation = kind, hook, owns_instrumentation
         self.tap: Any = None  # the MlflowTap enable_rlm_hooks installed with these hooks, if any
         described = middleware_name(hook) if hook is not None else "(records variables)"
         # Middleware errors and notes name the middleware by __module__/__qualname__: name the user's hook there.
-        self.__module__ = __name__
+        self.__module__ = "rlm_events.hooks"  # the public home, not this private module
         self.__qualname__ = f"{kind.keyword}[{described}]"
 
     def __repr__(self) -> str:
@@ -65,7 +65,7 @@ class _HookMiddleware:
             self.kind.apply(ctx, checked)
 
 
-class _SyncHookMiddleware(_HookMiddleware):
+class SyncHookMiddleware(HookMiddleware):
     def __call__(self, ctx: Any, next: Callable[[Any], Any]) -> Any:
         hook = self._hook_for(ctx)
         if hook is not None:
@@ -81,7 +81,7 @@ class _SyncHookMiddleware(_HookMiddleware):
         return ctx
 
 
-class _AsyncHookMiddleware(_HookMiddleware):
+class AsyncHookMiddleware(HookMiddleware):
     async def __call__(self, ctx: Any, next: Callable[[Any], Awaitable[Any]]) -> Any:
         hook = self._hook_for(ctx)
         if hook is not None:
@@ -97,7 +97,7 @@ class _AsyncHookMiddleware(_HookMiddleware):
         return ctx
 
 
-def _check_hook(kind: _Kind, hook: Any) -> None:
+def check_hook(kind: Kind, hook: Any) -> None:
     if not callable(hook):
         raise TypeError(f"{kind.keyword} must be callable or None, got {type(hook).__name__}: {hook!r}")
     try:
@@ -113,18 +113,18 @@ def _check_hook(kind: _Kind, hook: Any) -> None:
         ) from None
 
 
-def _adapt(kind: _Kind, hook: Callable[..., Any] | None, owns_instrumentation: bool) -> _HookMiddleware:
-    cls = _AsyncHookMiddleware if hook is not None and is_async_callable(hook) else _SyncHookMiddleware
+def adapt(kind: Kind, hook: Callable[..., Any] | None, owns_instrumentation: bool) -> HookMiddleware:
+    cls = AsyncHookMiddleware if hook is not None and is_async_callable(hook) else SyncHookMiddleware
     return cls(kind, hook, owns_instrumentation)
 
 
-def _hooks_on(events: Instrumentation) -> Iterator[_HookMiddleware]:
+def hooks_on(events: Instrumentation) -> Iterator[HookMiddleware]:
     for stage in Stage:
         for mw in events.plan.chains[stage]:
-            if isinstance(mw, _HookMiddleware):
+            if isinstance(mw, HookMiddleware):
                 yield mw
 
 
-def _require_rlm(rlm: Any, function: str) -> None:
+def require_rlm(rlm: Any, function: str) -> None:
     if not isinstance(rlm, dspy.RLM):
         raise TypeError(f"{function}() expects a dspy.RLM instance, got {type(rlm).__name__}: {rlm!r}")

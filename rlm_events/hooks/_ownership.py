@@ -12,7 +12,7 @@ import dspy
 from ..instrumentation import Instrumentation, instrumentation_of, uninstrument
 from ..signals import BY_STAGE
 from ..stages import Stage
-from .adapters import _HookMiddleware, _hooks_on
+from ._adapters import HookMiddleware, hooks_on
 
 # Instrumentations enable_rlm_hooks or enable_rlm_speculation created, remembered even while they hold nothing of
 # ours (a disable kept one for a receiver), so a later disable still knows it may uninstrument. Weak: it never keeps
@@ -26,13 +26,13 @@ def instrument_for_api(rlm: dspy.RLM) -> tuple[Instrumentation, bool]:
 
     previous = instrumentation_of(rlm)
     events = instrument(rlm)
-    owns = previous is None or _owned(previous, list(_hooks_on(previous)))
+    owns = previous is None or owned(previous, list(hooks_on(previous)))
     if owns:
         _CREATED_BY_HOOKS.add(events)
     return events, owns
 
 
-def _owned(events: Instrumentation, hooks: list[_HookMiddleware]) -> bool:
+def owned(events: Instrumentation, hooks: list[HookMiddleware]) -> bool:
     # The middleware flag covers deep copies, whose cloned instrumentation shares the hooks' middleware.
     return events in _CREATED_BY_HOOKS or any(mw.owns_instrumentation for mw in hooks)
 

@@ -94,7 +94,7 @@ def _nothing(ctx: Any) -> None:
 
 
 @dataclass(frozen=True)
-class _Kind:
+class Kind:
     """One of the four hooks: its stage, keyword, parameters, output model and how it folds into the context."""
 
     stage: Stage
@@ -107,8 +107,8 @@ class _Kind:
     after: Callable[[Any], None] = _nothing
 
 
-_KINDS: tuple[_Kind, ...] = (
-    _Kind(
+KINDS: tuple[Kind, ...] = (
+    Kind(
         Stage.PRE_ITERATION,
         "pre_iteration_hook",
         ("iteration", "variables", "history", "input_args"),
@@ -117,7 +117,7 @@ _KINDS: tuple[_Kind, ...] = (
         _pre_iteration_apply,
         after=_remember_iteration,
     ),
-    _Kind(
+    Kind(
         Stage.PRE_EXECUTION,
         "pre_execution_hook",
         ("iteration", "code", "variables", "history", "input_args"),
@@ -125,7 +125,7 @@ _KINDS: tuple[_Kind, ...] = (
         _pre_execution_args,
         _pre_execution_apply,
     ),
-    _Kind(
+    Kind(
         Stage.POST_EXECUTION,
         "post_execution_hook",
         ("iteration", "code", "result", "variables", "history", "input_args"),
@@ -133,7 +133,7 @@ _KINDS: tuple[_Kind, ...] = (
         _post_execution_args,
         _post_execution_apply,
     ),
-    _Kind(
+    Kind(
         Stage.POST_ITERATION,
         "post_iteration_hook",
         ("iteration", "pred", "code", "result", "history"),
@@ -143,3 +143,4 @@ _KINDS: tuple[_Kind, ...] = (
         applies=_iteration_goes_on,
     ),
 )
+"""The four hooks, in the order :func:`~rlm_events.hooks.enable_rlm_hooks` takes them."""

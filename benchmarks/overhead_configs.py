@@ -1,0 +1,274 @@
+"""The overhead benchmark's workload and configurations (see ``benchmarks/overhead.py``): the RLM every
+configuration runs, what each configuration does to it, the targets, and one checked call."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dspy
+from dspy.clients import base_lm
+from dspy.utils.callback import BaseCallback
+
+import rlm_events
+from rlm_events import Stage, StageContext
+from rlm_events.signals import BY_STAGE
+from rlm_events.testing import InProcessInterpreter, ScriptedLM
+
+MakeRLM = Callable[..., "tuple[dspy.RLM, ScriptedLM]"]
+"""Builds ``(rlm, lm)`` like the ``make_rlm`` test fixture: ``make(steps, *, signature, max_iters,
+interpreter_factory)``."""
+
+ANSWER = "done"
+ITERATION_STAGES = (Stage.PRE_ITERATION, Stage.PRE_EXECUTION, Stage.POST_EXECUTION, Stage.POST_ITERATION)
+
+
+def build_rlm(
+    steps: Sequence[Any],
+    *,
+    signature: str = "question -> answer",
+    max_iters: int = 6,
+    interpreter_factory: Callable[[], Any] | None = None,
+    **lm_options: Any,
+) -> tuple[dspy.RLM, ScriptedLM]:
+    """The default workload builder (same contract as the tests' ``make_rlm`` fixture).
+
+    Adapts to the constructor of older DSPy releases (``max_iterations`` and an ``interpreter`` instance before
+    3.3), so the reference package, which only runs there, can be measured on the same workload.
+    """
+    lm = ScriptedLM(steps, **lm_options)
+    factory = interpreter_factory or InProcessInterpreter
+    params = inspect.signature(dspy.RLM.__init__).parameters
+    options: dict[str, Any] = {"max_iters" if "max_iters" in params else "max_iterations": max_iters}
+    if "interpreter_factory" in params:
+        options["interpreter_factory"] = factory
+    else:
+        options["interpreter"] = factory()
+    return dspy.RLM(signature, **options), lm
+
+
+def script(iterations: int) -> list[Callable[[int], str]]:
+    """Code steps that print something every iteration and ``SUBMIT`` only in the last one."""
+
+    def step(i: int) -> str:
+        return f"SUBMIT(answer={ANSWER!r})" if i >= iterations - 1 else f"print(sum(range({i})))"
+
+    return [step]
+
+
+def workload(iterations: int, interpreter_factory: Callable[[], Any]) -> dict[str, Any]:
+    return {"signature": "question -> answer", "max_iters": iterations, "interpreter_factory": interpreter_factory}
+
+
+# -- configurations ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    """What a configuration did to its RLM: extra ``dspy.context`` settings per call, and how to undo it."""
+
+    overrides: dict[str, Any] = field(default_factory=dict)
+    teardown: Callable[[], None] = lambda: None
+    check: Callable[[], str | None] = lambda: None  # after the rounds: a problem with the setup itself, or None
+
+
+@dataclass(frozen=True)
+class Config:
+    key: str
+    label: str
+    apply: Callable[[dspy.RLM, Path], Setup | str]  # a str is why the configuration is not available ("n/a")
+
+
+def passthrough(ctx: StageContext, next: Callable[[StageContext], StageContext]) -> StageContext:
+    return next(ctx)
+
+
+def listener(sender: Any, ctx: StageContext) -> None:
+    pass
+
+
+def bare(rlm: dspy.RLM, tmp: Path) -> Setup:
+    return Setup()
+
+
+def instrumented_idle(rlm: dspy.RLM, tmp: Path) -> Setup:
+    rlm_events.instrument(rlm)
+    return Setup()
+
+
+def detached(rlm: dspy.RLM, tmp: Path) -> Setup:
+    rlm_events.instrument(rlm)
+    rlm_events.uninstrument(rlm)
+    return Setup()
+
+
+def iteration_stages_idle(rlm: dspy.RLM, tmp: Path) -> Setup:
+    rlm_events.instrument(rlm).use(Stage.RUN_END, passthrough)
+    return Setup()
+
+
+def reference_hooks(rlm: dspy.RLM, tmp: Path) -> Setup:
+    events = rlm_events.instrument(rlm)
+    for stage in ITERATION_STAGES:
+        events.use(stage, passthrough)
+    return Setup()
+
+
+def busy(rlm: dspy.RLM, tmp: Path, *, taps: int = 0) -> Setup:
+    events = rlm_events.instrument(rlm)
+    # Distinct callables: the same function connected twice is one blinker receiver.
+    listeners = [lambda sender, ctx: None for _ in range(3)]
+    for stage in Stage:
+        for _ in range(3):
+            events.use(stage, passthrough)
+        for listener in listeners:
+            events.connect(stage, listener, weak=False)
+    for _ in range(taps):
+        events.tap(lambda snapshot: None)
+
+    def teardown() -> None:
+        # Without a sender: blinker keeps a receiver disconnected from one sender in `signal.receivers`.
+        for stage in Stage:
+            for listener in listeners:
+                BY_STAGE[stage].disconnect(listener)
+
+    return Setup(teardown=teardown)
+
+
+def builtins_setup(rlm: dspy.RLM, tmp: Path) -> Setup | str:
+    try:
+        from rlm_events.builtins import Budget, CodeGuard  # type: ignore[attr-defined]
+        from rlm_events.trace import JsonlTrace  # type: ignore[import-not-found]
+    except ImportError as exc:
+        return f"not importable yet ({exc})"
+    events = rlm_events.instrument(rlm)
+    CodeGuard("default").install(events)
+    # Limits far above the workload: the budget meters every iteration and tool call but never stops the run.
+    Budget(max_iterations=10_000, max_seconds=3_600, max_tokens=10**12, max_cost_usd=10.0**6).install(events)
+    path = tmp / f"trace-{id(rlm)}.jsonl"
+    trace = JsonlTrace(path)
+    if hasattr(trace, "install"):
+        trace.install(events)
+    else:
+        events.tap(trace)
+    close = getattr(trace, "close", None)
+    return Setup(
+        teardown=close if callable(close) else lambda: None,
+        check=lambda: None if path.exists() and path.stat().st_size else "the JSONL trace recorded nothing",
+    )
+
+
+def reference_package(rlm: dspy.RLM, tmp: Path) -> Setup | str:
+    """dspy-rlm-hooks, the package the targets refer to: four pass-through hooks, one per iteration stage."""
+    try:  # by name: a package to compare with, installed by hand, not a dependency of this project
+        hooks: Any = importlib.import_module("dspy_rlm_hooks")
+    except ImportError:
+        return "not installed (pip install dspy-rlm-hooks; Python >= 3.12)"
+    # It replaces _execute_iteration with its own copy of DSPy 3.1's loop body, so it only runs where that fits.
+    expected = ["self", "repl", "variables", "history", "iteration", "input_args", "output_field_names"]
+    if list(inspect.signature(type(rlm)._execute_iteration).parameters) != expected:
+        return f"dspy-rlm-hooks does not run on DSPy {dspy.__version__} (it copies DSPy 3.1's loop body)"
+    hooks.enable_rlm_hooks(
+        rlm,
+        pre_iteration_hook=lambda iteration, variables, history, input_args: hooks.PreIterationOutput(),
+        pre_execution_hook=lambda iteration, code, variables, history, input_args: hooks.PreExecutionOutput(code=code),
+        post_execution_hook=lambda iteration, code, result, variables, history, input_args: hooks.PostExecutionOutput(
+            result=result
+        ),
+        post_iteration_hook=lambda iteration, action, code, result, history: hooks.PostIterationOutput(history=history),
+    )
+    return Setup(teardown=lambda: hooks.disable_rlm_hooks(rlm))
+
+
+class CountingCallback(BaseCallback):
+    """DSPy's own observation mechanism: counts module, LM and interpreter events (the interpreter's only fire for
+    interpreters DSPy decorates, such as ``dspy.LocalInterpreter``)."""
+
+    def __init__(self) -> None:
+        self.events = 0
+
+    def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        self.events += 1
+
+    def on_module_end(self, call_id: str, outputs: Any | None, exception: Exception | None = None) -> None:
+        self.events += 1
+
+    def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        self.events += 1
+
+    def on_lm_end(self, call_id: str, outputs: dict[str, Any] | None, exception: Exception | None = None) -> None:
+        self.events += 1
+
+    def on_interpreter_execute_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        self.events += 1
+
+    def on_interpreter_execute_end(
+        self, call_id: str, outputs: Any | None, exception: BaseException | None = None
+    ) -> None:
+        self.events += 1
+
+
+def dspy_callback(rlm: dspy.RLM, tmp: Path) -> Setup:
+    callback = CountingCallback()
+    return Setup(
+        overrides={"callbacks": [callback]},
+        check=lambda: None if callback.events else "the DSPy callback observed nothing",
+    )
+
+
+CONFIGS: tuple[Config, ...] = (
+    Config("bare", "1 bare (never instrumented)", bare),
+    Config("idle", "2 instrumented, nothing subscribed", instrumented_idle),
+    Config("detached", "3 instrumented, then uninstrumented", detached),
+    Config("busy", "4 3 middleware + 3 listeners, every stage", busy),
+    Config("builtins", "5 CodeGuard + Budget + JsonlTrace", builtins_setup),
+    Config("dspy_callback", "6 DSPy BaseCallback (module/LM/interp.)", dspy_callback),
+    Config("reference", "ref 4 pass-through middleware (1/iter. stage)", reference_hooks),
+    Config("idle_stages", "seam call instrumented, iteration stages idle", iteration_stages_idle),
+    Config("reference_package", "ref' dspy-rlm-hooks, 4 pass-through hooks", reference_package),
+)
+TARGETS: dict[str, dict[str, str]] = {
+    "InProcessInterpreter": {"idle": "ratio<=1.05", "detached": "ratio~1.00", "busy": "ratio<=1.25"},
+    "LocalInterpreter": {"busy": "ratio<=1.02"},
+}
+REFERENCE_US_PER_ITERATION = 35.0  # dspy-rlm-hooks 0.1.8, four pass-through hooks
+MIN_JUDGED_ROUNDS = 10  # fewer rounds (--quick) check that everything works; their figures are not judged
+
+
+# -- running calls -----------------------------------------------------------------------------------------------
+
+
+def clear_histories(rlm: dspy.RLM, lm: ScriptedLM) -> None:
+    """DSPy keeps every LM call in the LM's, each calling module's and a global history, and every prediction in
+    ``dspy.settings.trace`` (up to 10 000 of each): reset them so that neither time (bigger heaps to scan) nor
+    memory drifts over the rounds, and what remains is ours."""
+    lm.history.clear()
+    base_lm.GLOBAL_HISTORY.clear()
+    trace = dspy.settings.trace
+    if isinstance(trace, list):
+        trace.clear()
+    for _, module in rlm.named_sub_modules():
+        history = getattr(module, "history", None)
+        if isinstance(history, list):
+            history.clear()
+
+
+CLOCKS = ("wall", "cpu")
+
+
+def checked_call(rlm: dspy.RLM, lm: ScriptedLM, setup: Setup, iterations: int) -> dict[str, float]:
+    """One checked call; returns its wall time and this process's CPU time, in seconds."""
+    with dspy.context(lm=lm, **setup.overrides):
+        wall, cpu = time.perf_counter(), time.process_time()
+        prediction = rlm(question="What is the answer?")
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    steps = len(prediction.trajectory)
+    if prediction.answer != ANSWER or steps != iterations:
+        raise AssertionError(f"the workload changed: {steps} iterations (want {iterations}), {prediction.answer!r}")
+    clear_histories(rlm, lm)
+    return {"wall": wall, "cpu": cpu}

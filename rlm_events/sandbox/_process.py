@@ -1,0 +1,238 @@
+"""The host's side of one sandboxed worker process: starting it inside bubblewrap (:class:`Worker`), its pipes and
+messages, why it died, and what an interpreter holds outside Python (:class:`Resources`)."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import IO, TYPE_CHECKING, Any
+
+from ..runtime import CodeInterpreterError
+from . import _isolation
+from ._isolation import WORKER, PidsCgroup
+
+if TYPE_CHECKING:
+    from . import Sandboxed
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class WorkerLost(Exception):
+    """The worker is gone (or must go): ``str()`` says why, for the LM."""
+
+
+def run_in_thread(function: Callable[[], Any]) -> Future[Any]:
+    outcome: Future[Any] = Future()
+
+    def run() -> None:
+        try:
+            outcome.set_result(function())
+        except BaseException as exc:
+            outcome.set_exception(exc)
+
+    context = contextvars.copy_context()
+    threading.Thread(target=context.run, args=(run,), daemon=True, name="rlm-events-sandbox-tool").start()
+    return outcome
+
+
+async def awaited(awaitable: Any) -> Any:
+    """What ``awaitable`` returns (for ``asyncio.run``, which takes a coroutine)."""
+    return await awaitable
+
+
+def remove_tree(path: str) -> None:
+    """Remove a scratch directory, whatever modes the code left on it (never following its symlinks)."""
+    for root, dirs, _files in os.walk(path):
+        for name in dirs:
+            child = os.path.join(root, name)
+            if not os.path.islink(child):
+                with contextlib.suppress(OSError):
+                    os.chmod(child, 0o700)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+class Worker:
+    """One sandboxed worker process and its pipes."""
+
+    def __init__(self, sandbox: Sandboxed, scratch: str) -> None:
+        self.sandbox = sandbox
+        self.responses: queue.Queue[bytes | BaseException | None] = queue.Queue()
+        self.send_lock = threading.Lock()
+        self.killed_by_host = False
+        processes = sandbox.max_processes
+        self.cgroup = PidsCgroup(processes) if sandbox._uses_cgroup and processes is not None else None
+        self.stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _release()
+        limits = {
+            "memory_bytes": None if sandbox.memory_mb is None else sandbox.memory_mb * 1024 * 1024,
+            "cpu_seconds": sandbox.cpu_seconds,
+            "max_processes": sandbox.max_processes,
+        }
+        command = [
+            *(self.cgroup.launcher() if self.cgroup else []),
+            *_isolation.bwrap_arguments(sandbox._bwrap, scratch, sandbox.hide, sandbox.python),
+            "--",
+            sandbox.python,
+            "-I",
+            str(WORKER),
+            json.dumps(limits),
+        ]
+        try:
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self.stderr,
+                env=_isolation.sandbox_environment(scratch),
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            self._release()
+            raise CodeInterpreterError(f"Unable to start the sandbox: {exc}") from exc
+        threading.Thread(target=self._read, daemon=True, name="rlm-events-sandbox-reader").start()
+
+    def _read(self) -> None:
+        stream = self.process.stdout
+        assert stream is not None
+        with contextlib.suppress(OSError, ValueError):
+            while True:
+                line = stream.readline(MAX_MESSAGE_BYTES + 1)
+                if not line:
+                    break
+                if len(line) > MAX_MESSAGE_BYTES:
+                    self.responses.put(WorkerLost(f"sent a message over {MAX_MESSAGE_BYTES // 2**20} MiB"))
+                    return
+                self.responses.put(line)
+        self.responses.put(None)
+
+    def send(self, message: dict[str, Any]) -> None:
+        data = (json.dumps(message, separators=(",", ":"), allow_nan=False) + "\n").encode()
+        with self.send_lock:
+            stdin = self.process.stdin
+            assert stdin is not None
+            try:
+                stdin.write(data)
+                stdin.flush()
+            except (OSError, ValueError) as exc:
+                raise WorkerLost(self.death()) from exc
+
+    def receive(self, deadline: float | None) -> dict[str, Any]:
+        """The next message; raises WorkerLost (worker gone, bad message), TimeoutError, or what a tool raised."""
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            line = self.responses.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError from None
+        if line is None:
+            raise WorkerLost(self.death())
+        if isinstance(line, BaseException):
+            raise line
+        try:
+            message = json.loads(line)
+        except ValueError:
+            raise WorkerLost(f"broke the protocol (not JSON: {line[:200]!r})") from None
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            raise WorkerLost(f"broke the protocol (not a message: {str(message)[:200]})")
+        return message
+
+    def death(self) -> str:
+        """Why the worker is gone, from its exit status (bwrap exits with 128 + N when signal N killed it)."""
+        if self.killed_by_host:
+            return "was stopped"
+        try:
+            status = self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return "stopped answering"
+        signal_number = -status if status < 0 else status - 128 if status > 128 else 0
+        cpu = self.sandbox.cpu_seconds
+        if signal_number == signal.SIGXCPU:
+            return f"was killed by SIGXCPU: it used up its CPU time (cpu_seconds={cpu} per process)"
+        if signal_number == signal.SIGKILL:
+            return (
+                "was killed by SIGKILL (at its CPU-time hard limit"
+                + (f", cpu_seconds={cpu}+1" if cpu else "")
+                + ", or by the kernel's out-of-memory killer)"
+            )
+        if signal_number:
+            return f"was killed by {signal_name(signal_number)}"
+        return f"exited with status {status}"
+
+    def startup_error(self) -> str:
+        with contextlib.suppress(OSError, ValueError):
+            self.stderr.seek(0)
+            text = self.stderr.read()[-2000:].decode(errors="replace").strip()
+            if text:
+                return text
+        return self.death()
+
+    def kill(self) -> None:
+        self.killed_by_host = True
+        with contextlib.suppress(OSError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            self.process.kill()
+        if self.cgroup is not None:
+            self.cgroup.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        self._release()
+
+    def _release(self) -> None:
+        if self.cgroup is not None:
+            self.cgroup.remove()
+            self.cgroup = None
+        with contextlib.suppress(OSError):
+            self.stderr.close()
+
+
+class Resources:
+    """What an interpreter holds outside Python: released by shutdown(), or when it is collected or Python exits."""
+
+    def __init__(self) -> None:
+        self.worker: Worker | None = None
+        self.scratch: str | None = None
+
+    def drop_worker(self) -> None:
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            worker.kill()
+
+    def close(self) -> None:
+        self.drop_worker()
+        scratch, self.scratch = self.scratch, None
+        if scratch is not None:
+            remove_tree(scratch)
+
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "Resources",
+    "Worker",
+    "WorkerLost",
+    "awaited",
+    "remove_tree",
+    "run_in_thread",
+    "signal_name",
+]
