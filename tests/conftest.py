@@ -8,6 +8,11 @@ import sys
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+import tempfile
+
+# Hypothesis keeps its example database and constants cache under ./.hypothesis by default: the checkout.
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", tempfile.mkdtemp(prefix="rlm-events-hypothesis-"))
+
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -58,11 +63,11 @@ def make_rlm() -> Iterator[Callable[..., tuple[dspy.RLM, ScriptedLM]]]:
 _MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
 
 
-@pytest.fixture(autouse=True, scope="module")
+@pytest.fixture(autouse=True)
 def _mlflow_left_as_found() -> Iterator[None]:
-    """Each test module leaves MLflow's global settings as it found them (tracking URI, experiment, DSPy autologging):
-    a module that set them would otherwise turn MLflow on for the next, whose ``enable_rlm_hooks`` would then trace
-    into MLflow's default store in the working directory (``mlflow.db``, ``mlruns/``: the checkout)."""
+    """Each test leaves MLflow's global settings as it found them (tracking URI, experiment, DSPy autologging): a
+    test that set them would otherwise turn MLflow on for the next, whose ``enable_rlm_hooks`` would then trace into
+    MLflow's default store in the working directory (``mlflow.db``, ``mlruns/``: the checkout)."""
     environment = {name: os.environ.get(name) for name in _MLFLOW_ENV}
     yield
     for name, value in environment.items():
