@@ -51,6 +51,14 @@ class Builtin(Installable):
         return self.stage_error(ctx.stage)
 
 
+def check_int(owner: str, name: str, value: Any, least: int) -> int:
+    """``value`` if it is an ``int`` (not a ``bool``) of at least ``least``; else a ``ValueError`` naming
+    ``owner(name=...)`` and what it must be."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{owner}({name}=...) must be an int >= {least}, got {value!r}")
+    return value
+
+
 class ToolDenied(str):
     """The text a built-in returns to the executed code *instead of* calling a tool (a ``str``, JSON-safe).
 
@@ -89,4 +97,12 @@ def check_tool_names(owner: str, wanted: Iterable[str], events: Instrumentation)
             raise ValueError(f"{owner}: no tool named {name!r}{hint} Tools of this RLM: {', '.join(sorted(known))}")
 
 
-__all__ = ["RLM_BUILTIN_TOOLS", "Builtin", "ToolDenied", "check_tool_names", "denial_for", "tool_names"]
+__all__ = [
+    "RLM_BUILTIN_TOOLS",
+    "Builtin",
+    "ToolDenied",
+    "check_int",
+    "check_tool_names",
+    "denial_for",
+    "tool_names",
+]

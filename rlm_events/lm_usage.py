@@ -150,6 +150,12 @@ class Usage:
         """Whether :attr:`cost_usd` is the run's whole cost: no paid call was unpriced or unmetered."""
         return not (self.unpriced_lm_calls or self.unmetered_lm_calls)
 
+    def cost_gaps(self) -> dict[str, int]:
+        """Why :attr:`cost_usd` is not the whole cost: ``unpriced_lm_calls`` and ``unmetered_lm_calls``, those that
+        are not 0 (empty while :attr:`cost_known`)."""
+        counts = (("unpriced_lm_calls", self.unpriced_lm_calls), ("unmetered_lm_calls", self.unmetered_lm_calls))
+        return {name: count for name, count in counts if count}
+
     def add_speculation(self, ledger: Usage, *, wasted: bool) -> None:
         """Account for one settled speculative call whose own LM use is ``ledger`` (claimed, or ``wasted``)."""
         with _LOCK:
@@ -230,10 +236,7 @@ class Usage:
         }
         if self.cached_lm_calls:
             record.update(cached_lm_calls=self.cached_lm_calls, saved_cost_usd=round(self.saved_cost_usd, 8))
-        if self.unpriced_lm_calls:
-            record["unpriced_lm_calls"] = self.unpriced_lm_calls
-        if self.unmetered_lm_calls:
-            record["unmetered_lm_calls"] = self.unmetered_lm_calls
+        record.update(self.cost_gaps())
         if self.estimated_tokens:
             record["estimated_tokens"] = self.estimated_tokens
         if self.speculative_lm_calls:

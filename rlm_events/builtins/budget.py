@@ -7,15 +7,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .. import context
 from ..builtin import RLM_BUILTIN_TOOLS, Builtin, check_tool_names, denial_for
-from ..context import (
-    PostIterationContext,
-    Run,
-    RunEndContext,
-    RunStartContext,
-    StageContext,
-    ToolCallContext,
-)
 from ..errors import UnknownCostError
 from ..lm_usage import meter_run
 from ..pricing import register_prices
@@ -119,14 +112,14 @@ class Budget(Builtin):
         self.prices: dict[str, tuple[float, float]] = {m: (float(p[0]), float(p[1])) for m, p in (prices or {}).items()}
 
     @staticmethod
-    def spent(run: Run | StageContext) -> Spend | None:
+    def spent(run: context.Run | context.StageContext) -> Spend | None:
         """The :class:`Spend` of a run (or of a context's run); ``None`` if no Budget metered it. Taps and other
         built-ins read a Budget's per-run state only through this."""
-        spend = (run.run if isinstance(run, StageContext) else run).state.get(_STATE_KEY)
+        spend = (run.run if isinstance(run, context.StageContext) else run).state.get(_STATE_KEY)
         return spend if isinstance(spend, Spend) else None
 
     @staticmethod
-    def installed(run: Run) -> list[Budget]:
+    def installed(run: context.Run) -> list[Budget]:
         """The Budgets in the ``tool_call`` chain of the instrumentation ``run`` belongs to, in chain order."""
         from ..instrumentation import instrumentation_of
 
@@ -150,16 +143,16 @@ class Budget(Builtin):
         check_tool_names("Budget(max_tool_calls=...)", self.max_tool_calls, events)
 
     def __call__(self, ctx: Any, next: Any) -> Any:
-        if isinstance(ctx, ToolCallContext):
+        if isinstance(ctx, context.ToolCallContext):
             return self._tool_call(ctx, next)
-        if isinstance(ctx, PostIterationContext):
+        if isinstance(ctx, context.PostIterationContext):
             ctx = next(ctx)
             self._after_iteration(ctx)
             return ctx
-        if isinstance(ctx, RunStartContext):
+        if isinstance(ctx, context.RunStartContext):
             self._ledger(ctx.run)
             return next(ctx)
-        if isinstance(ctx, RunEndContext):
+        if isinstance(ctx, context.RunEndContext):
             spend = self._ledger(ctx.run)
             spend.seconds = spend.elapsed()
             if self.max_cost_usd is not None and not spend.cost_known and spend.stopped_by is None:
@@ -167,7 +160,7 @@ class Budget(Builtin):
             return next(ctx)
         raise self._wrong_stage(ctx)
 
-    def _ledger(self, run: Run) -> Spend:
+    def _ledger(self, run: context.Run) -> Spend:
         """This run's Spend; created (and its LMs metered) at run_start, or lazily if run_start was skipped."""
         spend = Budget.spent(run)
         if spend is None:
@@ -175,7 +168,7 @@ class Budget(Builtin):
             meter_run(run, spend)  # the run's one Usage: traces and spans report the same counts
         return spend
 
-    def _tool_call(self, ctx: ToolCallContext, next: Any) -> Any:
+    def _tool_call(self, ctx: context.ToolCallContext, next: Any) -> Any:
         spend = self._ledger(ctx.run)
         name = ctx.name
         cap = self.max_tool_calls.get(name)
@@ -197,7 +190,7 @@ class Budget(Builtin):
         ctx.result = denial_for(name, ctx.args, ctx.kwargs, message)
         return ctx
 
-    def _hard_sub_call(self, ctx: ToolCallContext, next: Any, spend: Spend) -> Any:
+    def _hard_sub_call(self, ctx: context.ToolCallContext, next: Any, spend: Spend) -> Any:
         """A sub-LLM call starts only when what is left covers it (each prompt estimated at the run's largest LM
         call so far), counting what calls in flight set aside; else the code gets a ``[Budget]`` denial."""
         calls = len(prompts) if ctx.name == "llm_query_batched" and isinstance(prompts := _prompts(ctx), list) else 1
@@ -224,7 +217,7 @@ class Budget(Builtin):
             parts.append(f"${max(self.max_cost_usd - spend.cost_usd, 0):.4g}")
         return "; left: " + ", ".join(parts) if parts else ""
 
-    def _after_iteration(self, ctx: PostIterationContext) -> None:
+    def _after_iteration(self, ctx: context.PostIterationContext) -> None:
         spend = self._ledger(ctx.run)
         spend.iterations = (ctx.iteration or 0) + 1
         spend.seconds = spend.elapsed()
@@ -254,19 +247,19 @@ class Budget(Builtin):
 
     def _no_room(self, spend: Spend) -> tuple[str, str] | None:
         """Hard mode: what is left cannot cover another iteration as large as the largest so far."""
-        if self.max_tokens is not None and spend.tokens + spend.largest_iteration_tokens > self.max_tokens:
-            return "tokens", (
-                f"tokens: {spend.tokens:,} spent, limit {self.max_tokens:,}; the largest iteration used "
-                f"{spend.largest_iteration_tokens:,} (hard)"
-            )
-        if self.max_cost_usd is not None and spend.cost_usd + spend.largest_iteration_cost_usd > self.max_cost_usd:
-            return "cost_usd", (
-                f"cost_usd: ${spend.cost_usd:.4g} spent, limit ${self.max_cost_usd:.4g}; the largest iteration cost "
-                f"${spend.largest_iteration_cost_usd:.4g} (hard)"
-            )
+        checks = (
+            ("tokens", spend.tokens, spend.largest_iteration_tokens, self.max_tokens, "{:,}", "used"),
+            ("cost_usd", spend.cost_usd, spend.largest_iteration_cost_usd, self.max_cost_usd, "${:.4g}", "cost"),
+        )
+        for kind, value, largest, limit, fmt, verb in checks:
+            if limit is not None and value + largest > limit:
+                return kind, (
+                    f"{kind}: {fmt.format(value)} spent, limit {fmt.format(limit)}; the largest iteration {verb} "
+                    f"{fmt.format(largest)} (hard)"
+                )
         return None
 
-    def _unknown_cost(self, run: Run, spend: Spend) -> str:
+    def _unknown_cost(self, run: context.Run, spend: Spend) -> str:
         """Why the run's cost is unknown, and what to do about it."""
         cap = f"Budget(max_cost_usd={self.max_cost_usd!r})"
         models = _unpriced_models(run) if spend.unpriced_lm_calls else ()
@@ -301,7 +294,7 @@ class Budget(Builtin):
         return "Budget({})".format(", ".join(f"{k}={v!r}" for k, v in limits.items() if v is not None))
 
 
-def _unpriced_models(run: Run) -> tuple[str, ...]:
+def _unpriced_models(run: context.Run) -> tuple[str, ...]:
     """The models of ``run``'s LMs whose recent calls DSPy recorded with a usage but no cost (DSPy keeps no record
     of which call of a run was unpriced: the LMs the run can use are searched, newest entries first)."""
     found: dict[str, None] = {}
@@ -317,7 +310,7 @@ def _unpriced_models(run: Run) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _prompts(ctx: ToolCallContext) -> Any:
+def _prompts(ctx: context.ToolCallContext) -> Any:
     return ctx.args[0] if ctx.args else ctx.kwargs.get("prompts")
 
 

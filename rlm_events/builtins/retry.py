@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 from .._ast import bound_names, class_members, parse
-from ..builtin import RLM_BUILTIN_TOOLS, Builtin
+from ..builtin import RLM_BUILTIN_TOOLS, Builtin, check_int
 from ..context import PostExecutionContext
 from ..stages import Stage
 
@@ -56,12 +56,8 @@ class RetryHint(Builtin):
     STAGES: ClassVar[tuple[Stage, ...]] = (Stage.POST_EXECUTION,)
 
     def __init__(self, *, max_matches: int = 2, max_chars: int = 300) -> None:
-        if isinstance(max_matches, bool) or not isinstance(max_matches, int) or max_matches < 0:
-            raise ValueError(f"RetryHint(max_matches=...) must be an int >= 0, got {max_matches!r}")
-        if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 40:
-            raise ValueError(f"RetryHint(max_chars=...) must be an int >= 40, got {max_chars!r}")
-        self.max_matches = max_matches
-        self.max_chars = max_chars
+        self.max_matches = check_int("RetryHint", "max_matches", max_matches, 0)
+        self.max_chars = check_int("RetryHint", "max_chars", max_chars, 40)
 
     def __call__(self, ctx: Any, next: Any) -> Any:
         if not isinstance(ctx, PostExecutionContext):

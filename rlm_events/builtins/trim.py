@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 
 from dspy.primitives.repl_types import REPLEntry, REPLHistory
 
-from ..builtin import Builtin
+from ..builtin import Builtin, check_int
 from ..context import PreIterationContext
 from ..stages import Stage
 
@@ -42,10 +42,8 @@ class HistoryTrimmer(Builtin):
     STAGES: ClassVar[tuple[Stage, ...]] = (Stage.PRE_ITERATION,)
 
     def __init__(self, keep_last: int = 3, *, max_chars: int = 400, mode: Mode = "preview") -> None:
-        if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 0:
-            raise ValueError(f"HistoryTrimmer(keep_last=...) must be an int >= 0, got {keep_last!r}")
-        if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 80:
-            raise ValueError(f"HistoryTrimmer(max_chars=...) must be an int >= 80, got {max_chars!r}")
+        check_int("HistoryTrimmer", "keep_last", keep_last, 0)
+        check_int("HistoryTrimmer", "max_chars", max_chars, 80)
         if mode not in ("preview", "drop"):
             raise ValueError(f"HistoryTrimmer(mode=...) must be 'preview' or 'drop', got {mode!r}")
         self.keep_last, self.max_chars, self.mode = keep_last, max_chars, mode

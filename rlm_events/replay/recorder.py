@@ -8,14 +8,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from ..context import (
-    ExtractContext,
-    PostIterationContext,
-    RunEndContext,
-    RunStartContext,
-    StageContext,
-    ToolCallContext,
-)
+from .. import context
 from ..lm_history import LMHistoryWatch, lms_of, module_label
 from ..runtime import iteration_limit
 from ..stages import Stage
@@ -46,7 +39,7 @@ def _error_text(error: BaseException) -> str:
 class _Pending:
     """One run being recorded."""
 
-    def __init__(self, ctx: RunStartContext) -> None:
+    def __init__(self, ctx: context.RunStartContext) -> None:
         module = ctx.run.module
         inputs, exact = jsonable(dict(ctx.input_args))
         self.lock = threading.Lock()
@@ -103,7 +96,7 @@ class _Pending:
                     )
                 )
 
-    def start_tool_call(self, ctx: ToolCallContext) -> RecordedToolCall:
+    def start_tool_call(self, ctx: context.ToolCallContext) -> RecordedToolCall:
         args, args_exact = jsonable(list(ctx.args))
         kwargs, kwargs_exact = jsonable(dict(ctx.kwargs))
         with self.lock:
@@ -118,7 +111,7 @@ class _Pending:
             self.recording.tool_calls.append(call)
         return call
 
-    def finish(self, ctx: RunEndContext) -> Recording:
+    def finish(self, ctx: context.RunEndContext) -> Recording:
         recording = self.recording
         recording.duration_s = ctx.duration_s
         recording.iterations = ctx.iterations
@@ -206,9 +199,9 @@ class Recorder(ToolAwareTap):
 
     # -- the tap --------------------------------------------------------------------------------------------
 
-    def __call__(self, ctx: StageContext) -> None:
+    def __call__(self, ctx: context.StageContext) -> None:
         """Record ``ctx`` (the tap entry point)."""
-        if isinstance(ctx, RunStartContext):
+        if isinstance(ctx, context.RunStartContext):
             with self._lock:
                 self._pending[ctx.run.id] = _Pending(ctx)
             self._watch.start(ctx.run.id, lms_of(ctx.run.module))
@@ -223,10 +216,10 @@ class Recorder(ToolAwareTap):
             logger.exception("Recorder failed at stage %s of run %s", ctx.stage.value, ctx.run.id)
             pending.problem(f"the recorder failed at stage {ctx.stage.value}: {_error_text(exc)}")
         finally:
-            if isinstance(ctx, RunEndContext):
+            if isinstance(ctx, context.RunEndContext):
                 self._finish(pending, ctx)
 
-    def _observe(self, pending: _Pending, ctx: StageContext) -> None:
+    def _observe(self, pending: _Pending, ctx: context.StageContext) -> None:
         entries = self._watch.end(ctx.run.id) if ctx.stage is Stage.RUN_END else self._watch.take(ctx.run.id)
         if entries is None:
             pending.overlapped = True
@@ -238,11 +231,11 @@ class Recorder(ToolAwareTap):
             pending.add_lm_calls(entries, ctx.stage, self.include_prompts)
         if ctx.stage is Stage.PRE_ITERATION:
             pending.iteration = ctx.iteration
-        elif isinstance(ctx, (PostIterationContext, ExtractContext)):
+        elif isinstance(ctx, (context.PostIterationContext, context.ExtractContext)):
             # The history so far: the trajectory of a call that fails before it returns a prediction.
             pending.history = [entry.model_dump() for entry in ctx.history]
 
-    def _finish(self, pending: _Pending, ctx: RunEndContext) -> None:
+    def _finish(self, pending: _Pending, ctx: context.RunEndContext) -> None:
         try:
             recording = pending.finish(ctx)
         except Exception as exc:
@@ -255,7 +248,7 @@ class Recorder(ToolAwareTap):
 
     # -- the tool_call middleware ---------------------------------------------------------------------------
 
-    def _record_tool(self, ctx: ToolCallContext, next: Any) -> ToolCallContext:
+    def _record_tool(self, ctx: context.ToolCallContext, next: Any) -> context.ToolCallContext:
         with self._lock:
             pending = self._pending.get(ctx.run.id)
         call: RecordedToolCall | None = None

@@ -149,17 +149,15 @@ def claim(live: Live, ctx: ToolCallContext, next: Any, timeout: float) -> Any:
     started = time.perf_counter()
     try:
         result = future.result(timeout=timeout)
-    except FutureTimeout:
-        with live.lock:
-            live.stats.timeouts += 1
-        live.decide(dispatch, "wasted")
-        return real()
     except CancelledError:
         live.decide(dispatch, "cancelled")
         return real()
-    except Exception:
+    except Exception as exc:  # it timed out or failed: the real call is made instead
         with live.lock:
-            live.stats.failed += 1
+            if isinstance(exc, FutureTimeout):
+                live.stats.timeouts += 1
+            else:
+                live.stats.failed += 1
         live.decide(dispatch, "wasted")
         return real()
     finally:

@@ -21,17 +21,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import dspy
 
+from .. import context
 from .._ast import LIMITS, Limits, parse
-from ..builtin import Builtin
-from ..context import (
-    PostExecutionContext,
-    PreExecutionContext,
-    Run,
-    RunEndContext,
-    RunStartContext,
-    StageContext,
-    ToolCallContext,
-)
+from ..builtin import Builtin, check_int
 from ..lm_usage import meter_run
 from ..runtime import interpreter_class
 from ..stages import Stage
@@ -127,10 +119,8 @@ class Speculate(Builtin):
             raise TypeError(f"Speculate(pure=...) takes a collection of tools; use [{pure!r}]")
         self.pure: tuple[Any, ...] = tuple(pure)
         self.pure_names = frozenset(_tool_name(item) for item in self.pure)
-        for name in ("max_in_flight", "max_per_iteration"):
-            value = locals()[name]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Speculate({name}=...) must be an int >= 1, got {value!r}")
+        check_int("Speculate", "max_in_flight", max_in_flight, 1)
+        check_int("Speculate", "max_per_iteration", max_per_iteration, 1)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError(f"Speculate(timeout=...) must be a positive number of seconds, got {timeout!r}")
         for name, flag in (("llm", llm), ("repl_state", repl_state)):
@@ -186,23 +176,23 @@ class Speculate(Builtin):
     # -- the stages
 
     def __call__(self, ctx: Any, next: Any) -> Any:
-        if isinstance(ctx, ToolCallContext):
+        if isinstance(ctx, context.ToolCallContext):
             return self._tool_call(ctx, next)
-        if isinstance(ctx, PreExecutionContext):
+        if isinstance(ctx, context.PreExecutionContext):
             ctx = next(ctx)  # plan on the code that will run: after every other middleware changed or refused it
             if not ctx.skipped:
                 self._guarded(self._speculate, ctx)
             return ctx
-        if isinstance(ctx, PostExecutionContext):
+        if isinstance(ctx, context.PostExecutionContext):
             live = _live_of(ctx.run)
             if live is not None:
                 self._guarded(live.expire)
             return next(ctx)
-        if isinstance(ctx, RunStartContext):
+        if isinstance(ctx, context.RunStartContext):
             self._live(ctx.run)
             meter_run(ctx.run)  # so that calls made ahead are metered even without a Budget or trace
             return next(ctx)
-        if isinstance(ctx, RunEndContext):
+        if isinstance(ctx, context.RunEndContext):
             self._guarded(self._finish, ctx.run)
             return next(ctx)
         raise self._wrong_stage(ctx)
@@ -213,7 +203,7 @@ class Speculate(Builtin):
         except Exception:  # speculation must never break the run it speeds up
             logger.warning("rlm-events: Speculate failed; the run goes on without it", exc_info=True)
 
-    def _live(self, run: Run) -> Live:
+    def _live(self, run: context.Run) -> Live:
         live = _live_of(run)
         if live is None:
             stats = run.state.setdefault(_STATS_KEY, SpeculateStats())
@@ -221,15 +211,15 @@ class Speculate(Builtin):
         return live
 
     @staticmethod
-    def stats(run: Run | StageContext) -> SpeculateStats | None:
+    def stats(run: context.Run | context.StageContext) -> SpeculateStats | None:
         """The :class:`SpeculateStats` of a run (or of a context's run); ``None`` if no Speculate ran in it. Taps
         and other built-ins read Speculate's per-run state only through this."""
-        stats = (run.run if isinstance(run, StageContext) else run).state.get(_STATS_KEY)
+        stats = (run.run if isinstance(run, context.StageContext) else run).state.get(_STATS_KEY)
         return stats if isinstance(stats, SpeculateStats) else None
 
     # -- pre_execution: plan and dispatch
 
-    def _speculate(self, ctx: PreExecutionContext) -> None:
+    def _speculate(self, ctx: context.PreExecutionContext) -> None:
         live = self._live(ctx.run)
         iteration = ctx.iteration or 0
         live.expire(iteration)
@@ -272,7 +262,7 @@ class Speculate(Builtin):
                 tracer=self.tracer,
             )
 
-    def _reader(self, live: Live, run: Run, repl: Any) -> Any:
+    def _reader(self, live: Live, run: context.Run, repl: Any) -> Any:
         if not self.repl_state:
             live.stats.repl = "off"
             return None
@@ -291,7 +281,7 @@ class Speculate(Builtin):
         live.stats.repl = reader.kind
         return reader
 
-    def _tool_call(self, ctx: ToolCallContext, next: Any) -> Any:
+    def _tool_call(self, ctx: context.ToolCallContext, next: Any) -> Any:
         live = _live_of(ctx.run)
         if live is None or ctx.name not in self.speculable:
             return next(ctx)
@@ -299,7 +289,7 @@ class Speculate(Builtin):
 
     # -- run_end
 
-    def _finish(self, run: Run) -> None:
+    def _finish(self, run: context.Run) -> None:
         live = _live_of(run)
         if live is None:
             return
@@ -311,7 +301,7 @@ class Speculate(Builtin):
         if live.executor is not None:
             live.executor.shutdown(wait=False, cancel_futures=True)
 
-    def _warn_once(self, run: Run, what: str, message: str) -> None:
+    def _warn_once(self, run: context.Run, what: str, message: str) -> None:
         key = (id(run.module), what)
         if key not in self._warned:
             self._warned.add(key)
@@ -333,7 +323,7 @@ class Speculate(Builtin):
 # -- helpers --------------------------------------------------------------------------------------------------
 
 
-def _live_of(run: Run) -> Live | None:
+def _live_of(run: context.Run) -> Live | None:
     live = run.state.get(_LIVE_KEY)
     return live if isinstance(live, Live) else None
 

@@ -21,10 +21,7 @@ def cost_attributes(usage: Usage) -> dict[str, Any]:
         attributes["rlm.cost_usd"] = round(usage.cost_usd, 8)
     else:
         attributes["rlm.cost_known"] = False
-        if usage.unpriced_lm_calls:
-            attributes["rlm.unpriced_lm_calls"] = usage.unpriced_lm_calls
-        if usage.unmetered_lm_calls:
-            attributes["rlm.unmetered_lm_calls"] = usage.unmetered_lm_calls
+        attributes.update({f"rlm.{name}": count for name, count in usage.cost_gaps().items()})
     if usage.cached_lm_calls:
         attributes["rlm.cached_lm_calls"] = usage.cached_lm_calls
         attributes["rlm.saved_cost_usd"] = round(usage.saved_cost_usd, 8)

@@ -32,16 +32,8 @@ import threading
 import time
 from typing import Any
 
-from ..context import (
-    ExtractContext,
-    PostExecutionContext,
-    PostIterationContext,
-    PreExecutionContext,
-    RunEndContext,
-    RunStartContext,
-    StageContext,
-    ToolCallContext,
-)
+from .. import context
+from ..lm_history import module_label
 from ..runtime import iteration_limit
 from ..stages import Stage
 from ._text import is_error_result, preview, safe_repr
@@ -87,31 +79,33 @@ class LoggingTap(InstallableTap):
 
     # -- the tap --------------------------------------------------------------------------------------------
 
-    def __call__(self, ctx: StageContext) -> None:
+    def __call__(self, ctx: context.StageContext) -> None:
         """Log ``ctx`` (the tap entry point)."""
-        if isinstance(ctx, RunStartContext):
-            self._log(self.level, ctx, "started: %s, inputs: %s", _label(ctx.run.module), ", ".join(ctx.input_args))
+        if isinstance(ctx, context.RunStartContext):
+            self._log(
+                self.level, ctx, "started: %s, inputs: %s", module_label(ctx.run.module), ", ".join(ctx.input_args)
+            )
         elif ctx.stage is Stage.PRE_ITERATION and ctx.iteration is not None:
             with self._lock:
                 self._iteration_started[(ctx.run.id, ctx.iteration)] = time.perf_counter()
-        elif isinstance(ctx, PreExecutionContext):
+        elif isinstance(ctx, context.PreExecutionContext):
             skipped = " (skipped by middleware)" if ctx.skipped else ""
             self._log(logging.DEBUG, ctx, "code%s:\n%s", skipped, preview(ctx.code, self.max_chars))
-        elif isinstance(ctx, PostExecutionContext):
+        elif isinstance(ctx, context.PostExecutionContext):
             self._log(logging.DEBUG, ctx, "result:\n%s", preview(str(ctx.result), self.max_chars))
-        elif isinstance(ctx, PostIterationContext):
+        elif isinstance(ctx, context.PostIterationContext):
             self._iteration_summary(ctx)
-        elif isinstance(ctx, ToolCallContext):
+        elif isinstance(ctx, context.ToolCallContext):
             self._tool_call(ctx)
-        elif isinstance(ctx, ExtractContext):
+        elif isinstance(ctx, context.ExtractContext):
             fields = [k for k in (ctx.prediction.keys() if ctx.prediction is not None else []) if k != "trajectory"]
             self._log(self.level, ctx, "extract fallback produced: %s", ", ".join(fields) or "nothing")
-        elif isinstance(ctx, RunEndContext):
+        elif isinstance(ctx, context.RunEndContext):
             self._run_end(ctx)
 
     # -- records --------------------------------------------------------------------------------------------
 
-    def _log(self, level: int, ctx: StageContext, message: str, *args: Any) -> None:
+    def _log(self, level: int, ctx: context.StageContext, message: str, *args: Any) -> None:
         if not self.logger.isEnabledFor(level):
             return
         where = f"rlm run {ctx.run.id}"
@@ -128,7 +122,7 @@ class LoggingTap(InstallableTap):
             extra={"rlm_run_id": ctx.run.id, "rlm_stage": ctx.stage.value, "rlm_iteration": ctx.iteration},
         )
 
-    def _iteration_summary(self, ctx: PostIterationContext) -> None:
+    def _iteration_summary(self, ctx: context.PostIterationContext) -> None:
         with self._lock:
             started = self._iteration_started.pop((ctx.run.id, ctx.iteration or 0), None)
         if not self.logger.isEnabledFor(self.level):
@@ -146,7 +140,7 @@ class LoggingTap(InstallableTap):
         took = "" if started is None else f" in {(time.perf_counter() - started) * 1000:.0f} ms"
         self._log(self.level, ctx, ": %s -> %s%s", _plural(lines, "line") + " of code", outcome, took)
 
-    def _tool_call(self, ctx: ToolCallContext) -> None:
+    def _tool_call(self, ctx: context.ToolCallContext) -> None:
         if self.logger.isEnabledFor(self.level):
             self._log(self.level, ctx, "tool %s(%s) -> %s", ctx.name, self._arguments(ctx, 80), _short(ctx.result, 80))
         if self.logger.isEnabledFor(logging.DEBUG):
@@ -160,11 +154,11 @@ class LoggingTap(InstallableTap):
             )
 
     @staticmethod
-    def _arguments(ctx: ToolCallContext, limit: int) -> str:
+    def _arguments(ctx: context.ToolCallContext, limit: int) -> str:
         parts = [_short(a, limit) for a in ctx.args] + [f"{k}={_short(v, limit)}" for k, v in ctx.kwargs.items()]
         return preview(", ".join(parts), limit)
 
-    def _run_end(self, ctx: RunEndContext) -> None:
+    def _run_end(self, ctx: context.RunEndContext) -> None:
         with self._lock:
             for key in [k for k in self._iteration_started if k[0] == ctx.run.id]:
                 del self._iteration_started[key]
@@ -181,12 +175,6 @@ class LoggingTap(InstallableTap):
             return
         via = " (answer from the extract fallback)" if ctx.forced_extract else ""
         self._log(self.level, ctx, "finished in %.2f s after %s%s", ctx.duration_s, iterations, via)
-
-
-def _label(module: Any) -> str:
-    signature = getattr(getattr(module, "signature", None), "signature", None)
-    name = type(module).__name__
-    return f"{name}({signature})" if isinstance(signature, str) else name
 
 
 __all__ = ["DEFAULT_LOGGER", "LoggingTap"]

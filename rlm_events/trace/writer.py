@@ -26,18 +26,7 @@ from datetime import datetime, timezone
 from types import TracebackType
 from typing import IO, Any
 
-from ..context import (
-    ExtractContext,
-    PostExecutionContext,
-    PostIterationContext,
-    PreExecutionContext,
-    PreIterationContext,
-    Run,
-    RunEndContext,
-    RunStartContext,
-    StageContext,
-    ToolCallContext,
-)
+from .. import context
 from ..lm_history import module_label
 from ..lm_usage import meter_run, metered
 from ..runtime import iteration_limit
@@ -95,7 +84,7 @@ def _one_line(text: str) -> str:
 # -- LM usage -------------------------------------------------------------------------------------------------
 
 
-def usage_of(run: Run) -> dict[str, Any] | None:
+def usage_of(run: context.Run) -> dict[str, Any] | None:
     """The LM use of ``run`` so far (the schema's ``usage``), from the run's one meter (:mod:`rlm_events.lm_usage`),
     or ``None`` when the run is not metered."""
     usage = metered(run)
@@ -170,7 +159,7 @@ class JsonlTrace(InstallableTap):
 
     # -- recording ------------------------------------------------------------------------------------------
 
-    def __call__(self, ctx: StageContext) -> None:
+    def __call__(self, ctx: context.StageContext) -> None:
         """Record ``ctx`` (the tap entry point)."""
         fields = self.fields(ctx)
         with self._lock:
@@ -202,19 +191,19 @@ class JsonlTrace(InstallableTap):
     def _default(self, value: Any) -> str:
         return preview(value, self.preview_chars)
 
-    def fields(self, ctx: StageContext) -> dict[str, Any]:
+    def fields(self, ctx: context.StageContext) -> dict[str, Any]:
         """The stage-specific fields of ``ctx``'s line (the schema's per-stage part)."""
         limit = self.preview_chars
-        if isinstance(ctx, RunStartContext):
+        if isinstance(ctx, context.RunStartContext):
             return {
                 "schema": SCHEMA_VERSION,
                 "module": module_label(ctx.run.module),
                 "max_iters": iteration_limit(ctx.run.module),
                 "inputs": {name: preview(value, limit) for name, value in ctx.input_args.items()},
             }
-        if isinstance(ctx, PreIterationContext):
+        if isinstance(ctx, context.PreIterationContext):
             return {"history_len": _history_len(ctx.history)}
-        if isinstance(ctx, PreExecutionContext):
+        if isinstance(ctx, context.PreExecutionContext):
             out: dict[str, Any] = {
                 "code": preview(ctx.code, self.code_chars),
                 "reasoning": preview(ctx.reasoning, limit),
@@ -224,7 +213,7 @@ class JsonlTrace(InstallableTap):
             if ctx.skipped:
                 out["result_preview"] = preview(ctx.result, limit)
             return out
-        if isinstance(ctx, PostExecutionContext):
+        if isinstance(ctx, context.PostExecutionContext):
             return {
                 "code": preview(ctx.code, self.code_chars),
                 "result_preview": preview(ctx.result, limit),
@@ -232,21 +221,21 @@ class JsonlTrace(InstallableTap):
                 "is_error": is_error_result(ctx.result),
                 "history_len": _history_len(ctx.history),
             }
-        if isinstance(ctx, PostIterationContext):
+        if isinstance(ctx, context.PostIterationContext):
             return {
                 "history_len": _history_len(ctx.history),
                 "submitted": ctx.prediction is not None,
                 "stop": ctx.stop,
                 "stop_reason": (ctx.stop_reason or "middleware") if ctx.stop and ctx.prediction is None else None,
             }
-        if isinstance(ctx, ToolCallContext):
+        if isinstance(ctx, context.ToolCallContext):
             return {
                 "tool": {"name": ctx.name, "args": _call_preview(ctx.args, ctx.kwargs, limit)},
                 "result_preview": preview(ctx.result, limit),
             }
-        if isinstance(ctx, ExtractContext):
+        if isinstance(ctx, context.ExtractContext):
             return {"history_len": _history_len(ctx.history), "prediction": _fields_preview(ctx.prediction, limit)}
-        if isinstance(ctx, RunEndContext):
+        if isinstance(ctx, context.RunEndContext):
             return {
                 "iterations": ctx.iterations,
                 "forced_extract": ctx.forced_extract,
