@@ -9,7 +9,6 @@ import os
 import pkgutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -54,35 +53,45 @@ def state():
         "tracked_signals": len(fast._TRACKED) if fast else 0,
     }
 
-before = state()
-importlib.import_module(sys.argv[1])
-after = state()
-changed = {key: [before[key], after[key]] for key in before if before[key] != after[key]}
-if "environ" in changed:
-    old, new = changed["environ"]
-    changed["environ"] = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-if written:
-    changed["environ_written"] = sorted(set(written))
-print(json.dumps(changed))
+effects = {}
+for module in sys.argv[1:]:  # one after the other: each is compared with what the ones before it left
+    written.clear()
+    before = state()
+    importlib.import_module(module)
+    after = state()
+    changed = {key: [before[key], after[key]] for key in before if before[key] != after[key]}
+    if "environ" in changed:
+        old, new = changed["environ"]
+        changed["environ"] = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if written:
+        changed["environ_written"] = sorted(set(written))
+    effects[module] = changed
+print(json.dumps(effects))
 """
 
 
-def _import_in_a_fresh_interpreter(module: str) -> tuple[str, dict[str, object] | str]:
+def _import_in_fresh_interpreters(modules: list[str]) -> dict[str, dict[str, object] | str]:
+    """Each module's effects, importing ``modules`` one after the other in one fresh interpreter per ordering: the
+    public modules as listed, and the same list reversed (so that a module first reached as another's dependency is
+    also imported on its own first)."""
     path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env = {**os.environ, "PYTHONPATH": path}
-    done = subprocess.run(
-        [sys.executable, "-c", _PROBE, module], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT
-    )
-    if done.returncode != 0:
-        return module, done.stderr[-2000:]
-    return module, json.loads(done.stdout.strip().splitlines()[-1])
+    effects: dict[str, dict[str, object] | str] = {}
+    for ordering in (modules, modules[::-1]):
+        done = subprocess.run(
+            [sys.executable, "-c", _PROBE, *ordering], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT
+        )
+        if done.returncode != 0:
+            return {ordering[0]: done.stderr[-2000:]}
+        for module, changed in json.loads(done.stdout.strip().splitlines()[-1]).items():
+            if changed or module not in effects:
+                effects[module] = changed
+    return effects
 
 
 @pytest.fixture(scope="module")
 def import_effects() -> dict[str, dict[str, object] | str]:
-    modules = _public_modules()
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        return dict(pool.map(_import_in_a_fresh_interpreter, modules))
+    return _import_in_fresh_interpreters(_public_modules())
 
 
 def test_the_public_modules_are_found():
