@@ -1,11 +1,14 @@
-"""A small, dependency-free ``(ctx, next)`` middleware chain engine (sync and async).
+"""A small, dependency-free `(ctx, next)` middleware chain engine (sync and async).
 
+```pycon
 >>> from middleware import Chain
 >>> def shout(ctx, next):
 ...     ctx["text"] = ctx["text"].upper()
 ...     return next(ctx)
 >>> Chain([shout]).run({"text": "hi"})
 {'text': 'HI'}
+
+```
 """
 
 from ._loop import run_sync

@@ -2,8 +2,8 @@
 
 A sync caller may sit inside a running event loop (a notebook, an async server calling sync code). Nesting a
 second loop in that thread is an error, and blocking it on its own loop deadlocks, so coroutines always run on a
-private loop owned by one daemon thread. The caller's :mod:`contextvars` travel with the coroutine, so
-``dspy.context(...)`` settings and rlm-events' own per-call state stay visible inside it.
+private loop owned by one daemon thread. The caller's `contextvars` travel with the coroutine, so
+`dspy.context(...)` settings and rlm-events' own per-call state stay visible inside it.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ async def _await(awaitable: Awaitable[T]) -> T:
 
 
 def run_sync(awaitable: Awaitable[T]) -> T:
-    """Block the calling thread until ``awaitable`` completes on the private loop; return or raise its outcome.
+    """Block the calling thread until `awaitable` completes on the private loop; return or raise its outcome.
 
     Guarantees: the caller's event loop (if any) is neither nested nor used; the caller's context variables are
     copied into the coroutine; called from the private loop's own thread (a sync step inside an async middleware

@@ -1,23 +1,26 @@
-"""An ordered, immutable chain of ``(ctx, next)`` middleware, after koa-compose's ``dispatch(i)``.
+"""An ordered, immutable chain of `(ctx, next)` middleware, after koa-compose's `dispatch(i)`.
 
-A middleware is ``mw(ctx, next)``. It may change ``ctx``, call ``next(ctx)`` at most once to run the rest of the
-chain, act after ``next`` returns, or return without calling ``next`` to short-circuit everything inside it. It
-returns the context (usually ``return next(ctx)``). The first middleware added is the outermost. The innermost
-``next`` calls the chain's *terminal* (the real work, if any) or returns the context unchanged.
+A middleware is `mw(ctx, next)`. It may change `ctx`, call `next(ctx)` at most once to run the rest of the
+chain, act after `next` returns, or return without calling `next` to short-circuit everything inside it. It
+returns the context (usually `return next(ctx)`). The first middleware added is the outermost. The innermost
+`next` calls the chain's *terminal* (the real work, if any) or returns the context unchanged.
 
 The sync/async rule:
 
-* ``def`` middleware get a plain ``next``: ``ctx = next(ctx)``.
-* ``async def`` middleware get an awaitable ``next``: ``ctx = await next(ctx)``.
-* :meth:`Chain.run` (sync caller): ``def`` middleware run inline. From the first ``async def`` middleware on, the
-  rest of the chain runs to completion on a private event loop in a helper thread (see :mod:`middleware._loop`);
+* `def` middleware get a plain `next`: `ctx = next(ctx)`.
+* `async def` middleware get an awaitable `next`: `ctx = await next(ctx)`.
+* [`Chain.run()`][middleware.chain.Chain.run] (sync caller): `def` middleware run inline. From the first `async def`
+  middleware on, the
+  rest of the chain runs to completion on a private event loop in a helper thread (see `middleware._loop`);
   the caller's loop, if it has one, is never nested or blocked on itself.
-* :meth:`Chain.arun` (async caller): ``async def`` middleware are awaited on the caller's loop. A ``def``
+* [`Chain.arun()`][middleware.chain.Chain.arun] (async caller): `async def` middleware are awaited on the caller's loop.
+  A `def`
   middleware runs inline when nothing async follows it; when something does, it runs in a worker thread
-  (``asyncio.to_thread``) and its ``next`` hands the async remainder back to the caller's loop, so every
-  ``async def`` middleware always runs on the caller's loop.
+  (`asyncio.to_thread`) and its `next` hands the async remainder back to the caller's loop, so every
+  `async def` middleware always runs on the caller's loop.
 
-Chains are immutable: :meth:`Chain.append` and :meth:`Chain.remove` return new chains, so a caller that took a
+Chains are immutable: [`Chain.append()`][middleware.chain.Chain.append] and
+[`Chain.remove()`][middleware.chain.Chain.remove] return new chains, so a caller that took a
 chain keeps running exactly that chain while others change theirs.
 """
 
@@ -39,7 +42,7 @@ _PASSED_THROUGH = "__middleware_passed_through__"
 
 
 def is_async_callable(fn: Callable[..., Any]) -> bool:
-    """Whether calling ``fn`` returns a coroutine by declaration (``async def`` function or ``__call__``)."""
+    """Whether calling `fn` returns a coroutine by declaration (`async def` function or `__call__`)."""
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
 
@@ -79,7 +82,7 @@ class _Entry:
 
 
 class _Next:
-    """The ``next`` handed to one middleware: callable once; marks errors from deeper in as passed through."""
+    """The `next` handed to one middleware: callable once; marks errors from deeper in as passed through."""
 
     __slots__ = ("_called", "_entry", "_label", "_rest")
 
@@ -113,7 +116,7 @@ class _AsyncNext(_Next):
 
 
 class Chain(Generic[C]):
-    """An immutable, ordered sequence of middleware; ``label`` (e.g. a stage name) appears in every error."""
+    """An immutable, ordered sequence of middleware; `label` (e.g. a stage name) appears in every error."""
 
     __slots__ = ("_entries", "_last_async", "label")
 
@@ -124,11 +127,11 @@ class Chain(Generic[C]):
         self.label = label
 
     def append(self, mw: Middleware[C]) -> Chain[C]:
-        """Return a new chain with ``mw`` innermost; raises ``TypeError`` now if ``mw`` cannot be a middleware."""
+        """Return a new chain with `mw` innermost; raises `TypeError` now if `mw` cannot be a middleware."""
         return Chain((*self._entries, _Entry(mw)), label=self.label)  # type: ignore[arg-type]
 
     def remove(self, mw: Middleware[C]) -> Chain[C]:
-        """Return a new chain without any registration of ``mw`` (unchanged if it was not there)."""
+        """Return a new chain without any registration of `mw` (unchanged if it was not there)."""
         return Chain((e for e in self._entries if e.fn is not mw), label=self.label)  # type: ignore[misc]
 
     def __iter__(self) -> Iterator[Middleware[C]]:
@@ -144,7 +147,7 @@ class Chain(Generic[C]):
         return f"Chain({[e.name for e in self._entries]!r}, label={self.label!r})"
 
     def run(self, ctx: C, terminal: Terminal[C] | None = None, _index: int = 0) -> C:
-        """Fold ``ctx`` through the chain from a sync caller and return the resulting context."""
+        """Fold `ctx` through the chain from a sync caller and return the resulting context."""
         # The hot path of every stage, run between two stretches of DSPy's own work (so with cold caches): as few
         # Python frames and objects as possible. `next` is a closure, not an object with an __init__; the innermost
         # `next` returns at once; the usual outcome (`out is ctx`) skips the awaitable and type checks.
@@ -183,7 +186,7 @@ class Chain(Generic[C]):
         return out if out is ctx else entry.checked(out, ctx, self.label)
 
     async def arun(self, ctx: C, terminal: Terminal[C] | None = None) -> C:
-        """Fold ``ctx`` through the chain from an async caller and return the resulting context."""
+        """Fold `ctx` through the chain from an async caller and return the resulting context."""
         return await self._adispatch(0, ctx, terminal)
 
     async def _adispatch(self, i: int, ctx: C, terminal: Terminal[C] | None) -> C:
@@ -213,5 +216,5 @@ class Chain(Generic[C]):
 
 
 def compose(*middleware: Middleware[C], label: str = "chain") -> Chain[C]:
-    """Build a :class:`Chain` from middleware in order (first = outermost)."""
+    """Build a [`Chain`][middleware.chain.Chain] from middleware in order (first = outermost)."""
     return Chain(middleware, label=label)

@@ -6,11 +6,11 @@ from typing import Any
 
 
 class ChainError(RuntimeError):
-    """A middleware broke the chain protocol (for example, it called ``next`` more than once)."""
+    """A middleware broke the chain protocol (for example, it called `next` more than once)."""
 
 
 def middleware_name(fn: Any) -> str:
-    """A readable name for a middleware: ``module.qualname`` for functions, the class name for callable objects."""
+    """A readable name for a middleware: `module.qualname` for functions, the class name for callable objects."""
     target = getattr(fn, "func", fn)  # functools.partial
     qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
     module = getattr(target, "__module__", None) or type(target).__module__
@@ -18,7 +18,7 @@ def middleware_name(fn: Any) -> str:
 
 
 def add_note(exc: BaseException, note: str) -> None:
-    """Attach a PEP 678 note; on Python 3.10, where ``add_note`` is missing, fill ``__notes__`` the same way."""
+    """Attach a PEP 678 note; on Python 3.10, where `add_note` is missing, fill `__notes__` the same way."""
     if hasattr(exc, "add_note"):
         exc.add_note(note)
     else:  # pragma: no cover - Python 3.10

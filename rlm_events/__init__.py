@@ -1,7 +1,10 @@
-"""Guard, steer, meter and observe every stage of ``dspy.RLM``'s loop without forking DSPy.
+"""Guard, steer, meter and observe every stage of `dspy.RLM`'s loop without forking DSPy.
 
+```pycon
 >>> import rlm_events
 >>> from rlm_events import Stage, signals
+
+```
 """
 
 from . import signals

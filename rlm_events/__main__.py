@@ -1,4 +1,4 @@
-"""Command line: ``python -m rlm_events demo`` and ``python -m rlm_events view TRACE.jsonl``."""
+"""Command line: `python -m rlm_events demo` and `python -m rlm_events view TRACE.jsonl`."""
 
 from __future__ import annotations
 

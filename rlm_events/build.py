@@ -1,4 +1,4 @@
-"""Building a ``dspy.RLM`` the same way on every supported DSPy release: :func:`build_rlm`."""
+"""Building a `dspy.RLM` the same way on every supported DSPy release: [`build_rlm()`][rlm_events.build.build_rlm]."""
 
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ def build_rlm(
     tools: Sequence[Any] | None = None,
     **options: Any,
 ) -> dspy.RLM:
-    """A ``dspy.RLM`` built with the DSPy 3.3+ constructor arguments on every supported DSPy release (3.1.2+).
+    """A `dspy.RLM` built with the DSPy 3.3+ constructor arguments on every supported DSPy release (3.1.2+).
 
-    ``max_iters`` is passed as ``max_iterations`` before 3.3; ``tools`` (functions or ``dspy.Tool``) as a dict on
-    3.1.2. ``interpreter_factory`` is called once per call and what it returns is shut down when the call ends, as
+    `max_iters` is passed as `max_iterations` before 3.3; `tools` (functions or `dspy.Tool`) as a dict on
+    3.1.2. `interpreter_factory` is called once per call and what it returns is shut down when the call ends, as
     on 3.3+ (before 3.3, where the constructor takes one interpreter shared by every call, the instance is given
-    that behaviour). Other ``options`` (``sub_lm``, ``max_llm_calls``, ``verbose``, ...) are passed as they are.
-    The result is a plain ``dspy.RLM``.
+    that behaviour). Other `options` (`sub_lm`, `max_llm_calls`, `verbose`, ...) are passed as they are.
+    The result is a plain `dspy.RLM`.
     """
     constructor = constructor_of(dspy.RLM)
     kwargs, factory = constructor.arguments(

@@ -1,8 +1,10 @@
 """What every built-in middleware shares: one-line registration on the stages it needs, stage checks, the denial
 text a built-in returns instead of calling a tool, and tool-name checks.
 
-It lives below :mod:`rlm_events.builtins`, :mod:`rlm_events.guard` and :mod:`rlm_events.speculate`, which all
-subclass :class:`Builtin`, so that none of them imports another to get it (``rlm_events.builtins`` re-exports it).
+It lives below [`rlm_events.builtins`][rlm_events.builtins], [`rlm_events.guard`][rlm_events.guard] and
+[`rlm_events.speculate`][rlm_events.speculate], which all
+subclass [`Builtin`][rlm_events.builtin.Builtin], so that none of them imports another to get it (`rlm_events.builtins`
+re-exports it).
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ RLM_BUILTIN_TOOLS = ("llm_query", "llm_query_batched")
 
 
 class Builtin(Installable):
-    """A ``(ctx, next)`` middleware object that knows the stages it belongs to.
+    """A `(ctx, next)` middleware object that knows the stages it belongs to.
 
-    ``install(events)`` registers it on exactly those stages (in :attr:`STAGES` order, in one change) and returns
-    it; ``uninstall(events)`` removes those registrations. Called at any other stage it raises ``TypeError``
+    `install(events)` registers it on exactly those stages (in [`STAGES`][rlm_events.builtin.Builtin.STAGES] order, in
+    one change) and returns
+    it; `uninstall(events)` removes those registrations. Called at any other stage it raises `TypeError`
     naming the stage, because a built-in registered by hand on the wrong stage would otherwise do nothing silently.
     """
 
@@ -40,7 +43,8 @@ class Builtin(Installable):
         return Registrations(middleware=[(stage, self) for stage in self.STAGES])
 
     def stage_error(self, stage: Stage) -> TypeError:
-        """The error for using this middleware at ``stage``, which is not one of its :attr:`STAGES`."""
+        """The error for using this middleware at `stage`, which is not one of its
+        [`STAGES`][rlm_events.builtin.Builtin.STAGES]."""
         expected = ", ".join(s.value for s in self.STAGES)
         return TypeError(
             f"{type(self).__name__} is a middleware for stage(s) {expected}; it was used at stage "
@@ -52,24 +56,24 @@ class Builtin(Installable):
 
 
 def check_int(owner: str, name: str, value: Any, least: int) -> int:
-    """``value`` if it is an ``int`` (not a ``bool``) of at least ``least``; else a ``ValueError`` naming
-    ``owner(name=...)`` and what it must be."""
+    """`value` if it is an `int` (not a `bool`) of at least `least`; else a `ValueError` naming
+    `owner(name=...)` and what it must be."""
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise ValueError(f"{owner}({name}=...) must be an int >= {least}, got {value!r}")
     return value
 
 
 class ToolDenied(str):
-    """The text a built-in returns to the executed code *instead of* calling a tool (a ``str``, JSON-safe).
+    """The text a built-in returns to the executed code *instead of* calling a tool (a `str`, JSON-safe).
 
-    Other built-ins recognise it: :class:`~rlm_events.builtins.ToolCallCache` never caches a denial.
+    Other built-ins recognise it: [`ToolCallCache`][rlm_events.builtins.ToolCallCache] never caches a denial.
     """
 
     __slots__ = ()
 
 
 def denial_for(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], message: str) -> Any:
-    """The denial result shaped like the tool's result: one message per prompt for ``llm_query_batched``."""
+    """The denial result shaped like the tool's result: one message per prompt for `llm_query_batched`."""
     if name == "llm_query_batched":
         prompts = args[0] if args else kwargs.get("prompts", [])
         if isinstance(prompts, (list, tuple)):
@@ -78,7 +82,7 @@ def denial_for(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], message
 
 
 def tool_names(events: Instrumentation) -> set[str]:
-    """Every tool name the code of ``events``' RLMs can call."""
+    """Every tool name the code of `events`' RLMs can call."""
     names = set(RLM_BUILTIN_TOOLS)
     for module in events.modules:
         names.update(getattr(module, "tools", {}) or {})
@@ -86,7 +90,7 @@ def tool_names(events: Instrumentation) -> set[str]:
 
 
 def check_tool_names(owner: str, wanted: Iterable[str], events: Instrumentation) -> None:
-    """Raise ``ValueError`` naming the closest tool when ``wanted`` has a name no RLM of ``events`` exposes."""
+    """Raise `ValueError` naming the closest tool when `wanted` has a name no RLM of `events` exposes."""
     known = tool_names(events)
     if not events.modules:  # nothing attached yet: nothing to check against
         return

@@ -1,16 +1,16 @@
-"""The demo task: count TODO/FIXME lines in a bundled text of a few thousand lines with a real ``dspy.RLM``.
+"""The demo task: count TODO/FIXME lines in a bundled text of a few thousand lines with a real `dspy.RLM`.
 
-It runs on an embedded scripted LM (no API key) or, with ``model``, on a real LM through DSPy's LiteLLM client
-(``api_base`` for any OpenAI-compatible server), with the real ``dspy.LocalInterpreter`` when the installed DSPy has
+It runs on an embedded scripted LM (no API key) or, with `model`, on a real LM through DSPy's LiteLLM client
+(`api_base` for any OpenAI-compatible server), with the real `dspy.LocalInterpreter` when the installed DSPy has
 it (an in-process interpreter otherwise). A real LM writes its own code: whatever it answers, the demo ends with
 the answer it got (or the run's error), the LM use it counted and the trace. The code guard and
 the budget are on, the progress tap shows where the call is, every stage is printed as it fires, and the whole call
-is recorded as a JSONL trace for ``python -m rlm_events view``. The script's second step reaches for the shell; the
-guard refuses it, the LM gets the ``[Error]`` back and the next step recovers in plain Python.
+is recorded as a JSONL trace for `python -m rlm_events view`. The script's second step reaches for the shell; the
+guard refuses it, the LM gets the `[Error]` back and the next step recovers in plain Python.
 
-With ``mlflow_uri`` (``python -m rlm_events demo --mlflow``) the call is also recorded as an MLflow trace, with
-``mlflow.dspy.autolog()`` on and :class:`~rlm_events.taps.MlflowTap` installed, in the tracking store at that URI
-(default ``sqlite:///mlruns.db``, in the working directory), for ``mlflow ui``.
+With `mlflow_uri` (`python -m rlm_events demo --mlflow`) the call is also recorded as an MLflow trace, with
+`mlflow.dspy.autolog()` on and [`MlflowTap`][rlm_events.taps.MlflowTap] installed, in the tracking store at that URI
+(default `sqlite:///mlruns.db`, in the working directory), for `mlflow ui`.
 """
 
 from __future__ import annotations
@@ -111,10 +111,10 @@ def scripted_lm() -> ScriptedLM:
 
 
 def real_lm(model: str, api_base: str | None = None, api_key: str | None = None) -> dspy.LM:
-    """``dspy.LM(model)`` (LiteLLM) with DSPy's cache off, so that every run makes, and meters, its own calls.
+    """`dspy.LM(model)` (LiteLLM) with DSPy's cache off, so that every run makes, and meters, its own calls.
 
-    ``api_key`` defaults to what LiteLLM finds itself (the provider's variable, e.g. ``OPENAI_API_KEY``); with an
-    ``api_base`` for an ``openai/`` model and no ``OPENAI_API_KEY`` set, to a placeholder (local servers need none).
+    `api_key` defaults to what LiteLLM finds itself (the provider's variable, e.g. `OPENAI_API_KEY`); with an
+    `api_base` for an `openai/` model and no `OPENAI_API_KEY` set, to a placeholder (local servers need none).
     """
     if api_key is None and api_base and model.startswith("openai/") and not os.environ.get("OPENAI_API_KEY"):
         api_key = PLACEHOLDER_API_KEY
@@ -123,8 +123,8 @@ def real_lm(model: str, api_base: str | None = None, api_key: str | None = None)
 
 
 def has_price(model: str) -> bool:
-    """Whether LiteLLM's model-cost map prices ``model`` (DSPy prices calls from that map, or from its own copy of
-    it), so that the demo's dollar cap can hold; a price given with ``register_prices`` counts."""
+    """Whether LiteLLM's model-cost map prices `model` (DSPy prices calls from that map, or from its own copy of
+    it), so that the demo's dollar cap can hold; a price given with `register_prices` counts."""
     import litellm  # DSPy's client, which register_prices also registers with
 
     try:
@@ -137,8 +137,8 @@ def has_price(model: str) -> bool:
 def install_guards(
     events: Instrumentation, *, dollar_cap: bool = True, prices: Mapping[str, tuple[float, float]] | None = None
 ) -> str:
-    """Install the code guard and the budget on ``events`` (with a dollar cap only if ``dollar_cap``: a model
-    without a price cannot be capped in dollars; ``prices`` go to the Budget); return what they are, for the banner."""
+    """Install the code guard and the budget on `events` (with a dollar cap only if `dollar_cap`: a model
+    without a price cannot be capped in dollars; `prices` go to the Budget); return what they are, for the banner."""
     CodeGuard("default").install(events)
     max_cost_usd = MAX_COST_USD if dollar_cap else None
     Budget(
@@ -176,7 +176,7 @@ def _first_line(value: Any, width: int = 70) -> str:
 
 
 def stage_printer(out: TextIO | None = None) -> Any:
-    """A tap printing one line per stage event (to ``out``, or to ``sys.stdout`` as it is at each event)."""
+    """A tap printing one line per stage event (to `out`, or to `sys.stdout` as it is at each event)."""
 
     def show(ctx: StageContext) -> None:
         where = "" if ctx.iteration is None else f" #{ctx.iteration + 1}"
@@ -201,7 +201,7 @@ def stage_printer(out: TextIO | None = None) -> Any:
 
 
 class _MlflowRecording:
-    """The demo's MLflow side: tracking store, experiment, autolog and the tap; undone by :meth:`close`."""
+    """The demo's MLflow side: tracking store, experiment, autolog and the tap; undone by `close()`."""
 
     def __init__(self, events: Instrumentation, uri: str) -> None:
         try:
@@ -248,14 +248,14 @@ def run_demo(
     api_key: str | None = None,
     price: tuple[float, float] | None = None,
 ) -> dspy.Prediction:
-    """Run the demo, printing to ``out`` (default ``sys.stdout``) and writing a fresh trace to ``trace_path``; with
-    ``mlflow_uri``, also record it as an MLflow trace there.
+    """Run the demo, printing to `out` (default `sys.stdout`) and writing a fresh trace to `trace_path`; with
+    `mlflow_uri`, also record it as an MLflow trace there.
 
-    With ``model``, the LM is :func:`real_lm` (``api_base``/``api_key`` passed on). ``price`` is the model's
-    ``(input, output)`` price in USD per million tokens (registered for the process by the Budget); without it the
+    With `model`, the LM is `real_lm()` (`api_base`/`api_key` passed on). `price` is the model's
+    `(input, output)` price in USD per million tokens (registered for the process by the Budget); without it the
     dollar cap is kept only if LiteLLM prices the model. A failed call (the LM's answer could not be parsed, the
     provider refused, ...) raises after the trace recorded it and the LM use was printed. It changes no
-    environment variable (``python -m rlm_events demo`` sets ``LITELLM_LOCAL_MODEL_COST_MAP=True`` unless set).
+    environment variable (`python -m rlm_events demo` sets `LITELLM_LOCAL_MODEL_COST_MAP=True` unless set).
     """
 
     def say(text: str) -> None:

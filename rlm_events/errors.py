@@ -1,5 +1,6 @@
-"""Errors raised by rlm-events. All derive from :class:`RLMEventsError`, except
-:class:`rlm_events.replay.ReplayExhaustedError`: a ``BaseException`` (like pytest's outcome exceptions) so the
+"""Errors raised by rlm-events. All derive from [`RLMEventsError`][rlm_events.errors.RLMEventsError], except
+[`rlm_events.replay.ReplayExhaustedError`][rlm_events.replay.ReplayExhaustedError]: a `BaseException` (like pytest's
+outcome exceptions) so the
 interpreter running generated code cannot turn a diverged replay into text the LM reads."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ class RLMEventsError(Exception):
 
 
 class UnknownStageError(RLMEventsError, ValueError):
-    """A stage name that is not one of :class:`rlm_events.Stage`; the message suggests the closest one."""
+    """A stage name that is not one of [`rlm_events.Stage`][rlm_events.Stage]; the message suggests the closest one."""
 
 
 class UnsupportedDSPyError(RLMEventsError, RuntimeError):
@@ -22,8 +23,9 @@ class StageError(RLMEventsError, RuntimeError):
 
 
 class UnknownCostError(RLMEventsError, RuntimeError):
-    """A dollar cap (``Budget(max_cost_usd=...)``) met an LM call whose cost is unknown: a model no price map prices
-    (:attr:`models` names them; give their prices with :func:`rlm_events.register_prices` or ``Budget(prices=...)``),
+    """A dollar cap (`Budget(max_cost_usd=...)`) met an LM call whose cost is unknown: a model no price map prices
+    ([`models`][rlm_events.errors.UnknownCostError.models] names them; give their prices with
+    [`rlm_events.register_prices()`][rlm_events.register_prices] or `Budget(prices=...)`),
     or a call whose usage could not be seen. The run is stopped rather than let run uncapped."""
 
     def __init__(self, message: str, models: tuple[str, ...] = ()) -> None:

@@ -1,9 +1,11 @@
-"""An in-process code interpreter: :class:`InProcessInterpreter`, DSPy's ``CodeInterpreter`` protocol in this
-process (persistent namespace, ``SUBMIT`` -> ``FinalOutput``, tools callable from code). Fast, for tests and
-benchmarks; it is no sandbox. What code sees and returns matches ``dspy.LocalInterpreter`` (DSPy 3.4+), which
-earlier releases lack. Also re-exported by :mod:`rlm_events.testing`.
+"""An in-process code interpreter: [`InProcessInterpreter`][rlm_events.inprocess.InProcessInterpreter], DSPy's
+`CodeInterpreter` protocol in this
+process (persistent namespace, `SUBMIT` -> `FinalOutput`, tools callable from code). Fast, for tests and
+benchmarks; it is no sandbox. What code sees and returns matches `dspy.LocalInterpreter` (DSPy 3.4+), which
+earlier releases lack. Also re-exported by [`rlm_events.testing`][rlm_events.testing].
 
-:func:`takes_keywords_only` says how a tool's positional arguments are bound (shared with the sandbox's
+[`takes_keywords_only()`][rlm_events.inprocess.takes_keywords_only] says how a tool's positional arguments are bound
+(shared with the sandbox's
 interpreter and speculation, so all three bind them alike).
 """
 
@@ -33,7 +35,7 @@ def _described(exc: BaseException) -> str:
 
 
 def _crossed(value: Any) -> Any:
-    """A value as it comes back from ``dspy.LocalInterpreter``'s worker: through JSON, or its ``repr``."""
+    """A value as it comes back from `dspy.LocalInterpreter`'s worker: through JSON, or its `repr`."""
     try:
         return json.loads(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError):
@@ -41,7 +43,7 @@ def _crossed(value: Any) -> Any:
 
 
 def takes_keywords_only(fn: Callable[..., Any]) -> bool:
-    """Whether a layer of ``fn`` (following ``__wrapped__``) is a ``def f(**kwargs)``: DSPy 3.3+ wrap user tools so,
+    """Whether a layer of `fn` (following `__wrapped__`) is a `def f(**kwargs)`: DSPy 3.3+ wrap user tools so,
     and advertise the tool's own signature."""
     seen: set[int] = set()
     layer: Any = fn
@@ -59,9 +61,9 @@ def takes_keywords_only(fn: Callable[..., Any]) -> bool:
 
 
 def _host_tool(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` as code in the REPL calls it, as ``dspy.LocalInterpreter`` does: arguments as written, through JSON
+    """`fn` as code in the REPL calls it, as `dspy.LocalInterpreter` does: arguments as written, through JSON
     (positional ones bound by the advertised signature for keyword-only wrappers, as DSPy's PythonInterpreter binds
-    them), a failure raised in the code as ``RuntimeError("Type: message")``, the result JSON-checked."""
+    them), a failure raised in the code as `RuntimeError("Type: message")`, the result JSON-checked."""
     bind = takes_keywords_only(fn)
 
     def call(*args: Any, **kwargs: Any) -> Any:
@@ -81,8 +83,8 @@ def _host_tool(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _compiled(code: str) -> tuple[CodeType, CodeType | None]:
-    """``code`` as ``dspy.LocalInterpreter``'s worker runs it: its statements, and apart its final expression, whose
-    value is the result. Raises ``SyntaxError``."""
+    """`code` as `dspy.LocalInterpreter`'s worker runs it: its statements, and apart its final expression, whose
+    value is the result. Raises `SyntaxError`."""
     with AST_LOCK:  # concurrent calls' interpreters compile at once
         tree = ast.parse(code, mode="exec")
         tail = tree.body[-1] if tree.body else None
@@ -95,17 +97,17 @@ def _compiled(code: str) -> tuple[CodeType, CodeType | None]:
 
 
 class InProcessInterpreter:
-    """A persistent in-process Python REPL implementing DSPy's ``CodeInterpreter`` protocol.
+    """A persistent in-process Python REPL implementing DSPy's `CodeInterpreter` protocol.
 
-    What executed code sees and returns matches ``dspy.LocalInterpreter`` (DSPy 3.4+), so tests behave the same on
+    What executed code sees and returns matches `dspy.LocalInterpreter` (DSPy 3.4+), so tests behave the same on
     every DSPy release: the value of a final expression is the result (else the printed output, without the trailing
-    newline, or ``None``); ``SUBMIT`` takes the output fields positionally or by keyword and raises ``FinalOutput``;
-    tools get their arguments as written; errors surface as ``"Type: message"`` (a failing tool as
-    ``RuntimeError``); results, submissions and tool results cross as JSON (``repr`` for results that are not JSON).
+    newline, or `None`); `SUBMIT` takes the output fields positionally or by keyword and raises `FinalOutput`;
+    tools get their arguments as written; errors surface as `"Type: message"` (a failing tool as
+    `RuntimeError`); results, submissions and tool results cross as JSON (`repr` for results that are not JSON).
     Unlike it, input variables may be any Python object, nothing runs in a subprocess, and it is no sandbox.
 
-    ``print`` output is captured per interpreter (not via ``sys.stdout``), so concurrent interpreters don't mix.
-    ``shutdown_count`` counts shutdowns, to check that every run released its interpreter.
+    `print` output is captured per interpreter (not via `sys.stdout`), so concurrent interpreters don't mix.
+    `shutdown_count` counts shutdowns, to check that every run released its interpreter.
     """
 
     shutdown_count = 0

@@ -1,5 +1,5 @@
-"""The one install protocol of built-ins, taps and record/replay helpers: ``x.install(events)`` registers what
-``x`` declares, ``x.uninstall(events)`` removes exactly that."""
+"""The one install protocol of built-ins, taps and record/replay helpers: `x.install(events)` registers what
+`x` declares, `x.uninstall(events)` removes exactly that."""
 
 from __future__ import annotations
 
@@ -15,18 +15,21 @@ SelfT = TypeVar("SelfT", bound="Installable")
 
 
 class Registrations(NamedTuple):
-    """What an :class:`Installable` registers: ``(stage, middleware)`` pairs, in order (the first is outermost
-    among them), and ``(stages, tap)`` pairs."""
+    """What an [`Installable`][rlm_events.installable.Installable] registers: `(stage, middleware)` pairs, in order (the
+    first is outermost
+    among them), and `(stages, tap)` pairs."""
 
     middleware: Sequence[tuple[Stage, Callable[..., Any]]] = ()
     taps: Sequence[tuple[Sequence[Stage], Callable[..., Any]]] = ()
 
 
 class Installable:
-    """Something that registers itself on an :class:`~rlm_events.Instrumentation`.
+    """Something that registers itself on an [`Instrumentation`][rlm_events.Instrumentation].
 
-    Subclasses say what with :meth:`registrations` (the same objects every time: :meth:`uninstall` removes the very
-    callables :meth:`install` registered) and may validate the RLMs first (:meth:`check`). ``install`` adds all
+    Subclasses say what with [`registrations()`][rlm_events.installable.Installable.registrations] (the same objects
+    every time: [`uninstall()`][rlm_events.installable.Installable.uninstall] removes the very
+    callables [`install()`][rlm_events.installable.Installable.install] registered) and may validate the RLMs first
+    ([`check()`][rlm_events.installable.Installable.check]). `install` adds all
     middleware in one plan change, so a call starting meanwhile sees all of them or none, then the taps.
     """
 
@@ -34,10 +37,10 @@ class Installable:
         raise NotImplementedError
 
     def check(self, events: Instrumentation) -> None:
-        """Validate the configuration against the RLMs of ``events``; raise now rather than mid-run."""
+        """Validate the configuration against the RLMs of `events`; raise now rather than mid-run."""
 
     def install(self: SelfT, events: Instrumentation) -> SelfT:
-        """Register on ``events`` (after :meth:`check`); return ``self``."""
+        """Register on `events` (after [`check()`][rlm_events.installable.Installable.check]); return `self`."""
         self.check(events)
         registrations = self.registrations()
         events.replace((), registrations.middleware)
@@ -46,7 +49,7 @@ class Installable:
         return self
 
     def uninstall(self, events: Instrumentation) -> None:
-        """Remove what :meth:`install` registered on ``events``."""
+        """Remove what [`install()`][rlm_events.installable.Installable.install] registered on `events`."""
         registrations = self.registrations()
         for stage, mw in registrations.middleware:
             events.remove(stage, mw)

@@ -1,4 +1,4 @@
-"""The user-facing handle: register middleware and taps; ``instrument()`` / ``uninstrument()``."""
+"""The user-facing handle: register middleware and taps; `instrument()` / `uninstrument()`."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ StageLike = Stage | str
 
 
 class Instrumentation:
-    """The registrations shared by every ``dspy.RLM`` that :func:`instrument` patched for one target.
+    """The registrations shared by every `dspy.RLM` that [`instrument()`][rlm_events.instrumentation.instrument] patched
+    for one target.
 
-    Thread-safe: registrations replace an immutable :class:`~rlm_events.plan.Plan` under a lock (copy-on-write),
+    Thread-safe: registrations replace an immutable `Plan` under a lock (copy-on-write),
     so a running call keeps the plan it started with and is never affected by changes made meanwhile.
     """
 
@@ -40,14 +41,15 @@ class Instrumentation:
 
     @property
     def modules(self) -> tuple[RLM, ...]:
-        """The ``dspy.RLM`` instances this instrumentation is attached to."""
+        """The `dspy.RLM` instances this instrumentation is attached to."""
         return tuple(self._modules.values())
 
     def use(self, stage: StageLike, mw: F) -> F:
-        """Append ``mw(ctx, next)`` to ``stage``'s chain (innermost so far); return ``mw``.
+        """Append `mw(ctx, next)` to `stage`'s chain (innermost so far); return `mw`.
 
-        Raises :class:`~rlm_events.UnknownStageError` for an unknown stage and ``TypeError`` for something that is
-        not callable as ``(ctx, next)``, now rather than mid-run.
+        Raises [`UnknownStageError`][rlm_events.UnknownStageError] for an unknown stage and `TypeError` for something
+        that is
+        not callable as `(ctx, next)`, now rather than mid-run.
         """
         self._register([Stage.parse(stage)], mw)
         return mw
@@ -56,10 +58,11 @@ class Instrumentation:
         self._swap((), [(stage, mw) for stage in stages])  # all stages or none: see replace()
 
     def replace(self, old: Iterable[Callable[..., Any]], new: Iterable[tuple[StageLike, Callable[..., Any]]]) -> None:
-        """Remove every registration of each middleware in ``old``, then append each ``(stage, mw)`` of ``new``, in
+        """Remove every registration of each middleware in `old`, then append each `(stage, mw)` of `new`, in
         one change: a call starting meanwhile sees all of the old middleware or all of the new, never a mix.
 
-        Validates ``new`` as :meth:`use` does; on a bad entry nothing changes.
+        Validates `new` as [`use()`][rlm_events.instrumentation.Instrumentation.use] does; on a bad entry nothing
+        changes.
         """
         self._swap(tuple(old), [(Stage.parse(stage), mw) for stage, mw in new])
 
@@ -87,7 +90,8 @@ class Instrumentation:
             self._plan = Plan(chains, self._plan.all_taps)
 
     def middleware(self, *stages: StageLike) -> Callable[[F], F]:
-        """Decorator form of :meth:`use` for one or more stages: ``@events.middleware(Stage.PRE_EXECUTION)``."""
+        """Decorator form of [`use()`][rlm_events.instrumentation.Instrumentation.use] for one or more stages:
+        `@events.middleware(Stage.PRE_EXECUTION)`."""
         if not stages or (len(stages) == 1 and callable(stages[0]) and not isinstance(stages[0], str)):
             raise TypeError(
                 "middleware(): a stage is missing; name the stage(s) to register on, "
@@ -102,21 +106,23 @@ class Instrumentation:
         return register
 
     def remove(self, stage: StageLike, mw: Callable[..., Any]) -> None:
-        """Undo :meth:`use`: remove ``mw`` from ``stage``'s chain. Unknown middleware are ignored."""
+        """Undo [`use()`][rlm_events.instrumentation.Instrumentation.use]: remove `mw` from `stage`'s chain. Unknown
+        middleware are ignored."""
         stage = Stage.parse(stage)
         with self._lock:
             self._plan = Plan({**self._plan.chains, stage: self._plan.chains[stage].remove(mw)}, self._plan.all_taps)
 
     def remove_all(self, mw: Callable[..., Any]) -> None:
-        """Remove every registration of middleware ``mw``, on every stage. Unknown middleware are ignored."""
+        """Remove every registration of middleware `mw`, on every stage. Unknown middleware are ignored."""
         self._swap((mw,), [])
 
     def tap(self, *args: Any) -> Any:
-        """``tap(stages, fn)``: observe ``stages`` (a stage or an iterable of them) with ``fn(snapshot)``;
-        ``tap(fn)``: observe every stage. Returns ``fn``; :meth:`untap` removes it.
+        """`tap(stages, fn)`: observe `stages` (a stage or an iterable of them) with `fn(snapshot)`;
+        `tap(fn)`: observe every stage. Returns `fn`; [`untap()`][rlm_events.instrumentation.Instrumentation.untap]
+        removes it.
 
-        ``fn`` gets a read-only snapshot after middleware and receivers ran. Whatever it raises is logged and
-        never reaches the run. ``async def`` taps are awaited in ``aforward`` and run on a private loop otherwise.
+        `fn` gets a read-only snapshot after middleware and receivers ran. Whatever it raises is logged and
+        never reaches the run. `async def` taps are awaited in `aforward` and run on a private loop otherwise.
         """
         if len(args) == 1:
             stages, fn = None, args[0]
@@ -145,13 +151,14 @@ class Instrumentation:
         return fn
 
     def untap(self, fn: Callable[..., Any]) -> None:
-        """Undo :meth:`tap`: remove every tap registered with ``fn``."""
+        """Undo [`tap()`][rlm_events.instrumentation.Instrumentation.tap]: remove every tap registered with `fn`."""
         with self._lock:
             self._plan = Plan(self._plan.chains, tuple(t for t in self._plan.all_taps if t.fn is not fn))
 
     def connect(self, stage: StageLike, receiver: F, *, weak: bool = True) -> F:
-        """Connect ``receiver(sender, ctx=...)`` to ``stage``'s signal for every RLM of this instrumentation (and
-        RLMs copied from them); return it. :meth:`disconnect` and :meth:`clear` undo it."""
+        """Connect `receiver(sender, ctx=...)` to `stage`'s signal for every RLM of this instrumentation (and
+        RLMs copied from them); return it. [`disconnect()`][rlm_events.instrumentation.Instrumentation.disconnect]
+        and [`clear()`][rlm_events.instrumentation.Instrumentation.clear] undo it."""
         stage = Stage.parse(stage)
         signal = BY_STAGE[stage]
         for module in self.modules:
@@ -161,7 +168,8 @@ class Instrumentation:
         return receiver
 
     def disconnect(self, stage: StageLike, receiver: Callable[..., Any]) -> None:
-        """Undo :meth:`connect`: ``receiver`` no longer hears ``stage`` from the RLMs of this instrumentation."""
+        """Undo [`connect()`][rlm_events.instrumentation.Instrumentation.connect]: `receiver` no longer hears `stage`
+        from the RLMs of this instrumentation."""
         stage = Stage.parse(stage)
         signal = BY_STAGE[stage]
         for module in self.modules:
@@ -170,7 +178,8 @@ class Instrumentation:
             self._receivers = [(s, r) for s, r in self._receivers if (s, r) != (stage, receiver)]
 
     def clear(self) -> None:
-        """Remove every middleware and tap, and disconnect every receiver :meth:`connect` connected."""
+        """Remove every middleware and tap, and disconnect every receiver
+        [`connect()`][rlm_events.instrumentation.Instrumentation.connect] connected."""
         with self._lock:
             self._plan = Plan()
             receivers, self._receivers = self._receivers, []
@@ -185,12 +194,13 @@ class Instrumentation:
     # -- the patch layer's Handle protocol ----------------------------------------------------------------------
 
     def attached(self, rlm: RLM) -> None:
-        """Called by the patch layer: ``rlm`` now runs with these registrations."""
+        """Called by the patch layer: `rlm` now runs with these registrations."""
         self._modules[id(rlm)] = rlm
 
     def detached(self, rlm: RLM) -> None:
-        """Called by the patch layer: ``rlm`` no longer runs with these registrations; the receivers
-        :meth:`connect` connected for it are disconnected (``uninstrument()`` leaves nothing behind)."""
+        """Called by the patch layer: `rlm` no longer runs with these registrations; the receivers
+        [`connect()`][rlm_events.instrumentation.Instrumentation.connect] connected for it are disconnected
+        (`uninstrument()` leaves nothing behind)."""
         self._modules.pop(id(rlm), None)
         for stage, receiver in list(self._receivers):
             BY_STAGE[stage].disconnect(receiver, sender=rlm)
@@ -217,11 +227,13 @@ def _rlms_in(target: Any) -> list[RLM]:
 
 
 def instrument(target: Module) -> Instrumentation:
-    """Patch ``target`` (a ``dspy.RLM``, or every ``dspy.RLM`` inside a composite module) and return its handle.
+    """Patch `target` (a `dspy.RLM`, or every `dspy.RLM` inside a composite module) and return its handle.
 
     Only these instances change; other RLMs are untouched. Idempotent: a second call returns the same
-    :class:`Instrumentation`. Raises ``TypeError`` for a target without RLM, ``ValueError`` when the RLMs inside a
-    composite are already instrumented separately, and :class:`~rlm_events.UnsupportedDSPyError` when the
+    [`Instrumentation`][rlm_events.instrumentation.Instrumentation]. Raises `TypeError` for a target without RLM,
+    `ValueError` when the RLMs inside a
+    composite are already instrumented separately, and [`UnsupportedDSPyError`][rlm_events.UnsupportedDSPyError] when
+    the
     installed DSPy's RLM loop lacks a piece rlm-events needs.
     """
     rlms = _rlms_in(target)
@@ -247,13 +259,14 @@ def instrument(target: Module) -> Instrumentation:
 
 
 def uninstrument(target: Module) -> None:
-    """Exactly undo :func:`instrument` on ``target`` (idempotent; a never-instrumented target is left alone)."""
+    """Exactly undo [`instrument()`][rlm_events.instrumentation.instrument] on `target` (idempotent; a
+    never-instrumented target is left alone)."""
     for rlm in _rlms_in(target):
         _patch.detach(rlm)
 
 
 def instrumentation_of(target: RLM) -> Instrumentation | None:
-    """The :class:`Instrumentation` attached to ``target``, or ``None``."""
+    """The [`Instrumentation`][rlm_events.instrumentation.Instrumentation] attached to `target`, or `None`."""
     handle = _patch.instrumentation_of(target)
     return handle if isinstance(handle, Instrumentation) else None
 

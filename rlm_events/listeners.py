@@ -18,14 +18,16 @@ def isolated(receiver: F) -> F:
 
     A plain receiver that raises fails the call (blinker's semantics, which a guard may want); an isolated one is
     telemetry. The first failure of a receiver in a call is logged at WARNING with its traceback, later failures in
-    the same call at DEBUG. Works for ``def`` and ``async def`` receivers.
+    the same call at DEBUG. Works for `def` and `async def` receivers.
 
     blinker holds receivers weakly: keep the wrapper alive, e.g. by decorating a module-level function (the name then
-    refers to the wrapper) or by connecting with ``weak=False``::
+    refers to the wrapper) or by connecting with `weak=False`:
 
-        @signals.run_end.connect_via(rlm)
-        @isolated
-        def export(sender, ctx): ...
+    ```text
+    @signals.run_end.connect_via(rlm)
+    @isolated
+    def export(sender, ctx): ...
+    ```
     """
     name = middleware_name(receiver)
     last_failed: list[str | None] = [None]

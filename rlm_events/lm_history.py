@@ -1,6 +1,6 @@
-"""Which LM calls belong to which run: the LMs a call can use, and the entries DSPy appends to their ``history``.
+"""Which LM calls belong to which run: the LMs a call can use, and the entries DSPy appends to their `history`.
 
-DSPy records every LM call as an entry (``messages``, ``outputs``, ``usage``, ``cost``) in the LM's ``history``
+DSPy records every LM call as an entry (`messages`, `outputs`, `usage`, `cost`) in the LM's `history`
 list. The built-ins, the taps and record/replay read usage from there; this module is the one place that knows
 how to find those LMs and how to take the entries appended since a point without copying the whole history.
 """
@@ -18,7 +18,7 @@ from ._patch import own_lms
 
 
 def module_label(module: Any) -> str:
-    """``"RLM(text -> answer)"``: the class name and, when it has one, the string signature."""
+    """`"RLM(text -> answer)"`: the class name and, when it has one, the string signature."""
     signature = getattr(getattr(module, "signature", None), "signature", None)
     name = type(module).__name__
     return f"{name}({signature})" if isinstance(signature, str) else name
@@ -28,10 +28,10 @@ def module_label(module: Any) -> str:
 
 
 def lms_of(module: Any) -> list[Any]:
-    """The distinct LMs a call of ``module`` can use, resolved now (call it in the run's context).
+    """The distinct LMs a call of `module` can use, resolved now (call it in the run's context).
 
-    ``dspy.settings.lm``, the module's ``sub_lm``, the LM a PredictRLM was built with, and its predictors' own
-    ``lm``; only objects with a ``history`` list (DSPy's ``BaseLM``) count.
+    `dspy.settings.lm`, the module's `sub_lm`, the LM a PredictRLM was built with, and its predictors' own
+    `lm`; only objects with a `history` list (DSPy's `BaseLM`) count.
     """
     candidates = [dspy.settings.lm, getattr(module, "sub_lm", None), *own_lms(module)]
     with contextlib.suppress(Exception):  # not a dspy.Module after all: the LMs above are all we know
@@ -82,10 +82,10 @@ class _Watched:
 
 
 class LMHistoryWatch:
-    """Attributes the entries DSPy appends to LMs' ``history`` lists to the runs that made them. Thread-safe.
+    """Attributes the entries DSPy appends to LMs' `history` lists to the runs that made them. Thread-safe.
 
-    :meth:`start` remembers the newest entry of each LM a run can use; each :meth:`take` returns the entries
-    appended since the run's previous take. A window is *ambiguous* -- :meth:`take` returns ``None`` -- when, at
+    `start()` remembers the newest entry of each LM a run can use; each `take()` returns the entries
+    appended since the run's previous take. A window is *ambiguous* -- `take()` returns `None` -- when, at
     any moment during it, another run started on this watch used one of the same LM instances: their entries
     interleave in one list and cannot be told apart. Runs this watch never saw cannot be detected.
     """
@@ -96,7 +96,7 @@ class LMHistoryWatch:
         self._active: dict[int, set[str]] = {}  # id(lm) -> runs using it now
 
     def start(self, run_id: str, lms: Iterable[Any]) -> None:
-        """Begin watching ``lms`` for ``run_id``."""
+        """Begin watching `lms` for `run_id`."""
         with self._lock:
             watched = _Watched([HistoryCursor(lm) for lm in lms])
             self._runs[run_id] = watched
@@ -109,9 +109,9 @@ class LMHistoryWatch:
                 users.add(run_id)
 
     def take(self, run_id: str) -> list[dict[str, Any]] | None:
-        """The entries appended since the last take for ``run_id`` (oldest first), or ``None`` if ambiguous.
+        """The entries appended since the last take for `run_id` (oldest first), or `None` if ambiguous.
 
-        Unknown runs get ``[]``.
+        Unknown runs get `[]`.
         """
         with self._lock:
             watched = self._runs.get(run_id)
@@ -124,7 +124,7 @@ class LMHistoryWatch:
             return None if ambiguous else entries
 
     def end(self, run_id: str) -> list[dict[str, Any]] | None:
-        """A last :meth:`take`, then forget ``run_id`` (even if the take fails: a run left "active" would make
+        """A last `take()`, then forget `run_id` (even if the take fails: a run left "active" would make
         every later run on its LMs look ambiguous)."""
         try:
             return self.take(run_id)

@@ -1,37 +1,40 @@
 """The one LM-usage parser and meter: every built-in and tap that reports tokens or cost reads them from here.
 
-**Parsing.** DSPy records every LM call as an entry of the LM's ``history``: ``usage`` (a dict, or an object with
-attributes) and ``cost``. :func:`entry_usage` reads every spelling LiteLLM and DSPy emit: ``prompt_tokens`` or
-``input_tokens``, ``completion_tokens`` or ``output_tokens``, ``total_tokens`` (their sum when absent).
+**Parsing.** DSPy records every LM call as an entry of the LM's `history`: `usage` (a dict, or an object with
+attributes) and `cost`. [`entry_usage()`][rlm_events.lm_usage.entry_usage] reads every spelling LiteLLM and DSPy emit:
+`prompt_tokens` or
+`input_tokens`, `completion_tokens` or `output_tokens`, `total_tokens` (their sum when absent).
 
 **What is billed.** The meter counts what the provider billed and the client could see, per LM call:
 
-* *A call DSPy's cache answered* (memory or disk) made no request: it is counted in ``cached_lm_calls``, costs
-  nothing, consumes no budget, and the cost DSPy kept for it is added to ``saved_cost_usd``. DSPy up to 3.3 (and
-  3.4 for cache records in the LiteLLM format) marks the cached response ``cache_hit=True`` and empties its usage;
-  DSPy 3.4's own cache records keep the entry's ``cost`` but give it an empty ``usage`` while the restored response
-  still carries the usage it was billed with, and no ``cache_hit`` attribute: either marks a hit
-  (:func:`entry_cached`). A cached answer that carried no usage is counted as unmetered.
-* *A call whose usage cannot be seen* is counted in ``lm_calls`` and ``unmetered_lm_calls`` (its tokens in no
-  total, so the run's cost is unknown: ``Usage.cost_known``), and logged once per run: no history entry
-  (``dspy.settings.disable_history``, ``max_history_size=0``), an answer without ``usage``, a call streamed
-  (``dspy.streamify``) through LiteLLM without ``dspy.settings.track_usage`` (DSPy then does not ask the provider
-  for ``stream_options.include_usage`` and LiteLLM's ``stream_chunk_builder`` *estimates* the usage with a local
-  tokenizer: the estimate is kept apart, in ``estimated_tokens``), and a streamed call that failed inside DSPy
+* *A call DSPy's cache answered* (memory or disk) made no request: it is counted in `cached_lm_calls`, costs
+  nothing, consumes no budget, and the cost DSPy kept for it is added to `saved_cost_usd`. DSPy up to 3.3 (and
+  3.4 for cache records in the LiteLLM format) marks the cached response `cache_hit=True` and empties its usage;
+  DSPy 3.4's own cache records keep the entry's `cost` but give it an empty `usage` while the restored response
+  still carries the usage it was billed with, and no `cache_hit` attribute: either marks a hit
+  ([`entry_cached()`][rlm_events.lm_usage.entry_cached]). A cached answer that carried no usage is counted as unmetered.
+* *A call whose usage cannot be seen* is counted in `lm_calls` and `unmetered_lm_calls` (its tokens in no
+  total, so the run's cost is unknown: `Usage.cost_known`), and logged once per run: no history entry
+  (`dspy.settings.disable_history`, `max_history_size=0`), an answer without `usage`, a call streamed
+  (`dspy.streamify`) through LiteLLM without `dspy.settings.track_usage` (DSPy then does not ask the provider
+  for `stream_options.include_usage` and LiteLLM's `stream_chunk_builder` *estimates* the usage with a local
+  tokenizer: the estimate is kept apart, in `estimated_tokens`), and a streamed call that failed inside DSPy
   after the provider answered (DSPy 3.4 sends the request before it streams the chunks to the listener, and a
-  call made in a worker thread, e.g. by ``llm_query_batched``, fails there).
-* *Retries* (LiteLLM's or DSPy's ``num_retries``) happen inside one LM call: the call is counted once, with the
+  call made in a worker thread, e.g. by `llm_query_batched`, fails there).
+* *Retries* (LiteLLM's or DSPy's `num_retries`) happen inside one LM call: the call is counted once, with the
   usage of the attempt that answered; attempts that failed (429, 5xx, timeouts) were billed nothing.
 * A call that failed with a provider error is not counted.
 
 **Attribution: one policy, everywhere.** An LM call belongs to the run current in the context that made it. The
-meter is a DSPy callback (:data:`METER`, attached to the LMs a run can use when the run starts): ``on_lm_end`` runs
+meter is a DSPy callback ([`METER`][rlm_events.lm_usage.METER], attached to the LMs a run can use when the run starts):
+`on_lm_end` runs
 in the caller's context, so the rlm-events run found there (a context variable, copied into the threads DSPy's
-interpreters and, from 3.3 on, ``llm_query_batched`` run tools in) is the call's own, even when concurrent runs
-share one LM instance; the call's own ``history`` entry (the one whose ``outputs`` is the object returned) gives
+interpreters and, from 3.3 on, `llm_query_batched` run tools in) is the call's own, even when concurrent runs
+share one LM instance; the call's own `history` entry (the one whose `outputs` is the object returned) gives
 its usage. An LM call made where no run is current cannot be attributed to any run and is counted by none: DSPy
-before 3.3 runs ``llm_query_batched`` prompts in threads without the caller's context. Budget, JsonlTrace,
-OpenTelemetry, Recorder and the progress display all read the same :class:`Usage`, at ``run.state["usage"]``.
+before 3.3 runs `llm_query_batched` prompts in threads without the caller's context. Budget, JsonlTrace,
+OpenTelemetry, Recorder and the progress display all read the same [`Usage`][rlm_events.lm_usage.Usage], at
+`run.state["usage"]`.
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ _TOKEN_KEYS = ("prompt_tokens", "input_tokens", "completion_tokens", "output_tok
 
 
 def reports_usage(usage: Any) -> bool:
-    """Whether ``usage`` (a dict or an object) reports a token count. All zeros is no report: LiteLLM fills the
+    """Whether `usage` (a dict or an object) reports a token count. All zeros is no report: LiteLLM fills the
     usage of an answer that had none with zeros, and a billed call has at least one token."""
     return usage is not None and any(_int(usage, key) for key in _TOKEN_KEYS)
 
@@ -85,7 +88,7 @@ def entry_cached(entry: dict[str, Any]) -> bool:
 
 
 def entry_usage(entry: dict[str, Any]) -> tuple[int, int, int, float | None, bool]:
-    """``(input_tokens, output_tokens, total_tokens, cost_usd, cached)`` of one LM history entry."""
+    """`(input_tokens, output_tokens, total_tokens, cost_usd, cached)` of one LM history entry."""
     cached = entry_cached(entry)
     usage = entry.get("usage") or {}
     tokens_in = _int(usage, "prompt_tokens", "input_tokens")
@@ -97,7 +100,7 @@ def entry_usage(entry: dict[str, Any]) -> tuple[int, int, int, float | None, boo
 
 
 def usage_of(entries: Iterable[dict[str, Any]]) -> tuple[int, int, float | None]:
-    """``(input_tokens, output_tokens, cost)`` summed over LM history entries (cost ``None`` if none known)."""
+    """`(input_tokens, output_tokens, cost)` summed over LM history entries (cost `None` if none known)."""
     tokens_in = tokens_out = 0
     cost: float | None = None
     for entry in entries:
@@ -111,13 +114,13 @@ def usage_of(entries: Iterable[dict[str, Any]]) -> tuple[int, int, float | None]
 @dataclass
 class Usage:
     """The LM use of one run so far: every LM call made while it ran (the main LM's actions, the extract
-    fallback, ``llm_query``/``llm_query_batched`` and sub-agents on ``sub_lm``). Lives at ``run.state["usage"]``."""
+    fallback, `llm_query`/`llm_query_batched` and sub-agents on `sub_lm`). Lives at `run.state["usage"]`."""
 
     lm_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     tokens: int = 0
-    """The providers' ``total_tokens`` (prompt + completion when absent)."""
+    """The providers' `total_tokens` (prompt + completion when absent)."""
     cost_usd: float = 0.0
     tokens_by_model: dict[str, int] = field(default_factory=dict)
     cached_lm_calls: int = 0
@@ -125,10 +128,10 @@ class Usage:
     saved_cost_usd: float = 0.0
     """What the cached calls cost when they were first paid for (DSPy keeps that cost on a cache hit)."""
     unpriced_lm_calls: int = 0
-    """Paid calls whose cost LiteLLM could not price: while any, the run's cost is unknown (``cost_known``)."""
+    """Paid calls whose cost LiteLLM could not price: while any, the run's cost is unknown (`cost_known`)."""
     unmetered_lm_calls: int = 0
     """Calls whose usage could not be seen (their tokens are in no total): no history entry
-    (``dspy.settings.disable_history``, ``max_history_size=0``), an answer without ``usage``, a streamed call whose
+    (`dspy.settings.disable_history`, `max_history_size=0`), an answer without `usage`, a streamed call whose
     usage LiteLLM estimated, a streamed call that failed after the provider answered (see the module's docstring)."""
     estimated_tokens: int = 0
     """Tokens LiteLLM estimated for unmetered streamed calls (its local tokenizer, not the provider's count)."""
@@ -138,7 +141,8 @@ class Usage:
     """The most tokens one LM call of the run used (a hard Budget's estimate of the next call)."""
     largest_call_cost_usd: float = 0.0
     speculative_lm_calls: int = 0
-    """LM calls made ahead by :class:`~rlm_events.builtins.Speculate` (included in the counts above) and settled."""
+    """LM calls made ahead by [`Speculate`][rlm_events.builtins.Speculate] (included in the counts above) and
+    settled."""
     speculative_tokens: int = 0
     wasted_lm_calls: int = 0
     """Of those, the calls no real call claimed: their tokens and cost were spent for nothing."""
@@ -147,17 +151,19 @@ class Usage:
 
     @property
     def cost_known(self) -> bool:
-        """Whether :attr:`cost_usd` is the run's whole cost: no paid call was unpriced or unmetered."""
+        """Whether [`cost_usd`][rlm_events.lm_usage.Usage.cost_usd] is the run's whole cost: no paid call was
+        unpriced or unmetered."""
         return not (self.unpriced_lm_calls or self.unmetered_lm_calls)
 
     def cost_gaps(self) -> dict[str, int]:
-        """Why :attr:`cost_usd` is not the whole cost: ``unpriced_lm_calls`` and ``unmetered_lm_calls``, those that
-        are not 0 (empty while :attr:`cost_known`)."""
+        """Why [`cost_usd`][rlm_events.lm_usage.Usage.cost_usd] is not the whole cost: `unpriced_lm_calls` and
+        `unmetered_lm_calls`, those that
+        are not 0 (empty while [`cost_known`][rlm_events.lm_usage.Usage.cost_known])."""
         counts = (("unpriced_lm_calls", self.unpriced_lm_calls), ("unmetered_lm_calls", self.unmetered_lm_calls))
         return {name: count for name, count in counts if count}
 
     def add_speculation(self, ledger: Usage, *, wasted: bool) -> None:
-        """Account for one settled speculative call whose own LM use is ``ledger`` (claimed, or ``wasted``)."""
+        """Account for one settled speculative call whose own LM use is `ledger` (claimed, or `wasted`)."""
         with _LOCK:
             self.speculative_lm_calls += ledger.lm_calls
             self.speculative_tokens += ledger.tokens
@@ -167,8 +173,8 @@ class Usage:
                 self.wasted_cost_usd += ledger.cost_usd
 
     def add_lm_call(self, entry: dict[str, Any] | None, model: str, *, estimated: bool = False) -> str | None:
-        """Account for one LM call from its DSPy history ``entry`` (``None``: it could not be found);
-        ``estimated``: its usage, if not cached, is LiteLLM's estimate of a stream's. Returns why the call is
+        """Account for one LM call from its DSPy history `entry` (`None`: it could not be found);
+        `estimated`: its usage, if not cached, is LiteLLM's estimate of a stream's. Returns why the call is
         unmetered, if it is."""
         with _LOCK:
             self.lm_calls += 1
@@ -222,11 +228,12 @@ class Usage:
         )
 
     def record(self) -> dict[str, Any]:
-        """``{lm_calls, prompt_tokens, completion_tokens, total_tokens, cost_usd}``: what traces and spans report
-        (``cost_usd`` is ``None`` while the cost is unknown: see :attr:`cost_known`); with ``cached_lm_calls`` and
-        ``saved_cost_usd`` once DSPy's cache answered a call; ``unpriced_lm_calls`` / ``unmetered_lm_calls`` when
-        any; ``speculative_lm_calls``, ``speculative_tokens``, ``wasted_lm_calls``, ``wasted_tokens`` and
-        ``wasted_cost_usd`` once calls made ahead by Speculate settled."""
+        """`{lm_calls, prompt_tokens, completion_tokens, total_tokens, cost_usd}`: what traces and spans report
+        (`cost_usd` is `None` while the cost is unknown: see [`cost_known`][rlm_events.lm_usage.Usage.cost_known]); with
+        `cached_lm_calls` and
+        `saved_cost_usd` once DSPy's cache answered a call; `unpriced_lm_calls` / `unmetered_lm_calls` when
+        any; `speculative_lm_calls`, `speculative_tokens`, `wasted_lm_calls`, `wasted_tokens` and
+        `wasted_cost_usd` once calls made ahead by Speculate settled."""
         record: dict[str, Any] = {
             "lm_calls": self.lm_calls,
             "prompt_tokens": self.prompt_tokens,
@@ -251,7 +258,8 @@ class Usage:
 
 
 def metered(run: Run | StageContext) -> Usage | None:
-    """The :class:`Usage` of a run (or of a context's run), if it is metered: how taps and built-ins read it."""
+    """The [`Usage`][rlm_events.lm_usage.Usage] of a run (or of a context's run), if it is metered: how taps and
+    built-ins read it."""
     if isinstance(run, StageContext):
         run = run.run
     usage = run.state.get(_STATE_KEY)
@@ -259,8 +267,10 @@ def metered(run: Run | StageContext) -> Usage | None:
 
 
 def meter_run(run: Run, usage: Usage | None = None) -> Usage:
-    """Meter ``run`` (call it at ``run_start``, in the run's context): attach :data:`METER` to the LMs it can use
-    and return its :class:`Usage` (``usage``, when given, becomes it; else the one already there, or a new one)."""
+    """Meter `run` (call it at `run_start`, in the run's context): attach [`METER`][rlm_events.lm_usage.METER] to the
+    LMs it can use
+    and return its [`Usage`][rlm_events.lm_usage.Usage] (`usage`, when given, becomes it; else the one already there,
+    or a new one)."""
     with _LOCK:
         current = metered(run)
         if usage is not None and current is not None and current is not usage:
@@ -274,9 +284,11 @@ def meter_run(run: Run, usage: Usage | None = None) -> Usage:
 
 
 class UsageMeter(BaseCallback):
-    """The DSPy callback that feeds each LM call's usage to the :class:`Usage` of the run it belongs to.
+    """The DSPy callback that feeds each LM call's usage to the [`Usage`][rlm_events.lm_usage.Usage] of the run it
+    belongs to.
 
-    One process-wide instance (:data:`METER`), attached to an LM's ``callbacks`` by :func:`meter_lm`. Outside a
+    One process-wide instance ([`METER`][rlm_events.lm_usage.METER]), attached to an LM's `callbacks` by
+    [`meter_lm()`][rlm_events.lm_usage.meter_lm]. Outside a
     metered run it does nothing but one context-variable read. It never raises into DSPy.
     """
 
@@ -335,7 +347,7 @@ class UsageMeter(BaseCallback):
 
 
 def _entry_for(lm: Any, outputs: Any) -> dict[str, Any] | None:
-    """The history entry DSPy recorded for the call that returned ``outputs`` (the same object), if any."""
+    """The history entry DSPy recorded for the call that returned `outputs` (the same object), if any."""
     history = getattr(lm, "history", None)
     if not isinstance(history, list):
         return None
@@ -347,12 +359,13 @@ def _entry_for(lm: Any, outputs: Any) -> dict[str, Any] | None:
 
 METER = UsageMeter()
 SPECULATION: contextvars.ContextVar[Usage | None] = contextvars.ContextVar("rlm_events_speculation", default=None)
-"""Set by :class:`~rlm_events.builtins.Speculate` around a call it makes ahead: that call's own ledger."""
+"""Set by [`Speculate`][rlm_events.builtins.Speculate] around a call it makes ahead: that call's own ledger."""
 _ATTACH_LOCK = threading.Lock()
 
 
 def meter_lm(lm: Any) -> bool:
-    """Attach :data:`METER` to ``lm`` (idempotent, thread-safe); ``False`` if ``lm`` cannot be metered."""
+    """Attach [`METER`][rlm_events.lm_usage.METER] to `lm` (idempotent, thread-safe); `False` if `lm` cannot be
+    metered."""
     if not isinstance(lm, dspy.BaseLM):
         return False
     with _ATTACH_LOCK:

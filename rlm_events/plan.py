@@ -1,11 +1,11 @@
 """What runs at a stage: its middleware chain, then its signal's receivers, then its taps.
 
-A :class:`Plan` is an immutable snapshot of one :class:`~rlm_events.Instrumentation`'s registrations. A call takes
+A `Plan` is an immutable snapshot of one [`Instrumentation`][rlm_events.Instrumentation]'s registrations. A call takes
 the plan once when it starts and uses it to the end, so registrations made meanwhile never change a running call.
 
-Which receivers hear the RLM being called is asked of ``rlm_events._fast.blinker`` (the fast path over blinker's
-internals, with its fallback to ``receivers_for()`` / ``has_receivers_for()``); receivers are then called as blinker's
-``send()`` calls them, except that what an ``async def`` receiver returns is run.
+Which receivers hear the RLM being called is asked of `rlm_events._fast.blinker` (the fast path over blinker's
+internals, with its fallback to `receivers_for()` / `has_receivers_for()`); receivers are then called as blinker's
+`send()` calls them, except that what an `async def` receiver returns is run.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ class Tap:
 def track_stage_signals() -> None:
     """Let the fast path read the stage signals' receivers where blinker keeps them, when it can (idempotent).
 
-    Called by every new :class:`~rlm_events.Instrumentation`, not at import: importing rlm-events registers nothing.
+    Called by every new [`Instrumentation`][rlm_events.Instrumentation], not at import: importing rlm-events registers
+    nothing.
     Until then (a plan with no instrumentation) receivers are found through blinker's public API: the same ones."""
     _fast_blinker.track(BY_STAGE.values())
 
@@ -107,9 +108,9 @@ class Plan:
         return tuple(dict.fromkeys(t for taps in self.taps.values() for t in taps))
 
     def wants(self, stage: Stage, sender: Any = None) -> bool:
-        """Whether anything may see ``stage``: middleware, a tap, or a signal receiver; cheap (~0.1 µs).
+        """Whether anything may see `stage`: middleware, a tap, or a signal receiver; cheap (~0.1 µs).
 
-        With ``sender`` (the RLM being called), only receivers connected to that sender or to every sender count,
+        With `sender` (the RLM being called), only receivers connected to that sender or to every sender count,
         so receivers connected to other RLMs do not pull this one off its fast path. A weakly connected receiver
         that died counts until blinker drops it on the next send: that costs one unused context, never an event.
         """
@@ -126,13 +127,13 @@ class Plan:
         return not self._any_busy and not any(s.receivers for s in BY_STAGE.values())
 
     def idle_for(self, sender: Any) -> bool:
-        """As :attr:`idle`, counting only the receivers that would hear ``sender`` (the RLM being called)."""
+        """As `idle`, counting only the receivers that would hear `sender` (the RLM being called)."""
         if self._any_busy:
             return False
         return not any(s.receivers and _has_receivers_for(s, sender) for s in BY_STAGE.values())
 
     def fire(self, ctx: C, sender: Any, terminal: Callable[[C], Any] | None = None) -> C:
-        """Fold ``ctx`` through its stage's chain, send the signal, feed the taps (sync caller)."""
+        """Fold `ctx` through its stage's chain, send the signal, feed the taps (sync caller)."""
         chain, signal, taps = self._route[ctx.stage]
         if chain is not None:
             ctx = chain.run(ctx, terminal)
@@ -155,7 +156,7 @@ class Plan:
 
     # The async twin of fire: middleware, receivers and taps are awaited on the caller's loop.
     async def afire(self, ctx: C, sender: Any, terminal: Callable[[C], Any] | None = None) -> C:
-        """As :meth:`fire`, for an async caller: middleware and receivers may be ``async def``, and are awaited."""
+        """As `fire()`, for an async caller: middleware and receivers may be `async def`, and are awaited."""
         stage = ctx.stage
         _, signal, taps = self._route[stage]
         ctx = await self.chains[stage].arun(ctx, terminal)

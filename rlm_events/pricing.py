@@ -1,14 +1,16 @@
-"""Prices for models LiteLLM does not price: :func:`register_prices`, so that a run's cost is known and a dollar cap
-(``Budget(max_cost_usd=...)``) can hold.
+"""Prices for models LiteLLM does not price: [`register_prices()`][rlm_events.pricing.register_prices], so that a run's
+cost is known and a dollar cap
+(`Budget(max_cost_usd=...)`) can hold.
 
-DSPy records each LM call's ``cost`` as its client priced it: LiteLLM's model-cost map (DSPy 3.1 to 3.3, and 3.4's
-``engine="litellm"``) or DSPy's own copy of that map (3.4's default engine). A model neither knows (a fine-tune, a
-local server, a new release) is recorded with ``cost=None``: its calls are *unpriced* and the run's cost is unknown
-(``Usage.cost_known``). :func:`register_prices` gives such a model a price in both maps, through LiteLLM's own
-registration (``litellm.register_model``), so DSPy's history then carries a real ``cost`` for its calls.
+DSPy records each LM call's `cost` as its client priced it: LiteLLM's model-cost map (DSPy 3.1 to 3.3, and 3.4's
+`engine="litellm"`) or DSPy's own copy of that map (3.4's default engine). A model neither knows (a fine-tune, a
+local server, a new release) is recorded with `cost=None`: its calls are *unpriced* and the run's cost is unknown
+(`Usage.cost_known`). [`register_prices()`][rlm_events.pricing.register_prices] gives such a model a price in both maps,
+through LiteLLM's own
+registration (`litellm.register_model`), so DSPy's history then carries a real `cost` for its calls.
 
 **Process-wide.** LiteLLM's and DSPy's maps are process-global: a registration prices the model for every LM, run and
-thread of the process from then on (as LiteLLM's own ``register_model`` does). It is idempotent: registering the same
+thread of the process from then on (as LiteLLM's own `register_model` does). It is idempotent: registering the same
 prices again changes nothing; new prices for a model replace its old ones (a later registration wins). A model either
 map already prices gets the given input and output prices (its other figures, e.g. context window, are kept).
 
@@ -31,7 +33,7 @@ _REGISTERED: dict[str, tuple[float, float]] = {}
 
 
 def _providers() -> frozenset[str] | None:
-    """The providers LiteLLM knows (``None`` if it cannot say: the model name is then checked for its form only)."""
+    """The providers LiteLLM knows (`None` if it cannot say: the model name is then checked for its form only)."""
     try:
         import litellm
     except ImportError:  # DSPy 3.4's own engine runs without LiteLLM
@@ -43,7 +45,7 @@ def _providers() -> frozenset[str] | None:
 
 
 def _checked(model: Any, price: Any, providers: frozenset[str] | None) -> tuple[float, float]:
-    """``price`` as ``(input, output)`` floats, or a ``ValueError`` naming the entry."""
+    """`price` as `(input, output)` floats, or a `ValueError` naming the entry."""
     entry = f"register_prices: {model!r}"
     if not isinstance(model, str) or "/" not in model or any(not part.strip() for part in model.split("/", 1)):
         raise ValueError(
@@ -65,7 +67,7 @@ def _checked(model: Any, price: Any, providers: frozenset[str] | None) -> tuple[
 
 
 def _entry(provider: str, price: tuple[float, float], known: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The model-cost-map entry (LiteLLM's format, per token) giving ``price``."""
+    """The model-cost-map entry (LiteLLM's format, per token) giving `price`."""
     per_input, per_output = price[0] / PER_MILLION, price[1] / PER_MILLION
     entry: dict[str, Any] = {
         "input_cost_per_token": per_input,
@@ -80,14 +82,14 @@ def _entry(provider: str, price: tuple[float, float], known: Mapping[str, Any] |
 
 
 def register_prices(prices: Mapping[str, Sequence[float]]) -> None:
-    """Price models for this process: ``{"provider/model": (input_usd, output_usd)}``, USD per million tokens.
+    """Price models for this process: `{"provider/model": (input_usd, output_usd)}`, USD per million tokens.
 
-    ``register_prices({"openai/my-model": (0.5, 1.5)})`` makes every later call of ``dspy.LM("openai/my-model",
-    ...)`` record a ``cost`` (in DSPy's history, and so in every figure rlm-events reports) of
-    ``(prompt_tokens * 0.5 + completion_tokens * 1.5) / 1e6`` dollars. Model names are those given to ``dspy.LM``.
+    `register_prices({"openai/my-model": (0.5, 1.5)})` makes every later call of `dspy.LM("openai/my-model", ...)`
+    record a `cost` (in DSPy's history, and so in every figure rlm-events reports) of
+    `(prompt_tokens * 0.5 + completion_tokens * 1.5) / 1e6` dollars. Model names are those given to `dspy.LM`.
 
-    Process-wide and idempotent (see the module). Raises ``TypeError`` if ``prices`` is not a mapping, and
-    ``ValueError`` naming the entry for a model that is not ``provider/model`` with a provider LiteLLM knows, or a
+    Process-wide and idempotent (see the module). Raises `TypeError` if `prices` is not a mapping, and
+    `ValueError` naming the entry for a model that is not `provider/model` with a provider LiteLLM knows, or a
     price that is not two numbers >= 0; nothing is registered then.
     """
     if not isinstance(prices, Mapping):
@@ -113,7 +115,8 @@ def register_prices(prices: Mapping[str, Sequence[float]]) -> None:
 
 
 def registered_prices() -> dict[str, tuple[float, float]]:
-    """The prices :func:`register_prices` gave in this process: ``{model: (input, output)}`` USD per million."""
+    """The prices [`register_prices()`][rlm_events.pricing.register_prices] gave in this process:
+    `{model: (input, output)}` USD per million."""
     with _LOCK:
         return dict(_REGISTERED)
 

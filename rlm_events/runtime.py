@@ -1,6 +1,6 @@
 """What taps, built-ins and record/replay may know about the RLM call they run in, in one place.
 
-The patch layer (``rlm_events._patch``) owns the per-call state; everything else in rlm-events reads it through
+The patch layer (`rlm_events._patch`) owns the per-call state; everything else in rlm-events reads it through
 these functions, never through the patch layer's private names.
 """
 

@@ -1,7 +1,9 @@
-"""A scripted LM: :class:`ScriptedLM` plays a script of code steps to a ``dspy.RLM`` (no API key, deterministic).
+"""A scripted LM: [`ScriptedLM`][rlm_events.scripted.ScriptedLM] plays a script of code steps to a `dspy.RLM` (no API
+key, deterministic).
 
-The demo runs on it, :meth:`~rlm_events.local_openai.LocalOpenAIServer.scripted` serves it over HTTP, and tests
-write RLM middleware against it (:mod:`rlm_events.testing` re-exports it). :func:`adapter_reply` is the completion
+The demo runs on it, [`scripted()`][rlm_events.local_openai.LocalOpenAIServer.scripted] serves it over HTTP, and tests
+write RLM middleware against it ([`rlm_events.testing`][rlm_events.testing] re-exports it).
+[`adapter_reply()`][rlm_events.scripted.adapter_reply] is the completion
 format it answers in (DSPy's ChatAdapter).
 """
 
@@ -26,8 +28,9 @@ Step = str | tuple[str, str] | Callable[[int], "str | tuple[str, str]"]
 
 def adapter_reply(values: Mapping[str, Any]) -> str:
     """A completion in DSPy's ChatAdapter format giving each output field its value (non-strings as JSON):
-    ``[[ ## reasoning ## ]]`` ... ``[[ ## completed ## ]]``. What :class:`ScriptedLM` answers, and what a
-    :class:`~rlm_events.local_openai.LocalOpenAIServer` must answer a ``dspy.LM`` with."""
+    `[[ ## reasoning ## ]]` ... `[[ ## completed ## ]]`. What [`ScriptedLM`][rlm_events.scripted.ScriptedLM] answers,
+    and what a
+    [`LocalOpenAIServer`][rlm_events.local_openai.LocalOpenAIServer] must answer a `dspy.LM` with."""
     parts = [f"[[ ## {name} ## ]]\n{v if isinstance(v, str) else json.dumps(v)}" for name, v in values.items()]
     return "\n\n".join([*parts, "[[ ## completed ## ]]"])
 
@@ -36,12 +39,12 @@ class ScriptedLM(dspy.BaseLM):
     """An LM that plays a script.
 
     Args:
-        steps: the code of each iteration, in order. A step is a code string, a ``(reasoning, code)`` pair, or a
+        steps: the code of each iteration, in order. A step is a code string, a `(reasoning, code)` pair, or a
             function of the 0-based iteration returning either. Iterations past the end repeat the last step.
-        extract: outputs the extract fallback returns (e.g. ``{"answer": "42"}``), or a function of the prompt
+        extract: outputs the extract fallback returns (e.g. `{"answer": "42"}`), or a function of the prompt
             text returning such a dict.
-        sub: the answer to ``llm_query(prompt)``: a string, or a function of the prompt.
-        cost_per_1k_tokens: USD charged per 1000 tokens (recorded in ``history[i]["cost"]``).
+        sub: the answer to `llm_query(prompt)`: a string, or a function of the prompt.
+        cost_per_1k_tokens: USD charged per 1000 tokens (recorded in `history[i]["cost"]`).
     """
 
     def __init__(
@@ -64,14 +67,14 @@ class ScriptedLM(dspy.BaseLM):
         self.cost_per_1k_tokens = cost_per_1k_tokens
 
     def step(self, index: int) -> tuple[str, str]:
-        """The ``(reasoning, code)`` of iteration ``index`` (0-based)."""
+        """The `(reasoning, code)` of iteration `index` (0-based)."""
         step = self.steps[min(index, len(self.steps) - 1)]
         if callable(step):
             step = step(index)
         return step if isinstance(step, tuple) else (f"Step {index + 1}.", step)
 
     def answer(self, messages: list[dict[str, Any]]) -> str:
-        """The raw completion text for ``messages``."""
+        """The raw completion text for `messages`."""
         system = " ".join(str(m.get("content", "")) for m in messages if m.get("role") == "system")
         last = str(messages[-1].get("content", "")) if messages else ""
         if "[[ ## code ## ]]" in system:

@@ -1,12 +1,12 @@
-"""One blinker signal per :class:`~rlm_events.Stage`, in the ``rlm_events`` :class:`blinker.Namespace`.
+"""One blinker signal per [`Stage`][rlm_events.Stage], in the `rlm_events` `blinker.Namespace`.
 
-Every signal is sent with ``sender=`` the ``dspy.RLM`` instance and ``ctx=`` the stage's context, *after* the
-stage's middleware chain folded it. ``forward`` sends with ``send``; ``aforward`` with ``send_async`` (sync
-receivers work there too; ``tool_call`` is always sent synchronously because the interpreter calls tools
-synchronously). Receivers connected with ``sender=rlm`` hear only that instance.
+Every signal is sent with `sender=` the `dspy.RLM` instance and `ctx=` the stage's context, *after* the
+stage's middleware chain folded it. `forward` sends with `send`; `aforward` with `send_async` (sync
+receivers work there too; `tool_call` is always sent synchronously because the interpreter calls tools
+synchronously). Receivers connected with `sender=rlm` hear only that instance.
 
 blinker holds receivers weakly by default: a bound method or closure stops receiving once its owner is garbage
-collected. Connect lambdas and other temporaries with ``weak=False`` (and disconnect them when done).
+collected. Connect lambdas and other temporaries with `weak=False` (and disconnect them when done).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The stages of one ``dspy.RLM`` call, in the order they fire."""
+"""The stages of one `dspy.RLM` call, in the order they fire."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from .errors import UnknownStageError
 class Stage(str, Enum):
     """A point in the RLM loop where middleware fold a context, then signals and taps observe it.
 
-    Per call: ``run_start``; per iteration ``pre_iteration → pre_execution → post_execution → post_iteration``
-    (``tool_call`` around each tool the executed code calls); ``extract`` if the fallback ran; ``run_end``.
+    Per call: `run_start`; per iteration `pre_iteration → pre_execution → post_execution → post_iteration`
+    (`tool_call` around each tool the executed code calls); `extract` if the fallback ran; `run_end`.
     """
 
     RUN_START = "run_start"
@@ -29,9 +29,9 @@ class Stage(str, Enum):
 
     @classmethod
     def parse(cls, value: Stage | str) -> Stage:
-        """Return the stage for a :class:`Stage` or its name (``"pre_execution"``, case-insensitive).
+        """Return the stage for a [`Stage`][rlm_events.stages.Stage] or its name (`"pre_execution"`, case-insensitive).
 
-        Raises :class:`UnknownStageError` naming the closest valid stage.
+        Raises [`UnknownStageError`][rlm_events.errors.UnknownStageError] naming the closest valid stage.
         """
         if isinstance(value, Stage):
             return value

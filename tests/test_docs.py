@@ -7,6 +7,7 @@ temporary directory and looks up each public name's anchor in the built pages; i
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
 import os
@@ -105,42 +106,30 @@ def test_mkdocs_yml_builds_strictly_with_the_public_filter() -> None:
         assert setting in text, f"mkdocs.yml lost {setting!r}"
 
 
-def _load_extension() -> types.ModuleType:
-    pytest.importorskip("griffe", reason="the docs extra is not installed: pip install -e '.[docs]'")
-    spec = importlib.util.spec_from_file_location("_griffe_rst", ROOT / "docs" / "_griffe_rst.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_REST = re.compile(r":(?:class|func|meth|attr|mod|data|exc|obj):`|(?<!`)``[^`]+``(?!`)|::\s*$", re.M)
+_FENCED = re.compile(r"^\s*```.*?^\s*```", re.M | re.S)  # code blocks show their text as it is
 
 
-def test_rst_docstrings_become_markdown() -> None:
-    convert = _load_extension().convert
-    text = (
-        "Use ``tap.install(events)``, see :class:`~blinker.Namespace`.\n"
-        "\n"
-        ">>> x = 1\n"
-        ">>> x\n"
-        "1\n"
-        "\n"
-        "=====  =========\n"
-        "name   what\n"
-        "=====  =========\n"
-        "a      first\n"
-        "       continued\n"
-        "b      ``x|y``\n"
-        "=====  =========\n"
-        "\n"
-        "Every line::\n"
-        "\n"
-        "    run_id  str  ``kept``\n"
-    )
-    out = convert(text)
-    assert "`tap.install(events)`" in out and "``tap" not in out
-    assert "`Namespace`" in out  # another package: shown as code
-    assert "```pycon\n>>> x = 1\n>>> x\n1\n```" in out
-    assert "| name | what |" in out and "| a | first continued |" in out and "| b | `x\\|y` |" in out
-    assert "Every line:\n" in out and "```text\nrun_id  str  ``kept``\n```" in out
+def _docstrings(path: Path) -> list[tuple[int, str]]:
+    """``(line, text)`` of every docstring and attribute docstring (a string statement) in ``path``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        body = getattr(node, "body", None)
+        for stmt in body if isinstance(body, list) else []:
+            value = stmt.value if isinstance(stmt, ast.Expr) else None
+            if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                found.append((stmt.lineno, value.value))
+    return found
+
+
+def test_docstrings_are_markdown_not_rest() -> None:
+    """mkdocstrings renders docstrings as Markdown: a reST role or ````literal```` would show up raw on the site."""
+    left = []
+    for package in ("rlm_events", "middleware"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for line, text in _docstrings(path):
+                left += [f"{path.relative_to(ROOT)}:{line}: {m[0]!r}" for m in _REST.finditer(_FENCED.sub("", text))]
+    assert not left, "reST left in docstrings (use `code` and [`Name`][full.path]):\n" + "\n".join(left)
 
 
 def _docs_deps_missing() -> list[str]:

@@ -2,15 +2,15 @@
 
 Its API (everything else in this package is an implementation detail):
 
-* parsing: :func:`parse` (the tree, or ``None``), :data:`AST_LOCK` (held around every source/AST/code conversion);
-* names: :func:`bound_names`, :func:`assigned_names`, :func:`class_members`, :func:`base_name`,
-  :func:`walk_local`, :func:`escapes`;
-* the bounded evaluator: :class:`Evaluator` over plain data (:func:`plain` copies REPL values into it,
-  :class:`Unknown` is what it cannot know, :func:`needs_of` what an unknown part needs), with one set of
-  :class:`Limits` (:data:`LIMITS` by default) for every evaluation.
+* parsing: `parse()` (the tree, or `None`), `AST_LOCK` (held around every source/AST/code conversion);
+* names: `bound_names()`, `assigned_names()`, `class_members()`, `base_name()`,
+  `walk_local()`, `escapes()`;
+* the bounded evaluator: `Evaluator` over plain data (`plain()` copies REPL values into it,
+  `Unknown` is what it cannot know, `needs_of()` what an unknown part needs), with one set of
+  `Limits` (`LIMITS` by default) for every evaluation.
 
-Modules: ``parse``, ``names``, ``values``, ``limits``, ``scope`` (name resolution), ``operations`` (the modelled
-operations), ``expressions``, ``statements`` (:class:`Evaluator`).
+Modules: `parse`, `names`, `values`, `limits`, `scope` (name resolution), `operations` (the modelled
+operations), `expressions`, `statements` (`Evaluator`).
 """
 
 from __future__ import annotations

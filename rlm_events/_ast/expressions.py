@@ -14,8 +14,8 @@ from .values import SCALARS, UNKNOWN, Opaque, Ref, Unknown, hashable, needs_of, 
 
 
 class Expressions(Operations):
-    """Evaluates expressions to plain data or :class:`~rlm_events._ast.values.Unknown`; never raises for an
-    operation it cannot follow (the result is unknown), only the signals of :mod:`rlm_events._ast.limits`."""
+    """Evaluates expressions to plain data or `Unknown`; never raises for an
+    operation it cannot follow (the result is unknown), only the signals of `rlm_events._ast.limits`."""
 
     def ev(self, node: ast.AST) -> Any:
         self.tick()
@@ -165,8 +165,8 @@ class Expressions(Operations):
                 self._generate(generators, i + 1, element, out)
 
     def iterated(self, node: ast.AST) -> list[Any] | None:
-        """The elements iterating the value of ``node`` yields; ``None`` when that is not known (what would make
-        it known is added to ``needs``)."""
+        """The elements iterating the value of `node` yields; `None` when that is not known (what would make
+        it known is added to `needs`)."""
         iterable = self.ev(node)
         items = self.items(iterable)
         if items is None:
@@ -275,7 +275,7 @@ class Expressions(Operations):
         return UNKNOWN
 
     def tool(self, name: str, arguments: Any, node: ast.Call) -> Any:
-        """A call of the REPL's tool ``name`` with ``arguments`` (``(args, kwargs)`` or :class:`Unknown`): unknown,
+        """A call of the REPL's tool `name` with `arguments` (`(args, kwargs)` or `Unknown`): unknown,
         and a barrier (it may change anything). An evaluator that models tools overrides it."""
         self.barrier = True
         return UNKNOWN

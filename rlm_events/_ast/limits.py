@@ -1,8 +1,8 @@
-"""How much work a bounded evaluation may do (:class:`Limits`, one set for every evaluator), the meter that
-enforces them (:class:`Bounded`), and the signals that end part of an evaluation.
+"""How much work a bounded evaluation may do (`Limits`, one set for every evaluator), the meter that
+enforces them (`Bounded`), and the signals that end part of an evaluation.
 
 Operations are Python's own on exact builtin types (C code without side effects), after size checks that keep
-every result small: no ``"x" * 10**12``, no ``10**10**9``, no ``f"{x:>999999999}"``.
+every result small: no `"x" * 10**12`, no `10**10**9`, no `f"{x:>999999999}"`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class Limits:
     max_seconds: float = 0.05
     """Wall time of one evaluation; past it the evaluation stops with what it found."""
     max_width: int = 10_000
-    """Widths and precisions in format specs and ``%`` formats."""
+    """Widths and precisions in format specs and `%` formats."""
 
 
 LIMITS = Limits()
@@ -37,8 +37,8 @@ LIMITS = Limits()
 
 
 class Stop(Exception):
-    """The code stops here (``SUBMIT``, ``raise``, a failed ``assert``) or the evaluation ran out of budget
-    (``Stop("budget")``, ``Stop("time")``)."""
+    """The code stops here (`SUBMIT`, `raise`, a failed `assert`) or the evaluation ran out of budget
+    (`Stop("budget")`, `Stop("time")`)."""
 
 
 class TooBig(Exception):
@@ -46,15 +46,15 @@ class TooBig(Exception):
 
 
 class Break(Exception):
-    """``break``."""
+    """`break`."""
 
 
 class Continue(Exception):
-    """``continue``."""
+    """`continue`."""
 
 
 class Uncertain(Exception):
-    """Control flow depends on something unknown (a ``break`` under an unknown condition): stop the loop."""
+    """Control flow depends on something unknown (a `break` under an unknown condition): stop the loop."""
 
 
 _BIG_NUMBER = re.compile(r"\d{5,}")
@@ -62,7 +62,7 @@ _PERCENT_FIELD = re.compile(r"%[^a-zA-Z%]*[a-zA-Z%]")
 
 
 class Bounded:
-    """Counts an evaluation's steps, allocations and time against its :class:`Limits`."""
+    """Counts an evaluation's steps, allocations and time against its `Limits`."""
 
     def __init__(self, limits: Limits = LIMITS) -> None:
         self.limits = limits
@@ -72,10 +72,10 @@ class Bounded:
         self.line = 0
         """The line of the statement being evaluated."""
         self.stopped: str | None = None
-        """Why the evaluation stopped early (``"budget"``, ``"time"``, ``"depth"``), if it did."""
+        """Why the evaluation stopped early (`"budget"`, `"time"`, `"depth"`), if it did."""
 
     def start_clock(self) -> None:
-        """Start the evaluation's wall-time budget (``limits.max_seconds``)."""
+        """Start the evaluation's wall-time budget (`limits.max_seconds`)."""
         self.deadline = time.perf_counter() + self.limits.max_seconds
 
     def tick(self) -> None:
@@ -91,7 +91,7 @@ class Bounded:
             raise Stop("budget")
 
     def grew(self, value: Any) -> Any:
-        """Count what ``value`` (a new str or container) allocated; fail when it or the total is too large."""
+        """Count what `value` (a new str or container) allocated; fail when it or the total is too large."""
         kind = type(value)
         if kind is str or kind is list or kind is tuple or kind is dict:
             size = len(value)
@@ -106,7 +106,7 @@ class Bounded:
         return value
 
     def check_size(self, value: Any) -> None:
-        """Refuse to render ``value`` as text (str, repr, format) if that text could be too long."""
+        """Refuse to render `value` as text (str, repr, format) if that text could be too long."""
         budget = [self.limits.max_chars]
 
         def walk(v: Any, depth: int) -> None:
@@ -127,13 +127,13 @@ class Bounded:
         walk(value, 0)
 
     def check_percent(self, template: str) -> None:
-        """Refuse a ``%`` template with a ``*`` or a large width or precision."""
+        """Refuse a `%` template with a `*` or a large width or precision."""
         for found in _PERCENT_FIELD.finditer(template):
             if "*" in found.group() or _BIG_NUMBER.search(found.group()):
                 raise TooBig
 
     def check_spec(self, spec: str) -> None:
-        """Refuse a format spec with a width or precision past ``limits.max_width``."""
+        """Refuse a format spec with a width or precision past `limits.max_width`."""
         for number in re.findall(r"\d+", spec):
             if len(number) > 5 or int(number) > self.limits.max_width:
                 raise TooBig

@@ -1,11 +1,11 @@
 """Which names a piece of code binds: the walkers every reader of generated code shares.
 
-* :func:`bound_names`: every name the code binds anywhere (nested bodies included): assignments, definitions,
-  parameters, loop targets, imports, ``except ... as``. What a "did you mean" hint may offer.
-* :func:`assigned_names`: the names a block may rebind *or mutate* when it runs (stores, bases of subscript and
+* `bound_names()`: every name the code binds anywhere (nested bodies included): assignments, definitions,
+  parameters, loop targets, imports, `except ... as`. What a "did you mean" hint may offer.
+* `assigned_names()`: the names a block may rebind *or mutate* when it runs (stores, bases of subscript and
   attribute stores, method-call receivers, definitions, imports), not descending into nested function, lambda or
   class bodies, which do not run with it. What an evaluator must forget after a block it could not follow.
-* :func:`class_members`: for each class the code defines, the names its instances may have.
+* `class_members()`: for each class the code defines, the names its instances may have.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ _STORES = (ast.Store, ast.Del)
 
 
 def walk_local(node: ast.AST) -> Iterator[ast.AST]:
-    """``ast.walk`` without descending into nested function, lambda or class bodies."""
+    """`ast.walk` without descending into nested function, lambda or class bodies."""
     stack = [node]
     while stack:
         current = stack.pop()
@@ -28,7 +28,7 @@ def walk_local(node: ast.AST) -> Iterator[ast.AST]:
 
 
 def base_name(node: ast.AST) -> str | None:
-    """The name at the root of ``a.b[c].d`` (``a``), or ``None`` when the root is not a name."""
+    """The name at the root of `a.b[c].d` (`a`), or `None` when the root is not a name."""
     while isinstance(node, (ast.Subscript, ast.Attribute, ast.Starred)):
         node = node.value
     return node.id if isinstance(node, ast.Name) else None
@@ -40,7 +40,7 @@ def _imported(node: ast.Import | ast.ImportFrom) -> list[str]:
 
 def assigned_names(nodes: Iterable[ast.AST]) -> set[str]:
     """Names these nodes may rebind or mutate: stored names, bases of subscript/attribute stores, method-call
-    receivers, and names defined by ``def``/``class``/``import``."""
+    receivers, and names defined by `def`/`class`/`import`."""
     names: set[str] = set()
     for top in nodes:
         for node in walk_local(top):
@@ -62,8 +62,8 @@ def assigned_names(nodes: Iterable[ast.AST]) -> set[str]:
 
 
 def escapes(stmts: Iterable[ast.stmt]) -> bool:
-    """Whether these statements may leave their block early: ``break``, ``continue``, ``return``, ``raise`` or a
-    call of the REPL's ``SUBMIT``."""
+    """Whether these statements may leave their block early: `break`, `continue`, `return`, `raise` or a
+    call of the REPL's `SUBMIT`."""
     for stmt in stmts:
         for node in walk_local(stmt):
             if isinstance(node, (ast.Break, ast.Continue, ast.Return, ast.Raise)):
@@ -91,7 +91,7 @@ def bound_names(tree: ast.AST) -> set[str]:
 
 
 def class_members(tree: ast.AST) -> dict[str, set[str]]:
-    """For each class the code defines: its methods, class attributes and ``self.<name>`` assignments."""
+    """For each class the code defines: its methods, class attributes and `self.<name>` assignments."""
     members: dict[str, set[str]] = {}
     for node in ast.walk(tree):
         if not isinstance(node, ast.ClassDef):

@@ -1,8 +1,8 @@
 """The operations a bounded evaluation models: Python's own on exact builtin types, after size checks.
 
-Operators (:data:`BINOPS`, :data:`UNARY`, :data:`COMPARISONS`), the read-only and list/dict-mutating methods of
-``str``, ``list`` and ``dict``, and the pure builtins of :data:`~rlm_events._ast.scope.BUILTIN_NAMES`. Anything
-else is :class:`~rlm_events._ast.values.Unknown`.
+Operators (`BINOPS`, `UNARY`, `COMPARISONS`), the read-only and list/dict-mutating methods of
+`str`, `list` and `dict`, and the pure builtins of `BUILTIN_NAMES`. Anything
+else is `Unknown`.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class Operations(Scoped):
     """Iteration, operators, methods and builtins on plain data, each bounded by the evaluation's limits."""
 
     def items(self, value: Any) -> list[Any] | None:
-        """The elements iterating ``value`` yields, or ``None`` when that is not known."""
+        """The elements iterating `value` yields, or `None` when that is not known."""
         kind = type(value)
         if kind is list or kind is tuple:
             return list(value)

@@ -14,17 +14,17 @@ BUILTIN_NAMES = frozenset(
     "len range str repr int float bool abs round min max sum sorted reversed enumerate zip list tuple "  # noqa: SIM905 - a table of names
     "dict any all divmod chr ord format print".split()
 )
-"""The builtins the evaluator models (their pure cases; see ``Operations.builtin``)."""
+"""The builtins the evaluator models (their pure cases; see `Operations.builtin`)."""
 
 
 class Scoped(Bounded):
     """Name resolution for code run in a REPL: the code's own bindings first (innermost scope first), then the
-    REPL's tools, ``SUBMIT``, the values of free names, and the modelled builtins.
+    REPL's tools, `SUBMIT`, the values of free names, and the modelled builtins.
 
     Args:
         tools: every tool name the code can call.
-        values: what the code's free names hold when it starts: plain data or :class:`Unknown`.
-        absent: names known to be unbound in the REPL (builtins of that name are the real builtins); ``None``
+        values: what the code's free names hold when it starts: plain data or `Unknown`.
+        absent: names known to be unbound in the REPL (builtins of that name are the real builtins); `None`
             when that is not known.
     """
 

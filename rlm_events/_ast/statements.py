@@ -1,15 +1,15 @@
-"""The bounded evaluator of REPL code: :class:`Evaluator` walks a module's statements in order over plain data.
+"""The bounded evaluator of REPL code: `Evaluator` walks a module's statements in order over plain data.
 
 It never runs the code, never compiles it, never imports, and never calls anything but the fixed table of
-operations of :mod:`rlm_events._ast.operations` on values of the exact types ``str``, ``int``, ``float``, ``bool``,
-``None``, ``list``, ``tuple``, ``dict`` and ``range`` (see :mod:`rlm_events._ast.values` for how values enter it).
-Whatever it cannot model is :class:`~rlm_events._ast.values.Unknown`: a call of anything not in the table (user
-functions, modules, tools), attribute access, ``while`` loops, branches on unknown conditions. Unknown values carry
-the free names they depend on (collected in :attr:`~rlm_events._ast.scope.Scoped.needs`), so the caller knows
+operations of `rlm_events._ast.operations` on values of the exact types `str`, `int`, `float`, `bool`,
+`None`, `list`, `tuple`, `dict` and `range` (see `rlm_events._ast.values` for how values enter it).
+Whatever it cannot model is `Unknown`: a call of anything not in the table (user
+functions, modules, tools), attribute access, `while` loops, branches on unknown conditions. Unknown values carry
+the free names they depend on (collected in `needs`), so the caller knows
 which REPL variables would make a blocked result computable.
 
-Statements it cannot follow make what they assign unknown; ``try`` bodies are followed as if nothing raises. Every
-evaluation is bounded by :class:`~rlm_events._ast.limits.Limits` (steps, sizes, wall time).
+Statements it cannot follow make what they assign unknown; `try` bodies are followed as if nothing raises. Every
+evaluation is bounded by `Limits` (steps, sizes, wall time).
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ from .values import UNKNOWN, Opaque
 class Evaluator(Expressions):
     """Evaluates one module of REPL code statement by statement (see the module docstring).
 
-    ``Evaluator(tools=..., values=..., absent=None, limits=LIMITS).evaluate(tree)``; what it found is on the
-    instance: ``scopes`` (the code's bindings), ``needs``, ``assumed_builtins``, ``barrier``, and
-    ``stopped`` (why it stopped early: ``"budget"``, ``"time"``, ``"depth"``). Subclasses record what they
-    look for by overriding ``tool``.
+    `Evaluator(tools=..., values=..., absent=None, limits=LIMITS).evaluate(tree)`; what it found is on the
+    instance: `scopes` (the code's bindings), `needs`, `assumed_builtins`, `barrier`, and
+    `stopped` (why it stopped early: `"budget"`, `"time"`, `"depth"`). Subclasses record what they
+    look for by overriding `tool`.
     """
 
     def evaluate(self, tree: ast.Module) -> None:
-        """Evaluate ``tree``'s statements until the code ends, stops (``SUBMIT``, ``raise``), or a limit is hit."""
+        """Evaluate `tree`'s statements until the code ends, stops (`SUBMIT`, `raise`), or a limit is hit."""
         self.start_clock()
         try:
             self.block(tree.body)

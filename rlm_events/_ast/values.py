@@ -1,9 +1,9 @@
-"""The values a bounded evaluation works on: plain data of exact builtin types, or :class:`Unknown`.
+"""The values a bounded evaluation works on: plain data of exact builtin types, or `Unknown`.
 
-Values enter an evaluation only as literals of the code, or as copies made by :func:`plain` (exact-type checks,
-``type(v) is list`` and so on, which run no code of the value's class): no object of the user's or the REPL's ever
-enters it, so no ``__eq__``, ``__hash__``, ``__iter__``, ``__format__``, property or descriptor of theirs can run.
-Containers are copied, so the evaluator's ``list.append`` never touches a REPL object.
+Values enter an evaluation only as literals of the code, or as copies made by `plain()` (exact-type checks,
+`type(v) is list` and so on, which run no code of the value's class): no object of the user's or the REPL's ever
+enters it, so no `__eq__`, `__hash__`, `__iter__`, `__format__`, property or descriptor of theirs can run.
+Containers are copied, so the evaluator's `list.append` never touches a REPL object.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ _NONE = type(None)
 
 
 class Unknown:
-    """A value the evaluator cannot know. ``needs``: free names whose values might make it known."""
+    """A value the evaluator cannot know. `needs`: free names whose values might make it known."""
 
     __slots__ = ("needs",)
 
@@ -42,8 +42,8 @@ class Opaque(Unknown):
 
 
 class Ref:
-    """A callable the evaluator knows by name: a tool (``kind="tool"``), a pure builtin (``"builtin"``), or the
-    REPL's ``SUBMIT`` (``"submit"``)."""
+    """A callable the evaluator knows by name: a tool (`kind="tool"`), a pure builtin (`"builtin"`), or the
+    REPL's `SUBMIT` (`"submit"`)."""
 
     __slots__ = ("kind", "name")
 
@@ -52,12 +52,12 @@ class Ref:
 
 
 def is_unknown(value: Any) -> bool:
-    """Whether ``value`` is an :class:`Unknown` (or an :class:`Opaque`) itself, not a container holding one."""
+    """Whether `value` is an `Unknown` (or an `Opaque`) itself, not a container holding one."""
     return type(value) is Unknown or type(value) is Opaque
 
 
 def needs_of(value: Any, _depth: int = 0) -> frozenset[str] | None:
-    """``None`` if ``value`` is concrete plain data all the way down; else the free names its unknown parts need
+    """`None` if `value` is concrete plain data all the way down; else the free names its unknown parts need
     to become known, or an empty set when some part cannot become known whatever the REPL holds."""
     if is_unknown(value):
         return value.needs  # type: ignore[no-any-return]
@@ -83,7 +83,7 @@ def needs_of(value: Any, _depth: int = 0) -> frozenset[str] | None:
 
 
 def unknown_of(*values: Any) -> Unknown:
-    """The unknown result of an operation on ``values``: it needs what they need, unless one cannot be known."""
+    """The unknown result of an operation on `values`: it needs what they need, unless one cannot be known."""
     needs: frozenset[str] = frozenset()
     for value in values:
         found = needs_of(value)
@@ -95,9 +95,9 @@ def unknown_of(*values: Any) -> Unknown:
 
 
 def plain(value: Any, limits: Limits = LIMITS, _budget: list[int] | None = None, _depth: int = 0) -> Any:
-    """A copy of ``value`` if it is plain data of exact builtin types (within ``limits``), else :data:`UNKNOWN`.
+    """A copy of `value` if it is plain data of exact builtin types (within `limits`), else `UNKNOWN`.
 
-    Only ``type(x) is ...`` checks and the exact types' own C methods run: never code of another class."""
+    Only `type(x) is ...` checks and the exact types' own C methods run: never code of another class."""
     budget = _budget if _budget is not None else [limits.max_alloc]
     kind = type(value)
     if kind is str:
@@ -133,7 +133,7 @@ def plain(value: Any, limits: Limits = LIMITS, _budget: list[int] | None = None,
 
 
 def plain_result(value: Any) -> Any:
-    """Results of the exact types' methods: lists from ``split``, tuples from ``partition``, scalars."""
+    """Results of the exact types' methods: lists from `split`, tuples from `partition`, scalars."""
     kind = type(value)
     if kind in SCALARS or kind is list or kind is tuple:
         return value
@@ -141,7 +141,7 @@ def plain_result(value: Any) -> Any:
 
 
 def hashable(value: Any) -> bool:
-    """Whether ``value`` is a scalar or a tuple of them: a key whose ``hash`` and ``==`` are the exact types' C."""
+    """Whether `value` is a scalar or a tuple of them: a key whose `hash` and `==` are the exact types' C."""
     kind = type(value)
     if kind in SCALARS:
         return True

@@ -1,27 +1,27 @@
 """The fast path over blinker's internals: which receivers hear a sender, read where blinker keeps them.
 
-Every stage asks whether a receiver hears the RLM being called, and which. blinker's ``has_receivers_for()`` and
-``receivers_for()`` answer, but compute the sender's id with ``make_id()``, whose ``inspect.ismethod()`` goes through
-DSPy's Python-level ``__getattribute__`` on a ``dspy.Module``. For the plain objects RLMs are, that id is
-``id(sender)``: :func:`may_hear` and :func:`receivers` look it up directly in the signals given to :func:`track`
-(by the first :class:`~rlm_events.Instrumentation`, not at import).
+Every stage asks whether a receiver hears the RLM being called, and which. blinker's `has_receivers_for()` and
+`receivers_for()` answer, but compute the sender's id with `make_id()`, whose `inspect.ismethod()` goes through
+DSPy's Python-level `__getattribute__` on a `dspy.Module`. For the plain objects RLMs are, that id is
+`id(sender)`: `may_hear()` and `receivers()` look it up directly in the signals given to `track()`
+(by the first [`Instrumentation`][rlm_events.Instrumentation], not at import).
 They rely on:
 
-* ``blinker.base.make_id(obj)`` is ``id(obj)`` for an object that is not a bound method, ``str`` or ``int``, and
-  ``blinker.base.ANY_ID``, an ``int``, is the id of ``ANY``, the sender of receivers connected to every sender;
-* a signal's ``_by_sender`` maps a sender id to the set of ids of the receivers connected to it, and stays the same
-  dict for the signal's life (blinker clears it, never replaces it); ``receivers`` maps a receiver id to the receiver,
-  or to a ``weakref.ref`` of it (a ``WeakMethod`` for a bound method) when connected weakly;
-* ``is_muted`` is true inside ``signal.muted()``, when ``send()`` calls no receiver.
+* `blinker.base.make_id(obj)` is `id(obj)` for an object that is not a bound method, `str` or `int`, and
+  `blinker.base.ANY_ID`, an `int`, is the id of `ANY`, the sender of receivers connected to every sender;
+* a signal's `_by_sender` maps a sender id to the set of ids of the receivers connected to it, and stays the same
+  dict for the signal's life (blinker clears it, never replaces it); `receivers` maps a receiver id to the receiver,
+  or to a `weakref.ref` of it (a `WeakMethod` for a bound method) when connected weakly;
+* `is_muted` is true inside `signal.muted()`, when `send()` calls no receiver.
 
 Checked against blinker 1.9.0, the newest release tested, and blinker 1.8.0, the lowest supported (CI runs the
 suite on it).
 
-:func:`probe` checks all of the above once at import on a signal of its own, with receivers connected
+`probe()` checks all of the above once at import on a signal of its own, with receivers connected
 to senders and to ANY, weakly and strongly (functions and bound methods), some disconnected or dead, comparing with
-``receivers_for()`` and ``has_receivers_for()``. If anything is not as expected, :data:`FAST` is ``False``
-(:data:`REASON` says why) and both go through those public methods: slower, never different.
-``RLM_EVENTS_FAST_PATHS=0`` in the environment does so without probing; :func:`fallback` does so for a while (tests).
+`receivers_for()` and `has_receivers_for()`. If anything is not as expected, `FAST` is `False`
+(`REASON` says why) and both go through those public methods: slower, never different.
+`RLM_EVENTS_FAST_PATHS=0` in the environment does so without probing; `fallback()` does so for a while (tests).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ _TRACKED: list[Signal] = []
 
 
 def track(signals: Iterable[Signal]) -> None:
-    """Answer for ``signals`` (the stage signals) from blinker's own bookkeeping, while the fast path is in use.
+    """Answer for `signals` (the stage signals) from blinker's own bookkeeping, while the fast path is in use.
     Idempotent: a signal tracked already is not added again."""
     added = [signal for signal in dict.fromkeys(signals) if signal not in _TRACKED]
     if added:
@@ -71,10 +71,10 @@ def _follow() -> None:
 
 
 def receivers(signal: Signal, sender: Any) -> list[Callable[..., Any]]:
-    """The receivers ``signal.send(sender)`` calls: ``list(signal.receivers_for(sender))``, the live receivers connected
-    to ``sender`` or to ANY, in blinker's order; none while the signal is muted.
+    """The receivers `signal.send(sender)` calls: `list(signal.receivers_for(sender))`, the live receivers connected
+    to `sender` or to ANY, in blinker's order; none while the signal is muted.
 
-    A weakly connected receiver that died is skipped; blinker's weakref callback disconnects it (``receivers_for()``
+    A weakly connected receiver that died is skipped; blinker's weakref callback disconnects it (`receivers_for()`
     also does so itself).
     """
     by_sender = _BY_SENDER.get(signal)
@@ -97,9 +97,9 @@ def receivers(signal: Signal, sender: Any) -> list[Callable[..., Any]]:
 
 
 def may_hear(signal: Signal, sender: Any) -> bool:
-    """Whether a receiver may be connected for ``sender`` or for ANY: ``signal.has_receivers_for(sender)``, a cheap
-    first filter, so that receivers connected only to other RLMs cost next to nothing. Never ``False`` when
-    :func:`receivers` would return one; may be ``True`` when it would return none (a dead weak receiver; on the
+    """Whether a receiver may be connected for `sender` or for ANY: `signal.has_receivers_for(sender)`, a cheap
+    first filter, so that receivers connected only to other RLMs cost next to nothing. Never `False` when
+    `receivers()` would return one; may be `True` when it would return none (a dead weak receiver; on the
     fallback also a sender whose receivers were all disconnected, whose bucket blinker keeps)."""
     by_sender = _BY_SENDER.get(signal)
     if by_sender is None or issubclass(type(sender), _NOT_PLAIN):
@@ -108,7 +108,7 @@ def may_hear(signal: Signal, sender: Any) -> bool:
 
 
 def hears(signal: Signal, sender: Any) -> bool:
-    """Whether a live receiver is connected for ``sender`` or for ANY (muted or not): exact, after the cheap filter."""
+    """Whether a live receiver is connected for `sender` or for ANY (muted or not): exact, after the cheap filter."""
     return may_hear(signal, sender) and next(iter(signal.receivers_for(sender)), None) is not None
 
 
@@ -137,7 +137,7 @@ def _compare(signal: Signal, senders: dict[str, Any], when: str) -> None:
 
 
 def _check() -> None:
-    """Raise :class:`Unexpected` where the fast path would find other receivers than blinker's public API."""
+    """Raise `Unexpected` where the fast path would find other receivers than blinker's public API."""
     make_id, plain = getattr(_blinker, "make_id", None), _Sender()
     if not callable(make_id) or make_id(plain) != id(plain):
         raise Unexpected("blinker.base.make_id(obj) is not id(obj) for a plain object")
@@ -192,7 +192,7 @@ def _check() -> None:
 
 
 def probe() -> str | None:
-    """Why the fast path would not find the receivers blinker's public API finds on this blinker, or ``None`` when
+    """Why the fast path would not find the receivers blinker's public API finds on this blinker, or `None` when
     it would. Runs the fast path itself on a signal of its own: for the import, and for tests."""
     return failure(_check)
 

@@ -1,28 +1,28 @@
-"""The fast path over pydantic's internals: model instances built without ``model_construct``'s per-call work.
+"""The fast path over pydantic's internals: model instances built without `model_construct`'s per-call work.
 
-The contexts of every stage of every iteration are built with :func:`construct` (every field given) or
-:meth:`FastConstruct.model_construct`. Both build what ``Model.model_construct(**fields)`` builds, from what pydantic
+The contexts of every stage of every iteration are built with `construct()` (every field given) or
+`FastConstruct.model_construct()`. Both build what `Model.model_construct(**fields)` builds, from what pydantic
 keeps per class and per instance, without its per-call field introspection. They rely on:
 
-* :class:`pydantic.BaseModel` defines no ``__new__`` and keeps an instance's state in exactly these slots:
-  ``__dict__``, ``__pydantic_fields_set__``, ``__pydantic_extra__`` and ``__pydantic_private__``, whose descriptors
+* `pydantic.BaseModel` defines no `__new__` and keeps an instance's state in exactly these slots:
+  `__dict__`, `__pydantic_fields_set__`, `__pydantic_extra__` and `__pydantic_private__`, whose descriptors
   set them;
-* a model class's fields are ``__pydantic_fields__`` (``model_fields`` before pydantic 2.10), ``FieldInfo`` objects
-  with ``alias``, ``validation_alias``, ``default``, ``default_factory``, ``is_required()`` and (2.10+)
-  ``default_factory_takes_validated_data``; ``__pydantic_post_init__``, ``__private_attributes__``,
-  ``__pydantic_root_model__`` and ``model_config`` tell the classes that ``model_construct`` builds differently,
+* a model class's fields are `__pydantic_fields__` (`model_fields` before pydantic 2.10), `FieldInfo` objects
+  with `alias`, `validation_alias`, `default`, `default_factory`, `is_required()` and (2.10+)
+  `default_factory_takes_validated_data`; `__pydantic_post_init__`, `__private_attributes__`,
+  `__pydantic_root_model__` and `model_config` tell the classes that `model_construct` builds differently,
   which are left to it;
-* an instance built so is what ``model_construct`` builds: the same ``__dict__`` (values and order), fields set,
+* an instance built so is what `model_construct` builds: the same `__dict__` (values and order), fields set,
   extra and private state, equal to it with the same repr, and assignments are still validated.
 
 Checked against pydantic 2.14.4 (pydantic-core 2.50.5), the newest release tested; 2.11.0 (pydantic-core 2.33.0), the
 lowest DSPy 3.4 takes; and 2.7.0 (pydantic-core 2.18.1), the lowest supported (CI runs the suite on it). Earlier
-releases fail the probe: their ``model_construct`` keeps unknown keywords in ``__dict__``.
+releases fail the probe: their `model_construct` keeps unknown keywords in `__dict__`.
 
-:func:`probe` checks all of the above once at import, on models shaped like the contexts and on models the fast path
-must leave to pydantic. If anything is not as expected, :data:`FAST` is ``False`` (:data:`REASON` says why) and both
-go through the public ``Model.model_construct(**fields)``: slower, never different. ``RLM_EVENTS_FAST_PATHS=0`` in
-the environment does so without probing; :func:`fallback` does so for a while (tests).
+`probe()` checks all of the above once at import, on models shaped like the contexts and on models the fast path
+must leave to pydantic. If anything is not as expected, `FAST` is `False` (`REASON` says why) and both
+go through the public `Model.model_construct(**fields)`: slower, never different. `RLM_EVENTS_FAST_PATHS=0` in
+the environment does so without probing; `fallback()` does so for a while (tests).
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ _REQUIRED: Any = object()
 
 
 def _slot_setters() -> tuple[Callable[[Any, Any], None], ...]:
-    """The ``__set__`` of each of BaseModel's slots in :data:`_SLOTS`: setting a slot through its descriptor skips the
-    attribute lookup along each model class's MRO that ``object.__setattr__`` does."""
+    """The `__set__` of each of BaseModel's slots in `_SLOTS`: setting a slot through its descriptor skips the
+    attribute lookup along each model class's MRO that `object.__setattr__` does."""
     setters = []
     for name in _SLOTS:
         setter = getattr(BaseModel.__dict__.get(name), "__set__", None)
@@ -72,9 +72,9 @@ _new = object.__new__
 
 
 def construct(cls: type[M], values: dict[str, Any], fields_set: set[str] | None = None) -> M:
-    """``cls.model_construct(fields_set, **values)`` when ``values`` names every field of ``cls`` in declaration order
-    (a model with no post-init, private attributes or root). No validation; ``fields_set`` defaults to every name in
-    ``values``. On the fast path the instance takes ``values`` itself as its ``__dict__``."""
+    """`cls.model_construct(fields_set, **values)` when `values` names every field of `cls` in declaration order
+    (a model with no post-init, private attributes or root). No validation; `fields_set` defaults to every name in
+    `values`. On the fast path the instance takes `values` itself as its `__dict__`."""
     if not FAST:
         return cls.model_construct(set(values) if fields_set is None else fields_set, **values)
     instance = _new(cls)
@@ -98,7 +98,7 @@ class _Recipe:
 
 @cache
 def _recipe(cls: type[BaseModel]) -> _Recipe | None:
-    """``None`` when the fast path could not reproduce pydantic's ``model_construct`` exactly (aliases,
+    """`None` when the fast path could not reproduce pydantic's `model_construct` exactly (aliases,
     data-taking or mutable defaults, post-init, private attributes, extra fields, root models)."""
     if cls.__pydantic_post_init__ or cls.__private_attributes__ or cls.__pydantic_root_model__:
         return None
@@ -128,7 +128,7 @@ F = TypeVar("F", bound="FastConstruct")
 
 
 class FastConstruct(BaseModel):
-    """``model_construct`` without pydantic's per-call field introspection (contexts are built on every stage of
+    """`model_construct` without pydantic's per-call field introspection (contexts are built on every stage of
     every iteration). Same result: fields in declaration order, defaults and factories applied, unknown keywords
     ignored, missing required fields left unset, no validation."""
 
@@ -160,7 +160,7 @@ def _pydantic_construct(cls: type[M], _fields_set: set[str] | None = None, **val
 
 
 def _differs(built: BaseModel, reference: BaseModel) -> str | None:
-    """How ``built`` differs from pydantic's ``reference``, or ``None``."""
+    """How `built` differs from pydantic's `reference`, or `None`."""
     if type(built) is not type(reference):
         return f"type {type(built).__name__}, not {type(reference).__name__}"
     if list(built.__dict__.items()) != list(reference.__dict__.items()):
@@ -175,7 +175,7 @@ def _differs(built: BaseModel, reference: BaseModel) -> str | None:
 
 def _probe_models() -> tuple[tuple[type[BaseModel], bool], ...]:
     """Models to build, each with whether the fast path must take it on (shaped like the contexts) or leave it to
-    pydantic (a model ``model_construct`` builds with more than the fields)."""
+    pydantic (a model `model_construct` builds with more than the fields)."""
 
     class Shaped(FastConstruct):  # every kind of field the contexts have
         model_config = ConfigDict(arbitrary_types_allowed=True, validate_assignment=True, extra="forbid")
@@ -224,7 +224,7 @@ def _probe_models() -> tuple[tuple[type[BaseModel], bool], ...]:
 
 
 def _check() -> None:
-    """Raise :class:`Unexpected` where the fast path would build other than ``model_construct`` builds."""
+    """Raise `Unexpected` where the fast path would build other than `model_construct` builds."""
     if "__new__" in BaseModel.__dict__:
         raise Unexpected("BaseModel defines __new__")
     _slot_setters()
@@ -272,15 +272,15 @@ def _forced(fast: bool) -> Iterator[None]:
 
 
 def probe() -> str | None:
-    """Why the fast path would not build what ``model_construct`` builds on this pydantic, or ``None`` when it would.
-    Runs the fast path itself on probe models (:data:`FAST` is ``True`` meanwhile): for the import, and for tests."""
+    """Why the fast path would not build what `model_construct` builds on this pydantic, or `None` when it would.
+    Runs the fast path itself on probe models (`FAST` is `True` meanwhile): for the import, and for tests."""
     with _forced(True):
         return failure(_check)
 
 
 @contextmanager
 def fallback() -> Iterator[None]:
-    """Use the public ``model_construct`` inside the block, as when the probe fails (for tests; not thread-safe)."""
+    """Use the public `model_construct` inside the block, as when the probe fails (for tests; not thread-safe)."""
     with _forced(False):
         yield
 

@@ -1,47 +1,44 @@
 """The only subpackage that touches DSPy's (and PredictRLM's) private RLM API.
 
-rlm-events never copies DSPy's loop. It swaps the class of one ``dspy.RLM`` instance for a cached subclass whose
+rlm-events never copies DSPy's loop. It swaps the class of one `dspy.RLM` instance for a cached subclass whose
 overrides wrap the smallest private seams and call the original method for the real work, so DSPy's own loop body
 keeps running:
 
-================================  ===========================================================================
-seam                              stages
-================================  ===========================================================================
-``forward`` / ``aforward``        ``run_start``, ``run_end`` (the call boundary; the interpreter is shut down
-                                  inside, before ``run_end``)
-``_execute_iteration`` (+async)   ``pre_iteration`` before, ``post_execution`` and ``post_iteration`` after
-``generate_action`` (read)        ``pre_execution`` right after the predictor (any callable) returned the code
-``_execute_code`` (or the REPL)   skips execution when ``pre_execution`` supplied a result
-``_process_execution_result``     ``post_execution`` folds code and result first (in place in sync calls;
-                                  deferred to the awaitable iteration seam in async ones)
-``_extract_fallback`` (+async)    ``extract``
-``_prepare_execution_tools``      ``tool_call`` around every tool the executed code can call
-================================  ===========================================================================
+| seam | stages |
+| --- | --- |
+| `forward` / `aforward` | `run_start`, `run_end` (the call boundary; the interpreter is shut down inside, before `run_end`) |
+| `_execute_iteration` (+async) | `pre_iteration` before, `post_execution` and `post_iteration` after |
+| `generate_action` (read) | `pre_execution` right after the predictor (any callable) returned the code |
+| `_execute_code` (or the REPL) | skips execution when `pre_execution` supplied a result |
+| `_process_execution_result` | `post_execution` folds code and result first (in place in sync calls; deferred to the awaitable iteration seam in async ones) |
+| `_extract_fallback` (+async) | `extract` |
+| `_prepare_execution_tools` | `tool_call` around every tool the executed code can call |
 
-Modules: ``detect`` (what a class's loop looks like), ``call`` (per-call state and the stage helpers), ``frame``
-(one iteration, and 3.1's skippable REPL), ``predictor`` (the ``generate_action`` stand-in), ``classes`` (the
-instrumented subclass), ``predict_rlm`` (PredictRLM's kernel seams, used instead of the iteration seams below for a
-class with that loop), ``construct`` (building an RLM the same way on every release), ``interpreters`` (what
+Modules: `detect` (what a class's loop looks like), `call` (per-call state and the stage helpers), `frame`
+(one iteration, and 3.1's skippable REPL), `predictor` (the `generate_action` stand-in), `classes` (the
+instrumented subclass), `predict_rlm` (PredictRLM's kernel seams, used instead of the iteration seams below for a
+class with that loop), `construct` (building an RLM the same way on every release), `interpreters` (what
 rlm-events needs of DSPy's code interpreters: the one interpreter discovery, the error classes, the uncallbacked
 execute).
 
-Version differences (DSPy 3.1.2 to 3.4.x) live in ``detect.Seams`` and :class:`RLMConstructor`, detected once per
+Version differences (DSPy 3.1.2 to 3.4.x) live in `detect.Seams` and `RLMConstructor`, detected once per
 RLM class from signatures, attributes and the loop's source, never from version numbers:
 
-* 3.1 runs ``repl.execute`` inline in ``_execute_iteration`` (so the REPL is wrapped to let pre_execution skip it)
-  and its ``_process_execution_result`` takes no ``code``: it records ``pred.code`` (3.1.2 as the LM wrote it, fence
-  included), so contexts see it stripped, as it runs, and a changed code is handed over through ``pred.code``.
-  3.2+ route execution through ``_execute_code`` and pass ``code`` explicitly.
-* 3.3 adds a positional-only caller-owned ``interpreter`` to ``forward`` and 3.4 a keyword ``interpreter_factory``:
-  call options, never input args. 3.4 adds arguments to ``_execute_iteration``; arguments are bound by name.
-* The constructor takes ``max_iterations`` and one shared ``interpreter`` before 3.3, ``max_iters`` and an
-  ``interpreter_factory`` from 3.3 on; 3.1.2 takes tools as a dict. :class:`RLMConstructor` translates.
+* 3.1 runs `repl.execute` inline in `_execute_iteration` (so the REPL is wrapped to let pre_execution skip it)
+  and its `_process_execution_result` takes no `code`: it records `pred.code` (3.1.2 as the LM wrote it, fence
+  included), so contexts see it stripped, as it runs, and a changed code is handed over through `pred.code`.
+  3.2+ route execution through `_execute_code` and pass `code` explicitly.
+* 3.3 adds a positional-only caller-owned `interpreter` to `forward` and 3.4 a keyword `interpreter_factory`:
+  call options, never input args. 3.4 adds arguments to `_execute_iteration`; arguments are bound by name.
+* The constructor takes `max_iterations` and one shared `interpreter` before 3.3, `max_iters` and an
+  `interpreter_factory` from 3.3 on; 3.1.2 takes tools as a dict. `RLMConstructor` translates.
 
-A class whose loop lacks a needed piece raises :class:`~rlm_events.UnsupportedDSPyError` at ``instrument()`` time,
+A class whose loop lacks a needed piece raises [`UnsupportedDSPyError`][rlm_events.UnsupportedDSPyError] at
+`instrument()` time,
 naming the class, its method and the piece ("report this DSPy version" only when DSPy's own class changed). A
-subclass's overrides may delegate to ``super()`` or reimplement; ``generate_action`` may be any callable. A stage
-that cannot fire in a running call is named in one WARNING per RLM and predictor class (:func:`warn_once`).
-"""
+subclass's overrides may delegate to `super()` or reimplement; `generate_action` may be any callable. A stage
+that cannot fire in a running call is named in one WARNING per RLM and predictor class (`warn_once()`).
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -97,8 +94,8 @@ __all__ = [
 
 
 def current_iteration(run: Run) -> tuple[Any, dict[str, Any]] | None:
-    """``(repl, input_args)`` of the iteration of ``run`` executing in this context (the interpreter itself, never
-    a stand-in of ours), or ``None`` outside one."""
+    """`(repl, input_args)` of the iteration of `run` executing in this context (the interpreter itself, never
+    a stand-in of ours), or `None` outside one."""
     call = CURRENT.get()
     frame = call.frame if call is not None and call.run is run else None
     if frame is None or "repl" not in frame.args:
@@ -111,8 +108,8 @@ def current_iteration(run: Run) -> tuple[Any, dict[str, Any]] | None:
 
 
 def current_run() -> Run | None:
-    """The run of the instrumented call executing in this context (``None`` outside one). Threads DSPy's
-    interpreters and ``llm_query_batched`` (3.3+) run tools in see it too: they copy the caller's context."""
+    """The run of the instrumented call executing in this context (`None` outside one). Threads DSPy's
+    interpreters and `llm_query_batched` (3.3+) run tools in see it too: they copy the caller's context."""
     call = CURRENT.get()
     return call.run if call is not None else None
 
@@ -125,7 +122,7 @@ def instrumentation_of(rlm: Any) -> Handle | None:
 
 
 def attach(rlm: Any, events: Handle) -> None:
-    """Instrument ``rlm`` with ``events`` (``rlm`` must not be instrumented yet)."""
+    """Instrument `rlm` with `events` (`rlm` must not be instrumented yet)."""
     original: Any = type(rlm)
     cls = instrumented_rlm_class(original)
     rlm.__dict__[ATTR] = events
@@ -134,7 +131,7 @@ def attach(rlm: Any, events: Handle) -> None:
 
 
 def detach(rlm: Any) -> None:
-    """Exactly undo :func:`attach`; a no-op on an RLM that is not instrumented."""
+    """Exactly undo `attach()`; a no-op on an RLM that is not instrumented."""
     events = rlm.__dict__.pop(ATTR, None)
     if BASE in type(rlm).__dict__:
         rlm.__class__ = base_of(type(rlm))

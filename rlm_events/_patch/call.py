@@ -1,5 +1,5 @@
-"""Per-call state: one instrumented call (:class:`Call`), the context variable that holds it (:data:`CURRENT`), and
-the stage helpers the seams share. Its current iteration is a :class:`~rlm_events._patch.frame.Frame`.
+"""Per-call state: one instrumented call (`Call`), the context variable that holds it (`CURRENT`), and
+the stage helpers the seams share. Its current iteration is a `Frame`.
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ POST_EXECUTION, POST_ITERATION = Stage.POST_EXECUTION, Stage.POST_ITERATION
 class Call:
     """One call of an instrumented RLM: its plan (fixed at start), run, counters and current iteration.
 
-    The stage helpers come in pairs around ``plan.fire``/``plan.afire``, so that the sync and async seams share
-    everything but the firing: ``*_ctx`` builds a stage's context from the loop's state, ``apply_*`` (or
-    ``finish_*``) hands what the middleware left in it back to the loop.
+    The stage helpers come in pairs around `plan.fire`/`plan.afire`, so that the sync and async seams share
+    everything but the firing: `*_ctx` builds a stage's context from the loop's state, `apply_*` (or
+    `finish_*`) hands what the middleware left in it back to the loop.
     """
 
     __slots__ = (
@@ -107,14 +107,14 @@ class Call:
         return Call(module, seams, plan, inputs, is_async=is_async)
 
     def wants(self, stage: Stage) -> bool:
-        """Whether anything would see ``stage`` in this call: receivers connected only to other RLMs do not count.
+        """Whether anything would see `stage` in this call: receivers connected only to other RLMs do not count.
 
-        The per-iteration seams test ``busy[stage] or plan.wants(stage, module)`` in place, so that a stage with
+        The per-iteration seams test `busy[stage] or plan.wants(stage, module)` in place, so that a stage with
         middleware costs them no call."""
         return self.plan.wants(stage, self.module)
 
     def ctx(self, cls: type[StageContext], iteration: int | None = None, **fields: Any) -> Any:
-        """A ``cls`` context of this call; ``fields`` are the rest of its fields, all of them, in declaration order."""
+        """A `cls` context of this call; `fields` are the rest of its fields, all of them, in declaration order."""
         return construct(
             cls, {"stage": cls.STAGE, "iteration": iteration, "input_args": self.input_args, "run": self.run, **fields}
         )
@@ -143,7 +143,7 @@ class Call:
 
     def announce_stop(self) -> None:
         """Log the one line a stop gets: who stopped the run, after which iteration. The extract that follows runs
-        without DSPy's "RLM reached max iterations" line (see :mod:`~rlm_events._patch.extract`)."""
+        without DSPy's "RLM reached max iterations" line (see `extract`)."""
         reason = self.stopped_by
         if reason == "budget":
             from ..builtins.budget import Budget  # here: the built-ins import the patch layer
@@ -163,7 +163,7 @@ class Call:
         )
 
     def stop_reason(self, error: BaseException | None) -> str:
-        """Why the loop ended (see :attr:`RunEndContext.stop_reason`)."""
+        """Why the loop ended (see [`RunEndContext.stop_reason`][rlm_events.context.RunEndContext.stop_reason])."""
         if error is not None:
             return "error"
         return self.stopped_by or ("max_iters" if self.forced_extract else "submit")
@@ -198,8 +198,8 @@ class Call:
     # pre_execution (called from the generate_action seam)
 
     def acted(self, frame: Frame, action: Any) -> bool:
-        """Record ``action`` as the iteration's LM output (the first one only): whether pre_execution fires on it or
-        its code gets this iteration's prelude (then :meth:`executing` says which)."""
+        """Record `action` as the iteration's LM output (the first one only): whether pre_execution fires on it or
+        its code gets this iteration's prelude (then `executing()` says which)."""
         if frame.action is not None or self.frame is not frame:
             return False
         frame.action = action
@@ -213,8 +213,8 @@ class Call:
 
     @staticmethod
     def shown(frame: Frame, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """The action predictor's keyword arguments with this iteration's ``prompt_context`` after the variables'
-        descriptions (``variables_info``), once; unchanged when the loop passes no ``variables_info``."""
+        """The action predictor's keyword arguments with this iteration's `prompt_context` after the variables'
+        descriptions (`variables_info`), once; unchanged when the loop passes no `variables_info`."""
         info = kwargs.get("variables_info")
         if isinstance(info, list):
             kwargs = {**kwargs, "variables_info": [*info, frame.prompt]}
@@ -226,7 +226,7 @@ class Call:
         return kwargs
 
     def unshown(self, frame: Frame) -> None:
-        """The iteration ended with its ``prompt_context`` not shown: say so once, never drop it silently."""
+        """The iteration ended with its `prompt_context` not shown: say so once, never drop it silently."""
         warn_once(
             self.module,
             ("prompt_context", type(self.module)),
@@ -236,7 +236,7 @@ class Call:
         )
 
     def unacted(self, frame: Frame) -> None:
-        """The iteration ended without an action from ``self.generate_action``: say once that pre_execution could
+        """The iteration ended without an action from `self.generate_action`: say once that pre_execution could
         not fire (the loop called the predictor another way), if anything wanted it."""
         if not (self.busy[PRE_EXECUTION] or self.plan.wants(PRE_EXECUTION, self.module)):
             return
@@ -280,7 +280,7 @@ class Call:
     # post_execution (deferred by the _process_execution_result seam)
 
     def folds(self, frame: Frame, processing: dict[str, Any]) -> bool:
-        """Called with ``_process_execution_result``'s arguments: whether post_execution must fold code and result
+        """Called with `_process_execution_result`'s arguments: whether post_execution must fold code and result
         first. Either way, what the post_iteration context shows is recorded when it is wanted."""
         if self.busy[POST_EXECUTION] or self.plan.wants(POST_EXECUTION, self.module):
             frame.processing = processing
@@ -290,8 +290,8 @@ class Call:
         return False
 
     def fold_in_place(self, frame: Frame) -> Any:
-        """post_execution fired inside ``_process_execution_result``: in sync calls, and in async calls whose loop
-        body does not return that method's value as is (then ``async def`` middleware run on the private loop)."""
+        """post_execution fired inside `_process_execution_result`: in sync calls, and in async calls whose loop
+        body does not return that method's value as is (then `async def` middleware run on the private loop)."""
         if (
             not self.defers
             and self.seams.defers is False
@@ -371,7 +371,7 @@ class Call:
         return ctx.history, ctx.stop
 
     def stopped_with(self, prediction: Prediction, history: REPLHistory) -> Prediction:
-        """``prediction``, the stop's extract from ``history``, recorded as :attr:`ours`."""
+        """`prediction`, the stop's extract from `history`, recorded as `ours`."""
         self.ours = (prediction, history)
         return prediction
 

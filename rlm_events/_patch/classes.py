@@ -221,7 +221,7 @@ def instrumented_rlm_class(cls: Any) -> Any:
 
     def __deepcopy__(self: Any, memo: dict[int, Any]) -> Any:
         """A deep copy carries its own instrumentation: same middleware and taps, its own registrations, runs and
-        signal sender; nothing it does reaches the original's receivers or ``run.state``."""
+        signal sender; nothing it does reaches the original's receivers or `run.state`."""
         base: Any = base_of(type(self))
         new = base.__new__(base)
         memo[id(self)] = new
@@ -266,8 +266,8 @@ def instrumented_rlm_class(cls: Any) -> Any:
 
 
 def _walks_the_stack(cls: Any) -> bool:
-    """DSPy before 3.3 calls ``inspect.stack()`` on every ``module.forward`` lookup, to warn about direct calls. That
-    reads the source line of every frame on the stack, once per iteration for ``generate_action``: each frame a
+    """DSPy before 3.3 calls `inspect.stack()` on every `module.forward` lookup, to warn about direct calls. That
+    reads the source line of every frame on the stack, once per iteration for `generate_action`: each frame a
     seam adds costs tens of microseconds per iteration there. DSPy 3.3's check looks at the caller's frame only."""
     try:
         return "inspect.stack(" in inspect.getsource(cls.__getattribute__)

@@ -22,10 +22,10 @@ from .detect import Params, method_calls, unsupported
 class RLMConstructor:
     """How one RLM class's constructor takes the iteration limit, the interpreter and the tools.
 
-    :meth:`arguments` translates the DSPy 3.3+ arguments (``max_iters``, ``interpreter_factory``, ``tools`` as a
-    list) into what this class takes, and :meth:`finish` completes a freshly constructed instance, so that an RLM
+    `arguments()` translates the DSPy 3.3+ arguments (`max_iters`, `interpreter_factory`, `tools` as a
+    list) into what this class takes, and `finish()` completes a freshly constructed instance, so that an RLM
     built this way behaves the same on every supported release: before 3.3 the constructor takes
-    ``max_iterations`` and one ``interpreter`` that every call shares and nobody shuts down, so the instance is
+    `max_iterations` and one `interpreter` that every call shares and nobody shuts down, so the instance is
     given a fresh interpreter from the factory per call, shut down when the call ends (as 3.3+ do).
     """
 
@@ -52,7 +52,7 @@ class RLMConstructor:
         tools: Iterable[Any] | None = None,
         **options: Any,
     ) -> tuple[dict[str, Any], Callable[[], Any] | None]:
-        """This class's constructor keywords, and the factory :meth:`finish` must install (``None``: nothing to)."""
+        """This class's constructor keywords, and the factory `finish()` must install (`None`: nothing to)."""
         kwargs = dict(options)
         if max_iters is not None:
             kwargs[self.limit] = max_iters
@@ -73,14 +73,14 @@ class RLMConstructor:
 
     @staticmethod
     def finish(rlm: Any, factory: Callable[[], Any] | None) -> None:
-        """Make ``rlm`` (before 3.3) create its interpreter per call with ``factory``; a no-op for ``None``."""
+        """Make `rlm` (before 3.3) create its interpreter per call with `factory`; a no-op for `None`."""
         if factory is not None:
             rlm.__dict__["_interpreter_context"] = _InterpreterPerCall(rlm, factory)
 
 
 @functools.cache
 def constructor_of(cls: Any) -> RLMConstructor:
-    """The :class:`RLMConstructor` of an RLM class (detected once per class)."""
+    """The `RLMConstructor` of an RLM class (detected once per class)."""
     return RLMConstructor(cls)
 
 
@@ -100,7 +100,7 @@ def _tools_by_name(tools: Iterable[Any]) -> dict[str, Callable[..., Any]]:
 
 
 class _InterpreterPerCall:
-    """``_interpreter_context`` of one RLM before DSPy 3.3: a fresh interpreter from ``factory`` for each call,
+    """`_interpreter_context` of one RLM before DSPy 3.3: a fresh interpreter from `factory` for each call,
     given the call's tools, and shut down when the call ends, failed and cancelled calls included."""
 
     def __init__(self, rlm: Any, factory: Callable[[], Any]) -> None:
@@ -117,9 +117,9 @@ class _InterpreterPerCall:
 
 
 def batched_queries_keep_context(cls: Any) -> bool:
-    """Whether ``llm_query_batched`` of this RLM class runs its prompts with the caller's context variables.
+    """Whether `llm_query_batched` of this RLM class runs its prompts with the caller's context variables.
 
-    DSPy 3.3+ do (``contextvars.copy_context()``). Before, its worker threads see neither ``dspy.context(...)`` nor
+    DSPy 3.3+ do (`contextvars.copy_context()`). Before, its worker threads see neither `dspy.context(...)` nor
     the rlm-events run, so their sub-LM calls cannot be attributed to the run (a DSPy limitation we do not patch
     around: the executor is module-global in DSPy, and patching it would change RLMs we do not instrument).
     """
@@ -127,7 +127,7 @@ def batched_queries_keep_context(cls: Any) -> bool:
 
 
 def iteration_limit(rlm: Any) -> int | None:
-    """The iteration limit of ``rlm`` (``max_iters``; ``max_iterations`` before DSPy 3.3), or ``None``."""
+    """The iteration limit of `rlm` (`max_iters`; `max_iterations` before DSPy 3.3), or `None`."""
     for name in ("max_iters", "max_iterations"):
         value = getattr(rlm, name, None)
         if isinstance(value, int):

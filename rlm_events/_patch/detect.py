@@ -29,11 +29,11 @@ NO_RESULT: Any = object()
 class Params:
     """The parameters of one private method, to bind the arguments of a call to it by name and call it again.
 
-    A seam binds the loop's call once (:meth:`bind`), reads and replaces arguments in that dict, and calls the
-    method with it (:meth:`call`). The names are those of the outermost definition in the MRO that declares them
-    all, as its loop passes them (an override taking ``*args, **kwargs`` only is skipped; one ending in ``*rest``
+    A seam binds the loop's call once (`bind()`), reads and replaces arguments in that dict, and calls the
+    method with it (`call()`). The names are those of the outermost definition in the MRO that declares them
+    all, as its loop passes them (an override taking `*args, **kwargs` only is skipped; one ending in `*rest`
     is extended with its parent's further names). An override may rename nothing, but may take fewer of them
-    plus ``*rest``, take ``*args, **kwargs`` only, or take them positionally only: it is called as it can be.
+    plus `*rest`, take `*args, **kwargs` only, or take them positionally only: it is called as it can be.
     """
 
     __slots__ = ("by_keyword", "method", "names")
@@ -65,13 +65,13 @@ class Params:
             raise unsupported(cls, method, f"does not accept {', '.join(self.names[len(outer_names) :])}")
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        """The call's arguments by name, to :meth:`call` the method with."""
+        """The call's arguments by name, to `call()` the method with."""
         if len(args) > len(self.names):
             raise TypeError(f"{self.method}() takes {len(self.names)} positional arguments but {len(args)} were given")
         return {**dict(zip(self.names, args, strict=False)), **kwargs}  # fewer: the rest have defaults
 
     def call(self, fn: Callable[..., Any], obj: Any, bound: dict[str, Any]) -> Any:
-        """``fn(obj, ...)`` with ``bound``: as keywords where ``fn`` takes them, else the loop's names positionally."""
+        """`fn(obj, ...)` with `bound`: as keywords where `fn` takes them, else the loop's names positionally."""
         if self.by_keyword:
             return fn(obj, **bound)
         positional = list(itertools.takewhile(lambda n: n in bound, self.names))
@@ -97,7 +97,7 @@ def _declares(params: list[inspect.Parameter], names: tuple[str, ...], *, positi
 
 
 def _definitions(cls: type, method: str) -> Iterator[Any]:
-    """``method`` as each class of ``cls``'s MRO defines it, outermost first."""
+    """`method` as each class of `cls`'s MRO defines it, outermost first."""
     for klass in cls.__mro__:
         fn = klass.__dict__.get(method, NO_RESULT)
         if fn is not NO_RESULT:
@@ -105,7 +105,7 @@ def _definitions(cls: type, method: str) -> Iterator[Any]:
 
 
 def owner_of(cls: type, method: str) -> type:
-    """The class whose definition of ``method`` ``cls`` uses."""
+    """The class whose definition of `method` `cls` uses."""
     return next((k for k in cls.__mro__ if method in k.__dict__), cls)
 
 
@@ -221,8 +221,8 @@ def _source(fn: Any) -> str | None:
 
 
 def _chain_sources(cls: type, method: str) -> Iterator[str | None]:
-    """The sources of the definitions of ``method`` that run when ``cls``'s is called: the outermost, and each
-    parent's as long as an override calls ``super().<method>(...)``. ``None`` for a definition without source."""
+    """The sources of the definitions of `method` that run when `cls`'s is called: the outermost, and each
+    parent's as long as an override calls `super().<method>(...)`. `None` for a definition without source."""
     for fn in _definitions(cls, method):
         source = _source(fn) if inspect.isfunction(fn) else None
         yield source
@@ -231,7 +231,7 @@ def _chain_sources(cls: type, method: str) -> Iterator[str | None]:
 
 
 def method_calls(cls: type, method: str, call: str) -> bool | None:
-    """Whether running ``cls``'s ``method`` makes ``call`` (by its source); ``None`` when a source is missing."""
+    """Whether running `cls`'s `method` makes `call` (by its source); `None` when a source is missing."""
     return _calls_any(cls, method, (call,))
 
 
@@ -246,7 +246,7 @@ def _calls_any(cls: type, method: str, calls: tuple[str, ...]) -> bool | None:
 
 
 def _returns_processed(cls: type, method: str) -> bool:
-    """Whether each definition that runs returns ``_process_execution_result(...)`` (or its parent's result) as is."""
+    """Whether each definition that runs returns `_process_execution_result(...)` (or its parent's result) as is."""
     for source in _chain_sources(cls, method):
         if source is None:
             return False

@@ -1,5 +1,5 @@
-"""One iteration of one instrumented call (:class:`Frame`), and the stand-in through which DSPy 3.1's inline
-``repl.execute`` reaches the stages (:class:`SkippableREPL`)."""
+"""One iteration of one instrumented call (`Frame`), and the stand-in through which DSPy 3.1's inline
+`repl.execute` reaches the stages (`SkippableREPL`)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class Frame:
     )
 
     def __init__(self, call: Call, args: dict[str, Any]) -> None:
-        """Start iteration ``args["iteration"]`` of ``call``, whose loop body is called with ``args``."""
+        """Start iteration `args["iteration"]` of `call`, whose loop body is called with `args`."""
         self.args = args  # what DSPy's loop body runs with; pre_iteration replaces history, variables, input_args
         self.index: int = args["iteration"]
         self.action: Prediction | None = None  # generate_action's output: the LM's reasoning and code
@@ -51,7 +51,7 @@ class Frame:
 
 
 class SkippableREPL:
-    """DSPy 3.1 runs ``repl.execute`` inline; this stand-in lets pre_execution skip it. Everything else passes."""
+    """DSPy 3.1 runs `repl.execute` inline; this stand-in lets pre_execution skip it. Everything else passes."""
 
     def __init__(self, repl: Any, frame: Frame) -> None:
         object.__setattr__(self, "_repl", repl)

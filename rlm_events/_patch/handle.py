@@ -1,5 +1,6 @@
-"""What the patch layer needs of the object :func:`rlm_events.instrument` attaches to an RLM: the patch layer
-imports nothing of :mod:`rlm_events.instrumentation`, and calls only these public methods."""
+"""What the patch layer needs of the object [`rlm_events.instrument()`][rlm_events.instrument] attaches to an RLM: the
+patch layer
+imports nothing of `rlm_events.instrumentation`, and calls only these public methods."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from ..plan import Plan
 
 
 class Handle(Protocol):
-    """The registrations an instrumented RLM runs with (:class:`rlm_events.Instrumentation` is one)."""
+    """The registrations an instrumented RLM runs with ([`rlm_events.Instrumentation`][rlm_events.Instrumentation] is
+    one)."""
 
     @property
     def plan(self) -> Plan:
@@ -21,9 +23,9 @@ class Handle(Protocol):
         ...
 
     def attached(self, rlm: Any) -> None:
-        """``rlm`` now runs with this handle."""
+        """`rlm` now runs with this handle."""
         ...
 
     def detached(self, rlm: Any) -> None:
-        """``rlm`` no longer runs with this handle."""
+        """`rlm` no longer runs with this handle."""
         ...

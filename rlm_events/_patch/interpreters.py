@@ -1,13 +1,18 @@
 """What rlm-events needs of DSPy's code interpreters beyond their public protocol, in one place.
 
-* :data:`ExecutionError`: the error an interpreter raises for a failure the LM should see and recover from
-  (``CodeExecutionError`` from DSPy 3.3 on; 3.1 and 3.2 only have ``CodeInterpreterError``, which their loop shows
-  to the LM). :data:`CodeInterpreterError` ends the call on 3.3+.
-* :func:`interpreter_class`: the class of the interpreters an RLM creates, told without creating one (read from
-  the RLM's private ``_interpreter_factory`` (3.3+), ``_interpreter`` (3.1/3.2), or the per-call factory
-  :func:`rlm_events.build.build_rlm` sets before 3.3); :func:`runs_pyodide` on top of it.
-* :func:`worker_started` and :func:`execute_without_callbacks`: ``dspy.LocalInterpreter``'s worker process (its
-  private ``_process``) and its ``execute`` without the DSPy callback wrapper (``execute.__wrapped__``), so that an
+* [`ExecutionError`][rlm_events._patch.interpreters.ExecutionError]: the error an interpreter raises for a failure the
+  LM should see and recover from
+  (`CodeExecutionError` from DSPy 3.3 on; 3.1 and 3.2 only have `CodeInterpreterError`, which their loop shows
+  to the LM). [`CodeInterpreterError`][rlm_events._patch.interpreters.CodeInterpreterError] ends the call on 3.3+.
+* [`interpreter_class()`][rlm_events._patch.interpreters.interpreter_class]: the class of the interpreters an RLM
+  creates, told without creating one (read from
+  the RLM's private `_interpreter_factory` (3.3+), `_interpreter` (3.1/3.2), or the per-call factory
+  [`rlm_events.build.build_rlm()`][rlm_events.build.build_rlm] sets before 3.3);
+  [`runs_pyodide()`][rlm_events._patch.interpreters.runs_pyodide] on top of it.
+* [`worker_started()`][rlm_events._patch.interpreters.worker_started] and
+  [`execute_without_callbacks()`][rlm_events._patch.interpreters.execute_without_callbacks]: `dspy.LocalInterpreter`'s
+  worker process (its
+  private `_process`) and its `execute` without the DSPy callback wrapper (`execute.__wrapped__`), so that an
   execution of rlm-events' own is recorded by no trace.
 """
 
@@ -25,12 +30,13 @@ CodeInterpreterError = code_interpreter.CodeInterpreterError
 
 
 def interpreter_class(module: Any) -> type | None:
-    """The class of the interpreters ``module`` creates, when it can be told without creating one.
+    """The class of the interpreters `module` creates, when it can be told without creating one.
 
     The one place that reads where an RLM keeps its interpreter: the per-call factory
-    :func:`rlm_events.build.build_rlm` sets before DSPy 3.3, else ``_interpreter_factory`` (3.3+; unset means
-    ``dspy.settings.interpreter_factory``, else ``PythonInterpreter``, as DSPy resolves it), else the shared
-    ``_interpreter`` (3.1/3.2, and PredictRLM; ``None`` means ``PythonInterpreter``). ``None`` for a factory that is
+    [`rlm_events.build.build_rlm()`][rlm_events.build.build_rlm] sets before DSPy 3.3, else `_interpreter_factory`
+    (3.3+; unset means
+    `dspy.settings.interpreter_factory`, else `PythonInterpreter`, as DSPy resolves it), else the shared
+    `_interpreter` (3.1/3.2, and PredictRLM; `None` means `PythonInterpreter`). `None` for a factory that is
     a plain function (what it makes is unknown until it is called)."""
     from dspy.primitives.python_interpreter import PythonInterpreter
 
@@ -54,7 +60,7 @@ def interpreter_class(module: Any) -> type | None:
 
 
 def runs_pyodide(module: Any) -> bool:
-    """Whether ``module`` runs its code in DSPy's Deno/Pyodide ``PythonInterpreter`` (or a subclass), also when
+    """Whether `module` runs its code in DSPy's Deno/Pyodide `PythonInterpreter` (or a subclass), also when
     that is the default it falls back to."""
     from dspy.primitives.python_interpreter import PythonInterpreter
 
@@ -63,12 +69,12 @@ def runs_pyodide(module: Any) -> bool:
 
 
 def worker_started(repl: Any) -> bool:
-    """Whether ``repl`` (a ``dspy.LocalInterpreter``) has started its worker process (and so holds variables)."""
+    """Whether `repl` (a `dspy.LocalInterpreter`) has started its worker process (and so holds variables)."""
     return vars(repl).get("_process") is not None
 
 
 def execute_without_callbacks(repl: Any, code: str, variables: dict[str, Any]) -> Any:
-    """``dspy.LocalInterpreter.execute(repl, code, variables)`` without DSPy's callback wrapper: no callback (and
+    """`dspy.LocalInterpreter.execute(repl, code, variables)` without DSPy's callback wrapper: no callback (and
     so no trace) records it."""
     local: Any = dspy.LocalInterpreter  # type: ignore[attr-defined]
     execute = getattr(local.execute, "__wrapped__", local.execute)

@@ -1,8 +1,9 @@
 """What the usage meter reads of DSPy's LM-call internals, release by release: how the call starting now streams,
 whether a response was assembled by LiteLLM, and whether a streamed call failed after the provider answered.
 
-:mod:`rlm_events.lm_usage` decides what these facts mean for the bill; this module only knows where DSPy keeps
-them (``dspy.settings.send_stream`` / ``track_usage``, DSPy 3.4's ``dspy.clients.execution`` stream readers).
+[`rlm_events.lm_usage`][rlm_events.lm_usage] decides what these facts mean for the bill; this module only knows where
+DSPy keeps
+them (`dspy.settings.send_stream` / `track_usage`, DSPy 3.4's `dspy.clients.execution` stream readers).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ _EXECUTION = "dspy.clients.execution"
 
 
 def stream_mode() -> Literal["usage", "estimated"] | None:
-    """How the LM call starting now streams: ``None`` (not: no ``dspy.streamify`` stream is open), ``"usage"``
-    (DSPy asks the provider for the stream's usage) or ``"estimated"`` (it does not, on the LiteLLM path)."""
+    """How the LM call starting now streams: `None` (not: no `dspy.streamify` stream is open), `"usage"`
+    (DSPy asks the provider for the stream's usage) or `"estimated"` (it does not, on the LiteLLM path)."""
     settings = dspy.settings
     if getattr(settings, "send_stream", None) is None:
         return None
@@ -35,7 +36,7 @@ def assembled_by_litellm(entry: dict[str, Any]) -> bool:
 def failed_after_answer(exception: BaseException | None) -> bool:
     """Whether a streamed call failed inside DSPy while it passed the provider's answer on to the stream's
     listener: DSPy 3.4 reads the provider's stream (the request was answered and billed) and sends each chunk
-    with ``anyio.from_thread.run``, which fails in a thread AnyIO did not start (``llm_query_batched``'s workers).
+    with `anyio.from_thread.run`, which fails in a thread AnyIO did not start (`llm_query_batched`'s workers).
     Read from the traceback (the failure or its causes): a frame of DSPy's stream reader calling into AnyIO.
     DSPy before 3.4 fails the same way *before* sending the request: nothing was billed, nothing is counted."""
     seen: set[int] = set()

@@ -1,37 +1,33 @@
-"""The seams of ``predict_rlm.PredictRLM`` (predict-rlm 0.13, on DSPy 3.4), beside DSPy's own.
+"""The seams of `predict_rlm.PredictRLM` (predict-rlm 0.13, on DSPy 3.4), beside DSPy's own.
 
-PredictRLM is a ``dspy.RLM`` subclass with a loop of its own: ``forward`` runs the async kernel
-(``_aforward_kernel``) to completion, so sync and async calls both go through ``_aexecute_iteration``, which gets the
-action from a per-run predictor, strips it in ``_prepare_iteration_execution``, runs it with
-``_aexecute_iteration_code`` (an execution session's ``aexecute``) and folds it with
-``_complete_iteration_execution``; the extract fallback runs on a copy of the module
-(``_aextract_fallback_for_run``). Its kernel checks that ``_execute_iteration``, ``_extract_fallback``,
-``_forward_traced`` and ``_aforward_traced`` are its own and falls back to a legacy loop otherwise, so those are
+PredictRLM is a `dspy.RLM` subclass with a loop of its own: `forward` runs the async kernel
+(`_aforward_kernel`) to completion, so sync and async calls both go through `_aexecute_iteration`, which gets the
+action from a per-run predictor, strips it in `_prepare_iteration_execution`, runs it with
+`_aexecute_iteration_code` (an execution session's `aexecute`) and folds it with
+`_complete_iteration_execution`; the extract fallback runs on a copy of the module
+(`_aextract_fallback_for_run`). Its kernel checks that `_execute_iteration`, `_extract_fallback`,
+`_forward_traced` and `_aforward_traced` are its own and falls back to a legacy loop otherwise, so those are
 never overridden here.
 
-=================================  ============================================================================
-seam                               stages
-=================================  ============================================================================
-``forward`` / ``aforward``         ``run_start``, ``run_end`` (as for DSPy's class)
-``_aexecute_iteration``            ``pre_iteration`` before, ``post_iteration`` after (as for DSPy's class)
-``_prepare_iteration_execution``   records the iteration's action (its ``plan`` is the context's reasoning)
-``_aexecute_iteration_code``       ``pre_execution`` before the code runs (may change or skip it),
-                                   ``post_execution`` after (may change the result), both awaited; runs
-                                   pre_iteration's ``python_code`` and persistent prelude before the code
-``_complete_iteration_execution``  hands the changed code to the history
-``_begin_action_generation``       adds pre_iteration's ``prompt_context`` to the ``variables_info`` it returns
-``_aextract_fallback_for_run``     ``extract`` (and its sync twin)
-``_prepare_execution_tools``       ``tool_call`` around ``predict()`` and every user tool
-=================================  ============================================================================
+| seam | stages |
+| --- | --- |
+| `forward` / `aforward` | `run_start`, `run_end` (as for DSPy's class) |
+| `_aexecute_iteration` | `pre_iteration` before, `post_iteration` after (as for DSPy's class) |
+| `_prepare_iteration_execution` | records the iteration's action (its `plan` is the context's reasoning) |
+| `_aexecute_iteration_code` | `pre_execution` before the code runs (may change or skip it), `post_execution` after (may change the result), both awaited; runs pre_iteration's `python_code` and persistent prelude before the code |
+| `_complete_iteration_execution` | hands the changed code to the history |
+| `_begin_action_generation` | adds pre_iteration's `prompt_context` to the `variables_info` it returns |
+| `_aextract_fallback_for_run` | `extract` (and its sync twin) |
+| `_prepare_execution_tools` | `tool_call` around `predict()` and every user tool |
 
-A final prediction that rlm-events hands the loop is no SUBMIT, and ``_maybe_request_submit_confirmation``,
-``_build_iteration_outcome`` and ``_build_run_trace`` treat it so: a stop's extract ends the run as PredictRLM's own
-extract fallback does (the step of an iteration that ended with its history, trace status ``max_iterations``), a
-post_iteration middleware's prediction ends it at once (status ``completed``); ``submit_confirmation`` is asked
-about neither. A ``FinalOutput`` from pre_execution or post_execution is a SUBMIT, as PredictRLM makes of it.
+A final prediction that rlm-events hands the loop is no SUBMIT, and `_maybe_request_submit_confirmation`,
+`_build_iteration_outcome` and `_build_run_trace` treat it so: a stop's extract ends the run as PredictRLM's own
+extract fallback does (the step of an iteration that ended with its history, trace status `max_iterations`), a
+post_iteration middleware's prediction ends it at once (status `completed`); `submit_confirmation` is asked
+about neither. A `FinalOutput` from pre_execution or post_execution is a SUBMIT, as PredictRLM makes of it.
 
-Detected by those methods (:func:`kernel_seams`), never by importing predict-rlm or reading its version.
-"""
+Detected by those methods (`kernel_seams()`), never by importing predict-rlm or reading its version.
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -57,7 +53,7 @@ _EXTRACT_ARGS = ("variables", "history", "output_field_names")
 
 class KernelSeams:
     """What a PredictRLM-shaped class's loop looks like: the attributes the shared seams read from
-    :class:`~rlm_events._patch.detect.Seams`, and the overrides of its own seams (:meth:`overrides`)."""
+    `Seams`, and the overrides of its own seams (`overrides()`)."""
 
     has_execute_code = True  # no REPL stand-in: execution is its own seam
     result_takes_code = True
@@ -89,7 +85,7 @@ class KernelSeams:
         return raw  # _prepare_iteration_execution strips the fence; contexts see the code it returned
 
     def overrides(self, cls: Any) -> dict[str, Callable[..., Any]]:
-        """The kernel's own seams, for the instrumented subclass of ``cls``."""
+        """The kernel's own seams, for the instrumented subclass of `cls`."""
         code_params, complete_params, prepare_params = self.code, self.complete, self.prepare
 
         def _prepare_iteration_execution(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -213,15 +209,15 @@ def _optional(cls: Any, method: str, required: tuple[str, ...]) -> Params | None
 
 
 def own_lms(module: Any) -> list[Any]:
-    """The LM a PredictRLM was constructed with (``lm=``, kept as ``_lm``); empty for other RLMs. PredictRLM copies a
-    ``dspy.LM`` per run, and that copy's history is out of reach: see the README's PredictRLM section."""
+    """The LM a PredictRLM was constructed with (`lm=`, kept as `_lm`); empty for other RLMs. PredictRLM copies a
+    `dspy.LM` per run, and that copy's history is out of reach: see the README's PredictRLM section."""
     if not all(callable(getattr(type(module), name, None)) for name in KERNEL):
         return []
     return [module.__dict__.get("_lm")]
 
 
 def kernel_seams(cls: Any) -> KernelSeams | None:
-    """The :class:`KernelSeams` of ``cls`` if its loop is PredictRLM's kernel, else ``None``."""
+    """The `KernelSeams` of `cls` if its loop is PredictRLM's kernel, else `None`."""
     if not all(callable(getattr(cls, name, None)) for name in KERNEL):
         return None
     return KernelSeams(cls)

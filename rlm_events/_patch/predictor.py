@@ -1,5 +1,5 @@
-"""``generate_action`` as an instrumented RLM's loop sees it: whatever the predictor is (a ``dspy.Predict``,
-another module, an object with only ``__call__`` or ``acall``, a function), reading the attribute during an
+"""`generate_action` as an instrumented RLM's loop sees it: whatever the predictor is (a `dspy.Predict`,
+another module, an object with only `__call__` or `acall`, a function), reading the attribute during an
 iteration yields a stand-in that calls it, records the action and fires pre_execution on it."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from .frame import Frame
 
 
 class Acting:
-    """``generate_action`` as the loop sees it until the iteration's action is in: calls go to the real predictor
-    (``__call__`` / ``forward`` in sync loops, ``acall`` / ``aforward`` in async ones), then record the action and
+    """`generate_action` as the loop sees it until the iteration's action is in: calls go to the real predictor
+    (`__call__` / `forward` in sync loops, `acall` / `aforward` in async ones), then record the action and
     fire pre_execution on it. Everything else, and any error, is the predictor's own: a loop that works bare works
-    the same, whatever the predictor is (a ``dspy.Predict``, another module, a plain callable)."""
+    the same, whatever the predictor is (a `dspy.Predict`, another module, a plain callable)."""
 
     __slots__ = ("_call", "_frame", "_predictor")
 
@@ -69,9 +69,9 @@ class Acting:
 
 
 class ActionSeam:
-    """``generate_action`` of an instrumented RLM class: a data descriptor over the instance's own attribute, so
-    that reading it during an iteration yields the :class:`Acting` stand-in, while assigning, deleting and every
-    other read (``named_predictors``, pickling, copies) see the real predictor in the instance's ``__dict__``."""
+    """`generate_action` of an instrumented RLM class: a data descriptor over the instance's own attribute, so
+    that reading it during an iteration yields the `Acting` stand-in, while assigning, deleting and every
+    other read (`named_predictors`, pickling, copies) see the real predictor in the instance's `__dict__`."""
 
     def __get__(self, rlm: Any, owner: Any = None) -> Any:
         if rlm is None:

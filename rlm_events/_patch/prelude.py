@@ -1,19 +1,19 @@
-"""The persistent prelude (pre_iteration's ``persistent_python_code``) run as its own execution before the code.
+"""The persistent prelude (pre_iteration's `persistent_python_code`) run as its own execution before the code.
 
 Prepending the prelude to the code would shift every line number the interpreter reports for the LM's code (a
-syntax error on its line 2 reported on line 7) and that the code sees (``sys._getframe().f_lineno``, tracebacks it
-formats). Instead the interpreter is handed to DSPy (or PredictRLM) wrapped in a :class:`PreludeREPL`, whose first
+syntax error on its line 2 reported on line 7) and that the code sees (`sys._getframe().f_lineno`, tracebacks it
+formats). Instead the interpreter is handed to DSPy (or PredictRLM) wrapped in a `PreludeREPL`, whose first
 execution runs the prelude, then the code, each as its own execution of the same persistent REPL — so the code's
-line numbers are its own on every interpreter (``dspy.LocalInterpreter``, DSPy's Deno ``PythonInterpreter``, the
+line numbers are its own on every interpreter (`dspy.LocalInterpreter`, DSPy's Deno `PythonInterpreter`, the
 sandbox, the in-process test interpreter, PredictRLM's backends).
 
 What the pair returns is what the prelude and code written one after the other return:
 
-* the prelude's error (``SyntaxError``, ``CodeExecutionError``, ...) propagates and the code does not run — the
+* the prelude's error (`SyntaxError`, `CodeExecutionError`, ...) propagates and the code does not run — the
   loop reports it as it reports any execution error (its line numbers are the prelude's);
-* a ``SUBMIT`` in the prelude ends the execution there;
+* a `SUBMIT` in the prelude ends the execution there;
 * the printed output of the prelude comes before the code's (joined by a newline, as the interpreters strip a
-  trailing one); the code's ``SUBMIT`` or final-expression value wins, as it would;
+  trailing one); the code's `SUBMIT` or final-expression value wins, as it would;
 * the input variables are bound by the prelude's execution; the code's execution binds none, so what the prelude
   did to them stands.
 """
@@ -31,7 +31,7 @@ _DEFERRED_REQUESTS = frozenset({"defer_next_submit_finalization"})
 
 
 def joined(before: Any, after: Any) -> Any:
-    """What the prelude's execution (``before``) and the code's (``after``) return, as one execution would."""
+    """What the prelude's execution (`before`) and the code's (`after`) return, as one execution would."""
     if isinstance(after, _ci.FinalOutput) or not isinstance(before, str) or not before:
         return after
     if after is None:
@@ -42,9 +42,9 @@ def joined(before: Any, after: Any) -> Any:
 
 
 class PreludeREPL:
-    """``repl`` with ``prelude`` run as its own execution before the first code executed through it.
+    """`repl` with `prelude` run as its own execution before the first code executed through it.
 
-    Every other attribute is ``repl``'s (read and written through). One instance serves one iteration's execution.
+    Every other attribute is `repl`'s (read and written through). One instance serves one iteration's execution.
     """
 
     def __init__(self, repl: Any, prelude: str) -> None:
@@ -63,7 +63,7 @@ class PreludeREPL:
         return prelude
 
     def execute(self, code: str, variables: dict[str, Any] | None = None, **options: Any) -> Any:
-        """Run the prelude (binding ``variables``), then ``code``, on the wrapped REPL; see the module docstring."""
+        """Run the prelude (binding `variables`), then `code`, on the wrapped REPL; see the module docstring."""
         prelude = self._take_prelude()
         if not prelude:
             self._release_held()

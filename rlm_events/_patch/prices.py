@@ -7,9 +7,9 @@ from typing import Any
 
 
 def register_dspy_prices(model: str, entry: Callable[[Mapping[str, Any] | None], dict[str, Any]]) -> bool:
-    """Give ``model`` (``provider/model``) the prices ``entry(known)`` returns in DSPy's own model-metadata map, where
-    DSPy has one (3.4+; ``known`` is the model's entry there, if any); whether it has. DSPy reads that map, loaded once
-    per process, on every call it prices (``dspy.clients.costs``), looking ``provider/model`` up: a key added here
+    """Give `model` (`provider/model`) the prices `entry(known)` returns in DSPy's own model-metadata map, where
+    DSPy has one (3.4+; `known` is the model's entry there, if any); whether it has. DSPy reads that map, loaded once
+    per process, on every call it prices (`dspy.clients.costs`), looking `provider/model` up: a key added here
     prices the next call. Earlier releases price through LiteLLM only."""
     try:
         from dspy.clients import model_metadata

@@ -1,5 +1,5 @@
-"""The ``tool_call`` stage around every tool the executed code can call (``llm_query``, ``llm_query_batched``, the
-user's tools, PredictRLM's ``predict()``)."""
+"""The `tool_call` stage around every tool the executed code can call (`llm_query`, `llm_query_batched`, the
+user's tools, PredictRLM's `predict()`)."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ TOOL_ATTR = "__rlm_events_tool__"  # on a wrapper: the tool it calls
 
 
 def raw_tool(fn: Any) -> Any:
-    """The tool behind a ``tool_call`` wrapper of :func:`wrap_tool` (``fn`` itself for anything else)."""
+    """The tool behind a `tool_call` wrapper of `wrap_tool()` (`fn` itself for anything else)."""
     return fn.__dict__.get(TOOL_ATTR, fn) if hasattr(fn, "__dict__") else fn
 
 
 def wrap_tool(call: Call, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` as the code of ``call`` calls it: through the ``tool_call`` stage (sync or async, as ``fn`` is)."""
+    """`fn` as the code of `call` calls it: through the `tool_call` stage (sync or async, as `fn` is)."""
     plan, module = call.plan, call.module
 
     def new_ctx(args: tuple[Any, ...], kwargs: dict[str, Any]) -> ToolCallContext:

@@ -10,7 +10,7 @@ _WARNED: weakref.WeakKeyDictionary[Any, set[Any]] = weakref.WeakKeyDictionary()
 
 
 def warn_once(module: Any, key: Any, message: str) -> None:
-    """Log ``message`` at WARNING the first time ``key`` comes up for ``module``: stages that cannot fire are named,
+    """Log `message` at WARNING the first time `key` comes up for `module`: stages that cannot fire are named,
     never skipped silently, and never flood the log."""
     seen = _WARNED.setdefault(module, set())
     if key not in seen:

@@ -1,26 +1,20 @@
-"""Ready-made middleware for ``dspy.RLM``: each a ``(ctx, next)`` object registered with one line.
+"""Ready-made middleware for `dspy.RLM`: each a `(ctx, next)` object registered with one line.
 
+```pycon
 >>> from rlm_events.builtins import CodeGuard, Budget, RetryHint, HistoryTrimmer, ToolCallCache
 >>> # CodeGuard("strict").install(events); Budget(max_cost_usd=0.5).install(events); ...
 
-=================  ==================  ====================================================================
-built-in           stage(s)            what it does
-=================  ==================  ====================================================================
-CodeGuard          pre_execution       refuses code that breaks a GuardPolicy (AST check), tells the LM why
-Budget             run_start,          stops the run at an iteration / time / token / cost limit; caps and
-                   tool_call,          denies tool calls by name; meters real LM usage per call
-                   post_iteration,
-                   run_end
-RetryHint          post_execution      appends a hint (failing line, close names) to ``[Error]`` results
-HistoryTrimmer     pre_iteration       shortens old outputs to a head/tail preview (or drops them)
-ToolCallCache      tool_call           memoises identical ``llm_query`` (or named tool) calls in a run
-Speculate          run_start,          makes the sub-LLM and pure tool calls the code is about to make ahead,
-                   pre_execution,      concurrently; real calls claim exact matches
-                   tool_call,
-                   post_execution,
-                   run_end
-=================  ==================  ====================================================================
-"""
+```
+
+| built-in | stage(s) | what it does |
+| --- | --- | --- |
+| CodeGuard | pre_execution | refuses code that breaks a GuardPolicy (AST check), tells the LM why |
+| Budget | run_start, tool_call, post_iteration, run_end | stops the run at an iteration / time / token / cost limit; caps and denies tool calls by name; meters real LM usage per call |
+| RetryHint | post_execution | appends a hint (failing line, close names) to `[Error]` results |
+| HistoryTrimmer | pre_iteration | shortens old outputs to a head/tail preview (or drops them) |
+| ToolCallCache | tool_call | memoises identical `llm_query` (or named tool) calls in a run |
+| Speculate | run_start, pre_execution, tool_call, post_execution, run_end | makes the sub-LLM and pure tool calls the code is about to make ahead, concurrently; real calls claim exact matches |
+"""  # noqa: E501
 
 from ..builtin import Builtin, ToolDenied
 from ..guard import CodeGuard, GuardPolicy, Violation

@@ -1,4 +1,4 @@
-"""``Budget``: stop a run that has spent enough iterations, time, tokens or money; cap tool calls by name."""
+"""`Budget`: stop a run that has spent enough iterations, time, tokens or money; cap tool calls by name."""
 
 from __future__ import annotations
 
@@ -38,46 +38,50 @@ def _limit(name: str, value: Any, *, integer: bool) -> Any:
 class Budget(Builtin):
     """Stops a run when it reaches any limit, and caps how often its code may call each tool.
 
-    ``Budget(max_iterations=None, max_seconds=None, max_tokens=None, max_cost_usd=None, max_tool_calls=None,
-    hard=False, prices=None)``; ``max_tool_calls`` maps tool names to a per-run cap, e.g. ``{"llm_query": 5}``;
-    ``prices`` gives models no price map prices their price, ``{"openai/my-model": (input, output)}`` in USD per
-    million tokens, through :func:`rlm_events.register_prices` (process-wide, at construction). Install it with
-    ``Budget(...).install(events)`` (stages ``run_start``, ``tool_call``, ``post_iteration``, ``run_end``).
+    `Budget(max_iterations=None, max_seconds=None, max_tokens=None, max_cost_usd=None, max_tool_calls=None, hard=False,
+    prices=None)`; `max_tool_calls` maps tool names to a per-run cap, e.g. `{"llm_query": 5}`;
+    `prices` gives models no price map prices their price, `{"openai/my-model": (input, output)}` in USD per
+    million tokens, through [`rlm_events.register_prices()`][rlm_events.register_prices] (process-wide, at
+    construction). Install it with
+    `Budget(...).install(events)` (stages `run_start`, `tool_call`, `post_iteration`, `run_end`).
 
     Guarantees:
 
     * At the end of the first iteration after which a limit is *reached* (spent ≥ limit), the loop stops through
-      DSPy's extract fallback (``ctx.stop = True``) and the answer is extracted from the history so far. An
-      iteration that ``SUBMIT``-ted successfully is never stopped. The extract call itself is metered too.
+      DSPy's extract fallback (`ctx.stop = True`) and the answer is extracted from the history so far. An
+      iteration that `SUBMIT`-ted successfully is never stopped. The extract call itself is metered too.
     * Once a token, cost or time limit is reached, further tool calls of that run are denied; beyond a per-name
-      cap, calls of that tool are denied. A denied call is not made: the code gets a ``[Budget] …`` text (one per
-      prompt for ``llm_query_batched``) and the run goes on.
-    * Tokens and cost are the ``usage`` and ``cost`` DSPy recorded for each LM call of *this* call (main LM,
-      extract, ``sub_lm``), attributed by context, so one Budget instance is safe across concurrent calls sharing
-      one LM (see :mod:`rlm_events.builtins.usage`). To meter them it adds a shared callback to the LMs the call
-      uses (``lm.callbacks``); calls outside a metered run are ignored by it.
-    * What was spent, and why the run stopped, is the :class:`Spend` at ``ctx.run.state["budget"]``
-      (:meth:`Budget.spent`), updated as the run goes and final at ``run_end``.
-    * Calls DSPy answered from its cache (``Spend.cached_lm_calls``) cost nothing and count against no limit.
+      cap, calls of that tool are denied. A denied call is not made: the code gets a `[Budget] …` text (one per
+      prompt for `llm_query_batched`) and the run goes on.
+    * Tokens and cost are the `usage` and `cost` DSPy recorded for each LM call of *this* call (main LM,
+      extract, `sub_lm`), attributed by context, so one Budget instance is safe across concurrent calls sharing
+      one LM (see `rlm_events.builtins.usage`). To meter them it adds a shared callback to the LMs the call
+      uses (`lm.callbacks`); calls outside a metered run are ignored by it.
+    * What was spent, and why the run stopped, is the [`Spend`][rlm_events.builtins.usage.Spend] at
+      `ctx.run.state["budget"]`
+      ([`Budget.spent()`][rlm_events.builtins.budget.Budget.spent]), updated as the run goes and final at `run_end`.
+    * Calls DSPy answered from its cache (`Spend.cached_lm_calls`) cost nothing and count against no limit.
     * A dollar cap is never a silent no-op. Once an LM call of the run came back with an unknown cost (a model no
       price map prices, or usage the meter could not see), further tool calls are denied, and at the end of that
-      iteration the run is stopped by raising :class:`~rlm_events.UnknownCostError`, naming the models and how to
-      price them (``Spend.stopped_by == "cost_usd"``; ``run_end`` still fires, with the error). An iteration that
-      ``SUBMIT``-ted, or the extract call, ends the run anyway: it returns, and one WARNING says its cost is unknown.
+      iteration the run is stopped by raising [`UnknownCostError`][rlm_events.UnknownCostError], naming the models and
+      how to
+      price them (`Spend.stopped_by == "cost_usd"`; `run_end` still fires, with the error). An iteration that
+      `SUBMIT`-ted, or the extract call, ends the run anyway: it returns, and one WARNING says its cost is unknown.
 
-    Place a :class:`ToolCallCache` before the Budget so that cache hits are not counted against the caps.
+    Place a [`ToolCallCache`][rlm_events.builtins.cache.ToolCallCache] before the Budget so that cache hits are not
+    counted against the caps.
 
-    ``hard=True`` makes ``max_tokens`` and ``max_cost_usd`` caps rather than stopping points:
+    `hard=True` makes `max_tokens` and `max_cost_usd` caps rather than stopping points:
 
-    * a sub-LLM call (``llm_query``; ``llm_query_batched`` counts each prompt) starts only if what is left, less
+    * a sub-LLM call (`llm_query`; `llm_query_batched` counts each prompt) starts only if what is left, less
       what calls in flight set aside, covers it, each LM call estimated at the largest LM call of the run so far;
-      otherwise the code gets a ``[Budget]`` denial it can read;
+      otherwise the code gets a `[Budget]` denial it can read;
     * after each iteration the loop stops (extract fallback) unless what is left covers another iteration as
       large as the largest so far (its action call and its code's sub-LLM calls).
 
     Overshoot bound: the run exceeds the cap by at most the extract call's usage plus what its last iteration used
     beyond the largest iteration before it — one LM call's usage when iterations do not grow by more than a call.
-    Without ``hard`` the overshoot is up to one whole iteration plus the extract call.
+    Without `hard` the overshoot is up to one whole iteration plus the extract call.
     """
 
     STAGES: ClassVar[tuple[Stage, ...]] = (Stage.RUN_START, Stage.TOOL_CALL, Stage.POST_ITERATION, Stage.RUN_END)
@@ -113,14 +117,15 @@ class Budget(Builtin):
 
     @staticmethod
     def spent(run: context.Run | context.StageContext) -> Spend | None:
-        """The :class:`Spend` of a run (or of a context's run); ``None`` if no Budget metered it. Taps and other
+        """The [`Spend`][rlm_events.builtins.usage.Spend] of a run (or of a context's run); `None` if no Budget metered
+        it. Taps and other
         built-ins read a Budget's per-run state only through this."""
         spend = (run.run if isinstance(run, context.StageContext) else run).state.get(_STATE_KEY)
         return spend if isinstance(spend, Spend) else None
 
     @staticmethod
     def installed(run: context.Run) -> list[Budget]:
-        """The Budgets in the ``tool_call`` chain of the instrumentation ``run`` belongs to, in chain order."""
+        """The Budgets in the `tool_call` chain of the instrumentation `run` belongs to, in chain order."""
         from ..instrumentation import instrumentation_of
 
         events = instrumentation_of(run.module)
@@ -129,9 +134,9 @@ class Budget(Builtin):
         return [mw for mw in events.plan.chains[Stage.TOOL_CALL] if isinstance(mw, Budget)]
 
     def admits(self, spend: Spend, name: str, *, pending: int = 0) -> str | None:
-        """Whether this Budget would let one more call of tool ``name`` start now, with ``pending`` calls of it
-        already promised elsewhere: ``None`` if so, else why not (``"budget"``: a token, time or cost limit is
-        reached; ``"tool_cap"``: the tool's ``max_tool_calls`` cap). Reserves nothing."""
+        """Whether this Budget would let one more call of tool `name` start now, with `pending` calls of it
+        already promised elsewhere: `None` if so, else why not (`"budget"`: a token, time or cost limit is
+        reached; `"tool_cap"`: the tool's `max_tool_calls` cap). Reserves nothing."""
         if self._exceeded(spend, include_iterations=False) is not None:
             return "budget"
         cap = self.max_tool_calls.get(name)
@@ -192,7 +197,7 @@ class Budget(Builtin):
 
     def _hard_sub_call(self, ctx: context.ToolCallContext, next: Any, spend: Spend) -> Any:
         """A sub-LLM call starts only when what is left covers it (each prompt estimated at the run's largest LM
-        call so far), counting what calls in flight set aside; else the code gets a ``[Budget]`` denial."""
+        call so far), counting what calls in flight set aside; else the code gets a `[Budget]` denial."""
         calls = len(prompts) if ctx.name == "llm_query_batched" and isinstance(prompts := _prompts(ctx), list) else 1
         tokens, cost = calls * spend.largest_call_tokens, calls * spend.largest_call_cost_usd
         if not spend.reserve(tokens, cost, self.max_tokens, self.max_cost_usd):
@@ -295,7 +300,7 @@ class Budget(Builtin):
 
 
 def _unpriced_models(run: context.Run) -> tuple[str, ...]:
-    """The models of ``run``'s LMs whose recent calls DSPy recorded with a usage but no cost (DSPy keeps no record
+    """The models of `run`'s LMs whose recent calls DSPy recorded with a usage but no cost (DSPy keeps no record
     of which call of a run was unpriced: the LMs the run can use are searched, newest entries first)."""
     found: dict[str, None] = {}
     for lm in lms_of(run.module):

@@ -1,4 +1,4 @@
-"""``ToolCallCache``: answer a repeated identical tool call of one run from that run's memory."""
+"""`ToolCallCache`: answer a repeated identical tool call of one run from that run's memory."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ _STATE_KEY = "tool_cache"  # where a run's ToolCacheState lives in run.state (do
 
 @dataclass
 class ToolCacheState:
-    """One run's cache (``ctx.run.state["tool_cache"]``): results by call key, and hit/miss counts."""
+    """One run's cache (`ctx.run.state["tool_cache"]`): results by call key, and hit/miss counts."""
 
     hits: int = 0
     misses: int = 0
@@ -30,16 +30,17 @@ class ToolCacheState:
 
 
 class ToolCallCache(Builtin):
-    """A ``tool_call`` middleware that memoises calls of the named tools within one run (opt-in).
+    """A `tool_call` middleware that memoises calls of the named tools within one run (opt-in).
 
-    ``ToolCallCache()`` caches ``llm_query``; ``ToolCallCache(tools=("llm_query", "search"))`` also a user tool.
+    `ToolCallCache()` caches `llm_query`; `ToolCallCache(tools=("llm_query", "search"))` also a user tool.
     The key is the tool name with its positional and keyword arguments (as canonical JSON, so equal values give
-    equal keys; ``llm_query("a")`` and ``llm_query(prompt="a")`` are different keys).
+    equal keys; `llm_query("a")` and `llm_query(prompt="a")` are different keys).
 
     Guarantees: the first call with a key runs the rest of the chain (and the tool); later calls with the same key
     in the same run get a copy of its result without calling the tool. Failed calls and budget denials
-    (:class:`~rlm_events.builtins.Budget`'s ``[Budget] …`` results) are never cached. Results live in
-    ``ctx.run.state["tool_cache"]`` (:class:`ToolCacheState`) and die with the run; concurrent runs never share.
+    ([`Budget`][rlm_events.builtins.Budget]'s `[Budget] …` results) are never cached. Results live in
+    `ctx.run.state["tool_cache"]` ([`ToolCacheState`][rlm_events.builtins.cache.ToolCacheState]) and die with the run;
+    concurrent runs never share.
     Install it before a Budget so hits are not counted against tool caps.
     """
 

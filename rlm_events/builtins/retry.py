@@ -1,4 +1,4 @@
-"""``RetryHint``: turn an ``[Error]`` result into one the LM can act on in its next iteration."""
+"""`RetryHint`: turn an `[Error]` result into one the LM can act on in its next iteration."""
 
 from __future__ import annotations
 
@@ -38,18 +38,18 @@ _SUBMIT_AND_PRINT = ("SUBMIT", "print")
 
 
 class RetryHint(Builtin):
-    """A ``post_execution`` middleware that appends a short ``[Hint] …`` line to ``[Error]`` results.
+    """A `post_execution` middleware that appends a short `[Hint] …` line to `[Error]` results.
 
     The hint names the exception, quotes the failing line of this iteration's code when it can be located (the
-    interpreter's message rarely has a line number), and, for ``NameError``/``AttributeError``, offers close
-    matches (``difflib``) among the names in scope: what this and earlier iterations' code defined, the inputs, the
+    interpreter's message rarely has a line number), and, for `NameError`/`AttributeError`, offers close
+    matches (`difflib`) among the names in scope: what this and earlier iterations' code defined, the inputs, the
     tools, built-ins, and the attributes of built-in types, loaded modules and classes the code defined.
-    ``ModuleNotFoundError`` gets close standard-library names, ``KeyError`` the missing key, ``SyntaxError`` the
+    `ModuleNotFoundError` gets close standard-library names, `KeyError` the missing key, `SyntaxError` the
     parser's own line and message.
 
-    Guarantees: only ``str`` results starting with ``[Error]`` are changed, by appending (the original error text
+    Guarantees: only `str` results starting with `[Error]` are changed, by appending (the original error text
     stays first); a result that already has a hint, or names no exception (a CodeGuard refusal), is left alone;
-    the hint is at most ``max_chars`` long; a failure while building a hint is logged and leaves the result as it
+    the hint is at most `max_chars` long; a failure while building a hint is logged and leaves the result as it
     was. The hint is added after the rest of the chain ran, so it describes the result the history records.
     """
 
@@ -78,9 +78,9 @@ class RetryHint(Builtin):
         return ctx
 
     def hint(self, error: str, code: str, *, earlier_code: Iterable[str] = (), names: Iterable[str] = ()) -> str | None:
-        """The ``[Hint] …`` line for the ``[Error]`` text ``error`` raised by ``code``, or ``None``.
+        """The `[Hint] …` line for the `[Error]` text `error` raised by `code`, or `None`.
 
-        ``earlier_code`` is the code of previous iterations (what it defined is still in scope) and ``names`` are
+        `earlier_code` is the code of previous iterations (what it defined is still in scope) and `names` are
         further names in scope (inputs, tools).
         """
         tree = parse(code)
@@ -161,7 +161,7 @@ def _syntax_hint(code: str) -> str | None:
 
 
 def _members(owner: str, is_module: bool, trees: list[ast.Module]) -> set[str]:
-    """Attribute names of ``owner``: a loaded module, a built-in type, or a class the code defined."""
+    """Attribute names of `owner`: a loaded module, a built-in type, or a class the code defined."""
     if is_module:
         module = sys.modules.get(owner)
         return set(dir(module)) if module is not None else set()
@@ -172,7 +172,7 @@ def _members(owner: str, is_module: bool, trees: list[ast.Module]) -> set[str]:
 
 
 def _first_line(tree: ast.Module, lines: list[str], test: Callable[[ast.AST], bool]) -> tuple[int, str] | None:
-    """The first source line (number, text) holding a node that passes ``test``."""
+    """The first source line (number, text) holding a node that passes `test`."""
     numbers = [getattr(n, "lineno", 0) for n in ast.walk(tree) if test(n)]
     numbers = [n for n in numbers if isinstance(n, int) and n > 0]
     number = min(numbers, default=0)

@@ -1,4 +1,4 @@
-"""``HistoryTrimmer``: keep long runs inside the prompt budget by shortening old REPL outputs."""
+"""`HistoryTrimmer`: keep long runs inside the prompt budget by shortening old REPL outputs."""
 
 from __future__ import annotations
 
@@ -18,25 +18,26 @@ _MARK = "[HistoryTrimmer:"  # every marker starts so: a trimmed output is recogn
 
 @dataclass
 class TrimStats:
-    """What a :class:`HistoryTrimmer` did in one run (``ctx.run.state["history_trimmer"]``)."""
+    """What a [`HistoryTrimmer`][rlm_events.builtins.trim.HistoryTrimmer] did in one run
+    (`ctx.run.state["history_trimmer"]`)."""
 
     trimmed_entries: int = 0
     chars_removed: int = 0
 
 
 class HistoryTrimmer(Builtin):
-    """A ``pre_iteration`` middleware that shortens the outputs of all but the last ``keep_last`` entries.
+    """A `pre_iteration` middleware that shortens the outputs of all but the last `keep_last` entries.
 
-    ``mode="preview"`` (default) keeps a head and a tail of an output longer than ``max_chars`` around a marker
-    ``… [HistoryTrimmer: 12,000 of 12,400 chars omitted] …``; the result is at most ``max_chars`` long.
-    ``mode="drop"`` replaces such an output with a one-line marker giving its length. Reasoning and code are kept
+    `mode="preview"` (default) keeps a head and a tail of an output longer than `max_chars` around a marker
+    `… [HistoryTrimmer: 12,000 of 12,400 chars omitted] …`; the result is at most `max_chars` long.
+    `mode="drop"` replaces such an output with a one-line marker giving its length. Reasoning and code are kept
     verbatim, so the LM still sees every step it took.
 
-    Guarantees: the last ``keep_last`` entries are untouched; an output is shortened once (markers are recognised),
-    so trimming is idempotent; the history is replaced through ``model_copy`` (DSPy's ``REPLHistory`` is
+    Guarantees: the last `keep_last` entries are untouched; an output is shortened once (markers are recognised),
+    so trimming is idempotent; the history is replaced through `model_copy` (DSPy's `REPLHistory` is
     immutable), and because the loop carries the changed history forward, later iterations, the extract fallback
-    and the returned ``trajectory`` all see the shortened outputs. Totals are kept in
-    ``ctx.run.state["history_trimmer"]`` (:class:`TrimStats`).
+    and the returned `trajectory` all see the shortened outputs. Totals are kept in
+    `ctx.run.state["history_trimmer"]` ([`TrimStats`][rlm_events.builtins.trim.TrimStats]).
     """
 
     STAGES: ClassVar[tuple[Stage, ...]] = (Stage.PRE_ITERATION,)
@@ -55,7 +56,7 @@ class HistoryTrimmer(Builtin):
         return next(ctx)
 
     def trim(self, history: REPLHistory, *, stats: TrimStats | None = None) -> REPLHistory:
-        """``history`` with the older outputs shortened (the same object when nothing changed)."""
+        """`history` with the older outputs shortened (the same object when nothing changed)."""
         entries = list(history.entries)
         older = len(entries) - self.keep_last
         changed = False
@@ -71,7 +72,7 @@ class HistoryTrimmer(Builtin):
         return history.model_copy(update={"entries": entries}) if changed else history
 
     def shorten(self, output: str) -> str:
-        """``output`` itself when short enough or already shortened, else its preview or drop marker."""
+        """`output` itself when short enough or already shortened, else its preview or drop marker."""
         if len(output) <= self.max_chars or _MARK in output:
             return output
         if self.mode == "drop":

@@ -1,5 +1,7 @@
-"""What one Budget-metered RLM call has spent: :class:`Spend`, the run's :class:`~rlm_events.lm_usage.Usage` plus
-iterations, time and tool calls. LM usage is parsed and attributed by :mod:`rlm_events.lm_usage`, the one meter
+"""What one Budget-metered RLM call has spent: [`Spend`][rlm_events.builtins.usage.Spend], the run's
+[`Usage`][rlm_events.lm_usage.Usage] plus
+iterations, time and tool calls. LM usage is parsed and attributed by [`rlm_events.lm_usage`][rlm_events.lm_usage], the
+one meter
 every built-in and tap reads (see there for the attribution policy).
 """
 
@@ -17,9 +19,10 @@ _LOCK = threading.Lock()  # guards the tool counters; contention is one incremen
 
 @dataclass
 class Spend(Usage):
-    """What one RLM call has spent so far, and why its :class:`~rlm_events.builtins.Budget` stopped it.
+    """What one RLM call has spent so far, and why its [`Budget`][rlm_events.builtins.Budget] stopped it.
 
-    Lives at ``ctx.run.state["budget"]`` (see :meth:`Budget.spent`); it is also the run's ``state["usage"]``, so
+    Lives at `ctx.run.state["budget"]` (see [`Budget.spent()`][rlm_events.builtins.budget.Budget.spent]); it is also the
+    run's `state["usage"]`, so
     its LM counts are the ones every trace and span reports.
     """
 
@@ -28,9 +31,9 @@ class Spend(Usage):
     tool_calls: dict[str, int] = field(default_factory=dict)
     denied_tool_calls: dict[str, int] = field(default_factory=dict)
     stopped_by: str | None = None
-    """``"iterations"``, ``"seconds"``, ``"tokens"`` or ``"cost_usd"``: the limit that ended the run, if any."""
+    """`"iterations"`, `"seconds"`, `"tokens"` or `"cost_usd"`: the limit that ended the run, if any."""
     reason: str | None = None
-    """The same, in words: ``"tokens: 1,532 spent, limit 1,000"``."""
+    """The same, in words: `"tokens: 1,532 spent, limit 1,000"`."""
     started: float = field(default_factory=time.monotonic, repr=False)
     largest_iteration_tokens: int = 0
     """The most tokens one iteration used (its action call and its code's sub-LLM calls)."""
@@ -45,7 +48,7 @@ class Spend(Usage):
         return time.monotonic() - self.started
 
     def reserve_tool(self, name: str, cap: int | None) -> bool:
-        """Count one call of tool ``name`` unless that would exceed ``cap``; whether it was counted (atomic, so
+        """Count one call of tool `name` unless that would exceed `cap`; whether it was counted (atomic, so
         concurrent tool calls of one run cannot overshoot the cap)."""
         with _LOCK:
             used = self.tool_calls.get(name, 0)
@@ -63,7 +66,7 @@ class Spend(Usage):
             self.iteration_start = (self.tokens, self.cost_usd)
 
     def reserve(self, tokens: int, cost: float, max_tokens: int | None, max_cost: float | None) -> bool:
-        """Set ``tokens`` and ``cost`` aside for calls about to start, unless what is spent and already set aside
+        """Set `tokens` and `cost` aside for calls about to start, unless what is spent and already set aside
         leaves no room for them (atomic: concurrent calls of one run cannot all take the last room)."""
         with _LOCK:
             held_tokens, held_cost = self.reserved
@@ -75,7 +78,8 @@ class Spend(Usage):
             return True
 
     def release(self, tokens: int, cost: float) -> None:
-        """Give back what :meth:`reserve` set aside, once the calls ended (their real usage is counted)."""
+        """Give back what [`reserve()`][rlm_events.builtins.usage.Spend.reserve] set aside, once the calls ended
+        (their real usage is counted)."""
         with _LOCK:
             self.reserved = (self.reserved[0] - tokens, self.reserved[1] - cost)
 

@@ -1,20 +1,28 @@
-"""The code guard: :class:`CodeGuard` refuses generated code that breaks a :class:`GuardPolicy`, and tells the LM
+"""The code guard: [`CodeGuard`][rlm_events.guard._middleware.CodeGuard] refuses generated code that breaks a
+[`GuardPolicy`][rlm_events.guard._policy.GuardPolicy], and tells the LM
 why and what to do instead.
 
+```pycon
 >>> from rlm_events.guard import CodeGuard, GuardPolicy
 >>> # CodeGuard("strict").install(events); CodeGuard(policy=GuardPolicy.default().allow(modules={"numpy"}))
 
-The policy is an allowlist checked on the syntax tree (see :class:`GuardPolicy`); its data is
-:mod:`rlm_events.guard.allowlist`. It is a policy check, not a sandbox: run untrusted code in a real one
-(:mod:`rlm_events.sandbox`, or DSPy's Deno/Pyodide ``PythonInterpreter``).
+```
 
-How the package is laid out, one concern a module: ``_middleware`` (:class:`CodeGuard`, the refusal text),
-``_policy`` (:class:`GuardPolicy`), ``_violation`` (:class:`Violation`), ``allowlist`` (the data, by modules, calls
-and attributes), ``_grammar`` (which Python the code is parsed as, and parsing it), ``_bindings`` (what the code
-binds), ``_host`` (what the guard's Python knows about modules), ``_fold`` (what string expressions hold: a bounded
-evaluator), ``_resolve`` (what names refer to), the rules ``_rules_imports``, ``_rules_names``,
-``_rules_attributes``, ``_rules_files``, ``_rules_calls``, ``_rules_strings``, put together in ``_scanner`` (one
-pass over the tree), and ``_hints`` (what to do instead).
+The policy is an allowlist checked on the syntax tree (see [`GuardPolicy`][rlm_events.guard._policy.GuardPolicy]); its
+data is
+[`rlm_events.guard.allowlist`][rlm_events.guard.allowlist]. It is a policy check, not a sandbox: run untrusted code in a
+real one
+([`rlm_events.sandbox`][rlm_events.sandbox], or DSPy's Deno/Pyodide `PythonInterpreter`).
+
+How the package is laid out, one concern a module: `_middleware` ([`CodeGuard`][rlm_events.guard._middleware.CodeGuard],
+the refusal text),
+`_policy` ([`GuardPolicy`][rlm_events.guard._policy.GuardPolicy]), `_violation`
+([`Violation`][rlm_events.guard._violation.Violation]), `allowlist` (the data, by modules, calls
+and attributes), `_grammar` (which Python the code is parsed as, and parsing it), `_bindings` (what the code
+binds), `_host` (what the guard's Python knows about modules), `_fold` (what string expressions hold: a bounded
+evaluator), `_resolve` (what names refer to), the rules `_rules_imports`, `_rules_names`,
+`_rules_attributes`, `_rules_files`, `_rules_calls`, `_rules_strings`, put together in `_scanner` (one
+pass over the tree), and `_hints` (what to do instead).
 """
 
 from ._grammar import HOST_PYTHON, PYODIDE_PYTHON, interpreter_python

@@ -1,5 +1,5 @@
 """What the code binds, as far as its syntax shows: every place a name is bound and with what
-(:func:`bindings_of`), the names its imports bind (:func:`imported_names`), and how its methods are decorated."""
+(`bindings_of()`), the names its imports bind (`imported_names()`), and how its methods are decorated."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ from typing import Literal
 
 @dataclass(frozen=True)
 class Binding:
-    """One place a name is bound: to an assignment's ``value``, to the ``element`` of a loop over ``expr``, or to
-    something else the guard does not follow (``other``: a parameter, a definition, an import …)."""
+    """One place a name is bound: to an assignment's `value`, to the `element` of a loop over `expr`, or to
+    something else the guard does not follow (`other`: a parameter, a definition, an import …)."""
 
     kind: Literal["value", "element", "other"]
     expr: ast.expr | None = None
 
 
 def bindings_of(nodes: Iterable[ast.AST]) -> dict[str, list[Binding]]:
-    """Every place each name is bound, and with what (``value`` of an assignment, ``element`` of a loop)."""
+    """Every place each name is bound, and with what (`value` of an assignment, `element` of a loop)."""
     found: dict[str, list[Binding]] = {}
 
     def add(name: str, binding: Binding) -> None:
@@ -67,7 +67,7 @@ def bindings_of(nodes: Iterable[ast.AST]) -> dict[str, list[Binding]]:
 
 
 def imported_names(tree: ast.Module) -> dict[str, str]:
-    """The names ``tree``'s imports bind, and the dotted paths they are bound to."""
+    """The names `tree`'s imports bind, and the dotted paths they are bound to."""
     names: dict[str, str] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -82,7 +82,7 @@ def imported_names(tree: ast.Module) -> dict[str, str]:
 
 
 def decorated(node: ast.FunctionDef | ast.AsyncFunctionDef, name: str) -> bool:
-    """Whether ``node`` has the decorator ``name`` (``@name`` or ``@x.name``)."""
+    """Whether `node` has the decorator `name` (`@name` or `@x.name`)."""
     return any(
         (isinstance(d, ast.Name) and d.id == name) or (isinstance(d, ast.Attribute) and d.attr == name)
         for d in node.decorator_list
@@ -90,7 +90,7 @@ def decorated(node: ast.FunctionDef | ast.AsyncFunctionDef, name: str) -> bool:
 
 
 def is_classmethod_call(nodes: Iterable[ast.AST], cls: str, method: str) -> bool:
-    """Whether ``cls.method`` is a classmethod of a class ``cls`` among ``nodes``."""
+    """Whether `cls.method` is a classmethod of a class `cls` among `nodes`."""
     for node in nodes:
         if isinstance(node, ast.ClassDef) and node.name == cls:
             for f in node.body:

@@ -1,10 +1,10 @@
 """What strings an expression can hold, when the code shows them all: a bounded evaluator over literals.
 
-:meth:`StringValues.fold` computes a str/int/bytes expression built only from literals (``'__glo' + 'bals__'``,
-``chr(95) * 2``, ``'.'.join([...])``), following names bound once to such an expression;
-:meth:`StringValues.known_strings` widens that to every value a name can hold (conditional expressions, loops over
+`StringValues.fold()` computes a str/int/bytes expression built only from literals (`'__glo' + 'bals__'`,
+`chr(95) * 2`, `'.'.join([...])`), following names bound once to such an expression;
+`StringValues.known_strings()` widens that to every value a name can hold (conditional expressions, loops over
 literal collections). Limits: nesting depth 12, strings and bytes of at most 10,000 items, repetition counts up to
-1,000; beyond them, or on any error, the value is unknown (``None``).
+1,000; beyond them, or on any error, the value is unknown (`None`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class StringValues:
         self.bindings = bindings
 
     def fold(self, node: ast.AST, depth: int = 0) -> Any:
-        """The value of a str/int/bytes expression built only from literals (``'__glo' + 'bals__'``), else ``None``."""
+        """The value of a str/int/bytes expression built only from literals (`'__glo' + 'bals__'`), else `None`."""
         if depth > 12:
             return None
         if isinstance(node, ast.Constant) and isinstance(node.value, (str, int, bytes)):
@@ -135,13 +135,13 @@ class StringValues:
         return None
 
     def _only_value(self, name: str) -> ast.expr | None:
-        """The expression ``name`` is bound to, when the code binds it once, by an assignment."""
+        """The expression `name` is bound to, when the code binds it once, by an assignment."""
         sites = self.bindings.get(name, [])
         return sites[0].expr if len(sites) == 1 and sites[0].kind == "value" else None
 
     def known_strings(self, node: ast.AST, depth: int = 0, seen: frozenset[str] = frozenset()) -> set[str] | None:
-        """Every string ``node`` can hold, when the code shows them all (literals, names bound only to literals,
-        loops over literal collections), else ``None``."""
+        """Every string `node` can hold, when the code shows them all (literals, names bound only to literals,
+        loops over literal collections), else `None`."""
         if depth > 12:
             return None
         value = self.fold(node)
@@ -168,7 +168,7 @@ class StringValues:
         return None
 
     def _known_elements(self, node: ast.AST, depth: int, seen: frozenset[str]) -> set[str] | None:
-        """Every string an iteration over ``node`` can yield, when the code shows them all."""
+        """Every string an iteration over `node` can yield, when the code shows them all."""
         if depth > 12:
             return None
         if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
@@ -201,7 +201,7 @@ class StringValues:
 
 
 def _union(results: Iterable[set[str] | None]) -> set[str] | None:
-    """All the strings of ``results``, or ``None`` as soon as one of them is unknown."""
+    """All the strings of `results`, or `None` as soon as one of them is unknown."""
     found: set[str] = set()
     for more in results:
         if more is None:

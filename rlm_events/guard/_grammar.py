@@ -1,5 +1,6 @@
-"""The grammar generated code is parsed with: which Python will run it (:func:`interpreter_python`), and parsing
-with that Python's grammar (:func:`parse_code`), refusing what the guard cannot read."""
+"""The grammar generated code is parsed with: which Python will run it
+([`interpreter_python()`][rlm_events.guard._grammar.interpreter_python]), and parsing
+with that Python's grammar (`parse_code()`), refusing what the guard cannot read."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ NEWER_SYNTAX = (
 
 
 def parse_code(code: str, target: tuple[int, int] | None) -> tuple[ast.Module | None, Violation | None]:
-    """The module's tree, or the ``"syntax"`` violation that refuses it."""
+    """The module's tree, or the `"syntax"` violation that refuses it."""
     try:
         if target is not None and target < HOST_PYTHON:
             return ast.parse(code, feature_version=target), None
@@ -47,8 +48,9 @@ def parse_code(code: str, target: tuple[int, int] | None) -> tuple[ast.Module | 
 
 
 def interpreter_python(rlm: Any) -> tuple[int, int] | None:
-    """The Python version of the interpreter ``rlm`` runs code in, when the guard can tell: :data:`PYODIDE_PYTHON`
-    for DSPy's Deno/Pyodide ``PythonInterpreter`` (also when it is the default), else ``None`` (the guard's own)."""
+    """The Python version of the interpreter `rlm` runs code in, when the guard can tell:
+    [`PYODIDE_PYTHON`][rlm_events.guard._grammar.PYODIDE_PYTHON]
+    for DSPy's Deno/Pyodide `PythonInterpreter` (also when it is the default), else `None` (the guard's own)."""
     return PYODIDE_PYTHON if runs_pyodide(rlm) else None
 
 

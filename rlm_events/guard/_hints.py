@@ -133,7 +133,7 @@ DENIED_METHOD_HINTS = {
 
 
 def module_hint(name: str, policy: GuardPolicy) -> str:
-    """What to use instead of the refused module ``name``."""
+    """What to use instead of the refused module `name`."""
     for key in (name, name.split(".")[0]):
         if key in MODULE_HINTS:
             return MODULE_HINTS[key]
@@ -146,7 +146,7 @@ def module_hint(name: str, policy: GuardPolicy) -> str:
 
 
 def dunder_hint(attr: str) -> str:
-    """What to use instead of the refused dunder attribute ``attr``."""
+    """What to use instead of the refused dunder attribute `attr`."""
     if attr in ("__bases__", "__base__", "__mro__", "__subclasses__"):
         return "use isinstance()/issubclass() to ask about types"
     if attr in ("__globals__", "__builtins__", "__code__", "__closure__", "__func__", "__self__"):
@@ -162,7 +162,7 @@ def dunder_hint(attr: str) -> str:
 
 
 def member_hint(path: str) -> str:
-    """What to use instead of the denied member ``path`` of an allowed module."""
+    """What to use instead of the denied member `path` of an allowed module."""
     hints = {
         "typing.get_type_hints": "it evaluates string annotations as code; use dataclasses.fields(cls) for fields",
         "string.Formatter": "use f-strings or str.format on a literal",

@@ -1,6 +1,6 @@
 """What the guard's own Python knows about names: its built-ins, the allowed modules as it imports them, and which
-dotted paths are modules. The guard imports an allowed module to learn whether ``module.attr`` is itself a module
-(``logging.os``); it never runs the checked code."""
+dotted paths are modules. The guard imports an allowed module to learn whether `module.attr` is itself a module
+(`logging.os`); it never runs the checked code."""
 
 from __future__ import annotations
 
@@ -23,13 +23,13 @@ DUNDER = re.compile(r"__\w+__\Z")
 
 
 def is_dunder(name: str) -> bool:
-    """Whether ``name`` has the ``__name__`` shape (more than the four underscores)."""
+    """Whether `name` has the `__name__` shape (more than the four underscores)."""
     return bool(DUNDER.match(name)) and len(name) > 4
 
 
 @cache
 def host_module(name: str) -> types.ModuleType | None:
-    """The allowed module ``name`` on the guard's Python (imported once), or ``None`` if it cannot be imported."""
+    """The allowed module `name` on the guard's Python (imported once), or `None` if it cannot be imported."""
     if name in sys.modules:
         return sys.modules[name]
     try:
@@ -39,20 +39,20 @@ def host_module(name: str) -> types.ModuleType | None:
 
 
 def host_attr(module: str, attr: str) -> Any:
-    """``module.attr`` on the guard's Python, or :data:`MISSING`."""
+    """`module.attr` on the guard's Python, or `MISSING`."""
     mod = host_module(module)
     return MISSING if mod is None else getattr(mod, attr, MISSING)
 
 
 def module_name(value: types.ModuleType) -> str:
-    """The name a module was imported under (``posixpath`` for ``os.path``)."""
+    """The name a module was imported under (`posixpath` for `os.path`)."""
     spec = getattr(value, "__spec__", None)
     return getattr(spec, "name", None) or value.__name__
 
 
 @cache
 def is_submodule(path: str) -> bool:
-    """Whether ``path`` (not an attribute of its module here) names a module: a stdlib name or a real submodule."""
+    """Whether `path` (not an attribute of its module here) names a module: a stdlib name or a real submodule."""
     if path.rpartition(".")[2] in sys.stdlib_module_names:
         return True
     try:
@@ -63,7 +63,7 @@ def is_submodule(path: str) -> bool:
 
 @lru_cache(maxsize=16)
 def packages(modules: frozenset[str]) -> frozenset[str]:
-    """Every proper dotted prefix of the allowed modules (``xml``, ``xml.etree`` for ``xml.etree.ElementTree``)."""
+    """Every proper dotted prefix of the allowed modules (`xml`, `xml.etree` for `xml.etree.ElementTree`)."""
     return frozenset(".".join(m.split(".")[:i]) for m in modules for i in range(1, m.count(".") + 1))
 
 

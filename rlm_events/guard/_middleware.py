@@ -1,4 +1,5 @@
-"""``CodeGuard``: refuse generated code that breaks a :class:`GuardPolicy`, and tell the LM why."""
+"""`CodeGuard`: refuse generated code that breaks a [`GuardPolicy`][rlm_events.guard._policy.GuardPolicy], and tell
+the LM why."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ _IMPORTS_KEY = "guard_imports"
 
 
 class Refusal(TypedDict):
-    """One step :class:`CodeGuard` refused: its iteration, its code, and what in it broke the policy."""
+    """One step [`CodeGuard`][rlm_events.guard._middleware.CodeGuard] refused: its iteration, its code, and what in
+    it broke the policy."""
 
     iteration: int | None
     code: str
@@ -27,25 +29,30 @@ class Refusal(TypedDict):
 
 
 class CodeGuard(Builtin):
-    """A ``pre_execution`` middleware that checks each iteration's code against a policy before it runs.
+    """A `pre_execution` middleware that checks each iteration's code against a policy before it runs.
 
-    ``CodeGuard()`` and ``CodeGuard("default")`` use :meth:`GuardPolicy.default`; ``CodeGuard("strict")`` uses
-    :meth:`GuardPolicy.strict`; ``CodeGuard(policy=GuardPolicy(...))`` a policy of your own.
+    `CodeGuard()` and `CodeGuard("default")` use
+    [`GuardPolicy.default()`][rlm_events.guard._policy.GuardPolicy.default]; `CodeGuard("strict")` uses
+    [`GuardPolicy.strict()`][rlm_events.guard._policy.GuardPolicy.strict]; `CodeGuard(policy=GuardPolicy(...))` a policy
+    of your own.
 
-    Guarantees: code with a violation is not executed: the iteration's result is an ``[Error] CodeGuard refused
-    …`` text listing what was refused (line, construct), why, and what to do instead, which DSPy records in the
+    Guarantees: code with a violation is not executed: the iteration's result is an `[Error] CodeGuard refused …` text
+    listing what was refused (line, construct), why, and what to do instead, which DSPy records in the
     history so the LM can rewrite the code in the next iteration. Each refusal is appended to
-    ``ctx.run.state["guard"]`` as a :class:`Refusal` ``{"iteration": int, "code": str, "violations":
-    list[Violation]}`` (read them with :meth:`CodeGuard.refusals`); what the steps
-    it let run imported is kept in ``ctx.run.state["guard_imports"]`` and later steps are checked against it
-    (``j.codecs`` after an earlier ``import json as j``; a bare ``html`` no step imported is a variable). Code the guard
+    `ctx.run.state["guard"]` as a [`Refusal`][rlm_events.guard._middleware.Refusal]
+    `{"iteration": int, "code": str, "violations": list[Violation]}` (read them with
+    [`CodeGuard.refusals()`][rlm_events.guard._middleware.CodeGuard.refusals]); what the steps
+    it let run imported is kept in `ctx.run.state["guard_imports"]` and later steps are checked against it
+    (`j.codecs` after an earlier `import json as j`; a bare `html` no step imported is a variable). Code the guard
     cannot parse is refused too (it cannot be checked), with the parser's message. The code is checked before the
-    rest of the chain (which sees the refusal as ``ctx.skipped``) and again if the rest of the chain rewrote it, so
+    rest of the chain (which sees the refusal as `ctx.skipped`) and again if the rest of the chain rewrote it, so
     what runs complies.
 
-    ``target_python`` is the grammar the code is parsed with: ``(major, minor)``; ``None`` for the guard's own
-    Python; ``"auto"`` (the default) for the policy's :attr:`~GuardPolicy.target_python` if it has one, else the
-    RLM's interpreter where it is known (DSPy's ``PythonInterpreter``: :data:`~rlm_events.guard.PYODIDE_PYTHON`),
+    `target_python` is the grammar the code is parsed with: `(major, minor)`; `None` for the guard's own
+    Python; `"auto"` (the default) for the policy's
+    [`target_python`][rlm_events.guard._policy.GuardPolicy.target_python] if it has one, else the
+    RLM's interpreter where it is known (DSPy's `PythonInterpreter`:
+    [`PYODIDE_PYTHON`][rlm_events.guard.PYODIDE_PYTHON]),
     else the guard's.
     """
 
@@ -70,7 +77,7 @@ class CodeGuard(Builtin):
 
     @staticmethod
     def refusals(run: Run | StageContext) -> list[Refusal]:
-        """The steps the guard refused in a run (or in a context's run) so far, in order (``[]`` if none, or if no
+        """The steps the guard refused in a run (or in a context's run) so far, in order (`[]` if none, or if no
         CodeGuard checked it): how taps and other built-ins read the guard's per-run state. A new list each call."""
         found = (run.run if isinstance(run, StageContext) else run).state.get(_REFUSALS_KEY)
         return list(found) if isinstance(found, list) else []
@@ -106,7 +113,7 @@ class CodeGuard(Builtin):
 
 
 def refusal(violations: list[Violation], policy: GuardPolicy | None = None) -> str:
-    """The ``[Error]`` text the LM sees instead of the output of refused code."""
+    """The `[Error]` text the LM sees instead of the output of refused code."""
     lines = [f"- {v}" for v in violations[:MAX_LISTED]]
     if len(violations) > MAX_LISTED:
         lines.append(f"- … and {len(violations) - MAX_LISTED} more")

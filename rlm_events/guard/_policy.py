@@ -1,18 +1,20 @@
-"""What :class:`~rlm_events.guard.CodeGuard` lets generated code do: a :class:`GuardPolicy` checked on the AST.
+"""What [`CodeGuard`][rlm_events.guard.CodeGuard] lets generated code do: a
+[`GuardPolicy`][rlm_events.guard._policy.GuardPolicy] checked on the AST.
 
 A policy is an allowlist. Code may import only the listed modules and reach, through them, only their public,
-non-module members (``logging.os``, ``random._os`` and ``json.codecs`` are refused even though ``logging``,
-``random`` and ``json`` are allowed); it may use only the listed built-ins, and no private or dunder attribute
-outside a short list (``__class__``, ``__name__``, ``__init__``, the operator protocols …). Attribute names may not
-be smuggled in strings (``getattr`` with a computed name, ``operator.attrgetter``, ``"{0.__globals__}".format``,
-``case object(__globals__=g)``); string annotations are checked as the code they are. Code the guard cannot parse is
-refused, parsed with the target interpreter's grammar where it is known (:attr:`GuardPolicy.target_python`).
+non-module members (`logging.os`, `random._os` and `json.codecs` are refused even though `logging`,
+`random` and `json` are allowed); it may use only the listed built-ins, and no private or dunder attribute
+outside a short list (`__class__`, `__name__`, `__init__`, the operator protocols …). Attribute names may not
+be smuggled in strings (`getattr` with a computed name, `operator.attrgetter`, `"{0.__globals__}".format`,
+`case object(__globals__=g)`); string annotations are checked as the code they are. Code the guard cannot parse is
+refused, parsed with the target interpreter's grammar where it is known
+([`GuardPolicy.target_python`][rlm_events.guard._policy.GuardPolicy.target_python]).
 
-The check reads the syntax tree, never the text, so ``print("eval is fine in a string")`` passes, and names are
-resolved through the code's own imports (``import subprocess as sp`` → ``sp.run`` is ``subprocess.run``).
+The check reads the syntax tree, never the text, so `print("eval is fine in a string")` passes, and names are
+resolved through the code's own imports (`import subprocess as sp` → `sp.run` is `subprocess.run`).
 
 It is a policy check, not a sandbox: run untrusted code in a real sandbox (DSPy's default Deno/Pyodide
-``PythonInterpreter``) and use the guard to steer the LM away from what you do not want, with refusals that say
+`PythonInterpreter`) and use the guard to steer the LM away from what you do not want, with refusals that say
 what to do instead.
 """
 
@@ -47,27 +49,28 @@ def _names(value: Any, field: str, *, dotted: bool) -> frozenset[str]:
 
 
 class GuardPolicy(BaseModel):
-    """What generated code may do. Immutable; derive variants with :meth:`allow` and :meth:`deny`.
+    """What generated code may do. Immutable; derive variants with
+    [`allow()`][rlm_events.guard._policy.GuardPolicy.allow] and [`deny()`][rlm_events.guard._policy.GuardPolicy.deny].
 
-    Fields left out take :meth:`strict`'s values.
+    Fields left out take [`strict()`][rlm_events.guard._policy.GuardPolicy.strict]'s values.
 
-    * ``modules``: modules code may import and use (dotted; ``"collections"`` does not include
-      ``"collections.abc"``). Through a module, code reaches only its public members that are not modules
-      themselves, unless that module is listed too (``threading.functools`` is ``functools``).
-    * ``only_members``: ``"module.member"`` paths; a module with entries here offers only those members.
-    * ``deny_members``: ``"module.member"`` paths refused in allowed modules (``"typing.get_type_hints"``).
-    * ``builtins``: built-in names code may use. ``getattr``, ``setattr``, ``delattr``, ``vars`` and ``open`` may
-      only be called directly; ``open`` (and the archive openers) only with a literal mode that reads.
-    * ``dunders``: dunder attributes code may access (``__dict__`` only on the code's own objects).
-    * ``private``: ``_name`` attributes code may access on any object (namedtuple's ``_asdict`` …); private
-      attributes of the code's own objects (``self._cache``) are always allowed.
-    * ``deny_attributes``: public attribute names refused too (frame and code internals such as ``f_globals``).
-    * ``self_introspection``: allow ``self.__dict__``, ``vars(self)`` and ``getattr(self, name)`` with a computed
-      name inside methods (a method can be called with any object as ``self``, so strict refuses them).
-    * ``literal_formats``: ``.format()`` / ``.format_map()`` only on strings written in the code.
-    * ``target_python``: ``(major, minor)`` of the interpreter that will run the code, when it is known: code is
-      parsed with that grammar (``feature_version`` when it is older than the guard's Python); code that the
-      guard's older parser cannot read is refused with a message that says so. ``None``: the guard's Python.
+    * `modules`: modules code may import and use (dotted; `"collections"` does not include
+      `"collections.abc"`). Through a module, code reaches only its public members that are not modules
+      themselves, unless that module is listed too (`threading.functools` is `functools`).
+    * `only_members`: `"module.member"` paths; a module with entries here offers only those members.
+    * `deny_members`: `"module.member"` paths refused in allowed modules (`"typing.get_type_hints"`).
+    * `builtins`: built-in names code may use. `getattr`, `setattr`, `delattr`, `vars` and `open` may
+      only be called directly; `open` (and the archive openers) only with a literal mode that reads.
+    * `dunders`: dunder attributes code may access (`__dict__` only on the code's own objects).
+    * `private`: `_name` attributes code may access on any object (namedtuple's `_asdict` …); private
+      attributes of the code's own objects (`self._cache`) are always allowed.
+    * `deny_attributes`: public attribute names refused too (frame and code internals such as `f_globals`).
+    * `self_introspection`: allow `self.__dict__`, `vars(self)` and `getattr(self, name)` with a computed
+      name inside methods (a method can be called with any object as `self`, so strict refuses them).
+    * `literal_formats`: `.format()` / `.format_map()` only on strings written in the code.
+    * `target_python`: `(major, minor)` of the interpreter that will run the code, when it is known: code is
+      parsed with that grammar (`feature_version` when it is older than the guard's Python); code that the
+      guard's older parser cannot read is refused with a message that says so. `None`: the guard's Python.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -109,13 +112,14 @@ class GuardPolicy(BaseModel):
 
     @classmethod
     def default(cls) -> GuardPolicy:
-        """Ordinary analysis code, reading files, threads, ``asyncio``, ``logging`` and archives read-only.
+        """Ordinary analysis code, reading files, threads, `asyncio`, `logging` and archives read-only.
 
-        :meth:`strict`, plus: the modules ``asyncio logging tarfile threading xml.etree.ElementTree zipfile``
+        [`strict()`][rlm_events.guard._policy.GuardPolicy.strict], plus: the modules
+        `asyncio logging tarfile threading xml.etree.ElementTree zipfile`
         (minus their members that start processes, connect, write files or trace: see
-        ``rlm_events.guard.allowlist.DENIED_MEMBERS``), the built-in ``open`` and the openers ``io.open``,
-        ``gzip.open``/``GzipFile``, ``bz2``, ``lzma``, ``zipfile.ZipFile``, ``tarfile.open`` with a literal mode that
-        reads, ``.format()`` on any string, and ``self.__dict__``, ``vars(self)`` and ``getattr(self, name)`` inside
+        `rlm_events.guard.allowlist.DENIED_MEMBERS`), the built-in `open` and the openers `io.open`,
+        `gzip.open`/`GzipFile`, `bz2`, `lzma`, `zipfile.ZipFile`, `tarfile.open` with a literal mode that
+        reads, `.format()` on any string, and `self.__dict__`, `vars(self)` and `getattr(self, name)` inside
         methods.
         """
         return cls(
@@ -130,19 +134,20 @@ class GuardPolicy(BaseModel):
     def strict(cls) -> GuardPolicy:
         """Pure data processing: no files at all, no processes, network or interpreter internals.
 
-        Modules: ``rlm_events.guard.allowlist.STRICT_MODULES`` (re, json, math, statistics, collections,
+        Modules: `rlm_events.guard.allowlist.STRICT_MODULES` (re, json, math, statistics, collections,
         itertools, functools, operator, datetime, dataclasses, typing, concurrent.futures, urllib.parse, …, and
-        ``dspy``'s sub-agent API), a few of them member by member (``io``: ``StringIO``, ``BytesIO``,
-        ``TextIOWrapper`` …). Built-ins: the ordinary ones; not ``eval exec compile __import__ globals locals
-        breakpoint input help exit quit open``. Attributes: no private or dunder attribute except
-        ``rlm_events.guard.allowlist.DUNDERS`` and ``PRIVATE``, nor frame/code internals. ``getattr`` only
-        with names the code spells out, ``.format()`` only on literal strings.
+        `dspy`'s sub-agent API), a few of them member by member (`io`: `StringIO`, `BytesIO`,
+        `TextIOWrapper` …). Built-ins: the ordinary ones; not
+        `eval exec compile __import__ globals locals breakpoint input help exit quit open`. Attributes: no private or
+        dunder attribute except
+        `rlm_events.guard.allowlist.DUNDERS` and `PRIVATE`, nor frame/code internals. `getattr` only
+        with names the code spells out, `.format()` only on literal strings.
         """
         return cls()
 
     @classmethod
     def named(cls, name: str) -> GuardPolicy:
-        """The preset called ``name``: ``"default"`` or ``"strict"``."""
+        """The preset called `name`: `"default"` or `"strict"`."""
         presets = {"default": cls.default, "strict": cls.strict}
         if name not in presets:
             raise ValueError(f"unknown GuardPolicy preset {name!r}; use 'default', 'strict' or a GuardPolicy(...)")
@@ -156,11 +161,11 @@ class GuardPolicy(BaseModel):
         calls: Iterable[str] = (),
         attributes: Iterable[str] = (),
     ) -> GuardPolicy:
-        """A copy that also allows these (``GuardPolicy.strict().allow(modules={"numpy"})``).
+        """A copy that also allows these (`GuardPolicy.strict().allow(modules={"numpy"})`).
 
-        ``members`` are ``"module.member"`` paths: no longer denied, and added where a module is allowed member
-        by member. ``attributes``: dunder names join ``dunders``, ``_names`` join ``private``, others leave
-        ``deny_attributes``.
+        `members` are `"module.member"` paths: no longer denied, and added where a module is allowed member
+        by member. `attributes`: dunder names join `dunders`, `_names` join `private`, others leave
+        `deny_attributes`.
         """
         modules = _names(modules, "modules", dotted=True)
         members = _names(members, "members", dotted=True)
@@ -183,8 +188,8 @@ class GuardPolicy(BaseModel):
     ) -> GuardPolicy:
         """A copy that refuses these too.
 
-        ``modules``: an allowed module (and its submodules) leaves the allowlist; a dotted path inside an allowed
-        module (``"json.dump"``) is added to ``deny_members``. ``calls``: built-ins. ``attributes``: any names.
+        `modules`: an allowed module (and its submodules) leaves the allowlist; a dotted path inside an allowed
+        module (`"json.dump"`) is added to `deny_members`. `calls`: built-ins. `attributes`: any names.
         """
         modules = _names(modules, "modules", dotted=True)
         attributes = _names(attributes, "attributes", dotted=False)
@@ -209,11 +214,11 @@ class GuardPolicy(BaseModel):
         deny_modules: Iterable[str] = (),
         deny_attributes: Iterable[str] = (),
     ) -> GuardPolicy:
-        """:meth:`deny` under the names of the former deny-list API."""
+        """[`deny()`][rlm_events.guard._policy.GuardPolicy.deny] under the names of the former deny-list API."""
         return self.deny(modules=deny_modules, calls=deny_calls, attributes=deny_attributes)
 
     def with_target(self, target_python: tuple[int, int] | None) -> GuardPolicy:
-        """A copy whose :attr:`target_python` is ``target_python``."""
+        """A copy whose [`target_python`][rlm_events.guard._policy.GuardPolicy.target_python] is `target_python`."""
         return self.model_copy(update={"target_python": GuardPolicy._version(target_python)})
 
     def check(
@@ -224,15 +229,17 @@ class GuardPolicy(BaseModel):
         target_python: tuple[int, int] | None = None,
         imported: Mapping[str, str] | None = None,
     ) -> list[Violation]:
-        """Every violation in ``code``, in source order; ``[]`` when it complies.
+        """Every violation in `code`, in source order; `[]` when it complies.
 
-        Code that does not parse is refused (one ``"syntax"`` violation saying why); ``target_python`` (else the
-        policy's :attr:`target_python`, else the guard's own Python) is the grammar it is parsed with.
-        ``shadowed`` are names the REPL binds to something of its own (the RLM's inputs and tools): a bare use of
-        ``input`` or ``code`` then means that variable, not the built-in or the module. ``imported`` are the names
-        earlier steps imported (name → dotted path, see :func:`imports_of`): ``j.codecs`` after an earlier
-        ``import json as j`` is then checked as ``json.codecs``, and a bare name that no step imported is a
-        variable. ``None`` (earlier steps unknown): a bare name of an allowed module may be that module, so it may
+        Code that does not parse is refused (one `"syntax"` violation saying why); `target_python` (else the
+        policy's [`target_python`][rlm_events.guard._policy.GuardPolicy.target_python], else the guard's own Python) is
+        the grammar it is parsed with.
+        `shadowed` are names the REPL binds to something of its own (the RLM's inputs and tools): a bare use of
+        `input` or `code` then means that variable, not the built-in or the module. `imported` are the names
+        earlier steps imported (name → dotted path, see [`imports_of()`][rlm_events.guard._policy.imports_of]):
+        `j.codecs` after an earlier
+        `import json as j` is then checked as `json.codecs`, and a bare name that no step imported is a
+        variable. `None` (earlier steps unknown): a bare name of an allowed module may be that module, so it may
         not be used as a value.
         """
         tree, problem = parse_code(code, target_python or self.target_python)
@@ -245,7 +252,7 @@ class GuardPolicy(BaseModel):
         return sorted(unique, key=lambda v: v.line)
 
     def module_of(self, path: str) -> str | None:
-        """The longest allowed module that ``path`` is, or is inside of (``"json.loads"`` → ``"json"``), or ``None``."""
+        """The longest allowed module that `path` is, or is inside of (`"json.loads"` → `"json"`), or `None`."""
         parts = path.split(".")
         for i in range(len(parts), 0, -1):
             prefix = ".".join(parts[:i])
@@ -254,12 +261,12 @@ class GuardPolicy(BaseModel):
         return None
 
     def module_allowed(self, name: str) -> bool:
-        """Whether code may import the module ``name``."""
+        """Whether code may import the module `name`."""
         return name in self.modules
 
 
 def imports_of(code: str) -> dict[str, str]:
-    """The names ``code``'s imports bind (name → dotted path); ``{}`` if it does not parse."""
+    """The names `code`'s imports bind (name → dotted path); `{}` if it does not parse."""
     try:
         return imported_names(ast.parse(code))
     except (SyntaxError, ValueError):

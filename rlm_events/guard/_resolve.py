@@ -1,6 +1,6 @@
 """Name resolution for the guard's rules: what each name and attribute chain of the code refers to (an allowed
 module, a package on the way to one, a member, a denied module, a built-in), through the code's own imports, the
-imports of earlier steps and what the guard's Python knows; and which objects are the code's own (``self``, instances
+imports of earlier steps and what the guard's Python knows; and which objects are the code's own (`self`, instances
 of plain classes it defines)."""
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Ref:
-    """What an expression names: an allowed ``module``, a ``package`` on the way to one, a ``member`` of one, a
-    ``denied`` module (reported where it was reached), or a ``builtin``."""
+    """What an expression names: an allowed `module`, a `package` on the way to one, a `member` of one, a
+    `denied` module (reported where it was reached), or a `builtin`."""
 
     kind: Literal["module", "package", "member", "denied", "builtin"]
     path: str
@@ -69,7 +69,7 @@ class Resolver(ast.NodeVisitor):
         )
 
     def flag(self, node: ast.AST, kind: ViolationKind, name: str, detail: str, hint: str = "") -> None:
-        """Report a violation at ``node``'s line."""
+        """Report a violation at `node`'s line."""
         self.found.append(Violation(kind, name, getattr(node, "lineno", 0), detail, hint))
 
     # --- prepasses -----------------------------------------------------------------------------------------------
@@ -106,8 +106,8 @@ class Resolver(ast.NodeVisitor):
         return found
 
     def _local_classes(self) -> tuple[set[str], dict[str, set[str]]]:
-        """Classes the code defines whose instances are plain objects: no ``__new__``, no metaclass, bases that are
-        such classes, built-in types (not ``type``) or members of allowed modules; defined once, never rebound."""
+        """Classes the code defines whose instances are plain objects: no `__new__`, no metaclass, bases that are
+        such classes, built-in types (not `type`) or members of allowed modules; defined once, never rebound."""
         defs = [n for n in self.nodes if isinstance(n, ast.ClassDef)]
         methods = {
             d.name: {
@@ -164,7 +164,7 @@ class Resolver(ast.NodeVisitor):
         }
 
     def is_archive(self, node: ast.AST) -> bool:
-        """Whether ``node`` is an archive object: a call of an archive opener, or a name bound to one."""
+        """Whether `node` is an archive object: a call of an archive opener, or a name bound to one."""
         if isinstance(node, ast.Name):
             return node.id in getattr(self, "archives", ())
         if isinstance(node, ast.Call):
@@ -175,7 +175,7 @@ class Resolver(ast.NodeVisitor):
     # --- resolving names -----------------------------------------------------------------------------------------
 
     def resolve(self, node: ast.AST) -> Ref | None:
-        """What ``node`` names, when it is a module, something reached through one, or a built-in."""
+        """What `node` names, when it is a module, something reached through one, or a built-in."""
         if isinstance(node, ast.Name):
             name = node.id
             if name in self.shadowed:
@@ -197,7 +197,7 @@ class Resolver(ast.NodeVisitor):
         return None
 
     def step(self, base: Ref, attr: str) -> Ref | None:
-        """What ``<base>.attr`` names."""
+        """What `<base>.attr` names."""
         if base.kind == "builtin":
             return None
         path = f"{base.path}.{attr}"
@@ -217,11 +217,11 @@ class Resolver(ast.NodeVisitor):
         return Ref("member", path)
 
     def is_package(self, path: str) -> bool:
-        """Whether ``path`` is a package on the way to an allowed module (``xml`` for ``xml.etree.ElementTree``)."""
+        """Whether `path` is a package on the way to an allowed module (`xml` for `xml.etree.ElementTree`)."""
         return path not in self.policy.modules and path in packages(self.policy.modules)
 
     def classify(self, path: str) -> Ref:
-        """What the dotted ``path`` (from an import, or reached through a package) names."""
+        """What the dotted `path` (from an import, or reached through a package) names."""
         if path == "<ambiguous>":
             return Ref("denied", path)
         if path in self.policy.modules:
@@ -238,7 +238,7 @@ class Resolver(ast.NodeVisitor):
         return ref or Ref("member", path)
 
     def offered(self, path: str) -> bool:
-        """Whether the policy offers the member ``path`` at all (its refusal is reported where it is reached)."""
+        """Whether the policy offers the member `path` at all (its refusal is reported where it is reached)."""
         module = self.policy.module_of(path)
         if module is None or path in self.policy.deny_members:
             return False
@@ -247,7 +247,7 @@ class Resolver(ast.NodeVisitor):
         return not restricted or member in self.policy.only_members
 
     def denied_prefix(self, path: str) -> str:
-        """The shortest prefix of ``path`` that is neither an allowed module nor a package on the way to one."""
+        """The shortest prefix of `path` that is neither an allowed module nor a package on the way to one."""
         parts = path.split(".")
         for i in range(1, len(parts) + 1):
             prefix = ".".join(parts[:i])
@@ -256,17 +256,17 @@ class Resolver(ast.NodeVisitor):
         return path
 
     def is_chain_base(self, node: ast.AST) -> bool:
-        """Whether ``node`` is the ``x`` of ``x.attr`` (a module there is on the way to a member, not a value)."""
+        """Whether `node` is the `x` of `x.attr` (a module there is on the way to a member, not a value)."""
         parent = self.parents.get(node)
         return isinstance(parent, ast.Attribute) and parent.value is node
 
     def is_callee(self, node: ast.AST) -> bool:
-        """Whether ``node`` is the function of a call (called directly, not passed around)."""
+        """Whether `node` is the function of a call (called directly, not passed around)."""
         parent = self.parents.get(node)
         return isinstance(parent, ast.Call) and parent.func is node
 
     def owner(self, node: ast.AST) -> MethodOwner | None:
-        """Whether ``node`` is the code's own object: a method's ``self``/``cls``, or an instance (or class) of a
+        """Whether `node` is the code's own object: a method's `self`/`cls`, or an instance (or class) of a
         plain class this code defines."""
         if not isinstance(node, ast.Name) or node.id in self.shadowed:
             return None

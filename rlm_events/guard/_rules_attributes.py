@@ -1,4 +1,4 @@
-"""The attribute rules: ``obj.attr`` on something that is not a module (dunder, private, frame-internal and
+"""The attribute rules: `obj.attr` on something that is not a module (dunder, private, frame-internal and
 denied method names), attributes reached through modules and packages, and class-pattern keywords."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class AttributeRules(NameRules):
     def check_attribute_name(
         self, node: ast.AST, receiver: ast.expr, attr: str, detail: str, ctx: ast.expr_context | None = None
     ) -> bool:
-        """The rules for ``receiver.attr`` when ``receiver`` is not a module; report and return ``False`` if refused."""
+        """The rules for `receiver.attr` when `receiver` is not a module; report and return `False` if refused."""
         owner = self.owner(receiver)
         if is_dunder(attr):
             if attr not in self.policy.dunders:

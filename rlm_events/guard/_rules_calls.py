@@ -1,6 +1,6 @@
-"""The call rules: attribute names passed as strings (``getattr``, ``vars``, ``operator.attrgetter``), calls that
-open or write files, ``.format()`` on strings the guard cannot see, and methods called on a class with another
-object as ``self``."""
+"""The call rules: attribute names passed as strings (`getattr`, `vars`, `operator.attrgetter`), calls that
+open or write files, `.format()` on strings the guard cannot see, and methods called on a class with another
+object as `self`."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ class CallRules(AttributeRules, FileRules):
         self.flag(node, "dynamic", fn, f"{fn}() with a computed attribute name", GETATTR_HINT)
 
     def _fields_idiom(self, name: ast.expr) -> bool:
-        """``getattr(rec, f.name)`` with ``f`` iterating over ``dataclasses.fields(...)``."""
+        """`getattr(rec, f.name)` with `f` iterating over `dataclasses.fields(...)`."""
         if not (isinstance(name, ast.Attribute) and name.attr == "name" and isinstance(name.value, ast.Name)):
             return False
         if self.names_stored_as_name_attr:

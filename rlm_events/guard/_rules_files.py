@@ -1,4 +1,4 @@
-"""The file rules: ``open`` and the archive openers only with a literal mode that reads, ``.open(mode)`` on any
+"""The file rules: `open` and the archive openers only with a literal mode that reads, `.open(mode)` on any
 object, and keyword arguments that make an allowed function write files."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ class FileRules(Resolver):
     """Calls that could open a file for writing."""
 
     def check_open_mode(self, node: ast.Call, target: str, position: int) -> None:
-        """``target(...)`` opens a file: its mode (argument ``position`` or ``mode=``) must be a literal that reads."""
+        """`target(...)` opens a file: its mode (argument `position` or `mode=`) must be a literal that reads."""
         mode: ast.expr | None = node.args[position] if len(node.args) > position else None
         if any(isinstance(a, ast.Starred) for a in node.args):
             self.flag(node, "write", target, f"{target}(*args): a mode the guard cannot see", OPEN_HINT)
@@ -41,7 +41,7 @@ class FileRules(Resolver):
                 self.flag(node, "write", target, f"{target}(..., {text!r}) opens a file for writing", OPEN_HINT)
 
     def check_method_open(self, node: ast.Call) -> None:
-        """``Path(...).open(mode)``, ``ZipFile.open(name, mode)``: a positional argument counts as a mode only when
+        """`Path(...).open(mode)`, `ZipFile.open(name, mode)`: a positional argument counts as a mode only when
         it looks like one."""
         for position in (0, 1):
             arg = node.args[position] if len(node.args) > position else None
@@ -53,7 +53,7 @@ class FileRules(Resolver):
                 self.check_open_mode(node, ".open", position=99)
 
     def check_writing_keywords(self, node: ast.Call, path: str) -> None:
-        """``path(...)`` writes files when given one of its writing keywords (or ``**kwargs``)."""
+        """`path(...)` writes files when given one of its writing keywords (or `**kwargs`)."""
         for keyword in node.keywords:
             if keyword.arg is None or keyword.arg in allowlist.WRITING_KEYWORDS[path]:
                 shown = "**kwargs" if keyword.arg is None else f"{keyword.arg}="

@@ -12,10 +12,10 @@ from ._resolve import Resolver
 
 
 class ImportRules(Resolver):
-    """Imports, and the members of allowed modules (``module.attr``) wherever code reaches them."""
+    """Imports, and the members of allowed modules (`module.attr`) wherever code reaches them."""
 
     def refuse_module(self, node: ast.AST, path: str, detail: str) -> None:
-        """Report the denied module ``path`` (named by its first denied prefix), with what to use instead."""
+        """Report the denied module `path` (named by its first denied prefix), with what to use instead."""
         name = self.denied_prefix(path) if path != "<ambiguous>" else path
         if name == "<ambiguous>":
             self.flag(node, "module", name, detail, "give each imported module its own name")
@@ -51,7 +51,7 @@ class ImportRules(Resolver):
                 self.refused_imports.add(local)
 
     def member_ok(self, node: ast.AST, module: str, attr: str, detail: str) -> bool:
-        """Check ``module.attr`` (``module`` allowed); report and return ``False`` if it is refused."""
+        """Check `module.attr` (`module` allowed); report and return `False` if it is refused."""
         path = f"{module}.{attr}"
         if path in self.policy.modules:
             return True
@@ -63,7 +63,7 @@ class ImportRules(Resolver):
         return False
 
     def _member_refusal(self, module: str, attr: str, path: str) -> tuple[str, str] | None:
-        """Why ``module.attr`` is refused and what to do instead, or ``None`` when it is allowed."""
+        """Why `module.attr` is refused and what to do instead, or `None` when it is allowed."""
         if attr in allowlist.ENTRY_POINTS:
             return "a command-line entry point", "call the module's functions"
         if attr.startswith("_"):

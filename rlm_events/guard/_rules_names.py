@@ -41,7 +41,7 @@ class NameRules(ImportRules):
             self.name_taking_as_value(node, ref.path)
 
     def _known_module(self, name: str) -> bool:
-        """Whether the unbound ``name`` is a module in the REPL: imported by an earlier step, or (when the earlier
+        """Whether the unbound `name` is a module in the REPL: imported by an earlier step, or (when the earlier
         steps are unknown) the name of an allowed module. Otherwise it is a variable of an earlier step."""
         if self.imported is None or name in self.imported:
             return True

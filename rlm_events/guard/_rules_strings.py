@@ -1,5 +1,5 @@
 """The string rules: strings that name internal attributes (literal or built from literals), format fields that
-reach them (``"{0.__globals__}"``), and string annotations, checked as the code they are."""
+reach them (`"{0.__globals__}"`), and string annotations, checked as the code they are."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class StringRules(Resolver):
         self._check_string(node, node.value)
 
     def _visit_foldable(self, node: ast.expr) -> None:
-        """``'__glo' + 'bals__'``, ``f'{a}{b}'``, ``'x__class__'[1:]``: check the string they build, if literals do."""
+        """`'__glo' + 'bals__'`, `f'{a}{b}'`, `'x__class__'[1:]`: check the string they build, if literals do."""
         text = self.strings.fold(node)
         if isinstance(text, str):
             self._check_string(node, text, folded=True)
@@ -82,7 +82,7 @@ class StringRules(Resolver):
 
 
 def _field_parts(field: str) -> Iterator[tuple[str, str]]:
-    """The ``.attr`` and ``[key]`` parts of a format field name (``0.__class__[x]`` → attr __class__, key x)."""
+    """The `.attr` and `[key]` parts of a format field name (`0.__class__[x]` → attr __class__, key x)."""
     for match in re.finditer(r"\.([^.\[]*)|\[([^\]]*)\]", field):
         if match.group(1) is not None:
             yield "attr", match.group(1)

@@ -1,4 +1,4 @@
-"""The guard's one pass over a module's tree: every rule, with the methods' ``self`` tracked through the scopes."""
+"""The guard's one pass over a module's tree: every rule, with the methods' `self` tracked through the scopes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from ._rules_strings import StringRules
 
 
 class Scanner(CallRules, StringRules):
-    """One pass over a module's tree, resolving names through the code's own imports; ``found`` holds the
+    """One pass over a module's tree, resolving names through the code's own imports; `found` holds the
     violations in the order they were met."""
 
     def run(self) -> None:

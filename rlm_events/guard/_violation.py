@@ -1,4 +1,5 @@
-"""What the guard reports: a :class:`Violation`, one refused construct with where, why and what to do instead."""
+"""What the guard reports: a [`Violation`][rlm_events.guard._violation.Violation], one refused construct with where,
+why and what to do instead."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ REASONS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class Violation:
-    """One thing the policy refuses, where it is, why, and what to do instead (``hint``)."""
+    """One thing the policy refuses, where it is, why, and what to do instead (`hint`)."""
 
     kind: ViolationKind
     name: str

@@ -25,9 +25,10 @@ _NO_SPAN = nullcontext(HookSpan(Stage.PRE_ITERATION))  # outputs() is a no-op: t
 class HookMiddleware:
     """A hook (or, for pre_iteration without a hook, only the recorder the execution hooks need) as middleware.
 
-    Being an instance of this class is what marks the middleware :func:`disable_rlm_hooks` removes, so the hooks
+    Being an instance of this class is what marks the middleware
+    [`disable_rlm_hooks()`][rlm_events.hooks.disable_rlm_hooks] removes, so the hooks
     of an RLM are found in its own plan, deep copies included (they share their plan's middleware).
-    ``owns_instrumentation`` says :func:`enable_rlm_hooks` created the instrumentation.
+    `owns_instrumentation` says [`enable_rlm_hooks()`][rlm_events.hooks.enable_rlm_hooks] created the instrumentation.
     """
 
     __call__: Callable[[Any, Any], Any]  # sync or async, by subclass
@@ -44,11 +45,11 @@ class HookMiddleware:
         return f"<{self.__qualname__}>"
 
     def _hook_for(self, ctx: Any) -> Callable[..., Any] | None:
-        """The hook to call at this ``ctx``, if any (the recorder has none; post_iteration skips final ones)."""
+        """The hook to call at this `ctx`, if any (the recorder has none; post_iteration skips final ones)."""
         return self.hook if self.hook is not None and self.kind.applies(ctx) else None
 
     def _span(self, arguments: tuple[Any, ...]) -> AbstractContextManager[HookSpan]:
-        """The hook call's ``rlm_hook/<stage>`` MLflow span when MLflow is traced with these hooks (else none)."""
+        """The hook call's `rlm_hook/<stage>` MLflow span when MLflow is traced with these hooks (else none)."""
         return hook_span(self.kind.stage, arguments) if self.tap is not None else _NO_SPAN
 
     def _checked(self, out: Any) -> BaseModel | None:

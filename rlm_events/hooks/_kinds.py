@@ -143,4 +143,4 @@ KINDS: tuple[Kind, ...] = (
         applies=_iteration_goes_on,
     ),
 )
-"""The four hooks, in the order :func:`~rlm_events.hooks.enable_rlm_hooks` takes them."""
+"""The four hooks, in the order [`enable_rlm_hooks()`][rlm_events.hooks.enable_rlm_hooks] takes them."""

@@ -1,5 +1,5 @@
 """Which instrumentations the 0.1.15 API created, and when to undo them: after the last of its hooks and
-speculation is disabled, an RLM the API instrumented is uninstrumented — its class and ``__dict__`` exactly as
+speculation is disabled, an RLM the API instrumented is uninstrumented — its class and `__dict__` exactly as
 before — whatever the order of enabling and disabling."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ _CREATED_BY_HOOKS: weakref.WeakSet[Instrumentation] = weakref.WeakSet()
 
 
 def instrument_for_api(rlm: dspy.RLM) -> tuple[Instrumentation, bool]:
-    """``rlm_events.instrument(rlm)``, and whether the 0.1.15 API owns it (created it now or before)."""
+    """`rlm_events.instrument(rlm)`, and whether the 0.1.15 API owns it (created it now or before)."""
     from ..instrumentation import instrument
 
     previous = instrumentation_of(rlm)
@@ -38,7 +38,7 @@ def owned(events: Instrumentation, hooks: list[HookMiddleware]) -> bool:
 
 
 def release(rlm: dspy.RLM, events: Instrumentation, owned: bool) -> None:
-    """Uninstrument ``rlm`` when the API owns ``events`` (``owned``) and nothing else uses it."""
+    """Uninstrument `rlm` when the API owns `events` (`owned`) and nothing else uses it."""
     if not owned:
         return
     _CREATED_BY_HOOKS.add(events)

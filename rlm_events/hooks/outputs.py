@@ -39,15 +39,15 @@ class _Output(BaseModel):
 
 
 class PreIterationOutput(_Output):
-    """What a ``pre_iteration`` hook changes before the LM writes this iteration's code.
+    """What a `pre_iteration` hook changes before the LM writes this iteration's code.
 
-    * ``extra_vars`` are bound in the REPL for this iteration's code (and listed among the variables the LM sees).
-    * ``python_code`` is prepended to this iteration's code only (after ``pre_execution_hook`` saw the LM's code),
+    * `extra_vars` are bound in the REPL for this iteration's code (and listed among the variables the LM sees).
+    * `python_code` is prepended to this iteration's code only (after `pre_execution_hook` saw the LM's code),
       so it runs with it and the history records it with it; return it again to have it in a later iteration.
-    * ``persistent_python_code`` replaces the call's persistent prelude: ``None`` keeps it, a string replaces it,
-      ``""`` clears it. The prelude runs before every execution of the call from this iteration on; the history
+    * `persistent_python_code` replaces the call's persistent prelude: `None` keeps it, a string replaces it,
+      `""` clears it. The prelude runs before every execution of the call from this iteration on; the history
       does not record it.
-    * ``prompt_context`` is shown to the LM in this iteration's action prompt only, after the variables'
+    * `prompt_context` is shown to the LM in this iteration's action prompt only, after the variables'
       descriptions; it is not executed.
     """
 
@@ -64,13 +64,13 @@ class PreExecutionOutput(_Output):
 
 
 class PostExecutionOutput(_Output):
-    """The execution result to record instead of the raw one (output text, ``[Error] …`` text or ``FinalOutput``)."""
+    """The execution result to record instead of the raw one (output text, `[Error] …` text or `FinalOutput`)."""
 
     result: Any
 
 
 class PostIterationOutput(_Output):
-    """The history the next iteration sees; ``stop=True`` ends the loop through DSPy's extract fallback."""
+    """The history the next iteration sees; `stop=True` ends the loop through DSPy's extract fallback."""
 
     history: REPLHistory
     stop: bool = False

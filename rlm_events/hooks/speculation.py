@@ -1,8 +1,8 @@
-"""dspy-rlm-hooks 0.1.15's speculation API (``enable_rlm_speculation``, ``SpecTool``) on
-:class:`rlm_events.builtins.Speculate`.
+"""dspy-rlm-hooks 0.1.15's speculation API (`enable_rlm_speculation`, `SpecTool`) on
+[`rlm_events.builtins.Speculate`][rlm_events.builtins.Speculate].
 
 What differs from 0.1.15, by design: the shadow pass is our planner, which evaluates the code's syntax tree over
-plain-data copies of values and never runs the code (no subprocess); ``streaming=True`` is accepted and plans from
+plain-data copies of values and never runs the code (no subprocess); `streaming=True` is accepted and plans from
 the assembled code, which is 0.1.15's own fallback (Lazy/JIT) when streaming is unavailable; and a pure tool is
 never called twice for one real call (0.1.15 allows it).
 """
@@ -23,8 +23,8 @@ from ._ownership import instrument_for_api, owned, release
 class speculative:
     """Marks a tool as pure (no observable side effects), so that its calls may be made ahead of the code.
 
-    ``name`` defaults to the function's ``__name__`` and must be the name the tool has in the REPL. The hints
-    ``deterministic`` and ``latency_hint_ms`` are accepted for compatibility; the planner does not need them.
+    `name` defaults to the function's `__name__` and must be the name the tool has in the REPL. The hints
+    `deterministic` and `latency_hint_ms` are accepted for compatibility; the planner does not need them.
     """
 
     def __init__(
@@ -72,11 +72,13 @@ def enable_rlm_speculation(
     timeout_s: float = 5.0,
     streaming: bool = True,
 ) -> Speculate:
-    """Make ``rlm``'s ``llm_query``/``llm_query_batched`` calls, and those of ``tools`` wrapped in
-    :class:`SpecTool` (every tool in ``tools`` with ``speculate_user_tools=True``), ahead of the code that makes
-    them; replaces speculation enabled before. Returns the installed :class:`~rlm_events.builtins.Speculate`.
+    """Make `rlm`'s `llm_query`/`llm_query_batched` calls, and those of `tools` wrapped in
+    [`SpecTool`][rlm_events.hooks.speculation.SpecTool] (every tool in `tools` with `speculate_user_tools=True`), ahead
+    of the code that makes
+    them; replaces speculation enabled before. Returns the installed [`Speculate`][rlm_events.builtins.Speculate].
 
-    Composes with :func:`enable_rlm_hooks` in either order; :func:`disable_rlm_speculation` undoes it."""
+    Composes with [`enable_rlm_hooks()`][rlm_events.hooks.enable_rlm_hooks] in either order;
+    [`disable_rlm_speculation()`][rlm_events.hooks.speculation.disable_rlm_speculation] undoes it."""
     if not isinstance(streaming, bool):
         raise TypeError(f"enable_rlm_speculation(streaming=...) must be True or False, got {streaming!r}")
     events, _ = instrument_for_api(rlm)
@@ -95,10 +97,12 @@ def enable_rlm_speculation(
 
 
 def disable_rlm_speculation(rlm: dspy.RLM) -> None:
-    """Undo :func:`enable_rlm_speculation` on ``rlm`` (a no-op when it is not enabled).
+    """Undo [`enable_rlm_speculation()`][rlm_events.hooks.speculation.enable_rlm_speculation] on `rlm` (a no-op when it
+    is not enabled).
 
-    When the 0.1.15 API (this function's twin or :func:`~rlm_events.hooks.enable_rlm_hooks`) instrumented ``rlm``
-    and nothing else uses the instrumentation any more, ``rlm`` is uninstrumented: its class and ``__dict__`` are
+    When the 0.1.15 API (this function's twin or [`enable_rlm_hooks()`][rlm_events.hooks.enable_rlm_hooks]) instrumented
+    `rlm`
+    and nothing else uses the instrumentation any more, `rlm` is uninstrumented: its class and `__dict__` are
     exactly as before, in whatever order hooks and speculation were enabled and disabled."""
     speculate = rlm.__dict__.pop(_INSTALLED, None)
     events = instrumentation_of(rlm)

@@ -1,25 +1,26 @@
 """MLflow spans for the hooks, as dspy-rlm-hooks 0.1.15 names them, and only when the user turned MLflow on.
 
-:func:`mlflow_turned_on` decides for :func:`~rlm_events.hooks.enable_rlm_hooks` (``tracing=None``). MLflow counts
+`mlflow_turned_on()` decides for [`enable_rlm_hooks()`][rlm_events.hooks.enable_rlm_hooks] (`tracing=None`). MLflow
+counts
 as turned on when, at the time of the call, one of these holds (checked through MLflow's public API, the same in
-``mlflow-tracing`` 3.4+ and the full ``mlflow`` package):
+`mlflow-tracing` 3.4+ and the full `mlflow` package):
 
-* DSPy autologging is on: ``mlflow.dspy.autolog()`` or ``mlflow.autolog()``
-  (``mlflow.utils.autologging_utils.autologging_is_disabled("dspy")`` is false);
-* a tracking URI was set explicitly: ``mlflow.set_tracking_uri(...)`` or ``MLFLOW_TRACKING_URI``
-  (``mlflow.is_tracking_uri_set()``);
-* an experiment was chosen: ``mlflow.set_experiment(...)`` (which sets ``MLFLOW_EXPERIMENT_ID``),
-  ``MLFLOW_EXPERIMENT_ID`` or ``MLFLOW_EXPERIMENT_NAME``;
-* a run is active: ``mlflow.active_run()``.
+* DSPy autologging is on: `mlflow.dspy.autolog()` or `mlflow.autolog()`
+  (`mlflow.utils.autologging_utils.autologging_is_disabled("dspy")` is false);
+* a tracking URI was set explicitly: `mlflow.set_tracking_uri(...)` or `MLFLOW_TRACKING_URI`
+  (`mlflow.is_tracking_uri_set()`);
+* an experiment was chosen: `mlflow.set_experiment(...)` (which sets `MLFLOW_EXPERIMENT_ID`),
+  `MLFLOW_EXPERIMENT_ID` or `MLFLOW_EXPERIMENT_NAME`;
+* a run is active: `mlflow.active_run()`.
 
-``RLM_EVENTS_MLFLOW=0`` in the environment turns the spans off whatever holds. MLflow is never imported to find out
-when the program has not imported it and no ``MLFLOW_`` variable above is set: a program that never mentions MLflow
-pays nothing, and nothing writes a store (``mlflow.db``, ``mlruns/``) into the working directory on its behalf.
+`RLM_EVENTS_MLFLOW=0` in the environment turns the spans off whatever holds. MLflow is never imported to find out
+when the program has not imported it and no `MLFLOW_` variable above is set: a program that never mentions MLflow
+pays nothing, and nothing writes a store (`mlflow.db`, `mlruns/`) into the working directory on its behalf.
 
-The spans are those of 0.1.15: ``rlm_hook/<hook>`` around each hook call (``rlm_hook/pre_iteration``,
-``rlm_hook/pre_execution``, ``rlm_hook/post_execution``, ``rlm_hook/post_iteration``, with 0.1.15's inputs and
-outputs, code as fenced Markdown) and ``rlm/execute_code`` for each execution, inside the trace
-:class:`~rlm_events.taps.mlflow.MlflowTap` records (root ``RLM.forward``, ``iteration N``, ``generate_action``).
+The spans are those of 0.1.15: `rlm_hook/<hook>` around each hook call (`rlm_hook/pre_iteration`,
+`rlm_hook/pre_execution`, `rlm_hook/post_execution`, `rlm_hook/post_iteration`, with 0.1.15's inputs and
+outputs, code as fenced Markdown) and `rlm/execute_code` for each execution, inside the trace
+[`MlflowTap`][rlm_events.taps.mlflow.MlflowTap] records (root `RLM.forward`, `iteration N`, `generate_action`).
 """
 
 from __future__ import annotations
@@ -55,12 +56,12 @@ SPAN_NAMES = {"execute_code": "rlm/execute_code"}
 
 
 def turned_off_by_environment() -> bool:
-    """Whether ``RLM_EVENTS_MLFLOW`` turns the hooks' MLflow spans off (``0``, ``false``, ``no``, ``off``)."""
+    """Whether `RLM_EVENTS_MLFLOW` turns the hooks' MLflow spans off (`0`, `false`, `no`, `off`)."""
     return os.environ.get(ENV, "").strip().lower() in _OFF_VALUES
 
 
 def _mlflow_importable() -> bool:
-    """Whether ``import mlflow`` can succeed, without importing it (``sys.modules["mlflow"] = None`` blocks it)."""
+    """Whether `import mlflow` can succeed, without importing it (`sys.modules["mlflow"] = None` blocks it)."""
     if "mlflow" in sys.modules:
         return sys.modules["mlflow"] is not None
     try:
@@ -70,7 +71,7 @@ def _mlflow_importable() -> bool:
 
 
 def mlflow_turned_on() -> str | None:
-    """Why MLflow counts as turned on by the user (see the module docstring), or ``None``. Never raises."""
+    """Why MLflow counts as turned on by the user (see the module docstring), or `None`. Never raises."""
     mlflow = sys.modules.get("mlflow")
     if mlflow is None:
         if not any(os.environ.get(name) for name in _MLFLOW_ENV) or not _mlflow_importable():
@@ -104,8 +105,8 @@ def _dspy_autolog_on(mlflow: Any) -> bool:
 
 
 def new_mlflow_tap(*, required: bool) -> Any:
-    """A new ``MlflowTap`` with 0.1.15's span names; ``None`` when MLflow or the tap cannot be imported, unless
-    ``required`` (then ``ImportError``)."""
+    """A new `MlflowTap` with 0.1.15's span names; `None` when MLflow or the tap cannot be imported, unless
+    `required` (then `ImportError`)."""
     if not _mlflow_importable():
         if required:
             raise ImportError(_MLFLOW_MISSING)
@@ -117,8 +118,8 @@ def new_mlflow_tap(*, required: bool) -> Any:
 
 
 def install_tap(tap: Any, events: Instrumentation, *, required: bool) -> Any:
-    """Install the tap :func:`new_mlflow_tap` made on ``events``; the tap, or ``None`` when MLflow refuses it
-    (``ImportError`` instead when ``required``)."""
+    """Install the tap `new_mlflow_tap()` made on `events`; the tap, or `None` when MLflow refuses it
+    (`ImportError` instead when `required`)."""
     try:
         tap.install(events)
     except ImportError as exc:  # e.g. an MLflow without the tracing API
@@ -127,14 +128,14 @@ def install_tap(tap: Any, events: Instrumentation, *, required: bool) -> Any:
 
 
 def _untraced(exc: ImportError, *, required: bool) -> None:
-    """MLflow cannot trace the hooks: say so (``ImportError`` naming the extra when ``required``; else DEBUG)."""
+    """MLflow cannot trace the hooks: say so (`ImportError` naming the extra when `required`; else DEBUG)."""
     if required:
         raise ImportError(f"{_MLFLOW_MISSING}: {exc}") from exc
     logger.debug("rlm-events: hook spans not recorded in MLflow: %s", exc)
 
 
 def uninstall_tap(tap: Any, events: Instrumentation) -> None:
-    """Remove a tap :func:`install_tap` installed from ``events``."""
+    """Remove a tap `install_tap()` installed from `events`."""
     uninstall = getattr(tap, "uninstall", None)
     if callable(uninstall):
         uninstall(events)
@@ -163,7 +164,7 @@ def _plain(value: Any) -> Any:
 
 
 def span_inputs(stage: Stage, arguments: tuple[Any, ...]) -> dict[str, Any]:
-    """0.1.15's span inputs for the hook of ``stage`` called with ``arguments``."""
+    """0.1.15's span inputs for the hook of `stage` called with `arguments`."""
     if stage is Stage.PRE_ITERATION:
         return {"iteration": arguments[0], "input_args": _plain(arguments[3])}
     if stage is Stage.PRE_EXECUTION:
@@ -174,7 +175,7 @@ def span_inputs(stage: Stage, arguments: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def span_outputs(stage: Stage, out: Any) -> dict[str, Any] | None:
-    """0.1.15's span outputs for the hook of ``stage`` that returned ``out`` (``None``: it changed nothing)."""
+    """0.1.15's span outputs for the hook of `stage` that returned `out` (`None`: it changed nothing)."""
     if out is None:
         return None
     if stage is Stage.PRE_ITERATION:
@@ -192,7 +193,7 @@ def span_outputs(stage: Stage, out: Any) -> dict[str, Any] | None:
 
 
 class HookSpan:
-    """The ``rlm_hook/<stage>`` span of one hook call; every method is a no-op when the span could not start."""
+    """The `rlm_hook/<stage>` span of one hook call; every method is a no-op when the span could not start."""
 
     __slots__ = ("_manager", "_span", "stage")
 
@@ -211,7 +212,7 @@ class HookSpan:
 
 @contextlib.contextmanager
 def hook_span(stage: Stage, arguments: tuple[Any, ...]) -> Iterator[HookSpan]:
-    """A current MLflow span ``rlm_hook/<stage>`` around a hook call, with 0.1.15's inputs. The hook's exception
+    """A current MLflow span `rlm_hook/<stage>` around a hook call, with 0.1.15's inputs. The hook's exception
     propagates (and is recorded on the span); a failure of MLflow itself is logged and never reaches the run."""
     span = HookSpan(stage)
     mlflow = sys.modules.get("mlflow")

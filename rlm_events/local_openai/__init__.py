@@ -1,20 +1,22 @@
 """A local OpenAI-compatible chat-completions server that keeps a bill: real LM clients in tests and benchmarks.
 
-:class:`LocalOpenAIServer` answers ``POST /v1/chat/completions`` on ``127.0.0.1`` (a free port) the way an
-OpenAI-compatible provider does, so ``dspy.LM("openai/<model>", api_base=server.base_url, api_key="x")`` drives
-the real LiteLLM client against it: JSON answers with a ``usage`` block, SSE streams (with the final usage chunk
-when the request asks ``stream_options.include_usage``), error answers (429, 500, a delay past the client's
-timeout) scheduled per request index for LiteLLM's retries, and answers without ``usage``. Every request it billed
-is logged in :attr:`LocalOpenAIServer.bill`, which a test compares with what the client side counted.
+[`LocalOpenAIServer`][rlm_events.local_openai.LocalOpenAIServer] answers `POST /v1/chat/completions` on `127.0.0.1` (a
+free port) the way an
+OpenAI-compatible provider does, so `dspy.LM("openai/<model>", api_base=server.base_url, api_key="x")` drives
+the real LiteLLM client against it: JSON answers with a `usage` block, SSE streams (with the final usage chunk
+when the request asks `stream_options.include_usage`), error answers (429, 500, a delay past the client's
+timeout) scheduled per request index for LiteLLM's retries, and answers without `usage`. Every request it billed
+is logged in [`LocalOpenAIServer.bill`][rlm_events.local_openai.LocalOpenAIServer.bill], which a test compares with what
+the client side counted.
 
-Standard library only (``http.server`` and threads): importing it costs nothing and needs no dependency.
+Standard library only (`http.server` and threads): importing it costs nothing and needs no dependency.
 
-**Token counts** are deterministic and the same streamed or not: ``prompt_tokens`` is the number of characters of
+**Token counts** are deterministic and the same streamed or not: `prompt_tokens` is the number of characters of
 the request's message contents (text parts of multi-part contents included) divided by 4, rounded down;
-``completion_tokens`` is ``max(1, len(reply) // 4)``; ``total_tokens`` their sum.
+`completion_tokens` is `max(1, len(reply) // 4)`; `total_tokens` their sum.
 
-**What is billed.** A ``200`` answer is billed (its tokens, and its cost when the model has a price), whether or not
-it carried a ``usage`` block (a provider bills what it served; ``BillRecord.usage_sent`` says whether the client
+**What is billed.** A `200` answer is billed (its tokens, and its cost when the model has a price), whether or not
+it carried a `usage` block (a provider bills what it served; `BillRecord.usage_sent` says whether the client
 could see it). An error answer (any status but 200, whatever its delay) bills nothing and is logged with its status
 and zero tokens. A 200 answer delayed past the client's timeout is still billed (the client cannot count it: do
 not schedule one where totals are compared; schedule an error with a delay instead).
@@ -39,24 +41,30 @@ CHUNK_CHARS = 16  # characters per streamed content chunk (about 4 tokens, as pr
 
 
 class LocalOpenAIServer:
-    """An OpenAI-compatible chat-completions server on ``127.0.0.1`` that logs what it billed.
+    """An OpenAI-compatible chat-completions server on `127.0.0.1` that logs what it billed.
 
     Args:
-        replies: what to answer: a list of texts (or :class:`Reply`), taken in order by the requests that get a
+        replies: what to answer: a list of texts (or [`Reply`][rlm_events.local_openai._bill.Reply]), taken in order by
+            the requests that get a
             scripted reply (the last one repeats), or a function of the request's JSON body returning one.
             Replies must be in the format the client's DSPy adapter parses: see
-            :func:`rlm_events.scripted.adapter_reply` and :meth:`scripted`.
-        faults: per request index (0-based, in arrival order, counting every request), a :class:`Reply` that
-            replaces the scripted answer's options: :func:`error` (429, 500, a delay past the client's timeout),
-            :data:`NO_USAGE`, or any other knob. A fault with ``text=None`` that answers 200 uses the scripted
+            [`rlm_events.scripted.adapter_reply()`][rlm_events.scripted.adapter_reply] and
+            [`scripted()`][rlm_events.local_openai.LocalOpenAIServer.scripted].
+        faults: per request index (0-based, in arrival order, counting every request), a
+            [`Reply`][rlm_events.local_openai._bill.Reply] that
+            replaces the scripted answer's options: [`error()`][rlm_events.local_openai._bill.error] (429, 500, a delay
+            past the client's timeout),
+            [`NO_USAGE`][rlm_events.local_openai._bill.NO_USAGE], or any other knob. A fault with `text=None` that
+            answers 200 uses the scripted
             reply; an error answer does not consume one.
-        prices: USD per million tokens per model name as the client sends it (``"gpt-4o-mini"`` for
-            ``dspy.LM("openai/gpt-4o-mini")``): ``{model: (input, output)}``. Records of other models cost ``None``.
-        delay: the default of every reply's ``delay`` (see :class:`Reply`).
-        time_to_first_token: the default of every reply's ``time_to_first_token``.
-        tokens_per_second: the default of every reply's ``tokens_per_second``.
+        prices: USD per million tokens per model name as the client sends it (`"gpt-4o-mini"` for
+            `dspy.LM("openai/gpt-4o-mini")`): `{model: (input, output)}`. Records of other models cost `None`.
+        delay: the default of every reply's `delay` (see [`Reply`][rlm_events.local_openai._bill.Reply]).
+        time_to_first_token: the default of every reply's `time_to_first_token`.
+        tokens_per_second: the default of every reply's `tokens_per_second`.
 
-    Use as a context manager, or :meth:`start` / :meth:`stop`. Thread-safe; handles concurrent requests.
+    Use as a context manager, or [`start()`][rlm_events.local_openai.LocalOpenAIServer.start] /
+    [`stop()`][rlm_events.local_openai.LocalOpenAIServer.stop]. Thread-safe; handles concurrent requests.
     """
 
     def __init__(
@@ -90,8 +98,8 @@ class LocalOpenAIServer:
 
     @classmethod
     def scripted(cls, steps: Sequence[Any], **options: Any) -> LocalOpenAIServer:
-        """A server answering a ``dspy.RLM``'s prompts as :class:`~rlm_events.scripted.ScriptedLM` does (same
-        ``steps``, ``extract`` and ``sub``; other ``options`` go to the server), in DSPy's ChatAdapter format."""
+        """A server answering a `dspy.RLM`'s prompts as [`ScriptedLM`][rlm_events.scripted.ScriptedLM] does (same
+        `steps`, `extract` and `sub`; other `options` go to the server), in DSPy's ChatAdapter format."""
         from ..scripted import ScriptedLM  # imports DSPy: only when asked
 
         lm_options = {k: options.pop(k) for k in ("extract", "sub") if k in options}
@@ -108,7 +116,7 @@ class LocalOpenAIServer:
 
     @property
     def base_url(self) -> str:
-        """The OpenAI ``api_base``: ``http://127.0.0.1:PORT/v1``."""
+        """The OpenAI `api_base`: `http://127.0.0.1:PORT/v1`."""
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> LocalOpenAIServer:
@@ -156,7 +164,7 @@ class LocalOpenAIServer:
             self._scripted = itertools.count()
 
     def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
-        """The server's price of these tokens for ``model`` (``None``: no price)."""
+        """The server's price of these tokens for `model` (`None`: no price)."""
         price = self.prices.get(model)
         if price is None:
             return None

@@ -1,6 +1,8 @@
-"""What :class:`~rlm_events.local_openai.LocalOpenAIServer` answers and bills: a :class:`Reply` (and the faults
-:func:`error` and :data:`NO_USAGE`), the token counts it bills, and the billing log (:class:`Bill`, one
-:class:`BillRecord` per request)."""
+"""What [`LocalOpenAIServer`][rlm_events.local_openai.LocalOpenAIServer] answers and bills: a
+[`Reply`][rlm_events.local_openai._bill.Reply] (and the faults
+[`error()`][rlm_events.local_openai._bill.error] and [`NO_USAGE`][rlm_events.local_openai._bill.NO_USAGE]), the token
+counts it bills, and the billing log ([`Bill`][rlm_events.local_openai._bill.Bill], one
+[`BillRecord`][rlm_events.local_openai._bill.BillRecord] per request)."""
 
 from __future__ import annotations
 
@@ -11,15 +13,15 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Reply:
-    """One answer of the server. Every field but ``text`` has a default meaning "as a provider answers".
+    """One answer of the server. Every field but `text` has a default meaning "as a provider answers".
 
     Args:
-        text: the completion text (``None`` in a fault: the scripted reply of that request).
+        text: the completion text (`None` in a fault: the scripted reply of that request).
         status: the HTTP status; anything but 200 is an error answer (OpenAI's error JSON), billed nothing.
         delay: seconds to wait before answering (a delay past the client's timeout makes it time out).
-        usage: whether the answer carries ``usage`` (a non-streamed answer, or a stream's usage chunk).
-        time_to_first_token: streamed answers: seconds before the first content chunk (after ``delay``).
-        tokens_per_second: streamed answers: the rate content chunks are sent at (``None``: at once).
+        usage: whether the answer carries `usage` (a non-streamed answer, or a stream's usage chunk).
+        time_to_first_token: streamed answers: seconds before the first content chunk (after `delay`).
+        tokens_per_second: streamed answers: the rate content chunks are sent at (`None`: at once).
     """
 
     text: str | None = None
@@ -37,31 +39,31 @@ class Reply:
 
 
 def error(status: int, *, delay: float = 0.0) -> Reply:
-    """A fault: an error answer with HTTP ``status`` (429, 500, ...) after ``delay`` seconds."""
+    """A fault: an error answer with HTTP `status` (429, 500, ...) after `delay` seconds."""
     if status == 200 or not 400 <= status <= 599:
         raise ValueError(f"error(): status must be a 4xx or 5xx HTTP status, got {status!r}")
     return Reply(status=status, delay=delay)
 
 
 NO_USAGE = Reply(usage=False)
-"""A fault: the scripted reply, answered without a ``usage`` block."""
+"""A fault: the scripted reply, answered without a `usage` block."""
 
 
 @dataclass(frozen=True)
 class BillRecord:
-    """What the server did with one request (in arrival order: ``index`` is the request's 0-based index)."""
+    """What the server did with one request (in arrival order: `index` is the request's 0-based index)."""
 
     index: int
     model: str
     status: int
     streamed: bool
     usage_sent: bool
-    """Whether the client could see this answer's usage (a 200 answer with ``usage``, or a usage chunk)."""
+    """Whether the client could see this answer's usage (a 200 answer with `usage`, or a usage chunk)."""
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     cost_usd: float | None
-    """The cost at the server's price for ``model`` (``None``: no price given); 0 for an error."""
+    """The cost at the server's price for `model` (`None`: no price given); 0 for an error."""
 
     @property
     def billed(self) -> bool:
@@ -71,7 +73,8 @@ class BillRecord:
 
 @dataclass(frozen=True)
 class Bill:
-    """A snapshot of the server's billing log: every request's :class:`BillRecord`, and the billed totals."""
+    """A snapshot of the server's billing log: every request's
+    [`BillRecord`][rlm_events.local_openai._bill.BillRecord], and the billed totals."""
 
     records: tuple[BillRecord, ...] = ()
 
@@ -109,7 +112,7 @@ class Bill:
 
     @property
     def cost_usd(self) -> float | None:
-        """The billed cost, ``None`` if a billed model had no price."""
+        """The billed cost, `None` if a billed model had no price."""
         costs = [r.cost_usd for r in self.billed]
         return None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
 
@@ -121,7 +124,7 @@ class Bill:
 
 
 def count_prompt_tokens(messages: Any) -> int:
-    """The server's deterministic prompt-token count of a request's ``messages`` (characters of text // 4)."""
+    """The server's deterministic prompt-token count of a request's `messages` (characters of text // 4)."""
     chars = 0
     for message in messages if isinstance(messages, list) else []:
         content = message.get("content") if isinstance(message, dict) else None
@@ -133,7 +136,7 @@ def count_prompt_tokens(messages: Any) -> int:
 
 
 def count_completion_tokens(text: str) -> int:
-    """The server's deterministic completion-token count of a reply (``max(1, characters // 4)``)."""
+    """The server's deterministic completion-token count of a reply (`max(1, characters // 4)`)."""
     return max(1, len(text) // 4)
 
 

@@ -11,7 +11,7 @@ _ANY: TypeAdapter[Any] = TypeAdapter(Any)
 
 
 def jsonable(value: Any) -> tuple[Any, bool]:
-    """``value`` as JSON-compatible data, and whether that is exact (False: only a repr could be kept)."""
+    """`value` as JSON-compatible data, and whether that is exact (False: only a repr could be kept)."""
     try:
         json.dumps(value)
         return value, True

@@ -40,7 +40,7 @@ def last_user_text(messages: list[dict[str, Any]]) -> str:
 
 
 def iteration_in_prompt(messages: list[dict[str, Any]]) -> int | None:
-    """The ``N`` of ``iteration: N/M`` in an action prompt (the last occurrence: earlier ones are history)."""
+    """The `N` of `iteration: N/M` in an action prompt (the last occurrence: earlier ones are history)."""
     found = _ITERATION.findall(last_user_text(messages))
     return int(found[-1][0]) if found else None
 

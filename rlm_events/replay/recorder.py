@@ -1,4 +1,5 @@
-"""The :class:`Recorder`: records calls of instrumented RLMs (LM completions from ``lm.history``, tool results)."""
+"""The [`Recorder`][rlm_events.replay.recorder.Recorder]: records calls of instrumented RLMs (LM completions from
+`lm.history`, tool results)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ logger = logging.getLogger("rlm_events.replay")
 
 
 def _message(error: BaseException) -> str:
-    """``str(error)``, which never raises here."""
+    """`str(error)`, which never raises here."""
     try:
         return str(error)
     except Exception:
@@ -146,9 +147,10 @@ class _Pending:
 class Recorder(ToolAwareTap):
     """Records calls of instrumented RLMs (see the package docstring for what and how).
 
-    A tap on the loop stages plus a ``tool_call`` middleware (``recorder.install(events)``); neither changes
+    A tap on the loop stages plus a `tool_call` middleware (`recorder.install(events)`); neither changes
     anything, and a failure inside the recorder is logged and listed in the recording's
-    :attr:`~Recording.problems`, never raised into the run. Install it after your own ``tool_call`` middleware to
+    [`problems`][rlm_events.replay.recording.Recording.problems], never raised into the run. Install it after your own
+    `tool_call` middleware to
     record what the real tools returned.
 
     Args:
@@ -176,7 +178,7 @@ class Recorder(ToolAwareTap):
             return tuple(self._done)
 
     def recording(self, run_id: str | None = None) -> Recording:
-        """The finished recording of ``run_id`` (the latest if ``None``); ``LookupError`` if there is none."""
+        """The finished recording of `run_id` (the latest if `None`); `LookupError` if there is none."""
         with self._lock:
             done = list(self._done)
         if not done:
@@ -189,9 +191,10 @@ class Recorder(ToolAwareTap):
         raise LookupError(f"no finished recording of run {run_id!r}; known: {[r.run_id for r in done]}")
 
     def save(self, path: str | Path, run_id: str | None = None) -> Path:
-        """Write the recording of ``run_id`` (the latest if ``None``) to ``path``; return the path.
+        """Write the recording of `run_id` (the latest if `None`) to `path`; return the path.
 
-        Raises :class:`RecordingError` listing the problems when the run could not be recorded faithfully.
+        Raises [`RecordingError`][rlm_events.replay.recording.RecordingError] listing the problems when the run could
+        not be recorded faithfully.
         """
         recording = self.recording(run_id)
         recording.check()
@@ -200,7 +203,7 @@ class Recorder(ToolAwareTap):
     # -- the tap --------------------------------------------------------------------------------------------
 
     def __call__(self, ctx: context.StageContext) -> None:
-        """Record ``ctx`` (the tap entry point)."""
+        """Record `ctx` (the tap entry point)."""
         if isinstance(ctx, context.RunStartContext):
             with self._lock:
                 self._pending[ctx.run.id] = _Pending(ctx)

@@ -1,4 +1,4 @@
-"""The recording file: what one recorded call of a ``dspy.RLM`` holds, its errors, and how it is loaded and saved."""
+"""The recording file: what one recorded call of a `dspy.RLM` holds, its errors, and how it is loaded and saved."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ..errors import RLMEventsError
 from ..lm_usage import usage_of
 
 FORMAT: Final = "rlm-events-recording/1"
-"""The ``format`` of every recording file this package writes and the only one it reads."""
+"""The `format` of every recording file this package writes and the only one it reads."""
 
 
 # -- errors ---------------------------------------------------------------------------------------------------
@@ -26,8 +26,8 @@ class RecordingError(RLMEventsError, RuntimeError):
 class ReplayExhaustedError(BaseException):
     """A replay asked for an LM completion or tool result that the recording does not hold: it diverged.
 
-    Derives from ``BaseException``, like pytest's outcome exceptions, on purpose: the interpreters running the
-    generated code turn ``Exception``\\ s raised by tools (``llm_query``) into error text the LM reads, which would
+    Derives from `BaseException`, like pytest's outcome exceptions, on purpose: the interpreters running the
+    generated code turn `Exception`\\ s raised by tools (`llm_query`) into error text the LM reads, which would
     let a diverged replay carry on silently. This one fails the call.
     """
 
@@ -79,7 +79,7 @@ class RecordedToolCall(BaseModel):
 
 
 class Recording(BaseModel):
-    """Everything needed to replay one call of a ``dspy.RLM`` and to check that the replay matched."""
+    """Everything needed to replay one call of a `dspy.RLM` and to check that the replay matched."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -102,20 +102,22 @@ class Recording(BaseModel):
     problems: list[str] = Field(default_factory=list, description="Why this recording cannot be replayed, if so.")
 
     def check(self) -> None:
-        """Raise :class:`RecordingError` listing :attr:`problems`, if there are any."""
+        """Raise [`RecordingError`][rlm_events.replay.recording.RecordingError] listing
+        [`problems`][rlm_events.replay.recording.Recording.problems], if there are any."""
         if self.problems:
             listed = "\n".join(f"  - {p}" for p in self.problems)
             raise RecordingError(f"run {self.run_id} cannot be replayed:\n{listed}")
 
     def save(self, path: str | Path) -> Path:
-        """Write this recording as JSON (UTF-8) to ``path``; return the path."""
+        """Write this recording as JSON (UTF-8) to `path`; return the path."""
         target = Path(path)
         target.write_text(self.model_dump_json(indent=1), encoding="utf-8")
         return target
 
     @classmethod
     def load(cls, path: str | Path) -> Recording:
-        """Read a recording file; :class:`RecordingError` if it is not one this version can replay."""
+        """Read a recording file; [`RecordingError`][rlm_events.replay.recording.RecordingError] if it is not one
+        this version can replay."""
         text = Path(path).read_text(encoding="utf-8")
         try:
             raw = json.loads(text)
@@ -130,6 +132,6 @@ class Recording(BaseModel):
             raise RecordingError(f"{path} is a damaged recording: {exc}") from None
 
     def usage(self) -> tuple[int, int, float | None]:
-        """``(input_tokens, output_tokens, cost)`` of the recorded LM calls, read by the one usage parser
-        (:mod:`rlm_events.lm_usage`) that Budget, JsonlTrace and the spans use."""
+        """`(input_tokens, output_tokens, cost)` of the recorded LM calls, read by the one usage parser
+        ([`rlm_events.lm_usage`][rlm_events.lm_usage]) that Budget, JsonlTrace and the spans use."""
         return usage_of({"usage": call.usage, "cost": call.cost} for call in self.lm_calls)

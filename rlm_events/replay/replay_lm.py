@@ -1,4 +1,5 @@
-"""The :class:`ReplayLM`: a ``dspy.BaseLM`` that answers with a recording's completions."""
+"""The [`ReplayLM`][rlm_events.replay.replay_lm.ReplayLM]: a `dspy.BaseLM` that answers with a recording's
+completions."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from .recording import RecordedLMCall, Recording, ReplayExhaustedError
 
 
 def _response(call: RecordedLMCall, model: str) -> Any:
-    """An OpenAI-shaped response carrying the recorded outputs, usage and cost (what ``forward`` returns)."""
+    """An OpenAI-shaped response carrying the recorded outputs, usage and cost (what `forward` returns)."""
     choices = []
     for i, output in enumerate(call.outputs):
         fields = output if isinstance(output, dict) else {"text": output}
@@ -37,10 +38,11 @@ def _response(call: RecordedLMCall, model: str) -> Any:
 
 
 class ReplayLM(dspy.BaseLM):
-    """A ``dspy.BaseLM`` that answers with the completions of a :class:`Recording`, in the order described in the
-    package docstring; it reports the recorded ``usage`` and ``cost``, so budgets behave as in the recorded run.
+    """A `dspy.BaseLM` that answers with the completions of a [`Recording`][rlm_events.replay.recording.Recording], in
+    the order described in the
+    package docstring; it reports the recorded `usage` and `cost`, so budgets behave as in the recorded run.
 
-    Thread-safe. ``served`` lists, per request, the index of the recorded call it got.
+    Thread-safe. `served` lists, per request, the index of the recorded call it got.
     """
 
     def __init__(self, recording: Recording, *, model: str | None = None) -> None:
@@ -56,7 +58,8 @@ class ReplayLM(dspy.BaseLM):
 
     @classmethod
     def from_file(cls, path: str | Path, *, model: str | None = None) -> ReplayLM:
-        """A ReplayLM for the recording at ``path`` (see :meth:`Recording.load`)."""
+        """A ReplayLM for the recording at `path` (see
+        [`Recording.load()`][rlm_events.replay.recording.Recording.load])."""
         return cls(Recording.load(path), model=model)
 
     def reset(self) -> None:

@@ -1,4 +1,5 @@
-"""The :class:`ReplayTools`: a ``tool_call`` middleware that serves a recording's tool results."""
+"""The [`ReplayTools`][rlm_events.replay.replay_tools.ReplayTools]: a `tool_call` middleware that serves a
+recording's tool results."""
 
 from __future__ import annotations
 
@@ -38,12 +39,13 @@ def _replayed_error(call: RecordedToolCall) -> Exception:
 
 
 class ReplayTools(Installable):
-    """A ``tool_call`` middleware that serves a recording's tool results instead of calling the tools.
+    """A `tool_call` middleware that serves a recording's tool results instead of calling the tools.
 
     A call gets the next unserved recorded result of a call with the same name and the same (JSON) arguments;
     a recorded error is raised again (same class name and message). A call the recording does not hold raises
-    :class:`ReplayExhaustedError` (``on_missing="error"``, the default) or goes to the real tool
-    (``on_missing="call"``). Install it after your own ``tool_call`` middleware. Thread-safe.
+    [`ReplayExhaustedError`][rlm_events.replay.recording.ReplayExhaustedError] (`on_missing="error"`, the default) or
+    goes to the real tool
+    (`on_missing="call"`). Install it after your own `tool_call` middleware. Thread-safe.
     """
 
     def __init__(self, recording: Recording, *, on_missing: Literal["error", "call"] = "error") -> None:
@@ -60,7 +62,7 @@ class ReplayTools(Installable):
         self._middleware = self._serve  # one object, so uninstall() can find it
 
     def registrations(self) -> Registrations:
-        """The replaying middleware, innermost so far in the ``tool_call`` chain: install it last."""
+        """The replaying middleware, innermost so far in the `tool_call` chain: install it last."""
         return Registrations(middleware=[(Stage.TOOL_CALL, self._middleware)])
 
     def remaining(self) -> list[RecordedToolCall]:

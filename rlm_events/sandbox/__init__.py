@@ -1,23 +1,27 @@
 """A sandbox behind the guard: the RLM's code runs in a Python interpreter inside OS isolation (Linux).
 
-``rlm_events.builtins.CodeGuard`` reads code before it runs; that is a check, not a boundary. :class:`Sandboxed` is
-an interpreter factory whose interpreters run their worker process inside bubblewrap (``bwrap``,
-https://github.com/containers/bubblewrap; the Debian and Ubuntu package ``bubblewrap``), unprivileged, in new
-user, PID, network, mount, IPC and UTS namespaces::
+`rlm_events.builtins.CodeGuard` reads code before it runs; that is a check, not a boundary.
+[`Sandboxed`][rlm_events.sandbox.Sandboxed] is
+an interpreter factory whose interpreters run their worker process inside bubblewrap (`bwrap`,
+https://github.com/containers/bubblewrap; the Debian and Ubuntu package `bubblewrap`), unprivileged, in new
+user, PID, network, mount, IPC and UTS namespaces:
 
-    rlm = dspy.RLM("question -> answer", interpreter_factory=rlm_events.sandbox.Sandboxed(timeout=10))
+```text
+rlm = dspy.RLM("question -> answer", interpreter_factory=rlm_events.sandbox.Sandboxed(timeout=10))
+```
 
 Inside: no network (only a loopback interface of its own); the host's filesystem read-only, with temporary
-directories, ``/run`` and home directories hidden (``hide``), and one writable scratch directory, the working
-directory, removed when the interpreter shuts down; a fresh ``/proc`` of its own PID namespace, so the host's
+directories, `/run` and home directories hidden (`hide`), and one writable scratch directory, the working
+directory, removed when the interpreter shuts down; a fresh `/proc` of its own PID namespace, so the host's
 processes are out of sight and everything the code starts dies with the sandbox; no capabilities; none of the
-host's environment variables. Limits: CPU time, memory and processes (per process ``setrlimit``, plus a pids cgroup
-when the host runs as root, whom ``RLIMIT_NPROC`` never binds), and a wall-clock ``timeout`` per execution, watched
-from the host, that kills the sandbox and tells the LM ``[Error] Execution timed out after N s ...``; the next
+host's environment variables. Limits: CPU time, memory and processes (per process `setrlimit`, plus a pids cgroup
+when the host runs as root, whom `RLIMIT_NPROC` never binds), and a wall-clock `timeout` per execution, watched
+from the host, that kills the sandbox and tells the LM `[Error] Execution timed out after N s ...`; the next
 execution gets a fresh worker (its state lost, the LM told so).
 
-Where the isolation cannot run (not Linux, no ``bwrap``, user namespaces disabled, root without a pids cgroup), the
-constructor raises :class:`SandboxUnavailable` naming what is missing. It never runs code without isolation.
+Where the isolation cannot run (not Linux, no `bwrap`, user namespaces disabled, root without a pids cgroup), the
+constructor raises [`SandboxUnavailable`][rlm_events.sandbox._isolation.SandboxUnavailable] naming what is missing. It
+never runs code without isolation.
 """
 
 from __future__ import annotations
@@ -34,32 +38,34 @@ __all__ = ["DEFAULT_HIDDEN", "SandboxUnavailable", "Sandboxed", "SandboxedInterp
 
 
 class Sandboxed:
-    """An interpreter factory: each call returns a fresh :class:`SandboxedInterpreter` with these limits.
+    """An interpreter factory: each call returns a fresh
+    [`SandboxedInterpreter`][rlm_events.sandbox._interpreter.SandboxedInterpreter] with these limits.
 
-    Pass it as ``dspy.RLM(..., interpreter_factory=Sandboxed())`` (DSPy 3.3+ calls it once per RLM call and shuts
-    the interpreter down at the end; on earlier releases use ``rlm_events.testing.build_rlm``, or pass
-    ``interpreter=Sandboxed()()``). ``None`` turns a limit off, explicitly.
+    Pass it as `dspy.RLM(..., interpreter_factory=Sandboxed())` (DSPy 3.3+ calls it once per RLM call and shuts
+    the interpreter down at the end; on earlier releases use `rlm_events.testing.build_rlm`, or pass
+    `interpreter=Sandboxed()()`). `None` turns a limit off, explicitly.
 
     Args:
         timeout: wall-clock seconds one execution may take, host tool calls included (default 30). On expiry the
-            sandbox is killed, the LM reads ``[Error] Execution timed out after N s ...`` and the next execution
+            sandbox is killed, the LM reads `[Error] Execution timed out after N s ...` and the next execution
             runs in a fresh worker: variables, imports and definitions are lost; files in scratch are kept.
-        memory_mb: address space of each process in the sandbox, in MiB (``RLIMIT_AS``; default 1024). An
-            allocation past it raises ``MemoryError`` in the code; the interpreter goes on.
+        memory_mb: address space of each process in the sandbox, in MiB (`RLIMIT_AS`; default 1024). An
+            allocation past it raises `MemoryError` in the code; the interpreter goes on.
         max_processes: processes and threads in the sandbox at once, the worker's included (default 64): fork,
-            ``subprocess`` and thread creation fail with ``EAGAIN`` past it. ``RLIMIT_NPROC`` for a non-root host;
+            `subprocess` and thread creation fail with `EAGAIN` past it. `RLIMIT_NPROC` for a non-root host;
             for root, whom that limit never binds, also a pids cgroup of the sandbox's own.
-        cpu_seconds: CPU seconds each process in the sandbox may use over its life (``RLIMIT_CPU``; default 120):
-            past it the kernel kills the process (``SIGXCPU``, then ``SIGKILL``). For the worker that is its whole
+        cpu_seconds: CPU seconds each process in the sandbox may use over its life (`RLIMIT_CPU`; default 120):
+            past it the kernel kills the process (`SIGXCPU`, then `SIGKILL`). For the worker that is its whole
             session; the LM is told, and the next execution starts a fresh worker.
         scratch: the directory in which each interpreter's scratch directory is created (default: the system's
             temporary directory). The scratch directory is the sandbox's one writable place and its working
-            directory (``HOME`` and ``TMPDIR`` too); it is removed, with its contents, at shutdown.
-        hide: directories covered by an empty read-only tmpfs in the sandbox (default :data:`DEFAULT_HIDDEN`: the
-            temporary directories, ``/run`` and home directories); the interpreter's own files under them stay
-            visible. ``()`` leaves the whole filesystem readable.
-        bwrap: the bubblewrap executable (default: ``bwrap`` on ``PATH``).
-        python: the Python that runs the worker (default: this one, ``sys.executable``); its packages are importable
+            directory (`HOME` and `TMPDIR` too); it is removed, with its contents, at shutdown.
+        hide: directories covered by an empty read-only tmpfs in the sandbox (default
+            [`DEFAULT_HIDDEN`][rlm_events.sandbox._isolation.DEFAULT_HIDDEN]: the
+            temporary directories, `/run` and home directories); the interpreter's own files under them stay
+            visible. `()` leaves the whole filesystem readable.
+        bwrap: the bubblewrap executable (default: `bwrap` on `PATH`).
+        python: the Python that runs the worker (default: this one, `sys.executable`); its packages are importable
             in the sandbox.
 
     Raises:
@@ -111,7 +117,8 @@ class Sandboxed:
 
     @classmethod
     def check(cls, **options: Any) -> None:
-        """Raise :class:`SandboxUnavailable`, naming what is missing, if ``Sandboxed(**options)`` cannot run here."""
+        """Raise [`SandboxUnavailable`][rlm_events.sandbox._isolation.SandboxUnavailable], naming what is missing, if
+        `Sandboxed(**options)` cannot run here."""
         cls(**options)
 
     def __call__(

@@ -1,4 +1,5 @@
-"""The host side of the sandbox: :class:`SandboxedInterpreter`, a ``CodeInterpreter`` whose worker process runs
+"""The host side of the sandbox: [`SandboxedInterpreter`][rlm_events.sandbox._interpreter.SandboxedInterpreter], a
+`CodeInterpreter` whose worker process runs
 inside bubblewrap, with a watchdog per execution and a lazy restart after the worker is lost."""
 
 from __future__ import annotations
@@ -41,20 +42,23 @@ _SETUP_VARIABLE = "__dspy_host_token"
 
 
 class SandboxedInterpreter:
-    """A persistent Python interpreter in an OS sandbox, implementing DSPy's ``CodeInterpreter`` protocol.
+    """A persistent Python interpreter in an OS sandbox, implementing DSPy's `CodeInterpreter` protocol.
 
-    Made by :class:`rlm_events.sandbox.Sandboxed` (``Sandboxed()()``), which holds the limits. Code sees what it
-    sees in ``dspy.LocalInterpreter``'s worker (DSPy 3.4): a persistent namespace, tools and ``SUBMIT`` as global
+    Made by [`rlm_events.sandbox.Sandboxed`][rlm_events.sandbox.Sandboxed] (`Sandboxed()()`), which holds the limits.
+    Code sees what it
+    sees in `dspy.LocalInterpreter`'s worker (DSPy 3.4): a persistent namespace, tools and `SUBMIT` as global
     functions, the value of a final expression as the result, else the printed output; values cross as JSON. One
     difference: a tool that takes only keyword arguments (DSPy wraps user tools so) also accepts them positionally,
-    bound by its signature, as in :class:`rlm_events.inprocess.InProcessInterpreter`.
+    bound by its signature, as in
+    [`rlm_events.inprocess.InProcessInterpreter`][rlm_events.inprocess.InProcessInterpreter].
 
     Tools run in this process, on threads, called over the worker's pipes. An execution that outlives
-    ``timeout`` seconds (tool calls included) kills the sandbox and raises ``CodeExecutionError`` (shown to the LM
-    as ``[Error] Execution timed out after N s ...``); so does a worker that dies (its CPU-time limit, a crash,
-    ``os._exit``). The next execution starts a fresh worker, re-installing what DSPy set up (its ``dspy`` facade);
-    everything else the code had defined is lost, which the error says. Files in :attr:`scratch` survive a
-    restart; :meth:`shutdown` removes them.
+    `timeout` seconds (tool calls included) kills the sandbox and raises `CodeExecutionError` (shown to the LM
+    as `[Error] Execution timed out after N s ...`); so does a worker that dies (its CPU-time limit, a crash,
+    `os._exit`). The next execution starts a fresh worker, re-installing what DSPy set up (its `dspy` facade);
+    everything else the code had defined is lost, which the error says. Files in
+    [`scratch`][rlm_events.sandbox._interpreter.SandboxedInterpreter.scratch] survive a
+    restart; [`shutdown()`][rlm_events.sandbox._interpreter.SandboxedInterpreter.shutdown] removes them.
 
     Attributes:
         scratch: the writable working directory of the sandbox (a fresh one per interpreter), or None before start.
@@ -100,7 +104,7 @@ class SandboxedInterpreter:
     # --- lifecycle -------------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the worker, or return if it runs. Raises ``CodeInterpreterError`` if the sandbox cannot start."""
+        """Start the worker, or return if it runs. Raises `CodeInterpreterError` if the sandbox cannot start."""
         if self._ended:
             raise CodeInterpreterError("SandboxedInterpreter session has been shut down.")
         if self._resources.worker is not None:
@@ -152,11 +156,11 @@ class SandboxedInterpreter:
     # --- execution -------------------------------------------------------------------------------------------------
 
     def execute(self, code: str, variables: dict[str, Any] | None = None) -> Any:
-        """Run ``code`` in the sandbox's persistent namespace, ``variables`` bound first (JSON-compatible).
+        """Run `code` in the sandbox's persistent namespace, `variables` bound first (JSON-compatible).
 
-        Returns ``FinalOutput`` on ``SUBMIT``, else the final expression's value or the printed output (or None).
-        Raises ``SyntaxError``; ``CodeExecutionError`` for an error in the code or a tool, a timeout, or a lost
-        worker; ``CodeInterpreterError`` for invalid arguments or a sandbox that cannot start.
+        Returns `FinalOutput` on `SUBMIT`, else the final expression's value or the printed output (or None).
+        Raises `SyntaxError`; `CodeExecutionError` for an error in the code or a tool, a timeout, or a lost
+        worker; `CodeInterpreterError` for invalid arguments or a sandbox that cannot start.
         """
         if not self._lock.acquire(blocking=False):
             raise CodeInterpreterError("SandboxedInterpreter already has an active execution.")

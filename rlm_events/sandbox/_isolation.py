@@ -1,4 +1,5 @@
-"""The OS isolation under :mod:`rlm_events.sandbox`: bubblewrap's command line, the pids cgroup used when the host
+"""The OS isolation under [`rlm_events.sandbox`][rlm_events.sandbox]: bubblewrap's command line, the pids cgroup used
+when the host
 runs as root, and the checks that name what is missing.
 
 All of it is Linux-only; nothing here falls back to running without isolation.
@@ -61,7 +62,7 @@ def _under(path: str, parent: str) -> bool:
 
 
 def hidden_directories(hide: Iterable[str]) -> list[str]:
-    """The real directories to hide, outermost only, without duplicates (``/var/run`` is often ``/run``)."""
+    """The real directories to hide, outermost only, without duplicates (`/var/run` is often `/run`)."""
     found: list[str] = []
     for entry in hide:
         real = _real(entry)
@@ -87,9 +88,9 @@ def interpreter_paths(python: str) -> list[str]:
 
 
 def bwrap_arguments(bwrap: str, scratch: str, hide: Sequence[str], python: str) -> list[str]:
-    """``bwrap`` and its options, up to (not including) the command: every namespace unshared (user, PID, network,
-    mount, IPC, UTS, cgroup), no capabilities, the host's filesystem read-only with ``hide`` covered, a fresh
-    ``/proc`` and a minimal read-only ``/dev``, ``scratch`` the one writable directory (and the working one)."""
+    """`bwrap` and its options, up to (not including) the command: every namespace unshared (user, PID, network,
+    mount, IPC, UTS, cgroup), no capabilities, the host's filesystem read-only with `hide` covered, a fresh
+    `/proc` and a minimal read-only `/dev`, `scratch` the one writable directory (and the working one)."""
     args = [
         bwrap,
         "--unshare-all",
@@ -128,7 +129,7 @@ def sandbox_environment(scratch: str) -> dict[str, str]:
 
 
 def _pids_hierarchy() -> tuple[str, str] | None:
-    """``(directory of this process's pids cgroup, "v1" or "v2")``, or None."""
+    """`(directory of this process's pids cgroup, "v1" or "v2")`, or None."""
     try:
         mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
         own = Path("/proc/self/cgroup").read_text().splitlines()
@@ -158,7 +159,7 @@ def _pids_hierarchy() -> tuple[str, str] | None:
 
 
 class PidsCgroup:
-    """A pids cgroup of one sandbox: created with ``pids.max``, joined by the launcher, emptied and removed."""
+    """A pids cgroup of one sandbox: created with `pids.max`, joined by the launcher, emptied and removed."""
 
     def __init__(self, limit: int) -> None:
         found = _pids_hierarchy()

@@ -1,5 +1,5 @@
-"""The host's side of one sandboxed worker process: starting it inside bubblewrap (:class:`Worker`), its pipes and
-messages, why it died, and what an interpreter holds outside Python (:class:`Resources`)."""
+"""The host's side of one sandboxed worker process: starting it inside bubblewrap (`Worker`), its pipes and
+messages, why it died, and what an interpreter holds outside Python (`Resources`)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class WorkerLost(Exception):
-    """The worker is gone (or must go): ``str()`` says why, for the LM."""
+    """The worker is gone (or must go): `str()` says why, for the LM."""
 
 
 def run_in_thread(function: Callable[[], Any]) -> Future[Any]:
@@ -47,7 +47,7 @@ def run_in_thread(function: Callable[[], Any]) -> Future[Any]:
 
 
 async def awaited(awaitable: Any) -> Any:
-    """What ``awaitable`` returns (for ``asyncio.run``, which takes a coroutine)."""
+    """What `awaitable` returns (for `asyncio.run`, which takes a coroutine)."""
     return await awaitable
 
 

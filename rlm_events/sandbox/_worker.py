@@ -1,12 +1,13 @@
-"""The interpreter process of :class:`rlm_events.sandbox.SandboxedInterpreter`: run inside the sandbox as a script
-(``python -I _worker.py LIMITS_JSON``), standard library only.
+"""The interpreter process of [`rlm_events.sandbox.SandboxedInterpreter`][rlm_events.sandbox.SandboxedInterpreter]: run
+inside the sandbox as a script
+(`python -I _worker.py LIMITS_JSON`), standard library only.
 
-It speaks the line protocol of ``dspy.LocalInterpreter``'s worker (DSPy 3.4), one JSON object per line: it says
-``ready``, then answers each ``execute`` request (code, variables, tool names, output fields) with ``result``,
-``final`` (``SUBMIT``), ``syntax``, ``execution_error`` or ``terminal_error``; a tool called by the code becomes a
-``tool_request`` answered by the host with ``tool_result`` or ``tool_error``. What code sees is what it sees there:
-a persistent namespace, tools and ``SUBMIT`` as globals, the value of a final expression as the result (else the
-printed output), errors as ``"Type: message"``, values through JSON (``repr`` where they are not JSON).
+It speaks the line protocol of `dspy.LocalInterpreter`'s worker (DSPy 3.4), one JSON object per line: it says
+`ready`, then answers each `execute` request (code, variables, tool names, output fields) with `result`,
+`final` (`SUBMIT`), `syntax`, `execution_error` or `terminal_error`; a tool called by the code becomes a
+`tool_request` answered by the host with `tool_result` or `tool_error`. What code sees is what it sees there:
+a persistent namespace, tools and `SUBMIT` as globals, the value of a final expression as the result (else the
+printed output), errors as `"Type: message"`, values through JSON (`repr` where they are not JSON).
 
 Before anything else it lowers its own resource limits (inherited by every process the code starts, and never
 raised again: the sandbox holds no capability). Everything here is inside the boundary: the host trusts none of
@@ -106,7 +107,7 @@ def receive() -> dict[str, Any]:
 
 
 class Protocol:
-    """Reads the host's messages on a thread: tool answers go to the waiting call, the rest to ``commands``."""
+    """Reads the host's messages on a thread: tool answers go to the waiting call, the rest to `commands`."""
 
     def __init__(self) -> None:
         self.commands: queue.Queue[dict[str, Any] | None] = queue.Queue()

@@ -1,7 +1,7 @@
-"""Whether the run's Budgets let a call made ahead start: :class:`BudgetGate`.
+"""Whether the run's Budgets let a call made ahead start: `BudgetGate`.
 
 A call made ahead is held to the same Budgets as the real call it stands for: none starts once a Budget's token,
-time or cost limit is reached, or past a tool's ``max_tool_calls`` cap (counting the calls already dispatched in
+time or cost limit is reached, or past a tool's `max_tool_calls` cap (counting the calls already dispatched in
 this pass); a hard Budget reserves each sub-LLM call made ahead as it reserves a real one.
 """
 
@@ -15,7 +15,7 @@ from .ledger import Dispatch
 
 
 class BudgetGate:
-    """The Budgets installed on ``run``'s instrumentation, and what the run has spent, for one dispatch pass."""
+    """The Budgets installed on `run`'s instrumentation, and what the run has spent, for one dispatch pass."""
 
     def __init__(self, run: Run) -> None:
         from ..builtins.budget import Budget  # rlm_events.builtins re-exports Speculate: imported when used
@@ -24,8 +24,8 @@ class BudgetGate:
         self.spend: Any = Budget.spent(run)
 
     def refusal(self, dispatch: Dispatch, weight: int, per_tool: dict[str, int]) -> str | None:
-        """Why a Budget would not let ``dispatch`` (``weight`` LM calls) start (``None``: it may; a hard Budget's
-        reservation is then held on ``dispatch.reserved`` until the call ends). ``per_tool``: calls dispatched
+        """Why a Budget would not let `dispatch` (`weight` LM calls) start (`None`: it may; a hard Budget's
+        reservation is then held on `dispatch.reserved` until the call ends). `per_tool`: calls dispatched
         in this pass, by tool name."""
         spend = self.spend
         if not self.budgets or spend is None:

@@ -1,9 +1,9 @@
 """Calls made ahead, from dispatch to claim.
 
-* :func:`dispatch_calls`: the predicted calls of one iteration that may start (per-iteration cap, arguments the
-  interpreter would pass, DSPy's ``max_llm_calls``, the run's Budgets) start on the run's pool, each in a copy of
-  the run's context (so the usage meter, the Budget and ``dspy.context`` see them as the run's).
-* :func:`claim`: at ``tool_call``, the real call takes the result of a dispatched call whose name and arguments
+* `dispatch_calls()`: the predicted calls of one iteration that may start (per-iteration cap, arguments the
+  interpreter would pass, DSPy's `max_llm_calls`, the run's Budgets) start on the run's pool, each in a copy of
+  the run's context (so the usage meter, the Budget and `dspy.context` see them as the run's).
+* `claim()`: at `tool_call`, the real call takes the result of a dispatched call whose name and arguments
   match exactly; anything else makes the real call.
 """
 
@@ -29,11 +29,11 @@ from .planner import Predicted
 from .spans import mark_span, span_current, start_span
 
 LLM_TOOLS = frozenset(RLM_BUILTIN_TOOLS)
-"""The sub-LLM tools every ``dspy.RLM`` gives its code."""
+"""The sub-LLM tools every `dspy.RLM` gives its code."""
 
 
 def lm_calls(call: Predicted) -> int:
-    """The LM calls ``call`` makes (``llm_query_batched`` makes one per prompt)."""
+    """The LM calls `call` makes (`llm_query_batched` makes one per prompt)."""
     if call.name != "llm_query_batched":
         return 1
     prompts = call.args[0] if call.args else call.kwargs.get("prompts")
@@ -52,7 +52,7 @@ def dispatch_calls(
     max_per_iteration: int,
     tracer: Any,
 ) -> None:
-    """Start the calls of ``predicted`` that may start; count the others on ``live.stats.refused`` by reason."""
+    """Start the calls of `predicted` that may start; count the others on `live.stats.refused` by reason."""
     normalize = repl_io.normalizer_for(repl)
     gate = BudgetGate(run)
     stats = live.stats
@@ -90,7 +90,7 @@ def dispatch_calls(
 
 
 def submit(live: Live, dispatch: Dispatch, fn: Callable[..., Any], tracer: Any) -> None:
-    """Record ``dispatch`` on the ledger and start it on the run's pool."""
+    """Record `dispatch` on the ledger and start it on the run's pool."""
     context = contextvars.copy_context()  # the run's: the meter, dspy.context and current_run() see it
     with live.lock:
         live.pending.setdefault(dispatch.key, deque()).append(dispatch)
@@ -125,8 +125,8 @@ async def _awaited(awaitable: Any) -> Any:
 
 
 def claim(live: Live, ctx: ToolCallContext, next: Any, timeout: float) -> Any:
-    """The ``tool_call`` of a speculable tool: the result of the dispatched call that matches it exactly (waiting
-    up to ``timeout`` seconds for it to finish), else the real call."""
+    """The `tool_call` of a speculable tool: the result of the dispatched call that matches it exactly (waiting
+    up to `timeout` seconds for it to finish), else the real call."""
     key = repl_io.call_key(ctx.name, ctx.args, ctx.kwargs) if live.pending else None
     dispatch = live.take(key) if key is not None else None
 

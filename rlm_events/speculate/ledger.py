@@ -1,8 +1,9 @@
-"""The dispatch ledger of one run's speculation: every call made ahead (:class:`Dispatch`), how it ended, and
-what it cost (:class:`Live`).
+"""The dispatch ledger of one run's speculation: every call made ahead (`Dispatch`), how it ended, and
+what it cost (`Live`).
 
-Every dispatched call ends as exactly one of ``claimed``, ``wasted`` or ``cancelled``; its LM use is counted once
-it has both finished and been decided (:meth:`Live.settle`), on :class:`SpeculateStats` and on the run's usage.
+Every dispatched call ends as exactly one of `claimed`, `wasted` or `cancelled`; its LM use is counted once
+it has both finished and been decided (`Live.settle()`), on
+[`SpeculateStats`][rlm_events.speculate.stats.SpeculateStats] and on the run's usage.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class Live:
         self.settle(dispatch)
 
     def expire(self, iteration: int | None = None) -> list[Dispatch]:
-        """Give up the calls dispatched for iterations before ``iteration`` (all, if ``None``) that nobody
+        """Give up the calls dispatched for iterations before `iteration` (all, if `None`) that nobody
         claimed: not started ones are cancelled, running ones are wasted once they finish."""
         with self.lock:
             expired = [

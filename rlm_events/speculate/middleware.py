@@ -1,13 +1,13 @@
-"""``Speculate``: make the sub-LLM calls (and pure tool calls) an iteration's code is about to make ahead of it,
+"""`Speculate`: make the sub-LLM calls (and pure tool calls) an iteration's code is about to make ahead of it,
 concurrently, and hand each result to the real call that asks for exactly that call.
 
-LM-written code makes its calls one after another (``for c in chunks: out.append(llm_query(...))``); what the
-user waits for is the sum of them. At ``pre_execution`` a shadow planner (:mod:`rlm_events.speculate.planner`)
-works out, without running the code, which calls of ``llm_query``, ``llm_query_batched`` and the tools marked
+LM-written code makes its calls one after another (`for c in chunks: out.append(llm_query(...))`); what the
+user waits for is the sum of them. At `pre_execution` a shadow planner (`rlm_events.speculate.planner`)
+works out, without running the code, which calls of `llm_query`, `llm_query_batched` and the tools marked
 pure the code will make and with which arguments; they are dispatched on a thread pool, in the run's context (so
-the usage meter, the Budget and ``dspy.context`` see them as the run's). At ``tool_call`` the real call claims a
+the usage meter, the Budget and `dspy.context` see them as the run's). At `tool_call` the real call claims a
 dispatched result whose name and arguments match exactly; anything else makes the real call
-(:mod:`rlm_events.speculate.dispatch`).
+(`rlm_events.speculate.dispatch`).
 """
 
 from __future__ import annotations
@@ -49,49 +49,51 @@ class Speculate(Builtin):
     """Runs the sub-LLM and pure tool calls an iteration's code is about to make ahead of it, concurrently; the
     real calls claim the results. Results are those of the real calls: only an exact match is claimed.
 
-    ``Speculate(pure=(), *, llm=True, max_in_flight=16, max_per_iteration=32, timeout=30.0, repl_state=True,
-    tracer_provider=None)``;
-    install it with ``Speculate(...).install(events)`` (stages ``run_start``, ``pre_execution``, ``tool_call``,
-    ``post_execution``, ``run_end``). Install it last, so that every other ``tool_call`` middleware (a Budget, a
+    `Speculate(pure=(), *, llm=True, max_in_flight=16, max_per_iteration=32, timeout=30.0, repl_state=True,
+    tracer_provider=None)`;
+    install it with `Speculate(...).install(events)` (stages `run_start`, `pre_execution`, `tool_call`,
+    `post_execution`, `run_end`). Install it last, so that every other `tool_call` middleware (a Budget, a
     cache, a trace) sees each real call exactly as without it: middleware installed after it do not see claimed
     calls.
 
     Args:
-        pure: tools that may be called ahead (functions, ``dspy.Tool`` objects or names). A pure tool's result must
+        pure: tools that may be called ahead (functions, `dspy.Tool` objects or names). A pure tool's result must
             depend only on its arguments, and calling it must change nothing. No other user tool is ever called
             ahead, so none is ever called twice. Each must be a tool of the RLM (checked at install time).
-        llm: speculate ``llm_query`` and ``llm_query_batched`` (the default).
+        llm: speculate `llm_query` and `llm_query_batched` (the default).
         max_in_flight: calls of one run running ahead at once (the rest wait their turn).
-        max_per_iteration: calls dispatched per iteration (``llm_query_batched`` counts each prompt).
+        max_per_iteration: calls dispatched per iteration (`llm_query_batched` counts each prompt).
         timeout: seconds a real call waits for its call made ahead to finish; after that it makes the call itself.
         repl_state: read the REPL's current variables to compute arguments (a loop over a list an earlier
             iteration built). Needs an interpreter whose variables can be read without side effects:
-            :class:`~rlm_events.inprocess.InProcessInterpreter` (its namespace, in this process) or
-            ``dspy.LocalInterpreter`` (a read-only probe expression, see
-            :class:`~rlm_events.speculate.repl.ProbeReader`); any other interpreter is refused at install
-            time. ``False`` plans from the code's literals and the execution's input variables only.
+            [`InProcessInterpreter`][rlm_events.inprocess.InProcessInterpreter] (its namespace, in this process) or
+            `dspy.LocalInterpreter` (a read-only probe expression, see
+            `ProbeReader`); any other interpreter is refused at install
+            time. `False` plans from the code's literals and the execution's input variables only.
         tracer_provider: where the OpenTelemetry span of each call made ahead goes (the global provider if
-            ``None``; nothing without OpenTelemetry installed).
+            `None`; nothing without OpenTelemetry installed).
 
     Guarantees:
 
-    * **Safety.** Only ``llm_query``, ``llm_query_batched`` and the tools in ``pure`` are called ahead. Planning
+    * **Safety.** Only `llm_query`, `llm_query_batched` and the tools in `pure` are called ahead. Planning
       runs nothing of the code: the shadow evaluates its AST over plain-data copies (see
-      :mod:`rlm_events.speculate.planner`). A pure tool called after an unmarked tool or a function of the code is
+      `rlm_events.speculate.planner`). A pure tool called after an unmarked tool or a function of the code is
       not called ahead (the unmarked one may change what it reads).
     * **Identical results.** A real call gets a result made ahead only when its tool name, positional and keyword
       arguments (after the interpreter's normalisation: through JSON, bound as the interpreter binds them) equal
       the dispatched call's exactly (as JSON: types, order and dict order included), and that call succeeded.
       Each dispatched call serves at most one real call. Anything else makes the real call.
     * **Accounting.** Calls made ahead run in the run's context: the one usage meter attributes their LM calls to
-      the run, so Budget, traces and spans count their tokens, claimed or not; :meth:`Speculate.stats`
-      (:class:`SpeculateStats`) and the run's ``Usage`` (``speculative_*``, ``wasted_*``) say which were claimed
+      the run, so Budget, traces and spans count their tokens, claimed or not;
+      [`Speculate.stats()`][rlm_events.speculate.middleware.Speculate.stats]
+      ([`SpeculateStats`][rlm_events.speculate.stats.SpeculateStats]) and the run's `Usage` (`speculative_*`,
+      `wasted_*`) say which were claimed
       and which wasted. A Budget whose limit is reached refuses dispatches; a per-tool cap refuses dispatches
       past it; a hard Budget reserves each sub-LLM dispatch as it reserves a real call, and refuses it when the
-      reservation fails. DSPy's ``max_llm_calls`` counts calls made ahead, claimed or not, as the LM calls they are;
+      reservation fails. DSPy's `max_llm_calls` counts calls made ahead, claimed or not, as the LM calls they are;
       none is dispatched past it, and near it a wasted call leaves the code one call fewer.
     * **Never degrades silently.** A REPL it cannot read at run time (an interpreter factory it could not check at
-      install time) is logged once per RLM, and the run plans without REPL state (``stats.repl`` says so).
+      install time) is logged once per RLM, and the run plans without REPL state (`stats.repl` says so).
       Speculation never fails the run: an error of its own is logged and the run goes on without it.
     """
 
@@ -212,7 +214,8 @@ class Speculate(Builtin):
 
     @staticmethod
     def stats(run: context.Run | context.StageContext) -> SpeculateStats | None:
-        """The :class:`SpeculateStats` of a run (or of a context's run); ``None`` if no Speculate ran in it. Taps
+        """The [`SpeculateStats`][rlm_events.speculate.stats.SpeculateStats] of a run (or of a context's run); `None` if
+        no Speculate ran in it. Taps
         and other built-ins read Speculate's per-run state only through this."""
         stats = (run.run if isinstance(run, context.StageContext) else run).state.get(_STATS_KEY)
         return stats if isinstance(stats, SpeculateStats) else None

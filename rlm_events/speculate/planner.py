@@ -1,8 +1,8 @@
-"""The shadow planner of :class:`~rlm_events.speculate.Speculate`: which speculable calls will this code make?
+"""The shadow planner of [`Speculate`][rlm_events.speculate.Speculate]: which speculable calls will this code make?
 
-:class:`Planner` is the bounded evaluator of :mod:`rlm_events._ast` (a pure-AST evaluation over plain-data
+`Planner` is the bounded evaluator of `rlm_events._ast` (a pure-AST evaluation over plain-data
 copies: it never runs, compiles or imports the code, and runs no code of the values it sees) that records each call
-of a speculable tool (``llm_query``, ``llm_query_batched``, the tools marked pure) whose arguments it can compute.
+of a speculable tool (`llm_query`, `llm_query_batched`, the tools marked pure) whose arguments it can compute.
 
 Predictions may be wrong (the REPL may hold other values than the shadow thinks, the code may raise half-way): a
 prediction is only ever a guess, claimed by the real call only on an exact match of name and arguments.
@@ -40,16 +40,16 @@ class CallPlan:
     assumed_builtins: set[str] = field(default_factory=set)
     """Builtin names the planning assumed not to be rebound in the REPL."""
     stopped: str | None = None
-    """Why the planning stopped early (``"budget"``, ``"time"``), if it did."""
+    """Why the planning stopped early (`"budget"`, `"time"`), if it did."""
 
 
 class Planner(Evaluator):
     """Walk one iteration's code in the shadow and record the speculable calls it will make.
 
     Args:
-        speculable: names of the tools that may be called ahead (``llm_query``, ``llm_query_batched``, pure tools).
+        speculable: names of the tools that may be called ahead (`llm_query`, `llm_query_batched`, pure tools).
         tools: every tool name the code can call (calls of the others are unknown, and barriers for pure tools).
-        values: what the code's free names hold when it starts: plain data or :class:`~rlm_events._ast.Unknown`.
+        values: what the code's free names hold when it starts: plain data or `Unknown`.
         absent: names known to be unbound in the REPL (builtins of that name are the real builtins).
         llm_tools: the speculable names that are the sub-LLM tools (not stopped by a barrier).
         limits: the bounds of one planning.
@@ -70,7 +70,7 @@ class Planner(Evaluator):
         self.calls: list[Predicted] = []
 
     def run(self, tree: ast.Module) -> CallPlan:
-        """Plan ``tree``: the calls it will make, as far as the shadow can tell."""
+        """Plan `tree`: the calls it will make, as far as the shadow can tell."""
         self.evaluate(tree)
         return CallPlan(self.calls, self.needs, self.assumed_builtins, self.stopped)
 
@@ -103,9 +103,9 @@ def plan_calls(
     limits: Limits,
     stats: SpeculateStats,
 ) -> list[Predicted]:
-    """The calls ``tree`` will make, planned over the execution's ``variables`` and what ``reader`` reads of the
-    REPL (nothing when ``None``). A probe reads only the names a planning found it needs, in up to three rounds
-    (each read can reveal names that were hidden behind unknown values); ``stats.repl_reads`` counts them."""
+    """The calls `tree` will make, planned over the execution's `variables` and what `reader` reads of the
+    REPL (nothing when `None`). A probe reads only the names a planning found it needs, in up to three rounds
+    (each read can reveal names that were hidden behind unknown values); `stats.repl_reads` counts them."""
 
     def planned(values: Any, absent: Any) -> CallPlan:
         return Planner(speculable=speculable, tools=tools, values=values, absent=absent, limits=limits).run(tree)

@@ -1,17 +1,19 @@
-"""What :class:`~rlm_events.speculate.Speculate` needs of the running iteration, and how it reads the REPL.
+"""What [`Speculate`][rlm_events.speculate.Speculate] needs of the running iteration, and how it reads the REPL.
 
-* :func:`iteration_of`: the REPL and the variables this iteration's code will run with. They are arguments of
-  DSPy's loop body, which only the patch layer holds: read through :mod:`rlm_events.runtime`, never changed.
-* :func:`raw_tools`: the functions the real calls end in (the interpreter's tools, unwrapped from rlm-events'
-  ``tool_call`` wrapper only when the outer layer is that wrapper).
-* :class:`NamespaceReader` / :class:`ProbeReader`: the REPL's current variables, as plain-data copies, without
-  side effects on it (see their docstrings); :func:`reader_for` picks one, or says why none fits.
-* :func:`normalizer_for`: the arguments a tool will see for a call written in the code, as the interpreter
-  passes them (through JSON, and for :class:`~rlm_events.inprocess.InProcessInterpreter` bound to keyword-only
+* `iteration_of()`: the REPL and the variables this iteration's code will run with. They are arguments of
+  DSPy's loop body, which only the patch layer holds: read through [`rlm_events.runtime`][rlm_events.runtime], never
+  changed.
+* `raw_tools()`: the functions the real calls end in (the interpreter's tools, unwrapped from rlm-events'
+  `tool_call` wrapper only when the outer layer is that wrapper).
+* `NamespaceReader` / `ProbeReader`: the REPL's current variables, as plain-data copies, without
+  side effects on it (see their docstrings); `reader_for()` picks one, or says why none fits.
+* `normalizer_for()`: the arguments a tool will see for a call written in the code, as the interpreter
+  passes them (through JSON, and for [`InProcessInterpreter`][rlm_events.inprocess.InProcessInterpreter] bound to
+  keyword-only
   wrappers as it binds them).
 
 Whatever this needs of DSPy's private API (the interpreter's worker, its execute without callbacks) it reads
-through :mod:`rlm_events.runtime`.
+through [`rlm_events.runtime`][rlm_events.runtime].
 """
 
 from __future__ import annotations
@@ -36,12 +38,12 @@ LocalInterpreter: Any = getattr(dspy, "LocalInterpreter", None)
 
 
 def iteration_of(run: Run) -> tuple[Any, dict[str, Any]] | None:
-    """``(repl, variables)`` of the iteration of ``run`` executing in this context, or ``None``."""
+    """`(repl, variables)` of the iteration of `run` executing in this context, or `None`."""
     return current_iteration(run)
 
 
 def raw_tools(repl: Any, names: frozenset[str]) -> dict[str, Callable[..., Any]]:
-    """The functions behind the REPL's tools ``names``: what the innermost ``tool_call`` ``next`` calls."""
+    """The functions behind the REPL's tools `names`: what the innermost `tool_call` `next` calls."""
     tools = vars(repl).get("tools") if hasattr(repl, "__dict__") else None
     if not isinstance(tools, dict):
         return {}
@@ -76,7 +78,7 @@ class Values(Mapping[str, Any]):
 
 
 class Absent:
-    """``name in absent``: the name is bound neither in the REPL nor by the execution's variables."""
+    """`name in absent`: the name is bound neither in the REPL nor by the execution's variables."""
 
     def __init__(self, values: Mapping[str, Any], known: frozenset[str] | None) -> None:
         self.values, self.known = values, known
@@ -88,9 +90,9 @@ class Absent:
 
 
 class NamespaceReader:
-    """:class:`~rlm_events.inprocess.InProcessInterpreter`: its namespace is a dict in this process.
+    """[`InProcessInterpreter`][rlm_events.inprocess.InProcessInterpreter]: its namespace is a dict in this process.
 
-    Reading it runs no code at all: a lookup in an exact ``dict`` by an exact ``str``, and :func:`plain` copies of
+    Reading it runs no code at all: a lookup in an exact `dict` by an exact `str`, and `plain()` copies of
     values of exact builtin types (anything else reads as unknown). Nothing is executed in the REPL."""
 
     kind = "namespace"
@@ -133,7 +135,7 @@ _PROBE = """(lambda T, S, g, names, c, t: (lambda ok: [
 
 
 def probe_code(names: list[str], limits: Limits) -> str:
-    """The read-only expression :class:`ProbeReader` runs for ``names`` (identifiers only)."""
+    """The read-only expression `ProbeReader` runs for `names` (identifiers only)."""
     wanted = tuple(n for n in names if n.isidentifier() and not keyword.iskeyword(n))
     code = _PROBE
     for token, value in (
@@ -149,11 +151,11 @@ def probe_code(names: list[str], limits: Limits) -> str:
 
 
 class ProbeReader:
-    """``dspy.LocalInterpreter``: its namespace lives in a worker process; it is read by one execution of
-    :func:`probe_code`, a read-only expression (see there), through the interpreter's own ``execute`` (without its
+    """`dspy.LocalInterpreter`: its namespace lives in a worker process; it is read by one execution of
+    `probe_code()`, a read-only expression (see there), through the interpreter's own `execute` (without its
     DSPy callbacks, so no trace records it).
 
-    That execution changes nothing the next real one would not: ``execute`` registers the same tools and output
+    That execution changes nothing the next real one would not: `execute` registers the same tools and output
     fields again (it does so before every execution) and captures output in an anonymous temporary file (as for
     every execution); the expression assigns nothing. A worker that has not started yet holds no variables and is
     not started: nothing is read from it."""
@@ -168,7 +170,7 @@ class ProbeReader:
         return worker_started(self.repl)
 
     def read(self, names: list[str], limits: Limits) -> tuple[dict[str, Any], frozenset[str]]:
-        """``({name: value}, bound names)`` for ``names``; raises when the worker did not answer as expected."""
+        """`({name: value}, bound names)` for `names`; raises when the worker did not answer as expected."""
         if not names or not self.started():
             return {}, frozenset()
         self.executions += 1
@@ -180,7 +182,7 @@ class ProbeReader:
 
 
 def reader_for(repl: Any) -> NamespaceReader | ProbeReader | str:
-    """How to read ``repl``'s variables without side effects, or why that cannot be done."""
+    """How to read `repl`'s variables without side effects, or why that cannot be done."""
     if isinstance(repl, InProcessInterpreter):
         namespace = vars(repl).get("namespace")
         if type(namespace) is dict:
@@ -194,7 +196,7 @@ def reader_for(repl: Any) -> NamespaceReader | ProbeReader | str:
 
 
 def unsupported_reason(cls: Any) -> str | None:
-    """Why the shadow cannot read the variables of interpreters of class ``cls`` (``None``: it can)."""
+    """Why the shadow cannot read the variables of interpreters of class `cls` (`None`: it can)."""
     if issubclass(cls, InProcessInterpreter):
         return None
     if LocalInterpreter is not None and issubclass(cls, LocalInterpreter):
@@ -219,8 +221,8 @@ def _through_json(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[A
 
 
 def normalizer_for(repl: Any) -> Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]:
-    """``normalize(tool, args, kwargs) -> (args, kwargs)``: what ``tool_call`` will see for a call the code writes
-    as ``name(*args, **kwargs)``, where ``tool`` is the REPL's tool of that name. Raises if the call cannot be made.
+    """`normalize(tool, args, kwargs) -> (args, kwargs)`: what `tool_call` will see for a call the code writes
+    as `name(*args, **kwargs)`, where `tool` is the REPL's tool of that name. Raises if the call cannot be made.
     """
     if isinstance(repl, InProcessInterpreter):
 

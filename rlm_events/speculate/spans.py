@@ -2,7 +2,7 @@
 planned, ended when the call settles; and the mark on a claiming tool span. Nothing without OpenTelemetry.
 
 They are started and made current through the OpenTelemetry backend the taps' span driver uses
-(:class:`~rlm_events.taps._otel_spans.OtelSpans`); they form no tree of their own (each nests where it was planned),
+(`OtelSpans`); they form no tree of their own (each nests where it was planned),
 so the driver's per-run tree is not needed."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ logger = logging.getLogger("rlm_events")
 
 
 def tracer_for(provider: Any) -> OtelSpans | None:
-    """Speculate's spans on ``provider`` (the global provider, a proxy until one is set, if ``None``); ``None``
+    """Speculate's spans on `provider` (the global provider, a proxy until one is set, if `None`); `None`
     without OpenTelemetry."""
     try:
         return OtelSpans(provider, "rlm_events.speculate")
@@ -31,7 +31,7 @@ def tracer_for(provider: Any) -> OtelSpans | None:
 
 def start_span(spans: OtelSpans, dispatch: Dispatch, run: Run) -> Any:
     """A span for one call made ahead, child of the span current at pre_execution; ended when it settles, with
-    ``rlm.speculate.outcome`` (claimed, wasted or cancelled) and the LM use it cost."""
+    `rlm.speculate.outcome` (claimed, wasted or cancelled) and the LM use it cost."""
     attributes = {
         "gen_ai.operation.name": "execute_tool",
         "gen_ai.tool.name": dispatch.name,
@@ -47,7 +47,7 @@ def start_span(spans: OtelSpans, dispatch: Dispatch, run: Run) -> Any:
 
 
 def span_current(span: Any) -> Callable[[], None] | None:
-    """Make ``span`` current in this thread (so spans made inside the call nest under it); returns the undo."""
+    """Make `span` current in this thread (so spans made inside the call nest under it); returns the undo."""
     if span is None:
         return None
     from opentelemetry import context, trace

@@ -1,21 +1,19 @@
-"""Observe-only taps: record, show, log, time and export what instrumented ``dspy.RLM`` calls do.
+"""Observe-only taps: record, show, log, time and export what instrumented `dspy.RLM` calls do.
 
-Register any of them with ``events.tap(tap)`` or ``tap.install(events)``. Each is imported on first use, so
-``import rlm_events.taps`` costs nothing and an optional extra (``rich``, ``otel``, ``mlflow``) is needed only by the
+Register any of them with `events.tap(tap)` or `tap.install(events)`. Each is imported on first use, so
+`import rlm_events.taps` costs nothing and an optional extra (`rich`, `otel`, `mlflow`) is needed only by the
 tap that uses it.
 
-=====================  ====================  ===================================================================
-tap                    module                what it does
-=====================  ====================  ===================================================================
-``JsonlTrace``         ``rlm_events.trace``  one JSON line per stage event, for ``python -m rlm_events view``
-``ProgressTap``        ``progress``          live iteration n/max, stage, elapsed time and tokens (``rich``)
-``LoggingTap``         ``logs``              stage events as ``logging`` records
-``StageTimings``       ``timings``           per-stage duration statistics
-``OpenTelemetryTap``   ``otel``              OpenTelemetry spans per call and iteration (``otel``)
-``MlflowTap``          ``mlflow``            MLflow traces of the loop, nesting ``mlflow.dspy.autolog()`` (``mlflow``)
-=====================  ====================  ===================================================================
+| tap | module | what it does |
+| --- | --- | --- |
+| `JsonlTrace` | `rlm_events.trace` | one JSON line per stage event, for `python -m rlm_events view` |
+| `ProgressTap` | `progress` | live iteration n/max, stage, elapsed time and tokens (`rich`) |
+| `LoggingTap` | `logs` | stage events as `logging` records |
+| `StageTimings` | `timings` | per-stage duration statistics |
+| `OpenTelemetryTap` | `otel` | OpenTelemetry spans per call and iteration (`otel`) |
+| `MlflowTap` | `mlflow` | MLflow traces of the loop, nesting `mlflow.dspy.autolog()` (`mlflow`) |
 
-``JsonlTrace`` lives with the trace format it writes (schema, reader, viewer) in :mod:`rlm_events.trace`.
+`JsonlTrace` lives with the trace format it writes (schema, reader, viewer) in [`rlm_events.trace`][rlm_events.trace].
 """
 
 from __future__ import annotations

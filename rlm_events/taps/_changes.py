@@ -1,15 +1,15 @@
 """Which middleware changed a stage's context: witnesses between the middleware of a stage's chain.
 
 A tap sees each stage's context once its chain has run, so it cannot tell what the LM wrote from what a middleware
-put in its place, nor which middleware did. :class:`ChangeWitnesses` finds out by observing the chain itself:
-``install(events)`` rebuilds the chains of the watched stages as ``w0, m1, w1, m2, … mk, wk`` (every middleware
-kept, in its order, on every stage it was on; the witnesses ``wi`` only read the context and always call ``next``
-once). A value that differs between what ``w(i-1)`` and ``wi`` see, on the way in or out, was changed by ``mi``.
-Middleware registered after ``install`` sit inside ``wk`` and are named together, from the current plan.
+put in its place, nor which middleware did. `ChangeWitnesses` finds out by observing the chain itself:
+`install(events)` rebuilds the chains of the watched stages as `w0, m1, w1, m2, … mk, wk` (every middleware
+kept, in its order, on every stage it was on; the witnesses `wi` only read the context and always call `next`
+once). A value that differs between what `w(i-1)` and `wi` see, on the way in or out, was changed by `mi`.
+Middleware registered after `install` sit inside `wk` and are named together, from the current plan.
 
-What a stage's chain changed is left in ``ctx.run.state`` for the tap, read with :meth:`ChangeWitnesses.changes`:
-the values the chain was given (``original``: the LM's code at ``pre_execution``) and ``by``, the
-``(middleware name, fields it changed)`` pairs, outermost first.
+What a stage's chain changed is left in `ctx.run.state` for the tap, read with `ChangeWitnesses.changes()`:
+the values the chain was given (`original`: the LM's code at `pre_execution`) and `by`, the
+`(middleware name, fields it changed)` pairs, outermost first.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ WATCHED: dict[Stage, tuple[str, ...]] = {
     Stage.POST_EXECUTION: ("code", "result"),
     Stage.POST_ITERATION: ("stop", "prediction"),
 }
-"""The stages whose changes are attributed, and the context fields compared (``pre_execution``'s ``result`` is the
+"""The stages whose changes are attributed, and the context fields compared (`pre_execution`'s `result` is the
 result a middleware supplied instead of running the code)."""
 
 
@@ -53,12 +53,12 @@ class StageChanges:
     by: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
 
     def changed_by(self, name: str) -> list[str]:
-        """The middleware that changed field ``name``, outermost first."""
+        """The middleware that changed field `name`, outermost first."""
         return [who for who, fields in self.by if name in fields]
 
 
 class _Witness:
-    """One witness in a chain; reads the context, calls ``next`` once."""
+    """One witness in a chain; reads the context, calls `next` once."""
 
     __slots__ = ("owner", "position", "stage")
 
@@ -73,7 +73,7 @@ class _Witness:
 
 
 class ChangeWitnesses:
-    """The witnesses of one tap (``label`` names the tap in logs and reprs)."""
+    """The witnesses of one tap (`label` names the tap in logs and reprs)."""
 
     def __init__(self, label: str) -> None:
         self.label = label
@@ -88,8 +88,8 @@ class ChangeWitnesses:
     def layout(
         self, events: Instrumentation, first: dict[Stage, list[Callable[..., Any]]] | None = None
     ) -> tuple[list[Any], list[tuple[Stage, Any]]]:
-        """``(old, new)`` for ``events.replace``: every chain as it is, witnesses interleaved on the watched stages,
-        and the middleware of ``first`` outermost on their stages (the tap's own)."""
+        """`(old, new)` for `events.replace`: every chain as it is, witnesses interleaved on the watched stages,
+        and the middleware of `first` outermost on their stages (the tap's own)."""
         plan = events.plan
         first = first or {}
         ours = {id(mw) for mws in first.values() for mw in mws}
@@ -138,7 +138,7 @@ class ChangeWitnesses:
         return [middleware_name(mw) for mw in after if not self.owns(mw)]
 
     def changes(self, run_state: dict[str, Any], stage: Stage) -> StageChanges | None:
-        """What the last run of ``stage``'s chain changed (``None``: no witness saw it)."""
+        """What the last run of `stage`'s chain changed (`None`: no witness saw it)."""
         found = run_state.get(self.key, {}).get(stage)
         return found if isinstance(found, StageChanges) else None
 

@@ -1,5 +1,5 @@
-"""The MLflow backend of the span driver (:mod:`rlm_events.taps._spans`): what
-:class:`~rlm_events.taps.MlflowTap` starts, makes current (MLflow's tracing context) and ends."""
+"""The MLflow backend of the span driver (`rlm_events.taps._spans`): what
+[`MlflowTap`][rlm_events.taps.MlflowTap] starts, makes current (MLflow's tracing context) and ends."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ._text import preview, safe_repr
 
 
 def require_mlflow() -> Any:
-    """The ``mlflow`` module; an ``ImportError`` naming the ``mlflow`` extra without MLflow's tracing SDK."""
+    """The `mlflow` module; an `ImportError` naming the `mlflow` extra without MLflow's tracing SDK."""
     try:
         import mlflow
         from mlflow.tracing.provider import detach_span_from_context, set_span_in_context  # noqa: F401
@@ -25,7 +25,7 @@ def require_mlflow() -> Any:
 
 
 def recorded(value: Any, max_chars: int) -> Any:
-    """``value`` as recorded: strings cut to ``max_chars``; containers element-wise; other objects by repr."""
+    """`value` as recorded: strings cut to `max_chars`; containers element-wise; other objects by repr."""
     if isinstance(value, str):
         return preview(value, max_chars)
     if value is None or isinstance(value, (bool, int, float)):
@@ -38,13 +38,13 @@ def recorded(value: Any, max_chars: int) -> Any:
 
 
 def sizes(value: dict[str, Any]) -> dict[str, Any]:
-    """``value`` without its content: strings and containers by their length."""
+    """`value` without its content: strings and containers by their length."""
     return {k: len(v) if isinstance(v, (str, list, tuple, dict)) else v for k, v in value.items()}
 
 
 class MlflowSpans(SpanBackend):
     """MLflow spans, typed by the role they play (the call an AGENT, an iteration a CHAIN, the action and extract
-    LLM, the code and tools TOOL) and named as ``span_names`` renames them (the call's span keeps its name).
+    LLM, the code and tools TOOL) and named as `span_names` renames them (the call's span keeps its name).
     Usage is MLflow's token-usage attribute; a failed span has status ERROR."""
 
     def __init__(self, span_names: Mapping[str, str] | None = None) -> None:
@@ -67,7 +67,7 @@ class MlflowSpans(SpanBackend):
         }
 
     def autolog_root(self, module: Any) -> Any:
-        """Autolog's ``RLM.forward`` span of this call of ``module``, if it is the current span."""
+        """Autolog's `RLM.forward` span of this call of `module`, if it is the current span."""
         current = self.mlflow.get_current_active_span()
         if current is None or current.name != f"{type(module).__name__}.forward":
             return None

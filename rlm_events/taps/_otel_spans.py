@@ -1,5 +1,5 @@
-"""The OpenTelemetry backend of the span driver (:mod:`rlm_events.taps._spans`): what
-:class:`~rlm_events.taps.OpenTelemetryTap` and Speculate's spans start, make current and end."""
+"""The OpenTelemetry backend of the span driver (`rlm_events.taps._spans`): what
+[`OpenTelemetryTap`][rlm_events.taps.OpenTelemetryTap] and Speculate's spans start, make current and end."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 
 def require_otel(owner: str) -> Any:
-    """OpenTelemetry's ``trace`` API; an ``ImportError`` naming the ``otel`` extra (and ``owner``) without it."""
+    """OpenTelemetry's `trace` API; an `ImportError` naming the `otel` extra (and `owner`) without it."""
     try:
         from opentelemetry import trace
     except ImportError as exc:
@@ -31,10 +31,10 @@ def error_description(error: BaseException) -> str:
 
 
 class OtelSpans(SpanBackend):
-    """Spans of one OpenTelemetry tracer (``scope`` and ``version``, from ``tracer_provider`` or the global one).
-    Every span is ``INTERNAL``; a failed span gets ``error.type`` and status ERROR with the error's description.
+    """Spans of one OpenTelemetry tracer (`scope` and `version`, from `tracer_provider` or the global one).
+    Every span is `INTERNAL`; a failed span gets `error.type` and status ERROR with the error's description.
 
-    Raises ``ImportError`` naming the ``otel`` extra and ``owner`` when OpenTelemetry is not installed.
+    Raises `ImportError` naming the `otel` extra and `owner` when OpenTelemetry is not installed.
     """
 
     def __init__(self, tracer_provider: Any, scope: str, version: str | None = None, *, owner: str = "") -> None:

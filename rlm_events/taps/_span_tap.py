@@ -1,6 +1,6 @@
-"""The base of the taps that record each call as a span tree (:class:`~rlm_events.taps.OpenTelemetryTap`,
-:class:`~rlm_events.taps.MlflowTap`): registration, the dispatch of stage events to the tree of their call, and
-the extract span, on the driver of :mod:`rlm_events.taps._spans`."""
+"""The base of the taps that record each call as a span tree ([`OpenTelemetryTap`][rlm_events.taps.OpenTelemetryTap],
+[`MlflowTap`][rlm_events.taps.MlflowTap]): registration, the dispatch of stage events to the tree of their call, and
+the extract span, on the driver of `rlm_events.taps._spans`."""
 
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ N = TypeVar("N")  # a subclass's per-call notes
 
 
 def limit_attributes(module: Any) -> dict[str, Any]:
-    """``rlm.max_iters`` of a call's module, where it has one."""
+    """`rlm.max_iters` of a call's module, where it has one."""
     max_iters = iteration_limit(module)
     return {} if max_iters is None else {"rlm.max_iters": max_iters}
 
 
 def code_attributes(ctx: context.PreExecutionContext) -> dict[str, Any]:
-    """What an ``execute_code`` span says of the code when it opens."""
+    """What an `execute_code` span says of the code when it opens."""
     return {
         "rlm.iteration": ctx.iteration or 0,
         "rlm.code.length": len(ctx.code),
@@ -36,12 +36,12 @@ def code_attributes(ctx: context.PreExecutionContext) -> dict[str, Any]:
 
 
 class SpanTap(InstallableTap, Generic[N]):
-    """A tap on the loop stages with a ``tool_call`` and an ``extract`` middleware (outermost: the tool and extract
-    spans are current while they run), keeping one :class:`~rlm_events.taps._spans.SpanTree` per call in flight.
+    """A tap on the loop stages with a `tool_call` and an `extract` middleware (outermost: the tool and extract
+    spans are current while they run), keeping one `SpanTree` per call in flight.
 
-    Subclasses start the call's span (:meth:`_run_start`), handle the stages they record (the others are ignored),
-    end the call (:meth:`_run_end`), trace tool calls (:meth:`_trace_tool`) and start the extract span
-    (:meth:`_start_extract`). A stage of a call whose ``run_start`` failed is ignored.
+    Subclasses start the call's span (`_run_start()`), handle the stages they record (the others are ignored),
+    end the call (`_run_end()`), trace tool calls (`_trace_tool()`) and start the extract span
+    (`_start_extract()`). A stage of a call whose `run_start` failed is ignored.
     """
 
     def __init__(self, backend: SpanBackend, owner: str, logger: logging.Logger) -> None:
@@ -65,7 +65,7 @@ class SpanTap(InstallableTap, Generic[N]):
         )
 
     def __call__(self, ctx: context.StageContext) -> None:
-        """Open, annotate or end the spans ``ctx`` concerns (the tap entry point)."""
+        """Open, annotate or end the spans `ctx` concerns (the tap entry point)."""
         if isinstance(ctx, context.RunStartContext):
             self._run_start(ctx, meter_run(ctx.run), action_model(ctx.run.module))
             return
@@ -79,7 +79,7 @@ class SpanTap(InstallableTap, Generic[N]):
     # -- what subclasses record -------------------------------------------------------------------------------
 
     def _run_start(self, ctx: context.RunStartContext, usage: Usage, model: str | None) -> None:
-        """Start the call's span and plant its tree; ``usage`` is the run's meter, ``model`` the action's."""
+        """Start the call's span and plant its tree; `usage` is the run's meter, `model` the action's."""
         raise NotImplementedError
 
     def _pre_iteration(self, tree: SpanTree[N], ctx: context.PreIterationContext) -> None:
@@ -94,7 +94,7 @@ class SpanTap(InstallableTap, Generic[N]):
             self._forest.close_step(tree, outputs=self._code_ran(tree, ctx, span))
 
     def _code_ran(self, tree: SpanTree[N], ctx: context.PostExecutionContext, span: Any) -> Any:
-        """Record what the code did on its ``execute_code`` span, about to close; returns the span's outputs."""
+        """Record what the code did on its `execute_code` span, about to close; returns the span's outputs."""
         raise NotImplementedError
 
     def _post_iteration(self, tree: SpanTree[N], ctx: context.PostIterationContext) -> None:
@@ -110,10 +110,10 @@ class SpanTap(InstallableTap, Generic[N]):
         """Record how the iteration ended on its span, about to close."""
 
     def _extract(self, tree: SpanTree[N], ctx: context.ExtractContext) -> None:
-        """The ``extract`` stage event (after the extractor ran)."""
+        """The `extract` stage event (after the extractor ran)."""
 
     def _run_end(self, tree: SpanTree[N], ctx: context.RunEndContext) -> None:
-        """End the call's tree (:meth:`SpanForest.finish <rlm_events.taps._spans.SpanForest.finish>`)."""
+        """End the call's tree (`SpanForest.finish`)."""
         raise NotImplementedError
 
     def _trace_tool(self, ctx: context.ToolCallContext, next: Any) -> context.ToolCallContext:
@@ -124,7 +124,7 @@ class SpanTap(InstallableTap, Generic[N]):
         raise NotImplementedError
 
     def _extract_outputs(self, span: Any, done: context.ExtractContext | None) -> Any:
-        """Record the extractor's answer on its span (``done`` is ``None`` if it failed); returns the outputs."""
+        """Record the extractor's answer on its span (`done` is `None` if it failed); returns the outputs."""
         return None
 
     # -- the extract middleware -------------------------------------------------------------------------------

@@ -1,24 +1,26 @@
-"""The span tree of instrumented ``dspy.RLM`` calls, for any tracing backend: the driver the OpenTelemetry and
+"""The span tree of instrumented `dspy.RLM` calls, for any tracing backend: the driver the OpenTelemetry and
 MLflow taps share (and whose OpenTelemetry backend Speculate's spans use).
 
-One :class:`SpanTree` per call, kept by run id in a :class:`SpanForest` (one per tap)::
+One `SpanTree` per call, kept by run id in a `SpanForest` (one per tap):
 
-    root (the call)
-    ├── iteration n                 current from pre_iteration to post_iteration
-    │   ├── generate_action         the step: current while the LM writes the code
-    │   └── execute_code            the step: current while the code runs
-    │       └── tool                current while the tool runs (:meth:`SpanForest.around`)
-    └── extract                     current while the extractor runs (:meth:`SpanForest.around`)
+```text
+root (the call)
+├── iteration n                 current from pre_iteration to post_iteration
+│   ├── generate_action         the step: current while the LM writes the code
+│   └── execute_code            the step: current while the code runs
+│       └── tool                current while the tool runs (:meth:`SpanForest.around`)
+└── extract                     current while the extractor runs (:meth:`SpanForest.around`)
+```
 
 Guarantees:
 
 * A span opened by a stage is made current (the backend's context) until the stage that closes it; closing a span
   undoes what was made current after it too, innermost first, so the context is always restored.
-* Closing a step or an iteration records the LM usage since it opened (:meth:`SpanBackend.set_usage`, from the
-  run's one meter); a failure passed to a close marks the span failed (:meth:`SpanBackend.fail`).
-* :meth:`SpanForest.finish` (on ``run_end``) forgets the call first, then ends every span still open, whatever
+* Closing a step or an iteration records the LM usage since it opened (`SpanBackend.set_usage()`, from the
+  run's one meter); a failure passed to a close marks the span failed (`SpanBackend.fail()`).
+* `SpanForest.finish()` (on `run_end`) forgets the call first, then ends every span still open, whatever
   failed meanwhile: no per-call state outlives its call, and the root ends last (when the tree owns it).
-* The driver knows no backend: a backend implements :class:`SpanBackend` (start a span with its parent and
+* The driver knows no backend: a backend implements `SpanBackend` (start a span with its parent and
   attributes, make it current and undo that, record its usage, mark it failed, record an error, end it).
 """
 
@@ -47,7 +49,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def epoch_ns(moment: datetime) -> int:
-    """Nanoseconds since the epoch, in exact integer arithmetic (``timestamp() * 1e9`` rounds)."""
+    """Nanoseconds since the epoch, in exact integer arithmetic (`timestamp() * 1e9` rounds)."""
     if moment.tzinfo is None:
         moment = moment.astimezone()  # naive: local time, as datetime.timestamp() assumes
     return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
@@ -58,46 +60,46 @@ def tokens_of(usage: Usage) -> Tokens:
 
 
 def action_model(module: Any) -> str | None:
-    """The model that writes a call's code: its ``generate_action`` LM's, else the configured LM's."""
+    """The model that writes a call's code: its `generate_action` LM's, else the configured LM's."""
     lm = getattr(getattr(module, "generate_action", None), "lm", None) or dspy.settings.lm
     model = getattr(lm, "model", None)
     return model if isinstance(model, str) else None
 
 
 def provider_of(model: str | None) -> str | None:
-    """``openai`` for ``openai/gpt-4o-mini`` (LiteLLM's provider prefix); ``None`` when the model has none."""
+    """`openai` for `openai/gpt-4o-mini` (LiteLLM's provider prefix); `None` when the model has none."""
     if model and "/" in model:
         return model.split("/", 1)[0] or None
     return None
 
 
 class SpanBackend(Protocol):
-    """What the driver asks of a tracing backend. ``role`` is what a span stands for (``run``, ``iteration``,
-    ``generate_action``, ``execute_code``, ``tool`` or ``extract``); spans and tokens are the backend's own.
-    Backends subclass it (for :meth:`record_error`, which both OpenTelemetry and MLflow spans support as is)."""
+    """What the driver asks of a tracing backend. `role` is what a span stands for (`run`, `iteration`,
+    `generate_action`, `execute_code`, `tool` or `extract`); spans and tokens are the backend's own.
+    Backends subclass it (for `record_error()`, which both OpenTelemetry and MLflow spans support as is)."""
 
     def start(
         self, role: str, name: str, parent: Any, attributes: Attributes, inputs: Any = None, start_ns: int | None = None
     ) -> Any:
-        """A started span, child of ``parent`` (of the span current here when ``parent`` is ``None``)."""
+        """A started span, child of `parent` (of the span current here when `parent` is `None`)."""
         ...
 
     def make_current(self, span: Any) -> Any:
-        """Make ``span`` current in this context; returns the token :meth:`restore` takes to undo it."""
+        """Make `span` current in this context; returns the token `restore()` takes to undo it."""
         ...
 
     def restore(self, token: Any) -> None: ...
 
     def set_usage(self, span: Any, since: Tokens, now: Tokens) -> None:
-        """Record on ``span`` the LM usage between two readings of the run's meter (nothing if there was none)."""
+        """Record on `span` the LM usage between two readings of the run's meter (nothing if there was none)."""
         ...
 
     def fail(self, span: Any, error: BaseException) -> None:
-        """Mark ``span`` failed because of ``error`` (status ERROR)."""
+        """Mark `span` failed because of `error` (status ERROR)."""
         ...
 
     def record_error(self, span: Any, error: BaseException) -> None:
-        """Record ``error`` on ``span`` (the exception itself) and mark it failed."""
+        """Record `error` on `span` (the exception itself) and mark it failed."""
         span.record_exception(error)
         self.fail(span, error)
 
@@ -106,7 +108,7 @@ class SpanBackend(Protocol):
 
 class SpanTree(Generic[N]):
     """The open spans of one call, what is current in the call's context, and the usage marks of its open spans.
-    ``notes`` is the tap's own per-call record; it lives exactly as long as the tree."""
+    `notes` is the tap's own per-call record; it lives exactly as long as the tree."""
 
     __slots__ = (
         "attached",
@@ -135,7 +137,7 @@ class SpanTree(Generic[N]):
 
     @property
     def code_span(self) -> Any:
-        """The open ``execute_code`` span, if any."""
+        """The open `execute_code` span, if any."""
         return self.step if self.step_kind == "execute_code" else None
 
     def tool_parent(self) -> Any:
@@ -145,7 +147,7 @@ class SpanTree(Generic[N]):
 
 class SpanForest(Generic[N]):
     """The span trees of a tap's calls in flight, by run id, and the operations on them (see the module
-    docstring). ``owner`` names the tap in log messages; ``logger`` is where its failures go."""
+    docstring). `owner` names the tap in log messages; `logger` is where its failures go."""
 
     def __init__(self, backend: SpanBackend, owner: str, logger: logging.Logger) -> None:
         self.backend = backend
@@ -184,9 +186,9 @@ class SpanForest(Generic[N]):
         annotate: Callable[[], None],
         outputs: Callable[[], Any] | None = None,
     ) -> None:
-        """End a call's tree (its ``run_end``): forget it, close the open iteration (failed with ``error``), let
-        ``annotate`` set the root's attributes, record ``error`` on the root; then, whatever failed, undo
-        everything still current and end the root if the tree owns it (with ``outputs()`` when it succeeded)."""
+        """End a call's tree (its `run_end`): forget it, close the open iteration (failed with `error`), let
+        `annotate` set the root's attributes, record `error` on the root; then, whatever failed, undo
+        everything still current and end the root if the tree owns it (with `outputs()` when it succeeded)."""
         with self._lock:
             self._trees.pop(tree.run_id, None)
         try:
@@ -213,7 +215,7 @@ class SpanForest(Generic[N]):
     def open_step(
         self, tree: SpanTree[N], kind: str, name: str, attributes: Mapping[str, Any], inputs: Any = None
     ) -> Any:
-        """Open and make current the ``kind`` step (``generate_action`` or ``execute_code``) in the iteration."""
+        """Open and make current the `kind` step (`generate_action` or `execute_code`) in the iteration."""
         span = self.backend.start(kind, name, tree.iteration or tree.root, attributes, inputs=inputs)
         tree.step, tree.step_kind, tree.step_mark = span, kind, tree.tokens()
         self._push(tree, span)
@@ -231,7 +233,7 @@ class SpanForest(Generic[N]):
             tree.iteration_mark = self._close(tree, span, tree.iteration_mark, outputs, error)
 
     def _close(self, tree: SpanTree[N], span: Any, since: Tokens, outputs: Any, error: BaseException | None) -> Tokens:
-        """Undo ``span``'s being current, record its usage since ``since``, end it; returns the new mark."""
+        """Undo `span`'s being current, record its usage since `since`, end it; returns the new mark."""
         self._pop(tree, span)
         now = tree.tokens()
         try:
@@ -243,7 +245,7 @@ class SpanForest(Generic[N]):
         return now
 
     def measured(self, tree: SpanTree[N], span: Any, since: Tokens) -> None:
-        """Record on ``span`` (an extract span) the usage since ``since``; the next span measures from now."""
+        """Record on `span` (an extract span) the usage since `since`; the next span measures from now."""
         now = tree.tokens()
         self.backend.set_usage(span, since, now)
         tree.iteration_mark = tree.step_mark = now
@@ -257,9 +259,9 @@ class SpanForest(Generic[N]):
         call: Callable[[], R],
         settle: Callable[[Any, R | None, BaseException | None], Any] | None = None,
     ) -> R:
-        """Run ``call`` with the span ``start()`` returns current (no span if it returns ``None``). Once it
-        returned or raised: its exception recorded on the span, ``settle(span, result, error)`` (the span's
-        outputs), the span ended. A failure of the tracing is logged (naming ``what``) and never reaches the call.
+        """Run `call` with the span `start()` returns current (no span if it returns `None`). Once it
+        returned or raised: its exception recorded on the span, `settle(span, result, error)` (the span's
+        outputs), the span ended. A failure of the tracing is logged (naming `what`) and never reaches the call.
         """
         try:
             span = start()
@@ -290,11 +292,11 @@ class SpanForest(Generic[N]):
     # -- spans current in the call's context ----------------------------------------------------------------
 
     def _push(self, tree: SpanTree[N], span: Any) -> None:
-        """Make ``span`` current in this (the call's) context, until :meth:`_pop`."""
+        """Make `span` current in this (the call's) context, until `_pop()`."""
         tree.attached.append((span, self.backend.make_current(span)))
 
     def _pop(self, tree: SpanTree[N], span: Any) -> None:
-        """Undo :meth:`_push` of ``span`` and of everything pushed after it, innermost first."""
+        """Undo `_push()` of `span` and of everything pushed after it, innermost first."""
         if not any(attached is span for attached, _ in tree.attached):
             return
         while tree.attached:

@@ -9,7 +9,7 @@ ERROR_PREFIXES = ("[Error]", "[Type Error]")
 
 
 def safe_repr(value: Any) -> str:
-    """``repr(value)``; never raises: a ``repr`` that fails gives ``<unrepresentable TypeName>``."""
+    """`repr(value)`; never raises: a `repr` that fails gives `<unrepresentable TypeName>`."""
     try:
         return repr(value)
     except Exception:
@@ -17,9 +17,9 @@ def safe_repr(value: Any) -> str:
 
 
 def preview(value: Any, limit: int) -> str:
-    """``value`` as text of at most about ``limit`` characters: strings as they are, anything else by ``repr``.
+    """`value` as text of at most about `limit` characters: strings as they are, anything else by `repr`.
 
-    Never raises (see :func:`safe_repr`).
+    Never raises (see `safe_repr()`).
     """
     text = value if isinstance(value, str) else safe_repr(value)
     if len(text) > limit:
@@ -28,5 +28,5 @@ def preview(value: Any, limit: int) -> str:
 
 
 def is_error_result(result: Any) -> bool:
-    """Whether an execution result is the ``[Error] …`` (or ``[Type Error] …``) text the LM gets for failed code."""
+    """Whether an execution result is the `[Error] …` (or `[Type Error] …`) text the LM gets for failed code."""
     return isinstance(result, str) and result.startswith(ERROR_PREFIXES)

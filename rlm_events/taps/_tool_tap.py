@@ -1,7 +1,7 @@
-"""Bases for tap objects that register themselves: ``tap.install(events)`` / ``tap.uninstall(events)``.
+"""Bases for tap objects that register themselves: `tap.install(events)` / `tap.uninstall(events)`.
 
-A tap only sees a tool call once it returned, so taps that time or record tool calls add a ``tool_call``
-middleware around the real call next to the tap (:class:`ToolAwareTap`).
+A tap only sees a tool call once it returned, so taps that time or record tool calls add a `tool_call`
+middleware around the real call next to the tap (`ToolAwareTap`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ LOOP_STAGES = tuple(s for s in Stage if s is not Stage.TOOL_CALL)
 
 
 class InstallableTap(Installable):
-    """A tap object (``__call__(snapshot)``) on every stage."""
+    """A tap object (`__call__(snapshot)`) on every stage."""
 
     def __call__(self, ctx: Any) -> Any:  # pragma: no cover - every subclass is the tap itself
         raise NotImplementedError
@@ -26,10 +26,10 @@ class InstallableTap(Installable):
 
 
 class ToolAwareTap(InstallableTap):
-    """A tap on every stage but ``tool_call``, plus ``_tool_middleware`` on ``tool_call``.
+    """A tap on every stage but `tool_call`, plus `_tool_middleware` on `tool_call`.
 
-    Subclasses set ``self._tool_middleware`` once in ``__init__`` (a bound method is a new object on every
-    attribute access, and ``uninstall`` must find the very object ``install`` registered).
+    Subclasses set `self._tool_middleware` once in `__init__` (a bound method is a new object on every
+    attribute access, and `uninstall` must find the very object `install` registered).
     """
 
     _tool_middleware: Callable[[Any, Any], Any]

@@ -1,5 +1,6 @@
-"""Moved: the JSONL trace tap is :class:`rlm_events.trace.JsonlTrace` (:mod:`rlm_events.trace.writer`), its format
-:mod:`rlm_events.trace.schema`. This module re-exports the names it had."""
+"""Moved: the JSONL trace tap is [`rlm_events.trace.JsonlTrace`][rlm_events.trace.JsonlTrace]
+(`rlm_events.trace.writer`), its format
+`rlm_events.trace.schema`. This module re-exports the names it had."""
 
 from __future__ import annotations
 

@@ -1,29 +1,29 @@
-"""Standard ``logging`` records for instrumented ``dspy.RLM`` calls.
+"""Standard `logging` records for instrumented `dspy.RLM` calls.
 
+```pycon
 >>> LoggingTap().install(events)  # doctest: +SKIP
 
-What is logged (``level`` is the constructor's, INFO by default; iterations are shown 1-based, like DSPy's
-prompts, while ``rlm_iteration`` keeps the contexts' 0-based number):
+```
 
-=================  ============  ==================================================================================
-stage              level         message
-=================  ============  ==================================================================================
-``run_start``      ``level``     ``rlm run <id> started: RLM(text -> answer), inputs: text``
-``pre_execution``  DEBUG         ``rlm run <id> iteration 2/6 code:`` and the code
-``post_execution`` DEBUG         ``rlm run <id> iteration 2/6 result:`` and the result (cut to ``max_chars``)
-``post_iteration`` ``level``     ``rlm run <id> iteration 2/6: 3 lines of code -> output (42 chars) in 12 ms``
-``tool_call``      ``level``     ``rlm run <id> iteration 2/6 tool llm_query('Summarise…') -> 'The text…'``
-``tool_call``      DEBUG         the tool's full arguments and result (cut to ``max_chars``)
-``extract``        ``level``     ``rlm run <id> extract fallback produced: answer``
-``run_end``        ``level``     ``rlm run <id> finished in 1.20 s after 3 iterations``
-``run_end``        ERROR         ``rlm run <id> failed after 0.20 s and 1 iteration: ValueError: …`` (no traceback:
-                                 the caller gets the exception)
-=================  ============  ==================================================================================
+What is logged (`level` is the constructor's, INFO by default; iterations are shown 1-based, like DSPy's
+prompts, while `rlm_iteration` keeps the contexts' 0-based number):
 
-Every record carries the run id in its message and as ``extra`` attributes: ``rlm_run_id``, ``rlm_stage`` and
-``rlm_iteration`` (``None`` on run-level stages), so handlers and JSON formatters can filter and group by call.
+| stage | level | message |
+| --- | --- | --- |
+| `run_start` | `level` | `rlm run <id> started: RLM(text -> answer), inputs: text` |
+| `pre_execution` | DEBUG | `rlm run <id> iteration 2/6 code:` and the code |
+| `post_execution` | DEBUG | `rlm run <id> iteration 2/6 result:` and the result (cut to `max_chars`) |
+| `post_iteration` | `level` | `rlm run <id> iteration 2/6: 3 lines of code -> output (42 chars) in 12 ms` |
+| `tool_call` | `level` | `rlm run <id> iteration 2/6 tool llm_query('Summarise…') -> 'The text…'` |
+| `tool_call` | DEBUG | the tool's full arguments and result (cut to `max_chars`) |
+| `extract` | `level` | `rlm run <id> extract fallback produced: answer` |
+| `run_end` | `level` | `rlm run <id> finished in 1.20 s after 3 iterations` |
+| `run_end` | ERROR | `rlm run <id> failed after 0.20 s and 1 iteration: ValueError: …` (no traceback: the caller gets the exception) |
+
+Every record carries the run id in its message and as `extra` attributes: `rlm_run_id`, `rlm_stage` and
+`rlm_iteration` (`None` on run-level stages), so handlers and JSON formatters can filter and group by call.
 Messages are only built when the logger is enabled for their level.
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ DEFAULT_LOGGER = "rlm_events.runs"
 
 
 def _short(value: Any, limit: int) -> str:
-    """``repr``-like preview of at most about ``limit`` characters; never raises."""
+    """`repr`-like preview of at most about `limit` characters; never raises."""
     text = safe_repr(value)
     return text if len(text) <= limit else f"{text[: max(limit - 1, 0)]}…"
 
@@ -53,14 +53,14 @@ def _plural(n: int, word: str) -> str:
 
 
 class LoggingTap(InstallableTap):
-    """A tap that writes each call's progress to a standard :class:`logging.Logger` (see the module docstring).
+    """A tap that writes each call's progress to a standard `logging.Logger` (see the module docstring).
 
     Args:
-        logger: where to log; ``logging.getLogger("rlm_events.runs")`` by default.
+        logger: where to log; `logging.getLogger("rlm_events.runs")` by default.
         level: the level of the summary records (run start/end, iterations, tool calls, extract).
         max_chars: DEBUG records cut code, results and tool values to this many characters.
 
-    Thread-safe; its per-call state (when each iteration started) is dropped at ``run_end``.
+    Thread-safe; its per-call state (when each iteration started) is dropped at `run_end`.
     """
 
     def __init__(self, logger: logging.Logger | None = None, level: int = logging.INFO, *, max_chars: int = 2000):
@@ -80,7 +80,7 @@ class LoggingTap(InstallableTap):
     # -- the tap --------------------------------------------------------------------------------------------
 
     def __call__(self, ctx: context.StageContext) -> None:
-        """Log ``ctx`` (the tap entry point)."""
+        """Log `ctx` (the tap entry point)."""
         if isinstance(ctx, context.RunStartContext):
             self._log(
                 self.level, ctx, "started: %s, inputs: %s", module_label(ctx.run.module), ", ".join(ctx.input_args)

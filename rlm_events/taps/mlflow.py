@@ -1,52 +1,58 @@
-"""MLflow traces of instrumented ``dspy.RLM`` calls, as the loop they are (optional extra ``mlflow``).
+"""MLflow traces of instrumented `dspy.RLM` calls, as the loop they are (optional extra `mlflow`).
 
+```pycon
 >>> mlflow.dspy.autolog()  # optional: DSPy's own spans then nest in the loop  # doctest: +SKIP
 >>> MlflowTap().install(events)  # doctest: +SKIP
 
-The trace of one call::
+```
 
-    RLM.forward                     AGENT  rlm.stop_reason, rlm.iterations, mlflow.chat.tokenUsage, rlm.cost_usd
-    ├── iteration 1                 CHAIN  rlm.iteration (0-based), mlflow.chat.tokenUsage, rlm.submitted, rlm.stop
-    │   ├── generate_action         LLM    the LM writes the code: outputs reasoning and code (as the LM wrote it)
-    │   │   └── Predict.forward …          autolog's predictor, adapter and LM spans
-    │   └── execute_code            TOOL   inputs the code that ran, outputs its output; guard refusals as events
-    │       └── llm_query           TOOL   one per tool call (llm_query, llm_query_batched, your tools)
-    │           └── LM.__call__ …          autolog's sub-LM spans
-    ├── iteration 2 …
-    └── extract                     LLM    DSPy's extract fallback (max_iters reached, or a stop)
+The trace of one call:
 
-* **Root.** With ``mlflow.dspy.autolog()`` on, the root is autolog's own ``RLM.forward`` span (made an AGENT span);
+```text
+RLM.forward                     AGENT  rlm.stop_reason, rlm.iterations, mlflow.chat.tokenUsage, rlm.cost_usd
+├── iteration 1                 CHAIN  rlm.iteration (0-based), mlflow.chat.tokenUsage, rlm.submitted, rlm.stop
+│   ├── generate_action         LLM    the LM writes the code: outputs reasoning and code (as the LM wrote it)
+│   │   └── Predict.forward …          autolog's predictor, adapter and LM spans
+│   └── execute_code            TOOL   inputs the code that ran, outputs its output; guard refusals as events
+│       └── llm_query           TOOL   one per tool call (llm_query, llm_query_batched, your tools)
+│           └── LM.__call__ …          autolog's sub-LM spans
+├── iteration 2 …
+└── extract                     LLM    DSPy's extract fallback (max_iters reached, or a stop)
+```
+
+* **Root.** With `mlflow.dspy.autolog()` on, the root is autolog's own `RLM.forward` span (made an AGENT span);
   without it, the tap makes that span itself, a child of the span current where the RLM is called (if any), so the
-  call nests in your traces either way. ``rlm.stop_reason`` says why the loop ended: ``submit``, ``max_iters``,
-  ``budget`` (a :class:`~rlm_events.builtins.Budget` limit; ``rlm.budget.stopped_by`` and
-  ``rlm.budget.reason`` say which), ``middleware`` (a middleware set ``stop``; ``rlm.stop.by`` names it) or
-  ``error`` (the span's status is ERROR and the exception is recorded).
-* **Nesting.** The iteration, ``generate_action`` and ``execute_code`` spans are made *current* (MLflow's tracing
+  call nests in your traces either way. `rlm.stop_reason` says why the loop ended: `submit`, `max_iters`,
+  `budget` (a [`Budget`][rlm_events.builtins.Budget] limit; `rlm.budget.stopped_by` and
+  `rlm.budget.reason` say which), `middleware` (a middleware set `stop`; `rlm.stop.by` names it) or
+  `error` (the span's status is ERROR and the exception is recorded).
+* **Nesting.** The iteration, `generate_action` and `execute_code` spans are made *current* (MLflow's tracing
   context) from the stage that opens them to the stage that closes them, and each tool span while its tool runs,
   so every span DSPy, autolog or your code creates meanwhile nests in its place: the action's predictor under
-  ``generate_action``, a tool's sub-LM calls under the tool, the threads of ``llm_query_batched`` too (DSPy 3.3+
+  `generate_action`, a tool's sub-LM calls under the tool, the threads of `llm_query_batched` too (DSPy 3.3+
   runs them in copies of the caller's context; before 3.3 they start traces of their own). Per-call state is kept
   by run id: concurrent calls (threads or asyncio tasks) each get their own trace.
-* **Usage.** ``mlflow.chat.tokenUsage`` (MLflow's token-usage attribute) on the root, every iteration, every
-  ``generate_action``, ``execute_code`` with sub-LM calls and ``extract``, from the run's one meter
-  (:mod:`rlm_events.lm_usage`): an iteration counts its action and its code's sub-LM calls. MLflow adds up a trace's
+* **Usage.** `mlflow.chat.tokenUsage` (MLflow's token-usage attribute) on the root, every iteration, every
+  `generate_action`, `execute_code` with sub-LM calls and `extract`, from the run's one meter
+  ([`rlm_events.lm_usage`][rlm_events.lm_usage]): an iteration counts its action and its code's sub-LM calls. MLflow
+  adds up a trace's
   usage from the outermost spans that have it, so the trace's total is the run's. Calls DSPy's cache answered are
-  not in the token counts. On the root, ``rlm.lm_calls``; ``rlm.cost_usd`` only while the cost is known (else
-  ``rlm.cost_known=false`` and ``rlm.unpriced_lm_calls`` / ``rlm.unmetered_lm_calls``, never ``0``); with cached
-  calls, ``rlm.cached_lm_calls`` and ``rlm.saved_cost_usd``.
-* **Events.** A :class:`~rlm_events.builtins.CodeGuard` refusal is a ``guard_refusal`` event on ``execute_code``;
-  a budget stop a ``budget_stop`` event on the iteration it ended. A middleware that changed the code, the result
-  or stopped the loop is named (``rlm.code.changed_by``, ``rlm.result.changed_by``, ``rlm.stop.by``; and a
-  ``middleware_changed`` event): ``install()`` places observers between the middleware of those stages
-  (:mod:`rlm_events.taps._changes`), so the names are exact for middleware registered before the tap and grouped
+  not in the token counts. On the root, `rlm.lm_calls`; `rlm.cost_usd` only while the cost is known (else
+  `rlm.cost_known=false` and `rlm.unpriced_lm_calls` / `rlm.unmetered_lm_calls`, never `0`); with cached
+  calls, `rlm.cached_lm_calls` and `rlm.saved_cost_usd`.
+* **Events.** A [`CodeGuard`][rlm_events.builtins.CodeGuard] refusal is a `guard_refusal` event on `execute_code`;
+  a budget stop a `budget_stop` event on the iteration it ended. A middleware that changed the code, the result
+  or stopped the loop is named (`rlm.code.changed_by`, `rlm.result.changed_by`, `rlm.stop.by`; and a
+  `middleware_changed` event): `install()` places observers between the middleware of those stages
+  (`rlm_events.taps._changes`), so the names are exact for middleware registered before the tap and grouped
   for those registered after it.
 * **Content.** Inputs and outputs (code, outputs, tool arguments and results, the answer) are recorded, as
-  autolog records them, each string cut to ``max_chars``; ``capture_content=False`` keeps only their sizes.
+  autolog records them, each string cut to `max_chars`; `capture_content=False` keeps only their sizes.
 * The tap never breaks the call: a failure inside it is logged and the call goes on.
 
-Which MLflow: the tap needs MLflow's tracing SDK only, ``mlflow-tracing`` (the ``mlflow`` extra, about 40 MB), which
-logs to any MLflow tracking server or Databricks; the full ``mlflow`` package (about 590 MB, it depends on the SDK)
-adds local stores (``sqlite:///mlruns.db``) and ``mlflow ui``. Both provide ``import mlflow``.
+Which MLflow: the tap needs MLflow's tracing SDK only, `mlflow-tracing` (the `mlflow` extra, about 40 MB), which
+logs to any MLflow tracking server or Databricks; the full `mlflow` package (about 590 MB, it depends on the SDK)
+adds local stores (`sqlite:///mlruns.db`) and `mlflow ui`. Both provide `import mlflow`.
 """
 
 from __future__ import annotations
@@ -92,17 +98,17 @@ class MlflowTap(SpanTap[_Notes]):
 
     Args:
         capture_content: record inputs and outputs (code, outputs, tool arguments and results, the answer);
-            ``False`` records their sizes only.
+            `False` records their sizes only.
         max_chars: each recorded string is cut to this many characters.
-        span_names: other names for the spans this tap names (``{"execute_code": "rlm/execute_code"}``: the names
-            of ``rlm_events.hooks``' compatibility mode); the rest keep theirs.
+        span_names: other names for the spans this tap names (`{"execute_code": "rlm/execute_code"}`: the names
+            of `rlm_events.hooks`' compatibility mode); the rest keep theirs.
 
-    Traces go where MLflow sends them (``mlflow.set_tracking_uri``, ``mlflow.set_experiment``). Install with
-    ``tap.install(events)``: besides the tap on the loop stages it adds ``tool_call`` and ``extract`` middleware
+    Traces go where MLflow sends them (`mlflow.set_tracking_uri`, `mlflow.set_experiment`). Install with
+    `tap.install(events)`: besides the tap on the loop stages it adds `tool_call` and `extract` middleware
     (outermost, so the tool and extract spans are current while they run) and the observers that name the
     middleware that changed code, results or stopped the loop.
 
-    Raises ``ImportError`` naming the ``mlflow`` extra when MLflow is not installed.
+    Raises `ImportError` naming the `mlflow` extra when MLflow is not installed.
     """
 
     def __init__(
@@ -122,8 +128,8 @@ class MlflowTap(SpanTap[_Notes]):
     # -- registration ---------------------------------------------------------------------------------------
 
     def install(self, events: Instrumentation) -> MlflowTap:
-        """Register on ``events``: the tool and extract middleware outermost, observers between the middleware of
-        ``pre_execution``, ``post_execution`` and ``post_iteration`` (every other registration kept, in order),
+        """Register on `events`: the tool and extract middleware outermost, observers between the middleware of
+        `pre_execution`, `post_execution` and `post_iteration` (every other registration kept, in order),
         then the tap. One plan change: a call starting meanwhile sees all of it or none."""
         self.check(events)
         old, new = self._witnesses.layout(
@@ -159,7 +165,7 @@ class MlflowTap(SpanTap[_Notes]):
     # -- the tap --------------------------------------------------------------------------------------------
 
     def __call__(self, ctx: context.StageContext) -> None:
-        """Open, annotate or close the spans ``ctx`` concerns (the tap entry point); never raises."""
+        """Open, annotate or close the spans `ctx` concerns (the tap entry point); never raises."""
         try:
             super().__call__(ctx)
         except Exception:
@@ -205,7 +211,7 @@ class MlflowTap(SpanTap[_Notes]):
     def _name_changes(
         self, tree: SpanTree[_Notes], span: Any, changes: StageChanges | None, fields: tuple[str, ...]
     ) -> None:
-        """Add to ``rlm.<field>.changed_by`` on ``span`` and one ``middleware_changed`` event per middleware."""
+        """Add to `rlm.<field>.changed_by` on `span` and one `middleware_changed` event per middleware."""
         if changes is None or not changes.by:
             return
         for field in fields:
@@ -266,7 +272,7 @@ class MlflowTap(SpanTap[_Notes]):
             tree.notes.stopped_by = ["(a middleware)"]
 
     def _extract(self, tree: SpanTree[_Notes], ctx: context.ExtractContext) -> None:
-        """Without its extract middleware (the tap registered by ``events.tap(tap)``): a span after the fact."""
+        """Without its extract middleware (the tap registered by `events.tap(tap)`): a span after the fact."""
         if tree.notes.extracting:
             return
         self._forest.close_iteration(tree)

@@ -1,46 +1,52 @@
-"""OpenTelemetry spans for instrumented ``dspy.RLM`` calls (optional extra ``otel``).
+"""OpenTelemetry spans for instrumented `dspy.RLM` calls (optional extra `otel`).
 
+```pycon
 >>> OpenTelemetryTap(tracer_provider).install(events)  # doctest: +SKIP
 
-Span tree of one call: the tree :class:`~rlm_events.taps.MlflowTap` records, with names and attributes after the
-OpenTelemetry GenAI semantic conventions where they apply (``rlm.*`` attributes are ours)::
+```
 
-    invoke_agent RLM(text -> answer)     gen_ai.operation.name=invoke_agent, gen_ai.agent.name, gen_ai.request.model,
-    │                                    gen_ai.provider.name (+ deprecated gen_ai.system), gen_ai.usage.input_tokens,
-    │                                    gen_ai.usage.output_tokens, rlm.run.id, rlm.max_iters, rlm.iterations,
-    │                                    rlm.forced_extract, rlm.stop_reason, rlm.lm_calls, rlm.cost_usd (or
-    │                                    rlm.cost_known=false), rlm.cached_lm_calls, rlm.saved_cost_usd, error.type
-    ├── iteration 1                      rlm.iteration (0-based), rlm.submitted, rlm.stop, gen_ai.usage.*
-    │   ├── generate_action              the LM writes the code: gen_ai.request.model, gen_ai.usage.*
-    │   └── execute_code                 rlm.code.length, rlm.code.lines, rlm.skipped, rlm.error (the code's result
-    │       │                            is an error), rlm.output.length, gen_ai.usage.* (its sub-LM calls)
-    │       └── execute_tool llm_query   gen_ai.operation.name=execute_tool, gen_ai.tool.name, gen_ai.tool.type,
-    │                                    rlm.iteration, error.type
-    └── extract                          the extract fallback, gen_ai.usage.*
+Span tree of one call: the tree [`MlflowTap`][rlm_events.taps.MlflowTap] records, with names and attributes after the
+OpenTelemetry GenAI semantic conventions where they apply (`rlm.*` attributes are ours):
 
-``rlm.stop_reason`` is ``submit``, ``max_iters``, ``budget``, ``middleware`` or ``error`` (as on the MLflow root).
+```text
+invoke_agent RLM(text -> answer)     gen_ai.operation.name=invoke_agent, gen_ai.agent.name, gen_ai.request.model,
+│                                    gen_ai.provider.name (+ deprecated gen_ai.system), gen_ai.usage.input_tokens,
+│                                    gen_ai.usage.output_tokens, rlm.run.id, rlm.max_iters, rlm.iterations,
+│                                    rlm.forced_extract, rlm.stop_reason, rlm.lm_calls, rlm.cost_usd (or
+│                                    rlm.cost_known=false), rlm.cached_lm_calls, rlm.saved_cost_usd, error.type
+├── iteration 1                      rlm.iteration (0-based), rlm.submitted, rlm.stop, gen_ai.usage.*
+│   ├── generate_action              the LM writes the code: gen_ai.request.model, gen_ai.usage.*
+│   └── execute_code                 rlm.code.length, rlm.code.lines, rlm.skipped, rlm.error (the code's result
+│       │                            is an error), rlm.output.length, gen_ai.usage.* (its sub-LM calls)
+│       └── execute_tool llm_query   gen_ai.operation.name=execute_tool, gen_ai.tool.name, gen_ai.tool.type,
+│                                    rlm.iteration, error.type
+└── extract                          the extract fallback, gen_ai.usage.*
+```
+
+`rlm.stop_reason` is `submit`, `max_iters`, `budget`, `middleware` or `error` (as on the MLflow root).
 
 Guarantees:
 
 * The call span's parent is the span current where the RLM was called, so it nests in your traces. Per-call
   state is kept by run id, never in shared globals: concurrent calls (threads or asyncio tasks) get separate,
-  correctly parented trees, and tool calls arriving on interpreter threads find their ``execute_code`` span.
+  correctly parented trees, and tool calls arriving on interpreter threads find their `execute_code` span.
 * Spans are current (OpenTelemetry's context) while what they stand for runs: the call span for the whole call,
-  an iteration from ``pre_iteration`` to ``post_iteration``, ``generate_action`` while the LM writes the code,
-  ``execute_code`` while it runs, a tool span while its tool runs, ``extract`` while the extractor runs. So spans
+  an iteration from `pre_iteration` to `post_iteration`, `generate_action` while the LM writes the code,
+  `execute_code` while it runs, a tool span while its tool runs, `extract` while the extractor runs. So spans
   other instrumentation creates meanwhile (an instrumented LM client) nest where they happened.
-* Every span ends, failed calls included: on ``run_end`` a failed call's span gets status ERROR, ``error.type``
+* Every span ends, failed calls included: on `run_end` a failed call's span gets status ERROR, `error.type`
   and the recorded exception; spans left open by the failure end with status ERROR too. A tool call that raises
   gets the same on its span.
-* LM usage comes from the run's one meter (:mod:`rlm_events.lm_usage`), which attributes each LM call to the run
+* LM usage comes from the run's one meter ([`rlm_events.lm_usage`][rlm_events.lm_usage]), which attributes each LM call
+  to the run
   that made it, concurrent runs on one LM instance included: an iteration span counts the LM calls made during it
   (its action call and its code's sub-LLM calls), the call's span all of them. Calls DSPy's cache answered are
-  not in the token counts. ``rlm.cost_usd`` is set only while the cost is known; an unknown cost (a call no price
-  map prices, or whose usage could not be seen) sets ``rlm.cost_known=false`` and ``rlm.unpriced_lm_calls`` /
-  ``rlm.unmetered_lm_calls`` instead, never ``0``; cached calls add ``rlm.cached_lm_calls`` and
-  ``rlm.saved_cost_usd``.
-* Code and outputs are content: set ``capture_content=True`` to add ``rlm.code``, ``rlm.output`` and the tool
-  arguments and results (``gen_ai.tool.call.arguments`` / ``gen_ai.tool.call.result``), cut to ``max_chars``.
+  not in the token counts. `rlm.cost_usd` is set only while the cost is known; an unknown cost (a call no price
+  map prices, or whose usage could not be seen) sets `rlm.cost_known=false` and `rlm.unpriced_lm_calls` /
+  `rlm.unmetered_lm_calls` instead, never `0`; cached calls add `rlm.cached_lm_calls` and
+  `rlm.saved_cost_usd`.
+* Code and outputs are content: set `capture_content=True` to add `rlm.code`, `rlm.output` and the tool
+  arguments and results (`gen_ai.tool.call.arguments` / `gen_ai.tool.call.result`), cut to `max_chars`.
 * A failure inside the tap is logged and never reaches the call.
 """
 
@@ -81,12 +87,12 @@ class OpenTelemetryTap(SpanTap[_Notes]):
     """Emits OpenTelemetry spans for every call of the instrumented RLMs (see the module docstring).
 
     Args:
-        tracer_provider: where spans go; the global provider (``opentelemetry.trace.get_tracer_provider()``) if
-            ``None``.
+        tracer_provider: where spans go; the global provider (`opentelemetry.trace.get_tracer_provider()`) if
+            `None`.
         capture_content: also record code, outputs and tool arguments/results (opt-in: they may hold user data).
         max_chars: content attributes are cut to this many characters.
 
-    Raises ``ImportError`` naming the ``otel`` extra when OpenTelemetry is not installed.
+    Raises `ImportError` naming the `otel` extra when OpenTelemetry is not installed.
     """
 
     def __init__(

@@ -1,14 +1,18 @@
-"""A progress display for interactive runs of instrumented ``dspy.RLM`` calls.
+"""A progress display for interactive runs of instrumented `dspy.RLM` calls.
 
+```pycon
 >>> events.tap(ProgressTap())  # or ProgressTap().install(events)  # doctest: +SKIP
 
-On a terminal, with the optional ``rich`` extra installed (``pip install 'rlm-events[rich]'``), it shows a live
+```
+
+On a terminal, with the optional `rich` extra installed (`pip install 'rlm-events[rich]'`), it shows a live
 table with one row per running call: iteration n/max, the stage that fired last, elapsed time and tokens. Anywhere
 else (a pipe, a log file, CI, tests) it degrades to plain text: one line per finished iteration and one per
 finished call, so logs stay readable. Like every tap it only observes; a display failure never reaches the run.
 
-Cost, from the run's meter (:mod:`rlm_events.lm_usage`): ``$0.0123`` when known and not zero; ``cost unknown``
-(never ``$0``) once a call could not be priced or metered; ``N cached, saved $0.0040`` once DSPy's cache answered
+Cost, from the run's meter ([`rlm_events.lm_usage`][rlm_events.lm_usage]): `$0.0123` when known and not zero;
+`cost unknown`
+(never `$0`) once a call could not be priced or metered; `N cached, saved $0.0040` once DSPy's cache answered
 calls (they cost nothing and are not in the tokens).
 """
 
@@ -83,7 +87,7 @@ class _CallProgress:
         return f" | {text} total so far" if so_far else f" | {text}"
 
     def cost_text(self) -> str:
-        """``$0.0123``; ``cost unknown`` when it is; empty when it is zero (a free or scripted LM)."""
+        """`$0.0123`; `cost unknown` when it is; empty when it is zero (a free or scripted LM)."""
         if self.cost_usd is None:
             return "cost unknown"
         return f"${self.cost_usd:.4f}" if self.cost_usd else ""
@@ -93,10 +97,10 @@ class ProgressTap(InstallableTap):
     """A tap showing each running call's iteration n/max, current stage, elapsed time, tokens and cost.
 
     Args:
-        out: where to write (default: ``sys.stdout`` at the time of each write).
-        live: ``True`` for the live ``rich`` view (``ImportError`` naming the extra if ``rich`` is missing),
-            ``False`` for plain lines, ``None`` (default) for the live view when ``out`` is a terminal and
-            ``rich`` is installed, plain lines otherwise.
+        out: where to write (default: `sys.stdout` at the time of each write).
+        live: `True` for the live `rich` view (`ImportError` naming the extra if `rich` is missing),
+            `False` for plain lines, `None` (default) for the live view when `out` is a terminal and
+            `rich` is installed, plain lines otherwise.
     """
 
     def __init__(self, out: TextIO | None = None, *, live: bool | None = None) -> None:
@@ -117,7 +121,7 @@ class ProgressTap(InstallableTap):
 
     @property
     def live(self) -> bool:
-        """Whether this tap draws the live ``rich`` view (rather than plain lines)."""
+        """Whether this tap draws the live `rich` view (rather than plain lines)."""
         if self._live_wanted is not None:
             return self._live_wanted
         isatty = getattr(self.out, "isatty", None)
@@ -163,7 +167,7 @@ class ProgressTap(InstallableTap):
 
     @staticmethod
     def _line(ctx: StageContext, call: _CallProgress, live: bool) -> str | None:
-        """The line that ``ctx`` ends: a finished iteration (plain mode only) or a finished call; else ``None``."""
+        """The line that `ctx` ends: a finished iteration (plain mode only) or a finished call; else `None`."""
         tag = f"[{ctx.run.id[:8]}]"
         if isinstance(ctx, PostIterationContext) and not live:  # the live view shows iterations itself
             outcome = "submitted" if ctx.prediction is not None else "error" if call.error_in_iteration else "ok"

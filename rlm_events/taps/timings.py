@@ -1,5 +1,6 @@
-"""How long each stage of instrumented ``dspy.RLM`` calls takes: count, total, p50 and p95, per call or overall.
+"""How long each stage of instrumented `dspy.RLM` calls takes: count, total, p50 and p95, per call or overall.
 
+```pycon
 >>> timings = StageTimings().install(events)  # doctest: +SKIP
 >>> print(timings.table())  # doctest: +SKIP
 stage            count   total ms    p50 ms    p95 ms    max ms
@@ -7,26 +8,28 @@ run_start            1       69.5      69.5      69.5      69.5
 pre_iteration        3      301.5      99.8     102.3     102.5
 ...
 
+```
+
 What a stage's duration is, exactly
 -----------------------------------
 An *event* is the moment a stage's taps run, i.e. after its middleware chain and signal receivers finished.
 
-* The loop stages ``run_start``, ``pre_iteration``, ``pre_execution``, ``post_execution``, ``post_iteration`` and
-  ``extract``: the time from the stage's event to the next loop-stage event of the same call (``tool_call``
-  events are not counted as "next"). So ``pre_iteration`` measures the LM writing the code, ``pre_execution``
-  the code running (tool calls included), ``post_execution`` DSPy folding the result into the history,
-  ``run_start`` the interpreter setup before the first iteration, and whichever stage comes last before
-  ``run_end`` the rest of the call (interpreter shutdown). Each also includes the middleware of the stage that
+* The loop stages `run_start`, `pre_iteration`, `pre_execution`, `post_execution`, `post_iteration` and
+  `extract`: the time from the stage's event to the next loop-stage event of the same call (`tool_call`
+  events are not counted as "next"). So `pre_iteration` measures the LM writing the code, `pre_execution`
+  the code running (tool calls included), `post_execution` DSPy folding the result into the history,
+  `run_start` the interpreter setup before the first iteration, and whichever stage comes last before
+  `run_end` the rest of the call (interpreter shutdown). Each also includes the middleware of the stage that
   follows it.
-* ``run_end``: the whole call, ``RunEndContext.duration_s`` (from the call's start to its end, failed calls
+* `run_end`: the whole call, `RunEndContext.duration_s` (from the call's start to its end, failed calls
   included).
-* ``tool_call``: the tool call itself, measured by a ``tool_call`` middleware around the rest of the chain (the
-  middleware installed after this one and the real call). Tool calls happen inside ``pre_execution``'s time.
+* `tool_call`: the tool call itself, measured by a `tool_call` middleware around the rest of the chain (the
+  middleware installed after this one and the real call). Tool calls happen inside `pre_execution`'s time.
 
-So for one call, the loop stages' durations add up exactly to the time from ``run_start``'s event to
-``run_end``'s event (about ``run_end``'s duration: that starts a little earlier, at the call's start, and ends a
-little earlier, before ``run_end``'s middleware), and the count of each stage is the number of its events
-(``tool_call``: of its calls that returned or raised).
+So for one call, the loop stages' durations add up exactly to the time from `run_start`'s event to
+`run_end`'s event (about `run_end`'s duration: that starts a little earlier, at the call's start, and ends a
+little earlier, before `run_end`'s middleware), and the count of each stage is the number of its events
+(`tool_call`: of its calls that returned or raised).
 Percentiles interpolate linearly between the closest ranks (as numpy's default does).
 """
 
@@ -56,7 +59,7 @@ class StageStats:
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
-    """The ``q``-th percentile (0-100) of non-empty, ascending ``sorted_values``, interpolating linearly."""
+    """The `q`-th percentile (0-100) of non-empty, ascending `sorted_values`, interpolating linearly."""
     if not sorted_values:
         raise ValueError("percentile of no values")
     rank = (len(sorted_values) - 1) * q / 100
@@ -79,7 +82,7 @@ class StageTimings(ToolAwareTap):
     """Collects stage durations (defined in the module docstring) of every call it observes. Thread-safe.
 
     Args:
-        max_runs: keep the samples of this many most recent calls (``None``: all); overall statistics cover them.
+        max_runs: keep the samples of this many most recent calls (`None`: all); overall statistics cover them.
     """
 
     def __init__(self, *, max_runs: int | None = 1000) -> None:
@@ -96,7 +99,7 @@ class StageTimings(ToolAwareTap):
     # -- collecting -----------------------------------------------------------------------------------------
 
     def __call__(self, ctx: StageContext) -> None:
-        """Record the event ``ctx`` (the tap entry point)."""
+        """Record the event `ctx` (the tap entry point)."""
         now = time.perf_counter()
         run_id = ctx.run.id
         with self._lock:
@@ -149,7 +152,7 @@ class StageTimings(ToolAwareTap):
         return {stage: _stats(merged[stage]) for stage in Stage if merged.get(stage)}
 
     def for_run(self, run_id: str) -> StageTimings:
-        """A detached copy holding only the samples of call ``run_id``; ``KeyError`` if it has none."""
+        """A detached copy holding only the samples of call `run_id`; `KeyError` if it has none."""
         with self._lock:
             samples = self._samples.get(run_id)
             if samples is None:
@@ -159,7 +162,7 @@ class StageTimings(ToolAwareTap):
         return copy
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"runs": n, "stages": {stage: {count, total_s, p50_s, p95_s, max_s}}}`` (JSON-ready)."""
+        """`{"runs": n, "stages": {stage: {count, total_s, p50_s, p95_s, max_s}}}` (JSON-ready)."""
         stats = self.stats()
         with self._lock:
             runs = len(self._samples)

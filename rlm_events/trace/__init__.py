@@ -1,17 +1,21 @@
-"""The JSONL trace format of instrumented ``dspy.RLM`` calls: its schema, the tap writing it, its reader, its viewer.
+"""The JSONL trace format of instrumented `dspy.RLM` calls: its schema, the tap writing it, its reader, its viewer.
 
-* :mod:`~rlm_events.trace.schema`: the records, one pydantic model per stage, and :data:`SCHEMA_VERSION`;
-* :mod:`~rlm_events.trace.writer`: :class:`JsonlTrace`, the tap writing one record per stage event;
-* :mod:`~rlm_events.trace.reader`: :func:`read_trace`, the file back as validated records grouped by run;
-* :mod:`~rlm_events.trace.viewer`: :func:`write_html` / :func:`render_html`, one self-contained HTML page
-  (``python -m rlm_events view``), built from ``assets/viewer.html``, ``viewer.css`` and ``viewer.js``.
+* `schema`: the records, one pydantic model per stage, and [`SCHEMA_VERSION`][rlm_events.trace.schema.SCHEMA_VERSION];
+* `writer`: [`JsonlTrace`][rlm_events.trace.writer.JsonlTrace], the tap writing one record per stage event;
+* `reader`: [`read_trace()`][rlm_events.trace.reader.read_trace], the file back as validated records grouped by run;
+* `viewer`: [`write_html()`][rlm_events.trace.viewer.write_html] /
+  [`render_html()`][rlm_events.trace.viewer.render_html], one self-contained HTML page
+  (`python -m rlm_events view`), built from `assets/viewer.html`, `viewer.css` and `viewer.js`.
 
+```pycon
 >>> from rlm_events.trace import JsonlTrace, read_trace, write_html
 >>> with JsonlTrace("rlm-trace.jsonl") as trace:  # doctest: +SKIP
 ...     events.tap(trace)
 ...     rlm(question="...")
 >>> read_trace("rlm-trace.jsonl").runs  # doctest: +SKIP
 >>> write_html("rlm-trace.jsonl")  # rlm-trace.html  # doctest: +SKIP
+
+```
 """
 
 from .reader import Trace, parse_lines, read_trace

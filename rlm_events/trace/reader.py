@@ -1,11 +1,15 @@
-"""Read a JSONL trace (written by :class:`~rlm_events.trace.writer.JsonlTrace`) back as validated records.
+"""Read a JSONL trace (written by [`JsonlTrace`][rlm_events.trace.writer.JsonlTrace]) back as validated records.
 
+```pycon
 >>> trace = read_trace("rlm-trace.jsonl")  # doctest: +SKIP
 >>> for run_id, records in trace.runs.items():  # doctest: +SKIP
 ...     print(run_id, [record.stage for record in records])
 
-Reading never fails on the file's content: a line that is not a record of :mod:`rlm_events.trace.schema` (blank,
-cut short by a crash mid-write, foreign) is left out and counted in :attr:`Trace.skipped_lines`.
+```
+
+Reading never fails on the file's content: a line that is not a record of `rlm_events.trace.schema` (blank,
+cut short by a crash mid-write, foreign) is left out and counted in
+[`Trace.skipped_lines`][rlm_events.trace.reader.Trace.skipped_lines].
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ class Trace:
     """The runs of one trace file, in order of their first record, and how many lines could not be read."""
 
     runs: dict[str, list[TraceRecord]] = field(default_factory=dict)
-    """Each run's records in file order (the order they were written), by ``run_id``."""
+    """Each run's records in file order (the order they were written), by `run_id`."""
     skipped_lines: int = 0
     """Non-blank lines left out: not JSON (a line cut short), or not a trace record."""
 
@@ -35,7 +39,8 @@ class Trace:
 
 
 def parse_lines(lines: Iterable[str]) -> Trace:
-    """The :class:`Trace` of JSONL ``lines`` (see :func:`read_trace`)."""
+    """The [`Trace`][rlm_events.trace.reader.Trace] of JSONL `lines` (see
+    [`read_trace()`][rlm_events.trace.reader.read_trace])."""
     trace = Trace()
     for line in lines:
         if not line.strip():
@@ -50,9 +55,9 @@ def parse_lines(lines: Iterable[str]) -> Trace:
 
 
 def read_trace(source: str | os.PathLike[str] | IO[str]) -> Trace:
-    """Read the trace at ``source``: a path (read as UTF-8, undecodable bytes replaced) or an open text file.
+    """Read the trace at `source`: a path (read as UTF-8, undecodable bytes replaced) or an open text file.
 
-    Lines that are not trace records are counted in ``skipped_lines`` and left out; they never make reading fail.
+    Lines that are not trace records are counted in `skipped_lines` and left out; they never make reading fail.
     """
     if isinstance(source, (str, os.PathLike)):
         with open(source, encoding="utf-8", errors="replace") as lines:

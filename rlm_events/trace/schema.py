@@ -1,19 +1,24 @@
-"""The JSONL trace format: one JSON object per line, one line per stage event of an instrumented ``dspy.RLM`` call.
+"""The JSONL trace format: one JSON object per line, one line per stage event of an instrumented `dspy.RLM` call.
 
-This module is the format's single source of truth: :class:`~rlm_events.trace.writer.JsonlTrace` writes these
-records, :func:`~rlm_events.trace.reader.read_trace` validates them, the viewer shows them, and
-:func:`json_schema` gives them to other tools as JSON Schema.
+This module is the format's single source of truth: [`JsonlTrace`][rlm_events.trace.writer.JsonlTrace] writes these
+records, [`read_trace()`][rlm_events.trace.reader.read_trace] validates them, the viewer shows them, and
+[`json_schema()`][rlm_events.trace.schema.json_schema] gives them to other tools as JSON Schema.
 
-Every line holds the fields of :class:`RecordBase` and those of its stage's record (:data:`RECORD_TYPES`), told
-apart by ``stage``. ``iteration`` is ``null`` on the run-level stages (``run_start``, ``extract``, ``run_end``).
-Previews are strings cut to the writer's ``preview_chars`` (code to ``code_chars``) with a ``… [+N chars]`` marker.
-A field added later does not change the version; a field that changes meaning does (:data:`SCHEMA_VERSION`).
-Readers keep fields they do not know (``model_extra``), so a newer writer's traces stay readable.
+Every line holds the fields of [`RecordBase`][rlm_events.trace.schema.RecordBase] and those of its stage's record
+([`RECORD_TYPES`][rlm_events.trace.schema.RECORD_TYPES]), told
+apart by `stage`. `iteration` is `null` on the run-level stages (`run_start`, `extract`, `run_end`).
+Previews are strings cut to the writer's `preview_chars` (code to `code_chars`) with a `… [+N chars]` marker.
+A field added later does not change the version; a field that changes meaning does
+([`SCHEMA_VERSION`][rlm_events.trace.schema.SCHEMA_VERSION]).
+Readers keep fields they do not know (`model_extra`), so a newer writer's traces stay readable.
 
+```pycon
 >>> record = parse_record({"run_id": "r1", "stage": "pre_iteration", "iteration": 0, "t_mono": 1.5,
 ...                        "t_wall": "2025-01-01T00:00:00.000000+00:00", "dt_prev_s": 0.25, "history_len": 0})
 >>> type(record).__name__, record.history_len
 ('PreIterationRecord', 0)
+
+```
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from ..stages import Stage
 
 SCHEMA_VERSION = "rlm-events-trace/1"
-"""Written as ``schema`` on every ``run_start`` line; the number changes when a field changes meaning."""
+"""Written as `schema` on every `run_start` line; the number changes when a field changes meaning."""
 
 _CONFIG = ConfigDict(extra="allow", frozen=True)
 
@@ -38,13 +43,14 @@ HistoryLength = Annotated[
 
 
 class LMUsage(BaseModel):
-    """LM use of the call so far, counted from its start by the run's one meter (:mod:`rlm_events.lm_usage`): every
+    """LM use of the call so far, counted from its start by the run's one meter
+    ([`rlm_events.lm_usage`][rlm_events.lm_usage]): every
     LM call attributed to the call that made it, concurrent calls sharing an LM instance included.
 
-    ``cost_usd`` is ``null`` while the cost is *unknown* (a paid call its client could not price, or whose usage
-    could not be seen: ``unpriced_lm_calls`` / ``unmetered_lm_calls`` say how many), never ``0.0``. Calls DSPy's
-    cache answered are counted in ``cached_lm_calls``, not in the tokens and cost (no request was made); what they
-    cost when first paid for is ``saved_cost_usd``. Those four fields are present only when non-zero.
+    `cost_usd` is `null` while the cost is *unknown* (a paid call its client could not price, or whose usage
+    could not be seen: `unpriced_lm_calls` / `unmetered_lm_calls` say how many), never `0.0`. Calls DSPy's
+    cache answered are counted in `cached_lm_calls`, not in the tokens and cost (no request was made); what they
+    cost when first paid for is `saved_cost_usd`. Those four fields are present only when non-zero.
     """
 
     model_config = _CONFIG
@@ -67,7 +73,7 @@ class LMUsage(BaseModel):
 
 
 class ToolInfo(BaseModel):
-    """The tool a ``tool_call`` record is about."""
+    """The tool a `tool_call` record is about."""
 
     model_config = _CONFIG
 
@@ -201,7 +207,7 @@ TraceRecord = Annotated[
     ],
     Field(discriminator="stage"),
 ]
-"""One line of a trace: the record type of its ``stage``."""
+"""One line of a trace: the record type of its `stage`."""
 
 RECORD_TYPES: dict[Stage, type[RecordBase]] = {
     Stage.RUN_START: RunStartRecord,
@@ -219,20 +225,20 @@ _ADAPTER: TypeAdapter[TraceRecord] = TypeAdapter(TraceRecord)
 
 
 def parse_record(data: Any, *, strict: bool = False) -> TraceRecord:
-    """``data`` (one decoded JSON line) as the record of its stage. Raises :class:`pydantic.ValidationError`.
+    """`data` (one decoded JSON line) as the record of its stage. Raises `pydantic.ValidationError`.
 
-    ``strict=True`` refuses conversions (``"1"`` for an int); JSON numbers are still fine for floats.
+    `strict=True` refuses conversions (`"1"` for an int); JSON numbers are still fine for floats.
     """
     return _ADAPTER.validate_python(data, strict=strict)
 
 
 def record_data(record: RecordBase) -> dict[str, Any]:
-    """``record`` as the JSON object it was read from: absent fields stay absent, unknown ones are kept."""
+    """`record` as the JSON object it was read from: absent fields stay absent, unknown ones are kept."""
     return record.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
 def json_schema() -> dict[str, Any]:
-    """The JSON Schema of one trace line (what :func:`parse_record` accepts)."""
+    """The JSON Schema of one trace line (what [`parse_record()`][rlm_events.trace.schema.parse_record] accepts)."""
     return _ADAPTER.json_schema(by_alias=True)
 
 

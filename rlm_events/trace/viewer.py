@@ -1,17 +1,18 @@
-"""Render a JSONL trace (:mod:`rlm_events.trace.schema`) as one self-contained HTML page.
+"""Render a JSONL trace (`rlm_events.trace.schema`) as one self-contained HTML page.
 
-``python -m rlm_events view rlm-trace.jsonl -o trace.html`` (or :func:`write_html`). The page is built from
-``assets/viewer.html``, ``viewer.css`` and ``viewer.js`` (package data, read with :mod:`importlib.resources`) and
+`python -m rlm_events view rlm-trace.jsonl -o trace.html` (or [`write_html()`][rlm_events.trace.viewer.write_html]). The
+page is built from
+`assets/viewer.html`, `viewer.css` and `viewer.js` (package data, read with `importlib.resources`) and
 needs no network: CSS and JavaScript are inline and the trace is embedded as JSON in a
-``<script type="application/json">`` element, with ``<``, ``>``, ``&`` and the JavaScript line separators escaped, so
-nothing in the traced code or outputs (``</script>`` included) can end the element or inject markup; the page sets
-all trace text as ``textContent``.
+`<script type="application/json">` element, with `<`, `>`, `&` and the JavaScript line separators escaped, so
+nothing in the traced code or outputs (`</script>` included) can end the element or inject markup; the page sets
+all trace text as `textContent`.
 
 The page shows, per run: a header (id, module, duration, iterations, LM use, outcome), a timeline with one row per
 iteration (plus the call's start and end) and one bar per stage event, positioned by time, and, on click of a row
 or bar, that iteration's reasoning, code, tool calls and output. A trace holding several runs gets a run selector.
-A stage's bar runs from its event to the call's next event, as :class:`~rlm_events.taps.timings.StageTimings`
-measures stages (``pre_iteration``: the LM writing the code; ``pre_execution``: the code running); a tool call's
+A stage's bar runs from its event to the call's next event, as [`StageTimings`][rlm_events.taps.timings.StageTimings]
+measures stages (`pre_iteration`: the LM writing the code; `pre_execution`: the code running); a tool call's
 bar ends when the call returned and starts at the event before it.
 """
 
@@ -36,12 +37,12 @@ _PLACEHOLDER = re.compile(r"__(TITLE|STYLE|SCRIPT|DATA)__")
 
 @cache
 def _asset(name: str) -> str:
-    """The text of ``assets/<name>`` (``viewer.html``, ``viewer.css``, ``viewer.js``), read once."""
+    """The text of `assets/<name>` (`viewer.html`, `viewer.css`, `viewer.js`), read once."""
     return (files(_PACKAGE) / "assets" / name).read_text(encoding="utf-8")
 
 
 def _script_json(value: Any) -> str:
-    """JSON that is inert inside ``<script>``: no ``</script>``, ``<!--`` or line separators can appear."""
+    """JSON that is inert inside `<script>`: no `</script>`, `<!--` or line separators can appear."""
     text = json.dumps(value, ensure_ascii=False, allow_nan=False, default=str)
     for raw, escaped in (
         ("&", "\\u0026"),
@@ -55,7 +56,7 @@ def _script_json(value: Any) -> str:
 
 
 def render_html(trace: Trace, *, title: str = "rlm-events trace", source: str = "") -> str:
-    """The self-contained HTML page for ``trace``. Raises ``ValueError`` when it holds no run."""
+    """The self-contained HTML page for `trace`. Raises `ValueError` when it holds no run."""
     if not trace.runs:
         raise ValueError("the trace holds no rlm-events events (is it a JSONL file written by JsonlTrace?)")
     data = {
@@ -79,7 +80,7 @@ def render_html(trace: Trace, *, title: str = "rlm-events trace", source: str = 
 
 
 def write_html(trace_path: str | os.PathLike[str], out_path: str | os.PathLike[str] | None = None) -> Path:
-    """Render the trace at ``trace_path`` to ``out_path`` (default: the same name with ``.html``); return it."""
+    """Render the trace at `trace_path` to `out_path` (default: the same name with `.html`); return it."""
     source = Path(trace_path)
     target = Path(out_path) if out_path is not None else source.with_suffix(".html")
     page = render_html(read_trace(source), title=f"rlm-events trace: {source.name}", source=source.name)

@@ -1,19 +1,24 @@
-"""Record every stage event of instrumented ``dspy.RLM`` calls as JSON Lines, one object per event.
+"""Record every stage event of instrumented `dspy.RLM` calls as JSON Lines, one object per event.
 
+```pycon
 >>> trace = JsonlTrace("rlm-trace.jsonl")  # doctest: +SKIP
 >>> events.tap(trace)  # or trace.install(events)  # doctest: +SKIP
 
+```
+
 Guarantees: each event is serialized, appended as one line and flushed before the tap returns, under one lock, so
 lines of concurrent calls never interleave and a crash loses at most the event being written. A line is a line for
-every reader (``str.splitlines`` included: Unicode line separators are escaped too). Values that are not JSON are
-previewed with ``repr``; nothing a value does (a failing ``repr`` included) makes recording fail.
+every reader (`str.splitlines` included: Unicode line separators are escaped too). Values that are not JSON are
+previewed with `repr`; nothing a value does (a failing `repr` included) makes recording fail.
 
-Each line is one record of :mod:`rlm_events.trace.schema` (the format's fields and their meaning are documented
-there); :func:`~rlm_events.trace.reader.read_trace` reads the file back, ``python -m rlm_events view`` renders it.
-The ``usage`` field is the run's one meter (:mod:`rlm_events.lm_usage`): every LM call attributed to the call that
+Each line is one record of `rlm_events.trace.schema` (the format's fields and their meaning are documented
+there); [`read_trace()`][rlm_events.trace.reader.read_trace] reads the file back, `python -m rlm_events view` renders
+it.
+The `usage` field is the run's one meter ([`rlm_events.lm_usage`][rlm_events.lm_usage]): every LM call attributed to the
+call that
 made it, concurrent calls on one LM instance included; the same counts a Budget, the spans and the progress display
-see. Its ``cost_usd`` is ``null`` while the cost is unknown (never ``0.0`` then); calls DSPy's cache answered appear
-as ``cached_lm_calls`` and ``saved_cost_usd`` (see :class:`~rlm_events.trace.schema.LMUsage`).
+see. Its `cost_usd` is `null` while the cost is unknown (never `0.0` then); calls DSPy's cache answered appear
+as `cached_lm_calls` and `saved_cost_usd` (see [`LMUsage`][rlm_events.trace.schema.LMUsage]).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from .schema import SCHEMA_VERSION
 
 
 def _fields_preview(prediction: Any, limit: int) -> dict[str, str] | None:
-    """The output fields of a ``Prediction`` (its trajectory left out: it repeats the whole history)."""
+    """The output fields of a `Prediction` (its trajectory left out: it repeats the whole history)."""
     if prediction is None:
         return None
     try:
@@ -85,8 +90,9 @@ def _one_line(text: str) -> str:
 
 
 def usage_of(run: context.Run) -> dict[str, Any] | None:
-    """The LM use of ``run`` so far (the schema's ``usage``), from the run's one meter (:mod:`rlm_events.lm_usage`),
-    or ``None`` when the run is not metered."""
+    """The LM use of `run` so far (the schema's `usage`), from the run's one meter
+    ([`rlm_events.lm_usage`][rlm_events.lm_usage]),
+    or `None` when the run is not metered."""
     usage = metered(run)
     return usage.record() if usage is not None else None
 
@@ -102,7 +108,7 @@ class _RunClock:
 
 
 class JsonlTrace(InstallableTap):
-    """A tap writing one JSON object per stage event to ``path_or_file``: a record of :mod:`rlm_events.trace.schema`.
+    """A tap writing one JSON object per stage event to `path_or_file`: a record of `rlm_events.trace.schema`.
 
     Args:
         path_or_file: a path, opened now for appending (UTF-8; the directory must exist), or an open text file,
@@ -110,8 +116,8 @@ class JsonlTrace(InstallableTap):
         preview_chars: the length results, arguments, inputs and predictions are cut to.
         code_chars: the length code is cut to.
 
-    Use as ``events.tap(trace)`` or ``trace.install(events)``; ``close()`` (or ``with JsonlTrace(...)``) closes
-    a file it opened. Events arriving after ``close()`` are dropped.
+    Use as `events.tap(trace)` or `trace.install(events)`; `close()` (or `with JsonlTrace(...)`) closes
+    a file it opened. Events arriving after `close()` are dropped.
     """
 
     def __init__(
@@ -160,7 +166,7 @@ class JsonlTrace(InstallableTap):
     # -- recording ------------------------------------------------------------------------------------------
 
     def __call__(self, ctx: context.StageContext) -> None:
-        """Record ``ctx`` (the tap entry point)."""
+        """Record `ctx` (the tap entry point)."""
         fields = self.fields(ctx)
         with self._lock:
             if self._closed:
@@ -192,7 +198,7 @@ class JsonlTrace(InstallableTap):
         return preview(value, self.preview_chars)
 
     def fields(self, ctx: context.StageContext) -> dict[str, Any]:
-        """The stage-specific fields of ``ctx``'s line (the schema's per-stage part)."""
+        """The stage-specific fields of `ctx`'s line (the schema's per-stage part)."""
         limit = self.preview_chars
         if isinstance(ctx, context.RunStartContext):
             return {

@@ -1,12 +1,13 @@
-"""The data behind :meth:`~rlm_events.guard.GuardPolicy.default` and :meth:`~rlm_events.guard.GuardPolicy.strict`:
+"""The data behind [`default()`][rlm_events.guard.GuardPolicy.default] and
+[`strict()`][rlm_events.guard.GuardPolicy.strict]:
 what generated code may reach.
 
-Everything here is an allowlist except ``DENIED_MEMBERS`` (functions inside allowed modules that run strings as
-code, write files or reach the network), ``FRAME_ATTRIBUTES`` (public names of frame, code, generator and traceback
-internals) and ``DENIED_METHODS`` (method names that write files or start processes/connections on any object).
-What is not listed is refused: a module that is not in ``*_MODULES``, a member of a module that is private,
-module-valued (``logging.os``) or outside the module's ``ONLY_MEMBERS``, a built-in outside ``*_BUILTINS``, a dunder
-attribute outside ``DUNDERS``, a private attribute outside ``PRIVATE`` (except on the code's own objects).
+Everything here is an allowlist except `DENIED_MEMBERS` (functions inside allowed modules that run strings as
+code, write files or reach the network), `FRAME_ATTRIBUTES` (public names of frame, code, generator and traceback
+internals) and `DENIED_METHODS` (method names that write files or start processes/connections on any object).
+What is not listed is refused: a module that is not in `*_MODULES`, a member of a module that is private,
+module-valued (`logging.os`) or outside the module's `ONLY_MEMBERS`, a built-in outside `*_BUILTINS`, a dunder
+attribute outside `DUNDERS`, a private attribute outside `PRIVATE` (except on the code's own objects).
 
 The tables are plain Python (typed, commented entry by entry, importable without a loader), split by what they
 govern: modules, calls and built-ins, attributes.
