@@ -51,6 +51,7 @@ from dspy.utils.callback import BaseCallback
 
 from .context import Run, StageContext
 from .lm_history import lms_of
+from .pricing import response_cost
 from .runtime import assembled_by_litellm, current_run, failed_after_answer, stream_mode
 
 logger = logging.getLogger("rlm_events")
@@ -317,6 +318,8 @@ class UsageMeter(BaseCallback):
                     usage.log_unmetered(model, "a streamed call failed inside DSPy after the provider answered")
                 return
             entry = _entry_for(lm, outputs)
+            if streaming == "usage" and entry is not None and entry.get("cost") is None and assembled_by_litellm(entry):
+                entry = {**entry, "cost": response_cost(entry.get("response"))}  # see pricing.response_cost
             estimated = streaming == "estimated" and entry is not None and assembled_by_litellm(entry)
             reason = usage.add_lm_call(entry, model, estimated=estimated)
             if speculation is not None:  # a call Speculate made ahead: its own ledger counts it too

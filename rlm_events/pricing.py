@@ -121,4 +121,21 @@ def registered_prices() -> dict[str, tuple[float, float]]:
         return dict(_REGISTERED)
 
 
-__all__ = ["register_prices", "registered_prices"]
+def response_cost(response: Any) -> float | None:
+    """What LiteLLM's own cost function (`litellm.completion_cost`) prices `response` at, or `None` where it cannot
+    (a model no map prices, a response without usage).
+
+    The meter uses it for a streamed response LiteLLM assembled (`stream_chunk_builder`) that carries the provider's
+    usage but no `response_cost`: some LiteLLM releases (1.83 seen, with DSPy 3.1) never price assembled streams, so
+    DSPy records `cost=None` for a call the provider billed at a known price.
+    """
+    try:
+        import litellm
+
+        cost = litellm.completion_cost(completion_response=response)
+    except Exception:  # unpriced, or not a response LiteLLM can read: the call stays unpriced
+        return None
+    return float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None
+
+
+__all__ = ["register_prices", "registered_prices", "response_cost"]
