@@ -23,15 +23,7 @@ from dspy.primitives.code_interpreter import FinalOutput
 
 from ._ast import AST_LOCK
 from .runtime import CodeInterpreterError, ExecutionError
-
-
-class _Submitted(BaseException):
-    def __init__(self, output: dict[str, Any]) -> None:
-        self.output = output
-
-
-def _described(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+from .sandbox._worker import Submission, describe, submitted
 
 
 def _crossed(value: Any) -> Any:
@@ -76,7 +68,7 @@ def _host_tool(fn: Callable[..., Any]) -> Callable[..., Any]:
             value = fn(*positional, **keywords)
             json.dumps(value, allow_nan=False)
         except Exception as exc:
-            raise RuntimeError(_described(exc)) from None
+            raise RuntimeError(describe(exc)) from None
         return json.loads(json.dumps(value))
 
     return call
@@ -125,17 +117,7 @@ class InProcessInterpreter:
         self.started = True
 
     def _submit(self, *args: Any, **kwargs: Any) -> None:
-        if self.output_fields is None:
-            if len(args) != 1 or kwargs:
-                raise TypeError("SUBMIT requires one output value")
-            raise _Submitted({"output": args[0]})
-        names = [f["name"] for f in self.output_fields]
-        if args and kwargs:
-            raise TypeError("SUBMIT accepts positional or keyword values, not both")
-        values = dict(zip(names, args, strict=False)) if args else dict(kwargs)
-        if set(values) != set(names) or len(args) > len(names):
-            raise TypeError("SUBMIT fields do not match the configured output fields")
-        raise _Submitted(values)
+        raise submitted(self.output_fields, args, kwargs)
 
     def execute(self, code: str, variables: dict[str, Any] | None = None) -> Any:
         self.start()
@@ -152,12 +134,12 @@ class InProcessInterpreter:
         try:
             exec(body, ns)
             value = eval(tail, ns) if tail is not None else None
-        except _Submitted as done:
-            return FinalOutput(_crossed(done.output))
+        except Submission as done:
+            return FinalOutput(_crossed(done.value))
         except SyntaxError as exc:  # raised by the code itself (compile, eval, ...): reported like a parse error
             raise SyntaxError(str(exc)) from None
         except (Exception, SystemExit) as exc:
-            raise ExecutionError(_described(exc)) from None
+            raise ExecutionError(describe(exc)) from None
         if value is not None:
             return _crossed(value)
         return out.getvalue().rstrip("\n") or None

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from dspy.primitives import code_interpreter as _ci
 
-from ..inprocess import takes_keywords_only
+from .. import inprocess  # the module, not its name: inprocess imports this package's worker
 from ..runtime import CodeInterpreterError, ExecutionError
 from . import _isolation
 from ._process import Resources, Worker, WorkerLost, awaited, run_in_thread
@@ -280,7 +280,7 @@ class SandboxedInterpreter:
         tool = self.tools.get(tool_name)
         if tool is None:
             raise CodeInterpreterError(f"Unknown tool: {tool_name}")
-        if args and takes_keywords_only(tool):
+        if args and inprocess.takes_keywords_only(tool):
             kwargs = dict(inspect.signature(tool).bind(*args, **kwargs).arguments)
             args = []
         result = tool(*args, **kwargs)

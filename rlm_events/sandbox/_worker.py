@@ -24,7 +24,6 @@ import json
 import keyword
 import os
 import queue
-import resource
 import sys
 import tempfile
 import threading
@@ -36,6 +35,8 @@ MAX_CAPTURED_BYTES = 4 * 1024 * 1024
 
 def apply_limits(limits: dict[str, Any]) -> None:
     """Soft and hard limits at once, so executed code cannot raise them back."""
+    import resource  # POSIX only, and only here: the in-process interpreter imports this module for `submitted()`
+
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     memory = limits.get("memory_bytes")
     if memory:
@@ -73,8 +74,27 @@ _worker_stdout, _worker_stderr = sys.stdout, sys.stderr
 
 
 class Submission(BaseException):
+    """What `SUBMIT` raises to end the execution with `value`, the submitted fields."""
+
     def __init__(self, value: Any) -> None:
         self.value = value
+
+
+def submitted(output_fields: list[dict[str, Any]] | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Submission:
+    """`SUBMIT(*args, **kwargs)` checked against the output fields (`None`: one value, named `output`), as the
+    `Submission` to raise; a call that does not match raises `TypeError`.
+    Shared with `rlm_events.inprocess.InProcessInterpreter`, so both submit alike."""
+    if output_fields is None:
+        if len(args) != 1 or kwargs:
+            raise TypeError("SUBMIT requires one output value")
+        return Submission({"output": args[0]})
+    names = [field["name"] for field in output_fields]
+    if args and kwargs:
+        raise TypeError("SUBMIT accepts positional or keyword values, not both")
+    values = dict(zip(names, args, strict=False)) if args else dict(kwargs)
+    if set(values) != set(names) or len(args) > len(names):
+        raise TypeError("SUBMIT fields do not match the configured output fields")
+    return Submission(values)
 
 
 def describe(exc: BaseException) -> str:
@@ -219,17 +239,7 @@ class Session:
         return call
 
     def submit(self, *args: Any, **kwargs: Any) -> None:
-        if self.output_fields is None:
-            if len(args) != 1 or kwargs:
-                raise TypeError("SUBMIT requires one output value")
-            raise Submission({"output": args[0]})
-        names = [field["name"] for field in self.output_fields]
-        if args and kwargs:
-            raise TypeError("SUBMIT accepts positional or keyword values, not both")
-        values = dict(zip(names, args, strict=False)) if args else dict(kwargs)
-        if set(values) != set(names) or len(args) > len(names):
-            raise TypeError("SUBMIT fields do not match the configured output fields")
-        raise Submission(values)
+        raise submitted(self.output_fields, args, kwargs)
 
     def execute(self, request: dict[str, Any]) -> dict[str, Any]:
         self.configure(list(request.get("tools") or []), request.get("output_fields"))

@@ -18,51 +18,19 @@
 ```
 """
 
+from . import schema
 from .reader import Trace, parse_lines, read_trace
-from .schema import (
-    RECORD_TYPES,
-    SCHEMA_VERSION,
-    ExtractRecord,
-    LMUsage,
-    PostExecutionRecord,
-    PostIterationRecord,
-    PreExecutionRecord,
-    PreIterationRecord,
-    RecordBase,
-    RunEndRecord,
-    RunStartRecord,
-    ToolCallRecord,
-    ToolInfo,
-    TraceRecord,
-    json_schema,
-    parse_record,
-    record_data,
-)
+from .schema import *  # noqa: F403 (re-exports exactly schema.__all__, listed once there)
 from .viewer import render_html, write_html
 from .writer import JsonlTrace
 
+# The schema's names, and the writer's, reader's and viewer's.
 __all__ = [
-    "RECORD_TYPES",
-    "SCHEMA_VERSION",
-    "ExtractRecord",
+    *schema.__all__,
     "JsonlTrace",
-    "LMUsage",
-    "PostExecutionRecord",
-    "PostIterationRecord",
-    "PreExecutionRecord",
-    "PreIterationRecord",
-    "RecordBase",
-    "RunEndRecord",
-    "RunStartRecord",
-    "ToolCallRecord",
-    "ToolInfo",
     "Trace",
-    "TraceRecord",
-    "json_schema",
     "parse_lines",
-    "parse_record",
     "read_trace",
-    "record_data",
     "render_html",
     "write_html",
 ]
