@@ -33,6 +33,7 @@ from typing import Any
 
 from ._interpreter import SandboxedInterpreter
 from ._isolation import DEFAULT_HIDDEN, SandboxUnavailable, find_bwrap, needs_cgroup, problems
+from ._stale import remove_stale
 
 __all__ = ["DEFAULT_HIDDEN", "SandboxUnavailable", "Sandboxed", "SandboxedInterpreter"]
 
@@ -66,7 +67,9 @@ class Sandboxed:
             visible. `()` leaves the whole filesystem readable.
         bwrap: the bubblewrap executable (default: `bwrap` on `PATH`).
         python: the Python that runs the worker (default: this one, `sys.executable`); its packages are importable
-            in the sandbox.
+            in the sandbox. When the host runs as root it must be readable by nobody (uid 65534).
+        max_tool_concurrency: host tool calls (`llm_query` included) run at once for one execution (default 4);
+            further requests wait for a free slot (the worker waits with them).
 
     Raises:
         SandboxUnavailable: the isolation cannot run here; the message names what is missing. The first
@@ -84,6 +87,7 @@ class Sandboxed:
         hide: Sequence[str] = DEFAULT_HIDDEN,
         bwrap: str | os.PathLike[str] | None = None,
         python: str | None = None,
+        max_tool_concurrency: int = 4,
     ) -> None:
         if timeout is not None and not timeout > 0:
             raise ValueError("timeout must be positive, or None for no wall-clock limit")
@@ -96,6 +100,9 @@ class Sandboxed:
             raise ValueError(f"scratch must be an existing directory: {scratch!r}")
         if isinstance(hide, str):
             raise TypeError("hide takes a sequence of directories, not one string")
+        if not isinstance(max_tool_concurrency, int) or max_tool_concurrency < 1:
+            raise ValueError("max_tool_concurrency must be a positive integer")
+        self.max_tool_concurrency = max_tool_concurrency
         self.timeout = timeout
         self.memory_mb = memory_mb
         self.max_processes = max_processes
@@ -110,6 +117,14 @@ class Sandboxed:
         assert located is not None
         self._bwrap = located
         self._uses_cgroup = needs_cgroup(max_processes)
+        remove_stale(None if scratch is None else os.fspath(scratch))
+
+    @staticmethod
+    def cleanup(scratch: str | os.PathLike[str] | None = None) -> list[str]:
+        """Remove the scratch directories (in `scratch`, default the temporary directory) and pids cgroups that a
+        host process killed without cleaning up (`SIGKILL`, a crash) left behind; every construction does it too.
+        Returns the paths removed."""
+        return remove_stale(None if scratch is None else os.fspath(scratch))
 
     def problems(self, bwrap: str | os.PathLike[str] | None = None) -> list[str]:
         """What stops this configuration's sandbox from running here (empty if nothing)."""

@@ -11,6 +11,7 @@ import inspect
 import json
 import keyword
 import os
+import secrets
 import tempfile
 import threading
 import time
@@ -25,7 +26,7 @@ from dspy.primitives import code_interpreter as _ci
 
 from .. import inprocess  # the module, not its name: inprocess imports this package's worker
 from ..runtime import CodeInterpreterError, ExecutionError
-from . import _isolation
+from . import _isolation, _stale
 from ._process import Resources, Worker, WorkerLost, awaited, run_in_thread
 
 if TYPE_CHECKING:
@@ -111,7 +112,8 @@ class SandboxedInterpreter:
             return
         if self._resources.scratch is None:
             base = None if self.sandbox.scratch is None else os.fspath(self.sandbox.scratch)
-            self._resources.scratch = tempfile.mkdtemp(prefix="rlm-sandbox-", dir=base)
+            self._resources.scratch = tempfile.mkdtemp(prefix=_stale.scratch_prefix(), dir=base)
+            _isolation.prepare_scratch(self._resources.scratch)
         try:
             worker = Worker(self.sandbox, self._resources.scratch)
         except _isolation.SandboxUnavailable as exc:  # its pids cgroup could not be made this time
@@ -131,6 +133,7 @@ class SandboxedInterpreter:
         if message.get("type") != "ready":
             self._resources.drop_worker()
             raise CodeInterpreterError(f"The sandboxed interpreter sent {message!r} instead of 'ready'")
+        worker.started()
         if self._lost:
             self._lost = False
             self.restarts += 1
@@ -205,20 +208,27 @@ class SandboxedInterpreter:
         timeout = self.sandbox.timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         tool_calls: list[Future[Any]] = []
+        slots = threading.BoundedSemaphore(self.sandbox.max_tool_concurrency)
+        tag = secrets.token_hex(16)  # messages of this execution carry it; anything else is forged or late
         try:
             worker.send(
                 {
                     "type": "execute",
+                    "execution": tag,
                     "code": code,
                     "variables": variables,
                     "tools": list(self.tools),
                     "output_fields": self.output_fields,
                 }
             )
-            message = worker.receive(deadline)
+            message = _tagged(worker.receive(deadline), tag)
             while message["type"] == "tool_request":
-                tool_calls.append(run_in_thread(functools.partial(self._handle_tool, message, worker)))
-                message = worker.receive(deadline)
+                # At most max_tool_concurrency tools at once: the next request is read once a slot is free.
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not slots.acquire(timeout=remaining):
+                    raise TimeoutError
+                tool_calls.append(run_in_thread(functools.partial(self._handle_tool, message, worker, slots)))
+                message = _tagged(worker.receive(deadline), tag)
             for call in tool_calls:
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 try:
@@ -228,6 +238,7 @@ class SandboxedInterpreter:
             kind = message["type"]
             if kind == "terminal_error":
                 raise WorkerLost(f"failed: {message.get('error')}")
+            worker.kill_strays()
         except TimeoutError:
             self._lose()
             raise ExecutionError(
@@ -257,7 +268,13 @@ class SandboxedInterpreter:
         self._resources.drop_worker()
         self._lost = True
 
-    def _handle_tool(self, request: dict[str, Any], worker: Worker) -> None:
+    def _handle_tool(self, request: dict[str, Any], worker: Worker, slots: threading.BoundedSemaphore) -> None:
+        try:
+            self._run_tool(request, worker)
+        finally:
+            slots.release()
+
+    def _run_tool(self, request: dict[str, Any], worker: Worker) -> None:
         request_id = request.get("id")
         try:
             name, args, kwargs = request.get("name"), request.get("args", []), request.get("kwargs", {})
@@ -285,3 +302,13 @@ class SandboxedInterpreter:
             args = []
         result = tool(*args, **kwargs)
         return asyncio.run(awaited(result)) if inspect.isawaitable(result) else result
+
+
+def _tagged(message: dict[str, Any], tag: str) -> dict[str, Any]:
+    """`message` if it belongs to the running execution; a forged or late one loses the worker (the LM is told)."""
+    if message.get("execution") != tag:
+        raise WorkerLost(
+            f"sent a message that belongs to no running execution ({str(message.get('type'))[:40]!r}, forged by a "
+            "process the code started, or late)"
+        )
+    return message

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -27,6 +28,11 @@ WORKER = Path(__file__).with_name("_worker.py")
 DEFAULT_HIDDEN: tuple[str, ...] = ("/tmp", "/var/tmp", "/run", "/home", "/root", "~")
 
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+# The host user the sandbox runs as when the host runs as root: nobody, who owns no file and holds no privilege.
+# (A user namespace made by root maps its uid 0 to the host's uid 0: files owned by root, /proc/sys included, stay
+# writable to it. bubblewrap is therefore started as this user, so the namespace maps to it.)
+UNPRIVILEGED_USER = (65534, 65534)
 
 
 class SandboxUnavailable(RuntimeError):
@@ -87,10 +93,67 @@ def interpreter_paths(python: str) -> list[str]:
     return [p for p in unique if not any(d != p and _under(p, d) for d in directories)]
 
 
-def bwrap_arguments(bwrap: str, scratch: str, hide: Sequence[str], python: str) -> list[str]:
+def sandbox_user() -> tuple[int, int] | None:
+    """The host `(uid, gid)` bubblewrap is started as: nobody when the host runs as root; None otherwise (the
+    sandbox then runs as the host's own user, who is unprivileged already)."""
+    return UNPRIVILEGED_USER if os.geteuid() == 0 else None
+
+
+def find_setpriv() -> str | None:
+    return shutil.which("setpriv") or next((p for p in ("/usr/bin/setpriv", "/bin/setpriv") if os.path.isfile(p)), None)
+
+
+def unprivileged(command: list[str]) -> list[str]:
+    """`command` run as [`sandbox_user()`][rlm_events.sandbox._isolation.sandbox_user] (util-linux's `setpriv`): no
+    supplementary groups, no inheritable capabilities, and no new privileges (a setuid file gives none)."""
+    user = sandbox_user()
+    if user is None:
+        return command
+    setpriv = find_setpriv()
+    if setpriv is None:
+        raise SandboxUnavailable(_NO_SETPRIV)
+    uid, gid = user
+    return [
+        setpriv,
+        f"--reuid={uid}",
+        f"--regid={gid}",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--no-new-privs",
+        *command,
+    ]
+
+
+def prepare_scratch(path: str) -> None:
+    """The scratch directory belongs to the sandbox's user alone (mode 0700): no other local user reaches what the
+    code leaves there (a setuid file, a socket)."""
+    os.chmod(path, 0o700)
+    user = sandbox_user()
+    if user is not None:
+        os.chown(path, *user)
+
+
+_NO_SETPRIV = (
+    "the host runs as root and the sandbox must drop to an unprivileged user (nobody), which needs setpriv "
+    "(util-linux; Debian/Ubuntu: apt-get install util-linux)"
+)
+
+
+def bwrap_arguments(
+    bwrap: str,
+    scratch: str,
+    hide: Sequence[str],
+    python: str,
+    seccomp_fd: int | None = None,
+    opened: dict[str, int] | None = None,
+) -> list[str]:
     """`bwrap` and its options, up to (not including) the command: every namespace unshared (user, PID, network,
     mount, IPC, UTS, cgroup), no capabilities, the host's filesystem read-only with `hide` covered, a fresh
-    `/proc` and a minimal read-only `/dev`, `scratch` the one writable directory (and the working one)."""
+    `/proc` and a minimal read-only `/dev`, `scratch` the one writable directory (and the working one), and the
+    seccomp filter read from `seccomp_fd` (see [`rlm_events.sandbox._seccomp`][rlm_events.sandbox._seccomp]).
+    The interpreter's files under hidden directories are bound back from `opened` (`{path: O_PATH descriptor}`)
+    where given: opened by the host, they need not be reachable by the unprivileged user (a Python in `/root`)."""
+    opened = opened or {}
     args = [
         bwrap,
         "--unshare-all",
@@ -110,11 +173,13 @@ def bwrap_arguments(bwrap: str, scratch: str, hide: Sequence[str], python: str) 
         args += ["--tmpfs", directory]
     for path in interpreter_paths(python):
         if any(_under(path, directory) for directory in hidden):
-            args += ["--ro-bind", path, path]
+            args += ["--ro-bind-fd", str(opened[path]), path] if path in opened else ["--ro-bind", path, path]
     args += ["--bind", scratch, scratch]
     for directory in hidden:
         args += ["--remount-ro", directory]
     args += ["--remount-ro", "/dev", "--chdir", scratch]
+    if seccomp_fd is not None:
+        args += ["--seccomp", str(seccomp_fd)]
     return args
 
 
@@ -266,23 +331,77 @@ def problems(
     return [] if failure is None else [failure]
 
 
+def sandbox_command(
+    bwrap: str, scratch: str, hide: Sequence[str], python: str, cgroup: PidsCgroup | None
+) -> tuple[list[str], list[int]]:
+    """The whole command up to the sandboxed program: join `cgroup` (as root), drop to the unprivileged user, then
+    bubblewrap with the seccomp filter; and the file descriptors the child must get (`pass_fds`; the caller closes
+    them once it started)."""
+    from ._seccomp import seccomp_fd
+
+    fd = seccomp_fd()
+    try:
+        arguments = bwrap_arguments(bwrap, scratch, hide, python, fd)
+        prefix = cgroup.launcher() if cgroup is not None else []
+        return [*prefix, *interpreter_reachable(python, hide), *unprivileged(arguments), "--"], [fd]
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def interpreter_reachable(python: str, hide: Sequence[str]) -> list[str]:
+    """For a root host: a prefix that runs the rest of the command in a private mount namespace (root's own, not the
+    sandbox's) where the interpreter's files under hidden directories are reachable by the unprivileged user (a
+    Python in `/root`, mode 0700): each such directory covered by a tmpfs (mode 0755) with those files bound back
+    read-only. bubblewrap, run as nobody, then hides and binds as usual. Empty when nothing needs it."""
+    if sandbox_user() is None:
+        return []
+    hidden = hidden_directories(hide)
+    paths = [p for p in interpreter_paths(python) if any(_under(p, d) for d in hidden)]
+    covers = [d for d in hidden if any(_under(p, d) for p in paths)]
+    if not paths:
+        return []
+    if len(paths) > 7:  # the shell's descriptors 3-9
+        raise SandboxUnavailable(f"too many interpreter paths under hidden directories to bind back: {paths}")
+    script = ["set -e"]
+    # Opened before the covers go on, bound from the open descriptor after (-c: mount must not re-resolve the path).
+    script += [f"exec {3 + n}<{shlex.quote(path)}" for n, path in enumerate(paths)]
+    script += [f"mount -t tmpfs -o mode=0755,size=64k rlm-sandbox {shlex.quote(d)}" for d in covers]
+    for n, path in enumerate(paths):
+        quoted = shlex.quote(path)
+        script.append(f"mkdir -p {quoted}" if os.path.isdir(path) else f'mkdir -p "$(dirname {quoted})"; : > {quoted}')
+        script.append(f"mount -c --bind /proc/self/fd/{3 + n} {quoted}")
+        script.append(f"mount -c -o remount,bind,ro {quoted}")
+        script.append(f"exec {3 + n}<&-")
+    script.append('exec "$@"')
+    return ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", "\n".join(script), "sh"]
+
+
 def _probe(bwrap: str, python: str, hide: Sequence[str], use_cgroup: bool) -> str | None:
     import tempfile
 
+    from ._seccomp import SeccompMissing
+
     scratch = tempfile.mkdtemp(prefix="rlm-sandbox-probe-")
     cgroup = None
+    fds: list[int] = []
     try:
-        prefix: list[str] = []
-        if use_cgroup:
-            try:
-                cgroup = PidsCgroup(64)
-            except SandboxUnavailable as exc:
-                return str(exc)
-            prefix = cgroup.launcher()
-        command = [*prefix, *bwrap_arguments(bwrap, scratch, hide, python), "--", python, "-I", "-c", "print('ok')"]
+        try:
+            prepare_scratch(scratch)
+            cgroup = PidsCgroup(64) if use_cgroup else None
+            command, fds = sandbox_command(bwrap, scratch, hide, python, cgroup)
+            command += [python, "-I", "-c", "print('ok')"]
+        except (SandboxUnavailable, SeccompMissing, OSError) as exc:
+            return str(exc)
         try:
             done = subprocess.run(
-                command, capture_output=True, text=True, timeout=30, env=sandbox_environment(scratch), check=False
+                command,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env=sandbox_environment(scratch),
+                check=False,
+                pass_fds=fds,
             )
         except (OSError, subprocess.SubprocessError) as exc:
             return f"bubblewrap ({bwrap}) could not start a sandbox: {exc}"
@@ -290,10 +409,14 @@ def _probe(bwrap: str, python: str, hide: Sequence[str], use_cgroup: bool) -> st
             return None
         detail = (done.stderr.strip() or done.stdout.strip() or f"exit status {done.returncode}")[-600:]
         hints = "".join(f"; {hint}" for hint in _userns_hints())
+        if sandbox_user() is not None:
+            hints += f"; the sandbox runs as uid {UNPRIVILEGED_USER[0]} (nobody), who must be able to read {python}"
         return (
             f"bubblewrap ({bwrap}) could not start a sandbox (user, PID, network and mount namespaces): {detail}{hints}"
         )
     finally:
+        for fd in fds:
+            os.close(fd)
         if cgroup is not None:
             cgroup.remove()
         shutil.rmtree(scratch, ignore_errors=True)

@@ -16,16 +16,21 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from ..runtime import CodeInterpreterError
 from . import _isolation
 from ._isolation import WORKER, PidsCgroup
+from ._seccomp import SeccompMissing
 
 if TYPE_CHECKING:
     from . import Sandboxed
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# The host trusts nothing the worker sends: one message is at most this long, and at most this much is buffered
+# before the host reads it (past that the reader stops reading, so the worker blocks on its pipe).
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_BUFFERED_BYTES = 2 * MAX_MESSAGE_BYTES
 
 
 class WorkerLost(Exception):
@@ -75,26 +80,30 @@ class Worker:
     def __init__(self, sandbox: Sandboxed, scratch: str) -> None:
         self.sandbox = sandbox
         self.responses: queue.Queue[bytes | BaseException | None] = queue.Queue()
+        self.buffered = 0
+        self.buffer_room = threading.Condition()
         self.send_lock = threading.Lock()
         self.killed_by_host = False
+        self.own_pids: set[int] = set()
         processes = sandbox.max_processes
         self.cgroup = PidsCgroup(processes) if sandbox._uses_cgroup and processes is not None else None
         self.stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _release()
         limits = {
             "memory_bytes": None if sandbox.memory_mb is None else sandbox.memory_mb * 1024 * 1024,
             "cpu_seconds": sandbox.cpu_seconds,
-            "max_processes": sandbox.max_processes,
+            # With a pids cgroup, RLIMIT_NPROC would count every sandbox of the shared unprivileged user together.
+            "max_processes": None if self.cgroup is not None else sandbox.max_processes,
         }
-        command = [
-            *(self.cgroup.launcher() if self.cgroup else []),
-            *_isolation.bwrap_arguments(sandbox._bwrap, scratch, sandbox.hide, sandbox.python),
-            "--",
-            sandbox.python,
-            "-I",
-            str(WORKER),
-            json.dumps(limits),
-        ]
+        fds: list[int] = []
         try:
+            prefix, fds = _isolation.sandbox_command(sandbox._bwrap, scratch, sandbox.hide, sandbox.python, self.cgroup)
+            command = [
+                *prefix,
+                sandbox.python,
+                "-I",
+                str(WORKER),
+                json.dumps(limits),
+            ]
             self.process = subprocess.Popen(
                 command,
                 stdin=subprocess.PIPE,
@@ -103,10 +112,14 @@ class Worker:
                 env=_isolation.sandbox_environment(scratch),
                 start_new_session=True,
                 close_fds=True,
+                pass_fds=fds,
             )
-        except OSError as exc:
+        except (OSError, SeccompMissing, _isolation.SandboxUnavailable) as exc:
             self._release()
             raise CodeInterpreterError(f"Unable to start the sandbox: {exc}") from exc
+        finally:
+            for fd in fds:
+                os.close(fd)
         threading.Thread(target=self._read, daemon=True, name="rlm-events-sandbox-reader").start()
 
     def _read(self) -> None:
@@ -120,6 +133,10 @@ class Worker:
                 if len(line) > MAX_MESSAGE_BYTES:
                     self.responses.put(WorkerLost(f"sent a message over {MAX_MESSAGE_BYTES // 2**20} MiB"))
                     return
+                with self.buffer_room:
+                    while self.buffered > MAX_BUFFERED_BYTES - len(line) and not self.killed_by_host:
+                        self.buffer_room.wait(1.0)
+                    self.buffered += len(line)
                 self.responses.put(line)
         self.responses.put(None)
 
@@ -145,6 +162,9 @@ class Worker:
             raise WorkerLost(self.death())
         if isinstance(line, BaseException):
             raise line
+        with self.buffer_room:
+            self.buffered -= len(line)
+            self.buffer_room.notify()
         try:
             message = json.loads(line)
         except ValueError:
@@ -152,6 +172,29 @@ class Worker:
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             raise WorkerLost(f"broke the protocol (not a message: {str(message)[:200]})")
         return message
+
+    def started(self) -> None:
+        """Note the sandbox's own processes (bubblewrap's and the worker), once the worker said it is ready."""
+        self.own_pids = {self.process.pid, *descendants(self.process.pid)}
+
+    def kill_strays(self) -> None:
+        """SIGKILL every process in the sandbox but its own: what the code started does not outlive its execution.
+        Repeated until none is left (a process may fork while the others die; the process limit bounds that)."""
+        for _ in range(1000):
+            strays = self._members() - self.own_pids
+            if not strays:
+                return
+            for pid in strays:
+                kill_if_under(pid, self.process.pid)
+        raise WorkerLost("started processes faster than they could be stopped")
+
+    def _members(self) -> set[int]:
+        """The sandbox's live processes: its cgroup's list where it has one (a few reads), else a scan of /proc."""
+        if self.cgroup is not None:
+            with contextlib.suppress(OSError, ValueError):
+                listed = {int(p) for p in Path(self.cgroup.procs).read_text().split()}
+                return {pid for pid in listed if _parent(pid) is not None} - {self.process.pid}
+        return set(descendants(self.process.pid))
 
     def death(self) -> str:
         """Why the worker is gone, from its exit status (bwrap exits with 128 + N when signal N killed it)."""
@@ -185,6 +228,8 @@ class Worker:
 
     def kill(self) -> None:
         self.killed_by_host = True
+        with self.buffer_room:
+            self.buffer_room.notify_all()
         with contextlib.suppress(OSError):
             os.killpg(self.process.pid, signal.SIGKILL)
         with contextlib.suppress(OSError):
@@ -207,6 +252,58 @@ class Worker:
             self.stderr.close()
 
 
+def _parents() -> dict[int, int]:
+    """`{pid: parent pid}` of the host's live processes (zombies left out: they are dead already)."""
+    found: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            parent = _parent(int(entry.name))
+            if parent is not None:
+                found[int(entry.name)] = parent
+    return found
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in (b"Z", b"X") else int(fields[1])
+
+
+def descendants(root: int) -> list[int]:
+    """The live processes below `root` (its children, theirs, ...), by host PID."""
+    children: dict[int, list[int]] = {}
+    for pid, parent in _parents().items():
+        children.setdefault(parent, []).append(pid)
+    found, pending = [], list(children.get(root, []))
+    while pending:
+        pid = pending.pop()
+        found.append(pid)
+        pending.extend(children.get(pid, []))
+    return found
+
+
+def kill_if_under(pid: int, root: int) -> None:
+    """SIGKILL `pid` if it is still below `root`: checked through a pidfd, so a PID reused meanwhile by another
+    process of the host is never signalled."""
+    try:
+        handle = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        ancestor: int | None = pid
+        while ancestor not in (None, 0, 1, root):
+            ancestor = _parent(ancestor)
+        if ancestor == root:
+            signal.pidfd_send_signal(handle, signal.SIGKILL)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
 class Resources:
     """What an interpreter holds outside Python: released by shutdown(), or when it is collected or Python exits."""
 
@@ -227,11 +324,13 @@ class Resources:
 
 
 __all__ = [
+    "MAX_BUFFERED_BYTES",
     "MAX_MESSAGE_BYTES",
     "Resources",
     "Worker",
     "WorkerLost",
     "awaited",
+    "descendants",
     "remove_tree",
     "run_in_thread",
     "signal_name",

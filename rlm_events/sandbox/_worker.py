@@ -134,6 +134,7 @@ class Protocol:
         self.pending: dict[int, queue.Queue[dict[str, Any] | None]] = {}
         self.lock = threading.Lock()
         self.ids = itertools.count()
+        self.execution: Any = None  # the running execution's tag, sent back with each of its messages
         threading.Thread(target=self._read, daemon=True, name="rlm-events-sandbox-protocol").start()
 
     def _read(self) -> None:
@@ -164,7 +165,16 @@ class Protocol:
         with self.lock:
             self.pending[request_id] = response
         try:
-            send({"type": "tool_request", "id": request_id, "name": name, "args": list(args), "kwargs": kwargs})
+            send(
+                {
+                    "type": "tool_request",
+                    "execution": self.execution,
+                    "id": request_id,
+                    "name": name,
+                    "args": list(args),
+                    "kwargs": kwargs,
+                }
+            )
             message = response.get()
         finally:
             with self.lock:
@@ -242,6 +252,12 @@ class Session:
         raise submitted(self.output_fields, args, kwargs)
 
     def execute(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.protocol.execution = request.get("execution")
+        outcome = self._execute(request)
+        outcome["execution"] = request.get("execution")
+        return outcome
+
+    def _execute(self, request: dict[str, Any]) -> dict[str, Any]:
         self.configure(list(request.get("tools") or []), request.get("output_fields"))
         variables = request.get("variables") or {}
         if {"SUBMIT", "__builtins__", *self.tool_names} & variables.keys():
