@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -63,7 +62,8 @@ def _real(path: str) -> str:
     return os.path.realpath(os.path.expanduser(path))
 
 
-def _under(path: str, parent: str) -> bool:
+def under(path: str, parent: str) -> bool:
+    """Whether `path` is `parent` or below it (both real, absolute paths)."""
     return path == parent or path.startswith(parent.rstrip("/") + "/")
 
 
@@ -74,7 +74,7 @@ def hidden_directories(hide: Iterable[str]) -> list[str]:
         real = _real(entry)
         if real != "/" and os.path.isdir(real) and real not in found:
             found.append(real)
-    return [d for d in found if not any(other != d and _under(d, other) for other in found)]
+    return [d for d in found if not any(other != d and under(d, other) for other in found)]
 
 
 def interpreter_paths(python: str) -> list[str]:
@@ -90,7 +90,7 @@ def interpreter_paths(python: str) -> list[str]:
     # A path inside a directory bound whole is there already (binding it again would mount over, e.g., the
     # virtual environment's bin/python symlink).
     directories = [p for p in unique if os.path.isdir(p) and not os.path.islink(p)]
-    return [p for p in unique if not any(d != p and _under(p, d) for d in directories)]
+    return [p for p in unique if not any(d != p and under(p, d) for d in directories)]
 
 
 def sandbox_user() -> tuple[int, int] | None:
@@ -172,7 +172,7 @@ def bwrap_arguments(
     for directory in hidden:
         args += ["--tmpfs", directory]
     for path in interpreter_paths(python):
-        if any(_under(path, directory) for directory in hidden):
+        if any(under(path, directory) for directory in hidden):
             args += ["--ro-bind-fd", str(opened[path]), path] if path in opened else ["--ro-bind", path, path]
     args += ["--bind", scratch, scratch]
     for directory in hidden:
@@ -337,44 +337,18 @@ def sandbox_command(
     """The whole command up to the sandboxed program: join `cgroup` (as root), drop to the unprivileged user, then
     bubblewrap with the seccomp filter; and the file descriptors the child must get (`pass_fds`; the caller closes
     them once it started)."""
+    from ._reachable import interpreter_reachable
     from ._seccomp import seccomp_fd
 
     fd = seccomp_fd()
     try:
         arguments = bwrap_arguments(bwrap, scratch, hide, python, fd)
         prefix = cgroup.launcher() if cgroup is not None else []
-        return [*prefix, *interpreter_reachable(python, hide), *unprivileged(arguments), "--"], [fd]
+        reachable = interpreter_reachable(python, hide, scratch)
+        return [*prefix, *reachable, *unprivileged(arguments), "--"], [fd]
     except BaseException:
         os.close(fd)
         raise
-
-
-def interpreter_reachable(python: str, hide: Sequence[str]) -> list[str]:
-    """For a root host: a prefix that runs the rest of the command in a private mount namespace (root's own, not the
-    sandbox's) where the interpreter's files under hidden directories are reachable by the unprivileged user (a
-    Python in `/root`, mode 0700): each such directory covered by a tmpfs (mode 0755) with those files bound back
-    read-only. bubblewrap, run as nobody, then hides and binds as usual. Empty when nothing needs it."""
-    if sandbox_user() is None:
-        return []
-    hidden = hidden_directories(hide)
-    paths = [p for p in interpreter_paths(python) if any(_under(p, d) for d in hidden)]
-    covers = [d for d in hidden if any(_under(p, d) for p in paths)]
-    if not paths:
-        return []
-    if len(paths) > 7:  # the shell's descriptors 3-9
-        raise SandboxUnavailable(f"too many interpreter paths under hidden directories to bind back: {paths}")
-    script = ["set -e"]
-    # Opened before the covers go on, bound from the open descriptor after (-c: mount must not re-resolve the path).
-    script += [f"exec {3 + n}<{shlex.quote(path)}" for n, path in enumerate(paths)]
-    script += [f"mount -t tmpfs -o mode=0755,size=64k rlm-sandbox {shlex.quote(d)}" for d in covers]
-    for n, path in enumerate(paths):
-        quoted = shlex.quote(path)
-        script.append(f"mkdir -p {quoted}" if os.path.isdir(path) else f'mkdir -p "$(dirname {quoted})"; : > {quoted}')
-        script.append(f"mount -c --bind /proc/self/fd/{3 + n} {quoted}")
-        script.append(f"mount -c -o remount,bind,ro {quoted}")
-        script.append(f"exec {3 + n}<&-")
-    script.append('exec "$@"')
-    return ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", "\n".join(script), "sh"]
 
 
 def _probe(bwrap: str, python: str, hide: Sequence[str], use_cgroup: bool) -> str | None:

@@ -162,7 +162,7 @@ def seccomp_fd() -> int:
     try:
         os.write(made, program)
         os.lseek(made, 0, os.SEEK_SET)
-        # Above 9: the launcher's shell uses descriptors 3-9 (see _isolation.interpreter_reachable).
+        # Above 9: the launcher's shell uses descriptors 3-9 (see _reachable.interpreter_reachable).
         return fcntl.fcntl(made, fcntl.F_DUPFD_CLOEXEC, 10)
     finally:
         os.close(made)
