@@ -1,8 +1,8 @@
 """Every tap sees every `run_end`, whatever a middleware or signal receiver raised there (issue 24).
 
-Real `dspy.RLM` calls with a scripted LM, on the library's in-process interpreter (a thousand calls). A receiver (or middleware) that raises at
-`run_end` makes the call raise, as blinker's semantics say; the taps still get the call's end, with that error, so
-no tap keeps per-run state: over many such calls, nothing grows.
+Real `dspy.RLM` calls with a scripted LM, on the library's in-process interpreter (a thousand calls). A receiver
+(or middleware) that raises at `run_end` makes the call raise, as blinker's semantics say; the taps still get the
+call's end, with that error, so no tap keeps per-run state: over many such calls, nothing grows.
 """
 
 from __future__ import annotations
