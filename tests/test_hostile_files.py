@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 import rlm_events
 from rlm_events.__main__ import main
+from rlm_events._json_input import MAX_DEPTH, JsonInputError, loads
 from rlm_events.errors import TraceError
-from rlm_events.json_input import MAX_DEPTH, JsonInputError, loads
 from rlm_events.replay import Recorder, Recording, RecordingError, ReplayLM
 from rlm_events.trace import JsonlTrace, read_trace, render_html, write_html
 

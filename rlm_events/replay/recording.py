@@ -8,8 +8,8 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .._json_input import JsonInputError, loads
 from ..errors import RLMEventsError
-from ..json_input import JsonInputError, loads
 from ..lm_usage import usage_of
 
 FORMAT: Final = "rlm-events-recording/1"
@@ -121,7 +121,7 @@ class Recording(BaseModel):
     def load(cls, path: str | Path, *, max_bytes: int = MAX_RECORDING_BYTES) -> Recording:
         """Read a recording file; [`RecordingError`][rlm_events.replay.recording.RecordingError] if it is not one
         this version can replay, whatever the file holds (binary, not UTF-8, nested deeper than
-        [`MAX_DEPTH`][rlm_events.json_input.MAX_DEPTH], larger than `max_bytes`): the message names the line when
+        200 levels, larger than `max_bytes`): the message names the line when
         the problem has one. `OSError` if the file cannot be read."""
         with open(path, "rb") as file:
             data = file.read(max_bytes + 1)

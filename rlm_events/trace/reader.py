@@ -9,11 +9,11 @@
 
 Reading never fails on the file's content: a line that is not a record of `rlm_events.trace.schema` (blank,
 cut short by a crash mid-write, foreign, binary, not UTF-8, nested deeper than
-[`MAX_DEPTH`][rlm_events.json_input.MAX_DEPTH] levels, longer than `max_line_length`) is left out and counted in
+200 levels, longer than `max_line_length`) is left out and counted in
 [`Trace.skipped_lines`][rlm_events.trace.reader.Trace.skipped_lines], the first few with their line number and why in
 [`Trace.first_skipped`][rlm_events.trace.reader.Trace.first_skipped]. A line is never held whole beyond
 `max_line_length`, and nothing in a line can make reading recurse deeply. The only errors are `OSError` (the file
-cannot be opened or read) and [`TraceError`][rlm_events.errors.TraceError] (an open text file whose own decoding
+cannot be opened or read) and [`TraceError`][rlm_events.trace.TraceError] (an open text file whose own decoding
 fails, with the line number).
 """
 
@@ -24,8 +24,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
+from .._json_input import MAX_LINE_LENGTH, JsonInputError, loads, numbered_lines
 from ..errors import TraceError
-from ..json_input import MAX_LINE_LENGTH, JsonInputError, loads, numbered_lines
 from .schema import TraceRecord, parse_record
 
 KEEP_SKIPPED = 10

@@ -73,7 +73,7 @@ def _script_json(value: Any) -> str:
 
 
 def render_html(trace: Trace, *, title: str = "rlm-events trace", source: str = "") -> str:
-    """The self-contained HTML page for `trace`. Raises [`TraceError`][rlm_events.errors.TraceError] (a
+    """The self-contained HTML page for `trace`. Raises [`TraceError`][rlm_events.trace.TraceError] (a
     `ValueError`) when it holds no run."""
     if not trace.runs:
         count = trace.skipped_lines
@@ -107,7 +107,7 @@ def write_html(trace_path: str | os.PathLike[str], out_path: str | os.PathLike[s
     """Render the trace at `trace_path` to `out_path` (default: the same name with `.html`); return it.
 
     Any file can be given: lines that are not trace records are skipped (see
-    [`read_trace()`][rlm_events.trace.reader.read_trace]); [`TraceError`][rlm_events.errors.TraceError] if none is,
+    [`read_trace()`][rlm_events.trace.reader.read_trace]); [`TraceError`][rlm_events.trace.TraceError] if none is,
     `OSError` if a file cannot be read or written. Text the page cannot encode (a lone surrogate) is replaced."""
     source = Path(trace_path)
     target = Path(out_path) if out_path is not None else source.with_suffix(".html")

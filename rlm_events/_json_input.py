@@ -1,13 +1,13 @@
 """JSON from files nobody vouches for: any bytes, bounded line length, bounded nesting.
 
-The trace reader ([`read_trace()`][rlm_events.trace.reader.read_trace]) and replay's recording loader
-([`Recording.load()`][rlm_events.replay.recording.Recording.load]) read files that may be cut short, foreign,
+The trace reader (`read_trace()`) and replay's recording loader
+(`Recording.load()`) read files that may be cut short, foreign,
 binary or hostile. What they read goes through here, so that no content makes them fail in a way of its own
 (`RecursionError`, `UnicodeDecodeError`, a line held whole in memory however long it is):
 
-- [`loads()`][rlm_events.json_input.loads] raises only [`JsonInputError`][rlm_events.json_input.JsonInputError], for
+- `loads()` raises only `JsonInputError`, for
   text that is not JSON or is nested deeper than `max_depth` levels (checked without recursion);
-- [`numbered_lines()`][rlm_events.json_input.numbered_lines] reads a file line by line, never more than
+- `numbered_lines()` reads a file line by line, never more than
   `max_length` (+1) bytes or characters of a line at once, and decodes bytes as UTF-8 with undecodable bytes
   replaced.
 
@@ -17,7 +17,7 @@ binary or hostile. What they read goes through here, so that no content makes th
 >>> loads("[" * 100_000)
 Traceback (most recent call last):
 ...
-rlm_events.json_input.JsonInputError: line 1: nested deeper than 200 levels
+rlm_events._json_input.JsonInputError: line 1: nested deeper than 200 levels
 
 ```
 """
@@ -86,7 +86,7 @@ def _line_too_deep(text: str, max_depth: int) -> int | None:
 
 
 def loads(text: str, *, max_depth: int = MAX_DEPTH) -> Any:
-    """`json.loads(text)`, raising only [`JsonInputError`][rlm_events.json_input.JsonInputError] (with the line) for
+    """`json.loads(text)`, raising only `JsonInputError` (with the line) for
     text that is not JSON or nests deeper than `max_depth`. `NaN` and `Infinity` are read as Python's `json` does."""
     # Nesting needs an opening bracket per level: when there are few, the text cannot be too deep.
     shallow = text.count("[") + text.count("{") <= max_depth
