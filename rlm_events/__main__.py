@@ -124,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         page = write_html(source, args.output)
-    except ValueError as exc:
-        print(f"cannot render {source}: {exc}", file=sys.stderr)
+    except Exception as exc:  # one line, never a traceback: TraceError, OSError, or a bug of ours
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        print(f"cannot render {source}: {type(exc).__name__}: {reason}", file=sys.stderr)
         return 1
     print(f"wrote {page}")
     if args.open:

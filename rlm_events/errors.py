@@ -31,3 +31,13 @@ class UnknownCostError(RLMEventsError, RuntimeError):
     def __init__(self, message: str, models: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.models = models
+
+
+class TraceError(RLMEventsError, ValueError):
+    """A JSONL trace that cannot be read or rendered as a whole (a line that cannot be read is skipped and counted,
+    never an error): one holding no run, or an open text file whose own decoding fails. `line` is the 1-based line
+    number, when the problem has one."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line

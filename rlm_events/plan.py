@@ -86,6 +86,15 @@ def _noted(exc: Exception, signal: NamedSignal) -> None:
     add_note(exc, f"raised in a receiver of signal {signal.name!r}")
 
 
+RUN_END = Stage.RUN_END
+
+
+def _ended_by(ctx: StageContext, exc: BaseException) -> StageContext:
+    """The run_end the taps see when its middleware or a receiver raised `exc`: the call raises it, so it is the
+    run's `error` (its stop_reason `"error"`); the prediction, if any, is kept for the record."""
+    return ctx.model_copy(update={"error": exc, "stop_reason": "error"})
+
+
 class Plan:
     """Immutable registrations: a chain per stage and the taps of each stage.
 
@@ -133,23 +142,34 @@ class Plan:
         return not any(s.receivers and _has_receivers_for(s, sender) for s in BY_STAGE.values())
 
     def fire(self, ctx: C, sender: Any, terminal: Callable[[C], Any] | None = None) -> C:
-        """Fold `ctx` through its stage's chain, send the signal, feed the taps (sync caller)."""
+        """Fold `ctx` through its stage's chain, send the signal, feed the taps (sync caller).
+
+        What a middleware or receiver raises propagates (blinker's semantics) and the stage's taps do not see the
+        stage, except at `run_end`: there the taps get it first, with that error as the run's `error`, so every tap
+        sees every call end and keeps no state of it."""
         chain, signal, taps = self._route[ctx.stage]
-        if chain is not None:
-            ctx = chain.run(ctx, terminal)
-        elif terminal is not None:
-            ctx = self.chains[ctx.stage].run(ctx, terminal)
-        if signal.receivers:
-            receivers = _receivers(signal, sender)  # none while muted
-            try:
-                # As blinker's send(), but an async def receiver is not asked about: what it returns is run.
-                for receiver in receivers:
-                    out = receiver(sender, ctx=ctx)
-                    if out is not None and inspect.isawaitable(out):
-                        run_sync(out)  # on the private loop: the caller's loop is never nested
-            except Exception as exc:
-                _noted(exc, signal)
-                raise
+        try:
+            if chain is not None:
+                ctx = chain.run(ctx, terminal)
+            elif terminal is not None:
+                ctx = self.chains[ctx.stage].run(ctx, terminal)
+            if signal.receivers:
+                receivers = _receivers(signal, sender)  # none while muted
+                try:
+                    # As blinker's send(), but an async def receiver is not asked about: what it returns is run.
+                    for receiver in receivers:
+                        out = receiver(sender, ctx=ctx)
+                        if out is not None and inspect.isawaitable(out):
+                            run_sync(out)  # on the private loop: the caller's loop is never nested
+                except Exception as exc:
+                    _noted(exc, signal)
+                    raise
+        except BaseException as exc:
+            if taps and ctx.stage is RUN_END:  # the call's last stage: no tap may keep the run open
+                ended = _ended_by(ctx, exc)
+                for tap in taps:
+                    tap.observe(ended)
+            raise
         for tap in taps:
             tap.observe(ctx)
         return ctx
@@ -159,17 +179,24 @@ class Plan:
         """As `fire()`, for an async caller: middleware and receivers may be `async def`, and are awaited."""
         stage = ctx.stage
         _, signal, taps = self._route[stage]
-        ctx = await self.chains[stage].arun(ctx, terminal)
-        if signal.receivers:
-            receivers = _receivers(signal, sender)  # none while muted
-            try:
-                for receiver in receivers:  # as blinker's send_async(); sync receivers are called in place
-                    out = receiver(sender, ctx=ctx)
-                    if out is not None and inspect.isawaitable(out):
-                        await out
-            except Exception as exc:
-                _noted(exc, signal)
-                raise
+        try:
+            ctx = await self.chains[stage].arun(ctx, terminal)
+            if signal.receivers:
+                receivers = _receivers(signal, sender)  # none while muted
+                try:
+                    for receiver in receivers:  # as blinker's send_async(); sync receivers are called in place
+                        out = receiver(sender, ctx=ctx)
+                        if out is not None and inspect.isawaitable(out):
+                            await out
+                except Exception as exc:
+                    _noted(exc, signal)
+                    raise
+        except BaseException as exc:
+            if taps and stage is RUN_END:  # as in fire(): every tap sees every run_end
+                ended = _ended_by(ctx, exc)
+                for tap in taps:
+                    await tap.aobserve(ended)
+            raise
         for tap in taps:
             await tap.aobserve(ctx)
         return ctx

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .._json_input import JsonInputError, loads
 from ..errors import RLMEventsError
 from ..lm_usage import usage_of
 
 FORMAT: Final = "rlm-events-recording/1"
 """The `format` of every recording file this package writes and the only one it reads."""
+
+MAX_RECORDING_BYTES: Final = 1024 * 1024 * 1024
+"""The largest recording file [`Recording.load()`][rlm_events.replay.recording.Recording.load] reads by default."""
 
 
 # -- errors ---------------------------------------------------------------------------------------------------
@@ -115,14 +118,24 @@ class Recording(BaseModel):
         return target
 
     @classmethod
-    def load(cls, path: str | Path) -> Recording:
+    def load(cls, path: str | Path, *, max_bytes: int = MAX_RECORDING_BYTES) -> Recording:
         """Read a recording file; [`RecordingError`][rlm_events.replay.recording.RecordingError] if it is not one
-        this version can replay."""
-        text = Path(path).read_text(encoding="utf-8")
+        this version can replay, whatever the file holds (binary, not UTF-8, nested deeper than
+        200 levels, larger than `max_bytes`): the message names the line when
+        the problem has one. `OSError` if the file cannot be read."""
+        with open(path, "rb") as file:
+            data = file.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise RecordingError(f"{path} is larger than {max_bytes} bytes: not a recording this loader reads")
         try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise RecordingError(f"{path} is not JSON: {exc}") from None
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            raise RecordingError(f"{path}, line {line}: not UTF-8 (byte {exc.start}): not a recording") from None
+        try:
+            raw = loads(text)
+        except JsonInputError as exc:
+            raise RecordingError(f"{path}, {exc}") from None
         found = raw.get("format") if isinstance(raw, dict) else None
         if found != FORMAT:
             raise RecordingError(f"{path} is not an rlm-events recording (format {found!r}, expected {FORMAT!r})")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
 import re
 from datetime import datetime, timezone
@@ -28,6 +29,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from ..errors import TraceError
 from .reader import Trace, read_trace
 from .schema import record_data
 
@@ -41,9 +43,24 @@ def _asset(name: str) -> str:
     return (files(_PACKAGE) / "assets" / name).read_text(encoding="utf-8")
 
 
+def _finite(value: Any) -> Any:
+    """`value` with `NaN` and infinities (which a trace line may hold: Python's `json` reads them) as `None`; the
+    reader bounds the nesting, so this recursion is bounded too."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _script_json(value: Any) -> str:
     """JSON that is inert inside `<script>`: no `</script>`, `<!--` or line separators can appear."""
-    text = json.dumps(value, ensure_ascii=False, allow_nan=False, default=str)
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, default=str)
+    except ValueError:  # NaN or an infinity: not JSON for the browser
+        text = json.dumps(_finite(value), ensure_ascii=False, allow_nan=False, default=str)
     for raw, escaped in (
         ("&", "\\u0026"),
         ("<", "\\u003c"),
@@ -56,9 +73,16 @@ def _script_json(value: Any) -> str:
 
 
 def render_html(trace: Trace, *, title: str = "rlm-events trace", source: str = "") -> str:
-    """The self-contained HTML page for `trace`. Raises `ValueError` when it holds no run."""
+    """The self-contained HTML page for `trace`. Raises [`TraceError`][rlm_events.trace.TraceError] (a
+    `ValueError`) when it holds no run."""
     if not trace.runs:
-        raise ValueError("the trace holds no rlm-events events (is it a JSONL file written by JsonlTrace?)")
+        count = trace.skipped_lines
+        skipped = f"; {count} line{'s' if count != 1 else ''} skipped" if count else ""
+        first = f", the first at line {trace.first_skipped[0][0]}: {trace.first_skipped[0][1]}" if skipped else ""
+        raise TraceError(
+            f"the trace holds no rlm-events events (is it a JSONL file written by JsonlTrace?){skipped}{first}",
+            trace.first_skipped[0][0] if skipped else None,
+        )
     data = {
         "title": title,
         "source": source,
@@ -80,11 +104,15 @@ def render_html(trace: Trace, *, title: str = "rlm-events trace", source: str = 
 
 
 def write_html(trace_path: str | os.PathLike[str], out_path: str | os.PathLike[str] | None = None) -> Path:
-    """Render the trace at `trace_path` to `out_path` (default: the same name with `.html`); return it."""
+    """Render the trace at `trace_path` to `out_path` (default: the same name with `.html`); return it.
+
+    Any file can be given: lines that are not trace records are skipped (see
+    [`read_trace()`][rlm_events.trace.reader.read_trace]); [`TraceError`][rlm_events.trace.TraceError] if none is,
+    `OSError` if a file cannot be read or written. Text the page cannot encode (a lone surrogate) is replaced."""
     source = Path(trace_path)
     target = Path(out_path) if out_path is not None else source.with_suffix(".html")
     page = render_html(read_trace(source), title=f"rlm-events trace: {source.name}", source=source.name)
-    target.write_text(page, encoding="utf-8")
+    target.write_text(page, encoding="utf-8", errors="replace")
     return target
 
 

@@ -24,6 +24,7 @@ as `cached_lm_calls` and `saved_cost_usd` (see [`LMUsage`][rlm_events.trace.sche
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -39,6 +40,8 @@ from ..stages import Stage
 from ..taps._text import is_error_result, preview
 from ..taps._tool_tap import InstallableTap
 from .schema import SCHEMA_VERSION
+
+logger = logging.getLogger("rlm_events")
 
 # -- previews -------------------------------------------------------------------------------------------------
 
@@ -118,6 +121,11 @@ class JsonlTrace(InstallableTap):
 
     Use as `events.tap(trace)` or `trace.install(events)`; `close()` (or `with JsonlTrace(...)`) closes
     a file it opened. Events arriving after `close()` are dropped.
+
+    Writing never raises into the run or the application: a line that cannot be written or flushed (a full disk,
+    a closed file) is dropped and counted in `write_errors`, and so is a failed final flush in `close()` (and
+    so on leaving a `with` block). The first failure is logged at WARNING on the `rlm_events` logger, later
+    ones at DEBUG.
     """
 
     def __init__(
@@ -141,16 +149,34 @@ class JsonlTrace(InstallableTap):
         self._lock = threading.Lock()
         self._runs: dict[str, _RunClock] = {}
         self._closed = False
+        self.write_errors = 0
+        """Lines (and final flushes) that could not be written: dropped, and logged (the first at WARNING)."""
 
     # -- closing --------------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop recording and close the file if this trace opened it. Idempotent."""
+        """Stop recording and close the file if this trace opened it. Idempotent; never raises (a failed final
+        flush is counted and logged, as a failed write is)."""
         with self._lock:
             self._closed = True
             self._runs.clear()
             if self._owns_file and not self._file.closed:
-                self._file.close()
+                try:
+                    self._file.close()  # the file is closed even when its last flush fails
+                except Exception as exc:
+                    self._write_failed(exc)
+
+    def _write_failed(self, exc: Exception) -> None:
+        """Count and log a failed write or flush (called under the lock)."""
+        self.write_errors += 1
+        first = self.write_errors == 1
+        logger.log(
+            logging.WARNING if first else logging.DEBUG,
+            "JsonlTrace %s: could not write the trace (%s: %s); the event is dropped, the run goes on",
+            self.path or repr(self._file),
+            type(exc).__name__,
+            exc,
+        )
 
     def __enter__(self) -> JsonlTrace:
         return self
@@ -191,8 +217,12 @@ class JsonlTrace(InstallableTap):
             record.update(fields)
             if ctx.stage is Stage.RUN_END:
                 del self._runs[ctx.run.id]
-            self._file.write(_one_line(json.dumps(record, ensure_ascii=False, default=self._default)) + "\n")
-            self._file.flush()
+            line = _one_line(json.dumps(record, ensure_ascii=False, default=self._default)) + "\n"
+            try:
+                self._file.write(line)
+                self._file.flush()
+            except Exception as exc:  # OSError (a full disk), ValueError (a file closed by its owner)
+                self._write_failed(exc)
 
     def _default(self, value: Any) -> str:
         return preview(value, self.preview_chars)
