@@ -9,11 +9,15 @@ from __future__ import annotations
 from collections import defaultdict
 
 import pytest
-from guard_corpus.escapes import ESCAPES
-from guard_corpus.ordinary import ORDINARY
+from guard_corpus.escapes import ESCAPES as GENERAL_ESCAPES
+from guard_corpus.escapes_informed import INFORMED
+from guard_corpus.ordinary import ORDINARY as GENERAL_ORDINARY
+from guard_corpus.ordinary_informed import ORDINARY_INFORMED
 
 from rlm_events.builtins import GuardPolicy
 
+ESCAPES = GENERAL_ESCAPES + INFORMED  # the informed ones were written with the guard's source in hand
+ORDINARY = GENERAL_ORDINARY + ORDINARY_INFORMED
 TARGETS = {"strict": (0.95, 0.95), "default": (0.85, 0.97)}  # (escapes blocked, ordinary allowed)
 
 

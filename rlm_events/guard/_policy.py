@@ -21,6 +21,7 @@ what to do instead.
 from __future__ import annotations
 
 import ast
+import symtable
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -246,7 +247,13 @@ class GuardPolicy(BaseModel):
         if problem is not None:
             return [problem]
         assert tree is not None
-        scanner = Scanner(self, tree, frozenset(shadowed), imported)
+        try:
+            table = symtable.symtable(code, "<step>", "exec")
+        except (SyntaxError, ValueError) as exc:  # e.g. a name both `global` and a parameter: Python refuses it too
+            line = getattr(exc, "lineno", 0) or 0
+            detail = f"this is not valid Python: {getattr(exc, 'msg', exc)} (line {line}); nothing was run"
+            return [Violation("syntax", "parse", line, detail, "fix the syntax and send plain Python only")]
+        scanner = Scanner(self, tree, table, frozenset(shadowed), imported)
         scanner.run()
         unique = dict.fromkeys(scanner.found)
         return sorted(unique, key=lambda v: v.line)
