@@ -10,9 +10,9 @@ from collections import defaultdict
 
 import pytest
 from guard_corpus.escapes import ESCAPES as GENERAL_ESCAPES
-from guard_corpus.escapes_informed import INFORMED
+from guard_corpus.escapes_informed import DATA_ESCAPES, INFORMED
 from guard_corpus.ordinary import ORDINARY as GENERAL_ORDINARY
-from guard_corpus.ordinary_informed import ORDINARY_INFORMED
+from guard_corpus.ordinary_informed import DATA_ORDINARY, ORDINARY_INFORMED
 
 from rlm_events.builtins import GuardPolicy
 
@@ -81,3 +81,14 @@ def test_every_refusal_says_what_to_do_instead(name):
     for _, code in ESCAPES:
         for violation in policy.check(code):
             assert violation.hint, (code, violation)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [GuardPolicy.data_analysis(), GuardPolicy.named("data"), GuardPolicy.default().allow(modules={"numpy", "pandas"})],
+)
+def test_numpy_and_pandas_without_their_file_pickle_and_network_io(policy):
+    passed = [code for _, code in DATA_ESCAPES if not policy.check(code)]
+    refused = {code: policy.check(code) for _, code in DATA_ORDINARY if policy.check(code)}
+    assert passed == [] and len(DATA_ESCAPES) >= 10
+    assert refused == {}, refused

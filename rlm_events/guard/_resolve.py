@@ -47,14 +47,12 @@ class Resolver(ast.NodeVisitor):
         # Names earlier steps imported (None: unknown, so any allowed module's name may be that module).
         self.imported = imported
         self.found: list[Violation] = []
-        self.nodes = list(ast.walk(tree))
-        self.parents: dict[ast.AST, ast.AST] = {
-            child: parent for parent in self.nodes for child in ast.iter_child_nodes(parent)
-        }
+        self.scopes = Scopes(tree, table)  # one walk over the tree: every node, its parent and its scope
+        self.nodes = self.scopes.nodes
+        self.parents: dict[ast.AST, ast.AST] = self.scopes.parents
         self.bindings = bindings_of(self.nodes)
         self.strings = StringValues(self.bindings)  # what string expressions hold
         self.bound = set(self.bindings)
-        self.scopes = Scopes(tree, table)
         self.unstable = unstable_names(self.nodes)
         # Names the module's namespace binds somewhere (at the top, in a branch or loop, or through `global`).
         self.global_names = {s.get_name() for s in table.get_symbols() if s.is_local()} | self.unstable
@@ -66,7 +64,6 @@ class Resolver(ast.NodeVisitor):
         self.checked: set[int] = set()  # ids of string constants already checked as attribute names
         self.own: list[frozenset[str]] = [frozenset()]  # `self`/`cls` of the methods being visited
         self.annotation_strings = self._annotation_strings()
-        self.archives = self._archive_names()
         self.names_stored_as_name_attr = any(
             isinstance(n, ast.Attribute) and n.attr == "name" and not isinstance(n.ctx, ast.Load) for n in self.nodes
         )
@@ -114,22 +111,6 @@ class Resolver(ast.NodeVisitor):
                     )
         return found
 
-    def _archive_names(self) -> set[str]:
-        return {
-            name
-            for name, sites in self.bindings.items()
-            if any(s.kind == "value" and s.expr is not None and self.is_archive(s.expr) for s in sites)
-        }
-
-    def is_archive(self, node: ast.AST) -> bool:
-        """Whether `node` is an archive object: a call of an archive opener, or a name bound to one."""
-        if isinstance(node, ast.Name):
-            return node.id in getattr(self, "archives", ())
-        if isinstance(node, ast.Call):
-            ref = self.resolve(node.func)
-            return ref is not None and ref.path in allowlist.ARCHIVES
-        return False
-
     # --- resolving names -----------------------------------------------------------------------------------------
 
     def resolve(self, node: ast.AST) -> Ref | None:
@@ -172,7 +153,7 @@ class Resolver(ast.NodeVisitor):
         runs, or (for names that are not built-ins or modules the REPL may hold) bound in its namespace at all."""
         if node.id not in self.bound:
             return False
-        if certainly_bound(node, self.parents, self.unstable):
+        if certainly_bound(node, self.scopes, self.unstable):
             return True
         risky = node.id in ALWAYS_BUILTIN or node.id in HOST_BUILTINS or node.id in allowlist.RISKY_MODULE_NAMES
         return not risky and (self.scopes.class_local(node) or node.id in self.global_names)

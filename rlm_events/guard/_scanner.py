@@ -17,6 +17,7 @@ class Scanner(CallRules, StringRules):
         self.visit(self.tree)
 
     def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        self.check_registered(node)
         for decorator in node.decorator_list:
             self.visit(decorator)
         self.visit(node.args)

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 _FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
 _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 _SCOPES = (*_FUNCTIONS, ast.ClassDef, *_COMPREHENSIONS)
+_BLOCKS = (ast.Module, ast.stmt, ast.excepthandler, ast.match_case)  # what can hold a block of statements
 _TABLE_NAMES = {ast.ListComp: "listcomp", ast.SetComp: "setcomp", ast.DictComp: "dictcomp", ast.GeneratorExp: "genexpr"}
 
 
@@ -57,6 +58,11 @@ class Scopes:
 
     def __init__(self, tree: ast.Module, table: symtable.SymbolTable) -> None:
         self.tree = tree
+        self.nodes: list[ast.AST] = []  # every node, parents before children
+        self.parents: dict[ast.AST, ast.AST] = {}
+        # where each statement is: (its parent, the block holding it, its index there)
+        self.position: dict[ast.stmt, tuple[ast.AST, list[ast.stmt], int]] = {}
+        self.binders: dict[str, list[ast.stmt]] = defaultdict(list)  # statements that certainly bind a name
         self.scope_of: dict[ast.AST, ast.AST] = {}
         self.parent_scope: dict[ast.AST, ast.AST] = {}
         self.tables: dict[ast.AST, symtable.SymbolTable] = {tree: table}
@@ -68,18 +74,31 @@ class Scopes:
         stack = [(node, scope)]
         while stack:
             current, where = stack.pop()
+            self.nodes.append(current)
             self.scope_of[current] = where
+            children = list(ast.iter_child_nodes(current))
+            for child in children:
+                self.parents[child] = current
+            if isinstance(current, _BLOCKS):
+                self._blocks(current)
             if isinstance(current, _SCOPES):
                 self.parent_scope[current] = where
                 self.children[where].append(current)
                 outer = list(_outer_parts(current))
                 outer_ids = {id(o) for o in outer}
                 stack.extend((o, where) for o in outer)
-                for child in ast.iter_child_nodes(current):
-                    if id(child) not in outer_ids:
-                        stack.append((child, current))
+                stack.extend((c, current) for c in children if id(c) not in outer_ids)
             else:
-                stack.extend((child, where) for child in ast.iter_child_nodes(current))
+                stack.extend((c, where) for c in children)
+
+    def _blocks(self, node: ast.AST) -> None:
+        for field in ("body", "orelse", "finalbody"):
+            block = getattr(node, field, None)
+            if isinstance(block, list):
+                for index, statement in enumerate(block):
+                    self.position[statement] = (node, block, index)
+                    for name in _bound_names(statement):
+                        self.binders[name].append(statement)
 
     def _match(self, scope: ast.AST, table: symtable.SymbolTable) -> None:
         by_key: dict[tuple[str, int], list[symtable.SymbolTable]] = defaultdict(list)
@@ -138,34 +157,34 @@ def _lookup(table: symtable.SymbolTable, name: str) -> symtable.Symbol | None:
         return None
 
 
-def binds(statement: ast.stmt, name: str) -> bool:
-    """Whether `statement`, once it has run without an error, has certainly bound `name` in its namespace."""
+def _bound_names(statement: ast.AST) -> Iterator[str]:
+    """The names `statement`, once it has run without an error, has certainly bound in its namespace."""
     if isinstance(statement, ast.Assign):
-        return any(_target_binds(t, name) for t in statement.targets)
-    if isinstance(statement, (ast.AnnAssign, ast.AugAssign)):
-        return (statement.value is not None or isinstance(statement, ast.AugAssign)) and _target_binds(
-            statement.target, name
-        )
-    if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-        return statement.name == name
-    if isinstance(statement, (ast.Import, ast.ImportFrom)):
-        return any((a.asname or a.name.split(".")[0]) == name for a in statement.names)
-    if isinstance(statement, (ast.With, ast.AsyncWith)):
-        return any(i.optional_vars is not None and _target_binds(i.optional_vars, name) for i in statement.items)
-    return False
+        for target in statement.targets:
+            yield from _target_names(target)
+    elif isinstance(statement, ast.AugAssign) or (isinstance(statement, ast.AnnAssign) and statement.value):
+        yield from _target_names(statement.target)
+    elif isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        yield statement.name
+    elif isinstance(statement, (ast.Import, ast.ImportFrom)):
+        yield from ((a.asname or a.name.split(".")[0]) for a in statement.names)
+    elif isinstance(statement, (ast.With, ast.AsyncWith)):
+        for item in statement.items:
+            if item.optional_vars is not None:
+                yield from _target_names(item.optional_vars)
 
 
-def _target_binds(target: ast.expr, name: str) -> bool:
+def _target_names(target: ast.expr) -> Iterator[str]:
     if isinstance(target, ast.Name):
-        return target.id == name
-    if isinstance(target, (ast.Tuple, ast.List)):
-        return any(_target_binds(e, name) for e in target.elts)
-    if isinstance(target, ast.Starred):
-        return _target_binds(target.value, name)
-    return False
+        yield target.id
+    elif isinstance(target, (ast.Tuple, ast.List)):
+        for element in target.elts:
+            yield from _target_names(element)
+    elif isinstance(target, ast.Starred):
+        yield from _target_names(target.value)
 
 
-def certainly_bound(use: ast.Name, parents: dict[ast.AST, ast.AST], unstable: set[str]) -> bool:
+def certainly_bound(use: ast.Name, scopes: Scopes, unstable: set[str]) -> bool:
     """Whether the code has certainly bound the name of `use` (looked up in a class body or the module's namespace)
     by the time `use` runs: a statement before it in the same block (or an enclosing one) binds it, or the loop,
     `with` or `except` whose body holds it does. Names in `unstable` (deleted, or rebound through `global`) never
@@ -173,30 +192,32 @@ def certainly_bound(use: ast.Name, parents: dict[ast.AST, ast.AST], unstable: se
     name = use.id
     if name in unstable:
         return False
+    # the blocks holding a statement that binds the name, and the positions of those statements
+    binders: dict[int, list[int]] = defaultdict(list)
+    for statement in scopes.binders.get(name, ()):
+        _, block, index = scopes.position[statement]
+        binders[id(block)].append(index)
     child: ast.AST = use
-    parent = parents.get(use)
+    parent = scopes.parents.get(use)
     in_function = False
     while parent is not None:
         if isinstance(parent, (*_FUNCTIONS, *_COMPREHENSIONS)):
             in_function = True
-        elif isinstance(parent, (ast.For, ast.AsyncFor)) and child in parent.body:
-            if _target_binds(parent.target, name):
+        elif isinstance(parent, (ast.For, ast.AsyncFor, ast.With, ast.AsyncWith)) and child in parent.body:
+            bound = (
+                _target_names(parent.target) if isinstance(parent, (ast.For, ast.AsyncFor)) else _bound_names(parent)
+            )
+            if name in bound:
                 return True
-        elif isinstance(parent, (ast.With, ast.AsyncWith)) and child in parent.body:
-            if binds(parent, name):
-                return True
-        elif isinstance(parent, ast.ExceptHandler) and child in parent.body and parent.name == name:
+        elif isinstance(parent, ast.ExceptHandler) and parent.name == name and child in parent.body:
             return True
-        if not (isinstance(parent, ast.ClassDef) and in_function):  # a method does not see its class's names
-            for field in ("body", "orelse", "finalbody"):
-                block = getattr(parent, field, None)
-                if (
-                    isinstance(block, list)
-                    and child in block
-                    and any(binds(s, name) for s in block[: block.index(child)])
-                ):
-                    return True
-        child, parent = parent, parents.get(parent)
+        where = scopes.position.get(child) if isinstance(child, ast.stmt) else None
+        if where is not None and not (isinstance(parent, ast.ClassDef) and in_function):
+            # a method does not see its class's names
+            _, block, index = where
+            if any(i < index for i in binders.get(id(block), ())):
+                return True
+        child, parent = parent, scopes.parents.get(parent)
     return False
 
 
@@ -212,4 +233,4 @@ def unstable_names(nodes: list[ast.AST]) -> set[str]:
     return found
 
 
-__all__ = ["Scopes", "binds", "certainly_bound", "unstable_names"]
+__all__ = ["Scopes", "certainly_bound", "unstable_names"]
