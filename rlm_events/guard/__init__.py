@@ -19,10 +19,12 @@ the refusal text),
 `_policy` ([`GuardPolicy`][rlm_events.guard._policy.GuardPolicy]), `_violation`
 ([`Violation`][rlm_events.guard._violation.Violation]), `allowlist` (the data, by modules, calls
 and attributes), `_grammar` (which Python the code is parsed as, and parsing it), `_bindings` (what the code
-binds), `_host` (what the guard's Python knows about modules), `_fold` (what string expressions hold: a bounded
-evaluator), `_resolve` (what names refer to), the rules `_rules_imports`, `_rules_names`,
-`_rules_attributes`, `_rules_files`, `_rules_calls`, `_rules_strings`, put together in `_scanner` (one
-pass over the tree), and `_hints` (what to do instead).
+binds), `_scopes` (which binding each use of a name means, scope by scope, with Python's `symtable`), `_host`
+(what the guard's Python knows about modules), `_fold` (what string expressions hold: a bounded
+evaluator), `_resolve` (what names refer to), `_owners` (which objects are the code's own), the rules
+`_rules_imports`, `_rules_names`, `_rules_attributes`, `_rules_files`, `_rules_library` (library functions that
+reach attributes, formats, annotations or files for the code), `_rules_calls`, `_rules_strings`, put together in
+`_scanner` (one pass over the tree), and `_hints` (what to do instead).
 """
 
 from ._grammar import HOST_PYTHON, PYODIDE_PYTHON, interpreter_python

@@ -134,6 +134,9 @@ DENIED_METHOD_HINTS = {
 
 def module_hint(name: str, policy: GuardPolicy) -> str:
     """What to use instead of the refused module `name`."""
+    inside = sorted(m for m in policy.modules if m.startswith(f"{name}."))
+    if inside:  # `import os` refused, `import os.path` allowed
+        return f"import the allowed part by its full name ({', '.join(f'import {m}' for m in inside[:3])})"
     for key in (name, name.split(".")[0]):
         if key in MODULE_HINTS:
             return MODULE_HINTS[key]

@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Literal, TypedDict
 from ..builtin import Builtin
 from ..context import PreExecutionContext, Run, StageContext
 from ..stages import Stage
+from . import allowlist
 from ._grammar import interpreter_python
 from ._policy import GuardPolicy, imports_of
 from ._violation import Violation
@@ -118,7 +119,8 @@ def refusal(violations: list[Violation], policy: GuardPolicy | None = None) -> s
     if len(violations) > MAX_LISTED:
         lines.append(f"- … and {len(violations) - MAX_LISTED} more")
     modules = (policy or GuardPolicy.default()).modules
-    shown = [m for m in _SHOWN_MODULES if m in modules]
+    # the usual ones, and every module the policy adds to the presets' (numpy, pandas after .allow(...))
+    shown = [m for m in _SHOWN_MODULES if m in modules] + sorted(modules - allowlist.DEFAULT_MODULES)
     allowed = f", the allowed modules ({', '.join(shown)}, …)" if shown else ""
     return "\n".join(
         [

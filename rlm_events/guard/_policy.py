@@ -21,6 +21,7 @@ what to do instead.
 from __future__ import annotations
 
 import ast
+import symtable
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -119,15 +120,15 @@ class GuardPolicy(BaseModel):
         (minus their members that start processes, connect, write files or trace: see
         `rlm_events.guard.allowlist.DENIED_MEMBERS`), the built-in `open` and the openers `io.open`,
         `gzip.open`/`GzipFile`, `bz2`, `lzma`, `zipfile.ZipFile`, `tarfile.open` with a literal mode that
-        reads, `.format()` on any string, and `self.__dict__`, `vars(self)` and `getattr(self, name)` inside
-        methods.
+        reads, and `self.__dict__`, `vars(self)` and `getattr(self, name)` inside methods whose `self` can only be an
+        instance of their class. (`.format()` stays limited to strings the code shows: a template's fields reach
+        the attributes of its arguments, `"{0.__class__.__base__}"`.)
         """
         return cls(
             modules=allowlist.DEFAULT_MODULES,
             only_members=allowlist.DEFAULT_ONLY_MEMBERS,
             builtins=allowlist.DEFAULT_BUILTINS,
             self_introspection=True,
-            literal_formats=False,
         )
 
     @classmethod
@@ -146,11 +147,24 @@ class GuardPolicy(BaseModel):
         return cls()
 
     @classmethod
+    def data_analysis(cls) -> GuardPolicy:
+        """[`default()`][rlm_events.guard._policy.GuardPolicy.default] plus `numpy` and `pandas`, without their file,
+        pickle and network I/O: `np.save`/`np.load`, `pd.read_pickle`, `df.to_csv(path)`, `df.to_parquet(...)` …
+        are refused (see `rlm_events.guard.allowlist.DATA_MODULES`); their text readers (`pd.read_csv`,
+        `np.loadtxt` …) take an in-memory buffer only (`pd.read_csv(io.StringIO(text))`), and writers such as
+        `df.to_csv()` return text. The same members stay refused in any policy that allows these modules with
+        [`allow()`][rlm_events.guard._policy.GuardPolicy.allow]."""
+        return cls.default().allow(modules=allowlist.DATA_MODULES)
+
+    @classmethod
     def named(cls, name: str) -> GuardPolicy:
-        """The preset called `name`: `"default"` or `"strict"`."""
-        presets = {"default": cls.default, "strict": cls.strict}
+        """The preset called `name`: `"default"`, `"strict"` or `"data"`
+        ([`data_analysis()`][rlm_events.guard._policy.GuardPolicy.data_analysis])."""
+        presets = {"default": cls.default, "strict": cls.strict, "data": cls.data_analysis}
         if name not in presets:
-            raise ValueError(f"unknown GuardPolicy preset {name!r}; use 'default', 'strict' or a GuardPolicy(...)")
+            raise ValueError(
+                f"unknown GuardPolicy preset {name!r}; use 'default', 'strict', 'data' or a GuardPolicy(...)"
+            )
         return presets[name]()
 
     def allow(
@@ -163,11 +177,16 @@ class GuardPolicy(BaseModel):
     ) -> GuardPolicy:
         """A copy that also allows these (`GuardPolicy.strict().allow(modules={"numpy"})`).
 
+        `"numpy"` and `"pandas"` bring their everyday submodules (`numpy.linalg`, `numpy.random`, `pandas.api` …),
+        and their members that read or write files, unpickle or reach the network stay refused (see
+        [`data_analysis()`][rlm_events.guard._policy.GuardPolicy.data_analysis]).
         `members` are `"module.member"` paths: no longer denied, and added where a module is allowed member
         by member. `attributes`: dunder names join `dunders`, `_names` join `private`, others leave
         `deny_attributes`.
         """
         modules = _names(modules, "modules", dotted=True)
+        # numpy and pandas come with their everyday submodules (numpy.linalg, numpy.random, pandas.api …)
+        modules |= {m for m in allowlist.DATA_MODULES if m.split(".")[0] in modules}
         members = _names(members, "members", dotted=True)
         attributes = _names(attributes, "attributes", dotted=False)
         restricted = {m.rpartition(".")[0] for m in self.only_members}
@@ -246,7 +265,13 @@ class GuardPolicy(BaseModel):
         if problem is not None:
             return [problem]
         assert tree is not None
-        scanner = Scanner(self, tree, frozenset(shadowed), imported)
+        try:
+            table = symtable.symtable(code, "<step>", "exec")
+        except (SyntaxError, ValueError) as exc:  # e.g. a name both `global` and a parameter: Python refuses it too
+            line = getattr(exc, "lineno", 0) or 0
+            detail = f"this is not valid Python: {getattr(exc, 'msg', exc)} (line {line}); nothing was run"
+            return [Violation("syntax", "parse", line, detail, "fix the syntax and send plain Python only")]
+        scanner = Scanner(self, tree, table, frozenset(shadowed), imported)
         scanner.run()
         unique = dict.fromkeys(scanner.found)
         return sorted(unique, key=lambda v: v.line)

@@ -6,16 +6,17 @@ of plain classes it defines)."""
 from __future__ import annotations
 
 import ast
-import builtins
+import symtable
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from . import allowlist
-from ._bindings import bindings_of, decorated, imported_names
+from ._bindings import bindings_of, imported_names
 from ._fold import StringValues
 from ._host import ALWAYS_BUILTIN, HOST_BUILTINS, MISSING, host_attr, is_submodule, module_name, packages
+from ._scopes import Scopes, certainly_bound, unstable_names
 from ._violation import Violation, ViolationKind
 
 if TYPE_CHECKING:
@@ -31,9 +32,6 @@ class Ref:
     path: str
 
 
-MethodOwner = Literal["method", "local"]
-
-
 class Resolver(ast.NodeVisitor):
     """The state of one pass over a module's tree, and what its names refer to; the rules subclass it."""
 
@@ -41,6 +39,7 @@ class Resolver(ast.NodeVisitor):
         self,
         policy: GuardPolicy,
         tree: ast.Module,
+        table: symtable.SymbolTable,
         shadowed: frozenset[str],
         imported: Mapping[str, str] | None = None,
     ) -> None:
@@ -48,22 +47,23 @@ class Resolver(ast.NodeVisitor):
         # Names earlier steps imported (None: unknown, so any allowed module's name may be that module).
         self.imported = imported
         self.found: list[Violation] = []
-        self.nodes = list(ast.walk(tree))
-        self.parents: dict[ast.AST, ast.AST] = {
-            child: parent for parent in self.nodes for child in ast.iter_child_nodes(parent)
-        }
+        self.scopes = Scopes(tree, table)  # one walk over the tree: every node, its parent and its scope
+        self.nodes = self.scopes.nodes
+        self.parents: dict[ast.AST, ast.AST] = self.scopes.parents
         self.bindings = bindings_of(self.nodes)
         self.strings = StringValues(self.bindings)  # what string expressions hold
         self.bound = set(self.bindings)
-        self.aliases: dict[str, str] = {}  # local name → dotted path it was imported as
+        self.unstable = unstable_names(self.nodes)
+        # Names the module's namespace binds somewhere (at the top, in a branch or loop, or through `global`).
+        self.global_names = {s.get_name() for s in table.get_symbols() if s.is_local()} | self.unstable
+        # Per scope (the module is `tree`): local name → dotted path it was imported as.
+        self.scope_aliases: dict[ast.AST, dict[str, str]] = {}
         self._collect_imports()
+        self.aliases = self.scope_aliases.get(tree, {})  # the module namespace's
         self.refused_imports: set[str] = set()  # local names whose import is already reported
         self.checked: set[int] = set()  # ids of string constants already checked as attribute names
         self.own: list[frozenset[str]] = [frozenset()]  # `self`/`cls` of the methods being visited
         self.annotation_strings = self._annotation_strings()
-        self.local_classes, self.class_methods = self._local_classes()
-        self.local_instances = self._local_instances()
-        self.archives = self._archive_names()
         self.names_stored_as_name_attr = any(
             isinstance(n, ast.Attribute) and n.attr == "name" and not isinstance(n.ctx, ast.Load) for n in self.nodes
         )
@@ -75,18 +75,24 @@ class Resolver(ast.NodeVisitor):
     # --- prepasses -----------------------------------------------------------------------------------------------
 
     def _collect_imports(self) -> None:
-        """Bind every imported name first, so a use before the import (in a function) resolves too."""
+        """Bind every imported name first, in the namespace the import binds it in (the module's for an import
+        at the top, in a class body or under `global`), so a use before the import (in a function) resolves too."""
+        declared_global = {n for node in self.nodes if isinstance(node, ast.Global) for n in node.names}
         for node in self.nodes:
             if isinstance(node, (ast.Import, ast.ImportFrom)):
+                scope = self.scopes.scope_of.get(node, self.tree)
+                if not isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+                    scope = self.tree
                 for local, path in imported_names(ast.Module(body=[node], type_ignores=[])).items():
-                    self._bind_alias(local, path)
+                    self._bind_alias(self.tree if local in declared_global else scope, local, path)
 
-    def _bind_alias(self, local: str, path: str) -> None:
-        known = self.aliases.get(local)
+    def _bind_alias(self, scope: ast.AST, local: str, path: str) -> None:
+        aliases = self.scope_aliases.setdefault(scope, {})
+        known = aliases.get(local)
         if known is not None and known != path:
-            self.aliases[local] = "<ambiguous>"  # bound to two things: refused where used
+            aliases[local] = "<ambiguous>"  # bound to two things: refused where used
         else:
-            self.aliases[local] = path
+            aliases[local] = path
 
     def _annotation_strings(self) -> set[int]:
         found: set[int] = set()
@@ -105,96 +111,52 @@ class Resolver(ast.NodeVisitor):
                     )
         return found
 
-    def _local_classes(self) -> tuple[set[str], dict[str, set[str]]]:
-        """Classes the code defines whose instances are plain objects: no `__new__`, no metaclass, bases that are
-        such classes, built-in types (not `type`) or members of allowed modules; defined once, never rebound."""
-        defs = [n for n in self.nodes if isinstance(n, ast.ClassDef)]
-        methods = {
-            d.name: {
-                f.name
-                for f in d.body
-                if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) and not decorated(f, "staticmethod")
-            }
-            for d in defs
-        }
-        candidates = {
-            d.name: d
-            for d in defs
-            if len(self.bindings.get(d.name, [])) == 1
-            and not d.keywords
-            and not any(isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) and f.name == "__new__" for f in d.body)
-        }
-        good: set[str] = set()
-        changed = True
-        while changed:
-            changed = False
-            for name, d in candidates.items():
-                if name not in good and all(self._plain_base(b, good) for b in d.bases):
-                    good.add(name)
-                    changed = True
-        return good, methods
-
-    def _plain_base(self, base: ast.expr, good: set[str]) -> bool:
-        if isinstance(base, ast.Name):
-            if base.id in good:
-                return True
-            if base.id in HOST_BUILTINS and base.id not in self.bound and base.id != "type":
-                return isinstance(getattr(builtins, base.id), type)
-        ref = self.resolve(base)
-        return ref is not None and ref.kind == "member"
-
-    def _local_instances(self) -> set[str]:
-        names = set()
-        for name, sites in self.bindings.items():
-            if sites and all(
-                s.kind == "value"
-                and isinstance(s.expr, ast.Call)
-                and isinstance(s.expr.func, ast.Name)
-                and s.expr.func.id in self.local_classes
-                for s in sites
-            ):
-                names.add(name)
-        return names
-
-    def _archive_names(self) -> set[str]:
-        return {
-            name
-            for name, sites in self.bindings.items()
-            if any(s.kind == "value" and s.expr is not None and self.is_archive(s.expr) for s in sites)
-        }
-
-    def is_archive(self, node: ast.AST) -> bool:
-        """Whether `node` is an archive object: a call of an archive opener, or a name bound to one."""
-        if isinstance(node, ast.Name):
-            return node.id in getattr(self, "archives", ())
-        if isinstance(node, ast.Call):
-            ref = self.resolve(node.func)
-            return ref is not None and ref.path in allowlist.ARCHIVES
-        return False
-
     # --- resolving names -----------------------------------------------------------------------------------------
 
     def resolve(self, node: ast.AST) -> Ref | None:
         """What `node` names, when it is a module, something reached through one, or a built-in."""
         if isinstance(node, ast.Name):
-            name = node.id
-            if name in self.shadowed:
-                return None
-            if name in self.aliases:
-                return self.classify(self.aliases[name])
-            if name in ALWAYS_BUILTIN or (name in HOST_BUILTINS and name not in self.bound):
-                return Ref("builtin", name)
-            if name in self.bound:
-                return None
-            if self.imported is not None and name in self.imported:
-                return self.classify(self.imported[name])
-            if name in allowlist.RISKY_MODULE_NAMES or name in self.policy.modules or self.is_package(name):
-                return self.classify(name)
-            return None
+            return self._resolve_name(node)
         if isinstance(node, ast.Attribute):
             base = self.resolve(node.value)
             return None if base is None else self.step(base, node.attr)
         return None
+
+    def _resolve_name(self, node: ast.Name) -> Ref | None:
+        name = node.id
+        if name in self.shadowed:
+            return None
+        function = self.scopes.function_scope(node)
+        if function is not None:  # a function's own variable: never a built-in, nor a module of the REPL
+            path = self.scope_aliases.get(function, {}).get(name)
+            return None if path is None else self.classify(path)
+        if self.scopes.class_local(node):  # a class body's own name, an import there included
+            path = self.scope_aliases.get(self.scopes.scope_of[node], {}).get(name)
+            if path is not None:
+                return self.classify(path)
+        if name in self.aliases:
+            return self.classify(self.aliases[name])
+        if name in ALWAYS_BUILTIN:  # `open`, `getattr`, `eval` …: checked as the built-in whatever the code binds
+            return Ref("builtin", name)
+        if self.bound_here(node):
+            return None
+        if name in HOST_BUILTINS:
+            return Ref("builtin", name)
+        if self.imported is not None and name in self.imported:
+            return self.classify(self.imported[name])
+        if name in allowlist.RISKY_MODULE_NAMES or name in self.policy.modules or self.is_package(name):
+            return self.classify(name)
+        return None
+
+    def bound_here(self, node: ast.Name) -> bool:
+        """Whether the use `node` (not a function's variable) means a variable of the code: certainly bound before it
+        runs, or (for names that are not built-ins or modules the REPL may hold) bound in its namespace at all."""
+        if node.id not in self.bound:
+            return False
+        if certainly_bound(node, self.scopes, self.unstable):
+            return True
+        risky = node.id in ALWAYS_BUILTIN or node.id in HOST_BUILTINS or node.id in allowlist.RISKY_MODULE_NAMES
+        return not risky and (self.scopes.class_local(node) or node.id in self.global_names)
 
     def step(self, base: Ref, attr: str) -> Ref | None:
         """What `<base>.attr` names."""
@@ -265,16 +227,5 @@ class Resolver(ast.NodeVisitor):
         parent = self.parents.get(node)
         return isinstance(parent, ast.Call) and parent.func is node
 
-    def owner(self, node: ast.AST) -> MethodOwner | None:
-        """Whether `node` is the code's own object: a method's `self`/`cls`, or an instance (or class) of a
-        plain class this code defines."""
-        if not isinstance(node, ast.Name) or node.id in self.shadowed:
-            return None
-        if node.id in self.own[-1]:
-            return "method"
-        if node.id in self.local_instances or node.id in self.local_classes:
-            return "local"
-        return None
 
-
-__all__ = ["MethodOwner", "Ref", "Resolver"]
+__all__ = ["Ref", "Resolver"]

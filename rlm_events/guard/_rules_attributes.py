@@ -8,8 +8,11 @@ import ast
 from . import allowlist
 from ._hints import DENIED_METHOD_HINTS, DICT_HINT, PRIVATE_HINT, dunder_hint
 from ._host import is_dunder
+from ._resolve import Ref
 from ._rules_names import NameRules
 from ._violation import ViolationKind
+
+_PATCH = "modules and their classes are shared with the host: keep your changes in your own variables"
 
 
 class AttributeRules(NameRules):
@@ -22,6 +25,10 @@ class AttributeRules(NameRules):
         if isinstance(root, ast.Name) and root.id in self.refused_imports:
             return  # reached through a refused import, which is reported
         base = self.resolve(node.value)
+        if not isinstance(node.ctx, ast.Load) and self._shared(node.value, base):
+            what = "assignment to" if isinstance(node.ctx, ast.Store) else "deletion of"
+            detail = f"{what} {node.attr!r} of a module or a class that is not yours"
+            self.flag(node, "attribute", node.attr, detail, _PATCH)
         if base is not None and base.kind == "module":
             if self.member_ok(node, base.path, node.attr, f"access to {base.path}.{node.attr}"):
                 ref = self.resolve(node)
@@ -38,9 +45,19 @@ class AttributeRules(NameRules):
                 self.module_as_value(node, path, path)
         elif base is None or base.kind in ("member", "builtin"):
             self.check_attribute_name(node, node.value, node.attr, f"access to attribute {node.attr!r}", node.ctx)
-            if node.attr == "extract" and self.is_archive(node.value):
-                self.flag(node, "write", "extract", "use of .extract() on an archive", DENIED_METHOD_HINTS["write"])
+        self.check_format_value(node)
         self.generic_visit(node)
+
+    def check_format_value(self, node: ast.Attribute) -> None:
+        """Overridden by the library rules (`str.format` as a value)."""
+
+    def _shared(self, receiver: ast.expr, base: Ref | None) -> bool:
+        """Whether `receiver` is a module, a member of one, or the class of an object (`type(x)`, `x.__class__`)."""
+        if base is not None and base.kind in ("module", "package", "member", "denied"):
+            return True
+        if isinstance(receiver, ast.Attribute) and receiver.attr == "__class__":
+            return True
+        return isinstance(receiver, ast.Call) and isinstance(receiver.func, ast.Name) and receiver.func.id == "type"
 
     def check_attribute_name(
         self, node: ast.AST, receiver: ast.expr, attr: str, detail: str, ctx: ast.expr_context | None = None
@@ -69,6 +86,10 @@ class AttributeRules(NameRules):
             return False
         if attr in self.policy.deny_attributes:
             self.flag(node, "attribute", attr, detail, "frames, code objects and tracebacks are off limits")
+            return False
+        if attr == "extract" and not (isinstance(receiver, ast.Attribute) and receiver.attr == "str"):
+            # an archive's .extract() writes files; pandas' Series.str.extract does not
+            self.flag(node, "write", attr, f"call of .{attr}()", DENIED_METHOD_HINTS["write"])
             return False
         if attr in allowlist.DENIED_METHODS:
             what = allowlist.DENIED_METHODS[attr]

@@ -9,14 +9,16 @@ import ast
 from . import allowlist
 from ._bindings import is_classmethod_call
 from ._hints import GETATTR_HINT
+from ._host import is_dunder
 from ._resolve import Ref
-from ._rules_attributes import AttributeRules
 from ._rules_files import FileRules
+from ._rules_library import LibraryRules
 
 _ATTRIBUTE_BUILTINS = frozenset({"getattr", "setattr", "delattr", "hasattr"})
+_PATCH = "modules and their classes are shared with the host: keep your changes in your own variables"
 
 
-class CallRules(AttributeRules, FileRules):
+class CallRules(LibraryRules, FileRules):
     """Calls: what the callee is, and what its arguments let it reach."""
 
     def visit_Call(self, node: ast.Call) -> None:
@@ -35,6 +37,7 @@ class CallRules(AttributeRules, FileRules):
             self._check_name_taking(node, path)
         elif isinstance(node.func, ast.Attribute):
             self._check_method_call(node, node.func, func)
+        self.check_library_call(node, path)
         self.generic_visit(node)
 
     def _check_method_call(self, node: ast.Call, func: ast.Attribute, ref: Ref | None) -> None:
@@ -53,6 +56,12 @@ class CallRules(AttributeRules, FileRules):
                 )
         if func.attr == "open" and ref is None:
             self.check_method_open(node)
+        destination = allowlist.PATH_WRITERS.get(func.attr)
+        given = node.args or any(k.arg in (destination, None) for k in node.keywords)
+        # json.dump(obj, fp) writes to a file object it is given: only methods of objects are checked here
+        if destination is not None and given and not (func.attr == "dump" and ref is not None):
+            detail = f".{func.attr}(...) with a destination writes a file"
+            self.flag(node, "write", func.attr, detail, f"call .{func.attr}() without a path: it returns the text")
         if (
             isinstance(receiver, ast.Name)
             and receiver.id in self.class_methods
@@ -82,7 +91,13 @@ class CallRules(AttributeRules, FileRules):
             for text in sorted(names):
                 if not text.isidentifier():
                     continue
-                if base is not None and base.kind == "module":
+                if fn in ("setattr", "delattr") and (is_dunder(text) or (base is not None and base.kind != "builtin")):
+                    what = f"{fn}(..., {text!r})"
+                    self.flag(node, "attribute", text, f"{what} changes a module, a class of one or a dunder", _PATCH)
+                elif text in ("format", "format_map") and self.strings.known_strings(receiver) is None:
+                    detail = f"{fn}(..., {text!r}) of a string the guard cannot see"
+                    self.flag(node, "dynamic", text, detail, GETATTR_HINT)
+                elif base is not None and base.kind == "module":
                     self.member_ok(node, base.path, text, f"{fn}({base.path}, {text!r})")
                 else:
                     self.check_attribute_name(node, receiver, text, f"{fn}(..., {text!r})")
@@ -128,6 +143,10 @@ class CallRules(AttributeRules, FileRules):
             if isinstance(arg, ast.Constant):
                 self.checked.add(id(arg))
             for text in names:
+                if path == "operator.methodcaller" and text in ("format", "format_map"):
+                    self.flag(
+                        node, "dynamic", path, f"{path}({text!r}): a format string the guard cannot see", GETATTR_HINT
+                    )
                 for part in text.split(".") if path == "operator.attrgetter" else [text]:
                     self.check_attribute_name(node, ast.Name(id="<unknown>"), part, f"{path}({text!r})")
 

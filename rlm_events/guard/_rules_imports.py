@@ -8,10 +8,10 @@ import types
 from . import allowlist
 from ._hints import member_hint, module_hint
 from ._host import MISSING, host_attr, is_submodule, module_name
-from ._resolve import Resolver
+from ._owners import Owners
 
 
-class ImportRules(Resolver):
+class ImportRules(Owners):
     """Imports, and the members of allowed modules (`module.attr`) wherever code reaches them."""
 
     def refuse_module(self, node: ast.AST, path: str, detail: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 
-from ._bindings import decorated
 from ._rules_calls import CallRules
 from ._rules_strings import StringRules
 
@@ -18,16 +17,19 @@ class Scanner(CallRules, StringRules):
         self.visit(self.tree)
 
     def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        self.check_registered(node)
         for decorator in node.decorator_list:
             self.visit(decorator)
         self.visit(node.args)
+        for parameter in getattr(node, "type_params", ()):  # PEP 695 (3.12+): bounds and defaults are code too
+            self.visit(parameter)
         if node.returns is not None:
             self.visit(node.returns)
         own = set(self.own[-1])
         params = [*node.args.posonlyargs, *node.args.args]
         stored = {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
         own -= stored | {a.arg for a in (*params, *node.args.kwonlyargs)}
-        method = isinstance(self.parents.get(node), ast.ClassDef) and not decorated(node, "staticmethod")
+        method = isinstance(self.parents.get(node), ast.ClassDef) and self.own_self(node)
         if method and params and params[0].arg not in stored:
             own.add(params[0].arg)
         self.own.append(frozenset(own))

@@ -144,6 +144,7 @@ FRAME_ATTRIBUTES = frozenset(
         "co_exceptiontable",
         "func_globals",
         "func_code",
+        "mro",  # type(x).mro(): the classes of an object, to call (a file's FileIO re-opened for writing)
     }
 )
 # Method names refused on any object (the guard cannot know the object's type): they write files outside open(),
@@ -153,7 +154,6 @@ DENIED_METHODS: dict[str, str] = {
     "write_bytes": "write",
     "extractall": "write",
     "tofile": "write",
-    "to_pickle": "write",
     "symlink_to": "write",
     "hardlink_to": "write",
     "makefile": "write",  # TarFile.makefile(tarinfo, path) and its siblings write files
@@ -161,6 +161,28 @@ DENIED_METHODS: dict[str, str] = {
     "makelink": "write",
     "makefifo": "write",
     "makedev": "write",
+    "makeunknown": "write",
+    "chmod": "write",  # TarFile.chmod/chown/utime(tarinfo, path) change files on the host
+    "chown": "write",
+    "utime": "write",
+    "to_pickle": "write",
+    "to_parquet": "write",
+    "to_feather": "write",
+    "to_hdf": "write",
+    "to_sql": "write",
+    "to_stata": "write",
+    "to_excel": "write",
+    "to_orc": "write",
+    "to_clipboard": "write",
+    "savefig": "write",
+    "getaddrinfo": "network",  # an event loop's resolver reaches the network (asyncio.get_running_loop is denied)
+    "getnameinfo": "network",
+    "sock_sendall": "network",
+    "sock_sendto": "network",
+    "sock_recv": "network",
+    "sock_accept": "network",
+    "sock_sendfile": "network",
+    "sendfile": "network",
     "subprocess_exec": "process",
     "subprocess_shell": "process",
     "create_connection": "network",

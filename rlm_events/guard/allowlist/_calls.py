@@ -33,9 +33,66 @@ WRITING_KEYWORDS: dict[str, frozenset[str]] = {
 }
 # Members that may only be called directly with literal attribute names (never passed around as values).
 NAME_TAKING = frozenset({"operator.attrgetter", "operator.methodcaller"})
+# Library functions that read or set the attributes named by an argument: (position, keyword) of each such argument.
+# The names must be literals, and are checked like `obj.name` (the library does `getattr(obj, name)` for the code).
+ATTRIBUTE_NAME_ARGUMENTS: dict[str, tuple[tuple[int, str], ...]] = {
+    "functools.update_wrapper": ((2, "assigned"), (3, "updated")),
+    "functools.wraps": ((1, "assigned"), (2, "updated")),
+}
+# Functions that format with a style: (position of the format, its keyword, position of `style`). With the "{"
+# style, fields traverse attributes ("{name.__class__}"), so the format must be a string the guard can see.
+FORMAT_STYLES: dict[str, tuple[int, str, int]] = {
+    "logging.Formatter": (0, "fmt", 2),
+    "logging.basicConfig": (99, "format", 99),
+    "logging.StrFormatStyle": (0, "fmt", 99),
+}
+# Functions that evaluate annotations (strings in them are run as code): only for the code's own functions and
+# classes whose annotations are visible types.
+ANNOTATION_EVALUATORS = frozenset({"typing.get_type_hints"})
+# Readers that open a path or URL when given one: allowed only on an in-memory buffer (io.StringIO / io.BytesIO),
+# by the keyword that names their source.
+BUFFER_READERS: dict[str, str] = {
+    f"pandas.read_{kind}": "filepath_or_buffer"
+    for kind in [
+        "csv",
+        "table",
+        "fwf",
+        "json",
+        "excel",
+        "html",
+        "xml",
+        "parquet",
+        "feather",
+        "orc",
+        "stata",
+        "sas",
+        "spss",
+    ]
+} | {"numpy.loadtxt": "fname", "numpy.genfromtxt": "fname"}
+# Methods that return text when called without a destination, and write a file when given one (pandas' to_csv,
+# numpy's ndarray.dump): refused with a positional argument or their destination keyword.
+PATH_WRITERS: dict[str, str] = {
+    "to_csv": "path_or_buf",
+    "to_json": "path_or_buf",
+    "to_html": "buf",
+    "to_latex": "buf",
+    "to_markdown": "buf",
+    "to_string": "buf",
+    "to_xml": "path_or_buffer",
+    "dump": "file",
+}
 # Members whose arguments are checked may only be called directly: as a value (functools.partial(gzip.open, p, "wb"),
 # map(...)) they could be called later with anything.
-CALL_ONLY_MEMBERS = NAME_TAKING | (frozenset(OPENERS) - {"open"}) | frozenset(WRITING_KEYWORDS)
+CALL_ONLY_MEMBERS = (
+    NAME_TAKING
+    | (frozenset(OPENERS) - {"open"})
+    | frozenset(WRITING_KEYWORDS)
+    | frozenset(ATTRIBUTE_NAME_ARGUMENTS)
+    | frozenset(FORMAT_STYLES)
+    | ANNOTATION_EVALUATORS
+    | frozenset(BUFFER_READERS)
+    | {"dataclasses.make_dataclass"}
+)
 # Command-line entry points of modules (zipfile.main(["-e", ...]) extracts, base64.main() reads files).
 ENTRY_POINTS = frozenset({"main", "test"})
 # Calls that return an archive object (its .extract() writes files).

@@ -51,6 +51,7 @@ STRICT_MODULES = frozenset(
         "math",
         "numbers",
         "operator",
+        "os.path",  # only the members that compute paths (STRICT_ONLY_MEMBERS), none that touch the file system
         "pprint",
         "queue",
         "random",
@@ -61,6 +62,7 @@ STRICT_MODULES = frozenset(
         "statistics",
         "string",
         "struct",
+        "sys",  # only version facts, sizes and the standard streams (STRICT_ONLY_MEMBERS)
         "textwrap",
         "time",
         "types",
@@ -75,6 +77,46 @@ STRICT_MODULES = frozenset(
 )
 # default adds modules whose risky members are denied one by one below (and file reads, see DEFAULT_BUILTINS).
 DEFAULT_MODULES = STRICT_MODULES | {"asyncio", "logging", "tarfile", "threading", "xml.etree.ElementTree", "zipfile"}
+
+# os.path: the functions that compute paths from strings (none that looks at the file system or the environment).
+_OS_PATH_MEMBERS = (
+    "join",
+    "basename",
+    "dirname",
+    "split",
+    "splitext",
+    "splitdrive",
+    "normpath",
+    "normcase",
+    "isabs",
+    "commonprefix",
+    "commonpath",
+    "sep",
+    "altsep",
+    "extsep",
+    "pathsep",
+    "curdir",
+    "pardir",
+)
+# sys: facts about the interpreter's version and sizes, and the standard streams (print(..., file=sys.stderr)).
+_SYS_MEMBERS = (
+    "version_info",
+    "version",
+    "hexversion",
+    "implementation",
+    "platform",
+    "byteorder",
+    "maxsize",
+    "maxunicode",
+    "float_info",
+    "int_info",
+    "hash_info",
+    "getsizeof",
+    "getrecursionlimit",
+    "getdefaultencoding",
+    "stdout",
+    "stderr",
+)
 
 # Modules whose members are allowlisted one by one: "module.member". Both presets.
 STRICT_ONLY_MEMBERS = frozenset(
@@ -113,6 +155,8 @@ STRICT_ONLY_MEMBERS = frozenset(
         "lzma.LZMAError",
         "lzma.compress",
         "lzma.decompress",
+        *(f"os.path.{name}" for name in _OS_PATH_MEMBERS),
+        *(f"sys.{name}" for name in _SYS_MEMBERS),
         "types.EllipsisType",
         "types.GenericAlias",
         "types.MappingProxyType",
@@ -132,6 +176,24 @@ DEFAULT_ONLY_MEMBERS = STRICT_ONLY_MEMBERS | {
     "lzma.LZMAFile",
     "lzma.open",
 }
+
+# Analysis libraries allowed by GuardPolicy.data_analysis() (and by .allow(modules=...)): their members that read or
+# write files, unpickle, reach the network or run strings are refused wherever the libraries are allowed. Readers of
+# text formats (pandas.read_csv, numpy.loadtxt …) are allowed on io.StringIO/BytesIO only (see BUFFER_READERS).
+DATA_MODULES = frozenset(
+    {"numpy", "numpy.linalg", "numpy.random", "numpy.fft", "numpy.ma", "numpy.polynomial", "numpy.typing"}
+    | {"pandas", "pandas.api", "pandas.api.types", "pandas.errors", "pandas.tseries", "pandas.tseries.offsets"}
+)
+DATA_DENIED_MEMBERS = frozenset(
+    {
+        *(f"numpy.{name}" for name in ("save", "savez", "savez_compressed", "savetxt", "load", "fromfile", "memmap")),
+        *(f"numpy.{name}" for name in ("fromregex", "DataSource", "lib", "ctypeslib", "f2py", "distutils", "testing")),
+        *(f"numpy.{name}" for name in ("core", "show_config", "get_include")),
+        *(f"pandas.{name}" for name in ("read_pickle", "to_pickle", "read_sql", "read_sql_query", "read_sql_table")),
+        *(f"pandas.{name}" for name in ("read_gbq", "read_clipboard", "read_hdf", "HDFStore", "ExcelWriter", "eval")),
+        *(f"pandas.{name}" for name in ("io", "util", "show_versions", "options", "set_option")),
+    }
+)
 
 # Members of allowed modules that are refused: they run strings as code, resolve names, write or connect.
 DENIED_MEMBERS = frozenset(
@@ -169,13 +231,17 @@ DENIED_MEMBERS = frozenset(
         "threading.settrace_all_threads",
         "typing.ForwardRef",  # .evaluate() (3.14) runs the string
         "typing.evaluate_forward_ref",
-        "typing.get_type_hints",
+        "warnings.formatwarning",  # these three read any file's lines (linecache) to show them
+        "warnings.showwarning",
+        "warnings.warn_explicit",
+        "zoneinfo.reset_tzpath",  # then ZoneInfo(key) reads files under any directory
         "xml.etree.ElementTree.ElementTree",
         "xml.etree.ElementTree.iterparse",
         "xml.etree.ElementTree.parse",
         "zipfile.PyZipFile",
         "zipfile.main",
     }
+    | DATA_DENIED_MEMBERS
 )
 
 # --- names the guard recognises without an import --------------------------------------------------------------------

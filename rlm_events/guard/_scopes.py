@@ -1,0 +1,236 @@
+"""Which binding each name of the code refers to, scope by scope, as Python resolves it: Python's own `symtable`
+says which names are local to each function, lambda and comprehension; this module maps the syntax tree's scopes
+onto its tables, and answers, for one use of a name, whether it can only mean a variable of a function
+(`function_scope()`), and, for a use looked up in the module's namespace, whether the code has certainly bound it
+before (`certainly_bound()`): a binding in a branch, a loop, another function or a `del` does not count, since the
+use may then fall through to the built-ins or a module left in the REPL.
+
+Where the tree and the tables cannot be matched one to one (two scopes of the same name on one line), the scopes
+concerned are treated as the module's namespace: the guard then resolves their names more strictly, never less.
+"""
+
+from __future__ import annotations
+
+import ast
+import symtable
+from collections import defaultdict
+from collections.abc import Iterator
+
+_FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+_SCOPES = (*_FUNCTIONS, ast.ClassDef, *_COMPREHENSIONS)
+_BLOCKS = (ast.Module, ast.stmt, ast.excepthandler, ast.match_case)  # what can hold a block of statements
+_TABLE_NAMES = {ast.ListComp: "listcomp", ast.SetComp: "setcomp", ast.DictComp: "dictcomp", ast.GeneratorExp: "genexpr"}
+
+
+def _table_name(node: ast.AST) -> str:
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return node.name
+    if isinstance(node, ast.Lambda):
+        return "lambda"
+    return _TABLE_NAMES.get(type(node), "?")
+
+
+def _outer_parts(node: ast.AST) -> Iterator[ast.AST]:
+    """The parts of the scope-making `node` that are evaluated in the enclosing scope."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+        if not isinstance(node, ast.Lambda):
+            yield from node.decorator_list
+            if node.returns is not None:
+                yield node.returns
+            arguments = [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
+            arguments += [a for a in (node.args.vararg, node.args.kwarg) if a is not None]
+            yield from (a.annotation for a in arguments if a.annotation is not None)
+        yield from node.args.defaults
+        yield from (d for d in node.args.kw_defaults if d is not None)
+    elif isinstance(node, ast.ClassDef):
+        yield from node.decorator_list
+        yield from node.bases
+        yield from node.keywords
+    elif isinstance(node, _COMPREHENSIONS):
+        yield node.generators[0].iter
+    yield from getattr(node, "type_params", ())  # PEP 695 (3.12+): checked as the enclosing scope's
+
+
+class Scopes:
+    """The scopes of one module: for every node, the scope node it is evaluated in (the module is `tree`), and the
+    symbol table of each scope that could be matched."""
+
+    def __init__(self, tree: ast.Module, table: symtable.SymbolTable) -> None:
+        self.tree = tree
+        self.nodes: list[ast.AST] = []  # every node, parents before children
+        self.parents: dict[ast.AST, ast.AST] = {}
+        # where each statement is: (its parent, the block holding it, its index there)
+        self.position: dict[ast.stmt, tuple[ast.AST, list[ast.stmt], int]] = {}
+        self.binders: dict[str, list[ast.stmt]] = defaultdict(list)  # statements that certainly bind a name
+        self.scope_of: dict[ast.AST, ast.AST] = {}
+        self.parent_scope: dict[ast.AST, ast.AST] = {}
+        self.tables: dict[ast.AST, symtable.SymbolTable] = {tree: table}
+        self.children: dict[ast.AST, list[ast.AST]] = defaultdict(list)
+        self._assign(tree, tree)
+        self._match(tree, table)
+
+    def _assign(self, node: ast.AST, scope: ast.AST) -> None:
+        stack = [(node, scope)]
+        while stack:
+            current, where = stack.pop()
+            self.nodes.append(current)
+            self.scope_of[current] = where
+            children = list(ast.iter_child_nodes(current))
+            for child in children:
+                self.parents[child] = current
+            if isinstance(current, _BLOCKS):
+                self._blocks(current)
+            if isinstance(current, _SCOPES):
+                self.parent_scope[current] = where
+                self.children[where].append(current)
+                outer = list(_outer_parts(current))
+                outer_ids = {id(o) for o in outer}
+                stack.extend((o, where) for o in outer)
+                stack.extend((c, current) for c in children if id(c) not in outer_ids)
+            else:
+                stack.extend((c, where) for c in children)
+
+    def _blocks(self, node: ast.AST) -> None:
+        for field in ("body", "orelse", "finalbody"):
+            block = getattr(node, field, None)
+            if isinstance(block, list):
+                for index, statement in enumerate(block):
+                    self.position[statement] = (node, block, index)
+                    for name in _bound_names(statement):
+                        self.binders[name].append(statement)
+
+    def _match(self, scope: ast.AST, table: symtable.SymbolTable) -> None:
+        by_key: dict[tuple[str, int], list[symtable.SymbolTable]] = defaultdict(list)
+        for child in table.get_children():
+            by_key[(child.get_name(), child.get_lineno())].append(child)
+        nodes: dict[tuple[str, int], list[ast.AST]] = defaultdict(list)
+        for node in self.children.get(scope, ()):
+            nodes[(_table_name(node), getattr(node, "lineno", 0))].append(node)
+        for key, found in nodes.items():
+            tables = by_key.get(key, [])
+            if len(found) == 1 and len(tables) == 1:
+                self.tables[found[0]] = tables[0]
+                self._match(found[0], tables[0])
+            # otherwise unmatched: that scope and the ones inside it resolve their names in the module's namespace
+
+    def function_scope(self, node: ast.Name) -> ast.AST | None:
+        """The function, lambda or comprehension whose variable the use `node` is (local there, or a free variable
+        of an enclosing one), or `None` when the name is looked up in a class body or the module's namespace."""
+        scope = self.scope_of.get(node)
+        if scope is None:
+            return None
+        table = self.tables.get(scope)
+        if table is None:
+            return None
+        symbol = _lookup(table, node.id)
+        if symbol is None:
+            return None
+        if table.get_type() == "function" and symbol.is_local() and not symbol.is_global():
+            return scope
+        if not symbol.is_free():
+            return None
+        outer = self.parent_scope.get(scope)
+        while outer is not None and outer is not self.tree:
+            outer_table = self.tables.get(outer)
+            if outer_table is None:
+                return None
+            if outer_table.get_type() == "function":
+                found = _lookup(outer_table, node.id)
+                if found is not None and found.is_local() and not found.is_global():
+                    return outer
+            outer = self.parent_scope.get(outer)
+        return None
+
+    def class_local(self, node: ast.Name) -> bool:
+        """Whether the use `node` is in a class body that binds its name (looked up there before the module)."""
+        scope = self.scope_of.get(node)
+        table = self.tables.get(scope) if scope is not None else None
+        symbol = _lookup(table, node.id) if table is not None and table.get_type() == "class" else None
+        return symbol is not None and symbol.is_local()
+
+
+def _lookup(table: symtable.SymbolTable, name: str) -> symtable.Symbol | None:
+    try:
+        return table.lookup(name)
+    except KeyError:
+        return None
+
+
+def _bound_names(statement: ast.AST) -> Iterator[str]:
+    """The names `statement`, once it has run without an error, has certainly bound in its namespace."""
+    if isinstance(statement, ast.Assign):
+        for target in statement.targets:
+            yield from _target_names(target)
+    elif isinstance(statement, ast.AugAssign) or (isinstance(statement, ast.AnnAssign) and statement.value):
+        yield from _target_names(statement.target)
+    elif isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        yield statement.name
+    elif isinstance(statement, (ast.Import, ast.ImportFrom)):
+        yield from ((a.asname or a.name.split(".")[0]) for a in statement.names)
+    elif isinstance(statement, (ast.With, ast.AsyncWith)):
+        for item in statement.items:
+            if item.optional_vars is not None:
+                yield from _target_names(item.optional_vars)
+
+
+def _target_names(target: ast.expr) -> Iterator[str]:
+    if isinstance(target, ast.Name):
+        yield target.id
+    elif isinstance(target, (ast.Tuple, ast.List)):
+        for element in target.elts:
+            yield from _target_names(element)
+    elif isinstance(target, ast.Starred):
+        yield from _target_names(target.value)
+
+
+def certainly_bound(use: ast.Name, scopes: Scopes, unstable: set[str]) -> bool:
+    """Whether the code has certainly bound the name of `use` (looked up in a class body or the module's namespace)
+    by the time `use` runs: a statement before it in the same block (or an enclosing one) binds it, or the loop,
+    `with` or `except` whose body holds it does. Names in `unstable` (deleted, or rebound through `global`) never
+    are."""
+    name = use.id
+    if name in unstable:
+        return False
+    # the blocks holding a statement that binds the name, and the positions of those statements
+    binders: dict[int, list[int]] = defaultdict(list)
+    for statement in scopes.binders.get(name, ()):
+        _, block, index = scopes.position[statement]
+        binders[id(block)].append(index)
+    child: ast.AST = use
+    parent = scopes.parents.get(use)
+    in_function = False
+    while parent is not None:
+        if isinstance(parent, (*_FUNCTIONS, *_COMPREHENSIONS)):
+            in_function = True
+        elif isinstance(parent, (ast.For, ast.AsyncFor, ast.With, ast.AsyncWith)) and child in parent.body:
+            bound = (
+                _target_names(parent.target) if isinstance(parent, (ast.For, ast.AsyncFor)) else _bound_names(parent)
+            )
+            if name in bound:
+                return True
+        elif isinstance(parent, ast.ExceptHandler) and parent.name == name and child in parent.body:
+            return True
+        where = scopes.position.get(child) if isinstance(child, ast.stmt) else None
+        if where is not None and not (isinstance(parent, ast.ClassDef) and in_function):
+            # a method does not see its class's names
+            _, block, index = where
+            if any(i < index for i in binders.get(id(block), ())):
+                return True
+        child, parent = parent, scopes.parents.get(parent)
+    return False
+
+
+def unstable_names(nodes: list[ast.AST]) -> set[str]:
+    """Names whose binding in the module's namespace may go away or change behind the code's back: deleted
+    (`del x`), or declared `global`/`nonlocal` somewhere."""
+    found: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Del):
+            found.add(node.id)
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            found.update(node.names)
+    return found
+
+
+__all__ = ["Scopes", "certainly_bound", "unstable_names"]
