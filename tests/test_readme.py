@@ -101,7 +101,10 @@ def test_every_python_block_of_a_page_is_collected(page: Path):
 
 
 @pytest.mark.parametrize(("title", "blocks"), sections(), ids=[t for t, _ in sections()])
-def test_example_section_runs(title, blocks, capsys, modern_rlm_constructor):
+def test_example_section_runs(title, blocks, capsys, modern_rlm_constructor, tmp_path, monkeypatch):
+    # In a working directory of its own, as in a user's project: what an example (or a library it calls: MLflow
+    # keeps a SQLite store's trace artifacts under ./mlruns) writes to relative paths never lands in the checkout.
+    monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {"__name__": f"example_{title}"}
     for block in blocks:
         try:
