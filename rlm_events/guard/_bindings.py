@@ -100,3 +100,15 @@ def is_classmethod_call(nodes: Iterable[ast.AST], cls: str, method: str) -> bool
 
 
 __all__ = ["Binding", "bindings_of", "decorated", "imported_names", "is_classmethod_call"]
+
+
+def annotations_of(node: ast.AST) -> list[ast.expr]:
+    """The annotations `node` itself carries: a parameter's, a function's return annotation, an annotated
+    assignment's (not those of nodes below it)."""
+    if isinstance(node, (ast.arg, ast.AnnAssign)):
+        found = node.annotation
+    elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        found = node.returns
+    else:
+        return []
+    return [found] if found is not None else []

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from . import allowlist
-from ._bindings import bindings_of, imported_names
+from ._bindings import annotations_of, bindings_of, imported_names
 from ._fold import StringValues
 from ._host import ALWAYS_BUILTIN, HOST_BUILTINS, MISSING, host_attr, is_submodule, module_name, packages
 from ._scopes import Scopes, certainly_bound, unstable_names
@@ -97,18 +97,10 @@ class Resolver(ast.NodeVisitor):
     def _annotation_strings(self) -> set[int]:
         found: set[int] = set()
         for node in self.nodes:
-            annotations: list[ast.expr | None] = []
-            if isinstance(node, ast.arg):
-                annotations.append(node.annotation)
-            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                annotations.append(node.returns)
-            elif isinstance(node, ast.AnnAssign):
-                annotations.append(node.annotation)
-            for annotation in annotations:
-                if annotation is not None:
-                    found.update(
-                        id(n) for n in ast.walk(annotation) if isinstance(n, ast.Constant) and isinstance(n.value, str)
-                    )
+            for annotation in annotations_of(node):
+                found.update(
+                    id(n) for n in ast.walk(annotation) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                )
         return found
 
     # --- resolving names -----------------------------------------------------------------------------------------

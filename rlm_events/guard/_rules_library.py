@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 
 from . import allowlist
+from ._bindings import annotations_of
 from ._hints import GETATTR_HINT
 from ._rules_attributes import AttributeRules
 
@@ -138,15 +139,8 @@ class LibraryRules(AttributeRules):
         """Whether every annotation of `definition` is a type the guard can see: no name of a variable (which could
         hold a string to evaluate), an input, or anything the code does not define or import."""
         for node in ast.walk(definition):
-            annotations: list[ast.expr | None] = []
-            if isinstance(node, ast.arg):
-                annotations.append(node.annotation)
-            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                annotations.append(node.returns)
-            elif isinstance(node, ast.AnnAssign):
-                annotations.append(node.annotation)
-            for annotation in annotations:
-                if annotation is not None and not self._is_type_expression(annotation):
+            for annotation in annotations_of(node):
+                if not self._is_type_expression(annotation):
                     return False
         return True
 
