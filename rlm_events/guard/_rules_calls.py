@@ -136,9 +136,8 @@ class CallRules(LibraryRules, FileRules):
             self.flag(node, "dynamic", path, f"{path}() without literal names", GETATTR_HINT)
             return
         for arg in args:
-            names = self.strings.known_strings(arg)
+            names = self.visible_strings(node, arg, ("dynamic", path, f"{path}() with a computed name", GETATTR_HINT))
             if names is None:
-                self.flag(node, "dynamic", path, f"{path}() with a computed name", GETATTR_HINT)
                 continue
             if isinstance(arg, ast.Constant):
                 self.checked.add(id(arg))

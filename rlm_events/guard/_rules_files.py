@@ -32,9 +32,10 @@ class FileRules(Resolver):
                 self.flag(node, "write", target, f"{target}(..., opener=...)", OPEN_HINT)
         if mode is None:
             return  # the default mode reads
-        modes = self.strings.known_strings(mode)
+        modes = self.visible_strings(
+            node, mode, ("write", target, f"{target}() with a mode that is not a literal", OPEN_HINT)
+        )
         if modes is None:
-            self.flag(node, "write", target, f"{target}() with a mode that is not a literal", OPEN_HINT)
             return
         for text in sorted(modes):
             if set(text.split(":")[0]) & set("wax+"):
