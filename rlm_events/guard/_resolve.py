@@ -79,16 +79,17 @@ class Resolver(ast.NodeVisitor):
         violation: tuple[ViolationKind, str, str, str],
         *,
         elements: bool = False,
-    ) -> set[str] | None:
-        """Every string `expr` can hold (with `elements`: every element of the collection `expr`), when the code
-        shows them all; else `None`, and `node` is flagged with `violation` (kind, name, detail, hint). A missing
-        `expr` (the `**mapping` of a dict display) shows nothing."""
+    ) -> set[str]:
+        """Every string `expr` can hold (with `elements`: every element of the collection `expr`), to check, when
+        the code shows them all; else none, and `node` is flagged with `violation` (kind, name, detail, hint): the
+        guard cannot see what the code does. A missing `expr` (the `**mapping` of a dict display) shows nothing."""
         if expr is None:
             texts = None
         else:
             texts = self.strings.known_elements(expr) if elements else self.strings.known_strings(expr)
         if texts is None:
             self.flag(node, *violation)
+            return set()
         return texts
 
     # --- prepasses -----------------------------------------------------------------------------------------------

@@ -137,8 +137,6 @@ class CallRules(LibraryRules, FileRules):
             return
         for arg in args:
             names = self.visible_strings(node, arg, ("dynamic", path, f"{path}() with a computed name", GETATTR_HINT))
-            if names is None:
-                continue
             if isinstance(arg, ast.Constant):
                 self.checked.add(id(arg))
             for text in names:

@@ -16,6 +16,20 @@ def safe_repr(value: Any) -> str:
         return f"<unrepresentable {type(value).__name__}>"
 
 
+def error_message(error: BaseException) -> str:
+    """`str(error)`; never raises: a `__str__` that fails gives `<unprintable message>`."""
+    try:
+        return str(error)
+    except Exception:
+        return "<unprintable message>"
+
+
+def error_text(error: BaseException) -> str:
+    """`'Type: message'` of `error` (the type's name alone when the message is empty); never raises."""
+    message = error_message(error)
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
 def preview(value: Any, limit: int) -> str:
     """`value` as text of at most about `limit` characters: strings as they are, anything else by `repr`.
 
