@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 ERROR_PREFIXES = ("[Error]", "[Type Error]")
 """How DSPy (and rlm-events' middleware) begin the result text of code that failed."""
 
 
+def _text(convert: Callable[[Any], str], value: Any, failed: str) -> str:
+    """`convert(value)`, or `failed` (its `{}` the value's type name) when the value's own method raises."""
+    try:
+        return convert(value)
+    except Exception:
+        return failed.format(type(value).__name__)
+
+
 def safe_repr(value: Any) -> str:
     """`repr(value)`; never raises: a `repr` that fails gives `<unrepresentable TypeName>`."""
-    try:
-        return repr(value)
-    except Exception:
-        return f"<unrepresentable {type(value).__name__}>"
+    return _text(repr, value, "<unrepresentable {}>")
 
 
 def error_message(error: BaseException) -> str:
     """`str(error)`; never raises: a `__str__` that fails gives `<unprintable message>`."""
-    try:
-        return str(error)
-    except Exception:
-        return "<unprintable message>"
+    return _text(str, error, "<unprintable message>")
 
 
 def error_text(error: BaseException) -> str:
