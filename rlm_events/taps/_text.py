@@ -22,14 +22,15 @@ def safe_repr(value: Any) -> str:
     return _text(repr, value, "<unrepresentable {}>")
 
 
-def error_message(error: BaseException) -> str:
-    """`str(error)`; never raises: a `__str__` that fails gives `<unprintable message>`."""
-    return _text(str, error, "<unprintable message>")
+def error_message(error: BaseException, unprintable: str = "<unprintable message>") -> str:
+    """`str(error)`; never raises: a `__str__` that fails gives `unprintable`."""
+    return _text(str, error, unprintable)
 
 
-def error_text(error: BaseException) -> str:
-    """`'Type: message'` of `error` (the type's name alone when the message is empty); never raises."""
-    message = error_message(error)
+def error_text(error: BaseException, unprintable: str = "<unprintable message>") -> str:
+    """`'Type: message'` of `error` (the type's name alone when the message is empty); never raises: a `__str__`
+    that fails gives `unprintable` as the message."""
+    message = error_message(error, unprintable)
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
