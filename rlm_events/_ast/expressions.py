@@ -32,15 +32,9 @@ class Expressions(Operations):
         if isinstance(node, ast.Name):
             return self.lookup(node.id)
         if isinstance(node, (ast.List, ast.Tuple)):
-            items: list[Any] = []
-            for element in node.elts:
-                if isinstance(element, ast.Starred):
-                    spread = self.items(self.ev(element.value))
-                    if spread is None:
-                        return UNKNOWN
-                    items.extend(spread)
-                else:
-                    items.append(self.ev(element))
+            items = self.spread(node.elts)
+            if items is None:
+                return UNKNOWN
             self.grew(items)
             return items if isinstance(node, ast.List) else tuple(items)
         if isinstance(node, ast.Dict):
@@ -226,16 +220,23 @@ class Expressions(Operations):
 
     # -- calls
 
-    def arguments(self, node: ast.Call) -> tuple[list[Any], dict[str, Any]] | Unknown:
-        args: list[Any] = []
-        for arg in node.args:
-            if isinstance(arg, ast.Starred):
-                spread = self.items(self.ev(arg.value))
-                if spread is None:
-                    return UNKNOWN
-                args.extend(spread)
+    def spread(self, nodes: list[ast.expr]) -> list[Any] | None:
+        """The values of `nodes` in order, each `*x` spread into its items; `None` when an `x` has no known items."""
+        values: list[Any] = []
+        for node in nodes:
+            if isinstance(node, ast.Starred):
+                items = self.items(self.ev(node.value))
+                if items is None:
+                    return None
+                values.extend(items)
             else:
-                args.append(self.ev(arg))
+                values.append(self.ev(node))
+        return values
+
+    def arguments(self, node: ast.Call) -> tuple[list[Any], dict[str, Any]] | Unknown:
+        args = self.spread(node.args)
+        if args is None:
+            return UNKNOWN
         kwargs: dict[str, Any] = {}
         for keyword in node.keywords:
             value = self.ev(keyword.value)

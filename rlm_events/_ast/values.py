@@ -17,6 +17,7 @@ from .limits import LIMITS, Limits
 SCALARS = (str, int, float, bool, type(None))
 """The exact scalar types a value may have."""
 _NONE = type(None)
+_RESULTS = (*SCALARS, list, tuple)  # what the exact types' methods may return
 
 
 class Unknown:
@@ -123,7 +124,7 @@ def plain(value: Any, limits: Limits = LIMITS, _budget: list[int] | None = None,
             return UNKNOWN
         copied = {}
         for k, v in list(value.items()):
-            if type(k) not in (str, int, float, bool, _NONE):  # exact scalar keys: their hash and == are C
+            if type(k) not in SCALARS:  # exact scalar keys: their hash and == are C
                 return UNKNOWN
             copied[k] = plain(v, limits, budget, _depth + 1)
         return copied
@@ -134,20 +135,13 @@ def plain(value: Any, limits: Limits = LIMITS, _budget: list[int] | None = None,
 
 def plain_result(value: Any) -> Any:
     """Results of the exact types' methods: lists from `split`, tuples from `partition`, scalars."""
-    kind = type(value)
-    if kind in SCALARS or kind is list or kind is tuple:
-        return value
-    return UNKNOWN
+    return value if type(value) in _RESULTS else UNKNOWN
 
 
 def hashable(value: Any) -> bool:
     """Whether `value` is a scalar or a tuple of them: a key whose `hash` and `==` are the exact types' C."""
     kind = type(value)
-    if kind in SCALARS:
-        return True
-    if kind is tuple:
-        return all(hashable(v) for v in value)
-    return False
+    return kind in SCALARS or (kind is tuple and all(hashable(v) for v in value))
 
 
 __all__ = [

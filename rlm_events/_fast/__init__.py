@@ -14,7 +14,10 @@ pydantic and blinker releases too.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 ENV = "RLM_EVENTS_FAST_PATHS"
 
@@ -36,3 +39,17 @@ def failure(check: Callable[[], None]) -> str | None:
     except Exception as exc:
         return str(exc) if isinstance(exc, Unexpected) else f"{type(exc).__name__}: {exc}"
     return None
+
+
+@contextmanager
+def switched(module: str, fast: bool, changed: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """Set the fast-path module `module`'s `FAST` to `fast` inside the block, then back (not thread-safe);
+    `changed()` runs after each switch, for a module that keeps state while `FAST` is on."""
+    fenced: Any = sys.modules[module]  # its FAST, the global its hot paths read
+    was, fenced.FAST = fenced.FAST, fast
+    changed()
+    try:
+        yield
+    finally:
+        fenced.FAST = was
+        changed()

@@ -28,15 +28,15 @@ from __future__ import annotations
 
 import weakref
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from types import MethodType
 from typing import Any
 
 from blinker import ANY, Signal
 from blinker import base as _blinker
 
-from . import Unexpected, disabled, failure
+from . import Unexpected, disabled, failure, switched
 
 FAST = True  # set below, from the probe
 REASON: str | None = None  # why the public API is used, when it is
@@ -197,17 +197,9 @@ def probe() -> str | None:
     return failure(_check)
 
 
-@contextmanager
-def fallback() -> Iterator[None]:
+def fallback() -> AbstractContextManager[None]:
     """Use blinker's public API inside the block, as when the probe fails (for tests; not thread-safe)."""
-    global FAST
-    was, FAST = FAST, False
-    _follow()
-    try:
-        yield
-    finally:
-        FAST = was
-        _follow()
+    return switched(__name__, False, _follow)
 
 
 REASON = disabled() or probe()

@@ -27,8 +27,8 @@ the environment does so without probing; `fallback()` does so for a while (tests
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from enum import Enum
 from functools import cache
 from typing import Any, TypeVar
@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from pydantic.fields import FieldInfo
 
-from . import Unexpected, disabled, failure
+from . import Unexpected, disabled, failure, switched
 
 FAST = True  # set below, from the probe; True while the probe runs
 REASON: str | None = None  # why the public API is used, when it is
@@ -261,28 +261,16 @@ def _check() -> None:
             raise Unexpected(f"assigning a field of {model.__name__} built so is not validated")
 
 
-@contextmanager
-def _forced(fast: bool) -> Iterator[None]:
-    global FAST
-    was, FAST = FAST, fast
-    try:
-        yield
-    finally:
-        FAST = was
-
-
 def probe() -> str | None:
     """Why the fast path would not build what `model_construct` builds on this pydantic, or `None` when it would.
     Runs the fast path itself on probe models (`FAST` is `True` meanwhile): for the import, and for tests."""
-    with _forced(True):
+    with switched(__name__, True):
         return failure(_check)
 
 
-@contextmanager
-def fallback() -> Iterator[None]:
+def fallback() -> AbstractContextManager[None]:
     """Use the public `model_construct` inside the block, as when the probe fails (for tests; not thread-safe)."""
-    with _forced(False):
-        yield
+    return switched(__name__, False)
 
 
 REASON = disabled() or probe()

@@ -8,12 +8,12 @@
 
 | built-in | stage(s) | what it does |
 | --- | --- | --- |
-| CodeGuard | pre_execution | refuses code that breaks a GuardPolicy (AST check), tells the LM why |
-| Budget | run_start, tool_call, post_iteration, run_end | stops the run at an iteration / time / token / cost limit; caps and denies tool calls by name; meters real LM usage per call |
-| RetryHint | post_execution | appends a hint (failing line, close names) to `[Error]` results |
-| HistoryTrimmer | pre_iteration | shortens old outputs to a head/tail preview (or drops them) |
-| ToolCallCache | tool_call | memoises identical `llm_query` (or named tool) calls in a run |
-| Speculate | run_start, pre_execution, tool_call, post_execution, run_end | makes the sub-LLM and pure tool calls the code is about to make ahead, concurrently; real calls claim exact matches |
+| [`CodeGuard`][rlm_events.builtins.CodeGuard] | pre_execution | refuses code that breaks a [`GuardPolicy`][rlm_events.builtins.GuardPolicy] (AST check), tells the LM why |
+| [`Budget`][rlm_events.builtins.Budget] | run_start, tool_call, post_iteration, run_end | stops the run at an iteration / time / token / cost limit; caps and denies tool calls by name; meters real LM usage per call |
+| [`RetryHint`][rlm_events.builtins.RetryHint] | post_execution | appends a hint (failing line, close names) to `[Error]` results |
+| [`HistoryTrimmer`][rlm_events.builtins.HistoryTrimmer] | pre_iteration | shortens old outputs to a head/tail preview (or drops them) |
+| [`ToolCallCache`][rlm_events.builtins.ToolCallCache] | tool_call | memoises identical `llm_query` (or named tool) calls in a run |
+| [`Speculate`][rlm_events.builtins.Speculate] | run_start, pre_execution, tool_call, post_execution, run_end | makes the sub-LLM and pure tool calls the code is about to make ahead, concurrently; real calls claim exact matches |
 """  # noqa: E501
 
 from ..builtin import Builtin, ToolDenied

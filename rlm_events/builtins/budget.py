@@ -215,11 +215,9 @@ class Budget(Builtin):
             spend.release(tokens, cost)
 
     def _left(self, spend: Spend) -> str:
-        parts = []
-        if self.max_tokens is not None:
-            parts.append(f"{max(self.max_tokens - spend.tokens, 0):,} tokens")
-        if self.max_cost_usd is not None:
-            parts.append(f"${max(self.max_cost_usd - spend.cost_usd, 0):.4g}")
+        """What is left under the token and cost caps (`; left: 1,200 tokens, $0.05`; empty without them)."""
+        caps = ((self.max_tokens, spend.tokens, "{:,} tokens"), (self.max_cost_usd, spend.cost_usd, "${:.4g}"))
+        parts = [fmt.format(max(limit - used, 0)) for limit, used, fmt in caps if limit is not None]
         return "; left: " + ", ".join(parts) if parts else ""
 
     def _after_iteration(self, ctx: context.PostIterationContext) -> None:

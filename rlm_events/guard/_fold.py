@@ -162,12 +162,12 @@ class StringValues:
             return _union(
                 self.known_strings(expr, depth + 1, inner)
                 if kind == "value"
-                else self._known_elements(expr, depth + 1, inner)
+                else self.known_elements(expr, depth + 1, inner)
                 for kind, expr in sites
             )
         return None
 
-    def _known_elements(self, node: ast.AST, depth: int, seen: frozenset[str]) -> set[str] | None:
+    def known_elements(self, node: ast.AST, depth: int = 0, seen: frozenset[str] = frozenset()) -> set[str] | None:
         """Every string an iteration over `node` can yield, when the code shows them all."""
         if depth > 12:
             return None
@@ -175,7 +175,7 @@ class StringValues:
             return _union(self.known_strings(element, depth + 1, seen) for element in node.elts)
         if isinstance(node, ast.Dict):
             return (
-                self._known_elements(ast.List(elts=[k for k in node.keys if k is not None]), depth + 1, seen)
+                self.known_elements(ast.List(elts=[k for k in node.keys if k is not None]), depth + 1, seen)
                 if all(k is not None for k in node.keys)
                 else None
             )
@@ -184,11 +184,11 @@ class StringValues:
             values = [s.expr for s in sites if s.kind == "value" and s.expr is not None]
             if not sites or len(values) != len(sites):
                 return None
-            return _union(self._known_elements(value, depth + 1, seen | {node.id}) for value in values)
+            return _union(self.known_elements(value, depth + 1, seen | {node.id}) for value in values)
         if isinstance(node, ast.Call) and len(node.args) == 1 and not node.keywords:
             func = node.func
             if isinstance(func, ast.Name) and func.id in _SEQUENCE_WRAPPERS:
-                return self._known_elements(node.args[0], depth + 1, seen)
+                return self.known_elements(node.args[0], depth + 1, seen)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and not node.keywords:
             if node.func.attr == "split":
                 text = self.fold(node.func.value)
@@ -196,7 +196,7 @@ class StringValues:
                 if isinstance(text, str) and all(isinstance(s, str) for s in sep):
                     return set(text.split(*sep))
             if node.func.attr == "keys" and not node.args:
-                return self._known_elements(node.func.value, depth + 1, seen)
+                return self.known_elements(node.func.value, depth + 1, seen)
         return None
 
 

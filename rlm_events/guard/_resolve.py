@@ -72,6 +72,26 @@ class Resolver(ast.NodeVisitor):
         """Report a violation at `node`'s line."""
         self.found.append(Violation(kind, name, getattr(node, "lineno", 0), detail, hint))
 
+    def visible_strings(
+        self,
+        node: ast.AST,
+        expr: ast.AST | None,
+        violation: tuple[ViolationKind, str, str, str],
+        *,
+        elements: bool = False,
+    ) -> set[str]:
+        """Every string `expr` can hold (with `elements`: every element of the collection `expr`), to check, when
+        the code shows them all; else none, and `node` is flagged with `violation` (kind, name, detail, hint): the
+        guard cannot see what the code does. A missing `expr` (the `**mapping` of a dict display) shows nothing."""
+        if expr is None:
+            texts = None
+        else:
+            texts = self.strings.known_elements(expr) if elements else self.strings.known_strings(expr)
+        if texts is None:
+            self.flag(node, *violation)
+            return set()
+        return texts
+
     # --- prepasses -----------------------------------------------------------------------------------------------
 
     def _collect_imports(self) -> None:

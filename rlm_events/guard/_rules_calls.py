@@ -136,10 +136,7 @@ class CallRules(LibraryRules, FileRules):
             self.flag(node, "dynamic", path, f"{path}() without literal names", GETATTR_HINT)
             return
         for arg in args:
-            names = self.strings.known_strings(arg)
-            if names is None:
-                self.flag(node, "dynamic", path, f"{path}() with a computed name", GETATTR_HINT)
-                continue
+            names = self.visible_strings(node, arg, ("dynamic", path, f"{path}() with a computed name", GETATTR_HINT))
             if isinstance(arg, ast.Constant):
                 self.checked.add(id(arg))
             for text in names:

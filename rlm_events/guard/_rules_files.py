@@ -32,11 +32,8 @@ class FileRules(Resolver):
                 self.flag(node, "write", target, f"{target}(..., opener=...)", OPEN_HINT)
         if mode is None:
             return  # the default mode reads
-        modes = self.strings.known_strings(mode)
-        if modes is None:
-            self.flag(node, "write", target, f"{target}() with a mode that is not a literal", OPEN_HINT)
-            return
-        for text in sorted(modes):
+        unseen = f"{target}() with a mode that is not a literal"
+        for text in sorted(self.visible_strings(node, mode, ("write", target, unseen, OPEN_HINT))):
             if set(text.split(":")[0]) & set("wax+"):
                 self.flag(node, "write", target, f"{target}(..., {text!r}) opens a file for writing", OPEN_HINT)
 

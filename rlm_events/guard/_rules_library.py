@@ -62,11 +62,8 @@ class LibraryRules(AttributeRules):
         ref = self.resolve(names) if isinstance(names, (ast.Name, ast.Attribute)) else None
         if ref is not None and ref.kind == "member":
             return  # functools.WRAPPER_ASSIGNMENTS and the like: the library's own defaults
-        texts = self.strings._known_elements(names, 0, frozenset())
-        if texts is None:
-            self.flag(node, "dynamic", what, f"{what} with attribute names the guard cannot see", GETATTR_HINT)
-            return
-        for text in sorted(texts):
+        unseen = f"{what} with attribute names the guard cannot see"
+        for text in sorted(self.visible_strings(node, names, ("dynamic", what, unseen, GETATTR_HINT), elements=True)):
             if is_dunder_text(text) and text not in ("__module__", "__name__", "__qualname__", "__doc__"):
                 self.flag(node, "attribute", text, f"{what} with the attribute name {text!r}", GETATTR_HINT)
             else:
@@ -78,11 +75,8 @@ class LibraryRules(AttributeRules):
             self.flag(node, "dynamic", what, f"{what} with a namespace the guard cannot see", _CLASS_HINT)
             return
         for key, value in zip(namespace.keys, namespace.values, strict=True):
-            texts = self.strings.known_strings(key) if key is not None else None
-            if texts is None:
-                self.flag(node, "dynamic", what, f"{what} with a computed attribute name", _CLASS_HINT)
-                continue
-            for text in texts:
+            unseen = f"{what} with a computed attribute name"
+            for text in self.visible_strings(node, key, ("dynamic", what, unseen, _CLASS_HINT)):
                 if text == "__match_args__":
                     self.check_name_list(node, value, "__match_args__")
                 elif text.startswith("__") and text not in self.policy.dunders:

@@ -103,7 +103,7 @@ def enable_rlm_hooks(
     if tracing is not None and not isinstance(tracing, bool):
         raise TypeError(f"enable_rlm_hooks(tracing=...) must be True, False or None, got {tracing!r}")
     hooks = (pre_iteration_hook, pre_execution_hook, post_execution_hook, post_iteration_hook)
-    _enable(rlm, "enable_rlm_hooks", *hooks, tracing=tracing)
+    _enable(rlm, "enable_rlm_hooks", hooks, tracing=tracing)
 
 
 def enable_rlm_hooks_with_tracing(
@@ -119,7 +119,10 @@ def enable_rlm_hooks_with_tracing(
     `ImportError` (naming `pip install "rlm-events[mlflow]"`) before changing anything when MLflow or the MLflow
     tap cannot be imported. The spans go where MLflow sends them (its own default store when nothing is set)."""
     hooks = (pre_iteration_hook, pre_execution_hook, post_execution_hook, post_iteration_hook)
-    _enable(rlm, "enable_rlm_hooks_with_tracing", *hooks, tracing=True)
+    _enable(rlm, "enable_rlm_hooks_with_tracing", hooks, tracing=True)
+
+
+_EXECUTION_STAGES = (Stage.PRE_EXECUTION, Stage.POST_EXECUTION)
 
 
 def _traced(tracing: bool | None) -> bool:
@@ -128,18 +131,9 @@ def _traced(tracing: bool | None) -> bool:
     return not turned_off_by_environment() and mlflow_turned_on() is not None
 
 
-def _enable(
-    rlm: dspy.RLM,
-    function: str,
-    pre_iteration_hook: PreIterationHook | None,
-    pre_execution_hook: PreExecutionHook | None,
-    post_execution_hook: PostExecutionHook | None,
-    post_iteration_hook: PostIterationHook | None,
-    *,
-    tracing: bool | None,
-) -> None:
+def _enable(rlm: dspy.RLM, function: str, hooks: tuple[RLMHook | None, ...], *, tracing: bool | None) -> None:
+    """What both enable functions do, `hooks` given in the order of `KINDS` (as their keywords are)."""
     require_rlm(rlm, function)
-    hooks = (pre_iteration_hook, pre_execution_hook, post_execution_hook, post_iteration_hook)
     given = list(zip(KINDS, hooks, strict=True))
     for kind, hook in given:
         if hook is not None:
@@ -155,7 +149,7 @@ def _enable(
     new_tap = new_mlflow_tap(required=required) if traced and tap is None else None  # ImportError before changes
     dropped = tap if not traced else None
     events, owns = instrument_for_api(rlm)
-    needs_variables = pre_execution_hook is not None or post_execution_hook is not None
+    needs_variables = any(hook is not None and kind.stage in _EXECUTION_STAGES for kind, hook in given)
     # The execution hooks are given the iteration's variables, which only pre_iteration sees: record them.
     new = [
         (kind.stage, adapt(kind, hook, owns))

@@ -13,25 +13,13 @@ from .. import context
 from ..lm_history import LMHistoryWatch, lms_of, module_label
 from ..runtime import iteration_limit
 from ..stages import Stage
+from ..taps._text import error_message, error_text
 from ..taps._tool_tap import ToolAwareTap
 from ._json import jsonable
 from ._requests import iteration_in_prompt, last_user_text, request_messages, request_sha256
 from .recording import LMCallKind, RecordedLMCall, RecordedToolCall, Recording
 
 logger = logging.getLogger("rlm_events.replay")
-
-
-def _message(error: BaseException) -> str:
-    """`str(error)`, which never raises here."""
-    try:
-        return str(error)
-    except Exception:
-        return "<unprintable message>"
-
-
-def _error_text(error: BaseException) -> str:
-    message = _message(error)
-    return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
 # -- recording ------------------------------------------------------------------------------------------------
@@ -118,7 +106,7 @@ class _Pending:
         recording.iterations = ctx.iterations
         recording.forced_extract = ctx.forced_extract
         if ctx.error is not None:
-            recording.error = _error_text(ctx.error)
+            recording.error = error_text(ctx.error)
         prediction = ctx.prediction
         if prediction is not None:
             try:
@@ -217,7 +205,7 @@ class Recorder(ToolAwareTap):
             self._observe(pending, ctx)
         except Exception as exc:
             logger.exception("Recorder failed at stage %s of run %s", ctx.stage.value, ctx.run.id)
-            pending.problem(f"the recorder failed at stage {ctx.stage.value}: {_error_text(exc)}")
+            pending.problem(f"the recorder failed at stage {ctx.stage.value}: {error_text(exc)}")
         finally:
             if isinstance(ctx, context.RunEndContext):
                 self._finish(pending, ctx)
@@ -243,7 +231,7 @@ class Recorder(ToolAwareTap):
             recording = pending.finish(ctx)
         except Exception as exc:
             logger.exception("Recorder failed to finish run %s", ctx.run.id)
-            pending.problem(f"the recorder failed at run_end: {_error_text(exc)}")
+            pending.problem(f"the recorder failed at run_end: {error_text(exc)}")
             recording = pending.recording
         with self._lock:
             self._pending.pop(ctx.run.id, None)
@@ -260,13 +248,13 @@ class Recorder(ToolAwareTap):
                 call = pending.start_tool_call(ctx)
             except Exception as exc:
                 logger.exception("Recorder failed to record a call of tool %s", ctx.name)
-                pending.problem(f"the recorder failed on a call of tool {ctx.name}: {_error_text(exc)}")
+                pending.problem(f"the recorder failed on a call of tool {ctx.name}: {error_text(exc)}")
         try:
             ctx = next(ctx)
         except Exception as exc:
             if call is not None:
                 call.error_type = type(exc).__name__
-                call.error_message = _message(exc)
+                call.error_message = error_message(exc)
                 args, exact = jsonable(list(exc.args))
                 call.error_args = args if exact and isinstance(args, list) else None
             raise

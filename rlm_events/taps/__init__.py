@@ -6,15 +6,15 @@ tap that uses it.
 
 | tap | module | what it does |
 | --- | --- | --- |
-| `JsonlTrace` | `rlm_events.trace` | one JSON line per stage event, for `python -m rlm_events view` |
-| `ProgressTap` | `progress` | live iteration n/max, stage, elapsed time and tokens (`rich`) |
-| `LoggingTap` | `logs` | stage events as `logging` records |
-| `StageTimings` | `timings` | per-stage duration statistics |
-| `OpenTelemetryTap` | `otel` | OpenTelemetry spans per call and iteration (`otel`) |
-| `MlflowTap` | `mlflow` | MLflow traces of the loop, nesting `mlflow.dspy.autolog()` (`mlflow`) |
+| [`JsonlTrace`][rlm_events.trace.JsonlTrace] | [`rlm_events.trace`][rlm_events.trace] | one JSON line per stage event, for `python -m rlm_events view` |
+| [`ProgressTap`][rlm_events.taps.progress.ProgressTap] | [`progress`][rlm_events.taps.progress] | live iteration n/max, stage, elapsed time and tokens (`rich`) |
+| [`LoggingTap`][rlm_events.taps.logs.LoggingTap] | [`logs`][rlm_events.taps.logs] | stage events as `logging` records |
+| [`StageTimings`][rlm_events.taps.timings.StageTimings] | [`timings`][rlm_events.taps.timings] | per-stage duration statistics |
+| [`OpenTelemetryTap`][rlm_events.taps.otel.OpenTelemetryTap] | [`otel`][rlm_events.taps.otel] | OpenTelemetry spans per call and iteration (`otel`) |
+| [`MlflowTap`][rlm_events.taps.mlflow.MlflowTap] | [`mlflow`][rlm_events.taps.mlflow] | MLflow traces of the loop, nesting `mlflow.dspy.autolog()` (`mlflow`) |
 
 `JsonlTrace` lives with the trace format it writes (schema, reader, viewer) in [`rlm_events.trace`][rlm_events.trace].
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 

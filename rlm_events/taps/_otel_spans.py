@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._spans import SpanBackend
+from ._text import error_text
 
 if TYPE_CHECKING:
     from ._spans import Attributes, Tokens
@@ -20,14 +21,6 @@ def require_otel(owner: str) -> Any:
             f"{owner} needs OpenTelemetry, from the optional extra 'otel': pip install 'rlm-events[otel]'"
         ) from exc
     return trace
-
-
-def error_description(error: BaseException) -> str:
-    try:
-        message = str(error)
-    except Exception:
-        message = ""
-    return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
 class OtelSpans(SpanBackend):
@@ -68,7 +61,8 @@ class OtelSpans(SpanBackend):
 
     def fail(self, span: Any, error: BaseException) -> None:
         span.set_attribute("error.type", type(error).__qualname__)
-        span.set_status(self._Status(self._StatusCode.ERROR, error_description(error)))
+        # an unprintable message leaves the type's name alone in the status description
+        span.set_status(self._Status(self._StatusCode.ERROR, error_text(error, unprintable="")))
 
     def end(self, span: Any, outputs: Any = None) -> None:
         span.end()
@@ -78,4 +72,4 @@ class OtelSpans(SpanBackend):
         return self._trace.get_current_span()
 
 
-__all__ = ["OtelSpans", "error_description", "require_otel"]
+__all__ = ["OtelSpans", "require_otel"]

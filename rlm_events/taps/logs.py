@@ -36,7 +36,7 @@ from .. import context
 from ..lm_history import module_label
 from ..runtime import iteration_limit
 from ..stages import Stage
-from ._text import is_error_result, preview, safe_repr
+from ._text import error_text, is_error_result, preview, safe_repr
 from ._tool_tap import InstallableTap
 
 DEFAULT_LOGGER = "rlm_events.runs"
@@ -164,14 +164,8 @@ class LoggingTap(InstallableTap):
                 del self._iteration_started[key]
         iterations = _plural(ctx.iterations, "iteration")
         if ctx.error is not None:
-            try:
-                message = str(ctx.error)
-            except Exception:
-                message = "<unprintable message>"
-            error = f"{type(ctx.error).__name__}: {message}" if message else type(ctx.error).__name__
-            self._log(
-                logging.ERROR, ctx, "failed after %.2f s and %s: %s", ctx.duration_s, iterations, preview(error, 500)
-            )
+            error = preview(error_text(ctx.error), 500)
+            self._log(logging.ERROR, ctx, "failed after %.2f s and %s: %s", ctx.duration_s, iterations, error)
             return
         via = " (answer from the extract fallback)" if ctx.forced_extract else ""
         self._log(self.level, ctx, "finished in %.2f s after %s%s", ctx.duration_s, iterations, via)

@@ -37,7 +37,7 @@ from ..lm_history import module_label
 from ..lm_usage import meter_run, metered
 from ..runtime import iteration_limit
 from ..stages import Stage
-from ..taps._text import is_error_result, preview
+from ..taps._text import error_text, is_error_result, preview
 from ..taps._tool_tap import InstallableTap
 from .schema import SCHEMA_VERSION
 
@@ -55,16 +55,6 @@ def _fields_preview(prediction: Any, limit: int) -> dict[str, str] | None:
     except Exception:
         return {"value": preview(prediction, limit)}
     return {name: preview(value, limit) for name, value in items.items() if name != "trajectory"}
-
-
-def _error_text(error: BaseException | None, limit: int) -> str | None:
-    if error is None:
-        return None
-    try:
-        message = str(error)
-    except Exception:
-        message = "<unprintable message>"
-    return preview(f"{type(error).__name__}: {message}" if message else type(error).__name__, limit)
 
 
 def _call_preview(args: tuple[Any, ...], kwargs: dict[str, Any], limit: int) -> str:
@@ -278,7 +268,7 @@ class JsonlTrace(InstallableTap):
                 "stop_reason": ctx.stop_reason,
                 "duration_s": round(ctx.duration_s, 6),
                 "prediction": _fields_preview(ctx.prediction, limit),
-                "error": _error_text(ctx.error, limit),
+                "error": None if ctx.error is None else preview(error_text(ctx.error), limit),
             }
         return {}
 
