@@ -758,11 +758,15 @@ def test_a_message_over_the_cap_fails_the_execution_with_an_error_the_lm_reads(m
 def test_stale_scratch_and_cgroups_of_a_killed_host_are_removed():
     code = (
         "import os, sys\nsys.path.insert(0, sys.argv[1])\nfrom rlm_events.sandbox import Sandboxed\n"
-        'i = Sandboxed()()\ni.execute(\'open("f", "w").write("x")\')\nprint(i.working_directory, flush=True)\n'
-        "os.kill(os.getpid(), 9)\n"
+        'i = Sandboxed()()\ni.execute(\'import subprocess\\nsubprocess.Popen(["sleep", "60"])\\n1\')\n'
+        "print(i.working_directory, os.getpid(), flush=True)\nos.kill(os.getpid(), 9)\n"
     )
     done = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, timeout=60)
-    scratch = Path(done.stdout.strip())
+    directory, host = done.stdout.split()
+    scratch = Path(directory)
     assert scratch.name.startswith("rlm-sandbox-") and scratch.exists(), done.stderr
-    Sandboxed()
+    cgroups = [path for path, _, owner in _cgroup.stale_cgroups() if owner == int(host)]
+    if Sandboxed().limits["memory_mb"].startswith("sandbox"):
+        assert cgroups, "the killed host's cgroups (memory, pids) were expected to be left"
     assert not scratch.exists()
+    assert not [path for path, _, owner in _cgroup.stale_cgroups() if owner == int(host)]
