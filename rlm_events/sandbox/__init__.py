@@ -80,7 +80,8 @@ class Sandboxed:
         expose: allowlist mode: only these paths (existing files or directories, read-only) and what Python needs to
             run (the system's `/usr` and libraries, `/etc/ld.so.*`, the interpreter's prefixes with the virtual
             environment's site-packages) are in the sandbox; everything else (the project directory, `/run`,
-            `/var`, `/home`, `/root`, `/etc`, ...) is absent. `None` (default): the host's filesystem minus `hide`.
+            `/var`, `/home`, `/root`, `/etc`, ...) is absent. Symlinks are resolved: a path is bound at its real
+            location. `None` (default): the host's filesystem minus `hide`.
         cgroup: bound memory and processes for the sandbox as a whole in a cgroup of its own: `None` (default)
             where the host allows it (root, or a delegated cgroup), else per process, logged once at WARNING;
             `True` requires it (`SandboxUnavailable` otherwise); `False` never (per-process limits only).

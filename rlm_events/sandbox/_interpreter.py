@@ -62,9 +62,10 @@ class SandboxedInterpreter:
     `timeout` seconds (tool calls included) kills the sandbox and raises `CodeExecutionError` (shown to the LM
     as `[Error] Execution timed out after N s ...`); so does a worker that dies (its CPU-time limit, a crash,
     `os._exit`). The next execution starts a fresh worker, re-installing what DSPy set up (its `dspy` facade);
-    everything else the code had defined is lost, which the error says. Files in
-    [`scratch`][rlm_events.sandbox._interpreter.SandboxedInterpreter.scratch] survive a
-    restart; [`shutdown()`][rlm_events.sandbox._interpreter.SandboxedInterpreter.shutdown] removes them.
+    everything else the code had defined is lost, which the error says. Files in the working directory
+    ([`scratch`][rlm_events.sandbox._interpreter.SandboxedInterpreter.scratch] from the host) go with it on the
+    sandbox's tmpfs (`scratch_mb`, the default), or survive the restart (`scratch_mb=None`);
+    [`shutdown()`][rlm_events.sandbox._interpreter.SandboxedInterpreter.shutdown] removes them.
 
     Attributes:
         restarts: how many times a lost worker was replaced.
