@@ -175,25 +175,25 @@ class Sandboxed:
 
     @property
     def limits(self) -> dict[str, str]:
-        """How each limit is enforced here: `"sandbox: ..."` for the sandbox as a whole (its cgroup), `"per
-        process: ..."`, `"per execution: ..."`, or `"off"`."""
-        memory, processes = "memory" in self._controllers, "pids" in self._controllers
-        found = {
-            "timeout": "off" if self.timeout is None else f"per execution: {self.timeout:g} s wall clock (host)",
-            "memory_mb": "off"
-            if self.memory_mb is None
-            else (f"sandbox: {self.memory_mb} MiB (memory cgroup), and " if memory else "")
-            + f"per process: {self.memory_mb} MiB of address space (RLIMIT_AS)",
-            "max_processes": "off"
-            if self.max_processes is None
-            else f"sandbox: {self.max_processes} (pids cgroup)"
-            if processes
-            else f"per user namespace: {self.max_processes} (RLIMIT_NPROC)",
-            "cpu_seconds": "off" if self.cpu_seconds is None else f"per process: {self.cpu_seconds} s (RLIMIT_CPU)",
-            "scratch_mb": "off (the host directory, uncapped)"
-            if self.scratch_mb is None
-            else f"sandbox: {self.scratch_mb} MiB (tmpfs)",
-        }
+        """How each limit is enforced here, by option name: `"sandbox: ..."` for the sandbox as a whole (its cgroup,
+        its tmpfs), `"per process: ..."`, `"per user namespace: ..."`, `"per execution: ..."`, or `"off"`."""
+        found = dict.fromkeys(("timeout", "memory_mb", "max_processes", "cpu_seconds"), "off")
+        if self.timeout is not None:
+            found["timeout"] = f"per execution: {self.timeout:g} s wall clock (host)"
+        if self.memory_mb is not None:
+            whole = f"sandbox: {self.memory_mb} MiB (memory cgroup), and " if "memory" in self._controllers else ""
+            found["memory_mb"] = f"{whole}per process: {self.memory_mb} MiB of address space (RLIMIT_AS)"
+        if self.max_processes is not None:
+            found["max_processes"] = (
+                f"sandbox: {self.max_processes} (pids cgroup)"
+                if "pids" in self._controllers
+                else f"per user namespace: {self.max_processes} (RLIMIT_NPROC)"
+            )
+        if self.cpu_seconds is not None:
+            found["cpu_seconds"] = f"per process: {self.cpu_seconds} s (RLIMIT_CPU)"
+        found["scratch_mb"] = "off (the host directory, uncapped)"
+        if self.scratch_mb is not None:
+            found["scratch_mb"] = f"sandbox: {self.scratch_mb} MiB (tmpfs)"
         return found
 
     @staticmethod
