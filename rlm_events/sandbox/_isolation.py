@@ -207,7 +207,9 @@ def bwrap_arguments(
         args += ["--size", str(layout.scratch_bytes), "--perms", "0700", "--tmpfs", scratch]
     # Shared memory of the sandbox's own, capped (multiprocessing's semaphores; the worker's captured output, which
     # must not share the scratch directory's room: code that fills scratch still has its output read).
-    args += ["--size", str(SHARED_MEMORY_BYTES), "--perms", "01777", "--tmpfs", "/dev/shm"]
+    # Without --size (bubblewrap before 0.8) /dev/shm stays read-only, and the worker captures output in scratch.
+    if "--size" in bwrap_help(bwrap):
+        args += ["--size", str(SHARED_MEMORY_BYTES), "--perms", "01777", "--tmpfs", "/dev/shm"]
     for directory in hidden if layout.expose is None else ["/"]:
         args += ["--remount-ro", directory]
     args += ["--remount-ro", "/dev", "--chdir", scratch]
