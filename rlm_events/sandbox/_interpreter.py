@@ -106,7 +106,8 @@ class SandboxedInterpreter:
     @property
     def scratch(self) -> Path | None:
         """Where the host reads the sandbox's working directory: the directory itself with `scratch_mb=None`; else
-        its tmpfs seen through the sandbox's `/proc/<pid>/root` while a worker runs. None when there is none."""
+        its tmpfs seen through the sandbox's `/proc/<pid>/root` while a worker runs. None when there is none.
+        What is in it, the code wrote: a symlink there resolves on the host's filesystem, so do not follow them."""
         directory = self._resources.scratch
         if directory is None or self.sandbox.scratch_mb is None:
             return None if directory is None else Path(directory)
