@@ -8,8 +8,8 @@ on a busy machine hits both alike. Measured:
   and a small computation (``sum(range(10**5))``, the same Python either way: that ratio shows the limits cost
   nothing while code runs);
 * **per session**: create and start (to the worker's first message), shut down, and the whole session with one
-  statement (the sandbox's startup and teardown: bubblewrap, namespaces, mounts, the scratch directory, and the
-  pids cgroup when the host runs as root);
+  statement (the sandbox's startup and teardown: bubblewrap, namespaces, mounts, the scratch directory and its
+  tmpfs, and the sandbox's cgroup where the host allows one);
 * **per RLM call**: a real ``dspy.RLM`` on a scripted LM, 5 iterations, a fresh interpreter per call.
 """
 
@@ -122,6 +122,7 @@ def measure(rounds: int) -> dict[str, Any]:
         "dspy": dspy.__version__,
         "cpus": os.cpu_count(),
         "root": os.geteuid() == 0,
+        "cgroup": Sandboxed().limits["max_processes"].startswith("sandbox"),
         "rounds": rounds,
         "rows": rows,
     }
@@ -130,7 +131,8 @@ def measure(rounds: int) -> dict[str, Any]:
 def report(figures: dict[str, Any]) -> str:
     lines = [
         f"DSPy {figures['dspy']}, Python {figures['python']}, {figures['cpus']} CPUs, "
-        f"{'as root (pids cgroup)' if figures['root'] else 'as a user'}; medians (wall time)",
+        f"{'as root' if figures['root'] else 'as a user'}, "
+        f"{'a cgroup per sandbox' if figures.get('cgroup') else 'per-process limits'}; medians (wall time)",
         "",
         "| measure | dspy.LocalInterpreter | Sandboxed | added | ratio | n |",
         "|---|---|---|---|---|---|",

@@ -29,7 +29,7 @@ import pytest
 
 import rlm_events
 from rlm_events import sandbox
-from rlm_events.sandbox import Sandboxed, SandboxedInterpreter, SandboxUnavailable, _isolation
+from rlm_events.sandbox import Sandboxed, SandboxedInterpreter, SandboxUnavailable, _cgroup, _isolation
 
 ROOT = Path(__file__).resolve().parent.parent
 try:
@@ -148,14 +148,17 @@ open("inside.txt", "w").write("kept for the call")
 print(len(errors), sorted(set(errors)))
 """
     seen: dict[str, bool] = {}
+    recorder = Recorder()
 
-    def on_host(path: str) -> bool:
+    def on_host(name: str) -> bool:
+        path = str(recorder.made[0].scratch / name)  # the host's view of the sandbox's scratch tmpfs
         seen[path] = Path(path).exists()
+        seen[str(recorder.made[0].working_directory)] = True
         return seen[path]
 
-    steps = [attack, "print(on_host(os.path.join(os.getcwd(), 'inside.txt')))", "SUBMIT(answer='done')"]
+    steps = [attack, "print(on_host('inside.txt'))", "SUBMIT(answer='done')"]
     try:
-        result = run(make_rlm, steps, Recorder(), tools=[on_host])
+        result = run(make_rlm, steps, recorder, tools=[on_host])
         assert result.answer == "done"
         last = outputs(result)[0].splitlines()[-1]
         # Read-only everywhere; the host's /tmp is hidden (an empty read-only tmpfs), so tmp_path is not even there.
@@ -165,9 +168,9 @@ print(len(errors), sorted(set(errors)))
             for suffix in ("", ".sh", ".cp"):
                 assert not Path(f"{target}{suffix}").exists(), f"{target}{suffix} was written from the sandbox"
         # The one writable place is the scratch directory: the host saw the file during the call, then it went.
-        [(inside, existed)] = seen.items()
+        [(inside, existed), (directory, _)] = seen.items()
         assert existed and outputs(result)[1] == "True"
-        assert not Path(inside).exists() and not Path(inside).parent.exists()
+        assert not Path(inside).exists() and not Path(inside).parent.exists() and not Path(directory).exists()
     finally:
         for target in targets:
             for suffix in ("", ".sh", ".cp"):
@@ -359,15 +362,14 @@ def test_the_dspy_facade_is_installed_again_after_a_restart(make_rlm):
 def test_shutdown_kills_every_process_and_removes_scratch_and_cgroup():
     interpreter = Sandboxed()()
     interpreter.execute("import subprocess\nsubprocess.Popen(['sleep', '120'])\nopen('f', 'w').write('x')")
-    pid, scratch = interpreter.pid, interpreter.scratch
-    assert pid is not None and scratch is not None and (scratch / "f").exists()
+    pid, scratch = interpreter.pid, interpreter.working_directory
+    assert pid is not None and scratch is not None and interpreter.scratch is not None
+    assert (interpreter.scratch / "f").read_text() == "x"  # the host reads the sandbox's scratch tmpfs
     interpreter.shutdown()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
-    assert not scratch.exists() and interpreter.pid is None
-    found = _isolation._pids_hierarchy()
-    if found:
-        assert not list(Path(found[0]).glob(f"rlm-events-sandbox-{os.getpid()}-*"))
+    assert not scratch.exists() and interpreter.pid is None and interpreter.scratch is None
+    assert not [path for path, _, owner in _cgroup.stale_cgroups() if owner == os.getpid()]
     with pytest.raises(dspy.primitives.code_interpreter.CodeInterpreterError, match="shut down"):
         interpreter.execute("1")
 
@@ -453,15 +455,21 @@ def test_a_sandbox_that_cannot_start_is_named_with_bwraps_reason(monkeypatch):
         shutil.rmtree(home, ignore_errors=True)
 
 
-def test_root_without_a_pids_cgroup_is_named(monkeypatch):
+def test_without_a_cgroup_limits_fall_back_to_per_process_ones_and_say_so(monkeypatch, caplog):
     monkeypatch.setattr(_isolation, "_PROBED", {})
-    monkeypatch.setattr(_isolation.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(_isolation, "_pids_hierarchy", lambda: None)
-    if _isolation.find_bwrap(None) is None:
-        pytest.skip("needs bwrap on PATH to get as far as the process-count limit")
-    with pytest.raises(SandboxUnavailable, match="max_processes cannot be enforced: the host runs as root"):
-        Sandboxed()
-    assert Sandboxed(max_processes=None).max_processes is None or MISSING  # the explicit opt-out
+    monkeypatch.setattr(_cgroup, "hierarchies", lambda: {})
+    monkeypatch.setattr(_cgroup, "_LOGGED", set())
+    if MISSING:
+        pytest.skip(f"no sandbox here: {MISSING}")
+    with pytest.raises(SandboxUnavailable, match=r"cgroup=True, but no cgroup offers the memory controller"):
+        Sandboxed(cgroup=True)
+    with caplog.at_level("WARNING", logger="rlm_events.sandbox"):
+        first, second = Sandboxed(), Sandboxed()
+    assert first.limits["memory_mb"] == "per process: 1024 MiB of address space (RLIMIT_AS)"
+    assert first.limits["max_processes"] == "per user namespace: 64 (RLIMIT_NPROC)"
+    [record] = [r for r in caplog.records if r.name == "rlm_events.sandbox"]  # logged once, not per construction
+    assert "limits per process, not for the sandbox as a whole" in record.getMessage()
+    assert second.limits == first.limits and "per process" in first.execution_instructions
 
 
 def test_other_systems_are_named(monkeypatch):
@@ -491,9 +499,7 @@ def test_nothing_here_imports_the_sandbox_worker_into_the_host():
 @pytest.fixture(autouse=True)
 def _no_leaked_sandboxes() -> Iterator[None]:
     yield
-    found = _isolation._pids_hierarchy() if sys.platform.startswith("linux") else None
-    if found:
-        assert not list(Path(found[0]).glob(f"rlm-events-sandbox-{os.getpid()}-*"))
+    assert not [path for path, _, owner in _cgroup.stale_cgroups() if owner == os.getpid()]
 
 
 @needs_sandbox
@@ -510,7 +516,9 @@ def test_for_a_non_root_host_rlimit_nproc_in_the_namespace_stops_a_flood():
     limits = {"memory_bytes": 256 * 2**20, "cpu_seconds": 10, "max_processes": 12}
     command = [
         str(setpriv), "--reuid", "65534", "--regid", "65534", "--clear-groups",
-        *_isolation.bwrap_arguments(_isolation.find_bwrap(None) or "bwrap", str(scratch), (), str(python)),
+        *_isolation.bwrap_arguments(
+            _isolation.find_bwrap(None) or "bwrap", str(scratch), _isolation.Layout(hide=()), str(python)
+        ),
         "--", str(python), "-I", str(worker), json.dumps(limits),
     ]  # fmt: skip
     flood = (
@@ -601,12 +609,15 @@ out += [oct(stat.S_IMODE(st.st_mode)), st.st_uid == os.getuid()]
 print(out)
 """
 
-    def setuid_file_owner(path: str) -> str:
+    recorder = Recorder()
+
+    def setuid_file_owner() -> str:
+        path = str(recorder.made[0].scratch)  # the host's view of the sandbox's scratch
         st = os.stat(os.path.join(path, "rootshell"))
         return f"{st.st_uid} {oct(st.st_mode & 0o7777)} {oct(os.stat(path).st_mode & 0o777)} {os.stat(path).st_uid}"
 
-    steps = [attack, "print(setuid_file_owner(os.getcwd()))", "SUBMIT(answer='done')"]
-    result = run(make_rlm, steps, Recorder(), tools=[setuid_file_owner])
+    steps = [attack, "print(setuid_file_owner())", "SUBMIT(answer='done')"]
+    result = run(make_rlm, steps, recorder, tools=[setuid_file_owner])
     out = outputs(result)
     assert Path("/proc/sys/kernel/printk_ratelimit").read_text() == before, "a host kernel setting was changed"
     uid = 65534 if os.geteuid() == 0 else os.geteuid()
@@ -747,11 +758,15 @@ def test_a_message_over_the_cap_fails_the_execution_with_an_error_the_lm_reads(m
 def test_stale_scratch_and_cgroups_of_a_killed_host_are_removed():
     code = (
         "import os, sys\nsys.path.insert(0, sys.argv[1])\nfrom rlm_events.sandbox import Sandboxed\n"
-        'i = Sandboxed()()\ni.execute(\'open("f", "w").write("x")\')\nprint(i.scratch, flush=True)\n'
-        "os.kill(os.getpid(), 9)\n"
+        'i = Sandboxed()()\ni.execute(\'import subprocess\\nsubprocess.Popen(["sleep", "60"])\\n1\')\n'
+        "print(i.working_directory, os.getpid(), flush=True)\nos.kill(os.getpid(), 9)\n"
     )
     done = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, timeout=60)
-    scratch = Path(done.stdout.strip())
+    directory, host = done.stdout.split()
+    scratch = Path(directory)
     assert scratch.name.startswith("rlm-sandbox-") and scratch.exists(), done.stderr
-    Sandboxed()
+    cgroups = [path for path, _, owner in _cgroup.stale_cgroups() if owner == int(host)]
+    if Sandboxed().limits["memory_mb"].startswith("sandbox"):
+        assert cgroups, "the killed host's cgroups (memory, pids) were expected to be left"
     assert not scratch.exists()
+    assert not [path for path, _, owner in _cgroup.stale_cgroups() if owner == int(host)]

@@ -37,6 +37,11 @@ STATE_LOST = (
     "the interpreter restarts on the next execution, and its state (variables, imports, definitions) was lost; "
     "files in the working directory were kept"
 )
+# With scratch_mb, the working directory is a tmpfs of the sandbox's own: its files go with the worker.
+STATE_AND_FILES_LOST = (
+    "the interpreter restarts on the next execution, and its state (variables, imports, definitions) was lost, "
+    "with the files in the working directory"
+)
 # Executions DSPy's RLM makes to set an interpreter up, replayed on a restarted worker: the sandbox dspy facade
 # (DSPy 3.4) is installed with this variable.
 _SETUP_VARIABLE = "__dspy_host_token"
@@ -57,12 +62,12 @@ class SandboxedInterpreter:
     `timeout` seconds (tool calls included) kills the sandbox and raises `CodeExecutionError` (shown to the LM
     as `[Error] Execution timed out after N s ...`); so does a worker that dies (its CPU-time limit, a crash,
     `os._exit`). The next execution starts a fresh worker, re-installing what DSPy set up (its `dspy` facade);
-    everything else the code had defined is lost, which the error says. Files in
-    [`scratch`][rlm_events.sandbox._interpreter.SandboxedInterpreter.scratch] survive a
-    restart; [`shutdown()`][rlm_events.sandbox._interpreter.SandboxedInterpreter.shutdown] removes them.
+    everything else the code had defined is lost, which the error says. Files in the working directory
+    ([`scratch`][rlm_events.sandbox._interpreter.SandboxedInterpreter.scratch] from the host) go with it on the
+    sandbox's tmpfs (`scratch_mb`, the default), or survive the restart (`scratch_mb=None`);
+    [`shutdown()`][rlm_events.sandbox._interpreter.SandboxedInterpreter.shutdown] removes them.
 
     Attributes:
-        scratch: the writable working directory of the sandbox (a fresh one per interpreter), or None before start.
         restarts: how many times a lost worker was replaced.
     """
 
@@ -93,8 +98,26 @@ class SandboxedInterpreter:
         return self.sandbox.execution_instructions
 
     @property
-    def scratch(self) -> Path | None:
+    def working_directory(self) -> Path | None:
+        """The sandbox's writable working directory, as the code sees it (a fresh one per interpreter), or None
+        before start."""
         return None if self._resources.scratch is None else Path(self._resources.scratch)
+
+    @property
+    def scratch(self) -> Path | None:
+        """Where the host reads the sandbox's working directory: the directory itself with `scratch_mb=None`; else
+        its tmpfs seen through the sandbox's `/proc/<pid>/root` while a worker runs. None when there is none.
+        What is in it, the code wrote: a symlink there resolves on the host's filesystem, so do not follow them."""
+        directory = self._resources.scratch
+        if directory is None or self.sandbox.scratch_mb is None:
+            return None if directory is None else Path(directory)
+        worker = self._resources.worker
+        view = None if worker is None else worker.sandbox_path(directory)
+        return None if view is None else Path(view)
+
+    @property
+    def _state_lost(self) -> str:
+        return STATE_LOST if self.sandbox.scratch_mb is None else STATE_AND_FILES_LOST
 
     @property
     def pid(self) -> int | None:
@@ -116,7 +139,7 @@ class SandboxedInterpreter:
             _isolation.prepare_scratch(self._resources.scratch)
         try:
             worker = Worker(self.sandbox, self._resources.scratch)
-        except _isolation.SandboxUnavailable as exc:  # its pids cgroup could not be made this time
+        except _isolation.SandboxUnavailable as exc:
             raise CodeInterpreterError(f"The sandboxed interpreter did not start: {exc}") from exc
         self._resources.worker = worker
         try:
@@ -173,7 +196,7 @@ class SandboxedInterpreter:
                 self.start()
                 if self._resources.worker is None:  # lost again while DSPy's setup was replayed
                     self._lost = True
-                    raise ExecutionError(f"The sandboxed interpreter could not be set up again; {STATE_LOST}.")
+                    raise ExecutionError(f"The sandboxed interpreter could not be set up again; {self._state_lost}.")
             if _SETUP_VARIABLE in variables:
                 self._setup.append((code, dict(variables)))
             return self._execute(code, variables)
@@ -243,12 +266,12 @@ class SandboxedInterpreter:
             self._lose()
             raise ExecutionError(
                 f"Execution timed out after {timeout:g} s: the sandbox was killed, with every process in it; "
-                + STATE_LOST
+                + self._state_lost
                 + "."
             ) from None
         except WorkerLost as lost:
             self._lose()
-            raise ExecutionError(f"The sandboxed interpreter {lost}; {STATE_LOST}.") from None
+            raise ExecutionError(f"The sandboxed interpreter {lost}; {self._state_lost}.") from None
         except BaseException:  # e.g. KeyboardInterrupt in a tool: the worker still waits for its answer
             self._lose()
             raise
@@ -262,7 +285,7 @@ class SandboxedInterpreter:
             value, stdout = message.get("value"), message.get("stdout")
             return value if value is not None else (stdout or None)
         self._lose()
-        raise ExecutionError(f"The sandboxed interpreter broke the protocol (sent {kind!r}); {STATE_LOST}.")
+        raise ExecutionError(f"The sandboxed interpreter broke the protocol (sent {kind!r}); {self._state_lost}.")
 
     def _lose(self) -> None:
         self._resources.drop_worker()

@@ -1,6 +1,5 @@
-"""The OS isolation under [`rlm_events.sandbox`][rlm_events.sandbox]: bubblewrap's command line, the pids cgroup used
-when the host
-runs as root, and the checks that name what is missing.
+"""The OS isolation under [`rlm_events.sandbox`][rlm_events.sandbox]: the filesystem layout and bubblewrap's command
+line, the launch (cgroup, unprivileged user, seccomp), and the checks that name what is missing.
 
 All of it is Linux-only; nothing here falls back to running without isolation.
 """
@@ -10,14 +9,15 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
-import time
-import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+from ._allowlist import WORKER_IN_SANDBOX, allowlist_mounts
+from ._cgroup import SandboxCgroup
 
 WORKER = Path(__file__).with_name("_worker.py")
 
@@ -27,6 +27,7 @@ WORKER = Path(__file__).with_name("_worker.py")
 DEFAULT_HIDDEN: tuple[str, ...] = ("/tmp", "/var/tmp", "/run", "/home", "/root", "~")
 
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+SHARED_MEMORY_BYTES = 16 * 2**20
 
 # The host user the sandbox runs as when the host runs as root: nobody, who owns no file and holds no privilege.
 # (A user namespace made by root maps its uid 0 to the host's uid 0: files owned by root, /proc/sys included, stay
@@ -139,20 +140,42 @@ _NO_SETPRIV = (
 )
 
 
+@dataclass(frozen=True)
+class Layout:
+    """The sandbox's filesystem: `hide` covered (the default mode), or only `expose` and what Python needs (allowlist
+    mode, `expose` not None; see [`rlm_events.sandbox._allowlist`][rlm_events.sandbox._allowlist]); and the scratch
+    directory, on a tmpfs of `scratch_bytes` (None: the host directory itself, uncapped)."""
+
+    hide: tuple[str, ...] = DEFAULT_HIDDEN
+    expose: tuple[str, ...] | None = None
+    scratch_bytes: int | None = None
+
+    @property
+    def covered(self) -> tuple[str, ...]:
+        """The directories whose content the sandbox does not see (the root stage may cover them on the host)."""
+        return self.hide if self.expose is None else (*self.hide, *DEFAULT_HIDDEN)
+
+    @property
+    def worker(self) -> str:
+        """The worker script's path inside the sandbox."""
+        return str(WORKER) if self.expose is None else WORKER_IN_SANDBOX
+
+
 def bwrap_arguments(
     bwrap: str,
     scratch: str,
-    hide: Sequence[str],
+    layout: Layout,
     python: str,
     seccomp_fd: int | None = None,
     opened: dict[str, int] | None = None,
 ) -> list[str]:
     """`bwrap` and its options, up to (not including) the command: every namespace unshared (user, PID, network,
-    mount, IPC, UTS, cgroup), no capabilities, the host's filesystem read-only with `hide` covered, a fresh
-    `/proc` and a minimal read-only `/dev`, `scratch` the one writable directory (and the working one), and the
-    seccomp filter read from `seccomp_fd` (see [`rlm_events.sandbox._seccomp`][rlm_events.sandbox._seccomp]).
-    The interpreter's files under hidden directories are bound back from `opened` (`{path: O_PATH descriptor}`)
-    where given: opened by the host, they need not be reachable by the unprivileged user (a Python in `/root`)."""
+    mount, IPC, UTS, cgroup), no capabilities, the filesystem of `layout` read-only (the host's `/` with `hide`
+    covered, or the allowlist root), a fresh `/proc` and a minimal read-only `/dev`, `scratch` the one writable
+    directory (and the working one; a tmpfs of `layout.scratch_bytes` when set), and the seccomp filter read from
+    `seccomp_fd` (see [`rlm_events.sandbox._seccomp`][rlm_events.sandbox._seccomp]). The interpreter's files under
+    hidden directories are bound back from `opened` (`{path: O_PATH descriptor}`) where given: opened by the host,
+    they need not be reachable by the unprivileged user (a Python in `/root`)."""
     opened = opened or {}
     args = [
         bwrap,
@@ -167,15 +190,27 @@ def bwrap_arguments(
     ]
     if "--disable-userns" in bwrap_help(bwrap):
         args.append("--disable-userns")
-    args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
-    hidden = hidden_directories(hide)
+    hidden = hidden_directories(layout.hide) if layout.expose is None else []
+    if layout.expose is None:
+        args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    else:
+        args += allowlist_mounts(interpreter_paths(python), layout.expose, str(WORKER))
+        args += ["--dev", "/dev", "--proc", "/proc"]
     for directory in hidden:
         args += ["--tmpfs", directory]
     for path in interpreter_paths(python):
         if any(under(path, directory) for directory in hidden):
             args += ["--ro-bind-fd", str(opened[path]), path] if path in opened else ["--ro-bind", path, path]
-    args += ["--bind", scratch, scratch]
-    for directory in hidden:
+    if layout.scratch_bytes is None:
+        args += ["--bind", scratch, scratch]
+    else:
+        args += ["--size", str(layout.scratch_bytes), "--perms", "0700", "--tmpfs", scratch]
+    # Shared memory of the sandbox's own, capped (multiprocessing's semaphores; the worker's captured output, which
+    # must not share the scratch directory's room: code that fills scratch still has its output read).
+    # Without --size (bubblewrap before 0.8) /dev/shm stays read-only, and the worker captures output in scratch.
+    if "--size" in bwrap_help(bwrap):
+        args += ["--size", str(SHARED_MEMORY_BYTES), "--perms", "01777", "--tmpfs", "/dev/shm"]
+    for directory in hidden if layout.expose is None else ["/"]:
         args += ["--remount-ro", directory]
     args += ["--remount-ro", "/dev", "--chdir", scratch]
     if seccomp_fd is not None:
@@ -188,113 +223,9 @@ def sandbox_environment(scratch: str) -> dict[str, str]:
     return {"PATH": SANDBOX_PATH, "HOME": scratch, "TMPDIR": scratch, "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
 
 
-# --- the process-count limit when the host runs as root ------------------------------------------------------------
-# RLIMIT_NPROC is counted per user, and the kernel never applies it to the host's uid 0 (a user namespace mapped to
-# it stays uid 0 outside). For root, the sandbox goes into a cgroup of its own whose pids.max is the limit.
-
-
-def _pids_hierarchy() -> tuple[str, str] | None:
-    """`(directory of this process's pids cgroup, "v1" or "v2")`, or None."""
-    try:
-        mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
-        own = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    v1 = v2 = None
-    for line in mountinfo:
-        left, _, right = line.partition(" - ")
-        fields, tail = left.split(), right.split()
-        if len(fields) < 5 or len(tail) < 3:
-            continue
-        if tail[0] == "cgroup" and "pids" in tail[2].split(","):
-            v1 = fields[4]
-        elif tail[0] == "cgroup2":
-            v2 = fields[4]
-    for line in own:
-        _, controllers, path = [*line.split(":", 2), "", ""][:3]
-        if v1 and "pids" in controllers.split(","):
-            return os.path.join(v1, path.lstrip("/")), "v1"
-    for line in own:
-        if line.startswith("0::") and v2:
-            directory = os.path.join(v2, line[3:].lstrip("/"))
-            with contextlib.suppress(OSError):
-                if "pids" in Path(directory, "cgroup.controllers").read_text().split():
-                    return directory, "v2"
-    return None
-
-
-class PidsCgroup:
-    """A pids cgroup of one sandbox: created with `pids.max`, joined by the launcher, emptied and removed."""
-
-    def __init__(self, limit: int) -> None:
-        found = _pids_hierarchy()
-        if found is None:
-            raise SandboxUnavailable(_NO_CGROUP)
-        parent, self.version = found
-        self.path = os.path.join(parent, f"rlm-events-sandbox-{os.getpid()}-{uuid.uuid4().hex[:12]}")
-        try:
-            os.mkdir(self.path)
-        except OSError as exc:
-            raise SandboxUnavailable(f"{_NO_CGROUP} (creating {self.path}: {exc})") from exc
-        try:
-            Path(self.path, "pids.max").write_text(str(limit))
-        except OSError as exc:
-            self.remove()
-            raise SandboxUnavailable(f"{_NO_CGROUP} (setting pids.max in {self.path}: {exc})") from exc
-
-    @property
-    def procs(self) -> str:
-        return os.path.join(self.path, "cgroup.procs")
-
-    def launcher(self) -> list[str]:
-        """A prefix for the command: the shell joins the cgroup, then becomes bwrap (so everything it starts is in)."""
-        return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', self.procs]
-
-    def kill(self) -> None:
-        """SIGKILL to everything in the cgroup (the sandbox's processes die with its PID namespace anyway)."""
-        if self.version == "v2":
-            with contextlib.suppress(OSError):
-                Path(self.path, "cgroup.kill").write_text("1")
-                return
-        try:
-            pids = [int(p) for p in Path(self.procs).read_text().split()]
-        except (OSError, ValueError):
-            return
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-
-    def remove(self) -> None:
-        """Remove the cgroup once its last process has gone (within 5 s; a cgroup left behind is empty)."""
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                os.rmdir(self.path)
-                return
-            except FileNotFoundError:
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    return
-                self.kill()
-                time.sleep(0.002)
-
-
-_NO_CGROUP = (
-    "max_processes cannot be enforced: the host runs as root (uid 0), which RLIMIT_NPROC never binds, and no "
-    "writable pids cgroup was found (cgroup v1 'pids' hierarchy, or cgroup v2 with the 'pids' controller delegated). "
-    "Run as a non-root user, give this process a writable pids cgroup, or pass max_processes=None to run without a "
-    "process-count limit"
-)
-
-
-def needs_cgroup(max_processes: int | None) -> bool:
-    return max_processes is not None and os.geteuid() == 0
-
-
 # --- what is missing ----------------------------------------------------------------------------------------------
 
-_PROBED: dict[tuple[str, str, tuple[str, ...], bool], str | None] = {}
+_PROBED: dict[tuple[str, str, Layout, tuple[str, ...]], str | None] = {}
 _PROBE_LOCK = threading.Lock()
 
 
@@ -312,29 +243,31 @@ def _userns_hints() -> list[str]:
 
 
 def problems(
-    bwrap: str | os.PathLike[str] | None, python: str, hide: Sequence[str], max_processes: int | None
+    bwrap: str | os.PathLike[str] | None, python: str, layout: Layout, controllers: Sequence[str]
 ) -> list[str]:
     """What stops the sandbox from running here, each naming the missing primitive; empty when it runs. The first
-    check on a configuration starts a real sandbox (cached for the process)."""
+    check on a configuration starts a real sandbox (cached for the process), in a cgroup with `controllers`."""
     if not sys.platform.startswith("linux"):
         return [f"rlm_events.sandbox needs Linux (user, PID, network and mount namespaces); this is {sys.platform}"]
     found = find_bwrap(bwrap)
     if found is None:
         where = f"{os.fspath(bwrap)} is not an executable file" if bwrap is not None else "not found on PATH"
         return [f"bubblewrap (bwrap) {where}: install it (Debian/Ubuntu: apt-get install bubblewrap)"]
-    use_cgroup = needs_cgroup(max_processes)
-    key = (found, python, tuple(hide), use_cgroup)
+    usage = bwrap_help(found)
+    if layout.scratch_bytes is not None and "--tmpfs" in usage and "--size" not in usage:
+        return [f"bubblewrap ({found}) has no --size option (0.8 or later needed) for scratch_mb; pass scratch_mb=None"]
+    key = (found, python, layout, tuple(controllers))
     with _PROBE_LOCK:
         if key not in _PROBED:
-            _PROBED[key] = _probe(found, python, hide, use_cgroup)
+            _PROBED[key] = _probe(found, python, layout, controllers)
         failure = _PROBED[key]
     return [] if failure is None else [failure]
 
 
 def sandbox_command(
-    bwrap: str, scratch: str, hide: Sequence[str], python: str, cgroup: PidsCgroup | None
+    bwrap: str, scratch: str, layout: Layout, python: str, cgroup: SandboxCgroup | None
 ) -> tuple[list[str], list[int]]:
-    """The whole command up to the sandboxed program: join `cgroup` (as root), drop to the unprivileged user, then
+    """The whole command up to the sandboxed program: join `cgroup`, drop to the unprivileged user (as root), then
     bubblewrap with the seccomp filter; and the file descriptors the child must get (`pass_fds`; the caller closes
     them once it started)."""
     from ._reachable import interpreter_reachable
@@ -342,16 +275,16 @@ def sandbox_command(
 
     fd = seccomp_fd()
     try:
-        arguments = bwrap_arguments(bwrap, scratch, hide, python, fd)
+        arguments = bwrap_arguments(bwrap, scratch, layout, python, fd)
         prefix = cgroup.launcher() if cgroup is not None else []
-        reachable = interpreter_reachable(python, hide, scratch)
+        reachable = interpreter_reachable(python, layout.covered, scratch)
         return [*prefix, *reachable, *unprivileged(arguments), "--"], [fd]
     except BaseException:
         os.close(fd)
         raise
 
 
-def _probe(bwrap: str, python: str, hide: Sequence[str], use_cgroup: bool) -> str | None:
+def _probe(bwrap: str, python: str, layout: Layout, controllers: Sequence[str]) -> str | None:
     import tempfile
 
     from ._seccomp import SeccompMissing
@@ -362,8 +295,12 @@ def _probe(bwrap: str, python: str, hide: Sequence[str], use_cgroup: bool) -> st
     try:
         try:
             prepare_scratch(scratch)
-            cgroup = PidsCgroup(64) if use_cgroup else None
-            command, fds = sandbox_command(bwrap, scratch, hide, python, cgroup)
+            if controllers:
+                cgroup = SandboxCgroup(
+                    max_processes=64 if "pids" in controllers else None,
+                    memory_bytes=512 * 2**20 if "memory" in controllers else None,
+                )
+            command, fds = sandbox_command(bwrap, scratch, layout, python, cgroup)
             command += [python, "-I", "-c", "print('ok')"]
         except (SandboxUnavailable, SeccompMissing, OSError) as exc:
             return str(exc)

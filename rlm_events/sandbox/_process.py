@@ -21,7 +21,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from ..runtime import CodeInterpreterError
 from . import _isolation
-from ._isolation import WORKER, PidsCgroup
+from ._cgroup import CgroupUnavailable, SandboxCgroup
 from ._seccomp import SeccompMissing
 
 if TYPE_CHECKING:
@@ -85,25 +85,26 @@ class Worker:
         self.send_lock = threading.Lock()
         self.killed_by_host = False
         self.own_pids: set[int] = set()
-        processes = sandbox.max_processes
-        self.cgroup = PidsCgroup(processes) if sandbox._uses_cgroup and processes is not None else None
+        self.root_pid: int | None = None
+        self.cgroup: SandboxCgroup | None = None
         self.stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _release()
+        memory = None if sandbox.memory_mb is None else sandbox.memory_mb * 1024 * 1024
+        controllers = sandbox._controllers
         limits = {
-            "memory_bytes": None if sandbox.memory_mb is None else sandbox.memory_mb * 1024 * 1024,
+            "memory_bytes": memory,  # per process too: one hog gets MemoryError before the cgroup's OOM killer
             "cpu_seconds": sandbox.cpu_seconds,
-            # With a pids cgroup, RLIMIT_NPROC would count every sandbox of the shared unprivileged user together.
-            "max_processes": None if self.cgroup is not None else sandbox.max_processes,
+            "max_processes": None if "pids" in controllers else sandbox.max_processes,
         }
         fds: list[int] = []
         try:
-            prefix, fds = _isolation.sandbox_command(sandbox._bwrap, scratch, sandbox.hide, sandbox.python, self.cgroup)
-            command = [
-                *prefix,
-                sandbox.python,
-                "-I",
-                str(WORKER),
-                json.dumps(limits),
-            ]
+            if controllers:
+                self.cgroup = SandboxCgroup(
+                    max_processes=sandbox.max_processes if "pids" in controllers else None,
+                    memory_bytes=memory if "memory" in controllers else None,
+                )
+            layout = sandbox._layout
+            prefix, fds = _isolation.sandbox_command(sandbox._bwrap, scratch, layout, sandbox.python, self.cgroup)
+            command = [*prefix, sandbox.python, "-I", layout.worker, json.dumps(limits)]
             self.process = subprocess.Popen(
                 command,
                 stdin=subprocess.PIPE,
@@ -114,7 +115,7 @@ class Worker:
                 close_fds=True,
                 pass_fds=fds,
             )
-        except (OSError, SeccompMissing, _isolation.SandboxUnavailable) as exc:
+        except (OSError, CgroupUnavailable, SeccompMissing, _isolation.SandboxUnavailable) as exc:
             self._release()
             raise CodeInterpreterError(f"Unable to start the sandbox: {exc}") from exc
         finally:
@@ -176,6 +177,12 @@ class Worker:
     def started(self) -> None:
         """Note the sandbox's own processes (bubblewrap's and the worker), once the worker said it is ready."""
         self.own_pids = {self.process.pid, *descendants(self.process.pid)}
+        self.root_pid = min(self.own_pids - {self.process.pid}, key=_depth, default=None)
+
+    def sandbox_path(self, path: str) -> str | None:
+        """Where the host reads `path` of the sandbox's own mounts (its scratch tmpfs): through the `/proc` root of
+        the sandbox's first process, while it runs."""
+        return None if self.root_pid is None else f"/proc/{self.root_pid}/root{path}"
 
     def kill_strays(self) -> None:
         """SIGKILL every process in the sandbox but its own: what the code started does not outlive its execution.
@@ -208,6 +215,11 @@ class Worker:
         cpu = self.sandbox.cpu_seconds
         if signal_number == signal.SIGXCPU:
             return f"was killed by SIGXCPU: it used up its CPU time (cpu_seconds={cpu} per process)"
+        if signal_number == signal.SIGKILL and self.cgroup is not None and self.cgroup.out_of_memory_kills():
+            return (
+                "was killed by the kernel's out-of-memory killer: the sandbox's processes together reached "
+                f"memory_mb={self.sandbox.memory_mb}"
+            )
         if signal_number == signal.SIGKILL:
             return (
                 "was killed by SIGKILL (at its CPU-time hard limit"
@@ -250,6 +262,14 @@ class Worker:
             self.cgroup = None
         with contextlib.suppress(OSError):
             self.stderr.close()
+
+
+def _depth(pid: int) -> int:
+    """How far `pid` is from the host's init (the sandbox's first process is the shallowest of its own)."""
+    depth, ancestor = 0, _parent(pid)
+    while ancestor not in (None, 0) and depth < 64:
+        depth, ancestor = depth + 1, _parent(ancestor)
+    return depth
 
 
 def _parents() -> dict[int, int]:

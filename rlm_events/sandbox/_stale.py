@@ -1,13 +1,13 @@
 """What a host killed without cleaning up (`SIGKILL`, a crash) leaves behind, and its removal: scratch directories
-named after the process that made them, and pids cgroups named so too."""
+named after the process that made them, and cgroups (memory, pids) named so too. (Scratch tmpfs mounts and the
+allowlist root live in the sandbox's own mount namespace: they go with its last process, whatever kills the host.)"""
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
-from . import _isolation
+from ._cgroup import remove_cgroup, stale_cgroups
 
 
 def scratch_prefix() -> str:
@@ -35,7 +35,7 @@ def _alive(pid: int) -> bool:
 
 def remove_stale(scratch_base: str | None) -> list[str]:
     """Remove what a host killed without cleaning up (SIGKILL, a crash) left behind: its scratch directories in
-    `scratch_base` (default: the temporary directory) and its pids cgroups. Only those of a process of this PID
+    `scratch_base` (default: the temporary directory) and its cgroups. Only those of a process of this PID
     namespace that is gone; returns the paths removed."""
     import tempfile
 
@@ -49,11 +49,8 @@ def remove_stale(scratch_base: str | None) -> list[str]:
         if pid.isdigit() and not _alive(int(pid)) and path.is_dir() and not path.is_symlink():
             remove_tree(str(path))
             removed.append(str(path))
-    found = _isolation._pids_hierarchy()
-    for path in Path(found[0]).glob("rlm-events-sandbox-*-*") if found else ():
-        pid = path.name.split("-")[3]
-        if pid.isdigit() and not _alive(int(pid)):
-            with contextlib.suppress(OSError):
-                path.rmdir()  # a cgroup whose processes are gone (they die with their sandbox's PID namespace)
-                removed.append(str(path))
+    for directory, version, owner in stale_cgroups():
+        # Its processes die with their sandbox's PID namespace (bubblewrap's --die-with-parent); any left are killed.
+        if not _alive(owner) and remove_cgroup(directory, version, patience=1.0):
+            removed.append(directory)
     return removed

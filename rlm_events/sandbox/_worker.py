@@ -192,7 +192,9 @@ class CapturedOutput:
     value = ""
 
     def __enter__(self) -> CapturedOutput:
-        self.file = tempfile.TemporaryFile()
+        # In the sandbox's /dev/shm (a tmpfs of its own), not the scratch directory the code may have filled.
+        shared = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+        self.file = tempfile.TemporaryFile(dir=shared)
         for stream in (_worker_stdout, _worker_stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
