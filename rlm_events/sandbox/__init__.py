@@ -36,11 +36,38 @@ from typing import Any
 from ._allowlist import checked_exposed
 from ._cgroup import log_fallback_once, usable_controllers
 from ._interpreter import SandboxedInterpreter
-from ._isolation import DEFAULT_HIDDEN, Layout, SandboxUnavailable, find_bwrap, problems, sandbox_user
+from ._isolation import DEFAULT_HIDDEN, Layout, SandboxUnavailable, bwrap_help, find_bwrap, problems, sandbox_user
 from ._reachable import reachable_by_others
 from ._stale import remove_stale
 
 __all__ = ["DEFAULT_HIDDEN", "SandboxUnavailable", "Sandboxed", "SandboxedInterpreter"]
+
+
+class _Default:
+    """`scratch_mb` left at its default: `size_mb` where bubblewrap can size a tmpfs, else off (logged once)."""
+
+    def __init__(self, size_mb: int) -> None:
+        self.size_mb = size_mb
+
+    def __repr__(self) -> str:
+        return str(self.size_mb)
+
+
+DEFAULT_SCRATCH = _Default(256)
+"""`Sandboxed`'s default `scratch_mb`: 256 MiB, where bubblewrap is 0.8 or later."""
+
+
+def _no_tmpfs_size(bwrap: str | os.PathLike[str] | None) -> bool:
+    """Whether this bubblewrap mounts a tmpfs but cannot size it (before 0.8); logged once when so."""
+    found = find_bwrap(bwrap)
+    usage = "" if found is None else bwrap_help(found)
+    if "--tmpfs" in usage and "--size" not in usage:
+        log_fallback_once(
+            f"rlm_events.sandbox: scratch is the host directory, uncapped: bubblewrap ({found}) has no --size "
+            "(0.8 or later) to cap it (pass scratch_mb=None to silence this)"
+        )
+        return True
+    return False
 
 
 class Sandboxed:
@@ -72,7 +99,10 @@ class Sandboxed:
         scratch_mb: the scratch directory's size in MiB (default 256): a tmpfs of that size mounted over it inside
             the sandbox, so a write past it fails with `OSError: [Errno 28] No space left on device` and the host's
             disk is untouched. Its files then live with the worker: a restarted worker (timeout, lost) starts with
-            an empty one. `None`: the host directory itself, uncapped, kept across restarts.
+            an empty one. `None`: the host directory itself, uncapped, kept across restarts. Left at its default
+            where bubblewrap is older than 0.8 (no `--size`: Ubuntu 22.04's 0.6), the cap is off, logged once and
+            said in [`limits`][rlm_events.sandbox.Sandboxed.limits]; `scratch_mb=256` given explicitly raises
+            [`SandboxUnavailable`][rlm_events.sandbox.SandboxUnavailable] there instead.
         hide: directories covered by an empty read-only tmpfs in the sandbox (default
             [`DEFAULT_HIDDEN`][rlm_events.sandbox._isolation.DEFAULT_HIDDEN]: the
             temporary directories, `/run` and home directories); the interpreter's own files under them stay
@@ -104,7 +134,7 @@ class Sandboxed:
         max_processes: int | None = 64,
         cpu_seconds: int | None = 120,
         scratch: str | os.PathLike[str] | None = None,
-        scratch_mb: int | None = 256,
+        scratch_mb: int | _Default | None = DEFAULT_SCRATCH,
         hide: Sequence[str] = DEFAULT_HIDDEN,
         expose: Sequence[str | os.PathLike[str]] | None = None,
         cgroup: bool | None = None,
@@ -114,6 +144,8 @@ class Sandboxed:
     ) -> None:
         if timeout is not None and not timeout > 0:
             raise ValueError("timeout must be positive, or None for no wall-clock limit")
+        if isinstance(scratch_mb, _Default):
+            scratch_mb = None if _no_tmpfs_size(bwrap) else scratch_mb.size_mb
         sizes = (("memory_mb", memory_mb, 32), ("max_processes", max_processes, 8), ("scratch_mb", scratch_mb, 1))
         for name, value, least in sizes:
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
