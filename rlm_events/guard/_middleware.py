@@ -11,6 +11,7 @@ from ..stages import Stage
 from . import allowlist
 from ._grammar import interpreter_python
 from ._policy import GuardPolicy, imports_of
+from ._runtime_policy import RUNTIME_POLICY_KEY
 from ._violation import Violation
 
 MAX_LISTED = 5  # violations listed to the LM; more would only bury the first ones
@@ -55,6 +56,13 @@ class CodeGuard(Builtin):
     RLM's interpreter where it is known (DSPy's `PythonInterpreter`:
     [`PYODIDE_PYTHON`][rlm_events.guard.PYODIDE_PYTHON]),
     else the guard's.
+
+    `runtime` (default `True`): the run-time layer. The interpreters this library controls
+    ([`InProcessInterpreter`][rlm_events.inprocess.InProcessInterpreter] and the sandbox's) then also check the
+    code's attribute access, `getattr`/`vars`/format-field lookups, imports, file writes, processes and network as
+    they happen, against the same policy (see `rlm_events.guard._runtime`); a refused operation raises
+    `RuntimeRefusal` in the code, which the LM reads as the step's error. Other interpreters (DSPy's) get the
+    static check only.
     """
 
     # Middleware are named module.qualname in errors, notes and telemetry: name the public home, not this module.
@@ -66,6 +74,7 @@ class CodeGuard(Builtin):
         policy: GuardPolicy | str = "default",
         *,
         target_python: tuple[int, int] | Literal["auto"] | None = "auto",
+        runtime: bool = True,
     ) -> None:
         if isinstance(policy, str):
             policy = GuardPolicy.named(policy)
@@ -75,6 +84,7 @@ class CodeGuard(Builtin):
             policy = policy.with_target(target_python)  # validates it
         self.policy = policy
         self.infer_target = target_python == "auto" and policy.target_python is None
+        self.runtime = runtime
 
     @staticmethod
     def refusals(run: Run | StageContext) -> list[Refusal]:
@@ -96,6 +106,8 @@ class CodeGuard(Builtin):
     def _enforce(self, ctx: PreExecutionContext) -> None:
         if ctx.skipped:  # the result is already decided; nothing will run
             return
+        if self.runtime:  # what our interpreters enforce while the code runs
+            ctx.run.state[RUNTIME_POLICY_KEY] = self.policy
         # Inputs and tools are REPL variables: an input named `input` or `code` is not the built-in or module.
         shadowed = [*ctx.input_args, *(getattr(ctx.run.module, "tools", {}) or {})]
         target = interpreter_python(ctx.run.module) if self.infer_target else None
