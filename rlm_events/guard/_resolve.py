@@ -8,15 +8,15 @@ from __future__ import annotations
 import ast
 import symtable
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import allowlist
 from ._bindings import annotations_of, bindings_of, imported_names
 from ._fold import StringValues
 from ._host import ALWAYS_BUILTIN, HOST_BUILTINS, MISSING, host_attr, is_submodule, module_name, packages
-from ._scopes import Scopes, certainly_bound, unstable_names
+from ._scopes import Scopes, certainly_bound, child_nodes, unstable_names
 from ._violation import Violation, ViolationKind
 
 if TYPE_CHECKING:
@@ -30,6 +30,9 @@ class Ref:
 
     kind: Literal["module", "package", "member", "denied", "builtin"]
     path: str
+
+
+_VISITORS: dict[tuple[type, type], Callable[..., Any]] = {}  # (visitor class, node type) -> its visit method
 
 
 class Resolver(ast.NodeVisitor):
@@ -46,6 +49,7 @@ class Resolver(ast.NodeVisitor):
         self.policy, self.tree, self.shadowed = policy, tree, shadowed
         # Names earlier steps imported (None: unknown, so any allowed module's name may be that module).
         self.imported = imported
+        self._resolved: dict[ast.AST, Ref | None] = {}
         self.found: list[Violation] = []
         self.scopes = Scopes(tree, table)  # one walk over the tree: every node, its parent and its scope
         self.nodes = self.scopes.nodes
@@ -67,6 +71,20 @@ class Resolver(ast.NodeVisitor):
         self.names_stored_as_name_attr = any(
             isinstance(n, ast.Attribute) and n.attr == "name" and not isinstance(n.ctx, ast.Load) for n in self.nodes
         )
+
+    def visit(self, node: ast.AST) -> Any:
+        """`ast.NodeVisitor.visit`, with each class's method for each node type looked up once."""
+        key = (type(self), type(node))
+        method = _VISITORS.get(key)
+        if method is None:
+            method = _VISITORS[key] = getattr(type(self), f"visit_{type(node).__name__}", type(self).generic_visit)
+        return method(self, node)
+
+    def generic_visit(self, node: ast.AST) -> None:
+        """Visit `node`'s children (as the scopes listed them, without the load/store markers no rule reads)."""
+        children = self.scopes.child_nodes.get(node)
+        for child in children if children is not None else child_nodes(node):
+            self.visit(child)
 
     def flag(self, node: ast.AST, kind: ViolationKind, name: str, detail: str, hint: str = "") -> None:
         """Report a violation at `node`'s line."""
@@ -106,13 +124,23 @@ class Resolver(ast.NodeVisitor):
     # --- resolving names -----------------------------------------------------------------------------------------
 
     def resolve(self, node: ast.AST) -> Ref | None:
-        """What `node` names, when it is a module, something reached through one, or a built-in."""
+        """What `node` names, when it is a module, something reached through one, or a built-in. (Remembered per
+        node: the rules ask about the same names many times, and what they name is fixed once the imports are
+        collected.)"""
+        kind = type(node)
+        if kind is not ast.Name and kind is not ast.Attribute:
+            return None
+        try:
+            return self._resolved[node]
+        except KeyError:
+            pass
         if isinstance(node, ast.Name):
-            return self._resolve_name(node)
-        if isinstance(node, ast.Attribute):
-            base = self.resolve(node.value)
-            return None if base is None else self.step(base, node.attr)
-        return None
+            ref = self._resolve_name(node)
+        else:
+            base = self.resolve(node.value)  # type: ignore[attr-defined]
+            ref = None if base is None else self.step(base, node.attr)  # type: ignore[attr-defined]
+        self._resolved[node] = ref
+        return ref
 
     def _resolve_name(self, node: ast.Name) -> Ref | None:
         name = node.id

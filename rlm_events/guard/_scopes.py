@@ -52,6 +52,19 @@ def _outer_parts(node: ast.AST) -> Iterator[ast.AST]:
     yield from getattr(node, "type_params", ())  # PEP 695 (3.12+): checked as the enclosing scope's
 
 
+def child_nodes(node: ast.AST) -> list[ast.AST]:
+    """`ast.iter_child_nodes(node)` as a list, in the same order, without the load/store/del markers (`ctx`,
+    shared singletons that no rule reads): one flat loop, the guard's hottest."""
+    children: list[ast.AST] = []
+    for field in node._fields:
+        value = getattr(node, field, None)
+        if type(value) is list:
+            children.extend(item for item in value if isinstance(item, ast.AST))
+        elif isinstance(value, ast.AST) and not isinstance(value, ast.expr_context):
+            children.append(value)
+    return children
+
+
 class Scopes:
     """The scopes of one module: for every node, the scope node it is evaluated in (the module is `tree`), and the
     symbol table of each scope that could be matched."""
@@ -67,18 +80,20 @@ class Scopes:
         self.parent_scope: dict[ast.AST, ast.AST] = {}
         self.tables: dict[ast.AST, symtable.SymbolTable] = {tree: table}
         self.children: dict[ast.AST, list[ast.AST]] = defaultdict(list)
+        self.child_nodes: dict[ast.AST, list[ast.AST]] = {}  # each node's children, as `child_nodes()` lists them
         self._assign(tree, tree)
         self._match(tree, table)
 
     def _assign(self, node: ast.AST, scope: ast.AST) -> None:
         stack = [(node, scope)]
+        parents, kids = self.parents, self.child_nodes
         while stack:
             current, where = stack.pop()
             self.nodes.append(current)
             self.scope_of[current] = where
-            children = list(ast.iter_child_nodes(current))
+            children = kids[current] = child_nodes(current)
             for child in children:
-                self.parents[child] = current
+                parents[child] = current
             if isinstance(current, _BLOCKS):
                 self._blocks(current)
             if isinstance(current, _SCOPES):
@@ -233,4 +248,4 @@ def unstable_names(nodes: list[ast.AST]) -> set[str]:
     return found
 
 
-__all__ = ["Scopes", "certainly_bound", "unstable_names"]
+__all__ = ["Scopes", "certainly_bound", "child_nodes", "unstable_names"]
