@@ -57,7 +57,7 @@ class Resolver(ast.NodeVisitor):
         self.bindings = bindings_of(self.nodes)
         self.strings = StringValues(self.bindings)  # what string expressions hold
         self.bound = set(self.bindings)
-        self.unstable = unstable_names(self.nodes)
+        self.unstable = unstable_names(self.scopes.of_type(ast.Name, ast.Global, ast.Nonlocal))
         # Names the module's namespace binds somewhere (at the top, in a branch or loop, or through `global`).
         self.global_names = {s.get_name() for s in table.get_symbols() if s.is_local()} | self.unstable
         # Per scope (the module is `tree`): local name → dotted path it was imported as.
@@ -69,7 +69,8 @@ class Resolver(ast.NodeVisitor):
         self.own: list[frozenset[str]] = [frozenset()]  # `self`/`cls` of the methods being visited
         self.annotation_strings = self._annotation_strings()
         self.names_stored_as_name_attr = any(
-            isinstance(n, ast.Attribute) and n.attr == "name" and not isinstance(n.ctx, ast.Load) for n in self.nodes
+            n.attr == "name" and not isinstance(n.ctx, ast.Load)  # type: ignore[attr-defined]
+            for n in self.scopes.of_type(ast.Attribute)
         )
 
     def visit(self, node: ast.AST) -> Any:
@@ -95,14 +96,15 @@ class Resolver(ast.NodeVisitor):
     def _collect_imports(self) -> None:
         """Bind every imported name first, in the namespace the import binds it in (the module's for an import
         at the top, in a class body or under `global`), so a use before the import (in a function) resolves too."""
-        declared_global = {n for node in self.nodes if isinstance(node, ast.Global) for n in node.names}
-        for node in self.nodes:
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                scope = self.scopes.scope_of.get(node, self.tree)
-                if not isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
-                    scope = self.tree
-                for local, path in imported_names(ast.Module(body=[node], type_ignores=[])).items():
-                    self._bind_alias(self.tree if local in declared_global else scope, local, path)
+        declared = self.scopes.of_type(ast.Global)
+        declared_global = {n for node in declared for n in node.names}  # type: ignore[attr-defined]
+        # (a name bound to two paths is ambiguous whichever comes first: the imports' order does not matter)
+        for node in self.scopes.of_type(ast.Import, ast.ImportFrom):
+            scope = self.scopes.scope_of.get(node, self.tree)
+            if not isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+                scope = self.tree
+            for local, path in imported_names(ast.Module(body=[node], type_ignores=[])).items():
+                self._bind_alias(self.tree if local in declared_global else scope, local, path)
 
     def _bind_alias(self, scope: ast.AST, local: str, path: str) -> None:
         aliases = self.scope_aliases.setdefault(scope, {})
@@ -114,7 +116,7 @@ class Resolver(ast.NodeVisitor):
 
     def _annotation_strings(self) -> set[int]:
         found: set[int] = set()
-        for node in self.nodes:
+        for node in self.scopes.of_type(ast.arg, ast.AnnAssign, ast.FunctionDef, ast.AsyncFunctionDef):
             for annotation in annotations_of(node):
                 found.update(
                     id(n) for n in ast.walk(annotation) if isinstance(n, ast.Constant) and isinstance(n.value, str)

@@ -53,16 +53,39 @@ def _outer_parts(node: ast.AST) -> Iterator[ast.AST]:
 
 
 def child_nodes(node: ast.AST) -> list[ast.AST]:
-    """`ast.iter_child_nodes(node)` as a list, in the same order, without the load/store/del markers (`ctx`,
-    shared singletons that no rule reads): one flat loop, the guard's hottest."""
+    """`ast.iter_child_nodes(node)` as a list, in the same order, without the operator and load/store markers
+    (shared singletons that no rule reads): the guard's hottest loop, so each node type's fields are sorted out
+    once (`_layout()`)."""
     children: list[ast.AST] = []
-    for field in node._fields:
+    for field in _layout(type(node))[0]:
         value = getattr(node, field, None)
         if type(value) is list:
-            children.extend(item for item in value if isinstance(item, ast.AST))
-        elif isinstance(value, ast.AST) and not isinstance(value, ast.expr_context):
+            children.extend([item for item in value if item is not None])  # (Dict.keys holds None for **x)
+        elif value is not None:
             children.append(value)
     return children
+
+
+# Fields that never hold a node worth visiting: names, flags, constants, and the operator and context markers.
+_SCALAR_FIELDS = frozenset(
+    {"ctx", "op", "ops", "id", "attr", "arg", "name", "asname", "module", "level", "kind", "type_comment"}
+    | {"conversion", "is_async", "simple", "tag", "rest", "kwd_attrs", "lineno"}
+)
+# node type -> (fields that hold nodes, fields that hold a block of statements, whether it makes a scope)
+_LAYOUTS: dict[type, tuple[tuple[str, ...], tuple[str, ...], bool]] = {}
+
+
+def _layout(cls: type) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
+    found = _LAYOUTS.get(cls)
+    if found is None:
+        fields: tuple[str, ...] = getattr(cls, "_fields", ())
+        if cls in (ast.Constant, ast.MatchSingleton, ast.Global, ast.Nonlocal):  # constants; lists of names
+            nodes: tuple[str, ...] = ()
+        else:
+            nodes = tuple(f for f in fields if f not in _SCALAR_FIELDS)
+        blocks = tuple(f for f in ("body", "orelse", "finalbody") if f in fields) if issubclass(cls, _BLOCKS) else ()
+        found = _LAYOUTS[cls] = (nodes, blocks, issubclass(cls, _SCOPES))
+    return found
 
 
 class Scopes:
@@ -81,22 +104,25 @@ class Scopes:
         self.tables: dict[ast.AST, symtable.SymbolTable] = {tree: table}
         self.children: dict[ast.AST, list[ast.AST]] = defaultdict(list)
         self.child_nodes: dict[ast.AST, list[ast.AST]] = {}  # each node's children, as `child_nodes()` lists them
+        self.by_type: dict[type, list[ast.AST]] = defaultdict(list)  # the nodes of each type, in `nodes` order
         self._assign(tree, tree)
         self._match(tree, table)
 
     def _assign(self, node: ast.AST, scope: ast.AST) -> None:
         stack = [(node, scope)]
-        parents, kids = self.parents, self.child_nodes
+        parents, kids, by_type = self.parents, self.child_nodes, self.by_type
         while stack:
             current, where = stack.pop()
             self.nodes.append(current)
+            by_type[type(current)].append(current)
             self.scope_of[current] = where
             children = kids[current] = child_nodes(current)
             for child in children:
                 parents[child] = current
-            if isinstance(current, _BLOCKS):
-                self._blocks(current)
-            if isinstance(current, _SCOPES):
+            _, blocks, is_scope = _layout(type(current))
+            if blocks:
+                self._blocks(current, blocks)
+            if is_scope:
                 self.parent_scope[current] = where
                 self.children[where].append(current)
                 outer = list(_outer_parts(current))
@@ -106,8 +132,8 @@ class Scopes:
             else:
                 stack.extend((c, where) for c in children)
 
-    def _blocks(self, node: ast.AST) -> None:
-        for field in ("body", "orelse", "finalbody"):
+    def _blocks(self, node: ast.AST, fields: tuple[str, ...]) -> None:
+        for field in fields:
             block = getattr(node, field, None)
             if isinstance(block, list):
                 for index, statement in enumerate(block):
@@ -156,6 +182,10 @@ class Scopes:
                     return outer
             outer = self.parent_scope.get(outer)
         return None
+
+    def of_type(self, *types: type) -> list[ast.AST]:
+        """The nodes of these exact types (each type's in tree order, one type after the other)."""
+        return [node for cls in types for node in self.by_type.get(cls, ())]
 
     def class_local(self, node: ast.Name) -> bool:
         """Whether the use `node` is in a class body that binds its name (looked up there before the module)."""
@@ -238,7 +268,8 @@ def certainly_bound(use: ast.Name, scopes: Scopes, unstable: set[str]) -> bool:
 
 def unstable_names(nodes: list[ast.AST]) -> set[str]:
     """Names whose binding in the module's namespace may go away or change behind the code's back: deleted
-    (`del x`), or declared `global`/`nonlocal` somewhere."""
+    (`del x`), or declared `global`/`nonlocal` somewhere (among `nodes`: those of types Name, Global, Nonlocal
+    suffice)."""
     found: set[str] = set()
     for node in nodes:
         if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Del):
