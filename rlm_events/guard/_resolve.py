@@ -103,7 +103,8 @@ class Resolver(ast.NodeVisitor):
             scope = self.scopes.scope_of.get(node, self.tree)
             if not isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
                 scope = self.tree
-            for local, path in imported_names(ast.Module(body=[node], type_ignores=[])  # type: ignore[list-item]).items():
+            alone = ast.Module(body=[node], type_ignores=[])  # type: ignore[list-item]
+            for local, path in imported_names(alone).items():
                 self._bind_alias(self.tree if local in declared_global else scope, local, path)
 
     def _bind_alias(self, scope: ast.AST, local: str, path: str) -> None:
