@@ -6,6 +6,7 @@ of plain classes it defines)."""
 from __future__ import annotations
 
 import ast
+import functools
 import symtable
 import types
 from collections.abc import Callable, Mapping
@@ -30,6 +31,16 @@ class Ref:
 
     kind: Literal["module", "package", "member", "denied", "builtin"]
     path: str
+
+
+@functools.lru_cache(maxsize=16)
+def restricted_modules(only_members: frozenset[str]) -> frozenset[str]:
+    """The modules offered member by member: every dotted prefix of an `only_members` entry."""
+    found: set[str] = set()
+    for member in only_members:
+        parts = member.split(".")
+        found.update(".".join(parts[:i]) for i in range(1, len(parts)))
+    return frozenset(found)
 
 
 _VISITORS: dict[tuple[type, type], Callable[..., Any]] = {}  # (visitor class, node type) -> its visit method
@@ -228,8 +239,7 @@ class Resolver(ast.NodeVisitor):
         if module is None or path in self.policy.deny_members:
             return False
         member = ".".join(path.split(".")[: module.count(".") + 2])
-        restricted = any(m.startswith(f"{module}.") for m in self.policy.only_members)
-        return not restricted or member in self.policy.only_members
+        return module not in restricted_modules(self.policy.only_members) or member in self.policy.only_members
 
     def denied_prefix(self, path: str) -> str:
         """The shortest prefix of `path` that is neither an allowed module nor a package on the way to one."""
@@ -251,4 +261,4 @@ class Resolver(ast.NodeVisitor):
         return isinstance(parent, ast.Call) and parent.func is node
 
 
-__all__ = ["Ref", "Resolver"]
+__all__ = ["Ref", "Resolver", "restricted_modules"]
