@@ -109,28 +109,44 @@ class Scopes:
         self._match(tree, table)
 
     def _assign(self, node: ast.AST, scope: ast.AST) -> None:
+        # The guard's hottest loop: child_nodes() and _layout() inlined, the maps bound to locals.
         stack = [(node, scope)]
-        parents, kids, by_type = self.parents, self.child_nodes, self.by_type
+        nodes, parents, kids, by_type, scope_of = (
+            self.nodes,
+            self.parents,
+            self.child_nodes,
+            self.by_type,
+            self.scope_of,
+        )
+        layouts = _LAYOUTS
         while stack:
             current, where = stack.pop()
-            self.nodes.append(current)
-            by_type[type(current)].append(current)
-            self.scope_of[current] = where
-            children = kids[current] = child_nodes(current)
+            kind = type(current)
+            nodes.append(current)
+            by_type[kind].append(current)
+            scope_of[current] = where
+            layout = layouts.get(kind) or _layout(kind)
+            children: list[ast.AST] = []
+            for field in layout[0]:
+                value = getattr(current, field, None)
+                if type(value) is list:
+                    children.extend([item for item in value if item is not None])
+                elif value is not None:
+                    children.append(value)
+            kids[current] = children
             for child in children:
                 parents[child] = current
-            _, blocks, is_scope = _layout(type(current))
-            if blocks:
-                self._blocks(current, blocks)
-            if is_scope:
+            if layout[1]:
+                self._blocks(current, layout[1])
+            if layout[2]:
                 self.parent_scope[current] = where
                 self.children[where].append(current)
                 outer = list(_outer_parts(current))
                 outer_ids = {id(o) for o in outer}
-                stack.extend((o, where) for o in outer)
-                stack.extend((c, current) for c in children if id(c) not in outer_ids)
+                stack.extend([(o, where) for o in outer])
+                stack.extend([(c, current) for c in children if id(c) not in outer_ids])
             else:
-                stack.extend((c, where) for c in children)
+                stack.extend([(c, where) for c in children])
 
     def _blocks(self, node: ast.AST, fields: tuple[str, ...]) -> None:
         for field in fields:
