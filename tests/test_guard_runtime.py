@@ -9,7 +9,9 @@ pass lets everything through (`StaticPassMissed`), so that what stops them is th
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -30,6 +32,7 @@ from guard_corpus.ordinary import ORDINARY
 from guard_corpus.ordinary_informed import ORDINARY_INFORMED
 from test_sandbox import needs_sandbox  # skipped where the sandbox cannot run, unless CI requires it
 
+ROOT = Path(__file__).resolve().parent.parent
 REFUSED = "RuntimeRefusal: CodeGuard refused at run time"
 
 
@@ -188,3 +191,31 @@ def test_ordinary_analysis_code_still_runs(policy, tmp_path, monkeypatch):
         if "perf_counter" not in code and "time.time" not in code
     )
     assert same >= 0.98 * len(samples) - len(refused) - 2
+
+
+def test_the_guard_cost_benchmark_runs_and_reports_every_figure(tmp_path):
+    """benchmarks/guard_cost.py --quick: every step size and policy, uncached and cached figures (no timing
+    asserted)."""
+    out = tmp_path / "guard_cost.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "guard_cost.py"), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    rows = report["checks"]
+    assert [
+        (row["policy"], row["lines"] >= size) for row, size in zip(rows, [10, 10, 50, 50, 200, 200], strict=True)
+    ] == [
+        ("strict", True),
+        ("default", True),
+    ] * 3
+    for row in rows:
+        assert row["fastest_us"] > 0 and row["median_us"] >= row["fastest_us"] and row["cached_us"] > 0
+    assert [row["target_us"] for row in rows] == [None, None, 1000.0, 1000.0, None, None]
+    assert "(target ≤ 1000 µs uncached)" in done.stdout
