@@ -114,7 +114,7 @@ class CodeGuard(Builtin):
         target = interpreter_python(ctx.run.module) if self.infer_target else None
         # What the steps that ran imported: their names are modules in the REPL (`j` after `import json as j`).
         imported: dict[str, str] = ctx.run.state.setdefault(_IMPORTS_KEY, {})
-        violations = checked(self.policy, ctx.code, frozenset(shadowed), target, frozenset(imported.items()))
+        violations = list(checked(self.policy, ctx.code, frozenset(shadowed), target, frozenset(imported.items())))
         if violations:
             refused: Refusal = {"iteration": ctx.iteration, "code": ctx.code, "violations": violations}
             ctx.run.state.setdefault(_REFUSALS_KEY, []).append(refused)
@@ -126,26 +126,16 @@ class CodeGuard(Builtin):
         return f"CodeGuard(policy={self.policy!r})"
 
 
+@functools.lru_cache(maxsize=256)
 def checked(
     policy: GuardPolicy,
     code: str,
     shadowed: frozenset[str],
     target: tuple[int, int] | None,
     imported: frozenset[tuple[str, str]],
-) -> list[Violation]:
-    """`policy.check(code, ...)`, remembered for the last few distinct checks (a step sent again, a retry, the
-    same code in concurrent calls): the same arguments give the same violations. A new list each call."""
-    return list(_checked(policy, code, shadowed, target, imported))
-
-
-@functools.lru_cache(maxsize=256)
-def _checked(
-    policy: GuardPolicy,
-    code: str,
-    shadowed: frozenset[str],
-    target: tuple[int, int] | None,
-    imported: frozenset[tuple[str, str]],
 ) -> tuple[Violation, ...]:
+    """`policy.check(code, ...)`, remembered for the last 256 distinct checks (a step sent again, a retry, the
+    same code in concurrent calls): the same arguments give the same violations."""
     return tuple(policy.check(code, shadowed=shadowed, target_python=target, imported=dict(imported)))
 
 
