@@ -219,3 +219,42 @@ def test_the_guard_cost_benchmark_runs_and_reports_every_figure(tmp_path):
         assert row["fastest_us"] > 0 and row["median_us"] >= row["fastest_us"] and row["cached_us"] > 0
     assert [row["target_us"] for row in rows] == [None, None, 1000.0, 1000.0, None, None]
     assert "(target ≤ 1000 µs uncached)" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("code", "refused"),
+    [
+        ("import json\nsetattr(json, 'dumps', len)", "patching them is denied"),
+        ("import collections\nvars(collections.OrderedDict)", "a class's namespace"),
+        ("import logging\ngetattr(logging.getLogger('x'), '_cache')", "'_cache', a private attribute"),
+        ("import json\ngetattr(json, 'de' + 'coder')", "module 'json.decoder', which the policy does not allow"),
+        ("import importlib", "import of module 'importlib'"),
+        ("from json import scanner", "module 'json.scanner'"),
+        ("'{0.__class__.__base__}'.format(1)", "'__base__'"),
+        ("import string\nstring.Formatter().vformat('{0.__self__}', (print,), {})", "'__self__'"),
+        ("breakpoint()", "the built-in breakpoint()"),
+        ("def f():\n    pass\nimport operator\noperator.attrgetter('__co' + 'de__')(f)", "'__code__'"),
+        ("import os.path\nos.remove('/nonexistent-' + 'x')", "os.remove"),
+        ("import os.path\nos.open('/tmp/x', os.O_WRONLY)", "for writing"),
+    ],
+)
+def test_run_time_rules(code, refused):
+    with pytest.raises(Exception, match="RuntimeRefusal") as caught:
+        InProcessInterpreter(guard="default").execute(code)
+    assert refused in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("code", "value"),
+    [
+        ("from os.path import join\njoin('a', 'b')", "a/b"),
+        ("import collections\ngetattr(collections.Counter('aab'), 'most_common')(1)", [["a", 2]]),
+        ("class C:\n    def __init__(self):\n        self._n = 1\nsetattr(C(), '_n', 2) or getattr(C(), '_n')", 1),
+        ("import types\nns = types.SimpleNamespace(a=1)\nvars(ns)['a']", 1),
+        ("'{0.real} {x[k]}'.format(3, x={'k': 'v'})", "3 v"),
+        ("import dataclasses\n@dataclasses.dataclass\nclass P:\n    x: int\ndataclasses.asdict(P(1))", {"x": 1}),
+        ("hasattr([], '__len__')", True),
+    ],
+)
+def test_ordinary_access_at_run_time(code, value):
+    assert InProcessInterpreter(guard="default").execute(code) == value

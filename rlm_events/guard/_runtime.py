@@ -51,7 +51,9 @@ from typing import Any
 FORMAT_LOOKUP = "<guard:format>"  # the global the format-method lookups are compiled into; no code can spell it
 FORMAT_METHODS = frozenset({"format", "format_map", "vformat"})
 RULE_FIELDS = ("modules", "only_members", "deny_members", "builtins", "dunders", "private", "deny_attributes")
-HOST_APIS = frozenset({"dspy"})  # packages whose calls act for the host: a sub-agent's LM call uses the network
+# Packages whose calls act for the host: a dspy sub-agent's LM call uses the network and DSPy's disk cache. Audit
+# events under one of their frames (and no frame of the code nearer) are theirs.
+HOST_APIS = frozenset({"dspy"})
 _WRITE_MODE = frozenset("wax+")
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _GUARDED = frozenset({"getattr", "hasattr", "setattr", "delattr", "vars", "open", "__import__", "__build_class__"})
@@ -222,7 +224,11 @@ class RuntimeGuard:
 
     def _check_write(self, obj: Any, name: Any, how: str) -> None:
         if isinstance(obj, types.ModuleType) or (isinstance(obj, type) and not self.is_own(obj)):
-            raise self.rules.refusal("attribute", f"{how} on {obj!r}: modules and classes are shared with the host")
+            raise self.rules.refusal(
+                "attribute",
+                f"{how}() on {obj!r}",
+                "modules and classes are shared with the host: patching them is denied",
+            )
         self.check_attribute(obj, name, f"{how}() on a {type(obj).__name__} writes")
 
     def _vars(self, *args: Any) -> Any:
@@ -231,9 +237,15 @@ class RuntimeGuard:
         obj = args[0]
         what = f"vars() of a {type(obj).__name__}"
         if isinstance(obj, types.ModuleType):
-            raise self.rules.refusal("module", f"vars() of module {obj.__name__!r}: it lists all its members")
+            raise self.rules.refusal(
+                "module",
+                f"vars() of module {obj.__name__!r}",
+                "a module's namespace holds its private and module members",
+            )
         if isinstance(obj, type) and not self.is_own(obj):
-            raise self.rules.refusal("attribute", f"{what}: a class's namespace holds its internals")
+            raise self.rules.refusal(
+                "attribute", what, "a class's namespace holds its internals (functions' globals …)"
+            )
         found = vars(obj)
         if not self.is_own(obj):
             for key in list(found):
@@ -364,11 +376,11 @@ class RuntimeGuard:
 
     def audit(self, event: str, args: tuple[Any, ...], from_the_code: bool, host_api: bool) -> None:
         """Refuse the audit `event` if the rules deny it (see the module's docstring)."""
+        if host_api:  # the host's API acting for the code (a dspy sub-agent's LM call, its cache)
+            return
         rule = ANY_CALLER.get(event)
         if rule is not None:
-            if not (host_api and rule[0] == "module"):
-                raise self.rules.refusal(rule[0], f"{event}{_shown(args)}", f"{rule[1]} is denied")
-            return
+            raise self.rules.refusal(rule[0], f"{event}{_shown(args)}", f"{rule[1]} is denied")
         if event == "open":
             mode, flags = (args[1], args[2]) if len(args) > 2 else (None, 0)
             if (isinstance(mode, str) and _WRITE_MODE & set(mode)) or (isinstance(flags, int) and flags & _WRITE_FLAGS):
