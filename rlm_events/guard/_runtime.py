@@ -342,6 +342,7 @@ class RuntimeGuard:
             if refusable and name not in self.rules.builtins:
                 table[name] = self._refused(name)
         table.update(guarded)
+        table.update(__loader__=None, __spec__=None)  # the import machinery's, not the code's
         return table
 
     def _refused(self, name: str) -> Callable[..., Any]:
