@@ -15,20 +15,29 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib.util
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from rlm_events.guard import GuardPolicy
+from rlm_events.guard._middleware import checked
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 
-from guard_corpus.ordinary import ORDINARY  # noqa: E402
 
-from rlm_events.guard import GuardPolicy  # noqa: E402
-from rlm_events.guard._middleware import checked  # noqa: E402
+def _corpus() -> list[tuple[str, str]]:
+    """The guard corpus's ordinary snippets (tests/guard_corpus/ordinary.py, a data file of the test suite)."""
+    spec = importlib.util.spec_from_file_location("guard_corpus_ordinary", ROOT / "tests/guard_corpus/ordinary.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return list(module.ORDINARY)
+
+
+ORDINARY = _corpus()
 
 SIZES = (10, 50, 200)
 TARGET_US = {50: 1000.0}
