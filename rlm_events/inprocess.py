@@ -12,6 +12,7 @@ interpreter and speculation, so all three bind them alike).
 from __future__ import annotations
 
 import ast
+import contextlib
 import inspect
 import io
 import json
@@ -22,6 +23,9 @@ from typing import Any
 from dspy.primitives.code_interpreter import FinalOutput
 
 from ._ast import AST_LOCK
+from .guard import GuardPolicy
+from .guard._runtime import RuntimeGuard, host_code, rewrite
+from .guard._runtime_policy import as_policy, host_setup, run_policy, runtime_guard
 from .runtime import CodeInterpreterError, ExecutionError
 from .sandbox._worker import Submission, describe, submitted
 
@@ -65,7 +69,8 @@ def _host_tool(fn: Callable[..., Any]) -> Callable[..., Any]:
             if bind and positional:
                 keywords = dict(inspect.signature(fn).bind(*positional, **keywords).arguments)
                 positional = []
-            value = fn(*positional, **keywords)
+            with host_code():  # the tool is the host's code: the guard's run-time layer does not apply to it
+                value = fn(*positional, **keywords)
             json.dumps(value, allow_nan=False)
         except Exception as exc:
             raise RuntimeError(describe(exc)) from None
@@ -74,11 +79,13 @@ def _host_tool(fn: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-def _compiled(code: str) -> tuple[CodeType, CodeType | None]:
+def _compiled(code: str, guarded: bool = False) -> tuple[CodeType, CodeType | None]:
     """`code` as `dspy.LocalInterpreter`'s worker runs it: its statements, and apart its final expression, whose
-    value is the result. Raises `SyntaxError`."""
+    value is the result (`guarded`: with the run-time guard's format lookups). Raises `SyntaxError`."""
     with AST_LOCK:  # concurrent calls' interpreters compile at once
         tree = ast.parse(code, mode="exec")
+        if guarded:
+            tree = rewrite(tree)
         tail = tree.body[-1] if tree.body else None
         last = tail if isinstance(tail, ast.Expr) else None
         if last is not None:
@@ -100,16 +107,30 @@ class InProcessInterpreter:
 
     `print` output is captured per interpreter (not via `sys.stdout`), so concurrent interpreters don't mix.
     `shutdown_count` counts shutdowns, to check that every run released its interpreter.
+
+    `guard`: a [`GuardPolicy`][rlm_events.guard.GuardPolicy] (or a preset's name: `"default"`, `"strict"`,
+    `"data"`) the guard's run-time layer enforces while the code runs (see `rlm_events.guard._runtime`). Without
+    one, the policy of a [`CodeGuard`][rlm_events.guard.CodeGuard] checking the run executing the code is enforced,
+    if any; else nothing is. A refused operation raises `RuntimeRefusal` in the code (the LM reads
+    `RuntimeRefusal: CodeGuard refused at run time: ...`).
     """
 
     shutdown_count = 0
 
-    def __init__(self, tools: dict[str, Callable[..., Any]] | None = None, output_fields: list[dict] | None = None):
+    def __init__(
+        self,
+        tools: dict[str, Callable[..., Any]] | None = None,
+        output_fields: list[dict] | None = None,
+        *,
+        guard: GuardPolicy | str | None = None,
+    ):
         self.tools: dict[str, Callable[..., Any]] = dict(tools or {})
         self.output_fields = output_fields
         self.namespace: dict[str, Any] = {}
         self.started = False
         self.closed = False
+        self.guard = as_policy(guard)
+        self._runtime: tuple[GuardPolicy, RuntimeGuard] | None = None
 
     def start(self) -> None:
         if self.closed:
@@ -119,10 +140,21 @@ class InProcessInterpreter:
     def _submit(self, *args: Any, **kwargs: Any) -> None:
         raise submitted(self.output_fields, args, kwargs)
 
+    def _runtime_guard(self) -> RuntimeGuard | None:
+        """The run-time checks for this execution: of `guard`, else of the run's CodeGuard; kept while the policy is
+        the same (the classes the code defined stay its own)."""
+        policy = self.guard or run_policy()
+        if policy is None:
+            return None
+        if self._runtime is None or self._runtime[0] != policy:
+            self._runtime = (policy, runtime_guard(policy, self.namespace))
+        return self._runtime[1]
+
     def execute(self, code: str, variables: dict[str, Any] | None = None) -> Any:
         self.start()
+        guard = None if host_setup(variables) else self._runtime_guard()  # DSPy's own setup is the host's code
         try:
-            body, tail = _compiled(code)
+            body, tail = _compiled(code, guarded=guard is not None)
         except SyntaxError as exc:
             raise SyntaxError(str(exc)) from None
         out = io.StringIO()
@@ -131,9 +163,12 @@ class InProcessInterpreter:
         ns.update({name: _host_tool(fn) for name, fn in self.tools.items()})
         ns["SUBMIT"] = self._submit
         ns["print"] = lambda *a, **k: print(*a, **{**k, "file": out})
+        if guard is None and isinstance(ns.get("__builtins__"), dict):
+            ns.pop("__builtins__")  # a guard of an earlier execution no longer applies
         try:
-            exec(body, ns)
-            value = eval(tail, ns) if tail is not None else None
+            with guard.armed() if guard is not None else contextlib.nullcontext():
+                exec(body, ns)
+                value = eval(tail, ns) if tail is not None else None
         except Submission as done:
             return FinalOutput(_crossed(done.value))
         except SyntaxError as exc:  # raised by the code itself (compile, eval, ...): reported like a parse error

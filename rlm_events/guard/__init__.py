@@ -24,12 +24,15 @@ binds), `_scopes` (which binding each use of a name means, scope by scope, with 
 evaluator), `_resolve` (what names refer to), `_owners` (which objects are the code's own), the rules
 `_rules_imports`, `_rules_names`, `_rules_attributes`, `_rules_files`, `_rules_library` (library functions that
 reach attributes, formats, annotations or files for the code), `_rules_calls`, `_rules_strings`, put together in
-`_scanner` (one pass over the tree), and `_hints` (what to do instead).
+`_scanner` (one pass over the tree), and `_hints` (what to do instead). The run-time layer: `_runtime` (the checks
+while the code runs: guarded built-ins and an audit hook; standard library only, so the sandbox's worker loads it
+too) and `_runtime_policy` (which policy it enforces, as plain data).
 """
 
 from ._grammar import HOST_PYTHON, PYODIDE_PYTHON, interpreter_python
 from ._middleware import CodeGuard, Refusal, refusal
 from ._policy import GuardPolicy, imports_of
+from ._runtime import RuntimeRefusal
 from ._violation import Violation, ViolationKind
 
 __all__ = [
@@ -38,6 +41,7 @@ __all__ = [
     "CodeGuard",
     "GuardPolicy",
     "Refusal",
+    "RuntimeRefusal",
     "Violation",
     "ViolationKind",
     "imports_of",

@@ -18,6 +18,15 @@ class Binding:
     expr: ast.expr | None = None
 
 
+_BINDING_NODES = frozenset(
+    {
+        *(ast.Name, ast.Assign, ast.AnnAssign, ast.NamedExpr, ast.For, ast.AsyncFor, ast.comprehension, ast.AugAssign),
+        *(ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.arg, ast.Import, ast.ImportFrom, ast.withitem),
+        *(ast.ExceptHandler, ast.Global, ast.Nonlocal, ast.MatchAs, ast.MatchStar, ast.MatchMapping),
+    }
+)
+
+
 def bindings_of(nodes: Iterable[ast.AST]) -> dict[str, list[Binding]]:
     """Every place each name is bound, and with what (`value` of an assignment, `element` of a loop)."""
     found: dict[str, list[Binding]] = {}
@@ -34,8 +43,12 @@ def bindings_of(nodes: Iterable[ast.AST]) -> dict[str, list[Binding]]:
                     add(node.id, Binding("other"))
 
     for node in nodes:
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Del):
-            add(node.id, Binding("other"))
+        kind = type(node)
+        if kind not in _BINDING_NODES:  # most nodes bind nothing: one set test
+            continue
+        if kind is ast.Name:
+            if isinstance(node.ctx, ast.Del):  # type: ignore[attr-defined]
+                add(node.id, Binding("other"))  # type: ignore[attr-defined]
         elif isinstance(node, ast.Assign):
             for target in node.targets:
                 targets(target, Binding("value", node.value))

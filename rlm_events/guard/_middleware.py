@@ -3,6 +3,7 @@ the LM why."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar, Literal, TypedDict
 
 from ..builtin import Builtin
@@ -11,6 +12,7 @@ from ..stages import Stage
 from . import allowlist
 from ._grammar import interpreter_python
 from ._policy import GuardPolicy, imports_of
+from ._runtime_policy import RUNTIME_POLICY_KEY
 from ._violation import Violation
 
 MAX_LISTED = 5  # violations listed to the LM; more would only bury the first ones
@@ -55,6 +57,13 @@ class CodeGuard(Builtin):
     RLM's interpreter where it is known (DSPy's `PythonInterpreter`:
     [`PYODIDE_PYTHON`][rlm_events.guard.PYODIDE_PYTHON]),
     else the guard's.
+
+    `runtime` (default `True`): the run-time layer. The interpreters this library controls
+    ([`InProcessInterpreter`][rlm_events.inprocess.InProcessInterpreter] and the sandbox's) then also check the
+    code's attribute access, `getattr`/`vars`/format-field lookups, imports, file writes, processes and network as
+    they happen, against the same policy (see `rlm_events.guard._runtime`); a refused operation raises
+    `RuntimeRefusal` in the code, which the LM reads as the step's error. Other interpreters (DSPy's) get the
+    static check only.
     """
 
     # Middleware are named module.qualname in errors, notes and telemetry: name the public home, not this module.
@@ -66,6 +75,7 @@ class CodeGuard(Builtin):
         policy: GuardPolicy | str = "default",
         *,
         target_python: tuple[int, int] | Literal["auto"] | None = "auto",
+        runtime: bool = True,
     ) -> None:
         if isinstance(policy, str):
             policy = GuardPolicy.named(policy)
@@ -75,6 +85,7 @@ class CodeGuard(Builtin):
             policy = policy.with_target(target_python)  # validates it
         self.policy = policy
         self.infer_target = target_python == "auto" and policy.target_python is None
+        self.runtime = runtime
 
     @staticmethod
     def refusals(run: Run | StageContext) -> list[Refusal]:
@@ -96,12 +107,14 @@ class CodeGuard(Builtin):
     def _enforce(self, ctx: PreExecutionContext) -> None:
         if ctx.skipped:  # the result is already decided; nothing will run
             return
+        if self.runtime:  # what our interpreters enforce while the code runs
+            ctx.run.state[RUNTIME_POLICY_KEY] = self.policy
         # Inputs and tools are REPL variables: an input named `input` or `code` is not the built-in or module.
         shadowed = [*ctx.input_args, *(getattr(ctx.run.module, "tools", {}) or {})]
         target = interpreter_python(ctx.run.module) if self.infer_target else None
         # What the steps that ran imported: their names are modules in the REPL (`j` after `import json as j`).
         imported: dict[str, str] = ctx.run.state.setdefault(_IMPORTS_KEY, {})
-        violations = self.policy.check(ctx.code, shadowed=shadowed, target_python=target, imported=imported)
+        violations = list(checked(self.policy, ctx.code, frozenset(shadowed), target, frozenset(imported.items())))
         if violations:
             refused: Refusal = {"iteration": ctx.iteration, "code": ctx.code, "violations": violations}
             ctx.run.state.setdefault(_REFUSALS_KEY, []).append(refused)
@@ -111,6 +124,19 @@ class CodeGuard(Builtin):
 
     def __repr__(self) -> str:
         return f"CodeGuard(policy={self.policy!r})"
+
+
+@functools.lru_cache(maxsize=256)
+def checked(
+    policy: GuardPolicy,
+    code: str,
+    shadowed: frozenset[str],
+    target: tuple[int, int] | None,
+    imported: frozenset[tuple[str, str]],
+) -> tuple[Violation, ...]:
+    """`policy.check(code, ...)`, remembered for the last 256 distinct checks (a step sent again, a retry, the
+    same code in concurrent calls): the same arguments give the same violations."""
+    return tuple(policy.check(code, shadowed=shadowed, target_python=target, imported=dict(imported)))
 
 
 def refusal(violations: list[Violation], policy: GuardPolicy | None = None) -> str:
@@ -146,4 +172,4 @@ _SHOWN_MODULES = (
 )
 
 
-__all__ = ["MAX_LISTED", "CodeGuard", "Refusal", "refusal"]
+__all__ = ["MAX_LISTED", "CodeGuard", "Refusal", "checked", "refusal"]

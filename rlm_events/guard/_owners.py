@@ -37,7 +37,7 @@ class Owners(Resolver):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        defs = [n for n in self.nodes if isinstance(n, ast.ClassDef)]
+        defs: list[ast.ClassDef] = self.scopes.of_type(ast.ClassDef)  # type: ignore[assignment]
         self.class_defs = {d.name: d for d in defs}
         self.class_methods = {
             d.name: {

@@ -6,17 +6,18 @@ of plain classes it defines)."""
 from __future__ import annotations
 
 import ast
+import functools
 import symtable
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import allowlist
 from ._bindings import annotations_of, bindings_of, imported_names
 from ._fold import StringValues
 from ._host import ALWAYS_BUILTIN, HOST_BUILTINS, MISSING, host_attr, is_submodule, module_name, packages
-from ._scopes import Scopes, certainly_bound, unstable_names
+from ._scopes import Scopes, certainly_bound, child_nodes, unstable_names
 from ._violation import Violation, ViolationKind
 
 if TYPE_CHECKING:
@@ -30,6 +31,19 @@ class Ref:
 
     kind: Literal["module", "package", "member", "denied", "builtin"]
     path: str
+
+
+@functools.lru_cache(maxsize=16)
+def restricted_modules(only_members: frozenset[str]) -> frozenset[str]:
+    """The modules offered member by member: every dotted prefix of an `only_members` entry."""
+    found: set[str] = set()
+    for member in only_members:
+        parts = member.split(".")
+        found.update(".".join(parts[:i]) for i in range(1, len(parts)))
+    return frozenset(found)
+
+
+_VISITORS: dict[tuple[type, type], Callable[..., Any]] = {}  # (visitor class, node type) -> its visit method
 
 
 class Resolver(ast.NodeVisitor):
@@ -46,6 +60,7 @@ class Resolver(ast.NodeVisitor):
         self.policy, self.tree, self.shadowed = policy, tree, shadowed
         # Names earlier steps imported (None: unknown, so any allowed module's name may be that module).
         self.imported = imported
+        self._resolved: dict[ast.AST, Ref | None] = {}
         self.found: list[Violation] = []
         self.scopes = Scopes(tree, table)  # one walk over the tree: every node, its parent and its scope
         self.nodes = self.scopes.nodes
@@ -53,7 +68,7 @@ class Resolver(ast.NodeVisitor):
         self.bindings = bindings_of(self.nodes)
         self.strings = StringValues(self.bindings)  # what string expressions hold
         self.bound = set(self.bindings)
-        self.unstable = unstable_names(self.nodes)
+        self.unstable = unstable_names(self.scopes.of_type(ast.Name, ast.Global, ast.Nonlocal))
         # Names the module's namespace binds somewhere (at the top, in a branch or loop, or through `global`).
         self.global_names = {s.get_name() for s in table.get_symbols() if s.is_local()} | self.unstable
         # Per scope (the module is `tree`): local name → dotted path it was imported as.
@@ -65,8 +80,28 @@ class Resolver(ast.NodeVisitor):
         self.own: list[frozenset[str]] = [frozenset()]  # `self`/`cls` of the methods being visited
         self.annotation_strings = self._annotation_strings()
         self.names_stored_as_name_attr = any(
-            isinstance(n, ast.Attribute) and n.attr == "name" and not isinstance(n.ctx, ast.Load) for n in self.nodes
+            n.attr == "name" and not isinstance(n.ctx, ast.Load)  # type: ignore[attr-defined]
+            for n in self.scopes.of_type(ast.Attribute)
         )
+
+    def visit(self, node: ast.AST) -> Any:
+        """`ast.NodeVisitor.visit`, with each class's method for each node type looked up once."""
+        key = (type(self), type(node))
+        method = _VISITORS.get(key)
+        if method is None:
+            method = _VISITORS[key] = getattr(type(self), f"visit_{type(node).__name__}", type(self).generic_visit)
+        return method(self, node)
+
+    def generic_visit(self, node: ast.AST) -> None:
+        """Visit `node`'s children (as the scopes listed them, without the load/store markers no rule reads)."""
+        children = self.scopes.child_nodes.get(node)
+        visitor = type(self)
+        for child in children if children is not None else child_nodes(node):
+            method = _VISITORS.get((visitor, type(child)))  # `visit()` inlined: one call less per node
+            if method is None:
+                self.visit(child)
+            else:
+                method(self, child)
 
     def flag(self, node: ast.AST, kind: ViolationKind, name: str, detail: str, hint: str = "") -> None:
         """Report a violation at `node`'s line."""
@@ -97,14 +132,16 @@ class Resolver(ast.NodeVisitor):
     def _collect_imports(self) -> None:
         """Bind every imported name first, in the namespace the import binds it in (the module's for an import
         at the top, in a class body or under `global`), so a use before the import (in a function) resolves too."""
-        declared_global = {n for node in self.nodes if isinstance(node, ast.Global) for n in node.names}
-        for node in self.nodes:
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                scope = self.scopes.scope_of.get(node, self.tree)
-                if not isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
-                    scope = self.tree
-                for local, path in imported_names(ast.Module(body=[node], type_ignores=[])).items():
-                    self._bind_alias(self.tree if local in declared_global else scope, local, path)
+        declared = self.scopes.of_type(ast.Global)
+        declared_global = {n for node in declared for n in node.names}  # type: ignore[attr-defined]
+        # (a name bound to two paths is ambiguous whichever comes first: the imports' order does not matter)
+        for node in self.scopes.of_type(ast.Import, ast.ImportFrom):
+            scope = self.scopes.scope_of.get(node, self.tree)
+            if not isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+                scope = self.tree
+            alone = ast.Module(body=[node], type_ignores=[])  # type: ignore[list-item]
+            for local, path in imported_names(alone).items():
+                self._bind_alias(self.tree if local in declared_global else scope, local, path)
 
     def _bind_alias(self, scope: ast.AST, local: str, path: str) -> None:
         aliases = self.scope_aliases.setdefault(scope, {})
@@ -116,7 +153,7 @@ class Resolver(ast.NodeVisitor):
 
     def _annotation_strings(self) -> set[int]:
         found: set[int] = set()
-        for node in self.nodes:
+        for node in self.scopes.of_type(ast.arg, ast.AnnAssign, ast.FunctionDef, ast.AsyncFunctionDef):
             for annotation in annotations_of(node):
                 found.update(
                     id(n) for n in ast.walk(annotation) if isinstance(n, ast.Constant) and isinstance(n.value, str)
@@ -126,13 +163,23 @@ class Resolver(ast.NodeVisitor):
     # --- resolving names -----------------------------------------------------------------------------------------
 
     def resolve(self, node: ast.AST) -> Ref | None:
-        """What `node` names, when it is a module, something reached through one, or a built-in."""
+        """What `node` names, when it is a module, something reached through one, or a built-in. (Remembered per
+        node: the rules ask about the same names many times, and what they name is fixed once the imports are
+        collected.)"""
+        kind = type(node)
+        if kind is not ast.Name and kind is not ast.Attribute:
+            return None
+        try:
+            return self._resolved[node]
+        except KeyError:
+            pass
         if isinstance(node, ast.Name):
-            return self._resolve_name(node)
-        if isinstance(node, ast.Attribute):
-            base = self.resolve(node.value)
-            return None if base is None else self.step(base, node.attr)
-        return None
+            ref = self._resolve_name(node)
+        else:
+            base = self.resolve(node.value)  # type: ignore[attr-defined]
+            ref = None if base is None else self.step(base, node.attr)  # type: ignore[attr-defined]
+        self._resolved[node] = ref
+        return ref
 
     def _resolve_name(self, node: ast.Name) -> Ref | None:
         name = node.id
@@ -217,8 +264,7 @@ class Resolver(ast.NodeVisitor):
         if module is None or path in self.policy.deny_members:
             return False
         member = ".".join(path.split(".")[: module.count(".") + 2])
-        restricted = any(m.startswith(f"{module}.") for m in self.policy.only_members)
-        return not restricted or member in self.policy.only_members
+        return module not in restricted_modules(self.policy.only_members) or member in self.policy.only_members
 
     def denied_prefix(self, path: str) -> str:
         """The shortest prefix of `path` that is neither an allowed module nor a package on the way to one."""
@@ -240,4 +286,4 @@ class Resolver(ast.NodeVisitor):
         return isinstance(parent, ast.Call) and parent.func is node
 
 
-__all__ = ["Ref", "Resolver"]
+__all__ = ["Ref", "Resolver", "restricted_modules"]

@@ -9,6 +9,7 @@ from . import allowlist
 from ._hints import member_hint, module_hint
 from ._host import MISSING, host_attr, is_submodule, module_name
 from ._owners import Owners
+from ._resolve import restricted_modules
 
 
 class ImportRules(Owners):
@@ -73,7 +74,7 @@ class ImportRules(Owners):
             )
         if path in self.policy.deny_members:
             return f"{path} is denied", member_hint(path)
-        if any(m.startswith(f"{module}.") for m in self.policy.only_members) and path not in self.policy.only_members:
+        if module in restricted_modules(self.policy.only_members) and path not in self.policy.only_members:
             offered = sorted(m.rpartition(".")[2] for m in self.policy.only_members if m.startswith(f"{module}."))
             return f"not among {module}'s allowed members", f"use {', '.join(offered)}"
         value = host_attr(module, attr)

@@ -52,6 +52,42 @@ def _outer_parts(node: ast.AST) -> Iterator[ast.AST]:
     yield from getattr(node, "type_params", ())  # PEP 695 (3.12+): checked as the enclosing scope's
 
 
+def child_nodes(node: ast.AST) -> list[ast.AST]:
+    """`ast.iter_child_nodes(node)` as a list, in the same order, without the operator and load/store markers
+    (shared singletons that no rule reads): the guard's hottest loop, so each node type's fields are sorted out
+    once (`_layout()`)."""
+    children: list[ast.AST] = []
+    for field in _layout(type(node))[0]:
+        value = getattr(node, field, None)
+        if type(value) is list:
+            children.extend([item for item in value if item is not None])  # (Dict.keys holds None for **x)
+        elif value is not None:
+            children.append(value)
+    return children
+
+
+# Fields that never hold a node worth visiting: names, flags, constants, and the operator and context markers.
+_SCALAR_FIELDS = frozenset(
+    {"ctx", "op", "ops", "id", "attr", "arg", "name", "asname", "module", "level", "kind", "type_comment"}
+    | {"conversion", "is_async", "simple", "tag", "rest", "kwd_attrs", "lineno"}
+)
+# node type -> (fields that hold nodes, fields that hold a block of statements, whether it makes a scope)
+_LAYOUTS: dict[type, tuple[tuple[str, ...], tuple[str, ...], bool]] = {}
+
+
+def _layout(cls: type) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
+    found = _LAYOUTS.get(cls)
+    if found is None:
+        fields: tuple[str, ...] = getattr(cls, "_fields", ())
+        if cls in (ast.Constant, ast.MatchSingleton, ast.Global, ast.Nonlocal):  # constants; lists of names
+            nodes: tuple[str, ...] = ()
+        else:
+            nodes = tuple(f for f in fields if f not in _SCALAR_FIELDS)
+        blocks = tuple(f for f in ("body", "orelse", "finalbody") if f in fields) if issubclass(cls, _BLOCKS) else ()
+        found = _LAYOUTS[cls] = (nodes, blocks, issubclass(cls, _SCOPES))
+    return found
+
+
 class Scopes:
     """The scopes of one module: for every node, the scope node it is evaluated in (the module is `tree`), and the
     symbol table of each scope that could be matched."""
@@ -67,32 +103,53 @@ class Scopes:
         self.parent_scope: dict[ast.AST, ast.AST] = {}
         self.tables: dict[ast.AST, symtable.SymbolTable] = {tree: table}
         self.children: dict[ast.AST, list[ast.AST]] = defaultdict(list)
+        self.child_nodes: dict[ast.AST, list[ast.AST]] = {}  # each node's children, as `child_nodes()` lists them
+        self.by_type: dict[type, list[ast.AST]] = defaultdict(list)  # the nodes of each type, in `nodes` order
         self._assign(tree, tree)
         self._match(tree, table)
 
     def _assign(self, node: ast.AST, scope: ast.AST) -> None:
+        # The guard's hottest loop: child_nodes() and _layout() inlined, the maps bound to locals.
         stack = [(node, scope)]
+        nodes, parents, kids, by_type, scope_of = (
+            self.nodes,
+            self.parents,
+            self.child_nodes,
+            self.by_type,
+            self.scope_of,
+        )
+        layouts = _LAYOUTS
         while stack:
             current, where = stack.pop()
-            self.nodes.append(current)
-            self.scope_of[current] = where
-            children = list(ast.iter_child_nodes(current))
+            kind = type(current)
+            nodes.append(current)
+            by_type[kind].append(current)
+            scope_of[current] = where
+            layout = layouts.get(kind) or _layout(kind)
+            children: list[ast.AST] = []
+            for field in layout[0]:
+                value = getattr(current, field, None)
+                if type(value) is list:
+                    children.extend([item for item in value if item is not None])
+                elif value is not None:
+                    children.append(value)
+            kids[current] = children
             for child in children:
-                self.parents[child] = current
-            if isinstance(current, _BLOCKS):
-                self._blocks(current)
-            if isinstance(current, _SCOPES):
+                parents[child] = current
+            if layout[1]:
+                self._blocks(current, layout[1])
+            if layout[2]:
                 self.parent_scope[current] = where
                 self.children[where].append(current)
                 outer = list(_outer_parts(current))
                 outer_ids = {id(o) for o in outer}
-                stack.extend((o, where) for o in outer)
-                stack.extend((c, current) for c in children if id(c) not in outer_ids)
+                stack.extend([(o, where) for o in outer])
+                stack.extend([(c, current) for c in children if id(c) not in outer_ids])
             else:
-                stack.extend((c, where) for c in children)
+                stack.extend([(c, where) for c in children])
 
-    def _blocks(self, node: ast.AST) -> None:
-        for field in ("body", "orelse", "finalbody"):
+    def _blocks(self, node: ast.AST, fields: tuple[str, ...]) -> None:
+        for field in fields:
             block = getattr(node, field, None)
             if isinstance(block, list):
                 for index, statement in enumerate(block):
@@ -141,6 +198,10 @@ class Scopes:
                     return outer
             outer = self.parent_scope.get(outer)
         return None
+
+    def of_type(self, *types: type) -> list[ast.AST]:
+        """The nodes of these exact types (each type's in tree order, one type after the other)."""
+        return [node for cls in types for node in self.by_type.get(cls, ())]
 
     def class_local(self, node: ast.Name) -> bool:
         """Whether the use `node` is in a class body that binds its name (looked up there before the module)."""
@@ -223,7 +284,8 @@ def certainly_bound(use: ast.Name, scopes: Scopes, unstable: set[str]) -> bool:
 
 def unstable_names(nodes: list[ast.AST]) -> set[str]:
     """Names whose binding in the module's namespace may go away or change behind the code's back: deleted
-    (`del x`), or declared `global`/`nonlocal` somewhere."""
+    (`del x`), or declared `global`/`nonlocal` somewhere (among `nodes`: those of types Name, Global, Nonlocal
+    suffice)."""
     found: set[str] = set()
     for node in nodes:
         if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Del):
@@ -233,4 +295,4 @@ def unstable_names(nodes: list[ast.AST]) -> set[str]:
     return found
 
 
-__all__ = ["Scopes", "certainly_bound", "unstable_names"]
+__all__ = ["Scopes", "certainly_bound", "child_nodes", "unstable_names"]

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from dspy.primitives import code_interpreter as _ci
 
 from .. import inprocess  # the module, not its name: inprocess imports this package's worker
+from ..guard._runtime_policy import worker_guard
 from ..runtime import CodeInterpreterError, ExecutionError
 from . import _isolation, _stale
 from ._process import Resources, Worker, WorkerLost, awaited, run_in_thread
@@ -242,6 +243,7 @@ class SandboxedInterpreter:
                     "variables": variables,
                     "tools": list(self.tools),
                     "output_fields": self.output_fields,
+                    "guard": worker_guard(variables),  # the run-time layer of the run's CodeGuard, if any
                 }
             )
             message = _tagged(worker.receive(deadline), tag)

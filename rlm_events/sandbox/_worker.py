@@ -27,6 +27,7 @@ import queue
 import sys
 import tempfile
 import threading
+import types
 from typing import Any
 
 # Printed output kept per execution: the host and the LM need a readable amount, not a flood.
@@ -222,9 +223,25 @@ class CapturedOutput:
         self.file.close()
 
 
+def guard_layer(source: str) -> Any:
+    """The guard's run-time layer (`rlm_events.guard._runtime`), loaded from the source the host sent with the
+    request (the sandbox exposes this script, not the package); one module per distinct source."""
+    module = _GUARD_LAYERS.get(source)
+    if module is None:
+        module = types.ModuleType("rlm_events_guard_runtime")
+        sys.modules[module.__name__] = module  # (its classes name their module)
+        exec(compile(source, "<rlm_events.guard._runtime>", "exec"), module.__dict__)
+        _GUARD_LAYERS[source] = module
+    return module
+
+
+_GUARD_LAYERS: dict[str, Any] = {}
+
+
 class Session:
     def __init__(self, protocol: Protocol) -> None:
         self.protocol = protocol
+        self.guard: tuple[dict[str, Any], Any, Any] | None = None  # (request's spec, layer module, RuntimeGuard)
         self.worker_threads = set(threading.enumerate())
         self.namespace: dict[str, Any] = {"__builtins__": vars(builtins).copy()}
         self.tool_names: set[str] = set()
@@ -253,6 +270,16 @@ class Session:
     def submit(self, *args: Any, **kwargs: Any) -> None:
         raise submitted(self.output_fields, args, kwargs)
 
+    def runtime_guard(self, spec: Any) -> tuple[dict[str, Any], Any, Any] | None:
+        """The run-time guard a request asks for (`{"rules": ..., "source": ...}`), or None; kept while the rules
+        are the same (the classes the code defined stay its own)."""
+        if not isinstance(spec, dict):
+            return None
+        if self.guard is None or self.guard[0] != spec:
+            layer = guard_layer(spec["source"])
+            self.guard = (spec, layer, layer.RuntimeGuard(layer.Rules(spec["rules"]), self.namespace))
+        return self.guard
+
     def execute(self, request: dict[str, Any]) -> dict[str, Any]:
         self.protocol.execution = request.get("execution")
         outcome = self._execute(request)
@@ -266,15 +293,21 @@ class Session:
             raise ValueError("variables cannot replace interpreter-owned globals")
         code = request["code"]
         self.namespace.update(variables)
+        guard = self.runtime_guard(request.get("guard"))
         outcome: dict[str, Any]
         with CapturedOutput() as captured:
             try:
                 tree = ast.parse(code, mode="exec")
+                if guard is not None:
+                    tree = guard[1].rewrite(tree)
                 last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
-                exec(compile(tree, "<interpreter>", "exec"), self.namespace)
-                value = (
-                    eval(compile(ast.Expression(last.value), "<interpreter>", "eval"), self.namespace) if last else None
-                )
+                with guard[2].armed(process_wide=True) if guard is not None else contextlib.nullcontext():
+                    exec(compile(tree, "<interpreter>", "exec"), self.namespace)
+                    value = (
+                        eval(compile(ast.Expression(last.value), "<interpreter>", "eval"), self.namespace)
+                        if last
+                        else None
+                    )
                 outcome = {"type": "result", "value": jsonable(value)}
             except Submission as submission:
                 outcome = {"type": "final", "value": jsonable(submission.value)}

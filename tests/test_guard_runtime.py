@@ -1,0 +1,260 @@
+"""The guard's run-time layer: escapes whose names are computed at run time, refused as they happen, in real
+dspy.RLM calls (a ScriptedLM writes the code) on the in-process interpreter and in the sandbox; ordinary analysis
+code still runs.
+
+In-process, the layer is asked for with `InProcessInterpreter(guard=...)` or comes with a CodeGuard checking the
+run. In the sandbox it comes with the run's CodeGuard; the escapes there are run under a CodeGuard whose static
+pass lets everything through (`StaticPassMissed`), so that what stops them is the run-time layer alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import dspy
+import pytest
+
+import rlm_events
+from rlm_events.builtins import CodeGuard
+from rlm_events.guard import RuntimeRefusal
+from rlm_events.guard._runtime_policy import RUNTIME_POLICY_KEY
+from rlm_events.sandbox import Sandboxed
+from rlm_events.testing import InProcessInterpreter
+
+sys.path.insert(0, str(Path(__file__).parent))
+from guard_corpus.ordinary import ORDINARY
+from guard_corpus.ordinary_informed import ORDINARY_INFORMED
+from test_sandbox import needs_sandbox  # skipped where the sandbox cannot run, unless CI requires it
+
+ROOT = Path(__file__).resolve().parent.parent
+REFUSED = "RuntimeRefusal: CodeGuard refused at run time"
+
+
+class StaticPassMissed(CodeGuard):
+    """A CodeGuard whose static pass finds nothing: the run-time layer of its policy is all that stands."""
+
+    def _enforce(self, ctx: Any) -> None:
+        ctx.run.state[RUNTIME_POLICY_KEY] = self.policy
+
+
+def escapes(marker: Path) -> list[tuple[str, str, str]]:
+    """(name, code, what the refusal names): each computes at run time what the static pass would have to see."""
+    return [
+        (
+            "getattr-joined-name",
+            "name = ''.join(['__cla', 'ss__'])\nbase = ''.join(['__ba', 'se__'])\n"
+            "print(getattr(getattr(text, name), base))",
+            "'__base__', a dunder attribute the policy does not list",
+        ),
+        ("getattr-subclasses", "print(getattr(type(text), '__subcl' + 'asses__')())", "'__subclasses__'"),
+        ("vars-of-a-module", "import json\nk = 'co' + 'decs'\nprint(vars(json)[k])", "vars() of module 'json'"),
+        ("import-from-input", "mod = __import__(text)\nprint(mod.getcwd())", "import of module 'os'"),
+        (
+            "format-built-at-run-time",
+            "def f():\n    pass\nfmt = '{0.__init__.__glo' + 'bals__}'\nprint(fmt.format(f))",
+            "the format field {0.__init__.__globals__} reads '__globals__'",
+        ),
+        (
+            "open-computed-path-for-writing",
+            f"path = {str(marker)!r}[:-1] + {str(marker)[-1]!r}\nmode = 'w' if len(path) else 'r'\n"
+            "open(path, mode).write('x')",
+            "open(",
+        ),
+        (
+            "os-system-through-a-chain",
+            f"import os.path\nrun = [os.path.dirname, os][1].__dict__['sys' + 'tem']\nrun('touch {marker}')",
+            "os.system",
+        ),
+        (
+            "os-system-from-a-thread",
+            "import os.path\nfrom concurrent.futures import ThreadPoolExecutor\n"
+            f"def go():\n    return [os][0].system('touch {marker}')\n"
+            "with ThreadPoolExecutor(1) as pool:\n    print(pool.submit(go).result())",
+            "os.system",
+        ),
+    ]
+
+
+def run(make_rlm: Any, steps: list[str], factory: Any, guard: CodeGuard | None = None) -> list[str]:
+    rlm, lm = make_rlm(steps, interpreter_factory=factory)
+    if guard is not None:
+        guard.install(rlm_events.instrument(rlm))
+    with dspy.context(lm=lm):
+        result = rlm(text="os")
+    assert result.answer == "done"
+    return [str(step["output"]) for step in result.trajectory]
+
+
+@pytest.mark.parametrize("policy", ["default", "strict"])
+@pytest.mark.parametrize("index", range(8))
+def test_an_escape_computed_at_run_time_is_refused_in_process(make_rlm, tmp_path, policy, index):
+    name, code, named = escapes(tmp_path / "pwned")[index]
+    first = run(make_rlm, [code, "SUBMIT(answer='done')"], lambda **kw: InProcessInterpreter(guard=policy, **kw))[0]
+    assert REFUSED in first and named in first and "policy rule" in first, (name, first)
+    assert not (tmp_path / "pwned").exists()
+
+
+@needs_sandbox
+@pytest.mark.parametrize("index", range(8))
+def test_an_escape_computed_at_run_time_is_refused_in_the_sandbox(make_rlm, index):
+    factory = Sandboxed(timeout=30)
+    # The sandbox's scratch directory is writable: the run-time layer is what refuses the write there.
+    marker = Path("pwned")
+    name, code, named = escapes(marker)[index]
+    steps = [code, "import os.path\nprint(os.path.exists('pwned'))", "SUBMIT(answer='done')"]
+    outputs = run(make_rlm, steps, factory, StaticPassMissed("default"))
+    assert REFUSED in outputs[0] and named in outputs[0], (name, outputs[0])
+    assert outputs[1] == "False"
+
+
+def test_a_codeguard_arms_the_run_time_layer_where_its_static_pass_cannot_know(make_rlm, tmp_path):
+    # In-process inputs can be any object: the static pass cannot know that an attribute of one is a module.
+    marker = tmp_path / "pwned"
+    config = types.SimpleNamespace(helpers=os)
+    code = f"config.helpers.system('touch {marker}')"
+    for guard, refused in ((CodeGuard("default"), True), (CodeGuard("default", runtime=False), False)):
+        rlm, lm = make_rlm(
+            [code, "SUBMIT(answer='done')"], signature="config -> answer", interpreter_factory=InProcessInterpreter
+        )
+        guard.install(rlm_events.instrument(rlm))
+        with dspy.context(lm=lm):
+            first = str(rlm(config=config).trajectory[0]["output"])
+        assert "CodeGuard refused to run this code" not in first  # the static pass let it run
+        assert (REFUSED in first and "os.system" in first) is refused, first
+        assert marker.exists() is not refused
+        marker.unlink(missing_ok=True)
+
+
+@needs_sandbox
+def test_the_sandbox_runs_dspys_setup_and_ordinary_code_under_the_runs_codeguard(make_rlm, caplog):
+    steps = ["import json, statistics\nprint(json.dumps(statistics.mean([1, 2, 3])))", "SUBMIT(answer='done')"]
+    first = run(make_rlm, steps, Sandboxed(timeout=30), CodeGuard("default"))[0]
+    assert first == "2"
+    assert "sub-agents are unavailable" not in caplog.text  # DSPy's own setup is the host's code: not refused
+
+
+def test_tools_are_host_code_and_other_interpreters_are_not_guarded(make_rlm, tmp_path):
+    written = tmp_path / "by-the-tool"
+
+    def save(text: str) -> str:
+        written.write_text(text)  # host code: the run-time layer does not apply to tools
+        return "saved"
+
+    rlm, lm = make_rlm(
+        ["print(save(text='ok'))", "SUBMIT(answer='done')"],
+        tools=[save],
+        interpreter_factory=lambda **kw: InProcessInterpreter(guard="strict", **kw),
+    )
+    with dspy.context(lm=lm):
+        result = rlm(text="x")
+    assert result.trajectory[0]["output"] == "saved" and written.read_text() == "ok"
+    # The audit hook stays installed, idle for code no guard watches.
+    plain = InProcessInterpreter()
+    assert plain.execute("import os\nos.path.basename(os.getcwd()) == os.path.basename(os.getcwd())") is True
+
+
+def test_a_refusal_is_an_oserror_the_code_can_see_and_the_namespace_keeps_working():
+    interpreter = InProcessInterpreter(guard="default")
+    assert issubclass(RuntimeRefusal, PermissionError)
+    code = "try:\n    getattr(len, '__self__')\nexcept PermissionError as exc:\n    caught = str(exc)\ncaught"
+    assert "'__self__'" in interpreter.execute(code)
+    assert interpreter.execute("class P:\n    def __init__(self):\n        self._x = 1\nvars(P())") == {"_x": 1}
+    assert interpreter.execute("getattr(P(), '_x') + len('{} {x}'.format(1, x=2))") == 4
+
+
+@pytest.mark.parametrize("policy", ["default", "strict"])
+def test_ordinary_analysis_code_still_runs(policy, tmp_path, monkeypatch):
+    """Each ordinary snippet of the corpus runs the same with and without the run-time layer (≥ 98%)."""
+    monkeypatch.chdir(tmp_path)
+
+    def outcome(interpreter: InProcessInterpreter, code: str) -> str:
+        try:
+            return repr(interpreter.execute(code))
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    samples = ORDINARY + ORDINARY_INFORMED
+    refused = [code for _, code in samples if "RuntimeRefusal" in outcome(InProcessInterpreter(guard=policy), code)]
+    allowed = 1 - len(refused) / len(samples)
+    print(f"{policy}: the run-time layer lets {allowed:.1%} of {len(samples)} ordinary snippets run")
+    assert allowed >= 0.98, refused
+    # Refused or not, a snippet that succeeds bare succeeds guarded with the same value (clock readings aside).
+    same = sum(
+        outcome(InProcessInterpreter(), code) == outcome(InProcessInterpreter(guard=policy), code)
+        for _, code in samples
+        if "perf_counter" not in code and "time.time" not in code
+    )
+    assert same >= 0.98 * len(samples) - len(refused) - 2
+
+
+def test_the_guard_cost_benchmark_runs_and_reports_every_figure(tmp_path):
+    """benchmarks/guard_cost.py --quick: every step size and policy, uncached and cached figures (no timing
+    asserted)."""
+    out = tmp_path / "guard_cost.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "guard_cost.py"), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    rows = report["checks"]
+    assert [
+        (row["policy"], row["lines"] >= size) for row, size in zip(rows, [10, 10, 50, 50, 200, 200], strict=True)
+    ] == [
+        ("strict", True),
+        ("default", True),
+    ] * 3
+    for row in rows:
+        assert row["fastest_us"] > 0 and row["median_us"] >= row["fastest_us"] and row["cached_us"] > 0
+    assert [row["target_us"] for row in rows] == [None, None, 1000.0, 1000.0, None, None]
+    assert "(target ≤ 1000 µs uncached)" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("code", "refused"),
+    [
+        ("import json\nsetattr(json, 'dumps', len)", "patching them is denied"),
+        ("import collections\nvars(collections.OrderedDict)", "a class's namespace"),
+        ("import logging\ngetattr(logging.getLogger('x'), '_cache')", "'_cache', a private attribute"),
+        ("import json\ngetattr(json, 'de' + 'coder')", "module 'json.decoder', which the policy does not allow"),
+        ("import importlib", "import of module 'importlib'"),
+        ("from json import scanner", "module 'json.scanner'"),
+        ("'{0.__class__.__base__}'.format(1)", "'__base__'"),
+        ("import string\nstring.Formatter().vformat('{0.__self__}', (print,), {})", "'__self__'"),
+        ("breakpoint()", "the built-in breakpoint()"),
+        ("def f():\n    pass\nimport operator\noperator.attrgetter('__co' + 'de__')(f)", "'__code__'"),
+        ("import os.path\nos.remove('/nonexistent-' + 'x')", "os.remove"),
+        ("import os.path\nos.open('/tmp/x', os.O_WRONLY)", "for writing"),
+    ],
+)
+def test_run_time_rules(code, refused):
+    with pytest.raises(Exception, match="RuntimeRefusal") as caught:
+        InProcessInterpreter(guard="default").execute(code)
+    assert refused in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("code", "value"),
+    [
+        ("from os.path import join\njoin('a', 'b')", "a/b"),
+        ("import collections\ngetattr(collections.Counter('aab'), 'most_common')(1)", [["a", 2]]),
+        ("class C:\n    def __init__(self):\n        self._n = 1\nsetattr(C(), '_n', 2) or getattr(C(), '_n')", 1),
+        ("import types\nns = types.SimpleNamespace(a=1)\nvars(ns)['a']", 1),
+        ("'{0.real} {x[k]}'.format(3, x={'k': 'v'})", "3 v"),
+        ("import dataclasses\n@dataclasses.dataclass\nclass P:\n    x: int\ndataclasses.asdict(P(1))", {"x": 1}),
+        ("hasattr([], '__len__')", True),
+    ],
+)
+def test_ordinary_access_at_run_time(code, value):
+    assert InProcessInterpreter(guard="default").execute(code) == value
