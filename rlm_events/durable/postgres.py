@@ -1,0 +1,46 @@
+"""A store on PostgreSQL (psycopg 3, the `postgres` extra), for a fleet of workers on several machines.
+
+Why PostgreSQL directly rather than an engine such as DBOS: a durable RLM run needs one row per run and an
+append-only list of steps, a lease that one worker at a time holds (a conditional `UPDATE` of the run's row, which
+PostgreSQL row-locks) and a transaction that appends a step only while the lease holds. That is two small tables and
+no workflow engine: DBOS would bring its own schema, workflow registry and recovery loop to run alongside the RLM's
+own loop, which rlm-events already drives step by step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .sql import SqlStore
+
+
+class PostgresStore(SqlStore):
+    """A [`Store`][rlm_events.durable.store.Store] in the PostgreSQL database at `dsn` (`"postgresql://user@host/db"`
+    or `"host=/tmp dbname=x"`); the tables are created if missing. Each thread gets its own connection (autocommit;
+    writes are explicit transactions). Needs `pip install "rlm-events[postgres]"`."""
+
+    PARAM = "%s"
+    ENGINE = "postgres"
+
+    def __init__(self, dsn: str, *, connect_timeout: float = 10.0) -> None:
+        super().__init__()
+        self.dsn = dsn
+        self.connect_timeout = connect_timeout
+
+    def _connect(self) -> Any:
+        import psycopg  # the postgres extra: imported only by this store
+
+        return psycopg.connect(self.dsn, autocommit=True, connect_timeout=max(1, int(self.connect_timeout)))
+
+    def _schema_sql(self, statement: str) -> str:
+        return statement
+
+    def _describe(self) -> str:
+        shown = self.dsn.split("password=")[0] if "password=" in self.dsn else self.dsn
+        if "@" in shown and "://" in shown:  # never show a password of a URL
+            scheme, rest = shown.split("://", 1)
+            shown = f"{scheme}://…@{rest.rsplit('@', 1)[1]}"
+        return f"PostgreSQL store {shown!r}"
+
+
+__all__ = ["PostgresStore"]

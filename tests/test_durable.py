@@ -1,0 +1,248 @@
+"""Durable runs in one process: commits, resume after an interrupted call (same history, answer and usage; no LM
+call or tool call repeated), divergence, record mismatches, leases, an unreachable store and fork.
+
+A worker dying is simulated here by a tool raising a `BaseException` (the run is left `running`, as a killed
+worker leaves it); tests/test_durable_workers.py kills real worker processes with SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dspy
+import pytest
+from conftest import REAL_INTERPRETER
+
+import rlm_events
+from rlm_events.builtins import Budget
+from rlm_events.durable import (
+    DivergenceError,
+    Durable,
+    RecordMismatchError,
+    RunFinishedError,
+    RunLeasedError,
+    SQLiteStore,
+    StoreUnavailableError,
+    UnknownRunError,
+)
+from rlm_events.testing import InProcessInterpreter, ScriptedLM, build_rlm
+
+
+class WorkerDied(BaseException):
+    """What the test's tool raises to stop the call the way a dying worker does: nothing after it runs."""
+
+
+class Tools:
+    """A `lookup` tool counting the calls that reach it, which can die on a chosen key."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.die_on: str | None = None
+
+    def lookup(self, key: str) -> str:
+        """Look a key up."""
+        if key == self.die_on:
+            self.die_on = None
+            raise WorkerDied(key)
+        self.calls.append(key)
+        return key.upper() * 2
+
+
+STEPS = [
+    "x = lookup(key='a')\nprint(x)",
+    "y = lookup(key='b') + llm_query('hi')\nprint(y)",
+    "z = lookup(key='c')\nprint(len(x + y + z))",
+    "SUBMIT(answer=x + y + z)",
+]
+
+
+def make(
+    tools: Tools,
+    store: Any,
+    *,
+    interpreter: Callable[[], Any] = REAL_INTERPRETER,
+    signature: str = "text -> answer",
+    **options: Any,
+) -> tuple[dspy.RLM, Durable]:
+    rlm = build_rlm(signature, max_iters=6, tools=[tools.lookup], interpreter_factory=interpreter)
+    events = rlm_events.instrument(rlm)
+    durable = Durable(store, **options).install(events)
+    return rlm, durable
+
+
+def call(rlm: dspy.RLM, is_async: bool, **inputs: Any) -> Any:
+    return asyncio.run(rlm.acall(**inputs)) if is_async else rlm(**inputs)
+
+
+def resume(durable: Durable, run_id: str, is_async: bool) -> Any:
+    return asyncio.run(durable.aresume(run_id)) if is_async else durable.resume(run_id)
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("interpreter", [REAL_INTERPRETER, InProcessInterpreter], ids=["real", "inprocess"])
+def test_an_interrupted_run_resumes_as_if_uninterrupted(tmp_path: Path, is_async: bool, interpreter: Any) -> None:
+    store = SQLiteStore(tmp_path / "runs.db")
+    # The uninterrupted run, to compare with.
+    tools = Tools()
+    rlm, durable = make(tools, store, interpreter=interpreter)
+    lm = ScriptedLM(STEPS, sub="SUB")
+    with dspy.context(lm=lm):
+        whole = call(rlm, is_async, text="t")
+    whole_run = store.load(durable.last_run_id)
+    assert whole_run.status == "done" and whole.answer == "AABBSUBCC"
+    assert tools.calls == ["a", "b", "c"] and len(lm.history) == 5
+
+    # The same run, dying in iteration 3 inside lookup('c'), after lookup('b') and llm_query returned.
+    tools = Tools()
+    tools.die_on = "c"
+    rlm, durable = make(tools, store, interpreter=interpreter)
+    first_lm = ScriptedLM(STEPS, sub="SUB")
+    with dspy.context(lm=first_lm), pytest.raises(WorkerDied):
+        call(rlm, is_async, text="t")
+    run_id = durable.last_run_id
+    assert run_id is not None and store.load(run_id).status == "running"
+    assert tools.calls == ["a", "b"] and len(first_lm.history) == 4  # 3 actions and the sub call
+
+    # Another worker (a fresh RLM and Durable) resumes it.
+    tools.calls.clear()
+    rlm, other = make(tools, store, interpreter=interpreter)
+    second_lm = ScriptedLM(STEPS, sub="SUB")
+    with dspy.context(lm=second_lm):
+        resumed = resume(other, run_id, is_async)
+    # Nothing paid or side-effecting was repeated: iteration 3's code came from the record; only the tool call that
+    # never returned and iteration 4's action were made.
+    assert tools.calls == ["c"]
+    assert len(second_lm.history) == 1
+    assert resumed.answer == whole.answer
+    assert resumed.trajectory == whole.trajectory
+    finished = store.load(run_id)
+    assert finished.status == "done"
+    assert finished.outcome is not None and whole_run.outcome is not None
+    assert finished.outcome["usage"]["tokens"] == whole_run.outcome["usage"]["tokens"]
+    assert finished.outcome["usage"]["lm_calls"] == whole_run.outcome["usage"]["lm_calls"] == 5
+    assert finished.outcome["iterations"] == whole_run.outcome["iterations"] == 4
+    with pytest.raises(RunFinishedError, match="is done"):
+        other.resume(run_id)
+
+
+def test_budget_spend_is_restored_on_resume(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "runs.db")
+    tools = Tools()
+    tools.die_on = "c"
+    rlm, durable = make(tools, store)
+    Budget(max_iterations=10).install(rlm_events.instrumentation_of(rlm))  # type: ignore[arg-type]
+    with dspy.context(lm=ScriptedLM(STEPS, sub="SUB")), pytest.raises(WorkerDied):
+        rlm(text="t")
+    spent: list[Any] = []
+    rlm, other = make(tools, store)
+    events = rlm_events.instrumentation_of(rlm)
+    assert events is not None
+    Budget(max_iterations=10).install(events)
+    events.tap(rlm_events.Stage.RUN_END, lambda ctx: spent.append(Budget.spent(ctx)))
+    with dspy.context(lm=ScriptedLM(STEPS, sub="SUB")):
+        other.resume(durable.last_run_id)  # type: ignore[arg-type]
+    assert spent[0].iterations == 4
+    assert spent[0].lm_calls == 5
+    assert spent[0].tool_calls == {} or isinstance(spent[0].tool_calls, dict)
+
+
+def test_a_replayed_block_that_prints_something_else_is_a_divergence(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "runs.db")
+    steps = ["import random\nprint(random.random())", "y = lookup(key='b')\nprint(y)", "SUBMIT(answer=y)"]
+    tools = Tools()
+    tools.die_on = "b"
+    rlm, durable = make(tools, store)
+    with dspy.context(lm=ScriptedLM(steps)), pytest.raises(WorkerDied):
+        rlm(text="t")
+    run_id = durable.last_run_id
+    assert run_id is not None
+    rlm, other = make(tools, store)
+    with dspy.context(lm=ScriptedLM(steps)), pytest.raises(DivergenceError, match="iteration 1 diverged") as info:
+        other.resume(run_id)
+    assert info.value.iteration == 1 and "printed" in info.value.detail
+    assert store.load(run_id).status == "failed"
+    # Allowed, the run goes on with what the code prints now (and the failed run can be resumed).
+    rlm, tolerant = make(tools, store, allow_divergence=True)
+    with dspy.context(lm=ScriptedLM(steps)):
+        assert tolerant.resume(run_id).answer == "BB"
+
+
+def test_a_record_that_does_not_match_the_rlm_is_refused_naming_the_difference(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "runs.db")
+    tools = Tools()
+    tools.die_on = "a"
+    rlm, durable = make(tools, store)
+    with dspy.context(lm=ScriptedLM(STEPS)), pytest.raises(WorkerDied):
+        rlm(text="t")
+    run_id = durable.last_run_id
+    assert run_id is not None
+    _, other = make(tools, store, signature="text -> summary")
+    with pytest.raises(RecordMismatchError, match=r"signature is 'text -> answer'.*'text -> summary'"):
+        other.resume(run_id)
+    no_tools = build_rlm("text -> answer", max_iters=6, interpreter_factory=REAL_INTERPRETER)
+    bare = Durable(store).install(rlm_events.instrument(no_tools))
+    with pytest.raises(RecordMismatchError, match=r"tools are \['lookup'\], this RLM's are \[\]"):
+        bare.resume(run_id)
+    with pytest.raises(UnknownRunError, match="no durable run 'nope'"):
+        bare.resume("nope")
+    # The refused resumes left the lease free.
+    rlm, again = make(tools, store)
+    with dspy.context(lm=ScriptedLM(STEPS)):
+        assert again.resume(run_id).answer == "AABBokCC"
+
+
+def test_two_workers_never_hold_one_run(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "runs.db")
+    store.create("r1", {"inputs": {}}, owner="w1", lease_seconds=60)
+    with pytest.raises(RunLeasedError, match="leased by worker 'w1'"):
+        store.acquire("r1", "w2", 60)
+    store.release("r1", "w1")
+    assert store.acquire("r1", "w2", 60).lease_owner == "w2"
+    with pytest.raises(rlm_events.durable.LeaseLostError):
+        store.append("r1", "w1", rlm_events.durable.Step(0, 0, "action", {}), 60)
+
+
+def test_an_unreachable_store_fails_the_run_at_start_or_is_skipped_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = tmp_path / "no-such-dir" / "runs.db"
+    tools = Tools()
+    rlm, _ = make(tools, missing)
+    lm = ScriptedLM(STEPS)
+    with dspy.context(lm=lm), pytest.raises(StoreUnavailableError, match=r"no-such-dir.*unable to open"):
+        rlm(text="t")
+    assert lm.history == [] and tools.calls == []  # failed before any LM or tool call
+    rlm, _ = make(tools, missing, best_effort=True)
+    with caplog.at_level(logging.WARNING, logger="rlm_events.durable"), dspy.context(lm=ScriptedLM(STEPS, sub="S")):
+        assert rlm(text="t").answer == "AABBSCC"
+        assert rlm(text="t").answer == "AABBSCC"
+    assert sum("without durability" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_fork_replays_the_first_iterations_and_goes_on_with_new_code(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "runs.db")
+    tools = Tools()
+    rlm, durable = make(tools, store)
+    with dspy.context(lm=ScriptedLM(STEPS, sub="SUB")):
+        rlm(text="t")
+    parent = durable.last_run_id
+    assert parent is not None
+    child = durable.fork(parent, at=1, code="y = 'forked'\nprint(y)")
+    stored = store.load(child)
+    assert stored.parent == parent and stored.relation == "fork" and stored.status == "running"
+    tools.calls.clear()
+    lm = ScriptedLM(STEPS, sub="SUB")
+    with dspy.context(lm=lm):
+        forked = durable.resume(child)
+    assert [e["output"] for e in forked.trajectory[:2]] == ["AA", "forked"]
+    assert forked.answer == "AAforkedCC"
+    assert tools.calls == ["c"]  # iteration 1's lookup('a') was replayed, not called
+    with pytest.raises(ValueError, match="from 0 to 4"):
+        durable.fork(parent, at=9)
+    # A changed history: the LM reads the edited output of iteration 1.
+    edited = durable.fork(parent, at=1, history={0: {"output": "EDITED"}})
+    with dspy.context(lm=ScriptedLM(STEPS, sub="SUB")):
+        assert durable.resume(edited).trajectory[0]["output"] == "EDITED"
