@@ -19,7 +19,7 @@ from ..builtin import Builtin, check_tool_names, denial_for
 from ..errors import StageError
 from ..replay._json import jsonable
 from ..stages import Stage
-from .decisions import Answer, Approve, Decision, Defer, Edit, Reject, SuspendRun, decision_from_json, decision_to_json
+from .decisions import Answer, Approve, Decision, Defer, Edit, Reject, SuspendRun, decision_to_json
 from .state import state_of
 
 if TYPE_CHECKING:
@@ -51,6 +51,27 @@ class Request:
 
 
 Handler = Callable[[Request], Any]
+
+
+def apply_to_code(ctx: context.PreExecutionContext, decision: Decision) -> None:
+    """Carry out a decision on the code in `ctx`: edited code, or a rejection the LM reads."""
+    if isinstance(decision, Edit) and decision.code is not None:
+        ctx.code = decision.code
+    elif isinstance(decision, Reject):
+        ctx.skip(f"{REJECTED} {decision.reason}")
+
+
+def apply_to_tool(ctx: context.ToolCallContext, decision: Decision) -> bool:
+    """Carry out a decision on the tool call in `ctx`; whether it is settled without calling the tool (rejected)."""
+    if isinstance(decision, Reject):
+        ctx.result = denial_for(ctx.name, ctx.args, ctx.kwargs, f"{REJECTED} {decision.reason}")
+        return True
+    if isinstance(decision, Edit):
+        if decision.args is not None:
+            ctx.args = tuple(decision.args)
+        if decision.kwargs is not None:
+            ctx.kwargs = dict(decision.kwargs)
+    return False
 
 
 class Approval(Builtin):
@@ -126,12 +147,10 @@ class Approval(Builtin):
         return answer
 
     def _decision(self, ctx: Any, request: Request) -> Decision:
-        """The stored decision a resumed run carries for this step, else the handler's; a deferral suspends."""
+        """The handler's decision on the step (none asked when the store settled it); a deferral suspends."""
         state = state_of(ctx.run)
-        if state is not None:
-            stored = state.take_decision(request.kind, request.iteration, request.index)
-            if stored is not None:
-                return decision_from_json(stored)
+        if state is not None and state.settled(request.kind, request.iteration, request.index):
+            return Approve()  # decided by a person; the Durable applied it
         answer = self._ask(request)
         if not isinstance(answer, Defer):
             return answer
@@ -161,11 +180,7 @@ class Approval(Builtin):
             reasoning=ctx.reasoning,
             history=jsonable(history)[0],
         )
-        decision = self._decision(ctx, request)
-        if isinstance(decision, Edit) and decision.code is not None:
-            ctx.code = decision.code
-        elif isinstance(decision, Reject):
-            ctx.skip(f"{REJECTED} {decision.reason}")
+        apply_to_code(ctx, self._decision(ctx, request))
         return next(ctx)
 
     def _tool(self, ctx: context.ToolCallContext, next: Any) -> Any:
@@ -181,19 +196,12 @@ class Approval(Builtin):
             kwargs=jsonable(dict(ctx.kwargs))[0],
             index=state.tool_index_of(ctx) if state is not None else None,
         )
-        decision = self._decision(ctx, request)
-        if isinstance(decision, Reject):
-            ctx.result = denial_for(ctx.name, ctx.args, ctx.kwargs, f"{REJECTED} {decision.reason}")
+        if apply_to_tool(ctx, self._decision(ctx, request)):
             return ctx
-        if isinstance(decision, Edit):
-            if decision.args is not None:
-                ctx.args = tuple(decision.args)
-            if decision.kwargs is not None:
-                ctx.kwargs = dict(decision.kwargs)
         return next(ctx)
 
     def __repr__(self) -> str:
         return f"Approval(code={self.code}, tools={sorted(self.tools)}, timeout={self.timeout})"
 
 
-__all__ = ["REJECTED", "Approval", "Handler", "Request"]
+__all__ = ["REJECTED", "Approval", "Handler", "Request", "apply_to_code", "apply_to_tool"]

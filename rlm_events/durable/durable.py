@@ -21,6 +21,7 @@ from ..lm_usage import meter_run
 from ..replay._json import jsonable
 from ..runtime import serving_recorded_actions
 from ..stages import Stage
+from .approval import apply_to_code, apply_to_tool
 from .decisions import Decision, Suspended, SuspendRun, decision_from_json, decision_to_json
 from .errors import (
     DivergenceError,
@@ -237,6 +238,9 @@ class Durable(Builtin):
             return ctx
         if record is None or not record.code:  # not in flight from a previous worker: commit the LM's answer now
             state.commit(ctx.run, "action", {"reasoning": ctx.reasoning, "code": ctx.code})
+        decided = state.take_decision("code", state.iteration, None)
+        if decided is not None:  # a person decided while the run was suspended
+            apply_to_code(ctx, decision_from_json(decided))
         ctx = next(ctx)
         if ctx.skipped and isinstance(ctx.result, str):
             state.skip = str(ctx.result)
@@ -263,8 +267,12 @@ class Durable(Builtin):
                 if not state.allow_divergence:
                     raise RuntimeError(f"durable replay: {detail}")
         data["index"] = index
+        decided = state.take_decision("tool", state.iteration, index)
         try:
-            ctx = next(ctx)
+            if decided is not None and apply_to_tool(ctx, decision_from_json(decided)):
+                pass  # rejected: the denial is the result
+            else:
+                ctx = next(ctx)
         except Exception as exc:
             args, exact = jsonable(list(exc.args))
             data.update(error_type=type(exc).__name__, error_message=str(exc), error_args=args if exact else None)

@@ -72,6 +72,7 @@ class RunState:
         self.skip: Any = None
         self.pre: dict[str, Any] = {}
         self.divergence: str | None = None
+        self.settled_step: tuple[str, int, int | None] | None = None
         self.lost = False  # the lease was lost: write nothing more
 
     # -- replay -----------------------------------------------------------------------------------------------
@@ -103,14 +104,20 @@ class RunState:
             self.divergence = detail
 
     def take_decision(self, kind: str, iteration: int, index: int | None) -> dict[str, Any] | None:
-        """The decision a resumed run carries for this step (code of `iteration`, or its `index`-th tool call), once."""
+        """The decision a resumed run carries for this step (code of `iteration`, or its `index`-th tool call), once;
+        the step is then settled (see [`settled()`][rlm_events.durable.state.RunState.settled])."""
         if self.decision is None:
             return None
         pending, decision = self.decision
         if pending.get("kind") == kind and pending.get("iteration") == iteration and pending.get("index") == index:
             self.decision = None
+            self.settled_step = (kind, iteration, index)
             return decision
         return None
+
+    def settled(self, kind: str, iteration: int, index: int | None) -> bool:
+        """Whether this step's decision came from the store: an Approval does not ask about it again."""
+        return self.settled_step == (kind, iteration, index)
 
     # -- commits ----------------------------------------------------------------------------------------------
 
