@@ -9,9 +9,21 @@ own loop, which rlm-events already drives step by step.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from .sql import SqlStore
+from .errors import LeaseLostError
+from .sql import SqlStore, dumps
+from .store import Step
+
+# One statement, so one round trip and one commit per step: renew the lease, and append the step only if it held.
+_APPEND = """
+WITH lease AS (
+    UPDATE rlm_durable_runs SET lease_until = %s, updated = %s, iteration = COALESCE(%s, iteration)
+    WHERE run_id = %s AND lease_owner = %s RETURNING run_id
+)
+INSERT INTO rlm_durable_steps (run_id, seq, iteration, kind, data) SELECT run_id, %s, %s, %s, %s FROM lease
+"""
 
 
 class PostgresStore(SqlStore):
@@ -32,8 +44,29 @@ class PostgresStore(SqlStore):
 
         return psycopg.connect(self.dsn, autocommit=True, connect_timeout=max(1, int(self.connect_timeout)))
 
-    def _schema_sql(self, statement: str) -> str:
-        return statement
+    def append(self, run_id: str, owner: str, step: Step, lease_seconds: float) -> None:
+        now = time.time()
+        completed = step.iteration + 1 if step.kind == "iteration" else None
+        with self._transaction(single=True) as cursor:
+            cursor.execute(
+                _APPEND,
+                (
+                    now + lease_seconds,
+                    now,
+                    completed,
+                    run_id,
+                    owner,
+                    step.seq,
+                    step.iteration,
+                    step.kind,
+                    dumps(step.data),
+                ),
+            )
+            if cursor.rowcount != 1:
+                raise LeaseLostError(
+                    f"durable run {run_id!r}: worker {owner!r} lost its lease (it expired and another worker took "
+                    "the run over); this worker stops the run"
+                )
 
     def _describe(self) -> str:
         shown = self.dsn.split("password=")[0] if "password=" in self.dsn else self.dsn

@@ -30,7 +30,7 @@ _RUN_COLUMNS = (
 )
 
 
-def _dumps(value: Any) -> str | None:
+def dumps(value: Any) -> str | None:
     return None if value is None else json.dumps(value, ensure_ascii=False, default=repr)
 
 
@@ -91,23 +91,27 @@ class SqlStore:
         return text if self.PARAM == "?" else text.replace("?", self.PARAM)
 
     @contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        """A cursor in one write transaction: committed when the block returns, rolled back when it raises. What the
-        engine raises becomes [`StoreUnavailableError`][rlm_events.durable.StoreUnavailableError]."""
+    def _transaction(self, *, single: bool = False) -> Iterator[Any]:
+        """A cursor in one write transaction: committed when the block returns, rolled back when it raises
+        (`single`: the block runs one statement, its own transaction). What the engine raises becomes
+        [`StoreUnavailableError`][rlm_events.durable.StoreUnavailableError]."""
         self._ensure_schema()
         try:
             connection = self._connection()
             cursor = connection.cursor()
-            self._begin(cursor)
+            if not single:
+                self._begin(cursor)
         except Exception as exc:
             self._drop_connection()
             raise StoreUnavailableError(f"{self._describe()}: {type(exc).__name__}: {exc}") from exc
         try:
             yield cursor
-            cursor.execute("COMMIT")
+            if not single:
+                cursor.execute("COMMIT")
         except BaseException as exc:
             try:
-                cursor.execute("ROLLBACK")
+                if not single:
+                    cursor.execute("ROLLBACK")
             except Exception:
                 self._drop_connection()
             if isinstance(exc, Exception) and not isinstance(exc, _OURS):
@@ -169,7 +173,7 @@ class SqlStore:
                     "INSERT INTO rlm_durable_runs (run_id, parent, relation, status, meta, lease_owner, lease_until, "
                     "iteration, created, updated) VALUES (?, ?, ?, 'running', ?, ?, ?, 0, ?, ?)"
                 ),
-                (run_id, parent, relation, _dumps(meta), owner, now + lease_seconds, now, now),
+                (run_id, parent, relation, dumps(meta), owner, now + lease_seconds, now, now),
             )
 
     def acquire(self, run_id: str, owner: str, lease_seconds: float) -> StoredRun:
@@ -207,7 +211,7 @@ class SqlStore:
                 )
             cursor.execute(
                 self._sql("INSERT INTO rlm_durable_steps (run_id, seq, iteration, kind, data) VALUES (?, ?, ?, ?, ?)"),
-                (run_id, step.seq, step.iteration, step.kind, _dumps(step.data)),
+                (run_id, step.seq, step.iteration, step.kind, dumps(step.data)),
             )
 
     def finish(
@@ -225,7 +229,7 @@ class SqlStore:
                     "UPDATE rlm_durable_runs SET status = ?, outcome = ?, pending = ?, decision = NULL, "
                     "lease_owner = NULL, lease_until = 0, updated = ? WHERE run_id = ? AND lease_owner = ?"
                 ),
-                (status, _dumps(outcome), _dumps(pending), time.time(), run_id, owner),
+                (status, dumps(outcome), dumps(pending), time.time(), run_id, owner),
             )
             if cursor.rowcount != 1:
                 raise LeaseLostError(f"durable run {run_id!r}: worker {owner!r} no longer holds its lease")
@@ -247,7 +251,7 @@ class SqlStore:
                     "UPDATE rlm_durable_runs SET decision = ?, updated = ? WHERE run_id = ? AND status = 'suspended' "
                     "AND decision IS NULL"
                 ),
-                (_dumps(decision), time.time(), run_id),
+                (dumps(decision), time.time(), run_id),
             )
             if cursor.rowcount != 1:
                 run = self._select(cursor, run_id)
@@ -300,4 +304,4 @@ class SqlStore:
         return f"{type(self).__name__}({self._describe()})"
 
 
-__all__ = ["SCHEMA", "SqlStore"]
+__all__ = ["SCHEMA", "SqlStore", "dumps"]
