@@ -7,6 +7,7 @@ worker leaves it); tests/test_durable_workers.py kills real worker processes wit
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -246,3 +247,31 @@ def test_fork_replays_the_first_iterations_and_goes_on_with_new_code(tmp_path: P
     edited = durable.fork(parent, at=1, history={0: {"output": "EDITED"}})
     with dspy.context(lm=ScriptedLM(STEPS, sub="SUB")):
         assert durable.resume(edited).trajectory[0]["output"] == "EDITED"
+
+
+def test_the_trace_links_resumed_and_forked_runs_to_their_parent(tmp_path: Path) -> None:
+    from rlm_events.trace import JsonlTrace
+
+    store = SQLiteStore(tmp_path / "runs.db")
+    path = tmp_path / "trace.jsonl"
+    tools = Tools()
+    tools.die_on = "c"
+    with JsonlTrace(path) as trace:
+        rlm, durable = make(tools, store)
+        trace.install(rlm_events.instrumentation_of(rlm))  # type: ignore[arg-type]
+        with dspy.context(lm=ScriptedLM(STEPS, sub="SUB")), pytest.raises(WorkerDied):
+            rlm(text="t")
+        run_id = durable.last_run_id
+        assert run_id is not None
+        with dspy.context(lm=ScriptedLM(STEPS, sub="SUB")):
+            durable.resume(run_id)
+            durable.resume(durable.fork(run_id, at=2))
+    starts = [
+        line for line in map(json.loads, path.read_text(encoding="utf-8").splitlines()) if line["stage"] == "run_start"
+    ]
+    assert starts[0]["run_id"] == run_id and starts[0]["durable"] == {"run_id": run_id}
+    assert starts[1]["durable"] == {"run_id": run_id, "relation": "resume", "parent": run_id, "replayed": 2}
+    assert starts[2]["durable"]["relation"] == "fork" and starts[2]["durable"]["parent"] == run_id
+    assert starts[2]["durable"]["replayed"] == 2
+    page = rlm_events.trace.render_html(rlm_events.trace.read_trace(path))
+    assert "durableText" in page and "suspended: waits for a decision" in page

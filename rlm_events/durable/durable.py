@@ -443,7 +443,10 @@ class Durable(Builtin):
             decision=decision,
             allow_divergence=allow,
         )
-        state.parent, state.relation = stored.parent, stored.relation
+        if stored.relation == "fork" and record.completed == stored.meta.get("forked_at"):
+            state.parent, state.relation = stored.parent, "fork"  # the fork's first call
+        else:
+            state.parent, state.relation = run_id, "resume"  # the first call's trace run_id is the durable id
         return state, dict(stored.meta.get("inputs") or {})
 
     def resume(self, run_id: str, *, rlm: Any = None, wait: float = 0.0) -> Prediction:

@@ -119,6 +119,13 @@ class RunState:
         """Whether this step's decision came from the store: an Approval does not ask about it again."""
         return self.settled_step == (kind, iteration, index)
 
+    def link(self) -> dict[str, Any]:
+        """What a trace's `run_start` records of this durable run: its id, and the run it resumes or forks."""
+        found: dict[str, Any] = {"run_id": self.run_id}
+        if self.relation is not None:
+            found.update(relation=self.relation, parent=self.parent, replayed=self.replay_until)
+        return found
+
     # -- commits ----------------------------------------------------------------------------------------------
 
     def commit(self, run: Run, kind: StepKind, data: dict[str, Any], *, with_state: bool = True) -> None:
