@@ -13,6 +13,7 @@ Targets: at most 5 ms per iteration on SQLite, 10 ms on a local PostgreSQL. Figu
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import statistics
 import tempfile
@@ -60,14 +61,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             install(rlm_events.instrument(rlm))
             rlms[name] = rlm
         times: dict[str, list[float]] = {name: [] for name in rlms}
+        order = collections.deque(rlms)
         with dspy.context(lm=ScriptedLM(steps)):
-            names = list(rlms)
-            for repeat in range(args.repeats):
-                for name in names[repeat % len(names) :] + names[: repeat % len(names)]:  # each goes first in turn
+            for _ in range(args.repeats):
+                for name in order:
                     start = time.perf_counter()
                     rlms[name](text="t")
                     times[name].append(time.perf_counter() - start)
-    base = min(times[names[0]])
+                order.rotate(-1)  # each configuration goes first in turn
+    base = min(next(iter(times.values())))
     for name, samples in times.items():
         best, median = min(samples), statistics.median(samples)
         cost = (best - base) / n * 1e3

@@ -4,16 +4,16 @@ Chromium (Debian's ``chromium`` and ``chromium-driver``; skipped, saying so, onl
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import dspy
 import pytest
 from conftest import REAL_INTERPRETER
+
+# The viewer's tests drive Debian's headless Chromium; this page's tests use the same browser fixture.
+from test_viewer import browser  # noqa: F401
 
 import rlm_events
 from rlm_events.__main__ import main
@@ -23,7 +23,6 @@ from rlm_events.testing import ScriptedLM, build_rlm
 
 HOSTILE = "x = '</textarea><script>document.title = \"pwned\"</script>'\nprint(len(x))"
 STEPS = [HOSTILE, "SUBMIT(answer=str(len(x)))"]
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 FACTORY = """
 import rlm_events
@@ -73,28 +72,13 @@ def test_list_show_decide_and_resume_from_the_command_line(
     sys.modules.pop("factory_module", None)
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        pytest.skip(f"needs Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER})")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="rlm-events-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))  # no Selenium Manager download
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-def test_the_decision_page_shows_pending_steps_and_records_an_edit(browser: Any, tmp_path: Path) -> None:
+def test_the_decision_page_shows_pending_steps_and_records_an_edit(browser: Any, tmp_path: Path) -> None:  # noqa: F811
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def after_submit(css: str) -> Any:  # the form posts, the page reloads: wait for the new page's element
+        return WebDriverWait(browser, 20).until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, css)))
 
     store = SQLiteStore(tmp_path / "runs.db")
     edited, rejected = suspended_run(store), suspended_run(store)
@@ -111,11 +95,11 @@ def test_the_decision_page_shows_pending_steps_and_records_an_edit(browser: Any,
         box.clear()
         box.send_keys("x = 'edited'\nprint(x)")
         step.find_element(By.CSS_SELECTOR, "form.edit button").click()
-        assert "edit recorded" in browser.find_element(By.CSS_SELECTOR, ".message").text
+        assert "edit recorded" in after_submit(".message").text
         step = browser.find_element(By.CSS_SELECTOR, f".step[data-run='{rejected.run_id}']")
         step.find_element(By.CSS_SELECTOR, "form.reject input[name='reason']").send_keys("too clever")
         step.find_element(By.CSS_SELECTOR, "form.reject button").click()
-        assert browser.find_element(By.ID, "empty").text == "No step waits for a decision."
+        assert after_submit("#empty").text == "No step waits for a decision."
     assert store.load(edited.run_id).decision == {
         "action": "edit",
         "code": "x = 'edited'\nprint(x)",

@@ -115,11 +115,12 @@ class Approval(Builtin):
         check_tool_names("Approval(tools=...)", self.tools, events)
 
     def __call__(self, ctx: Any, next: Any) -> Any:
-        if isinstance(ctx, context.PreExecutionContext):
-            return self._code(ctx, next)
-        if isinstance(ctx, context.ToolCallContext):
+        stage = getattr(ctx, "stage", None)
+        if stage is Stage.TOOL_CALL:
             return self._tool(ctx, next)
-        raise self._wrong_stage(ctx)
+        if stage is not Stage.PRE_EXECUTION:
+            raise self._wrong_stage(ctx)
+        return self._code(ctx, next)
 
     # -- asking -----------------------------------------------------------------------------------------------
 

@@ -191,9 +191,7 @@ class Durable(Builtin):
                 )
             state = RunState(ctx.run.id, self.store, self.worker, self.lease_seconds)
             try:
-                self.store.create(
-                    ctx.run.id, meta_of(ctx.run.module, inputs), owner=self.worker, lease_seconds=self.lease_seconds
-                )
+                self.store.create(ctx.run.id, meta_of(ctx.run.module, inputs), self.worker, self.lease_seconds)
             except StoreUnavailableError as exc:
                 if not self.best_effort:
                     raise
@@ -511,9 +509,7 @@ class Durable(Builtin):
         meta["forked_at"] = at
         meta["allow_divergence"] = bool(meta.get("allow_divergence") or inputs is not None or history)
         new_id = uuid.uuid4().hex
-        self.store.create(
-            new_id, meta, owner=self.worker, lease_seconds=self.lease_seconds, parent=run_id, relation="fork"
-        )
+        self.store.create(new_id, meta, self.worker, self.lease_seconds, (run_id, "fork"))
         seq = 0
         for step in stored.steps:
             if step.iteration >= at:

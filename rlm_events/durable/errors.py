@@ -36,6 +36,13 @@ class RunLeasedError(DurableError):
 class LeaseLostError(DurableError):
     """This worker's lease on the run expired and another worker took the run over: this worker stops it."""
 
+    @classmethod
+    def of(cls, run_id: str, owner: str) -> LeaseLostError:
+        return cls(
+            f"durable run {run_id!r}: worker {owner!r} lost its lease (it expired and another worker took the run "
+            "over); this worker stops the run"
+        )
+
 
 class RunFinishedError(DurableError):
     """The run already ended (`done` or `failed`): there is nothing to resume; fork it to run it again."""

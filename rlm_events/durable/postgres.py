@@ -63,10 +63,7 @@ class PostgresStore(SqlStore):
                 ),
             )
             if cursor.rowcount != 1:
-                raise LeaseLostError(
-                    f"durable run {run_id!r}: worker {owner!r} lost its lease (it expired and another worker took "
-                    "the run over); this worker stops the run"
-                )
+                raise LeaseLostError.of(run_id, owner)
 
     def _describe(self) -> str:
         shown = self.dsn.split("password=")[0] if "password=" in self.dsn else self.dsn

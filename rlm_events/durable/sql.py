@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .errors import AlreadyDecidedError, LeaseLostError, RunLeasedError, StoreUnavailableError, UnknownRunError
-from .store import Status, Step, StoredRun
+from .store import Json, Link, Status, Step, StoredRun
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS rlm_durable_runs (
@@ -157,40 +157,26 @@ class SqlStore:
             cursor.execute("SELECT COUNT(*) FROM rlm_durable_runs WHERE run_id = ''")
 
     def create(
-        self,
-        run_id: str,
-        meta: dict[str, Any],
-        *,
-        owner: str,
-        lease_seconds: float,
-        parent: str | None = None,
-        relation: str | None = None,
+        self, run_id: str, meta: dict[str, Any], owner: str, lease_seconds: float, link: Link | None = None
     ) -> None:
+        parent, relation = link or (None, None)
         now = time.time()
-        with self._transaction() as cursor:
-            cursor.execute(
-                self._sql(
-                    "INSERT INTO rlm_durable_runs (run_id, parent, relation, status, meta, lease_owner, lease_until, "
-                    "iteration, created, updated) VALUES (?, ?, ?, 'running', ?, ?, ?, 0, ?, ?)"
-                ),
-                (run_id, parent, relation, dumps(meta), owner, now + lease_seconds, now, now),
-            )
+        self._write(
+            "INSERT INTO rlm_durable_runs (run_id, parent, relation, status, meta, lease_owner, lease_until, "
+            "iteration, created, updated) VALUES (?, ?, ?, 'running', ?, ?, ?, 0, ?, ?)",
+            (run_id, parent, relation, dumps(meta), owner, now + lease_seconds, now, now),
+        )
 
     def acquire(self, run_id: str, owner: str, lease_seconds: float) -> StoredRun:
         now = time.time()
-        with self._transaction() as cursor:
-            cursor.execute(
-                self._sql(
-                    "UPDATE rlm_durable_runs SET lease_owner = ?, lease_until = ?, updated = ? WHERE run_id = ? "
-                    "AND (lease_owner IS NULL OR lease_until < ? OR lease_owner = ?)"
-                ),
-                (owner, now + lease_seconds, now, run_id, now, owner),
-            )
-            taken = cursor.rowcount == 1
-            run = self._select(cursor, run_id)
-            if not taken:
-                raise RunLeasedError(run_id, run.lease_owner or "?", max(0.0, run.lease_until - now))
-            run.steps = self._steps(cursor, run_id)
+        taken = self._write(
+            "UPDATE rlm_durable_runs SET lease_owner = ?, lease_until = ?, updated = ? WHERE run_id = ? "
+            "AND (lease_owner IS NULL OR lease_until < ? OR lease_owner = ?)",
+            (owner, now + lease_seconds, now, run_id, now, owner),
+        )
+        run = self.load(run_id)  # UnknownRunError when there is none
+        if taken != 1:
+            raise RunLeasedError(run_id, run.lease_owner or "?", max(0.0, run.lease_until - now))
         return run
 
     def append(self, run_id: str, owner: str, step: Step, lease_seconds: float) -> None:
@@ -205,44 +191,32 @@ class SqlStore:
                 (now + lease_seconds, now, completed, run_id, owner),
             )
             if cursor.rowcount != 1:
-                raise LeaseLostError(
-                    f"durable run {run_id!r}: worker {owner!r} lost its lease (it expired and another worker took "
-                    "the run over); this worker stops the run"
-                )
+                raise LeaseLostError.of(run_id, owner)
             cursor.execute(
                 self._sql("INSERT INTO rlm_durable_steps (run_id, seq, iteration, kind, data) VALUES (?, ?, ?, ?, ?)"),
                 (run_id, step.seq, step.iteration, step.kind, dumps(step.data)),
             )
 
-    def finish(
-        self,
-        run_id: str,
-        owner: str,
-        status: Status,
-        *,
-        outcome: dict[str, Any] | None = None,
-        pending: dict[str, Any] | None = None,
-    ) -> None:
+    def _write(self, statement: str, parameters: tuple[Any, ...]) -> int:
+        """Run one statement in its own transaction; the number of rows it changed."""
         with self._transaction() as cursor:
-            cursor.execute(
-                self._sql(
-                    "UPDATE rlm_durable_runs SET status = ?, outcome = ?, pending = ?, decision = NULL, "
-                    "lease_owner = NULL, lease_until = 0, updated = ? WHERE run_id = ? AND lease_owner = ?"
-                ),
-                (status, dumps(outcome), dumps(pending), time.time(), run_id, owner),
-            )
-            if cursor.rowcount != 1:
-                raise LeaseLostError(f"durable run {run_id!r}: worker {owner!r} no longer holds its lease")
+            cursor.execute(self._sql(statement), parameters)
+            return int(cursor.rowcount)
+
+    def finish(self, run_id: str, owner: str, status: Status, *, outcome: Json = None, pending: Json = None) -> None:
+        changed = self._write(
+            "UPDATE rlm_durable_runs SET status = ?, outcome = ?, pending = ?, decision = NULL, "
+            "lease_owner = NULL, lease_until = 0, updated = ? WHERE run_id = ? AND lease_owner = ?",
+            (status, dumps(outcome), dumps(pending), time.time(), run_id, owner),
+        )
+        if changed != 1:
+            raise LeaseLostError(f"durable run {run_id!r}: worker {owner!r} no longer holds its lease")
 
     def release(self, run_id: str, owner: str) -> None:
-        with self._transaction() as cursor:
-            cursor.execute(
-                self._sql(
-                    "UPDATE rlm_durable_runs SET lease_owner = NULL, lease_until = 0 "
-                    "WHERE run_id = ? AND lease_owner = ?"
-                ),
-                (run_id, owner),
-            )
+        self._write(
+            "UPDATE rlm_durable_runs SET lease_owner = NULL, lease_until = 0 WHERE run_id = ? AND lease_owner = ?",
+            (run_id, owner),
+        )
 
     def decide(self, run_id: str, decision: dict[str, Any]) -> None:
         with self._transaction() as cursor:
@@ -259,14 +233,11 @@ class SqlStore:
                 raise AlreadyDecidedError(f"durable run {run_id!r} waits for no decision: {why}")
 
     def take_decision(self, run_id: str, owner: str) -> None:
-        with self._transaction() as cursor:
-            cursor.execute(
-                self._sql(
-                    "UPDATE rlm_durable_runs SET status = 'running', pending = NULL, decision = NULL, updated = ? "
-                    "WHERE run_id = ? AND lease_owner = ?"
-                ),
-                (time.time(), run_id, owner),
-            )
+        self._write(
+            "UPDATE rlm_durable_runs SET status = 'running', pending = NULL, decision = NULL, updated = ? "
+            "WHERE run_id = ? AND lease_owner = ?",
+            (time.time(), run_id, owner),
+        )
 
     def load(self, run_id: str) -> StoredRun:
         with self._transaction() as cursor:

@@ -20,6 +20,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 Status = Literal["running", "suspended", "done", "failed"]
 StepKind = Literal["action", "tool", "iteration"]
+Json = dict[str, Any] | None
+Link = tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -65,16 +67,9 @@ class Store(Protocol):
         """Check that the store can be reached and written (creating its tables if needed)."""
 
     def create(
-        self,
-        run_id: str,
-        meta: dict[str, Any],
-        *,
-        owner: str,
-        lease_seconds: float,
-        parent: str | None = None,
-        relation: str | None = None,
+        self, run_id: str, meta: dict[str, Any], owner: str, lease_seconds: float, link: Link | None = None
     ) -> None:
-        """Add a run, `running` and leased to `owner`."""
+        """Add a run, `running` and leased to `owner`; `link` is `(parent run id, relation)`, e.g. a fork's."""
 
     def acquire(self, run_id: str, owner: str, lease_seconds: float) -> StoredRun:
         """Lease the run to `owner` and return it with its steps. Raises
@@ -86,15 +81,7 @@ class Store(Protocol):
         """Commit `step` and renew `owner`'s lease, in one transaction; raises
         [`LeaseLostError`][rlm_events.durable.LeaseLostError] when `owner` no longer holds the lease."""
 
-    def finish(
-        self,
-        run_id: str,
-        owner: str,
-        status: Status,
-        *,
-        outcome: dict[str, Any] | None = None,
-        pending: dict[str, Any] | None = None,
-    ) -> None:
+    def finish(self, run_id: str, owner: str, status: Status, *, outcome: Json = None, pending: Json = None) -> None:
         """Set the run's status (`pending`: the decision a suspended run waits for) and release the lease."""
 
     def release(self, run_id: str, owner: str) -> None:
@@ -120,4 +107,4 @@ class Store(Protocol):
         """Close this process's connections."""
 
 
-__all__ = ["Status", "Step", "StepKind", "Store", "StoredRun"]
+__all__ = ["Json", "Link", "Status", "Step", "StepKind", "Store", "StoredRun"]
