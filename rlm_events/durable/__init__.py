@@ -19,10 +19,12 @@
 """
 
 from .approval import REJECTED, Approval, Request
+from .control import decide, open_store
 from .decisions import Approve, Decision, Defer, Edit, Reject, Suspended, SuspendRun
-from .durable import AwaitingDecisionError, Durable, decide, open_store
+from .durable import Durable
 from .errors import (
     AlreadyDecidedError,
+    AwaitingDecisionError,
     DivergenceError,
     DurableError,
     LeaseLostError,

@@ -9,8 +9,9 @@ import json
 import sys
 from typing import Any
 
+from .control import decide, open_store
 from .decisions import Approve, Decision, Edit, Reject
-from .durable import Durable, decide, open_store
+from .durable import Durable
 from .errors import DurableError
 
 

@@ -73,8 +73,13 @@ class DivergenceError(DurableError):
         self.run_id, self.iteration, self.detail = run_id, iteration, detail
 
 
+class AwaitingDecisionError(DurableError):
+    """The run is suspended and waits for a decision nobody gave yet (and its deadline, if any, has not passed)."""
+
+
 __all__ = [
     "AlreadyDecidedError",
+    "AwaitingDecisionError",
     "DivergenceError",
     "DurableError",
     "LeaseLostError",

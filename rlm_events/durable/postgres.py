@@ -44,6 +44,10 @@ class PostgresStore(SqlStore):
 
         return psycopg.connect(self.dsn, autocommit=True, connect_timeout=max(1, int(self.connect_timeout)))
 
+    def _lock_schema(self, cursor: Any) -> None:
+        # CREATE TABLE IF NOT EXISTS races between processes creating it at once: one at a time.
+        cursor.execute("SELECT pg_advisory_xact_lock(7265632311)")
+
     def append(self, run_id: str, owner: str, step: Step, lease_seconds: float) -> None:
         now = time.time()
         completed = step.iteration + 1 if step.kind == "iteration" else None

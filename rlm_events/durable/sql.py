@@ -137,6 +137,7 @@ class SqlStore:
                 cursor = self._connection().cursor()
                 try:
                     self._begin(cursor)
+                    self._lock_schema(cursor)
                     for statement in SCHEMA:
                         cursor.execute(self._schema_sql(statement))
                     cursor.execute("COMMIT")
@@ -149,6 +150,9 @@ class SqlStore:
 
     def _schema_sql(self, statement: str) -> str:
         return statement
+
+    def _lock_schema(self, cursor: Any) -> None:
+        """Serialise creating the tables across processes (SQLite's `BEGIN IMMEDIATE` already does)."""
 
     # -- the contract -----------------------------------------------------------------------------------------
 

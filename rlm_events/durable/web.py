@@ -16,8 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlparse
 
+from .control import decide
 from .decisions import Approve, Decision, Edit, Reject
-from .durable import decide
 from .errors import DurableError
 from .store import Store, StoredRun
 
