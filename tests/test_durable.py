@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -74,10 +75,10 @@ def make(
     return rlm, durable
 
 
-def died(tools: Tools, store: Any, steps: list[str], die_on: str) -> str:
+def died(tools: Tools, store: Any, steps: list[str], die_on: str, **options: Any) -> str:
     """The id of a durable run whose worker died in `lookup(die_on)`."""
     tools.die_on = die_on
-    rlm, durable = make(tools, store)
+    rlm, durable = make(tools, store, **options)
     with dspy.context(lm=ScriptedLM(steps, sub="SUB")), pytest.raises(WorkerDied):
         rlm(text="t")
     assert durable.last_run_id is not None
@@ -274,3 +275,24 @@ def test_the_trace_links_resumed_and_forked_runs_to_their_parent(tmp_path: Path)
     assert starts[2]["durable"]["replayed"] == 2
     page = rlm_events.trace.render_html(rlm_events.trace.read_trace(path))
     assert "durableText" in page and "suspended: waits for a decision" in page
+
+
+def test_resume_in_the_sandbox(tmp_path: Path) -> None:
+    from rlm_events.sandbox import Sandboxed, SandboxUnavailable
+
+    try:
+        factory = Sandboxed()
+    except SandboxUnavailable as error:
+        if os.environ.get("RLM_EVENTS_REQUIRE_SANDBOX") == "1":
+            raise
+        pytest.skip(f"no sandbox here: {error}")
+    store = SQLiteStore(tmp_path / "runs.db")
+    tools = Tools()
+    run_id = died(tools, store, STEPS, "c", interpreter=factory)
+    assert tools.calls == ["a", "b"]
+    tools.calls.clear()
+    _rlm, other = make(tools, store, interpreter=factory)
+    lm = ScriptedLM(STEPS, sub="SUB")
+    with dspy.context(lm=lm):
+        assert other.resume(run_id).answer == "AABBSUBCC"
+    assert tools.calls == ["c"] and len(lm.history) == 1
