@@ -4,7 +4,8 @@ LM server, reached through DSPy's real LiteLLM client, and at the tool); concurr
 checkpoints.
 
 PostgreSQL: set RLM_EVENTS_TEST_POSTGRES to a DSN (`.ci/run` starts a server and sets it); without it these tests
-skip, unless RLM_EVENTS_REQUIRE_POSTGRES=1 (then they fail)."""
+skip, unless RLM_EVENTS_REQUIRE_POSTGRES=1 (then they fail). RLM_EVENTS_SKIP_WORKER_TESTS=1 skips the module (these
+tests start several Python processes: `.ci/run` runs them in two environments, not all)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ import pytest
 
 from rlm_events.durable import open_store
 from rlm_events.local_openai import LocalOpenAIServer, Reply
+
+if os.environ.get("RLM_EVENTS_SKIP_WORKER_TESTS") == "1":
+    pytest.skip(
+        "RLM_EVENTS_SKIP_WORKER_TESTS=1: .ci/run runs these with two DSPy releases only", allow_module_level=True
+    )
 
 WORKER = '''
 import json, os, sys
