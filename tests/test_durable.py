@@ -95,7 +95,9 @@ def resume(durable: Durable, run_id: str, is_async: bool) -> Any:
 
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
 @pytest.mark.parametrize("interpreter", [REAL_INTERPRETER, InProcessInterpreter], ids=["real", "inprocess"])
-def test_an_interrupted_run_resumes_as_if_uninterrupted(tmp_path: Path, is_async: bool, interpreter: Any) -> None:
+def test_an_interrupted_run_resumes_as_if_uninterrupted(
+    tmp_path: Path, is_async: bool, interpreter: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     store = SQLiteStore(tmp_path / "runs.db")
     # The uninterrupted run, to compare with.
     tools = Tools()
@@ -118,12 +120,13 @@ def test_an_interrupted_run_resumes_as_if_uninterrupted(tmp_path: Path, is_async
     assert run_id is not None and store.load(run_id).status == "running"
     assert tools.calls == ["a", "b"] and len(first_lm.history) == 4  # 3 actions and the sub call
 
-    # Another worker (a fresh RLM and Durable) resumes it.
+    # Another worker (a fresh RLM and Durable) resumes it, and says what it repeats.
     tools.calls.clear()
     rlm, other = make(tools, store, interpreter=interpreter)
     second_lm = ScriptedLM(STEPS, sub="SUB")
-    with dspy.context(lm=second_lm):
+    with dspy.context(lm=second_lm), caplog.at_level(logging.WARNING, logger="rlm_events.durable"):
         resumed = resume(other, run_id, is_async)
+    assert f"resuming run {run_id} in iteration 3: its code comes from the record" in caplog.text
     # Nothing paid or side-effecting was repeated: iteration 3's code came from the record; only the tool call that
     # never returned and iteration 4's action were made.
     assert tools.calls == ["c"]
@@ -296,3 +299,46 @@ def test_resume_in_the_sandbox(tmp_path: Path) -> None:
     with dspy.context(lm=lm):
         assert other.resume(run_id).answer == "AABBSUBCC"
     assert tools.calls == ["c"] and len(lm.history) == 1
+
+
+def test_a_crash_before_the_code_was_committed_repeats_that_one_lm_call_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = SQLiteStore(tmp_path / "runs.db")
+    tools = Tools()
+
+    def dies_in_iteration_two(ctx: Any, next: Any) -> Any:  # the worker dies right after the LM answered
+        if ctx.iteration == 1:
+            raise WorkerDied()
+        return next(ctx)
+
+    rlm, durable = make(tools, store)
+    events = rlm_events.instrumentation_of(rlm)
+    assert events is not None
+    events.use(rlm_events.Stage.PRE_ITERATION, dies_in_iteration_two)
+    with dspy.context(lm=ScriptedLM(STEPS, sub="SUB")), pytest.raises(WorkerDied):
+        rlm(text="t")
+    run_id = durable.last_run_id
+    assert run_id is not None
+    _rlm, other = make(tools, store)
+    lm = ScriptedLM(STEPS, sub="SUB")
+    with dspy.context(lm=lm), caplog.at_level(logging.WARNING, logger="rlm_events.durable"):
+        assert other.resume(run_id).answer == "AABBSUBCC"
+    assert "during the LM call of iteration 2, that one call is made again" in caplog.text
+    assert len(lm.history) == 4 and tools.calls == ["a", "b", "c"]  # iterations 2-4 and the sub call; 'a' once
+
+
+def test_the_benchmark_runs(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "durable.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--iterations", "3", "--repeats", "1", "--postgres", ""],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Durable(SQLiteStore)" in done.stdout and "ms/iteration" in done.stdout
