@@ -65,12 +65,12 @@ class DivergenceError(DurableError):
     """A replayed code block did not do what the record says it did (non-determinism in the code): the run stops
     unless its [`Durable`][rlm_events.durable.Durable] allows divergence. `iteration` is 1-based, as the LM sees it."""
 
+    ADVICE = "The code is not deterministic; pass Durable(..., allow_divergence=True) to go on with what it does now"
+
     def __init__(self, run_id: str, iteration: int, detail: str) -> None:
-        super().__init__(
-            f"durable run {run_id!r}: replaying iteration {iteration} diverged from the record: {detail}. "
-            "The code is not deterministic; pass Durable(..., allow_divergence=True) to go on with what it does now"
-        )
         self.run_id, self.iteration, self.detail = run_id, iteration, detail
+        where = f"durable run {run_id!r}: replaying iteration {iteration} diverged from the record"
+        super().__init__(f"{where}: {detail}. {self.ADVICE}")
 
 
 class AwaitingDecisionError(DurableError):
