@@ -18,7 +18,7 @@ from test_viewer import browser  # noqa: F401
 import rlm_events
 from rlm_events.__main__ import main
 from rlm_events.durable import Approval, Defer, Durable, SQLiteStore, Suspended
-from rlm_events.durable.web import DecisionServer
+from rlm_events.durable.web import serving
 from rlm_events.testing import ScriptedLM, build_rlm
 
 HOSTILE = "x = '</textarea><script>document.title = \"pwned\"</script>'\nprint(len(x))"
@@ -82,7 +82,7 @@ def test_the_decision_page_shows_pending_steps_and_records_an_edit(browser: Any,
 
     store = SQLiteStore(tmp_path / "runs.db")
     edited, rejected = suspended_run(store), suspended_run(store)
-    with DecisionServer(store) as server:
+    with serving(store) as server:
         browser.get(server.url)
         assert browser.title == "rlm-events: pending decisions"  # the hostile code did not run
         steps = browser.find_elements(By.CSS_SELECTOR, ".step")
@@ -122,7 +122,7 @@ def test_a_foreign_form_is_refused(tmp_path: Path) -> None:
 
     store = SQLiteStore(tmp_path / "runs.db")
     outcome = suspended_run(store)
-    with DecisionServer(store) as server:
+    with serving(store) as server:
         data = f"run_id={outcome.run_id}&action=approve&token=forged".encode()
         with pytest.raises(urllib.error.HTTPError, match="403"):
             urllib.request.urlopen(urllib.request.Request(server.url + "decide", data=data), timeout=10)

@@ -168,19 +168,17 @@ class Approval(Builtin):
 
     # -- the stages -------------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _request(ctx: Any, kind: str, **fields: Any) -> Request:
+        state = state_of(ctx.run)
+        run_id = ctx.run.id if state is None else state.run_id
+        return Request(kind, run_id, ctx.iteration or 0, **fields)
+
     def _code(self, ctx: context.PreExecutionContext, next: Any) -> Any:
         if not self.code or ctx.skipped:
             return next(ctx)
-        state = state_of(ctx.run)
-        history = [entry.model_dump() for entry in ctx.history]
-        request = Request(
-            "code",
-            state.run_id if state is not None else ctx.run.id,
-            ctx.iteration or 0,
-            code=ctx.code,
-            reasoning=ctx.reasoning,
-            history=jsonable(history)[0],
-        )
+        history = jsonable([entry.model_dump() for entry in ctx.history])[0]
+        request = self._request(ctx, "code", code=ctx.code, reasoning=ctx.reasoning, history=history)
         apply_to_code(ctx, self._decision(ctx, request))
         return next(ctx)
 
@@ -188,15 +186,9 @@ class Approval(Builtin):
         if ctx.name not in self.tools:
             return next(ctx)
         state = state_of(ctx.run)
-        request = Request(
-            "tool",
-            state.run_id if state is not None else ctx.run.id,
-            ctx.iteration or 0,
-            name=ctx.name,
-            args=jsonable(list(ctx.args))[0],
-            kwargs=jsonable(dict(ctx.kwargs))[0],
-            index=state.tool_index_of(ctx) if state is not None else None,
-        )
+        args, kwargs = jsonable(list(ctx.args))[0], jsonable(dict(ctx.kwargs))[0]
+        index = None if state is None else state.tool_index_of(ctx)
+        request = self._request(ctx, "tool", name=ctx.name, args=args, kwargs=kwargs, index=index)
         if apply_to_tool(ctx, self._decision(ctx, request)):
             return ctx
         return next(ctx)

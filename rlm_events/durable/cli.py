@@ -17,11 +17,8 @@ from .errors import DurableError
 
 def add_parser(commands: Any) -> None:
     """Add the `durable` command to the program's subcommands."""
-    durable = commands.add_parser(
-        "durable",
-        help="list, show, decide and resume durable runs; serve a page to decide suspended steps",
-        description="Durable runs in a store (a SQLite file or a postgresql:// URL).",
-    )
+    what = "list, show, decide and resume durable runs; serve a page to decide suspended steps"
+    durable = commands.add_parser("durable", help=what, description=f"Durable runs in a store: {what}.")
     actions = durable.add_subparsers(dest="durable_command", required=True)
 
     def with_store(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -7,6 +7,8 @@ import contextvars
 import logging
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -128,15 +130,8 @@ class RunControl:
                 record.completed + 1,
             )
         allow = self.allow_divergence or bool(stored.meta.get("allow_divergence"))
-        state = RunState(
-            run_id,
-            self.store,
-            self.worker,
-            self.lease_seconds,
-            record=record,
-            decision=decision,
-            allow_divergence=allow,
-        )
+        state = RunState(run_id, self.store, self.worker, self.lease_seconds, record=record, decision=decision)
+        state.allow_divergence = allow
         if stored.relation == "fork" and record.completed == stored.meta.get("forked_at"):
             state.parent, state.relation = stored.parent, "fork"  # the fork's first call
         else:
@@ -150,23 +145,23 @@ class RunControl:
         [`RunFinishedError`][rlm_events.durable.RunFinishedError],
         [`RecordMismatchError`][rlm_events.durable.RecordMismatchError] or
         [`UnknownRunError`][rlm_events.durable.UnknownRunError] before anything runs."""
-        module = self._module(rlm)
-        state, inputs = self._claim(run_id, module, wait)
-        token = RESUMING.set(Claim(module, state))
-        try:
-            with serving_recorded_actions(module, recorded_action_of):
-                return module(**inputs)  # type: ignore[no-any-return]
-        finally:
-            RESUMING.reset(token)
+        with self._resuming(run_id, rlm, wait) as (module, inputs):
+            return module(**inputs)  # type: ignore[no-any-return]
 
     async def aresume(self, run_id: str, *, rlm: Any = None, wait: float = 0.0) -> Prediction:
         """[`resume()`][rlm_events.durable.Durable.resume] for async code: the run continues with `acall`."""
+        with self._resuming(run_id, rlm, wait) as (module, inputs):
+            return await module.acall(**inputs)  # type: ignore[no-any-return]
+
+    @contextmanager
+    def _resuming(self, run_id: str, rlm: Any, wait: float) -> Iterator[tuple[Any, dict[str, Any]]]:
+        """The RLM and inputs to call for resuming `run_id`: the call made in the block takes the run over."""
         module = self._module(rlm)
         state, inputs = self._claim(run_id, module, wait)
         token = RESUMING.set(Claim(module, state))
         try:
             with serving_recorded_actions(module, recorded_action_of):
-                return await module.acall(**inputs)  # type: ignore[no-any-return]
+                yield module, inputs
         finally:
             RESUMING.reset(token)
 

@@ -31,12 +31,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger("rlm_events.durable")
 
 
-_LOOP_CONTEXTS = (
-    context.PreIterationContext,
-    context.PreExecutionContext,
-    context.PostIterationContext,
-    context.RunEndContext,
-)
+_HANDLERS = {  # the method of each loop stage, called with the run's durable state
+    Stage.PRE_ITERATION: "_pre_iteration",
+    Stage.PRE_EXECUTION: "_pre_execution",
+    Stage.POST_ITERATION: "_post_iteration",
+    Stage.RUN_END: "_run_end",
+}
 
 
 class Durable(RunControl, Builtin):
@@ -111,24 +111,15 @@ class Durable(RunControl, Builtin):
     # -- the middleware ---------------------------------------------------------------------------------------
 
     def __call__(self, ctx: Any, next: Any) -> Any:
-        if isinstance(ctx, context.ToolCallContext):
-            return self._tool_call(ctx, next)
-        if isinstance(ctx, context.RunStartContext):
-            return self._run_start(ctx, next)
-        state = state_of(ctx.run)
-        if state is None:
-            if isinstance(ctx, _LOOP_CONTEXTS):
-                return next(ctx)
+        stage = getattr(ctx, "stage", None)
+        if stage not in self.STAGES:
             raise self._wrong_stage(ctx)
-        if isinstance(ctx, context.PreIterationContext):
-            return self._pre_iteration(ctx, next, state)
-        if isinstance(ctx, context.PreExecutionContext):
-            return self._pre_execution(ctx, next, state)
-        if isinstance(ctx, context.PostIterationContext):
-            return self._post_iteration(ctx, next, state)
-        if isinstance(ctx, context.RunEndContext):
-            return self._run_end(ctx, next, state)
-        raise self._wrong_stage(ctx)
+        if stage is Stage.TOOL_CALL:
+            return self._tool_call(ctx, next)
+        if stage is Stage.RUN_START:
+            return self._run_start(ctx, next)
+        state = state_of(ctx.run)  # the loop's stages of a run this Durable made durable (not best-effort)
+        return next(ctx) if state is None else getattr(self, _HANDLERS[stage])(ctx, next, state)
 
     def _run_start(self, ctx: context.RunStartContext, next: Any) -> Any:
         claim = RESUMING.get()

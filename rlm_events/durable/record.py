@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,23 +62,23 @@ def tool_step(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[
     return {"name": name, "args": json_args, "kwargs": json_kwargs}
 
 
-_REPLAYED_ERRORS: dict[str, type[Exception]] = {}
+@functools.cache
+def _error_class(name: str) -> type[Exception]:
+    """A stand-in exception class named `name`, for an error whose own class is not a built-in one."""
+    return type(name, (Exception,), {"__module__": "rlm_events.durable"})
 
 
 def raise_recorded(data: dict[str, Any]) -> None:
     """Raise the error a tool call raised, as the code saw it: same class name (built-in classes reused), same
     message."""
     name = str(data.get("error_type") or "Exception")
-    builtin = getattr(builtins, name, None)
-    if isinstance(builtin, type) and issubclass(builtin, Exception):
-        cls = builtin
-    else:
-        cls = _REPLAYED_ERRORS.setdefault(name, type(name, (Exception,), {"__module__": "rlm_events.durable"}))
+    known = vars(builtins).get(name)
+    cls = known if isinstance(known, type) and issubclass(known, Exception) else _error_class(name)
+    args = data.get("error_args")
     error: Exception | None = None
-    if isinstance(data.get("error_args"), list):
-        with contextlib.suppress(Exception):
-            error = cls(*data["error_args"])
-    raise error if error is not None else cls(str(data.get("error_message") or ""))
+    with contextlib.suppress(Exception):  # a class whose constructor wants other arguments
+        error = cls(*args) if isinstance(args, list) else None
+    raise error or cls(str(data.get("error_message") or ""))
 
 
 @dataclass

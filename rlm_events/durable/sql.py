@@ -38,22 +38,17 @@ def _loads(text: Any) -> Any:
     return None if text is None else json.loads(text)
 
 
+_JSON_COLUMNS = ("meta", "pending", "decision", "outcome")
+
+
 def _run(row: Any) -> StoredRun:
-    return StoredRun(
-        run_id=row[0],
-        status=row[1],
-        meta=_loads(row[2]),
-        parent=row[3],
-        relation=row[4],
-        pending=_loads(row[5]),
-        decision=_loads(row[6]),
-        outcome=_loads(row[7]),
-        lease_owner=row[8],
-        lease_until=float(row[9]),
-        iteration=int(row[10]),
-        created=float(row[11]),
-        updated=float(row[12]),
-    )
+    """A run from a row of `_RUN_COLUMNS`: its JSON columns parsed, its numbers as Python numbers."""
+    values = dict(zip(_RUN_COLUMNS.split(", "), row, strict=True))
+    for name in _JSON_COLUMNS:
+        values[name] = _loads(values[name])
+    values.update(lease_until=float(values["lease_until"]), created=float(values["created"]))
+    values.update(updated=float(values["updated"]), iteration=int(values["iteration"]))
+    return StoredRun(**values)
 
 
 class SqlStore:

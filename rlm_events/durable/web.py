@@ -12,12 +12,14 @@ import html
 import json
 import secrets
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlparse
 
 from .control import decide
-from .decisions import Approve, Decision, Edit, Reject
+from .decisions import Decision, decision_from_json
 from .errors import DurableError
 from .store import Store, StoredRun
 
@@ -91,19 +93,14 @@ def page(store: Store, token: str, message: str = "") -> str:
 
 def decision_of(form: dict[str, str]) -> Decision:
     """The decision a posted form asks for; `ValueError` naming what is wrong."""
-    action = form.get("action")
-    if action == "approve":
-        return Approve()
-    if action == "reject":
-        return Reject(form.get("reason") or "rejected by a reviewer")
-    if action == "edit":
-        if "kwargs" in form:
-            kwargs = json.loads(form["kwargs"])
-            if not isinstance(kwargs, dict):
-                raise ValueError("kwargs must be a JSON object")
-            return Edit(kwargs=kwargs)
-        return Edit(code=form.get("code", "").replace("\r\n", "\n"))  # browsers send a textarea's lines with CRLF
-    raise ValueError(f"unknown action {action!r}")
+    data: dict[str, Any] = {"action": form.get("action"), "reason": form.get("reason")}
+    if "kwargs" in form:
+        data["kwargs"] = json.loads(form["kwargs"])
+        if not isinstance(data["kwargs"], dict):
+            raise ValueError("kwargs must be a JSON object")
+    if "code" in form:
+        data["code"] = form["code"].replace("\r\n", "\n")  # browsers send a textarea's lines with CRLF
+    return decision_from_json(data)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -113,14 +110,17 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # no access log on stderr
         pass
 
-    def _send(self, status: int, body: str, headers: dict[str, str] | None = None) -> None:
+    def _send(self, status: int, body: str, extra: dict[str, str] | None = None) -> None:
         data = body.encode("utf-8")
+        headers = {
+            "Content-Type": "text/html; charset=utf-8",
+            "Content-Length": str(len(data)),
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+            **(extra or {}),
+        }
         self.send_response(status)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'")
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
+        for header in headers.items():
+            self.send_header(*header)
         self.end_headers()
         self.wfile.write(data)
 
@@ -156,8 +156,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class DecisionServer:
-    """The page's server on `host:port` (`port=0`: any free port); `url` once started. Use as a context manager,
-    or `start()` / `stop()`."""
+    """The page's server on `host:port` (`port=0`: any free port); `url` once started: `start()` / `stop()`, or
+    [`serving()`][rlm_events.durable.web.serving] for a block."""
 
     def __init__(self, store: Store, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.store, self.host, self.port = store, host, port
@@ -167,38 +167,49 @@ class DecisionServer:
 
     @property
     def url(self) -> str:
-        if self._httpd is None:
+        """`http://host:port/` of the started server (`RuntimeError` before `start()`)."""
+        httpd = self._httpd
+        port = httpd.server_address[1] if httpd is not None else None
+        if port is None:
             raise RuntimeError("DecisionServer is not started")
-        return f"http://{self.host}:{self._httpd.server_address[1]}/"
+        return f"http://{self.host}:{port}/"
 
-    def start(self) -> DecisionServer:
+    def _server(self) -> ThreadingHTTPServer:
         handler = type("Handler", (_Handler,), {"store": self.store, "token": self.token})
         self._httpd = ThreadingHTTPServer((self.host, self.port), handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="rlm-decisions", daemon=True)
+        return self._httpd
+
+    def start(self) -> DecisionServer:
+        self._thread = threading.Thread(target=self._server().serve_forever, name="rlm-decisions", daemon=True)
         self._thread.start()
         return self
 
     def serve_forever(self) -> None:
         """Serve in this thread until interrupted."""
-        handler = type("Handler", (_Handler,), {"store": self.store, "token": self.token})
-        self._httpd = ThreadingHTTPServer((self.host, self.port), handler)
         try:
-            self._httpd.serve_forever()
+            self._server().serve_forever()
         finally:
-            self._httpd.server_close()
+            self.stop()
 
     def stop(self) -> None:
-        httpd, self._httpd = self._httpd, None
-        if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()
-
-    def __enter__(self) -> DecisionServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        """Stop serving (a no-op when not started)."""
+        if self._httpd is None:
+            return
+        if self._thread is not None:  # serving in its own thread (start()); serve_forever() has returned already
+            self._httpd.shutdown()
+        self._httpd.server_close()
+        self._httpd = self._thread = None
 
 
-__all__ = ["DecisionServer", "decision_of", "page"]
+@contextmanager
+def serving(store: Store, *, host: str = "127.0.0.1", port: int = 0) -> Iterator[DecisionServer]:
+    """A started [`DecisionServer`][rlm_events.durable.web.DecisionServer] for the block, stopped after it."""
+    server = DecisionServer(store, host=host, port=port).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+__all__ = ["DecisionServer", "decision_of", "page", "serving"]
