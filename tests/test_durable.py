@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from rlm_events.builtins import Budget
 from rlm_events.durable import (
     DivergenceError,
     Durable,
+    LeaseLostError,
     RecordMismatchError,
     RunFinishedError,
     RunLeasedError,
@@ -205,7 +207,7 @@ def test_two_workers_never_hold_one_run(tmp_path: Path) -> None:
         store.acquire("r1", "w2", 60)
     store.release("r1", "w1")
     assert store.acquire("r1", "w2", 60).lease_owner == "w2"
-    with pytest.raises(rlm_events.durable.LeaseLostError):
+    with pytest.raises(LeaseLostError):
         store.append("r1", "w1", rlm_events.durable.Step(0, 0, "action", {}), 60)
 
 
@@ -342,3 +344,24 @@ def test_the_benchmark_runs(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Durable(SQLiteStore)" in done.stdout and "ms/iteration" in done.stdout
+
+
+def test_a_worker_whose_lease_was_taken_over_stops_and_writes_nothing_more(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "runs.db")
+    tools = Tools()
+    rlm, durable = make(tools, store, lease_seconds=0.001)
+
+    def take_over(ctx: Any, next: Any) -> Any:  # another worker takes the run over once this one's lease expired
+        if ctx.iteration == 1:
+            time.sleep(0.05)
+            store.acquire(durable.last_run_id, "other-worker", 60)  # type: ignore[arg-type]
+        return next(ctx)
+
+    events = rlm_events.instrumentation_of(rlm)
+    assert events is not None
+    events.use(rlm_events.Stage.PRE_ITERATION, take_over)
+    with dspy.context(lm=ScriptedLM(STEPS, sub="SUB")), pytest.raises(LeaseLostError, match="lost its lease"):
+        rlm(text="t")
+    run = store.load(durable.last_run_id)  # type: ignore[arg-type]
+    assert run.lease_owner == "other-worker" and run.status == "running"
+    assert [(s.iteration, s.kind) for s in run.steps] == [(0, "action"), (0, "tool"), (0, "iteration")]

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..context import Run
 from ..lm_usage import Usage, metered
+from .errors import LeaseLostError
 from .record import IterationRecord, RunRecord
 from .store import Step, StepKind, Store
 
@@ -130,14 +131,18 @@ class RunState:
 
     def commit(self, run: Run, kind: StepKind, data: dict[str, Any], *, with_state: bool = True) -> None:
         """Append a step of the current iteration (with the run's usage when `with_state`)."""
-        if self.lost:
-            return
+        if self.lost:  # every later commit fails too: the run stops rather than go on beside the new owner
+            raise LeaseLostError.of(self.run_id, self.owner)
         if with_state:
             snapshot = usage_snapshot(run)
             if snapshot is not None:
                 data = {**data, "state": {"usage": snapshot}}
         step = Step(self.seq, self.iteration, kind, data)
-        self.store.append(self.run_id, self.owner, step, self.lease_seconds)
+        try:
+            self.store.append(self.run_id, self.owner, step, self.lease_seconds)
+        except LeaseLostError:
+            self.lost = True
+            raise
         self.seq += 1
 
 
