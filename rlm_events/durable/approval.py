@@ -133,8 +133,11 @@ class Approval(Builtin):
                 if inspect.isawaitable(answer):
                     answer = run_sync(answer)
             else:
-                with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rlm-approval") as pool:
+                pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rlm-approval")
+                try:
                     answer = pool.submit(self.handler, request).result(timeout=self.timeout)
+                finally:
+                    pool.shutdown(wait=False)  # a handler past its deadline finishes on its own; its answer is dropped
         except (asyncio.TimeoutError, concurrent.futures.TimeoutError):
             logger.warning(
                 "rlm-events Approval: no answer within %s s on %s; the default applies", self.timeout, request.kind
