@@ -95,6 +95,12 @@ class Durable(RunControl, Builtin):
     # -- installation -----------------------------------------------------------------------------------------
 
     def check(self, events: Instrumentation) -> None:
+        for module in events.modules:
+            if any(cls.__module__.split(".")[0] == "predict_rlm" for cls in type(module).__mro__):
+                raise TypeError(
+                    f"Durable does not support {type(module).__qualname__} yet: PredictRLM's loop writes its actions "
+                    "in its own format, which a resume cannot replay; use it on dspy.RLM"
+                )
         for stage in self.STAGES:
             taken = [mw for mw in events.plan.chains[stage] if mw is not self]
             if taken:
