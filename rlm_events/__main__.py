@@ -1,4 +1,5 @@
-"""Command line: `python -m rlm_events demo` and `python -m rlm_events view TRACE.jsonl`."""
+"""Command line: `python -m rlm_events demo`, `python -m rlm_events view TRACE.jsonl` and
+`python -m rlm_events durable ...`."""
 
 from __future__ import annotations
 
@@ -65,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     view.add_argument("trace", metavar="TRACE.jsonl", help="the trace to render")
     view.add_argument("-o", "--output", metavar="OUT.html", help="where to write the page (default: TRACE.html)")
     view.add_argument("--open", action="store_true", help="open the page in the default browser")
+    from .durable.cli import add_parser as add_durable
+
+    add_durable(commands)
     return parser
 
 
@@ -116,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 1
         return 0
+    if args.command == "durable":
+        from .durable.cli import run
+
+        return run(args)
     from .trace.viewer import write_html
 
     source = Path(args.trace)

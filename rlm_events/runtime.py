@@ -20,6 +20,7 @@ from ._patch import (
     iteration_limit,
     raw_tool,
     runs_pyodide,
+    serving_recorded_actions,
     stream_mode,
     worker_started,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "lms_of",
     "raw_tool",
     "runs_pyodide",
+    "serving_recorded_actions",
     "stream_mode",
     "worker_started",
 ]

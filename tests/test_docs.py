@@ -47,6 +47,7 @@ PUBLIC_MODULES = [
     "rlm_events.sandbox",
     "rlm_events.hooks",
     "rlm_events.replay",
+    "rlm_events.durable",
     "rlm_events.testing",
     "rlm_events.signals",
     "middleware",

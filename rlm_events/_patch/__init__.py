@@ -62,6 +62,7 @@ from .interpreters import (
 from .lm_signals import assembled_by_litellm, failed_after_answer, stream_mode
 from .predict_rlm import own_lms
 from .prices import register_dspy_prices
+from .resume import serving_recorded_actions
 from .tools import raw_tool
 from .warnings import warn_once
 
@@ -87,6 +88,7 @@ __all__ = [
     "raw_tool",
     "register_dspy_prices",
     "runs_pyodide",
+    "serving_recorded_actions",
     "stream_mode",
     "warn_once",
     "worker_started",

@@ -115,6 +115,11 @@ class RunStartRecord(_RunLevel):
     module: str = Field(description="the RLM's class and signature, e.g. 'RLM(question -> answer)'")
     max_iters: int | None = Field(description="the RLM's iteration limit; null if unknown")
     inputs: FieldPreviews = Field(description="the call's input arguments: name -> preview")
+    durable: dict[str, Any] | None = Field(
+        default=None,
+        description="a durable run's link (rlm_events.durable): run_id (its durable id), relation ('resume' or "
+        "'fork', else absent), parent (the durable run it resumes or forks) and replayed (iterations replayed)",
+    )
 
 
 class PreIterationRecord(_InIteration):
@@ -185,7 +190,8 @@ class RunEndRecord(_RunLevel):
     forced_extract: bool = Field(description="the answer came from the extract fallback")
     stop_reason: str | None = Field(
         default=None,
-        description="why the loop ended: submit, max_iters, budget, middleware or error (null in older traces)",
+        description="why the loop ended: submit, max_iters, budget, middleware, error or suspended (a durable run "
+        "waits for a decision; null in older traces)",
     )
     duration_s: float = Field(description="the call's duration in seconds")
     prediction: FieldPreviews | None = Field(

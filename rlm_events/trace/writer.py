@@ -221,12 +221,16 @@ class JsonlTrace(InstallableTap):
         """The stage-specific fields of `ctx`'s line (the schema's per-stage part)."""
         limit = self.preview_chars
         if isinstance(ctx, context.RunStartContext):
-            return {
+            start = {
                 "schema": SCHEMA_VERSION,
                 "module": module_label(ctx.run.module),
                 "max_iters": iteration_limit(ctx.run.module),
                 "inputs": {name: preview(value, limit) for name, value in ctx.input_args.items()},
             }
+            link = getattr(ctx.run.state.get("durable"), "link", None)  # a durable run: its id and its parent
+            if callable(link):
+                start["durable"] = link()
+            return start
         if isinstance(ctx, context.PreIterationContext):
             return {"history_len": _history_len(ctx.history)}
         if isinstance(ctx, context.PreExecutionContext):

@@ -101,7 +101,14 @@ function summarize(run) {
 
 const OUTCOME_TEXT = { ok: "ok", error: "failed", extract: "extract fallback", incomplete: "incomplete" };
 const STOP_TEXT = { submit: "SUBMIT", max_iters: "iteration limit", budget: "budget stop", middleware: "middleware stop",
-  error: "error" };
+  error: "error", suspended: "suspended: waits for a decision" };
+// A durable run's link to the run it resumes or forks (run_start's "durable" field).
+function durableText(link) {
+  if (!link) return null;
+  if (link.relation === "fork") return "fork of run " + link.parent + " at iteration " + link.replayed;
+  if (link.relation === "resume") return "resumes run " + link.parent + " after " + iterationsText(link.replayed);
+  return "durable run " + link.run_id;
+}
 const iterationsText = (n) => n + (n === 1 ? " iteration" : " iterations");
 
 // Dollars: a cost the trace does not know (null: an unpriced or unmetered call) is "\u2013", never $0.
@@ -128,6 +135,7 @@ function renderHeader(r) {
     ...unknownCost(r.usage),
     ...(r.usage && r.usage.cached_lm_calls ? [["cached", int(r.usage.cached_lm_calls) + " calls, saved " +
       money(r.usage.saved_cost_usd)]] : []),
+    ...(r.start && r.start.durable ? [["durable", durableText(r.start.durable)]] : []),
     ["started", r.events[0].t_wall ? r.events[0].t_wall.replace("T", " ").slice(0, 19) + " UTC" : "\u2013"],
   ];
   const answer = [];
