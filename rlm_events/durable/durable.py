@@ -114,6 +114,13 @@ class Durable(RunControl, Builtin):
         self._events = events
         return self
 
+    @staticmethod
+    def link(run: context.Run) -> dict[str, Any] | None:
+        """What a trace's `run_start` records of `run` if it is durable: its durable id, and the run it resumes or
+        forks (`relation`, `parent`, `replayed`); `None` for a run no `Durable` made durable."""
+        state = state_of(run)
+        return None if state is None else state.link()
+
     # -- the middleware ---------------------------------------------------------------------------------------
 
     def __call__(self, ctx: Any, next: Any) -> Any:

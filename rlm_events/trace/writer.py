@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -227,9 +228,12 @@ class JsonlTrace(InstallableTap):
                 "max_iters": iteration_limit(ctx.run.module),
                 "inputs": {name: preview(value, limit) for name, value in ctx.input_args.items()},
             }
-            link = getattr(ctx.run.state.get("durable"), "link", None)  # a durable run: its id and its parent
-            if callable(link):
-                start["durable"] = link()
+            if "rlm_events.durable" in sys.modules:  # no run is durable before rlm_events.durable is imported
+                from ..durable import Durable
+
+                link = Durable.link(ctx.run)
+                if link is not None:
+                    start["durable"] = link
             return start
         if isinstance(ctx, context.PreIterationContext):
             return {"history_len": _history_len(ctx.history)}
