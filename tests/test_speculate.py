@@ -199,7 +199,16 @@ def test_an_unmarked_tool_is_never_called_ahead_nor_twice(make_rlm, tools, count
     fast, _, stats, _ = run(make_rlm, steps, speculate=Speculate(pure=["lookup"]), tools=tools, counter=counter)
     assert steps_of(fast) == steps_of(bare)
     assert counter.count("log_event") == 2 and counter.ahead("log_event") == 0
-    # A pure tool called after an unmarked one is not called ahead: the unmarked one may change what it reads.
+    # Past the unmarked tool, the pure one is planned (its result depends only on its arguments) and counted so.
+    assert stats.dispatched == stats.past_unknown == 2 and stats.past_unknown_wasted == 0
+    assert counter.count("lookup") == 2  # each claimed, or cancelled and made by the code: never twice
+    counter.calls.clear()
+    slow, _, stats, _ = run(
+        make_rlm, steps, speculate=Speculate(pure=["lookup"], past_unknown_calls=False), tools=tools, counter=counter
+    )
+    assert steps_of(slow) == steps_of(bare)
+    assert counter.count("log_event") == 2 and counter.ahead("log_event") == 0
+    # The conservative order: a pure tool called after an unmarked one is not called ahead.
     assert counter.ahead("lookup") == 0 and stats.dispatched == 0
 
 
@@ -512,8 +521,11 @@ def test_planning_opens_no_file_socket_process_and_runs_no_code(make_rlm, tools,
             "r = [lookup(item=i) for i in ['a']]"
         )
         steps = [code.replace("os.system('true')", "pass").replace("socket.socket()", "pass"), "SUBMIT(answer='x')"]
-        _, _, stats, _ = run(make_rlm, steps, speculate=Speculate(pure=["lookup"]), tools=tools, counter=counter)
+        conservative = Speculate(pure=["lookup"], past_unknown_calls=False)
+        _, _, stats, _ = run(make_rlm, steps, speculate=conservative, tools=tools, counter=counter)
         assert stats.planned == 0  # the unmarked work before the lookup is a barrier
+        _, _, stats, _ = run(make_rlm, steps, speculate=Speculate(pure=["lookup"]), tools=tools, counter=counter)
+        assert stats.planned == stats.past_unknown == 1  # planned past it, and counted as such
         direct = Planner(
             speculable=frozenset({"llm_query"}), tools=frozenset({"llm_query"}), values={}, absent=frozenset()
         )

@@ -74,6 +74,7 @@ def dispatch_calls(
             stats.refuse("arguments")
             continue
         dispatch = Dispatch(call.name, args, kwargs, key, iteration)
+        dispatch.after_unknown = call.after_unknown
         if call.name in LLM_TOOLS:
             # DSPy's max_llm_calls counts calls made ahead: never dispatch one it would refuse.
             if isinstance(limit, int) and live.llm_counted + weight > limit:
@@ -96,6 +97,7 @@ def submit(live: Live, dispatch: Dispatch, fn: Callable[..., Any], tracer: Any) 
         live.pending.setdefault(dispatch.key, deque()).append(dispatch)
         live.all.append(dispatch)
         live.stats.dispatched += 1
+        live.stats.past_unknown += dispatch.after_unknown
         live.llm_counted += dispatch.weight
     if tracer is not None:
         dispatch.span = start_span(tracer, dispatch, live.run)

@@ -44,13 +44,20 @@ logger = logging.getLogger("rlm_events")
 _STATS_KEY = "speculate"
 _LIVE_KEY = "rlm_events.speculate:live"
 
+_UNREADABLE = (
+    "Speculate cannot read the REPL state of {owner}'s interpreter: {reason}. It reads variables from "
+    "rlm_events.inprocess.InProcessInterpreter (its namespace, in process) and dspy.LocalInterpreter (a checked "
+    "read-only expression). Use another interpreter, or Speculate(..., repl_state=False) to plan from the code's "
+    "literals and the input variables only."
+)
+
 
 class Speculate(Builtin):
     """Runs the sub-LLM and pure tool calls an iteration's code is about to make ahead of it, concurrently; the
     real calls claim the results. Results are those of the real calls: only an exact match is claimed.
 
     `Speculate(pure=(), *, llm=True, max_in_flight=16, max_per_iteration=32, timeout=30.0, repl_state=True,
-    tracer_provider=None)`;
+    past_unknown_calls=True, tracer_provider=None)`;
     install it with `Speculate(...).install(events)` (stages `run_start`, `pre_execution`, `tool_call`,
     `post_execution`, `run_end`). Install it last, so that every other `tool_call` middleware (a Budget, a
     cache, a trace) sees each real call exactly as without it: middleware installed after it do not see claimed
@@ -70,6 +77,14 @@ class Speculate(Builtin):
             `dspy.LocalInterpreter` (a read-only probe expression, see
             `ProbeReader`); any other interpreter is refused at install
             time. `False` plans from the code's literals and the execution's input variables only.
+        past_unknown_calls: call pure tools ahead even when the code first calls something the planner cannot follow
+            (a function of its own, an unmarked tool, a library function not known to be side-effect free). Such a
+            call cannot change a pure tool's result, only whether the arguments the planner computed are those the
+            code will pass: a misprediction wastes the call made ahead (`stats.past_unknown_wasted`), never changes
+            a result. `False` keeps the conservative order: no pure tool is called ahead past such a call.
+            `llm_query`/`llm_query_batched` are planned past them either way. Calls of known side-effect-free
+            library functions (`t0 = time.perf_counter()`, `json.dumps(...)`; see
+            `rlm_events.speculate.library`) are followed in both modes.
         tracer_provider: where the OpenTelemetry span of each call made ahead goes (the global provider if
             `None`; nothing without OpenTelemetry installed).
 
@@ -77,8 +92,9 @@ class Speculate(Builtin):
 
     * **Safety.** Only `llm_query`, `llm_query_batched` and the tools in `pure` are called ahead. Planning
       runs nothing of the code: the shadow evaluates its AST over plain-data copies (see
-      `rlm_events.speculate.planner`). A pure tool called after an unmarked tool or a function of the code is
-      not called ahead (the unmarked one may change what it reads).
+      `rlm_events.speculate.planner`). A tool not marked pure is never called ahead. With
+      `past_unknown_calls=False`, a pure tool called after an unmarked tool or a function of the code is not called
+      ahead either.
     * **Identical results.** A real call gets a result made ahead only when its tool name, positional and keyword
       arguments (after the interpreter's normalisation: through JSON, bound as the interpreter binds them) equal
       the dispatched call's exactly (as JSON: types, order and dict order included), and that call succeeded.
@@ -114,6 +130,7 @@ class Speculate(Builtin):
         max_per_iteration: int = 32,
         timeout: float = 30.0,
         repl_state: bool = True,
+        past_unknown_calls: bool = True,
         tracer_provider: Any = None,
         limits: Limits = LIMITS,
     ) -> None:
@@ -125,10 +142,10 @@ class Speculate(Builtin):
         check_int("Speculate", "max_per_iteration", max_per_iteration, 1)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError(f"Speculate(timeout=...) must be a positive number of seconds, got {timeout!r}")
-        for name, flag in (("llm", llm), ("repl_state", repl_state)):
+        for name, flag in (("llm", llm), ("repl_state", repl_state), ("past_unknown_calls", past_unknown_calls)):
             if not isinstance(flag, bool):
                 raise TypeError(f"Speculate({name}=...) must be True or False, got {flag!r}")
-        self.llm, self.repl_state = llm, repl_state
+        self.llm, self.repl_state, self.past_unknown_calls = llm, repl_state, past_unknown_calls
         self.max_in_flight, self.max_per_iteration, self.timeout = max_in_flight, max_per_iteration, float(timeout)
         self.limits = limits
         self.tracer = tracer_for(tracer_provider)
@@ -146,13 +163,7 @@ class Speculate(Builtin):
                 cls = interpreter_class(module)
                 reason = repl_io.unsupported_reason(cls) if cls is not None else None
                 if reason is not None:
-                    raise ValueError(
-                        f"Speculate cannot read the REPL state of {type(module).__name__}'s interpreter: {reason}. "
-                        "It reads variables from rlm_events.inprocess.InProcessInterpreter (its namespace, in "
-                        "process) and dspy.LocalInterpreter (a checked read-only expression). Use another "
-                        "interpreter, or Speculate(..., repl_state=False) to plan from the code's literals and the "
-                        "input variables only."
-                    )
+                    raise ValueError(_UNREADABLE.format(owner=type(module).__name__, reason=reason))
 
     def _check_pure(self, module: Any) -> None:
         tools = dict(getattr(module, "tools", None) or {})
@@ -170,34 +181,44 @@ class Speculate(Builtin):
             given = item.func if isinstance(item, dspy.Tool) else item
             actual = tool.func if isinstance(tool, dspy.Tool) else tool
             if callable(given) and not isinstance(item, str) and given is not actual:
-                raise ValueError(
-                    f"Speculate(pure=...): {item!r} is not the function of this RLM's tool {name!r}. Tools of this "
-                    f"RLM: {listing}"
-                )
+                mismatch = f"{item!r} is not the function of this RLM's tool {name!r}"
+                raise ValueError(f"Speculate(pure=...): {mismatch}. Tools of this RLM: {listing}")
 
     # -- the stages
 
     def __call__(self, ctx: Any, next: Any) -> Any:
-        if isinstance(ctx, context.ToolCallContext):
-            return self._tool_call(ctx, next)
-        if isinstance(ctx, context.PreExecutionContext):
-            ctx = next(ctx)  # plan on the code that will run: after every other middleware changed or refused it
-            if not ctx.skipped:
-                self._guarded(self._speculate, ctx)
-            return ctx
-        if isinstance(ctx, context.PostExecutionContext):
-            live = _live_of(ctx.run)
-            if live is not None:
-                self._guarded(live.expire)
-            return next(ctx)
-        if isinstance(ctx, context.RunStartContext):
-            self._live(ctx.run)
-            meter_run(ctx.run)  # so that calls made ahead are metered even without a Budget or trace
-            return next(ctx)
-        if isinstance(ctx, context.RunEndContext):
-            self._guarded(self._finish, ctx.run)
-            return next(ctx)
-        raise self._wrong_stage(ctx)
+        stages: dict[Stage, Callable[[Any, Any], Any]] = {
+            Stage.TOOL_CALL: self._tool_call,
+            Stage.PRE_EXECUTION: self._pre_execution,
+            Stage.POST_EXECUTION: self._post_execution,
+            Stage.RUN_START: self._run_start,
+            Stage.RUN_END: self._run_end,
+        }
+        handler = stages.get(getattr(ctx, "stage", None))  # type: ignore[arg-type]
+        if handler is None:
+            raise self._wrong_stage(ctx)
+        return handler(ctx, next)
+
+    def _pre_execution(self, ctx: context.PreExecutionContext, next: Any) -> Any:
+        ctx = next(ctx)  # plan on the code that will run: after every other middleware changed or refused it
+        if not ctx.skipped:
+            self._guarded(self._speculate, ctx)
+        return ctx
+
+    def _post_execution(self, ctx: context.PostExecutionContext, next: Any) -> Any:
+        live = _live_of(ctx.run)
+        if live is not None:
+            self._guarded(live.expire)
+        return next(ctx)
+
+    def _run_start(self, ctx: context.RunStartContext, next: Any) -> Any:
+        self._live(ctx.run)
+        meter_run(ctx.run)  # so that calls made ahead are metered even without a Budget or trace
+        return next(ctx)
+
+    def _run_end(self, ctx: context.RunEndContext, next: Any) -> Any:
+        self._guarded(self._finish, ctx.run)
+        return next(ctx)
 
     def _guarded(self, fn: Callable[..., Any], *args: Any) -> None:
         try:
@@ -249,6 +270,7 @@ class Speculate(Builtin):
             tools=frozenset(repl_tools),
             limits=self.limits,
             stats=live.stats,
+            past_unknown_calls=self.past_unknown_calls,
         )
         live.stats.planning_seconds += time.perf_counter() - started
         live.stats.planned += len(predicted)
@@ -319,6 +341,7 @@ class Speculate(Builtin):
             "max_per_iteration": self.max_per_iteration,
             "timeout": self.timeout,
             "repl_state": None if self.repl_state else False,
+            "past_unknown_calls": None if self.past_unknown_calls else False,
         }
         return "Speculate({})".format(", ".join(f"{k}={v!r}" for k, v in options.items() if v is not None))
 
