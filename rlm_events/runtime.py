@@ -23,9 +23,24 @@ from ._patch import (
     stream_mode,
     worker_started,
 )
+from ._patch.streaming import ACTION_STREAM, ActionSink, Opener
+from .context import Run
 from .lm_history import lms_of
 
+
+def stream_actions(run: Run, opener: Opener | None) -> None:
+    """Stream `generate_action`'s LM call in `run` (when the predictor and its LM can stream) to the
+    `ActionSink` `opener(iteration)` returns (`None`: not this
+    iteration); `opener=None` stops. The call's result, history and usage are those of the non-streamed call; see
+    `rlm_events._patch.streaming`."""
+    if opener is None:
+        run.state.pop(ACTION_STREAM, None)
+    else:
+        run.state[ACTION_STREAM] = opener
+
+
 __all__ = [
+    "ActionSink",
     "CodeInterpreterError",
     "ExecutionError",
     "assembled_by_litellm",
@@ -40,6 +55,7 @@ __all__ = [
     "lms_of",
     "raw_tool",
     "runs_pyodide",
+    "stream_actions",
     "stream_mode",
     "worker_started",
 ]

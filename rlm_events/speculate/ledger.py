@@ -9,7 +9,7 @@ it has both finished and been decided (`Live.settle()`), on
 from __future__ import annotations
 
 import threading
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -61,6 +61,9 @@ class Live:
         self.executor: ThreadPoolExecutor | None = None
         self.readers: dict[int, Any] = {}
         self.llm_counted = 0  # sub-LLM calls DSPy's max_llm_calls counted: made ahead, and made by the code
+        self.streams: dict[int, Any] = {}  # iteration -> its ActionStream, while the LM writes its code
+        self.ahead: dict[int, Counter[str]] = {}  # iteration -> keys dispatched while the LM wrote its code
+        self.sent: dict[int, int] = {}  # iteration -> LM calls dispatched for it (max_per_iteration)
 
     def pool(self) -> ThreadPoolExecutor:
         if self.executor is None:

@@ -181,6 +181,26 @@ class ProbeReader:
         return {k: v for k, v in values.items() if isinstance(k, str)}, frozenset(n for n in bound if type(n) is str)
 
 
+class ReadOnce(ProbeReader):
+    """A `ProbeReader` for one iteration's plannings: a name read once is not read again (the REPL does not change
+    between the LM's answer and the code's execution)."""
+
+    def __init__(self, reader: ProbeReader) -> None:
+        super().__init__(reader.repl)
+        self.known: dict[str, Any] = {}
+        self.bound: set[str] = set()
+        self.asked: set[str] = set()
+
+    def read(self, names: list[str], limits: Limits) -> tuple[dict[str, Any], frozenset[str]]:
+        wanted = [n for n in names if n not in self.asked]
+        if wanted:
+            got, bound = super().read(wanted, limits)
+            self.known.update(got)
+            self.bound.update(bound)
+            self.asked.update(wanted)
+        return {n: self.known[n] for n in names if n in self.known}, frozenset(n for n in names if n in self.bound)
+
+
 def reader_for(repl: Any) -> NamespaceReader | ProbeReader | str:
     """How to read `repl`'s variables without side effects, or why that cannot be done."""
     if isinstance(repl, InProcessInterpreter):
@@ -254,6 +274,7 @@ __all__ = [
     "Absent",
     "NamespaceReader",
     "ProbeReader",
+    "ReadOnce",
     "Values",
     "call_key",
     "iteration_of",

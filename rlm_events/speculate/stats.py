@@ -65,6 +65,13 @@ class SpeculateStats:
     repl: str = ""
     """How the shadow read the REPL's variables: `namespace`, `probe`, `off` or `unavailable: <why>`."""
     repl_reads: int = 0
+    stream: str = ""
+    """How the actions' code was read: `""` (when complete, at `pre_execution`: `Speculate(stream=False)`, or no
+    action streamed yet), `"streamed"` (while the LM wrote it, every action so far) or `"fallback: <why>"` (why
+    the last action that was not streamed could not be)."""
+    streamed_chunks: int = 0
+    dispatched_streaming: int = 0
+    """Dispatched calls started while the LM was still writing the code."""
     planning_seconds: float = 0.0
     waited_seconds: float = 0.0
     """Time real calls spent waiting for a dispatched call to finish before claiming it."""
