@@ -1,6 +1,8 @@
 """How much sooner a ``dspy.RLM`` run finishes with :class:`~rlm_events.builtins.Speculate`, against the bare run.
 
-Run ``python benchmarks/latency.py`` (``--repeats N``, ``--interpreter local|inprocess``, ``--json PATH``). It is
+Run ``python benchmarks/latency.py`` (``--repeats N``, ``--interpreter local|inprocess``, ``--json PATH``;
+``--streamed`` runs the streamed scenarios of ``benchmarks/latency_streamed.py`` instead: a real LiteLLM main LM that
+writes slowly, against local servers). It is
 deterministic and offline: the main LM is a :class:`~rlm_events.testing.ScriptedLM` playing the same code in every
 variant (``--lm-ms`` adds a fixed delay per action); the tools and the sub-LM sleep fixed times and return outputs
 that depend only on their arguments. Sleeps are what is measured, so a loaded machine barely moves the figures.
@@ -280,7 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lm-ms", type=float, default=0.0, help="fixed delay of the main LM per action")
     parser.add_argument("--scenario", action="append", help="run only these scenarios")
     parser.add_argument("--json", help="also write the report here")
+    parser.add_argument("--streamed", action="store_true", help="run the streamed scenarios (latency_streamed.py)")
     args = parser.parse_args(argv)
+    if args.streamed:
+        forwarded = ["--repeats", str(args.repeats), "--interpreter", args.interpreter]
+        forwarded += [f"--scenario={name}" for name in args.scenario or ()]
+        return int(_sibling("latency_streamed").main(forwarded + ([f"--json={args.json}"] if args.json else [])))
     interpreter_name, interpreter = _interpreter(args.interpreter)
     report: dict[str, Any] = {
         "dspy": dspy.__version__,

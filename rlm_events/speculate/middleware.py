@@ -46,9 +46,10 @@ _LIVE_KEY = "rlm_events.speculate:live"
 
 _UNREADABLE = (
     "Speculate cannot read the REPL state of {owner}'s interpreter: {reason}. It reads variables from "
-    "rlm_events.inprocess.InProcessInterpreter (its namespace, in process) and dspy.LocalInterpreter (a checked "
-    "read-only expression). Use another interpreter, or Speculate(..., repl_state=False) to plan from the code's "
-    "literals and the input variables only."
+    "rlm_events.inprocess.InProcessInterpreter (its namespace, in process), dspy.LocalInterpreter (a checked "
+    "read-only expression) and rlm_events.sandbox.SandboxedInterpreter (a read-only request of its worker). Use "
+    "another interpreter, or Speculate(..., repl_state=False) to plan from the code's literals and the input "
+    "variables only."
 )
 
 
@@ -75,7 +76,8 @@ class Speculate(Builtin):
             iteration built). Needs an interpreter whose variables can be read without side effects:
             [`InProcessInterpreter`][rlm_events.inprocess.InProcessInterpreter] (its namespace, in this process) or
             `dspy.LocalInterpreter` (a read-only probe expression, see
-            `ProbeReader`); any other interpreter is refused at install
+            `ProbeReader`) or [`SandboxedInterpreter`][rlm_events.sandbox.SandboxedInterpreter] (a read-only request
+            of its worker, see `SandboxReader`); any other interpreter is refused at install
             time. `False` plans from the code's literals and the execution's input variables only.
         past_unknown_calls: call pure tools ahead even when the code first calls something the planner cannot follow
             (a function of its own, an unmarked tool, a library function not known to be side-effect free). Such a
