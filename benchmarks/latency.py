@@ -36,7 +36,6 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network look
 
 import argparse
 import importlib.util
-import json
 import platform
 import statistics
 import sys
@@ -307,14 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     report["identical"] = all(s["identical"] for s in report["scenarios"].values())
     report["targets_met"] = all(s["target_met"] for s in report["scenarios"].values())
-    print(table(report))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as out:
-            json.dump(report, out, indent=2)
-    if not report["identical"]:
-        print("FAILED: a variant's steps differ from the bare run's", file=sys.stderr)
-        return 1
-    return 0
+    return int(_sibling("latency_streamed").publish(report, table(report), args.json))
 
 
 if __name__ == "__main__":

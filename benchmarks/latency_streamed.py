@@ -252,27 +252,36 @@ def run_scenario(scenario: StreamedScenario, *, repeats: int, interpreter: Any) 
     }
 
 
+def _number(value: Any) -> str:
+    return "\u2013" if value is None else f"{value:g}"
+
+
+COLUMNS: list[tuple[str, Any]] = [
+    ("wall (s)", lambda s, r: f"{r['wall_s']:.3f}"),
+    (f"{X} bare", lambda s, r: f"{X}{r['wall_speedup']:.2f}"),
+    ("dispatched while writing", lambda s, r: _number(r["dispatched_streaming"])),
+    ("claimed", lambda s, r: _number(r["claimed"])),
+    ("wasted", lambda s, r: _number(r["wasted"])),
+    ("wasted tokens", lambda s, r: _number(r["wasted_tokens"])),
+    ("stream", lambda s, r: r["stream"] or "\u2013"),
+    ("identical", lambda s, r: "yes" if r["identical"] else "NO"),
+    ("limit (s)", lambda s, r: f"{s['limit_s']:.3f}"),
+    (f"{X} bare at limit", lambda s, r: f"{X}{s['limit_speedup']:.2f}"),
+]
+"""The table's columns after scenario and variant: (header, cell of (scenario, row))."""
+
+
 def table(report: dict[str, Any]) -> str:
-    lines = [
+    headers = ["scenario", "variant", *(header for header, _ in COLUMNS)]
+    caption = (
         f"DSPy {report['dspy']}, {report['interpreter']}, median of {report['repeats']} interleaved rounds; main LM "
-        f"{TTFT_S * 1000:g} ms to the first token, then {TOKENS_PER_S:g} tokens/s; sub-LM 0.5-1.5 s",
-        "",
-        f"| scenario | variant | wall (s) | {X} bare | dispatched while writing | claimed | wasted | wasted tokens "
-        f"| stream | identical | limit (s) | {X} bare at limit |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|",
-    ]
+        f"{TTFT_S * 1000:g} ms to the first token, then {TOKENS_PER_S:g} tokens/s; sub-LM 0.5-1.5 s"
+    )
+    lines = [caption, "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for name, scenario in report["scenarios"].items():
         for variant, row in scenario["variants"].items():
-
-            def n(v: Any) -> str:
-                return "\u2013" if v is None else f"{v:g}"
-
-            lines.append(
-                f"| {name} | {variant} | {row['wall_s']:.3f} | {X}{row['wall_speedup']:.2f} | "
-                f"{n(row['dispatched_streaming'])} | {n(row['claimed'])} | {n(row['wasted'])} | "
-                f"{n(row['wasted_tokens'])} | {row['stream'] or chr(0x2013)} | {'yes' if row['identical'] else 'NO'} | "
-                f"{scenario['limit_s']:.3f} | {X}{scenario['limit_speedup']:.2f} |"
-            )
+            cells = [name, variant, *(cell(scenario, row) for _, cell in COLUMNS)]
+            lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for name, scenario in report["scenarios"].items():
         verdict = "met" if scenario["target_met"] else "NOT met"
@@ -305,9 +314,14 @@ def main(argv: list[str] | None = None) -> int:
         if not args.scenario or scenario.name in args.scenario:
             report["scenarios"][scenario.name] = run_scenario(scenario, repeats=args.repeats, interpreter=interpreter)
     report["identical"] = all(s["identical"] for s in report["scenarios"].values())
-    print(table(report))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as out:
+    return publish(report, table(report), args.json)
+
+
+def publish(report: dict[str, Any], text: str, json_path: str | None) -> int:
+    """Print `text`, write `report` to `json_path` (if any); the exit status: 1 when a variant's steps differed."""
+    print(text)
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as out:
             json.dump(report, out, indent=2)
     if not report["identical"]:
         print("FAILED: a variant's steps differ from the bare run's", file=sys.stderr)

@@ -578,24 +578,33 @@ def test_planner_follows_the_code(code, calls):
 # -- the REPL probe of dspy.LocalInterpreter ------------------------------------------------------------------
 
 
+TRAP_CLASSES = (
+    "touched = []\n"
+    "class Trap:\n"
+    "    def __repr__(self):\n        touched.append('repr'); return 'T'\n"
+    "    def __eq__(self, o):\n        touched.append('eq'); return True\n"
+    "    __hash__ = object.__hash__\n"
+    "    def __iter__(self):\n        touched.append('iter'); return iter([])\n"
+    "    def __len__(self):\n        touched.append('len'); return 0\n"
+    "class S(str):\n"
+    "    def __eq__(self, o):\n        touched.append('S.eq'); return str.__eq__(self, o)\n"
+    "    __hash__ = str.__hash__\n"
+    "class L(list):\n"
+    "    def __iter__(self):\n        touched.append('L.iter'); return list.__iter__(self)\n"
+)
+"""Classes whose every hook records that it ran (in `touched`): a REPL reader must run none of them."""
+GLOBALS_SNAPSHOT = (
+    "sorted((str.__str__(k), id(v)) for k, v in globals().items() if k not in ('__builtins__', 'SUBMIT'))"
+)
+"""What every global of a REPL is bound to (identities; str.__str__ gives exact names); SUBMIT is bound anew."""
+
+
 @pytest.mark.skipif(not HAS_LOCAL, reason="dspy.LocalInterpreter needs DSPy 3.4+")
 def test_the_local_interpreter_probe_reads_plain_values_and_changes_nothing():
     repl = dspy.LocalInterpreter()
     try:
         setup = (
-            "touched = []\n"
-            "class Trap:\n"
-            "    def __repr__(self):\n        touched.append('repr'); return 'T'\n"
-            "    def __eq__(self, o):\n        touched.append('eq'); return True\n"
-            "    __hash__ = object.__hash__\n"
-            "    def __iter__(self):\n        touched.append('iter'); return iter([])\n"
-            "    def __len__(self):\n        touched.append('len'); return 0\n"
-            "class S(str):\n"
-            "    def __eq__(self, o):\n        touched.append('S.eq'); return str.__eq__(self, o)\n"
-            "    __hash__ = str.__hash__\n"
-            "class L(list):\n"
-            "    def __iter__(self):\n        touched.append('L.iter'); return list.__iter__(self)\n"
-            "globals()[S('sneaky')] = 0\n"
+            TRAP_CLASSES + "globals()[S('sneaky')] = 0\n"
             "chunks = ['a', 'b']\nnested = {'k': [1, 2.5, None, True]}\nt = Trap()\nl = L([1])\ns = S('x')\n"
             "big = 10 ** 100\nnan = float('nan')\nlen = lambda x: touched.append('len()')\ntype = len\n"
             "print('ready')"
@@ -603,9 +612,7 @@ def test_the_local_interpreter_probe_reads_plain_values_and_changes_nothing():
         assert repl.execute(setup) == "ready"
         # What every global is bound to (identities; str.__str__ gives exact names): reading it runs no code of theirs.
         # SUBMIT is the interpreter's, bound anew by every execution.
-        snapshot = (
-            "sorted((str.__str__(k), id(v)) for k, v in globals().items() if k not in ('__builtins__', 'SUBMIT'))"
-        )
+        snapshot = GLOBALS_SNAPSHOT
         before = repl.execute(snapshot)
         assert repl.execute("touched.clear()") is None
         reader = ProbeReader(repl)

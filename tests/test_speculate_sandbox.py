@@ -3,45 +3,27 @@ read only, plain data only; loops over REPL variables are planned there as under
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Any
 
 import dspy
 import pytest
+from test_sandbox import needs_sandbox
+from test_speculate import GLOBALS_SNAPSHOT, TRAP_CLASSES
 
 import rlm_events
 from rlm_events._ast import LIMITS
 from rlm_events.builtins import Speculate
-from rlm_events.sandbox import Sandboxed, SandboxedInterpreter, SandboxUnavailable
+from rlm_events.sandbox import Sandboxed, SandboxedInterpreter
 from rlm_events.sandbox._reader import NotReadable, read_variables
 from rlm_events.speculate.repl import SandboxReader, reader_for, unsupported_reason
 from rlm_events.testing import ScriptedLM, build_rlm
 
-try:
-    Sandboxed()
-    MISSING = ""
-except SandboxUnavailable as error:
-    MISSING = str(error)
-if MISSING and os.environ.get("RLM_EVENTS_REQUIRE_SANDBOX") == "1":
-    raise RuntimeError(f"RLM_EVENTS_REQUIRE_SANDBOX=1 but the sandbox cannot run here: {MISSING}")
-pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"no sandbox here: {MISSING}")
+pytestmark = needs_sandbox
 
 TRAPS = (
-    "touched = []\n"
-    "class Trap:\n"
-    "    def __repr__(self):\n        touched.append('repr'); return 'T'\n"
-    "    def __eq__(self, o):\n        touched.append('eq'); return True\n"
-    "    __hash__ = object.__hash__\n"
-    "    def __iter__(self):\n        touched.append('iter'); return iter([])\n"
-    "    def __len__(self):\n        touched.append('len'); return 0\n"
-    "class S(str):\n"
-    "    def __eq__(self, o):\n        touched.append('S.eq'); return str.__eq__(self, o)\n"
-    "    __hash__ = str.__hash__\n"
-    "class L(list):\n"
-    "    def __iter__(self):\n        touched.append('L.iter'); return list.__iter__(self)\n"
-    "class D(dict):\n"
+    TRAP_CLASSES + "class D(dict):\n"
     "    def items(self):\n        touched.append('D.items'); return dict.items(self)\n"
     "chunks = ['a', 'b']\nnested = {'k': [1, 2.5, None, True], 'pair': (1, 'x')}\nt = Trap()\nl = L([1])\n"
     "s = S('x')\nd = D(a=1)\nbig = 10 ** 100\nnan = float('nan')\nkeyed = {S('k'): 1}\n"
@@ -56,10 +38,7 @@ def test_the_sandbox_read_gives_plain_values_and_runs_no_code_of_theirs():
         assert read_variables(repl, ["x"], max_items=10, max_chars=10, max_total=100) == ({}, frozenset())
         assert not SandboxReader(repl).started()  # not started by a read
         assert repl.execute(TRAPS) == "ready"
-        snapshot = (
-            "sorted((str.__str__(k), id(v)) for k, v in globals().items() if k not in ('__builtins__', 'SUBMIT'))"
-        )
-        before = repl.execute(snapshot)
+        before = repl.execute(GLOBALS_SNAPSHOT)
         repl.execute("touched.clear()")
         reader = SandboxReader(repl)
         assert reader.started() and reader.kind == "sandbox"
@@ -68,7 +47,7 @@ def test_the_sandbox_read_gives_plain_values_and_runs_no_code_of_theirs():
         assert values == {"chunks": ["a", "b"], "nested": {"k": [1, 2.5, None, True], "pair": (1, "x")}}
         assert bound == set(NAMES) - {"missing"}
         assert repl.execute("touched") == []  # no hook of any trap ran
-        assert repl.execute(snapshot) == before  # every global bound exactly as before
+        assert repl.execute(GLOBALS_SNAPSHOT) == before  # every global bound exactly as before
         # Bounds: a string longer than max_chars, or a list longer than max_items, is left out (bound, not read).
         values, bound = read_variables(repl, ["chunks", "nested"], max_items=1, max_chars=100, max_total=100)
         assert values == {} and bound == {"chunks", "nested"}
