@@ -7,7 +7,10 @@ compared across variants. It takes variant functions ``f(rlm, tools)``; this scr
 (``default``: the bare RLM, ``spec``: its speculation) and ours (``rlm_events``: ``rlm_events.instrument`` +
 ``Speculate(pure=<every tool>)``; ``rlm_events_conservative``: the same with ``past_unknown_calls=False``) through
 ITS runner in one run, checks that every variant ran identical steps, and reports wall and tool-critical
-speed-ups against ``default`` and ours against theirs.
+speed-ups against ``default`` and ours against theirs. ``rlm_events_streamed`` is ours given the harness's
+paced chunks of code as its ``spec`` variant is (the harness feeds them to ``rlm._active_stream_turn``; ours routes
+them to ``rlm_events.runtime.feed_action_text``): its scripted ``generate_action`` replaces the LM, so no LM
+streaming of ours can engage there otherwise.
 
 Run it in an environment with Python >= 3.12, ``dspy-rlm-hooks==0.1.15`` and rlm-events (see
 docs/guide/speculation.md)::
@@ -54,6 +57,24 @@ def rlm_events(rlm: Any, tools: dict[str, Callable[..., Any]]) -> None:
     """Our variant: `rlm_events.instrument(rlm)` and `Speculate(pure=<every tool>)` (the reference's `spec`
     variant marks every tool deterministic too)."""
     _install("rlm_events", rlm, tools)
+
+
+class _Turn:
+    """The reference harness's streaming hook: its scripted `generate_action` feeds the fenced code, paced, to
+    `rlm._active_stream_turn.feed(chunk)` when that is set (its `spec` variant sets it). Here each chunk goes to
+    `rlm_events.runtime.feed_action_text`, what any `generate_action` that writes its answer piece by piece may call:
+    Speculate then plans each statement as it is written, as it does for a streamed LM."""
+
+    def feed(self, chunk: str) -> None:
+        from rlm_events.runtime import feed_action_text
+
+        feed_action_text(chunk)
+
+
+def rlm_events_streamed(rlm: Any, tools: dict[str, Callable[..., Any]]) -> None:
+    """Ours, given the harness's paced chunks as the reference's `spec` variant is (see `_Turn`)."""
+    _install("rlm_events_streamed", rlm, tools)
+    rlm._active_stream_turn = _Turn()
 
 
 def rlm_events_conservative(rlm: Any, tools: dict[str, Callable[..., Any]]) -> None:
@@ -141,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     import rlm_events as library
 
     name = args.interpreter or ("local" if hasattr(dspy, "LocalInterpreter") else "inprocess")
-    variants: list[Any] = ["default", "spec", rlm_events]
+    variants: list[Any] = ["default", "spec", rlm_events, rlm_events_streamed]
     if args.conservative:
         variants.append(rlm_events_conservative)
     scenario = default_scenario(tool_ms=args.tool_ms, llm_ms=args.llm_ms)
@@ -150,12 +171,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"DSPy {dspy.__version__}, rlm-events {library.__version__}, interpreter {name}")
     _print_report(report)
     result = summary(report, "rlm_events")
-    wall, critical = result["ours_vs_theirs_wall"], result["ours_vs_theirs_tool_critical"]
-    print(f"ours vs theirs: wall x{wall}, tool-critical x{critical}")
+    streamed = summary(report, "rlm_events_streamed")
+    for name, figures in (("rlm_events", result), ("rlm_events_streamed", streamed)):
+        wall, critical = figures["ours_vs_theirs_wall"], figures["ours_vs_theirs_tool_critical"]
+        print(f"{name} vs spec: wall x{wall}, tool-critical x{critical}")
+    result["streamed"] = streamed
     result["speculate_stats_median"] = {}
     for variant, runs in STATS.items():
         ran = [s for s in runs if s is not None]
-        keys = ("dispatched", "claimed", "wasted", "cancelled", "missed", "past_unknown", "wasted_tokens")
+        keys = ("dispatched", "dispatched_streaming", "claimed", "wasted", "cancelled", "missed", "wasted_tokens")
         medians = {key: statistics.median(getattr(s, key) for s in ran) if ran else None for key in keys}
         result["speculate_stats_median"][variant] = medians
         print(f"{variant} per run (median): {medians}")

@@ -23,7 +23,7 @@ from ._patch import (
     stream_mode,
     worker_started,
 )
-from ._patch.streaming import ACTION_STREAM, ActionSink, Opener
+from ._patch.streaming import ACTION_STREAM, ActionSink, Opener, feed_action_text
 from .context import Run
 from .lm_history import lms_of
 
@@ -50,6 +50,7 @@ __all__ = [
     "current_run",
     "execute_without_callbacks",
     "failed_after_answer",
+    "feed_action_text",
     "interpreter_class",
     "iteration_limit",
     "lms_of",

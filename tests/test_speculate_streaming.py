@@ -192,3 +192,42 @@ def test_an_action_stream_dispatches_each_new_call_once_and_never_raises(caplog)
             failing.feed(text[i : i + 5])
     assert failing.broken and failing.text == text
     assert sum("could not plan a streamed action" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_generate_action_that_writes_piece_by_piece_can_feed_the_planner():
+    # A generate_action that is no streamed dspy.Predict (a scripted or remote model) hands its text over as it is
+    # written with rlm_events.runtime.feed_action_text: the calls of each complete statement start then.
+    from rlm_events.runtime import feed_action_text
+
+    steps = ["a = llm_query('first')\nb = llm_query('second')\nc = 1\nprint(a, b)", "SUBMIT(answer=a + b)"]
+    fed: list[bool] = []
+
+    def writer(rlm: Any) -> Any:
+        script = iter(steps)
+
+        def generate_action(**kwargs: Any) -> Any:
+            code = next(script)
+            fenced = f"```python\n{code}\n```"
+            for i in range(0, len(fenced), 8):
+                fed.append(feed_action_text(fenced[i : i + 8]))
+            return dspy.Prediction(reasoning="r", code=fenced)
+
+        return generate_action
+
+    def once(speculate: Speculate | None) -> tuple[Any, Any]:
+        rlm = build_rlm("question -> answer", max_iters=3, interpreter_factory=INTERPRETER)
+        events = rlm_events.instrument(rlm)
+        rlm.generate_action = writer(rlm)
+        seen: dict[str, Any] = {}
+        if speculate is not None:
+            speculate.install(events)
+        events.tap(["run_end"], lambda ctx: seen.update(stats=Speculate.stats(ctx)))
+        with dspy.context(lm=ScriptedLM(["unused"], sub=sub)):
+            return rlm(question="q"), seen.get("stats")
+
+    bare, _ = once(None)
+    assert not any(fed)  # nobody reads the action without Speculate
+    fast, stats = once(Speculate())
+    assert steps_of(fast) == steps_of(bare) and fast.answer == bare.answer
+    assert stats.dispatched_streaming == 2 and stats.claimed + stats.cancelled == 2 and stats.stream == "streamed"
+    assert feed_action_text("outside any call") is False

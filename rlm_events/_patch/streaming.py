@@ -76,6 +76,31 @@ class _Send:
             self.context.run(self.sink.feed, text)  # in the run's context: what it dispatches is the run's
 
 
+class _Fed:
+    """The sink of a predictor that is not streamed, counting what the predictor fed it itself."""
+
+    def __init__(self, sink: ActionSink) -> None:
+        self.sink, self.pieces = sink, 0
+
+    def feed(self, text: str) -> None:
+        self.pieces += 1
+        self.sink.feed(text)
+
+
+_WRITING: contextvars.ContextVar[_Fed | None] = contextvars.ContextVar("rlm_events_action_writing", default=None)
+
+
+def feed_action_text(text: str) -> bool:
+    """For a `generate_action` that is not a streamed `dspy.Predict` but produces its answer piece by piece (a
+    remote or scripted model): hand the next piece of the answer (DSPy's chat format, or the code itself, fenced)
+    to whoever reads the action as it is written. `False` when nobody does (outside such a call)."""
+    fed = _WRITING.get()
+    if fed is None or not isinstance(text, str):
+        return False
+    fed.feed(text)
+    return True
+
+
 def generate(run_state: dict[str, Any], index: int, predictor: Any, args: Any, kwargs: Any) -> Any:
     """Call `predictor(*args, **kwargs)` for iteration `index`, streamed to the run's action sink when it has one
     and the call can stream; else as is. The result is the predictor's, streamed or not."""
@@ -85,8 +110,15 @@ def generate(run_state: dict[str, Any], index: int, predictor: Any, args: Any, k
         return predictor(*args, **kwargs)
     reason = unstreamable(predictor)
     if reason is not None:
-        sink.failed(reason)
-        return predictor(*args, **kwargs)
+        fed = _Fed(sink)
+        token = _WRITING.set(fed)  # a predictor that writes its answer itself may say so: feed_action_text()
+        try:
+            result = predictor(*args, **kwargs)
+        finally:
+            _WRITING.reset(token)
+        if not fed.pieces:
+            sink.failed(reason)
+        return result
     try:
         return streamed(predictor, args, kwargs, sink)
     except Exception as exc:  # a stream that broke off or could not be read: make the call as without streaming
@@ -114,4 +146,4 @@ def streamed(predictor: Any, args: Any, kwargs: Any, sink: ActionSink) -> Any:
     return result
 
 
-__all__ = ["ACTION_STREAM", "ActionSink", "chunk_text", "generate", "streamed", "unstreamable"]
+__all__ = ["ACTION_STREAM", "ActionSink", "chunk_text", "feed_action_text", "generate", "streamed", "unstreamable"]

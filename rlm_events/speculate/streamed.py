@@ -30,8 +30,10 @@ _CONTINUATION_PREFIXES = frozenset(word[:n] for word in _CONTINUATIONS for n in 
 
 
 def code_in_output(text: str) -> str | None:
-    """The code written so far in `text`, the LM's output in DSPy's chat format (`[[ ## code ## ]]` …), its fence
-    taken off; `None` while the `code` field has not begun."""
+    """The code written so far in `text`, the LM's output in DSPy's chat format (`[[ ## code ## ]]` …), or the
+    code alone, fenced; its fence taken off. `None` while the `code` field has not begun."""
+    if text.lstrip().startswith("```"):
+        return _unfenced(text, closed=False)
     start = None
     for marker in _MARKER.finditer(text):
         if marker.group(1) == "code":
