@@ -14,7 +14,7 @@ import pytest
 import rlm_events
 from rlm_events.builtins import Speculate
 from rlm_events.inprocess import InProcessInterpreter
-from rlm_events.local_openai import error
+from rlm_events.local_openai import NO_USAGE, error
 from rlm_events.speculate.streamed import ActionStream, code_in_output, complete_statements
 from rlm_events.testing import ScriptedLM, build_rlm
 
@@ -110,6 +110,27 @@ def test_an_error_mid_stream_falls_back_and_usage_is_metered_once(openai_server,
         assert sum("planning when the code is complete" in r.getMessage() for r in caplog.records) == 1
     else:
         assert RELEASE < (3, 4) and stats.stream == "streamed"
+
+
+def test_a_stream_without_usage_is_counted_once_as_unmetered(openai_server, lm_for):
+    # The first action's answer comes without usage (streamed: no usage chunk). The run completes as without
+    # speculation; the meter counts that call once: as a call whose usage it could not see (DSPy 3.4), or with
+    # LiteLLM's estimate (3.1-3.3), and every other call's tokens as billed.
+    server = openai_server(STEPS, sub=sub, faults={0: NO_USAGE})
+    bare, _ = run(lm_for(server), None)
+    server.reset()
+    fast, seen = run(lm_for(server), Speculate())
+    assert steps_of(fast) == steps_of(bare) and seen["stats"].claimed + seen["stats"].cancelled == 3
+    first = server.bill.records[0]
+    assert first.streamed and not first.usage_sent
+    usage = seen["usage"]
+    assert usage.lm_calls == server.bill.calls
+    sent = sum(r.total_tokens for r in server.bill.records if r.usage_sent)
+    if RELEASE >= (3, 4):
+        assert usage.unmetered_lm_calls == 1 and usage.tokens == sent
+    else:  # LiteLLM assembles a stream's usage itself when none came; asked for it, the meter cannot tell that
+        # this one is LiteLLM's estimate: it counts it once, as the call's usage (a known limit on DSPy 3.1-3.3)
+        assert usage.unmetered_lm_calls == 0 and usage.tokens > sent
 
 
 @pytest.fixture
