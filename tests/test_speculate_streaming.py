@@ -14,7 +14,7 @@ import pytest
 import rlm_events
 from rlm_events.builtins import Speculate
 from rlm_events.inprocess import InProcessInterpreter
-from rlm_events.local_openai import NO_USAGE, error
+from rlm_events.local_openai import NO_USAGE, Reply, error
 from rlm_events.speculate.streamed import ActionStream, code_in_output, complete_statements
 from rlm_events.testing import ScriptedLM, build_rlm
 
@@ -131,6 +131,25 @@ def test_a_stream_without_usage_is_counted_once_as_unmetered(openai_server, lm_f
     else:  # LiteLLM assembles a stream's usage itself when none came; asked for it, the meter cannot tell that
         # this one is LiteLLM's estimate: it counts it once, as the call's usage (a known limit on DSPy 3.1-3.3)
         assert usage.unmetered_lm_calls == 0 and usage.tokens > sent
+
+
+def test_an_answer_that_came_whole_but_does_not_parse_is_not_asked_again(openai_server, lm_for):
+    # The first action's answer streams in whole but has none of the signature's fields: the error is the
+    # answer's, not the stream's. What follows (DSPy's adapter fallback, the RLM's handling) is the bare run's,
+    # with the same requests billed: nothing is asked again because it was streamed.
+    def play(speculate: Speculate | None) -> tuple[Any, Any, Any]:
+        server = openai_server(STEPS, sub=sub, faults={0: Reply(text="no fields in this answer")})
+        lm = lm_for(server)
+        try:
+            prediction, seen = run(lm, speculate)
+            outcome: Any = steps_of(prediction)
+        except Exception as exc:  # whatever the bare run does, the speculated one must do
+            outcome, seen = type(exc).__name__, {}
+        return outcome, [(r.status, r.total_tokens) for r in server.bill.records], seen.get("stats")
+
+    bare, bare_bill, _ = play(None)
+    fast, fast_bill, _ = play(Speculate())
+    assert fast == bare and fast_bill == bare_bill
 
 
 @pytest.fixture

@@ -11,13 +11,16 @@ settings, the run) copied in, and hands the text of each chunk to the consumer. 
 It streams only a `dspy.Predict` whose LM is a plain `dspy.LM` of chat type, when nothing else is streaming
 (`send_stream` unset). Anything else, a cache hit (no chunk arrives), or an error mid-stream falls back: the
 predictor is called as without streaming (after an error: again, without streaming), and the consumer is told
-why once (`failed`).
+why once (`failed`). An answer that came whole but fails (a parse error) is the call's own error: raised as
+without streaming, never asked again; and on DSPy 3.4 the adapter's JSON fallback still happens, as without
+streaming (see `_quiet_emission`).
 """
 
 from __future__ import annotations
 
 import contextvars
 import functools
+import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -68,8 +71,12 @@ class _Send:
 
     def __init__(self, sink: ActionSink, context: contextvars.Context) -> None:
         self.sink, self.context, self.chunks = sink, context, 0
+        self.finished = False  # a chunk said why the answer ended: it came whole
 
     async def send(self, chunk: Any) -> None:
+        choices = getattr(chunk, "choices", None)
+        if choices and getattr(choices[0], "finish_reason", None):
+            self.finished = True
         text = chunk_text(chunk)
         if text:
             self.chunks += 1
@@ -119,30 +126,69 @@ def generate(run_state: dict[str, Any], index: int, predictor: Any, args: Any, k
         if not fed.pieces:
             sink.failed(reason)
         return result
+    send = _Send(sink, contextvars.copy_context())
     try:
-        return streamed(predictor, args, kwargs, sink)
-    except Exception as exc:  # a stream that broke off or could not be read: make the call as without streaming
+        return streamed(predictor, args, kwargs, send)
+    except Exception as exc:
+        if send.finished:  # the answer came whole: the error is the call's own (a parse error), as without streaming
+            raise
+        # a stream that broke off or could not be read: make the call as without streaming
         sink.failed(f"the streamed call failed ({type(exc).__name__}: {exc}); made it again without streaming")
         return predictor(*args, **kwargs)
 
 
-def streamed(predictor: Any, args: Any, kwargs: Any, sink: ActionSink) -> Any:
-    """`predictor(*args, **kwargs)` with its LM call streamed, each chunk's text fed to `sink`."""
+_INTERNAL: contextvars.ContextVar[bool] = contextvars.ContextVar("rlm_events_internal_stream", default=False)
+_QUIETED: list[bool] = []
+_QUIET_LOCK = threading.Lock()
+
+
+def _quiet_emission() -> None:
+    """DSPy 3.4 marks an adapter call whose stream reached a consumer as *emitted* (`stream_emitted()`), and then
+    skips the adapter's JSON fallback after a parse error: the user has seen output. An internal stream reaches no
+    user, so its calls keep the fallbacks of a non-streamed call: `stream_emitted` does nothing inside one. Installed
+    once, on the first streamed call (DSPy before 3.4 has no such rule)."""
+    with _QUIET_LOCK:
+        if _QUIETED:
+            return
+        _QUIETED.append(True)
+        try:
+            from dspy.clients import execution
+        except ImportError:
+            return
+        original = getattr(execution, "stream_emitted", None)
+        if not callable(original):
+            return
+
+        def stream_emitted(*args: Any, **kwargs: Any) -> Any:
+            if not _INTERNAL.get():
+                return original(*args, **kwargs)
+            return None
+
+        execution.stream_emitted = stream_emitted  # type: ignore[attr-defined]
+
+
+def streamed(predictor: Any, args: Any, kwargs: Any, send: _Send) -> Any:
+    """`predictor(*args, **kwargs)` with its LM call streamed, each chunk's text fed to `send`'s sink."""
     import anyio.from_thread
     import anyio.to_thread
 
     context = contextvars.copy_context()
-    send = _Send(sink, contextvars.copy_context())
+
+    _quiet_emission()
 
     def call() -> Any:
         # track_usage: DSPy 3.1-3.3 ask the provider for the stream's usage only then (3.4's engines always do).
-        with dspy.settings.context(send_stream=send, stream_listeners=[], track_usage=True):
-            return predictor(*args, **kwargs)
+        token = _INTERNAL.set(True)
+        try:
+            with dspy.settings.context(send_stream=send, stream_listeners=[], track_usage=True):
+                return predictor(*args, **kwargs)
+        finally:
+            _INTERNAL.reset(token)
 
     with anyio.from_thread.start_blocking_portal() as portal:
         result = portal.call(functools.partial(anyio.to_thread.run_sync, lambda: context.run(call)))
     if send.chunks == 0:
-        sink.failed("no chunk was streamed (a cache hit, or an LM that answered at once)")
+        send.sink.failed("no chunk was streamed (a cache hit, or an LM that answered at once)")
     return result
 
 
