@@ -175,6 +175,10 @@ class ProbeReader:
         if not names or not self.started():
             return {}, frozenset()
         self.executions += 1
+        return self.fetch(names, limits)
+
+    def fetch(self, names: list[str], limits: Limits) -> tuple[dict[str, Any], frozenset[str]]:
+        """One read of the started worker (the probe's execution)."""
         result = execute_without_callbacks(self.repl, probe_code(names, limits), {})
         if not (isinstance(result, list) and len(result) == 2 and isinstance(result[0], dict)):
             raise RuntimeError(f"the REPL probe returned {type(result).__name__}, not its [values, names] pair")
@@ -193,12 +197,9 @@ class SandboxReader(ProbeReader):
     def started(self) -> bool:
         return vars(self.repl).get("_resources") is not None and self.repl._resources.worker is not None
 
-    def read(self, names: list[str], limits: Limits) -> tuple[dict[str, Any], frozenset[str]]:
+    def fetch(self, names: list[str], limits: Limits) -> tuple[dict[str, Any], frozenset[str]]:
         from ..sandbox._reader import read_variables
 
-        if not names or not self.started():
-            return {}, frozenset()
-        self.executions += 1
         return read_variables(
             self.repl, names, max_items=limits.max_items, max_chars=limits.max_chars, max_total=limits.max_alloc
         )
