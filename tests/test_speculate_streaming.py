@@ -84,6 +84,35 @@ def test_calls_are_dispatched_while_the_lm_writes_and_everything_else_is_the_bar
     assert seen["usage"].tokens == server.bill.total_tokens
 
 
+def test_the_trace_is_the_non_streamed_runs(openai_server, lm_for):
+    # Every stage's record, timings and run-so-far usage aside (calls made ahead finish sooner when streamed), and
+    # the final usage, are those of the same run planned when the code is complete.
+    import io
+    import json
+
+    from rlm_events.trace import JsonlTrace
+
+    timing = {"dt_prev_s", "t_mono", "t_wall", "run_id", "usage", "duration_s", "elapsed_s"}
+
+    def traced(stream: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        server = openai_server(STEPS, sub=sub, time_to_first_token=0.01, tokens_per_second=1000)
+        rlm = build_rlm("question -> answer", max_iters=3, interpreter_factory=INTERPRETER)
+        events = rlm_events.instrument(rlm)
+        out = io.StringIO()
+        JsonlTrace(out).install(events)
+        Speculate(stream=stream).install(events)
+        with dspy.context(lm=lm_for(server)):
+            rlm(question="q")
+        lines = [json.loads(line) for line in out.getvalue().splitlines()]
+        final = {k: v for k, v in lines[-1]["usage"].items() if "seconds" not in k}
+        return [{k: v for k, v in line.items() if k not in timing} for line in lines], final
+
+    complete, complete_usage = traced(False)
+    streamed, streamed_usage = traced(True)
+    assert streamed == complete and streamed_usage == complete_usage
+    assert [line["stage"] for line in streamed].count("tool_call") == 3
+
+
 def test_stream_false_plans_when_the_code_is_complete(openai_server, lm_for):
     server = openai_server(STEPS, sub=sub)
     _, seen = run(lm_for(server), Speculate(stream=False))
