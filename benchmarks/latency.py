@@ -1,6 +1,8 @@
 """How much sooner a ``dspy.RLM`` run finishes with :class:`~rlm_events.builtins.Speculate`, against the bare run.
 
-Run ``python benchmarks/latency.py`` (``--repeats N``, ``--interpreter local|inprocess``, ``--json PATH``). It is
+Run ``python benchmarks/latency.py`` (``--repeats N``, ``--interpreter local|inprocess``, ``--json PATH``;
+``--streamed`` runs the streamed scenarios of ``benchmarks/latency_streamed.py`` instead: a real LiteLLM main LM that
+writes slowly, against local servers). It is
 deterministic and offline: the main LM is a :class:`~rlm_events.testing.ScriptedLM` playing the same code in every
 variant (``--lm-ms`` adds a fixed delay per action); the tools and the sub-LM sleep fixed times and return outputs
 that depend only on their arguments. Sleeps are what is measured, so a loaded machine barely moves the figures.
@@ -11,11 +13,15 @@ Scenarios (each a real ``dspy.RLM`` call on the real interpreter):
    (60 ms) plus one other tool (120 ms); a step whose arguments come from REPL state an earlier iteration left
    (90 ms each); ``llm_query`` in a loop plus one ``llm_query_batched`` (sub-LM: 150 ms per prompt); SUBMIT.
 2. ``fan-out`` - one iteration builds a list of 10 chunks in the REPL, the next calls ``llm_query`` on each.
-3. ``dependent`` - a chain where every call needs the previous one's result (the first comes from a tool that
+3. ``past-unknown`` - timing code (``now = time.perf_counter``), a loop of a pure tool, then a function of the code
+   the planner cannot follow (it rebinds a global), after which a sub-LM call on that global (mispredicted: wasted)
+   and a pure tool (planned past it: claimed; not called ahead by ``conservative``).
+4. ``dependent`` - a chain where every call needs the previous one's result (the first comes from a tool that
    is not marked pure): nothing can be predicted; speculation may only cost its planning.
 
-Variants: ``bare`` (no Speculate), ``speculate`` (``Speculate(pure=[...])``, defaults) and ``literals``
-(``repl_state=False``: planning from the code's literals and the input variables only). They are interleaved
+Variants: ``bare`` (no Speculate), ``speculate`` (``Speculate(pure=[...])``, defaults), ``literals``
+(``repl_state=False``: planning from the code's literals and the input variables only), ``composed`` (with a
+CodeGuard, a hard Budget and a JSONL trace) and ``conservative`` (``past_unknown_calls=False``). They are interleaved
 (one call of each per round, the order rotated every round); figures are medians over the rounds. Every call's
 trajectory (each iteration's code and output) and answer are compared with the bare run's: any difference fails
 the benchmark (exit status 1), whatever the timings.
@@ -34,7 +40,6 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network look
 
 import argparse
 import importlib.util
-import json
 import platform
 import statistics
 import sys
@@ -126,6 +131,7 @@ VARIANTS: list[tuple[str, Callable[[Scenario], Speculate | None]]] = [
     ("speculate", lambda s: Speculate(pure=s.pure)),
     ("literals", lambda s: Speculate(pure=s.pure, repl_state=False)),
     ("composed", lambda s: Speculate(pure=s.pure)),  # with CodeGuard, a hard Budget and a JSONL trace (see _make)
+    ("conservative", lambda s: Speculate(pure=s.pure, past_unknown_calls=False)),
 ]
 
 
@@ -213,6 +219,8 @@ def run_scenario(scenario: Scenario, *, repeats: int, interpreter: Callable[[], 
             "wasted": median_of("wasted"),
             "cancelled": median_of("cancelled"),
             "wasted_tokens": median_of("wasted_tokens"),
+            "past_unknown": median_of("past_unknown"),
+            "misprediction_rate": median_of("misprediction_rate"),
             "planning_ms": round(1000 * m, 3) if (m := median_of("planning_seconds")) is not None else None,
             "repl": stats[0].repl if stats else None,
             "identical": not differences,
@@ -232,6 +240,10 @@ def run_scenario(scenario: Scenario, *, repeats: int, interpreter: Callable[[], 
 
 
 def _interpreter(name: str) -> tuple[str, Callable[[], Any]]:
+    if name == "sandboxed":
+        from rlm_events.sandbox import Sandboxed
+
+        return "rlm_events.sandbox.Sandboxed", Sandboxed()
     local = getattr(dspy, "LocalInterpreter", None)
     if name == "local" or (name == "default" and local is not None):
         if local is None:
@@ -248,8 +260,9 @@ def table(report: dict) -> str:
         f"interleaved rounds, main LM {report['lm_ms']:g} ms/action",
         "",
         f"| scenario | variant | wall (s) | {X} bare | tool-blocking (s) | {X} bare | speculated | claimed | wasted "
-        f"| cancelled | wasted tokens | planning (ms) | identical | limit (s) | {X} bare at limit |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        f"| cancelled | wasted tokens | past unknown | mispredicted | planning (ms) | identical | limit (s) "
+        f"| {X} bare at limit |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for name, scenario in report["scenarios"].items():
         for variant, row in scenario["variants"].items():
@@ -262,6 +275,7 @@ def table(report: dict) -> str:
                 f"| {name} | {variant} | {row['wall_s']:.3f} | {X}{row['wall_speedup']:.2f} | "
                 f"{row['tool_blocking_s']:.3f} | {X}{(row['tool_speedup'] or 0):.2f} | {n(row['speculated'])} | "
                 f"{n(row['claimed'])} | {n(row['wasted'])} | {n(row['cancelled'])} | {n(row['wasted_tokens'])} | "
+                f"{n(row['past_unknown'])} | {n(row['misprediction_rate'])} | "
                 f"{n(row['planning_ms'])} | {identical} | "
                 f"{scenario['limit_s']:.3f} | {X}{scenario['limit_speedup']:.2f} |"
             )
@@ -276,11 +290,16 @@ def table(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="measured rounds per scenario (after one warm-up)")
-    parser.add_argument("--interpreter", choices=("default", "local", "inprocess"), default="default")
+    parser.add_argument("--interpreter", choices=("default", "local", "inprocess", "sandboxed"), default="default")
     parser.add_argument("--lm-ms", type=float, default=0.0, help="fixed delay of the main LM per action")
     parser.add_argument("--scenario", action="append", help="run only these scenarios")
     parser.add_argument("--json", help="also write the report here")
+    parser.add_argument("--streamed", action="store_true", help="run the streamed scenarios (latency_streamed.py)")
     args = parser.parse_args(argv)
+    if args.streamed:
+        forwarded = ["--repeats", str(args.repeats), "--interpreter", args.interpreter]
+        forwarded += [f"--scenario={name}" for name in args.scenario or ()]
+        return int(_sibling("latency_streamed").main(forwarded + ([f"--json={args.json}"] if args.json else [])))
     interpreter_name, interpreter = _interpreter(args.interpreter)
     report: dict[str, Any] = {
         "dspy": dspy.__version__,
@@ -300,14 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     report["identical"] = all(s["identical"] for s in report["scenarios"].values())
     report["targets_met"] = all(s["target_met"] for s in report["scenarios"].values())
-    print(table(report))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as out:
-            json.dump(report, out, indent=2)
-    if not report["identical"]:
-        print("FAILED: a variant's steps differ from the bare run's", file=sys.stderr)
-        return 1
-    return 0
+    return int(_sibling("latency_streamed").publish(report, table(report), args.json))
 
 
 if __name__ == "__main__":

@@ -140,6 +140,27 @@ SCENARIOS = [
         expected="",
     ),
     Scenario(
+        name="past-unknown",
+        steps=[
+            "def relabel(name):\n    global label\n    label = name\nprint('defined')",
+            "import time\nnow = time.perf_counter\nt0 = now()\nlabel = 'apple'\nprices = {}\n"
+            'for item in ["apple", "pear", "plum"]:\n'
+            "    prices[item] = lookup_price(item=item)\n"
+            "relabel('kiwi')\n"  # a function of the code the planner cannot follow: it rebinds `label`
+            'note = llm_query(f"One line about {label}")\n'  # planned with 'apple': a misprediction, wasted
+            'stock = check_stock(warehouse="north")\n'  # planned past the unknown call: claimed
+            "elapsed = round(now() - t0, 3)\nprint(prices, note, stock)",
+            "SUBMIT(answer=f\"{note} | {stock['units']} units\")",
+        ],
+        tools=[lookup_price, check_stock],
+        pure=[lookup_price, check_stock],
+        inputs={"text": "labels"},
+        # it. 2: 3 x 60 ms at once, then the sub-LM call on the label relabel() set; check_stock alongside
+        critical_path_ms=TOOL_MS["lookup_price"] + SUB_LM_MS,
+        target=1.5,
+        expected="",
+    ),
+    Scenario(
         name="dependent",
         steps=[
             "seed = fetch_seed()\na = step_a(x=seed)\nb = step_b(x=a)\nc = step_c(x=b)\nprint(seed, a, b, c)",

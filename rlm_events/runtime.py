@@ -24,9 +24,24 @@ from ._patch import (
     stream_mode,
     worker_started,
 )
+from ._patch.streaming import ACTION_STREAM, ActionSink, Opener, feed_action_text
+from .context import Run
 from .lm_history import lms_of
 
+
+def stream_actions(run: Run, opener: Opener | None) -> None:
+    """Stream `generate_action`'s LM call in `run` (when the predictor and its LM can stream) to the
+    `ActionSink` `opener(iteration)` returns (`None`: not this
+    iteration); `opener=None` stops. The call's result, history and usage are those of the non-streamed call; see
+    `rlm_events._patch.streaming`."""
+    if opener is None:
+        run.state.pop(ACTION_STREAM, None)
+    else:
+        run.state[ACTION_STREAM] = opener
+
+
 __all__ = [
+    "ActionSink",
     "CodeInterpreterError",
     "ExecutionError",
     "assembled_by_litellm",
@@ -36,12 +51,14 @@ __all__ = [
     "current_run",
     "execute_without_callbacks",
     "failed_after_answer",
+    "feed_action_text",
     "interpreter_class",
     "iteration_limit",
     "lms_of",
     "raw_tool",
     "runs_pyodide",
     "serving_recorded_actions",
+    "stream_actions",
     "stream_mode",
     "worker_started",
 ]

@@ -199,7 +199,16 @@ def test_an_unmarked_tool_is_never_called_ahead_nor_twice(make_rlm, tools, count
     fast, _, stats, _ = run(make_rlm, steps, speculate=Speculate(pure=["lookup"]), tools=tools, counter=counter)
     assert steps_of(fast) == steps_of(bare)
     assert counter.count("log_event") == 2 and counter.ahead("log_event") == 0
-    # A pure tool called after an unmarked one is not called ahead: the unmarked one may change what it reads.
+    # Past the unmarked tool, the pure one is planned (its result depends only on its arguments) and counted so.
+    assert stats.dispatched == stats.past_unknown == 2 and stats.past_unknown_wasted == 0
+    assert counter.count("lookup") == 2  # each claimed, or cancelled and made by the code: never twice
+    counter.calls.clear()
+    slow, _, stats, _ = run(
+        make_rlm, steps, speculate=Speculate(pure=["lookup"], past_unknown_calls=False), tools=tools, counter=counter
+    )
+    assert steps_of(slow) == steps_of(bare)
+    assert counter.count("log_event") == 2 and counter.ahead("log_event") == 0
+    # The conservative order: a pure tool called after an unmarked one is not called ahead.
     assert counter.ahead("lookup") == 0 and stats.dispatched == 0
 
 
@@ -512,8 +521,11 @@ def test_planning_opens_no_file_socket_process_and_runs_no_code(make_rlm, tools,
             "r = [lookup(item=i) for i in ['a']]"
         )
         steps = [code.replace("os.system('true')", "pass").replace("socket.socket()", "pass"), "SUBMIT(answer='x')"]
-        _, _, stats, _ = run(make_rlm, steps, speculate=Speculate(pure=["lookup"]), tools=tools, counter=counter)
+        conservative = Speculate(pure=["lookup"], past_unknown_calls=False)
+        _, _, stats, _ = run(make_rlm, steps, speculate=conservative, tools=tools, counter=counter)
         assert stats.planned == 0  # the unmarked work before the lookup is a barrier
+        _, _, stats, _ = run(make_rlm, steps, speculate=Speculate(pure=["lookup"]), tools=tools, counter=counter)
+        assert stats.planned == stats.past_unknown == 1  # planned past it, and counted as such
         direct = Planner(
             speculable=frozenset({"llm_query"}), tools=frozenset({"llm_query"}), values={}, absent=frozenset()
         )
@@ -566,24 +578,33 @@ def test_planner_follows_the_code(code, calls):
 # -- the REPL probe of dspy.LocalInterpreter ------------------------------------------------------------------
 
 
+TRAP_CLASSES = (
+    "touched = []\n"
+    "class Trap:\n"
+    "    def __repr__(self):\n        touched.append('repr'); return 'T'\n"
+    "    def __eq__(self, o):\n        touched.append('eq'); return True\n"
+    "    __hash__ = object.__hash__\n"
+    "    def __iter__(self):\n        touched.append('iter'); return iter([])\n"
+    "    def __len__(self):\n        touched.append('len'); return 0\n"
+    "class S(str):\n"
+    "    def __eq__(self, o):\n        touched.append('S.eq'); return str.__eq__(self, o)\n"
+    "    __hash__ = str.__hash__\n"
+    "class L(list):\n"
+    "    def __iter__(self):\n        touched.append('L.iter'); return list.__iter__(self)\n"
+)
+"""Classes whose every hook records that it ran (in `touched`): a REPL reader must run none of them."""
+GLOBALS_SNAPSHOT = (
+    "sorted((str.__str__(k), id(v)) for k, v in globals().items() if k not in ('__builtins__', 'SUBMIT'))"
+)
+"""What every global of a REPL is bound to (identities; str.__str__ gives exact names); SUBMIT is bound anew."""
+
+
 @pytest.mark.skipif(not HAS_LOCAL, reason="dspy.LocalInterpreter needs DSPy 3.4+")
 def test_the_local_interpreter_probe_reads_plain_values_and_changes_nothing():
     repl = dspy.LocalInterpreter()
     try:
         setup = (
-            "touched = []\n"
-            "class Trap:\n"
-            "    def __repr__(self):\n        touched.append('repr'); return 'T'\n"
-            "    def __eq__(self, o):\n        touched.append('eq'); return True\n"
-            "    __hash__ = object.__hash__\n"
-            "    def __iter__(self):\n        touched.append('iter'); return iter([])\n"
-            "    def __len__(self):\n        touched.append('len'); return 0\n"
-            "class S(str):\n"
-            "    def __eq__(self, o):\n        touched.append('S.eq'); return str.__eq__(self, o)\n"
-            "    __hash__ = str.__hash__\n"
-            "class L(list):\n"
-            "    def __iter__(self):\n        touched.append('L.iter'); return list.__iter__(self)\n"
-            "globals()[S('sneaky')] = 0\n"
+            TRAP_CLASSES + "globals()[S('sneaky')] = 0\n"
             "chunks = ['a', 'b']\nnested = {'k': [1, 2.5, None, True]}\nt = Trap()\nl = L([1])\ns = S('x')\n"
             "big = 10 ** 100\nnan = float('nan')\nlen = lambda x: touched.append('len()')\ntype = len\n"
             "print('ready')"
@@ -591,9 +612,7 @@ def test_the_local_interpreter_probe_reads_plain_values_and_changes_nothing():
         assert repl.execute(setup) == "ready"
         # What every global is bound to (identities; str.__str__ gives exact names): reading it runs no code of theirs.
         # SUBMIT is the interpreter's, bound anew by every execution.
-        snapshot = (
-            "sorted((str.__str__(k), id(v)) for k, v in globals().items() if k not in ('__builtins__', 'SUBMIT'))"
-        )
+        snapshot = GLOBALS_SNAPSHOT
         before = repl.execute(snapshot)
         assert repl.execute("touched.clear()") is None
         reader = ProbeReader(repl)
@@ -711,7 +730,8 @@ def test_the_latency_benchmark_runs_and_compares_every_step(tmp_path):
     )
     report = json.loads(out.read_text())
     scenario = report["scenarios"]["fan-out"]
-    assert report["identical"] and set(scenario["variants"]) == {"bare", "speculate", "literals", "composed"}
+    variants = {"bare", "speculate", "literals", "composed", "conservative"}
+    assert report["identical"] and set(scenario["variants"]) == variants
     speculate = scenario["variants"]["speculate"]
     assert speculate["claimed"] + speculate["cancelled"] == 10 and speculate["wasted"] == 0
     # The speed-up itself is the benchmark's to judge (benchmarks/latency.py, ratios measured in one run), not a

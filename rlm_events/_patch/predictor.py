@@ -8,6 +8,7 @@ from typing import Any
 
 from .call import CURRENT, Call
 from .frame import Frame
+from .streaming import generate
 
 
 class Acting:
@@ -24,7 +25,7 @@ class Acting:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self._frame.prompt:  # pre_iteration's prompt_context, in this call's variables_info
             kwargs = self._call.shown(self._frame, kwargs)
-        return self._acted(self._predictor(*args, **kwargs))
+        return self._acted(generate(self._call.run.state, self._frame.index, self._predictor, args, kwargs))
 
     def _acted(self, action: Any) -> Any:
         call, frame = self._call, self._frame

@@ -322,6 +322,48 @@ class Session:
         return outcome
 
 
+def read(namespace: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    """Answer a `read` request: the names asked that hold plain data, copied (`values`), and every name asked that
+    is bound (`bound`). Read only: exact type checks and the exact builtin types' own C methods, so no code of any
+    other class runs (no `__eq__`, `__iter__`, property or descriptor); nothing is assigned, printed or called.
+    A tuple is sent as `{"\\u0000tuple": [...]}` (JSON has none). Within the request's bounds (`max_items` per
+    container, `max_chars` per string, `max_total` in all), else the value is left out."""
+    names = [n for n in request.get("names") or [] if type(n) is str]
+    bounds = request.get("limits") or {}
+    max_items, max_chars = int(bounds.get("max_items", 1000)), int(bounds.get("max_chars", 100_000))
+    budget = [int(bounds.get("max_total", 1_000_000))]
+
+    def copy(value: Any, depth: int) -> Any:
+        kind = type(value)
+        if kind is str:
+            budget[0] -= len(value)
+            if len(value) > max_chars or budget[0] < 0:
+                raise ValueError
+            return value
+        if kind is bool or value is None or (kind is int and -(2**53) <= value <= 2**53):
+            return value
+        if kind is float and value == value and value - value == 0.0:
+            return value
+        if depth < 8 and (kind is list or kind is tuple) and len(value) <= max_items:
+            budget[0] -= len(value)
+            items = [copy(item, depth + 1) for item in list(value)]
+            return items if kind is list else {"\u0000tuple": items}
+        if depth < 8 and kind is dict and len(value) <= max_items:
+            budget[0] -= len(value)
+            pairs = list(value.items())
+            if not all(type(key) is str for key, _ in pairs):
+                raise ValueError
+            return {key: copy(item, depth + 1) for key, item in pairs}
+        raise ValueError
+
+    values: dict[str, Any] = {}
+    bound = [name for name in names if name in namespace]
+    for name in bound:
+        with contextlib.suppress(ValueError, RecursionError):
+            values[name] = copy(namespace[name], 0)
+    return {"type": "values", "execution": request.get("execution"), "values": values, "bound": bound}
+
+
 def main() -> None:
     apply_limits(json.loads(sys.argv[1]) if len(sys.argv) > 1 else {})
     Channel.open()
@@ -335,6 +377,9 @@ def main() -> None:
                 return
             if request.get("type") == "protocol_error":
                 raise ValueError(request.get("error"))
+            if request.get("type") == "read":
+                send(read(session.namespace, request))
+                continue
             if request.get("type") != "execute":
                 raise ValueError(f"unknown request {request.get('type')!r}")
             response = session.execute(request)

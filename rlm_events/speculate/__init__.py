@@ -12,7 +12,9 @@ what it did in a run (`Speculate.stats(run)`).
 
 Modules, one concern each: `middleware` ([`Speculate`][rlm_events.speculate.middleware.Speculate]: stages, install-time
 checks), `planner` (the
-shadow planner, on the bounded evaluator of `rlm_events._ast`), `repl` (reading the REPL's variables
+shadow planner, on the bounded evaluator of `rlm_events._ast`), `library` (the library functions known to be
+side-effect free), `iteration` (one iteration's planning and dispatch), `streamed` (planning the code while the
+LM writes it), `repl` (reading the REPL's variables
 without side effects, and the arguments a tool will see), `dispatch` (calls made ahead, from dispatch to claim),
 `ledger` (every dispatched call and how it ended), `budget_gate` (the run's Budgets), `spans`
 (OpenTelemetry), `stats` ([`SpeculateStats`][rlm_events.speculate.stats.SpeculateStats]).

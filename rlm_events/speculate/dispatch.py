@@ -13,7 +13,7 @@ import asyncio
 import contextvars
 import inspect
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import CancelledError
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -51,13 +51,18 @@ def dispatch_calls(
     *,
     max_per_iteration: int,
     tracer: Any,
+    streamed: bool = False,
 ) -> None:
-    """Start the calls of `predicted` that may start; count the others on `live.stats.refused` by reason."""
+    """Start the calls of `predicted` that may start; count the others on `live.stats.refused` by reason.
+
+    `streamed`: planned from the code while the LM writes it; the calls of the whole code's planning that were
+    started so for this iteration are not started again (`live.ahead`)."""
     normalize = repl_io.normalizer_for(repl)
     gate = BudgetGate(run)
     stats = live.stats
     limit = getattr(run.module, "max_llm_calls", None)
-    sent = 0
+    sent = live.sent.get(iteration, 0)
+    ahead = live.ahead.setdefault(iteration, Counter())
     per_tool: dict[str, int] = {}
     for call in predicted:
         weight = lm_calls(call) if call.name in LLM_TOOLS else 1
@@ -73,7 +78,11 @@ def dispatch_calls(
         if key is None:
             stats.refuse("arguments")
             continue
+        if not streamed and ahead[key] > 0:
+            ahead[key] -= 1  # started while the LM wrote the code
+            continue
         dispatch = Dispatch(call.name, args, kwargs, key, iteration)
+        dispatch.after_unknown = call.after_unknown
         if call.name in LLM_TOOLS:
             # DSPy's max_llm_calls counts calls made ahead: never dispatch one it would refuse.
             if isinstance(limit, int) and live.llm_counted + weight > limit:
@@ -85,7 +94,11 @@ def dispatch_calls(
             stats.refuse(refusal)
             continue
         sent += weight
+        live.sent[iteration] = sent
         per_tool[call.name] = per_tool.get(call.name, 0) + 1
+        if streamed:
+            ahead[key] += 1
+            stats.dispatched_streaming += 1
         submit(live, dispatch, tools[call.name], tracer)
 
 
@@ -96,6 +109,7 @@ def submit(live: Live, dispatch: Dispatch, fn: Callable[..., Any], tracer: Any) 
         live.pending.setdefault(dispatch.key, deque()).append(dispatch)
         live.all.append(dispatch)
         live.stats.dispatched += 1
+        live.stats.past_unknown += dispatch.after_unknown
         live.llm_counted += dispatch.weight
     if tracer is not None:
         dispatch.span = start_span(tracer, dispatch, live.run)

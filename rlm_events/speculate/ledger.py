@@ -9,7 +9,7 @@ it has both finished and been decided (`Live.settle()`), on
 from __future__ import annotations
 
 import threading
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -23,6 +23,7 @@ class Dispatch:
     """One call made ahead: what it is, its future, and its own LM ledger."""
 
     __slots__ = (
+        "after_unknown",
         "args",
         "future",
         "iteration",
@@ -46,6 +47,7 @@ class Dispatch:
         self.reserved: tuple[Any, int, float] | None = None  # (spend, tokens, cost) a hard Budget set aside
         self.span: Any = None  # its OpenTelemetry span, when OpenTelemetry is installed
         self.weight = 0  # the LM calls it counts against DSPy's max_llm_calls (0 for a pure tool)
+        self.after_unknown = False  # planned past a call the planner could not follow
 
 
 class Live:
@@ -59,6 +61,9 @@ class Live:
         self.executor: ThreadPoolExecutor | None = None
         self.readers: dict[int, Any] = {}
         self.llm_counted = 0  # sub-LLM calls DSPy's max_llm_calls counted: made ahead, and made by the code
+        self.streams: dict[int, Any] = {}  # iteration -> its ActionStream, while the LM writes its code
+        self.ahead: dict[int, Counter[str]] = {}  # iteration -> keys dispatched while the LM wrote its code
+        self.sent: dict[int, int] = {}  # iteration -> LM calls dispatched for it (max_per_iteration)
 
     def pool(self) -> ThreadPoolExecutor:
         if self.executor is None:
@@ -95,15 +100,10 @@ class Live:
             if not future.done():
                 return
             dispatch.settled = True
-            ledger, stats, wasted = dispatch.ledger, self.stats, dispatch.outcome == "wasted"
-            stats.lm_calls += ledger.lm_calls
-            stats.tokens += ledger.tokens
-            if wasted:
-                stats.wasted_lm_calls += ledger.lm_calls
-                stats.wasted_tokens += ledger.tokens
-                stats.wasted_cost_usd += ledger.cost_usd
-            else:
-                stats.claimed_tokens += ledger.tokens
+            ledger, wasted = dispatch.ledger, dispatch.outcome == "wasted"
+            if wasted and dispatch.after_unknown:
+                self.stats.past_unknown_wasted += 1
+        self.stats.spent.add_speculation(ledger, wasted=wasted)
         usage = metered(self.run)
         if usage is not None:
             usage.add_speculation(ledger, wasted=wasted)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import wait as wait_futures
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -22,17 +21,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import dspy
 
 from .. import context
-from .._ast import LIMITS, Limits, parse
+from .._ast import LIMITS, Limits
 from ..builtin import Builtin, check_int
 from ..lm_usage import meter_run
-from ..runtime import interpreter_class
+from ..runtime import interpreter_class, stream_actions
 from ..stages import Stage
 from . import repl as repl_io
-from .dispatch import LLM_TOOLS, claim, dispatch_calls
+from .dispatch import LLM_TOOLS, claim
+from .iteration import Planning
 from .ledger import Live
-from .planner import plan_calls
 from .spans import tracer_for
 from .stats import SpeculateStats
+from .streamed import ActionStream
 
 if TYPE_CHECKING:
     from ..instrumentation import Instrumentation
@@ -44,13 +44,21 @@ logger = logging.getLogger("rlm_events")
 _STATS_KEY = "speculate"
 _LIVE_KEY = "rlm_events.speculate:live"
 
+_UNREADABLE = (
+    "Speculate cannot read the REPL state of {owner}'s interpreter: {reason}. It reads variables from "
+    "rlm_events.inprocess.InProcessInterpreter (its namespace, in process), dspy.LocalInterpreter (a checked "
+    "read-only expression) and rlm_events.sandbox.SandboxedInterpreter (a read-only request of its worker). Use "
+    "another interpreter, or Speculate(..., repl_state=False) to plan from the code's literals and the input "
+    "variables only."
+)
+
 
 class Speculate(Builtin):
     """Runs the sub-LLM and pure tool calls an iteration's code is about to make ahead of it, concurrently; the
     real calls claim the results. Results are those of the real calls: only an exact match is claimed.
 
     `Speculate(pure=(), *, llm=True, max_in_flight=16, max_per_iteration=32, timeout=30.0, repl_state=True,
-    tracer_provider=None)`;
+    past_unknown_calls=True, stream=True, tracer_provider=None)`;
     install it with `Speculate(...).install(events)` (stages `run_start`, `pre_execution`, `tool_call`,
     `post_execution`, `run_end`). Install it last, so that every other `tool_call` middleware (a Budget, a
     cache, a trace) sees each real call exactly as without it: middleware installed after it do not see claimed
@@ -68,8 +76,23 @@ class Speculate(Builtin):
             iteration built). Needs an interpreter whose variables can be read without side effects:
             [`InProcessInterpreter`][rlm_events.inprocess.InProcessInterpreter] (its namespace, in this process) or
             `dspy.LocalInterpreter` (a read-only probe expression, see
-            `ProbeReader`); any other interpreter is refused at install
+            `ProbeReader`) or [`SandboxedInterpreter`][rlm_events.sandbox.SandboxedInterpreter] (a read-only request
+            of its worker, see `SandboxReader`); any other interpreter is refused at install
             time. `False` plans from the code's literals and the execution's input variables only.
+        past_unknown_calls: call pure tools ahead even when the code first calls something the planner cannot follow
+            (a function of its own, an unmarked tool, a library function not known to be side-effect free). Such a
+            call cannot change a pure tool's result, only whether the arguments the planner computed are those the
+            code will pass: a misprediction wastes the call made ahead (`stats.past_unknown_wasted`), never changes
+            a result. `False` keeps the conservative order: no pure tool is called ahead past such a call.
+            `llm_query`/`llm_query_batched` are planned past them either way. Calls of known side-effect-free
+            library functions (`t0 = time.perf_counter()`, `json.dumps(...)`; see
+            `rlm_events.speculate.library`) are followed in both modes.
+        stream: when the main LM can stream (a `dspy.LM` through DSPy's adapters; see `rlm_events._patch.streaming`),
+            stream `generate_action`'s call internally and dispatch each call as soon as its statement is written,
+            while the LM goes on writing (`rlm_events.speculate.streamed`). The action, its history entry and its
+            usage are those of the non-streamed call. Where it cannot stream (another LM or predictor, a cache hit,
+            an error mid-stream: the call is then made again without streaming), the code is planned when complete,
+            as with `False`; said once per RLM at INFO (`stats.stream`). Sync calls only (`acall` plans when complete).
         tracer_provider: where the OpenTelemetry span of each call made ahead goes (the global provider if
             `None`; nothing without OpenTelemetry installed).
 
@@ -77,8 +100,9 @@ class Speculate(Builtin):
 
     * **Safety.** Only `llm_query`, `llm_query_batched` and the tools in `pure` are called ahead. Planning
       runs nothing of the code: the shadow evaluates its AST over plain-data copies (see
-      `rlm_events.speculate.planner`). A pure tool called after an unmarked tool or a function of the code is
-      not called ahead (the unmarked one may change what it reads).
+      `rlm_events.speculate.planner`). A tool not marked pure is never called ahead. With
+      `past_unknown_calls=False`, a pure tool called after an unmarked tool or a function of the code is not called
+      ahead either.
     * **Identical results.** A real call gets a result made ahead only when its tool name, positional and keyword
       arguments (after the interpreter's normalisation: through JSON, bound as the interpreter binds them) equal
       the dispatched call's exactly (as JSON: types, order and dict order included), and that call succeeded.
@@ -114,6 +138,8 @@ class Speculate(Builtin):
         max_per_iteration: int = 32,
         timeout: float = 30.0,
         repl_state: bool = True,
+        past_unknown_calls: bool = True,
+        stream: bool = True,
         tracer_provider: Any = None,
         limits: Limits = LIMITS,
     ) -> None:
@@ -125,10 +151,11 @@ class Speculate(Builtin):
         check_int("Speculate", "max_per_iteration", max_per_iteration, 1)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError(f"Speculate(timeout=...) must be a positive number of seconds, got {timeout!r}")
-        for name, flag in (("llm", llm), ("repl_state", repl_state)):
+        flags = {"llm": llm, "repl_state": repl_state, "past_unknown_calls": past_unknown_calls, "stream": stream}
+        for name, flag in flags.items():
             if not isinstance(flag, bool):
                 raise TypeError(f"Speculate({name}=...) must be True or False, got {flag!r}")
-        self.llm, self.repl_state = llm, repl_state
+        self.llm, self.repl_state, self.past_unknown_calls, self.stream = llm, repl_state, past_unknown_calls, stream
         self.max_in_flight, self.max_per_iteration, self.timeout = max_in_flight, max_per_iteration, float(timeout)
         self.limits = limits
         self.tracer = tracer_for(tracer_provider)
@@ -146,13 +173,7 @@ class Speculate(Builtin):
                 cls = interpreter_class(module)
                 reason = repl_io.unsupported_reason(cls) if cls is not None else None
                 if reason is not None:
-                    raise ValueError(
-                        f"Speculate cannot read the REPL state of {type(module).__name__}'s interpreter: {reason}. "
-                        "It reads variables from rlm_events.inprocess.InProcessInterpreter (its namespace, in "
-                        "process) and dspy.LocalInterpreter (a checked read-only expression). Use another "
-                        "interpreter, or Speculate(..., repl_state=False) to plan from the code's literals and the "
-                        "input variables only."
-                    )
+                    raise ValueError(_UNREADABLE.format(owner=type(module).__name__, reason=reason))
 
     def _check_pure(self, module: Any) -> None:
         tools = dict(getattr(module, "tools", None) or {})
@@ -170,34 +191,48 @@ class Speculate(Builtin):
             given = item.func if isinstance(item, dspy.Tool) else item
             actual = tool.func if isinstance(tool, dspy.Tool) else tool
             if callable(given) and not isinstance(item, str) and given is not actual:
-                raise ValueError(
-                    f"Speculate(pure=...): {item!r} is not the function of this RLM's tool {name!r}. Tools of this "
-                    f"RLM: {listing}"
-                )
+                mismatch = f"{item!r} is not the function of this RLM's tool {name!r}"
+                raise ValueError(f"Speculate(pure=...): {mismatch}. Tools of this RLM: {listing}")
 
     # -- the stages
 
     def __call__(self, ctx: Any, next: Any) -> Any:
-        if isinstance(ctx, context.ToolCallContext):
-            return self._tool_call(ctx, next)
-        if isinstance(ctx, context.PreExecutionContext):
-            ctx = next(ctx)  # plan on the code that will run: after every other middleware changed or refused it
-            if not ctx.skipped:
-                self._guarded(self._speculate, ctx)
-            return ctx
-        if isinstance(ctx, context.PostExecutionContext):
-            live = _live_of(ctx.run)
-            if live is not None:
-                self._guarded(live.expire)
-            return next(ctx)
-        if isinstance(ctx, context.RunStartContext):
-            self._live(ctx.run)
-            meter_run(ctx.run)  # so that calls made ahead are metered even without a Budget or trace
-            return next(ctx)
-        if isinstance(ctx, context.RunEndContext):
-            self._guarded(self._finish, ctx.run)
-            return next(ctx)
-        raise self._wrong_stage(ctx)
+        stages: dict[Stage, Callable[[Any, Any], Any]] = {
+            Stage.TOOL_CALL: self._tool_call,
+            Stage.PRE_EXECUTION: self._pre_execution,
+            Stage.POST_EXECUTION: self._post_execution,
+            Stage.RUN_START: self._run_start,
+            Stage.RUN_END: self._run_end,
+        }
+        handler = stages.get(getattr(ctx, "stage", None))  # type: ignore[arg-type]
+        if handler is None:
+            raise self._wrong_stage(ctx)
+        return handler(ctx, next)
+
+    def _pre_execution(self, ctx: context.PreExecutionContext, next: Any) -> Any:
+        ctx = next(ctx)  # plan on the code that will run: after every other middleware changed or refused it
+        if not ctx.skipped:
+            self._guarded(self._speculate, ctx)
+        return ctx
+
+    def _post_execution(self, ctx: context.PostExecutionContext, next: Any) -> Any:
+        live = _live_of(ctx.run)
+        if live is not None:
+            self._guarded(live.expire)
+        return next(ctx)
+
+    def _run_start(self, ctx: context.RunStartContext, next: Any) -> Any:
+        self._live(ctx.run)
+        meter_run(ctx.run)  # so that calls made ahead are metered even without a Budget or trace
+        if self.stream:
+            run = ctx.run
+            stream_actions(run, lambda iteration: self._open_stream(run, iteration))
+        return next(ctx)
+
+    def _run_end(self, ctx: context.RunEndContext, next: Any) -> Any:
+        stream_actions(ctx.run, None)
+        self._guarded(self._finish, ctx.run)
+        return next(ctx)
 
     def _guarded(self, fn: Callable[..., Any], *args: Any) -> None:
         try:
@@ -226,44 +261,57 @@ class Speculate(Builtin):
         live = self._live(ctx.run)
         iteration = ctx.iteration or 0
         live.expire(iteration)
+        planning = None
+        opened = live.streams.pop(iteration, None)
+        if opened is not None:
+            stream, planning = opened
+            live.stats.streamed_chunks += stream.chunks
+            if stream.chunks and not stream.fell_back_because and not live.stats.stream:
+                live.stats.stream = "streamed"
         if not self._mentions.search(ctx.code):
             return
-        found = repl_io.iteration_of(ctx.run)
+        planning = planning or self._planning(live, ctx.run, iteration)
+        if planning is not None:
+            planning.dispatch(planning.plan(ctx.code))
+
+    def _planning(self, live: Live, run: context.Run, iteration: int) -> Planning | None:
+        """How to plan and dispatch the calls of iteration `iteration`'s code (`None`: nothing can be)."""
+        found = repl_io.iteration_of(run)
         if found is None:
-            self._warn_once(ctx.run, "iteration", "could not find this iteration's REPL; nothing is speculated")
-            return
+            self._warn_once(run, "iteration", "could not find this iteration's REPL; nothing is speculated")
+            return None
         repl, variables = found
         tools = repl_io.raw_tools(repl, self.speculable)
-        repl_tools = dict(vars(repl).get("tools") or {}) if hasattr(repl, "__dict__") else {}
         if not tools:
-            return
-        started = time.perf_counter()
-        tree = parse(ctx.code)
-        if tree is None:
-            return
-        predicted = plan_calls(
-            self._reader(live, ctx.run, repl),
-            tree,
-            variables,
-            speculable=frozenset(tools),
-            tools=frozenset(repl_tools),
-            limits=self.limits,
-            stats=live.stats,
+            return None
+        return Planning(self, live, run, iteration, repl, variables, tools, self._reader(live, run, repl))
+
+    def _open_stream(self, run: context.Run, iteration: int) -> ActionStream | None:
+        """The sink of iteration `iteration`'s action while the LM writes it (see `rlm_events.speculate.streamed`)."""
+        live = _live_of(run)
+        if live is None:
+            return None
+        try:
+            live.expire(iteration)
+            planning = self._planning(live, run, iteration)
+        except Exception:  # speculation must never break the run it speeds up
+            logger.warning("rlm-events: Speculate failed; the run goes on without it", exc_info=True)
+            return None
+        if planning is None:
+            return None
+        stream = ActionStream(
+            lambda code: planning.plan(code, streamed=True),
+            lambda calls: planning.dispatch(calls, streamed=True),
+            lambda why: self._fell_back(run, why),
         )
-        live.stats.planning_seconds += time.perf_counter() - started
-        live.stats.planned += len(predicted)
-        if predicted:
-            dispatch_calls(
-                live,
-                ctx.run,
-                iteration,
-                predicted,
-                repl,
-                tools,
-                repl_tools,
-                max_per_iteration=self.max_per_iteration,
-                tracer=self.tracer,
-            )
+        live.streams[iteration] = (stream, planning)
+        return stream
+
+    def _fell_back(self, run: context.Run, reason: str) -> None:
+        live = _live_of(run)
+        if live is not None:
+            live.stats.stream = f"fallback: {reason}"
+        self._warn_once(run, "stream", f"planning when the code is complete: {reason}", level=logging.INFO)
 
     def _reader(self, live: Live, run: context.Run, repl: Any) -> Any:
         if not self.repl_state:
@@ -304,11 +352,11 @@ class Speculate(Builtin):
         if live.executor is not None:
             live.executor.shutdown(wait=False, cancel_futures=True)
 
-    def _warn_once(self, run: context.Run, what: str, message: str) -> None:
+    def _warn_once(self, run: context.Run, what: str, message: str, level: int = logging.WARNING) -> None:
         key = (id(run.module), what)
         if key not in self._warned:
             self._warned.add(key)
-            logger.warning("rlm-events: Speculate on %s: %s", type(run.module).__qualname__, message)
+            logger.log(level, "rlm-events: Speculate on %s: %s", type(run.module).__qualname__, message)
 
     def __repr__(self) -> str:
         pure = [_tool_name(p) for p in self.pure]
@@ -319,6 +367,8 @@ class Speculate(Builtin):
             "max_per_iteration": self.max_per_iteration,
             "timeout": self.timeout,
             "repl_state": None if self.repl_state else False,
+            "past_unknown_calls": None if self.past_unknown_calls else False,
+            "stream": None if self.stream else False,
         }
         return "Speculate({})".format(", ".join(f"{k}={v!r}" for k, v in options.items() if v is not None))
 

@@ -15,8 +15,10 @@ from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._ast import LIMITS, UNKNOWN, Evaluator, Limits, Unknown, needs_of
+from .._ast import LIMITS, UNKNOWN, Evaluator, Limits, Unknown, base_name, needs_of
+from .._ast.values import unknown_of
 from . import repl as repl_io
+from .library import Library, side_effect_free
 from .stats import SpeculateStats
 
 
@@ -28,6 +30,8 @@ class Predicted:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     line: int = 0
+    after_unknown: bool = False
+    """Planned past a call the planner could not follow (which may have changed its arguments)."""
 
 
 @dataclass
@@ -52,7 +56,12 @@ class Planner(Evaluator):
         values: what the code's free names hold when it starts: plain data or `Unknown`.
         absent: names known to be unbound in the REPL (builtins of that name are the real builtins).
         llm_tools: the speculable names that are the sub-LLM tools (not stopped by a barrier).
+        past_unknown_calls: plan the pure tools past calls it cannot follow too (the sub-LLM tools always are);
+            `False` stops planning pure tools at the first such call.
         limits: the bounds of one planning.
+
+    Calls of the library functions of `rlm_events.speculate.library` (through names the code's own `import`
+    bound, or aliases of them) are not barriers; calls of other library functions are.
     """
 
     def __init__(
@@ -63,10 +72,12 @@ class Planner(Evaluator):
         values: Mapping[str, Any],
         absent: Container[str] | None = None,
         llm_tools: frozenset[str] = frozenset({"llm_query", "llm_query_batched"}),
+        past_unknown_calls: bool = True,
         limits: Limits = LIMITS,
     ) -> None:
         super().__init__(tools=tools, values=values, absent=absent, limits=limits)
         self.speculable, self.llm_tools = speculable, llm_tools
+        self.past_unknown_calls = past_unknown_calls
         self.calls: list[Predicted] = []
 
     def run(self, tree: ast.Module) -> CallPlan:
@@ -78,7 +89,7 @@ class Planner(Evaluator):
         if name not in self.speculable:
             self.barrier = True  # an unmarked tool may change what pure tools read
             return UNKNOWN
-        if self.barrier and name not in self.llm_tools:
+        if self.barrier and name not in self.llm_tools and not self.past_unknown_calls:
             return UNKNOWN
         if isinstance(arguments, Unknown):
             if arguments.needs:
@@ -89,8 +100,54 @@ class Planner(Evaluator):
         if needs is not None:
             self.needs.update(needs)
             return Unknown(needs)
-        self.calls.append(Predicted(name, tuple(args), dict(kwargs), self.line))
+        self.calls.append(Predicted(name, tuple(args), dict(kwargs), self.line, self.barrier))
         return UNKNOWN
+
+    # -- library functions: names the code's imports bind
+
+    def _stmt(self, node: ast.stmt) -> None:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname:
+                    self.store(alias.asname, Library(alias.name))
+                else:  # `import os.path` binds `os`
+                    top = alias.name.split(".")[0]
+                    self.store(top, Library(top))
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.names[0].name != "*":
+            for alias in node.names:
+                self.store(alias.asname or alias.name, Library(f"{node.module}.{alias.name}"))
+        else:
+            super()._stmt(node)
+
+    def _ev(self, node: ast.AST) -> Any:
+        if isinstance(node, ast.Attribute):
+            owner = self.ev(node.value)
+            return Library(f"{owner.path}.{node.attr}") if type(owner) is Library else unknown_of(owner)
+        return super()._ev(node)
+
+    def call(self, node: ast.Call) -> Any:
+        path = self.library_path(node.func)
+        if path is None:
+            return super().call(node)
+        arguments = self.arguments(node)
+        if not side_effect_free(path):
+            self.barrier = True  # a library function that may change anything read after it
+        if not isinstance(arguments, Unknown) and not any(isinstance(a, ast.Starred) for a in node.args):
+            for arg, value in zip(node.args, arguments[0], strict=True):
+                base = base_name(arg)
+                if base and needs_of(value) is not None:
+                    self.forget(base)  # not plain data: an iterator the call consumes, an object it may change
+        return UNKNOWN
+
+    def library_path(self, func: ast.AST) -> str | None:
+        """The dotted path of the library function `func` names through the code's imports, else `None`."""
+        if isinstance(func, ast.Name):
+            value = self.lookup(func.id)
+            return value.path if type(value) is Library else None
+        if isinstance(func, ast.Attribute):
+            owner = self.library_path(func.value)
+            return f"{owner}.{func.attr}" if owner is not None else None
+        return None
 
 
 def plan_calls(
@@ -102,13 +159,16 @@ def plan_calls(
     tools: frozenset[str],
     limits: Limits,
     stats: SpeculateStats,
+    past_unknown_calls: bool = True,
 ) -> list[Predicted]:
     """The calls `tree` will make, planned over the execution's `variables` and what `reader` reads of the
     REPL (nothing when `None`). A probe reads only the names a planning found it needs, in up to three rounds
     (each read can reveal names that were hidden behind unknown values); `stats.repl_reads` counts them."""
 
+    options = {"speculable": speculable, "tools": tools, "past_unknown_calls": past_unknown_calls, "limits": limits}
+
     def planned(values: Any, absent: Any) -> CallPlan:
-        return Planner(speculable=speculable, tools=tools, values=values, absent=absent, limits=limits).run(tree)
+        return Planner(values=values, absent=absent, **options).run(tree)  # type: ignore[arg-type]
 
     if isinstance(reader, repl_io.NamespaceReader):
         values, absent = reader.values(variables, limits)

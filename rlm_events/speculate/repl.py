@@ -21,6 +21,7 @@ from __future__ import annotations
 import inspect
 import json
 import keyword
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -174,11 +175,58 @@ class ProbeReader:
         if not names or not self.started():
             return {}, frozenset()
         self.executions += 1
+        return self.fetch(names, limits)
+
+    def fetch(self, names: list[str], limits: Limits) -> tuple[dict[str, Any], frozenset[str]]:
+        """One read of the started worker (the probe's execution)."""
         result = execute_without_callbacks(self.repl, probe_code(names, limits), {})
         if not (isinstance(result, list) and len(result) == 2 and isinstance(result[0], dict)):
             raise RuntimeError(f"the REPL probe returned {type(result).__name__}, not its [values, names] pair")
         values, bound = result
         return {k: v for k, v in values.items() if isinstance(k, str)}, frozenset(n for n in bound if type(n) is str)
+
+
+class SandboxReader(ProbeReader):
+    """[`SandboxedInterpreter`][rlm_events.sandbox.SandboxedInterpreter]: its namespace lives in the sandbox's worker;
+    it is read by one `read` request of the worker's protocol (plain-data copies and the bound names; no
+    execution, nothing assigned, printed or called: see `rlm_events.sandbox._reader`), never while an execution
+    runs. A worker that has not started holds no variables and is not started."""
+
+    kind = "sandbox"
+
+    def started(self) -> bool:
+        return vars(self.repl).get("_resources") is not None and self.repl._resources.worker is not None
+
+    def fetch(self, names: list[str], limits: Limits) -> tuple[dict[str, Any], frozenset[str]]:
+        from ..sandbox._reader import read_variables
+
+        return read_variables(
+            self.repl, names, max_items=limits.max_items, max_chars=limits.max_chars, max_total=limits.max_alloc
+        )
+
+
+class ReadOnce(ProbeReader):
+    """A reader for one iteration's plannings: a name read once is not read again (the REPL does not change
+    between the LM's answer and the code's execution)."""
+
+    def __init__(self, reader: ProbeReader) -> None:
+        super().__init__(reader.repl)
+        self.inner, self.kind = reader, reader.kind
+        self.known: dict[str, Any] = {}
+        self.bound: set[str] = set()
+        self.asked: set[str] = set()
+
+    def started(self) -> bool:
+        return self.inner.started()
+
+    def read(self, names: list[str], limits: Limits) -> tuple[dict[str, Any], frozenset[str]]:
+        wanted = [n for n in names if n not in self.asked]
+        if wanted:
+            got, bound = self.inner.read(wanted, limits)
+            self.known.update(got)
+            self.bound.update(bound)
+            self.asked.update(wanted)
+        return {n: self.known[n] for n in names if n in self.known}, frozenset(n for n in names if n in self.bound)
 
 
 def reader_for(repl: Any) -> NamespaceReader | ProbeReader | str:
@@ -192,6 +240,8 @@ def reader_for(repl: Any) -> NamespaceReader | ProbeReader | str:
         if type(repl).execute is not LocalInterpreter.execute:
             return f"{type(repl).__qualname__} overrides LocalInterpreter.execute, whose effects it knows"
         return ProbeReader(repl)
+    if _is_sandboxed(type(repl)):
+        return SandboxReader(repl)
     return unsupported_reason(type(repl)) or f"{type(repl).__qualname__} is not an interpreter it can read"
 
 
@@ -203,6 +253,8 @@ def unsupported_reason(cls: Any) -> str | None:
         if cls.execute is not LocalInterpreter.execute:
             return f"{cls.__qualname__} overrides LocalInterpreter.execute, whose effects the probe relies on"
         return None
+    if _is_sandboxed(cls):
+        return None
     name = f"{cls.__module__}.{cls.__qualname__}"
     if cls.__name__ == "PythonInterpreter":
         return (
@@ -210,6 +262,12 @@ def unsupported_reason(cls: Any) -> str | None:
             "the shadow has no read of its variables it can prove side-effect free"
         )
     return f"{name} is not an interpreter whose variables the shadow can read without side effects"
+
+
+def _is_sandboxed(cls: Any) -> bool:
+    """Whether `cls` is the sandbox's interpreter (imported only when the sandbox package already is)."""
+    sandbox = sys.modules.get("rlm_events.sandbox")
+    return sandbox is not None and isinstance(cls, type) and issubclass(cls, sandbox.SandboxedInterpreter)
 
 
 # -- what a tool sees -----------------------------------------------------------------------------------------
@@ -254,6 +312,8 @@ __all__ = [
     "Absent",
     "NamespaceReader",
     "ProbeReader",
+    "ReadOnce",
+    "SandboxReader",
     "Values",
     "call_key",
     "iteration_of",
