@@ -159,7 +159,7 @@ def _make(scenario: Scenario, variant: Variant, interpreter: Callable[[], Any]) 
         captured["tool_s"] = ctx.run.state.get("tool_seconds", 0.0)
         captured["stats"] = Speculate.stats(ctx.run)
 
-    events.tap(["run_end"], at_end)
+    events.tap(["run_end"], at_end, inline=True)
     variant.rlm = (rlm, captured)
 
 

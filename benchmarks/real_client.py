@@ -58,7 +58,7 @@ def benchmark(*, rounds: int = 100, iterations: int = 3, warmup: int = 3, delay:
         events = rlm_events.instrument(rlms[1])
         Budget(max_iterations=10 * iterations).install(events)
         spent: list[Any] = []
-        events.tap(["run_end"], lambda ctx: spent.append(Budget.spent(ctx).lm_calls))
+        events.tap(["run_end"], lambda ctx: spent.append(Budget.spent(ctx).lm_calls), inline=True)
         try:
             for _ in range(warmup):
                 _call(rlms[0], lms[0], iterations), _call(rlms[1], lms[1], iterations)

@@ -21,6 +21,7 @@ from .context import (
     ToolCallContext,
     snapshot,
 )
+from .delivery import flush
 from .errors import RLMEventsError, StageError, UnknownCostError, UnknownStageError, UnsupportedDSPyError
 from .instrumentation import Instrumentation, instrument, instrumentation_of, uninstrument
 from .listeners import isolated
@@ -47,6 +48,7 @@ __all__ = [
     "UnknownCostError",
     "UnknownStageError",
     "UnsupportedDSPyError",
+    "flush",
     "instrument",
     "instrumentation_of",
     "isolated",

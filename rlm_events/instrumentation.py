@@ -116,13 +116,17 @@ class Instrumentation:
         """Remove every registration of middleware `mw`, on every stage. Unknown middleware are ignored."""
         self._swap((mw,), [])
 
-    def tap(self, *args: Any) -> Any:
+    def tap(self, *args: Any, inline: bool | None = None) -> Any:
         """`tap(stages, fn)`: observe `stages` (a stage or an iterable of them) with `fn(snapshot)`;
         `tap(fn)`: observe every stage. Returns `fn`; [`untap()`][rlm_events.instrumentation.Instrumentation.untap]
         removes it.
 
         `fn` gets a read-only snapshot after middleware and receivers ran. Whatever it raises is logged and
-        never reaches the run. `async def` taps are awaited in `aforward` and run on a private loop otherwise.
+        never reaches the run. By default the snapshot is queued and `fn` runs on the delivery worker thread, so the
+        run never waits for it ([`rlm_events.flush()`][rlm_events.delivery.flush] waits for it);
+        `inline=True` (or `INLINE = True` on `fn`) calls it on the caller's thread instead, for work that must happen
+        at the event and costs little. `async def` taps run on a private loop (inline ones are awaited in
+        `aforward`).
         """
         if len(args) == 1:
             stages, fn = None, args[0]
@@ -147,7 +151,7 @@ class Instrumentation:
         else:
             resolved = [Stage.parse(s) for s in stages]
         with self._lock:
-            self._plan = Plan(self._plan.chains, (*self._plan.all_taps, Tap(fn, resolved)))
+            self._plan = Plan(self._plan.chains, (*self._plan.all_taps, Tap(fn, resolved, inline)))
         return fn
 
     def untap(self, fn: Callable[..., Any]) -> None:

@@ -33,6 +33,7 @@ def isolated(receiver: F) -> F:
     last_failed: list[str | None] = [None]
 
     def failed(kwargs: dict[str, Any]) -> None:
+        """Log the failure (the receiver returns None, as if it had returned nothing)."""
         ctx = kwargs.get("ctx")
         run_id = getattr(getattr(ctx, "run", None), "id", None)
         first = run_id is None or last_failed[0] != run_id
@@ -49,22 +50,18 @@ def isolated(receiver: F) -> F:
 
     if is_async_callable(receiver):
 
-        @functools.wraps(receiver)
         async def guarded_async(*args: Any, **kwargs: Any) -> Any:
             try:
                 return await receiver(*args, **kwargs)
             except Exception:
-                failed(kwargs)
-                return None
+                return failed(kwargs)  # type: ignore[func-returns-value]
 
-        return guarded_async  # type: ignore[return-value]
+        return functools.wraps(receiver)(guarded_async)  # type: ignore[return-value]
 
-    @functools.wraps(receiver)
     def guarded(*args: Any, **kwargs: Any) -> Any:
         try:
             return receiver(*args, **kwargs)
         except Exception:
-            failed(kwargs)
-            return None
+            return failed(kwargs)  # type: ignore[func-returns-value]
 
-    return guarded  # type: ignore[return-value]
+    return functools.wraps(receiver)(guarded)  # type: ignore[return-value]

@@ -1,4 +1,5 @@
-"""What runs at a stage: its middleware chain, then its signal's receivers, then its taps.
+"""What runs at a stage: its middleware chain, then its signal's receivers, then its taps (inline ones called here,
+queued ones handed to `rlm_events.delivery`).
 
 A `Plan` is an immutable snapshot of one [`Instrumentation`][rlm_events.Instrumentation]'s registrations. A call takes
 the plan once when it starts and uses it to the end, so registrations made meanwhile never change a running call.
@@ -21,11 +22,13 @@ from middleware import Chain, add_note, middleware_name, run_sync
 
 from ._fast import blinker as _fast_blinker
 from .context import StageContext, snapshot
+from .delivery import DELIVERY, EventTime, stamp
 from .signals import BY_STAGE
 from .stages import Stage
 
 logger = logging.getLogger("rlm_events")
 _receivers, _may_hear, _has_receivers_for = _fast_blinker.receivers, _fast_blinker.may_hear, _fast_blinker.hears
+_submit, _stamp = DELIVERY.submit, stamp
 
 C = TypeVar("C", bound=StageContext)
 TapFn = Callable[[Any], Any]
@@ -34,14 +37,21 @@ TapFn = Callable[[Any], Any]
 class Tap:
     """An observe-only callback: gets a read-only snapshot; its errors are logged, never raised.
 
+    A tap is *queued* (its snapshots reach it on the delivery worker, `rlm_events.delivery`: the run never waits
+    for it) unless it is *inline*: `inline=True`, or a class attribute `INLINE = True` on the callable. An inline tap
+    runs on the caller's thread or loop (awaited under `acall`), must do no I/O and must have a bounded cost.
+
     The first failure of a tap in a call is logged at WARNING with its traceback; further failures of that tap
     in the same call at DEBUG, so a broken tap cannot flood the log.
     """
 
-    __slots__ = ("_last_failed_run", "fn", "name", "stages")
+    __slots__ = ("_last_failed_run", "fn", "inline", "name", "stages")
 
-    def __init__(self, fn: TapFn, stages: Iterable[Stage]) -> None:
+    def __init__(self, fn: TapFn, stages: Iterable[Stage], inline: bool | None = None) -> None:
         self.fn, self.name, self.stages = fn, middleware_name(fn), frozenset(stages)
+        if inline is None:  # declared by the callable, or by the tap object a bound method belongs to
+            inline = bool(getattr(fn, "INLINE", False) or getattr(getattr(fn, "__self__", None), "INLINE", False))
+        self.inline = inline
         self._last_failed_run: str | None = None
 
     def _failed(self, ctx: StageContext) -> None:
@@ -56,21 +66,34 @@ class Tap:
             exc_info=first,
         )
 
-    def observe(self, ctx: StageContext) -> None:
+    def deliver(self, snap: StageContext) -> None:
+        """Call the tap with `snap` (already a snapshot), wherever this runs; an `async def` tap runs on the private
+        loop. What it raises is logged."""
         try:
-            out = self.fn(snapshot(ctx))
+            out = self.fn(snap)
             if out is not None and inspect.isawaitable(out):
                 run_sync(out)
         except Exception:
-            self._failed(ctx)
+            self._failed(snap)
+
+    def observe(self, ctx: StageContext) -> None:
+        """Deliver a snapshot of `ctx` now, on this thread (an inline tap, sync caller)."""
+        self.deliver(snapshot(ctx))
 
     async def aobserve(self, ctx: StageContext) -> None:
+        """Deliver a snapshot of `ctx` now, awaiting an `async def` tap on the caller's loop (inline, async)."""
+        snap = snapshot(ctx)
         try:
-            out = self.fn(snapshot(ctx))
+            out = self.fn(snap)
             if out is not None and inspect.isawaitable(out):
                 await out
         except Exception:
-            self._failed(ctx)
+            self._failed(snap)
+
+
+def _queue(tap: Tap, ctx: StageContext, when: EventTime) -> None:
+    """Hand a snapshot of `ctx` to `tap`'s delivery (never blocks: see `rlm_events.delivery`)."""
+    _submit(tap.deliver, snapshot(ctx), when, ctx.stage is RUN_END)
 
 
 def track_stage_signals() -> None:
@@ -82,16 +105,20 @@ def track_stage_signals() -> None:
     _fast_blinker.track(BY_STAGE.values())
 
 
-def _noted(exc: Exception, signal: NamedSignal) -> None:
-    add_note(exc, f"raised in a receiver of signal {signal.name!r}")
-
-
 RUN_END = Stage.RUN_END
+# The stages that need an iteration's bookkeeping (its frame): the four iteration stages, and tool_call.
+_FRAMED_STAGES = (Stage.PRE_ITERATION, Stage.PRE_EXECUTION, Stage.POST_EXECUTION, Stage.POST_ITERATION, Stage.TOOL_CALL)
+_FRAMED_SIGNALS = tuple(BY_STAGE[stage] for stage in _FRAMED_STAGES)
 
 
-def _ended_by(ctx: StageContext, exc: BaseException) -> StageContext:
-    """The run_end the taps see when its middleware or a receiver raised `exc`: the call raises it, so it is the
-    run's `error` (its stop_reason `"error"`); the prediction, if any, is kept for the record."""
+def _failed(ctx: StageContext, exc: BaseException, sending: NamedSignal | None, tapped: Any) -> StageContext | None:
+    """A stage failed with `exc` (raised by a receiver of `sending`, when set, and noted so). Returns the run_end
+    the taps see when that stage is run_end and it has taps: the call raises `exc`, so it is the run's `error` (its
+    stop_reason `"error"`); the prediction, if any, is kept for the record. No tap may keep the run open."""
+    if sending is not None and isinstance(exc, Exception):
+        add_note(exc, f"raised in a receiver of signal {sending.name!r}")
+    if ctx.stage is not RUN_END or not tapped:
+        return None
     return ctx.model_copy(update={"error": exc, "stop_reason": "error"})
 
 
@@ -101,7 +128,7 @@ class Plan:
     Everything a stage needs at fire time is resolved once here, when registrations change, not per call.
     """
 
-    __slots__ = ("_any_busy", "_route", "busy", "chains", "taps")
+    __slots__ = ("_any_busy", "_iterations_busy", "_route", "busy", "chains", "taps")
 
     def __init__(self, chains: dict[Stage, Chain[Any]] | None = None, taps: tuple[Tap, ...] = ()) -> None:
         self.chains = chains or {stage: Chain(label=stage.value) for stage in Stage}
@@ -109,8 +136,11 @@ class Plan:
         # Per stage: whether middleware or taps are registered (signal receivers are checked when firing).
         self.busy = {stage: bool(self.chains[stage]) or bool(self.taps[stage]) for stage in Stage}
         self._any_busy = any(self.busy.values())
-        # Per stage: the chain, or None when it is empty (no __bool__ call per fire), its signal and its taps.
-        self._route = {stage: (self.chains[stage] or None, BY_STAGE[stage], self.taps[stage]) for stage in Stage}
+        self._iterations_busy = any(self.busy[stage] for stage in _FRAMED_STAGES)
+        # Per stage: its chain (None when empty: no __bool__ call per fire), its signal and its taps (None: none).
+        self._route = {
+            stage: (self.chains[stage] or None, BY_STAGE[stage], self.taps[stage] or None) for stage in Stage
+        }
 
     @property
     def all_taps(self) -> tuple[Tap, ...]:
@@ -141,62 +171,83 @@ class Plan:
             return False
         return not any(s.receivers and _has_receivers_for(s, sender) for s in BY_STAGE.values())
 
+    def iterations_idle_for(self, sender: Any) -> bool:
+        """Whether nothing would see an iteration stage of `sender`'s call (no middleware, tap or receiver on
+        pre_iteration, pre_execution, post_execution, post_iteration, or tool_call, whose context names the
+        iteration): its iterations can run as DSPy's own, without the per-iteration bookkeeping."""
+        if self._iterations_busy:
+            return False
+        return not any(s.receivers and _may_hear(s, sender) for s in _FRAMED_SIGNALS)
+
     def fire(self, ctx: C, sender: Any, terminal: Callable[[C], Any] | None = None) -> C:
         """Fold `ctx` through its stage's chain, send the signal, feed the taps (sync caller).
 
         What a middleware or receiver raises propagates (blinker's semantics) and the stage's taps do not see the
         stage, except at `run_end`: there the taps get it first, with that error as the run's `error`, so every tap
-        sees every call end and keeps no state of it."""
+        sees every call end and keeps no state of it. Queued taps get their snapshots through
+        `rlm_events.delivery`; inline taps are called here."""
         chain, signal, taps = self._route[ctx.stage]
+        sending = None  # the signal, once its receivers are being called: what they raise is noted as theirs
         try:
             if chain is not None:
                 ctx = chain.run(ctx, terminal)
             elif terminal is not None:
                 ctx = self.chains[ctx.stage].run(ctx, terminal)
             if signal.receivers:
-                receivers = _receivers(signal, sender)  # none while muted
-                try:
-                    # As blinker's send(), but an async def receiver is not asked about: what it returns is run.
-                    for receiver in receivers:
-                        out = receiver(sender, ctx=ctx)
-                        if out is not None and inspect.isawaitable(out):
-                            run_sync(out)  # on the private loop: the caller's loop is never nested
-                except Exception as exc:
-                    _noted(exc, signal)
-                    raise
+                sending = signal
+                # As blinker's send(), but an async def receiver is not asked about: what it returns is run.
+                for receiver in _receivers(signal, sender):  # none while muted
+                    out = receiver(sender, ctx=ctx)
+                    if out is not None and inspect.isawaitable(out):
+                        run_sync(out)  # on the private loop: the caller's loop is never nested
         except BaseException as exc:
-            if taps and ctx.stage is RUN_END:  # the call's last stage: no tap may keep the run open
-                ended = _ended_by(ctx, exc)
-                for tap in taps:
-                    tap.observe(ended)
+            ended = _failed(ctx, exc, sending, taps)
+            if ended is not None:
+                self._feed(ended, taps)  # type: ignore[arg-type]  # ended: the stage has taps
             raise
-        for tap in taps:
-            tap.observe(ctx)
+        if taps:
+            self._feed(ctx, taps)
         return ctx
 
-    # The async twin of fire: middleware, receivers and taps are awaited on the caller's loop.
+    @staticmethod
+    def _feed(ctx: StageContext, taps: tuple[Tap, ...]) -> None:
+        """Each tap in registration order: an inline one now, a queued one its snapshot (so what an inline tap
+        defers, a trace's line, keeps its place among the queued taps' events)."""
+        when = _stamp()
+        for tap in taps:
+            if tap.inline:
+                tap.observe(ctx)
+            else:
+                _queue(tap, ctx, when)
+
     async def afire(self, ctx: C, sender: Any, terminal: Callable[[C], Any] | None = None) -> C:
-        """As `fire()`, for an async caller: middleware and receivers may be `async def`, and are awaited."""
+        """As `fire()`, for an async caller: middleware, receivers and inline taps may be `async def`, and are
+        awaited on the caller's loop."""
         stage = ctx.stage
         _, signal, taps = self._route[stage]
+        sending = None
         try:
             ctx = await self.chains[stage].arun(ctx, terminal)
             if signal.receivers:
-                receivers = _receivers(signal, sender)  # none while muted
-                try:
-                    for receiver in receivers:  # as blinker's send_async(); sync receivers are called in place
-                        out = receiver(sender, ctx=ctx)
-                        if out is not None and inspect.isawaitable(out):
-                            await out
-                except Exception as exc:
-                    _noted(exc, signal)
-                    raise
+                sending = signal
+                for receiver in _receivers(signal, sender):  # as blinker's send_async(); sync ones in place
+                    out = receiver(sender, ctx=ctx)
+                    if out is not None and inspect.isawaitable(out):
+                        await out
         except BaseException as exc:
-            if taps and stage is RUN_END:  # as in fire(): every tap sees every run_end
-                ended = _ended_by(ctx, exc)
-                for tap in taps:
-                    await tap.aobserve(ended)
+            ended = _failed(ctx, exc, sending, taps)
+            if ended is not None:
+                await self._afeed(ended, taps)  # type: ignore[arg-type]
             raise
-        for tap in taps:
-            await tap.aobserve(ctx)
+        if taps:
+            await self._afeed(ctx, taps)
         return ctx
+
+    @staticmethod
+    async def _afeed(ctx: StageContext, taps: tuple[Tap, ...]) -> None:
+        when = _stamp()
+        for tap in taps:
+            if tap.inline:
+                await tap.aobserve(ctx)
+            else:
+                _queue(tap, ctx, when)

@@ -36,7 +36,7 @@ def test_every_registration_has_its_inverse(make_rlm):
         heard.append("receiver")
 
     events.use(Stage.RUN_END, mw)
-    events.tap([Stage.RUN_END], tap)
+    events.tap([Stage.RUN_END], tap, inline=True)
     events.connect(Stage.RUN_END, receiver, weak=False)
     run(rlm, lm)
     assert heard == ["middleware", "receiver", "tap"]
@@ -53,7 +53,7 @@ def test_clear_removes_middleware_taps_and_connected_receivers(make_rlm):
     events = rlm_events.instrument(rlm)
     heard: list[str] = []
     events.use(Stage.RUN_START, lambda ctx, next: (heard.append("mw"), next(ctx))[1])
-    events.tap(lambda ctx: heard.append("tap"))
+    events.tap(lambda ctx: heard.append("tap"), inline=True)
     events.connect(Stage.RUN_END, lambda sender, ctx: heard.append("receiver"), weak=False)
     events.clear()
     run(rlm, lm)
@@ -92,7 +92,7 @@ def test_tap_with_the_old_argument_order_is_refused(make_rlm):
     rlm, _ = make_rlm(["SUBMIT(answer='ok')"])
     events = rlm_events.instrument(rlm)
     with pytest.raises(TypeError, match=r"tap\(stages, fn\)"):
-        events.tap(print, ["run_end"])
+        events.tap(print, ["run_end"], inline=True)
 
 
 @pytest.mark.parametrize("bad", [123, ["a"], b"bytes"])

@@ -42,6 +42,7 @@ CONFIG_KEYS = [
     "dspy_callback",
     "reference",
     "idle_stages",
+    "compat_hooks",
     "reference_package",
 ]
 DISPATCH_FIELDS = {"name", "us", "target_us", "met"}
@@ -335,7 +336,7 @@ def test_a_loop_method_with_positional_only_parameters_is_called_positionally(ma
     rlm.__class__ = Changed
     events = rlm_events.instrument(rlm)
     codes: list[str] = []
-    events.tap([Stage.POST_EXECUTION], lambda ctx: codes.append(ctx.code))
+    events.tap([Stage.POST_EXECUTION], lambda ctx: codes.append(ctx.code), inline=True)
     with dspy.context(lm=lm):
         assert rlm(text="x").answer == "ok"
     assert codes == ["print(1)", "SUBMIT(answer='ok')"]

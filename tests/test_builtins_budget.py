@@ -29,7 +29,7 @@ def cost(lm: ScriptedLM) -> float:
 def spends(events) -> dict[str, Spend]:
     """The final Spend of every call, by its ``text`` input."""
     found: dict[str, Spend] = {}
-    events.tap(["run_end"], lambda ctx: found.__setitem__(ctx.input_args["text"], Budget.spent(ctx)))
+    events.tap(["run_end"], lambda ctx: found.__setitem__(ctx.input_args["text"], Budget.spent(ctx)), inline=True)
     return found
 
 
@@ -39,7 +39,7 @@ def cumulative(make_rlm, measure: str, **lm_options) -> list[float]:
     events = rlm_events.instrument(rlm)
     Budget().install(events)
     seen: list[float] = []
-    events.tap(["post_iteration"], lambda ctx: seen.append(getattr(Budget.spent(ctx), measure)))
+    events.tap(["post_iteration"], lambda ctx: seen.append(getattr(Budget.spent(ctx), measure)), inline=True)
     with dspy.context(lm=lm):
         rlm(text="some text")
     return seen
@@ -181,7 +181,9 @@ def test_concurrent_async_calls_sharing_one_budget_and_one_lm_each_count_their_o
 
     rlm, lm, sub, together = build()
     boundaries: list[str] = []
-    rlm_events.instrumentation_of(rlm).tap(["run_start", "run_end"], lambda ctx: boundaries.append(ctx.stage.value))
+    rlm_events.instrumentation_of(rlm).tap(
+        ["run_start", "run_end"], lambda ctx: boundaries.append(ctx.stage.value), inline=True
+    )
 
     async def all_at_once():
         return await asyncio.gather(*(rlm.acall(text=t) for t in texts))
@@ -264,7 +266,7 @@ def hard_run(make_rlm, limit: int, *, hard: bool) -> Any:
     events = rlm_events.instrument(rlm)
     Budget(max_tokens=limit, hard=hard).install(events)
     spent: list[Any] = []
-    events.tap([Stage.RUN_END], lambda ctx: spent.append(Budget.spent(ctx)))
+    events.tap([Stage.RUN_END], lambda ctx: spent.append(Budget.spent(ctx)), inline=True)
     with dspy.context(lm=lm):
         rlm(text="x" * 400)
     return spent[0]

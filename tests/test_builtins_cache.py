@@ -16,7 +16,7 @@ REPEATS = "a = llm_query('same')\nb = llm_query('same')\nc = llm_query('other')\
 
 def states(events):
     found = []
-    events.tap(["run_end"], lambda ctx: found.append(ctx.run.state))
+    events.tap(["run_end"], lambda ctx: found.append(ctx.run.state), inline=True)
     return found
 
 

@@ -188,7 +188,7 @@ def test_bad_policies_and_guards_fail_at_construction():
 
 def _runs(events):
     runs = []
-    events.tap(["run_end"], lambda ctx: runs.append(ctx.run))
+    events.tap(["run_end"], lambda ctx: runs.append(ctx.run), inline=True)
     return runs
 
 
@@ -225,7 +225,7 @@ def test_refusals_are_read_through_the_guard_per_run_and_per_context(make_rlm):
     events = rlm_events.instrument(rlm)
     CodeGuard().install(events)
     seen = []
-    events.tap(["post_execution"], lambda ctx: seen.append(len(CodeGuard.refusals(ctx))))
+    events.tap(["post_execution"], lambda ctx: seen.append(len(CodeGuard.refusals(ctx))), inline=True)
     runs = _runs(events)
     with dspy.context(lm=lm):
         assert rlm(text="x").answer == "ok"

@@ -24,7 +24,7 @@ def run(make_rlm, trimmer, *, mode="sync"):
     states = []
     if trimmer is not None:
         trimmer.install(events)
-        events.tap(["run_end"], lambda ctx: states.append(ctx.run.state))
+        events.tap(["run_end"], lambda ctx: states.append(ctx.run.state), inline=True)
     with dspy.context(lm=lm):
         result = rlm(text="x") if mode == "sync" else asyncio.run(rlm.acall(text="x"))
     return result, lm, states

@@ -140,7 +140,7 @@ def test_stop_ends_the_loop_through_the_extract_fallback(make_rlm):
         ctx.stop = ctx.iteration == 1
         return next(ctx)
 
-    events.tap([Stage.RUN_END], ends.append)
+    events.tap([Stage.RUN_END], ends.append, inline=True)
     with dspy.context(lm=lm):
         result = rlm(text="x")
     assert result.answer == "extracted"
@@ -215,7 +215,7 @@ def test_tool_call_wraps_user_tools(make_rlm):
     )
     events = rlm_events.instrument(rlm)
     seen = []
-    events.tap(["tool_call"], lambda ctx: seen.append((ctx.name, ctx.result)))
+    events.tap(["tool_call"], lambda ctx: seen.append((ctx.name, ctx.result)), inline=True)
     with dspy.context(lm=lm):
         result = rlm(text="x")
     assert result.trajectory[0]["output"] == "K"
@@ -234,7 +234,7 @@ def test_run_start_can_change_inputs_and_run_state_is_per_call(make_rlm):
         ctx.run.state["count"] = ctx.run.state.get("count", 0) + 1
         return next(ctx)
 
-    events.tap([Stage.RUN_END], lambda ctx: states.append((ctx.run.id, dict(ctx.run.state))))
+    events.tap([Stage.RUN_END], lambda ctx: states.append((ctx.run.id, dict(ctx.run.state))), inline=True)
     with dspy.context(lm=lm):
         assert rlm(text="my password").answer == "my *****"
         rlm(text="again")
@@ -331,7 +331,7 @@ def test_a_raising_tap_does_not_fail_the_run_and_is_logged(make_rlm, caplog):
     def broken(ctx):
         raise RuntimeError("tap bug")
 
-    events.tap(broken)
+    events.tap(broken, inline=True)
     with caplog.at_level(logging.DEBUG, logger="rlm_events"), dspy.context(lm=lm):
         assert rlm(text="x").answer == "ok"
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "broken" in r.getMessage()]
@@ -349,7 +349,7 @@ def test_taps_get_read_only_snapshots(make_rlm):
         except ValidationError as exc:
             errors.append(exc)
 
-    events.tap([Stage.PRE_EXECUTION], meddle)
+    events.tap([Stage.PRE_EXECUTION], meddle, inline=True)
     with dspy.context(lm=lm):
         result = rlm(text="x")
     assert result.trajectory[0]["code"] == "SUBMIT(answer='ok')"
@@ -380,7 +380,7 @@ def test_failed_runs_fire_run_end_with_the_error_and_shut_the_interpreter_down(m
     rlm, lm = make_rlm(["print(1)", "SUBMIT(answer='ok')"], interpreter_factory=factory)
     events = rlm_events.instrument(rlm)
     ends = []
-    events.tap(["run_end"], ends.append)
+    events.tap(["run_end"], ends.append, inline=True)
 
     @events.middleware(Stage.POST_EXECUTION)
     def explode(ctx, next):
@@ -453,7 +453,7 @@ def test_composite_modules_instrument_every_rlm_inside(make_rlm):
     assert rlm_events.instrument(program) is events
     assert set(map(id, events.modules)) == {id(first), id(second)}
     senders = []
-    events.tap([Stage.RUN_END], lambda ctx: senders.append(ctx.run.module))
+    events.tap([Stage.RUN_END], lambda ctx: senders.append(ctx.run.module), inline=True)
     with dspy.context(lm=lm):
         assert program(text="x").answer == "x!!"
     assert senders == [first, second]
@@ -478,7 +478,7 @@ def test_registration_errors_are_clear_and_early(make_rlm):
     with pytest.raises(TypeError, match="callable"):
         events.use("run_end", "not a function")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="exactly one argument"):
-        events.tap(lambda a, b: None)
+        events.tap(lambda a, b: None, inline=True)
 
 
 def test_post_iteration_history_on_submit_is_the_whole_trajectory(make_rlm):

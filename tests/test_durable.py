@@ -158,7 +158,7 @@ def test_budget_spend_is_restored_on_resume(tmp_path: Path) -> None:
     events = rlm_events.instrumentation_of(rlm)
     assert events is not None
     Budget(max_iterations=10).install(events)
-    events.tap(rlm_events.Stage.RUN_END, lambda ctx: spent.append(Budget.spent(ctx)))
+    events.tap(rlm_events.Stage.RUN_END, lambda ctx: spent.append(Budget.spent(ctx)), inline=True)
     with dspy.context(lm=ScriptedLM(STEPS, sub="SUB")):
         other.resume(durable.last_run_id)  # type: ignore[arg-type]
     assert spent[0].iterations == 4

@@ -320,7 +320,7 @@ def _observed_calls(make_rlm) -> list[tuple[Any, ...]]:
     def tap(ctx):
         log.append(("tap", ctx.stage.value, ctx.iteration, type(ctx).__name__, getattr(ctx, "code", None)))
 
-    events.tap(tap)
+    events.tap(tap, inline=True)
     listener = _Listener([], "method")
     receivers = [
         (lambda sender, ctx: log.append(("any", ctx.stage.value, sender is rlm)), ANY, False),

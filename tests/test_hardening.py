@@ -77,7 +77,7 @@ def test_64_async_calls_and_16_threads_each_see_only_their_own_state_and_events(
             if ctx.stage is Stage.RUN_END:
                 texts[ctx.run.id] = ctx.run.state["text"]
 
-    events.tap(tap)
+    events.tap(tap, inline=True)
     heard: dict[str, list[str]] = defaultdict(list)
 
     def listener(sender, ctx):
@@ -222,7 +222,7 @@ def test_a_raising_middleware_fails_the_call_cleanly(make_rlm, stage, mode):
     rlm, lm = make_rlm(steps, max_iters=2, interpreter_factory=factory, extract={"answer": "ok"})
     events = rlm_events.instrument(rlm)
     ends = []
-    events.tap([Stage.RUN_END], ends.append)
+    events.tap([Stage.RUN_END], ends.append, inline=True)
 
     if mode == "sync":
 
@@ -267,7 +267,7 @@ def test_a_raising_tool_call_middleware_reaches_the_code_as_a_tool_error(make_rl
 def test_taps_and_isolated_listeners_that_raise_are_logged_once_per_call(make_rlm, caplog):
     rlm, lm = make_rlm(["print(1)", "print(2)", "SUBMIT(answer='ok')"])
     events = rlm_events.instrument(rlm)
-    events.tap([Stage.POST_ITERATION], lambda ctx: 1 / 0)
+    events.tap([Stage.POST_ITERATION], lambda ctx: 1 / 0, inline=True)
 
     @isolated
     def broken_listener(sender, ctx):
@@ -291,7 +291,7 @@ def test_cancelling_aforward_mid_iteration_shuts_the_interpreter_down(make_rlm):
     events = rlm_events.instrument(rlm)
     started = asyncio.Event()
     ends = []
-    events.tap([Stage.RUN_END], ends.append)
+    events.tap([Stage.RUN_END], ends.append, inline=True)
 
     @events.middleware(Stage.PRE_EXECUTION)
     async def slow(ctx, next):
@@ -320,7 +320,7 @@ def test_a_crashing_interpreter_surfaces_dspys_error_and_nothing_hangs(make_rlm)
     rlm, lm = make_rlm(["import os\nos._exit(3)", "SUBMIT(answer='never')"], interpreter_factory=dspy.LocalInterpreter)
     events = rlm_events.instrument(rlm)
     ends = []
-    events.tap([Stage.RUN_END], ends.append)
+    events.tap([Stage.RUN_END], ends.append, inline=True)
     with dspy.context(lm=lm), pytest.raises(dspy.primitives.code_interpreter.CodeInterpreterError):
         rlm(text="x")
     assert isinstance(ends[0].error, dspy.primitives.code_interpreter.CodeInterpreterError)
@@ -334,7 +334,7 @@ def test_copies_carry_their_own_independent_instrumentation(make_rlm, how):
     rlm, lm = make_rlm(["SUBMIT(answer=text)"], interpreter_factory=InProcessInterpreter)
     events = rlm_events.instrument(rlm)
     runs: list[tuple[int, str]] = []
-    events.tap([Stage.RUN_END], lambda ctx: runs.append((id(ctx.run.module), ctx.run.id)))
+    events.tap([Stage.RUN_END], lambda ctx: runs.append((id(ctx.run.module), ctx.run.id)), inline=True)
 
     @events.middleware(Stage.RUN_START)
     def shout(ctx, next):
@@ -378,7 +378,7 @@ def test_pickling_drops_the_instrumentation_and_never_fails_because_of_it(make_r
     rlm, lm = make_rlm(["SUBMIT(answer=text)"], interpreter_factory=InProcessInterpreter)
     events = rlm_events.instrument(rlm)
     lock = threading.Lock()
-    events.tap(lambda ctx: lock)  # the tap holds an unpicklable lock
+    events.tap(lambda ctx: lock, inline=True)  # the tap holds an unpicklable lock
     rlm.save(str(tmp_path / "program"), save_program=True)  # DSPy's whole-program pickling (cloudpickle)
     load_options = {"allow_pickle": True} if "allow_pickle" in inspect.signature(dspy.load).parameters else {}
     restored = dspy.load(str(tmp_path / "program"), **load_options)
@@ -407,7 +407,7 @@ def test_many_runs_with_weak_listeners_leak_nothing(make_rlm):
     rlm, lm = make_rlm(["SUBMIT(answer=text)"], interpreter_factory=InProcessInterpreter)
     events = rlm_events.instrument(rlm)
     events.use(Stage.PRE_EXECUTION, lambda ctx, next: next(ctx))
-    events.tap([Stage.RUN_END], lambda ctx: None)
+    events.tap([Stage.RUN_END], lambda ctx: None, inline=True)
 
     class Owner:
         calls = 0

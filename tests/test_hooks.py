@@ -188,7 +188,7 @@ def test_retry_hint_is_appended_to_error_results_only(make_rlm):
 def test_budget_stop_ends_the_loop_through_the_extract_fallback(make_rlm):
     rlm, lm = make_rlm(["print('working')"], max_iters=10, extract={"answer": "best effort"})
     ends = []
-    rlm_events.instrument(rlm).tap([Stage.RUN_END], ends.append)
+    rlm_events.instrument(rlm).tap([Stage.RUN_END], ends.append, inline=True)
     seen_preds = []
 
     def budget_and_record(iteration, pred, code, result, history):

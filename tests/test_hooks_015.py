@@ -387,6 +387,7 @@ def no_mlflow(monkeypatch):
 class _FakeMlflowTap(Installable):
     """Stands in for rlm_events.taps.mlflow.MlflowTap: records the stages it sees."""
 
+    INLINE = True  # as the real one (a span tap)
     made: list[_FakeMlflowTap] = []
 
     def __init__(self, **options) -> None:
@@ -805,7 +806,7 @@ PRICE_CALLS: list[str] = []
 
 def speculation_stats(rlm):
     stats = []
-    rlm_events.instrumentation_of(rlm).tap([Stage.RUN_END], lambda ctx: stats.append(Speculate.stats(ctx)))
+    rlm_events.instrumentation_of(rlm).tap([Stage.RUN_END], lambda ctx: stats.append(Speculate.stats(ctx)), inline=True)
     return stats
 
 

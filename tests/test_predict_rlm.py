@@ -79,7 +79,7 @@ def test_every_stage_fires_on_predict_rlms_loop_and_middleware_fold_it(use_async
     rlm = build()
     events = rlm_events.instrument(rlm)
     seen: list[tuple[str, Any]] = []
-    events.tap(lambda ctx: seen.append((ctx.stage.value, ctx.iteration)))
+    events.tap(lambda ctx: seen.append((ctx.stage.value, ctx.iteration)), inline=True)
     reasonings: list[str] = []
 
     @events.middleware(Stage.PRE_EXECUTION)
@@ -125,7 +125,7 @@ def test_skip_stop_and_extract_on_predict_rlm(use_async):
     CodeGuard().install(events)
     Budget(max_iterations=1).install(events)
     extracts: list[int] = []
-    events.tap([Stage.EXTRACT], lambda ctx: extracts.append(len(ctx.history)))
+    events.tap([Stage.EXTRACT], lambda ctx: extracts.append(len(ctx.history)), inline=True)
     result = call(rlm, use_async)
     assert result.trajectory[0]["output"].startswith("[Error] CodeGuard refused")
     assert result.answer == "extracted" and extracts == [1]  # the budget stopped it after one iteration

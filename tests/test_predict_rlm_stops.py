@@ -86,7 +86,7 @@ class Run:
 
     def instrument(self) -> Any:
         events = rlm_events.instrument(self.rlm)
-        events.tap([Stage.RUN_END], self.ends.append)
+        events.tap([Stage.RUN_END], self.ends.append, inline=True)
         return events
 
     def __call__(self, use_async: bool) -> Any:

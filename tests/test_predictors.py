@@ -148,7 +148,7 @@ def test_a_predictor_replaced_between_calls_is_the_one_used(make_rlm):
     rlm, lm = make_rlm(["SUBMIT(answer='from the LM')"])
     events = rlm_events.instrument(rlm)
     codes: list[str] = []
-    events.tap([Stage.PRE_EXECUTION], lambda ctx: codes.append(ctx.code))
+    events.tap([Stage.PRE_EXECUTION], lambda ctx: codes.append(ctx.code), inline=True)
     assert run(rlm, lm, use_async=False).answer == "from the LM"
     stock = rlm.generate_action
     rlm.generate_action = function_predictor(["SUBMIT(answer='from a function')"])
@@ -192,7 +192,7 @@ def test_an_action_without_code_is_left_to_dspy(make_rlm):
         run(bare, lm, use_async=False)
     events = rlm_events.instrument(rlm)
     fired: list[str] = []
-    events.tap(lambda ctx: fired.append(ctx.stage.value))
+    events.tap(lambda ctx: fired.append(ctx.stage.value), inline=True)
     with pytest.raises(type(bare_error.value)) as instrumented_error:
         run(rlm, lm, use_async=False)
     assert str(instrumented_error.value) == str(bare_error.value)

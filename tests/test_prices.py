@@ -48,7 +48,7 @@ def rlm_with(*taps: Any, **budget: Any) -> tuple[dspy.RLM, dict[str, Spend]]:
     for tap in taps:
         tap.install(events)
     spent: dict[str, Spend] = {}
-    events.tap(["run_end"], lambda ctx: spent.__setitem__("run", Budget.spent(ctx)))
+    events.tap(["run_end"], lambda ctx: spent.__setitem__("run", Budget.spent(ctx)), inline=True)
     return rlm, spent
 
 

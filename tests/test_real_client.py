@@ -59,7 +59,7 @@ class Metered:
         self.trace_path = tmp_path / "trace.jsonl"
         self.trace = JsonlTrace(self.trace_path).install(self.events)
         self.spent: list[Spend] = []
-        self.events.tap(["run_end"], lambda ctx: self.spent.append(Budget.spent(ctx)))
+        self.events.tap(["run_end"], lambda ctx: self.spent.append(Budget.spent(ctx)), inline=True)
 
     def trace_usage(self) -> list[dict[str, Any]]:
         """The usage of each run_end record of the trace."""

@@ -569,7 +569,7 @@ def test_rlm_events_sees_every_stage_of_a_sandboxed_call(make_rlm):
     )
     events = rlm_events.instrument(rlm)
     stages: list[str] = []
-    events.tap(list(rlm_events.Stage), lambda ctx: stages.append(ctx.stage.value))
+    events.tap(list(rlm_events.Stage), lambda ctx: stages.append(ctx.stage.value), inline=True)
     with dspy.context(lm=lm):
         assert rlm(text="go").answer == "done"
     assert "tool_call" in stages and stages[0] == "run_start" and stages[-1] == "run_end"

@@ -100,7 +100,7 @@ def run(make_rlm, steps, *, speculate=None, tools=None, counter=None, interprete
     if speculate is not None:
         speculate.install(events)
     state: dict[str, Any] = {}
-    events.tap([Stage.RUN_END], lambda ctx: state.update(ctx.run.state))
+    events.tap([Stage.RUN_END], lambda ctx: state.update(ctx.run.state), inline=True)
     started = time.perf_counter()
     with dspy.context(lm=lm):
         prediction = rlm(text=text)
@@ -147,9 +147,9 @@ def test_async_calls_speculate_too(make_rlm, tools, counter):
     events = rlm_events.instrument(rlm)
     Speculate(pure=["lookup"]).install(events)
     state: dict[str, Any] = {}
-    events.tap([Stage.RUN_END], lambda ctx: state.update(ctx.run.state))
+    events.tap([Stage.RUN_END], lambda ctx: state.update(ctx.run.state), inline=True)
     ctxs: list[Any] = []
-    events.tap([Stage.RUN_END], ctxs.append)
+    events.tap([Stage.RUN_END], ctxs.append, inline=True)
 
     async def main() -> Any:
         with dspy.context(lm=lm):
@@ -335,6 +335,7 @@ def test_the_trace_counts_speculated_and_wasted_tokens(make_rlm, counter):
     out = io.StringIO()
     trace = JsonlTrace(out)
     _, _, stats, _state = run(make_rlm, steps, speculate=Speculate(), counter=counter, install=[trace])
+    rlm_events.flush()  # the trace writes on the tap delivery worker
     records = [json.loads(line) for line in out.getvalue().splitlines()]
     end = records[-1]
     assert end["stage"] == "run_end"
@@ -749,7 +750,7 @@ def test_no_call_is_dispatched_past_dspys_max_llm_calls(counter):
         if speculate is not None:
             speculate.install(events)
         state: dict[str, Any] = {}
-        events.tap([Stage.RUN_END], lambda ctx, state=state: state.update(ctx.run.state))
+        events.tap([Stage.RUN_END], lambda ctx, state=state: state.update(ctx.run.state), inline=True)
         with dspy.context(lm=lm):
             prediction = rlm(text="t")
         outcomes.append((steps_of(prediction), state.get("speculate")))
@@ -766,7 +767,7 @@ def test_concurrent_runs_keep_their_own_speculation(make_rlm, tools, counter):
     events = rlm_events.instrument(rlm)
     Speculate(pure=["lookup"]).install(events)
     ends: list[Any] = []
-    events.tap([Stage.RUN_END], lambda ctx: ends.append(ctx.run.state))
+    events.tap([Stage.RUN_END], lambda ctx: ends.append(ctx.run.state), inline=True)
 
     def one(text: str) -> Any:
         with dspy.context(lm=lm):

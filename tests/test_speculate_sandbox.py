@@ -100,7 +100,7 @@ def test_a_loop_over_a_sandbox_variable_is_planned_and_claimed():
         seen: dict[str, Any] = {}
         if speculate is not None:
             speculate.install(events)
-        events.tap(["run_end"], lambda ctx: seen.update(stats=Speculate.stats(ctx)))
+        events.tap(["run_end"], lambda ctx: seen.update(stats=Speculate.stats(ctx)), inline=True)
         with dspy.context(lm=ScriptedLM(steps, sub=sub)):
             prediction = rlm(text="t")
         return prediction, seen.get("stats")

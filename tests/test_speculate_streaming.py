@@ -14,6 +14,7 @@ import pytest
 import rlm_events
 from rlm_events.builtins import Speculate
 from rlm_events.inprocess import InProcessInterpreter
+from rlm_events.lm_usage import metered
 from rlm_events.local_openai import NO_USAGE, Reply, error
 from rlm_events.speculate.streamed import ActionStream, code_in_output, complete_statements
 from rlm_events.testing import ScriptedLM, build_rlm
@@ -36,7 +37,7 @@ def run(lm: Any, speculate: Speculate | None, steps: list[str] = STEPS) -> tuple
     seen: dict[str, Any] = {}
     if speculate is not None:
         speculate.install(events)
-    events.tap(["run_end"], lambda ctx: seen.update(stats=Speculate.stats(ctx), usage=ctx.run.state.get("usage")))
+    events.tap(["run_end"], lambda ctx: seen.update(stats=Speculate.stats(ctx), usage=metered(ctx.run)), inline=True)
     with dspy.context(lm=lm):
         prediction = rlm(question="q")
     return prediction, seen
@@ -103,6 +104,7 @@ def test_the_trace_is_the_non_streamed_runs(openai_server, lm_for):
         Speculate(stream=stream).install(events)
         with dspy.context(lm=lm_for(server)):
             rlm(question="q")
+        rlm_events.flush()  # JsonlTrace writes its lines on the tap delivery worker
         lines = [json.loads(line) for line in out.getvalue().splitlines()]
         final = {k: v for k, v in lines[-1]["usage"].items() if "seconds" not in k}
         return [{k: v for k, v in line.items() if k not in timing} for line in lines], final
@@ -290,7 +292,7 @@ def test_a_generate_action_that_writes_piece_by_piece_can_feed_the_planner():
         seen: dict[str, Any] = {}
         if speculate is not None:
             speculate.install(events)
-        events.tap(["run_end"], lambda ctx: seen.update(stats=Speculate.stats(ctx)))
+        events.tap(["run_end"], lambda ctx: seen.update(stats=Speculate.stats(ctx)), inline=True)
         with dspy.context(lm=ScriptedLM(["unused"], sub=sub)):
             return rlm(question="q"), seen.get("stats")
 

@@ -70,7 +70,7 @@ def guarded(rlm: dspy.RLM) -> list[str]:
             ctx.result = f"{str(ctx.result or '').strip()} (seen)".lstrip()
         return next(ctx)
 
-    events.tap(lambda ctx: stages.append(ctx.stage.value))
+    events.tap(lambda ctx: stages.append(ctx.stage.value), inline=True)
     return stages
 
 
@@ -154,7 +154,7 @@ def test_a_loop_that_reads_its_predictor_another_way_warns_once_and_runs(make_rl
     rlm.__class__ = namespace["Opaque"]
     events = rlm_events.instrument(rlm)
     stages: list[str] = []
-    events.tap(lambda ctx: stages.append(ctx.stage.value))
+    events.tap(lambda ctx: stages.append(ctx.stage.value), inline=True)
     with caplog.at_level(logging.WARNING, logger="rlm_events"):
         assert call(rlm, lm, use_async=False).answer == "ok"
     warnings = [r.getMessage() for r in caplog.records if "pre_execution did not fire" in r.getMessage()]

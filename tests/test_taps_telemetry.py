@@ -64,6 +64,7 @@ def test_logging_tap_logs_each_stage_with_the_run_id_at_the_right_level(make_rlm
     with dspy.context(lm=lm):
         assert rlm(text="t").answer == "42"
 
+    rlm_events.flush()  # queued taps: wait for their snapshots
     records = [r for r in caplog.records if r.name == "rlm_events.runs"]
     (run_id,) = ids
     for record in records:
@@ -102,6 +103,7 @@ def test_logging_tap_uses_the_given_logger_and_level_and_logs_failures_at_error(
     with dspy.context(lm=lm), pytest.raises(RuntimeError, match="boom"):
         rlm(text="t")
 
+    rlm_events.flush()  # queued taps: wait for their snapshots
     records = [r for r in caplog.records if r.name == "my.app"]
     assert [(r.levelno, r.rlm_stage) for r in records] == [  # type: ignore[attr-defined]
         (logging.WARNING, "run_start"),
@@ -122,6 +124,7 @@ def test_logging_tap_keeps_concurrent_runs_apart(make_rlm, caplog):
             await asyncio.gather(*(rlm.acall(text=f"t{i}") for i in range(3)))
 
     asyncio.run(main())
+    rlm_events.flush()  # LoggingTap is queued
     per_run = Counter(r.rlm_run_id for r in caplog.records if r.name == "rlm_events.runs")  # type: ignore[attr-defined]
     assert sorted(per_run) == sorted(ids) and len(ids) == 3
     assert set(per_run.values()) == {6}  # start, 3 iterations, 1 tool call, end: each run its own
@@ -447,6 +450,7 @@ def test_timings_count_every_event_and_add_up(make_rlm):
         rlm(text="t")
     call = time.perf_counter() - started
 
+    rlm_events.flush()  # queued taps: wait for their snapshots
     stats = timings.for_run(ids[0]).stats()
     assert {stage.value: s.count for stage, s in stats.items()} == dict(seen)
     assert list(stats) == [s for s in Stage if s.value in seen]  # stage order

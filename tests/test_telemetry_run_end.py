@@ -115,6 +115,7 @@ def test_other_stages_keep_their_semantics(make_rlm):
     events.tap(lambda ctx: stages.append(ctx.stage.value))
     with dspy.context(lm=lm), pytest.raises(WebhookDown):
         rlm(text="t")
+    rlm_events.flush()  # queued taps: wait for their snapshots
     assert stages == ["run_start", "run_end"]
 
 

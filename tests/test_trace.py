@@ -32,6 +32,7 @@ COMMON = {"run_id", "stage", "iteration", "t_mono", "t_wall", "dt_prev_s"}
 
 
 def lines_of(path: Path) -> list[dict[str, Any]]:
+    rlm_events.flush()  # the trace writes its lines on the tap delivery worker
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
@@ -87,7 +88,9 @@ def test_async_run_is_traced_too(make_rlm, tmp_path):
     assert lines[-1]["stage"] == "run_end" and lines[-1]["prediction"]["answer"] == "hi!"
 
 
-def test_each_line_is_on_disk_before_the_run_goes_on(make_rlm, tmp_path):
+def test_each_line_is_built_at_its_event_and_written_in_order_off_the_run(make_rlm, tmp_path):
+    """The line is built on the run's thread at the event (its times are the event's); the writing is deferred to
+    the delivery worker, in order, so a queued tap registered after the trace finds the file up to its own event."""
     path = tmp_path / "trace.jsonl"
     rlm, lm = make_rlm(STEPS, sub="hi")
     events = rlm_events.instrument(rlm)
@@ -95,14 +98,19 @@ def test_each_line_is_on_disk_before_the_run_goes_on(make_rlm, tmp_path):
     trace = JsonlTrace(path).install(events)
     events.tap(log)
     on_disk: list[list[str]] = []
-    # Registered after the trace, so it runs after the trace's tap for the same event, mid-run.
+    writer_threads: set[str] = set()
+    # Queued after the trace's line for the same event: it reads the file on the worker, after that line's write.
     events.tap(lambda ctx: on_disk.append([json.loads(line)["stage"] for line in path.read_text().splitlines()]))
+    events.tap(lambda ctx: writer_threads.add(threading.current_thread().name))
     with dspy.context(lm=lm):
         rlm(text="abc")
     trace.close()
+    assert writer_threads == {"rlm-events-taps"}
     assert len(on_disk) == len(log.seen) > 10
     for seen_so_far, file_so_far in enumerate(on_disk, start=1):
         assert file_so_far == [stage for stage, _ in log.seen[:seen_so_far]]
+    t_mono = [line["t_mono"] for line in lines_of(path)]
+    assert t_mono == sorted(t_mono)
 
 
 def test_schema_fields(make_rlm, tmp_path):
@@ -323,6 +331,7 @@ def test_progress_prints_plain_lines_when_not_a_terminal(make_rlm):
     assert tap.live is False
     with dspy.context(lm=lm):
         rlm(text="abc")
+    rlm_events.flush()  # the progress tap is queued
     lines = out.getvalue().splitlines()
     assert len(lines) == 5
     run = lines[0][:10]
@@ -352,6 +361,7 @@ def test_progress_reports_a_failed_call(make_rlm):
 
     with dspy.context(lm=lm), pytest.raises(ValueError):
         rlm(text="abc")
+    rlm_events.flush()
     (line,) = out.getvalue().splitlines()  # no iteration finished: only the call's line
     assert line[11:].startswith("failed: ValueError: refused | 1 iteration | ")
 
@@ -371,6 +381,7 @@ def test_live_view_runs_with_rich(make_rlm):
     tap = ProgressTap(out, live=True).install(events)
     with dspy.context(lm=lm):
         rlm(text="abc")
+    rlm_events.flush()
     assert tap._live is None  # stopped once no call runs
     assert "finished by SUBMIT | 4 iterations" in out.getvalue()
     assert "iteration 1/" not in out.getvalue()  # iterations are drawn live, not logged

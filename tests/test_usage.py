@@ -73,7 +73,7 @@ def test_every_meter_reports_the_same_totals(make_rlm, tmp_path: Path, lm_class)
     progress_out = io.StringIO()
     ProgressTap(progress_out, live=False).install(events)
     spent: list[Any] = []
-    events.tap(["run_end"], lambda ctx: spent.extend([Budget.spent(ctx), metered(ctx), metered(ctx.run)]))
+    events.tap(["run_end"], lambda ctx: spent.extend([Budget.spent(ctx), metered(ctx), metered(ctx.run)]), inline=True)
 
     with dspy.context(lm=lm):
         rlm(text="t")

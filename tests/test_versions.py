@@ -120,7 +120,7 @@ def test_a_subclass_that_delegates_to_dspys_loop_is_instrumented(make_rlm):
     rlm.__class__ = Logged  # the constructor is dspy.RLM's; only the loop differs
     events = rlm_events.instrument(rlm)
     stages: list[str] = []
-    events.tap(lambda ctx: stages.append(ctx.stage.value))
+    events.tap(lambda ctx: stages.append(ctx.stage.value), inline=True)
     with dspy.context(lm=lm):
         assert rlm(text="x").answer == "ok"
     assert calls == ["iteration", "iteration"]
@@ -153,7 +153,9 @@ def test_contexts_see_the_code_as_it_runs_and_the_history_stays_dspys_own(make_r
     codes: list[tuple[str, str]] = []
     for stage in (Stage.PRE_EXECUTION, Stage.POST_EXECUTION):
         events.use(stage, lambda ctx, next: next(ctx))  # the deferred path, changing nothing
-    events.tap([Stage.PRE_EXECUTION, Stage.POST_EXECUTION], lambda ctx: codes.append((ctx.stage.value, ctx.code)))
+    events.tap(
+        [Stage.PRE_EXECUTION, Stage.POST_EXECUTION], lambda ctx: codes.append((ctx.stage.value, ctx.code)), inline=True
+    )
     with dspy.context(lm=lm):
         result = rlm(text="x")
     assert result.trajectory == expected  # instrumenting changes nothing, on every release
@@ -190,7 +192,7 @@ def test_a_caller_owned_interpreter_is_a_call_option_not_an_input(make_rlm):
     rlm, lm = make_rlm(["SUBMIT(answer=text)"])
     events = rlm_events.instrument(rlm)
     seen: list[dict[str, Any]] = []
-    events.tap([Stage.RUN_START, Stage.RUN_END], lambda ctx: seen.append(ctx.input_args))
+    events.tap([Stage.RUN_START, Stage.RUN_END], lambda ctx: seen.append(ctx.input_args), inline=True)
     mine = InProcessInterpreter()
     with dspy.context(lm=lm):
         assert rlm(mine, text="x").answer == "x"
@@ -210,7 +212,7 @@ def test_a_per_call_interpreter_factory_is_a_call_option_not_an_input(make_rlm):
         ctx.input_args["text"] = "changed"
         return next(ctx)
 
-    events.tap([Stage.RUN_END], lambda ctx: seen.append(ctx.input_args))
+    events.tap([Stage.RUN_END], lambda ctx: seen.append(ctx.input_args), inline=True)
     with dspy.context(lm=lm):
         result = rlm(text="x", interpreter_factory=lambda: made.append(InProcessInterpreter()) or made[-1])
     assert result.answer == "changed" and seen == [{"text": "changed"}]
@@ -221,7 +223,7 @@ def test_batched_sub_lm_calls_see_the_run_exactly_where_detected(make_rlm):
     seen: list[bool] = []
     sub = ScriptedLM(["unused"], sub=lambda prompt: seen.append(CURRENT.get() is not None) or prompt)
     rlm, lm = make_rlm(["print(llm_query_batched(['a', 'b']))", "SUBMIT(answer='ok')"], sub_lm=sub)
-    rlm_events.instrument(rlm).tap(lambda ctx: None)
+    rlm_events.instrument(rlm).tap(lambda ctx: None, inline=True)
     with dspy.context(lm=lm):
         assert rlm(text="x").answer == "ok"
     assert seen == [batched_queries_keep_context(dspy.RLM)] * 2  # False before DSPy 3.3: a documented limitation
@@ -264,7 +266,7 @@ def test_build_rlm_honours_the_iteration_limit_on_every_release():
     rlm = build_rlm("text -> answer", max_iters=2, interpreter_factory=InProcessInterpreter)
     events = rlm_events.instrument(rlm)
     ends: list[Any] = []
-    events.tap([Stage.RUN_END], ends.append)
+    events.tap([Stage.RUN_END], ends.append, inline=True)
     with dspy.context(lm=ScriptedLM(["print(1)"], extract={"answer": "forced"})):
         assert rlm(text="x").answer == "forced"
     assert ends[0].iterations == 2 and ends[0].forced_extract
@@ -286,7 +288,7 @@ def test_build_rlm_takes_tools_as_a_list_on_every_release():
     )
     events = rlm_events.instrument(rlm)
     names: list[str] = []
-    events.tap([Stage.TOOL_CALL], lambda ctx: names.append(ctx.name))
+    events.tap([Stage.TOOL_CALL], lambda ctx: names.append(ctx.name), inline=True)
     with dspy.context(lm=ScriptedLM(["SUBMIT(answer=exclaim(word=lookup(key=text)))"])):
         assert rlm(text="hi").answer == "HI!"
     assert names == ["lookup", "exclaim"]

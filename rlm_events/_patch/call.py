@@ -31,12 +31,12 @@ from ..context import (
 from ..errors import StageError
 from ..stages import Stage
 from .construct import iteration_limit
-from .detect import ATTR, Seams
+from .detect import ATTR, Params, Seams
+from .frame import Frame
 from .warnings import warn_once
 
 if TYPE_CHECKING:
     from ..plan import Plan
-    from .frame import Frame
     from .handle import Handle
 
 # -- per-call state -------------------------------------------------------------------------------------------
@@ -113,6 +113,26 @@ class Call:
         middleware costs them no call."""
         return self.plan.wants(stage, self.module)
 
+    def wants_now(self, stage: Stage) -> bool:
+        """As `wants()`, with the plan's registrations looked up first (the per-iteration seams' check)."""
+        return self.busy[stage] or self.plan.wants(stage, self.module)
+
+    def framed(self, params: Params, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Frame | None:
+        """The frame of the iteration the loop body is called for with `args`/`kwargs` (bound by `params`), or
+        `None` when nothing would see it (no iteration-stage registration, receiver or prelude): then it runs as
+        DSPy's own, counted here."""
+        if not self.prelude and self.plan.iterations_idle_for(self.module):
+            self.iterations += 1
+            return None
+        return Frame(self, params.bind(args, kwargs))
+
+    def iteration_ran(self, frame: Frame) -> None:
+        """The loop body returned: say (once) what this iteration's registrations could not do."""
+        if frame.action is None:
+            self.unacted(frame)
+        if frame.prompt:
+            self.unshown(frame)
+
     def ctx(self, cls: type[StageContext], iteration: int | None = None, **fields: Any) -> Any:
         """A `cls` context of this call; `fields` are the rest of its fields, all of them, in declaration order."""
         return construct(
@@ -129,6 +149,13 @@ class Call:
             return kwargs
         self.input_args = ctx.input_args
         return {**{k: v for k, v in kwargs.items() if k in self.seams.call_options}, **ctx.input_args}
+
+    @staticmethod
+    def outcome(end: RunEndContext) -> Prediction:
+        """What the call returns after its run_end: the prediction, or raise the error."""
+        if end.error is not None:
+            raise end.error
+        return end.prediction  # type: ignore[return-value]
 
     def end_ctx(self, prediction: Prediction | None, error: BaseException | None) -> RunEndContext:
         return self.ctx(

@@ -54,6 +54,7 @@ def instrumented_rlm_class(cls: Any) -> Any:
     kernel = kernel_seams(cls)
     seams: Any = kernel or Seams(cls)
     iteration, aiteration = seams.iteration, seams.aiteration
+    by_keyword, aby_keyword = iteration.by_keyword, aiteration.by_keyword
     # DSPy's extract fallback; PredictRLM's runs it on a copy of the module, from *_for_run.
     extract_name, aextract_name = seams.extract.method, seams.aextract.method
     extract_fallback, aextract_fallback = getattr(cls, extract_name), getattr(cls, aextract_name)
@@ -74,84 +75,77 @@ def instrumented_rlm_class(cls: Any) -> Any:
             error = exc
         finally:
             CURRENT.reset(token)
-        end = call.plan.fire(call.end_ctx(prediction, error), self)
-        if end.error is not None:
-            raise end.error
-        return end.prediction
+        return Call.outcome(call.plan.fire(call.end_ctx(prediction, error), self))
 
-    # The async twin of forward: the same steps, awaiting the plan; a shared helper would cost every call a frame.
+    # The async twin of forward: the same steps, awaiting the plan (the call's outcome as one pair, at once).
     async def aforward(self: Any, *args: Any, **kwargs: Any) -> Any:
         call = Call.begin(self, seams, kwargs, is_async=True)
         if call is None:
             return await cls.aforward(self, *args, **kwargs)
-        prediction, error = None, None
         token = CURRENT.set(call)
         try:
             start = call.start_ctx()
             kwargs = call.apply_start(start and await call.plan.afire(start, self), kwargs)
-            prediction = await cls.aforward(self, *args, **kwargs)
+            prediction, error = await cls.aforward(self, *args, **kwargs), None
         except BaseException as exc:
-            error = exc
+            prediction, error = None, exc
         finally:
             CURRENT.reset(token)
-        end = await call.plan.afire(call.end_ctx(prediction, error), self)
-        if end.error is not None:
-            raise end.error
-        return end.prediction
+        return Call.outcome(await call.plan.afire(call.end_ctx(prediction, error), self))
 
-    # The iteration seams run on every iteration: no helper call for what a stage with nothing to see skips.
+    # The iteration seams run on every iteration; the sync and async twins share Call's steps and differ in awaits.
 
     def _execute_iteration(self: Any, *args: Any, **kwargs: Any) -> Any:
         call = CURRENT.get()
-        if call is None or call.module is not self:
+        # Not this RLM's call, or nothing sees this iteration: DSPy's own.
+        if call is None or call.module is not self or (frame := call.framed(iteration, args, kwargs)) is None:
             return cls._execute_iteration(self, *args, **kwargs)
-        frame = Frame(call, iteration.bind(args, kwargs))
         stop = False
         try:
-            if call.busy[PRE_ITERATION] or call.plan.wants(PRE_ITERATION, self):
+            if call.wants_now(PRE_ITERATION):
                 call.apply_pre_iteration(call.plan.fire(call.pre_iteration_ctx(frame), self), frame)
             call.iterations += 1  # started: its pre_iteration folded without raising
-            outcome = iteration.call(cls._execute_iteration, self, frame.args)
-            if frame.action is None:
-                call.unacted(frame)
-            if frame.prompt:
-                call.unshown(frame)
-            if call.busy[POST_ITERATION] or call.plan.wants(POST_ITERATION, self):
+            # In place when it takes keywords: no frame of ours between DSPy's loop and its predictor (DSPy < 3.4
+            # walks the whole stack, reading every frame's source, on each predictor call).
+            if by_keyword:
+                outcome = cls._execute_iteration(self, **frame.args)
+            else:
+                outcome = iteration.call(cls._execute_iteration, self, frame.args)
+            call.iteration_ran(frame)
+            if call.wants_now(POST_ITERATION):
                 end = call.plan.fire(call.post_iteration_ctx(frame, outcome), self)
                 outcome, stop = call.after_iteration(end, outcome)
         finally:
             call.frame = None
-        if stop:
-            args = (frame.args["variables"], outcome, frame.args["output_field_names"])
-            return call.stopped_with(getattr(self, extract_name)(*args), outcome)
-        return outcome
+        if not stop:
+            return outcome
+        return call.stopped_with(getattr(self, extract_name)(*_extract_args(frame, outcome)), outcome)
 
-    # The async twin of _execute_iteration (awaits the plan, folds a deferred post_execution); kept apart for speed.
     async def _aexecute_iteration(self: Any, *args: Any, **kwargs: Any) -> Any:
         call = CURRENT.get()
-        if call is None or call.module is not self:
+        if call is None or call.module is not self or (frame := call.framed(aiteration, args, kwargs)) is None:
             return await cls._aexecute_iteration(self, *args, **kwargs)
-        frame = Frame(call, aiteration.bind(args, kwargs))
         stop = False
         try:
-            if call.busy[PRE_ITERATION] or call.plan.wants(PRE_ITERATION, self):
-                call.apply_pre_iteration(await call.plan.afire(call.pre_iteration_ctx(frame), self), frame)
-            call.iterations += 1  # started: its pre_iteration folded without raising
-            outcome = await aiteration.call(cls._aexecute_iteration, self, frame.args)
-            if frame.action is None:
-                call.unacted(frame)
-            if frame.prompt:
-                call.unshown(frame)
-            if outcome is DEFERRED:
-                outcome = call.finish_execution(await call.plan.afire(call.post_execution_ctx(frame), self), frame)
-            if call.busy[POST_ITERATION] or call.plan.wants(POST_ITERATION, self):
-                end = await call.plan.afire(call.post_iteration_ctx(frame, outcome), self)
-                outcome, stop = call.after_iteration(end, outcome)
+            if call.wants_now(PRE_ITERATION):
+                ctx = await call.plan.afire(call.pre_iteration_ctx(frame), self)
+                call.apply_pre_iteration(ctx, frame)
+            call.iterations += 1
+            if aby_keyword:
+                outcome = await cls._aexecute_iteration(self, **frame.args)
+            else:
+                outcome = await aiteration.call(cls._aexecute_iteration, self, frame.args)
+            call.iteration_ran(frame)
+            if outcome is DEFERRED:  # post_execution, awaited here: see Call.folds
+                done = await call.plan.afire(call.post_execution_ctx(frame), self)
+                outcome = call.finish_execution(done, frame)
+            if call.wants_now(POST_ITERATION):
+                ended = await call.plan.afire(call.post_iteration_ctx(frame, outcome), self)
+                outcome, stop = call.after_iteration(ended, outcome)
         finally:
             call.frame = None
-        if stop:
-            args = (frame.args["variables"], outcome, frame.args["output_field_names"])
-            return call.stopped_with(await getattr(self, aextract_name)(*args), outcome)
+        if stop:  # the stop's extract, awaited
+            outcome = call.stopped_with(await getattr(self, aextract_name)(*_extract_args(frame, outcome)), outcome)
         return outcome
 
     def _process_execution_result(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -261,7 +255,7 @@ def instrumented_rlm_class(cls: Any) -> Any:
     namespace.update(__deepcopy__=__deepcopy__, __reduce_ex__=_reduce_to_base)
     namespace.update({BASE: cls, "__module__": cls.__module__, "__qualname__": cls.__qualname__})
     if _walks_the_stack(cls):
-        namespace["__getattribute__"] = _getattribute_without_stack_walk
+        namespace["__getattribute__"] = _getattribute_off_the_stack(cls, kernel is None)
     return type(cls)(cls.__name__, (cls,), namespace)
 
 
@@ -275,15 +269,42 @@ def _walks_the_stack(cls: Any) -> bool:
         return False
 
 
-def _getattribute_without_stack_walk(self: Any, name: str) -> Any:
-    """DSPy 3.3+'s version of that check: the same warning, from the caller's frame alone."""
-    attr = object.__getattribute__(self, name)
-    if name == "forward" and callable(attr) and sys._getframe(1).f_code.co_name != "__call__":
-        logging.getLogger("dspy.primitives.module").warning(
-            f"Calling module.forward(...) on {type(self).__name__} directly is discouraged. "
-            "Please use module(...) instead."
-        )
-    return attr
+def _getattribute_off_the_stack(cls: Any, loop_seams: bool) -> Any:
+    """`__getattribute__` for the instrumented class of a DSPy that walks the stack (before 3.4).
+
+    DSPy 3.4's check for direct `forward()` calls: the same warning, from the caller's frame alone. And, since every
+    frame on the stack costs DSPy's walk on each predictor call, a seam with nothing to do is not put on the stack:
+    `forward`/`aforward` of an RLM whose plan is idle for it, and the iteration seams outside an instrumented call,
+    are DSPy's own methods (what the seams would call, without their frame)."""
+    calls = {name: getattr(cls, name) for name in ("forward", "aforward")}
+    iterations = {name: getattr(cls, name) for name in ("_execute_iteration", "_aexecute_iteration")}
+    if not loop_seams:  # PredictRLM's kernel: its own overrides
+        iterations = {}
+    dunder_dict = object.__getattribute__
+
+    def __getattribute__(self: Any, name: str) -> Any:
+        attr = object.__getattribute__(self, name)
+        if name in calls:
+            if name == "forward" and callable(attr) and sys._getframe(1).f_code.co_name != "__call__":
+                logging.getLogger("dspy.primitives.module").warning(
+                    f"Calling module.forward(...) on {type(self).__name__} directly is discouraged. "
+                    "Please use module(...) instead."
+                )
+            events = dunder_dict(self, "__dict__").get(ATTR)
+            if events is None or events.plan.idle_for(self):  # Call.begin() would return None
+                return calls[name].__get__(self, type(self))
+        elif name in iterations:
+            call = CURRENT.get()
+            if call is None or call.module is not self:  # the seam would call DSPy's own
+                return iterations[name].__get__(self, type(self))
+        return attr
+
+    return __getattribute__
+
+
+def _extract_args(frame: Frame, outcome: Any) -> tuple[Any, ...]:
+    """The extract fallback's arguments after a stop in the iteration of `frame` that returned `outcome`."""
+    return frame.args["variables"], outcome, frame.args["output_field_names"]
 
 
 def _extracted(ctx: ExtractContext) -> Prediction:

@@ -66,6 +66,8 @@ class Params:
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """The call's arguments by name, to `call()` the method with."""
+        if not args:  # DSPy's loops pass them by keyword
+            return dict(kwargs)
         if len(args) > len(self.names):
             raise TypeError(f"{self.method}() takes {len(self.names)} positional arguments but {len(args)} were given")
         return {**dict(zip(self.names, args, strict=False)), **kwargs}  # fewer: the rest have defaults

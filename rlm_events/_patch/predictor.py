@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..context import PreExecutionContext
 from .call import CURRENT, Call
 from .frame import Frame
 from .streaming import generate
@@ -27,23 +28,25 @@ class Acting:
             kwargs = self._call.shown(self._frame, kwargs)
         return self._acted(generate(self._call.run.state, self._frame.index, self._predictor, args, kwargs))
 
-    def _acted(self, action: Any) -> Any:
+    def _prepared(self, action: Any) -> tuple[PreExecutionContext | None, bool]:
+        """Record `action`; its pre_execution context (`None`: nothing to do) and whether the stage fires on it
+        (else only this iteration's prelude is applied)."""
         call, frame = self._call, self._frame
         if not call.acted(frame, action):
-            return action
-        ctx = call.pre_execution_ctx(frame, action)
-        if call.executing():
-            ctx = call.plan.fire(ctx, call.module)
-        return call.apply_pre_execution(ctx, frame, action)
+            return None, False
+        return call.pre_execution_ctx(frame, action), call.executing()
 
-    async def _aacted(self, action: Any) -> Any:
-        call, frame = self._call, self._frame
-        if not call.acted(frame, action):
-            return action
-        ctx = call.pre_execution_ctx(frame, action)
-        if call.executing():
-            ctx = await call.plan.afire(ctx, call.module)
-        return call.apply_pre_execution(ctx, frame, action)
+    def _acted(self, action: Any) -> Any:
+        ctx, fires = self._prepared(action)
+        if fires:
+            ctx = self._call.plan.fire(ctx, self._call.module)  # type: ignore[type-var]  # fires: ctx is set
+        return action if ctx is None else self._call.apply_pre_execution(ctx, self._frame, action)
+
+    async def _aacted(self, action: Any) -> Any:  # the async twin: awaits the stage
+        ctx, fires = self._prepared(action)
+        if fires:
+            ctx = await self._call.plan.afire(ctx, self._call.module)  # type: ignore[type-var]
+        return action if ctx is None else self._call.apply_pre_execution(ctx, self._frame, action)
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._predictor, name)  # a missing acall fails here as it fails bare

@@ -60,39 +60,41 @@ class HookMiddleware:
             f"it must return {self.kind.output.__name__} or None"
         )
 
-    def _apply(self, ctx: Any, out: Any) -> None:
+    def _settle(self, ctx: Any, out: Any, span: HookSpan) -> None:
+        """Check the hook's output `out`, fold it into `ctx` and record it on the hook's span."""
         checked = self._checked(out)
         if checked is not None:
             self.kind.apply(ctx, checked)
+        span.outputs(out)
+
+
+def _ran(out: Any) -> Any:
+    """What a sync-registered hook returned, run on the private loop if it is awaitable ("return a coroutine and
+    the system handles it")."""
+    return run_sync(out) if inspect.isawaitable(out) else out
+
+
+async def _awaited(out: Any) -> Any:
+    return await out if inspect.isawaitable(out) else out
 
 
 class SyncHookMiddleware(HookMiddleware):
     def __call__(self, ctx: Any, next: Callable[[Any], Any]) -> Any:
         hook = self._hook_for(ctx)
         if hook is not None:
-            arguments = self.kind.arguments(ctx)
-            with self._span(arguments) as span:
-                out = hook(*arguments)
-                if inspect.isawaitable(out):  # "return a coroutine and the system handles it"
-                    out = run_sync(out)
-                self._apply(ctx, out)
-                span.outputs(out)
+            with self._span(arguments := self.kind.arguments(ctx)) as span:
+                self._settle(ctx, _ran(hook(*arguments)), span)
         ctx = next(ctx)
         self.kind.after(ctx)
         return ctx
 
 
-class AsyncHookMiddleware(HookMiddleware):
+class AsyncHookMiddleware(HookMiddleware):  # the async twin: the hook and the rest of the chain are awaited
     async def __call__(self, ctx: Any, next: Callable[[Any], Awaitable[Any]]) -> Any:
         hook = self._hook_for(ctx)
         if hook is not None:
-            arguments = self.kind.arguments(ctx)
-            with self._span(arguments) as span:
-                out = hook(*arguments)
-                if inspect.isawaitable(out):
-                    out = await out
-                self._apply(ctx, out)
-                span.outputs(out)
+            with self._span(arguments := self.kind.arguments(ctx)) as span:
+                self._settle(ctx, await _awaited(hook(*arguments)), span)
         ctx = await next(ctx)
         self.kind.after(ctx)
         return ctx

@@ -147,6 +147,8 @@ class Recorder(ToolAwareTap):
         keep: how many finished recordings to keep in memory (the oldest are dropped).
     """
 
+    INLINE = True  # records each event as it happens (in memory, no I/O): a call's recording is whole when it returns
+
     def __init__(self, *, include_prompts: bool = False, keep: int = 100) -> None:
         if keep < 1:
             raise ValueError(f"keep must be at least 1, got {keep}")

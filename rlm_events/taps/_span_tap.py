@@ -42,7 +42,13 @@ class SpanTap(InstallableTap, Generic[N]):
     Subclasses start the call's span (`_run_start()`), handle the stages they record (the others are ignored),
     end the call (`_run_end()`), trace tool calls (`_trace_tool()`) and start the extract span
     (`_start_extract()`). A stage of a call whose `run_start` failed is ignored.
+
+    Inline: a span must be current while the stage it covers runs, so that DSPy's own spans (`mlflow.dspy.autolog`)
+    nest under it. The tap only starts, annotates and ends spans (bounded work, no I/O); exporting them is the
+    backend's (OpenTelemetry's `BatchSpanProcessor`, MLflow's trace export).
     """
+
+    INLINE = True
 
     def __init__(self, backend: SpanBackend, owner: str, logger: logging.Logger) -> None:
         self._forest: SpanForest[N] = SpanForest(backend, owner, logger)

@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 from .. import context
+from ..delivery import event_time
 from ..lm_history import module_label
 from ..runtime import iteration_limit
 from ..stages import Stage
@@ -87,7 +87,7 @@ class LoggingTap(InstallableTap):
             )
         elif ctx.stage is Stage.PRE_ITERATION and ctx.iteration is not None:
             with self._lock:
-                self._iteration_started[(ctx.run.id, ctx.iteration)] = time.perf_counter()
+                self._iteration_started[(ctx.run.id, ctx.iteration)] = event_time().monotonic
         elif isinstance(ctx, context.PreExecutionContext):
             skipped = " (skipped by middleware)" if ctx.skipped else ""
             self._log(logging.DEBUG, ctx, "code%s:\n%s", skipped, preview(ctx.code, self.max_chars))
@@ -137,7 +137,7 @@ class LoggingTap(InstallableTap):
             outcome = f"output ({_plural(len(str(ctx.result or '')), 'char')})"
         if ctx.stop:
             outcome += "; a middleware stopped the loop"
-        took = "" if started is None else f" in {(time.perf_counter() - started) * 1000:.0f} ms"
+        took = "" if started is None else f" in {(event_time().monotonic - started) * 1000:.0f} ms"
         self._log(self.level, ctx, ": %s -> %s%s", _plural(lines, "line") + " of code", outcome, took)
 
     def _tool_call(self, ctx: context.ToolCallContext) -> None:

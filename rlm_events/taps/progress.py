@@ -24,6 +24,7 @@ import time
 from typing import Any, TextIO
 
 from ..context import PostExecutionContext, PostIterationContext, RunEndContext, StageContext
+from ..delivery import defer
 from ..lm_usage import meter_run
 from ..runtime import iteration_limit
 from ..trace.writer import usage_of
@@ -72,6 +73,7 @@ class _CallProgress:
 
     @property
     def elapsed(self) -> float:
+        """Seconds from the call's start to now."""
         return time.monotonic() - self.started
 
     def of_max(self) -> str:
@@ -95,6 +97,10 @@ class _CallProgress:
 
 class ProgressTap(InstallableTap):
     """A tap showing each running call's iteration n/max, current stage, elapsed time, tokens and cost.
+
+    Inline, for what it knows (the stage, the tokens and cost so far are read at the event); what it shows is written
+    on the tap delivery worker (`rlm_events.delivery`), so a slow console never stalls the run;
+    `rlm_events.flush()` waits for what it has still to show.
 
     Args:
         out: where to write (default: `sys.stdout` at the time of each write).
@@ -129,17 +135,23 @@ class ProgressTap(InstallableTap):
 
     # -- the tap --------------------------------------------------------------------------------------------
 
+    INLINE = True
+
     def __call__(self, ctx: StageContext) -> None:
+        """Update what the display knows of the call now (bounded, no I/O); show it on the delivery worker."""
+        with self._state_lock:
+            call = self._update(ctx)
+            if isinstance(ctx, RunEndContext):
+                del self._calls[ctx.run.id]
+            running = bool(self._calls)
+            line = self._line(ctx, call, self.live)
+        defer(self._show, (line, running), closing=isinstance(ctx, RunEndContext))
+
+    def _show(self, shown: tuple[str | None, bool]) -> None:
+        line, running = shown
         with self._display_lock:
-            with self._state_lock:
-                call = self._update(ctx)
-                if isinstance(ctx, RunEndContext):
-                    del self._calls[ctx.run.id]
-                running = bool(self._calls)
-            live = self.live
-            if live and running and self._live is None:
+            if self.live and running and self._live is None:
                 self._start_live()
-            line = self._line(ctx, call, live)
             if line is not None:
                 self._emit(line)
             if self._live is not None:

@@ -34,6 +34,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from .. import context
+from ..delivery import defer, flush
 from ..lm_history import module_label
 from ..lm_usage import meter_run, metered
 from ..runtime import iteration_limit
@@ -113,11 +114,17 @@ class JsonlTrace(InstallableTap):
     Use as `events.tap(trace)` or `trace.install(events)`; `close()` (or `with JsonlTrace(...)`) closes
     a file it opened. Events arriving after `close()` are dropped.
 
+    The line is built at the event, on the run's thread (bounded by `preview_chars` and `code_chars`); the file is
+    written on the tap delivery worker (`rlm_events.delivery`), so a slow disk never stalls the run. `close()`
+    first waits for the lines already built (`rlm_events.flush()`).
+
     Writing never raises into the run or the application: a line that cannot be written or flushed (a full disk,
     a closed file) is dropped and counted in `write_errors`, and so is a failed final flush in `close()` (and
     so on leaving a `with` block). The first failure is logged at WARNING on the `rlm_events` logger, later
     ones at DEBUG.
     """
+
+    INLINE = True  # builds its line at the event (times, usage so far); the writing is deferred
 
     def __init__(
         self, path_or_file: str | os.PathLike[str] | IO[str], *, preview_chars: int = 2000, code_chars: int = 20_000
@@ -148,6 +155,7 @@ class JsonlTrace(InstallableTap):
     def close(self) -> None:
         """Stop recording and close the file if this trace opened it. Idempotent; never raises (a failed final
         flush is counted and logged, as a failed write is)."""
+        flush()  # the lines built before: written, unless the worker is stuck (they are then dropped)
         with self._lock:
             self._closed = True
             self._runs.clear()
@@ -209,6 +217,13 @@ class JsonlTrace(InstallableTap):
             if ctx.stage is Stage.RUN_END:
                 del self._runs[ctx.run.id]
             line = _one_line(json.dumps(record, ensure_ascii=False, default=self._default)) + "\n"
+        defer(self._write, line, closing=ctx.stage is Stage.RUN_END)
+
+    def _write(self, line: str) -> None:
+        """Write one line (on the delivery worker); a line arriving after `close()` is dropped."""
+        with self._lock:
+            if self._closed:
+                return
             try:
                 self._file.write(line)
                 self._file.flush()
