@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 import dspy
+import pytest
 import test_speculate_streaming as sync_tests
 from test_speculate_streaming import INTERPRETER, RELEASE, STEPS, actions, steps_of, sub
 
@@ -251,3 +252,75 @@ def test_an_async_generate_action_that_writes_piece_by_piece_can_feed_the_planne
     stats = seen["stats"]
     assert prediction.answer == "answer stanswer nd"
     assert stats.dispatched_streaming == 2 and stats.claimed + stats.cancelled == 2 and stats.stream == "streamed"
+
+
+class BreakingProxy:
+    """An OpenAI-compatible endpoint in front of `upstream` whose first streamed answer sends one good chunk, then a
+    malformed one, and ends; every other request is the upstream server's (and only those are billed)."""
+
+    def __init__(self, upstream: str) -> None:
+        import http.server
+        import threading
+        import urllib.request
+
+        proxy = self
+        self.broken = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if json.loads(body).get("stream") and not proxy.broken:
+                    proxy.broken += 1
+                    good = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m"}
+                    good["choices"] = [{"index": 0, "delta": {"role": "assistant", "content": "[[ ## "}}]
+                    data = b"data: " + json.dumps(good).encode() + b"\n\ndata: {not json at all\n\n"
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
+                request = urllib.request.Request(
+                    upstream + self.path.removeprefix("/v1"), body, {"Content-Type": "application/json"}
+                )
+                with urllib.request.urlopen(request) as answer:
+                    data, kind = answer.read(), answer.headers.get("Content-Type", "application/json")
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_malformed_chunks_mid_stream_fall_back_and_usage_is_metered_once(openai_server, mode, caplog):
+    # The first action's stream sends a good chunk, then one that is not JSON: the call is made again without
+    # streaming; the run is the bare run's, and the usage counted is the upstream bill (the broken stream billed
+    # nothing), counted once.
+    server = openai_server(STEPS, sub=sub)
+    bare, _ = sync_tests.run(dspy.LM("openai/m", api_base=server.base_url, api_key="x", cache=False), None)
+    server.reset()
+    proxy = BreakingProxy(server.base_url)
+    try:
+        lm = dspy.LM("openai/m", api_base=proxy.base_url, api_key="x", cache=False, num_retries=0)
+        with caplog.at_level(logging.INFO, logger="rlm_events"):
+            fast, seen = (sync_tests.run if mode == "sync" else arun)(lm, Speculate())
+    finally:
+        proxy.stop()
+    stats = seen["stats"]
+    assert proxy.broken == 1 and steps_of(fast) == steps_of(bare)
+    assert stats.stream.startswith("fallback: the streamed call failed"), stats.stream
+    assert sum("planning when the code is complete" in r.getMessage() for r in caplog.records) == 1
+    assert stats.claimed + stats.cancelled == 3 and stats.wasted == 0
+    assert seen["usage"].tokens == server.bill.total_tokens and seen["usage"].lm_calls == server.bill.calls

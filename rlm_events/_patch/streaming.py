@@ -69,16 +69,25 @@ def chunk_text(chunk: Any) -> str:
 
 
 class _Send:
-    """`dspy.settings.send_stream` for one call: DSPy awaits `send(chunk)` on the portal's event loop."""
+    """`dspy.settings.send_stream` for one call: DSPy awaits `send(chunk)` on the portal's event loop (sync
+    calls) or on the caller's (async ones)."""
 
     def __init__(self, sink: ActionSink, context: contextvars.Context) -> None:
         self.sink, self.context, self.chunks = sink, context, 0
-        self.finished = False  # a chunk said why the answer ended: it came whole
+        self.streams: set[Any] = set()  # the ids of the streamed answers (an adapter's fallback makes a second)
+        self.whole: set[Any] = set()  # those a chunk said why they ended
+
+    @property
+    def finished(self) -> bool:
+        """Every answer streamed came whole: an error of the call is its own, not a broken stream's."""
+        return bool(self.whole) and self.streams <= self.whole
 
     async def send(self, chunk: Any) -> None:
+        ident = getattr(chunk, "id", None)
+        self.streams.add(ident)
         choices = getattr(chunk, "choices", None)
         if choices and getattr(choices[0], "finish_reason", None):
-            self.finished = True
+            self.whole.add(ident)
         text = chunk_text(chunk)
         if text:
             self.chunks += 1
@@ -152,7 +161,7 @@ def generate(run_state: dict[str, Any], index: int, predictor: Any, args: Any, k
     try:
         return streamed(predictor, args, kwargs, send)
     except Exception as exc:
-        if send.finished:  # the answer came whole: the error is the call's own (a parse error), as without streaming
+        if send.finished:  # the answers came whole: the error is the call's own (a parse error), as without streaming
             raise
         # a stream that broke off or could not be read: make the call as without streaming
         sink.failed(_broke_off(exc))
