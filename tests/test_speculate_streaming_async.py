@@ -56,11 +56,13 @@ def arun(
 FILLER = "".join(f"pad{i} = {i} * 2  # more code\n" for i in range(24))
 
 
-def test_acall_dispatches_while_the_lm_writes_and_everything_else_is_the_bare_runs(openai_server, lm_for):
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_calls_start_while_the_lm_writes_and_everything_else_is_the_bare_runs(openai_server, lm_for, mode):
     # Proof by order, not by time: when each sub-LM request reaches the server, the main LM's call for that action
     # has not returned yet (its history entry is not there), because the action still has two dozen lines to
     # stream. Planned when the code is complete (stream=False), every sub-request comes after that entry.
     steps = [STEPS[0].replace("first = r[0]\n", "first = r[0]\n" + FILLER), STEPS[1]]
+    play = sync_tests.run if mode == "sync" else arun
     arrivals: list[int] = []
     lm_box: list[dspy.LM] = []
 
@@ -71,13 +73,13 @@ def test_acall_dispatches_while_the_lm_writes_and_everything_else_is_the_bare_ru
     server = openai_server(steps, sub=counted, time_to_first_token=0.02, tokens_per_second=200)
     lm = lm_for(server)
     lm_box.append(lm)
-    bare, _ = arun(lm, None, steps)
+    bare, _ = play(lm, None, steps)
     bare_bill, bare_actions = server.bill, actions(lm)
     for stream, finished_first in ((False, [1, 1, 1]), (True, [0, 0, 0])):
         server.reset()
         lm.history.clear()
         arrivals.clear()
-        fast, seen = arun(lm, Speculate(stream=stream), steps)
+        fast, seen = play(lm, Speculate(stream=stream), steps)
         stats = seen["stats"]
         assert arrivals == finished_first
         assert steps_of(fast) == steps_of(bare) and fast.answer == bare.answer == "3"
