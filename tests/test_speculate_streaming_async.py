@@ -1,13 +1,14 @@
 """Speculate streams generate_action's LM call in `await rlm.acall(...)` too (DSPy's aforward): the same guarantees
-as the sync path (tests/test_speculate_streaming.py), with the real LiteLLM client against the local
-OpenAI-compatible server: calls start while the LM writes; the action, history, usage, bill and trace are those of
-the non-streamed call; anything that cannot stream falls back, logged once, metered once; concurrent acalls on one
-event loop each stream their own action."""
+as the sync path (tests/test_speculate_streaming.py, whose trace test runs acall too), with the real LiteLLM client
+against the local OpenAI-compatible server: calls start while the LM writes; the action, history, usage and bill are
+those of the non-streamed call; anything that cannot stream (a cache hit, an LM that cannot, an error or a malformed
+chunk mid-stream, no usage) falls back, logged once, metered once; concurrent acalls on one event loop each stream
+their own action."""
 
 from __future__ import annotations
 
 import asyncio
-import io
+import functools
 import json
 import logging
 from typing import Any
@@ -15,12 +16,11 @@ from typing import Any
 import dspy
 import pytest
 import test_speculate_streaming as sync_tests
-from test_speculate_streaming import INTERPRETER, RELEASE, STEPS, actions, steps_of, sub
+from test_speculate_streaming import INTERPRETER, STEPS, actions, steps_of, sub
 
 import rlm_events
 from rlm_events.builtins import Speculate
 from rlm_events.lm_usage import metered
-from rlm_events.local_openai import NO_USAGE, Reply, error
 from rlm_events.testing import ScriptedLM, build_rlm
 
 lm_for, fresh_cache = sync_tests.lm_for, sync_tests.fresh_cache  # the sync tests' fixtures
@@ -40,29 +40,16 @@ def instrumented(speculate: Speculate | None, iterations: int, seen: dict[str, A
     return rlm
 
 
-def arun(
-    lm: Any, speculate: Speculate | None, steps: list[str] = STEPS, question: str = "q"
-) -> tuple[Any, dict[str, Any]]:
-    seen: dict[str, Any] = {}
-    rlm = instrumented(speculate, len(steps) + 1, seen)
-
-    async def main() -> Any:
-        with dspy.context(lm=lm):
-            return await rlm.acall(question=question)
-
-    return asyncio.run(main()), seen
-
-
 FILLER = "".join(f"pad{i} = {i} * 2  # more code\n" for i in range(24))
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", sync_tests.MODES)
 def test_calls_start_while_the_lm_writes_and_everything_else_is_the_bare_runs(openai_server, lm_for, mode):
     # Proof by order, not by time: when each sub-LM request reaches the server, the main LM's call for that action
     # has not returned yet (its history entry is not there), because the action still has two dozen lines to
     # stream. Planned when the code is complete (stream=False), every sub-request comes after that entry.
     steps = [STEPS[0].replace("first = r[0]\n", "first = r[0]\n" + FILLER), STEPS[1]]
-    play = sync_tests.run if mode == "sync" else arun
+    play = functools.partial(sync_tests.run, mode=mode)
     arrivals: list[int] = []
     lm_box: list[dspy.LM] = []
 
@@ -93,35 +80,6 @@ def test_calls_start_while_the_lm_writes_and_everything_else_is_the_bare_runs(op
         assert seen["usage"].tokens == server.bill.total_tokens
 
 
-def test_the_trace_of_a_streamed_acall_is_the_non_streamed_ones(openai_server, lm_for):
-    from rlm_events.trace import JsonlTrace
-
-    timing = {"dt_prev_s", "t_mono", "t_wall", "run_id", "usage", "duration_s", "elapsed_s"}
-
-    def traced(stream: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        server = openai_server(STEPS, sub=sub, time_to_first_token=0.01, tokens_per_second=1000)
-        rlm = build_rlm("question -> answer", max_iters=3, interpreter_factory=INTERPRETER)
-        events = rlm_events.instrument(rlm)
-        out = io.StringIO()
-        JsonlTrace(out).install(events)
-        Speculate(stream=stream).install(events)
-
-        async def main() -> None:
-            with dspy.context(lm=lm_for(server)):
-                await rlm.acall(question="q")
-
-        asyncio.run(main())
-        rlm_events.flush()
-        lines = [json.loads(line) for line in out.getvalue().splitlines()]
-        final = {k: v for k, v in lines[-1]["usage"].items() if "seconds" not in k}
-        return [{k: v for k, v in line.items() if k not in timing} for line in lines], final
-
-    complete, complete_usage = traced(False)
-    streamed, streamed_usage = traced(True)
-    assert streamed == complete and streamed_usage == complete_usage
-    assert [line["stage"] for line in streamed].count("tool_call") == 3
-
-
 def test_twenty_concurrent_acalls_on_one_loop_stream_their_own_actions(openai_server, lm_for):
     # One RLM, one event loop, 20 runs at once: each streams its own actions, gets its own answer (its sub-calls
     # carry its question), and meters its own usage: what a solo run of the same shape costs, summing to the bill.
@@ -139,7 +97,7 @@ def test_twenty_concurrent_acalls_on_one_loop_stream_their_own_actions(openai_se
         with dspy.context(lm=lm):
             return await asyncio.gather(*(rlm.acall(question=q) for q in questions))
 
-    solo, _ = arun(lm, None, steps, question="question-99")
+    solo, _ = sync_tests.run(lm, None, steps, mode="async", question="question-99")
     solo_tokens = server.bill.total_tokens
     server.reset()
     results = asyncio.run(main())
@@ -151,79 +109,6 @@ def test_twenty_concurrent_acalls_on_one_loop_stream_their_own_actions(openai_se
         assert usage.tokens == solo_tokens and usage.lm_calls == 5
     assert sum(usage.tokens for _, _, usage in runs) == server.bill.total_tokens
     assert solo.answer.startswith("re 99 q0")
-
-
-def test_acall_with_stream_false_plans_when_the_code_is_complete(openai_server, lm_for):
-    server = openai_server(STEPS, sub=sub)
-    _, seen = arun(lm_for(server), Speculate(stream=False))
-    assert seen["stats"].stream == "" and seen["stats"].dispatched_streaming == 0 and seen["stats"].claimed == 3
-    assert not any(r.streamed for r in server.bill.records)
-
-
-def test_an_error_mid_stream_in_acall_falls_back_and_usage_is_metered_once(openai_server, lm_for, caplog):
-    server = openai_server(STEPS, sub=sub, faults={0: error(500)})
-    lm = lm_for(server, num_retries=0)
-    with caplog.at_level(logging.INFO, logger="rlm_events"):
-        prediction, seen = arun(lm, Speculate())
-    stats = seen["stats"]
-    assert prediction.answer == "3" and stats.claimed + stats.cancelled == 3 and stats.wasted == 0
-    assert server.bill.records[0].status == 500 and server.bill.records[0].streamed
-    assert seen["usage"].tokens == server.bill.total_tokens
-    if stats.stream.startswith("fallback"):
-        assert stats.stream.startswith("fallback: the streamed call failed")
-        assert server.bill.records[1].streamed is False
-        assert sum("planning when the code is complete" in r.getMessage() for r in caplog.records) == 1
-    else:  # LiteLLM under DSPy 3.1-3.3 may retry the stream itself
-        assert RELEASE < (3, 4) and stats.stream == "streamed"
-
-
-def test_an_acall_stream_without_usage_is_counted_once(openai_server, lm_for):
-    server = openai_server(STEPS, sub=sub, faults={0: NO_USAGE})
-    bare, _ = arun(lm_for(server), None)
-    server.reset()
-    fast, seen = arun(lm_for(server), Speculate())
-    assert steps_of(fast) == steps_of(bare) and seen["stats"].claimed + seen["stats"].cancelled == 3
-    first = server.bill.records[0]
-    assert first.streamed and not first.usage_sent
-    usage = seen["usage"]
-    assert usage.lm_calls == server.bill.calls
-    sent = sum(r.total_tokens for r in server.bill.records if r.usage_sent)
-    if RELEASE >= (3, 4):
-        assert usage.unmetered_lm_calls == 1 and usage.tokens == sent
-    else:  # LiteLLM's own estimate of the stream's usage, counted once (a known limit on DSPy 3.1-3.3)
-        assert usage.unmetered_lm_calls == 0 and usage.tokens > sent
-
-
-def test_an_acall_answer_that_came_whole_but_does_not_parse_is_not_asked_again(openai_server, lm_for):
-    def play(speculate: Speculate | None) -> tuple[Any, Any]:
-        server = openai_server(STEPS, sub=sub, faults={0: Reply(text="no fields in this answer")})
-        try:
-            prediction, _ = arun(lm_for(server), speculate)
-            outcome: Any = steps_of(prediction)
-        except Exception as exc:  # whatever the bare run does, the speculated one must do
-            outcome = type(exc).__name__
-        return outcome, [(r.status, r.total_tokens) for r in server.bill.records]
-
-    assert play(Speculate()) == play(None)
-
-
-def test_an_acall_cache_hit_falls_back(openai_server, lm_for, fresh_cache):
-    server = openai_server(STEPS, sub=sub)
-    lm = lm_for(server, cache=True)
-    steps = [STEPS[0].replace("x = 1", "x = 'async cache hit'"), STEPS[1]]
-    first, _ = arun(lm, Speculate(), steps)
-    again, seen = arun(lm, Speculate(), steps)
-    assert steps_of(again) == steps_of(first)
-    stats = seen["stats"]
-    assert stats.stream.startswith("fallback: no chunk was streamed") and stats.claimed + stats.cancelled == 3
-
-
-def test_an_acall_lm_that_cannot_stream_falls_back_logged_once(caplog):
-    with caplog.at_level(logging.INFO, logger="rlm_events"):
-        _, seen = arun(ScriptedLM(STEPS, sub=sub), Speculate())
-    assert seen["stats"].stream == "fallback: the main LM is a ScriptedLM, not a dspy.LM"
-    assert seen["stats"].claimed + seen["stats"].cancelled == 3
-    assert sum("planning when the code is complete" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_an_async_generate_action_that_writes_piece_by_piece_can_feed_the_planner():
@@ -305,7 +190,7 @@ class BreakingProxy:
         self.httpd.server_close()
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", sync_tests.MODES)
 def test_malformed_chunks_mid_stream_fall_back_and_usage_is_metered_once(openai_server, mode, caplog):
     # The first action's stream sends a good chunk, then one that is not JSON: the call is made again without
     # streaming; the run is the bare run's, and the usage counted is the upstream bill (the broken stream billed
@@ -317,7 +202,7 @@ def test_malformed_chunks_mid_stream_fall_back_and_usage_is_metered_once(openai_
     try:
         lm = dspy.LM("openai/m", api_base=proxy.base_url, api_key="x", cache=False, num_retries=0)
         with caplog.at_level(logging.INFO, logger="rlm_events"):
-            fast, seen = (sync_tests.run if mode == "sync" else arun)(lm, Speculate())
+            fast, seen = sync_tests.run(lm, Speculate(), mode=mode)
     finally:
         proxy.stop()
     stats = seen["stats"]
