@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ast
 import functools
-import symtable
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -53,7 +52,7 @@ class Resolver(ast.NodeVisitor):
         self,
         policy: GuardPolicy,
         tree: ast.Module,
-        table: symtable.SymbolTable,
+        scopes: Scopes,
         shadowed: frozenset[str],
         imported: Mapping[str, str] | None = None,
     ) -> None:
@@ -62,7 +61,7 @@ class Resolver(ast.NodeVisitor):
         self.imported = imported
         self._resolved: dict[ast.AST, Ref | None] = {}
         self.found: list[Violation] = []
-        self.scopes = Scopes(tree, table)  # one walk over the tree: every node, its parent and its scope
+        self.scopes = scopes  # every node, its parent and its scope
         self.nodes = self.scopes.nodes
         self.parents: dict[ast.AST, ast.AST] = self.scopes.parents
         self.bindings = bindings_of(self.nodes)
@@ -70,7 +69,7 @@ class Resolver(ast.NodeVisitor):
         self.bound = set(self.bindings)
         self.unstable = unstable_names(self.scopes.of_type(ast.Name, ast.Global, ast.Nonlocal))
         # Names the module's namespace binds somewhere (at the top, in a branch or loop, or through `global`).
-        self.global_names = {s.get_name() for s in table.get_symbols() if s.is_local()} | self.unstable
+        self.global_names = scopes.module_names() | self.unstable
         # Per scope (the module is `tree`): local name → dotted path it was imported as.
         self.scope_aliases: dict[ast.AST, dict[str, str]] = {}
         self._collect_imports()

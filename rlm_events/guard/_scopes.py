@@ -1,9 +1,10 @@
-"""Which binding each name of the code refers to, scope by scope, as Python resolves it: Python's own `symtable`
-says which names are local to each function, lambda and comprehension; this module maps the syntax tree's scopes
-onto its tables, and answers, for one use of a name, whether it can only mean a variable of a function
-(`function_scope()`), and, for a use looked up in the module's namespace, whether the code has certainly bound it
-before (`certainly_bound()`): a binding in a branch, a loop, another function or a `del` does not count, since the
-use may then fall through to the built-ins or a module left in the REPL.
+"""Which binding each name of the code refers to, scope by scope, as Python resolves it: which names are local to
+each function, lambda and comprehension, as the tree shows them (`_namespaces`) or, where the tree cannot tell,
+Python's own `symtable` (this module then maps the syntax tree's scopes onto its tables); it answers, for one use
+of a name, whether it can only mean a variable of a function (`function_scope()`), and, for a use looked up in
+the module's namespace, whether the code has certainly bound it before (`certainly_bound()`): a binding in a branch,
+a loop, another function or a `del` does not count, since the use may then fall through to the built-ins or a
+module left in the REPL.
 
 Where the tree and the tables cannot be matched one to one (two scopes of the same name on one line), the scopes
 concerned are treated as the module's namespace: the guard then resolves their names more strictly, never less.
@@ -16,8 +17,10 @@ import symtable
 from collections import defaultdict
 from collections.abc import Iterator
 
-_FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
-_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+from ._namespaces import COMPREHENSIONS, FUNCTION_SCOPES, Namespaces, mangled
+
+_FUNCTIONS = FUNCTION_SCOPES
+_COMPREHENSIONS = COMPREHENSIONS
 _SCOPES = (*_FUNCTIONS, ast.ClassDef, *_COMPREHENSIONS)
 _BLOCKS = (ast.Module, ast.stmt, ast.excepthandler, ast.match_case)  # what can hold a block of statements
 _TABLE_NAMES = {ast.ListComp: "listcomp", ast.SetComp: "setcomp", ast.DictComp: "dictcomp", ast.GeneratorExp: "genexpr"}
@@ -92,7 +95,7 @@ class Scopes:
     """The scopes of one module: for every node, the scope node it is evaluated in (the module is `tree`), and the
     symbol table of each scope that could be matched."""
 
-    def __init__(self, tree: ast.Module, table: symtable.SymbolTable) -> None:
+    def __init__(self, tree: ast.Module) -> None:
         self.tree = tree
         self.nodes: list[ast.AST] = []  # every node, parents before children
         self.parents: dict[ast.AST, ast.AST] = {}
@@ -101,12 +104,37 @@ class Scopes:
         self.binders: dict[str, list[ast.stmt]] = defaultdict(list)  # statements that certainly bind a name
         self.scope_of: dict[ast.AST, ast.AST] = {}
         self.parent_scope: dict[ast.AST, ast.AST] = {}
-        self.tables: dict[ast.AST, symtable.SymbolTable] = {tree: table}
+        self.tables: dict[ast.AST, symtable.SymbolTable] = {}
         self.children: dict[ast.AST, list[ast.AST]] = defaultdict(list)
         self.child_nodes: dict[ast.AST, list[ast.AST]] = {}  # each node's children, as `child_nodes()` lists them
         self.by_type: dict[type, list[ast.AST]] = defaultdict(list)  # the nodes of each type, in `nodes` order
+        self.namespaces = Namespaces()  # what each scope binds, as far as the tree tells
+        self.matched: dict[ast.AST, str | None] = {}  # scopes matched to a table -> the class whose names it mangles
         self._assign(tree, tree)
-        self._match(tree, table)
+
+    @property
+    def needs_symtable(self) -> bool:
+        """Whether the tree alone cannot say what `symtable` would: then `use_symtable()` must be called before
+        names are resolved; else `use_tree()`."""
+        return self.namespaces.needs_symtable
+
+    def use_symtable(self, table: symtable.SymbolTable) -> None:
+        """Resolve names with Python's symbol table of the code."""
+        self.tables[self.tree] = table
+        self._match(self.tree, table)
+
+    def use_tree(self) -> None:
+        """Resolve names with the bindings read off the tree (when `needs_symtable` is false)."""
+        self.matched[self.tree] = None
+        self._match_tree(self.tree, None)
+        self.function_scope = self._tree_function_scope  # type: ignore[method-assign]
+        self.class_local = self._tree_class_local  # type: ignore[method-assign]
+
+    def module_names(self) -> set[str]:
+        """The names the module's namespace binds (its symbol table's local names)."""
+        if self.tables:
+            return {s.get_name() for s in self.tables[self.tree].get_symbols() if s.is_local()}
+        return set(self.namespaces.bound.get(self.tree, ()))
 
     def _assign(self, node: ast.AST, scope: ast.AST) -> None:
         # The guard's hottest loop: child_nodes() and _layout() inlined, the maps bound to locals.
@@ -119,12 +147,17 @@ class Scopes:
             self.scope_of,
         )
         layouts = _LAYOUTS
+        name_type, bind_name, visit = ast.Name, self.namespaces.bind_name, self.namespaces.visit
         while stack:
             current, where = stack.pop()
             kind = type(current)
             nodes.append(current)
             by_type[kind].append(current)
             scope_of[current] = where
+            if kind is name_type:
+                bind_name(current, where)  # type: ignore[arg-type]
+            else:
+                visit(current, where)
             layout = layouts.get(kind) or _layout(kind)
             children: list[ast.AST] = []
             for field in layout[0]:
@@ -170,6 +203,47 @@ class Scopes:
                 self.tables[found[0]] = tables[0]
                 self._match(found[0], tables[0])
             # otherwise unmatched: that scope and the ones inside it resolve their names in the module's namespace
+
+    def _match_tree(self, scope: ast.AST, class_name: str | None) -> None:
+        """`_match()` for the scopes read off the tree: a scope is matched unless a sibling has its name and line."""
+        keys: dict[tuple[str, int], list[ast.AST]] = defaultdict(list)
+        for node in self.children.get(scope, ()):
+            keys[(_table_name(node), getattr(node, "lineno", 0))].append(node)
+        for found in keys.values():
+            if len(found) == 1:
+                node = found[0]
+                inner = node.name if isinstance(node, ast.ClassDef) else class_name  # type: ignore[attr-defined]
+                self.matched[node] = inner
+                self._match_tree(node, inner)
+
+    def _tree_function_scope(self, node: ast.Name) -> ast.AST | None:
+        scope = self.scope_of.get(node)
+        if scope is None or scope is self.tree or scope not in self.matched:
+            return None
+        name = node.id
+        if mangled(name, self.matched[scope]):
+            return None  # `symtable` knows it by its mangled name only
+        bound = self.namespaces.bound
+        if name in bound.get(scope, ()):
+            return None if isinstance(scope, ast.ClassDef) else scope
+        # free (a variable of an enclosing function) or global
+        outer = self.parent_scope.get(scope)
+        while outer is not None and outer is not self.tree:
+            if outer not in self.matched:
+                return None
+            if not isinstance(outer, ast.ClassDef) and name in bound.get(outer, ()):
+                return outer
+            outer = self.parent_scope.get(outer)
+        return None
+
+    def _tree_class_local(self, node: ast.Name) -> bool:
+        scope = self.scope_of.get(node)
+        return (
+            isinstance(scope, ast.ClassDef)
+            and scope in self.matched
+            and not mangled(node.id, self.matched[scope])
+            and node.id in self.namespaces.bound.get(scope, ())
+        )
 
     def function_scope(self, node: ast.Name) -> ast.AST | None:
         """The function, lambda or comprehension whose variable the use `node` is (local there, or a free variable
