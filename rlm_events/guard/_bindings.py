@@ -83,14 +83,22 @@ def imported_names(tree: ast.Module) -> dict[str, str]:
     """The names `tree`'s imports bind, and the dotted paths they are bound to."""
     names: dict[str, str] = {}
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                local = alias.asname or alias.name.split(".")[0]
-                names[local] = alias.name if alias.asname else local
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            for alias in node.names:
-                if alias.name != "*":
-                    names[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update(import_bindings(node))
+    return names
+
+
+def import_bindings(node: ast.Import | ast.ImportFrom) -> dict[str, str]:
+    """The names one import statement binds, and the dotted paths they are bound to."""
+    names: dict[str, str] = {}
+    if isinstance(node, ast.Import):
+        for alias in node.names:
+            local = alias.asname or alias.name.split(".")[0]
+            names[local] = alias.name if alias.asname else local
+    elif node.module and not node.level:
+        for alias in node.names:
+            if alias.name != "*":
+                names[alias.asname or alias.name] = f"{node.module}.{alias.name}"
     return names
 
 
@@ -112,7 +120,7 @@ def is_classmethod_call(nodes: Iterable[ast.AST], cls: str, method: str) -> bool
     return False
 
 
-__all__ = ["Binding", "bindings_of", "decorated", "imported_names", "is_classmethod_call"]
+__all__ = ["Binding", "bindings_of", "decorated", "import_bindings", "imported_names", "is_classmethod_call"]
 
 
 def annotations_of(node: ast.AST) -> list[ast.expr]:

@@ -21,29 +21,25 @@ COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 # Python 3.12+ inlines list/set/dict comprehensions (PEP 709): `symtable` then shows their names in the enclosing
 # scope as well, which the tree alone does not reproduce.
 _INLINED = (ast.ListComp, ast.SetComp, ast.DictComp) if sys.version_info >= (3, 12) else ()
-_SPECIAL_NAMES = frozenset({"__class__", "__debug__"})  # implicit cells, a name Python refuses to bind
+SPECIAL_NAMES = frozenset({"__class__", "__debug__"})  # implicit cells, a name Python refuses to bind
 
 
 class Namespaces:
-    """The names bound in each scope node (the module is the tree), filled in while the tree is walked
-    (`bind_name()` for every `ast.Name`, `visit()` for the other nodes that bind or need `symtable`)."""
+    """The names bound in each scope node (the module is the tree), filled in by the walk over the tree
+    (`Scopes`): `bind_name()` for each name stored or deleted, `HANDLERS` for the other nodes that bind a name or
+    need `symtable`."""
 
     def __init__(self) -> None:
         self.bound: dict[ast.AST, set[str]] = {}
+        self.deleted: set[str] = set()  # names some `del` removes
         self.needs_symtable = False
 
     def bind_name(self, node: ast.Name, scope: ast.AST) -> None:
-        """Record the use `node` evaluated in `scope`: stored or deleted names are bound there."""
-        if node.id in _SPECIAL_NAMES:
-            self.needs_symtable = True
-        if type(node.ctx) is not ast.Load:
-            self._add(scope, node.id)
-
-    def visit(self, node: ast.AST, scope: ast.AST) -> None:
-        """Record what the node (not a Name) binds in `scope`, the scope it is evaluated in."""
-        handler = _HANDLERS.get(type(node))
-        if handler is not None:
-            handler(self, node, scope)
+        """Record the name `node` stores or deletes in `scope` (the caller skips the names that are only read, and
+        sends those in `SPECIAL_NAMES` to `symtable`)."""
+        self._add(scope, node.id)
+        if type(node.ctx) is ast.Del:
+            self.deleted.add(node.id)
 
     def _add(self, scope: ast.AST, name: str) -> None:
         names = self.bound.get(scope)
@@ -101,7 +97,7 @@ class Namespaces:
         self.needs_symtable = True
 
 
-_HANDLERS: dict[type, Callable[[Namespaces, Any, ast.AST], None]] = {
+HANDLERS: dict[type, Callable[[Namespaces, Any, ast.AST], None]] = {
     ast.arg: Namespaces._arg,
     ast.FunctionDef: Namespaces._definition,
     ast.AsyncFunctionDef: Namespaces._definition,
@@ -140,4 +136,4 @@ def mangled(name: str, class_name: str | None) -> bool:
     )
 
 
-__all__ = ["COMPREHENSIONS", "FUNCTION_SCOPES", "Namespaces", "mangled"]
+__all__ = ["COMPREHENSIONS", "FUNCTION_SCOPES", "HANDLERS", "SPECIAL_NAMES", "Namespaces", "mangled"]

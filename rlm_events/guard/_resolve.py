@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import allowlist
-from ._bindings import annotations_of, bindings_of, imported_names
+from ._bindings import annotations_of, bindings_of, import_bindings
 from ._fold import StringValues
 from ._host import ALWAYS_BUILTIN, HOST_BUILTINS, MISSING, host_attr, is_submodule, module_name, packages
 from ._scopes import Scopes, certainly_bound, child_nodes, unstable_names
@@ -67,7 +67,7 @@ class Resolver(ast.NodeVisitor):
         self.bindings = bindings_of(self.nodes)
         self.strings = StringValues(self.bindings)  # what string expressions hold
         self.bound = set(self.bindings)
-        self.unstable = unstable_names(self.scopes.of_type(ast.Name, ast.Global, ast.Nonlocal))
+        self.unstable = unstable_names(self.scopes.of_type(ast.Global, ast.Nonlocal)) | scopes.namespaces.deleted
         # Names the module's namespace binds somewhere (at the top, in a branch or loop, or through `global`).
         self.global_names = scopes.module_names() | self.unstable
         # Per scope (the module is `tree`): local name → dotted path it was imported as.
@@ -138,8 +138,7 @@ class Resolver(ast.NodeVisitor):
             scope = self.scopes.scope_of.get(node, self.tree)
             if not isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
                 scope = self.tree
-            alone = ast.Module(body=[node], type_ignores=[])  # type: ignore[list-item]
-            for local, path in imported_names(alone).items():
+            for local, path in import_bindings(node).items():  # type: ignore[arg-type]
                 self._bind_alias(self.tree if local in declared_global else scope, local, path)
 
     def _bind_alias(self, scope: ast.AST, local: str, path: str) -> None:

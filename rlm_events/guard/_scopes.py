@@ -17,7 +17,7 @@ import symtable
 from collections import defaultdict
 from collections.abc import Iterator
 
-from ._namespaces import COMPREHENSIONS, FUNCTION_SCOPES, Namespaces, mangled
+from ._namespaces import COMPREHENSIONS, FUNCTION_SCOPES, HANDLERS, SPECIAL_NAMES, Namespaces, mangled
 
 _FUNCTIONS = FUNCTION_SCOPES
 _COMPREHENSIONS = COMPREHENSIONS
@@ -137,7 +137,8 @@ class Scopes:
         return set(self.namespaces.bound.get(self.tree, ()))
 
     def _assign(self, node: ast.AST, scope: ast.AST) -> None:
-        # The guard's hottest loop: child_nodes() and _layout() inlined, the maps bound to locals.
+        # The guard's hottest loop: child_nodes(), _layout() and the namespaces' bookkeeping inlined, the maps bound
+        # to locals; leaves (names, constants: half the nodes) take the short way.
         stack = [(node, scope)]
         nodes, parents, kids, by_type, scope_of = (
             self.nodes,
@@ -147,7 +148,8 @@ class Scopes:
             self.scope_of,
         )
         layouts = _LAYOUTS
-        name_type, bind_name, visit = ast.Name, self.namespaces.bind_name, self.namespaces.visit
+        namespaces = self.namespaces
+        name_type, load_type, special, handlers = ast.Name, ast.Load, SPECIAL_NAMES, HANDLERS
         while stack:
             current, where = stack.pop()
             kind = type(current)
@@ -155,10 +157,19 @@ class Scopes:
             by_type[kind].append(current)
             scope_of[current] = where
             if kind is name_type:
-                bind_name(current, where)  # type: ignore[arg-type]
-            else:
-                visit(current, where)
+                if current.id in special:  # type: ignore[attr-defined]
+                    namespaces.needs_symtable = True
+                if type(current.ctx) is not load_type:  # type: ignore[attr-defined]
+                    namespaces.bind_name(current, where)  # type: ignore[arg-type]
+                kids[current] = []
+                continue
+            handler = handlers.get(kind)
+            if handler is not None:
+                handler(namespaces, current, where)
             layout = layouts.get(kind) or _layout(kind)
+            if not layout[0]:
+                kids[current] = []
+                continue
             children: list[ast.AST] = []
             for field in layout[0]:
                 value = getattr(current, field, None)
