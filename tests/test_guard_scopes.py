@@ -28,12 +28,17 @@ CORNERS = [
     "        case {'k': v, **rest}: return v, rest\n        case [*xs]: return xs\n",
     "import os.path as p, json\nfrom re import compile as c\ndef f(n=lambda: p):\n    import math\n"
     "    return [math for _ in n()], json, c\n",
+    "def f():\n    if (n := 3) > 2:\n        return n, [n for _ in 'a']\n    return (m := 1), lambda: m\n",
     "class A:\n    k = 1\n    v = [k for _ in range(2)]\n    def m(self, k=k):\n        return k\n",
 ]
 NEEDS_SYMTABLE = [
     "def f():\n    global x\n    x = 1\n",
     "def f():\n    x = 1\n    def g():\n        nonlocal x\n        x = 2\n",
     "[y := 1 for _ in range(2)]\n",
+    "[x for x in (y := [1, 2])]\n",
+    "[(x := 1) for x in 'ab']\n",
+    "class C:\n    v = [(y := 1) for _ in 'a']\n",
+    "def f(x):\n    return [y for y in x if (z := y)], z\n",
     "from os import *\n",
     "from __future__ import annotations\ndef f(x: int) -> int:\n    return x\n",
     "def f(a, a):\n    pass\n",

@@ -3,10 +3,10 @@
 the code a second time, which costs as much as parsing it.
 
 The tree gives the same answers as `symtable` for ordinary code; for the constructs where CPython's own analysis
-does more (`global`/`nonlocal`, assignment expressions, `from __future__` imports, star imports, type parameters,
-`__class__`, `yield`/`await` in comprehensions, duplicate parameters, and comprehensions on Pythons that inline
-them), `Namespaces.needs_symtable` says so and the guard asks `symtable` itself (which also reports the code that
-compiles to a `SyntaxError` only there).
+does more (`global`/`nonlocal`, assignment expressions in comprehensions, `from __future__` imports, star imports,
+type parameters, `__class__`, `yield`/`await` in comprehensions, duplicate parameters, and comprehensions on
+Pythons that inline them), `Namespaces.needs_symtable` says so and the guard asks `symtable` itself (which also
+reports the code that compiles to a `SyntaxError` only there).
 """
 
 from __future__ import annotations
@@ -33,6 +33,17 @@ class Namespaces:
         self.bound: dict[ast.AST, set[str]] = {}
         self.deleted: set[str] = set()  # names some `del` removes
         self.needs_symtable = False
+        self._walruses: list[ast.NamedExpr] = []
+
+    def settle(self, parents: dict[ast.AST, ast.AST]) -> None:
+        """Once the walk is done: an assignment expression anywhere in a comprehension (which binds in an
+        enclosing scope, or is refused) needs `symtable`; elsewhere its target is an ordinary binding."""
+        for node in self._walruses:
+            parent = parents.get(node)
+            while parent is not None and not self.needs_symtable:
+                if isinstance(parent, (*COMPREHENSIONS, ast.comprehension)):
+                    self.needs_symtable = True
+                parent = parents.get(parent)
 
     def bind_name(self, node: ast.Name, scope: ast.AST) -> None:
         """Record the name `node` stores or deletes in `scope` (the caller skips the names that are only read, and
@@ -85,6 +96,9 @@ class Namespaces:
         if node.rest:
             self._add(scope, node.rest)
 
+    def _walrus(self, node: ast.NamedExpr, scope: ast.AST) -> None:
+        self._walruses.append(node)
+
     def _suspension(self, node: ast.AST, scope: ast.AST) -> None:
         if isinstance(scope, COMPREHENSIONS):  # `yield`/`await` in a comprehension: `symtable` decides
             self.needs_symtable = True
@@ -115,7 +129,7 @@ HANDLERS: dict[type, Callable[[Namespaces, Any, ast.AST], None]] = {
     ast.comprehension: Namespaces._comprehension,
     ast.Global: Namespaces._needs,
     ast.Nonlocal: Namespaces._needs,
-    ast.NamedExpr: Namespaces._needs,
+    ast.NamedExpr: Namespaces._walrus,
     **{kind: Namespaces._inlined for kind in _INLINED},
     **{
         getattr(ast, kind): Namespaces._needs

@@ -111,6 +111,7 @@ class Scopes:
         self.namespaces = Namespaces()  # what each scope binds, as far as the tree tells
         self.matched: dict[ast.AST, str | None] = {}  # scopes matched to a table -> the class whose names it mangles
         self._assign(tree, tree)
+        self.namespaces.settle(self.parents)
 
     @property
     def needs_symtable(self) -> bool:
