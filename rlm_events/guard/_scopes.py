@@ -16,12 +16,15 @@ import ast
 import symtable
 from collections import defaultdict
 from collections.abc import Iterator
+from itertools import repeat
 
 from ._namespaces import COMPREHENSIONS, FUNCTION_SCOPES, HANDLERS, SPECIAL_NAMES, Namespaces, mangled
 
 _FUNCTIONS = FUNCTION_SCOPES
 _COMPREHENSIONS = COMPREHENSIONS
 _SCOPES = (*_FUNCTIONS, ast.ClassDef, *_COMPREHENSIONS)
+_OWN_NAMESPACES = (*_FUNCTIONS, *_COMPREHENSIONS)  # scopes that do not see a class body's names
+_BINDING_BLOCKS = (ast.For, ast.AsyncFor, ast.With, ast.AsyncWith)  # whose body sees what they bind
 _BLOCKS = (ast.Module, ast.stmt, ast.excepthandler, ast.match_case)  # what can hold a block of statements
 _TABLE_NAMES = {ast.ListComp: "listcomp", ast.SetComp: "setcomp", ast.DictComp: "dictcomp", ast.GeneratorExp: "genexpr"}
 
@@ -74,6 +77,7 @@ _SCALAR_FIELDS = frozenset(
     {"ctx", "op", "ops", "id", "attr", "arg", "name", "asname", "module", "level", "kind", "type_comment"}
     | {"conversion", "is_async", "simple", "tag", "rest", "kwd_attrs", "lineno"}
 )
+_NO_CHILDREN: list[ast.AST] = []  # the children of every leaf (shared: never changed)
 # node type -> (fields that hold nodes, fields that hold a block of statements, whether it makes a scope)
 _LAYOUTS: dict[type, tuple[tuple[str, ...], tuple[str, ...], bool]] = {}
 
@@ -139,8 +143,8 @@ class Scopes:
 
     def _assign(self, node: ast.AST, scope: ast.AST) -> None:
         # The guard's hottest loop: child_nodes(), _layout() and the namespaces' bookkeeping inlined, the maps bound
-        # to locals; leaves (names, constants: half the nodes) take the short way.
-        stack = [(node, scope)]
+        # to locals; leaves (names, constants: half the nodes) take the short way. (A scope's parts evaluated outside
+        # it are pushed twice, inside and outside: the later visit, outside, sets their scope.)
         nodes, parents, kids, by_type, scope_of = (
             self.nodes,
             self.parents,
@@ -150,9 +154,11 @@ class Scopes:
         )
         layouts = _LAYOUTS
         namespaces = self.namespaces
-        name_type, load_type, special, handlers = ast.Name, ast.Load, SPECIAL_NAMES, HANDLERS
+        name_type, load_type, special, handlers, leaf = ast.Name, ast.Load, SPECIAL_NAMES, HANDLERS, _NO_CHILDREN
+        stack = [(node, scope)]
+        pop, push = stack.pop, stack.extend
         while stack:
-            current, where = stack.pop()
+            current, where = pop()
             kind = type(current)
             nodes.append(current)
             by_type[kind].append(current)
@@ -162,14 +168,14 @@ class Scopes:
                     namespaces.needs_symtable = True
                 if type(current.ctx) is not load_type:  # type: ignore[attr-defined]
                     namespaces.bind_name(current, where)  # type: ignore[arg-type]
-                kids[current] = []
+                kids[current] = leaf
                 continue
             handler = handlers.get(kind)
             if handler is not None:
                 handler(namespaces, current, where)
             layout = layouts.get(kind) or _layout(kind)
             if not layout[0]:
-                kids[current] = []
+                kids[current] = leaf
                 continue
             children: list[ast.AST] = []
             for field in layout[0]:
@@ -188,10 +194,10 @@ class Scopes:
                 self.children[where].append(current)
                 outer = list(_outer_parts(current))
                 outer_ids = {id(o) for o in outer}
-                stack.extend([(o, where) for o in outer])
-                stack.extend([(c, current) for c in children if id(c) not in outer_ids])
+                push([(o, where) for o in outer])
+                push([(c, current) for c in children if id(c) not in outer_ids])
             else:
-                stack.extend([(c, where) for c in children])
+                push(zip(children, repeat(where)))
 
     def _blocks(self, node: ast.AST, fields: tuple[str, ...]) -> None:
         for field in fields:
@@ -285,6 +291,20 @@ class Scopes:
             outer = self.parent_scope.get(outer)
         return None
 
+    def stored_names(self, node: ast.AST) -> set[str]:
+        """The names stored or deleted anywhere in `node` (as `ast.walk(node)` finds them, from the children lists)."""
+        found: set[str] = set()
+        kids, stack = self.child_nodes, [node]
+        while stack:
+            current = stack.pop()
+            if type(current) is ast.Name:
+                if type(current.ctx) is not ast.Load:  # type: ignore[attr-defined]
+                    found.add(current.id)  # type: ignore[attr-defined]
+            else:
+                children = kids.get(current)
+                stack.extend(children if children is not None else child_nodes(current))
+        return found
+
     def of_type(self, *types: type) -> list[ast.AST]:
         """The nodes of these exact types (each type's in tree order, one type after the other)."""
         return [node for cls in types for node in self.by_type.get(cls, ())]
@@ -348,9 +368,9 @@ def certainly_bound(use: ast.Name, scopes: Scopes, unstable: set[str]) -> bool:
     parent = scopes.parents.get(use)
     in_function = False
     while parent is not None:
-        if isinstance(parent, (*_FUNCTIONS, *_COMPREHENSIONS)):
+        if isinstance(parent, _OWN_NAMESPACES):
             in_function = True
-        elif isinstance(parent, (ast.For, ast.AsyncFor, ast.With, ast.AsyncWith)) and child in parent.body:
+        elif isinstance(parent, _BINDING_BLOCKS) and child in parent.body:  # type: ignore[attr-defined]
             bound = (
                 _target_names(parent.target) if isinstance(parent, (ast.For, ast.AsyncFor)) else _bound_names(parent)
             )
