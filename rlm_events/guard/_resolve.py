@@ -42,7 +42,7 @@ def restricted_modules(only_members: frozenset[str]) -> frozenset[str]:
     return frozenset(found)
 
 
-_VISITORS: dict[tuple[type, type], Callable[..., Any]] = {}  # (visitor class, node type) -> its visit method
+_VISITORS: dict[type, dict[type, Callable[..., Any]]] = {}  # visitor class -> node type -> its visit method
 
 
 class Resolver(ast.NodeVisitor):
@@ -57,6 +57,7 @@ class Resolver(ast.NodeVisitor):
         imported: Mapping[str, str] | None = None,
     ) -> None:
         self.policy, self.tree, self.shadowed = policy, tree, shadowed
+        self.visitors = _VISITORS.setdefault(type(self), {})  # node type -> this class's visit method
         # Names earlier steps imported (None: unknown, so any allowed module's name may be that module).
         self.imported = imported
         self._resolved: dict[ast.AST, Ref | None] = {}
@@ -85,18 +86,19 @@ class Resolver(ast.NodeVisitor):
 
     def visit(self, node: ast.AST) -> Any:
         """`ast.NodeVisitor.visit`, with each class's method for each node type looked up once."""
-        key = (type(self), type(node))
-        method = _VISITORS.get(key)
+        kind = type(node)
+        method = self.visitors.get(kind)
         if method is None:
-            method = _VISITORS[key] = getattr(type(self), f"visit_{type(node).__name__}", type(self).generic_visit)
+            visitor = type(self)
+            method = self.visitors[kind] = getattr(visitor, f"visit_{kind.__name__}", visitor.generic_visit)
         return method(self, node)
 
     def generic_visit(self, node: ast.AST) -> None:
         """Visit `node`'s children (as the scopes listed them, without the load/store markers no rule reads)."""
         children = self.scopes.child_nodes.get(node)
-        visitor = type(self)
+        visitors = self.visitors
         for child in children if children is not None else child_nodes(node):
-            method = _VISITORS.get((visitor, type(child)))  # `visit()` inlined: one call less per node
+            method = visitors.get(type(child))  # `visit()` inlined: one call less per node
             if method is None:
                 self.visit(child)
             else:

@@ -112,6 +112,7 @@ class Scopes:
         self.children: dict[ast.AST, list[ast.AST]] = defaultdict(list)
         self.child_nodes: dict[ast.AST, list[ast.AST]] = {}  # each node's children, as `child_nodes()` lists them
         self.by_type: dict[type, list[ast.AST]] = defaultdict(list)  # the nodes of each type, in `nodes` order
+        self._first_binders: dict[str, dict[int, int]] = {}
         self.namespaces = Namespaces()  # what each scope binds, as far as the tree tells
         self.matched: dict[ast.AST, str | None] = {}  # scopes matched to a table -> the class whose names it mangles
         self._assign(tree, tree)
@@ -291,6 +292,17 @@ class Scopes:
             outer = self.parent_scope.get(outer)
         return None
 
+    def first_binders(self, name: str) -> dict[int, int]:
+        """For each block (by id) holding a statement that certainly binds `name`: the first such statement's index."""
+        found = self._first_binders.get(name)
+        if found is None:
+            found = self._first_binders[name] = {}
+            for statement in self.binders.get(name, ()):
+                _, block, index = self.position[statement]
+                if index < found.get(id(block), index + 1):
+                    found[id(block)] = index
+        return found
+
     def stored_names(self, node: ast.AST) -> set[str]:
         """The names stored or deleted anywhere in `node` (as `ast.walk(node)` finds them, from the children lists)."""
         found: set[str] = set()
@@ -359,11 +371,7 @@ def certainly_bound(use: ast.Name, scopes: Scopes, unstable: set[str]) -> bool:
     name = use.id
     if name in unstable:
         return False
-    # the blocks holding a statement that binds the name, and the positions of those statements
-    binders: dict[int, list[int]] = defaultdict(list)
-    for statement in scopes.binders.get(name, ()):
-        _, block, index = scopes.position[statement]
-        binders[id(block)].append(index)
+    first = scopes.first_binders(name)
     child: ast.AST = use
     parent = scopes.parents.get(use)
     in_function = False
@@ -382,7 +390,7 @@ def certainly_bound(use: ast.Name, scopes: Scopes, unstable: set[str]) -> bool:
         if where is not None and not (isinstance(parent, ast.ClassDef) and in_function):
             # a method does not see its class's names
             _, block, index = where
-            if any(i < index for i in binders.get(id(block), ())):
+            if first.get(id(block), index) < index:
                 return True
         child, parent = parent, scopes.parents.get(parent)
     return False
