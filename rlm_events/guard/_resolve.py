@@ -65,7 +65,7 @@ class Resolver(ast.NodeVisitor):
         self.scopes = scopes  # every node, its parent and its scope
         self.nodes = self.scopes.nodes
         self.parents: dict[ast.AST, ast.AST] = self.scopes.parents
-        self.bindings = bindings_of(self.nodes)
+        self.bindings = bindings_of(self.scopes.binding_nodes)
         self.strings = StringValues(self.bindings)  # what string expressions hold
         self.bound = set(self.bindings)
         self.unstable = unstable_names(self.scopes.of_type(ast.Global, ast.Nonlocal)) | scopes.namespaces.deleted

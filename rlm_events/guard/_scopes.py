@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from itertools import repeat
 
+from ._bindings import BINDING_NODES
 from ._namespaces import COMPREHENSIONS, FUNCTION_SCOPES, HANDLERS, SPECIAL_NAMES, Namespaces, mangled
 
 _FUNCTIONS = FUNCTION_SCOPES
@@ -113,6 +114,7 @@ class Scopes:
         self.child_nodes: dict[ast.AST, list[ast.AST]] = {}  # each node's children, as `child_nodes()` lists them
         self.by_type: dict[type, list[ast.AST]] = defaultdict(list)  # the nodes of each type, in `nodes` order
         self._first_binders: dict[str, dict[int, int]] = {}
+        self.binding_nodes: list[ast.AST] = []  # the nodes `bindings_of()` reads, in `nodes` order
         self.namespaces = Namespaces()  # what each scope binds, as far as the tree tells
         self.matched: dict[ast.AST, str | None] = {}  # scopes matched to a table -> the class whose names it mangles
         self._assign(tree, tree)
@@ -156,6 +158,7 @@ class Scopes:
         layouts = _LAYOUTS
         namespaces = self.namespaces
         name_type, load_type, special, handlers, leaf = ast.Name, ast.Load, SPECIAL_NAMES, HANDLERS, _NO_CHILDREN
+        binding, binding_types, del_type = self.binding_nodes, BINDING_NODES, ast.Del
         stack = [(node, scope)]
         pop, push = stack.pop, stack.extend
         while stack:
@@ -169,8 +172,12 @@ class Scopes:
                     namespaces.needs_symtable = True
                 if type(current.ctx) is not load_type:  # type: ignore[attr-defined]
                     namespaces.bind_name(current, where)  # type: ignore[arg-type]
+                    if type(current.ctx) is del_type:  # type: ignore[attr-defined]
+                        binding.append(current)
                 kids[current] = leaf
                 continue
+            if kind in binding_types:
+                binding.append(current)
             handler = handlers.get(kind)
             if handler is not None:
                 handler(namespaces, current, where)
