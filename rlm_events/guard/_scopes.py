@@ -24,8 +24,9 @@ from ._namespaces import COMPREHENSIONS, FUNCTION_SCOPES, HANDLERS, SPECIAL_NAME
 _FUNCTIONS = FUNCTION_SCOPES
 _COMPREHENSIONS = COMPREHENSIONS
 _SCOPES = (*_FUNCTIONS, ast.ClassDef, *_COMPREHENSIONS)
-_OWN_NAMESPACES = (*_FUNCTIONS, *_COMPREHENSIONS)  # scopes that do not see a class body's names
-_BINDING_BLOCKS = (ast.For, ast.AsyncFor, ast.With, ast.AsyncWith)  # whose body sees what they bind
+_OWN_NAMESPACES = frozenset({*_FUNCTIONS, *_COMPREHENSIONS})  # scopes that do not see a class body's names
+_LOOPS = frozenset({ast.For, ast.AsyncFor})
+_BINDING_BLOCKS = _LOOPS | {ast.With, ast.AsyncWith}  # whose body sees what they bind
 _BLOCKS = (ast.Module, ast.stmt, ast.excepthandler, ast.match_case)  # what can hold a block of statements
 _TABLE_NAMES = {ast.ListComp: "listcomp", ast.SetComp: "setcomp", ast.DictComp: "dictcomp", ast.GeneratorExp: "genexpr"}
 
@@ -213,8 +214,9 @@ class Scopes:
             if isinstance(block, list):
                 for index, statement in enumerate(block):
                     self.position[statement] = (node, block, index)
-                    for name in _bound_names(statement):
-                        self.binders[name].append(statement)
+                    if type(statement) in _BINDING_STATEMENTS:
+                        for name in _bound_names(statement):
+                            self.binders[name].append(statement)
 
     def _match(self, scope: ast.AST, table: symtable.SymbolTable) -> None:
         by_key: dict[tuple[str, int], list[symtable.SymbolTable]] = defaultdict(list)
@@ -238,7 +240,7 @@ class Scopes:
         for found in keys.values():
             if len(found) == 1:
                 node = found[0]
-                inner = node.name if isinstance(node, ast.ClassDef) else class_name  # type: ignore[attr-defined]
+                inner = node.name if isinstance(node, ast.ClassDef) else class_name
                 self.matched[node] = inner
                 self._match_tree(node, inner)
 
@@ -317,8 +319,8 @@ class Scopes:
         while stack:
             current = stack.pop()
             if type(current) is ast.Name:
-                if type(current.ctx) is not ast.Load:  # type: ignore[attr-defined]
-                    found.add(current.id)  # type: ignore[attr-defined]
+                if type(current.ctx) is not ast.Load:
+                    found.add(current.id)
             else:
                 children = kids.get(current)
                 stack.extend(children if children is not None else child_nodes(current))
@@ -341,6 +343,12 @@ def _lookup(table: symtable.SymbolTable, name: str) -> symtable.Symbol | None:
         return table.lookup(name)
     except KeyError:
         return None
+
+
+_BINDING_STATEMENTS = frozenset(  # the statements `_bound_names()` finds names in
+    {ast.Assign, ast.AugAssign, ast.AnnAssign, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef}
+    | {ast.Import, ast.ImportFrom, ast.With, ast.AsyncWith}
+)
 
 
 def _bound_names(statement: ast.AST) -> Iterator[str]:
@@ -379,27 +387,27 @@ def certainly_bound(use: ast.Name, scopes: Scopes, unstable: set[str]) -> bool:
     if name in unstable:
         return False
     first = scopes.first_binders(name)
+    parents, position = scopes.parents, scopes.position  # (position: statements only)
     child: ast.AST = use
-    parent = scopes.parents.get(use)
+    parent = parents.get(use)
     in_function = False
     while parent is not None:
-        if isinstance(parent, _OWN_NAMESPACES):
+        kind = type(parent)
+        if kind in _OWN_NAMESPACES:
             in_function = True
-        elif isinstance(parent, _BINDING_BLOCKS) and child in parent.body:  # type: ignore[attr-defined]
-            bound = (
-                _target_names(parent.target) if isinstance(parent, (ast.For, ast.AsyncFor)) else _bound_names(parent)
-            )
+        elif kind in _BINDING_BLOCKS and child in parent.body:  # type: ignore[attr-defined]
+            bound = _target_names(parent.target) if kind in _LOOPS else _bound_names(parent)  # type: ignore[attr-defined]
             if name in bound:
                 return True
-        elif isinstance(parent, ast.ExceptHandler) and parent.name == name and child in parent.body:
+        elif kind is ast.ExceptHandler and parent.name == name and child in parent.body:  # type: ignore[attr-defined]
             return True
-        where = scopes.position.get(child) if isinstance(child, ast.stmt) else None
-        if where is not None and not (isinstance(parent, ast.ClassDef) and in_function):
+        where = position.get(child)  # type: ignore[call-overload]
+        if where is not None and not (kind is ast.ClassDef and in_function):
             # a method does not see its class's names
             _, block, index = where
             if first.get(id(block), index) < index:
                 return True
-        child, parent = parent, scopes.parents.get(parent)
+        child, parent = parent, parents.get(parent)
     return False
 
 
