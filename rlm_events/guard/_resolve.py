@@ -42,6 +42,7 @@ def restricted_modules(only_members: frozenset[str]) -> frozenset[str]:
     return frozenset(found)
 
 
+_UNRESOLVED = object()  # not resolved yet (None means: resolves to nothing the rules check)
 _VISITORS: dict[type, dict[type, Callable[..., Any]]] = {}  # visitor class -> node type -> its visit method
 
 
@@ -169,12 +170,11 @@ class Resolver(ast.NodeVisitor):
         kind = type(node)
         if kind is not ast.Name and kind is not ast.Attribute:
             return None
-        try:
-            return self._resolved[node]
-        except KeyError:
-            pass
-        if isinstance(node, ast.Name):
-            ref = self._resolve_name(node)
+        known = self._resolved.get(node, _UNRESOLVED)  # (no KeyError raised on the first time: the usual case)
+        if known is not _UNRESOLVED:
+            return known  # type: ignore[return-value]
+        if kind is ast.Name:
+            ref = self._resolve_name(node)  # type: ignore[arg-type]
         else:
             base = self.resolve(node.value)  # type: ignore[attr-defined]
             ref = None if base is None else self.step(base, node.attr)  # type: ignore[attr-defined]
