@@ -79,6 +79,7 @@ _SCALAR_FIELDS = frozenset(
     {"ctx", "op", "ops", "id", "attr", "arg", "name", "asname", "module", "level", "kind", "type_comment"}
     | {"conversion", "is_async", "simple", "tag", "rest", "kwd_attrs", "lineno"}
 )
+_MAY_HOLD_NONE = frozenset({ast.Dict, ast.arguments})  # Dict.keys (for **x), arguments.kw_defaults hold None
 _NO_CHILDREN: list[ast.AST] = []  # the children of every leaf (shared: never changed)
 # node type -> (fields that hold nodes, fields that hold a block of statements, whether it makes a scope)
 _LAYOUTS: dict[type, tuple[tuple[str, ...], tuple[str, ...], bool]] = {}
@@ -160,6 +161,7 @@ class Scopes:
         namespaces = self.namespaces
         name_type, load_type, special, handlers, leaf = ast.Name, ast.Load, SPECIAL_NAMES, HANDLERS, _NO_CHILDREN
         binding, binding_types, del_type = self.binding_nodes, BINDING_NODES, ast.Del
+        may_hold_none = _MAY_HOLD_NONE
         stack = [(node, scope)]
         pop, push = stack.pop, stack.extend
         while stack:
@@ -190,9 +192,11 @@ class Scopes:
             for field in layout[0]:
                 value = getattr(current, field, None)
                 if type(value) is list:
-                    children.extend([item for item in value if item is not None])
+                    children += value
                 elif value is not None:
                     children.append(value)
+            if kind in may_hold_none:
+                children = [child for child in children if child is not None]
             kids[current] = children
             for child in children:
                 parents[child] = current
