@@ -211,10 +211,10 @@ class Resolver(ast.NodeVisitor):
         runs, or (for names that are not built-ins or modules the REPL may hold) bound in its namespace at all."""
         if node.id not in self.bound:
             return False
-        if certainly_bound(node, self.scopes, self.unstable):
-            return True
         risky = node.id in ALWAYS_BUILTIN or node.id in HOST_BUILTINS or node.id in allowlist.RISKY_MODULE_NAMES
-        return not risky and (self.scopes.class_local(node) or node.id in self.global_names)
+        if not risky and (self.scopes.class_local(node) or node.id in self.global_names):
+            return True  # (whether it is certainly bound before this use does not matter then: the cheaper test first)
+        return certainly_bound(node, self.scopes, self.unstable)
 
     def step(self, base: Ref, attr: str) -> Ref | None:
         """What `<base>.attr` names."""

@@ -253,7 +253,7 @@ class Scopes:
         if scope is None or scope is self.tree or scope not in self.matched:
             return None
         name = node.id
-        if mangled(name, self.matched[scope]):
+        if name[:2] == "__" and mangled(name, self.matched[scope]):
             return None  # `symtable` knows it by its mangled name only
         bound = self.namespaces.bound
         if name in bound.get(scope, ()):
