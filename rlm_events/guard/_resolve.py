@@ -188,7 +188,8 @@ class Resolver(ast.NodeVisitor):
         if function is not None:  # a function's own variable: never a built-in, nor a module of the REPL
             path = self.scope_aliases.get(function, {}).get(name)
             return None if path is None else self.classify(path)
-        if self.scopes.class_local(node):  # a class body's own name, an import there included
+        class_local = self.scopes.class_local(node)
+        if class_local:  # a class body's own name, an import there included
             path = self.scope_aliases.get(self.scopes.scope_of[node], {}).get(name)
             if path is not None:
                 return self.classify(path)
@@ -196,7 +197,7 @@ class Resolver(ast.NodeVisitor):
             return self.classify(self.aliases[name])
         if name in ALWAYS_BUILTIN:  # `open`, `getattr`, `eval` …: checked as the built-in whatever the code binds
             return Ref("builtin", name)
-        if self.bound_here(node):
+        if self.bound_here(node, class_local):
             return None
         if name in HOST_BUILTINS:
             return Ref("builtin", name)
@@ -206,13 +207,16 @@ class Resolver(ast.NodeVisitor):
             return self.classify(name)
         return None
 
-    def bound_here(self, node: ast.Name) -> bool:
+    def bound_here(self, node: ast.Name, class_local: bool | None = None) -> bool:
         """Whether the use `node` (not a function's variable) means a variable of the code: certainly bound before it
-        runs, or (for names that are not built-ins or modules the REPL may hold) bound in its namespace at all."""
+        runs, or (for names that are not built-ins or modules the REPL may hold) bound in its namespace at all.
+        (`class_local`: `Scopes.class_local(node)`, when the caller knows it.)"""
         if node.id not in self.bound:
             return False
         risky = node.id in ALWAYS_BUILTIN or node.id in HOST_BUILTINS or node.id in allowlist.RISKY_MODULE_NAMES
-        if not risky and (self.scopes.class_local(node) or node.id in self.global_names):
+        if class_local is None:
+            class_local = self.scopes.class_local(node)
+        if not risky and (class_local or node.id in self.global_names):
             return True  # (whether it is certainly bound before this use does not matter then: the cheaper test first)
         return certainly_bound(node, self.scopes, self.unstable)
 
