@@ -107,8 +107,10 @@ class Scopes:
         self.nodes: list[ast.AST] = []  # every node, parents before children
         self.parents: dict[ast.AST, ast.AST] = {}
         # where each statement is: (its parent, the block holding it, its index there)
+        # (filled in on first use, by `index_blocks()`: most checks never ask)
         self.position: dict[ast.stmt, tuple[ast.AST, list[ast.stmt], int]] = {}
         self.binders: dict[str, list[ast.stmt]] = defaultdict(list)  # statements that certainly bind a name
+        self._block_holders: list[tuple[ast.AST, tuple[str, ...]]] | None = []  # None once indexed
         self.scope_of: dict[ast.AST, ast.AST] = {}
         self.parent_scope: dict[ast.AST, ast.AST] = {}
         self.tables: dict[ast.AST, symtable.SymbolTable] = {}
@@ -162,6 +164,8 @@ class Scopes:
         name_type, load_type, special, handlers, leaf = ast.Name, ast.Load, SPECIAL_NAMES, HANDLERS, _NO_CHILDREN
         binding, binding_types, del_type = self.binding_nodes, BINDING_NODES, ast.Del
         may_hold_none = _MAY_HOLD_NONE
+        holders = self._block_holders
+        assert holders is not None
         stack = [(node, scope)]
         pop, push = stack.pop, stack.extend
         while stack:
@@ -201,7 +205,7 @@ class Scopes:
             for child in children:
                 parents[child] = current
             if layout[1]:
-                self._blocks(current, layout[1])
+                holders.append((current, layout[1]))
             if layout[2]:
                 self.parent_scope[current] = where
                 self.children[where].append(current)
@@ -211,6 +215,14 @@ class Scopes:
                 push([(c, current) for c in children if id(c) not in outer_ids])
             else:
                 push(zip(children, repeat(where)))
+
+    def index_blocks(self) -> dict[ast.stmt, tuple[ast.AST, list[ast.stmt], int]]:
+        """`position` (and `binders`), filled in the first time they are needed."""
+        if self._block_holders is not None:
+            for node, fields in self._block_holders:
+                self._blocks(node, fields)
+            self._block_holders = None
+        return self.position
 
     def _blocks(self, node: ast.AST, fields: tuple[str, ...]) -> None:
         for field in fields:
@@ -310,6 +322,7 @@ class Scopes:
         found = self._first_binders.get(name)
         if found is None:
             found = self._first_binders[name] = {}
+            self.index_blocks()
             for statement in self.binders.get(name, ()):
                 _, block, index = self.position[statement]
                 if index < found.get(id(block), index + 1):
@@ -391,7 +404,7 @@ def certainly_bound(use: ast.Name, scopes: Scopes, unstable: set[str]) -> bool:
     if name in unstable:
         return False
     first = scopes.first_binders(name)
-    parents, position = scopes.parents, scopes.position  # (position: statements only)
+    parents, position = scopes.parents, scopes.index_blocks()  # (position: statements only)
     child: ast.AST = use
     parent = parents.get(use)
     in_function = False
