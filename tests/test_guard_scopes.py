@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import symtable
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ CORNERS = [
     "def f():\n    if (n := 3) > 2:\n        return n, [n for _ in 'a']\n    return (m := 1), lambda: m\n",
     "class A:\n    k = 1\n    v = [k for _ in range(2)]\n    def m(self, k=k):\n        return k\n",
 ]
+INLINED = (ast.ListComp, ast.SetComp, ast.DictComp)
 NEEDS_SYMTABLE = [
     "def f():\n    global x\n    x = 1\n",
     "def f():\n    x = 1\n    def g():\n        nonlocal x\n        x = 2\n",
@@ -82,12 +84,14 @@ def test_the_tree_answers_as_symtable_does() -> None:
             want = (_scope_key(from_table, from_table.function_scope(theirs)), from_table.class_local(theirs))
             assert got == want, f"{ours.id!r} on line {ours.lineno} of:\n{code}"
             compared += 1
-    assert compared > 10_000  # the comparison ran on a real amount of code
+    assert compared > 5_000  # the comparison ran on a real amount of code (fewer on 3.12+: see INLINED)
 
 
 @pytest.mark.parametrize("code", CORNERS)
 def test_the_corners_are_read_off_the_tree(code: str) -> None:
-    assert not Scopes(ast.parse(code)).needs_symtable
+    tree = ast.parse(code)
+    inlined = sys.version_info >= (3, 12) and any(isinstance(n, INLINED) for n in ast.walk(tree))
+    assert Scopes(tree).needs_symtable == inlined  # (3.12+ inlines list/set/dict comprehensions: symtable decides)
 
 
 @pytest.mark.parametrize("code", NEEDS_SYMTABLE)
