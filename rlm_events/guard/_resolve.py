@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from . import allowlist
 from ._bindings import annotations_of, bindings_of, import_bindings
+from ._certain import certainly_bound, unstable_names
 from ._fold import StringValues
 from ._host import ALWAYS_BUILTIN, HOST_BUILTINS, MISSING, host_attr, is_submodule, module_name, packages
-from ._scopes import Scopes, certainly_bound, child_nodes, unstable_names
+from ._scopes import Scopes, child_nodes
 from ._violation import Violation, ViolationKind
 
 if TYPE_CHECKING:

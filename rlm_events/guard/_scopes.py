@@ -2,9 +2,9 @@
 each function, lambda and comprehension, as the tree shows them (`_namespaces`) or, where the tree cannot tell,
 Python's own `symtable` (this module then maps the syntax tree's scopes onto its tables); it answers, for one use
 of a name, whether it can only mean a variable of a function (`function_scope()`), and, for a use looked up in
-the module's namespace, whether the code has certainly bound it before (`certainly_bound()`): a binding in a branch,
-a loop, another function or a `del` does not count, since the use may then fall through to the built-ins or a
-module left in the REPL.
+the module's namespace, whether the code has certainly bound it before (`_certain.certainly_bound()`, from the
+statement index kept here): a binding in a branch, a loop, another function or a `del` does not count, since the
+use may then fall through to the built-ins or a module left in the REPL.
 
 Where the tree and the tables cannot be matched one to one (two scopes of the same name on one line), the scopes
 concerned are treated as the module's namespace: the guard then resolves their names more strictly, never less.
@@ -19,14 +19,12 @@ from collections.abc import Iterator
 from itertools import repeat
 
 from ._bindings import BINDING_NODES
+from ._certain import BINDING_STATEMENTS, bound_names
 from ._namespaces import COMPREHENSIONS, FUNCTION_SCOPES, HANDLERS, SPECIAL_NAMES, Namespaces, mangled
 
 _FUNCTIONS = FUNCTION_SCOPES
 _COMPREHENSIONS = COMPREHENSIONS
 _SCOPES = (*_FUNCTIONS, ast.ClassDef, *_COMPREHENSIONS)
-_OWN_NAMESPACES = frozenset({*_FUNCTIONS, *_COMPREHENSIONS})  # scopes that do not see a class body's names
-_LOOPS = frozenset({ast.For, ast.AsyncFor})
-_BINDING_BLOCKS = _LOOPS | {ast.With, ast.AsyncWith}  # whose body sees what they bind
 _BLOCKS = (ast.Module, ast.stmt, ast.excepthandler, ast.match_case)  # what can hold a block of statements
 _TABLE_NAMES = {ast.ListComp: "listcomp", ast.SetComp: "setcomp", ast.DictComp: "dictcomp", ast.GeneratorExp: "genexpr"}
 
@@ -230,8 +228,8 @@ class Scopes:
             if isinstance(block, list):
                 for index, statement in enumerate(block):
                     self.position[statement] = (node, block, index)
-                    if type(statement) in _BINDING_STATEMENTS:
-                        for name in _bound_names(statement):
+                    if type(statement) in BINDING_STATEMENTS:
+                        for name in bound_names(statement):
                             self.binders[name].append(statement)
 
     def _match(self, scope: ast.AST, table: symtable.SymbolTable) -> None:
@@ -362,83 +360,4 @@ def _lookup(table: symtable.SymbolTable, name: str) -> symtable.Symbol | None:
         return None
 
 
-_BINDING_STATEMENTS = frozenset(  # the statements `_bound_names()` finds names in
-    {ast.Assign, ast.AugAssign, ast.AnnAssign, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef}
-    | {ast.Import, ast.ImportFrom, ast.With, ast.AsyncWith}
-)
-
-
-def _bound_names(statement: ast.AST) -> Iterator[str]:
-    """The names `statement`, once it has run without an error, has certainly bound in its namespace."""
-    if isinstance(statement, ast.Assign):
-        for target in statement.targets:
-            yield from _target_names(target)
-    elif isinstance(statement, ast.AugAssign) or (isinstance(statement, ast.AnnAssign) and statement.value):
-        yield from _target_names(statement.target)
-    elif isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-        yield statement.name
-    elif isinstance(statement, (ast.Import, ast.ImportFrom)):
-        yield from ((a.asname or a.name.split(".")[0]) for a in statement.names)
-    elif isinstance(statement, (ast.With, ast.AsyncWith)):
-        for item in statement.items:
-            if item.optional_vars is not None:
-                yield from _target_names(item.optional_vars)
-
-
-def _target_names(target: ast.expr) -> Iterator[str]:
-    if isinstance(target, ast.Name):
-        yield target.id
-    elif isinstance(target, (ast.Tuple, ast.List)):
-        for element in target.elts:
-            yield from _target_names(element)
-    elif isinstance(target, ast.Starred):
-        yield from _target_names(target.value)
-
-
-def certainly_bound(use: ast.Name, scopes: Scopes, unstable: set[str]) -> bool:
-    """Whether the code has certainly bound the name of `use` (looked up in a class body or the module's namespace)
-    by the time `use` runs: a statement before it in the same block (or an enclosing one) binds it, or the loop,
-    `with` or `except` whose body holds it does. Names in `unstable` (deleted, or rebound through `global`) never
-    are."""
-    name = use.id
-    if name in unstable:
-        return False
-    first = scopes.first_binders(name)
-    parents, position = scopes.parents, scopes.index_blocks()  # (position: statements only)
-    child: ast.AST = use
-    parent = parents.get(use)
-    in_function = False
-    while parent is not None:
-        kind = type(parent)
-        if kind in _OWN_NAMESPACES:
-            in_function = True
-        elif kind in _BINDING_BLOCKS and child in parent.body:  # type: ignore[attr-defined]
-            bound = _target_names(parent.target) if kind in _LOOPS else _bound_names(parent)  # type: ignore[attr-defined]
-            if name in bound:
-                return True
-        elif kind is ast.ExceptHandler and parent.name == name and child in parent.body:  # type: ignore[attr-defined]
-            return True
-        where = position.get(child)  # type: ignore[call-overload]
-        if where is not None and not (kind is ast.ClassDef and in_function):
-            # a method does not see its class's names
-            _, block, index = where
-            if first.get(id(block), index) < index:
-                return True
-        child, parent = parent, parents.get(parent)
-    return False
-
-
-def unstable_names(nodes: list[ast.AST]) -> set[str]:
-    """Names whose binding in the module's namespace may go away or change behind the code's back: deleted
-    (`del x`), or declared `global`/`nonlocal` somewhere (among `nodes`: those of types Name, Global, Nonlocal
-    suffice)."""
-    found: set[str] = set()
-    for node in nodes:
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Del):
-            found.add(node.id)
-        elif isinstance(node, (ast.Global, ast.Nonlocal)):
-            found.update(node.names)
-    return found
-
-
-__all__ = ["Scopes", "certainly_bound", "child_nodes", "unstable_names"]
+__all__ = ["Scopes", "child_nodes"]
