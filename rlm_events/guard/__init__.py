@@ -19,7 +19,9 @@ the refusal text),
 `_policy` ([`GuardPolicy`][rlm_events.guard._policy.GuardPolicy]), `_violation`
 ([`Violation`][rlm_events.guard._violation.Violation]), `allowlist` (the data, by modules, calls
 and attributes), `_grammar` (which Python the code is parsed as, and parsing it), `_bindings` (what the code
-binds), `_scopes` (which binding each use of a name means, scope by scope, with Python's `symtable`), `_host`
+binds), `_scopes` (which binding each use of a name means, scope by scope), `_namespaces` (what each scope binds, read
+off the tree; Python's `symtable` where the tree cannot tell), `_certain` (whether a name is certainly bound
+before a use), `_host`
 (what the guard's Python knows about modules), `_fold` (what string expressions hold: a bounded
 evaluator), `_resolve` (what names refer to), `_owners` (which objects are the code's own), the rules
 `_rules_imports`, `_rules_names`, `_rules_attributes`, `_rules_files`, `_rules_library` (library functions that

@@ -18,7 +18,7 @@ class Binding:
     expr: ast.expr | None = None
 
 
-_BINDING_NODES = frozenset(
+BINDING_NODES = frozenset(
     {
         *(ast.Name, ast.Assign, ast.AnnAssign, ast.NamedExpr, ast.For, ast.AsyncFor, ast.comprehension, ast.AugAssign),
         *(ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.arg, ast.Import, ast.ImportFrom, ast.withitem),
@@ -44,7 +44,7 @@ def bindings_of(nodes: Iterable[ast.AST]) -> dict[str, list[Binding]]:
 
     for node in nodes:
         kind = type(node)
-        if kind not in _BINDING_NODES:  # most nodes bind nothing: one set test
+        if kind not in BINDING_NODES:  # most nodes bind nothing: one set test
             continue
         if kind is ast.Name:
             if isinstance(node.ctx, ast.Del):  # type: ignore[attr-defined]
@@ -83,14 +83,22 @@ def imported_names(tree: ast.Module) -> dict[str, str]:
     """The names `tree`'s imports bind, and the dotted paths they are bound to."""
     names: dict[str, str] = {}
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                local = alias.asname or alias.name.split(".")[0]
-                names[local] = alias.name if alias.asname else local
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            for alias in node.names:
-                if alias.name != "*":
-                    names[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update(import_bindings(node))
+    return names
+
+
+def import_bindings(node: ast.Import | ast.ImportFrom) -> dict[str, str]:
+    """The names one import statement binds, and the dotted paths they are bound to."""
+    names: dict[str, str] = {}
+    if isinstance(node, ast.Import):
+        for alias in node.names:
+            local = alias.asname or alias.name.split(".")[0]
+            names[local] = alias.name if alias.asname else local
+    elif node.module and not node.level:
+        for alias in node.names:
+            if alias.name != "*":
+                names[alias.asname or alias.name] = f"{node.module}.{alias.name}"
     return names
 
 
@@ -112,7 +120,15 @@ def is_classmethod_call(nodes: Iterable[ast.AST], cls: str, method: str) -> bool
     return False
 
 
-__all__ = ["Binding", "bindings_of", "decorated", "imported_names", "is_classmethod_call"]
+__all__ = [
+    "BINDING_NODES",
+    "Binding",
+    "bindings_of",
+    "decorated",
+    "import_bindings",
+    "imported_names",
+    "is_classmethod_call",
+]
 
 
 def annotations_of(node: ast.AST) -> list[ast.expr]:

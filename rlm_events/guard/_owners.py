@@ -115,7 +115,7 @@ class Owners(Resolver):
             return set()
         classish = self._classish()
         exposed: set[str] = set()
-        for node in self.nodes:
+        for node in self.scopes.of_type(ast.Constant, ast.Attribute, ast.Name):  # (the result is a set: any order)
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in method_names:
                 exposed.add(node.value)  # getattr(C, 'get'), operator.methodcaller('get') …
             elif isinstance(node, ast.Attribute) and node.attr in method_names:

@@ -31,6 +31,7 @@ from . import allowlist
 from ._bindings import imported_names
 from ._grammar import parse_code
 from ._scanner import Scanner
+from ._scopes import Scopes
 from ._violation import Violation
 
 
@@ -265,13 +266,17 @@ class GuardPolicy(BaseModel):
         if problem is not None:
             return [problem]
         assert tree is not None
-        try:
-            table = symtable.symtable(code, "<step>", "exec")
-        except (SyntaxError, ValueError) as exc:  # e.g. a name both `global` and a parameter: Python refuses it too
-            line = getattr(exc, "lineno", 0) or 0
-            detail = f"this is not valid Python: {getattr(exc, 'msg', exc)} (line {line}); nothing was run"
-            return [Violation("syntax", "parse", line, detail, "fix the syntax and send plain Python only")]
-        scanner = Scanner(self, tree, table, frozenset(shadowed), imported)
+        scopes = Scopes(tree)  # one walk over the tree: every node, its parent, its scope, what each scope binds
+        if not scopes.needs_symtable:
+            scopes.use_tree()
+        else:
+            try:
+                scopes.use_symtable(symtable.symtable(code, "<step>", "exec"))
+            except (SyntaxError, ValueError) as exc:  # e.g. a name both `global` and a parameter: Python refuses it
+                line = getattr(exc, "lineno", 0) or 0
+                detail = f"this is not valid Python: {getattr(exc, 'msg', exc)} (line {line}); nothing was run"
+                return [Violation("syntax", "parse", line, detail, "fix the syntax and send plain Python only")]
+        scanner = Scanner(self, tree, scopes, frozenset(shadowed), imported)
         scanner.run()
         unique = dict.fromkeys(scanner.found)
         return sorted(unique, key=lambda v: v.line)

@@ -7,27 +7,26 @@ from __future__ import annotations
 
 import ast
 import functools
-import symtable
 import types
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from . import allowlist
-from ._bindings import annotations_of, bindings_of, imported_names
+from ._bindings import annotations_of, bindings_of, import_bindings
+from ._certain import certainly_bound, unstable_names
 from ._fold import StringValues
 from ._host import ALWAYS_BUILTIN, HOST_BUILTINS, MISSING, host_attr, is_submodule, module_name, packages
-from ._scopes import Scopes, certainly_bound, child_nodes, unstable_names
+from ._scopes import Scopes, child_nodes
 from ._violation import Violation, ViolationKind
 
 if TYPE_CHECKING:
     from ._policy import GuardPolicy
 
 
-@dataclass(frozen=True)
-class Ref:
+class Ref(NamedTuple):
     """What an expression names: an allowed `module`, a `package` on the way to one, a `member` of one, a
-    `denied` module (reported where it was reached), or a `builtin`."""
+    `denied` module (reported where it was reached), or a `builtin`. (A named tuple: made dozens of times per
+    check, and cheaper to make than a frozen dataclass.)"""
 
     kind: Literal["module", "package", "member", "denied", "builtin"]
     path: str
@@ -43,7 +42,8 @@ def restricted_modules(only_members: frozenset[str]) -> frozenset[str]:
     return frozenset(found)
 
 
-_VISITORS: dict[tuple[type, type], Callable[..., Any]] = {}  # (visitor class, node type) -> its visit method
+_UNRESOLVED = object()  # not resolved yet (None means: resolves to nothing the rules check)
+_VISITORS: dict[type, dict[type, Callable[..., Any]]] = {}  # visitor class -> node type -> its visit method
 
 
 class Resolver(ast.NodeVisitor):
@@ -53,24 +53,25 @@ class Resolver(ast.NodeVisitor):
         self,
         policy: GuardPolicy,
         tree: ast.Module,
-        table: symtable.SymbolTable,
+        scopes: Scopes,
         shadowed: frozenset[str],
         imported: Mapping[str, str] | None = None,
     ) -> None:
         self.policy, self.tree, self.shadowed = policy, tree, shadowed
+        self.visitors = _VISITORS.setdefault(type(self), {})  # node type -> this class's visit method
         # Names earlier steps imported (None: unknown, so any allowed module's name may be that module).
         self.imported = imported
         self._resolved: dict[ast.AST, Ref | None] = {}
         self.found: list[Violation] = []
-        self.scopes = Scopes(tree, table)  # one walk over the tree: every node, its parent and its scope
+        self.scopes = scopes  # every node, its parent and its scope
         self.nodes = self.scopes.nodes
         self.parents: dict[ast.AST, ast.AST] = self.scopes.parents
-        self.bindings = bindings_of(self.nodes)
+        self.bindings = bindings_of(self.scopes.binding_nodes)
         self.strings = StringValues(self.bindings)  # what string expressions hold
         self.bound = set(self.bindings)
-        self.unstable = unstable_names(self.scopes.of_type(ast.Name, ast.Global, ast.Nonlocal))
+        self.unstable = unstable_names(self.scopes.of_type(ast.Global, ast.Nonlocal)) | scopes.namespaces.deleted
         # Names the module's namespace binds somewhere (at the top, in a branch or loop, or through `global`).
-        self.global_names = {s.get_name() for s in table.get_symbols() if s.is_local()} | self.unstable
+        self.global_names = scopes.module_names() | self.unstable
         # Per scope (the module is `tree`): local name → dotted path it was imported as.
         self.scope_aliases: dict[ast.AST, dict[str, str]] = {}
         self._collect_imports()
@@ -86,18 +87,19 @@ class Resolver(ast.NodeVisitor):
 
     def visit(self, node: ast.AST) -> Any:
         """`ast.NodeVisitor.visit`, with each class's method for each node type looked up once."""
-        key = (type(self), type(node))
-        method = _VISITORS.get(key)
+        kind = type(node)
+        method = self.visitors.get(kind)
         if method is None:
-            method = _VISITORS[key] = getattr(type(self), f"visit_{type(node).__name__}", type(self).generic_visit)
+            visitor = type(self)
+            method = self.visitors[kind] = getattr(visitor, f"visit_{kind.__name__}", visitor.generic_visit)
         return method(self, node)
 
     def generic_visit(self, node: ast.AST) -> None:
         """Visit `node`'s children (as the scopes listed them, without the load/store markers no rule reads)."""
         children = self.scopes.child_nodes.get(node)
-        visitor = type(self)
+        visitors = self.visitors
         for child in children if children is not None else child_nodes(node):
-            method = _VISITORS.get((visitor, type(child)))  # `visit()` inlined: one call less per node
+            method = visitors.get(type(child))  # `visit()` inlined: one call less per node
             if method is None:
                 self.visit(child)
             else:
@@ -139,8 +141,7 @@ class Resolver(ast.NodeVisitor):
             scope = self.scopes.scope_of.get(node, self.tree)
             if not isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
                 scope = self.tree
-            alone = ast.Module(body=[node], type_ignores=[])  # type: ignore[list-item]
-            for local, path in imported_names(alone).items():
+            for local, path in import_bindings(node).items():  # type: ignore[arg-type]
                 self._bind_alias(self.tree if local in declared_global else scope, local, path)
 
     def _bind_alias(self, scope: ast.AST, local: str, path: str) -> None:
@@ -169,12 +170,11 @@ class Resolver(ast.NodeVisitor):
         kind = type(node)
         if kind is not ast.Name and kind is not ast.Attribute:
             return None
-        try:
-            return self._resolved[node]
-        except KeyError:
-            pass
-        if isinstance(node, ast.Name):
-            ref = self._resolve_name(node)
+        known = self._resolved.get(node, _UNRESOLVED)  # (no KeyError raised on the first time: the usual case)
+        if known is not _UNRESOLVED:
+            return known  # type: ignore[return-value]
+        if kind is ast.Name:
+            ref = self._resolve_name(node)  # type: ignore[arg-type]
         else:
             base = self.resolve(node.value)  # type: ignore[attr-defined]
             ref = None if base is None else self.step(base, node.attr)  # type: ignore[attr-defined]
@@ -189,7 +189,8 @@ class Resolver(ast.NodeVisitor):
         if function is not None:  # a function's own variable: never a built-in, nor a module of the REPL
             path = self.scope_aliases.get(function, {}).get(name)
             return None if path is None else self.classify(path)
-        if self.scopes.class_local(node):  # a class body's own name, an import there included
+        class_local = self.scopes.class_local(node)
+        if class_local:  # a class body's own name, an import there included
             path = self.scope_aliases.get(self.scopes.scope_of[node], {}).get(name)
             if path is not None:
                 return self.classify(path)
@@ -197,7 +198,7 @@ class Resolver(ast.NodeVisitor):
             return self.classify(self.aliases[name])
         if name in ALWAYS_BUILTIN:  # `open`, `getattr`, `eval` …: checked as the built-in whatever the code binds
             return Ref("builtin", name)
-        if self.bound_here(node):
+        if self.bound_here(node, class_local):
             return None
         if name in HOST_BUILTINS:
             return Ref("builtin", name)
@@ -207,15 +208,18 @@ class Resolver(ast.NodeVisitor):
             return self.classify(name)
         return None
 
-    def bound_here(self, node: ast.Name) -> bool:
+    def bound_here(self, node: ast.Name, class_local: bool | None = None) -> bool:
         """Whether the use `node` (not a function's variable) means a variable of the code: certainly bound before it
-        runs, or (for names that are not built-ins or modules the REPL may hold) bound in its namespace at all."""
+        runs, or (for names that are not built-ins or modules the REPL may hold) bound in its namespace at all.
+        (`class_local`: `Scopes.class_local(node)`, when the caller knows it.)"""
         if node.id not in self.bound:
             return False
-        if certainly_bound(node, self.scopes, self.unstable):
-            return True
         risky = node.id in ALWAYS_BUILTIN or node.id in HOST_BUILTINS or node.id in allowlist.RISKY_MODULE_NAMES
-        return not risky and (self.scopes.class_local(node) or node.id in self.global_names)
+        if class_local is None:
+            class_local = self.scopes.class_local(node)
+        if not risky and (class_local or node.id in self.global_names):
+            return True  # (whether it is certainly bound before this use does not matter then: the cheaper test first)
+        return certainly_bound(node, self.scopes, self.unstable)
 
     def step(self, base: Ref, attr: str) -> Ref | None:
         """What `<base>.attr` names."""

@@ -24,7 +24,7 @@ class NameRules(ImportRules):
         if name in self.refused_imports:
             return  # its import is reported; once that goes, this use goes with it
         ref = self.resolve(node)
-        if (ref is None or ref.kind != "builtin") and is_dunder(name):
+        if name[:2] == "__" and (ref is None or ref.kind != "builtin") and is_dunder(name):
             if name not in self.policy.builtins and name not in self.policy.dunders:
                 # whatever the code binds it to, a use may reach the interpreter's own (`__builtins__`, `__loader__`)
                 self.flag(node, "attribute", name, f"use of {name!r}", "use your variables and the allowed modules")

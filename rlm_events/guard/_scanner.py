@@ -27,7 +27,7 @@ class Scanner(CallRules, StringRules):
             self.visit(node.returns)
         own = set(self.own[-1])
         params = [*node.args.posonlyargs, *node.args.args]
-        stored = {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+        stored = self.scopes.stored_names(node)
         own -= stored | {a.arg for a in (*params, *node.args.kwonlyargs)}
         method = isinstance(self.parents.get(node), ast.ClassDef) and self.own_self(node)
         if method and params and params[0].arg not in stored:

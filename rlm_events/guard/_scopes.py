@@ -1,8 +1,9 @@
-"""Which binding each name of the code refers to, scope by scope, as Python resolves it: Python's own `symtable`
-says which names are local to each function, lambda and comprehension; this module maps the syntax tree's scopes
-onto its tables, and answers, for one use of a name, whether it can only mean a variable of a function
-(`function_scope()`), and, for a use looked up in the module's namespace, whether the code has certainly bound it
-before (`certainly_bound()`): a binding in a branch, a loop, another function or a `del` does not count, since the
+"""Which binding each name of the code refers to, scope by scope, as Python resolves it: which names are local to
+each function, lambda and comprehension, as the tree shows them (`_namespaces`) or, where the tree cannot tell,
+Python's own `symtable` (this module then maps the syntax tree's scopes onto its tables); it answers, for one use
+of a name, whether it can only mean a variable of a function (`function_scope()`), and, for a use looked up in
+the module's namespace, whether the code has certainly bound it before (`_certain.certainly_bound()`, from the
+statement index kept here): a binding in a branch, a loop, another function or a `del` does not count, since the
 use may then fall through to the built-ins or a module left in the REPL.
 
 Where the tree and the tables cannot be matched one to one (two scopes of the same name on one line), the scopes
@@ -15,9 +16,14 @@ import ast
 import symtable
 from collections import defaultdict
 from collections.abc import Iterator
+from itertools import repeat
 
-_FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
-_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+from ._bindings import BINDING_NODES
+from ._certain import BINDING_STATEMENTS, bound_names
+from ._namespaces import COMPREHENSIONS, FUNCTION_SCOPES, HANDLERS, SPECIAL_NAMES, Namespaces, mangled
+
+_FUNCTIONS = FUNCTION_SCOPES
+_COMPREHENSIONS = COMPREHENSIONS
 _SCOPES = (*_FUNCTIONS, ast.ClassDef, *_COMPREHENSIONS)
 _BLOCKS = (ast.Module, ast.stmt, ast.excepthandler, ast.match_case)  # what can hold a block of statements
 _TABLE_NAMES = {ast.ListComp: "listcomp", ast.SetComp: "setcomp", ast.DictComp: "dictcomp", ast.GeneratorExp: "genexpr"}
@@ -71,6 +77,8 @@ _SCALAR_FIELDS = frozenset(
     {"ctx", "op", "ops", "id", "attr", "arg", "name", "asname", "module", "level", "kind", "type_comment"}
     | {"conversion", "is_async", "simple", "tag", "rest", "kwd_attrs", "lineno"}
 )
+_MAY_HOLD_NONE = frozenset({ast.Dict, ast.arguments})  # Dict.keys (for **x), arguments.kw_defaults hold None
+_NO_CHILDREN: list[ast.AST] = []  # the children of every leaf (shared: never changed)
 # node type -> (fields that hold nodes, fields that hold a block of statements, whether it makes a scope)
 _LAYOUTS: dict[type, tuple[tuple[str, ...], tuple[str, ...], bool]] = {}
 
@@ -92,25 +100,56 @@ class Scopes:
     """The scopes of one module: for every node, the scope node it is evaluated in (the module is `tree`), and the
     symbol table of each scope that could be matched."""
 
-    def __init__(self, tree: ast.Module, table: symtable.SymbolTable) -> None:
+    def __init__(self, tree: ast.Module) -> None:
         self.tree = tree
         self.nodes: list[ast.AST] = []  # every node, parents before children
         self.parents: dict[ast.AST, ast.AST] = {}
         # where each statement is: (its parent, the block holding it, its index there)
+        # (filled in on first use, by `index_blocks()`: most checks never ask)
         self.position: dict[ast.stmt, tuple[ast.AST, list[ast.stmt], int]] = {}
         self.binders: dict[str, list[ast.stmt]] = defaultdict(list)  # statements that certainly bind a name
+        self._block_holders: list[tuple[ast.AST, tuple[str, ...]]] | None = []  # None once indexed
         self.scope_of: dict[ast.AST, ast.AST] = {}
         self.parent_scope: dict[ast.AST, ast.AST] = {}
-        self.tables: dict[ast.AST, symtable.SymbolTable] = {tree: table}
+        self.tables: dict[ast.AST, symtable.SymbolTable] = {}
         self.children: dict[ast.AST, list[ast.AST]] = defaultdict(list)
         self.child_nodes: dict[ast.AST, list[ast.AST]] = {}  # each node's children, as `child_nodes()` lists them
         self.by_type: dict[type, list[ast.AST]] = defaultdict(list)  # the nodes of each type, in `nodes` order
+        self._first_binders: dict[str, dict[int, int]] = {}
+        self.binding_nodes: list[ast.AST] = []  # the nodes `bindings_of()` reads, in `nodes` order
+        self.namespaces = Namespaces()  # what each scope binds, as far as the tree tells
+        self.matched: dict[ast.AST, str | None] = {}  # scopes matched to a table -> the class whose names it mangles
         self._assign(tree, tree)
-        self._match(tree, table)
+        self.namespaces.settle(self.parents)
+
+    @property
+    def needs_symtable(self) -> bool:
+        """Whether the tree alone cannot say what `symtable` would: then `use_symtable()` must be called before
+        names are resolved; else `use_tree()`."""
+        return self.namespaces.needs_symtable
+
+    def use_symtable(self, table: symtable.SymbolTable) -> None:
+        """Resolve names with Python's symbol table of the code."""
+        self.tables[self.tree] = table
+        self._match(self.tree, table)
+
+    def use_tree(self) -> None:
+        """Resolve names with the bindings read off the tree (when `needs_symtable` is false)."""
+        self.matched[self.tree] = None
+        self._match_tree(self.tree, None)
+        self.function_scope = self._tree_function_scope  # type: ignore[method-assign]
+        self.class_local = self._tree_class_local  # type: ignore[method-assign]
+
+    def module_names(self) -> set[str]:
+        """The names the module's namespace binds (its symbol table's local names)."""
+        if self.tables:
+            return {s.get_name() for s in self.tables[self.tree].get_symbols() if s.is_local()}
+        return set(self.namespaces.bound.get(self.tree, ()))
 
     def _assign(self, node: ast.AST, scope: ast.AST) -> None:
-        # The guard's hottest loop: child_nodes() and _layout() inlined, the maps bound to locals.
-        stack = [(node, scope)]
+        # The guard's hottest loop: child_nodes(), _layout() and the namespaces' bookkeeping inlined, the maps bound
+        # to locals; leaves (names, constants: half the nodes) take the short way. (A scope's parts evaluated outside
+        # it are pushed twice, inside and outside: the later visit, outside, sets their scope.)
         nodes, parents, kids, by_type, scope_of = (
             self.nodes,
             self.parents,
@@ -119,34 +158,69 @@ class Scopes:
             self.scope_of,
         )
         layouts = _LAYOUTS
+        namespaces = self.namespaces
+        name_type, load_type, special, handlers, leaf = ast.Name, ast.Load, SPECIAL_NAMES, HANDLERS, _NO_CHILDREN
+        binding, binding_types, del_type = self.binding_nodes, BINDING_NODES, ast.Del
+        may_hold_none = _MAY_HOLD_NONE
+        holders = self._block_holders
+        assert holders is not None
+        stack = [(node, scope)]
+        pop, push = stack.pop, stack.extend
         while stack:
-            current, where = stack.pop()
+            current, where = pop()
             kind = type(current)
             nodes.append(current)
             by_type[kind].append(current)
             scope_of[current] = where
+            if kind is name_type:
+                if current.id in special:  # type: ignore[attr-defined]
+                    namespaces.needs_symtable = True
+                if type(current.ctx) is not load_type:  # type: ignore[attr-defined]
+                    namespaces.bind_name(current, where)  # type: ignore[arg-type]
+                    if type(current.ctx) is del_type:  # type: ignore[attr-defined]
+                        binding.append(current)
+                kids[current] = leaf
+                continue
+            if kind in binding_types:
+                binding.append(current)
+            handler = handlers.get(kind)
+            if handler is not None:
+                handler(namespaces, current, where)
             layout = layouts.get(kind) or _layout(kind)
+            if not layout[0]:
+                kids[current] = leaf
+                continue
             children: list[ast.AST] = []
             for field in layout[0]:
                 value = getattr(current, field, None)
                 if type(value) is list:
-                    children.extend([item for item in value if item is not None])
+                    children += value
                 elif value is not None:
                     children.append(value)
+            if kind in may_hold_none:
+                children = [child for child in children if child is not None]
             kids[current] = children
             for child in children:
                 parents[child] = current
             if layout[1]:
-                self._blocks(current, layout[1])
+                holders.append((current, layout[1]))
             if layout[2]:
                 self.parent_scope[current] = where
                 self.children[where].append(current)
                 outer = list(_outer_parts(current))
                 outer_ids = {id(o) for o in outer}
-                stack.extend([(o, where) for o in outer])
-                stack.extend([(c, current) for c in children if id(c) not in outer_ids])
+                push([(o, where) for o in outer])
+                push([(c, current) for c in children if id(c) not in outer_ids])
             else:
-                stack.extend([(c, where) for c in children])
+                push(zip(children, repeat(where)))
+
+    def index_blocks(self) -> dict[ast.stmt, tuple[ast.AST, list[ast.stmt], int]]:
+        """`position` (and `binders`), filled in the first time they are needed."""
+        if self._block_holders is not None:
+            for node, fields in self._block_holders:
+                self._blocks(node, fields)
+            self._block_holders = None
+        return self.position
 
     def _blocks(self, node: ast.AST, fields: tuple[str, ...]) -> None:
         for field in fields:
@@ -154,8 +228,9 @@ class Scopes:
             if isinstance(block, list):
                 for index, statement in enumerate(block):
                     self.position[statement] = (node, block, index)
-                    for name in _bound_names(statement):
-                        self.binders[name].append(statement)
+                    if type(statement) in BINDING_STATEMENTS:
+                        for name in bound_names(statement):
+                            self.binders[name].append(statement)
 
     def _match(self, scope: ast.AST, table: symtable.SymbolTable) -> None:
         by_key: dict[tuple[str, int], list[symtable.SymbolTable]] = defaultdict(list)
@@ -170,6 +245,47 @@ class Scopes:
                 self.tables[found[0]] = tables[0]
                 self._match(found[0], tables[0])
             # otherwise unmatched: that scope and the ones inside it resolve their names in the module's namespace
+
+    def _match_tree(self, scope: ast.AST, class_name: str | None) -> None:
+        """`_match()` for the scopes read off the tree: a scope is matched unless a sibling has its name and line."""
+        keys: dict[tuple[str, int], list[ast.AST]] = defaultdict(list)
+        for node in self.children.get(scope, ()):
+            keys[(_table_name(node), getattr(node, "lineno", 0))].append(node)
+        for found in keys.values():
+            if len(found) == 1:
+                node = found[0]
+                inner = node.name if isinstance(node, ast.ClassDef) else class_name
+                self.matched[node] = inner
+                self._match_tree(node, inner)
+
+    def _tree_function_scope(self, node: ast.Name) -> ast.AST | None:
+        scope = self.scope_of.get(node)
+        if scope is None or scope is self.tree or scope not in self.matched:
+            return None
+        name = node.id
+        if name[:2] == "__" and mangled(name, self.matched[scope]):
+            return None  # `symtable` knows it by its mangled name only
+        bound = self.namespaces.bound
+        if name in bound.get(scope, ()):
+            return None if isinstance(scope, ast.ClassDef) else scope
+        # free (a variable of an enclosing function) or global
+        outer = self.parent_scope.get(scope)
+        while outer is not None and outer is not self.tree:
+            if outer not in self.matched:
+                return None
+            if not isinstance(outer, ast.ClassDef) and name in bound.get(outer, ()):
+                return outer
+            outer = self.parent_scope.get(outer)
+        return None
+
+    def _tree_class_local(self, node: ast.Name) -> bool:
+        scope = self.scope_of.get(node)
+        return (
+            isinstance(scope, ast.ClassDef)
+            and scope in self.matched
+            and not mangled(node.id, self.matched[scope])
+            and node.id in self.namespaces.bound.get(scope, ())
+        )
 
     def function_scope(self, node: ast.Name) -> ast.AST | None:
         """The function, lambda or comprehension whose variable the use `node` is (local there, or a free variable
@@ -199,6 +315,32 @@ class Scopes:
             outer = self.parent_scope.get(outer)
         return None
 
+    def first_binders(self, name: str) -> dict[int, int]:
+        """For each block (by id) holding a statement that certainly binds `name`: the first such statement's index."""
+        found = self._first_binders.get(name)
+        if found is None:
+            found = self._first_binders[name] = {}
+            self.index_blocks()
+            for statement in self.binders.get(name, ()):
+                _, block, index = self.position[statement]
+                if index < found.get(id(block), index + 1):
+                    found[id(block)] = index
+        return found
+
+    def stored_names(self, node: ast.AST) -> set[str]:
+        """The names stored or deleted anywhere in `node` (as `ast.walk(node)` finds them, from the children lists)."""
+        found: set[str] = set()
+        kids, stack = self.child_nodes, [node]
+        while stack:
+            current = stack.pop()
+            if type(current) is ast.Name:
+                if type(current.ctx) is not ast.Load:
+                    found.add(current.id)
+            else:
+                children = kids.get(current)
+                stack.extend(children if children is not None else child_nodes(current))
+        return found
+
     def of_type(self, *types: type) -> list[ast.AST]:
         """The nodes of these exact types (each type's in tree order, one type after the other)."""
         return [node for cls in types for node in self.by_type.get(cls, ())]
@@ -218,81 +360,4 @@ def _lookup(table: symtable.SymbolTable, name: str) -> symtable.Symbol | None:
         return None
 
 
-def _bound_names(statement: ast.AST) -> Iterator[str]:
-    """The names `statement`, once it has run without an error, has certainly bound in its namespace."""
-    if isinstance(statement, ast.Assign):
-        for target in statement.targets:
-            yield from _target_names(target)
-    elif isinstance(statement, ast.AugAssign) or (isinstance(statement, ast.AnnAssign) and statement.value):
-        yield from _target_names(statement.target)
-    elif isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-        yield statement.name
-    elif isinstance(statement, (ast.Import, ast.ImportFrom)):
-        yield from ((a.asname or a.name.split(".")[0]) for a in statement.names)
-    elif isinstance(statement, (ast.With, ast.AsyncWith)):
-        for item in statement.items:
-            if item.optional_vars is not None:
-                yield from _target_names(item.optional_vars)
-
-
-def _target_names(target: ast.expr) -> Iterator[str]:
-    if isinstance(target, ast.Name):
-        yield target.id
-    elif isinstance(target, (ast.Tuple, ast.List)):
-        for element in target.elts:
-            yield from _target_names(element)
-    elif isinstance(target, ast.Starred):
-        yield from _target_names(target.value)
-
-
-def certainly_bound(use: ast.Name, scopes: Scopes, unstable: set[str]) -> bool:
-    """Whether the code has certainly bound the name of `use` (looked up in a class body or the module's namespace)
-    by the time `use` runs: a statement before it in the same block (or an enclosing one) binds it, or the loop,
-    `with` or `except` whose body holds it does. Names in `unstable` (deleted, or rebound through `global`) never
-    are."""
-    name = use.id
-    if name in unstable:
-        return False
-    # the blocks holding a statement that binds the name, and the positions of those statements
-    binders: dict[int, list[int]] = defaultdict(list)
-    for statement in scopes.binders.get(name, ()):
-        _, block, index = scopes.position[statement]
-        binders[id(block)].append(index)
-    child: ast.AST = use
-    parent = scopes.parents.get(use)
-    in_function = False
-    while parent is not None:
-        if isinstance(parent, (*_FUNCTIONS, *_COMPREHENSIONS)):
-            in_function = True
-        elif isinstance(parent, (ast.For, ast.AsyncFor, ast.With, ast.AsyncWith)) and child in parent.body:
-            bound = (
-                _target_names(parent.target) if isinstance(parent, (ast.For, ast.AsyncFor)) else _bound_names(parent)
-            )
-            if name in bound:
-                return True
-        elif isinstance(parent, ast.ExceptHandler) and parent.name == name and child in parent.body:
-            return True
-        where = scopes.position.get(child) if isinstance(child, ast.stmt) else None
-        if where is not None and not (isinstance(parent, ast.ClassDef) and in_function):
-            # a method does not see its class's names
-            _, block, index = where
-            if any(i < index for i in binders.get(id(block), ())):
-                return True
-        child, parent = parent, scopes.parents.get(parent)
-    return False
-
-
-def unstable_names(nodes: list[ast.AST]) -> set[str]:
-    """Names whose binding in the module's namespace may go away or change behind the code's back: deleted
-    (`del x`), or declared `global`/`nonlocal` somewhere (among `nodes`: those of types Name, Global, Nonlocal
-    suffice)."""
-    found: set[str] = set()
-    for node in nodes:
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Del):
-            found.add(node.id)
-        elif isinstance(node, (ast.Global, ast.Nonlocal)):
-            found.update(node.names)
-    return found
-
-
-__all__ = ["Scopes", "certainly_bound", "child_nodes", "unstable_names"]
+__all__ = ["Scopes", "child_nodes"]
