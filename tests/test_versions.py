@@ -356,3 +356,19 @@ def test_in_process_interpreter_matches_local_interpreter():
             assert outcome(InProcessInterpreter(), code) == outcome(local, code), name
     finally:
         local.shutdown()
+
+
+def test_tools_given_by_name_are_translated_once_on_every_release():
+    """A `{name: function}` mapping (3.1.2's form, e.g. constructor arguments translated once already) gives the
+    same tools as a list, under the mapping's names, on every release."""
+
+    def look(key: str) -> str:
+        return key.upper()
+
+    kwargs, _ = constructor_of(dspy.RLM).arguments(tools={"lookup": look})
+    rlm = dspy.RLM("text -> answer", **kwargs)
+    steps = ["print(lookup(key='a'))", "SUBMIT(answer=lookup(key='b'))"]
+    rlm_built = build_rlm("text -> answer", tools={"lookup": look}, interpreter_factory=InProcessInterpreter)
+    with dspy.context(lm=ScriptedLM(steps)):
+        assert rlm_built(text="t").answer == "B"
+    assert "lookup" in (rlm.tools if isinstance(rlm.tools, dict) else {t.name: t for t in rlm.tools})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import dspy
@@ -56,6 +56,8 @@ class RLMConstructor:
         kwargs = dict(options)
         if max_iters is not None:
             kwargs[self.limit] = max_iters
+        if isinstance(tools, Mapping):  # {name: function}: 3.1.2's form, e.g. build_rlm's arguments passed on again
+            tools = [dspy.Tool(fn, name=name) for name, fn in tools.items()]
         if tools is not None:
             kwargs["tools"] = _tools_by_name(tools) if self.tools_as_dict else list(tools)
         if interpreter_factory is None:
