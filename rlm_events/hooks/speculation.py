@@ -2,9 +2,14 @@
 [`rlm_events.builtins.Speculate`][rlm_events.builtins.Speculate].
 
 What differs from 0.1.15, by design: the shadow pass is our planner, which evaluates the code's syntax tree over
-plain-data copies of values and never runs the code (no subprocess); `streaming=True` is accepted and plans from
-the assembled code, which is 0.1.15's own fallback (Lazy/JIT) when streaming is unavailable; and a pure tool is
-never called twice for one real call (0.1.15 allows it).
+plain-data copies of values and never runs the code (no subprocess); and a pure tool is never called twice for one
+real call (0.1.15 allows it).
+
+`streaming` means what it meant in 0.1.15: `True` (the default) streams `generate_action`'s code while the main LM
+writes it and dispatches calls during the generation, falling back to planning over the assembled code where the LM
+cannot stream (0.1.15's Lazy/JIT fallback); `False` plans over the assembled code only. It is
+[`Speculate(stream=...)`][rlm_events.builtins.Speculate], which streams sync calls (0.1.15 streamed `acall` too; ours
+plans an async call's code when it is complete).
 """
 
 from __future__ import annotations
@@ -87,6 +92,7 @@ def enable_rlm_speculation(
         max_in_flight=max_inflight,
         max_per_iteration=max_dispatches_per_turn,
         timeout=timeout_s,
+        stream=streaming,
     )
     previous = rlm.__dict__.get(_INSTALLED)
     if isinstance(previous, Speculate):
