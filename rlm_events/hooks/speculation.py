@@ -87,12 +87,9 @@ def enable_rlm_speculation(
     if not isinstance(streaming, bool):
         raise TypeError(f"enable_rlm_speculation(streaming=...) must be True or False, got {streaming!r}")
     events, _ = instrument_for_api(rlm)
+    pure = _pure_names(tools, speculate_user_tools)
     speculate = Speculate(
-        pure=_pure_names(tools, speculate_user_tools),
-        max_in_flight=max_inflight,
-        max_per_iteration=max_dispatches_per_turn,
-        timeout=timeout_s,
-        stream=streaming,
+        pure, max_in_flight=max_inflight, max_per_iteration=max_dispatches_per_turn, timeout=timeout_s, stream=streaming
     )
     previous = rlm.__dict__.get(_INSTALLED)
     if isinstance(previous, Speculate):
