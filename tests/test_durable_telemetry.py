@@ -16,37 +16,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
+from test_durable import STEPS, Tools, WorkerDied
 
 import rlm_events
 from rlm_events.durable import Durable, SQLiteStore
 from rlm_events.taps.otel import OpenTelemetryTap
 from rlm_events.testing import ScriptedLM, build_rlm
 
-STEPS = [
-    "x = lookup(key='a')\nprint(x)",
-    "y = lookup(key='b') + llm_query('hi')\nprint(y)",
-    "z = lookup(key='c')\nprint(len(x + y + z))",
-    "SUBMIT(answer=x + y + z)",
-]
 DURABLE = ("rlm.durable.run_id", "rlm.durable.relation", "rlm.durable.parent", "rlm.durable.replayed")
-
-
-class WorkerDied(BaseException):
-    """What the tool raises to stop the call the way a dying worker does: nothing after it runs."""
-
-
-class Tools:
-    def __init__(self) -> None:
-        self.die_on: str | None = None
-
-    def lookup(self, key: str) -> str:
-        """Look a key up."""
-        if key == self.die_on:
-            self.die_on = None
-            raise WorkerDied(key)
-        return key.upper() * 2
-
-
 Install = Callable[[rlm_events.Instrumentation], Any]
 
 
