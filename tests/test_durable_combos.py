@@ -102,10 +102,15 @@ def test_a_streamed_speculated_run_resumes_as_if_uninterrupted_and_is_billed_onc
     with dspy.context(lm=dying), pytest.raises(WorkerDied):
         rlm(text="t")
     assert durable.last_run_id is not None
-    _, other = make(tools, store)  # another worker resumes it
+    resumer, other = make(tools, store)  # another worker resumes it
+    rlm_events.instrumentation_of(resumer).tap(["run_end"], lambda ctx: seen.append(Speculate.stats(ctx)), inline=True)  # type: ignore[union-attr]
+    crashed = len(server.bill.records)
     with dspy.context(lm=lm()):
         resumed = other.resume(durable.last_run_id)
     assert resumed.answer == whole.answer and steps_of(resumed) == steps_of(whole)
+    # The actions asked of the LM after the resume (prompts of 100+ tokens) are streamed too.
+    actions = [r for r in server.bill.records[crashed:] if r.prompt_tokens > 100]
+    assert seen[-1].stream == "streamed" and actions and all(r.streamed for r in actions)
     assert sorted(tools.calls) == ["a", "b", "c"]  # lookup('b'), which died in-a-tool, had not returned
     billed = requests(server)
     assert len(billed) == len(uninterrupted) + repeated

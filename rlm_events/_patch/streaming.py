@@ -26,6 +26,8 @@ from typing import Any, Protocol
 
 import dspy
 
+from .resume import RecordedActions
+
 ACTION_STREAM = "rlm_events:action_stream"
 """Where a run's `state` holds the opener of its action streams (see `rlm_events.runtime.stream_actions`)."""
 
@@ -111,6 +113,12 @@ def feed_action_text(text: str) -> bool:
 def generate(run_state: dict[str, Any], index: int, predictor: Any, args: Any, kwargs: Any) -> Any:
     """Call `predictor(*args, **kwargs)` for iteration `index`, streamed to the run's action sink when it has one
     and the call can stream; else as is. The result is the predictor's, streamed or not."""
+    live = predictor.live_predictor if isinstance(predictor, RecordedActions) else None
+    if live is not None:  # a resumed run: a recorded action is no LM call (nothing to stream), another is the LM's
+        found = live()
+        if found is None:
+            return predictor(*args, **kwargs)
+        predictor = found
     opener = run_state.get(ACTION_STREAM)
     sink = opener(index) if callable(opener) else None
     if sink is None:
