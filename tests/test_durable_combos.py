@@ -5,11 +5,12 @@ the local OpenAI-compatible server (which bills every request it answers).
 A run whose worker dies and is resumed ends with the uninterrupted run's answer and history, and the server billed
 the uninterrupted run's requests, plus, when the worker died between an LM call and its commit, that one call (the
 documented repeat). The worker's death is a `BaseException` as in tests/test_durable.py: raised by a tool, or by a
-DSPy LM callback once the LM answered (so the answer is billed, not committed). (Durable with `Sandboxed` is in
-tests/test_durable.py::test_resume_in_the_sandbox.)"""
+DSPy LM callback once the LM answered (so the answer is billed, not committed). On the real interpreter and in the
+library's sandbox (`Sandboxed`, whose REPL Speculate reads; Durable alone in it: tests/test_durable.py)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,12 +52,27 @@ def sub(prompt: str) -> str:
     return "S" + prompt[-2:].strip()
 
 
-def make(tools: Tools, store: SQLiteStore) -> tuple[dspy.RLM, Durable]:
-    rlm = build_rlm("text -> answer", max_iters=6, tools=[tools.lookup], interpreter_factory=REAL_INTERPRETER)
+def make(tools: Tools, store: SQLiteStore, interpreter: Any) -> tuple[dspy.RLM, Durable]:
+    rlm = build_rlm("text -> answer", max_iters=6, tools=[tools.lookup], interpreter_factory=interpreter)
     events = rlm_events.instrument(rlm)
     durable = Durable(store).install(events)  # first: the outermost middleware
     Speculate(stream=True).install(events)
     return rlm, durable
+
+
+def interpreters() -> list[Any]:
+    """The real interpreter, and the library's sandbox where it can run (required where
+    `RLM_EVENTS_REQUIRE_SANDBOX=1`)."""
+    from rlm_events.sandbox import Sandboxed, SandboxUnavailable
+
+    found = [pytest.param(REAL_INTERPRETER, id="real")]
+    try:
+        found.append(pytest.param(Sandboxed(), id="sandbox"))
+    except SandboxUnavailable as missing:
+        if os.environ.get("RLM_EVENTS_REQUIRE_SANDBOX") == "1":
+            raise
+        found.append(pytest.param(None, id="sandbox", marks=pytest.mark.skip(reason=f"no sandbox here: {missing}")))
+    return found
 
 
 def steps_of(prediction: Any) -> list[tuple[str, str]]:
@@ -68,6 +84,7 @@ def requests(server: Any) -> list[tuple[int, int]]:
     return sorted((r.prompt_tokens, r.completion_tokens) for r in server.bill.billed)
 
 
+@pytest.mark.parametrize("interpreter", interpreters())
 @pytest.mark.parametrize(
     ("die", "repeated"),
     [
@@ -76,7 +93,11 @@ def requests(server: Any) -> list[tuple[int, int]]:
     ],
 )
 def test_a_streamed_speculated_run_resumes_as_if_uninterrupted_and_is_billed_once(
-    tmp_path: Path, openai_server: Callable[..., Any], die: Callable[[Tools, dspy.LM], None], repeated: int
+    tmp_path: Path,
+    openai_server: Callable[..., Any],
+    die: Callable[[Tools, dspy.LM], None],
+    repeated: int,
+    interpreter: Any,
 ) -> None:
     server = openai_server(STEPS, sub=sub, time_to_first_token=0.01, tokens_per_second=800)
 
@@ -85,7 +106,7 @@ def test_a_streamed_speculated_run_resumes_as_if_uninterrupted_and_is_billed_onc
 
     store = SQLiteStore(tmp_path / "runs.db")
     tools = Tools()
-    rlm, _ = make(tools, store)
+    rlm, _ = make(tools, store, interpreter)
     seen: list[Any] = []
     rlm_events.instrumentation_of(rlm).tap(["run_end"], lambda ctx: seen.append(Speculate.stats(ctx)), inline=True)  # type: ignore[union-attr]
     with dspy.context(lm=lm()):
@@ -96,13 +117,13 @@ def test_a_streamed_speculated_run_resumes_as_if_uninterrupted_and_is_billed_onc
     server.reset()
 
     tools = Tools()
-    rlm, durable = make(tools, store)
+    rlm, durable = make(tools, store, interpreter)
     dying = lm()
     die(tools, dying)
     with dspy.context(lm=dying), pytest.raises(WorkerDied):
         rlm(text="t")
     assert durable.last_run_id is not None
-    resumer, other = make(tools, store)  # another worker resumes it
+    resumer, other = make(tools, store, interpreter)  # another worker resumes it
     rlm_events.instrumentation_of(resumer).tap(["run_end"], lambda ctx: seen.append(Speculate.stats(ctx)), inline=True)  # type: ignore[union-attr]
     crashed = len(server.bill.records)
     with dspy.context(lm=lm()):
