@@ -295,10 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", action="append", help="run only these scenarios")
     parser.add_argument("--json", help="also write the report here")
     parser.add_argument("--streamed", action="store_true", help="run the streamed scenarios (latency_streamed.py)")
+    parser.add_argument("--async", dest="use_async", action="store_true", help="--streamed: measure rlm.acall")
     args = parser.parse_args(argv)
     if args.streamed:
         forwarded = ["--repeats", str(args.repeats), "--interpreter", args.interpreter]
-        forwarded += [f"--scenario={name}" for name in args.scenario or ()]
+        forwarded += [f"--scenario={name}" for name in args.scenario or ()] + (["--async"] if args.use_async else [])
         return int(_sibling("latency_streamed").main(forwarded + ([f"--json={args.json}"] if args.json else [])))
     interpreter_name, interpreter = _interpreter(args.interpreter)
     report: dict[str, Any] = {

@@ -1,10 +1,11 @@
 """The streamed scenarios of ``benchmarks/latency.py``: a main LM that writes its code slowly, as real ones do.
 
-Run ``python benchmarks/latency.py --streamed`` (or this file: ``python benchmarks/latency_streamed.py
-[--repeats N] [--json PATH]``). Offline: the main LM and the sub-LM are real ``dspy.LM`` clients (LiteLLM) against two
-local OpenAI-compatible servers (``rlm_events.local_openai``). The main LM answers with its first token after
-``TTFT_S`` and then ``TOKENS_PER_S`` tokens a second, streamed or not (a non-streamed answer arrives whole after the
-same time); the sub-LM answers each prompt after 0.5 to 1.5 s (a fixed function of the prompt).
+Run ``python benchmarks/latency.py --streamed [--async]`` (or this file: ``python benchmarks/latency_streamed.py
+[--repeats N] [--async] [--json PATH]``; ``--async`` measures ``await rlm.acall(...)`` instead of ``rlm(...)``).
+Offline: the main LM and the sub-LM are real ``dspy.LM`` clients (LiteLLM) against two local OpenAI-compatible
+servers (``rlm_events.local_openai``). The main LM answers with its first token after ``TTFT_S`` and then
+``TOKENS_PER_S`` tokens a second, streamed or not (a non-streamed answer arrives whole after the same time); the
+sub-LM answers each prompt after 0.5 to 1.5 s (a fixed function of the prompt).
 
 Scenarios (a real ``dspy.RLM`` call on the real interpreter):
 
@@ -26,6 +27,7 @@ import os
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network lookup when dspy imports litellm
 
 import argparse
+import asyncio
 import json
 import statistics
 import sys
@@ -183,7 +185,9 @@ def limit_s(scenario: StreamedScenario, bare_wall: float) -> float:
     return bare_wall - sum(sub_latency(p) for p in scenario.prompts) + past_writing
 
 
-def run_scenario(scenario: StreamedScenario, *, repeats: int, interpreter: Any) -> dict[str, Any]:
+def run_scenario(
+    scenario: StreamedScenario, *, repeats: int, interpreter: Any, use_async: bool = False
+) -> dict[str, Any]:
     variants = [
         Variant("bare", None),
         Variant("speculate", lambda: Speculate(stream=False)),
@@ -203,10 +207,13 @@ def run_scenario(scenario: StreamedScenario, *, repeats: int, interpreter: Any) 
                 seen: dict[str, Any] = {}
                 if variant.speculate is not None:
                     variant.speculate().install(events)
-                events.tap(["run_end"], lambda ctx, seen=seen: seen.update(stats=Speculate.stats(ctx)))
+                events.tap(["run_end"], lambda ctx, seen=seen: seen.update(stats=Speculate.stats(ctx)), inline=True)
                 started = time.perf_counter()
                 with dspy.context(lm=lm):
-                    prediction = rlm(question="Write the digest.")
+                    if use_async:
+                        prediction = asyncio.run(rlm.acall(question="Write the digest."))
+                    else:
+                        prediction = rlm(question="Write the digest.")
                 wall = time.perf_counter() - started
                 steps = [(str(e["code"]), str(e["output"])) for e in prediction.trajectory]
                 if round_:
@@ -274,7 +281,8 @@ COLUMNS: list[tuple[str, Any]] = [
 def table(report: dict[str, Any]) -> str:
     headers = ["scenario", "variant", *(header for header, _ in COLUMNS)]
     caption = (
-        f"DSPy {report['dspy']}, {report['interpreter']}, median of {report['repeats']} interleaved rounds; main LM "
+        f"DSPy {report['dspy']}, {report['interpreter']}, {'await rlm.acall()' if report.get('async') else 'rlm()'}, "
+        f"median of {report['repeats']} interleaved rounds; main LM "
         f"{TTFT_S * 1000:g} ms to the first token, then {TOKENS_PER_S:g} tokens/s; sub-LM 0.5-1.5 s"
     )
     lines = [caption, "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
@@ -298,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interpreter", choices=("default", "local", "inprocess"), default="default")
     parser.add_argument("--scenario", action="append")
     parser.add_argument("--json")
+    parser.add_argument("--async", dest="use_async", action="store_true", help="measure await rlm.acall(...)")
     args = parser.parse_args(argv)
     local = getattr(dspy, "LocalInterpreter", None)
     use_local = args.interpreter == "local" or (args.interpreter == "default" and local is not None)
@@ -308,11 +317,14 @@ def main(argv: list[str] | None = None) -> int:
         "dspy": dspy.__version__,
         "interpreter": "dspy.LocalInterpreter" if use_local else "InProcessInterpreter",
         "repeats": args.repeats,
+        "async": args.use_async,
         "scenarios": {},
     }
     for scenario in SCENARIOS:
         if not args.scenario or scenario.name in args.scenario:
-            report["scenarios"][scenario.name] = run_scenario(scenario, repeats=args.repeats, interpreter=interpreter)
+            report["scenarios"][scenario.name] = run_scenario(
+                scenario, repeats=args.repeats, interpreter=interpreter, use_async=args.use_async
+            )
     report["identical"] = all(s["identical"] for s in report["scenarios"].values())
     return publish(report, table(report), args.json)
 

@@ -34,6 +34,7 @@ from . import (
     ToolCallContext,
     instrument,
 )
+from ._optional import requiring
 from .build import build_rlm
 from .builtins import Budget, CodeGuard
 from .inprocess import InProcessInterpreter
@@ -204,10 +205,14 @@ class _MlflowRecording:
     """The demo's MLflow side: tracking store, experiment, autolog and the tap; undone by `close()`."""
 
     def __init__(self, events: Instrumentation, uri: str) -> None:
-        try:
+        with requiring(
+            "mlflow",
+            "--mlflow",
+            "MLflow",
+            hint="a local store needs the full mlflow package: pip install mlflow",
+            error=RuntimeError,
+        ):
             import mlflow
-        except ImportError as exc:
-            raise RuntimeError("--mlflow needs MLflow: pip install 'rlm-events[mlflow]' mlflow") from exc
         from .taps.mlflow import MlflowTap
 
         self.mlflow, self.uri = mlflow, uri

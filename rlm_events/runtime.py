@@ -6,24 +6,9 @@ these functions, never through the patch layer's private names.
 
 from __future__ import annotations
 
-from ._patch import (
-    CodeInterpreterError,
-    ExecutionError,
-    assembled_by_litellm,
-    batched_queries_keep_context,
-    constructor_of,
-    current_iteration,
-    current_run,
-    execute_without_callbacks,
-    failed_after_answer,
-    interpreter_class,
-    iteration_limit,
-    raw_tool,
-    runs_pyodide,
-    serving_recorded_actions,
-    stream_mode,
-    worker_started,
-)
+# The patch layer's runtime API, whole: one list of names (`exposed.__all__`), re-exported here.
+from ._patch import exposed
+from ._patch.exposed import *  # noqa: F403
 from ._patch.streaming import ACTION_STREAM, ActionSink, Opener, feed_action_text
 from .context import Run
 from .lm_history import lms_of
@@ -41,24 +26,9 @@ def stream_actions(run: Run, opener: Opener | None) -> None:
 
 
 __all__ = [
+    *exposed.__all__,
     "ActionSink",
-    "CodeInterpreterError",
-    "ExecutionError",
-    "assembled_by_litellm",
-    "batched_queries_keep_context",
-    "constructor_of",
-    "current_iteration",
-    "current_run",
-    "execute_without_callbacks",
-    "failed_after_answer",
     "feed_action_text",
-    "interpreter_class",
-    "iteration_limit",
     "lms_of",
-    "raw_tool",
-    "runs_pyodide",
-    "serving_recorded_actions",
     "stream_actions",
-    "stream_mode",
-    "worker_started",
 ]

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from rlm_events.durable import (
     DivergenceError,
     Durable,
     LeaseLostError,
+    PostgresStore,
     RecordMismatchError,
     RunFinishedError,
     RunLeasedError,
@@ -374,3 +376,10 @@ def test_predict_rlm_is_refused_at_install(tmp_path: Path) -> None:
     rlm = predict_rlm.PredictRLM("text -> answer", lm="openai/none", sub_lm="openai/none", max_iterations=2)
     with pytest.raises(TypeError, match="Durable does not support PredictRLM yet"):
         Durable(tmp_path / "runs.db").install(rlm_events.instrument(rlm))
+
+
+def test_a_postgres_store_without_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the postgres extra, the store is unavailable with the reason and the command that installs it."""
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if psycopg were not installed
+    with pytest.raises(StoreUnavailableError, match=r"needs psycopg 3.*pip install 'rlm-events\[postgres\]'"):
+        PostgresStore("postgresql://user@127.0.0.1:1/db").load("run")

@@ -1,6 +1,6 @@
 """Durable composes with the other built-ins that touch the same calls: `Speculate(stream=True)`, whose
-`generate_action` call is streamed and whose `llm_query` calls are made ahead, with the real LiteLLM client against
-the local OpenAI-compatible server (which bills every request it answers).
+`generate_action` call is streamed (sync and async calls) and whose `llm_query` calls are made ahead, with the real
+LiteLLM client against the local OpenAI-compatible server (which bills every request it answers).
 
 A run whose worker dies and is resumed ends with the uninterrupted run's answer and history, and the server billed
 the uninterrupted run's requests, plus, when the worker died between an LM call and its commit, that one call (the
@@ -10,6 +10,7 @@ library's sandbox (`Sandboxed`, whose REPL Speculate reads; Durable alone in it:
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -75,6 +76,10 @@ def interpreters() -> list[Any]:
     return found
 
 
+def call(rlm: dspy.RLM, is_async: bool) -> Any:
+    return asyncio.run(rlm.acall(text="t")) if is_async else rlm(text="t")
+
+
 def steps_of(prediction: Any) -> list[tuple[str, str]]:
     return [(entry["code"], entry["output"]) for entry in prediction.trajectory]
 
@@ -84,6 +89,7 @@ def requests(server: Any) -> list[tuple[int, int]]:
     return sorted((r.prompt_tokens, r.completion_tokens) for r in server.bill.billed)
 
 
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
 @pytest.mark.parametrize("interpreter", interpreters())
 @pytest.mark.parametrize(
     ("die", "repeated"),
@@ -98,6 +104,7 @@ def test_a_streamed_speculated_run_resumes_as_if_uninterrupted_and_is_billed_onc
     die: Callable[[Tools, dspy.LM], None],
     repeated: int,
     interpreter: Any,
+    is_async: bool,
 ) -> None:
     server = openai_server(STEPS, sub=sub, time_to_first_token=0.01, tokens_per_second=800)
 
@@ -110,7 +117,7 @@ def test_a_streamed_speculated_run_resumes_as_if_uninterrupted_and_is_billed_onc
     seen: list[Any] = []
     rlm_events.instrumentation_of(rlm).tap(["run_end"], lambda ctx: seen.append(Speculate.stats(ctx)), inline=True)  # type: ignore[union-attr]
     with dspy.context(lm=lm()):
-        whole = rlm(text="t")
+        whole = call(rlm, is_async)
     assert whole.answer == "AABBCCSre" and tools.calls == ["a", "b", "c"]
     assert seen[0].stream == "streamed" and seen[0].claimed == 4  # streamed, and the sub-calls made ahead
     uninterrupted = requests(server)
@@ -121,13 +128,14 @@ def test_a_streamed_speculated_run_resumes_as_if_uninterrupted_and_is_billed_onc
     dying = lm()
     die(tools, dying)
     with dspy.context(lm=dying), pytest.raises(WorkerDied):
-        rlm(text="t")
+        call(rlm, is_async)
     assert durable.last_run_id is not None
     resumer, other = make(tools, store, interpreter)  # another worker resumes it
     rlm_events.instrumentation_of(resumer).tap(["run_end"], lambda ctx: seen.append(Speculate.stats(ctx)), inline=True)  # type: ignore[union-attr]
     crashed = len(server.bill.records)
     with dspy.context(lm=lm()):
-        resumed = other.resume(durable.last_run_id)
+        run_id = durable.last_run_id
+        resumed = asyncio.run(other.aresume(run_id)) if is_async else other.resume(run_id)
     assert resumed.answer == whole.answer and steps_of(resumed) == steps_of(whole)
     # The actions asked of the LM after the resume (prompts of 100+ tokens) are streamed too.
     actions = [r for r in server.bill.records[crashed:] if r.prompt_tokens > 100]

@@ -74,6 +74,24 @@ def test_a_read_while_an_execution_runs_is_refused_and_changes_nothing():
         repl.shutdown()
 
 
+def test_a_read_answered_too_late_is_dropped_and_the_next_execution_keeps_the_worker(monkeypatch):
+    # The read gives up at once (a timeout of 0) while the worker still copies a large list; its answer, tagged
+    # with the read's tag, comes after the host stopped waiting and is dropped: the next execution keeps the worker
+    # and every variable.
+    from rlm_events.sandbox import _reader
+
+    repl = SandboxedInterpreter()
+    try:
+        repl.execute("x = list(range(200_000))\nmarker = 'kept'")
+        monkeypatch.setattr(_reader, "READ_TIMEOUT", 0.0)
+        with pytest.raises(NotReadable, match="did not answer the read in time"):
+            read_variables(repl, ["x"], max_items=300_000, max_chars=10, max_total=10_000_000)
+        assert repl.execute("print(marker, len(x))") == "kept 200000"
+        assert repl.execute("marker") == "kept"
+    finally:
+        repl.shutdown()
+
+
 def test_sandboxed_interpreters_are_readable_and_pick_the_sandbox_reader():
     assert unsupported_reason(SandboxedInterpreter) is None
     repl = SandboxedInterpreter()

@@ -4,6 +4,7 @@ history, the usage and the bill are those of the non-streamed run; anything that
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from typing import Any
@@ -31,15 +32,27 @@ def sub(prompt: str) -> str:
     return "answer " + prompt[-2:]
 
 
-def run(lm: Any, speculate: Speculate | None, steps: list[str] = STEPS) -> tuple[Any, dict[str, Any]]:
+MODES = ["sync", "async"]  # rlm(...) and await rlm.acall(...): each streams with the same guarantees
+
+
+def run(
+    lm: Any, speculate: Speculate | None, steps: list[str] = STEPS, mode: str = "sync", question: str = "q"
+) -> tuple[Any, dict[str, Any]]:
     rlm = build_rlm("question -> answer", max_iters=len(steps) + 1, interpreter_factory=INTERPRETER)
     events = rlm_events.instrument(rlm)
     seen: dict[str, Any] = {}
     if speculate is not None:
         speculate.install(events)
     events.tap(["run_end"], lambda ctx: seen.update(stats=Speculate.stats(ctx), usage=metered(ctx.run)), inline=True)
+
+    async def acall() -> Any:
+        with dspy.context(lm=lm):
+            return await rlm.acall(question=question)
+
+    if mode == "async":
+        return asyncio.run(acall()), seen
     with dspy.context(lm=lm):
-        prediction = rlm(question="q")
+        prediction = rlm(question=question)
     return prediction, seen
 
 
@@ -85,9 +98,10 @@ def test_calls_are_dispatched_while_the_lm_writes_and_everything_else_is_the_bar
     assert seen["usage"].tokens == server.bill.total_tokens
 
 
-def test_the_trace_is_the_non_streamed_runs(openai_server, lm_for):
+@pytest.mark.parametrize("mode", MODES)
+def test_the_trace_is_the_non_streamed_runs(openai_server, lm_for, mode):
     # Every stage's record, timings and run-so-far usage aside (calls made ahead finish sooner when streamed), and
-    # the final usage, are those of the same run planned when the code is complete.
+    # the final usage, are those of the same run planned when the code is complete; in rlm() and in acall alike.
     import io
     import json
 
@@ -103,7 +117,7 @@ def test_the_trace_is_the_non_streamed_runs(openai_server, lm_for):
         JsonlTrace(out).install(events)
         Speculate(stream=stream).install(events)
         with dspy.context(lm=lm_for(server)):
-            rlm(question="q")
+            rlm(question="q") if mode == "sync" else asyncio.run(rlm.acall(question="q"))
         rlm_events.flush()  # JsonlTrace writes its lines on the tap delivery worker
         lines = [json.loads(line) for line in out.getvalue().splitlines()]
         final = {k: v for k, v in lines[-1]["usage"].items() if "seconds" not in k}
@@ -115,22 +129,24 @@ def test_the_trace_is_the_non_streamed_runs(openai_server, lm_for):
     assert [line["stage"] for line in streamed].count("tool_call") == 3
 
 
-def test_stream_false_plans_when_the_code_is_complete(openai_server, lm_for):
+@pytest.mark.parametrize("mode", MODES)
+def test_stream_false_plans_when_the_code_is_complete(openai_server, lm_for, mode):
     server = openai_server(STEPS, sub=sub)
-    _, seen = run(lm_for(server), Speculate(stream=False))
+    _, seen = run(lm_for(server), Speculate(stream=False), mode=mode)
     stats = seen["stats"]
     assert stats.stream == "" and stats.dispatched_streaming == 0 and stats.claimed == 3
     assert not any(r.streamed for r in server.bill.records)
 
 
-def test_an_error_mid_stream_falls_back_and_usage_is_metered_once(openai_server, lm_for, caplog):
+@pytest.mark.parametrize("mode", MODES)
+def test_an_error_mid_stream_falls_back_and_usage_is_metered_once(openai_server, lm_for, caplog, mode):
     # The first request (the first action, streamed) fails. DSPy 3.4 raises it: the action is made again without
     # streaming. (LiteLLM under DSPy 3.1-3.3 may retry the stream itself.) Either way the run completes as without
     # speculation and the usage counted is what was billed, once.
     server = openai_server(STEPS, sub=sub, faults={0: error(500)})
     lm = lm_for(server, num_retries=0)
     with caplog.at_level(logging.INFO, logger="rlm_events"):
-        prediction, seen = run(lm, Speculate())
+        prediction, seen = run(lm, Speculate(), mode=mode)
     stats = seen["stats"]
     assert prediction.answer == "3" and stats.claimed + stats.cancelled == 3 and stats.wasted == 0
     assert server.bill.records[0].status == 500
@@ -143,14 +159,15 @@ def test_an_error_mid_stream_falls_back_and_usage_is_metered_once(openai_server,
         assert RELEASE < (3, 4) and stats.stream == "streamed"
 
 
-def test_a_stream_without_usage_is_counted_once_as_unmetered(openai_server, lm_for):
+@pytest.mark.parametrize("mode", MODES)
+def test_a_stream_without_usage_is_counted_once_as_unmetered(openai_server, lm_for, mode):
     # The first action's answer comes without usage (streamed: no usage chunk). The run completes as without
     # speculation; the meter counts that call once: as a call whose usage it could not see (DSPy 3.4), or with
     # LiteLLM's estimate (3.1-3.3), and every other call's tokens as billed.
     server = openai_server(STEPS, sub=sub, faults={0: NO_USAGE})
-    bare, _ = run(lm_for(server), None)
+    bare, _ = run(lm_for(server), None, mode=mode)
     server.reset()
-    fast, seen = run(lm_for(server), Speculate())
+    fast, seen = run(lm_for(server), Speculate(), mode=mode)
     assert steps_of(fast) == steps_of(bare) and seen["stats"].claimed + seen["stats"].cancelled == 3
     first = server.bill.records[0]
     assert first.streamed and not first.usage_sent
@@ -164,7 +181,8 @@ def test_a_stream_without_usage_is_counted_once_as_unmetered(openai_server, lm_f
         assert usage.unmetered_lm_calls == 0 and usage.tokens > sent
 
 
-def test_an_answer_that_came_whole_but_does_not_parse_is_not_asked_again(openai_server, lm_for):
+@pytest.mark.parametrize("mode", MODES)
+def test_an_answer_that_came_whole_but_does_not_parse_is_not_asked_again(openai_server, lm_for, mode):
     # The first action's answer streams in whole but has none of the signature's fields: the error is the
     # answer's, not the stream's. What follows (DSPy's adapter fallback, the RLM's handling) is the bare run's,
     # with the same requests billed: nothing is asked again because it was streamed.
@@ -172,7 +190,7 @@ def test_an_answer_that_came_whole_but_does_not_parse_is_not_asked_again(openai_
         server = openai_server(STEPS, sub=sub, faults={0: Reply(text="no fields in this answer")})
         lm = lm_for(server)
         try:
-            prediction, seen = run(lm, speculate)
+            prediction, seen = run(lm, speculate, mode=mode)
             outcome: Any = steps_of(prediction)
         except Exception as exc:  # whatever the bare run does, the speculated one must do
             outcome, seen = type(exc).__name__, {}
@@ -192,20 +210,23 @@ def fresh_cache(tmp_path):
     dspy.cache = original
 
 
-def test_a_cache_hit_falls_back(openai_server, lm_for, fresh_cache):
+@pytest.mark.parametrize("mode", MODES)
+def test_a_cache_hit_falls_back(openai_server, lm_for, fresh_cache, mode):
     server = openai_server(STEPS, sub=sub)
     lm = lm_for(server, cache=True)
-    first, _ = run(lm, Speculate(), steps=[STEPS[0].replace("x = 1", "x = 'cache hit'"), STEPS[1]])
-    again, seen = run(lm, Speculate(), steps=[STEPS[0].replace("x = 1", "x = 'cache hit'"), STEPS[1]])
+    steps = [STEPS[0].replace("x = 1", f"x = 'cache hit {mode}'"), STEPS[1]]
+    first, _ = run(lm, Speculate(), steps, mode=mode)
+    again, seen = run(lm, Speculate(), steps, mode=mode)
     assert steps_of(again) == steps_of(first)
     stats = seen["stats"]
     assert stats.stream.startswith("fallback: no chunk was streamed") and stats.claimed + stats.cancelled == 3
 
 
-def test_an_lm_that_cannot_stream_falls_back_logged_once(caplog):
+@pytest.mark.parametrize("mode", MODES)
+def test_an_lm_that_cannot_stream_falls_back_logged_once(caplog, mode):
     lm = ScriptedLM(STEPS, sub=sub)
     with caplog.at_level(logging.INFO, logger="rlm_events"):
-        _, seen = run(lm, Speculate())
+        _, seen = run(lm, Speculate(), mode=mode)
     assert seen["stats"].stream == "fallback: the main LM is a ScriptedLM, not a dspy.LM"
     assert seen["stats"].claimed + seen["stats"].cancelled == 3
     assert sum("planning when the code is complete" in r.getMessage() for r in caplog.records) == 1

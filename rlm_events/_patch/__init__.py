@@ -19,7 +19,8 @@ Modules: `detect` (what a class's loop looks like), `call` (per-call state and t
 instrumented subclass), `predict_rlm` (PredictRLM's kernel seams, used instead of the iteration seams below for a
 class with that loop), `construct` (building an RLM the same way on every release), `interpreters` (what
 rlm-events needs of DSPy's code interpreters: the one interpreter discovery, the error classes, the uncallbacked
-execute).
+execute), `exposed` (what the rest of rlm-events may read of the runtime and the running call, through
+`rlm_events.runtime`).
 
 Version differences (DSPy 3.1.2 to 3.4.x) live in `detect.Seams` and `RLMConstructor`, detected once per
 RLM class from signatures, attributes and the loop's source, never from version numbers:
@@ -44,76 +45,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..context import Run
-from .call import CURRENT
 from .classes import base_of, instrumented_rlm_class
-from .construct import RLMConstructor, batched_queries_keep_context, constructor_of, iteration_limit
+from .construct import RLMConstructor
 from .detect import ATTR, BASE
-from .frame import SkippableREPL
 from .handle import Handle
-from .interpreters import (
-    CodeInterpreterError,
-    ExecutionError,
-    execute_without_callbacks,
-    interpreter_class,
-    runs_pyodide,
-    worker_started,
-)
-from .lm_signals import assembled_by_litellm, failed_after_answer, stream_mode
 from .predict_rlm import own_lms
 from .prices import register_dspy_prices
-from .resume import serving_recorded_actions
-from .tools import raw_tool
 from .warnings import warn_once
 
-# The patch layer's API for the rest of rlm-events: nothing outside this package imports its private names.
+# The patch layer's API for the rest of rlm-events (nothing outside this package imports its private names); what
+# it lets rlm-events read of the runtime and the running call is `exposed`, re-exported whole by `rlm_events.runtime`.
 __all__ = [
-    "CodeInterpreterError",
-    "ExecutionError",
     "Handle",
     "RLMConstructor",
-    "assembled_by_litellm",
     "attach",
-    "batched_queries_keep_context",
-    "constructor_of",
-    "current_iteration",
-    "current_run",
     "detach",
-    "execute_without_callbacks",
-    "failed_after_answer",
     "instrumentation_of",
-    "interpreter_class",
-    "iteration_limit",
     "own_lms",
-    "raw_tool",
     "register_dspy_prices",
-    "runs_pyodide",
-    "serving_recorded_actions",
-    "stream_mode",
     "warn_once",
-    "worker_started",
 ]
-
-
-def current_iteration(run: Run) -> tuple[Any, dict[str, Any]] | None:
-    """`(repl, input_args)` of the iteration of `run` executing in this context (the interpreter itself, never
-    a stand-in of ours), or `None` outside one."""
-    call = CURRENT.get()
-    frame = call.frame if call is not None and call.run is run else None
-    if frame is None or "repl" not in frame.args:
-        return None
-    repl = frame.args["repl"]
-    if isinstance(repl, SkippableREPL):
-        repl = object.__getattribute__(repl, "_repl")
-    inputs = frame.args.get("input_args")
-    return repl, dict(inputs) if isinstance(inputs, dict) else {}
-
-
-def current_run() -> Run | None:
-    """The run of the instrumented call executing in this context (`None` outside one). Threads DSPy's
-    interpreters and `llm_query_batched` (3.3+) run tools in see it too: they copy the caller's context."""
-    call = CURRENT.get()
-    return call.run if call is not None else None
 
 
 # -- attach / detach ------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any
 from ..context import PreExecutionContext
 from .call import CURRENT, Call
 from .frame import Frame
-from .streaming import generate
+from .streaming import agenerate, generate
 
 
 class Acting:
@@ -55,7 +55,8 @@ class Acting:
             async def acted(*args: Any, **kwargs: Any) -> Any:
                 if self._frame.prompt:
                     kwargs = self._call.shown(self._frame, kwargs)
-                return await self._aacted(await attr(*args, **kwargs))
+                state, index = self._call.run.state, self._frame.index
+                return await self._aacted(await agenerate(state, index, self._predictor, attr, args, kwargs))
 
             return acted
         if name == "forward" and callable(attr):

@@ -5,8 +5,9 @@ makes the request with `stream=True`, sends every chunk to `send_stream.send` th
 `anyio.from_thread.run` (so the call must run in an AnyIO worker thread), and assembles the chunks into the
 same response a non-streamed call returns (the history entry, the usage, the cache entry). This module runs the
 predictor's call that way, in a worker thread of a private blocking portal, with the caller's context (DSPy's
-settings, the run) copied in, and hands the text of each chunk to the consumer. The user does not wrap anything in
-`dspy.streamify`.
+settings, the run) copied in, and hands the text of each chunk to the consumer. In async calls (`acall`,
+`aforward`: `agenerate`) DSPy awaits `send` on the caller's event loop, so the call streams right there. The user
+does not wrap anything in `dspy.streamify`.
 
 It streams only a `dspy.Predict` whose LM is a plain `dspy.LM` of chat type, when nothing else is streaming
 (`send_stream` unset). Anything else, a cache hit (no chunk arrives), or an error mid-stream falls back: the
@@ -18,10 +19,11 @@ streaming (see `_quiet_emission`).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import dspy
@@ -69,20 +71,34 @@ def chunk_text(chunk: Any) -> str:
 
 
 class _Send:
-    """`dspy.settings.send_stream` for one call: DSPy awaits `send(chunk)` on the portal's event loop."""
+    """`dspy.settings.send_stream` for one call: DSPy awaits `send(chunk)` on the portal's event loop (sync
+    calls) or on the caller's (async ones)."""
 
     def __init__(self, sink: ActionSink, context: contextvars.Context) -> None:
         self.sink, self.context, self.chunks = sink, context, 0
-        self.finished = False  # a chunk said why the answer ended: it came whole
+        self.streams: set[Any] = set()  # the ids of the streamed answers (an adapter's fallback makes a second)
+        self.whole: set[Any] = set()  # those a chunk said why they ended
+
+    @property
+    def finished(self) -> bool:
+        """Every answer streamed came whole: an error of the call is its own, not a broken stream's."""
+        return bool(self.whole) and self.streams <= self.whole
 
     async def send(self, chunk: Any) -> None:
+        ident = getattr(chunk, "id", None)
+        self.streams.add(ident)
         choices = getattr(chunk, "choices", None)
         if choices and getattr(choices[0], "finish_reason", None):
-            self.finished = True
+            self.whole.add(ident)
         text = chunk_text(chunk)
         if text:
             self.chunks += 1
             self.context.run(self.sink.feed, text)  # in the run's context: what it dispatches is the run's
+
+    def ended(self) -> None:
+        """The call returned: if no chunk came, it was not streamed after all."""
+        if self.chunks == 0:
+            self.sink.failed("no chunk was streamed (a cache hit, or an LM that answered at once)")
 
 
 class _Fed:
@@ -110,39 +126,85 @@ def feed_action_text(text: str) -> bool:
     return True
 
 
+def _live(predictor: Any) -> Any:
+    """The predictor whose LM call may stream: `predictor`, or under a resumed run's stand-in
+    (`rlm_events._patch.resume`) the real one; `None` when the stand-in has the action recorded (no LM call)."""
+    return predictor.live_predictor() if isinstance(predictor, RecordedActions) else predictor
+
+
+def _sink_of(run_state: dict[str, Any], index: int) -> ActionSink | None:
+    opener = run_state.get(ACTION_STREAM)
+    return opener(index) if callable(opener) else None
+
+
+@contextlib.contextmanager
+def _writing(sink: ActionSink, reason: str) -> Iterator[None]:
+    """Around a predictor that cannot be streamed: it may feed its answer itself (`feed_action_text`); if it fed
+    nothing, the sink is told why once it answered."""
+    fed = _Fed(sink)
+    token = _WRITING.set(fed)
+    try:
+        yield
+    finally:
+        _WRITING.reset(token)
+    if not fed.pieces:
+        sink.failed(reason)
+
+
+def _broke_off(exc: Exception) -> str:
+    return f"the streamed call failed ({type(exc).__name__}: {exc}); made it again without streaming"
+
+
 def generate(run_state: dict[str, Any], index: int, predictor: Any, args: Any, kwargs: Any) -> Any:
     """Call `predictor(*args, **kwargs)` for iteration `index`, streamed to the run's action sink when it has one
     and the call can stream; else as is. The result is the predictor's, streamed or not."""
-    live = predictor.live_predictor if isinstance(predictor, RecordedActions) else None
-    if live is not None:  # a resumed run: a recorded action is no LM call (nothing to stream), another is the LM's
-        found = live()
-        if found is None:
-            return predictor(*args, **kwargs)
-        predictor = found
-    opener = run_state.get(ACTION_STREAM)
-    sink = opener(index) if callable(opener) else None
+    live = _live(predictor)
+    sink = _sink_of(run_state, index) if live is not None else None
     if sink is None:
         return predictor(*args, **kwargs)
+    predictor = live
     reason = unstreamable(predictor)
     if reason is not None:
-        fed = _Fed(sink)
-        token = _WRITING.set(fed)  # a predictor that writes its answer itself may say so: feed_action_text()
-        try:
-            result = predictor(*args, **kwargs)
-        finally:
-            _WRITING.reset(token)
-        if not fed.pieces:
-            sink.failed(reason)
-        return result
+        with _writing(sink, reason):
+            return predictor(*args, **kwargs)
     send = _Send(sink, contextvars.copy_context())
     try:
         return streamed(predictor, args, kwargs, send)
     except Exception as exc:
-        if send.finished:  # the answer came whole: the error is the call's own (a parse error), as without streaming
+        if send.finished:  # the answers came whole: the error is the call's own (a parse error), as without streaming
             raise
         # a stream that broke off or could not be read: make the call as without streaming
-        sink.failed(f"the streamed call failed ({type(exc).__name__}: {exc}); made it again without streaming")
+        sink.failed(_broke_off(exc))
         return predictor(*args, **kwargs)
+
+
+async def agenerate(
+    run_state: dict[str, Any], index: int, predictor: Any, acall: Callable[..., Any], args: Any, kwargs: Any
+) -> Any:
+    """The async twin of `generate`: `await acall(*args, **kwargs)` (`predictor`'s `acall` or `aforward`) for
+    iteration `index`, streamed to the run's action sink when it has one and the call can stream. DSPy awaits
+    `send_stream.send(chunk)` on the caller's own event loop in async calls, so the stream is read right there
+    (no portal, no thread): each call of each concurrent `acall` streams in its own task."""
+    live = _live(predictor)
+    sink = _sink_of(run_state, index) if live is not None else None
+    if sink is None:
+        return await acall(*args, **kwargs)
+    reason = unstreamable(live)  # `acall` is the stand-in's, which asks the real predictor
+    if reason is not None:
+        with _writing(sink, reason):
+            return await acall(*args, **kwargs)
+    send = _Send(sink, contextvars.copy_context())
+    _quiet_emission()
+    try:
+        with _streaming(send):
+            result = await acall(*args, **kwargs)
+    except Exception as exc:
+        if send.finished:
+            raise
+        sink.failed(_broke_off(exc))
+        return await acall(*args, **kwargs)
+    send.ended()
+    return result
 
 
 _INTERNAL: contextvars.ContextVar[bool] = contextvars.ContextVar("rlm_events_internal_stream", default=False)
@@ -175,6 +237,18 @@ def _quiet_emission() -> None:
         execution.stream_emitted = stream_emitted  # type: ignore[attr-defined]
 
 
+@contextlib.contextmanager
+def _streaming(send: _Send) -> Iterator[None]:
+    """DSPy's settings that stream the LM calls made inside to `send`, marked internal (see `_quiet_emission`).
+    `track_usage`: DSPy 3.1-3.3 ask the provider for the stream's usage only then (3.4's engines always do)."""
+    token = _INTERNAL.set(True)
+    try:
+        with dspy.settings.context(send_stream=send, stream_listeners=[], track_usage=True):
+            yield
+    finally:
+        _INTERNAL.reset(token)
+
+
 def streamed(predictor: Any, args: Any, kwargs: Any, send: _Send) -> Any:
     """`predictor(*args, **kwargs)` with its LM call streamed, each chunk's text fed to `send`'s sink."""
     import anyio.from_thread
@@ -185,19 +259,22 @@ def streamed(predictor: Any, args: Any, kwargs: Any, send: _Send) -> Any:
     _quiet_emission()
 
     def call() -> Any:
-        # track_usage: DSPy 3.1-3.3 ask the provider for the stream's usage only then (3.4's engines always do).
-        token = _INTERNAL.set(True)
-        try:
-            with dspy.settings.context(send_stream=send, stream_listeners=[], track_usage=True):
-                return predictor(*args, **kwargs)
-        finally:
-            _INTERNAL.reset(token)
+        with _streaming(send):
+            return predictor(*args, **kwargs)
 
     with anyio.from_thread.start_blocking_portal() as portal:
         result = portal.call(functools.partial(anyio.to_thread.run_sync, lambda: context.run(call)))
-    if send.chunks == 0:
-        send.sink.failed("no chunk was streamed (a cache hit, or an LM that answered at once)")
+    send.ended()
     return result
 
 
-__all__ = ["ACTION_STREAM", "ActionSink", "chunk_text", "feed_action_text", "generate", "streamed", "unstreamable"]
+__all__ = [
+    "ACTION_STREAM",
+    "ActionSink",
+    "agenerate",
+    "chunk_text",
+    "feed_action_text",
+    "generate",
+    "streamed",
+    "unstreamable",
+]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from .._optional import requiring
 from .errors import LeaseLostError
 from .sql import SqlStore, dumps
 from .store import Step
@@ -40,7 +41,8 @@ class PostgresStore(SqlStore):
         self.connect_timeout = connect_timeout
 
     def _connect(self) -> Any:
-        import psycopg  # the postgres extra: imported only by this store
+        with requiring("postgres", "rlm_events.durable.PostgresStore", "psycopg 3"):
+            import psycopg  # the postgres extra: imported only by this store
 
         return psycopg.connect(self.dsn, autocommit=True, connect_timeout=max(1, int(self.connect_timeout)))
 

@@ -8,8 +8,7 @@ real call (0.1.15 allows it).
 `streaming` means what it meant in 0.1.15: `True` (the default) streams `generate_action`'s code while the main LM
 writes it and dispatches calls during the generation, falling back to planning over the assembled code where the LM
 cannot stream (0.1.15's Lazy/JIT fallback); `False` plans over the assembled code only. It is
-[`Speculate(stream=...)`][rlm_events.builtins.Speculate], which streams sync calls (0.1.15 streamed `acall` too; ours
-plans an async call's code when it is complete).
+[`Speculate(stream=...)`][rlm_events.builtins.Speculate], in sync and async calls alike.
 """
 
 from __future__ import annotations

@@ -84,6 +84,7 @@ class Worker:
         self.buffer_room = threading.Condition()
         self.send_lock = threading.Lock()
         self.killed_by_host = False
+        self.abandoned_reads: set[str] = set()  # tags of reads the host stopped waiting for (see _reader)
         self.own_pids: set[int] = set()
         self.root_pid: int | None = None
         self.cgroup: SandboxCgroup | None = None
@@ -172,6 +173,9 @@ class Worker:
             raise WorkerLost(f"broke the protocol (not JSON: {line[:200]!r})") from None
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             raise WorkerLost(f"broke the protocol (not a message: {str(message)[:200]})")
+        if message["type"] == "values" and message.get("execution") in self.abandoned_reads:
+            self.abandoned_reads.discard(message["execution"])  # a read's late answer: nobody waits for it any more
+            return self.receive(deadline)
         return message
 
     def started(self) -> None:

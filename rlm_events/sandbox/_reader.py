@@ -6,7 +6,8 @@ answers from its namespace with plain-data copies (exact builtin types only; no 
 nothing is assigned, printed or called: see `read` in the worker) and the names that are bound. Nothing else of
 the sandbox changes: no execution happens, no tool is registered, no output is captured. The host trusts the
 answer no more than any other message of the worker: it must be tagged with the request's tag, and only values of
-plain types are kept (checked again here).
+plain types are kept (checked again here). A read that times out costs nothing later: its tag is remembered, and
+its answer, if it comes after all, is dropped where it arrives (the next execution never sees it).
 """
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ def read_variables(
         worker.send({"type": "read", "execution": tag, "names": names, "limits": bounds})
         try:
             message = worker.receive(time.monotonic() + READ_TIMEOUT)
-        except Exception as exc:  # lost, timed out, or a forged message: the next execution deals with the worker
+        except TimeoutError:  # its answer may still come: tagged, the worker's next receive drops it
+            worker.abandoned_reads.add(tag)
+            raise NotReadable("the worker did not answer the read in time") from None
+        except Exception as exc:  # lost, or a forged message: the next execution deals with the worker
             raise NotReadable(f"the worker did not answer the read ({type(exc).__name__})") from None
     finally:
         lock.release()

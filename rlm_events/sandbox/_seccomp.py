@@ -19,6 +19,8 @@ import tempfile
 import threading
 from typing import Any
 
+from .._optional import requiring
+
 # Docker's default profile refuses these to a container without the matching capability (every one of them is
 # refused here: the sandbox holds no capability it could be granted).
 DENIED: tuple[str, ...] = (
@@ -106,12 +108,8 @@ class SeccompMissing(RuntimeError):
 
 
 def _library() -> Any:
-    try:
+    with requiring("sandbox", "the seccomp filter", "pyseccomp", hint="or pip install pyseccomp", error=SeccompMissing):
         import pyseccomp
-    except ImportError as exc:
-        raise SeccompMissing(
-            "the seccomp filter needs pyseccomp (pip install 'rlm-events[sandbox]', or pip install pyseccomp)"
-        ) from exc
     try:
         pyseccomp.get_api()
     except Exception as exc:  # pyseccomp loads libseccomp.so.2 lazily: OSError, AttributeError

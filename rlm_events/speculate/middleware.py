@@ -92,7 +92,7 @@ class Speculate(Builtin):
             while the LM goes on writing (`rlm_events.speculate.streamed`). The action, its history entry and its
             usage are those of the non-streamed call. Where it cannot stream (another LM or predictor, a cache hit,
             an error mid-stream: the call is then made again without streaming), the code is planned when complete,
-            as with `False`; said once per RLM at INFO (`stats.stream`). Sync calls only (`acall` plans when complete).
+            as with `False`; said once per RLM at INFO (`stats.stream`). Sync and async calls (`acall`) alike.
         tracer_provider: where the OpenTelemetry span of each call made ahead goes (the global provider if
             `None`; nothing without OpenTelemetry installed).
 

@@ -8,19 +8,16 @@ from typing import Any
 
 import dspy
 
+from .._optional import requiring
 from ._spans import Attributes, SpanBackend, Tokens, provider_of
 from ._text import error_text, preview, safe_repr
 
 
 def require_mlflow() -> Any:
     """The `mlflow` module; an `ImportError` naming the `mlflow` extra without MLflow's tracing SDK."""
-    try:
+    with requiring("mlflow", "MlflowTap", "MLflow's tracing SDK"):
         import mlflow
         from mlflow.tracing.provider import detach_span_from_context, set_span_in_context  # noqa: F401
-    except ImportError as exc:
-        raise ImportError(
-            "MlflowTap needs MLflow's tracing SDK, from the optional extra 'mlflow': pip install 'rlm-events[mlflow]'"
-        ) from exc
     return mlflow
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .._optional import requiring
 from ._spans import SpanBackend
 from ._text import error_text
 
@@ -14,12 +15,8 @@ if TYPE_CHECKING:
 
 def require_otel(owner: str) -> Any:
     """OpenTelemetry's `trace` API; an `ImportError` naming the `otel` extra (and `owner`) without it."""
-    try:
+    with requiring("otel", owner, "OpenTelemetry"):
         from opentelemetry import trace
-    except ImportError as exc:
-        raise ImportError(
-            f"{owner} needs OpenTelemetry, from the optional extra 'otel': pip install 'rlm-events[otel]'"
-        ) from exc
     return trace
 
 

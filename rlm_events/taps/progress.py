@@ -23,6 +23,7 @@ import threading
 import time
 from typing import Any, TextIO
 
+from .._optional import missing_extra
 from ..context import PostExecutionContext, PostIterationContext, RunEndContext, StageContext
 from ..delivery import defer
 from ..lm_usage import meter_run
@@ -31,10 +32,7 @@ from ..trace.writer import usage_of
 from ._text import is_error_result
 from ._tool_tap import InstallableTap
 
-_RICH_MISSING = (
-    "ProgressTap(live=True) needs the optional 'rich' package: pip install 'rlm-events[rich]' "
-    "(or use live=False for plain lines)"
-)
+_RICH_MISSING = missing_extra("ProgressTap(live=True)", "rich", "rich", hint="or use live=False for plain lines")
 
 
 def _rich_available() -> bool:
