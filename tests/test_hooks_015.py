@@ -2,7 +2,7 @@
 no network, verbatim but for the import line (and the page's `dspy.RLM(...)` placeholders, filled with a scripted
 LM), and PreIterationContext's native python_code / persistent_python_code / prompt_context, in sync and async
 calls. The 0.1.6 page's examples are in tests/test_hooks.py. The page's "Speculative Execution" examples run on
-rlm_events.builtins.Speculate (streaming=True plans from the assembled code, the page's own fallback)."""
+rlm_events.builtins.Speculate (`streaming` is Speculate's `stream`: the code is streamed while the LM writes it)."""
 
 # The page's imports are kept as the page writes them, unsorted: users paste them as they are.
 # ruff: noqa: I001, E402, F811
@@ -845,6 +845,30 @@ def test_speculation_composes_with_hooks(make_rlm):
     with dspy.context(lm=lm):
         result = rlm(text="...")
     assert result.trajectory[0]["output"].strip() == "['CHUNK 0', 'CHUNK 1']"
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_streaming_means_what_it_meant_in_0115(openai_server, streaming):
+    # 0.1.15: True streams generate_action's code and dispatches while the LM writes it; False plans the assembled
+    # code. The real LiteLLM client against the local streaming server, which records which requests streamed.
+    from rlm_events.testing import InProcessInterpreter, build_rlm
+
+    steps = ["out = [llm_query('part ' + str(i)) for i in range(3)]\nprint(out)", "SUBMIT(answer=str(len(out)))"]
+    server = openai_server(steps, sub="summary", time_to_first_token=0.02, tokens_per_second=400)
+    interpreter = getattr(dspy, "LocalInterpreter", InProcessInterpreter)  # one whose REPL Speculate reads
+    rlm = build_rlm("text -> answer", max_iters=3, interpreter_factory=interpreter)
+    speculate = enable_rlm_speculation(rlm, streaming=streaming)
+    assert speculate.stream is streaming
+    stats = speculation_stats(rlm)
+    lm = dspy.LM("openai/gpt-4o-mini", api_base=server.base_url, api_key="x", cache=False)
+    with dspy.context(lm=lm):
+        assert rlm(text="...").answer == "3"
+    streamed = [record.streamed for record in server.bill.records]
+    if streaming:
+        assert stats[0].stream == "streamed" and stats[0].dispatched_streaming == 3 and streamed.count(True) == 2
+    else:
+        assert stats[0].stream == "" and stats[0].dispatched_streaming == 0 and not any(streamed)
+    assert stats[0].claimed == 3
 
 
 # -- the persistent prelude runs on its own: the LM's errors keep their line numbers ---------------------------

@@ -41,6 +41,11 @@ class RecordedActions:
         reasoning, code = found
         return Prediction(reasoning=reasoning, code=code)
 
+    def live_predictor(self) -> Any:
+        """The real predictor when the current call has no recorded action (the LM is asked: it may be streamed, see
+        `rlm_events._patch.streaming`); `None` when it has one."""
+        return self._predictor if self._recorded() is None else None
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         recorded = self._recorded()
         return recorded if recorded is not None else self._predictor(*args, **kwargs)

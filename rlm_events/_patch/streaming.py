@@ -28,6 +28,8 @@ from typing import Any, Protocol
 
 import dspy
 
+from .resume import RecordedActions
+
 ACTION_STREAM = "rlm_events:action_stream"
 """Where a run's `state` holds the opener of its action streams (see `rlm_events.runtime.stream_actions`)."""
 
@@ -124,6 +126,12 @@ def feed_action_text(text: str) -> bool:
     return True
 
 
+def _live(predictor: Any) -> Any:
+    """The predictor whose LM call may stream: `predictor`, or under a resumed run's stand-in
+    (`rlm_events._patch.resume`) the real one; `None` when the stand-in has the action recorded (no LM call)."""
+    return predictor.live_predictor() if isinstance(predictor, RecordedActions) else predictor
+
+
 def _sink_of(run_state: dict[str, Any], index: int) -> ActionSink | None:
     opener = run_state.get(ACTION_STREAM)
     return opener(index) if callable(opener) else None
@@ -150,9 +158,11 @@ def _broke_off(exc: Exception) -> str:
 def generate(run_state: dict[str, Any], index: int, predictor: Any, args: Any, kwargs: Any) -> Any:
     """Call `predictor(*args, **kwargs)` for iteration `index`, streamed to the run's action sink when it has one
     and the call can stream; else as is. The result is the predictor's, streamed or not."""
-    sink = _sink_of(run_state, index)
+    live = _live(predictor)
+    sink = _sink_of(run_state, index) if live is not None else None
     if sink is None:
         return predictor(*args, **kwargs)
+    predictor = live
     reason = unstreamable(predictor)
     if reason is not None:
         with _writing(sink, reason):
@@ -175,10 +185,11 @@ async def agenerate(
     iteration `index`, streamed to the run's action sink when it has one and the call can stream. DSPy awaits
     `send_stream.send(chunk)` on the caller's own event loop in async calls, so the stream is read right there
     (no portal, no thread): each call of each concurrent `acall` streams in its own task."""
-    sink = _sink_of(run_state, index)
+    live = _live(predictor)
+    sink = _sink_of(run_state, index) if live is not None else None
     if sink is None:
         return await acall(*args, **kwargs)
-    reason = unstreamable(predictor)
+    reason = unstreamable(live)  # `acall` is the stand-in's, which asks the real predictor
     if reason is not None:
         with _writing(sink, reason):
             return await acall(*args, **kwargs)

@@ -121,6 +121,18 @@ class Durable(RunControl, Builtin):
         state = state_of(run)
         return None if state is None else state.link()
 
+    @staticmethod
+    def recorded_results(run: context.Run, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+        """How many calls of tool `name` with these arguments the record answers in `run`'s current iteration (a
+        resumed run's committed results, not served yet): a call made ahead of one would be paid for nothing.
+        0 for a run no `Durable` made durable."""
+        state = state_of(run)
+        record = state.recorded() if state is not None else None
+        if record is None:
+            return 0
+        data = tool_step(name, args, kwargs)
+        return record.unserved(name, data["args"], data["kwargs"])
+
     # -- the middleware ---------------------------------------------------------------------------------------
 
     def __call__(self, ctx: Any, next: Any) -> Any:

@@ -97,6 +97,15 @@ class IterationRecord:
     def complete(self) -> bool:
         return self.entry is not None
 
+    def unserved(self, name: str, args: Any, kwargs: Any) -> int:
+        """How many recorded results of this call (same name and arguments) are still to be served."""
+        wanted = canonical(name, args, kwargs)
+        return sum(
+            1
+            for i, tool in enumerate(self.tools)
+            if i not in self.used and canonical(tool["name"], tool["args"], tool["kwargs"]) == wanted
+        )
+
     def take_tool(self, name: str, args: Any, kwargs: Any) -> dict[str, Any] | None:
         """The first unserved recorded result of this call (same name and arguments), marked served."""
         wanted = canonical(name, args, kwargs)

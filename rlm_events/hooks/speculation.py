@@ -2,9 +2,13 @@
 [`rlm_events.builtins.Speculate`][rlm_events.builtins.Speculate].
 
 What differs from 0.1.15, by design: the shadow pass is our planner, which evaluates the code's syntax tree over
-plain-data copies of values and never runs the code (no subprocess); `streaming=True` is accepted and plans from
-the assembled code, which is 0.1.15's own fallback (Lazy/JIT) when streaming is unavailable; and a pure tool is
-never called twice for one real call (0.1.15 allows it).
+plain-data copies of values and never runs the code (no subprocess); and a pure tool is never called twice for one
+real call (0.1.15 allows it).
+
+`streaming` means what it meant in 0.1.15: `True` (the default) streams `generate_action`'s code while the main LM
+writes it and dispatches calls during the generation, falling back to planning over the assembled code where the LM
+cannot stream (0.1.15's Lazy/JIT fallback); `False` plans over the assembled code only. It is
+[`Speculate(stream=...)`][rlm_events.builtins.Speculate], in sync and async calls alike.
 """
 
 from __future__ import annotations
@@ -82,11 +86,9 @@ def enable_rlm_speculation(
     if not isinstance(streaming, bool):
         raise TypeError(f"enable_rlm_speculation(streaming=...) must be True or False, got {streaming!r}")
     events, _ = instrument_for_api(rlm)
+    pure = _pure_names(tools, speculate_user_tools)
     speculate = Speculate(
-        pure=_pure_names(tools, speculate_user_tools),
-        max_in_flight=max_inflight,
-        max_per_iteration=max_dispatches_per_turn,
-        timeout=timeout_s,
+        pure, max_in_flight=max_inflight, max_per_iteration=max_dispatches_per_turn, timeout=timeout_s, stream=streaming
     )
     previous = rlm.__dict__.get(_INSTALLED)
     if isinstance(previous, Speculate):

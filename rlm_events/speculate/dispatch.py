@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -40,6 +41,15 @@ def lm_calls(call: Predicted) -> int:
     return len(prompts) if isinstance(prompts, (list, tuple)) else 1
 
 
+def recorded_results(run: Run, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """How many calls of `name` with these arguments a resumed durable run's record answers in this iteration."""
+    if "rlm_events.durable" not in sys.modules:  # no run is durable before rlm_events.durable is imported
+        return 0
+    from ..durable import Durable
+
+    return Durable.recorded_results(run, name, args, kwargs)
+
+
 def dispatch_calls(
     live: Live,
     run: Run,
@@ -64,6 +74,7 @@ def dispatch_calls(
     sent = live.sent.get(iteration, 0)
     ahead = live.ahead.setdefault(iteration, Counter())
     per_tool: dict[str, int] = {}
+    answered: Counter[Any] = Counter()  # calls the durable record answers, met in this pass
     for call in predicted:
         weight = lm_calls(call) if call.name in LLM_TOOLS else 1
         if sent + weight > max_per_iteration:
@@ -80,6 +91,10 @@ def dispatch_calls(
             continue
         if not streamed and ahead[key] > 0:
             ahead[key] -= 1  # started while the LM wrote the code
+            continue
+        if answered[key] < recorded_results(run, call.name, args, kwargs):
+            answered[key] += 1  # a resumed durable run's committed result answers it: made ahead, paid for nothing
+            stats.refuse("recorded")
             continue
         dispatch = Dispatch(call.name, args, kwargs, key, iteration)
         dispatch.after_unknown = call.after_unknown

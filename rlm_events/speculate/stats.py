@@ -27,8 +27,9 @@ class SpeculateStats:
     its real call came, or when the iteration ended: the real call was made instead, and it cost nothing);
     `speculated` counts the ones that started. `missed` counts real calls of speculable tools
     that no dispatched call matched; `refused` predictions that were not dispatched, by reason (`per_iteration`,
-    `budget`, `tool_cap`, `max_llm_calls`, `arguments`). LM use of the calls made ahead is also on the run's
-    [`Usage`][rlm_events.lm_usage.Usage] (`speculative_*` and `wasted_*`), which traces and spans report.
+    `budget`, `tool_cap`, `max_llm_calls`, `arguments`, `recorded`: a resumed durable run's record answers it). LM
+    use of the calls made ahead is also on the run's [`Usage`][rlm_events.lm_usage.Usage] (`speculative_*` and
+    `wasted_*`), which traces and spans report.
 
     Mispredictions: `wasted` calls were made ahead for nothing (the code made other calls, or none);
     `misprediction_rate` is their share of the decided calls that ran. `past_unknown` counts the calls planned past

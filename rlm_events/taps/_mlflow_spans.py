@@ -10,7 +10,7 @@ import dspy
 
 from .._optional import requiring
 from ._spans import Attributes, SpanBackend, Tokens, provider_of
-from ._text import preview, safe_repr
+from ._text import error_text, preview, safe_repr
 
 
 def require_mlflow() -> Any:
@@ -110,6 +110,13 @@ class MlflowSpans(SpanBackend):
                 "total_tokens": total or tokens_in + tokens_out,
             }
             span.set_attribute(self.Key.CHAT_USAGE, usage)
+
+    def record_error(self, span: Any, error: BaseException) -> None:
+        """Record `error` on `span` and mark it failed. MLflow records `Exception`s only: another `BaseException` (a
+        worker stopped mid-call, `KeyboardInterrupt`) is recorded as its `'Type: message'` text, so that the span
+        still ends and the trace stays readable."""
+        span.record_exception(error if isinstance(error, Exception) else error_text(error))
+        self.fail(span, error)
 
     def fail(self, span: Any, error: BaseException | None = None) -> None:
         span.set_status("ERROR")

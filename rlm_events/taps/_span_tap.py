@@ -5,6 +5,7 @@ the extract span, on the driver of `rlm_events.taps._spans`."""
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -23,6 +24,20 @@ def limit_attributes(module: Any) -> dict[str, Any]:
     """`rlm.max_iters` of a call's module, where it has one."""
     max_iters = iteration_limit(module)
     return {} if max_iters is None else {"rlm.max_iters": max_iters}
+
+
+def durable_attributes(run: context.Run) -> dict[str, Any]:
+    """`rlm.durable.run_id` of a durable run (its id in the store: the original run's, for a resumed run), and the
+    run it resumes or forks (`rlm.durable.relation` `resume` or `fork`, `rlm.durable.parent`, and
+    `rlm.durable.replayed`, the iterations replayed from the record); nothing for a run no `Durable` made durable."""
+    if "rlm_events.durable" not in sys.modules:  # no run is durable before rlm_events.durable is imported
+        return {}
+    from ..durable import Durable
+
+    link = Durable.link(run)
+    if link is None:
+        return {}
+    return {f"rlm.durable.{key}": value for key, value in link.items() if value is not None}
 
 
 def code_attributes(ctx: context.PreExecutionContext) -> dict[str, Any]:
@@ -149,4 +164,4 @@ class SpanTap(InstallableTap, Generic[N]):
         return self._forest.around("extract", lambda: self._start_extract(tree, ctx), lambda: next(ctx), settle)
 
 
-__all__ = ["SpanTap", "code_attributes", "limit_attributes"]
+__all__ = ["SpanTap", "code_attributes", "durable_attributes", "limit_attributes"]

@@ -46,6 +46,10 @@ RLM.forward                     AGENT  rlm.stop_reason, rlm.iterations, mlflow.c
   `middleware_changed` event): `install()` places observers between the middleware of those stages
   (`rlm_events.taps._changes`), so the names are exact for middleware registered before the tap and grouped
   for those registered after it.
+* **Durable runs.** The root of a run a [`Durable`][rlm_events.durable.Durable] made durable has
+  `rlm.durable.run_id` (its id in the store: a resumed run's is the original run's), and for a resumed or forked
+  run `rlm.durable.relation` (`resume` or `fork`), `rlm.durable.parent` and `rlm.durable.replayed` (the iterations
+  replayed from the record); other runs have none of them.
 * **Content.** Inputs and outputs (code, outputs, tool arguments and results, the answer) are recorded, as
   autolog records them, each string cut to `max_chars`; `capture_content=False` keeps only their sizes.
 * The tap never breaks the call: a failure inside it is logged and the call goes on.
@@ -69,7 +73,7 @@ from ..stages import Stage
 from ._changes import ChangeWitnesses, StageChanges
 from ._cost import cost_attributes
 from ._mlflow_spans import MlflowSpans, recorded, sizes
-from ._span_tap import SpanTap, code_attributes, limit_attributes
+from ._span_tap import SpanTap, code_attributes, durable_attributes, limit_attributes
 from ._spans import SpanTree
 from ._stop import STOP_REASONS, stop_reason
 from ._text import is_error_result, preview, safe_repr
@@ -177,6 +181,7 @@ class MlflowTap(SpanTap[_Notes]):
             "rlm.run.id": ctx.run.id,
             "rlm.agent": module_label(module),
             **limit_attributes(module),
+            **durable_attributes(ctx.run),
         }
         if model:
             attributes["rlm.model"] = model

@@ -24,6 +24,9 @@ invoke_agent RLM(text -> answer)     gen_ai.operation.name=invoke_agent, gen_ai.
 ```
 
 `rlm.stop_reason` is `submit`, `max_iters`, `budget`, `middleware` or `error` (as on the MLflow root).
+A durable run's call span also has `rlm.durable.run_id`, and a resumed or forked run's `rlm.durable.relation`,
+`rlm.durable.parent` and `rlm.durable.replayed` (as on the MLflow root: a resumed run's spans carry the original
+run id).
 
 Guarantees:
 
@@ -60,7 +63,7 @@ from ..lm_history import module_label
 from ..lm_usage import Usage
 from ._cost import cost_attributes
 from ._otel_spans import OtelSpans
-from ._span_tap import SpanTap, code_attributes, limit_attributes
+from ._span_tap import SpanTap, code_attributes, durable_attributes, limit_attributes
 from ._spans import SpanTree, provider_of
 from ._stop import stop_reason
 from ._text import is_error_result, preview
@@ -115,6 +118,7 @@ class OpenTelemetryTap(SpanTap[_Notes]):
             "gen_ai.agent.name": agent,
             "rlm.run.id": ctx.run.id,
             **limit_attributes(ctx.run.module),
+            **durable_attributes(ctx.run),
         }
         if model:
             attributes["gen_ai.request.model"] = model
