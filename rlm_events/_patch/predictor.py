@@ -9,7 +9,7 @@ from typing import Any
 from ..context import PreExecutionContext
 from .call import CURRENT, Call
 from .frame import Frame
-from .streaming import generate
+from .streaming import ACTION_STREAM, generate
 
 
 class Acting:
@@ -26,7 +26,10 @@ class Acting:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self._frame.prompt:  # pre_iteration's prompt_context, in this call's variables_info
             kwargs = self._call.shown(self._frame, kwargs)
-        return self._acted(generate(self._call.run.state, self._frame.index, self._predictor, args, kwargs))
+        state = self._call.run.state
+        if ACTION_STREAM not in state:  # the predictor called in place: one frame less under DSPy's stack walk
+            return self._acted(self._predictor(*args, **kwargs))
+        return self._acted(generate(state, self._frame.index, self._predictor, args, kwargs))
 
     def _prepared(self, action: Any) -> tuple[PreExecutionContext | None, bool]:
         """Record `action`; its pre_execution context (`None`: nothing to do) and whether the stage fires on it
