@@ -491,3 +491,47 @@ def test_internals_rejected_at_import_leave_the_public_api_in_use():
         "BaseModel has slots the fast path does not set: __pydantic_new_state__",
         "blinker.base.make_id(obj) is not id(obj) for a plain object",
     ]
+
+
+class _FrameCountingPredictor:
+    """`generate_action` that notes, per call, whether the action-stream path (`_patch.streaming.generate`) is
+    between it and DSPy's loop: DSPy <= 3.3 reads every frame on the stack on each predictor call."""
+
+    def __init__(self, predictor: Any) -> None:
+        self.predictor, self.streamed_path = predictor, []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        frame, names = sys._getframe(1), []
+        while frame is not None and frame.f_code.co_name not in ("_execute_iteration", "_aexecute_iteration"):
+            names.append((os.path.basename(frame.f_code.co_filename), frame.f_code.co_name))
+            frame = frame.f_back
+        self.streamed_path.append(("streaming.py", "generate") in names)
+        return self.predictor(*args, **kwargs)
+
+
+@pytest.mark.parametrize("streams", [False, True], ids=["in-place", "action-stream"])
+def test_the_action_stand_in_calls_the_predictor_in_place_unless_the_run_streams(streams, make_rlm):
+    """The stand-in skips the stream path (one frame less under DSPy's stack walk) exactly when the run has no action
+    stream; either way pre_execution fires on the action and the run's answer is the same."""
+    rlm, lm = make_rlm(["print(1)", "SUBMIT(answer='ok')"], max_iters=3)
+    counting = _FrameCountingPredictor(rlm.generate_action)
+    rlm.generate_action = counting
+    codes: list[str] = []
+    events = rlm_events.instrument(rlm)
+
+    def seen(ctx: Any, next: Callable[[Any], Any]) -> Any:
+        codes.append(ctx.code)
+        return next(ctx)
+
+    events.use(Stage.PRE_EXECUTION, seen)
+    if streams:  # an opener that streams no iteration: the stream path runs and calls the predictor as is
+
+        def streaming(ctx: Any, next: Callable[[Any], Any]) -> Any:
+            rlm_events.runtime.stream_actions(ctx.run, lambda index: None)
+            return next(ctx)
+
+        events.use(Stage.RUN_START, streaming)
+    with dspy.context(lm=lm):
+        assert rlm(text="q").answer == "ok"
+    assert codes == ["print(1)", "SUBMIT(answer='ok')"]
+    assert counting.streamed_path == [streams, streams]
