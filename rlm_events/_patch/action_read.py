@@ -34,8 +34,9 @@ ENABLED = True
 def action_read_code(cls: Any) -> CodeType | None:
     """The code of `cls._execute_iteration` when pre_execution may fire on its `self.verbose` read (see the module),
     else `None`: the loop body reads `self.generate_action` and `self.verbose` once each, the latter right after the
-    former returned into its local `action`."""
-    if not ENABLED:
+    former returned into its local `action`; and the class defines no `__getattr__` (which would be handed an
+    `AttributeError` that pre_execution raised from the read)."""
+    if not ENABLED or hasattr(cls, "__getattr__"):
         return None
     method = getattr(cls, "_execute_iteration", None)
     code = getattr(method, "__code__", None)
