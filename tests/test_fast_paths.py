@@ -491,3 +491,117 @@ def test_internals_rejected_at_import_leave_the_public_api_in_use():
         "BaseModel has slots the fast path does not set: __pydantic_new_state__",
         "blinker.base.make_id(obj) is not id(obj) for a plain object",
     ]
+
+
+class _FrameCountingPredictor:
+    """`generate_action` that notes, per call, whether the action-stream path (`_patch.streaming.generate`) is
+    between it and DSPy's loop: DSPy <= 3.3 reads every frame on the stack on each predictor call."""
+
+    def __init__(self, predictor: Any) -> None:
+        self.predictor, self.streamed_path = predictor, []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        frame, names = sys._getframe(1), []
+        while frame is not None and frame.f_code.co_name not in ("_execute_iteration", "_aexecute_iteration"):
+            names.append((os.path.basename(frame.f_code.co_filename), frame.f_code.co_name))
+            frame = frame.f_back
+        self.streamed_path.append(("streaming.py", "generate") in names)
+        return self.predictor(*args, **kwargs)
+
+
+@pytest.mark.parametrize("streams", [False, True], ids=["in-place", "action-stream"])
+def test_the_action_stand_in_calls_the_predictor_in_place_unless_the_run_streams(streams, make_rlm):
+    """The stand-in skips the stream path (one frame less under DSPy's stack walk) exactly when the run has no action
+    stream; either way pre_execution fires on the action and the run's answer is the same."""
+    rlm, lm = make_rlm(["print(1)", "SUBMIT(answer='ok')"], max_iters=3)
+    counting = _FrameCountingPredictor(rlm.generate_action)
+    rlm.generate_action = counting
+    codes: list[str] = []
+    events = rlm_events.instrument(rlm)
+
+    def seen(ctx: Any, next: Callable[[Any], Any]) -> Any:
+        codes.append(ctx.code)
+        return next(ctx)
+
+    events.use(Stage.PRE_EXECUTION, seen)
+    if streams:  # an opener that streams no iteration: the stream path runs and calls the predictor as is
+
+        def streaming(ctx: Any, next: Callable[[Any], Any]) -> Any:
+            rlm_events.runtime.stream_actions(ctx.run, lambda index: None)
+            return next(ctx)
+
+        events.use(Stage.RUN_START, streaming)
+    with dspy.context(lm=lm):
+        assert rlm(text="q").answer == "ok"
+    assert codes == ["print(1)", "SUBMIT(answer='ok')"]
+    assert counting.streamed_path == [streams, streams]
+
+
+def _predictor_frames(make_rlm, cls: type | None = None) -> tuple[list[bool], list[str]]:
+    """Whether the stand-in (`_patch.predictor.Acting`) was on the stack at each action predictor call, and the codes
+    pre_execution saw, in an instrumented call of an RLM of class `cls` (default `dspy.RLM`)."""
+    rlm, lm = make_rlm(["print(1)", "SUBMIT(answer='ok')"], max_iters=3)
+    if cls is not None:
+        rlm.__class__ = cls
+    predictor, stand_in_seen = rlm.generate_action, []
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        frame, names = sys._getframe(1), set()
+        while frame is not None:
+            names.add((os.path.basename(frame.f_code.co_filename), frame.f_code.co_name))
+            frame = frame.f_back
+        stand_in_seen.append(("predictor.py", "__call__") in names)
+        return predictor(*args, **kwargs)
+
+    rlm.generate_action = recording
+    codes: list[str] = []
+
+    def seen(ctx: Any, next: Callable[[Any], Any]) -> Any:
+        codes.append(ctx.code)
+        ctx.code = ctx.code.replace("print(1)", "print(2)")
+        return next(ctx)
+
+    rlm_events.instrument(rlm).use(Stage.PRE_EXECUTION, seen)
+    with dspy.context(lm=lm):
+        prediction = rlm(text="q")
+    assert prediction.answer == "ok"
+    assert prediction.trajectory[0]["code"] == "print(2)"  # what pre_execution changed is what ran
+    assert prediction.trajectory[0]["output"].strip() == "2"
+    return stand_in_seen, codes
+
+
+def test_the_action_is_read_on_the_loops_verbose_read_where_dspy_walks_the_stack(make_rlm):
+    """DSPy <= 3.3 walks the stack on each predictor call: there the predictor is called without the stand-in's
+    frame and pre_execution fires when the loop reads `self.verbose` (`_patch.action_read`, checked against DSPy
+    3.1.2 and 3.3.1); a loop body of another shape, and every DSPy that does not walk, use the stand-in. Either way
+    pre_execution sees the same codes and what it changed runs."""
+    from rlm_events._patch.action_read import action_read_code
+    from rlm_events._patch.classes import _walks_the_stack
+
+    walks = _walks_the_stack(dspy.RLM)
+    if walks:  # a DSPy that walks with a loop body the fast path does not read fails here first
+        assert action_read_code(dspy.RLM) is not None, dspy.__version__
+    stand_in_seen, codes = _predictor_frames(make_rlm)
+    assert stand_in_seen == [not walks, not walks]
+    assert codes == ["print(1)", "SUBMIT(answer='ok')"]
+
+    class OwnLoop(dspy.RLM):  # delegates to DSPy's loop body: its own does not have the shape the fast path reads
+        def _execute_iteration(self, *args: Any, **kwargs: Any) -> Any:
+            return super()._execute_iteration(*args, **kwargs)
+
+    assert action_read_code(OwnLoop) is None
+    assert _predictor_frames(make_rlm, OwnLoop) == ([True, True], codes)
+
+
+def test_the_action_read_fast_path_switched_off_falls_back_to_the_stand_in(make_rlm, monkeypatch):
+    from rlm_events._patch import action_read
+    from rlm_events._patch.classes import instrumented_rlm_class
+
+    monkeypatch.setattr(action_read, "ENABLED", False)
+    instrumented_rlm_class.cache_clear()
+    try:
+        assert action_read.action_read_code(dspy.RLM) is None
+        assert _predictor_frames(make_rlm) == ([True, True], ["print(1)", "SUBMIT(answer='ok')"])
+    finally:
+        monkeypatch.undo()
+        instrumented_rlm_class.cache_clear()

@@ -10,6 +10,7 @@ import functools
 import inspect
 import logging
 import sys
+from types import CodeType
 from typing import TYPE_CHECKING, Any
 
 from dspy import Prediction
@@ -23,12 +24,13 @@ from ..stages import Stage
 if TYPE_CHECKING:
     pass
 
+from .action_read import action_in, action_read_code
 from .call import CURRENT, DEFERRED, POST_ITERATION, PRE_ITERATION, Call, current_call
 from .detect import ATTR, BASE, NO_RESULT, Seams
 from .extract import stop_extracts
 from .frame import Frame
 from .predict_rlm import kernel_seams
-from .predictor import ActionSeam
+from .predictor import ActionSeam, act
 from .prelude import PreludeREPL
 from .tools import wrap_tool
 
@@ -239,11 +241,14 @@ def instrumented_rlm_class(cls: Any) -> Any:
         aextract_name: _aextract_fallback,
         "_prepare_execution_tools": _prepare_execution_tools,
     }
+    walks = _walks_the_stack(cls)
+    # Where DSPy walks the stack, the action is read on the loop body's `self.verbose` (no stand-in frame) if it can.
+    loop_code = action_read_code(cls) if walks and kernel is None else None
     if kernel is None:  # DSPy's loop; PredictRLM's kernel runs a legacy loop when these are overridden
         namespace.update(
             _execute_iteration=_execute_iteration,
             _process_execution_result=_process_execution_result,
-            generate_action=ActionSeam(),
+            generate_action=ActionSeam(read_on_verbose=loop_code is not None),
         )
         if seams.has_execute_code:
             namespace["_execute_code"] = _execute_code
@@ -254,8 +259,8 @@ def instrumented_rlm_class(cls: Any) -> Any:
         namespace.update(kernel.overrides(cls))
     namespace.update(__deepcopy__=__deepcopy__, __reduce_ex__=_reduce_to_base)
     namespace.update({BASE: cls, "__module__": cls.__module__, "__qualname__": cls.__qualname__})
-    if _walks_the_stack(cls):
-        namespace["__getattribute__"] = _getattribute_off_the_stack(cls, kernel is None)
+    if walks:
+        namespace["__getattribute__"] = _getattribute_off_the_stack(cls, kernel is None, loop_code)
     return type(cls)(cls.__name__, (cls,), namespace)
 
 
@@ -269,13 +274,14 @@ def _walks_the_stack(cls: Any) -> bool:
         return False
 
 
-def _getattribute_off_the_stack(cls: Any, loop_seams: bool) -> Any:
+def _getattribute_off_the_stack(cls: Any, loop_seams: bool, loop_code: CodeType | None) -> Any:
     """`__getattribute__` for the instrumented class of a DSPy that walks the stack (before 3.4).
 
     DSPy 3.4's check for direct `forward()` calls: the same warning, from the caller's frame alone. And, since every
     frame on the stack costs DSPy's walk on each predictor call, a seam with nothing to do is not put on the stack:
     `forward`/`aforward` of an RLM whose plan is idle for it, and the iteration seams outside an instrumented call,
-    are DSPy's own methods (what the seams would call, without their frame)."""
+    are DSPy's own methods (what the seams would call, without their frame). With `loop_code`, the loop body's
+    read of `self.verbose` is where pre_execution fires on the action (see `_patch.action_read`)."""
     calls = {name: getattr(cls, name) for name in ("forward", "aforward")}
     iterations = {name: getattr(cls, name) for name in ("_execute_iteration", "_aexecute_iteration")}
     if not loop_seams:  # PredictRLM's kernel: its own overrides
@@ -297,6 +303,13 @@ def _getattribute_off_the_stack(cls: Any, loop_seams: bool) -> Any:
             call = CURRENT.get()
             if call is None or call.module is not self:  # the seam would call DSPy's own
                 return iterations[name].__get__(self, type(self))
+        elif name == "verbose" and loop_code is not None:
+            call = CURRENT.get()
+            frame = call.frame if call is not None and call.module is self else None
+            if frame is not None and frame.action is None:
+                action = action_in(sys._getframe(1), loop_code)
+                if action is not None:
+                    act(call, frame, action)  # type: ignore[arg-type]  # frame is set: so is call
         return attr
 
     return __getattribute__

@@ -9,7 +9,7 @@ from typing import Any
 from ..context import PreExecutionContext
 from .call import CURRENT, Call
 from .frame import Frame
-from .streaming import agenerate, generate
+from .streaming import ACTION_STREAM, agenerate, generate
 
 
 class Acting:
@@ -26,21 +26,16 @@ class Acting:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self._frame.prompt:  # pre_iteration's prompt_context, in this call's variables_info
             kwargs = self._call.shown(self._frame, kwargs)
-        return self._acted(generate(self._call.run.state, self._frame.index, self._predictor, args, kwargs))
+        state = self._call.run.state
+        if ACTION_STREAM not in state:  # the predictor called in place: one frame less under DSPy's stack walk
+            return self._acted(self._predictor(*args, **kwargs))
+        return self._acted(generate(state, self._frame.index, self._predictor, args, kwargs))
 
     def _prepared(self, action: Any) -> tuple[PreExecutionContext | None, bool]:
-        """Record `action`; its pre_execution context (`None`: nothing to do) and whether the stage fires on it
-        (else only this iteration's prelude is applied)."""
-        call, frame = self._call, self._frame
-        if not call.acted(frame, action):
-            return None, False
-        return call.pre_execution_ctx(frame, action), call.executing()
+        return prepared(self._call, self._frame, action)
 
     def _acted(self, action: Any) -> Any:
-        ctx, fires = self._prepared(action)
-        if fires:
-            ctx = self._call.plan.fire(ctx, self._call.module)  # type: ignore[type-var]  # fires: ctx is set
-        return action if ctx is None else self._call.apply_pre_execution(ctx, self._frame, action)
+        return act(self._call, self._frame, action)
 
     async def _aacted(self, action: Any) -> Any:  # the async twin: awaits the stage
         ctx, fires = self._prepared(action)
@@ -73,10 +68,33 @@ class Acting:
         return repr(self._predictor)
 
 
+def prepared(call: Call, frame: Frame, action: Any) -> tuple[PreExecutionContext | None, bool]:
+    """Record `action`; its pre_execution context (`None`: nothing to do) and whether the stage fires on it
+    (else only this iteration's prelude is applied)."""
+    if not call.acted(frame, action):
+        return None, False
+    return call.pre_execution_ctx(frame, action), call.executing()
+
+
+def act(call: Call, frame: Frame, action: Any) -> Any:
+    """Record `action` as the iteration's LM output and fire pre_execution on it (sync); returns `action`, changed
+    in place as the stage left it."""
+    ctx, fires = prepared(call, frame, action)
+    if fires:
+        ctx = call.plan.fire(ctx, call.module)  # type: ignore[type-var]  # fires: ctx is set
+    return action if ctx is None else call.apply_pre_execution(ctx, frame, action)
+
+
 class ActionSeam:
     """`generate_action` of an instrumented RLM class: a data descriptor over the instance's own attribute, so
     that reading it during an iteration yields the `Acting` stand-in, while assigning, deleting and every
-    other read (`named_predictors`, pickling, copies) see the real predictor in the instance's `__dict__`."""
+    other read (`named_predictors`, pickling, copies) see the real predictor in the instance's `__dict__`.
+
+    With `read_on_verbose` (see `_patch.action_read`), a sync iteration with no `prompt_context` to show and no
+    action stream gets the real predictor: pre_execution fires when the loop body reads `self.verbose`."""
+
+    def __init__(self, read_on_verbose: bool = False) -> None:
+        self.read_on_verbose = read_on_verbose
 
     def __get__(self, rlm: Any, owner: Any = None) -> Any:
         if rlm is None:
@@ -89,6 +107,8 @@ class ActionSeam:
         frame = call.frame if call is not None and call.module is rlm else None
         if frame is None or frame.action is not None:
             return predictor
+        if self.read_on_verbose and not call.is_async and not frame.prompt and ACTION_STREAM not in call.run.state:  # type: ignore[union-attr]
+            return predictor  # the action is read when the loop reads self.verbose: see _patch.action_read
         stand_in = frame.stand_in
         if stand_in is None or stand_in._predictor is not predictor:  # DSPy reads it twice per iteration
             stand_in = frame.stand_in = Acting(predictor, call, frame)  # type: ignore[arg-type]

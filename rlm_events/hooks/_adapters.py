@@ -80,12 +80,19 @@ async def _awaited(out: Any) -> Any:
 
 class SyncHookMiddleware(HookMiddleware):
     def __call__(self, ctx: Any, next: Callable[[Any], Any]) -> Any:
-        hook = self._hook_for(ctx)
-        if hook is not None:
-            with self._span(arguments := self.kind.arguments(ctx)) as span:
-                self._settle(ctx, _ran(hook(*arguments)), span)
+        kind, hook = self.kind, self.hook
+        if hook is not None and kind.applies(ctx):
+            if self.tap is None:  # untraced: no span, and an output model or None is not asked if it is awaitable
+                out = hook(*kind.arguments(ctx))
+                if out is not None and type(out) is not kind.output:
+                    out = self._checked(_ran(out))
+                if out is not None:
+                    kind.apply(ctx, out)
+            else:
+                with self._span(arguments := kind.arguments(ctx)) as span:
+                    self._settle(ctx, _ran(hook(*arguments)), span)
         ctx = next(ctx)
-        self.kind.after(ctx)
+        kind.after(ctx)
         return ctx
 
 

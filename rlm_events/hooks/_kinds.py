@@ -19,11 +19,13 @@ from .outputs import PostExecutionOutput, PostIterationOutput, PreExecutionOutpu
 _SEEN = "rlm_events.hooks:iteration"
 
 
-@dataclass(frozen=True)
 class _Seen:
-    iteration: int | None
-    variables: list[REPLVariable]
-    input_args: dict[str, Any]
+    """What the pre_iteration chain left for one iteration (a slotted class: built once per iteration)."""
+
+    __slots__ = ("input_args", "iteration", "variables")
+
+    def __init__(self, iteration: int | None, variables: list[REPLVariable], input_args: dict[str, Any]) -> None:
+        self.iteration, self.variables, self.input_args = iteration, variables, input_args
 
 
 def _seen(ctx: PreExecutionContext | PostExecutionContext) -> _Seen:
