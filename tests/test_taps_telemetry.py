@@ -36,7 +36,7 @@ STEPS = [
 def run_ids_of(events: rlm_events.Instrumentation) -> list[str]:
     """Collect the run id of every call (a tap of our own, independent of the taps under test)."""
     ids: list[str] = []
-    events.tap([Stage.RUN_START], lambda ctx: ids.append(ctx.run.id))
+    events.tap([Stage.RUN_START], lambda ctx: ids.append(ctx.run.id), inline=True)
     return ids
 
 
@@ -350,7 +350,7 @@ def test_otel_concurrent_async_runs_get_separate_correctly_parented_trees(make_r
     rlm, lm = make_rlm(STEPS, sub="hi!")
     events = rlm_events.instrument(rlm)
     ids: dict[str, str] = {}
-    events.tap([Stage.RUN_START], lambda ctx: ids.__setitem__(ctx.input_args["text"], ctx.run.id))
+    events.tap([Stage.RUN_START], lambda ctx: ids.__setitem__(ctx.input_args["text"], ctx.run.id), inline=True)
     OpenTelemetryTap(provider).install(events)
     tracer = provider.get_tracer("test")
 

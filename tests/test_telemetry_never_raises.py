@@ -91,6 +91,7 @@ def test_a_file_closed_by_its_owner_is_a_write_error_not_a_crash(make_rlm, tmp_p
     file.close()
     with dspy.context(lm=lm):
         assert rlm(text="t").answer == "ok"
+    rlm_events.flush()  # the trace writes its lines on the tap delivery worker
     assert trace.write_errors > 0
     assert len(warnings_of(caplog)) == 1
     trace.close()
