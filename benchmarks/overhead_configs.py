@@ -157,10 +157,14 @@ def builtins_setup(rlm: dspy.RLM, tmp: Path) -> Setup | str:
     else:
         events.tap(trace)
     close = getattr(trace, "close", None)
-    return Setup(
-        teardown=close if callable(close) else lambda: None,
-        check=lambda: None if path.exists() and path.stat().st_size else "the JSONL trace recorded nothing",
-    )
+
+    def recorded() -> str | None:
+        flush = getattr(rlm_events, "flush", None)  # the trace writes its lines on the tap delivery worker
+        if callable(flush):
+            flush()
+        return None if path.exists() and path.stat().st_size else "the JSONL trace recorded nothing"
+
+    return Setup(teardown=close if callable(close) else lambda: None, check=recorded)
 
 
 def passthrough_hooks(hooks: Any) -> dict[str, Any]:
