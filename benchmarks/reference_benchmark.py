@@ -50,7 +50,7 @@ def _install(variant: str, rlm: Any, tools: dict[str, Callable[..., Any]], **opt
 
     events = rlm_events.instrument(rlm)
     Speculate(pure=list(tools.values()), **options).install(events)
-    events.tap(["run_end"], lambda ctx: STATS.setdefault(variant, []).append(Speculate.stats(ctx)))
+    events.tap(["run_end"], lambda ctx: STATS.setdefault(variant, []).append(Speculate.stats(ctx)), inline=True)
 
 
 def rlm_events(rlm: Any, tools: dict[str, Callable[..., Any]]) -> None:
