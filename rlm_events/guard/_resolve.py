@@ -64,6 +64,7 @@ class Resolver(ast.NodeVisitor):
         self._resolved: dict[ast.AST, Ref | None] = {}
         self.found: list[Violation] = []
         self.scopes = scopes  # every node, its parent and its scope
+        self.function_scope, self.class_local = scopes.lookups()
         self.nodes = self.scopes.nodes
         self.parents: dict[ast.AST, ast.AST] = self.scopes.parents
         self.bindings = bindings_of(self.scopes.binding_nodes)
@@ -185,11 +186,11 @@ class Resolver(ast.NodeVisitor):
         name = node.id
         if name in self.shadowed:
             return None
-        function = self.scopes.function_scope(node)
+        function = self.function_scope(node)
         if function is not None:  # a function's own variable: never a built-in, nor a module of the REPL
             path = self.scope_aliases.get(function, {}).get(name)
             return None if path is None else self.classify(path)
-        class_local = self.scopes.class_local(node)
+        class_local = self.class_local(node)
         if class_local:  # a class body's own name, an import there included
             path = self.scope_aliases.get(self.scopes.scope_of[node], {}).get(name)
             if path is not None:
@@ -216,7 +217,7 @@ class Resolver(ast.NodeVisitor):
             return False
         risky = node.id in ALWAYS_BUILTIN or node.id in HOST_BUILTINS or node.id in allowlist.RISKY_MODULE_NAMES
         if class_local is None:
-            class_local = self.scopes.class_local(node)
+            class_local = self.class_local(node)
         if not risky and (class_local or node.id in self.global_names):
             return True  # (whether it is certainly bound before this use does not matter then: the cheaper test first)
         return certainly_bound(node, self.scopes, self.unstable)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ast
 import symtable
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import repeat
 
 from ._bindings import BINDING_NODES
@@ -119,6 +119,7 @@ class Scopes:
         self.binding_nodes: list[ast.AST] = []  # the nodes `bindings_of()` reads, in `nodes` order
         self.namespaces = Namespaces()  # what each scope binds, as far as the tree tells
         self.matched: dict[ast.AST, str | None] = {}  # scopes matched to a table -> the class whose names it mangles
+        self.by_tree = False  # whether `use_tree()` (not `use_symtable()`) was called
         self._assign(tree, tree)
         self.namespaces.settle(self.parents)
 
@@ -137,8 +138,7 @@ class Scopes:
         """Resolve names with the bindings read off the tree (when `needs_symtable` is false)."""
         self.matched[self.tree] = None
         self._match_tree(self.tree, None)
-        self.function_scope = self._tree_function_scope  # type: ignore[method-assign]
-        self.class_local = self._tree_class_local  # type: ignore[method-assign]
+        self.by_tree = True
 
     def module_names(self) -> set[str]:
         """The names the module's namespace binds (its symbol table's local names)."""
@@ -287,9 +287,24 @@ class Scopes:
             and node.id in self.namespaces.bound.get(scope, ())
         )
 
+    def lookups(self) -> tuple[Callable[[ast.Name], ast.AST | None], Callable[[ast.Name], bool]]:
+        """`function_scope` and `class_local`, as bound methods of the way names are resolved (the tree's or the
+        symbol table's), for callers that ask many times. (Not kept on the instance: that would make a reference
+        cycle, and every check's tree garbage only the cyclic collector frees.)"""
+        if self.by_tree:
+            return self._tree_function_scope, self._tree_class_local
+        return self._table_function_scope, self._table_class_local
+
     def function_scope(self, node: ast.Name) -> ast.AST | None:
         """The function, lambda or comprehension whose variable the use `node` is (local there, or a free variable
         of an enclosing one), or `None` when the name is looked up in a class body or the module's namespace."""
+        return self.lookups()[0](node)
+
+    def class_local(self, node: ast.Name) -> bool:
+        """Whether the use `node` is in a class body that binds its name (looked up there before the module)."""
+        return self.lookups()[1](node)
+
+    def _table_function_scope(self, node: ast.Name) -> ast.AST | None:
         scope = self.scope_of.get(node)
         if scope is None:
             return None
@@ -345,8 +360,7 @@ class Scopes:
         """The nodes of these exact types (each type's in tree order, one type after the other)."""
         return [node for cls in types for node in self.by_type.get(cls, ())]
 
-    def class_local(self, node: ast.Name) -> bool:
-        """Whether the use `node` is in a class body that binds its name (looked up there before the module)."""
+    def _table_class_local(self, node: ast.Name) -> bool:
         scope = self.scope_of.get(node)
         table = self.tables.get(scope) if scope is not None else None
         symbol = _lookup(table, node.id) if table is not None and table.get_type() == "class" else None
