@@ -67,7 +67,7 @@ class CallRules(LibraryRules, FileRules):
             and receiver.id in self.class_methods
             and func.attr in self.class_methods[receiver.id]
             and not (node.args and self.owner(node.args[0]) is not None)
-            and not is_classmethod_call(self.nodes, receiver.id, func.attr)
+            and not is_classmethod_call(self.scopes.nodes, receiver.id, func.attr)
         ):
             self.flag(
                 node,

@@ -122,7 +122,7 @@ class LibraryRules(AttributeRules):
         definition = next(
             (
                 n
-                for n in self.nodes
+                for n in self.scopes.nodes
                 if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n.name == target.id
             ),
             None,
@@ -142,7 +142,7 @@ class LibraryRules(AttributeRules):
         for inner in ast.walk(node):
             if isinstance(inner, ast.Name):
                 ref = self.resolve(inner)
-                classes = {n.name for n in self.nodes if isinstance(n, ast.ClassDef)}
+                classes = {n.name for n in self.scopes.nodes if isinstance(n, ast.ClassDef)}
                 if inner.id not in classes and (ref is None or ref.kind not in ("builtin", "member", "module")):
                     return False
         return True
