@@ -57,9 +57,13 @@ class CallRules(LibraryRules, FileRules):
         if func.attr == "open" and ref is None:
             self.check_method_open(node)
         destination = allowlist.PATH_WRITERS.get(func.attr)
-        given = node.args or any(k.arg in (destination, None) for k in node.keywords)
         # json.dump(obj, fp) writes to a file object it is given: only methods of objects are checked here
-        if destination is not None and given and not (func.attr == "dump" and ref is not None):
+        # (whether a destination is given is asked only of the methods that write one: most calls are not)
+        if (
+            destination is not None
+            and (node.args or any(k.arg in (destination, None) for k in node.keywords))
+            and not (func.attr == "dump" and ref is not None)
+        ):
             detail = f".{func.attr}(...) with a destination writes a file"
             self.flag(node, "write", func.attr, detail, f"call .{func.attr}() without a path: it returns the text")
         if (
