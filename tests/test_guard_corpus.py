@@ -90,6 +90,8 @@ def test_every_refusal_says_what_to_do_instead(name):
     [GuardPolicy.data_analysis(), GuardPolicy.named("data"), GuardPolicy.default().allow(modules={"numpy", "pandas"})],
 )
 def test_numpy_and_pandas_without_their_file_pickle_and_network_io(policy):
+    for module in ("numpy", "pandas"):  # the guard reads their public members from the installed packages
+        pytest.importorskip(module)
     passed = [code for _, code in DATA_ESCAPES if not policy.check(code)]
     refused = {code: policy.check(code) for _, code in DATA_ORDINARY if policy.check(code)}
     assert passed == [] and len(DATA_ESCAPES) >= 10
