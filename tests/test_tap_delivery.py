@@ -48,9 +48,11 @@ def release() -> Iterator[threading.Event]:
     assert rlm_events.flush(timeout=30)
 
 
-def slow_tap(order: Order, gate: threading.Event) -> Any:
+def slow_tap(order: Order, gate: threading.Event, started: threading.Event | None = None) -> Any:
     def tap(ctx: Any) -> None:
         order(f"tap {ctx.stage.value} started on {threading.current_thread().name}")
+        if started is not None:
+            started.set()
         gate.wait(SLOW_TAP_S)  # a 5 s exporter, unless the test releases it
         order(f"tap {ctx.stage.value} ended")
 
@@ -76,7 +78,11 @@ def test_a_blocking_tap_does_not_stall_the_event_loop_under_acall(make_rlm, rele
     rlm, lm = make_rlm(["print('a')", "SUBMIT(answer='ok')"], interpreter_factory=InProcessInterpreter)
     events = rlm_events.instrument(rlm)
     order = Order()
-    events.tap(slow_tap(order, release))  # every stage
+    started = threading.Event()
+    events.tap(slow_tap(order, release, started))  # every stage
+    # The first iteration waits until the worker is inside the tap (it delivers in batches, up to 20 ms later), so
+    # the rest of the call runs while the tap is blocked, whatever the machine's speed.
+    events.use(Stage.PRE_ITERATION, lambda ctx, next: next(ctx) if started.wait(30) else None)
 
     async def heartbeat(stop: asyncio.Event) -> None:
         while not stop.is_set():
