@@ -26,15 +26,21 @@ def limit_attributes(module: Any) -> dict[str, Any]:
     return {} if max_iters is None else {"rlm.max_iters": max_iters}
 
 
+def durable_link(run: context.Run) -> dict[str, Any] | None:
+    """[`Durable.link(run)`][rlm_events.durable.Durable.link], without importing `rlm_events.durable` where nothing
+    did: no run is durable before it is imported."""
+    if "rlm_events.durable" not in sys.modules:
+        return None
+    from ..durable import Durable
+
+    return Durable.link(run)
+
+
 def durable_attributes(run: context.Run) -> dict[str, Any]:
     """`rlm.durable.run_id` of a durable run (its id in the store: the original run's, for a resumed run), and the
     run it resumes or forks (`rlm.durable.relation` `resume` or `fork`, `rlm.durable.parent`, and
     `rlm.durable.replayed`, the iterations replayed from the record); nothing for a run no `Durable` made durable."""
-    if "rlm_events.durable" not in sys.modules:  # no run is durable before rlm_events.durable is imported
-        return {}
-    from ..durable import Durable
-
-    link = Durable.link(run)
+    link = durable_link(run)
     if link is None:
         return {}
     return {f"rlm.durable.{key}": value for key, value in link.items() if value is not None}

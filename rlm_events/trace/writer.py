@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -39,6 +38,7 @@ from ..lm_history import module_label
 from ..lm_usage import meter_run, metered
 from ..runtime import iteration_limit
 from ..stages import Stage
+from ..taps._span_tap import durable_link
 from ..taps._text import error_text, is_error_result, preview
 from ..taps._tool_tap import InstallableTap
 from .schema import SCHEMA_VERSION
@@ -243,12 +243,9 @@ class JsonlTrace(InstallableTap):
                 "max_iters": iteration_limit(ctx.run.module),
                 "inputs": {name: preview(value, limit) for name, value in ctx.input_args.items()},
             }
-            if "rlm_events.durable" in sys.modules:  # no run is durable before rlm_events.durable is imported
-                from ..durable import Durable
-
-                link = Durable.link(ctx.run)
-                if link is not None:
-                    start["durable"] = link
+            link = durable_link(ctx.run)
+            if link is not None:
+                start["durable"] = link
             return start
         if isinstance(ctx, context.PreIterationContext):
             return {"history_len": _history_len(ctx.history)}
