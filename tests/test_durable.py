@@ -213,6 +213,35 @@ def test_two_workers_never_hold_one_run(tmp_path: Path) -> None:
         store.append("r1", "w1", rlm_events.durable.Step(0, 0, "action", {}), 60)
 
 
+def test_a_store_opened_while_another_process_holds_the_new_file_waits_for_it(tmp_path: Path) -> None:
+    """SQLite answers the switch to WAL with 'database is locked' at once, without its busy handler, when another
+    connection holds a write lock on a file still in rollback mode (two workers opening a new file together: a CI run
+    failed on it). The store waits, like any other lock, up to busy_timeout."""
+    import sqlite3
+    import threading
+
+    path = tmp_path / "runs.db"
+    other = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("CREATE TABLE elsewhere (x)")
+    released = threading.Timer(0.3, other.execute, ("COMMIT",))
+    released.start()
+    try:
+        store = SQLiteStore(path, busy_timeout=10)
+        store.create("r1", {"inputs": {}}, "w1", 60)
+        assert store.load("r1").lease_owner == "w1"
+        assert not released.is_alive()  # it really waited for the other writer
+    finally:
+        released.join()
+        other.close()
+    held = sqlite3.connect(str(tmp_path / "held.db"), isolation_level=None)
+    held.execute("BEGIN IMMEDIATE")
+    held.execute("CREATE TABLE elsewhere (x)")
+    with pytest.raises(StoreUnavailableError, match="database is locked"):  # but not for ever
+        SQLiteStore(tmp_path / "held.db", busy_timeout=0.2).ping()
+    held.close()
+
+
 def test_an_unreachable_store_fails_the_run_at_start_or_is_skipped_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

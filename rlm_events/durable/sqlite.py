@@ -4,6 +4,7 @@ processes of one machine."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,32 @@ class SQLiteStore(SqlStore):
         connection = sqlite3.connect(
             str(self.path), timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._enable_wal(connection)
+            connection.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:
+            connection.close()
+            raise
         return connection
+
+    def _enable_wal(self, connection: sqlite3.Connection) -> None:
+        """Switch the file to WAL, waiting (up to `busy_timeout`) for other processes doing the same.
+
+        Why a loop: SQLite answers a journal-mode change that races another connection's with SQLITE_BUSY at once,
+        without calling the busy handler, so `timeout=` does not cover it. Seen when two workers open a new file
+        together (the first run of a fleet)."""
+        deadline = time.monotonic() + self.busy_timeout
+        pause = 0.001
+        while True:
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                busy = "locked" in str(exc) or "busy" in str(exc)
+                if not busy or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     def _begin(self, cursor: Any) -> None:
         cursor.execute("BEGIN IMMEDIATE")
