@@ -315,7 +315,6 @@ def test_a_runaway_is_killed_at_the_timeout_and_the_lm_is_told_that_state_was_lo
         "print(state)",
         "state = 2\nSUBMIT(answer=str(state))",
     ]
-    started = time.monotonic()
     result = run(make_rlm, steps, recorder, tools=[count_marked_tool(marker)])
     assert result.answer == "2"
     out = outputs(result)
@@ -324,7 +323,6 @@ def test_a_runaway_is_killed_at_the_timeout_and_the_lm_is_told_that_state_was_lo
     assert out[2] == "0"  # what the runaway started died with it, before the call went on
     assert out[3].startswith("[Error]") and "NameError" in out[3]  # a fresh interpreter
     assert recorder.made[0].restarts == 1
-    assert time.monotonic() - started < 15
 
 
 def count_marked_tool(marker: str) -> Any:

@@ -42,10 +42,24 @@ class Counter:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any, str]] = []
         self.lock = threading.Lock()
+        self.in_flight = 0
+        self.most_in_flight = 0
 
     def record(self, name: str, arg: Any) -> None:
         with self.lock:
             self.calls.append((name, arg, threading.current_thread().name))
+
+    def working(self, seconds: float) -> None:
+        """Sleep as a call that takes `seconds`, counting how many calls were inside at once (the evidence that
+        calls overlapped, without comparing clocks)."""
+        with self.lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            time.sleep(seconds)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
 
     def count(self, name: str) -> int:
         return sum(1 for n, _, _ in self.calls if n == name)
@@ -64,7 +78,7 @@ def tools(counter: Counter) -> dict[str, Any]:
     def lookup(item: str) -> str:
         """A pure lookup."""
         counter.record("lookup", item)
-        time.sleep(SLEEP)
+        counter.working(SLEEP)
         return f"<{item}>"
 
     def log_event(message: str) -> str:
@@ -79,7 +93,7 @@ def tools(counter: Counter) -> dict[str, Any]:
 def sub(counter: Counter) -> Any:
     def answer(prompt: str) -> str:
         counter.record("llm", prompt)
-        time.sleep(SLEEP)
+        counter.working(SLEEP)
         return f"answer to {prompt.strip()[-24:]}"
 
     return answer
@@ -123,10 +137,11 @@ LOOP_STEPS = [
 
 @pytest.mark.parametrize("interpreter", INTERPRETERS)
 def test_claimed_results_are_the_real_calls_results_and_the_run_finishes_sooner(make_rlm, tools, counter, interpreter):
-    bare, bare_s, _, _ = run(make_rlm, LOOP_STEPS, tools=tools, counter=counter, interpreter=interpreter)
+    bare, _, _, _ = run(make_rlm, LOOP_STEPS, tools=tools, counter=counter, interpreter=interpreter)
     bare_calls = sorted((n, a) for n, a, _ in counter.calls)
+    assert counter.most_in_flight == 1  # the bare run makes its calls one after another
     counter.calls.clear()
-    fast, fast_s, stats, state = run(
+    fast, _, stats, state = run(
         make_rlm, LOOP_STEPS, speculate=Speculate(pure=[tools["lookup"]]), tools=tools, counter=counter,
         interpreter=interpreter,
     )  # fmt: skip
@@ -137,7 +152,7 @@ def test_claimed_results_are_the_real_calls_results_and_the_run_finishes_sooner(
     assert (stats.dispatched, stats.claimed + stats.cancelled, stats.wasted, stats.missed) == (8, 8, 0, 0), stats
     assert counter.ahead("lookup") + counter.ahead("llm") == stats.claimed == stats.speculated
     assert stats.repl in ("namespace", "probe")
-    assert fast_s < bare_s - 4 * SLEEP  # 8 sequential calls became 2 rounds of concurrent ones
+    assert counter.most_in_flight >= 2  # sequential calls ran concurrently (how much sooner: benchmarks/latency.py)
     usage = state["usage"]
     assert usage.speculative_lm_calls == counter.ahead("llm") and usage.wasted_lm_calls == 0
 
@@ -170,11 +185,12 @@ def test_fan_out_over_a_list_an_earlier_iteration_built_in_the_repl(make_rlm, co
         "print(summaries)",
         "SUBMIT(answer='|'.join(summaries))",
     ]
-    bare, bare_s, _, _ = run(make_rlm, steps, counter=counter, text="x" * 40)
-    fast, fast_s, stats, _ = run(make_rlm, steps, speculate=Speculate(), counter=counter, text="x" * 40)
+    bare, _, _, _ = run(make_rlm, steps, counter=counter, text="x" * 40)
+    assert counter.most_in_flight == 1
+    fast, _, stats, _ = run(make_rlm, steps, speculate=Speculate(), counter=counter, text="x" * 40)
     assert steps_of(fast) == steps_of(bare)
     assert stats.claimed + stats.cancelled == 8 and stats.wasted == 0
-    assert fast_s < bare_s - 4 * SLEEP
+    assert counter.most_in_flight >= 2
 
 
 def test_literals_only_mode_plans_without_reading_the_repl(make_rlm, tools, counter):
@@ -542,11 +558,9 @@ def test_size_limits_keep_the_shadow_small():
         "e = list(range(10**12))\nllm_query(a)\nllm_query(str(b))\nllm_query(c)\nllm_query(d)\nllm_query(str(e))\n"
         "llm_query('fine')"
     )
-    started = time.perf_counter()
-    plan = Planner(
+    plan = Planner(  # without the limits, this would not finish (10 ** 10 ** 9) or exhaust memory
         speculable=frozenset({"llm_query"}), tools=frozenset({"llm_query"}), values={}, absent=frozenset()
     ).run(ast.parse(code))
-    assert time.perf_counter() - started < 1.0
     assert [c.args for c in plan.calls] == [("fine",)]
 
 
