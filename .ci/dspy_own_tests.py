@@ -3,10 +3,10 @@
 rlm-events promises that instrumentation is invisible: an RLM that works bare works the same instrumented. This
 runs the tests DSPy itself ships for its RLM (every test module of DSPy's `tests/` that builds one) twice with the
 interpreter running this script: bare, then with `instrument_every_rlm` (beside this script) as a pytest plugin,
-which instruments every RLM built with a pass-through middleware, a blinker receiver and an inline tap on every
-stage. It compares the two runs' per-test outcomes (pytest's JUnit XML) and fails when they differ, when no RLM was
-instrumented or when no stage fired (a check that cannot fail is worthless). DSPy's own skips and failures are
-fine as long as both runs have them.
+which instruments every RLM built with a pass-through middleware, a blinker receiver, an inline tap and a queued
+tap on every stage. It compares the two runs' per-test outcomes (pytest's JUnit XML) and fails when they differ,
+when no RLM was instrumented or when a hook never fired (a check that cannot fail is worthless). DSPy's own skips
+and failures are fine as long as both runs have them.
 
 Where DSPy's tests come from, for the DSPy installed here (nothing is written into the checkout):
 
@@ -70,14 +70,6 @@ def tests_from_source(source: Path, into: Path) -> Path:
     if (source / "pyproject.toml").is_file():  # DSPy's pytest settings (its warning filters)
         shutil.copy2(source / "pyproject.toml", into / "pyproject.toml")
     return into
-
-
-def source_release(source: Path) -> str:
-    """The DSPy release a source tree is of, as its `dspy/__metadata__.py` says."""
-    metadata = source / "dspy" / "__metadata__.py"
-    text = metadata.read_text(encoding="utf-8") if metadata.is_file() else ""
-    found = re.search(r"__version__\s*=\s*[\"']([^\"']+)", text)
-    return f"tests of DSPy {found.group(1)}" if found else "tests of an unknown DSPy release"
 
 
 def tests_from_sdist(release: str, into: Path) -> Path:
@@ -186,7 +178,7 @@ def main() -> int:
         if not modules:
             print(f"no test module of DSPy {release}'s tests/ builds a dspy.RLM")
             return 1
-        source = f"{args.source} ({source_release(args.source)})" if args.source else f"DSPy {release}'s sdist"
+        source = args.source or f"DSPy {release}'s sdist"
         print(f"DSPy {release}: {len(modules)} test modules from {source}: {' '.join(modules)}")
         plugins = test_plugins(work / "plugins")
         path = os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")]))
@@ -212,7 +204,9 @@ def main() -> int:
         was, now = bare.get(test_id, ("absent", "")), instrumented.get(test_id, ("absent", ""))
         if was[0] != now[0]:
             problems.append(f"{test_id}: bare {was[0]}, instrumented {now[0]}: {now[1][:500] or was[1][:500]}")
-    totals = {hook: sum(firings.get(hook, {}).values()) for hook in ("middleware", "receiver", "tap")}
+    totals = {
+        hook: sum(firings.get(hook, {}).values()) for hook in ("middleware", "receiver", "inline_tap", "queued_tap")
+    }
     print(
         f"rlm_events: {firings.get('instrumented', 0)} RLMs instrumented; stage firings: "
         + ", ".join(f"{n} {hook}" for hook, n in totals.items())

@@ -2,15 +2,16 @@
 such as PredictRLM) built during the session is instrumented with rlm-events.
 
 Each RLM gets its own `rlm_events.instrument()` handle with, on every stage, a pass-through `(ctx, next)`
-middleware, a blinker receiver and an inline tap, so the patched seams, the middleware chains, the signals and the
-tap delivery all run inside the tests. The tests themselves are not changed: `.ci/dspy_own_tests.py` runs DSPy's own
-RLM tests bare and with this plugin and fails on any test whose outcome differs (instrumentation must be invisible).
+middleware, a blinker receiver, an inline tap and a queued tap (delivered off the run, the default), so the patched
+seams, the middleware chains, the signals and both tap deliveries all run inside the tests. The tests themselves
+are not changed: `.ci/dspy_own_tests.py` runs DSPy's own RLM tests bare and with this plugin and fails on any test
+whose outcome differs (instrumentation must be invisible).
 
 The RLM is instrumented when its construction returns (DSPy's module metaclass `__call__`), so a subclass's own
 `__init__` has finished first, as it has when a user calls `instrument()`. Copies (`deepcopy`, `reset_copy`) are not
 constructed: they keep their original's instrumentation, as rlm-events guarantees.
 
-How many RLMs were instrumented and how often each stage reached the middleware, the receiver and the tap is printed
+How many RLMs were instrumented and how often each stage reached the middleware, the receiver and the taps is printed
 in pytest's terminal summary and, when `RLM_EVENTS_FIRINGS_FILE` names a file, written there as JSON.
 """
 
@@ -30,15 +31,16 @@ import rlm_events
 from rlm_events import Stage, StageContext
 
 FIRINGS_FILE_VARIABLE = "RLM_EVENTS_FIRINGS_FILE"
+HOOKS = ("middleware", "receiver", "inline_tap", "queued_tap")
 
 
 class Firings:
-    """Thread-safe counts: RLMs instrumented, and per stage the calls of the middleware, receiver and tap."""
+    """Thread-safe counts: RLMs instrumented, and per stage the calls of the middleware, the receiver and the taps."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.instrumented = 0
-        self.by_hook: dict[str, Counter[str]] = {"middleware": Counter(), "receiver": Counter(), "tap": Counter()}
+        self.by_hook: dict[str, Counter[str]] = {hook: Counter() for hook in HOOKS}
 
     def rlm_instrumented(self) -> None:
         with self._lock:
@@ -70,9 +72,14 @@ def receiver(sender: Any, ctx: StageContext) -> None:
     FIRINGS.fired("receiver", ctx.stage)
 
 
-def tap(snapshot: StageContext) -> None:
+def inline_tap(snapshot: StageContext) -> None:
     """An inline tap of every stage (it runs on the caller's thread, inside the run)."""
-    FIRINGS.fired("tap", snapshot.stage)
+    FIRINGS.fired("inline_tap", snapshot.stage)
+
+
+def queued_tap(snapshot: StageContext) -> None:
+    """A tap of every stage delivered the default way: queued, on rlm-events' delivery thread."""
+    FIRINGS.fired("queued_tap", snapshot.stage)
 
 
 def instrument_fully(rlm: dspy.RLM) -> None:
@@ -80,7 +87,8 @@ def instrument_fully(rlm: dspy.RLM) -> None:
     for stage in Stage:
         events.use(stage, pass_through)
         events.connect(stage, receiver, weak=False)
-    events.tap(tap, inline=True)
+    events.tap(inline_tap, inline=True)
+    events.tap(queued_tap)
     FIRINGS.rlm_instrumented()
 
 
@@ -112,7 +120,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    rlm_events.flush()  # inline taps need none; a default one would, and costs nothing here
+    rlm_events.flush()  # the queued tap's last snapshots
     path = os.environ.get(FIRINGS_FILE_VARIABLE)
     if path:
         with open(path, "w", encoding="utf-8") as file:
@@ -121,5 +129,5 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     firings = FIRINGS.as_json()
-    totals = ", ".join(f"{sum(firings[hook].values())} {hook}" for hook in ("middleware", "receiver", "tap"))
+    totals = ", ".join(f"{sum(firings[hook].values())} {hook}" for hook in HOOKS)
     terminalreporter.write_line(f"rlm_events: instrumented {firings['instrumented']} RLMs; stage firings: {totals}")
