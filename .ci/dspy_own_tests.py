@@ -17,9 +17,10 @@ Where DSPy's tests come from, for the DSPy installed here (nothing is written in
    and exits with status 3 ("not available"), which `.ci/run` reports without failing.
 
 DSPy's tests need two pytest plugins of its `dev` extra, pytest-asyncio and pytest-mock: they are installed into
-a temporary directory put on `PYTHONPATH` for both runs (the environment itself is not changed). Tests marked
-`deno` are skipped as DSPy skips them by default: DSPy's PythonInterpreter imports Deno's standard library from
-deno.land, which only the package registries' network cannot reach (`-- --deno` runs them where it can).
+a temporary directory put on `PYTHONPATH` for both runs (the environment itself is not changed). DSPy's
+PythonInterpreter (Deno + Pyodide) imports Deno's standard library from the web, out of reach where only the package
+registries are: DSPy skips its tests marked `deno` by default (`-- --deno` runs them where that is reachable);
+its unmarked ones that need Deno run when `deno` is on PATH and then fail alike in both runs.
 
 Usage: python .ci/dspy_own_tests.py [--source DIR] [-- PYTEST_ARGS...]
 """
