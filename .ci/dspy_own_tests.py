@@ -14,7 +14,8 @@ Where DSPy's tests come from, for the DSPy installed here (nothing is written in
    its `tests/` is copied to a temporary directory first.
 2. Otherwise the sdist of the installed release, downloaded from the package registry into a temporary
    directory. DSPy's sdists (3.1.2 to 3.4.1 at least) ship no `tests/predict/test_rlm.py`: then this prints why
-   and exits with status 3 ("not available"), which `.ci/run` reports without failing.
+   and exits with status 3 ("not available"). That is why `.ci/run`, which reaches only the registries, does not run
+   this: run it where a DSPy clone is at hand (docs/guide/development.md).
 
 DSPy's tests need two pytest plugins of its `dev` extra, pytest-asyncio and pytest-mock: they are installed into
 a temporary directory put on `PYTHONPATH` for both runs (the environment itself is not changed). DSPy's
