@@ -16,6 +16,7 @@ from .. import context
 from ..builtin import Builtin
 from ..lm_usage import meter_run
 from ..replay._json import jsonable
+from ..runtime import llm_call_counter
 from ..stages import Stage
 from .approval import apply_to_code, apply_to_tool
 from .control import RESUMING, RunControl, open_store
@@ -180,6 +181,8 @@ class Durable(RunControl, Builtin):
 
     def _pre_iteration(self, ctx: context.PreIterationContext, next: Any, state: RunState) -> Any:
         state.iteration, state.tool_index, state.skip, state.pre = ctx.iteration or 0, 0, None, {}
+        if state.llm_calls is None:
+            state.llm_calls = llm_call_counter(ctx.run)
         if state.replaying:
             record = state.recorded()
             pre = (record.data.get("pre") if record is not None else None) or {}
@@ -224,6 +227,7 @@ class Durable(RunControl, Builtin):
         if record is not None:
             found = record.take_tool(ctx.name, data["args"], data["kwargs"])
             if found is not None:
+                state.replayed_llm_calls(found)
                 if found.get("error_type") is not None:
                     raise_recorded(found)
                 ctx.result = found.get("result")
@@ -288,6 +292,7 @@ class Durable(RunControl, Builtin):
                 state.divergence,
             )
         state.divergence = None
+        state.replayed_llm_calls(data)
         kept = dict(entry)
         if not entry.get("pinned") and entries:
             kept["output"] = entries[-1].output  # what runs now is what the LM reads next

@@ -13,6 +13,7 @@ from typing import Any
 
 import dspy
 
+from ..builtin import RLM_BUILTIN_TOOLS
 from ..lm_history import module_label
 from ..replay._json import jsonable
 from ..runtime import iteration_limit
@@ -147,6 +148,14 @@ class RunRecord:
         if completed in kept and not kept[completed].code:
             del kept[completed]  # tool steps without their action: started afresh
         return cls(kept, completed, state, len(steps))
+
+    def charged_llm_calls(self) -> bool:
+        """Whether the record charged sub-LLM calls against DSPy's `max_llm_calls`: its committed count, else (a
+        release whose counter rlm-events cannot read) any `llm_query` / `llm_query_batched` result it holds."""
+        counted = (self.state or {}).get("llm_calls")
+        if isinstance(counted, int):
+            return counted > 0
+        return any(tool.get("name") in RLM_BUILTIN_TOOLS for it in self.iterations.values() for tool in it.tools)
 
     def inflight(self) -> IterationRecord | None:
         """The iteration after the complete ones, if its action was committed."""

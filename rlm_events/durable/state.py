@@ -1,5 +1,6 @@
 """What a durable run keeps while it runs ([`RunState`][rlm_events.durable.state.RunState], at
-`run.state["durable"]`): where it commits, what it replays, and the per-run state of the built-ins it restores."""
+`run.state["durable"]`): where it commits, what it replays, and the per-run state it restores (the built-ins' usage,
+DSPy's `max_llm_calls` counter)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 from ..context import Run
 from ..lm_usage import Usage, metered
+from ..runtime import LLMCallCounter
 from .errors import LeaseLostError
 from .record import IterationRecord, RunRecord
 from .store import Step, StepKind, Store
@@ -75,6 +77,9 @@ class RunState:
         self.divergence: str | None = None
         self.settled_step: tuple[str, int, int | None] | None = None
         self.lost = False  # the lease was lost: write nothing more
+        self.llm_calls: LLMCallCounter | None = None
+        """DSPy's `max_llm_calls` counter of this call (found in its first iteration; `None` where DSPy keeps it
+        where rlm-events cannot read it): committed with each step, continued from the record on replay."""
 
     # -- replay -----------------------------------------------------------------------------------------------
 
@@ -99,6 +104,13 @@ class RunState:
     def tool_index_of(self, ctx: Any) -> int | None:
         """The 0-based index, among the current iteration's tool calls, of the call whose context is `ctx`."""
         return self.tool_indexes.get(id(ctx))
+
+    def replayed_llm_calls(self, data: dict[str, Any]) -> None:
+        """A replayed step (a tool result or an iteration) was served from the record: DSPy's counter continues from
+        the count committed with it, so the calls answered from the record count as they did."""
+        recorded = (data.get("state") or {}).get("llm_calls")
+        if self.llm_calls is not None and isinstance(recorded, int):
+            self.llm_calls.continue_from(recorded)
 
     def diverged(self, detail: str) -> None:
         if self.divergence is None:
@@ -130,13 +142,19 @@ class RunState:
     # -- commits ----------------------------------------------------------------------------------------------
 
     def commit(self, run: Run, kind: StepKind, data: dict[str, Any], *, with_state: bool = True) -> None:
-        """Append a step of the current iteration (with the run's usage when `with_state`)."""
+        """Append a step of the current iteration (with the run's usage and DSPy's `max_llm_calls` count when
+        `with_state`)."""
         if self.lost:  # every later commit fails too: the run stops rather than go on beside the new owner
             raise LeaseLostError.of(self.run_id, self.owner)
         if with_state:
+            kept: dict[str, Any] = {}
             snapshot = usage_snapshot(run)
             if snapshot is not None:
-                data = {**data, "state": {"usage": snapshot}}
+                kept["usage"] = snapshot
+            if self.llm_calls is not None:
+                kept["llm_calls"] = self.llm_calls.count
+            if kept:
+                data = {**data, "state": kept}
         step = Step(self.seq, self.iteration, kind, data)
         try:
             self.store.append(self.run_id, self.owner, step, self.lease_seconds)
