@@ -398,15 +398,6 @@ def test_a_worker_whose_lease_was_taken_over_stops_and_writes_nothing_more(tmp_p
     assert [(s.iteration, s.kind) for s in run.steps] == [(0, "action"), (0, "tool"), (0, "iteration")]
 
 
-def test_predict_rlm_is_refused_at_install(tmp_path: Path) -> None:
-    predict_rlm = pytest.importorskip("predict_rlm", reason="needs the predict-rlm extra (DSPy 3.4+)")
-    if not hasattr(dspy, "LocalInterpreter"):
-        pytest.skip("PredictRLM runs on dspy.LocalInterpreter (DSPy 3.4+)")
-    rlm = predict_rlm.PredictRLM("text -> answer", lm="openai/none", sub_lm="openai/none", max_iterations=2)
-    with pytest.raises(TypeError, match="Durable does not support PredictRLM yet"):
-        Durable(tmp_path / "runs.db").install(rlm_events.instrument(rlm))
-
-
 def test_a_postgres_store_without_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the postgres extra, the store is unavailable with the reason and the command that installs it."""
     monkeypatch.setitem(sys.modules, "psycopg", None)  # as if psycopg were not installed

@@ -16,7 +16,7 @@ from .. import context
 from ..builtin import Builtin
 from ..lm_usage import meter_run
 from ..replay._json import jsonable
-from ..runtime import llm_call_counter
+from ..runtime import action_fields, llm_call_counter
 from ..stages import Stage
 from .approval import apply_to_code, apply_to_tool
 from .control import RESUMING, RunControl, open_store
@@ -96,12 +96,6 @@ class Durable(RunControl, Builtin):
     # -- installation -----------------------------------------------------------------------------------------
 
     def check(self, events: Instrumentation) -> None:
-        for module in events.modules:
-            if any(cls.__module__.split(".")[0] == "predict_rlm" for cls in type(module).__mro__):
-                raise TypeError(
-                    f"Durable does not support {type(module).__qualname__} yet: PredictRLM's loop writes its actions "
-                    "in its own format, which a resume cannot replay; use it on dspy.RLM"
-                )
         for stage in self.STAGES:
             taken = [mw for mw in events.plan.chains[stage] if mw is not self]
             if taken:
@@ -207,7 +201,9 @@ class Durable(RunControl, Builtin):
                 ctx.skip(skip)
             return ctx
         if record is None or not record.code:  # not in flight from a previous worker: commit the LM's answer now
-            state.commit(ctx.run, "action", {"reasoning": ctx.reasoning, "code": ctx.code})
+            action = {"reasoning": ctx.reasoning, "code": ctx.code}
+            fields = {name: value for name, (value, exact) in _json(action_fields(ctx.run)).items() if exact}
+            state.commit(ctx.run, "action", {**action, "fields": fields} if fields else action)
         decided = state.take_decision("code", state.iteration, None)
         if decided is not None:  # a person decided while the run was suspended
             apply_to_code(ctx, decision_from_json(decided))
@@ -347,6 +343,11 @@ class Durable(RunControl, Builtin):
 
     def __repr__(self) -> str:
         return f"Durable({self.store!r}, lease_seconds={self.lease_seconds})"
+
+
+def _json(fields: dict[str, Any]) -> dict[str, tuple[Any, bool]]:
+    """Each field's JSON form and whether it is exact (an action's other fields are recorded when they are)."""
+    return {name: jsonable(value) for name, value in fields.items()}
 
 
 __all__ = ["Durable"]

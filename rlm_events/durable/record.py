@@ -89,6 +89,8 @@ class IterationRecord:
     index: int
     reasoning: str = ""
     code: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)
+    """The action's other fields, as the loop's predictor returned them (PredictRLM's `execution_timeout_seconds`)."""
     entry: dict[str, Any] | None = None
     data: dict[str, Any] = field(default_factory=dict)
     tools: list[dict[str, Any]] = field(default_factory=list)
@@ -135,6 +137,7 @@ class RunRecord:
             record = iterations.setdefault(step.iteration, IterationRecord(step.iteration))
             if step.kind == "action":
                 record.reasoning, record.code = str(step.data.get("reasoning", "")), str(step.data.get("code", ""))
+                record.fields = dict(step.data.get("fields") or {})
             elif step.kind == "tool":
                 record.tools.append(step.data)
             elif step.kind == "iteration":

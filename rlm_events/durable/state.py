@@ -92,14 +92,15 @@ class RunState:
         """The record of the current iteration: complete (replayed) or in flight."""
         return self.record.iterations.get(self.iteration)
 
-    def recorded_action(self) -> tuple[str, str] | None:
-        """The `(reasoning, code)` the loop gets instead of an LM call in the current iteration, if recorded."""
+    def recorded_action(self) -> tuple[str, str, dict[str, Any]] | None:
+        """The `(reasoning, code, other fields)` the loop gets instead of an LM call in the current iteration, if
+        recorded."""
         record = self.recorded()
         if record is None:
             return None
         if record.entry is not None:  # replayed: the code as it ran (after the middleware that changed it)
-            return str(record.entry.get("reasoning", "")), str(record.entry.get("code", ""))
-        return (record.reasoning, record.code) if record.code else None
+            return str(record.entry.get("reasoning", "")), str(record.entry.get("code", "")), record.fields
+        return (record.reasoning, record.code, record.fields) if record.code else None
 
     def tool_index_of(self, ctx: Any) -> int | None:
         """The 0-based index, among the current iteration's tool calls, of the call whose context is `ctx`."""
@@ -170,7 +171,7 @@ def state_of(run: Run) -> RunState | None:
     return state if isinstance(state, RunState) else None
 
 
-def recorded_action_of(run: Any) -> tuple[str, str] | None:
+def recorded_action_of(run: Any) -> tuple[str, str, dict[str, Any]] | None:
     """The recorded action for `run`'s current iteration (what `serving_recorded_actions` asks)."""
     state = state_of(run) if isinstance(run, Run) else None
     return state.recorded_action() if state is not None else None
