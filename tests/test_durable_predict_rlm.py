@@ -5,7 +5,8 @@ as its predictor returned them and served to its loop in that format on resume.
 A real PredictRLM on `dspy.LocalInterpreter` (its default sandbox needs a network), with scripted LMs answering in
 its JSON adapter's format as tests/test_predict_rlm.py does. The worker dies as in tests/test_durable.py (a tool
 raising a `BaseException`) and another worker resumes the run: same answer and history, no LM or tool call repeated,
-and each replayed action reaches PredictRLM's loop with the same fields."""
+and each replayed action reaches PredictRLM's loop with the same fields. A fork, and a run suspended by `Approval`
+and resumed by a decision, replay the same way."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from dspy.utils import DummyLM  # noqa: E402
 from test_durable import Tools, WorkerDied  # noqa: E402
 
 import rlm_events  # noqa: E402
-from rlm_events.durable import Durable, SQLiteStore  # noqa: E402
+from rlm_events.durable import Approval, Approve, Defer, Durable, Edit, SQLiteStore, Suspended  # noqa: E402
 
 MAX_ITERATIONS = 5
 STEPS = [
@@ -185,3 +186,26 @@ def test_a_fork_of_a_predict_rlm_run_replays_its_actions(tmp_path: Path) -> None
     assert forked.answer == "SBB" and steps_of(forked)[:3] == steps_of(whole)[:3]
     assert asked.prompts == [] and sub_asked.prompts == []  # everything came from the record or the fork's code
     assert interpreter.timeouts == [None, 30.0, 12.5, None]
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_predict_rlm_run_suspends_for_a_decision_and_resumes_with_it(tmp_path: Path, is_async: bool) -> None:
+    store = SQLiteStore(tmp_path / "runs.db")
+    tools, asked = Tools(), Asked()
+
+    def approving(rlm: Any) -> Any:
+        handler = Approval(lambda request: Defer() if "lookup" in request.code else Approve(), code=True)
+        handler.install(rlm_events.instrumentation_of(rlm))  # type: ignore[arg-type]
+        return rlm
+
+    rlm, _, _ = build(tools, store, asked, Asked())
+    suspended = call(approving(rlm), is_async)
+    assert isinstance(suspended, Suspended) and suspended.pending["iteration"] == 1
+    assert tools.calls == [] and len(asked.prompts) == 2
+
+    asked = Asked()
+    resumer, other, _ = build(tools, store, asked, Asked())
+    approving(resumer)
+    resumed = other.decide(suspended.run_id, Edit(code="y = lookup(key='e')\nprint(y)"))
+    assert resumed is not None and resumed.answer == "40EES" and tools.calls == ["e"]
+    assert [p.split("[[ ## iteration ## ]]\n")[-1][:3] for p in asked.prompts] == ["3/5", "4/5"]
