@@ -18,7 +18,7 @@ from ..replay._json import jsonable
 from ..runtime import counts_llm_calls, serving_recorded_actions
 from .decisions import Decision, decision_to_json
 from .errors import AwaitingDecisionError, DurableError, RecordMismatchError, RunFinishedError, RunLeasedError
-from .record import RunRecord, check_matches
+from .record import RunRecord, check_matches, typed_inputs
 from .state import RunState, recorded_action_of
 from .store import Step, Store
 
@@ -138,7 +138,7 @@ class RunControl:
             state.parent, state.relation = stored.parent, "fork"  # the fork's first call
         else:
             state.parent, state.relation = run_id, "resume"  # the first call's trace run_id is the durable id
-        return state, dict(stored.meta.get("inputs") or {})
+        return state, typed_inputs(rlm, dict(stored.meta.get("inputs") or {}))
 
     @staticmethod
     def _uncounted(run_id: str, cls: str, allow: bool) -> None:

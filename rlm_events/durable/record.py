@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dspy
+import pydantic
 
 from ..builtin import RLM_BUILTIN_TOOLS
 from ..lm_history import module_label
@@ -32,6 +33,20 @@ def meta_of(rlm: Any, inputs: dict[str, Any]) -> dict[str, Any]:
         "max_iters": iteration_limit(rlm),
         "inputs": inputs,
     }
+
+
+def typed_inputs(rlm: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    """A record's JSON inputs as `rlm`'s signature types them: a value the JSON round trip turned into a dict or list
+    (a pydantic model, a list of them: PredictRLM's `File`) is validated back into its field's type; a value that
+    does not validate, and every other value, is passed as recorded."""
+    fields = getattr(getattr(rlm, "signature", None), "input_fields", None) or {}
+    typed = dict(inputs)
+    for name, value in inputs.items():
+        annotation = getattr(fields.get(name), "annotation", None)
+        if isinstance(value, (dict, list)) and annotation not in (None, Any, dict, list):
+            with contextlib.suppress(Exception):  # not a type pydantic validates JSON into: as recorded
+                typed[name] = pydantic.TypeAdapter(annotation).validate_python(value)
+    return typed
 
 
 def check_matches(run_id: str, meta: dict[str, Any], rlm: Any) -> None:
@@ -173,4 +188,5 @@ __all__ = [
     "meta_of",
     "raise_recorded",
     "tool_step",
+    "typed_inputs",
 ]
