@@ -8,7 +8,9 @@ from __future__ import annotations
 
 # The patch layer's runtime API, whole: one list of names (`exposed.__all__`), re-exported here.
 from ._patch import exposed
+from ._patch.action_format import action_fields
 from ._patch.exposed import *  # noqa: F403
+from ._patch.llm_calls import LLMCallCounter, counts_llm_calls, llm_call_counter
 from ._patch.streaming import ACTION_STREAM, ActionSink, Opener, feed_action_text
 from .context import Run
 from .lm_history import lms_of
@@ -28,7 +30,11 @@ def stream_actions(run: Run, opener: Opener | None) -> None:
 __all__ = [
     *exposed.__all__,
     "ActionSink",
+    "LLMCallCounter",
+    "action_fields",
+    "counts_llm_calls",
     "feed_action_text",
+    "llm_call_counter",
     "lms_of",
     "stream_actions",
 ]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import dspy
+import pydantic
 import pytest
 from conftest import REAL_INTERPRETER
 
@@ -70,7 +71,7 @@ def make(
     store: Any,
     *,
     interpreter: Callable[[], Any] = REAL_INTERPRETER,
-    signature: str = "text -> answer",
+    signature: str | type[dspy.Signature] = "text -> answer",
     **options: Any,
 ) -> tuple[dspy.RLM, Durable]:
     rlm = build_rlm(signature, max_iters=6, tools=[tools.lookup], interpreter_factory=interpreter)
@@ -181,6 +182,34 @@ def test_a_replayed_block_that_prints_something_else_is_a_divergence(tmp_path: P
     _rlm, tolerant = make(tools, store, allow_divergence=True)
     with dspy.context(lm=ScriptedLM(steps)):
         assert tolerant.resume(run_id).answer == "BB"
+
+
+class Doc(pydantic.BaseModel):
+    title: str
+
+
+class DocSignature(dspy.Signature):
+    docs: list[Doc] = dspy.InputField()
+    answer: str = dspy.OutputField()
+
+
+def test_inputs_that_json_turned_into_dicts_are_typed_back_on_resume(tmp_path: Path) -> None:
+    """A pydantic model input is recorded as JSON; a resumed run gets the model again, not the dict (which the
+    replayed code would see, and print, differently). On the in-process interpreter: DSPy's LocalInterpreter takes
+    JSON variables only."""
+    store = SQLiteStore(tmp_path / "runs.db")
+    steps = ["print(type(docs[0]).__name__, docs[0].title)", "y = lookup(key='b')\nprint(y)", "SUBMIT(answer=y)"]
+    tools = Tools()
+    tools.die_on = "b"
+    rlm, durable = make(tools, store, interpreter=InProcessInterpreter, signature=DocSignature)
+    with dspy.context(lm=ScriptedLM(steps)), pytest.raises(WorkerDied):
+        rlm(docs=[Doc(title="T")])
+    assert durable.last_run_id is not None
+    assert store.load(durable.last_run_id).meta["inputs"] == {"docs": [{"title": "T"}]}
+    _, other = make(tools, store, interpreter=InProcessInterpreter, signature=DocSignature)
+    with dspy.context(lm=ScriptedLM(steps)):
+        resumed = other.resume(durable.last_run_id)
+    assert resumed.answer == "BB" and resumed.trajectory[0]["output"] == "Doc T"
 
 
 def test_a_record_that_does_not_match_the_rlm_is_refused_naming_the_difference(tmp_path: Path) -> None:
@@ -396,15 +425,6 @@ def test_a_worker_whose_lease_was_taken_over_stops_and_writes_nothing_more(tmp_p
     run = store.load(durable.last_run_id)  # type: ignore[arg-type]
     assert run.lease_owner == "other-worker" and run.status == "running"
     assert [(s.iteration, s.kind) for s in run.steps] == [(0, "action"), (0, "tool"), (0, "iteration")]
-
-
-def test_predict_rlm_is_refused_at_install(tmp_path: Path) -> None:
-    predict_rlm = pytest.importorskip("predict_rlm", reason="needs the predict-rlm extra (DSPy 3.4+)")
-    if not hasattr(dspy, "LocalInterpreter"):
-        pytest.skip("PredictRLM runs on dspy.LocalInterpreter (DSPy 3.4+)")
-    rlm = predict_rlm.PredictRLM("text -> answer", lm="openai/none", sub_lm="openai/none", max_iterations=2)
-    with pytest.raises(TypeError, match="Durable does not support PredictRLM yet"):
-        Durable(tmp_path / "runs.db").install(rlm_events.instrument(rlm))
 
 
 def test_a_postgres_store_without_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,7 +1,8 @@
 """Serving a resumed run's recorded actions to DSPy's loop instead of asking the LM again.
 
-A resumed durable run re-executes its recorded iterations in a fresh interpreter. Each iteration's action (reasoning
-and code) comes from the record: while a resumed call runs, the RLM's `generate_action` predictor is a
+A resumed durable run re-executes its recorded iterations in a fresh interpreter. Each iteration's action (reasoning,
+code and the predictor's other fields, in the format the loop reads: `_patch.action_format`) comes from the record:
+while a resumed call runs, the RLM's `generate_action` predictor (and PredictRLM's per-run one) is a
 `RecordedActions` stand-in that answers a call whose run has a recorded action for its iteration, and passes every
 other call (other runs, and this run once the record is used up) to the real predictor, unchanged. The stand-in is
 put in place for the resumed call only (counted, so overlapping resumed calls on one RLM share it) and the real
@@ -17,10 +18,12 @@ from typing import Any
 
 from dspy import Prediction
 
+from .action_format import serve_per_run_predictor, served_action, unserve_per_run_predictor
 from .call import CURRENT
 
-ActionSource = Callable[[Any], "tuple[str, str] | None"]
-"""`source(run)`: the recorded `(reasoning, code)` of the iteration `run` is in, or `None` to ask the LM."""
+ActionSource = Callable[[Any], "tuple[str, str, dict[str, Any]] | None"]
+"""`source(run)`: the recorded `(reasoning, code, other fields)` of the iteration `run` is in, or `None` to ask the
+LM."""
 
 _LOCK = threading.Lock()
 _ACTIVE: dict[int, tuple[RecordedActions, int]] = {}  # id(rlm) -> (stand-in, resumed calls using it)
@@ -38,8 +41,7 @@ class RecordedActions:
         found = self._source(call.run) if call is not None else None
         if found is None:
             return None
-        reasoning, code = found
-        return Prediction(reasoning=reasoning, code=code)
+        return served_action(*found)  # in the format the loop reads (PredictRLM's has a `plan`)
 
     def live_predictor(self) -> Any:
         """The real predictor when the current call has no recorded action (the LM is asked: it may be streamed, see
@@ -75,6 +77,7 @@ def serving_recorded_actions(rlm: Any, source: ActionSource) -> Iterator[None]:
         if active is None:
             stand_in = RecordedActions(rlm.__dict__["generate_action"], source)
             rlm.__dict__["generate_action"] = stand_in
+            serve_per_run_predictor(rlm, lambda predictor: RecordedActions(predictor, source))
             _ACTIVE[key] = (stand_in, 1)
         else:
             _ACTIVE[key] = (active[0], active[1] + 1)
@@ -85,6 +88,7 @@ def serving_recorded_actions(rlm: Any, source: ActionSource) -> Iterator[None]:
             stand_in, users = _ACTIVE[key]
             if users == 1:
                 del _ACTIVE[key]
+                unserve_per_run_predictor(rlm)
                 if rlm.__dict__.get("generate_action") is stand_in:
                     rlm.__dict__["generate_action"] = stand_in._predictor
             else:

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 from dspy import Prediction
 
 from ..replay._json import jsonable
-from ..runtime import serving_recorded_actions
+from ..runtime import counts_llm_calls, serving_recorded_actions
 from .decisions import Decision, decision_to_json
-from .errors import AwaitingDecisionError, DurableError, RunFinishedError, RunLeasedError
-from .record import RunRecord, check_matches
+from .errors import AwaitingDecisionError, DurableError, RecordMismatchError, RunFinishedError, RunLeasedError
+from .record import RunRecord, check_matches, typed_inputs
 from .state import RunState, recorded_action_of
 from .store import Step, Store
 
@@ -91,10 +91,14 @@ class RunControl:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        allow = self.allow_divergence or bool(stored.meta.get("allow_divergence"))
         try:
             if stored.status == "done":
                 raise RunFinishedError(f"durable run {run_id!r} is done: nothing to resume (fork it to run it again)")
             check_matches(run_id, stored.meta, rlm)
+            record = RunRecord.of(stored.steps)
+            if record.charged_llm_calls() and not counts_llm_calls(rlm):
+                self._uncounted(run_id, type(rlm).__name__, allow)
             decision = None
             if stored.status == "suspended":
                 pending = stored.pending or {}
@@ -112,7 +116,6 @@ class RunControl:
         except BaseException:
             self.store.release(run_id, self.worker)
             raise
-        record = RunRecord.of(stored.steps)
         inflight = record.inflight()
         if inflight is not None:
             logger.warning(
@@ -129,14 +132,26 @@ class RunControl:
                 record.completed,
                 record.completed + 1,
             )
-        allow = self.allow_divergence or bool(stored.meta.get("allow_divergence"))
         state = RunState(run_id, self.store, self.worker, self.lease_seconds, record=record, decision=decision)
         state.allow_divergence = allow
         if stored.relation == "fork" and record.completed == stored.meta.get("forked_at"):
             state.parent, state.relation = stored.parent, "fork"  # the fork's first call
         else:
             state.parent, state.relation = run_id, "resume"  # the first call's trace run_id is the durable id
-        return state, dict(stored.meta.get("inputs") or {})
+        return state, typed_inputs(rlm, dict(stored.meta.get("inputs") or {}))
+
+    @staticmethod
+    def _uncounted(run_id: str, cls: str, allow: bool) -> None:
+        """The record charged sub-LLM calls, and this RLM keeps DSPy's `max_llm_calls` counter where it cannot be
+        continued: refuse (a resumed run could make more sub-LLM calls than an uninterrupted one), or, where the
+        user allows divergence, say so and go on."""
+        detail = (
+            f"its record charged sub-LLM calls against max_llm_calls, and {cls} keeps that counter where rlm-events "
+            "cannot continue it (checked on DSPy 3.1.2 to 3.4.1): resumed, it would count them again from 0"
+        )
+        if not allow:
+            raise RecordMismatchError(run_id, f"{detail}; pass Durable(allow_divergence=True) to resume anyway")
+        logger.warning("rlm-events Durable: resuming run %s although %s (divergence allowed)", run_id, detail)
 
     def resume(self, run_id: str, *, rlm: Any = None, wait: float = 0.0) -> Prediction:
         """Continue the durable run `run_id` from its last commit, in this process; return what its call returns

@@ -16,6 +16,7 @@ from .. import context
 from ..builtin import Builtin
 from ..lm_usage import meter_run
 from ..replay._json import jsonable
+from ..runtime import action_fields, llm_call_counter
 from ..stages import Stage
 from .approval import apply_to_code, apply_to_tool
 from .control import RESUMING, RunControl, open_store
@@ -95,12 +96,6 @@ class Durable(RunControl, Builtin):
     # -- installation -----------------------------------------------------------------------------------------
 
     def check(self, events: Instrumentation) -> None:
-        for module in events.modules:
-            if any(cls.__module__.split(".")[0] == "predict_rlm" for cls in type(module).__mro__):
-                raise TypeError(
-                    f"Durable does not support {type(module).__qualname__} yet: PredictRLM's loop writes its actions "
-                    "in its own format, which a resume cannot replay; use it on dspy.RLM"
-                )
         for stage in self.STAGES:
             taken = [mw for mw in events.plan.chains[stage] if mw is not self]
             if taken:
@@ -180,6 +175,8 @@ class Durable(RunControl, Builtin):
 
     def _pre_iteration(self, ctx: context.PreIterationContext, next: Any, state: RunState) -> Any:
         state.iteration, state.tool_index, state.skip, state.pre = ctx.iteration or 0, 0, None, {}
+        if state.llm_calls is None:
+            state.llm_calls = llm_call_counter(ctx.run)
         if state.replaying:
             record = state.recorded()
             pre = (record.data.get("pre") if record is not None else None) or {}
@@ -204,7 +201,9 @@ class Durable(RunControl, Builtin):
                 ctx.skip(skip)
             return ctx
         if record is None or not record.code:  # not in flight from a previous worker: commit the LM's answer now
-            state.commit(ctx.run, "action", {"reasoning": ctx.reasoning, "code": ctx.code})
+            action = {"reasoning": ctx.reasoning, "code": ctx.code}
+            fields = {name: value for name, (value, exact) in _json(action_fields(ctx.run)).items() if exact}
+            state.commit(ctx.run, "action", {**action, "fields": fields} if fields else action)
         decided = state.take_decision("code", state.iteration, None)
         if decided is not None:  # a person decided while the run was suspended
             apply_to_code(ctx, decision_from_json(decided))
@@ -224,6 +223,7 @@ class Durable(RunControl, Builtin):
         if record is not None:
             found = record.take_tool(ctx.name, data["args"], data["kwargs"])
             if found is not None:
+                state.replayed_llm_calls(found)
                 if found.get("error_type") is not None:
                     raise_recorded(found)
                 ctx.result = found.get("result")
@@ -288,6 +288,7 @@ class Durable(RunControl, Builtin):
                 state.divergence,
             )
         state.divergence = None
+        state.replayed_llm_calls(data)
         kept = dict(entry)
         if not entry.get("pinned") and entries:
             kept["output"] = entries[-1].output  # what runs now is what the LM reads next
@@ -342,6 +343,11 @@ class Durable(RunControl, Builtin):
 
     def __repr__(self) -> str:
         return f"Durable({self.store!r}, lease_seconds={self.lease_seconds})"
+
+
+def _json(fields: dict[str, Any]) -> dict[str, tuple[Any, bool]]:
+    """Each field's JSON form and whether it is exact (an action's other fields are recorded when they are)."""
+    return {name: jsonable(value) for name, value in fields.items()}
 
 
 __all__ = ["Durable"]

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dspy
+import pydantic
 
+from ..builtin import RLM_BUILTIN_TOOLS
 from ..lm_history import module_label
 from ..replay._json import jsonable
 from ..runtime import iteration_limit
@@ -31,6 +33,20 @@ def meta_of(rlm: Any, inputs: dict[str, Any]) -> dict[str, Any]:
         "max_iters": iteration_limit(rlm),
         "inputs": inputs,
     }
+
+
+def typed_inputs(rlm: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    """A record's JSON inputs as `rlm`'s signature types them: a value the JSON round trip turned into a dict or list
+    (a pydantic model, a list of them: PredictRLM's `File`) is validated back into its field's type; a value that
+    does not validate, and every other value, is passed as recorded."""
+    fields = getattr(getattr(rlm, "signature", None), "input_fields", None) or {}
+    typed = dict(inputs)
+    for name, value in inputs.items():
+        annotation = getattr(fields.get(name), "annotation", None)
+        if isinstance(value, (dict, list)) and annotation not in (None, Any, dict, list):
+            with contextlib.suppress(Exception):  # not a type pydantic validates JSON into: as recorded
+                typed[name] = pydantic.TypeAdapter(annotation).validate_python(value)
+    return typed
 
 
 def check_matches(run_id: str, meta: dict[str, Any], rlm: Any) -> None:
@@ -88,6 +104,8 @@ class IterationRecord:
     index: int
     reasoning: str = ""
     code: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)
+    """The action's other fields, as the loop's predictor returned them (PredictRLM's `execution_timeout_seconds`)."""
     entry: dict[str, Any] | None = None
     data: dict[str, Any] = field(default_factory=dict)
     tools: list[dict[str, Any]] = field(default_factory=list)
@@ -134,6 +152,7 @@ class RunRecord:
             record = iterations.setdefault(step.iteration, IterationRecord(step.iteration))
             if step.kind == "action":
                 record.reasoning, record.code = str(step.data.get("reasoning", "")), str(step.data.get("code", ""))
+                record.fields = dict(step.data.get("fields") or {})
             elif step.kind == "tool":
                 record.tools.append(step.data)
             elif step.kind == "iteration":
@@ -148,6 +167,14 @@ class RunRecord:
             del kept[completed]  # tool steps without their action: started afresh
         return cls(kept, completed, state, len(steps))
 
+    def charged_llm_calls(self) -> bool:
+        """Whether the record charged sub-LLM calls against DSPy's `max_llm_calls`: its committed count, else (a
+        release whose counter rlm-events cannot read) any `llm_query` / `llm_query_batched` result it holds."""
+        counted = (self.state or {}).get("llm_calls")
+        if isinstance(counted, int):
+            return counted > 0
+        return any(tool.get("name") in RLM_BUILTIN_TOOLS for it in self.iterations.values() for tool in it.tools)
+
     def inflight(self) -> IterationRecord | None:
         """The iteration after the complete ones, if its action was committed."""
         return self.iterations.get(self.completed)
@@ -161,4 +188,5 @@ __all__ = [
     "meta_of",
     "raise_recorded",
     "tool_step",
+    "typed_inputs",
 ]

@@ -1,5 +1,6 @@
 """What a durable run keeps while it runs ([`RunState`][rlm_events.durable.state.RunState], at
-`run.state["durable"]`): where it commits, what it replays, and the per-run state of the built-ins it restores."""
+`run.state["durable"]`): where it commits, what it replays, and the per-run state it restores (the built-ins' usage,
+DSPy's `max_llm_calls` counter)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 from ..context import Run
 from ..lm_usage import Usage, metered
+from ..runtime import LLMCallCounter
 from .errors import LeaseLostError
 from .record import IterationRecord, RunRecord
 from .store import Step, StepKind, Store
@@ -75,6 +77,9 @@ class RunState:
         self.divergence: str | None = None
         self.settled_step: tuple[str, int, int | None] | None = None
         self.lost = False  # the lease was lost: write nothing more
+        self.llm_calls: LLMCallCounter | None = None
+        """DSPy's `max_llm_calls` counter of this call (found in its first iteration; `None` where DSPy keeps it
+        where rlm-events cannot read it): committed with each step, continued from the record on replay."""
 
     # -- replay -----------------------------------------------------------------------------------------------
 
@@ -87,18 +92,26 @@ class RunState:
         """The record of the current iteration: complete (replayed) or in flight."""
         return self.record.iterations.get(self.iteration)
 
-    def recorded_action(self) -> tuple[str, str] | None:
-        """The `(reasoning, code)` the loop gets instead of an LM call in the current iteration, if recorded."""
+    def recorded_action(self) -> tuple[str, str, dict[str, Any]] | None:
+        """The `(reasoning, code, other fields)` the loop gets instead of an LM call in the current iteration, if
+        recorded."""
         record = self.recorded()
         if record is None:
             return None
         if record.entry is not None:  # replayed: the code as it ran (after the middleware that changed it)
-            return str(record.entry.get("reasoning", "")), str(record.entry.get("code", ""))
-        return (record.reasoning, record.code) if record.code else None
+            return str(record.entry.get("reasoning", "")), str(record.entry.get("code", "")), record.fields
+        return (record.reasoning, record.code, record.fields) if record.code else None
 
     def tool_index_of(self, ctx: Any) -> int | None:
         """The 0-based index, among the current iteration's tool calls, of the call whose context is `ctx`."""
         return self.tool_indexes.get(id(ctx))
+
+    def replayed_llm_calls(self, data: dict[str, Any]) -> None:
+        """A replayed step (a tool result or an iteration) was served from the record: DSPy's counter continues from
+        the count committed with it, so the calls answered from the record count as they did."""
+        recorded = (data.get("state") or {}).get("llm_calls")
+        if self.llm_calls is not None and isinstance(recorded, int):
+            self.llm_calls.continue_from(recorded)
 
     def diverged(self, detail: str) -> None:
         if self.divergence is None:
@@ -130,13 +143,19 @@ class RunState:
     # -- commits ----------------------------------------------------------------------------------------------
 
     def commit(self, run: Run, kind: StepKind, data: dict[str, Any], *, with_state: bool = True) -> None:
-        """Append a step of the current iteration (with the run's usage when `with_state`)."""
+        """Append a step of the current iteration (with the run's usage and DSPy's `max_llm_calls` count when
+        `with_state`)."""
         if self.lost:  # every later commit fails too: the run stops rather than go on beside the new owner
             raise LeaseLostError.of(self.run_id, self.owner)
         if with_state:
+            kept: dict[str, Any] = {}
             snapshot = usage_snapshot(run)
             if snapshot is not None:
-                data = {**data, "state": {"usage": snapshot}}
+                kept["usage"] = snapshot
+            if self.llm_calls is not None:
+                kept["llm_calls"] = self.llm_calls.count
+            if kept:
+                data = {**data, "state": kept}
         step = Step(self.seq, self.iteration, kind, data)
         try:
             self.store.append(self.run_id, self.owner, step, self.lease_seconds)
@@ -152,7 +171,7 @@ def state_of(run: Run) -> RunState | None:
     return state if isinstance(state, RunState) else None
 
 
-def recorded_action_of(run: Any) -> tuple[str, str] | None:
+def recorded_action_of(run: Any) -> tuple[str, str, dict[str, Any]] | None:
     """The recorded action for `run`'s current iteration (what `serving_recorded_actions` asks)."""
     state = state_of(run) if isinstance(run, Run) else None
     return state.recorded_action() if state is not None else None
