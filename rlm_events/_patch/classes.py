@@ -119,6 +119,7 @@ def instrumented_rlm_class(cls: Any) -> Any:
                 outcome, stop = call.after_iteration(end, outcome)
         finally:
             call.frame = None
+            frame.close()
         if not stop:
             return outcome
         return call.stopped_with(getattr(self, extract_name)(*_extract_args(frame, outcome)), outcome)
@@ -146,6 +147,7 @@ def instrumented_rlm_class(cls: Any) -> Any:
                 outcome, stop = call.after_iteration(ended, outcome)
         finally:
             call.frame = None
+            frame.close()
         if stop:  # the stop's extract, awaited
             outcome = call.stopped_with(await getattr(self, aextract_name)(*_extract_args(frame, outcome)), outcome)
         return outcome
