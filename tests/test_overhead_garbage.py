@@ -25,15 +25,16 @@ from rlm_events.testing import InProcessInterpreter
 
 ITERATION_STAGES = (Stage.PRE_ITERATION, Stage.PRE_EXECUTION, Stage.POST_EXECUTION, Stage.POST_ITERATION)
 PER_ITERATION = {"Frame", "Acting", "SkippableREPL", "REPLHistory", "REPLEntry"}
-STAND_INS = {"Acting", "SkippableREPL"}
 
 
 def ours_in(left: set[str]) -> set[str]:
-    """The per-iteration objects among `left` that a cycle of rlm-events' kept alive. DSPy before 3.3.2 keeps every
-    frame on the stack in a cycle of its own on each predictor call (`inspect.stack()` held in a local of the frame
-    it lists: `FrameInfo`s left behind), and with them whatever those frames' locals hold, the iteration's objects
-    included: there only the stand-ins, which nothing of DSPy's holds, tell."""
-    return left & (STAND_INS if "FrameInfo" in left else PER_ITERATION)
+    """The per-iteration objects among `left` (a call's cyclic garbage). DSPy before 3.3.2 keeps every frame on the
+    stack in a cycle of its own on each predictor call (`inspect.stack()` held in a local of a frame it lists:
+    `FrameInfo`s left behind), and with them whatever those frames' locals hold, the iteration's objects included:
+    there the question cannot be asked of a call's garbage."""
+    if "FrameInfo" in left:
+        pytest.skip("this DSPy keeps every frame on the stack in a reference cycle of its own (inspect.stack())")
+    return left & PER_ITERATION
 
 
 def passthrough(ctx: StageContext, next: Any) -> StageContext:
