@@ -199,15 +199,21 @@ class Call:
 
     def pre_iteration_ctx(self, frame: Frame) -> PreIterationContext:
         args = frame.args
-        return self.ctx(
+        # Built in place, fields in declaration order (as `ctx()` builds them): one of the per-iteration contexts.
+        return construct(  # type: ignore[no-any-return]
             PreIterationContext,
-            frame.index,
-            history=args["history"],
-            variables=list(args["variables"]),
-            extra_vars={},
-            python_code=None,
-            persistent_python_code=self.prelude,
-            prompt_context="",
+            {
+                "stage": PRE_ITERATION,
+                "iteration": frame.index,
+                "input_args": self.input_args,
+                "run": self.run,
+                "history": args["history"],
+                "variables": list(args["variables"]),
+                "extra_vars": {},
+                "python_code": None,
+                "persistent_python_code": self.prelude,
+                "prompt_context": "",
+            },
         )
 
     def apply_pre_iteration(self, ctx: PreIterationContext, frame: Frame) -> None:
@@ -278,13 +284,18 @@ class Call:
 
     def pre_execution_ctx(self, frame: Frame, action: Any) -> PreExecutionContext:
         frame.code = code = self.seams.stripped(action.code)
-        return self.ctx(
+        return construct(  # type: ignore[no-any-return]
             PreExecutionContext,
-            frame.index,
-            code=code,
-            reasoning=str(getattr(action, "reasoning", "")),
-            history=frame.args["history"],
-            result=None,
+            {
+                "stage": PRE_EXECUTION,
+                "iteration": frame.index,
+                "input_args": self.input_args,
+                "run": self.run,
+                "code": code,
+                "reasoning": str(getattr(action, "reasoning", "")),
+                "history": frame.args["history"],
+                "result": None,
+            },
         )
 
     @staticmethod
@@ -341,13 +352,18 @@ class Call:
 
     def post_execution_ctx(self, frame: Frame) -> PostExecutionContext:
         processing: Any = frame.processing
-        frame.code = self.code_of(processing)
-        return self.ctx(
+        frame.code = code = self.code_of(processing)
+        return construct(  # type: ignore[no-any-return]
             PostExecutionContext,
-            frame.index,
-            code=frame.code,
-            result=processing["result"],
-            history=processing["history"],
+            {
+                "stage": POST_EXECUTION,
+                "iteration": frame.index,
+                "input_args": self.input_args,
+                "run": self.run,
+                "code": code,
+                "result": processing["result"],
+                "history": processing["history"],
+            },
         )
 
     def finish_execution(self, ctx: PostExecutionContext, frame: Frame) -> Any:
@@ -374,16 +390,21 @@ class Call:
             prediction: Prediction | None = outcome
         else:
             history, prediction = outcome, None
-        return self.ctx(
+        return construct(  # type: ignore[no-any-return]
             PostIterationContext,
-            frame.index,
-            history=history,
-            prediction=prediction,
-            stop=False,
-            stop_reason=None,
-            action=frame.action,
-            code=frame.code,
-            result=frame.result,
+            {
+                "stage": POST_ITERATION,
+                "iteration": frame.index,
+                "input_args": self.input_args,
+                "run": self.run,
+                "history": history,
+                "prediction": prediction,
+                "stop": False,
+                "stop_reason": None,
+                "action": frame.action,
+                "code": frame.code,
+                "result": frame.result,
+            },
         )
 
     def after_iteration(self, ctx: PostIterationContext, outcome: Any) -> tuple[Any, bool]:
