@@ -60,15 +60,13 @@ def _pre_execution_args(ctx: PreExecutionContext) -> tuple[Any, ...]:
     return (ctx.iteration, ctx.code, list(seen.variables), ctx.history, dict(seen.input_args))
 
 
-def _assign(ctx: Any, field: str, value: Any) -> None:
-    """Set `ctx.<field>`, unless a hook passed the value through (the same object): a context validates every
-    assignment, and a pass-through hook should cost none."""
-    if getattr(ctx, field) is not value:
-        setattr(ctx, field, value)
+# The apply functions set a context's field only when the hook returned another object than the one it was given:
+# a context validates every assignment, and a pass-through hook should cost none.
 
 
 def _pre_execution_apply(ctx: PreExecutionContext, out: PreExecutionOutput) -> None:
-    _assign(ctx, "code", out.code)
+    if ctx.code is not out.code:  # a pass-through costs no validated assignment
+        ctx.code = out.code
 
 
 def _post_execution_args(ctx: PostExecutionContext) -> tuple[Any, ...]:
@@ -77,7 +75,8 @@ def _post_execution_args(ctx: PostExecutionContext) -> tuple[Any, ...]:
 
 
 def _post_execution_apply(ctx: PostExecutionContext, out: PostExecutionOutput) -> None:
-    _assign(ctx, "result", out.result)
+    if ctx.result is not out.result:  # a pass-through costs no validated assignment
+        ctx.result = out.result
 
 
 def _post_iteration_args(ctx: PostIterationContext) -> tuple[Any, ...]:
@@ -85,12 +84,14 @@ def _post_iteration_args(ctx: PostIterationContext) -> tuple[Any, ...]:
 
 
 def _post_iteration_apply(ctx: PostIterationContext, out: PostIterationOutput) -> None:
-    _assign(ctx, "history", out.history)
+    if ctx.history is not out.history:  # a pass-through costs no validated assignment
+        ctx.history = out.history
     if out.stop:  # a hook's default stop=False must not cancel a stop another middleware asked for
         ctx.stop = True
 
 
-def _always(ctx: Any) -> bool:
+def always(ctx: Any) -> bool:
+    """A hook that applies at every context of its stage."""
     return True
 
 
@@ -98,7 +99,8 @@ def _iteration_goes_on(ctx: PostIterationContext) -> bool:
     return ctx.prediction is None
 
 
-def _nothing(ctx: Any) -> None:
+def nothing(ctx: Any) -> None:
+    """Nothing to do after the rest of the chain."""
     return None
 
 
@@ -112,8 +114,8 @@ class Kind:
     output: type[BaseModel]
     arguments: Callable[[Any], tuple[Any, ...]]
     apply: Callable[[Any, Any], None]
-    applies: Callable[[Any], bool] = _always
-    after: Callable[[Any], None] = _nothing
+    applies: Callable[[Any], bool] = always
+    after: Callable[[Any], None] = nothing
 
 
 KINDS: tuple[Kind, ...] = (
