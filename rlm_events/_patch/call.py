@@ -126,6 +126,12 @@ class Call:
             return None
         return Frame(self, params.bind(args, kwargs))
 
+    def ended(self, frame: Frame) -> None:
+        """The loop body of `frame`'s iteration returned (or raised): it is no longer the current one, and drops
+        what refers back to it (see `Frame.close`)."""
+        self.frame = None
+        frame.close()
+
     def iteration_ran(self, frame: Frame) -> None:
         """The loop body returned: say (once) what this iteration's registrations could not do."""
         if frame.action is None:
@@ -199,21 +205,15 @@ class Call:
 
     def pre_iteration_ctx(self, frame: Frame) -> PreIterationContext:
         args = frame.args
-        # Built in place, fields in declaration order (as `ctx()` builds them): one of the per-iteration contexts.
-        return construct(  # type: ignore[no-any-return]
+        return self.ctx(
             PreIterationContext,
-            {
-                "stage": PRE_ITERATION,
-                "iteration": frame.index,
-                "input_args": self.input_args,
-                "run": self.run,
-                "history": args["history"],
-                "variables": list(args["variables"]),
-                "extra_vars": {},
-                "python_code": None,
-                "persistent_python_code": self.prelude,
-                "prompt_context": "",
-            },
+            frame.index,
+            history=args["history"],
+            variables=list(args["variables"]),
+            extra_vars={},
+            python_code=None,
+            persistent_python_code=self.prelude,
+            prompt_context="",
         )
 
     def apply_pre_iteration(self, ctx: PreIterationContext, frame: Frame) -> None:
@@ -284,18 +284,13 @@ class Call:
 
     def pre_execution_ctx(self, frame: Frame, action: Any) -> PreExecutionContext:
         frame.code = code = self.seams.stripped(action.code)
-        return construct(  # type: ignore[no-any-return]
+        return self.ctx(
             PreExecutionContext,
-            {
-                "stage": PRE_EXECUTION,
-                "iteration": frame.index,
-                "input_args": self.input_args,
-                "run": self.run,
-                "code": code,
-                "reasoning": str(getattr(action, "reasoning", "")),
-                "history": frame.args["history"],
-                "result": None,
-            },
+            frame.index,
+            code=code,
+            reasoning=str(getattr(action, "reasoning", "")),
+            history=frame.args["history"],
+            result=None,
         )
 
     @staticmethod
@@ -352,18 +347,13 @@ class Call:
 
     def post_execution_ctx(self, frame: Frame) -> PostExecutionContext:
         processing: Any = frame.processing
-        frame.code = code = self.code_of(processing)
-        return construct(  # type: ignore[no-any-return]
+        frame.code = self.code_of(processing)
+        return self.ctx(
             PostExecutionContext,
-            {
-                "stage": POST_EXECUTION,
-                "iteration": frame.index,
-                "input_args": self.input_args,
-                "run": self.run,
-                "code": code,
-                "result": processing["result"],
-                "history": processing["history"],
-            },
+            frame.index,
+            code=frame.code,
+            result=processing["result"],
+            history=processing["history"],
         )
 
     def finish_execution(self, ctx: PostExecutionContext, frame: Frame) -> Any:
@@ -390,21 +380,16 @@ class Call:
             prediction: Prediction | None = outcome
         else:
             history, prediction = outcome, None
-        return construct(  # type: ignore[no-any-return]
+        return self.ctx(
             PostIterationContext,
-            {
-                "stage": POST_ITERATION,
-                "iteration": frame.index,
-                "input_args": self.input_args,
-                "run": self.run,
-                "history": history,
-                "prediction": prediction,
-                "stop": False,
-                "stop_reason": None,
-                "action": frame.action,
-                "code": frame.code,
-                "result": frame.result,
-            },
+            frame.index,
+            history=history,
+            prediction=prediction,
+            stop=False,
+            stop_reason=None,
+            action=frame.action,
+            code=frame.code,
+            result=frame.result,
         )
 
     def after_iteration(self, ctx: PostIterationContext, outcome: Any) -> tuple[Any, bool]:

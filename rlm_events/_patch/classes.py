@@ -118,8 +118,7 @@ def instrumented_rlm_class(cls: Any) -> Any:
                 end = call.plan.fire(call.post_iteration_ctx(frame, outcome), self)
                 outcome, stop = call.after_iteration(end, outcome)
         finally:
-            call.frame = None
-            frame.close()
+            call.ended(frame)
         if not stop:
             return outcome
         return call.stopped_with(getattr(self, extract_name)(*_extract_args(frame, outcome)), outcome)
@@ -146,8 +145,7 @@ def instrumented_rlm_class(cls: Any) -> Any:
                 ended = await call.plan.afire(call.post_iteration_ctx(frame, outcome), self)
                 outcome, stop = call.after_iteration(ended, outcome)
         finally:
-            call.frame = None
-            frame.close()
+            call.ended(frame)
         if stop:  # the stop's extract, awaited
             outcome = call.stopped_with(await getattr(self, aextract_name)(*_extract_args(frame, outcome)), outcome)
         return outcome

@@ -60,13 +60,15 @@ def _pre_execution_args(ctx: PreExecutionContext) -> tuple[Any, ...]:
     return (ctx.iteration, ctx.code, list(seen.variables), ctx.history, dict(seen.input_args))
 
 
-# The apply functions set a context's field only when the hook returned another object than the one it was given:
-# a context validates every assignment, and a pass-through hook should cost none.
+def _assign(ctx: Any, field: str, value: Any) -> None:
+    """Set `ctx.<field>`, unless a hook passed the value through (the same object): a context validates every
+    assignment, and a pass-through hook should cost none."""
+    if getattr(ctx, field) is not value:
+        setattr(ctx, field, value)
 
 
 def _pre_execution_apply(ctx: PreExecutionContext, out: PreExecutionOutput) -> None:
-    if ctx.code is not out.code:  # a pass-through costs no validated assignment
-        ctx.code = out.code
+    _assign(ctx, "code", out.code)
 
 
 def _post_execution_args(ctx: PostExecutionContext) -> tuple[Any, ...]:
@@ -75,8 +77,7 @@ def _post_execution_args(ctx: PostExecutionContext) -> tuple[Any, ...]:
 
 
 def _post_execution_apply(ctx: PostExecutionContext, out: PostExecutionOutput) -> None:
-    if ctx.result is not out.result:  # a pass-through costs no validated assignment
-        ctx.result = out.result
+    _assign(ctx, "result", out.result)
 
 
 def _post_iteration_args(ctx: PostIterationContext) -> tuple[Any, ...]:
@@ -84,8 +85,7 @@ def _post_iteration_args(ctx: PostIterationContext) -> tuple[Any, ...]:
 
 
 def _post_iteration_apply(ctx: PostIterationContext, out: PostIterationOutput) -> None:
-    if ctx.history is not out.history:  # a pass-through costs no validated assignment
-        ctx.history = out.history
+    _assign(ctx, "history", out.history)
     if out.stop:  # a hook's default stop=False must not cancel a stop another middleware asked for
         ctx.stop = True
 
