@@ -194,8 +194,16 @@ QUICK = Settings(
 )
 
 
-def run(settings: Settings = FULL, *, make_rlm: MakeRLM = build_rlm, local: bool = True) -> dict[str, Any]:
-    """Run every benchmark; the report is plain JSON-able data (see :func:`render` for the table)."""
+def run(
+    settings: Settings = FULL,
+    *,
+    make_rlm: MakeRLM = build_rlm,
+    local: bool = True,
+    configs: Sequence[configuration.Config] = configuration.CONFIGS,
+    loops_only: bool = False,
+) -> dict[str, Any]:
+    """Run every benchmark (only the loop benchmarks over ``configs`` with ``loops_only``); the report is plain
+    JSON-able data (see :func:`render` for the table)."""
     load_before = os.getloadavg()
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rlm-events-bench-")))
@@ -208,6 +216,7 @@ def run(settings: Settings = FULL, *, make_rlm: MakeRLM = build_rlm, local: bool
                 warmup=settings.warmup,
                 clock="wall" if settings.clock == "wall" else "cpu",
                 tmp=tmp,
+                configs=configs,
             )
         ]
         local_factory = getattr(dspy, "LocalInterpreter", None)
@@ -221,17 +230,22 @@ def run(settings: Settings = FULL, *, make_rlm: MakeRLM = build_rlm, local: bool
                     warmup=min(settings.warmup, 1),
                     clock="cpu" if settings.clock == "cpu" else "wall",  # the child process's work is not ours
                     tmp=tmp,
+                    configs=configs,
                 )
             )
-        memory = micro.memory_benchmark(
-            make_rlm,
-            runs=settings.memory_runs,
-            iterations=settings.memory_iterations,
-            warmup=min(50, settings.memory_runs // 2),
-            tmp=tmp,
+        memory = (
+            None
+            if loops_only
+            else micro.memory_benchmark(
+                make_rlm,
+                runs=settings.memory_runs,
+                iterations=settings.memory_iterations,
+                warmup=min(50, settings.memory_runs // 2),
+                tmp=tmp,
+            )
         )
-    dispatch = micro.dispatch_benchmark(make_rlm, loops=settings.dispatch_loops)
-    rounds = settings.real_client_rounds
+    dispatch = None if loops_only else micro.dispatch_benchmark(make_rlm, loops=settings.dispatch_loops)
+    rounds = 0 if loops_only else settings.real_client_rounds
     real_client = _sibling("real_client").benchmark(rounds=rounds, warmup=min(settings.warmup, 3)) if rounds else None
     return {
         "environment": {
@@ -329,7 +343,25 @@ def main(argv: Sequence[str] | None = None, *, make_rlm: MakeRLM = build_rlm) ->
         help="what the loop benchmarks time (default auto: CPU time of this process with the in-process "
         "interpreter, wall time with dspy.LocalInterpreter)",
     )
+    parser.add_argument(
+        "--configs",
+        metavar="KEYS",
+        help="comma-separated configuration keys to run (bare is always first), e.g. busy,compat_hooks,"
+        f"reference_package; default: all of {','.join(c.key for c in configuration.CONFIGS)}",
+    )
+    parser.add_argument(
+        "--loops-only",
+        action="store_true",
+        help="only the loop benchmarks: no memory, stage dispatch or real-client figures",
+    )
     args = parser.parse_args(argv)
+    configs = configuration.CONFIGS
+    if args.configs:
+        keys = {key.strip() for key in args.configs.split(",") if key.strip()}
+        unknown = keys - {c.key for c in configs}
+        if unknown:
+            parser.error(f"--configs: unknown configuration(s) {sorted(unknown)}")
+        configs = tuple(c for c in configs if c.key == "bare" or c.key in keys)
     settings = QUICK if args.quick else FULL
     overrides = {
         name: getattr(args, name)
@@ -341,7 +373,7 @@ def main(argv: Sequence[str] | None = None, *, make_rlm: MakeRLM = build_rlm) ->
     settings = Settings(**{**asdict(settings), **overrides})
     with _quiet_dspy(), ExitStack() as stack:
         replaced = args.no_stack_walk and stack.enter_context(_without_dspy_stack_walk())
-        report = run(settings, make_rlm=make_rlm, local=not args.no_local)
+        report = run(settings, make_rlm=make_rlm, local=not args.no_local, configs=configs, loops_only=args.loops_only)
     report["environment"]["dspy_stack_walk_replaced"] = bool(replaced)
     report["command"] = " ".join(["python", "benchmarks/overhead.py", *(argv if argv is not None else sys.argv[1:])])
     print(render(report))

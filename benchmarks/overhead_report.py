@@ -84,6 +84,8 @@ def render(report: dict[str, Any]) -> str:
                 f"{row['ratio']:>7.3f} {formatted(None if bare else row['ratio_ci95'], '.3f'):>6}  {target}"
                 + (f"  ! {row['note']}" if row["note"] else "")
             )
+    if report["memory"] is None:  # --loops-only
+        return "\n".join(lines)
     memory = report["memory"]
     limit = report["memory_target_bytes"]
     lines += [

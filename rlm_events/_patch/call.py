@@ -126,6 +126,12 @@ class Call:
             return None
         return Frame(self, params.bind(args, kwargs))
 
+    def ended(self, frame: Frame) -> None:
+        """The loop body of `frame`'s iteration returned (or raised): it is no longer the current one, and drops
+        what refers back to it (see `Frame.close`)."""
+        self.frame = None
+        frame.close()
+
     def iteration_ran(self, frame: Frame) -> None:
         """The loop body returned: say (once) what this iteration's registrations could not do."""
         if frame.action is None:

@@ -102,9 +102,9 @@ def instrumented_rlm_class(cls: Any) -> Any:
         # Not this RLM's call, or nothing sees this iteration: DSPy's own.
         if call is None or call.module is not self or (frame := call.framed(iteration, args, kwargs)) is None:
             return cls._execute_iteration(self, *args, **kwargs)
-        stop = False
+        stop, busy = False, call.busy
         try:
-            if call.wants_now(PRE_ITERATION):
+            if busy[PRE_ITERATION] or call.wants(PRE_ITERATION):
                 call.apply_pre_iteration(call.plan.fire(call.pre_iteration_ctx(frame), self), frame)
             call.iterations += 1  # started: its pre_iteration folded without raising
             # In place when it takes keywords: no frame of ours between DSPy's loop and its predictor (DSPy < 3.4
@@ -114,11 +114,11 @@ def instrumented_rlm_class(cls: Any) -> Any:
             else:
                 outcome = iteration.call(cls._execute_iteration, self, frame.args)
             call.iteration_ran(frame)
-            if call.wants_now(POST_ITERATION):
+            if busy[POST_ITERATION] or call.wants(POST_ITERATION):
                 end = call.plan.fire(call.post_iteration_ctx(frame, outcome), self)
                 outcome, stop = call.after_iteration(end, outcome)
         finally:
-            call.frame = None
+            call.ended(frame)
         if not stop:
             return outcome
         return call.stopped_with(getattr(self, extract_name)(*_extract_args(frame, outcome)), outcome)
@@ -145,7 +145,7 @@ def instrumented_rlm_class(cls: Any) -> Any:
                 ended = await call.plan.afire(call.post_iteration_ctx(frame, outcome), self)
                 outcome, stop = call.after_iteration(ended, outcome)
         finally:
-            call.frame = None
+            call.ended(frame)
         if stop:  # the stop's extract, awaited
             outcome = call.stopped_with(await getattr(self, aextract_name)(*_extract_args(frame, outcome)), outcome)
         return outcome

@@ -49,6 +49,16 @@ class Frame:
         if not call.seams.has_execute_code:
             args["repl"] = SkippableREPL(args["repl"], self)
 
+    def close(self) -> None:
+        """The loop body returned: drop what refers back to this frame (the `generate_action` stand-in, 3.1's
+        skippable REPL), so that the iteration's objects (its action, history, arguments) are freed as soon as
+        nothing uses them, by reference counting, instead of waiting in a reference cycle for the cyclic garbage
+        collector (whose extra collections showed as a slower loop)."""
+        self.stand_in = None
+        repl = self.args.get("repl")
+        if isinstance(repl, SkippableREPL):
+            self.args["repl"] = object.__getattribute__(repl, "_repl")
+
 
 class SkippableREPL:
     """DSPy 3.1 runs `repl.execute` inline; this stand-in lets pre_execution skip it. Everything else passes."""

@@ -28,8 +28,8 @@ class Acting:
             kwargs = self._call.shown(self._frame, kwargs)
         state = self._call.run.state
         if ACTION_STREAM not in state:  # the predictor called in place: one frame less under DSPy's stack walk
-            return self._acted(self._predictor(*args, **kwargs))
-        return self._acted(generate(state, self._frame.index, self._predictor, args, kwargs))
+            return act(self._call, self._frame, self._predictor(*args, **kwargs))
+        return act(self._call, self._frame, generate(state, self._frame.index, self._predictor, args, kwargs))
 
     def _prepared(self, action: Any) -> tuple[PreExecutionContext | None, bool]:
         return prepared(self._call, self._frame, action)
@@ -78,11 +78,13 @@ def prepared(call: Call, frame: Frame, action: Any) -> tuple[PreExecutionContext
 
 def act(call: Call, frame: Frame, action: Any) -> Any:
     """Record `action` as the iteration's LM output and fire pre_execution on it (sync); returns `action`, changed
-    in place as the stage left it."""
-    ctx, fires = prepared(call, frame, action)
-    if fires:
-        ctx = call.plan.fire(ctx, call.module)  # type: ignore[type-var]  # fires: ctx is set
-    return action if ctx is None else call.apply_pre_execution(ctx, frame, action)
+    in place as the stage left it. (`prepared()`'s steps, in place: this runs on every observed iteration.)"""
+    if not call.acted(frame, action):
+        return action
+    ctx = call.pre_execution_ctx(frame, action)
+    if call.executing():
+        ctx = call.plan.fire(ctx, call.module)
+    return call.apply_pre_execution(ctx, frame, action)
 
 
 class ActionSeam:

@@ -14,7 +14,7 @@ from middleware import is_async_callable, middleware_name, run_sync
 
 from ..instrumentation import Instrumentation
 from ..stages import Stage
-from ._kinds import Kind
+from ._kinds import Kind, always, nothing
 from .tracing import HookSpan, hook_span
 
 _NO_SPAN = nullcontext(HookSpan(Stage.PRE_ITERATION))  # outputs() is a no-op: the span never started
@@ -79,20 +79,28 @@ async def _awaited(out: Any) -> Any:
 
 
 class SyncHookMiddleware(HookMiddleware):
+    def __init__(self, kind: Kind, hook: Callable[..., Any] | None, owns_instrumentation: bool) -> None:
+        super().__init__(kind, hook, owns_instrumentation)
+        # Called at every iteration: what the kind does, read once; a step that does nothing is not called.
+        self._applies = None if kind.applies is always else kind.applies
+        self._after = None if kind.after is nothing else kind.after
+        self._arguments, self._apply, self._output = kind.arguments, kind.apply, kind.output
+
     def __call__(self, ctx: Any, next: Callable[[Any], Any]) -> Any:
-        kind, hook = self.kind, self.hook
-        if hook is not None and kind.applies(ctx):
+        hook, applies = self.hook, self._applies
+        if hook is not None and (applies is None or applies(ctx)):
             if self.tap is None:  # untraced: no span, and an output model or None is not asked if it is awaitable
-                out = hook(*kind.arguments(ctx))
-                if out is not None and type(out) is not kind.output:
+                out = hook(*self._arguments(ctx))
+                if out is not None and type(out) is not self._output:
                     out = self._checked(_ran(out))
                 if out is not None:
-                    kind.apply(ctx, out)
+                    self._apply(ctx, out)
             else:
-                with self._span(arguments := kind.arguments(ctx)) as span:
+                with self._span(arguments := self._arguments(ctx)) as span:
                     self._settle(ctx, _ran(hook(*arguments)), span)
         ctx = next(ctx)
-        kind.after(ctx)
+        if self._after is not None:
+            self._after(ctx)
         return ctx
 
 

@@ -90,7 +90,8 @@ def _post_iteration_apply(ctx: PostIterationContext, out: PostIterationOutput) -
         ctx.stop = True
 
 
-def _always(ctx: Any) -> bool:
+def always(ctx: Any) -> bool:
+    """A hook that applies at every context of its stage."""
     return True
 
 
@@ -98,7 +99,8 @@ def _iteration_goes_on(ctx: PostIterationContext) -> bool:
     return ctx.prediction is None
 
 
-def _nothing(ctx: Any) -> None:
+def nothing(ctx: Any) -> None:
+    """Nothing to do after the rest of the chain."""
     return None
 
 
@@ -112,8 +114,8 @@ class Kind:
     output: type[BaseModel]
     arguments: Callable[[Any], tuple[Any, ...]]
     apply: Callable[[Any, Any], None]
-    applies: Callable[[Any], bool] = _always
-    after: Callable[[Any], None] = _nothing
+    applies: Callable[[Any], bool] = always
+    after: Callable[[Any], None] = nothing
 
 
 KINDS: tuple[Kind, ...] = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, Union
 
@@ -31,11 +32,18 @@ class _Output(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _known_fields_only(cls, data: Any) -> Any:
-        if isinstance(data, dict):
+        # Hooks build an output every iteration: the usual case (known names only) is one subset test.
+        if isinstance(data, dict) and not data.keys() <= _field_names(cls):
             unknown = [str(k) for k in data if k not in cls.model_fields]
             if unknown:
                 raise ValueError(_unknown_fields(cls, unknown))
         return data
+
+
+@functools.cache
+def _field_names(model: type[BaseModel]) -> frozenset[str]:
+    """The field names of an output model, read once (pydantic's `model_fields` is a computed class property)."""
+    return frozenset(model.model_fields)
 
 
 class PreIterationOutput(_Output):
