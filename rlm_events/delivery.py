@@ -40,6 +40,8 @@ from typing import Any, NamedTuple
 
 from middleware import run_sync
 
+from ._failures import log_failure
+
 logger = logging.getLogger("rlm_events")
 
 DEFAULT_CAPACITY = 10_000
@@ -198,7 +200,7 @@ class Delivery:
             if out is not None and inspect.isawaitable(out):
                 run_sync(out)
         except BaseException:  # the tap logs its own errors; this is a last resort that keeps the worker alive
-            logger.exception("tap delivery failed; the worker goes on")
+            log_failure(logger, logging.ERROR, "tap delivery failed; the worker goes on")
         finally:
             _on_worker.when = None
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from dspy.primitives.code_interpreter import FinalOutput
 
-from ._ast import AST_LOCK
+from ._ast import converted
 from .guard import GuardPolicy
 from .guard._runtime import RuntimeGuard, host_code, rewrite
 from .guard._runtime_policy import as_policy, host_setup, run_policy, runtime_guard
@@ -82,7 +82,8 @@ def _host_tool(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _compiled(code: str, guarded: bool = False) -> tuple[CodeType, CodeType | None]:
     """`code` as `dspy.LocalInterpreter`'s worker runs it: its statements, and apart its final expression, whose
     value is the result (`guarded`: with the run-time guard's format lookups). Raises `SyntaxError`."""
-    with AST_LOCK:  # concurrent calls' interpreters compile at once
+
+    def compile_now() -> tuple[CodeType, CodeType | None]:
         tree = ast.parse(code, mode="exec")
         if guarded:
             tree = rewrite(tree)
@@ -92,7 +93,9 @@ def _compiled(code: str, guarded: bool = False) -> tuple[CodeType, CodeType | No
             tree.body.pop()
         body = compile(tree, "<interpreter>", "exec")
         value = compile(ast.Expression(last.value), "<interpreter>", "eval") if last is not None else None
-    return body, value
+        return body, value
+
+    return converted(compile_now)  # concurrent calls' interpreters compile at once
 
 
 class InProcessInterpreter:

@@ -9,6 +9,8 @@ from typing import Any, TypeVar
 
 from middleware import is_async_callable, middleware_name
 
+from ._failures import log_failure
+
 F = TypeVar("F", bound=Callable[..., Any])
 logger = logging.getLogger("rlm_events")
 
@@ -39,13 +41,14 @@ def isolated(receiver: F) -> F:
         first = run_id is None or last_failed[0] != run_id
         last_failed[0] = run_id
         stage = getattr(getattr(ctx, "stage", None), "value", "?")
-        logger.log(
+        log_failure(
+            logger,
             logging.WARNING if first else logging.DEBUG,
             "isolated receiver %s failed at stage %r (run %s); the run continues",
             name,
             stage,
             run_id,
-            exc_info=first,
+            traceback_too=first,
         )
 
     if is_async_callable(receiver):

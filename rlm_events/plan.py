@@ -20,6 +20,7 @@ from blinker import NamedSignal
 
 from middleware import Chain, add_note, middleware_name, run_sync
 
+from ._failures import log_failure
 from ._fast import blinker as _fast_blinker
 from .context import StageContext, snapshot
 from .delivery import DELIVERY, EventTime, stamp
@@ -57,13 +58,14 @@ class Tap:
     def _failed(self, ctx: StageContext) -> None:
         first = self._last_failed_run != ctx.run.id
         self._last_failed_run = ctx.run.id
-        logger.log(
+        log_failure(
+            logger,
             logging.WARNING if first else logging.DEBUG,
             "tap %s failed at stage %r (run %s); the run continues",
             self.name,
             ctx.stage.value,
             ctx.run.id,
-            exc_info=first,
+            traceback_too=first,
         )
 
     def deliver(self, snap: StageContext) -> None:

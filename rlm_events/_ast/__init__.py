@@ -2,7 +2,8 @@
 
 Its API (everything else in this package is an implementation detail):
 
-* parsing: `parse()` (the tree, or `None`), `AST_LOCK` (held around every source/AST/code conversion);
+* parsing: `parse()` (the tree, or `None`), `converted()` (any AST conversion, safe to run at once), `AST_LOCK`
+  (held around every source/AST/code conversion and traceback formatting);
 * names: `bound_names()`, `assigned_names()`, `class_members()`, `base_name()`,
   `walk_local()`, `escapes()`;
 * the bounded evaluator: `Evaluator` over plain data (`plain()` copies REPL values into it,
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from .limits import LIMITS, Limits
 from .names import assigned_names, base_name, bound_names, class_members, escapes, walk_local
-from .parse import AST_LOCK, parse
+from .parse import AST_LOCK, converted, parse
 from .statements import Evaluator
 from .values import UNKNOWN, Opaque, Ref, Unknown, needs_of, plain
 
@@ -34,6 +35,7 @@ __all__ = [
     "base_name",
     "bound_names",
     "class_members",
+    "converted",
     "escapes",
     "needs_of",
     "parse",

@@ -1,24 +1,61 @@
-"""Parsing generated code: one helper, and the lock that serialises CPython's AST conversions."""
+"""Parsing generated code: one helper, and how every AST conversion of rlm-events is made safe to run at once."""
 
 from __future__ import annotations
 
 import ast
+import gc
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
-AST_LOCK = threading.Lock()
-"""Held while source, AST objects and code objects are converted (`ast.parse`, `compile` of a tree): that is
-not thread-safe in some CPython releases (`SystemError: AST constructor recursion depth mismatch`), and the
-interpreters and planners of concurrent runs parse at once."""
+T = TypeVar("T")
+
+AST_LOCK = threading.RLock()
+"""Held while source, AST objects and code objects are converted (`ast.parse`, `compile` of a tree), and while
+rlm-events formats a traceback (Python 3.11+ parses source lines to underline them): that is not thread-safe in
+some CPython releases (`SystemError: AST constructor recursion depth mismatch`), and the interpreters, guards and
+planners of concurrent runs parse at once, while the tap delivery worker logs failures. Reentrant: a finalizer that
+parses may run inside a conversion."""
+
+_DEPTH_RACE = "AST constructor recursion depth mismatch"
+_ATTEMPTS = 3
+
+
+def converted(convert: Callable[[], T]) -> T:
+    """`convert()` (an AST conversion: `ast.parse`, `compile`, formatting a traceback) under `AST_LOCK`, with the
+    garbage collector paused; made again if CPython still reports the depth race.
+
+    Why: CPython 3.11 keeps one conversion depth per interpreter, reset when a conversion starts. A conversion that
+    starts in the middle of another leaves it off, and the outer one then fails with a `SystemError` although its
+    input is fine. One can start in the middle only if Python code runs there: a finalizer or a collector callback
+    run by a collection that the conversion's allocations trigger (on this thread, or, once that code lets the GIL
+    go, another thread's conversion). With the collector paused no Python code runs inside the conversion, and the
+    lock keeps rlm-events' own conversions (and its traceback formatting on other threads) apart. The retry covers
+    what is left (the state is reset at each start, so a new attempt is sound); any other error is raised at once.
+    """
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            with AST_LOCK:
+                collecting = gc.isenabled()
+                gc.disable()
+                try:
+                    return convert()
+                finally:
+                    if collecting:
+                        gc.enable()
+        except SystemError as exc:
+            if _DEPTH_RACE not in str(exc) or attempt == _ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def parse(code: str) -> ast.Module | None:
     """The module's tree, or `None` when `code` is not valid Python (a `SyntaxError`, or a `ValueError` for
-    source with null bytes). Parses under `AST_LOCK`."""
+    source with null bytes). Parses with [`converted()`][rlm_events._ast.parse.converted]."""
     try:
-        with AST_LOCK:
-            return ast.parse(code, mode="exec")
+        return converted(lambda: ast.parse(code, mode="exec"))
     except (SyntaxError, ValueError):
         return None
 
 
-__all__ = ["AST_LOCK", "parse"]
+__all__ = ["AST_LOCK", "converted", "parse"]

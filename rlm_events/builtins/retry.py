@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
-from .._ast import bound_names, class_members, parse
+from .._ast import bound_names, class_members, converted, parse
 from ..builtin import RLM_BUILTIN_TOOLS, Builtin, check_int
 from ..context import PostExecutionContext
 from ..stages import Stage
@@ -149,7 +149,7 @@ class RetryHint(Builtin):
 
 def _syntax_hint(code: str) -> str | None:
     try:
-        compile(code, "<code>", "exec")
+        converted(lambda: compile(code, "<code>", "exec"))
     except SyntaxError as exc:
         lines = code.splitlines()
         number = exc.lineno or 0

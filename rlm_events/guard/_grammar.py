@@ -8,6 +8,7 @@ import ast
 import sys
 from typing import Any
 
+from .._ast import converted
 from ..runtime import runs_pyodide
 from ._violation import Violation
 
@@ -24,8 +25,8 @@ def parse_code(code: str, target: tuple[int, int] | None) -> tuple[ast.Module | 
     """The module's tree, or the `"syntax"` violation that refuses it."""
     try:
         if target is not None and target < HOST_PYTHON:
-            return ast.parse(code, feature_version=target), None
-        return ast.parse(code), None
+            return converted(lambda: ast.parse(code, feature_version=target)), None
+        return converted(lambda: ast.parse(code)), None
     except SyntaxError as exc:
         line = exc.lineno or 0
         message = f"{exc.msg} (line {line})" if line else exc.msg

@@ -27,6 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from .._ast import converted
 from . import allowlist
 from ._bindings import imported_names
 from ._grammar import parse_code
@@ -298,7 +299,7 @@ class GuardPolicy(BaseModel):
 def imports_of(code: str) -> dict[str, str]:
     """The names `code`'s imports bind (name → dotted path); `{}` if it does not parse."""
     try:
-        return imported_names(ast.parse(code))
+        return imported_names(converted(lambda: ast.parse(code)))
     except (SyntaxError, ValueError):
         return {}
 

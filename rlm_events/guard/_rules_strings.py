@@ -8,6 +8,7 @@ import re
 import string
 from collections.abc import Iterator
 
+from .._ast import converted
 from . import allowlist
 from ._hints import ANNOTATION_HINT, FORMAT_FIELD_HINT, STRING_NAME_HINT
 from ._host import is_dunder
@@ -70,7 +71,7 @@ class StringRules(Resolver):
     def _check_code_string(self, node: ast.Constant, text: str, what: str) -> None:
         """A string that some function may evaluate (an annotation): check it as the code it is."""
         try:
-            expr = ast.parse(text.strip(), mode="eval")
+            expr = converted(lambda: ast.parse(text.strip(), mode="eval"))
         except (SyntaxError, ValueError):
             self.flag(node, "dynamic", what, f"{what} {text[:60]!r} is not a Python expression", ANNOTATION_HINT)
             return
