@@ -22,30 +22,31 @@ _ATTEMPTS = 3
 
 
 def converted(convert: Callable[[], T]) -> T:
-    """`convert()` (an AST conversion: `ast.parse`, `compile`, formatting a traceback) under `AST_LOCK`, with the
-    garbage collector paused; made again if CPython still reports the depth race.
+    """`convert()` (an AST conversion: `ast.parse`, `compile`, formatting a traceback) under `AST_LOCK`; made again,
+    with the garbage collector paused, if CPython reports the depth race.
 
     Why: CPython 3.11 keeps one conversion depth per interpreter, reset when a conversion starts. A conversion that
     starts in the middle of another leaves it off, and the outer one then fails with a `SystemError` although its
     input is fine. One can start in the middle only if Python code runs there: a finalizer or a collector callback
     run by a collection that the conversion's allocations trigger (on this thread, or, once that code lets the GIL
-    go, another thread's conversion). With the collector paused no Python code runs inside the conversion, and the
-    lock keeps rlm-events' own conversions (and its traceback formatting on other threads) apart. The retry covers
-    what is left (the state is reset at each start, so a new attempt is sound); any other error is raised at once.
+    go, another thread's conversion). The lock keeps rlm-events' own conversions, and its traceback formatting on
+    other threads, apart. After a race, the new attempt (sound: the state is reset at each start) runs with the
+    collector paused, so no Python code runs inside it; the collector is paused only then, because it is a
+    process-wide switch. Any other error is raised at once.
     """
     for attempt in range(1, _ATTEMPTS + 1):
-        try:
-            with AST_LOCK:
-                collecting = gc.isenabled()
+        with AST_LOCK:
+            collecting = attempt > 1 and gc.isenabled()
+            if collecting:
                 gc.disable()
-                try:
-                    return convert()
-                finally:
-                    if collecting:
-                        gc.enable()
-        except SystemError as exc:
-            if _DEPTH_RACE not in str(exc) or attempt == _ATTEMPTS:
-                raise
+            try:
+                return convert()
+            except SystemError as exc:
+                if _DEPTH_RACE not in str(exc) or attempt == _ATTEMPTS:
+                    raise
+            finally:
+                if collecting:
+                    gc.enable()
     raise AssertionError("unreachable")  # pragma: no cover
 
 
