@@ -201,3 +201,48 @@ def test_the_patch_layer_reads_and_continues_dspys_counter_on_this_release() -> 
     with pytest.raises(RuntimeError, match=r"LLM call limit exceeded: 2 \+ 1 > 2"):
         tools["llm_query"]("x")
     assert counter_of(lambda prompt: prompt) is None and counter_of(len) is None
+
+
+def test_speculate_counts_the_sub_llm_calls_a_resumed_run_replayed(
+    tmp_path: Path, openai_server: Callable[..., Any]
+) -> None:
+    """Speculate never sees the sub-LLM calls a resumed run answers from the record, but DSPy's counter continues
+    from them: Speculate counts from DSPy's counter, so it refuses to make ahead the call DSPy would refuse ('p4'),
+    as in the uninterrupted run, instead of starting it for DSPy to refuse."""
+    from rlm_events.builtins import Speculate
+
+    servers = Servers(openai_server)
+    store = SQLiteStore(tmp_path / "runs.db")
+    interpreter = interpreters()[0].values[0]
+    stats: list[Any] = []
+
+    def speculated(tools: Tools) -> tuple[dspy.RLM, Durable]:
+        rlm, durable = make(tools, store, servers, interpreter)
+        events = rlm_events.instrumentation_of(rlm)
+        assert events is not None
+        Speculate(stream=False).install(events)  # inside Durable: replayed calls never reach it
+        events.tap(["run_end"], lambda ctx: stats.append(Speculate.stats(ctx)), inline=True)
+        return rlm, durable
+
+    rlm, _ = speculated(Tools())
+    with dspy.context(lm=servers.lm()):
+        whole = rlm(text="t")
+    assert REFUSED in whole.answer
+    (uninterrupted,) = stats
+    assert uninterrupted.refused.get("max_llm_calls") == 1 and uninterrupted.failed == 0
+    servers.sub.reset()
+
+    tools = Tools()
+    tools.die_on = "c"  # iterations 1-2 (3 sub-LLM calls) committed; iteration 3 in flight
+    rlm, durable = speculated(tools)
+    with dspy.context(lm=servers.lm()), pytest.raises(WorkerDied):
+        rlm(text="t")
+    assert durable.last_run_id is not None
+    _, other = speculated(tools)
+    with dspy.context(lm=servers.lm()):
+        resumed = other.resume(durable.last_run_id)
+    assert resumed.answer == whole.answer and outputs(resumed) == outputs(whole)
+    assert servers.sub_calls() == MAX_LLM_CALLS
+    last = stats[-1]
+    assert last.refused.get("max_llm_calls") == uninterrupted.refused["max_llm_calls"]
+    assert last.failed == uninterrupted.failed == 0  # 'p4' was not made ahead for DSPy to refuse
