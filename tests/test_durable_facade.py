@@ -1,0 +1,182 @@
+"""A resumed durable run pays no sub-agent call again: the predictors the REPL's code builds and calls through DSPy's
+sandbox `dspy` facade (DSPy 3.4.1+: `p = dspy.Predict("q -> a"); p(q=...)`), whose calls never pass the `tool_call`
+stage, are answered from the record like the tools are; building them (free, host-side) runs again.
+
+Real `dspy.RLM`s with the real LiteLLM client: the actions and the sub-LM are served by two local OpenAI-compatible
+servers, and the sub-LM server's bill counts the sub-agent calls that reached an LM. The worker dies as in
+tests/test_durable.py (a tool raising a `BaseException`). The patch layer's routing of the facade's calls
+(`rlm_events._patch.facade`) is pinned on the installed release first."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dspy
+import pytest
+from conftest import REAL_INTERPRETER
+from test_durable import Tools, WorkerDied
+from test_durable_combos import interpreters
+
+import rlm_events
+from rlm_events.durable import DivergenceError, Durable, SQLiteStore
+from rlm_events.runtime import around_facade_calls
+from rlm_events.testing import ScriptedLM, build_rlm
+
+HAS_FACADE = importlib.util.find_spec("dspy.primitives.facade") is not None
+needs_facade = pytest.mark.skipif(not HAS_FACADE, reason="DSPy's sandbox dspy facade is DSPy 3.4.1+")
+
+STEPS = [
+    "p = dspy.Predict('q -> a')\nr1 = p(q='x1')\nprint(r1.a)",
+    "r2 = p(q='x2')\nk = lookup(key='b')\nprint(r2.a, k)",
+    "c = lookup(key='c')\nprint(c)",
+    "SUBMIT(answer=r1.a + r2.a + k + c)",
+]
+
+
+def sub(prompt: str) -> str:
+    """The sub-agent's answer, in the ChatAdapter's format: its input `q`, marked."""
+    found = re.search(r"\[\[ ## q ## \]\]\n(.*?)\n", prompt)
+    return f"[[ ## a ## ]]\nA{found.group(1) if found else '?'}\n\n[[ ## completed ## ]]"
+
+
+class Servers:
+    """The actions' server and the sub-LM's, whose bill counts the sub-agent calls that reached an LM."""
+
+    def __init__(self, openai_server: Callable[..., Any]) -> None:
+        self.actions = openai_server(STEPS)
+        self.sub = openai_server(["unused"], sub=sub)
+
+    def lm(self) -> dspy.LM:
+        return dspy.LM("openai/gpt-4o-mini", api_base=self.actions.base_url, api_key="x", cache=False)
+
+    def sub_calls(self) -> int:
+        return len(self.sub.bill.billed)
+
+
+def make(tools: Tools, store: SQLiteStore, servers: Servers, interpreter: Any) -> tuple[dspy.RLM, Durable]:
+    sub_lm = dspy.LM("openai/gpt-4o-mini", api_base=servers.sub.base_url, api_key="x", cache=False)
+    rlm = build_rlm("text -> answer", max_iters=6, tools=[tools.lookup], interpreter_factory=interpreter, sub_lm=sub_lm)
+    return rlm, Durable(store).install(rlm_events.instrument(rlm))
+
+
+def call(rlm: dspy.RLM, is_async: bool) -> Any:
+    return asyncio.run(rlm.acall(text="t")) if is_async else rlm(text="t")
+
+
+def steps_of(prediction: Any) -> list[tuple[str, str]]:
+    return [(entry["code"], entry["output"]) for entry in prediction.trajectory]
+
+
+def test_the_patch_layer_routes_the_facades_predictor_calls_on_this_release(
+    openai_server: Callable[..., Any],
+) -> None:
+    """Pins `rlm_events._patch.facade` to the installed DSPy: from 3.4.1 each predictor call the code makes goes
+    through the function routed around it (with the handle and inputs, and the real call's fields); before 3.4.1
+    there is no facade and routing answers `False`."""
+    servers = Servers(openai_server)
+    sub_lm = dspy.LM("openai/gpt-4o-mini", api_base=servers.sub.base_url, api_key="x", cache=False)
+    tools = Tools()
+    rlm = build_rlm(
+        "text -> answer", max_iters=6, tools=[tools.lookup], sub_lm=sub_lm, interpreter_factory=REAL_INTERPRETER
+    )
+    events = rlm_events.instrument(rlm)
+    seen: list[tuple[Any, Any]] = []
+    routed: list[bool] = []
+    runs: list[Any] = []
+
+    def around(real: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        result = real(*args, **kwargs)
+        seen.append((args, kwargs))
+        return result
+
+    def route(ctx: Any, next: Any) -> Any:
+        routed.append(around_facade_calls(ctx.run, around))
+        routed.append(around_facade_calls(ctx.run, around))  # once: the second changes nothing
+        runs.append(ctx.run)
+        return next(ctx)
+
+    events.use("pre_iteration", route)
+    actions: Any = servers.lm() if HAS_FACADE else ScriptedLM(["print(1)", "SUBMIT(answer='a')"])
+    with dspy.context(lm=actions):
+        prediction = rlm(text="t")
+    if not HAS_FACADE:
+        assert routed and not any(routed) and not seen
+        return
+    assert routed and all(routed)
+    assert prediction.answer == "Ax1Ax2BBCC"
+    assert [kwargs.get("inputs") for _, kwargs in seen] == [{"q": "x1"}, {"q": "x2"}]  # each call once
+    assert servers.sub_calls() == 2
+    assert around_facade_calls(runs[0], around) is False  # outside an iteration of the run
+
+
+@needs_facade
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("interpreter", interpreters())
+@pytest.mark.parametrize(
+    "die_on",
+    [
+        pytest.param("b", id="in-flight"),  # iteration 2 in flight: p(q='x2') is answered from the record
+        pytest.param("c", id="replayed"),  # iterations 1-2 replayed, each sub-agent call answered from the record
+    ],
+)
+def test_a_resumed_run_pays_no_sub_agent_call_again(
+    tmp_path: Path, openai_server: Callable[..., Any], interpreter: Any, is_async: bool, die_on: str
+) -> None:
+    servers = Servers(openai_server)
+    store = SQLiteStore(tmp_path / "runs.db")
+    rlm, _ = make(Tools(), store, servers, interpreter)
+    with dspy.context(lm=servers.lm()):
+        whole = call(rlm, is_async)
+    assert whole.answer == "Ax1Ax2BBCC"
+    assert servers.sub_calls() == 2
+    servers.sub.reset()
+
+    tools = Tools()
+    tools.die_on = die_on
+    rlm, durable = make(tools, store, servers, interpreter)
+    with dspy.context(lm=servers.lm()), pytest.raises(WorkerDied):
+        call(rlm, is_async)
+    assert servers.sub_calls() == 2  # both sub-agent calls were made before the worker died
+    run_id = durable.last_run_id
+    assert run_id is not None
+
+    _, other = make(tools, store, servers, interpreter)  # another worker
+    with dspy.context(lm=servers.lm()):
+        resumed = asyncio.run(other.aresume(run_id)) if is_async else other.resume(run_id)
+    assert resumed.answer == whole.answer
+    assert steps_of(resumed) == steps_of(whole)
+    assert servers.sub_calls() == 2  # over the dead worker and the resuming one: as in the uninterrupted run
+    assert store.load(run_id).status == "done"
+
+
+@needs_facade
+def test_a_replayed_sub_agent_call_the_record_lacks_is_a_divergence(
+    tmp_path: Path, openai_server: Callable[..., Any]
+) -> None:
+    """Code that calls its sub-agent with other inputs on replay (non-determinism) is reported with the iteration,
+    never paid again silently."""
+    steps = [
+        "import uuid\np = dspy.Predict('q -> a')\nr = p(q=uuid.uuid4().hex)\nprint(len(r.a))",
+        "k = lookup(key='c')\nprint(k)",
+        "SUBMIT(answer=k)",
+    ]
+    actions = openai_server(steps)
+    servers = Servers(openai_server)
+    store = SQLiteStore(tmp_path / "runs.db")
+    tools = Tools()
+    tools.die_on = "c"
+    rlm, durable = make(tools, store, servers, REAL_INTERPRETER)
+    lm = dspy.LM("openai/gpt-4o-mini", api_base=actions.base_url, api_key="x", cache=False)
+    with dspy.context(lm=lm), pytest.raises(WorkerDied):
+        rlm(text="t")
+    run_id = durable.last_run_id
+    assert run_id is not None and servers.sub_calls() == 1
+    _, other = make(tools, store, servers, REAL_INTERPRETER)
+    with dspy.context(lm=lm), pytest.raises(DivergenceError, match="iteration 1"):
+        other.resume(run_id)
+    assert servers.sub_calls() == 1  # the call with other inputs was not made
