@@ -9,7 +9,6 @@ tests/test_durable.py (a tool raising a `BaseException`). The patch layer's rout
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import re
 from collections.abc import Callable
@@ -20,7 +19,8 @@ import dspy
 import pytest
 from conftest import REAL_INTERPRETER
 from test_durable import Tools, WorkerDied
-from test_durable_combos import interpreters
+from test_durable_combos import interpreters, steps_of
+from test_durable_llm_calls import Servers, call, crash_and_resume
 
 import rlm_events
 from rlm_events.durable import DivergenceError, Durable, SQLiteStore
@@ -44,32 +44,11 @@ def sub(prompt: str) -> str:
     return f"[[ ## a ## ]]\nA{found.group(1) if found else '?'}\n\n[[ ## completed ## ]]"
 
 
-class Servers:
-    """The actions' server and the sub-LM's, whose bill counts the sub-agent calls that reached an LM."""
-
-    def __init__(self, openai_server: Callable[..., Any]) -> None:
-        self.actions = openai_server(STEPS)
-        self.sub = openai_server(["unused"], sub=sub)
-
-    def lm(self) -> dspy.LM:
-        return dspy.LM("openai/gpt-4o-mini", api_base=self.actions.base_url, api_key="x", cache=False)
-
-    def sub_calls(self) -> int:
-        return len(self.sub.bill.billed)
-
-
 def make(tools: Tools, store: SQLiteStore, servers: Servers, interpreter: Any) -> tuple[dspy.RLM, Durable]:
-    sub_lm = dspy.LM("openai/gpt-4o-mini", api_base=servers.sub.base_url, api_key="x", cache=False)
-    rlm = build_rlm("text -> answer", max_iters=6, tools=[tools.lookup], interpreter_factory=interpreter, sub_lm=sub_lm)
+    rlm = build_rlm(
+        "text -> answer", max_iters=6, tools=[tools.lookup], interpreter_factory=interpreter, sub_lm=servers.sub_lm()
+    )
     return rlm, Durable(store).install(rlm_events.instrument(rlm))
-
-
-def call(rlm: dspy.RLM, is_async: bool) -> Any:
-    return asyncio.run(rlm.acall(text="t")) if is_async else rlm(text="t")
-
-
-def steps_of(prediction: Any) -> list[tuple[str, str]]:
-    return [(entry["code"], entry["output"]) for entry in prediction.trajectory]
 
 
 def test_the_patch_layer_routes_the_facades_predictor_calls_on_this_release(
@@ -78,11 +57,14 @@ def test_the_patch_layer_routes_the_facades_predictor_calls_on_this_release(
     """Pins `rlm_events._patch.facade` to the installed DSPy: from 3.4.1 each predictor call the code makes goes
     through the function routed around it (with the handle and inputs, and the real call's fields); before 3.4.1
     there is no facade and routing answers `False`."""
-    servers = Servers(openai_server)
-    sub_lm = dspy.LM("openai/gpt-4o-mini", api_base=servers.sub.base_url, api_key="x", cache=False)
+    servers = Servers(openai_server, STEPS, sub)
     tools = Tools()
     rlm = build_rlm(
-        "text -> answer", max_iters=6, tools=[tools.lookup], sub_lm=sub_lm, interpreter_factory=REAL_INTERPRETER
+        "text -> answer",
+        max_iters=6,
+        tools=[tools.lookup],
+        sub_lm=servers.sub_lm(),
+        interpreter_factory=REAL_INTERPRETER,
     )
     events = rlm_events.instrument(rlm)
     seen: list[tuple[Any, Any]] = []
@@ -127,7 +109,7 @@ def test_the_patch_layer_routes_the_facades_predictor_calls_on_this_release(
 def test_a_resumed_run_pays_no_sub_agent_call_again(
     tmp_path: Path, openai_server: Callable[..., Any], interpreter: Any, is_async: bool, die_on: str
 ) -> None:
-    servers = Servers(openai_server)
+    servers = Servers(openai_server, STEPS, sub)
     store = SQLiteStore(tmp_path / "runs.db")
     rlm, _ = make(Tools(), store, servers, interpreter)
     with dspy.context(lm=servers.lm()):
@@ -136,18 +118,10 @@ def test_a_resumed_run_pays_no_sub_agent_call_again(
     assert servers.sub_calls() == 2
     servers.sub.reset()
 
-    tools = Tools()
-    tools.die_on = die_on
-    rlm, durable = make(tools, store, servers, interpreter)
-    with dspy.context(lm=servers.lm()), pytest.raises(WorkerDied):
-        call(rlm, is_async)
-    assert servers.sub_calls() == 2  # both sub-agent calls were made before the worker died
-    run_id = durable.last_run_id
-    assert run_id is not None
-
-    _, other = make(tools, store, servers, interpreter)  # another worker
-    with dspy.context(lm=servers.lm()):
-        resumed = asyncio.run(other.aresume(run_id)) if is_async else other.resume(run_id)
+    resumed, before, run_id = crash_and_resume(
+        lambda tools: make(tools, store, servers, interpreter), servers, die_on, is_async
+    )
+    assert before == 2  # both sub-agent calls were made before the worker died
     assert resumed.answer == whole.answer
     assert steps_of(resumed) == steps_of(whole)
     assert servers.sub_calls() == 2  # over the dead worker and the resuming one: as in the uninterrupted run
@@ -165,13 +139,12 @@ def test_a_replayed_sub_agent_call_the_record_lacks_is_a_divergence(
         "k = lookup(key='c')\nprint(k)",
         "SUBMIT(answer=k)",
     ]
-    actions = openai_server(steps)
-    servers = Servers(openai_server)
+    servers = Servers(openai_server, steps, sub)
     store = SQLiteStore(tmp_path / "runs.db")
     tools = Tools()
     tools.die_on = "c"
     rlm, durable = make(tools, store, servers, REAL_INTERPRETER)
-    lm = dspy.LM("openai/gpt-4o-mini", api_base=actions.base_url, api_key="x", cache=False)
+    lm = servers.lm()
     with dspy.context(lm=lm), pytest.raises(WorkerDied):
         rlm(text="t")
     run_id = durable.last_run_id
