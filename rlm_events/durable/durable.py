@@ -55,7 +55,8 @@ class Durable(RunControl, Builtin):
 
     * Per run (its id is the first call's `Run.id`): its inputs and the RLM's signature, tools and DSPy version at
       start; per iteration its code before it runs (so a crash repeats at most the LM call whose answer was not
-      committed yet), each tool result (`llm_query` included) as it returns, and after the iteration its history
+      committed yet), each tool result (`llm_query` included, and each call of a sub-agent the code built with DSPy
+      3.4.1's sandbox `dspy` facade, which only Durable sees) as it returns, and after the iteration its history
       entry and the run's usage (a Budget's spend). A worker holds a lease on the run and renews it with each
       commit; a worker that lost it writes nothing more.
     * [`resume()`][rlm_events.durable.Durable.resume] (any process, any worker) re-executes the committed iterations
