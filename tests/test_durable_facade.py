@@ -44,9 +44,16 @@ def sub(prompt: str) -> str:
     return f"[[ ## a ## ]]\nA{found.group(1) if found else '?'}\n\n[[ ## completed ## ]]"
 
 
-def make(tools: Tools, store: SQLiteStore, servers: Servers, interpreter: Any) -> tuple[dspy.RLM, Durable]:
+def make(
+    tools: Tools, store: SQLiteStore, servers: Servers, interpreter: Any, **options: Any
+) -> tuple[dspy.RLM, Durable]:
     rlm = build_rlm(
-        "text -> answer", max_iters=6, tools=[tools.lookup], interpreter_factory=interpreter, sub_lm=servers.sub_lm()
+        "text -> answer",
+        max_iters=6,
+        tools=[tools.lookup],
+        interpreter_factory=interpreter,
+        sub_lm=servers.sub_lm(),
+        **options,
     )
     return rlm, Durable(store).install(rlm_events.instrument(rlm))
 
@@ -153,3 +160,31 @@ def test_a_replayed_sub_agent_call_the_record_lacks_is_a_divergence(
     with dspy.context(lm=lm), pytest.raises(DivergenceError, match="iteration 1"):
         other.resume(run_id)
     assert servers.sub_calls() == 1  # the call with other inputs was not made
+
+
+@needs_facade
+def test_a_resumed_run_counts_its_replayed_sub_agent_calls_against_max_llm_calls(
+    tmp_path: Path, openai_server: Callable[..., Any]
+) -> None:
+    """The facade charges DSPy's `max_llm_calls`: the sub-agent calls answered from the record count as they did,
+    so the call past the limit is refused after a resume as in the uninterrupted run, and never reaches the LM."""
+    steps = [
+        "p = dspy.Predict('q -> a')\nr1 = p(q='x1')\nr2 = p(q='x2')\nprint(r1.a, r2.a)",
+        "k = lookup(key='c')\ntry:\n    r3 = p(q='x3').a\nexcept Exception:\n    r3 = 'refused'\nprint(r3)",
+        "SUBMIT(answer=r1.a + r2.a + k + r3)",
+    ]
+    servers = Servers(openai_server, steps, sub)
+    store = SQLiteStore(tmp_path / "runs.db")
+
+    def build(tools: Tools) -> tuple[dspy.RLM, Durable]:
+        return make(tools, store, servers, REAL_INTERPRETER, max_llm_calls=2)
+
+    rlm, _ = build(Tools())
+    with dspy.context(lm=servers.lm()):
+        whole = rlm(text="t")
+    assert whole.answer == "Ax1Ax2CCrefused" and servers.sub_calls() == 2
+    servers.sub.reset()
+    resumed, before, _ = crash_and_resume(build, servers, "c", is_async=False)
+    assert before == 2
+    assert resumed.answer == whole.answer and steps_of(resumed) == steps_of(whole)
+    assert servers.sub_calls() == 2
