@@ -21,6 +21,7 @@ from conftest import REAL_INTERPRETER
 from test_durable import Tools, WorkerDied
 from test_durable_combos import interpreters, steps_of
 from test_durable_llm_calls import Servers, call, crash_and_resume
+from test_durable_llm_calls import make as make_durable
 
 import rlm_events
 from rlm_events.durable import DivergenceError, Durable, SQLiteStore
@@ -30,6 +31,16 @@ from rlm_events.testing import ScriptedLM, build_rlm
 HAS_FACADE = importlib.util.find_spec("dspy.primitives.facade") is not None
 needs_facade = pytest.mark.skipif(not HAS_FACADE, reason="DSPy's sandbox dspy facade is DSPy 3.4.1+")
 
+NONDETERMINISTIC = [
+    "import uuid\np = dspy.Predict('q -> a')\nr = p(q=uuid.uuid4().hex)\nprint(len(r.a))",
+    "k = lookup(key='c')\nprint(k)",
+    "SUBMIT(answer=k)",
+]
+PAST_THE_LIMIT = [  # with max_llm_calls=2
+    "p = dspy.Predict('q -> a')\nr1 = p(q='x1')\nr2 = p(q='x2')\nprint(r1.a, r2.a)",
+    "k = lookup(key='c')\ntry:\n    r3 = p(q='x3').a\nexcept Exception:\n    r3 = 'refused'\nprint(r3)",
+    "SUBMIT(answer=r1.a + r2.a + k + r3)",
+]
 STEPS = [
     "p = dspy.Predict('q -> a')\nr1 = p(q='x1')\nprint(r1.a)",
     "r2 = p(q='x2')\nk = lookup(key='b')\nprint(r2.a, k)",
@@ -45,17 +56,9 @@ def sub(prompt: str) -> str:
 
 
 def make(
-    tools: Tools, store: SQLiteStore, servers: Servers, interpreter: Any, **options: Any
+    tools: Tools, store: SQLiteStore, servers: Servers, interpreter: Any, max_llm_calls: int = 20
 ) -> tuple[dspy.RLM, Durable]:
-    rlm = build_rlm(
-        "text -> answer",
-        max_iters=6,
-        tools=[tools.lookup],
-        interpreter_factory=interpreter,
-        sub_lm=servers.sub_lm(),
-        **options,
-    )
-    return rlm, Durable(store).install(rlm_events.instrument(rlm))
+    return make_durable(tools, store, servers, interpreter, max_llm_calls=max_llm_calls)
 
 
 def test_the_patch_layer_routes_the_facades_predictor_calls_on_this_release(
@@ -141,15 +144,10 @@ def test_a_replayed_sub_agent_call_the_record_lacks_is_a_divergence(
 ) -> None:
     """Code that calls its sub-agent with other inputs on replay (non-determinism) is reported with the iteration,
     never paid again silently."""
-    steps = [
-        "import uuid\np = dspy.Predict('q -> a')\nr = p(q=uuid.uuid4().hex)\nprint(len(r.a))",
-        "k = lookup(key='c')\nprint(k)",
-        "SUBMIT(answer=k)",
-    ]
-    servers = Servers(openai_server, steps, sub)
-    store = SQLiteStore(tmp_path / "runs.db")
+    servers = Servers(openai_server, NONDETERMINISTIC, sub)
     tools = Tools()
     tools.die_on = "c"
+    store = SQLiteStore(tmp_path / "runs.db")
     rlm, durable = make(tools, store, servers, REAL_INTERPRETER)
     lm = servers.lm()
     with dspy.context(lm=lm), pytest.raises(WorkerDied):
@@ -168,12 +166,7 @@ def test_a_resumed_run_counts_its_replayed_sub_agent_calls_against_max_llm_calls
 ) -> None:
     """The facade charges DSPy's `max_llm_calls`: the sub-agent calls answered from the record count as they did,
     so the call past the limit is refused after a resume as in the uninterrupted run, and never reaches the LM."""
-    steps = [
-        "p = dspy.Predict('q -> a')\nr1 = p(q='x1')\nr2 = p(q='x2')\nprint(r1.a, r2.a)",
-        "k = lookup(key='c')\ntry:\n    r3 = p(q='x3').a\nexcept Exception:\n    r3 = 'refused'\nprint(r3)",
-        "SUBMIT(answer=r1.a + r2.a + k + r3)",
-    ]
-    servers = Servers(openai_server, steps, sub)
+    servers = Servers(openai_server, PAST_THE_LIMIT, sub)
     store = SQLiteStore(tmp_path / "runs.db")
 
     def build(tools: Tools) -> tuple[dspy.RLM, Durable]:

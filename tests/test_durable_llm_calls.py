@@ -60,15 +60,22 @@ class Servers:
 
 
 def make(
-    tools: Tools, store: SQLiteStore, servers: Servers, interpreter: Any, cls: type[dspy.RLM] = dspy.RLM, **options: Any
+    tools: Tools,
+    store: SQLiteStore,
+    servers: Servers,
+    interpreter: Any,
+    cls: type[dspy.RLM] = dspy.RLM,
+    max_llm_calls: int = MAX_LLM_CALLS,
+    **options: Any,
 ) -> tuple[dspy.RLM, Durable]:
+    """A durable RLM (a Durable with `options`) on the servers' LMs, with at most `max_llm_calls` sub-LLM calls."""
     rlm = build_rlm(
         "text -> answer",
         max_iters=6,
         tools=[tools.lookup],
         interpreter_factory=interpreter,
         sub_lm=servers.sub_lm(),
-        max_llm_calls=MAX_LLM_CALLS,
+        max_llm_calls=max_llm_calls,
     )
     if cls is not dspy.RLM:
         rlm.__class__ = cls
