@@ -10,6 +10,7 @@ from __future__ import annotations
 from ._patch import exposed
 from ._patch.action_format import action_fields
 from ._patch.exposed import *  # noqa: F403
+from ._patch.facade import FacadeCall, around_facade_calls
 from ._patch.llm_calls import LLMCallCounter, counts_llm_calls, llm_call_counter
 from ._patch.streaming import ACTION_STREAM, ActionSink, Opener, feed_action_text
 from .context import Run
@@ -30,8 +31,10 @@ def stream_actions(run: Run, opener: Opener | None) -> None:
 __all__ = [
     *exposed.__all__,
     "ActionSink",
+    "FacadeCall",
     "LLMCallCounter",
     "action_fields",
+    "around_facade_calls",
     "counts_llm_calls",
     "feed_action_text",
     "llm_call_counter",

@@ -40,30 +40,42 @@ def sub(prompt: str) -> str:
 
 
 class Servers:
-    """The actions' server and the sub-LM's, whose bill counts the sub-LLM calls that reached an LM."""
+    """The actions' server (playing `steps`) and the sub-LM's (answering `answer(prompt)`), whose bill counts the
+    sub-LLM calls that reached an LM."""
 
-    def __init__(self, openai_server: Callable[..., Any]) -> None:
-        self.actions = openai_server(STEPS)
-        self.sub = openai_server(["unused"], sub=sub)
+    def __init__(
+        self, openai_server: Callable[..., Any], steps: list[str] = STEPS, answer: Callable[[str], str] = sub
+    ) -> None:
+        self.actions = openai_server(steps)
+        self.sub = openai_server(["unused"], sub=answer)
 
     def lm(self) -> dspy.LM:
         return dspy.LM("openai/gpt-4o-mini", api_base=self.actions.base_url, api_key="x", cache=False)
+
+    def sub_lm(self) -> dspy.LM:
+        return dspy.LM("openai/gpt-4o-mini", api_base=self.sub.base_url, api_key="x", cache=False)
 
     def sub_calls(self) -> int:
         return len(self.sub.bill.billed)
 
 
 def make(
-    tools: Tools, store: SQLiteStore, servers: Servers, interpreter: Any, cls: type[dspy.RLM] = dspy.RLM, **options: Any
+    tools: Tools,
+    store: SQLiteStore,
+    servers: Servers,
+    interpreter: Any,
+    cls: type[dspy.RLM] = dspy.RLM,
+    max_llm_calls: int = MAX_LLM_CALLS,
+    **options: Any,
 ) -> tuple[dspy.RLM, Durable]:
-    sub_lm = dspy.LM("openai/gpt-4o-mini", api_base=servers.sub.base_url, api_key="x", cache=False)
+    """A durable RLM (a Durable with `options`) on the servers' LMs, with at most `max_llm_calls` sub-LLM calls."""
     rlm = build_rlm(
         "text -> answer",
         max_iters=6,
         tools=[tools.lookup],
         interpreter_factory=interpreter,
-        sub_lm=sub_lm,
-        max_llm_calls=MAX_LLM_CALLS,
+        sub_lm=servers.sub_lm(),
+        max_llm_calls=max_llm_calls,
     )
     if cls is not dspy.RLM:
         rlm.__class__ = cls
@@ -76,6 +88,24 @@ def call(rlm: dspy.RLM, is_async: bool) -> Any:
 
 def resume(durable: Durable, run_id: str, is_async: bool) -> Any:
     return asyncio.run(durable.aresume(run_id)) if is_async else durable.resume(run_id)
+
+
+def crash_and_resume(
+    build: Callable[[Tools], tuple[dspy.RLM, Durable]], servers: Servers, die_on: str, is_async: bool
+) -> tuple[Any, int, str]:
+    """Run `build(tools)`'s RLM in a worker that dies at `lookup(key=die_on)`, then resume it in another one built
+    the same way: the resumed prediction, the sub-LLM calls billed before the resume, and the durable run's id."""
+    tools = Tools()
+    tools.die_on = die_on
+    rlm, durable = build(tools)
+    with dspy.context(lm=servers.lm()), pytest.raises(WorkerDied):
+        call(rlm, is_async)
+    before = servers.sub_calls()
+    run_id = durable.last_run_id
+    assert run_id is not None
+    _, other = build(tools)  # another worker
+    with dspy.context(lm=servers.lm()):
+        return resume(other, run_id, is_async), before, run_id
 
 
 def outputs(prediction: Any) -> list[str]:
@@ -103,19 +133,10 @@ def test_a_resumed_run_hits_max_llm_calls_where_the_uninterrupted_run_did(
     assert servers.sub_calls() == MAX_LLM_CALLS
     servers.sub.reset()
 
-    tools = Tools()
-    tools.die_on = die_on
-    rlm, durable = make(tools, store, servers, interpreter)
-    with dspy.context(lm=servers.lm()), pytest.raises(WorkerDied):
-        call(rlm, is_async)
-    before = servers.sub_calls()
+    resumed, before, run_id = crash_and_resume(
+        lambda tools: make(tools, store, servers, interpreter), servers, die_on, is_async
+    )
     assert before == {"a": 1, "c": 3}[die_on]
-    run_id = durable.last_run_id
-    assert run_id is not None
-
-    _, other = make(tools, store, servers, interpreter)  # another worker
-    with dspy.context(lm=servers.lm()):
-        resumed = resume(other, run_id, is_async)
     assert resumed.answer == whole.answer
     assert outputs(resumed) == outputs(whole)
     # Over the dead worker and the resuming one, as many sub-LLM calls reached the LM as in the uninterrupted run.
@@ -201,3 +222,48 @@ def test_the_patch_layer_reads_and_continues_dspys_counter_on_this_release() -> 
     with pytest.raises(RuntimeError, match=r"LLM call limit exceeded: 2 \+ 1 > 2"):
         tools["llm_query"]("x")
     assert counter_of(lambda prompt: prompt) is None and counter_of(len) is None
+
+
+def test_speculate_counts_the_sub_llm_calls_a_resumed_run_replayed(
+    tmp_path: Path, openai_server: Callable[..., Any]
+) -> None:
+    """Speculate never sees the sub-LLM calls a resumed run answers from the record, but DSPy's counter continues
+    from them: Speculate counts from DSPy's counter, so it refuses to make ahead the call DSPy would refuse ('p4'),
+    as in the uninterrupted run, instead of starting it for DSPy to refuse."""
+    from rlm_events.builtins import Speculate
+
+    servers = Servers(openai_server)
+    store = SQLiteStore(tmp_path / "runs.db")
+    interpreter = interpreters()[0].values[0]
+    stats: list[Any] = []
+
+    def speculated(tools: Tools) -> tuple[dspy.RLM, Durable]:
+        rlm, durable = make(tools, store, servers, interpreter)
+        events = rlm_events.instrumentation_of(rlm)
+        assert events is not None
+        Speculate(stream=False).install(events)  # inside Durable: replayed calls never reach it
+        events.tap(["run_end"], lambda ctx: stats.append(Speculate.stats(ctx)), inline=True)
+        return rlm, durable
+
+    rlm, _ = speculated(Tools())
+    with dspy.context(lm=servers.lm()):
+        whole = rlm(text="t")
+    assert REFUSED in whole.answer
+    (uninterrupted,) = stats
+    assert uninterrupted.refused.get("max_llm_calls") == 1 and uninterrupted.failed == 0
+    servers.sub.reset()
+
+    tools = Tools()
+    tools.die_on = "c"  # iterations 1-2 (3 sub-LLM calls) committed; iteration 3 in flight
+    rlm, durable = speculated(tools)
+    with dspy.context(lm=servers.lm()), pytest.raises(WorkerDied):
+        rlm(text="t")
+    assert durable.last_run_id is not None
+    _, other = speculated(tools)
+    with dspy.context(lm=servers.lm()):
+        resumed = other.resume(durable.last_run_id)
+    assert resumed.answer == whole.answer and outputs(resumed) == outputs(whole)
+    assert servers.sub_calls() == MAX_LLM_CALLS
+    last = stats[-1]
+    assert last.refused.get("max_llm_calls") == uninterrupted.refused["max_llm_calls"]
+    assert last.failed == uninterrupted.failed == 0  # 'p4' was not made ahead for DSPy to refuse

@@ -3,6 +3,7 @@ resumes, forks and decides them from any process."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -16,13 +17,13 @@ from .. import context
 from ..builtin import Builtin
 from ..lm_usage import meter_run
 from ..replay._json import jsonable
-from ..runtime import action_fields, llm_call_counter
+from ..runtime import action_fields, around_facade_calls, llm_call_counter
 from ..stages import Stage
 from .approval import apply_to_code, apply_to_tool
 from .control import RESUMING, RunControl, open_store
 from .decisions import Suspended, SuspendRun, decision_from_json
 from .errors import DivergenceError, DurableError, LeaseLostError, StoreUnavailableError
-from .record import meta_of, raise_recorded, tool_step
+from .record import meta_of, tool_step
 from .state import STATE_KEY, RunState, restore_usage, state_of, usage_snapshot
 from .store import Store
 
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from ..instrumentation import Instrumentation
 
 logger = logging.getLogger("rlm_events.durable")
+FACADE_CALL = "dspy facade call"
+"""The name a predictor call made through DSPy's sandbox `dspy` facade is recorded under (never a tool's name)."""
 
 
 _HANDLERS = {  # the method of each loop stage, called with the run's durable state
@@ -52,7 +55,8 @@ class Durable(RunControl, Builtin):
 
     * Per run (its id is the first call's `Run.id`): its inputs and the RLM's signature, tools and DSPy version at
       start; per iteration its code before it runs (so a crash repeats at most the LM call whose answer was not
-      committed yet), each tool result (`llm_query` included) as it returns, and after the iteration its history
+      committed yet), each tool result (`llm_query` included, and each call of a sub-agent the code built with DSPy
+      3.4.1's sandbox `dspy` facade, which only Durable sees) as it returns, and after the iteration its history
       entry and the run's usage (a Budget's spend). A worker holds a lease on the run and renews it with each
       commit; a worker that lost it writes nothing more.
     * [`resume()`][rlm_events.durable.Durable.resume] (any process, any worker) re-executes the committed iterations
@@ -175,6 +179,9 @@ class Durable(RunControl, Builtin):
 
     def _pre_iteration(self, ctx: context.PreIterationContext, next: Any, state: RunState) -> Any:
         state.iteration, state.tool_index, state.skip, state.pre = ctx.iteration or 0, 0, None, {}
+        if state.facade_calls is None:
+            state.facade_calls = functools.partial(self._facade_call, ctx.run, state)
+        around_facade_calls(ctx.run, state.facade_calls)  # the code's sub-agents: recorded by Durable alone
         if state.llm_calls is None:
             state.llm_calls = llm_call_counter(ctx.run)
         if state.replaying:
@@ -219,37 +226,36 @@ class Durable(RunControl, Builtin):
         index, state.tool_index = state.tool_index, state.tool_index + 1
         state.tool_indexes[id(ctx)] = index
         data = tool_step(ctx.name, ctx.args, ctx.kwargs)
-        record = state.recorded()
-        if record is not None:
-            found = record.take_tool(ctx.name, data["args"], data["kwargs"])
-            if found is not None:
-                state.replayed_llm_calls(found)
-                if found.get("error_type") is not None:
-                    raise_recorded(found)
-                ctx.result = found.get("result")
-                return ctx
-            if state.replaying:
-                detail = f"the code called {ctx.name} with arguments the record does not hold ({data['args']!r:.200})"
-                state.diverged(detail)
-                if not state.allow_divergence:
-                    raise RuntimeError(f"durable replay: {detail}")
+        found = state.served(data)
+        if found is not None:
+            ctx.result = state.result_of(found)
+            return ctx
         data["index"] = index
         decided = state.take_decision("tool", state.iteration, index)
+        done = [ctx]
+
+        def make() -> Any:
+            if decided is None or not apply_to_tool(ctx, decision_from_json(decided)):  # rejected: the denial
+                done[0] = next(ctx)
+            return done[0].result
+
         try:
-            if decided is not None and apply_to_tool(ctx, decision_from_json(decided)):
-                pass  # rejected: the denial is the result
-            else:
-                ctx = next(ctx)
-        except Exception as exc:
-            args, exact = jsonable(list(exc.args))
-            data.update(error_type=type(exc).__name__, error_message=str(exc), error_args=args if exact else None)
-            state.commit(ctx.run, "tool", data)
-            raise
+            state.made(ctx.run, data, make)
         finally:
             state.tool_indexes.pop(id(ctx), None)
-        data["result"], data["exact"] = jsonable(ctx.result)
-        state.commit(ctx.run, "tool", data)
-        return ctx
+        return done[0]
+
+    @staticmethod
+    def _facade_call(
+        run: context.Run, state: RunState, call: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """A predictor call the code made through DSPy's sandbox `dspy` facade: answered from the record, else made
+        and committed. Only calls are: building the predictor is free and runs again on replay."""
+        data = tool_step(FACADE_CALL, args, kwargs)
+        found = state.served(data)
+        if found is not None:
+            return state.result_of(found)
+        return state.made(run, data, lambda: call(*args, **kwargs))
 
     def _post_iteration(self, ctx: context.PostIterationContext, next: Any, state: RunState) -> Any:
         record = state.recorded()

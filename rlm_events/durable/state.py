@@ -7,13 +7,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..context import Run
 from ..lm_usage import Usage, metered
-from ..runtime import LLMCallCounter
+from ..replay._json import jsonable
+from ..runtime import FacadeCall, LLMCallCounter
 from .errors import LeaseLostError
-from .record import IterationRecord, RunRecord
+from .record import IterationRecord, RunRecord, raise_recorded
 from .store import Step, StepKind, Store
 
 logger = logging.getLogger("rlm_events.durable")
@@ -80,6 +82,8 @@ class RunState:
         self.llm_calls: LLMCallCounter | None = None
         """DSPy's `max_llm_calls` counter of this call (found in its first iteration; `None` where DSPy keeps it
         where rlm-events cannot read it): committed with each step, continued from the record on replay."""
+        self.facade_calls: FacadeCall | None = None
+        """What answers the predictor calls the code makes through DSPy's sandbox `dspy` facade (3.4.1+)."""
 
     # -- replay -----------------------------------------------------------------------------------------------
 
@@ -112,6 +116,45 @@ class RunState:
         recorded = (data.get("state") or {}).get("llm_calls")
         if self.llm_calls is not None and isinstance(recorded, int):
             self.llm_calls.continue_from(recorded)
+
+    def served(self, data: dict[str, Any]) -> dict[str, Any] | None:
+        """The recorded result of the call `data` (a [`tool_step()`][rlm_events.durable.record.tool_step]) in the
+        current iteration, marked served (DSPy's counter continues from it); `None` when the record has none. A
+        replayed iteration's call the record lacks diverged: `RuntimeError` unless divergence is allowed."""
+        record = self.recorded()
+        if record is None:
+            return None
+        found = record.take_tool(data["name"], data["args"], data["kwargs"])
+        if found is not None:
+            self.replayed_llm_calls(found)
+            return found
+        if self.replaying:
+            detail = f"the code called {data['name']} with arguments the record does not hold ({data['args']!r:.200})"
+            self.diverged(detail)
+            if not self.allow_divergence:
+                raise RuntimeError(f"durable replay: {detail}")
+        return None
+
+    @staticmethod
+    def result_of(found: dict[str, Any]) -> Any:
+        """A recorded call's result, or the error it raised, raised again as the code saw it."""
+        if found.get("error_type") is not None:
+            raise_recorded(found)
+        return found.get("result")
+
+    def made(self, run: Run, data: dict[str, Any], make: Callable[[], Any]) -> Any:
+        """`make()`'s result (the call `data` made for real), committed as a `tool` step with it or with the error
+        it raised."""
+        try:
+            result = make()
+        except Exception as exc:
+            args, exact = jsonable(list(exc.args))
+            data.update(error_type=type(exc).__name__, error_message=str(exc), error_args=args if exact else None)
+            self.commit(run, "tool", data)
+            raise
+        data["result"], data["exact"] = jsonable(result)
+        self.commit(run, "tool", data)
+        return result
 
     def diverged(self, detail: str) -> None:
         if self.divergence is None:

@@ -23,6 +23,7 @@ from typing import Any
 from ..builtin import RLM_BUILTIN_TOOLS
 from ..context import Run, ToolCallContext
 from ..lm_usage import SPECULATION
+from ..runtime import llm_call_counter
 from . import repl as repl_io
 from .budget_gate import BudgetGate
 from .ledger import Dispatch, Live
@@ -50,6 +51,19 @@ def recorded_results(run: Run, name: str, args: tuple[Any, ...], kwargs: dict[st
     return Durable.recorded_results(run, name, args, kwargs)
 
 
+def count_llm_calls_from_dspy(live: Live, run: Run) -> None:
+    """Bring `live.llm_counted` up to DSPy's own `max_llm_calls` counter where rlm-events can read it: DSPy also
+    counts calls Speculate never sees (a resumed durable run's calls answered from the record, which DSPy's counter
+    continues from; DSPy 3.4.1's sub-agent facade), and a call made ahead that DSPy would refuse is never started.
+    Speculate's own count is never lowered: it also holds calls dispatched that have not reached DSPy yet."""
+    counter = llm_call_counter(run)
+    if counter is None:
+        return
+    charged = counter.count
+    with live.lock:
+        live.llm_counted = max(live.llm_counted, charged)
+
+
 def dispatch_calls(
     live: Live,
     run: Run,
@@ -71,6 +85,8 @@ def dispatch_calls(
     gate = BudgetGate(run)
     stats = live.stats
     limit = getattr(run.module, "max_llm_calls", None)
+    if isinstance(limit, int):
+        count_llm_calls_from_dspy(live, run)
     sent = live.sent.get(iteration, 0)
     ahead = live.ahead.setdefault(iteration, Counter())
     per_tool: dict[str, int] = {}
@@ -198,4 +214,12 @@ def claim(live: Live, ctx: ToolCallContext, next: Any, timeout: float) -> Any:
     return ctx
 
 
-__all__ = ["LLM_TOOLS", "call_ahead", "claim", "dispatch_calls", "lm_calls", "submit"]
+__all__ = [
+    "LLM_TOOLS",
+    "call_ahead",
+    "claim",
+    "count_llm_calls_from_dspy",
+    "dispatch_calls",
+    "lm_calls",
+    "submit",
+]
