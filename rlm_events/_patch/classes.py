@@ -286,23 +286,35 @@ def _getattribute_off_the_stack(cls: Any, loop_seams: bool, loop_code: CodeType 
     iterations = {name: getattr(cls, name) for name in ("_execute_iteration", "_aexecute_iteration")}
     if not loop_seams:  # PredictRLM's kernel: its own overrides
         iterations = {}
+    # DSPy's own method is handed out only to DSPy's own caller, which calls it at once: dspy.Module's
+    # __call__/acall for forward, the loop (forward/aforward of a class in the MRO) for the iteration seams. Code
+    # that reads the method to keep it (a timing wrapper set on the instance, a later call) gets the seam, which
+    # still fires every stage once middleware is added (and calls DSPy's own while nothing sees the call).
+    loop_codes = frozenset(
+        code
+        for klass in cls.__mro__
+        for name in calls
+        if (code := getattr(klass.__dict__.get(name), "__code__", None)) is not None
+    )
     dunder_dict = object.__getattribute__
 
     def __getattribute__(self: Any, name: str) -> Any:
         attr = object.__getattribute__(self, name)
         if name in calls:
-            if name == "forward" and callable(attr) and sys._getframe(1).f_code.co_name != "__call__":
+            caller = sys._getframe(1).f_code.co_name
+            if name == "forward" and callable(attr) and caller != "__call__":
                 logging.getLogger("dspy.primitives.module").warning(
                     f"Calling module.forward(...) on {type(self).__name__} directly is discouraged. "
                     "Please use module(...) instead."
                 )
-            events = dunder_dict(self, "__dict__").get(ATTR)
-            if events is None or events.plan.idle_for(self):  # Call.begin() would return None
-                return calls[name].__get__(self, type(self))
+            if caller in ("__call__", "acall"):
+                events = dunder_dict(self, "__dict__").get(ATTR)
+                if events is None or events.plan.idle_for(self):  # Call.begin() would return None
+                    return calls[name].__get__(self, type(self))
         elif name in iterations:
             call = CURRENT.get()
-            if call is None or call.module is not self:  # the seam would call DSPy's own
-                return iterations[name].__get__(self, type(self))
+            if (call is None or call.module is not self) and sys._getframe(1).f_code in loop_codes:
+                return iterations[name].__get__(self, type(self))  # what the seam would call, without its frame
         elif name == "verbose" and loop_code is not None:
             call = CURRENT.get()
             frame = call.frame if call is not None and call.module is self else None
