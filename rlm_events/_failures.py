@@ -25,7 +25,12 @@ def log_failure(logger: logging.Logger, level: int, message: str, *args: Any, tr
         text = None
         if exc_info[1] is not None:
             text = converted(lambda: "".join(traceback.format_exception(*exc_info)).rstrip("\n"))
-        record = logger.makeRecord(logger.name, level, "(unknown file)", 0, message, args, exc_info if text else None)
+        caller = sys._getframe(1)  # where log_failure was called, as logger.log records it
+        code = caller.f_code
+        record = logger.makeRecord(
+            logger.name, level, code.co_filename, caller.f_lineno, message, args, exc_info if text else None,
+            code.co_name,
+        )  # fmt: skip
         record.exc_text = text
         logger.handle(record)
     except Exception:  # logging must not break what it reports on

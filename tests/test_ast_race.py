@@ -85,6 +85,7 @@ def test_a_failure_logged_from_any_thread_carries_its_traceback_formatted_once(
         except ValueError:
             log_failure(logger, logging.WARNING, "without traceback", traceback_too=False)
     first, plain, quiet = caplog.records
+    assert first.filename == "test_ast_race.py" and first.funcName.startswith("test_a_failure_logged")  # the caller
     assert first.getMessage() == "tap t failed" and first.exc_text and "KeyError: 'missing'" in first.exc_text
     assert first.exc_info is not None and first.exc_info[0] is KeyError
     assert plain.exc_info is None and plain.exc_text is None

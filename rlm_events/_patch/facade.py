@@ -33,14 +33,23 @@ FacadeCall = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any
 _AROUND = "__rlm_events_facade__"  # on a routed tool: (the tool it routes, the function around it)
 
 
-def facade_call_of(interpreter: Any) -> Callable[..., Any] | None:
-    """The facade's predictor-call tool of `interpreter` as DSPy installed it (under any routing of ours), or `None`
-    when it has none."""
+def _installed(interpreter: Any) -> tuple[Callable[..., Any], tuple[Any, FacadeCall] | None] | None:
+    """The facade's predictor-call tool in `interpreter.tools` now, and (DSPy's tool, the function around it) when
+    it is a routing of ours; `None` when the interpreter has no facade."""
     tools = getattr(interpreter, "tools", None)
     tool = tools.get(CALL_TOOL) if isinstance(tools, dict) else None
     if not callable(tool):
         return None
-    routed = getattr(tool, "__dict__", {}).get(_AROUND)
+    return tool, getattr(tool, "__dict__", {}).get(_AROUND)
+
+
+def facade_call_of(interpreter: Any) -> Callable[..., Any] | None:
+    """The facade's predictor-call tool of `interpreter` as DSPy installed it (under any routing of ours), or `None`
+    when it has none."""
+    found = _installed(interpreter)
+    if found is None:
+        return None
+    tool, routed = found
     return routed[0] if routed is not None else tool
 
 
@@ -54,13 +63,13 @@ def around_facade_calls(run: Run, around: FacadeCall) -> bool:
 
 def route_calls(interpreter: Any, around: FacadeCall) -> bool:
     """[`around_facade_calls()`][rlm_events._patch.facade.around_facade_calls] on `interpreter` itself."""
-    call = facade_call_of(interpreter)
-    if call is None:
+    found = _installed(interpreter)
+    if found is None:
         return False
-    current = interpreter.tools[CALL_TOOL]
-    routed = getattr(current, "__dict__", {}).get(_AROUND)
+    tool, routed = found
     if routed is not None and routed[1] is around:
         return True
+    call = routed[0] if routed is not None else tool
 
     def routed_call(*args: Any, **kwargs: Any) -> Any:
         return around(call, args, kwargs)
