@@ -64,7 +64,7 @@ def render(report: dict[str, Any]) -> str:
         f"{env['cpus']} CPUs, load {load} (1/5/15 min) at start",
     ]
     if env.get("dspy_stack_walk_replaced"):
-        lines.append("DSPy's inspect.stack() per forward() lookup replaced by DSPy 3.3's check, in every configuration")
+        lines.append("DSPy's inspect.stack() per forward() lookup replaced by DSPy 3.4's check, in every configuration")
     for loop in report["loops"]:
         lines += [
             "",

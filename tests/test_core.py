@@ -422,18 +422,25 @@ def test_uninstrument_restores_exactly(make_rlm):
     assert rlm_events.instrument(rlm) is not events  # a fresh instrumentation after a full undo
 
 
-def test_the_predictor_is_never_patched_and_is_the_users_own_outside_an_iteration(make_rlm):
-    """pre_execution fires through the RLM's own class: generate_action keeps its object and class while instrumented,
-    and reading it outside an iteration gives that object."""
+def test_the_predictor_is_the_users_own_outside_an_iteration(make_rlm):
+    """pre_execution fires through the RLM's own class: generate_action keeps its object while instrumented, and
+    reading it outside an iteration gives that object. Its class is DSPy's own, but where DSPy walks the stack on
+    each `forward` lookup (before 3.4), where it is a stand-in with DSPy 3.4's check (`_patch.direct_calls`) until
+    `uninstrument()`."""
+    from rlm_events._patch.direct_calls import class_walks_the_stack
+
     rlm, lm = make_rlm(["SUBMIT(answer='ok')"])
     predictor = rlm.generate_action
     events = rlm_events.instrument(rlm)
     seen: list[Any] = []
-    events.use(Stage.PRE_EXECUTION, lambda ctx, next: (seen.append(type(rlm.generate_action)), next(ctx))[1])
-    assert rlm.generate_action is predictor and type(predictor) is dspy.Predict
+    events.use(Stage.PRE_EXECUTION, lambda ctx, next: (seen.append(rlm.generate_action), next(ctx))[1])
+    assert rlm.generate_action is predictor and isinstance(predictor, dspy.Predict)
+    assert (type(predictor) is dspy.Predict) is not class_walks_the_stack(dspy.Module)
     with dspy.context(lm=lm):
         assert rlm(text="x").answer == "ok"
-    assert seen == [dspy.Predict] and type(predictor) is dspy.Predict and rlm.generate_action is predictor
+    assert seen == [predictor] and rlm.generate_action is predictor
+    rlm_events.uninstrument(rlm)
+    assert type(predictor) is dspy.Predict
 
 
 def test_composite_modules_instrument_every_rlm_inside(make_rlm):

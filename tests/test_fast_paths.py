@@ -576,9 +576,9 @@ def test_the_action_is_read_on_the_loops_verbose_read_where_dspy_walks_the_stack
     3.1.2 and 3.3.1); a loop body of another shape, and every DSPy that does not walk, use the stand-in. Either way
     pre_execution sees the same codes and what it changed runs."""
     from rlm_events._patch.action_read import action_read_code
-    from rlm_events._patch.classes import _walks_the_stack
+    from rlm_events._patch.direct_calls import class_walks_the_stack
 
-    walks = _walks_the_stack(dspy.RLM)
+    walks = class_walks_the_stack(dspy.RLM)
     if walks:  # a DSPy that walks with a loop body the fast path does not read fails here first
         assert action_read_code(dspy.RLM) is not None, dspy.__version__
     stand_in_seen, codes = _predictor_frames(make_rlm)

@@ -20,7 +20,8 @@ instrumented subclass), `predict_rlm` (PredictRLM's kernel seams, used instead o
 class with that loop), `construct` (building an RLM the same way on every release), `interpreters` (what
 rlm-events needs of DSPy's code interpreters: the one interpreter discovery, the error classes, the uncallbacked
 execute), `exposed` (what the rest of rlm-events may read of the runtime and the running call, through
-`rlm_events.runtime`).
+`rlm_events.runtime`), `subclass` (the stand-in subclasses' pickling and copies), `direct_calls` (DSPy 3.4's check
+for direct `forward()` calls on the instrumented RLM's own modules, where DSPy before 3.4 walks the whole stack).
 
 Version differences (DSPy 3.1.2 to 3.4.x) live in `detect.Seams` and `RLMConstructor`, detected once per
 RLM class from signatures, attributes and the loop's source, never from version numbers:
@@ -45,12 +46,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from .classes import base_of, instrumented_rlm_class
+from .classes import instrumented_rlm_class
 from .construct import RLMConstructor
-from .detect import ATTR, BASE
+from .detect import ATTR
+from .direct_calls import check_by_caller_frame, check_by_stack_walk, own_modules
 from .handle import Handle
 from .predict_rlm import own_lms
 from .prices import register_dspy_prices
+from .subclass import base_of, is_stand_in
 from .warnings import warn_once
 
 # The patch layer's API for the rest of rlm-events (nothing outside this package imports its private names); what
@@ -80,13 +83,17 @@ def attach(rlm: Any, events: Handle) -> None:
     cls = instrumented_rlm_class(original)
     rlm.__dict__[ATTR] = events
     rlm.__class__ = cls
+    for module in own_modules(rlm):  # DSPy < 3.4: no stack walk under the seams' frames (see _patch.direct_calls)
+        check_by_caller_frame(module)
     events.attached(rlm)
 
 
 def detach(rlm: Any) -> None:
     """Exactly undo `attach()`; a no-op on an RLM that is not instrumented."""
     events = rlm.__dict__.pop(ATTR, None)
-    if BASE in type(rlm).__dict__:
+    if is_stand_in(type(rlm)):
         rlm.__class__ = base_of(type(rlm))
+        for module in own_modules(rlm):
+            check_by_stack_walk(module)
     if events is not None:
         events.detached(rlm)

@@ -5,50 +5,29 @@ real work, cached per class.
 from __future__ import annotations
 
 import copy
-import copyreg
 import functools
-import inspect
-import logging
 import sys
 from types import CodeType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dspy import Prediction
 
-from ..context import (
-    ExtractContext,
-)
+from ..context import ExtractContext
 from ..errors import StageError
 from ..stages import Stage
-
-if TYPE_CHECKING:
-    pass
-
 from .action_read import action_in, action_read_code
 from .call import CURRENT, DEFERRED, POST_ITERATION, PRE_ITERATION, Call, current_call
-from .detect import ATTR, BASE, NO_RESULT, Seams
+from .detect import ATTR, NO_RESULT, Seams
+from .direct_calls import class_walks_the_stack, warn_if_direct
 from .extract import stop_extracts
 from .frame import Frame
 from .predict_rlm import kernel_seams
 from .predictor import ActionSeam, act
 from .prelude import PreludeREPL
+from .subclass import base_of, stand_in_namespace
 from .tools import wrap_tool
 
 # -- the instrumented classes ---------------------------------------------------------------------------------
-
-
-def base_of(cls: Any) -> Any:
-    return cls.__dict__.get(BASE, cls)
-
-
-def _reduce_to_base(self: Any, protocol: int) -> tuple[Any, ...]:
-    """Pickle (and copy.copy) as the plain DSPy class: instrumentation holds live callables and is not state."""
-    state = self.__getstate__()
-    if isinstance(state, dict):
-        state = {k: v for k, v in state.items() if k != ATTR}
-    # Not copyreg.__newobj__: pickle refuses it for a class other than the object's own. _reconstructor(cls, object,
-    # None) is object.__new__(cls), and needs nothing from rlm-events to unpickle.
-    return copyreg._reconstructor, (base_of(type(self)), object, None), state  # type: ignore[attr-defined]
 
 
 @functools.cache
@@ -241,7 +220,7 @@ def instrumented_rlm_class(cls: Any) -> Any:
         aextract_name: _aextract_fallback,
         "_prepare_execution_tools": _prepare_execution_tools,
     }
-    walks = _walks_the_stack(cls)
+    walks = class_walks_the_stack(cls)
     # Where DSPy walks the stack, the action is read on the loop body's `self.verbose` (no stand-in frame) if it can.
     loop_code = action_read_code(cls) if walks and kernel is None else None
     if kernel is None:  # DSPy's loop; PredictRLM's kernel runs a legacy loop when these are overridden
@@ -257,21 +236,10 @@ def instrumented_rlm_class(cls: Any) -> Any:
             functools.update_wrapper(fn, getattr(cls, name))
     if kernel is not None:
         namespace.update(kernel.overrides(cls))
-    namespace.update(__deepcopy__=__deepcopy__, __reduce_ex__=_reduce_to_base)
-    namespace.update({BASE: cls, "__module__": cls.__module__, "__qualname__": cls.__qualname__})
+    namespace.update(__deepcopy__=__deepcopy__, **stand_in_namespace(cls))
     if walks:
         namespace["__getattribute__"] = _getattribute_off_the_stack(cls, kernel is None, loop_code)
     return type(cls)(cls.__name__, (cls,), namespace)
-
-
-def _walks_the_stack(cls: Any) -> bool:
-    """DSPy before 3.3 calls `inspect.stack()` on every `module.forward` lookup, to warn about direct calls. That
-    reads the source line of every frame on the stack, once per iteration for `generate_action`: each frame a
-    seam adds costs tens of microseconds per iteration there. DSPy 3.3's check looks at the caller's frame only."""
-    try:
-        return "inspect.stack(" in inspect.getsource(cls.__getattribute__)
-    except (OSError, TypeError):  # a slot wrapper (object's own) or no source shipped
-        return False
 
 
 def _getattribute_off_the_stack(cls: Any, loop_seams: bool, loop_code: CodeType | None) -> Any:
@@ -302,11 +270,7 @@ def _getattribute_off_the_stack(cls: Any, loop_seams: bool, loop_code: CodeType 
         attr = object.__getattribute__(self, name)
         if name in calls:
             caller = sys._getframe(1).f_code.co_name
-            if name == "forward" and callable(attr) and caller != "__call__":
-                logging.getLogger("dspy.primitives.module").warning(
-                    f"Calling module.forward(...) on {type(self).__name__} directly is discouraged. "
-                    "Please use module(...) instead."
-                )
+            warn_if_direct(self, name, attr, caller)
             if caller in ("__call__", "acall"):
                 events = dunder_dict(self, "__dict__").get(ATTR)
                 if events is None or events.plan.idle_for(self):  # Call.begin() would return None

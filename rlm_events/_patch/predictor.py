@@ -8,6 +8,7 @@ from typing import Any
 
 from ..context import PreExecutionContext
 from .call import CURRENT, Call
+from .direct_calls import check_by_caller_frame, check_by_stack_walk
 from .frame import Frame
 from .streaming import ACTION_STREAM, agenerate, generate
 
@@ -117,7 +118,11 @@ class ActionSeam:
         return stand_in
 
     def __set__(self, rlm: Any, value: Any) -> None:
+        old = rlm.__dict__.get("generate_action")
+        if old is not None and old is not value:
+            check_by_stack_walk(old)  # it leaves the instrumented RLM: its own class again
         rlm.__dict__["generate_action"] = value
+        check_by_caller_frame(value)
 
     def __delete__(self, rlm: Any) -> None:
         try:
