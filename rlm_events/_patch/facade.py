@@ -33,24 +33,22 @@ FacadeCall = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any
 _AROUND = "__rlm_events_facade__"  # on a routed tool: (the tool it routes, the function around it)
 
 
-def _installed(interpreter: Any) -> tuple[Callable[..., Any], tuple[Any, FacadeCall] | None] | None:
-    """The facade's predictor-call tool in `interpreter.tools` now, and (DSPy's tool, the function around it) when
-    it is a routing of ours; `None` when the interpreter has no facade."""
+def _installed(interpreter: Any) -> tuple[Callable[..., Any], FacadeCall | None] | None:
+    """DSPy's predictor-call tool in `interpreter.tools` (under any routing of ours) and the function our routing
+    puts around it now (`None` when unrouted); `None` when the interpreter has no facade."""
     tools = getattr(interpreter, "tools", None)
     tool = tools.get(CALL_TOOL) if isinstance(tools, dict) else None
     if not callable(tool):
         return None
-    return tool, getattr(tool, "__dict__", {}).get(_AROUND)
+    routed: tuple[Callable[..., Any], FacadeCall] | None = getattr(tool, "__dict__", {}).get(_AROUND)
+    return routed if routed is not None else (tool, None)
 
 
 def facade_call_of(interpreter: Any) -> Callable[..., Any] | None:
     """The facade's predictor-call tool of `interpreter` as DSPy installed it (under any routing of ours), or `None`
     when it has none."""
     found = _installed(interpreter)
-    if found is None:
-        return None
-    tool, routed = found
-    return routed[0] if routed is not None else tool
+    return found[0] if found is not None else None
 
 
 def around_facade_calls(run: Run, around: FacadeCall) -> bool:
@@ -66,10 +64,9 @@ def route_calls(interpreter: Any, around: FacadeCall) -> bool:
     found = _installed(interpreter)
     if found is None:
         return False
-    tool, routed = found
-    if routed is not None and routed[1] is around:
+    call, routing = found
+    if routing is around:
         return True
-    call = routed[0] if routed is not None else tool
 
     def routed_call(*args: Any, **kwargs: Any) -> Any:
         return around(call, args, kwargs)
