@@ -21,7 +21,7 @@ Every call is checked (full trajectory, expected answer), so a configuration tha
 fast. DSPy's LM/module histories and its predictor trace are cleared between calls, outside the timed section, in
 every configuration. Optional configurations show "n/a" with the reason when they cannot run: the built-ins
 (``rlm_events.builtins`` + ``rlm_events.trace``) and the reference package ``dspy-rlm-hooks`` (Python >= 3.12,
-DSPy <= 3.3: it replaces the loop body with a copy of DSPy 3.1's). On DSPy < 3.4, ``--no-stack-walk`` removes
+DSPy 3.2 and 3.3: it replaces the loop body with a copy of DSPy 3.2's). On DSPy < 3.4, ``--no-stack-walk`` removes
 DSPy's own per-frame cost from every configuration (see :func:`_without_dspy_stack_walk`).
 """
 
