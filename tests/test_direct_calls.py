@@ -131,3 +131,19 @@ def test_a_class_with_its_own_getattribute_is_left_alone(make_rlm: Any, monkeypa
     rlm_events.instrument(rlm).use(Stage.PRE_EXECUTION, passthrough)
     assert type(own) is OwnCheck
     assert (_walks_during(monkeypatch, lambda: run(rlm, lm)) > 0) == WALKS  # DSPy's own check, walking
+
+
+class NoSubclasses(dspy.Predict):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        raise TypeError("NoSubclasses is final")
+
+
+def test_a_class_that_refuses_subclasses_keeps_dspys_check(make_rlm: Any, monkeypatch: Any) -> None:
+    rlm, lm = make_rlm(STEPS)
+    final = NoSubclasses(rlm.generate_action.signature)
+    rlm.generate_action = final
+    rlm_events.instrument(rlm).use(Stage.PRE_EXECUTION, passthrough)
+    assert type(final) is NoSubclasses
+    assert (_walks_during(monkeypatch, lambda: run(rlm, lm)) > 0) == WALKS
+    rlm_events.uninstrument(rlm)
+    assert type(final) is NoSubclasses

@@ -84,9 +84,13 @@ def _module_walks() -> bool:
 
 def check_by_caller_frame(module: Any) -> None:
     """Give `module` DSPy 3.4's direct-call check if it has DSPy's walking one (else nothing)."""
-    if _walking_module(module):
-        cls: Any = type(module)
+    if not _walking_module(module):
+        return
+    cls: Any = type(module)
+    try:
         module.__class__ = _stand_in(cls)
+    except Exception:  # a class that refuses subclasses (its __init_subclass__, its metaclass): DSPy's own check
+        return
 
 
 def check_by_stack_walk(module: Any) -> None:
