@@ -12,6 +12,7 @@ from typing import Any
 
 import cloudpickle
 import dspy
+import pytest
 
 import rlm_events
 from rlm_events import Stage
@@ -124,26 +125,18 @@ class OwnCheck(dspy.Predict):
         return super().__getattribute__(name)
 
 
-def test_a_class_with_its_own_getattribute_is_left_alone(make_rlm: Any, monkeypatch: Any) -> None:
-    rlm, lm = make_rlm(STEPS)
-    own = OwnCheck(rlm.generate_action.signature)
-    rlm.generate_action = own
-    rlm_events.instrument(rlm).use(Stage.PRE_EXECUTION, passthrough)
-    assert type(own) is OwnCheck
-    assert (_walks_during(monkeypatch, lambda: run(rlm, lm)) > 0) == WALKS  # DSPy's own check, walking
-
-
 class NoSubclasses(dspy.Predict):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         raise TypeError("NoSubclasses is final")
 
 
-def test_a_class_that_refuses_subclasses_keeps_dspys_check(make_rlm: Any, monkeypatch: Any) -> None:
+@pytest.mark.parametrize("cls", [OwnCheck, NoSubclasses], ids=["own __getattribute__", "refuses subclasses"])
+def test_a_class_left_alone_keeps_dspys_own_check(make_rlm: Any, monkeypatch: Any, cls: Any) -> None:
     rlm, lm = make_rlm(STEPS)
-    final = NoSubclasses(rlm.generate_action.signature)
-    rlm.generate_action = final
+    predictor = cls(rlm.generate_action.signature)
+    rlm.generate_action = predictor
     rlm_events.instrument(rlm).use(Stage.PRE_EXECUTION, passthrough)
-    assert type(final) is NoSubclasses
-    assert (_walks_during(monkeypatch, lambda: run(rlm, lm)) > 0) == WALKS
+    assert type(predictor) is cls
+    assert (_walks_during(monkeypatch, lambda: run(rlm, lm)) > 0) == WALKS  # DSPy's own check, walking
     rlm_events.uninstrument(rlm)
-    assert type(final) is NoSubclasses
+    assert type(predictor) is cls
