@@ -187,18 +187,26 @@ def passthrough_hooks(hooks: Any) -> dict[str, Any]:
 _REFERENCE_CALLS = ("_execute_iteration", "_process_execution_result")
 
 
+def reference_does_not_run(rlm_class: type) -> str | None:
+    """Why dspy-rlm-hooks cannot run on `rlm_class` (`None` when it can). It replaces `_execute_iteration` with its
+    own copy of DSPy 3.2's loop body, so it runs only where that fits: the loop's signature, and the
+    `_process_execution_result` its copy calls (DSPy 3.1's takes no `code`)."""
+    loop = ["self", "repl", "variables", "history", "iteration", "input_args", "output_field_names"]
+    process = ["self", "pred", "code", "result", "history", "output_field_names"]
+    if [list(inspect.signature(getattr(rlm_class, name)).parameters) for name in _REFERENCE_CALLS] == [loop, process]:
+        return None
+    return f"dspy-rlm-hooks does not run on DSPy {dspy.__version__} (it copies DSPy 3.2's loop body)"
+
+
 def reference_package(rlm: dspy.RLM, tmp: Path) -> Setup | str:
     """dspy-rlm-hooks, the package the targets refer to: four pass-through hooks, one per iteration stage."""
     try:  # by name: a package to compare with, installed by hand, not a dependency of this project
         hooks: Any = importlib.import_module("dspy_rlm_hooks")
     except ImportError:
         return "not installed (pip install dspy-rlm-hooks; Python >= 3.12)"
-    # It replaces _execute_iteration with its own copy of DSPy 3.2's loop body, so it only runs where that fits: the
-    # loop's signature, and the _process_execution_result its copy calls (DSPy 3.1's takes no `code`).
-    loop = ["self", "repl", "variables", "history", "iteration", "input_args", "output_field_names"]
-    process = ["self", "pred", "code", "result", "history", "output_field_names"]
-    if [list(inspect.signature(getattr(type(rlm), name)).parameters) for name in _REFERENCE_CALLS] != [loop, process]:
-        return f"dspy-rlm-hooks does not run on DSPy {dspy.__version__} (it copies DSPy 3.2's loop body)"
+    reason = reference_does_not_run(type(rlm))
+    if reason is not None:
+        return reason
     # Untraced, as the compatibility layer's configuration: 0.1.15's enable_rlm_hooks traces in MLflow whenever
     # MLflow is importable; its core function is the same hooks without the spans.
     enable = getattr(importlib.import_module("dspy_rlm_hooks.core"), "enable_rlm_hooks", hooks.enable_rlm_hooks)

@@ -12,8 +12,8 @@ paced chunks of code as its ``spec`` variant is (the harness feeds them to ``rlm
 them to ``rlm_events.runtime.feed_action_text``): its scripted ``generate_action`` replaces the LM, so no LM
 streaming of ours can engage there otherwise.
 
-Run it in an environment with Python >= 3.12, ``dspy-rlm-hooks==0.1.15`` and rlm-events (see
-docs/guide/speculation.md)::
+Run it in an environment with Python >= 3.12, DSPy 3.2 or 3.3 (the reference copies DSPy 3.2's loop body: on
+another release this exits saying so), ``dspy-rlm-hooks==0.1.15`` and rlm-events (see docs/guide/speculation.md)::
 
     python benchmarks/reference_benchmark.py --repeats 5 [--interpreter inprocess|local|default] [--json-out F]
 
@@ -34,8 +34,11 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network look
 import argparse
 import contextlib
 import functools
+import importlib.util
+import inspect
 import json
 import statistics
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -110,10 +113,14 @@ def built_with(factory: Any) -> Iterator[None]:
         yield
         return
     original = dspy.RLM.__init__
+    takes_factory = "interpreter_factory" in inspect.signature(original).parameters  # DSPy 3.3+; an instance before
 
     @functools.wraps(original)
     def init(self: Any, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("interpreter_factory", factory)
+        if takes_factory:
+            kwargs.setdefault("interpreter_factory", factory)
+        elif "interpreter" not in kwargs:
+            kwargs["interpreter"] = factory()
         original(self, *args, **kwargs)
 
     dspy.RLM.__init__ = init  # type: ignore[method-assign]
@@ -121,6 +128,17 @@ def built_with(factory: Any) -> Iterator[None]:
         yield
     finally:
         dspy.RLM.__init__ = original  # type: ignore[method-assign]
+
+
+def _overhead_configs() -> Any:
+    """`benchmarks/overhead_configs.py`, loaded by path (this file runs as a script): where the reference's fit to
+    the installed DSPy is checked."""
+    spec = importlib.util.spec_from_file_location("overhead_configs", Path(__file__).with_name("overhead_configs.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["overhead_configs"] = module  # its dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
 
 
 def summary(report: dict[str, Any], ours: str, theirs: str = "spec") -> dict[str, Any]:
@@ -161,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import rlm_events as library
 
+    unavailable = _overhead_configs().reference_does_not_run(dspy.RLM)
+    if unavailable is not None:
+        raise SystemExit(unavailable)
     name = args.interpreter or ("local" if hasattr(dspy, "LocalInterpreter") else "inprocess")
     variants: list[Any] = ["default", "spec", rlm_events, rlm_events_streamed]
     if args.conservative:
