@@ -184,16 +184,15 @@ def passthrough_hooks(hooks: Any) -> dict[str, Any]:
     }
 
 
-_REFERENCE_CALLS = ("_execute_iteration", "_process_execution_result")
-
-
 def reference_does_not_run(rlm_class: type) -> str | None:
     """Why dspy-rlm-hooks cannot run on `rlm_class` (`None` when it can). It replaces `_execute_iteration` with its
     own copy of DSPy 3.2's loop body, so it runs only where that fits: the loop's signature, and the
     `_process_execution_result` its copy calls (DSPy 3.1's takes no `code`)."""
     loop = ["self", "repl", "variables", "history", "iteration", "input_args", "output_field_names"]
     process = ["self", "pred", "code", "result", "history", "output_field_names"]
-    if [list(inspect.signature(getattr(rlm_class, name)).parameters) for name in _REFERENCE_CALLS] == [loop, process]:
+    if list(inspect.signature(rlm_class._execute_iteration).parameters) == loop and (
+        list(inspect.signature(rlm_class._process_execution_result).parameters) == process
+    ):
         return None
     return f"dspy-rlm-hooks does not run on DSPy {dspy.__version__} (it copies DSPy 3.2's loop body)"
 

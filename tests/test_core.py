@@ -424,8 +424,8 @@ def test_uninstrument_restores_exactly(make_rlm):
 
 def test_the_predictor_is_the_users_own_outside_an_iteration(make_rlm):
     """pre_execution fires through the RLM's own class: generate_action keeps its object while instrumented, and
-    reading it outside an iteration gives that object. Its class is DSPy's own, but where DSPy walks the stack on
-    each `forward` lookup (before 3.4), where it is a stand-in with DSPy 3.4's check (`_patch.direct_calls`) until
+    reading it outside an iteration gives that object. Its class is DSPy's own, except where DSPy walks the stack on
+    each `forward` lookup (before 3.4): there it is a stand-in with DSPy 3.4's check (`_patch.direct_calls`) until
     `uninstrument()`."""
     from rlm_events._patch.direct_calls import class_walks_the_stack
 

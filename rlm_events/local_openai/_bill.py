@@ -71,18 +71,6 @@ class BillRecord:
         return self.status == 200
 
 
-class _BilledSum:
-    """A `Bill` attribute: the sum of the billed records' attribute of the same name (read-only)."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, bill: Bill | None, owner: type | None = None) -> int:
-        if bill is None:
-            raise AttributeError(self.name)
-        return sum(getattr(record, self.name) for record in bill.billed)
-
-
 @dataclass(frozen=True)
 class Bill:
     """A snapshot of the server's billing log: every request's
@@ -110,12 +98,17 @@ class Bill:
         """Billed calls answered without usage."""
         return self.calls - self.metered_calls
 
-    prompt_tokens = _BilledSum()
-    """Billed prompt tokens."""
-    completion_tokens = _BilledSum()
-    """Billed completion tokens."""
-    total_tokens = _BilledSum()
-    """Billed total tokens."""
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(r.prompt_tokens for r in self.billed)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(r.completion_tokens for r in self.billed)
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(r.total_tokens for r in self.billed)
 
     @property
     def cost_usd(self) -> float | None:
