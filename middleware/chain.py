@@ -152,7 +152,8 @@ class Chain(Generic[C]):
         # Python frames and objects as possible. `next` is a closure, not an object with an __init__; the innermost
         # `next` returns at once; the usual outcome (`out is ctx`) skips the awaitable and type checks.
         entries = self._entries
-        if _index == len(entries):
+        count = len(entries)
+        if _index == count:
             if terminal is None:
                 return ctx
             out = terminal(ctx)
@@ -160,7 +161,9 @@ class Chain(Generic[C]):
         entry = entries[_index]
         if entry.is_async:
             return run_sync(self._adispatch(_index, ctx, terminal))
-        innermost = _index + 1 == len(entries) and terminal is None
+        deeper = _index + 1  # where `next` goes on; 0: nowhere, it hands the context back (innermost, no terminal)
+        if deeper == count and terminal is None:
+            deeper = 0
         called = False
 
         def next(ctx: C) -> C:  # the name middleware see in tracebacks
@@ -168,10 +171,10 @@ class Chain(Generic[C]):
             if called:
                 raise ChainError(f"middleware {entry.name} at stage {self.label!r} called next() more than once")
             called = True
-            if innermost:
+            if not deeper:
                 return ctx
             try:
-                return self.run(ctx, terminal, _index + 1)
+                return self.run(ctx, terminal, deeper)
             except Exception as exc:
                 setattr(exc, _PASSED_THROUGH, True)  # raised deeper in: the middleware it passed through adds no note
                 raise

@@ -179,7 +179,7 @@ class _Listener:
 def _answers(signal, senders: dict[str, Any]) -> dict[str, tuple[list[Any], bool, bool]]:
     return {
         name: (
-            fast_blinker.receivers(signal, sender),
+            list(fast_blinker.receivers(signal, sender)),
             fast_blinker.hears(signal, sender),
             fast_blinker.may_hear(signal, sender),
         )
@@ -369,6 +369,51 @@ def test_real_calls_fire_the_same_with_the_fallback_forced(forced, make_rlm):
     ]
 
 
+def _connections_changed_mid_call(make_rlm) -> list[tuple[str, int]]:
+    """Receivers connected, disconnected and dying during a call, between two sends of the same stage: each send
+    calls the receivers connected at that moment (the fast path's kept read of them must not outlive a change)."""
+    rlm, lm = make_rlm(["print(1)", "print(2)", "print(3)", "SUBMIT(answer='ok')"])
+    rlm_events.instrument(rlm)
+    signal, heard = BY_STAGE[Stage.POST_ITERATION], []
+    late = lambda sender, ctx: heard.append(("late", ctx.iteration))  # noqa: E731
+    early = lambda sender, ctx: heard.append(("early", ctx.iteration))  # noqa: E731
+
+    def weak(sender, ctx):
+        heard.append(("weak", ctx.iteration))
+
+    def change(sender, ctx):
+        if ctx.iteration == 0:
+            signal.connect(late, sender=rlm, weak=False)
+        elif ctx.iteration == 1:
+            signal.disconnect(early)
+        elif ctx.iteration == 2:
+            holder.clear()  # the weak receiver's last reference: gone, without a disconnect
+            gc.collect()
+
+    holder = [weak]
+    signal.connect(early, weak=False)
+    signal.connect(weak, sender=rlm)  # weakly: `holder` keeps it alive until iteration 2
+    signal.connect(change, sender=rlm, weak=False)
+    del weak
+    try:
+        with dspy.context(lm=lm):
+            assert rlm(text="q").answer == "ok"
+    finally:
+        for receiver in (late, early, change):
+            signal.disconnect(receiver)
+    return heard
+
+
+def test_connections_changed_during_a_call_reach_the_next_send_on_both_paths(make_rlm):
+    fast = _connections_changed_mid_call(make_rlm)
+    with fast_blinker.fallback():
+        slow = _connections_changed_mid_call(make_rlm)
+    assert Counter(fast) == Counter(slow)
+    assert sorted(fast) == sorted(
+        [("early", 0), ("early", 1), ("weak", 0), ("weak", 1), ("weak", 2), ("late", 1), ("late", 2), ("late", 3)]
+    )
+
+
 # -- (d) the probes reject internals that are not what the fast paths expect ----------------------------------
 
 
@@ -450,6 +495,12 @@ def test_the_blinker_probe_rejects_a_replaced_bookkeeping_dict(monkeypatch):
 
     monkeypatch.setattr(blinker.Signal, "_clear_state", clear_by_replacing)
     assert fast_blinker.probe() == "a blinker Signal replaces its _by_sender dict"
+
+
+def test_the_blinker_probe_rejects_unannounced_connection_changes(monkeypatch):
+    monkeypatch.setattr(fast_blinker, "_announce", lambda signal: None)  # a release that stops announcing them
+    reason = fast_blinker.probe()
+    assert reason is not None and reason.startswith("after connecting: the fast path finds")
 
 
 def test_the_blinker_probe_rejects_a_mute_it_cannot_see(monkeypatch):

@@ -236,7 +236,7 @@ class Call:
         if frame.action is not None or self.frame is not frame:
             return False
         frame.action = action
-        if not isinstance(getattr(action, "code", None), str):  # DSPy reports what it cannot run; we stand aside
+        if not isinstance(field_of(action, "code"), str):  # DSPy reports what it cannot run; we stand aside
             return False
         return bool(frame.prefix) or self.busy[PRE_EXECUTION] or self.plan.wants(PRE_EXECUTION, self.module)
 
@@ -283,12 +283,12 @@ class Call:
         )
 
     def pre_execution_ctx(self, frame: Frame, action: Any) -> PreExecutionContext:
-        frame.code = code = self.seams.stripped(action.code)
+        frame.code = code = self.seams.stripped(field_of(action, "code"))
         return self.ctx(
             PreExecutionContext,
             frame.index,
             code=code,
-            reasoning=str(getattr(action, "reasoning", "")),
+            reasoning=str(field_of(action, "reasoning", "")),
             history=frame.args["history"],
             result=None,
         )
@@ -343,7 +343,7 @@ class Call:
         if self.seams.result_takes_code:
             return processing["code"]  # type: ignore[no-any-return]
         # 3.1 passes no code: it is pred.code, stripped as 3.1 strips it to run it.
-        return self.seams.stripped(str(processing["pred"].code))
+        return self.seams.stripped(str(field_of(processing["pred"], "code")))
 
     def post_execution_ctx(self, frame: Frame) -> PostExecutionContext:
         processing: Any = frame.processing
@@ -407,6 +407,16 @@ class Call:
         """`prediction`, the stop's extract from `history`, recorded as `ours`."""
         self.ours = (prediction, history)
         return prediction
+
+
+def field_of(action: Any, name: str, default: Any = None) -> Any:
+    """`getattr(action, name, default)`, read from the fields of a plain `dspy.Prediction` by its public `get()`:
+    an attribute read on a Prediction first fails, then goes through its `__getattr__`, which costs about as much as
+    a whole stage's dispatch. Any other type, subclasses included (one may define `name` as a property), is asked
+    with `getattr`."""
+    if type(action) is Prediction:
+        return action.get(name, default)
+    return getattr(action, name, default)
 
 
 def current_call(module: Any) -> Call | None:

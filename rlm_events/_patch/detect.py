@@ -66,11 +66,14 @@ class Params:
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """The call's arguments by name, to `call()` the method with."""
-        if not args:  # DSPy's loops pass them by keyword
+        if not args:  # called by keyword
             return dict(kwargs)
         if len(args) > len(self.names):
             raise TypeError(f"{self.method}() takes {len(self.names)} positional arguments but {len(args)} were given")
-        return {**dict(zip(self.names, args, strict=False)), **kwargs}  # fewer: the rest have defaults
+        bound = dict(zip(self.names, args, strict=False))  # fewer: the rest have defaults
+        if kwargs:
+            bound.update(kwargs)
+        return bound
 
     def call(self, fn: Callable[..., Any], obj: Any, bound: dict[str, Any]) -> Any:
         """`fn(obj, ...)` with `bound`: as keywords where `fn` takes them, else the loop's names positionally."""

@@ -88,6 +88,10 @@ def act(call: Call, frame: Frame, action: Any) -> Any:
     return call.apply_pre_execution(ctx, frame, action)
 
 
+# `rlm.__dict__` without DSPy's Python-level `Module.__getattribute__` (read twice per iteration).
+_instance_dict = object.__getattribute__
+
+
 class ActionSeam:
     """`generate_action` of an instrumented RLM class: a data descriptor over the instance's own attribute, so
     that reading it during an iteration yields the `Acting` stand-in, while assigning, deleting and every
@@ -103,7 +107,7 @@ class ActionSeam:
         if rlm is None:
             return self
         try:
-            predictor = rlm.__dict__["generate_action"]
+            predictor = _instance_dict(rlm, "__dict__")["generate_action"]
         except KeyError:
             raise AttributeError(f"'{type(rlm).__name__}' object has no attribute 'generate_action'") from None
         call = CURRENT.get()
