@@ -57,16 +57,20 @@ _NOT_PLAIN = (str, int, MethodType)  # senders whose blinker id is not id(sender
 _BY_SENDER: dict[Signal, dict[Any, Any]] = {}
 _TRACKED: list[Signal] = []
 
-# The receivers of a (signal, sender id) as blinker keeps them: (the connection count when read, a weak reference to
-# the sender, the receivers or their weak references in blinker's order, whether all of them are strong).
-_Read = tuple[int, Callable[[], Any], tuple[Any, ...], bool]
+# The receivers of a (signal, sender id) in blinker's order: (the connection count when read, a weak reference to
+# the sender, whether all of them are strongly connected, then the receivers themselves if so, else their ids in
+# `signal.receivers`). Blinker's weak references are never kept here: one that outlived blinker's own would have its
+# callback run after its death (Python's WeakMethod then prints an ignored AttributeError).
+_Read = tuple[int, Callable[[], Any], bool, tuple[Any, ...]]
 _READS: dict[tuple[Signal, int], _Read] = {}
 _connections = 0  # connects and disconnects announced by the tracked signals
 
 
 def _connection_changed(signal: Any, **kwargs: Any) -> None:
+    """A tracked signal's receivers changed: every read is stale (and no disconnected receiver is kept alive)."""
     global _connections
     _connections += 1
+    _READS.clear()
 
 
 def _announce(signal: Signal) -> None:
@@ -114,10 +118,12 @@ def receivers(signal: Signal, sender: Any) -> Sequence[Callable[..., Any]]:
     read = _READS.get((signal, id(sender)))
     if read is None or read[0] != _connections or read[1]() is not sender:
         read = _read(signal, sender, by_sender)
-    if read[3]:  # all strong: as read
-        return read[2]
+    if read[2]:  # all strong: as read
+        return read[3]
+    refs = signal.receivers
     live = []
-    for receiver in read[2]:
+    for receiver_id in read[3]:
+        receiver = refs.get(receiver_id)
         if isinstance(receiver, weakref.ref):  # weakref.WeakMethod is one too
             receiver = receiver()
         if receiver is not None:
@@ -129,10 +135,10 @@ def _read(signal: Signal, sender: Any, by_sender: dict[Any, Any]) -> _Read:
     """Read `sender`'s receivers of `signal` from blinker's bookkeeping; kept while the sender lives (when it can
     be weakly referenced) and no connection changes."""
     counted = _connections
-    ids = by_sender.get(_ANY_ID, _NONE) | by_sender.get(id(sender), _NONE)
     refs = signal.receivers
-    kept = tuple(receiver for receiver_id in ids if (receiver := refs.get(receiver_id)) is not None)
-    strong = not any(isinstance(receiver, weakref.ref) for receiver in kept)
+    ids = tuple(by_sender.get(_ANY_ID, _NONE) | by_sender.get(id(sender), _NONE))
+    strong = not any(isinstance(refs.get(receiver_id), weakref.ref) for receiver_id in ids)
+    kept = tuple(receiver for receiver_id in ids if (receiver := refs.get(receiver_id)) is not None) if strong else ids
     key = (signal, id(sender))
     forget = _READS.pop  # bound now: the callback may run at interpreter shutdown, when this module's globals are gone
 
@@ -142,8 +148,8 @@ def _read(signal: Signal, sender: Any, by_sender: dict[Any, Any]) -> _Read:
     try:
         owner: Callable[[], Any] = weakref.ref(sender, forget_read)
     except TypeError:  # not weakly referenceable: read on every send
-        return (counted, _nothing, kept, strong)
-    read = _READS[key] = (counted, owner, kept, strong)
+        return (counted, _nothing, strong, kept)
+    read = _READS[key] = (counted, owner, strong, kept)
     return read
 
 
