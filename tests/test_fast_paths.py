@@ -414,6 +414,30 @@ def test_connections_changed_during_a_call_reach_the_next_send_on_both_paths(mak
     )
 
 
+def test_the_actions_fields_are_read_as_getattr_reads_them():
+    """`pre_execution` reads the action's code and reasoning with `Prediction.get()` when it is a plain Prediction;
+    whatever the action is, the answer is `getattr`'s."""
+    from types import SimpleNamespace
+
+    from rlm_events._patch.prediction import field_of
+
+    class Planned(dspy.Prediction):  # a subclass may answer from a property, not from its fields
+        @property
+        def code(self) -> str:
+            return "from the property"
+
+    actions = [
+        dspy.Prediction(code="print(1)", reasoning="r"),
+        dspy.Prediction(),
+        Planned(code="from the fields"),
+        SimpleNamespace(code="print(2)"),
+    ]
+    for action in actions:
+        for name in ("code", "reasoning"):
+            assert field_of(action, name, "missing") == getattr(action, name, "missing"), (action, name)
+    assert field_of(actions[2], "code") == "from the property"
+
+
 # -- (d) the probes reject internals that are not what the fast paths expect ----------------------------------
 
 

@@ -33,6 +33,7 @@ from ..stages import Stage
 from .construct import iteration_limit
 from .detect import ATTR, Params, Seams
 from .frame import Frame
+from .prediction import field_of
 from .warnings import warn_once
 
 if TYPE_CHECKING:
@@ -407,16 +408,6 @@ class Call:
         """`prediction`, the stop's extract from `history`, recorded as `ours`."""
         self.ours = (prediction, history)
         return prediction
-
-
-def field_of(action: Any, name: str, default: Any = None) -> Any:
-    """`getattr(action, name, default)`, read from the fields of a plain `dspy.Prediction` by its public `get()`:
-    an attribute read on a Prediction first fails, then goes through its `__getattr__`, which costs about as much as
-    a whole stage's dispatch. Any other type, subclasses included (one may define `name` as a property), is asked
-    with `getattr`."""
-    if type(action) is Prediction:
-        return action.get(name, default)
-    return getattr(action, name, default)
 
 
 def current_call(module: Any) -> Call | None:
