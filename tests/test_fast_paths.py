@@ -645,10 +645,18 @@ def _predictor_frames(make_rlm, cls: type | None = None) -> tuple[list[bool], li
     return stand_in_seen, codes
 
 
+def _runs_own_body() -> bool:
+    """Whether rlm-events runs dspy.RLM's loop body itself on this DSPy (`_patch.loop_body`)."""
+    from rlm_events._patch import loop_body
+
+    return loop_body.FAST and loop_body.source_release(dspy.RLM._execute_iteration) is not None
+
+
 def test_the_action_is_read_on_the_loops_verbose_read_where_dspy_walks_the_stack(make_rlm):
     """DSPy <= 3.3 walks the stack on each predictor call: there the predictor is called without the stand-in's
     frame and pre_execution fires when the loop reads `self.verbose` (`_patch.action_read`, checked against DSPy
-    3.1.2 and 3.3.1); a loop body of another shape, and every DSPy that does not walk, use the stand-in. Either way
+    3.1.2 and 3.3.1); a DSPy that does not walk and whose loop body rlm-events runs itself (`_patch.loop_body`) calls
+    the predictor from that body; a loop body of another shape, and every other DSPy, use the stand-in. Either way
     pre_execution sees the same codes and what it changed runs."""
     from rlm_events._patch.action_read import action_read_code
     from rlm_events._patch.direct_calls import class_walks_the_stack
@@ -656,8 +664,9 @@ def test_the_action_is_read_on_the_loops_verbose_read_where_dspy_walks_the_stack
     walks = class_walks_the_stack(dspy.RLM)
     if walks:  # a DSPy that walks with a loop body the fast path does not read fails here first
         assert action_read_code(dspy.RLM) is not None, dspy.__version__
+    stand_in = not walks and not _runs_own_body()
     stand_in_seen, codes = _predictor_frames(make_rlm)
-    assert stand_in_seen == [not walks, not walks]
+    assert stand_in_seen == [stand_in, stand_in]
     assert codes == ["print(1)", "SUBMIT(answer='ok')"]
 
     class OwnLoop(dspy.RLM):  # delegates to DSPy's loop body: its own does not have the shape the fast path reads
@@ -676,7 +685,8 @@ def test_the_action_read_fast_path_switched_off_falls_back_to_the_stand_in(make_
     instrumented_rlm_class.cache_clear()
     try:
         assert action_read.action_read_code(dspy.RLM) is None
-        assert _predictor_frames(make_rlm) == ([True, True], ["print(1)", "SUBMIT(answer='ok')"])
+        stand_in = not _runs_own_body()  # the loop body rlm-events runs, where it does, calls the predictor itself
+        assert _predictor_frames(make_rlm) == ([stand_in, stand_in], ["print(1)", "SUBMIT(answer='ok')"])
     finally:
         monkeypatch.undo()
         instrumented_rlm_class.cache_clear()

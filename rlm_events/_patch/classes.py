@@ -21,6 +21,7 @@ from .detect import ATTR, NO_RESULT, Seams
 from .direct_calls import class_walks_the_stack, warn_if_direct
 from .extract import stop_extracts
 from .frame import Frame
+from .loop_body import body_for
 from .predict_rlm import kernel_seams
 from .predictor import ActionSeam, act
 from .prelude import PreludeREPL
@@ -36,6 +37,8 @@ def instrumented_rlm_class(cls: Any) -> Any:
     seams: Any = kernel or Seams(cls)
     iteration, aiteration = seams.iteration, seams.aiteration
     by_keyword, aby_keyword = iteration.by_keyword, aiteration.by_keyword
+    walks = class_walks_the_stack(cls)
+    body = body_for(cls, seams) if kernel is None and not walks else None
     # DSPy's extract fallback; PredictRLM's runs it on a copy of the module, from *_for_run.
     extract_name, aextract_name = seams.extract.method, seams.aextract.method
     extract_fallback, aextract_fallback = getattr(cls, extract_name), getattr(cls, aextract_name)
@@ -88,7 +91,9 @@ def instrumented_rlm_class(cls: Any) -> Any:
             call.iterations += 1  # started: its pre_iteration folded without raising
             # In place when it takes keywords: no frame of ours between DSPy's loop and its predictor (DSPy < 3.4
             # walks the whole stack, reading every frame's source, on each predictor call).
-            if by_keyword:
+            if body is not None and body.runs(call):  # DSPy's body, run with the stages in place
+                outcome = body(self, call, frame)
+            elif by_keyword:
                 outcome = cls._execute_iteration(self, **frame.args)
             else:
                 outcome = iteration.call(cls._execute_iteration, self, frame.args)
@@ -220,7 +225,6 @@ def instrumented_rlm_class(cls: Any) -> Any:
         aextract_name: _aextract_fallback,
         "_prepare_execution_tools": _prepare_execution_tools,
     }
-    walks = class_walks_the_stack(cls)
     # Where DSPy walks the stack, the action is read on the loop body's `self.verbose` (no stand-in frame) if it can.
     loop_code = action_read_code(cls) if walks and kernel is None else None
     if kernel is None:  # DSPy's loop; PredictRLM's kernel runs a legacy loop when these are overridden

@@ -23,6 +23,7 @@ class Frame:
         "args",
         "code",
         "index",
+        "own_body",
         "prefix",
         "prelude",
         "processing",
@@ -42,6 +43,7 @@ class Frame:
         self.code = ""
         self.result: Any = None
         self.stand_in: Acting | None = None  # generate_action as the loop reads it until the action is in
+        self.own_body = False  # run by _patch.loop_body, which fires pre_execution itself: no stand-in
         self.prefix = ""  # pre_iteration's python_code: prepended to this iteration's code
         self.prelude = call.prelude  # the persistent prelude: runs before this iteration's execution
         self.prompt = ""  # pre_iteration's prompt_context, until the action prompt shows it

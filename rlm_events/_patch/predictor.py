@@ -112,7 +112,7 @@ class ActionSeam:
             raise AttributeError(f"'{type(rlm).__name__}' object has no attribute 'generate_action'") from None
         call = CURRENT.get()
         frame = call.frame if call is not None and call.module is rlm else None
-        if frame is None or frame.action is not None:
+        if frame is None or frame.action is not None or frame.own_body:
             return predictor
         if self.read_on_verbose and not call.is_async and not frame.prompt and ACTION_STREAM not in call.run.state:  # type: ignore[union-attr]
             return predictor  # the action is read when the loop reads self.verbose: see _patch.action_read

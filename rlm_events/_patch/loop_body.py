@@ -1,0 +1,174 @@
+"""DSPy's loop body (`RLM._execute_iteration`) run by rlm-events itself, with pre_execution and post_execution
+fired in place: the fast path over the seams that otherwise fire them around DSPy's own body.
+
+Around DSPy's own body, an observed iteration costs a stand-in for `generate_action` (to see the action), a seam
+over `_execute_code` (to skip it or run the prelude first), a seam over `_process_execution_result` (to fold
+post_execution first) with its arguments bound by name, and a second strip of the code's fences. Here the same
+steps run in one function, a copy of DSPy's body with the stages between its lines:
+
+* it reads `self.generate_action` and calls it as DSPy's body does (the real predictor: `Frame.own_body` tells
+  the `generate_action` seam so), with pre_iteration's `prompt_context` after the variables' descriptions;
+* pre_execution fires on the action before the body reads it, as when the stand-in returns it (so DSPy's
+  `verbose` log shows the code as the stage left it);
+* it strips the code's fences once, as DSPy does, and again only when pre_execution changed the code;
+* it calls the class's `_execute_code` (unless pre_execution gave the result, or through the prelude's REPL) and
+  `_process_execution_result`, positionally, as DSPy's body does; post_execution folds code and result between.
+
+So what the loop, the predictor, the interpreter and every stage see is what they see around DSPy's own body.
+
+It is used only where that holds by construction: a sync iteration of a class whose `_execute_iteration` is
+DSPy's own with exactly the source of a release it was checked against (its SHA-256 below), whose module has
+the helpers the body calls, with no action stream. Checked against DSPy 3.4.1 (the newest release; the suite runs
+on it). Anything else (other releases, a subclass overriding the body, PredictRLM, async loops, action streaming)
+runs DSPy's own body between the seams: slower, never different. `tests/test_loop_body.py` pins both, on the same
+iterations. `RLM_EVENTS_FAST_PATHS=0` in the environment turns it off, as the other fast paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import sys
+import textwrap
+from typing import TYPE_CHECKING, Any
+
+from .._fast import disabled
+from ..context import PostExecutionContext, PreExecutionContext
+from ..stages import Stage
+from .detect import NO_RESULT
+from .prediction import field_of
+from .prelude import PreludeREPL
+from .streaming import ACTION_STREAM
+
+if TYPE_CHECKING:
+    from .call import Call
+    from .detect import Seams
+    from .frame import Frame
+
+FAST = disabled() is None  # False: every class runs DSPy's own body between the seams (tests switch it)
+
+# SHA-256 of `textwrap.dedent(inspect.getsource(RLM._execute_iteration))` in the releases this body copies.
+CHECKED: dict[str, str] = {
+    "ca5d4ce1beb5b41160e030ae9c3877026eec189fc0613ba61d16594b5e6df0c3": "3.4.1",
+}
+_HELPERS = ("_strip_code_fences", "format_error_for_lm", "logger")
+
+_MISSING: Any = object()
+PRE_EXECUTION, POST_EXECUTION, POST_ITERATION = Stage.PRE_EXECUTION, Stage.POST_EXECUTION, Stage.POST_ITERATION
+
+
+def source_release(fn: Any) -> str | None:
+    """The checked release whose `_execute_iteration` is `fn`'s source, or `None` (unknown, or no source)."""
+    try:
+        source = textwrap.dedent(inspect.getsource(fn))
+    except (OSError, TypeError):
+        return None
+    return CHECKED.get(hashlib.sha256(source.encode()).hexdigest())
+
+
+class LoopBody:
+    """DSPy's `_execute_iteration` for one RLM class, with the stages in place (see the module docstring)."""
+
+    __slots__ = ("_cls", "_format_error", "_logger", "_strip", "release")
+
+    def __init__(self, cls: Any, release: str, helpers: dict[str, Any]) -> None:
+        self._cls, self.release = cls, release
+        self._strip, self._format_error, self._logger = (helpers[name] for name in _HELPERS)
+
+    @staticmethod
+    def of(cls: Any, seams: Seams) -> LoopBody | None:
+        """The body for instrumented RLM class `cls`, or `None` when `cls` must run DSPy's own."""
+        fn = getattr(cls, "_execute_iteration", None)
+        release = source_release(fn)
+        helpers = getattr(fn, "__globals__", {})
+        shaped = seams.has_execute_code and seams.result_takes_code and seams.iteration.by_keyword
+        if release is None or not shaped or not all(name in helpers for name in _HELPERS):
+            return None
+        return LoopBody(cls, release, helpers)
+
+    @staticmethod
+    def runs(call: Call) -> bool:
+        """Whether this iteration of `call` runs here (sync, no action stream, not switched off)."""
+        return FAST and not call.is_async and ACTION_STREAM not in call.run.state
+
+    def __call__(self, rlm: Any, call: Call, frame: Frame) -> Any:
+        """One iteration of `call`, `frame`'s: what DSPy's body returns (a `Prediction` or the new history)."""
+        cls, args = self._cls, frame.args
+        repl, variables, history, iteration = args["repl"], args["variables"], args["history"], args["iteration"]
+        variables_info = [variable.format() for variable in variables]
+        if frame.prompt:  # pre_iteration's prompt_context, after the variables' descriptions (as Call.shown)
+            variables_info = [*variables_info, frame.prompt]
+            frame.prompt = ""
+        frame.own_body = True  # self.generate_action is the predictor itself
+        action = rlm.generate_action(
+            signature=rlm._action_signature_for_current_factory(args["interpreter_factory"], args["sub_agent_rules"]),
+            variables_info=variables_info,
+            repl_history=history,
+            iteration=f"{iteration + 1}/{rlm.max_iters}",
+        )
+        frame.action = action
+        # pre_execution fires on the action as the predictor returned it, before DSPy's body reads it (as the
+        # stand-in that returns it does): the log line shows the code as the stage left it.
+        raw, stripped = _code_of(action), None
+        if isinstance(raw, str) and (frame.prefix or call.wants_now(PRE_EXECUTION)):
+            stripped = self._stripped(raw)
+            frame.code = stripped[0]
+            ctx = call.ctx(
+                PreExecutionContext,
+                iteration,
+                code=frame.code,
+                reasoning=str(field_of(action, "reasoning", "")),
+                history=history,
+                result=None,
+            )
+            if call.wants_now(PRE_EXECUTION):
+                ctx = call.plan.fire(ctx, rlm)
+            call.apply_pre_execution(ctx, frame, action)
+            if _code_of(action) is not raw:  # changed: DSPy strips what it runs
+                stripped = None
+        if rlm.verbose:
+            self._logger.info(
+                f"RLM iteration {iteration + 1}/{rlm.max_iters}\nReasoning: {action.reasoning}\nCode:\n{action.code}"
+            )
+        code, error = stripped or self._stripped(_code_of(action))
+        if error is not None:  # DSPy reports the fence and runs nothing
+            result: Any = f"[Error] {self._format_error(error)}"
+        elif frame.skip is not NO_RESULT:
+            result = frame.skip
+        elif frame.prelude:  # pre_iteration's persistent_python_code runs first, on its own: see _patch.prelude
+            result = cls._execute_code(rlm, PreludeREPL(repl, frame.prelude), code, args["input_args"])
+        else:
+            result = cls._execute_code(rlm, repl, code, args["input_args"])
+        if call.wants_now(POST_EXECUTION):
+            frame.code = code
+            done = call.plan.fire(
+                call.ctx(PostExecutionContext, iteration, code=code, result=result, history=history), rlm
+            )
+            code, result = done.code, done.result
+            frame.code, frame.result = code, result
+        elif call.wants_now(POST_ITERATION):
+            frame.code, frame.result = code, result
+        return cls._process_execution_result(rlm, action, code, result, history, args["output_field_names"])
+
+    def _stripped(self, raw: Any) -> tuple[Any, SyntaxError | None]:
+        """The code DSPy runs for `raw` (its fence stripped) and no error, or `raw` and the fence's error."""
+        try:
+            return self._strip(raw), None
+        except SyntaxError as exc:
+            return raw, exc
+
+
+def _code_of(action: Any) -> Any:
+    """`action.code`, as DSPy's body reads it (a missing field raises the predictor's own error)."""
+    code = field_of(action, "code", _MISSING)
+    return action.code if code is _MISSING else code
+
+
+def body_for(cls: Any, seams: Seams) -> LoopBody | None:
+    """`LoopBody.of(cls, seams)`, `None` when the fast path is off for good (`RLM_EVENTS_FAST_PATHS=0`)."""
+    if disabled() is not None or "dspy.predict.rlm" not in sys.modules:
+        return None
+    return LoopBody.of(cls, seams)
+
+
+__all__ = ["CHECKED", "FAST", "LoopBody", "body_for", "source_release"]

@@ -1,0 +1,151 @@
+"""The fast path that runs DSPy's loop body with the stages in place (`rlm_events._patch.loop_body`), pinned against
+the seams around DSPy's own body: the same iterations, seen and changed by the same middleware, give the same
+trajectory, the same stage contexts, the same predictor calls and the same log lines, on every DSPy; and the body
+is used exactly where its source is a checked release's."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import dspy
+import pytest
+
+import rlm_events
+from rlm_events import Stage
+from rlm_events._patch import loop_body
+from rlm_events._patch.detect import Seams
+from rlm_events._patch.direct_calls import class_walks_the_stack
+
+CODES = [
+    "```python\nprint(seeded + y)\n```",  # fenced: stripped once; the prelude and python_code run first
+    "```sql\nSELECT 1\n```",  # a fence DSPy rejects: reported, nothing runs
+    "print('never runs')",  # pre_execution gives the result
+    "print(1)",  # pre_execution rewrites it, post_execution changes its result
+    "```\nSUBMIT(answer=str(seeded))\n```",
+]
+
+
+def _run(make_rlm: Callable[..., Any], caplog: pytest.LogCaptureFixture) -> dict[str, Any]:
+    """One instrumented call over `CODES` with middleware on every iteration stage; what everyone saw."""
+    rlm, lm = make_rlm(["unused"], max_iters=len(CODES) + 1)
+    rlm.verbose = True
+    seen: list[tuple[Any, ...]] = []
+    predictor_calls: list[tuple[str, dict[str, Any]]] = []
+
+    def predictor(**kwargs: Any) -> dspy.Prediction:
+        caller = os.path.basename(sys._getframe(1).f_code.co_filename)
+        shown = {k: v for k, v in kwargs.items() if k not in ("repl_history", "signature")}
+        if "signature" in kwargs:  # each RLM has its own signature class: compared by what it says
+            shown["signature"] = (kwargs["signature"].instructions, list(kwargs["signature"].fields))
+        predictor_calls.append((caller, shown))
+        index = len(predictor_calls) - 1
+        return dspy.Prediction(reasoning=f"step {index}", code=CODES[min(index, len(CODES) - 1)])
+
+    rlm.generate_action = predictor
+
+    def pre_iteration(ctx: Any, next: Callable[[Any], Any]) -> Any:
+        if ctx.iteration == 0:
+            ctx.persistent_python_code = "seeded = 41"
+            ctx.python_code = "y = 1"
+            ctx.prompt_context = "Check the sum."
+        return next(ctx)
+
+    def pre_execution(ctx: Any, next: Callable[[Any], Any]) -> Any:
+        seen.append(("pre_execution", ctx.iteration, ctx.code, ctx.reasoning))
+        if "never runs" in ctx.code:
+            ctx.result = "given"
+        ctx.code = ctx.code.replace("print(1)", "print(2)")
+        return next(ctx)
+
+    def post_execution(ctx: Any, next: Callable[[Any], Any]) -> Any:
+        seen.append(("post_execution", ctx.iteration, ctx.code, str(ctx.result)))
+        if isinstance(ctx.result, str):  # not SUBMIT's final output
+            ctx.result = f"{ctx.result}!"
+        return next(ctx)
+
+    def post_iteration(ctx: Any, next: Callable[[Any], Any]) -> Any:
+        seen.append(("post_iteration", ctx.iteration, ctx.code, str(ctx.result), len(ctx.history.entries)))
+        return next(ctx)
+
+    events = rlm_events.instrument(rlm)
+    events.use(Stage.PRE_ITERATION, pre_iteration)
+    events.use(Stage.PRE_EXECUTION, pre_execution)
+    events.use(Stage.POST_EXECUTION, post_execution)
+    events.use(Stage.POST_ITERATION, post_iteration)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="dspy.predict.rlm"), dspy.context(lm=lm):
+        prediction = rlm(text="q")
+    return {
+        "answer": prediction.answer,
+        "trajectory": prediction.trajectory,
+        "seen": seen,
+        "callers": [caller for caller, _ in predictor_calls],
+        "predictor_kwargs": [kwargs for _, kwargs in predictor_calls],
+        "logs": [r.getMessage() for r in caplog.records if r.name == "dspy.predict.rlm"],
+    }
+
+
+def test_the_loop_body_run_by_rlm_events_does_what_dspys_own_does_between_the_seams(make_rlm, caplog, monkeypatch):
+    own = _run(make_rlm, caplog)
+    monkeypatch.setattr(loop_body, "FAST", False)
+    seams = _run(make_rlm, caplog)
+
+    assert own["answer"] == seams["answer"] == "41"
+    assert own["trajectory"] == seams["trajectory"]
+    assert own["seen"] == seams["seen"]
+    assert own["predictor_kwargs"] == seams["predictor_kwargs"]
+    assert own["logs"] == seams["logs"] and len(own["logs"]) >= len(CODES)
+    # What the stages did reached the loop (each path got there on its own).
+    trajectory = own["trajectory"]
+    assert trajectory[0]["code"].startswith("y = 1\n") and trajectory[0]["output"].startswith("42")
+    assert "```sql" in trajectory[1]["code"] and "[Error]" in trajectory[1]["output"]
+    assert trajectory[2]["output"].startswith("given!")
+    assert trajectory[3]["code"] == "print(2)"
+    assert any("Check the sum." in str(info) for info in own["predictor_kwargs"][0]["variables_info"])
+    # Which path called the predictor: the body where its source is a checked release's, else the stand-in.
+    runs_own = loop_body.source_release(dspy.RLM._execute_iteration) is not None
+    assert ("loop_body.py" in own["callers"]) is runs_own
+    if runs_own:
+        assert set(own["callers"]) == {"loop_body.py"}
+    assert "loop_body.py" not in seams["callers"]
+
+
+def test_the_body_is_used_exactly_for_dspys_own_source_of_a_checked_release():
+    release = loop_body.source_release(dspy.RLM._execute_iteration)
+    assert release == (dspy.__version__ if dspy.__version__ in loop_body.CHECKED.values() else None)
+    walks = class_walks_the_stack(dspy.RLM)
+    assert (loop_body.body_for(dspy.RLM, Seams(dspy.RLM)) is not None) == (release is not None and not walks)
+
+    class OwnLoop(dspy.RLM):  # an override: its source is not DSPy's, so DSPy's seams run around it
+        def _execute_iteration(self, *args: Any, **kwargs: Any) -> Any:
+            return super()._execute_iteration(*args, **kwargs)
+
+    assert loop_body.source_release(OwnLoop._execute_iteration) is None
+    assert loop_body.body_for(OwnLoop, Seams(OwnLoop)) is None
+    assert loop_body.source_release(len) is None  # no Python source: never the fast path
+
+
+def test_an_override_of_the_loop_body_runs_as_its_own_with_the_stand_in(make_rlm, caplog):
+    class Counting(dspy.RLM):
+        ran = 0
+
+        def _execute_iteration(self, *args: Any, **kwargs: Any) -> Any:
+            Counting.ran += 1
+            return super()._execute_iteration(*args, **kwargs)
+
+    rlm, lm = make_rlm(["print(1)", "SUBMIT(answer='ok')"], max_iters=3)
+    rlm.__class__ = Counting
+    codes: list[str] = []
+
+    def seen(ctx: Any, next: Callable[[Any], Any]) -> Any:
+        codes.append(ctx.code)
+        return next(ctx)
+
+    rlm_events.instrument(rlm).use(Stage.PRE_EXECUTION, seen)
+    with dspy.context(lm=lm):
+        assert rlm(text="q").answer == "ok"
+    assert Counting.ran == 2 and codes == ["print(1)", "SUBMIT(answer='ok')"]
