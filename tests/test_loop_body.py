@@ -16,6 +16,7 @@ import pytest
 
 import rlm_events
 from rlm_events import Stage
+from rlm_events._fast import disabled
 from rlm_events._patch import loop_body
 from rlm_events._patch.detect import Seams
 from rlm_events._patch.direct_calls import class_walks_the_stack
@@ -90,6 +91,7 @@ def _run(make_rlm: Callable[..., Any], caplog: pytest.LogCaptureFixture) -> dict
 
 
 def test_the_loop_body_run_by_rlm_events_does_what_dspys_own_does_between_the_seams(make_rlm, caplog, monkeypatch):
+    runs_own = loop_body.FAST and loop_body.source_release(dspy.RLM._execute_iteration) is not None
     own = _run(make_rlm, caplog)
     monkeypatch.setattr(loop_body, "FAST", False)
     seams = _run(make_rlm, caplog)
@@ -107,7 +109,6 @@ def test_the_loop_body_run_by_rlm_events_does_what_dspys_own_does_between_the_se
     assert trajectory[3]["code"] == "print(2)"
     assert any("Check the sum." in str(info) for info in own["predictor_kwargs"][0]["variables_info"])
     # Which path called the predictor: the body where its source is a checked release's, else the stand-in.
-    runs_own = loop_body.source_release(dspy.RLM._execute_iteration) is not None
     assert ("loop_body.py" in own["callers"]) is runs_own
     if runs_own:
         assert set(own["callers"]) == {"loop_body.py"}
@@ -118,7 +119,8 @@ def test_the_body_is_used_exactly_for_dspys_own_source_of_a_checked_release():
     release = loop_body.source_release(dspy.RLM._execute_iteration)
     assert release == (dspy.__version__ if dspy.__version__ in loop_body.CHECKED.values() else None)
     walks = class_walks_the_stack(dspy.RLM)
-    assert (loop_body.body_for(dspy.RLM, Seams(dspy.RLM)) is not None) == (release is not None and not walks)
+    used = release is not None and not walks and disabled() is None  # RLM_EVENTS_FAST_PATHS=0: never
+    assert (loop_body.body_for(dspy.RLM, Seams(dspy.RLM)) is not None) == used
 
     class OwnLoop(dspy.RLM):  # an override: its source is not DSPy's, so DSPy's seams run around it
         def _execute_iteration(self, *args: Any, **kwargs: Any) -> Any:
