@@ -134,6 +134,7 @@ class InProcessInterpreter:
         self.closed = False
         self.guard = as_policy(guard)
         self._runtime: tuple[GuardPolicy, RuntimeGuard] | None = None
+        self._hosted: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {}  # name: (tool, as code calls it)
 
     def start(self) -> None:
         if self.closed:
@@ -153,6 +154,15 @@ class InProcessInterpreter:
             self._runtime = (policy, runtime_guard(policy, self.namespace))
         return self._runtime[1]
 
+    def _hosted_tools(self) -> dict[str, Callable[..., Any]]:
+        """Each tool as code calls it: wrapped once per tool object (`tools` may be replaced between executions)."""
+        hosted = self._hosted
+        for name, fn in self.tools.items():
+            kept = hosted.get(name)
+            if kept is None or kept[0] is not fn:
+                hosted[name] = (fn, _host_tool(fn))
+        return {name: hosted[name][1] for name in self.tools}
+
     def execute(self, code: str, variables: dict[str, Any] | None = None) -> Any:
         self.start()
         guard = None if host_setup(variables) else self._runtime_guard()  # DSPy's own setup is the host's code
@@ -163,7 +173,7 @@ class InProcessInterpreter:
         out = io.StringIO()
         ns = self.namespace
         ns.update(variables or {})
-        ns.update({name: _host_tool(fn) for name, fn in self.tools.items()})
+        ns.update(self._hosted_tools())
         ns["SUBMIT"] = self._submit
         ns["print"] = lambda *a, **k: print(*a, **{**k, "file": out})
         if guard is None and isinstance(ns.get("__builtins__"), dict):

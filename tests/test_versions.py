@@ -372,3 +372,16 @@ def test_tools_given_by_name_are_translated_once_on_every_release():
     with dspy.context(lm=ScriptedLM(steps)):
         assert rlm_built(text="t").answer == "B"
     assert "lookup" in (rlm.tools if isinstance(rlm.tools, dict) else {t.name: t for t in rlm.tools})
+
+
+def test_the_in_process_interpreter_calls_the_tools_it_has_now():
+    """Each tool is wrapped for the code once, and again only when it is replaced: a tool replaced (or added)
+    between executions is the one the next execution calls."""
+    interpreter = InProcessInterpreter(tools={"tool": lambda: "first"})
+    assert interpreter.execute("tool()") == "first"
+    assert interpreter.execute("tool()") == "first"
+    interpreter.tools["tool"] = lambda: "second"
+    interpreter.tools["other"] = lambda x: x * 2
+    assert interpreter.execute("tool()") == "second"
+    assert interpreter.execute("other(x=21)") == 42
+    interpreter.shutdown()

@@ -93,7 +93,7 @@ class LoopBody:
 
     def __call__(self, rlm: Any, call: Call, frame: Frame) -> Any:
         """One iteration of `call`, `frame`'s: what DSPy's body returns (a `Prediction` or the new history)."""
-        cls, args = self._cls, frame.args
+        cls, args, busy, plan = self._cls, frame.args, call.busy, call.plan
         repl, variables, history, iteration = args["repl"], args["variables"], args["history"], args["iteration"]
         variables_info = [variable.format() for variable in variables]
         if frame.prompt:  # pre_iteration's prompt_context, after the variables' descriptions (as Call.shown)
@@ -110,7 +110,8 @@ class LoopBody:
         # pre_execution fires on the action as the predictor returned it, before DSPy's body reads it (as the
         # stand-in that returns it does): the log line shows the code as the stage left it.
         raw, stripped = _code_of(action), None
-        if isinstance(raw, str) and (frame.prefix or call.wants_now(PRE_EXECUTION)):
+        executes = busy[PRE_EXECUTION] or plan.wants(PRE_EXECUTION, rlm)
+        if isinstance(raw, str) and (executes or frame.prefix):
             stripped = self._stripped(raw)
             frame.code = stripped[0]
             ctx = call.ctx(
@@ -121,8 +122,8 @@ class LoopBody:
                 history=history,
                 result=None,
             )
-            if call.wants_now(PRE_EXECUTION):
-                ctx = call.plan.fire(ctx, rlm)
+            if executes:
+                ctx = plan.fire(ctx, rlm)
             call.apply_pre_execution(ctx, frame, action)
             if _code_of(action) is not raw:  # changed: DSPy strips what it runs
                 stripped = None
@@ -139,14 +140,12 @@ class LoopBody:
             result = cls._execute_code(rlm, PreludeREPL(repl, frame.prelude), code, args["input_args"])
         else:
             result = cls._execute_code(rlm, repl, code, args["input_args"])
-        if call.wants_now(POST_EXECUTION):
+        if busy[POST_EXECUTION] or plan.wants(POST_EXECUTION, rlm):
             frame.code = code
-            done = call.plan.fire(
-                call.ctx(PostExecutionContext, iteration, code=code, result=result, history=history), rlm
-            )
+            done = plan.fire(call.ctx(PostExecutionContext, iteration, code=code, result=result, history=history), rlm)
             code, result = done.code, done.result
             frame.code, frame.result = code, result
-        elif call.wants_now(POST_ITERATION):
+        elif busy[POST_ITERATION] or plan.wants(POST_ITERATION, rlm):
             frame.code, frame.result = code, result
         return cls._process_execution_result(rlm, action, code, result, history, args["output_field_names"])
 
