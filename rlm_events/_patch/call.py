@@ -284,7 +284,11 @@ class Call:
         )
 
     def pre_execution_ctx(self, frame: Frame, action: Any) -> PreExecutionContext:
-        frame.code = code = self.seams.stripped(field_of(action, "code"))
+        return self.pre_execution_of(frame, action, self.seams.stripped(field_of(action, "code")))
+
+    def pre_execution_of(self, frame: Frame, action: Any, code: str) -> PreExecutionContext:
+        """pre_execution's context for `action`, whose code is `code` as DSPy runs it (raw if its fence is bad)."""
+        frame.code = code
         return self.ctx(
             PreExecutionContext,
             frame.index,
@@ -348,14 +352,12 @@ class Call:
 
     def post_execution_ctx(self, frame: Frame) -> PostExecutionContext:
         processing: Any = frame.processing
-        frame.code = self.code_of(processing)
-        return self.ctx(
-            PostExecutionContext,
-            frame.index,
-            code=frame.code,
-            result=processing["result"],
-            history=processing["history"],
-        )
+        return self.post_execution_of(frame, self.code_of(processing), processing["result"], processing["history"])
+
+    def post_execution_of(self, frame: Frame, code: str, result: Any, history: REPLHistory) -> PostExecutionContext:
+        """post_execution's context for `code` (as it ran), its `result` and the `history` it is recorded into."""
+        frame.code = code
+        return self.ctx(PostExecutionContext, frame.index, code=code, result=result, history=history)
 
     def finish_execution(self, ctx: PostExecutionContext, frame: Frame) -> Any:
         processing: Any = frame.processing

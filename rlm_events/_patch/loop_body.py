@@ -28,12 +28,10 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import sys
 import textwrap
 from typing import TYPE_CHECKING, Any
 
 from .._fast import disabled
-from ..context import PostExecutionContext, PreExecutionContext
 from ..stages import Stage
 from .detect import NO_RESULT
 from .prediction import field_of
@@ -69,22 +67,21 @@ def source_release(fn: Any) -> str | None:
 class LoopBody:
     """DSPy's `_execute_iteration` for one RLM class, with the stages in place (see the module docstring)."""
 
-    __slots__ = ("_cls", "_format_error", "_logger", "_strip", "release")
+    __slots__ = ("_cls", "_format_error", "_logger", "_strip")
 
-    def __init__(self, cls: Any, release: str, helpers: dict[str, Any]) -> None:
-        self._cls, self.release = cls, release
+    def __init__(self, cls: Any, helpers: dict[str, Any]) -> None:
+        self._cls = cls
         self._strip, self._format_error, self._logger = (helpers[name] for name in _HELPERS)
 
     @staticmethod
     def of(cls: Any, seams: Seams) -> LoopBody | None:
         """The body for instrumented RLM class `cls`, or `None` when `cls` must run DSPy's own."""
         fn = getattr(cls, "_execute_iteration", None)
-        release = source_release(fn)
         helpers = getattr(fn, "__globals__", {})
         shaped = seams.has_execute_code and seams.result_takes_code and seams.iteration.by_keyword
-        if release is None or not shaped or not all(name in helpers for name in _HELPERS):
+        if source_release(fn) is None or not shaped or not all(name in helpers for name in _HELPERS):
             return None
-        return LoopBody(cls, release, helpers)
+        return LoopBody(cls, helpers)
 
     @staticmethod
     def runs(call: Call) -> bool:
@@ -113,15 +110,7 @@ class LoopBody:
         executes = busy[PRE_EXECUTION] or plan.wants(PRE_EXECUTION, rlm)
         if isinstance(raw, str) and (executes or frame.prefix):
             stripped = self._stripped(raw)
-            frame.code = stripped[0]
-            ctx = call.ctx(
-                PreExecutionContext,
-                iteration,
-                code=frame.code,
-                reasoning=str(field_of(action, "reasoning", "")),
-                history=history,
-                result=None,
-            )
+            ctx = call.pre_execution_of(frame, action, stripped[0])
             if executes:
                 ctx = plan.fire(ctx, rlm)
             call.apply_pre_execution(ctx, frame, action)
@@ -141,8 +130,7 @@ class LoopBody:
         else:
             result = cls._execute_code(rlm, repl, code, args["input_args"])
         if busy[POST_EXECUTION] or plan.wants(POST_EXECUTION, rlm):
-            frame.code = code
-            done = plan.fire(call.ctx(PostExecutionContext, iteration, code=code, result=result, history=history), rlm)
+            done = plan.fire(call.post_execution_of(frame, code, result, history), rlm)
             code, result = done.code, done.result
             frame.code, frame.result = code, result
         elif busy[POST_ITERATION] or plan.wants(POST_ITERATION, rlm):
@@ -165,7 +153,7 @@ def _code_of(action: Any) -> Any:
 
 def body_for(cls: Any, seams: Seams) -> LoopBody | None:
     """`LoopBody.of(cls, seams)`, `None` when the fast path is off for good (`RLM_EVENTS_FAST_PATHS=0`)."""
-    if disabled() is not None or "dspy.predict.rlm" not in sys.modules:
+    if disabled() is not None:
         return None
     return LoopBody.of(cls, seams)
 
