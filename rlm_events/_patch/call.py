@@ -204,17 +204,25 @@ class Call:
 
     # pre_iteration
 
+    # The four iteration contexts are built on every observed iteration: each as one dict literal, every field in
+    # declaration order (what `construct` takes), not through `ctx()`'s keyword merge.
+
     def pre_iteration_ctx(self, frame: Frame) -> PreIterationContext:
         args = frame.args
-        return self.ctx(
+        return construct(
             PreIterationContext,
-            frame.index,
-            history=args["history"],
-            variables=list(args["variables"]),
-            extra_vars={},
-            python_code=None,
-            persistent_python_code=self.prelude,
-            prompt_context="",
+            {
+                "stage": PRE_ITERATION,
+                "iteration": frame.index,
+                "input_args": self.input_args,
+                "run": self.run,
+                "history": args["history"],
+                "variables": list(args["variables"]),
+                "extra_vars": {},
+                "python_code": None,
+                "persistent_python_code": self.prelude,
+                "prompt_context": "",
+            },
         )
 
     def apply_pre_iteration(self, ctx: PreIterationContext, frame: Frame) -> None:
@@ -289,17 +297,24 @@ class Call:
     def pre_execution_of(self, frame: Frame, action: Any, code: str) -> PreExecutionContext:
         """pre_execution's context for `action`, whose code is `code` as DSPy runs it (raw if its fence is bad)."""
         frame.code = code
-        return self.ctx(
+        return construct(
             PreExecutionContext,
-            frame.index,
-            code=code,
-            reasoning=str(field_of(action, "reasoning", "")),
-            history=frame.args["history"],
-            result=None,
+            {
+                "stage": PRE_EXECUTION,
+                "iteration": frame.index,
+                "input_args": self.input_args,
+                "run": self.run,
+                "code": code,
+                "reasoning": str(field_of(action, "reasoning", "")),
+                "history": frame.args["history"],
+                "result": None,
+            },
         )
 
     @staticmethod
-    def apply_pre_execution(ctx: PreExecutionContext, frame: Frame, action: Any) -> Any:
+    def apply_pre_execution(ctx: PreExecutionContext, frame: Frame, action: Any) -> bool:
+        """Hand what pre_execution left to the loop: the code (with this iteration's prelude) into `action`, or the
+        result to use instead of running it. Whether `action.code` was changed."""
         code = ctx.code
         if ctx.result is None and frame.prefix:  # this iteration's prelude, before the code as the chain left it
             code = f"{frame.prefix}\n{code}"
@@ -311,9 +326,12 @@ class Call:
                     f"pre_execution: a middleware changed the code, but generate_action returned a "
                     f"{type(action).__name__} whose code cannot be set ({exc}); return a dspy.Prediction"
                 ) from None
+            changed = True
+        else:
+            changed = False
         if ctx.result is not None:
             frame.skip = ctx.result
-        return action
+        return changed
 
     # post_execution (deferred by the _process_execution_result seam)
 
@@ -357,7 +375,18 @@ class Call:
     def post_execution_of(self, frame: Frame, code: str, result: Any, history: REPLHistory) -> PostExecutionContext:
         """post_execution's context for `code` (as it ran), its `result` and the `history` it is recorded into."""
         frame.code = code
-        return self.ctx(PostExecutionContext, frame.index, code=code, result=result, history=history)
+        return construct(
+            PostExecutionContext,
+            {
+                "stage": POST_EXECUTION,
+                "iteration": frame.index,
+                "input_args": self.input_args,
+                "run": self.run,
+                "code": code,
+                "result": result,
+                "history": history,
+            },
+        )
 
     def finish_execution(self, ctx: PostExecutionContext, frame: Frame) -> Any:
         processing: Any = frame.processing
@@ -383,16 +412,21 @@ class Call:
             prediction: Prediction | None = outcome
         else:
             history, prediction = outcome, None
-        return self.ctx(
+        return construct(
             PostIterationContext,
-            frame.index,
-            history=history,
-            prediction=prediction,
-            stop=False,
-            stop_reason=None,
-            action=frame.action,
-            code=frame.code,
-            result=frame.result,
+            {
+                "stage": POST_ITERATION,
+                "iteration": frame.index,
+                "input_args": self.input_args,
+                "run": self.run,
+                "history": history,
+                "prediction": prediction,
+                "stop": False,
+                "stop_reason": None,
+                "action": frame.action,
+                "code": frame.code,
+                "result": frame.result,
+            },
         )
 
     def after_iteration(self, ctx: PostIterationContext, outcome: Any) -> tuple[Any, bool]:

@@ -84,25 +84,26 @@ def instrumented_rlm_class(cls: Any) -> Any:
         # Not this RLM's call, or nothing sees this iteration: DSPy's own.
         if call is None or call.module is not self or (frame := call.framed(iteration, args, kwargs)) is None:
             return cls._execute_iteration(self, *args, **kwargs)
-        stop, busy = False, call.busy
-        try:
-            if busy[PRE_ITERATION] or call.wants(PRE_ITERATION):
-                call.apply_pre_iteration(call.plan.fire(call.pre_iteration_ctx(frame), self), frame)
-            call.iterations += 1  # started: its pre_iteration folded without raising
-            # In place when it takes keywords: no frame of ours between DSPy's loop and its predictor (DSPy < 3.4
-            # walks the whole stack, reading every frame's source, on each predictor call).
-            if body is not None and body.runs(call):  # DSPy's body, run with the stages in place
-                outcome = body(self, call, frame)
-            elif by_keyword:
-                outcome = cls._execute_iteration(self, **frame.args)
-            else:
-                outcome = iteration.call(cls._execute_iteration, self, frame.args)
-            call.iteration_ran(frame)
-            if busy[POST_ITERATION] or call.wants(POST_ITERATION):
-                end = call.plan.fire(call.post_iteration_ctx(frame, outcome), self)
-                outcome, stop = call.after_iteration(end, outcome)
-        finally:
-            call.ended(frame)
+        if body is not None and body.runs(call):  # DSPy's body, run with the stages in place (ends the frame)
+            outcome, stop = body(self, call, frame)
+        else:  # DSPy's own body between the seams, inline: each frame on the stack costs DSPy < 3.4 a walk
+            stop, busy = False, call.busy
+            try:
+                if busy[PRE_ITERATION] or call.wants(PRE_ITERATION):
+                    call.apply_pre_iteration(call.plan.fire(call.pre_iteration_ctx(frame), self), frame)
+                call.iterations += 1  # started: its pre_iteration folded without raising
+                # In place when it takes keywords: no frame of ours between DSPy's loop and its predictor (DSPy <
+                # 3.4 walks the whole stack, reading every frame's source, on each predictor call).
+                if by_keyword:
+                    outcome = cls._execute_iteration(self, **frame.args)
+                else:
+                    outcome = iteration.call(cls._execute_iteration, self, frame.args)
+                call.iteration_ran(frame)
+                if busy[POST_ITERATION] or call.wants(POST_ITERATION):
+                    end = call.plan.fire(call.post_iteration_ctx(frame, outcome), self)
+                    outcome, stop = call.after_iteration(end, outcome)
+            finally:
+                call.ended(frame)
         if not stop:
             return outcome
         return call.stopped_with(getattr(self, extract_name)(*_extract_args(frame, outcome)), outcome)

@@ -1,13 +1,14 @@
-"""DSPy's loop body (`RLM._execute_iteration`) run by rlm-events itself, with pre_execution and post_execution
-fired in place: the fast path over the seams that otherwise fire them around DSPy's own body.
+"""DSPy's loop body (`RLM._execute_iteration`) run by rlm-events itself, with the four iteration stages fired in
+place: the fast path over the seams that otherwise fire them around DSPy's own body.
 
 Around DSPy's own body, an observed iteration costs a stand-in for `generate_action` (to see the action), a seam
 over `_execute_code` (to skip it or run the prelude first), a seam over `_process_execution_result` (to fold
 post_execution first) with its arguments bound by name, and a second strip of the code's fences. Here the same
-steps run in one function, a copy of DSPy's body with the stages between its lines:
+steps run in one function, a copy of DSPy's body with the stages between its lines, pre_iteration before it and
+post_iteration after it (as the `_execute_iteration` seam fires them around DSPy's own):
 
-* it reads `self.generate_action` and calls it as DSPy's body does (the real predictor: `Frame.own_body` tells
-  the `generate_action` seam so), with pre_iteration's `prompt_context` after the variables' descriptions;
+* it calls the predictor the `generate_action` seam gives DSPy's body (the real one: `Frame.own_body` tells the
+  seam so, for DSPy's own reads), with pre_iteration's `prompt_context` after the variables' descriptions;
 * pre_execution fires on the action before the body reads it, as when the stand-in returns it (so DSPy's
   `verbose` log shows the code as the stage left it);
 * it strips the code's fences once, as DSPy does, and again only when pre_execution changed the code;
@@ -52,7 +53,9 @@ CHECKED: dict[str, str] = {
 _HELPERS = ("_strip_code_fences", "format_error_for_lm", "logger")
 
 _MISSING: Any = object()
-PRE_EXECUTION, POST_EXECUTION, POST_ITERATION = Stage.PRE_EXECUTION, Stage.POST_EXECUTION, Stage.POST_ITERATION
+_instance_dict = object.__getattribute__
+PRE_ITERATION, PRE_EXECUTION = Stage.PRE_ITERATION, Stage.PRE_EXECUTION
+POST_EXECUTION, POST_ITERATION = Stage.POST_EXECUTION, Stage.POST_ITERATION
 
 
 def source_release(fn: Any) -> str | None:
@@ -88,54 +91,73 @@ class LoopBody:
         """Whether this iteration of `call` runs here (sync, no action stream, not switched off)."""
         return FAST and not call.is_async and ACTION_STREAM not in call.run.state
 
-    def __call__(self, rlm: Any, call: Call, frame: Frame) -> Any:
-        """One iteration of `call`, `frame`'s: what DSPy's body returns (a `Prediction` or the new history)."""
+    def __call__(self, rlm: Any, call: Call, frame: Frame) -> tuple[Any, bool]:
+        """Iteration `frame` of `call`, from pre_iteration to post_iteration: what it returns to the loop (a
+        `Prediction` or the new history) and whether a post_iteration middleware stopped the run. Ends the frame."""
         cls, args, busy, plan = self._cls, frame.args, call.busy, call.plan
-        repl, variables, history, iteration = args["repl"], args["variables"], args["history"], args["iteration"]
-        variables_info = [variable.format() for variable in variables]
-        if frame.prompt:  # pre_iteration's prompt_context, after the variables' descriptions (as Call.shown)
-            variables_info = [*variables_info, frame.prompt]
-            frame.prompt = ""
-        frame.own_body = True  # self.generate_action is the predictor itself
-        action = rlm.generate_action(
-            signature=rlm._action_signature_for_current_factory(args["interpreter_factory"], args["sub_agent_rules"]),
-            variables_info=variables_info,
-            repl_history=history,
-            iteration=f"{iteration + 1}/{rlm.max_iters}",
-        )
-        frame.action = action
-        # pre_execution fires on the action as the predictor returned it, before DSPy's body reads it (as the
-        # stand-in that returns it does): the log line shows the code as the stage left it.
-        raw, stripped = _code_of(action), None
-        executes = busy[PRE_EXECUTION] or plan.wants(PRE_EXECUTION, rlm)
-        if isinstance(raw, str) and (executes or frame.prefix):
-            stripped = self._stripped(raw)
-            ctx = call.pre_execution_of(frame, action, stripped[0])
-            if executes:
-                ctx = plan.fire(ctx, rlm)
-            call.apply_pre_execution(ctx, frame, action)
-            if _code_of(action) is not raw:  # changed: DSPy strips what it runs
-                stripped = None
-        if rlm.verbose:
-            self._logger.info(
-                f"RLM iteration {iteration + 1}/{rlm.max_iters}\nReasoning: {action.reasoning}\nCode:\n{action.code}"
+        try:
+            if busy[PRE_ITERATION] or plan.wants(PRE_ITERATION, rlm):
+                call.apply_pre_iteration(plan.fire(call.pre_iteration_ctx(frame), rlm), frame)
+            call.iterations += 1  # started: its pre_iteration folded without raising
+            repl, variables, history, iteration = args["repl"], args["variables"], args["history"], args["iteration"]
+            variables_info = [variable.format() for variable in variables]
+            if frame.prompt:  # pre_iteration's prompt_context, after the variables' descriptions (as Call.shown)
+                variables_info = [*variables_info, frame.prompt]
+                frame.prompt = ""
+            # The predictor, as the generate_action seam gives it to DSPy's body (read where the seam reads it,
+            # without DSPy's Python-level Module.__getattribute__ and the seam); own_body: DSPy's own reads of
+            # self.generate_action (the action signature's) get it too.
+            frame.own_body = True
+            predictor = _instance_dict(rlm, "__dict__").get("generate_action", _MISSING)
+            if predictor is _MISSING:  # the seam's own error
+                predictor = rlm.generate_action
+            action = predictor(
+                signature=rlm._action_signature_for_current_factory(
+                    args["interpreter_factory"], args["sub_agent_rules"]
+                ),
+                variables_info=variables_info,
+                repl_history=history,
+                iteration=f"{iteration + 1}/{rlm.max_iters}",
             )
-        code, error = stripped or self._stripped(_code_of(action))
-        if error is not None:  # DSPy reports the fence and runs nothing
-            result: Any = f"[Error] {self._format_error(error)}"
-        elif frame.skip is not NO_RESULT:
-            result = frame.skip
-        elif frame.prelude:  # pre_iteration's persistent_python_code runs first, on its own: see _patch.prelude
-            result = cls._execute_code(rlm, PreludeREPL(repl, frame.prelude), code, args["input_args"])
-        else:
-            result = cls._execute_code(rlm, repl, code, args["input_args"])
-        if busy[POST_EXECUTION] or plan.wants(POST_EXECUTION, rlm):
-            done = plan.fire(call.post_execution_of(frame, code, result, history), rlm)
-            code, result = done.code, done.result
-            frame.code, frame.result = code, result
-        elif busy[POST_ITERATION] or plan.wants(POST_ITERATION, rlm):
-            frame.code, frame.result = code, result
-        return cls._process_execution_result(rlm, action, code, result, history, args["output_field_names"])
+            frame.action = action
+            # pre_execution fires on the action as the predictor returned it, before DSPy's body reads it (as the
+            # stand-in that returns it does): the log line shows the code as the stage left it.
+            raw, stripped = _code_of(action), None
+            executes = busy[PRE_EXECUTION] or plan.wants(PRE_EXECUTION, rlm)
+            if isinstance(raw, str) and (executes or frame.prefix):
+                stripped = self._stripped(raw)
+                ctx = call.pre_execution_of(frame, action, stripped[0])
+                if executes:
+                    ctx = plan.fire(ctx, rlm)
+                if call.apply_pre_execution(ctx, frame, action):  # changed: DSPy strips what it runs
+                    stripped = None
+            if rlm.verbose:
+                self._logger.info(
+                    f"RLM iteration {iteration + 1}/{rlm.max_iters}\nReasoning: {action.reasoning}\n"
+                    f"Code:\n{action.code}"
+                )
+            code, error = stripped or self._stripped(_code_of(action))
+            if error is not None:  # DSPy reports the fence and runs nothing
+                result: Any = f"[Error] {self._format_error(error)}"
+            elif frame.skip is not NO_RESULT:
+                result = frame.skip
+            elif frame.prelude:  # pre_iteration's persistent_python_code runs first, on its own: see _patch.prelude
+                result = cls._execute_code(rlm, PreludeREPL(repl, frame.prelude), code, args["input_args"])
+            else:
+                result = cls._execute_code(rlm, repl, code, args["input_args"])
+            if busy[POST_EXECUTION] or plan.wants(POST_EXECUTION, rlm):
+                done = plan.fire(call.post_execution_of(frame, code, result, history), rlm)
+                code, result = done.code, done.result
+                frame.code, frame.result = code, result
+            elif busy[POST_ITERATION] or plan.wants(POST_ITERATION, rlm):
+                frame.code, frame.result = code, result
+            outcome = cls._process_execution_result(rlm, action, code, result, history, args["output_field_names"])
+            # (Call.iteration_ran has nothing to say here: the action is in, and the prompt_context was shown.)
+            if busy[POST_ITERATION] or plan.wants(POST_ITERATION, rlm):
+                return call.after_iteration(plan.fire(call.post_iteration_ctx(frame, outcome), rlm), outcome)
+            return outcome, False
+        finally:
+            call.frame = None  # Call.ended: this frame holds no stand-in and no skippable REPL to drop
 
     def _stripped(self, raw: Any) -> tuple[Any, SyntaxError | None]:
         """The code DSPy runs for `raw` (its fence stripped) and no error, or `raw` and the fence's error."""

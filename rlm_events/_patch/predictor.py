@@ -42,7 +42,9 @@ class Acting:
         ctx, fires = self._prepared(action)
         if fires:
             ctx = await self._call.plan.afire(ctx, self._call.module)  # type: ignore[type-var]
-        return action if ctx is None else self._call.apply_pre_execution(ctx, self._frame, action)
+        if ctx is not None:
+            self._call.apply_pre_execution(ctx, self._frame, action)
+        return action
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._predictor, name)  # a missing acall fails here as it fails bare
@@ -85,7 +87,8 @@ def act(call: Call, frame: Frame, action: Any) -> Any:
     ctx = call.pre_execution_ctx(frame, action)
     if call.executing():
         ctx = call.plan.fire(ctx, call.module)
-    return call.apply_pre_execution(ctx, frame, action)
+    call.apply_pre_execution(ctx, frame, action)
+    return action
 
 
 # `rlm.__dict__` without DSPy's Python-level `Module.__getattribute__` (read twice per iteration).
