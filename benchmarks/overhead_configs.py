@@ -222,6 +222,109 @@ def compat_hooks(rlm: dspy.RLM, tmp: Path) -> Setup:
     return Setup(teardown=lambda: hooks.disable_rlm_hooks(rlm))
 
 
+def dispatch_floor(rlm: dspy.RLM, tmp: Path) -> Setup | str:
+    """The floor under configuration 4: its registrations' own cost, with none of rlm-events' bookkeeping.
+
+    A subclass of the RLM's class builds each stage's context (`construct`, every field given) and runs it through
+    the same `Plan.fire` (3 middleware, then 3 receivers) at the same points of DSPy's own loop: run_start and
+    run_end around `forward`, pre_iteration and post_iteration around `_execute_iteration`, pre_execution and
+    post_execution around `_execute_code` (DSPy 3.2+; before 3.4 with `--no-stack-walk` only). What the stages
+    leave in their contexts is not handed back (no code rewrite, skip, prelude, prompt_context, stop, changed
+    history or result) and there is no per-call state, frame or tool_call stage: that is what configuration 4
+    costs on top of this."""
+    # Here, not at the top: rlm_events' internals, used by this yardstick only.
+    from middleware import Chain
+    from rlm_events.context import (
+        PostExecutionContext,
+        PostIterationContext,
+        PreExecutionContext,
+        PreIterationContext,
+        Run,
+        RunEndContext,
+        RunStartContext,
+        construct,
+    )
+    from rlm_events.plan import Plan, track_stage_signals
+
+    own = type(rlm)
+    if "_execute_code" not in vars(dspy.RLM):
+        return f"DSPy {dspy.__version__}'s loop has no _execute_code to fire pre_execution around"
+    try:
+        walks = "inspect.stack(" in inspect.getsource(dspy.Module.__getattribute__)
+    except (OSError, TypeError):
+        walks = False
+    if walks:  # each of its frames would cost DSPy's walk on every predictor call, not the stages' dispatch
+        return f"DSPy {dspy.__version__} walks the stack on every predictor call (use --no-stack-walk)"
+    track_stage_signals()
+    plan = Plan({stage: Chain([passthrough] * 3, label=stage.value) for stage in Stage})
+    listeners = [lambda sender, ctx: None for _ in range(3)]
+    for stage in Stage:
+        for receiver in listeners:
+            BY_STAGE[stage].connect(receiver, sender=rlm, weak=False)
+    fire = plan.fire
+    state: dict[str, Any] = {}  # the call's Run and the iteration's history, as the overrides below see them
+    fired = {"calls": 0, "iterations": 0, "executions": 0}  # for check(): every stage fired where it should
+
+    def base(ctx_cls: Any, iteration: int | None) -> dict[str, Any]:
+        return {"stage": ctx_cls.STAGE, "iteration": iteration, "input_args": {}, "run": state["run"]}
+
+    def forward(self: Any, **kwargs: Any) -> Any:
+        state["run"] = Run.model_construct(id="floor", module=self, started_at=None, state={})
+        fired["calls"] += 1
+        fire(construct(RunStartContext, base(RunStartContext, None)), self)
+        prediction = own.forward(self, **kwargs)
+        end = {"prediction": prediction, "error": None, "iterations": 0, "forced_extract": False}
+        fire(
+            construct(RunEndContext, {**base(RunEndContext, None), **end, "duration_s": 0.0, "stop_reason": "submit"}),
+            self,
+        )
+        return prediction
+
+    names = list(inspect.signature(own._execute_iteration).parameters)[1:]  # DSPy passes them positionally
+
+    def _execute_iteration(self: Any, *args: Any, **kwargs: Any) -> Any:
+        given = {**dict(zip(names, args, strict=False)), **kwargs}
+        index, history = given["iteration"], given["history"]
+        state["iteration"], state["history"] = index, history
+        fired["iterations"] += 1
+        pre = {"history": history, "variables": given["variables"], "extra_vars": {}, "python_code": None}
+        pre.update(persistent_python_code="", prompt_context="")
+        fire(construct(PreIterationContext, {**base(PreIterationContext, index), **pre}), self)
+        outcome = own._execute_iteration(self, *args, **kwargs)
+        post = {"history": history, "prediction": None, "stop": False, "stop_reason": None, "action": None}
+        fire(
+            construct(PostIterationContext, {**base(PostIterationContext, index), **post, "code": "", "result": None}),
+            self,
+        )
+        return outcome
+
+    def _execute_code(self: Any, repl: Any, code: str, input_args: dict[str, Any]) -> Any:
+        index, history = state["iteration"], state["history"]
+        fired["executions"] += 1
+        pre = {"code": code, "reasoning": "", "history": history, "result": None}
+        fire(construct(PreExecutionContext, {**base(PreExecutionContext, index), **pre}), self)
+        result = own._execute_code(self, repl, code, input_args)
+        post = {"code": code, "result": result, "history": history}
+        fire(construct(PostExecutionContext, {**base(PostExecutionContext, index), **post}), self)
+        return result
+
+    namespace = {"forward": forward, "_execute_iteration": _execute_iteration, "_execute_code": _execute_code}
+    rlm.__class__ = type(own.__name__, (own,), namespace)
+
+    def teardown() -> None:
+        rlm.__class__ = own
+        for stage in Stage:
+            for receiver in listeners:
+                BY_STAGE[stage].disconnect(receiver, sender=rlm)
+
+    def check() -> str | None:
+        if fired["calls"] and fired["iterations"] == fired["executions"] >= fired["calls"]:
+            return None
+        return f"the floor's stages did not fire on every call and iteration: {fired}"
+
+    return Setup(teardown=teardown, check=check)
+
+
 class CountingCallback(BaseCallback):
     """DSPy's own observation mechanism: counts module, LM and interpreter events (the interpreter's only fire for
     interpreters DSPy decorates, such as ``dspy.LocalInterpreter``)."""
@@ -263,6 +366,7 @@ CONFIGS: tuple[Config, ...] = (
     Config("idle", "2 instrumented, nothing subscribed", instrumented_idle),
     Config("detached", "3 instrumented, then uninstrumented", detached),
     Config("busy", "4 3 middleware + 3 listeners, every stage", busy),
+    Config("floor", "4f the same, with no rlm-events bookkeeping", dispatch_floor),
     Config("builtins", "5 CodeGuard + Budget + JsonlTrace", builtins_setup),
     Config("dspy_callback", "6 DSPy BaseCallback (module/LM/interp.)", dspy_callback),
     Config("reference", "ref 4 pass-through middleware (1/iter. stage)", reference_hooks),
