@@ -151,3 +151,31 @@ def test_an_override_of_the_loop_body_runs_as_its_own_with_the_stand_in(make_rlm
     with dspy.context(lm=lm):
         assert rlm(text="q").answer == "ok"
     assert Counting.ran == 2 and codes == ["print(1)", "SUBMIT(answer='ok')"]
+
+
+def test_a_loop_body_patched_in_after_instrumenting_runs_as_itself(make_rlm, monkeypatch):
+    """Another library (or a test) that replaces DSPy's loop body after the RLM was instrumented: its body runs,
+    with the stages around it, not rlm-events' copy of the one it replaced."""
+    original = dspy.RLM._execute_iteration
+    patched: list[int] = []
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        patched.append(1)
+        return original(self, *args, **kwargs)
+
+    rlm, lm = make_rlm(["print(1)", "SUBMIT(answer='ok')"], max_iters=3)
+    codes: list[str] = []
+
+    def seen(ctx: Any, next: Callable[[Any], Any]) -> Any:
+        codes.append(ctx.code)
+        return next(ctx)
+
+    rlm_events.instrument(rlm).use(Stage.PRE_EXECUTION, seen)
+    with dspy.context(lm=lm):
+        assert rlm(text="q").answer == "ok"  # instrumented first: the class is built, its body checked
+    assert not patched and codes == ["print(1)", "SUBMIT(answer='ok')"]
+    monkeypatch.setattr(dspy.RLM, "_execute_iteration", counting)
+    codes.clear()
+    with dspy.context(lm=lm):
+        assert rlm(text="q").answer == "ok"
+    assert len(patched) == 2 and codes == ["print(1)", "SUBMIT(answer='ok')"]

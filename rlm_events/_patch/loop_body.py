@@ -18,10 +18,11 @@ post_iteration after it (as the `_execute_iteration` seam fires them around DSPy
 So what the loop, the predictor, the interpreter and every stage see is what they see around DSPy's own body.
 
 It is used only where that holds by construction: a sync iteration of a class whose `_execute_iteration` is
-DSPy's own with exactly the source of a release it was checked against (its SHA-256 below), whose module has
-the helpers the body calls, with no action stream. Checked against DSPy 3.4.1 (the newest release; the suite runs
-on it). Anything else (other releases, a subclass overriding the body, PredictRLM, async loops, action streaming)
-runs DSPy's own body between the seams: slower, never different. `tests/test_loop_body.py` pins both, on the same
+DSPy's own with exactly the source of a release it was checked against (its SHA-256 below) and still is (a body
+patched in later runs as itself), whose module has the helpers the body calls, with no action stream. Checked
+against DSPy 3.4.1 (the newest release; the suite runs on it). Anything else (other releases, a subclass
+overriding the body, PredictRLM, async loops, action streaming) runs DSPy's own body between the seams: slower,
+never different. `tests/test_loop_body.py` pins both, on the same
 iterations. `RLM_EVENTS_FAST_PATHS=0` in the environment turns it off, as the other fast paths.
 """
 
@@ -70,10 +71,10 @@ def source_release(fn: Any) -> str | None:
 class LoopBody:
     """DSPy's `_execute_iteration` for one RLM class, with the stages in place (see the module docstring)."""
 
-    __slots__ = ("_cls", "_format_error", "_logger", "_strip")
+    __slots__ = ("_cls", "_copied", "_format_error", "_logger", "_strip")
 
-    def __init__(self, cls: Any, helpers: dict[str, Any]) -> None:
-        self._cls = cls
+    def __init__(self, cls: Any, copied: Any, helpers: dict[str, Any]) -> None:
+        self._cls, self._copied = cls, copied  # the class, and the loop body of its that this copies
         self._strip, self._format_error, self._logger = (helpers[name] for name in _HELPERS)
 
     @staticmethod
@@ -84,12 +85,17 @@ class LoopBody:
         shaped = seams.has_execute_code and seams.result_takes_code and seams.iteration.by_keyword
         if source_release(fn) is None or not shaped or not all(name in helpers for name in _HELPERS):
             return None
-        return LoopBody(cls, helpers)
+        return LoopBody(cls, fn, helpers)
 
-    @staticmethod
-    def runs(call: Call) -> bool:
-        """Whether this iteration of `call` runs here (sync, no action stream, not switched off)."""
-        return FAST and not call.is_async and ACTION_STREAM not in call.run.state
+    def runs(self, call: Call) -> bool:
+        """Whether this iteration of `call` runs here: sync, no action stream, not switched off, and the class's
+        loop body is still the one copied (one patched in since, by another library or a test, runs as itself)."""
+        return (
+            FAST
+            and not call.is_async
+            and self._cls._execute_iteration is self._copied
+            and ACTION_STREAM not in call.run.state
+        )
 
     def __call__(self, rlm: Any, call: Call, frame: Frame) -> tuple[Any, bool]:
         """Iteration `frame` of `call`, from pre_iteration to post_iteration: what it returns to the loop (a
