@@ -12,8 +12,9 @@ post_iteration after it (as the `_execute_iteration` seam fires them around DSPy
 * pre_execution fires on the action before the body reads it, as when the stand-in returns it (so DSPy's
   `verbose` log shows the code as the stage left it);
 * it strips the code's fences once, as DSPy does, and again only when pre_execution changed the code;
-* it calls the class's `_execute_code` (unless pre_execution gave the result, or through the prelude's REPL) and
-  `_process_execution_result`, positionally, as DSPy's body does; post_execution folds code and result between.
+* it calls `_execute_code` (unless pre_execution gave the result, or through the prelude's REPL) and
+  `_process_execution_result`, positionally, as DSPy's body does: the instance's own when one was set on it, else
+  the class's (not the seams, whose work is done here); post_execution folds code and result between.
 
 So what the loop, the predictor, the interpreter and every stage see is what they see around DSPy's own body.
 
@@ -114,7 +115,8 @@ class LoopBody:
             # without DSPy's Python-level Module.__getattribute__ and the seam); own_body: DSPy's own reads of
             # self.generate_action (the action signature's) get it too.
             frame.own_body = True
-            predictor = _instance_dict(rlm, "__dict__").get("generate_action", _MISSING)
+            instance = _instance_dict(rlm, "__dict__")
+            predictor = instance.get("generate_action", _MISSING)
             if predictor is _MISSING:  # the seam's own error
                 predictor = rlm.generate_action
             action = predictor(
@@ -147,17 +149,24 @@ class LoopBody:
                 result: Any = f"[Error] {self._format_error(error)}"
             elif frame.skip is not NO_RESULT:
                 result = frame.skip
-            elif frame.prelude:  # pre_iteration's persistent_python_code runs first, on its own: see _patch.prelude
-                result = cls._execute_code(rlm, PreludeREPL(repl, frame.prelude), code, args["input_args"])
-            else:
-                result = cls._execute_code(rlm, repl, code, args["input_args"])
+            else:  # pre_iteration's persistent_python_code runs first, on its own: see _patch.prelude
+                runs_in = PreludeREPL(repl, frame.prelude) if frame.prelude else repl
+                execute = instance.get("_execute_code")  # DSPy calls self._execute_code: one set on the instance
+                if execute is None:
+                    result = cls._execute_code(rlm, runs_in, code, args["input_args"])
+                else:
+                    result = execute(runs_in, code, args["input_args"])
             if busy[POST_EXECUTION] or plan.wants(POST_EXECUTION, rlm):
                 done = plan.fire(call.post_execution_of(frame, code, result, history), rlm)
                 code, result = done.code, done.result
                 frame.code, frame.result = code, result
             elif busy[POST_ITERATION] or plan.wants(POST_ITERATION, rlm):
                 frame.code, frame.result = code, result
-            outcome = cls._process_execution_result(rlm, action, code, result, history, args["output_field_names"])
+            process = instance.get("_process_execution_result")  # as _execute_code
+            if process is None:
+                outcome = cls._process_execution_result(rlm, action, code, result, history, args["output_field_names"])
+            else:
+                outcome = process(action, code, result, history, args["output_field_names"])
             # (Call.iteration_ran has nothing to say here: the action is in, and the prompt_context was shown.)
             if busy[POST_ITERATION] or plan.wants(POST_ITERATION, rlm):
                 return call.after_iteration(plan.fire(call.post_iteration_ctx(frame, outcome), rlm), outcome)
