@@ -207,3 +207,55 @@ def test_methods_set_on_the_instance_are_called_as_dspys_own_body_calls_them(mak
     with dspy.context(lm=lm):
         assert rlm(text="q").answer == "ok"
     assert calls == bare and len(seen) == 2
+
+
+def _unobserved_run(make_rlm: Callable[..., Any], caplog: pytest.LogCaptureFixture, how: str) -> dict[str, Any]:
+    """One call over `CODES` (SUBMIT in the last) that no iteration stage observes: `how` is "bare" (never
+    instrumented), "idle" (instrumented, nothing registered) or "run_end" (only a run_end middleware: the call is
+    instrumented, its iterations are not)."""
+    codes = [c.replace("seeded + y", "7 + 1").replace("seeded", "7") for c in CODES]
+    rlm, lm = make_rlm(["unused"], max_iters=len(codes) + 1)
+    rlm.verbose = True
+    predictor_calls: list[tuple[str, dict[str, Any]]] = []
+
+    def predictor(**kwargs: Any) -> dspy.Prediction:
+        caller = os.path.basename(sys._getframe(1).f_code.co_filename)
+        shown = {k: v for k, v in kwargs.items() if k not in ("repl_history", "signature")}
+        predictor_calls.append((caller, shown))
+        return dspy.Prediction(reasoning="r", code=codes[min(len(predictor_calls) - 1, len(codes) - 1)])
+
+    rlm.generate_action = predictor
+    ended: list[str] = []
+    if how != "bare":
+        events = rlm_events.instrument(rlm)
+        if how == "run_end":
+            events.use(Stage.RUN_END, lambda ctx, next: ended.append(ctx.stop_reason) or next(ctx))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="dspy.predict.rlm"), dspy.context(lm=lm):
+        prediction = rlm(text="q")
+    return {
+        "answer": prediction.answer,
+        "trajectory": prediction.trajectory,
+        "callers": [caller for caller, _ in predictor_calls],
+        "predictor_kwargs": [kwargs for _, kwargs in predictor_calls],
+        "logs": [r.getMessage() for r in caplog.records if r.name == "dspy.predict.rlm"],
+        "ended": ended,
+    }
+
+
+@pytest.mark.parametrize("how", ["idle", "run_end"])
+def test_an_iteration_nothing_observes_runs_as_dspys_own(make_rlm, caplog, how):
+    """Where the body is used, an unobserved iteration runs its lines without the seams: the same trajectory,
+    predictor calls and log lines as the bare RLM's (a fenced block, a fence DSPy rejects, SUBMIT)."""
+    runs_own = loop_body.FAST and loop_body.source_release(dspy.RLM._execute_iteration) is not None
+    runs_own = runs_own and not class_walks_the_stack(dspy.RLM)
+    bare = _unobserved_run(make_rlm, caplog, "bare")
+    instrumented = _unobserved_run(make_rlm, caplog, how)
+
+    assert instrumented["answer"] == bare["answer"] == "7"
+    assert instrumented["trajectory"] == bare["trajectory"]
+    assert "[Error]" in bare["trajectory"][1]["output"] and bare["trajectory"][0]["output"].startswith("8")
+    assert instrumented["predictor_kwargs"] == bare["predictor_kwargs"]
+    assert instrumented["logs"] == bare["logs"] and len(bare["logs"]) >= len(CODES)
+    assert set(instrumented["callers"]) == ({"loop_body.py"} if runs_own else set(bare["callers"]))
+    assert instrumented["ended"] == (["submit"] if how == "run_end" else [])

@@ -81,8 +81,10 @@ def instrumented_rlm_class(cls: Any) -> Any:
 
     def _execute_iteration(self: Any, *args: Any, **kwargs: Any) -> Any:
         call = CURRENT.get()
-        # Not this RLM's call, or nothing sees this iteration: DSPy's own.
+        # Not this RLM's call, or nothing sees this iteration: DSPy's own (its lines, without the seams, on 3.4.1).
         if call is None or call.module is not self or (frame := call.framed(iteration, args, kwargs)) is None:
+            if body is not None and body.copies():
+                return body.bare(self, *args, **kwargs)
             return cls._execute_iteration(self, *args, **kwargs)
         if body is not None and body.runs(call):  # DSPy's body, run with the stages in place (ends the frame)
             outcome, stop = body(self, call, frame)

@@ -88,15 +88,65 @@ class LoopBody:
             return None
         return LoopBody(cls, fn, helpers)
 
+    def copies(self) -> bool:
+        """Whether this body may run: not switched off, and the class's loop body is still the one copied (one
+        patched in since, by another library or a test, runs as itself)."""
+        return FAST and self._cls._execute_iteration is self._copied
+
     def runs(self, call: Call) -> bool:
-        """Whether this iteration of `call` runs here: sync, no action stream, not switched off, and the class's
-        loop body is still the one copied (one patched in since, by another library or a test, runs as itself)."""
+        """Whether this iteration of `call` runs here: `copies()`, sync, and no action stream."""
         return (
             FAST
-            and not call.is_async
             and self._cls._execute_iteration is self._copied
-            and ACTION_STREAM not in call.run.state
+            and not call.is_async
+            and (ACTION_STREAM not in call.run.state)
         )
+
+    def bare(
+        self,
+        rlm: Any,
+        repl: Any,
+        variables: list[Any],
+        history: Any,
+        iteration: int,
+        input_args: dict[str, Any],
+        output_field_names: list[str],
+        interpreter_factory: Any,
+        sub_agent_rules: str,
+    ) -> Any:
+        """An iteration nothing observes (a sync call with no stage to fire, or an iteration of another RLM's
+        call): DSPy's body line for line, with DSPy's parameters, calling the predictor, `_execute_code` and
+        `_process_execution_result` where the `generate_action`, `_execute_code` and `_process_execution_result`
+        seams would hand DSPy's body on to them (so without those seams' frames)."""
+        cls = self._cls
+        variables_info = [variable.format() for variable in variables]
+        instance = _instance_dict(rlm, "__dict__")
+        predictor = instance.get("generate_action", _MISSING)
+        if predictor is _MISSING:  # the seam's own error
+            predictor = rlm.generate_action
+        action = predictor(
+            signature=rlm._action_signature_for_current_factory(interpreter_factory, sub_agent_rules),
+            variables_info=variables_info,
+            repl_history=history,
+            iteration=f"{iteration + 1}/{rlm.max_iters}",
+        )
+        if rlm.verbose:
+            self._logger.info(
+                f"RLM iteration {iteration + 1}/{rlm.max_iters}\nReasoning: {action.reasoning}\nCode:\n{action.code}"
+            )
+        code, error = self._stripped(_code_of(action))
+        if error is not None:
+            result: Any = f"[Error] {self._format_error(error)}"
+        else:
+            execute = instance.get("_execute_code")
+            if execute is None:
+                result = cls._execute_code(rlm, repl, code, input_args)
+            else:
+                result = execute(repl, code, input_args)
+        process = instance.get("_process_execution_result")
+        if process is None:
+            return cls._process_execution_result(rlm, action, code, result, history, output_field_names)
+        return process(action, code, result, history, output_field_names)
 
     def __call__(self, rlm: Any, call: Call, frame: Frame) -> tuple[Any, bool]:
         """Iteration `frame` of `call`, from pre_iteration to post_iteration: what it returns to the loop (a
