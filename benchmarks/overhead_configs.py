@@ -234,16 +234,7 @@ def dispatch_floor(rlm: dspy.RLM, tmp: Path) -> Setup | str:
     costs on top of this."""
     # Here, not at the top: rlm_events' internals, used by this yardstick only.
     from middleware import Chain
-    from rlm_events.context import (
-        PostExecutionContext,
-        PostIterationContext,
-        PreExecutionContext,
-        PreIterationContext,
-        Run,
-        RunEndContext,
-        RunStartContext,
-        construct,
-    )
+    from rlm_events import context as contexts
     from rlm_events.plan import Plan, track_stage_signals
 
     own = type(rlm)
@@ -265,19 +256,20 @@ def dispatch_floor(rlm: dspy.RLM, tmp: Path) -> Setup | str:
     state: dict[str, Any] = {}  # the call's Run and the iteration's history, as the overrides below see them
     fired = {"calls": 0, "iterations": 0, "executions": 0}  # for check(): every stage fired where it should
 
-    def base(ctx_cls: Any, iteration: int | None) -> dict[str, Any]:
-        return {"stage": ctx_cls.STAGE, "iteration": iteration, "input_args": {}, "run": state["run"]}
+    construct = contexts.construct
+
+    def built(ctx_cls: Any, iteration: int | None, fields: dict[str, Any]) -> Any:
+        """A `ctx_cls` context of this call: the fields every stage has, then `fields` (the rest, in order)."""
+        common = {"stage": ctx_cls.STAGE, "iteration": iteration, "input_args": {}, "run": state["run"]}
+        return construct(ctx_cls, {**common, **fields})
 
     def forward(self: Any, **kwargs: Any) -> Any:
-        state["run"] = Run.model_construct(id="floor", module=self, started_at=None, state={})
         fired["calls"] += 1
-        fire(construct(RunStartContext, base(RunStartContext, None)), self)
+        state["run"] = contexts.Run.model_construct(id="floor", module=self, started_at=None, state={})
+        fire(built(contexts.RunStartContext, None, {}), self)
         prediction = own.forward(self, **kwargs)
         end = {"prediction": prediction, "error": None, "iterations": 0, "forced_extract": False}
-        fire(
-            construct(RunEndContext, {**base(RunEndContext, None), **end, "duration_s": 0.0, "stop_reason": "submit"}),
-            self,
-        )
+        fire(built(contexts.RunEndContext, None, {**end, "duration_s": 0.0, "stop_reason": "submit"}), self)
         return prediction
 
     names = list(inspect.signature(own._execute_iteration).parameters)[1:]  # DSPy passes them positionally
@@ -288,24 +280,22 @@ def dispatch_floor(rlm: dspy.RLM, tmp: Path) -> Setup | str:
         state["iteration"], state["history"] = index, history
         fired["iterations"] += 1
         pre = {"history": history, "variables": given["variables"], "extra_vars": {}, "python_code": None}
-        pre.update(persistent_python_code="", prompt_context="")
-        fire(construct(PreIterationContext, {**base(PreIterationContext, index), **pre}), self)
-        outcome = own._execute_iteration(self, *args, **kwargs)
-        post = {"history": history, "prediction": None, "stop": False, "stop_reason": None, "action": None}
         fire(
-            construct(PostIterationContext, {**base(PostIterationContext, index), **post, "code": "", "result": None}),
+            built(contexts.PreIterationContext, index, {**pre, "persistent_python_code": "", "prompt_context": ""}),
             self,
         )
+        outcome = own._execute_iteration(self, *args, **kwargs)
+        post = {"history": history, "prediction": None, "stop": False, "stop_reason": None, "action": None}
+        fire(built(contexts.PostIterationContext, index, {**post, "code": "", "result": None}), self)
         return outcome
 
     def _execute_code(self: Any, repl: Any, code: str, input_args: dict[str, Any]) -> Any:
         index, history = state["iteration"], state["history"]
         fired["executions"] += 1
         pre = {"code": code, "reasoning": "", "history": history, "result": None}
-        fire(construct(PreExecutionContext, {**base(PreExecutionContext, index), **pre}), self)
+        fire(built(contexts.PreExecutionContext, index, pre), self)
         result = own._execute_code(self, repl, code, input_args)
-        post = {"code": code, "result": result, "history": history}
-        fire(construct(PostExecutionContext, {**base(PostExecutionContext, index), **post}), self)
+        fire(built(contexts.PostExecutionContext, index, {"code": code, "result": result, "history": history}), self)
         return result
 
     namespace = {"forward": forward, "_execute_iteration": _execute_iteration, "_execute_code": _execute_code}

@@ -77,13 +77,19 @@ def _run(make_rlm: Callable[..., Any], caplog: pytest.LogCaptureFixture) -> dict
     events.use(Stage.PRE_EXECUTION, pre_execution)
     events.use(Stage.POST_EXECUTION, post_execution)
     events.use(Stage.POST_ITERATION, post_iteration)
+    return {**_called(rlm, lm, caplog, predictor_calls), "seen": seen}
+
+
+def _called(
+    rlm: Any, lm: Any, caplog: pytest.LogCaptureFixture, predictor_calls: list[tuple[str, dict[str, Any]]]
+) -> dict[str, Any]:
+    """Call `rlm`; what came out, who called the predictor with what, and DSPy's log lines."""
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="dspy.predict.rlm"), dspy.context(lm=lm):
         prediction = rlm(text="q")
     return {
         "answer": prediction.answer,
         "trajectory": prediction.trajectory,
-        "seen": seen,
         "callers": [caller for caller, _ in predictor_calls],
         "predictor_kwargs": [kwargs for _, kwargs in predictor_calls],
         "logs": [r.getMessage() for r in caplog.records if r.name == "dspy.predict.rlm"],
@@ -131,6 +137,23 @@ def test_the_body_is_used_exactly_for_dspys_own_source_of_a_checked_release():
     assert loop_body.source_release(len) is None  # no Python source: never the fast path
 
 
+def _codes_seen_by_pre_execution(rlm: Any) -> list[str]:
+    """Instrument `rlm` with a pre_execution middleware; the list it records each iteration's code in."""
+    codes: list[str] = []
+
+    def seen(ctx: Any, next: Callable[[Any], Any]) -> Any:
+        codes.append(ctx.code)
+        return next(ctx)
+
+    rlm_events.instrument(rlm).use(Stage.PRE_EXECUTION, seen)
+    return codes
+
+
+def _answer(rlm: Any, lm: Any) -> str:
+    with dspy.context(lm=lm):
+        return str(rlm(text="q").answer)
+
+
 def test_an_override_of_the_loop_body_runs_as_its_own_with_the_stand_in(make_rlm, caplog):
     class Counting(dspy.RLM):
         ran = 0
@@ -141,15 +164,8 @@ def test_an_override_of_the_loop_body_runs_as_its_own_with_the_stand_in(make_rlm
 
     rlm, lm = make_rlm(["print(1)", "SUBMIT(answer='ok')"], max_iters=3)
     rlm.__class__ = Counting
-    codes: list[str] = []
-
-    def seen(ctx: Any, next: Callable[[Any], Any]) -> Any:
-        codes.append(ctx.code)
-        return next(ctx)
-
-    rlm_events.instrument(rlm).use(Stage.PRE_EXECUTION, seen)
-    with dspy.context(lm=lm):
-        assert rlm(text="q").answer == "ok"
+    codes = _codes_seen_by_pre_execution(rlm)
+    assert _answer(rlm, lm) == "ok"
     assert Counting.ran == 2 and codes == ["print(1)", "SUBMIT(answer='ok')"]
 
 
@@ -164,20 +180,12 @@ def test_a_loop_body_patched_in_after_instrumenting_runs_as_itself(make_rlm, mon
         return original(self, *args, **kwargs)
 
     rlm, lm = make_rlm(["print(1)", "SUBMIT(answer='ok')"], max_iters=3)
-    codes: list[str] = []
-
-    def seen(ctx: Any, next: Callable[[Any], Any]) -> Any:
-        codes.append(ctx.code)
-        return next(ctx)
-
-    rlm_events.instrument(rlm).use(Stage.PRE_EXECUTION, seen)
-    with dspy.context(lm=lm):
-        assert rlm(text="q").answer == "ok"  # instrumented first: the class is built, its body checked
+    codes = _codes_seen_by_pre_execution(rlm)
+    assert _answer(rlm, lm) == "ok"  # instrumented first: the class is built, its body checked
     assert not patched and codes == ["print(1)", "SUBMIT(answer='ok')"]
     monkeypatch.setattr(dspy.RLM, "_execute_iteration", counting)
     codes.clear()
-    with dspy.context(lm=lm):
-        assert rlm(text="q").answer == "ok"
+    assert _answer(rlm, lm) == "ok"
     assert len(patched) == 2 and codes == ["print(1)", "SUBMIT(answer='ok')"]
 
 
@@ -230,17 +238,7 @@ def _unobserved_run(make_rlm: Callable[..., Any], caplog: pytest.LogCaptureFixtu
         events = rlm_events.instrument(rlm)
         if how == "run_end":
             events.use(Stage.RUN_END, lambda ctx, next: ended.append(ctx.stop_reason) or next(ctx))
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="dspy.predict.rlm"), dspy.context(lm=lm):
-        prediction = rlm(text="q")
-    return {
-        "answer": prediction.answer,
-        "trajectory": prediction.trajectory,
-        "callers": [caller for caller, _ in predictor_calls],
-        "predictor_kwargs": [kwargs for _, kwargs in predictor_calls],
-        "logs": [r.getMessage() for r in caplog.records if r.name == "dspy.predict.rlm"],
-        "ended": ended,
-    }
+    return {**_called(rlm, lm, caplog, predictor_calls), "ended": ended}
 
 
 @pytest.mark.parametrize("how", ["idle", "run_end"])
