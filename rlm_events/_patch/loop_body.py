@@ -16,7 +16,9 @@ post_iteration after it (as the `_execute_iteration` seam fires them around DSPy
   `_process_execution_result`, positionally, as DSPy's body does: the instance's own when one was set on it, else
   the class's (not the seams, whose work is done here); post_execution folds code and result between.
 
-So what the loop, the predictor, the interpreter and every stage see is what they see around DSPy's own body.
+So what the loop, the predictor, the interpreter and every stage see is what they see around DSPy's own body. An
+iteration nothing observes (nothing to fire, no prelude) runs `LoopBody.bare`: DSPy's lines alone, without the
+seams' frames, which would only hand each call on.
 
 It is used only where that holds by construction: a sync iteration of a class whose `_execute_iteration` is
 DSPy's own with exactly the source of a release it was checked against (its SHA-256 below) and still is (a body
