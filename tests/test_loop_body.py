@@ -5,6 +5,7 @@ is used exactly where its source is a checked release's."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -257,3 +258,26 @@ def test_an_iteration_nothing_observes_runs_as_dspys_own(make_rlm, caplog, how):
     assert instrumented["logs"] == bare["logs"] and len(bare["logs"]) >= len(CODES)
     assert set(instrumented["callers"]) == ({"loop_body.py"} if runs_own else set(bare["callers"]))
     assert instrumented["ended"] == (["submit"] if how == "run_end" else [])
+
+
+def test_a_loop_body_wrapped_before_instrumenting_runs_as_wrapped(make_rlm, monkeypatch):
+    """A tracing library that wraps DSPy's loop body (`functools.wraps`, so `inspect.getsource` sees DSPy's source
+    through it) before the RLM class is instrumented: the wrapper runs on every iteration, observed or not."""
+    original = dspy.RLM._execute_iteration
+    wrapped: list[int] = []
+    # Defined where DSPy's loop body is (as a wrapt proxy looks): its globals have the helpers the copy reads.
+    where = {**vars(sys.modules[original.__module__]), "original": original, "wrapped": wrapped}
+    exec("def traced(self, *args, **kwargs):\n    wrapped.append(1)\n    return original(self, *args, **kwargs)", where)
+    traced = functools.wraps(original)(where["traced"])
+    monkeypatch.setattr(dspy.RLM, "_execute_iteration", traced)
+
+    class Traced(dspy.RLM):  # a class not instrumented yet: its loop body is the wrapper
+        pass
+
+    assert loop_body.body_for(Traced, Seams(Traced)) is None
+    rlm, lm = make_rlm(["print(1)", "SUBMIT(answer='ok')"], max_iters=3)
+    rlm.__class__ = Traced
+    rlm_events.instrument(rlm)
+    assert _answer(rlm, lm) == "ok" and len(wrapped) == 2  # instrumented with nothing subscribed
+    codes = _codes_seen_by_pre_execution(rlm)
+    assert _answer(rlm, lm) == "ok" and len(wrapped) == 4 and codes == ["print(1)", "SUBMIT(answer='ok')"]

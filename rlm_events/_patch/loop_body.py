@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import textwrap
+from types import FunctionType
 from typing import TYPE_CHECKING, Any
 
 from .._fast import disabled
@@ -63,7 +64,10 @@ POST_EXECUTION, POST_ITERATION = Stage.POST_EXECUTION, Stage.POST_ITERATION
 
 
 def source_release(fn: Any) -> str | None:
-    """The checked release whose `_execute_iteration` is `fn`'s source, or `None` (unknown, or no source)."""
+    """The checked release whose `_execute_iteration` is `fn`'s source, or `None` (unknown, or no source, or not a
+    plain function: `inspect.getsource` reads a wrapper's `__wrapped__`, the source of what it wraps)."""
+    if type(fn) is not FunctionType or getattr(fn, "__wrapped__", None) is not None:
+        return None
     try:
         source = textwrap.dedent(inspect.getsource(fn))
     except (OSError, TypeError):
