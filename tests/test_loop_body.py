@@ -192,24 +192,25 @@ def test_a_loop_body_patched_in_after_instrumenting_runs_as_itself(make_rlm, mon
 
 def test_methods_set_on_the_instance_are_called_as_dspys_own_body_calls_them(make_rlm):
     """`rlm._execute_code = ...` or `rlm._process_execution_result = ...` on the instance (a test double, a timing
-    wrapper): DSPy's body calls them through `self`, and so does an instrumented loop, whichever body runs."""
+    wrapper): DSPy's body calls them through `self`, and so does an instrumented loop, whichever body runs. (DSPy
+    3.1 has no `_execute_code`: its body runs the code inline.)"""
     rlm, lm = make_rlm(["print(1)", "SUBMIT(answer='ok')"], max_iters=3)
     calls: list[str] = []
-    execute, process = rlm._execute_code, rlm._process_execution_result
+    names = [name for name in ("_execute_code", "_process_execution_result") if hasattr(rlm, name)]
 
-    def timed_execute(*args: Any, **kwargs: Any) -> Any:
-        calls.append("execute")
-        return execute(*args, **kwargs)
+    def timed(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        def timed_method(*args: Any, **kwargs: Any) -> Any:
+            calls.append(name)
+            return method(*args, **kwargs)
 
-    def timed_process(*args: Any, **kwargs: Any) -> Any:
-        calls.append("process")
-        return process(*args, **kwargs)
+        return timed_method
 
-    rlm._execute_code, rlm._process_execution_result = timed_execute, timed_process
+    for name in names:
+        setattr(rlm, name, timed(name, getattr(rlm, name)))
     with dspy.context(lm=lm):
         assert rlm(text="q").answer == "ok"
     bare = list(calls)
-    assert bare == ["execute", "process"] * 2
+    assert bare == names * 2
     seen: list[str] = []
     rlm_events.instrument(rlm).use(Stage.POST_ITERATION, lambda ctx, next: seen.append(ctx.code) or next(ctx))
     calls.clear()
