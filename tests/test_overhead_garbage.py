@@ -112,3 +112,20 @@ def test_hooks_leave_no_iteration_in_a_cycle(make_rlm):
     left = cyclic_garbage(lambda: _answers(rlm, lm))
     assert calls.count("pre_execution") == 3 and calls.count("post_iteration") == 2
     assert not ours_in(left)
+
+
+def test_a_middleware_reading_generate_action_leaves_no_iteration_in_a_cycle(make_rlm):
+    """A pre_iteration middleware that reads `generate_action` gets the stand-in where the loop takes the action
+    from one (the action is not in yet): the iteration still ends with nothing in a cycle, whichever loop body ran
+    it. (Where DSPy walks the stack, the action is read on `self.verbose` instead: no stand-in.)"""
+    rlm, lm = make_rlm(_script(3), max_iters=3, interpreter_factory=InProcessInterpreter)
+    read: list[str] = []
+
+    def reads_the_predictor(ctx: StageContext, next: Any) -> StageContext:
+        read.append(type(ctx.run.module.generate_action).__name__)
+        return next(ctx)
+
+    rlm_events.instrument(rlm).use(Stage.PRE_ITERATION, reads_the_predictor)
+    left = cyclic_garbage(lambda: _answers(rlm, lm))
+    assert len(read) == 3 and set(read) <= {"Acting", type(rlm.__dict__["generate_action"]).__name__}
+    assert not ours_in(left)

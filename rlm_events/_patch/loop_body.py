@@ -228,7 +228,7 @@ class LoopBody:
                 return call.after_iteration(plan.fire(call.post_iteration_ctx(frame, outcome), rlm), outcome)
             return outcome, False
         finally:
-            call.frame = None  # Call.ended: this frame holds no stand-in and no skippable REPL to drop
+            call.ended(frame)  # a middleware that read generate_action before the action was in left a stand-in
 
     def _stripped(self, raw: Any) -> tuple[Any, SyntaxError | None]:
         """The code DSPy runs for `raw` (its fence stripped) and no error, or `raw` and the fence's error."""
