@@ -127,19 +127,14 @@ class LoopBody:
         cls = self._cls
         variables_info = [variable.format() for variable in variables]
         instance = _instance_dict(rlm, "__dict__")
-        predictor = instance.get("generate_action", _MISSING)
-        if predictor is _MISSING:  # the seam's own error
-            predictor = rlm.generate_action
-        action = predictor(
+        action = _predictor(rlm, instance)(
             signature=rlm._action_signature_for_current_factory(interpreter_factory, sub_agent_rules),
             variables_info=variables_info,
             repl_history=history,
             iteration=f"{iteration + 1}/{rlm.max_iters}",
         )
         if rlm.verbose:
-            self._logger.info(
-                f"RLM iteration {iteration + 1}/{rlm.max_iters}\nReasoning: {action.reasoning}\nCode:\n{action.code}"
-            )
+            self._log(rlm, iteration, action)
         code, error = self._stripped(_code_of(action))
         if error is not None:
             result: Any = f"[Error] {self._format_error(error)}"
@@ -167,15 +162,9 @@ class LoopBody:
             if frame.prompt:  # pre_iteration's prompt_context, after the variables' descriptions (as Call.shown)
                 variables_info = [*variables_info, frame.prompt]
                 frame.prompt = ""
-            # The predictor, as the generate_action seam gives it to DSPy's body (read where the seam reads it,
-            # without DSPy's Python-level Module.__getattribute__ and the seam); own_body: DSPy's own reads of
-            # self.generate_action (the action signature's) get it too.
-            frame.own_body = True
+            frame.own_body = True  # DSPy's own reads of self.generate_action (the action signature's) get the predictor
             instance = _instance_dict(rlm, "__dict__")
-            predictor = instance.get("generate_action", _MISSING)
-            if predictor is _MISSING:  # the seam's own error
-                predictor = rlm.generate_action
-            action = predictor(
+            action = _predictor(rlm, instance)(
                 signature=rlm._action_signature_for_current_factory(
                     args["interpreter_factory"], args["sub_agent_rules"]
                 ),
@@ -196,10 +185,7 @@ class LoopBody:
                 if call.apply_pre_execution(ctx, frame, action):  # changed: DSPy strips what it runs
                     stripped = None
             if rlm.verbose:
-                self._logger.info(
-                    f"RLM iteration {iteration + 1}/{rlm.max_iters}\nReasoning: {action.reasoning}\n"
-                    f"Code:\n{action.code}"
-                )
+                self._log(rlm, iteration, action)
             code, error = stripped or self._stripped(_code_of(action))
             if error is not None:  # DSPy reports the fence and runs nothing
                 result: Any = f"[Error] {self._format_error(error)}"
@@ -230,12 +216,25 @@ class LoopBody:
         finally:
             call.ended(frame)  # a middleware that read generate_action before the action was in left a stand-in
 
+    def _log(self, rlm: Any, iteration: int, action: Any) -> None:
+        """DSPy's `verbose` line for the iteration, as its body logs it."""
+        self._logger.info(
+            f"RLM iteration {iteration + 1}/{rlm.max_iters}\nReasoning: {action.reasoning}\nCode:\n{action.code}"
+        )
+
     def _stripped(self, raw: Any) -> tuple[Any, SyntaxError | None]:
         """The code DSPy runs for `raw` (its fence stripped) and no error, or `raw` and the fence's error."""
         try:
             return self._strip(raw), None
         except SyntaxError as exc:
             return raw, exc
+
+
+def _predictor(rlm: Any, instance: dict[str, Any]) -> Any:
+    """The action predictor the `generate_action` seam gives DSPy's body: the instance's own, read where the seam
+    reads it (without DSPy's Python-level `Module.__getattribute__` and the seam); missing, the seam's own error."""
+    predictor = instance.get("generate_action", _MISSING)
+    return rlm.generate_action if predictor is _MISSING else predictor
 
 
 def _code_of(action: Any) -> Any:
