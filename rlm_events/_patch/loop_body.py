@@ -101,12 +101,7 @@ class LoopBody:
 
     def runs(self, call: Call) -> bool:
         """Whether this iteration of `call` runs here: `copies()`, sync, and no action stream."""
-        return (
-            FAST
-            and self._cls._execute_iteration is self._copied
-            and not call.is_async
-            and (ACTION_STREAM not in call.run.state)
-        )
+        return self.copies() and not call.is_async and ACTION_STREAM not in call.run.state
 
     def bare(
         self,
