@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from dspy import RLM, Module
 
 from . import _patch
+from ._fast import blinker as _fast_blinker
 from .plan import Plan, Tap, track_stage_signals
 from .signals import BY_STAGE
 from .stages import Stage
@@ -175,9 +176,7 @@ class Instrumentation:
         """Undo [`connect()`][rlm_events.instrumentation.Instrumentation.connect]: `receiver` no longer hears `stage`
         from the RLMs of this instrumentation."""
         stage = Stage.parse(stage)
-        signal = BY_STAGE[stage]
-        for module in self.modules:
-            signal.disconnect(receiver, sender=module)
+        _disconnected(stage, receiver, self.modules)
         with self._lock:
             self._receivers = [(s, r) for s, r in self._receivers if (s, r) != (stage, receiver)]
 
@@ -188,8 +187,7 @@ class Instrumentation:
             self._plan = Plan()
             receivers, self._receivers = self._receivers, []
         for stage, receiver in receivers:
-            for module in self.modules:
-                BY_STAGE[stage].disconnect(receiver, sender=module)
+            _disconnected(stage, receiver, self.modules)
 
     def __repr__(self) -> str:
         chains = {s.value: len(c) for s, c in self._plan.chains.items() if c}
@@ -207,7 +205,7 @@ class Instrumentation:
         (`uninstrument()` leaves nothing behind)."""
         self._modules.pop(id(rlm), None)
         for stage, receiver in list(self._receivers):
-            BY_STAGE[stage].disconnect(receiver, sender=rlm)
+            _disconnected(stage, receiver, [rlm])
 
     def copy(self) -> Instrumentation:
         """A new instrumentation with the same registrations and no modules (a deep copy of an instrumented RLM
@@ -215,6 +213,16 @@ class Instrumentation:
         clone = Instrumentation()
         clone._plan = self._plan
         return clone
+
+
+def _disconnected(stage: Stage, receiver: Callable[..., Any], modules: Iterable[RLM]) -> None:
+    """Disconnect `receiver` from `stage`'s signal for each of `modules`; then, if it is connected to no sender at
+    all, from the signal itself: blinker keeps a receiver disconnected sender by sender in `signal.receivers` (and
+    alive, when connected with `weak=False`) until it is disconnected from every sender at once."""
+    signal = BY_STAGE[stage]
+    for module in modules:
+        signal.disconnect(receiver, sender=module)
+    _fast_blinker.release(signal, receiver)
 
 
 def _rlms_in(target: Any) -> list[RLM]:

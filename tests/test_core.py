@@ -422,6 +422,58 @@ def test_uninstrument_restores_exactly(make_rlm):
     assert rlm_events.instrument(rlm) is not events  # a fresh instrumentation after a full undo
 
 
+@pytest.mark.parametrize("undo", ["disconnect", "clear", "uninstrument"])
+def test_undoing_a_connect_lets_blinker_drop_the_receiver(make_rlm, undo):
+    """blinker keeps a receiver disconnected sender by sender in `signal.receivers`, alive when connected with
+    `weak=False`, until it is disconnected from every sender at once; rlm-events does that once nothing else
+    connects it, and leaves a receiver connected elsewhere connected."""
+    import gc
+    import weakref
+
+    from rlm_events._fast import blinker as fast_blinker
+
+    (rlm, lm), (other, _) = make_rlm(["SUBMIT(answer='ok')"]), make_rlm(["SUBMIT(answer='ok')"])
+    events = rlm_events.instrument(rlm)
+    signal = signals.BY_STAGE[Stage.POST_ITERATION]
+    heard: list[str] = []
+
+    def only_ours(sender, ctx):
+        heard.append("ours")
+
+    def shared(sender, ctx):
+        heard.append("shared")
+
+    gone = weakref.ref(events.connect(Stage.POST_ITERATION, only_ours, weak=False))
+    events.connect(Stage.POST_ITERATION, shared, weak=False)
+    signal.connect(shared, sender=other, weak=False)  # the user's own connection, outside rlm-events
+    try:
+        with dspy.context(lm=lm):
+            rlm(text="x")
+        assert heard == ["ours", "shared"]
+        if undo == "disconnect":
+            events.disconnect(Stage.POST_ITERATION, only_ours)
+            events.disconnect(Stage.POST_ITERATION, shared)
+        elif undo == "clear":
+            events.clear()
+        else:
+            rlm_events.uninstrument(rlm)
+            events = rlm_events.instrument(rlm)  # the old instrumentation, its registrations with it, is let go
+        del only_ours
+        gc.collect()
+        assert gone() is None and len(signal.receivers) == 1  # only the user's own connection is left
+        assert list(signal.receivers_for(other)) == [shared] and not list(signal.receivers_for(rlm))
+        with fast_blinker.fallback():  # blinker's internals not as expected: its own behaviour, nothing dropped
+            kept = weakref.ref(events.connect(Stage.PRE_ITERATION, lambda sender, ctx: None, weak=False))
+            events.disconnect(Stage.PRE_ITERATION, kept())
+            gc.collect()
+            assert kept() is not None and not list(signal.receivers_for(rlm))
+    finally:
+        signal.disconnect(shared)
+        for receiver in list(signals.BY_STAGE[Stage.PRE_ITERATION].receivers.values()):
+            signals.BY_STAGE[Stage.PRE_ITERATION].disconnect(receiver)
+    assert not signal.receivers and not signals.BY_STAGE[Stage.PRE_ITERATION].receivers
+
+
 def test_the_predictor_is_the_users_own_outside_an_iteration(make_rlm):
     """pre_execution fires through the RLM's own class: generate_action keeps its object while instrumented, and
     reading it outside an iteration gives that object. Its class is DSPy's own, except where DSPy walks the stack on

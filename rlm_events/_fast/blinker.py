@@ -15,7 +15,13 @@ They rely on:
 * `is_muted` is true inside `signal.muted()`, when `send()` calls no receiver;
 * every `connect()` and `disconnect()` of a signal sends its `receiver_connected` / `receiver_disconnected` signal
   once something is connected to them. The only other change to a sender's receivers is the death of a weakly
-  connected receiver (or of the sender), which blinker does not announce.
+  connected receiver (or of the sender), which blinker does not announce;
+* a signal's `_by_receiver` maps a receiver id to the set of sender ids it is connected to (`ANY_ID` included), and
+  `disconnect(receiver, sender)` removes that sender from it but leaves the receiver in `receivers`.
+
+That last point is why `release()` exists: a receiver disconnected sender by sender stays in `signal.receivers`
+(a strong reference when it was connected with `weak=False`) until it is disconnected from ANY. `release()` does so
+once it is connected to no sender at all; on the fallback it leaves it, as blinker does.
 
 `receivers()` therefore reads a (signal, sender)'s receivers once and keeps that read until a tracked signal announces
 a connection change: on the following sends of a call it returns the kept receivers when all are strongly connected,
@@ -158,6 +164,17 @@ def _nothing() -> None:
     return None
 
 
+def release(signal: Signal, receiver: Callable[..., Any]) -> None:
+    """Disconnect `receiver` from `signal` entirely when it is connected to no sender (nor to ANY) any more, so
+    that blinker keeps no reference to it; a receiver still connected to any sender is left as it is."""
+    by_receiver = getattr(signal, "_by_receiver", None) if FAST else None
+    if not isinstance(by_receiver, dict):
+        return
+    receiver_id = _blinker.make_id(receiver)
+    if receiver_id in signal.receivers and not by_receiver.get(receiver_id):
+        signal.disconnect(receiver)
+
+
 def may_hear(signal: Signal, sender: Any) -> bool:
     """Whether a receiver may be connected for `sender` or for ANY: `signal.has_receivers_for(sender)`, a cheap
     first filter, so that receivers connected only to other RLMs cost next to nothing. Never `False` when
@@ -240,8 +257,15 @@ def _check() -> None:
             if not signal.is_muted or receivers(signal, one) or signal.send(one):
                 raise Unexpected("signal.muted() does not set is_muted")
         signal.disconnect(to_any)
-        signal.disconnect(to_other, sender=other)  # its bucket stays
+        signal.disconnect(to_other, sender=other)  # its bucket stays, and so does the receiver
         _compare(signal, senders, "after disconnecting")
+        if signal._by_receiver.get(make_id(to_other)) != set() or make_id(to_other) not in signal.receivers:
+            raise Unexpected("a receiver disconnected from its only sender is not kept with no senders")
+        release(signal, to_other)
+        release(signal, to_any)  # disconnected already: nothing to do
+        if make_id(to_other) in signal.receivers or make_id(to_other) in signal._by_receiver:
+            raise Unexpected("a receiver disconnected from ANY is still kept")
+        _compare(signal, senders, "after releasing a receiver")
         del to_one  # dead: blinker's weakref callback disconnects it
         _compare(signal, senders, "after a weak receiver died")
         del listener
