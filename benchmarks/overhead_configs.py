@@ -223,82 +223,140 @@ def compat_hooks(rlm: dspy.RLM, tmp: Path) -> Setup:
 
 
 def dispatch_floor(rlm: dspy.RLM, tmp: Path) -> Setup | str:
-    """The floor under configuration 4: its registrations' own cost, with none of rlm-events' bookkeeping.
+    """The floor under configuration 4: its registrations fired with none of rlm-events' bookkeeping.
 
-    A subclass of the RLM's class builds each stage's context (`construct`, every field given) and runs it through
-    the same `Plan.fire` (3 middleware, then 3 receivers) at the same points of DSPy's own loop: run_start and
-    run_end around `forward`, pre_iteration and post_iteration around `_execute_iteration`, pre_execution and
-    post_execution around `_execute_code` (DSPy 3.2+; before 3.4 with `--no-stack-walk` only). What the stages
-    leave in their contexts is not handed back (no code rewrite, skip, prelude, prompt_context, stop, changed
-    history or result) and there is no per-call state, frame or tool_call stage: that is what configuration 4
-    costs on top of this."""
-    # Here, not at the top: rlm_events' internals, used by this yardstick only.
+    A subclass of the RLM's class runs a copy of DSPy 3.4.1's loop body with the four iteration stages in it, as
+    rlm-events' own copy has them (run_start and run_end around `forward`): each context built by `construct` from
+    one dict literal and folded through the same `Plan.fire` (3 middleware, then 3 receivers), the code and result
+    taken from the contexts. There is no per-call state, frame, prelude, skip, stop or stand-in, no tool_call stage
+    and no error handling: what configuration 4 costs on top of this is that bookkeeping. Only where DSPy's loop body
+    is 3.4.1's (the body rlm-events copies); elsewhere it is not available."""
+    # Here, not at the top: rlm_events' internals and DSPy's module helpers, used by this yardstick only.
+    from dspy.predict import rlm as dspy_rlm
+
     from middleware import Chain
     from rlm_events import context as contexts
+    from rlm_events._patch.loop_body import source_release
     from rlm_events.plan import Plan, track_stage_signals
 
     own = type(rlm)
-    if "_execute_code" not in vars(dspy.RLM):
-        return f"DSPy {dspy.__version__}'s loop has no _execute_code to fire pre_execution around"
-    try:
-        walks = "inspect.stack(" in inspect.getsource(dspy.Module.__getattribute__)
-    except (OSError, TypeError):
-        walks = False
-    if walks:  # each of its frames would cost DSPy's walk on every predictor call, not the stages' dispatch
-        return f"DSPy {dspy.__version__} walks the stack on every predictor call (use --no-stack-walk)"
+    if source_release(own._execute_iteration) != "3.4.1":
+        return f"DSPy {dspy.__version__}'s loop body is not 3.4.1's, which the floor copies"
+    strip, format_error = dspy_rlm._strip_code_fences, dspy_rlm.format_error_for_lm
     track_stage_signals()
     plan = Plan({stage: Chain([passthrough] * 3, label=stage.value) for stage in Stage})
     listeners = [lambda sender, ctx: None for _ in range(3)]
     for stage in Stage:
         for receiver in listeners:
             BY_STAGE[stage].connect(receiver, sender=rlm, weak=False)
-    fire = plan.fire
-    state: dict[str, Any] = {}  # the call's Run and the iteration's history, as the overrides below see them
-    fired = {"calls": 0, "iterations": 0, "executions": 0}  # for check(): every stage fired where it should
-
-    construct = contexts.construct
-
-    def built(ctx_cls: Any, iteration: int | None, fields: dict[str, Any]) -> Any:
-        """A `ctx_cls` context of this call: the fields every stage has, then `fields` (the rest, in order)."""
-        common = {"stage": ctx_cls.STAGE, "iteration": iteration, "input_args": {}, "run": state["run"]}
-        return construct(ctx_cls, {**common, **fields})
+    fire, construct = plan.fire, contexts.construct
+    runs: dict[int, Any] = {}  # each call's Run, by the RLM's id (one call at a time per RLM here)
+    fired = {"calls": 0, "iterations": 0}  # for check(): every stage fired where it should
 
     def forward(self: Any, **kwargs: Any) -> Any:
         fired["calls"] += 1
-        state["run"] = contexts.Run.model_construct(id="floor", module=self, started_at=None, state={})
-        fire(built(contexts.RunStartContext, None, {}), self)
+        run = runs[id(self)] = contexts.Run.model_construct(id="floor", module=self, started_at=None, state={})
+        start = {"stage": Stage.RUN_START, "iteration": None, "input_args": kwargs, "run": run}
+        fire(construct(contexts.RunStartContext, start), self)
         prediction = own.forward(self, **kwargs)
-        end = {"prediction": prediction, "error": None, "iterations": 0, "forced_extract": False}
-        fire(built(contexts.RunEndContext, None, {**end, "duration_s": 0.0, "stop_reason": "submit"}), self)
+        end = {
+            "stage": Stage.RUN_END,
+            "iteration": None,
+            "input_args": kwargs,
+            "run": run,
+            "prediction": prediction,
+            "error": None,
+            "iterations": 0,
+            "forced_extract": False,
+            "duration_s": 0.0,
+            "stop_reason": "submit",
+        }
+        fire(construct(contexts.RunEndContext, end), self)
         return prediction
 
-    names = list(inspect.signature(own._execute_iteration).parameters)[1:]  # DSPy passes them positionally
-
-    def _execute_iteration(self: Any, *args: Any, **kwargs: Any) -> Any:
-        given = {**dict(zip(names, args, strict=False)), **kwargs}
-        index, history = given["iteration"], given["history"]
-        state["iteration"], state["history"] = index, history
+    def _execute_iteration(
+        self: Any,
+        repl: Any,
+        variables: list[Any],
+        history: Any,
+        iteration: int,
+        input_args: dict[str, Any],
+        output_field_names: list[str],
+        interpreter_factory: Any,
+        sub_agent_rules: str,
+    ) -> Any:
         fired["iterations"] += 1
-        pre = {"history": history, "variables": given["variables"], "extra_vars": {}, "python_code": None}
-        fire(
-            built(contexts.PreIterationContext, index, {**pre, "persistent_python_code": "", "prompt_context": ""}),
-            self,
+        run = runs[id(self)]
+        pre_iteration = {
+            "stage": Stage.PRE_ITERATION,
+            "iteration": iteration,
+            "input_args": input_args,
+            "run": run,
+            "history": history,
+            "variables": list(variables),
+            "extra_vars": {},
+            "python_code": None,
+            "persistent_python_code": "",
+            "prompt_context": "",
+        }
+        started = fire(construct(contexts.PreIterationContext, pre_iteration), self)
+        history, variables = started.history, started.variables
+        # DSPy 3.4.1's body from here, with pre_execution and post_execution in place.
+        variables_info = [variable.format() for variable in variables]
+        action = self.generate_action(
+            signature=self._action_signature_for_current_factory(interpreter_factory, sub_agent_rules),
+            variables_info=variables_info,
+            repl_history=history,
+            iteration=f"{iteration + 1}/{self.max_iters}",
         )
-        outcome = own._execute_iteration(self, *args, **kwargs)
-        post = {"history": history, "prediction": None, "stop": False, "stop_reason": None, "action": None}
-        fire(built(contexts.PostIterationContext, index, {**post, "code": "", "result": None}), self)
-        return outcome
+        try:
+            code, error = strip(action.code), None
+        except SyntaxError as exc:
+            code, error = action.code, exc
+        pre_execution = {
+            "stage": Stage.PRE_EXECUTION,
+            "iteration": iteration,
+            "input_args": input_args,
+            "run": run,
+            "code": code,
+            "reasoning": action.reasoning,
+            "history": history,
+            "result": None,
+        }
+        code = fire(construct(contexts.PreExecutionContext, pre_execution), self).code
+        if error is not None:
+            result: Any = f"[Error] {format_error(error)}"
+        else:
+            result = self._execute_code(repl, code, input_args)
+        post_execution = {
+            "stage": Stage.POST_EXECUTION,
+            "iteration": iteration,
+            "input_args": input_args,
+            "run": run,
+            "code": code,
+            "result": result,
+            "history": history,
+        }
+        executed = fire(construct(contexts.PostExecutionContext, post_execution), self)
+        code, result = executed.code, executed.result
+        outcome = self._process_execution_result(action, code, result, history, output_field_names)
+        post_iteration = {
+            "stage": Stage.POST_ITERATION,
+            "iteration": iteration,
+            "input_args": input_args,
+            "run": run,
+            "history": outcome if isinstance(outcome, type(history)) else history,
+            "prediction": None if isinstance(outcome, type(history)) else outcome,
+            "stop": False,
+            "stop_reason": None,
+            "action": action,
+            "code": code,
+            "result": result,
+        }
+        ended = fire(construct(contexts.PostIterationContext, post_iteration), self)
+        return ended.history if ended.prediction is None else ended.prediction
 
-    def _execute_code(self: Any, repl: Any, code: str, input_args: dict[str, Any]) -> Any:
-        index, history = state["iteration"], state["history"]
-        fired["executions"] += 1
-        pre = {"code": code, "reasoning": "", "history": history, "result": None}
-        fire(built(contexts.PreExecutionContext, index, pre), self)
-        result = own._execute_code(self, repl, code, input_args)
-        fire(built(contexts.PostExecutionContext, index, {"code": code, "result": result, "history": history}), self)
-        return result
-
-    namespace = {"forward": forward, "_execute_iteration": _execute_iteration, "_execute_code": _execute_code}
+    namespace = {"forward": forward, "_execute_iteration": _execute_iteration}
     rlm.__class__ = type(own.__name__, (own,), namespace)
 
     def teardown() -> None:
@@ -308,7 +366,7 @@ def dispatch_floor(rlm: dspy.RLM, tmp: Path) -> Setup | str:
                 BY_STAGE[stage].disconnect(receiver)
 
     def check() -> str | None:
-        if fired["calls"] and fired["iterations"] == fired["executions"] >= fired["calls"]:
+        if fired["calls"] and fired["iterations"] >= fired["calls"]:
             return None
         return f"the floor's stages did not fire on every call and iteration: {fired}"
 

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import gc
 import importlib.util
-import inspect
 import json
 import os
 import subprocess
@@ -70,10 +69,10 @@ def _builtins_importable() -> bool:
 
 
 def _floor_runs() -> bool:
-    """Whether the dispatch floor runs here: it fires pre_execution around `_execute_code` (DSPy 3.2+), and each of
-    its frames would cost a DSPy that walks the stack (before 3.4) that walk on every predictor call."""
-    walks = "inspect.stack(" in inspect.getsource(dspy.Module.__getattribute__)
-    return "_execute_code" in vars(dspy.RLM) and not walks
+    """Whether the dispatch floor runs here: it copies DSPy 3.4.1's loop body."""
+    from rlm_events._patch.loop_body import source_release
+
+    return source_release(dspy.RLM._execute_iteration) == "3.4.1"
 
 
 def check_loop(loop: dict, interpreter: str, iterations: int) -> None:
