@@ -16,8 +16,9 @@ They rely on:
 * every `connect()` and `disconnect()` of a signal sends its `receiver_connected` / `receiver_disconnected` signal
   once something is connected to them. The only other change to a sender's receivers is the death of a weakly
   connected receiver (or of the sender), which blinker does not announce;
-* a signal's `_by_receiver` maps a receiver id to the set of sender ids it is connected to (`ANY_ID` included), and
-  `disconnect(receiver, sender)` removes that sender from it but leaves the receiver in `receivers`.
+* a signal's `_by_receiver` maps a receiver id to the set of sender ids it is connected to (`ANY_ID` included; an
+  empty or missing set: none), and `disconnect(receiver, sender)` removes that sender from it but leaves the
+  receiver in `receivers`.
 
 That last point is why `release()` exists: a receiver disconnected sender by sender stays in `signal.receivers`
 (a strong reference when it was connected with `weak=False`) until it is disconnected from ANY. `release()` does so
@@ -259,7 +260,7 @@ def _check() -> None:
         signal.disconnect(to_any)
         signal.disconnect(to_other, sender=other)  # its bucket stays, and so does the receiver
         _compare(signal, senders, "after disconnecting")
-        if signal._by_receiver.get(make_id(to_other)) != set() or make_id(to_other) not in signal.receivers:
+        if signal._by_receiver.get(make_id(to_other)) or make_id(to_other) not in signal.receivers:
             raise Unexpected("a receiver disconnected from its only sender is not kept with no senders")
         release(signal, to_other)
         release(signal, to_any)  # disconnected already: nothing to do
