@@ -274,17 +274,8 @@ def dispatch_floor(rlm: dspy.RLM, tmp: Path) -> Setup | str:
         fire(construct(contexts.RunEndContext, end), self)
         return prediction
 
-    def _execute_iteration(
-        self: Any,
-        repl: Any,
-        variables: list[Any],
-        history: Any,
-        iteration: int,
-        input_args: dict[str, Any],
-        output_field_names: list[str],
-        interpreter_factory: Any,
-        sub_agent_rules: str,
-    ) -> Any:
+    def _execute_iteration(self: Any, *args: Any) -> Any:  # DSPy 3.4.1's loop passes its eight positionally
+        repl, variables, history, iteration, input_args, output_field_names, interpreter_factory, rules = args
         fired["iterations"] += 1
         run = runs[id(self)]
         pre_iteration = {
@@ -304,7 +295,7 @@ def dispatch_floor(rlm: dspy.RLM, tmp: Path) -> Setup | str:
         # DSPy 3.4.1's body from here, with pre_execution and post_execution in place.
         variables_info = [variable.format() for variable in variables]
         action = self.generate_action(
-            signature=self._action_signature_for_current_factory(interpreter_factory, sub_agent_rules),
+            signature=self._action_signature_for_current_factory(interpreter_factory, rules),
             variables_info=variables_info,
             repl_history=history,
             iteration=f"{iteration + 1}/{self.max_iters}",
