@@ -331,13 +331,14 @@ def dispatch_floor(rlm: dspy.RLM, tmp: Path) -> Setup | str:
         executed = fire(construct(contexts.PostExecutionContext, post_execution), self)
         code, result = executed.code, executed.result
         outcome = self._process_execution_result(action, code, result, history, output_field_names)
+        submitted = not isinstance(outcome, type(history))  # a Prediction (SUBMIT), else the new history
         post_iteration = {
             "stage": Stage.POST_ITERATION,
             "iteration": iteration,
             "input_args": input_args,
             "run": run,
-            "history": outcome if isinstance(outcome, type(history)) else history,
-            "prediction": None if isinstance(outcome, type(history)) else outcome,
+            "history": history if submitted else outcome,
+            "prediction": outcome if submitted else None,
             "stop": False,
             "stop_reason": None,
             "action": action,
