@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from blinker import NamedSignal
@@ -28,7 +28,8 @@ from .signals import BY_STAGE
 from .stages import Stage
 
 logger = logging.getLogger("rlm_events")
-_receivers, _may_hear, _has_receivers_for = _fast_blinker.receivers, _fast_blinker.may_hear, _fast_blinker.hears
+_may_hear, _has_receivers_for = _fast_blinker.may_hear, _fast_blinker.hears
+_kept_receivers = _fast_blinker.kept_receivers
 _submit, _stamp = DELIVERY.submit, stamp
 
 C = TypeVar("C", bound=StageContext)
@@ -113,6 +114,16 @@ _FRAMED_STAGES = (Stage.PRE_ITERATION, Stage.PRE_EXECUTION, Stage.POST_EXECUTION
 _FRAMED_SIGNALS = tuple(BY_STAGE[stage] for stage in _FRAMED_STAGES)
 
 
+def _hearing(heard: _fast_blinker.Kept, signal: NamedSignal, sender: Any) -> Sequence[Callable[..., Any]]:
+    """The receivers of `signal` that hear `sender` now (`rlm_events._fast.blinker.receivers()`), keeping in
+    `heard` (a stage's in a plan) the read that may answer the stage's next send for the same sender, or nothing.
+    A kept read answers while no tracked signal announced a connection change since, the sender is the same and
+    the signal is not muted: exactly what `receivers()` would then return. A plan used by several threads or
+    senders at once only reads more often: each send reads `heard` once, and each read is whole."""
+    found, heard.read = _kept_receivers(signal, sender)
+    return found
+
+
 def _failed(ctx: StageContext, exc: BaseException, sending: NamedSignal | None, tapped: Any) -> StageContext | None:
     """A stage failed with `exc` (raised by a receiver of `sending`, when set, and noted so). Returns the run_end
     the taps see when that stage is run_end and it has taps: the call raises `exc`, so it is the run's `error` (its
@@ -139,9 +150,11 @@ class Plan:
         self.busy = {stage: bool(self.chains[stage]) or bool(self.taps[stage]) for stage in Stage}
         self._any_busy = any(self.busy.values())
         self._iterations_busy = any(self.busy[stage] for stage in _FRAMED_STAGES)
-        # Per stage: its chain (None when empty: no __bool__ call per fire), its signal and its taps (None: none).
+        # Per stage: its chain (None when empty: no __bool__ call per fire), its signal, its taps (None: none), and
+        # the read of its receivers kept from its last send (see _hearing): the one thing here that changes.
         self._route = {
-            stage: (self.chains[stage] or None, BY_STAGE[stage], self.taps[stage] or None) for stage in Stage
+            stage: (self.chains[stage] or None, BY_STAGE[stage], self.taps[stage] or None, _fast_blinker.Kept())
+            for stage in Stage
         }
 
     @property
@@ -188,7 +201,7 @@ class Plan:
         stage, except at `run_end`: there the taps get it first, with that error as the run's `error`, so every tap
         sees every call end and keeps no state of it. Queued taps get their snapshots through
         `rlm_events.delivery`; inline taps are called here."""
-        chain, signal, taps = self._route[ctx.stage]
+        chain, signal, taps, heard = self._route[ctx.stage]
         sending = None  # the signal, once its receivers are being called: what they raise is noted as theirs
         try:
             if chain is not None:
@@ -197,8 +210,16 @@ class Plan:
                 ctx = self.chains[ctx.stage].run(ctx, terminal)
             if signal.receivers:
                 sending = signal
+                # The receivers kept from this stage's last send while they still answer (see _hearing), in place:
+                # this runs between two stretches of DSPy's own work, where every call costs its cold code.
+                read = heard.read
+                found: Sequence[Callable[..., Any]]
+                if read is not None and read[0] == _fast_blinker.generation and read[1]() is sender:
+                    found = () if signal.is_muted else read[3]
+                else:
+                    found = _hearing(heard, signal, sender)
                 # As blinker's send(), but an async def receiver is not asked about: what it returns is run.
-                for receiver in _receivers(signal, sender):  # none while muted
+                for receiver in found:  # none while muted
                     out = receiver(sender, ctx=ctx)
                     if out is not None and inspect.isawaitable(out):
                         run_sync(out)  # on the private loop: the caller's loop is never nested
@@ -226,13 +247,13 @@ class Plan:
         """As `fire()`, for an async caller: middleware, receivers and inline taps may be `async def`, and are
         awaited on the caller's loop."""
         stage = ctx.stage
-        _, signal, taps = self._route[stage]
+        _, signal, taps, heard = self._route[stage]
         sending = None
         try:
             ctx = await self.chains[stage].arun(ctx, terminal)
             if signal.receivers:
                 sending = signal
-                for receiver in _receivers(signal, sender):  # as blinker's send_async(); sync ones in place
+                for receiver in _hearing(heard, signal, sender):  # as blinker's send_async(); sync ones in place
                     out = receiver(sender, ctx=ctx)
                     if out is not None and inspect.isawaitable(out):
                         await out

@@ -8,6 +8,7 @@ the fallback forced, and the import-time probe rejects internals that are not wh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import importlib.metadata
 import os
@@ -412,6 +413,72 @@ def test_connections_changed_during_a_call_reach_the_next_send_on_both_paths(mak
     assert sorted(fast) == sorted(
         [("early", 0), ("early", 1), ("weak", 0), ("weak", 1), ("weak", 2), ("late", 1), ("late", 2), ("late", 3)]
     )
+
+
+def _one_plan_two_senders(make_rlm) -> list[tuple[str, str, int]]:
+    """Two RLMs of one composite module share one plan, so a stage's kept read of its receivers is asked for both
+    senders in turn; in the second call, the signal is muted from the first RLM's second iteration on (after a send
+    that the kept read answers again), and unmuted after the call: each send calls the receivers blinker's send()
+    would call then."""
+    (first, lm), (second, _) = make_rlm(["print(1)", "SUBMIT(answer='a')"]), make_rlm(["unused"])
+
+    class Pair(dspy.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first, self.second = first, second
+
+        def forward(self, text: str) -> Any:
+            return first(text=text), second(text=text)
+
+    pair = Pair()
+    rlm_events.instrument(pair)
+    signal, heard = BY_STAGE[Stage.POST_ITERATION], []
+
+    def named(rlm: Any) -> str:
+        return "first" if rlm is first else "second" if rlm is second else "?"
+
+    receivers = {
+        "first's": (lambda sender, ctx: heard.append(("first's", named(sender), ctx.iteration))),
+        "second's": (lambda sender, ctx: heard.append(("second's", named(sender), ctx.iteration))),
+        "any": (lambda sender, ctx: heard.append(("any", named(sender), ctx.iteration))),
+    }
+    signal.connect(receivers["first's"], sender=first, weak=False)
+    signal.connect(receivers["second's"], sender=second, weak=False)
+    signal.connect(receivers["any"], weak=False)
+    muting, mute = contextlib.ExitStack(), [False]
+
+    def mute_from_the_second_iteration(sender: Any, ctx: Any) -> None:
+        if mute[0] and ctx.iteration == 1:
+            muting.enter_context(signal.muted())
+
+    BY_STAGE[Stage.PRE_ITERATION].connect(mute_from_the_second_iteration, sender=first, weak=False)
+    try:
+        with dspy.context(lm=lm):
+            for muted in (False, True, False):  # the same script (lm's) for both: two iterations each
+                heard.append(("call", "muted" if muted else "heard", 0))
+                mute[0] = muted
+                with muting:
+                    pair(text="q")
+    finally:
+        for receiver in receivers.values():
+            signal.disconnect(receiver)
+        BY_STAGE[Stage.PRE_ITERATION].disconnect(mute_from_the_second_iteration)
+    return heard
+
+
+def test_a_stages_kept_receivers_answer_for_its_sender_only_and_not_while_muted(make_rlm):
+    fast = _one_plan_two_senders(make_rlm)
+    with fast_blinker.fallback():
+        slow = _one_plan_two_senders(make_rlm)
+    assert fast == slow
+    heard = [(own, rlm, i) for rlm in ("first", "second") for i in (0, 1) for own in (f"{rlm}'s", "any")]
+    calls: list[list[tuple[str, str, int]]] = []
+    for entry in fast:
+        calls.append([]) if entry[0] == "call" else calls[-1].append(entry)
+    markers = [entry[1] for entry in fast if entry[0] == "call"]
+    assert markers == ["heard", "muted", "heard"]
+    muted = [("any", "first", 0), ("first's", "first", 0)]  # muted from the first RLM's second iteration on
+    assert [sorted(call) for call in calls] == [sorted(heard), muted, sorted(heard)]
 
 
 def test_the_actions_fields_are_read_as_getattr_reads_them():

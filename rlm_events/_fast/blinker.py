@@ -71,14 +71,33 @@ _TRACKED: list[Signal] = []
 # callback run after its death (Python's WeakMethod then prints an ignored AttributeError).
 _Read = tuple[int, Callable[[], Any], bool, tuple[Any, ...]]
 _READS: dict[tuple[Signal, int], _Read] = {}
-_connections = 0  # connects and disconnects announced by the tracked signals
+# Connects and disconnects announced by the tracked signals (and path switches): a read taken at another
+# generation is stale. Public for callers that keep a read between sends (`kept_receivers()`).
+generation = 0
 
 
 def _connection_changed(signal: Any, **kwargs: Any) -> None:
     """A tracked signal's receivers changed: every read is stale (and no disconnected receiver is kept alive)."""
-    global _connections
-    _connections += 1
+    global generation
+    generation += 1
     _READS.clear()
+    for kept in list(_KEPT):
+        kept.read = None
+
+
+class Kept:
+    """Where a caller that sends one signal again and again keeps the read `kept_receivers()` gave it last time
+    (`read`, or `None`). Every announced connection change empties every `Kept`, so that none keeps a disconnected
+    receiver alive; a read stored by a thread that raced such a change is stale by its generation."""
+
+    __slots__ = ("__weakref__", "read")
+
+    def __init__(self) -> None:
+        self.read: _Read | None = None
+        _KEPT.add(self)
+
+
+_KEPT: weakref.WeakSet[Kept] = weakref.WeakSet()
 
 
 def _announce(signal: Signal) -> None:
@@ -123,7 +142,7 @@ def receivers(signal: Signal, sender: Any) -> Sequence[Callable[..., Any]]:
     if signal.is_muted:
         return []
     read = _READS.get((signal, id(sender)))
-    if read is None or read[0] != _connections or read[1]() is not sender:
+    if read is None or read[0] != generation or read[1]() is not sender:
         read = _read(signal, sender, by_sender)
     if read[2]:  # all strong: as read
         return read[3]
@@ -141,7 +160,7 @@ def receivers(signal: Signal, sender: Any) -> Sequence[Callable[..., Any]]:
 def _read(signal: Signal, sender: Any, by_sender: dict[Any, Any]) -> _Read:
     """Read `sender`'s receivers of `signal` from blinker's bookkeeping; kept while the sender lives (when it can
     be weakly referenced) and no connection changes."""
-    counted = _connections
+    counted = generation
     refs = signal.receivers
     ids = tuple(by_sender.get(_ANY_ID, _NONE) | by_sender.get(id(sender), _NONE))
     found = tuple(receiver for receiver_id in ids if (receiver := refs.get(receiver_id)) is not None)
@@ -163,6 +182,23 @@ def _read(signal: Signal, sender: Any, by_sender: dict[Any, Any]) -> _Read:
 
 def _nothing() -> None:
     return None
+
+
+def kept_receivers(signal: Signal, sender: Any) -> tuple[Sequence[Callable[..., Any]], _Read | None]:
+    """`receivers(signal, sender)`, and the read a caller that sends `signal` for `sender` again may keep (or `None`:
+    not on the fast path, a receiver weakly connected, the sender not weakly referenceable, or the signal muted).
+
+    A kept read `(generation, sender_ref, True, receivers)` answers for that caller, without asking here, while
+    `read[0] == generation`, `read[1]() is sender` and the signal is not muted: its receivers are then exactly
+    what `receivers()` returns (only announced connection changes, which bump `generation`, can change a sender's
+    strongly connected receivers)."""
+    found = receivers(signal, sender)
+    if type(found) is not tuple:  # a list: the fallback, a muted signal, or a weak receiver looked up live
+        return found, None
+    read = _READS.get((signal, id(sender)))
+    if read is None or read[1] is _nothing or read[3] is not found:
+        return found, None
+    return found, read
 
 
 def release(signal: Signal, receiver: Callable[..., Any]) -> None:
