@@ -27,7 +27,8 @@ once it is connected to no sender at all; on the fallback it leaves it, as blink
 `receivers()` therefore reads a (signal, sender)'s receivers once and keeps that read until a tracked signal announces
 a connection change: on the following sends of a call it returns the kept receivers when all are strongly connected,
 else looks each kept id up and dereferences it (a dead one is skipped, as blinker skips it), instead of merging
-blinker's sets again.
+blinker's sets again. A caller that sends one signal again and again (a plan's stage) keeps such a read itself, in a
+`Kept`, with `kept_receivers()`: every announced change bumps `generation` and empties every `Kept`.
 
 Checked against blinker 1.9.0, the newest release tested, and blinker 1.8.0, the lowest supported (CI runs the
 suite on it).
