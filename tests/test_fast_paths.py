@@ -481,6 +481,49 @@ def test_a_stages_kept_receivers_answer_for_its_sender_only_and_not_while_muted(
     assert [sorted(call) for call in calls] == [sorted(heard), muted, sorted(heard)]
 
 
+def test_plans_built_while_another_thread_connects_receivers_do_not_break_the_connect():
+    """Every announced connect or disconnect empties every plan's kept reads; a plan built on another thread at that
+    moment (it adds its own) must not make the user's `connect()` raise ("Set changed size during iteration")."""
+    import threading
+
+    from rlm_events.plan import Plan, track_stage_signals
+
+    track_stage_signals()
+    signal, errors, done = BY_STAGE[Stage.PRE_ITERATION], [], threading.Event()
+    plans: list[Plan] = []
+
+    def build_plans() -> None:
+        try:
+            while not done.is_set():
+                plans.append(Plan())
+                del plans[:-20]
+        except Exception as exc:  # pragma: no cover - the failure this test is about
+            errors.append(exc)
+
+    def connect_and_disconnect() -> None:
+        receiver = lambda sender, ctx: None  # noqa: E731
+        try:
+            for _ in range(3000):
+                signal.connect(receiver, weak=False)
+                signal.disconnect(receiver)
+        except Exception as exc:  # pragma: no cover - the failure this test is about
+            errors.append(exc)
+        finally:
+            done.set()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as CPython can, so the two interleave
+    try:
+        threads = [threading.Thread(target=build_plans), threading.Thread(target=connect_and_disconnect)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
+
+
 def test_the_actions_fields_are_read_as_getattr_reads_them():
     """`pre_execution` reads the action's code and reasoning with `Prediction.get()` when it is a plain Prediction;
     whatever the action is, the answer is `getattr`'s."""

@@ -42,6 +42,7 @@ to senders and to ANY, weakly and strongly (functions and bound methods), some d
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -82,8 +83,9 @@ def _connection_changed(signal: Any, **kwargs: Any) -> None:
     global generation
     generation += 1
     _READS.clear()
-    for kept in list(_KEPT):
-        kept.read = None
+    with _KEPT_LOCK:  # a plan built meanwhile on another thread adds to _KEPT: iterating it must not see that
+        for kept in _KEPT:
+            kept.read = None
 
 
 class Kept:
@@ -95,10 +97,12 @@ class Kept:
 
     def __init__(self) -> None:
         self.read: _Read | None = None
-        _KEPT.add(self)
+        with _KEPT_LOCK:
+            _KEPT.add(self)
 
 
 _KEPT: weakref.WeakSet[Kept] = weakref.WeakSet()
+_KEPT_LOCK = threading.Lock()
 
 
 def _announce(signal: Signal) -> None:
