@@ -524,6 +524,38 @@ def test_plans_built_while_another_thread_connects_receivers_do_not_break_the_co
     assert errors == []
 
 
+_REENTERED = """
+import weakref
+from rlm_events._fast import blinker as fast_blinker
+from rlm_events.plan import Plan, track_stage_signals
+from rlm_events.signals import BY_STAGE
+from rlm_events.stages import Stage
+
+track_stage_signals()
+signal = BY_STAGE[Stage.PRE_ITERATION]
+receiver = lambda sender, ctx: None
+
+
+class Reentered(weakref.WeakSet):
+    def add(self, item):  # as a finalizer the garbage collector runs here would: a connect and a disconnect
+        signal.connect(receiver, weak=False)
+        signal.disconnect(receiver)
+        super().add(item)
+
+
+fast_blinker._KEPT = Reentered(fast_blinker._KEPT)
+Plan()
+print("built")
+"""
+
+
+def test_a_connect_from_inside_the_kept_reads_lock_does_not_deadlock():
+    """A finalizer run by the garbage collector while a plan registers its kept reads may connect or disconnect a
+    receiver, which empties every kept read under the same lock, on the same thread: it must not wait for itself."""
+    done = subprocess.run([sys.executable, "-c", _REENTERED], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "built", done.stderr
+
+
 def test_the_actions_fields_are_read_as_getattr_reads_them():
     """`pre_execution` reads the action's code and reasoning with `Prediction.get()` when it is a plain Prediction;
     whatever the action is, the answer is `getattr`'s."""

@@ -102,7 +102,8 @@ class Kept:
 
 
 _KEPT: weakref.WeakSet[Kept] = weakref.WeakSet()
-_KEPT_LOCK = threading.Lock()
+# Reentrant: a finalizer run by the garbage collector inside the lock may connect or disconnect a receiver itself.
+_KEPT_LOCK = threading.RLock()
 
 
 def _announce(signal: Signal) -> None:
