@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterable
@@ -17,6 +18,7 @@ from .signals import BY_STAGE
 from .stages import Stage
 
 F = TypeVar("F", bound=Callable[..., Any])
+logger = logging.getLogger("rlm_events")
 StageLike = Stage | str
 
 
@@ -34,6 +36,7 @@ class Instrumentation:
         self._plan = Plan()
         self._modules: weakref.WeakValueDictionary[int, RLM] = weakref.WeakValueDictionary()
         self._receivers: list[tuple[Stage, Callable[..., Any]]] = []  # connected through connect(), for clear()
+        self._deaths: dict[int, weakref.finalize[Any, Any]] = {}  # per module: let its receivers go when it dies
 
     @property
     def plan(self) -> Plan:
@@ -196,16 +199,33 @@ class Instrumentation:
     # -- the patch layer's Handle protocol ----------------------------------------------------------------------
 
     def attached(self, rlm: RLM) -> None:
-        """Called by the patch layer: `rlm` now runs with these registrations."""
+        """Called by the patch layer: `rlm` now runs with these registrations. If it is garbage-collected while
+        instrumented, the receivers [`connect()`][rlm_events.instrumentation.Instrumentation.connect] connected for
+        it are let go with it (blinker would keep them in the stage signals' `receivers`)."""
         self._modules[id(rlm)] = rlm
+        death = self._deaths[id(rlm)] = weakref.finalize(rlm, self._died, id(rlm))
+        death.atexit = False  # at exit the signals go with the process: nothing to let go
 
     def detached(self, rlm: RLM) -> None:
         """Called by the patch layer: `rlm` no longer runs with these registrations; the receivers
         [`connect()`][rlm_events.instrumentation.Instrumentation.connect] connected for it are disconnected
         (`uninstrument()` leaves nothing behind)."""
         self._modules.pop(id(rlm), None)
+        death = self._deaths.pop(id(rlm), None)
+        if death is not None:
+            death.detach()
         for stage, receiver in list(self._receivers):
             _disconnected(stage, receiver, [rlm])
+
+    def _died(self, rlm_id: int) -> None:
+        """An attached RLM was garbage-collected (its id not reused yet): the receivers connected for it go too,
+        unless they are connected elsewhere (to another RLM, or to every sender)."""
+        self._deaths.pop(rlm_id, None)
+        for stage, receiver in list(self._receivers):
+            try:
+                _fast_blinker.forget_sender(BY_STAGE[stage], receiver, rlm_id)
+            except Exception:  # run by the garbage collector, anywhere: never raise there
+                logger.debug("rlm-events: could not let a receiver of a collected RLM go", exc_info=True)
 
     def copy(self) -> Instrumentation:
         """A new instrumentation with the same registrations and no modules (a deep copy of an instrumented RLM

@@ -474,6 +474,66 @@ def test_undoing_a_connect_lets_blinker_drop_the_receiver(make_rlm, undo):
     assert not signal.receivers and not signals.BY_STAGE[Stage.PRE_ITERATION].receivers
 
 
+def test_receivers_connected_for_an_rlm_are_let_go_when_it_is_collected(make_rlm):
+    """An RLM dropped while instrumented (a server building one per request, never calling `uninstrument()`) takes
+    the receivers `connect()` connected for it along, even strong ones: blinker drops a dead sender's bucket but
+    would keep them in `signal.receivers`, with what they close over. A receiver still connected elsewhere (the
+    user's own connection to every sender, or to another RLM) stays."""
+    import gc
+    import weakref
+
+    from rlm_events._fast import blinker as fast_blinker
+    from rlm_events.testing import ScriptedLM, build_rlm
+
+    signal = signals.BY_STAGE[Stage.POST_ITERATION]
+    (other, other_lm), before = make_rlm(["SUBMIT(answer='ok')"]), set(signal.receivers)
+    rlm_events.instrument(other)
+    heard: list[str] = []
+
+    def everywhere(sender, ctx):
+        heard.append("everywhere")
+
+    signal.connect(everywhere, weak=False)  # the user's own, to every sender
+    per_request = []
+    try:
+        for request in range(20):
+            rlm = build_rlm("text -> answer", max_iters=2, interpreter_factory=InProcessInterpreter)
+            events = rlm_events.instrument(rlm)
+            payload = [request] * 1000  # what a per-request closure would keep alive
+
+            def listener(sender, ctx, payload=payload):
+                heard.append(f"request {payload[0]}")
+
+            per_request.append(weakref.ref(events.connect(Stage.POST_ITERATION, listener, weak=False)))
+            events.connect(Stage.POST_ITERATION, everywhere, weak=False)
+            events.connect(Stage.PRE_ITERATION, everywhere, weak=False)
+            with dspy.context(lm=ScriptedLM(["SUBMIT(answer='ok')"])):
+                assert rlm(text="x").answer == "ok"
+            del rlm, events, listener, payload
+        gc.collect()
+        assert heard.count("everywhere") == 2 * 20 and [h for h in heard if h.startswith("request")] == [
+            f"request {n}" for n in range(20)
+        ]
+        assert all(gone() is None for gone in per_request)
+        assert set(signal.receivers) == before | {id(everywhere)}  # the user's own connection stays
+        assert not signals.BY_STAGE[Stage.PRE_ITERATION].receivers
+        with dspy.context(lm=other_lm):
+            heard.clear()
+            other(text="x")
+            assert heard == ["everywhere"]
+        with fast_blinker.fallback():  # blinker's internals not as expected: its own behaviour, nothing let go
+            rlm = build_rlm("text -> answer", max_iters=2, interpreter_factory=InProcessInterpreter)
+            kept = weakref.ref(rlm_events.instrument(rlm).connect(Stage.PRE_ITERATION, lambda s, ctx: None, weak=False))
+            del rlm
+            gc.collect()
+            assert kept() is not None
+    finally:
+        signal.disconnect(everywhere)
+        for receiver in list(signals.BY_STAGE[Stage.PRE_ITERATION].receivers.values()):
+            signals.BY_STAGE[Stage.PRE_ITERATION].disconnect(receiver)
+    assert set(signal.receivers) == before
+
+
 def test_the_predictor_is_the_users_own_outside_an_iteration(make_rlm):
     """pre_execution fires through the RLM's own class: generate_action keeps its object while instrumented, and
     reading it outside an iteration gives that object. Its class is DSPy's own, except where DSPy walks the stack on
