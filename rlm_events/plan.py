@@ -115,8 +115,8 @@ _FRAMED_SIGNALS = tuple(BY_STAGE[stage] for stage in _FRAMED_STAGES)
 
 
 def _hearing(heard: _fast_blinker.Kept, signal: NamedSignal, sender: Any) -> Sequence[Callable[..., Any]]:
-    """The receivers of `signal` that hear `sender` now (`rlm_events._fast.blinker.receivers()`), keeping in
-    `heard` (a stage's in a plan) the read that may answer the stage's next send for the same sender, or nothing.
+    """The receivers of `signal` that hear `sender` now (`rlm_events._fast.blinker.receivers()`). Keeps in `heard`,
+    the stage's `Kept` in a plan, the read that may answer the stage's next send for the same sender, or nothing.
     A kept read answers while no tracked signal announced a connection change since, the sender is the same and
     the signal is not muted: exactly what `receivers()` would then return. A plan used by several threads or
     senders at once only reads more often: each send reads `heard` once, and each read is whole."""
