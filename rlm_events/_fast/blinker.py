@@ -143,16 +143,27 @@ def receivers(signal: Signal, sender: Any) -> Sequence[Callable[..., Any]]:
     A weakly connected receiver that died is skipped; blinker's weakref callback disconnects it (`receivers_for()`
     also does so itself).
     """
+    return kept_receivers(signal, sender)[0]
+
+
+def kept_receivers(signal: Signal, sender: Any) -> tuple[Sequence[Callable[..., Any]], _Read | None]:
+    """`receivers(signal, sender)`, and the read a caller that sends `signal` for `sender` again may keep (or `None`:
+    not on the fast path, a receiver weakly connected, the sender not weakly referenceable, or the signal muted).
+
+    A kept read `(generation, sender_ref, True, receivers)` answers for that caller, without asking here, while
+    `read[0] == generation`, `read[1]() is sender` and the signal is not muted: its receivers are then exactly
+    what `receivers()` returns (only announced connection changes, which bump `generation`, can change a sender's
+    strongly connected receivers)."""
     by_sender = _BY_SENDER.get(signal)
     if by_sender is None or issubclass(type(sender), _NOT_PLAIN):
-        return [] if getattr(signal, "is_muted", False) else list(signal.receivers_for(sender))
+        return ([] if getattr(signal, "is_muted", False) else list(signal.receivers_for(sender))), None
     if signal.is_muted:
-        return []
+        return [], None
     read = _READS.get((signal, id(sender)))
     if read is None or read[0] != generation or read[1]() is not sender:
         read = _read(signal, sender, by_sender)
     if read[2]:  # all strong: as read
-        return read[3]
+        return read[3], (None if read[1] is _nothing else read)
     refs = signal.receivers
     live = []
     for receiver_id in read[3]:
@@ -161,7 +172,7 @@ def receivers(signal: Signal, sender: Any) -> Sequence[Callable[..., Any]]:
             receiver = receiver()
         if receiver is not None:
             live.append(receiver)
-    return live
+    return live, None
 
 
 def _read(signal: Signal, sender: Any, by_sender: dict[Any, Any]) -> _Read:
@@ -189,23 +200,6 @@ def _read(signal: Signal, sender: Any, by_sender: dict[Any, Any]) -> _Read:
 
 def _nothing() -> None:
     return None
-
-
-def kept_receivers(signal: Signal, sender: Any) -> tuple[Sequence[Callable[..., Any]], _Read | None]:
-    """`receivers(signal, sender)`, and the read a caller that sends `signal` for `sender` again may keep (or `None`:
-    not on the fast path, a receiver weakly connected, the sender not weakly referenceable, or the signal muted).
-
-    A kept read `(generation, sender_ref, True, receivers)` answers for that caller, without asking here, while
-    `read[0] == generation`, `read[1]() is sender` and the signal is not muted: its receivers are then exactly
-    what `receivers()` returns (only announced connection changes, which bump `generation`, can change a sender's
-    strongly connected receivers)."""
-    found = receivers(signal, sender)
-    if type(found) is not tuple:  # a list: the fallback, a muted signal, or a weak receiver looked up live
-        return found, None
-    read = _READS.get((signal, id(sender)))
-    if read is None or read[1] is _nothing or read[3] is not found:
-        return found, None
-    return found, read
 
 
 def release(signal: Signal, receiver: Callable[..., Any]) -> None:
