@@ -223,7 +223,7 @@ class Instrumentation:
         self._deaths.pop(rlm_id, None)
         for stage, receiver in list(self._receivers):
             try:
-                _fast_blinker.forget_sender(BY_STAGE[stage], receiver, rlm_id)
+                _fast_blinker.release(BY_STAGE[stage], receiver, dead_sender=rlm_id)
             except Exception:  # run by the garbage collector, anywhere: never raise there
                 logger.debug("rlm-events: could not let a receiver of a collected RLM go", exc_info=True)
 

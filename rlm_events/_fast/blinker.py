@@ -23,7 +23,7 @@ They rely on:
 That last point is why `release()` exists: a receiver disconnected sender by sender stays in `signal.receivers`
 (a strong reference when it was connected with `weak=False`) until it is disconnected from ANY. `release()` does so
 once it is connected to no sender at all; on the fallback it leaves it, as blinker does. A sender that dies leaves
-its receivers there the same way: `forget_sender()` disconnects one whose last sender it was.
+its receivers there the same way: `release(..., dead_sender=...)` disconnects one whose last sender it was.
 
 `receivers()` therefore reads a (signal, sender)'s receivers once and keeps that read until a tracked signal announces
 a connection change: on the following sends of a call it returns the kept receivers when all are strongly connected,
@@ -202,28 +202,22 @@ def _nothing() -> None:
     return None
 
 
-def release(signal: Signal, receiver: Callable[..., Any]) -> None:
+def release(signal: Signal, receiver: Callable[..., Any], *, dead_sender: int | None = None) -> None:
     """Disconnect `receiver` from `signal` entirely when it is connected to no sender (nor to ANY) any more, so
-    that blinker keeps no reference to it; a receiver still connected to any sender is left as it is."""
+    that blinker keeps no reference to it; a receiver still connected to any sender is left as it is.
+
+    `dead_sender` is the id of a sender that died, left out of that count: blinker drops a dead sender's bucket but
+    keeps its receivers in `signal.receivers` (alive, when strongly connected), whether its own cleanup ran yet or
+    not. Pass it from the sender's finalizer (its id is not reused before that runs). On the fallback, nothing:
+    blinker's behaviour."""
     by_receiver = getattr(signal, "_by_receiver", None) if FAST else None
     if not isinstance(by_receiver, dict):
         return
     receiver_id = _blinker.make_id(receiver)
-    if receiver_id in signal.receivers and not by_receiver.get(receiver_id):
-        signal.disconnect(receiver)
-
-
-def forget_sender(signal: Signal, receiver: Callable[..., Any], sender_id: int) -> None:
-    """A sender whose id was `sender_id` died: disconnect `receiver` from the signal when that sender was the last
-    it was connected to (nor to ANY). blinker drops a dead sender's bucket, but keeps its receivers in
-    `signal.receivers` (alive, when strongly connected); whether its own cleanup ran yet or not, the dead sender's
-    id is left out here. Call it from the sender's finalizer (its id is not reused before that runs). On the
-    fallback, nothing: blinker's behaviour."""
-    by_receiver = getattr(signal, "_by_receiver", None) if FAST else None
-    if not isinstance(by_receiver, dict):
-        return
-    receiver_id = _blinker.make_id(receiver)
-    if receiver_id in signal.receivers and not (by_receiver.get(receiver_id, _NONE) - {sender_id}):
+    senders = by_receiver.get(receiver_id) or _NONE
+    if dead_sender is not None:
+        senders = senders - {dead_sender}
+    if receiver_id in signal.receivers and not senders:
         signal.disconnect(receiver)
 
 
