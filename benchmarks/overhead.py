@@ -21,7 +21,7 @@ Every call is checked (full trajectory, expected answer), so a configuration tha
 fast. DSPy's LM/module histories and its predictor trace are cleared between calls, outside the timed section, in
 every configuration. Optional configurations show "n/a" with the reason when they cannot run: the built-ins
 (``rlm_events.builtins`` + ``rlm_events.trace``) and the reference package ``dspy-rlm-hooks`` (Python >= 3.12,
-DSPy 3.2 and 3.3: it replaces the loop body with a copy of DSPy 3.2's). On DSPy < 3.4, ``--no-stack-walk`` removes
+DSPy 3.2 and 3.3: it replaces the loop body with a copy of DSPy 3.2's). On DSPy < 3.4.1, ``--no-stack-walk`` removes
 DSPy's own per-frame cost from every configuration (see :func:`_without_dspy_stack_walk`).
 """
 
@@ -276,9 +276,9 @@ def render(figures: dict[str, Any]) -> str:
 
 @contextmanager
 def _without_dspy_stack_walk() -> Iterator[bool]:
-    """DSPy before 3.4 calls ``inspect.stack()`` on every ``module.forward`` lookup (to warn about direct calls),
+    """DSPy before 3.4.1 calls ``inspect.stack()`` on every ``module.forward`` lookup (to warn about direct calls),
     once per iteration for ``generate_action``, at a cost that grows with the stack depth. While this is active,
-    every configuration, bare included, uses DSPy 3.4's equivalent check instead, so each configuration's own cost
+    every configuration, bare included, uses DSPy 3.4.1's equivalent check instead, so each configuration's own cost
     is measured rather than DSPy's cost per frame on the stack. Yields whether anything was replaced."""
     from dspy.primitives import module as dspy_module
 
@@ -291,7 +291,7 @@ def _without_dspy_stack_walk() -> Iterator[bool]:
         yield False
         return
 
-    def __getattribute__(self: Any, name: str) -> Any:  # DSPy 3.4's version, verbatim in behaviour
+    def __getattribute__(self: Any, name: str) -> Any:  # DSPy 3.4.1's version, verbatim in behaviour
         attr = object.__getattribute__(self, name)
         if name == "forward" and callable(attr) and sys._getframe(1).f_code.co_name != "__call__":
             dspy_module.logger.warning(
@@ -334,7 +334,7 @@ def main(argv: Sequence[str] | None = None, *, make_rlm: MakeRLM = build_rlm) ->
     parser.add_argument(
         "--no-stack-walk",
         action="store_true",
-        help="on DSPy < 3.4, give every configuration (bare included) DSPy 3.4's cheap check for direct forward() "
+        help="on DSPy < 3.4.1, give every configuration (bare included) DSPy 3.4.1's cheap check for direct forward() "
         "calls instead of its inspect.stack() per iteration, whose cost grows with every frame on the stack",
     )
     parser.add_argument(

@@ -35,6 +35,7 @@ from . import (
     instrument,
 )
 from ._optional import requiring
+from ._patch import dspy_prices
 from .build import build_rlm
 from .builtins import Budget, CodeGuard
 from .inprocess import InProcessInterpreter
@@ -125,9 +126,12 @@ def real_lm(model: str, api_base: str | None = None, api_key: str | None = None)
 
 def has_price(model: str) -> bool:
     """Whether LiteLLM's model-cost map prices `model` (DSPy prices calls from that map, or from its own copy of
-    it), so that the demo's dollar cap can hold; a price given with `register_prices` counts."""
-    import litellm  # DSPy's client, which register_prices also registers with
-
+    it), so that the demo's dollar cap can hold; a price given with `register_prices` counts. Without LiteLLM,
+    DSPy's own map."""
+    try:
+        import litellm  # DSPy's client, which register_prices also registers with
+    except ImportError:  # DSPy 3.4's own engine runs without it; on 3.4.0 importing it after DSPy fails
+        return dspy_prices(model)
     try:
         info = litellm.get_model_info(model)
     except Exception:  # LiteLLM raises for a model it does not know

@@ -3,6 +3,7 @@ rlm_events.testing.InProcessInterpreter, which behaves like it, before)."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -23,6 +24,14 @@ import rlm_events
 from rlm_events.testing import InProcessInterpreter, ScriptedLM, build_rlm
 
 REAL_INTERPRETER: Callable[[], Any] = getattr(dspy, "LocalInterpreter", InProcessInterpreter)
+
+
+def import_litellm() -> Any:
+    """LiteLLM, the tests' reference for prices. DSPy 3.4.0 leaves lazy proxies of LiteLLM's dependencies (`openai`,
+    ...) in `sys.modules`, and a later `import litellm` fails on a circular import (DSPy 3.4.1 keeps them out): reading
+    an attribute of the proxy loads the real module first. Nothing to do on other releases."""
+    getattr(importlib.import_module("openai"), "OpenAI", None)
+    return importlib.import_module("litellm")
 
 
 @pytest.fixture

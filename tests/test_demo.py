@@ -13,6 +13,7 @@ from typing import Any
 
 import dspy
 import pytest
+from conftest import import_litellm
 
 from rlm_events.__main__ import main
 from rlm_events.demo import STEPS, SUB_ANSWER, bundled_text, expected_counts
@@ -249,8 +250,7 @@ def test_demo_on_an_unpriced_model_matches_the_servers_bill(tmp_path, capsys, no
 
 
 def test_demo_on_a_priced_model_matches_the_servers_bill_and_keeps_the_dollar_cap(tmp_path, capsys, no_openai_key):
-    import litellm  # DSPy's client: its price of the model is the one the server bills at
-
+    litellm = import_litellm()  # DSPy's client: its price of the model is the one the server bills at
     info = litellm.get_model_info(f"openai/{PRICED_MODEL}")
     price = (info["input_cost_per_token"] * 1e6, info["output_cost_per_token"] * 1e6)
     with LocalOpenAIServer.scripted(STEPS, sub=SUB_ANSWER, prices={PRICED_MODEL: price}) as server:
@@ -312,3 +312,27 @@ def test_demo_fails_in_one_line_on_an_answer_dspy_cannot_parse(tmp_path, capsys,
     ]
     assert end["stage"] == "run_end" and "AdapterParseError" in end["error"]
     assert_reports(bill, out, end)  # what the failed call was billed is still reported
+
+
+def test_without_litellm_the_demo_reads_prices_from_dspys_own_map(monkeypatch):
+    # DSPy 3.4's default engine runs without LiteLLM, and on DSPy 3.4.0 importing LiteLLM after DSPy fails (its lazy
+    # imports): the demo's dollar cap then asks DSPy's own price map, which only 3.4+ has.
+    from rlm_events.demo import has_price
+    from rlm_events.pricing import register_prices
+
+    register_prices({"openai/demo-registered-without-litellm": (1.0, 2.0)})
+    monkeypatch.setitem(sys.modules, "litellm", None)  # `import litellm` raises ImportError
+    with pytest.raises(ImportError):
+        import litellm  # noqa: F401
+    own_map = hasattr(dspy.clients, "model_metadata") or _imports("dspy.clients.model_metadata")
+    assert has_price(f"openai/{PRICED_MODEL}") is own_map
+    assert has_price("openai/demo-registered-without-litellm") is own_map
+    assert has_price("openai/local-demo") is False
+
+
+def _imports(name: str) -> bool:
+    try:
+        __import__(name)
+    except ImportError:
+        return False
+    return True

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import dspy
-import litellm
 import pytest
+from conftest import import_litellm
 
 import rlm_events
 from rlm_events.builtins import Budget
@@ -24,6 +24,7 @@ from rlm_events.local_openai import NO_USAGE, Bill, LocalOpenAIServer, error
 from rlm_events.taps.jsonl import JsonlTrace
 from rlm_events.testing import InProcessInterpreter, build_rlm
 
+litellm = import_litellm()
 RELEASE = tuple(int(part) for part in re.findall(r"\d+", dspy.__version__)[:3])
 MODEL = "gpt-4o-mini"  # priced in LiteLLM's local cost map
 PRICE = (

@@ -345,8 +345,8 @@ def test_the_cpu_time_limit_kills_the_worker_and_the_next_execution_gets_a_fresh
 
 @needs_sandbox
 def test_the_dspy_facade_is_installed_again_after_a_restart(make_rlm):
-    if not hasattr(dspy, "LocalInterpreter"):
-        pytest.skip("the sandbox dspy facade is DSPy 3.4's")
+    if not hasattr(dspy.RLM, "_setup_facade"):
+        pytest.skip("the sandbox dspy facade is DSPy 3.4.1's (3.4.0 has none)")
     steps = ["while True: pass", "import dspy\nprint(type(dspy.Predict).__name__)", "SUBMIT(answer='done')"]
     result = run(make_rlm, steps, Recorder(timeout=1))
     assert outputs(result)[0].startswith("[Error] Execution timed out")

@@ -21,7 +21,7 @@ class with that loop), `construct` (building an RLM the same way on every releas
 rlm-events needs of DSPy's code interpreters: the one interpreter discovery, the error classes, the uncallbacked
 execute), `exposed` (what the rest of rlm-events may read of the runtime and the running call, through
 `rlm_events.runtime`), `subclass` (the stand-in subclasses' pickling and copies), `direct_calls` (DSPy 3.4's check
-for direct `forward()` calls on the instrumented RLM's own modules, where DSPy before 3.4 walks the whole stack).
+for direct `forward()` calls on the instrumented RLM's own modules, where DSPy before 3.4.1 walks the whole stack).
 
 Version differences (DSPy 3.1.2 to 3.4.x) live in `detect.Seams` and `RLMConstructor`, detected once per
 RLM class from signatures, attributes and the loop's source, never from version numbers:
@@ -52,7 +52,7 @@ from .detect import ATTR
 from .direct_calls import check_by_caller_frame, check_by_stack_walk, own_modules
 from .handle import Handle
 from .predict_rlm import own_lms
-from .prices import register_dspy_prices
+from .prices import dspy_prices, register_dspy_prices
 from .subclass import base_of, is_stand_in
 from .warnings import warn_once
 
@@ -63,6 +63,7 @@ __all__ = [
     "RLMConstructor",
     "attach",
     "detach",
+    "dspy_prices",
     "instrumentation_of",
     "own_lms",
     "register_dspy_prices",
@@ -83,7 +84,7 @@ def attach(rlm: Any, events: Handle) -> None:
     cls = instrumented_rlm_class(original)
     rlm.__dict__[ATTR] = events
     rlm.__class__ = cls
-    for module in own_modules(rlm):  # DSPy < 3.4: no stack walk under the seams' frames (see _patch.direct_calls)
+    for module in own_modules(rlm):  # DSPy < 3.4.1: no stack walk under the seams' frames (see _patch.direct_calls)
         check_by_caller_frame(module)
     events.attached(rlm)
 

@@ -88,7 +88,7 @@ def instrumented_rlm_class(cls: Any) -> Any:
             return cls._execute_iteration(self, *args, **kwargs)
         if body is not None and body.runs(call):  # DSPy's body, run with the stages in place (ends the frame)
             outcome, stop = body(self, call, frame)
-        else:  # DSPy's own body between the seams, inline: each frame on the stack costs DSPy < 3.4 a walk
+        else:  # DSPy's own body between the seams, inline: each frame on the stack costs DSPy < 3.4.1 a walk
             stop, busy = False, call.busy
             try:
                 if busy[PRE_ITERATION] or call.wants(PRE_ITERATION):
@@ -250,7 +250,7 @@ def instrumented_rlm_class(cls: Any) -> Any:
 
 
 def _getattribute_off_the_stack(cls: Any, loop_seams: bool, loop_code: CodeType | None) -> Any:
-    """`__getattribute__` for the instrumented class of a DSPy that walks the stack (before 3.4).
+    """`__getattribute__` for the instrumented class of a DSPy that walks the stack (before 3.4.1).
 
     DSPy 3.4's check for direct `forward()` calls: the same warning, from the caller's frame alone. And, since every
     frame on the stack costs DSPy's walk on each predictor call, a seam with nothing to do is not put on the stack:

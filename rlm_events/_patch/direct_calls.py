@@ -1,18 +1,18 @@
 """A fast path over DSPy's check for direct `module.forward(...)` calls, on the releases that walk the whole stack.
 
-DSPy 3.1.2 to 3.3.1 warn about a direct `forward()` call from `dspy.Module.__getattribute__`, which calls
+DSPy 3.1.2 to 3.4.0 warn about a direct `forward()` call from `dspy.Module.__getattribute__`, which calls
 `inspect.stack()` on every `forward` lookup: once per iteration for the action predictor, reading the source line of
 every frame on the stack (about 25 µs a frame). An instrumented loop has two frames of rlm-events on that stack (the
 `forward` and `_execute_iteration` seams, which wrap DSPy's own methods rather than copy them), so on these releases
-the seams' frames cost more than everything they do. DSPy 3.4.0 replaced the walk with a look at the caller's
+the seams' frames cost more than everything they do. DSPy 3.4.1 replaced the walk with a look at the caller's
 frame (`sys._getframe(1)`): the same warning in exactly the same cases, since `inspect.stack()[1].function` is the
 caller's `co_name`.
 
 While an RLM is instrumented, its own modules (`generate_action`, `extract`, any `dspy.Module` attribute) whose class
-uses DSPy's walking check get a cached stand-in subclass with DSPy 3.4's check: same name, qualified name and
+uses DSPy's walking check get a cached stand-in subclass with DSPy 3.4.1's check: same name, qualified name and
 module, `isinstance` as before, pickled and copied as the plain class. `uninstrument()` gives them their class back.
 A class with a `__getattribute__` of its own, and every release whose check does not walk, is left as it is (the
-public path: DSPy's own check). Checked against DSPy 3.1.2, 3.2.1 and 3.3.1 (walk: stand-ins) and 3.4.1 (no walk).
+public path: DSPy's own check). Checked against DSPy 3.1.2 to 3.4.0 (walk: stand-ins) and 3.4.1 (no walk).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from .subclass import base_of, is_stand_in, stand_in_namespace
 
 @functools.cache
 def walks_the_stack(getattribute: Any) -> bool:
-    """Whether the `__getattribute__` function `getattribute` calls `inspect.stack()` (DSPy before 3.4)."""
+    """Whether the `__getattribute__` function `getattribute` calls `inspect.stack()` (DSPy before 3.4.1)."""
     try:
         return "inspect.stack(" in inspect.getsource(getattribute)
     except (OSError, TypeError):  # a slot wrapper (object's own) or no source shipped
@@ -42,7 +42,7 @@ def class_walks_the_stack(cls: Any) -> bool:
 
 
 def warn_if_direct(module: Any, name: str, attr: Any, caller: str) -> None:
-    """DSPy's warning for a `forward` read by anything but `__call__`, word for word (DSPy 3.4's check)."""
+    """DSPy's warning for a `forward` read by anything but `__call__`, word for word (DSPy 3.4.1's check)."""
     if name == "forward" and caller != "__call__" and callable(attr):
         logging.getLogger("dspy.primitives.module").warning(
             f"Calling module.forward(...) on {type(module).__name__} directly is discouraged. "
@@ -51,7 +51,7 @@ def warn_if_direct(module: Any, name: str, attr: Any, caller: str) -> None:
 
 
 def _getattribute(self: Any, name: str) -> Any:
-    """DSPy 3.4's `Module.__getattribute__` (`object`'s lookup, then the caller-frame check)."""
+    """DSPy 3.4.1's `Module.__getattribute__` (`object`'s lookup, then the caller-frame check)."""
     attr = object.__getattribute__(self, name)
     if name == "forward":
         warn_if_direct(self, name, attr, sys._getframe(1).f_code.co_name)
@@ -83,7 +83,7 @@ def _module_walks() -> bool:
 
 
 def check_by_caller_frame(module: Any) -> None:
-    """Give `module` DSPy 3.4's direct-call check if it has DSPy's walking one (else nothing)."""
+    """Give `module` DSPy 3.4.1's direct-call check if it has DSPy's walking one (else nothing)."""
     if not _walking_module(module):
         return
     cls: Any = type(module)

@@ -1,4 +1,5 @@
-"""DSPy 3.4's own model-price map: where its default engine (lm15) prices a call, beside LiteLLM's map."""
+"""DSPy 3.4's own model-price map: where its default engine (lm15) prices a call, beside LiteLLM's map. Checked
+against DSPy 3.4.0 and 3.4.1 (earlier releases have none)."""
 
 from __future__ import annotations
 
@@ -24,3 +25,21 @@ def register_dspy_prices(model: str, entry: Callable[[Mapping[str, Any] | None],
     known = table.get(model)
     table[model] = {**(known or {}), **entry(known if isinstance(known, dict) else None)}
     return True
+
+
+def dspy_prices(model: str) -> bool:
+    """Whether DSPy's own model-metadata map (3.4+) prices `model` (`provider/model`), as its default engine looks
+    it up (`model_metadata.model_info(provider, model)`); `False` where DSPy has no such map."""
+    try:
+        from dspy.clients import model_metadata
+    except ImportError:
+        return False
+    info = getattr(model_metadata, "model_info", None)
+    if info is None or "/" not in model:
+        return False
+    provider, name = model.split("/", 1)
+    try:
+        entry = info(provider, name)
+    except Exception:  # a map DSPy cannot read: unpriced, as DSPy would then price the call
+        return False
+    return isinstance(entry, dict) and bool(entry.get("input_cost_per_token") or entry.get("output_cost_per_token"))
