@@ -12,7 +12,6 @@ interpreter and speculation, so all three bind them alike).
 from __future__ import annotations
 
 import ast
-import contextlib
 import inspect
 import io
 import json
@@ -91,8 +90,10 @@ def _compiled(code: str, guarded: bool = False) -> tuple[CodeType, CodeType | No
         last = tail if isinstance(tail, ast.Expr) else None
         if last is not None:
             tree.body.pop()
-        body = compile(tree, "<interpreter>", "exec")
-        value = compile(ast.Expression(last.value), "<interpreter>", "eval") if last is not None else None
+        # dont_inherit: the code gets its own `__future__` imports, not this module's (`annotations` would turn its
+        # annotations into strings, which DSPy's interpreters do not).
+        body = compile(tree, "<interpreter>", "exec", dont_inherit=True)
+        value = compile(ast.Expression(last.value), "<interpreter>", "eval", dont_inherit=True) if last else None
         return body, value
 
     return converted(compile_now)  # concurrent calls' interpreters compile at once
@@ -179,7 +180,9 @@ class InProcessInterpreter:
         if guard is None and isinstance(ns.get("__builtins__"), dict):
             ns.pop("__builtins__")  # a guard of an earlier execution no longer applies
         try:
-            with guard.armed() if guard is not None else contextlib.nullcontext():
+            # Unguarded (DSPy's own setup, or no policy): the host's code, also where an earlier execution's guard
+            # still watches this namespace's frames.
+            with guard.armed() if guard is not None else host_code():
                 exec(body, ns)
                 value = eval(tail, ns) if tail is not None else None
         except Submission as done:

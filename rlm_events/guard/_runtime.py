@@ -40,15 +40,23 @@ import ast
 import builtins
 import contextlib
 import contextvars
+import functools
+import operator
 import os
 import string
 import sys
+import threading
 import types
+import typing
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 FORMAT_LOOKUP = "<guard:format>"  # the global the format-method lookups are compiled into; no code can spell it
+# The globals other attribute reads, and the receivers of attribute writes and deletes, are compiled into.
+ATTRIBUTE_LOOKUP = "<guard:attribute>"
+ATTRIBUTE_OWNER = "<guard:owner>"
+PATTERN_CLASS = "<guard:pattern>"  # the class patterns' classes (their attribute reads are checked on the subject)
 FORMAT_METHODS = frozenset({"format", "format_map", "vformat"})
 RULE_FIELDS = ("modules", "only_members", "deny_members", "builtins", "dunders", "private", "deny_attributes")
 # Packages whose calls act for the host: a dspy sub-agent's LM call uses the network and DSPy's disk cache. Audit
@@ -121,6 +129,14 @@ class Rules:
         self.builtins, self.dunders, self.private = fields["builtins"], fields["dunders"], fields["private"]
         self.reasons: dict[str, str] = dict(payload.get("reasons") or {})
         self.restricted = frozenset(m.rpartition(".")[0] for m in self.only_members)
+        # Packages on the way to an allowed module (`os` of `os.path`, `xml` and `xml.etree`): code holds them after
+        # `import os.path` and may go through them to that module, and nowhere else.
+        self.packages = frozenset(m.rsplit(".", i)[0] for m in self.modules for i in range(1, m.count(".") + 1))
+
+    def on_the_way(self, module: str, name: str) -> bool:
+        """Whether `module.name` is an allowed module or a package on the way to one (`os.path`, `xml.etree`)."""
+        path = f"{module}.{name}"
+        return path in self.modules or path in self.packages
 
     def refusal(self, rule: str, what: str, reason: str | None = None) -> RuntimeRefusal:
         """The error for a refused operation: what it was, why (`reason`, else the rule's own reason), the rule."""
@@ -159,6 +175,8 @@ class RuntimeGuard:
     def __init__(self, rules: Rules, namespace: dict[str, Any]) -> None:
         self.rules, self.namespace = rules, namespace
         self.own: weakref.WeakSet[type] = weakref.WeakSet()
+        self.defined: weakref.WeakSet[type] = weakref.WeakSet()  # every class the code defined, own or not
+        self._patterns: dict[tuple[type, tuple[str, ...], int], type] = {}  # see pattern_class()
         self.builtins = self._builtins()
 
     # --- the code's own objects ------------------------------------------------------------------------------------
@@ -167,8 +185,14 @@ class RuntimeGuard:
         """Whether `obj` is a class the code defined (a plain one: see `__build_class__`) or an instance of one."""
         return (obj if isinstance(obj, type) else type(obj)) in self.own
 
+    def is_defined(self, obj: Any) -> bool:
+        """Whether `obj` is a class the code defined (whatever its bases and metaclass) or an instance of one."""
+        return (obj if isinstance(obj, type) else type(obj)) in self.defined
+
     def _build_class(self, *args: Any, **kwargs: Any) -> Any:
         cls = builtins.__build_class__(*args, **kwargs)
+        if isinstance(cls, type):
+            self.defined.add(cls)
         # Own when every base is own or a built-in type: library bases bring their private state with them.
         bases = cls.__mro__[1:] if isinstance(cls, type) and type(cls) is type else None
         if bases is not None and all(b in self.own or (b.__module__ == "builtins" and b is not type) for b in bases):
@@ -177,12 +201,15 @@ class RuntimeGuard:
 
     # --- attribute access ------------------------------------------------------------------------------------------
 
-    def check_attribute(self, obj: Any, name: Any, how: str) -> None:
+    def check_attribute(self, obj: Any, name: Any, how: str, *, spelled: bool = False) -> None:
         """Raise [`RuntimeRefusal`][rlm_events.guard._runtime.RuntimeRefusal] if reading or writing `obj.<name>` breaks
-        the rules (a name that is not a string is left to Python's own error)."""
+        the rules (a name that is not a string is left to Python's own error). `spelled`: the code wrote
+        `obj.<name>`; as in the static pass, a `_name` of an object of a class the code defined is its own then
+        (`self._cache` in a subclass of a library class)."""
         if not isinstance(name, str):
             return
-        refused = self.rules.name_refusal(name, self.is_own(obj), how)
+        own = self.is_own(obj) or (spelled and not _is_dunder(name) and self.is_defined(obj))
+        refused = self.rules.name_refusal(name, own, how)
         if refused is None and isinstance(obj, types.ModuleType):
             module = module_name(obj)
             refused = self.rules.module_refusal(module, f"{how} {name!r} of") or self.rules.member_refusal(
@@ -192,11 +219,141 @@ class RuntimeGuard:
             raise refused
 
     def _value(self, value: Any, how: str) -> Any:
+        """`value`, read by the code through an attribute: refused if it is a module the policy does not allow; the
+        checking version of a library function that reads attributes named by its arguments (`_SUBSTITUTES`)."""
         if isinstance(value, types.ModuleType):
             refused = self.rules.module_refusal(module_name(value), f"{how} reaches")
             if refused is not None:
                 raise refused
+        substitute = _SUBSTITUTES.get(id(value))
+        if substitute is not None and substitute[0] is value:
+            return getattr(self, substitute[1])
         return value
+
+    # --- attributes the code spells (compiled into these lookups, see `GuardedLookups`) -----------------------------
+
+    def attribute(self, obj: Any, name: str) -> Any:
+        """`obj.<name>` read by the code: checked as `getattr(obj, "<name>")` is, except that a module may be gone
+        through to an allowed submodule (`os.path` after `import os.path`)."""
+        if isinstance(obj, types.ModuleType) and self.rules.on_the_way(module_name(obj), name):
+            return getattr(obj, name)
+        self.check_spelled(obj, name, "reads")
+        if name in FORMAT_METHODS:
+            return self.format_lookup(obj, name)
+        return self._value(getattr(obj, name), f"{_kind(obj)}.{name}")
+
+    def owner(self, obj: Any, name: str) -> Any:
+        """`obj`, whose attribute `name` the code assigns or deletes (`obj.<name> = v`, `del obj.<name>`): refused on
+        a module (shared with the host) and for names the rules refuse."""
+        if isinstance(obj, types.ModuleType):
+            raise self.rules.refusal(
+                "attribute",
+                f"assigning or deleting {module_name(obj)}.{name}",
+                "modules are shared with the host: patching them is denied",
+            )
+        self.check_spelled(obj, name, "writes")
+        return obj
+
+    def check_spelled(self, obj: Any, name: str, verb: str) -> None:
+        """The attribute rules for `obj.<name>` as the code wrote it; a refusal names the module's member
+        (`os.system`) where the receiver is a module."""
+        if isinstance(obj, types.ModuleType):
+            module = module_name(obj)
+            refused = self.rules.module_refusal(module, f"{module}.{name}: the code {verb} an attribute of")
+            if refused is not None:
+                raise refused
+        self.check_attribute(obj, name, f"{_kind(obj)}.{name} {verb}", spelled=True)
+
+    def pattern_class(self, cls: Any, names: tuple[str, ...], positional: int) -> Any:
+        """The class a `case cls(..., name=p)` pattern matches with: one whose `isinstance` check first checks the
+        attributes the pattern reads on the subject (its keywords, and the class's `__match_args__` for
+        positional sub-patterns) as if the code spelled them, since CPython reads them in C."""
+        if not isinstance(cls, type):
+            return cls  # Python's own TypeError
+        if not names and (not positional or cls in _MATCH_SELF):
+            return cls  # `case int(x)` binds the subject itself; `case C()` reads nothing
+        key = (cls, names, positional)
+        proxy = self._patterns.get(key)
+        if proxy is None:
+            proxy = self._patterns[key] = _pattern_proxy(self, cls, names, positional)
+        return proxy
+
+    def check_pattern(self, subject: Any, cls: type, names: tuple[str, ...], positional: int) -> None:
+        """The attribute reads of a class pattern (see `pattern_class`), on the subject it is tried on."""
+        listed = getattr(cls, "__match_args__", ())
+        read = [*(listed[:positional] if isinstance(listed, tuple) else ()), *names]
+        for name in read:
+            if isinstance(name, str):
+                self.check_spelled(subject, name, "is read by a class pattern: it reads")
+                if hasattr(subject, name):
+                    self._value(getattr(subject, name), f"{_kind(subject)}.{name}")
+
+    def _attrgetter(self, attr: Any, *attrs: Any) -> Callable[[Any], Any]:
+        """`operator.attrgetter` whose reads (each part of a dotted name) are checked as the code's own."""
+        names = (attr, *attrs)
+        for name in names:
+            if not isinstance(name, str):
+                raise TypeError("attribute name must be a string")
+
+        def get(obj: Any, name: str) -> Any:
+            for part in name.split("."):
+                obj = self.attribute(obj, part)
+            return obj
+
+        if len(names) == 1:
+            return lambda obj: get(obj, names[0])
+        return lambda obj: tuple(get(obj, name) for name in names)
+
+    def _methodcaller(self, name: Any, /, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
+        """`operator.methodcaller` whose method lookup is checked as the code's own."""
+        if not isinstance(name, str):
+            raise TypeError("method name must be a string")
+        return lambda obj: self.attribute(obj, name)(*args, **kwargs)
+
+    def _get_type_hints(self, obj: Any, globalns: Any = None, localns: Any = None, include_extras: bool = False) -> Any:
+        """`typing.get_type_hints` whose string annotations are type expressions: it evaluates them with `eval` in
+        `typing`, compiled without the layer's attribute checks (and with the real built-ins when given a `globalns`
+        of its own), so the code could run any expression through it. Here a string annotation may hold only names,
+        dotted names (each read checked as the code's own, in `obj`'s globals), subscripts, tuples, lists, `|` and
+        constants; and the namespaces are `typing`'s defaults."""
+        if globalns is not None or localns is not None:
+            raise self.rules.refusal("call", "typing.get_type_hints() with namespaces of the code's choosing")
+        scope = getattr(obj, "__globals__", None) if not isinstance(obj, (type, types.ModuleType)) else None
+        if isinstance(obj, type):
+            scope = vars(sys.modules[obj.__module__]) if obj.__module__ in sys.modules else None
+        for layer in _annotated(obj):
+            for value in layer.values():
+                for text in _strings_in(value):
+                    self._check_annotation(text, scope if isinstance(scope, dict) else self.namespace)
+        return typing.get_type_hints(obj, include_extras=include_extras)
+
+    def _check_annotation(self, text: str, scope: dict[str, Any], depth: int = 0) -> None:
+        refused = self.rules.refusal(
+            "call",
+            f"typing.get_type_hints() on the annotation {text[:60]!r}",
+            "a string annotation is run as code: only a type expression may be one",
+        )
+        try:
+            tree = ast.parse(text.strip(), mode="eval")
+        except SyntaxError:
+            raise refused from None
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and depth < 5:
+                self._check_annotation(node.value, scope, depth + 1)
+            elif isinstance(node, ast.Attribute):
+                if not isinstance(node.ctx, ast.Load):
+                    raise refused
+                chain: list[str] = []
+                part: ast.expr = node
+                while isinstance(part, ast.Attribute):
+                    chain.insert(0, part.attr)
+                    part = part.value
+                if isinstance(part, ast.Name) and part.id in scope:
+                    value = scope[part.id]
+                    for name in chain:
+                        value = self.attribute(value, name)
+            elif not isinstance(node, _TYPE_EXPRESSION):
+                raise refused
 
     def _getattr(self, obj: Any, name: Any, *default: Any) -> Any:
         how = f"getattr() on a {type(obj).__name__} reads"
@@ -309,11 +466,24 @@ class RuntimeGuard:
         if name not in self.rules.modules and not (submodules and all(s in self.rules.modules for s in submodules)):
             raise self.rules.refusal("module", f"import of module {name!r}, which the policy does not allow")
         module = builtins.__import__(name, globals, locals, fromlist, level)
-        for item in fromlist or ():
-            if item != "*":
-                self.check_attribute(module, item, f"from {name} import")
-                self._value(getattr(module, item, None), f"from {name} import {item}")
-        return module
+        if not fromlist:
+            return module
+        # `from m import x` binds what the returned object holds: a module of the checked values (the checking
+        # versions of `_SUBSTITUTES`), not the real module, whose other members the statement never checks.
+        bound = types.ModuleType(module.__name__)
+        for item in fromlist:
+            if item == "*":
+                public = getattr(module, "__all__", None) or [n for n in vars(module) if not n.startswith("_")]
+                for member in public:
+                    with contextlib.suppress(RuntimeRefusal, AttributeError):
+                        self.check_attribute(module, member, f"from {name} import")
+                        value = self._value(getattr(module, member), f"from {name} import {member}")
+                        setattr(bound, member, value)
+                continue
+            self.check_attribute(module, item, f"from {name} import")
+            if hasattr(module, item):
+                setattr(bound, item, self._value(getattr(module, item), f"from {name} import {item}"))
+        return bound
 
     def _open(self, file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
         if "open" not in self.rules.builtins:
@@ -333,6 +503,9 @@ class RuntimeGuard:
             "__import__": self._import,
             "__build_class__": self._build_class,
             FORMAT_LOOKUP: self.format_lookup,
+            ATTRIBUTE_LOOKUP: self.attribute,
+            ATTRIBUTE_OWNER: self.owner,
+            PATTERN_CLASS: self.pattern_class,
         }
         table = vars(builtins).copy()
         for name, value in list(table.items()):
@@ -361,9 +534,9 @@ class RuntimeGuard:
         global _PROCESS_WIDE
         install_hook()
         self.namespace["__builtins__"] = self.builtins
-        key = id(self.namespace)
-        _ARMED[key] = self
-        _DEPTH[key] = _DEPTH.get(key, 0) + 1
+        # The namespace stays guarded after this execution, for as long as the guard lives: functions the code
+        # defined (a thread's target, a callback it handed to a library) may run after it returns.
+        _guard_namespace(self)
         previous = _PROCESS_WIDE
         if process_wide:
             _PROCESS_WIDE = self
@@ -371,9 +544,6 @@ class RuntimeGuard:
             yield
         finally:
             _PROCESS_WIDE = previous
-            _DEPTH[key] -= 1
-            if not _DEPTH[key]:
-                del _DEPTH[key], _ARMED[key]
 
     def audit(self, event: str, args: tuple[Any, ...], from_the_code: bool, host_api: bool) -> None:
         """Refuse the audit `event` if the rules deny it (see the module's docstring)."""
@@ -398,6 +568,74 @@ class RuntimeGuard:
         elif event in FROM_THE_CODE:
             rule = FROM_THE_CODE[event]
             raise self.rules.refusal(rule[0], f"{event}{_shown(args)}", f"{rule[1]} is denied")
+
+
+def _is_dunder(name: str) -> bool:
+    return len(name) > 4 and name.startswith("__") and name.endswith("__")
+
+
+def _kind(obj: Any) -> str:
+    return module_name(obj) if isinstance(obj, types.ModuleType) else f"a {type(obj).__name__}"
+
+
+def _pattern_proxy(guard: RuntimeGuard, cls: type, names: tuple[str, ...], positional: int) -> type:
+    """A class that matches what `cls` matches, checking the pattern's attribute reads on the subject first."""
+
+    class Checked(type):
+        def __instancecheck__(self, subject: Any) -> bool:
+            if not isinstance(subject, cls):
+                return False
+            guard.check_pattern(subject, cls, names, positional)
+            return True
+
+    namespace: dict[str, Any] = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
+    listed = getattr(cls, "__match_args__", None)
+    if listed is not None:
+        namespace["__match_args__"] = listed
+    return Checked(cls.__name__, (), namespace)
+
+
+# The built-in types whose class pattern binds the subject itself (`case int(x)`), reading no attribute.
+_MATCH_SELF = frozenset({bool, bytearray, bytes, dict, float, frozenset, int, list, set, str, tuple})
+
+# Library functions that read attributes named by their arguments, in C or through `typing`'s `eval`: the code gets a
+# version that checks the names (id of the function -> (the function, the RuntimeGuard method)).
+_SUBSTITUTES: dict[int, tuple[Any, str]] = {
+    id(f): (f, method)
+    for f, method in (
+        (operator.attrgetter, "_attrgetter"),
+        (operator.methodcaller, "_methodcaller"),
+        (typing.get_type_hints, "_get_type_hints"),
+    )
+}
+
+
+def _annotated(obj: Any) -> list[dict[str, Any]]:
+    """The annotation dictionaries `typing.get_type_hints(obj)` evaluates."""
+    if isinstance(obj, type):
+        found = [vars(c).get("__annotations__") for c in obj.__mro__]
+    else:
+        found = [getattr(obj, "__annotations__", None)]
+    return [a for a in found if isinstance(a, dict)]
+
+
+# What a string annotation may hold (see `RuntimeGuard._get_type_hints`).
+_TYPE_EXPRESSION = (
+    ast.Expression, ast.Name, ast.Attribute, ast.Subscript, ast.Tuple, ast.List, ast.Constant, ast.BinOp, ast.BitOr,
+    ast.Load, ast.Slice,
+)  # fmt: skip
+
+
+def _strings_in(value: Any, depth: int = 0) -> Iterator[str]:
+    """The strings `typing.get_type_hints` would evaluate in this annotation (`"x"`, `list["x"]`, a `ForwardRef`)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, typing.ForwardRef):
+        yield value.__forward_arg__
+    elif depth < 20 and typing.get_origin(value) is not typing.Literal:
+        args = getattr(value, "__args__", None)
+        for arg in args if isinstance(args, tuple) else ():
+            yield from _strings_in(arg, depth + 1)
 
 
 def module_name(module: types.ModuleType) -> str:
@@ -428,32 +666,120 @@ def _shown(args: tuple[Any, ...]) -> str:
     return f"({text if len(text) <= 80 else text[:77] + '...'})"
 
 
-class FormatLookups(ast.NodeTransformer):
-    """Compiles every read of an attribute named `format`, `format_map` or `vformat` into
-    `<guard:format>(receiver, name)`, so a format string's fields are checked when it is used."""
+class GuardedLookups(ast.NodeTransformer):
+    """Compiles the code's attribute accesses into the guard's checks (the names are the globals above, which no code
+    can spell):
+
+    * a read `x.name` into `<guard:attribute>(x, "name")`, a read of `format`, `format_map` or `vformat` into
+      `<guard:format>(x, "name")` (a format string's fields are checked when it is used);
+    * a write or delete `x.name = v` / `del x.name` into `<guard:owner>(x, "name").name = v`;
+    * the class of a class pattern `case C(a=p)` into a name bound just before the `match` to
+      `<guard:pattern>(C, ("a",), 0)`, since CPython reads the pattern's attributes in C.
+
+    Attribute names are mangled as Python mangles them (`self.__x` in class `A` is `_A__x`): the string the lookup
+    receives is the name Python would read."""
+
+    def __init__(self) -> None:
+        self.classes: list[str] = []
+        self.patterns = 0
+
+    def _mangled(self, name: str) -> str:
+        if name.startswith("__") and not name.endswith("__") and self.classes:
+            owner = self.classes[-1].lstrip("_")
+            if owner:
+                return f"_{owner}{name}"
+        return name
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> ast.AST:
+        node.decorator_list = [self.visit(d) for d in node.decorator_list]
+        node.bases = [self.visit(b) for b in node.bases]
+        node.keywords = [self.visit(k) for k in node.keywords]
+        self.classes.append(node.name)
+        try:
+            node.body = self._statements(node.body)
+        finally:
+            self.classes.pop()
+        return node
+
+    def _statements(self, body: list[ast.stmt]) -> list[ast.stmt]:
+        out: list[ast.stmt] = []
+        for statement in body:
+            result = self.visit(statement)
+            out.extend(result if isinstance(result, list) else [result])
+        return out
 
     def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
         self.generic_visit(node)
-        if node.attr in FORMAT_METHODS and isinstance(node.ctx, ast.Load):
-            lookup = ast.Call(ast.Name(FORMAT_LOOKUP, ast.Load()), [node.value, ast.Constant(node.attr)], [])
-            return ast.copy_location(lookup, node)
+        name = ast.Constant(self._mangled(node.attr))
+        if isinstance(node.ctx, ast.Load):
+            lookup = FORMAT_LOOKUP if node.attr in FORMAT_METHODS else ATTRIBUTE_LOOKUP
+            return ast.copy_location(ast.Call(ast.Name(lookup, ast.Load()), [node.value, name], []), node)
+        owner = ast.Call(ast.Name(ATTRIBUTE_OWNER, ast.Load()), [node.value, name], [])
+        node.value = ast.copy_location(owner, node.value)
+        return node
+
+    def visit_Match(self, node: ast.Match) -> Any:
+        node.subject = self.visit(node.subject)
+        bound: list[ast.stmt] = []
+        for case in node.cases:
+            for pattern in ast.walk(case.pattern):
+                if isinstance(pattern, ast.MatchClass):
+                    self.patterns += 1
+                    alias = f"<guard:pattern:{self.patterns}>"
+                    names = ast.Tuple([ast.Constant(n) for n in pattern.kwd_attrs], ast.Load())
+                    call = ast.Call(
+                        ast.Name(PATTERN_CLASS, ast.Load()),
+                        [self.visit(pattern.cls), names, ast.Constant(len(pattern.patterns))],
+                        [],
+                    )
+                    bound.append(ast.copy_location(ast.Assign([ast.Name(alias, ast.Store())], call), node))
+                    pattern.cls = ast.copy_location(ast.Name(alias, ast.Load()), pattern.cls)
+            if case.guard is not None:
+                case.guard = self.visit(case.guard)
+            case.body = self._statements(case.body)
+        # Value patterns (`case Color.RED:`) stay dotted names, as patterns must: they compare, binding nothing.
+        return [*bound, node]
+
+    def generic_visit(self, node: ast.AST) -> ast.AST:
+        for field, value in ast.iter_fields(node):
+            if isinstance(value, list) and value and isinstance(value[0], ast.stmt):
+                setattr(node, field, self._statements(value))
+            elif isinstance(value, list):
+                setattr(node, field, [self.visit(v) if isinstance(v, ast.AST) else v for v in value])
+            elif isinstance(value, ast.AST):
+                setattr(node, field, self.visit(value))
         return node
 
 
 def rewrite(tree: ast.Module) -> ast.Module:
-    """`tree` with its format-method lookups routed through the guard (see `FormatLookups`)."""
-    if not any(isinstance(n, ast.Attribute) and n.attr in FORMAT_METHODS for n in ast.walk(tree)):
-        return tree
-    return ast.fix_missing_locations(FormatLookups().visit(tree))
+    """`tree` with its attribute accesses and class patterns routed through the guard (see `GuardedLookups`)."""
+    return ast.fix_missing_locations(GuardedLookups().visit(tree))
 
 
 # --- the audit hook: one per process ---------------------------------------------------------------------------------
 
-_ARMED: dict[int, RuntimeGuard] = {}  # id(namespace) -> its guard, while its code runs
-_DEPTH: dict[int, int] = {}
+# id(namespace) -> its guard, from its first guarded execution for as long as the guard lives: the audit hook applies
+# to frames of these namespaces whenever they run.
+_WATCHED: dict[int, weakref.ref[RuntimeGuard]] = {}
 _PROCESS_WIDE: RuntimeGuard | None = None
 _HOST_CODE: contextvars.ContextVar[bool] = contextvars.ContextVar("rlm_events_guard_host_code", default=False)
+# Per thread: `carried`, the guard of the code that started the thread (set for the thread's whole life, see
+# `_started`); `busy`, while the hook itself runs (its frame reads raise audit events of their own).
+_THREAD = threading.local()
 _hook_installed = False
+
+
+def _guard_namespace(guard: RuntimeGuard) -> None:
+    key = id(guard.namespace)
+    kept = _WATCHED.get(key)
+    if kept is not None and kept() is guard:
+        return
+
+    def forget(ref: weakref.ref[RuntimeGuard]) -> None:
+        if _WATCHED.get(key) is ref:  # (a later guard of the same namespace replaced it)
+            del _WATCHED[key]
+
+    _WATCHED[key] = weakref.ref(guard, forget)
 
 
 @contextlib.contextmanager
@@ -468,21 +794,55 @@ def host_code() -> Iterator[None]:
 
 
 def install_hook() -> None:
-    """Install the audit hook once per process (it cannot be removed; idle, it is one dictionary test)."""
+    """Install the audit hook once per process (it cannot be removed; idle, it is one dictionary test), and have
+    every thread started from guarded code carry that code's guard (see `_started`)."""
     global _hook_installed
     if not _hook_installed:
         _hook_installed = True
         sys.addaudithook(_audit)
+        starter = threading._start_new_thread  # type: ignore[attr-defined]
+        threading._start_new_thread = functools.partial(_started, starter)  # type: ignore[attr-defined]
+
+
+def _started(starter: Callable[..., Any], function: Callable[..., Any], args: tuple[Any, ...], *rest: Any) -> Any:
+    """`threading`'s thread starter: a thread started while guarded code is on the stack (a `Thread` or `Timer`
+    of the code, an executor's worker, an event loop's default executor) carries that code's guard for its whole
+    life, so what it runs (a C function such as `io.open`, a callback after the execution returned) is checked as
+    the code's. The host's threads (started by host code, tools and host APIs) carry none."""
+    guard = None
+    if (_WATCHED or _PROCESS_WIDE is not None) and not _HOST_CODE.get():
+        guard = getattr(_THREAD, "carried", None)
+        if guard is None:
+            _THREAD.busy = True
+            try:
+                found, _, host_api = _caller(sys._getframe(1))
+            finally:
+                _THREAD.busy = False
+            guard = None if host_api or found is _PROCESS_WIDE else found
+    if guard is None:
+        return starter(function, args, *rest)
+
+    def carrying(*inner: Any) -> Any:
+        _THREAD.carried = guard
+        return function(*inner)
+
+    return starter(carrying, args, *rest)
 
 
 def _audit(event: str, args: tuple[Any, ...]) -> None:
-    if not _ARMED and _PROCESS_WIDE is None:
+    if not _WATCHED and _PROCESS_WIDE is None:
         return
     if event not in ANY_CALLER and event not in FROM_THE_CODE and event not in _OTHER_EVENTS:
         return
-    if _HOST_CODE.get():
+    if _HOST_CODE.get() or getattr(_THREAD, "busy", False):
         return
-    guard, from_the_code, host_api = _caller(sys._getframe(1))
+    _THREAD.busy = True
+    try:
+        guard, from_the_code, host_api = _caller(sys._getframe(1))
+        if guard is None:  # no frame of guarded code: a thread that code started (running a C function …)?
+            guard = getattr(_THREAD, "carried", None)
+    finally:
+        _THREAD.busy = False
     if guard is not None:
         guard.audit(event, args, from_the_code, host_api)
 
@@ -496,27 +856,46 @@ def _caller(frame: types.FrameType | None) -> tuple[RuntimeGuard | None, bool, b
     nearest, host_api = True, False
     while frame is not None:
         namespace = frame.f_globals
-        guard = _ARMED.get(id(namespace))
+        ref = _WATCHED.get(id(namespace))
+        guard = ref() if ref is not None else None
         if guard is not None and guard.namespace is namespace:
             return guard, nearest, host_api
         module = namespace.get("__name__")
         module = module if isinstance(module, str) else ""
-        if not module.startswith("importlib"):  # (frame.f_code would raise an audit event of its own)
+        if not module.startswith("importlib"):
             nearest = False
-        if module.partition(".")[0] in HOST_APIS:
+        if module.partition(".")[0] in HOST_APIS and _host_api_frame(frame, module):
             host_api = True
         frame = frame.f_back
     return _PROCESS_WIDE, False, host_api
 
 
+def _host_api_frame(frame: types.FrameType, module: str) -> bool:
+    """Whether `frame` runs a host API's own code: its globals are the module's and its code comes from the
+    package's files. (Code can give its classes `__module__ = "dspy"`, and `dataclasses` then compiles their
+    `__init__` with that module's globals: a frame of code the code wrote, which must not pass for the host's.)"""
+    loaded = sys.modules.get(module)
+    if loaded is None or getattr(loaded, "__dict__", None) is not frame.f_globals:
+        return False
+    top = sys.modules.get(module.partition(".")[0])
+    where = getattr(top, "__file__", None)
+    if not isinstance(where, str):
+        return False
+    # (frame.f_code raises an audit event of its own: the hook is `busy` meanwhile and lets it through.)
+    return frame.f_code.co_filename.startswith(os.path.dirname(where) + os.sep)
+
+
 __all__ = [
     "ANY_CALLER",
+    "ATTRIBUTE_LOOKUP",
+    "ATTRIBUTE_OWNER",
     "FORMAT_LOOKUP",
     "FORMAT_METHODS",
     "FROM_THE_CODE",
     "HOST_APIS",
+    "PATTERN_CLASS",
     "RULE_FIELDS",
-    "FormatLookups",
+    "GuardedLookups",
     "Rules",
     "RuntimeGuard",
     "RuntimeRefusal",
