@@ -378,3 +378,21 @@ def test_a_class_claiming_a_host_apis_module_is_still_the_codes(tmp_path):
         InProcessInterpreter(guard="default").execute(code)
     assert "for writing" in str(caught.value)
     assert not (tmp_path / "written").exists()
+
+
+@pytest.mark.parametrize("policy", ["default", "strict"])
+def test_classes_of_modules_the_policy_does_not_allow_are_not_handed_to_the_code(policy):
+    """dspy resolves a string signature's types by importing any module: `pathlib.Path` (files in strict) reaches the
+    code as a field's annotation, past the static pass (the names are in a string)."""
+    code = "import dspy\nS = dspy.Signature('x: pathlib.Path -> y')\nS.input_fields['x'].annotation('/').iterdir()"
+    with pytest.raises(Exception, match="RuntimeRefusal") as caught:
+        InProcessInterpreter(guard=policy).execute(code)
+    assert "'Path' of module 'pathlib'" in str(caught.value)
+    ordinary = (
+        "import threading, hashlib, json, io\nfrom concurrent.futures import ThreadPoolExecutor\n"
+        "[threading.Lock.__name__, hashlib.blake2b.__name__, json.JSONDecodeError.__name__, io.BytesIO.__name__,"
+        " ThreadPoolExecutor.__name__, io.StringIO().__class__.__name__]"
+    )
+    assert InProcessInterpreter(guard="default").execute(ordinary) == [
+        "allocate_lock", "blake2b", "JSONDecodeError", "BytesIO", "ThreadPoolExecutor", "StringIO",
+    ]  # fmt: skip

@@ -132,6 +132,15 @@ class Rules:
         # Packages on the way to an allowed module (`os` of `os.path`, `xml` and `xml.etree`): code holds them after
         # `import os.path` and may go through them to that module, and nowhere else.
         self.packages = frozenset(m.rsplit(".", i)[0] for m in self.modules for i in range(1, m.count(".") + 1))
+        self.tops = frozenset(m.split(".")[0] for m in self.modules)
+
+    def related(self, module: str) -> bool:
+        """Whether classes and functions defined in `module` may be handed to the code: an allowed module, one of
+        its submodules or private twins (`json.decoder`, `_io`, `_thread` for `threading`), or the built-ins."""
+        if module in self.modules or module in self.packages or module == "builtins":
+            return True
+        head = _TWINS.get(module, module).lstrip("_").split(".")[0]
+        return head in self.tops
 
     def on_the_way(self, module: str, name: str) -> bool:
         """Whether `module.name` is an allowed module or a package on the way to one (`os.path`, `xml.etree`)."""
@@ -225,6 +234,16 @@ class RuntimeGuard:
             refused = self.rules.module_refusal(module_name(value), f"{how} reaches")
             if refused is not None:
                 raise refused
+        elif isinstance(value, (type, types.FunctionType)) or (
+            isinstance(value, types.BuiltinFunctionType) and isinstance(value.__self__, (types.ModuleType, type(None)))
+        ):
+            # A class or function of a module the policy does not allow (`pathlib.Path` in a field's annotation
+            # after `dspy.Signature("x: pathlib.Path -> y")` imported it): what importing it would have given.
+            module = getattr(value, "__module__", None)
+            if isinstance(module, str) and not self.rules.related(module):
+                raise self.rules.refusal(
+                    "module", f"{how} is {value.__qualname__!r} of module {module!r}, which the policy does not allow"
+                )
         substitute = _SUBSTITUTES.get(id(value))
         if substitute is not None and substitute[0] is value:
             return getattr(self, substitute[1])
@@ -240,6 +259,8 @@ class RuntimeGuard:
         self.check_spelled(obj, name, "reads")
         if name in FORMAT_METHODS:
             return self.format_lookup(obj, name)
+        if name == "__class__":
+            return obj.__class__  # what type(obj) gives
         return self._value(getattr(obj, name), f"{_kind(obj)}.{name}")
 
     def owner(self, obj: Any, name: str) -> Any:
@@ -365,7 +386,8 @@ class RuntimeGuard:
                 if default:
                     return default[0]
                 raise
-        return self._value(getattr(obj, name, *default), how)
+        value = getattr(obj, name, *default)
+        return value if name == "__class__" else self._value(value, how)
 
     def _hasattr(self, obj: Any, name: Any) -> bool:
         self.check_attribute(obj, name, f"hasattr() on a {type(obj).__name__} reads")
@@ -594,6 +616,23 @@ def _pattern_proxy(guard: RuntimeGuard, cls: type, names: tuple[str, ...], posit
         namespace["__match_args__"] = listed
     return Checked(cls.__name__, (), namespace)
 
+
+# Modules whose classes and functions allowed modules hand out under another name: (module -> the allowed one).
+_TWINS = {
+    "_thread": "threading",
+    "genericpath": "os.path",
+    "posixpath": "os.path",
+    "ntpath": "os.path",
+    "_sre": "re",
+    "_blake2": "hashlib",
+    "_sha1": "hashlib",
+    "_sha256": "hashlib",
+    "_sha512": "hashlib",
+    "_sha3": "hashlib",
+    "_md5": "hashlib",
+    "_collections_abc": "collections",
+    "_weakrefset": "threading",
+}
 
 # The built-in types whose class pattern binds the subject itself (`case int(x)`), reading no attribute.
 _MATCH_SELF = frozenset({bool, bytearray, bytes, dict, float, frozenset, int, list, set, str, tuple})
