@@ -8,9 +8,13 @@ against the same rules, by two of CPython's own mechanisms rather than a home-ma
 * **a guarded `__builtins__`** for the step's namespace: `getattr`, `hasattr`, `setattr`, `delattr`, `vars`,
   `open`, `__import__` (every `import` statement of the code goes through it) and `__build_class__` (which
   records the classes the code defines: its "own" objects) are checking versions; built-in functions the policy
-  does not list (`eval`, `exec`, `compile`, `globals` …) refuse when called. Attribute loads of `format`,
-  `format_map` and `vformat` are compiled into a lookup through `<guard:format>` (a name no code can spell), so
-  format strings built at run time have their fields checked before `str.format` does the lookups in C.
+  does not list (`eval`, `exec`, `compile`, `globals` …) refuse when called. The code's attribute accesses are
+  compiled into lookups through names no code can spell (`GuardedLookups`): `x.name` is checked as
+  `getattr(x, "name")` is, writes and deletes too, the attributes class patterns read, and reads of `format`,
+  `format_map` and `vformat` give versions that check a format string's fields before `str.format` does the
+  lookups in C. Library functions that read attributes named by their arguments (`operator.attrgetter`) or evaluate
+  strings (`typing.get_type_hints`) are handed out in checking versions (`_SUBSTITUTES`), and classes and functions
+  of modules the policy does not allow are not handed out at all.
 * **a CPython audit hook** (PEP 578, `sys.addaudithook`) for what the interpreter itself reports: processes,
   network, writing files, native code, unpickling, hooks and tracers (refused whoever makes the call while the
   code runs, since library code acts for the code), and imports, `exec`/`compile` and audited attribute reads
@@ -22,12 +26,12 @@ other than `GuardPolicy` that would refuse much of the ordinary code the guard a
 are the policy-specific part we would write anyway.
 
 An audit hook cannot be removed, so it is installed once, at the first guarded execution, and is one dictionary
-test while no guarded code runs. It applies to a thread whose stack holds a frame of a guarded namespace (the
-executing thread, and threads running functions the code defined), except inside host tool calls
-(`host_code()`); in the sandbox's worker, `armed(process_wide=True)` applies it to every thread of the process.
-It is a policy layer, not a sandbox: what C code does for the code without an audit event (`operator.attrgetter`
-with a dunder name, a thread started on a C function directly in the in-process interpreter) is left to the static
-pass and to the sandbox.
+test while no guarded interpreter exists. It applies to a thread whose stack holds a frame of a guarded namespace
+(during and after the execution: a callback the code left behind runs later), and to threads started while such a
+frame was on the stack, for their whole life (a thread started on a C function holds no frame of the code), except
+inside host tool calls (`host_code()`) and host APIs (a `dspy` frame whose code is dspy's own); in the sandbox's
+worker, `armed(process_wide=True)` applies it to every thread of the process. It is a policy layer, not a sandbox:
+what C code does for the code without an audit event is left to the static pass and to the sandbox.
 
 Standard library only, with no import from this package: the sandbox's worker receives this module's source from
 the host and loads it (the sandbox exposes only the worker script).
