@@ -396,3 +396,52 @@ def test_classes_of_modules_the_policy_does_not_allow_are_not_handed_to_the_code
     assert InProcessInterpreter(guard="default").execute(ordinary) == [
         "allocate_lock", "blake2b", "JSONDecodeError", "BytesIO", "ThreadPoolExecutor", "StringIO",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("code", "refused"),
+    [
+        # functools.update_wrapper copies the attributes it is given the names of (the guard behind `getattr`).
+        (
+            "import functools\nclass O:\n    pass\no = O()\n"
+            "functools.update_wrapper(o, getattr, assigned=('__self__',), updated=())\nvars(o)",
+            "'__self__'",
+        ),
+        (
+            "import functools, json\nclass O:\n    pass\n"
+            "functools.update_wrapper(O(), json, assigned=(), updated=('__dict__',))",
+            "'__dict__'",
+        ),
+        # Libraries evaluate annotation strings in C with namespaces of their choosing (the real built-ins).
+        (
+            "import functools\n@functools.singledispatch\ndef f(x):\n    return 0\n"
+            "@f.register\ndef _(x: 'getattr.__self__'):\n    return 1",
+            "typing compiling b'getattr.__self__'",
+        ),
+        (
+            "import dspy\nclass S(dspy.Signature):\n    q: \"__import__('os').getcwd() or str\" = dspy.InputField()\n"
+            "    a: str = dspy.OutputField()",
+            "may only be a type expression",
+        ),
+    ],
+)
+def test_library_functions_that_read_names_or_evaluate_strings_for_the_code(code, refused):
+    with pytest.raises(Exception, match="RuntimeRefusal") as caught:
+        InProcessInterpreter(guard="default").execute(code)
+    assert refused in str(caught.value)
+
+
+def test_decorators_signatures_and_annotations_of_ordinary_code_still_work():
+    code = (
+        "import dspy, functools, typing, dataclasses\n"
+        "def deco(fn):\n    @functools.wraps(fn)\n    def inner(*a):\n        return fn(*a)\n    return inner\n"
+        "@deco\ndef add(x: int, y: int) -> int:\n    return x + y\n"
+        "class S(dspy.Signature):\n    q: 'str' = dspy.InputField()\n"
+        "    a: typing.Optional[list[str]] = dspy.OutputField()\n"
+        "P = dspy.Predict('question: str, n: int -> answer: list[str]')\n"
+        "@functools.singledispatch\ndef g(x):\n    return 'obj'\n@g.register\ndef _(x: 'str'):\n    return 'str'\n"
+        "class NT(typing.NamedTuple):\n    a: int\n    b: 'str'\n"
+        "[add(1, 2), add.__name__, str(S.input_fields['q'].annotation), g('s'), NT(1, 'x').b,"
+        " functools.wraps(len)(deco).__name__]"
+    )
+    assert InProcessInterpreter(guard="default").execute(code) == [3, "add", "<class 'str'>", "str", "x", "len"]

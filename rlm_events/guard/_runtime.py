@@ -195,7 +195,10 @@ class RuntimeGuard:
     # --- the code's own objects ------------------------------------------------------------------------------------
 
     def is_own(self, obj: Any) -> bool:
-        """Whether `obj` is a class the code defined (a plain one: see `__build_class__`) or an instance of one."""
+        """Whether `obj` is a class the code defined (a plain one: see `__build_class__`), an instance of one, or a
+        function the code defined (its globals are the namespace)."""
+        if isinstance(obj, types.FunctionType):
+            return obj.__globals__ is self.namespace
         return (obj if isinstance(obj, type) else type(obj)) in self.own
 
     def is_defined(self, obj: Any) -> bool:
@@ -251,6 +254,8 @@ class RuntimeGuard:
         substitute = _SUBSTITUTES.get(id(value))
         if substitute is not None and substitute[0] is value:
             return getattr(self, substitute[1])
+        if isinstance(value, types.BuiltinFunctionType) and value.__self__ is builtins:
+            return self.builtins.get(value.__name__, value)  # the namespace's version (guarded, or refusing)
         return value
 
     # --- attributes the code spells (compiled into these lookups, see `GuardedLookups`) -----------------------------
@@ -334,6 +339,48 @@ class RuntimeGuard:
         if not isinstance(name, str):
             raise TypeError("method name must be a string")
         return lambda obj: self.attribute(obj, name)(*args, **kwargs)
+
+    def _update_wrapper(
+        self,
+        wrapper: Any,
+        wrapped: Any,
+        assigned: Any = functools.WRAPPER_ASSIGNMENTS,
+        updated: Any = functools.WRAPPER_UPDATES,
+    ) -> Any:
+        """`functools.update_wrapper` whose reads of `wrapped` and writes to `wrapper` are checked as the code's own
+        (it copies the attributes it is given the names of: `assigned=("__self__",)` read a bound method's object,
+        `updated=("__dict__",)` a module's namespace), except the naming attributes it copies by default."""
+        for name in assigned:
+            if name not in functools.WRAPPER_ASSIGNMENTS:
+                self.check_spelled(wrapped, name, "is read by functools.update_wrapper: it reads")
+            try:
+                value = getattr(wrapped, name)
+            except AttributeError:
+                continue
+            if name not in functools.WRAPPER_ASSIGNMENTS:
+                value = self._value(value, f"functools.update_wrapper reading {name!r}")
+                self._check_write(wrapper, name, "functools.update_wrapper")
+            setattr(wrapper, name, value)
+        for name in updated:
+            self.check_spelled(wrapper, name, "is updated by functools.update_wrapper: it writes")
+            if name == "__dict__" and not self.is_own(wrapped) and not isinstance(wrapped, types.ModuleType):
+                # As vars() of an object that is not the code's: each entry checked as an attribute read.
+                found = dict(getattr(wrapped, "__dict__", {}))
+                for key in found:
+                    self.check_attribute(wrapped, key, "functools.update_wrapper copies")
+                    found[key] = self._value(found[key], f"functools.update_wrapper copying {key!r}")
+            else:
+                self.check_spelled(wrapped, name, "is read by functools.update_wrapper: it reads")
+                found = getattr(wrapped, name, {})
+            getattr(wrapper, name).update(found)
+        wrapper.__wrapped__ = wrapped
+        return wrapper
+
+    def _wraps(
+        self, wrapped: Any, assigned: Any = functools.WRAPPER_ASSIGNMENTS, updated: Any = functools.WRAPPER_UPDATES
+    ) -> Callable[[Any], Any]:
+        """`functools.wraps` of the checking `functools.update_wrapper`."""
+        return functools.partial(self._update_wrapper, wrapped=wrapped, assigned=assigned, updated=updated)
 
     def _get_type_hints(self, obj: Any, globalns: Any = None, localns: Any = None, include_extras: bool = False) -> Any:
         """`typing.get_type_hints` whose string annotations are type expressions: it evaluates them with `eval` in
@@ -571,8 +618,50 @@ class RuntimeGuard:
         finally:
             _PROCESS_WIDE = previous
 
-    def audit(self, event: str, args: tuple[Any, ...], from_the_code: bool, host_api: bool) -> None:
-        """Refuse the audit `event` if the rules deny it (see the module's docstring)."""
+    def check_library_compile(self, args: tuple[Any, ...], library: str, host_api: bool) -> None:
+        """A library compiling source while the code runs: `typing` (and pydantic, for a `dspy.Signature`) evaluate
+        the code's annotation strings with `eval`, in C and with the namespaces they choose (the real built-ins),
+        where no check of this layer runs. Such a source may only be a type expression: names that are not refused
+        built-ins, dotted names the attribute rules allow, subscripts, tuples, `|` and constants; no call. The
+        parsers and generators (`ast`, `dataclasses`, `namedtuple`) compile what they build from identifiers, and
+        a host API's other compilations (templates of an LM client) are the host's."""
+        top = library.partition(".")[0]
+        if not library or top in _GENERATORS or (host_api and top not in _EVALUATORS):
+            return  # ("": no frame of the code on the stack, in a thread it did not start: the sandbox's worker)
+        source = args[0] if args else None
+        shown = repr(source)[:60]
+        refused = self.rules.refusal(
+            "call",
+            f"{library or 'a library'} compiling {shown} while the code runs",
+            "code a library evaluates for the code (an annotation string) may only be a type expression",
+        )
+        if isinstance(source, (bytes, bytearray)):
+            source = bytes(source).decode("utf-8", "replace")
+        try:
+            tree = ast.parse(source.strip(), mode="eval") if isinstance(source, str) else source
+        except SyntaxError:
+            raise refused from None
+        if not isinstance(tree, ast.AST):
+            raise refused
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute):
+                found = self.rules.name_refusal(node.attr, False, f"{library} compiling {shown}: it reads")
+                if found is not None:
+                    raise found
+            elif isinstance(node, ast.Name):
+                value = vars(builtins).get(node.id)
+                if node.id.startswith("__") or (
+                    value is not None and not isinstance(value, type) and self.builtins.get(node.id) is not value
+                ):
+                    raise refused  # `__import__`, `getattr`: the namespace may hold the real built-ins
+            elif not isinstance(node, _TYPE_EXPRESSION):
+                raise refused
+
+    def audit(self, event: str, args: tuple[Any, ...], from_the_code: bool, host_api: bool, library: str = "") -> None:
+        """Refuse the audit `event` if the rules deny it (see the module's docstring). `library`: the module of the
+        nearest Python frame, when it is not the code's."""
+        if event == "compile" and not from_the_code:
+            self.check_library_compile(args, library, host_api)
         if host_api:  # the host's API acting for the code (a dspy sub-agent's LM call, its cache)
             return
         rule = ANY_CALLER.get(event)
@@ -594,6 +683,18 @@ class RuntimeGuard:
         elif event in FROM_THE_CODE:
             rule = FROM_THE_CODE[event]
             raise self.rules.refusal(rule[0], f"{event}{_shown(args)}", f"{rule[1]} is denied")
+
+
+# Library modules whose compilations the code cannot turn into its own code: `ast` only parses, `dataclasses` and
+# `collections` (namedtuple) generate code from identifiers.
+_GENERATORS = frozenset({"ast", "dataclasses", "collections"})
+# Libraries that evaluate annotation strings (`ForwardRef`): also under a host API (pydantic under `dspy.Signature`).
+_EVALUATORS = frozenset({"typing", "typing_extensions", "pydantic"})
+# What a string evaluated as an annotation may hold: a type expression, with no call.
+_TYPE_EXPRESSION = (
+    ast.Expression, ast.Name, ast.Attribute, ast.Subscript, ast.Tuple, ast.List, ast.Constant, ast.BinOp, ast.BitOr,
+    ast.Load, ast.Slice, ast.UnaryOp, ast.USub, ast.Starred,
+)  # fmt: skip
 
 
 def _is_dunder(name: str) -> bool:
@@ -649,6 +750,8 @@ _SUBSTITUTES: dict[int, tuple[Any, str]] = {
         (operator.attrgetter, "_attrgetter"),
         (operator.methodcaller, "_methodcaller"),
         (typing.get_type_hints, "_get_type_hints"),
+        (functools.update_wrapper, "_update_wrapper"),
+        (functools.wraps, "_wraps"),
     )
 }
 
@@ -660,13 +763,6 @@ def _annotated(obj: Any) -> list[dict[str, Any]]:
     else:
         found = [getattr(obj, "__annotations__", None)]
     return [a for a in found if isinstance(a, dict)]
-
-
-# What a string annotation may hold (see `RuntimeGuard._get_type_hints`).
-_TYPE_EXPRESSION = (
-    ast.Expression, ast.Name, ast.Attribute, ast.Subscript, ast.Tuple, ast.List, ast.Constant, ast.BinOp, ast.BitOr,
-    ast.Load, ast.Slice,
-)  # fmt: skip
 
 
 def _strings_in(value: Any, depth: int = 0) -> Iterator[str]:
@@ -858,7 +954,7 @@ def _started(starter: Callable[..., Any], function: Callable[..., Any], args: tu
         if guard is None:
             _THREAD.busy = True
             try:
-                found, _, host_api = _caller(sys._getframe(1))
+                found, _, host_api, _ = _caller(sys._getframe(1))
             finally:
                 _THREAD.busy = False
             guard = None if host_api or found is _PROCESS_WIDE else found
@@ -881,36 +977,41 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
         return
     _THREAD.busy = True
     try:
-        guard, from_the_code, host_api = _caller(sys._getframe(1))
+        guard, from_the_code, host_api, library = _caller(sys._getframe(1))
         if guard is None:  # no frame of guarded code: a thread that code started (running a C function …)?
             guard = getattr(_THREAD, "carried", None)
     finally:
         _THREAD.busy = False
     if guard is not None:
-        guard.audit(event, args, from_the_code, host_api)
+        guard.audit(event, args, from_the_code, host_api, library)
 
 
 _OTHER_EVENTS = frozenset({"open", "import", "object.__getattr__", "object.__setattr__", "object.__delattr__"})
 
 
-def _caller(frame: types.FrameType | None) -> tuple[RuntimeGuard | None, bool, bool]:
+def _caller(frame: types.FrameType | None) -> tuple[RuntimeGuard | None, bool, bool, str]:
     """The guard whose code is on this stack (else the process-wide one), whether the nearest Python frame (past
-    the import machinery) is that code, and whether a host API's frame is in between."""
-    nearest, host_api = True, False
+    the import machinery) is that code, whether a host API's frame is in between, and the module of the nearest
+    Python frame when it is not the code's (`""` when it is)."""
+    nearest, host_api, library = True, False, ""
     while frame is not None:
         namespace = frame.f_globals
         ref = _WATCHED.get(id(namespace))
         guard = ref() if ref is not None else None
         if guard is not None and guard.namespace is namespace:
-            return guard, nearest, host_api
+            return guard, nearest, host_api, library
         module = namespace.get("__name__")
         module = module if isinstance(module, str) else ""
-        if not module.startswith("importlib"):
-            nearest = False
+        if not module.startswith("importlib") and nearest:
+            nearest, library = False, module or "?"
         if module.partition(".")[0] in HOST_APIS and _host_api_frame(frame, module):
             host_api = True
         frame = frame.f_back
-    return _PROCESS_WIDE, False, host_api
+    return _PROCESS_WIDE, False, host_api, library if _carried() else ""
+
+
+def _carried() -> bool:
+    return getattr(_THREAD, "carried", None) is not None
 
 
 def _host_api_frame(frame: types.FrameType, module: str) -> bool:
