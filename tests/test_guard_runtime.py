@@ -445,3 +445,28 @@ def test_decorators_signatures_and_annotations_of_ordinary_code_still_work():
         " functools.wraps(len)(deco).__name__]"
     )
     assert InProcessInterpreter(guard="default").execute(code) == [3, "add", "<class 'str'>", "str", "x", "len"]
+
+
+def test_host_files_open_for_writing_and_the_copy_protocol_are_not_the_codes(tmp_path):
+    log = tmp_path / "host.log"
+    handler = __import__("logging").FileHandler(log)
+    interpreter = InProcessInterpreter(guard="default", tools={})
+    interpreter.namespace["handler"] = handler  # e.g. what logging.getLogger().handlers[0] gives in a host that logs
+    interpreter.namespace["box"] = types.SimpleNamespace(stream=handler.stream)
+    try:
+        for code in ("handler.stream.write('injected')", "vars(box)['stream']"):
+            with pytest.raises(Exception, match="RuntimeRefusal") as caught:
+                interpreter.execute(code)
+            assert "a file open for writing" in str(caught.value)
+    finally:
+        handler.close()
+    assert log.read_text() == ""
+    reducer = (
+        "import copy, json\nclass R:\n    def __reduce_ex__(self, protocol):\n"
+        "        return (lambda: json, (), {'dumps': len})\ncopy.copy(R())"
+    )
+    with pytest.raises(Exception, match="RuntimeRefusal") as caught:
+        InProcessInterpreter(guard="default").execute(reducer)
+    assert "'__reduce_ex__'" in str(caught.value)
+    assert json.dumps([1]) == "[1]"
+    assert InProcessInterpreter(guard="default").execute("import sys, copy\nsys.stdout.writable() or True") is True

@@ -45,6 +45,7 @@ import builtins
 import contextlib
 import contextvars
 import functools
+import io
 import operator
 import os
 import string
@@ -208,6 +209,15 @@ class RuntimeGuard:
     def _build_class(self, *args: Any, **kwargs: Any) -> Any:
         cls = builtins.__build_class__(*args, **kwargs)
         if isinstance(cls, type):
+            reducers = _REDUCERS & vars(cls).keys()
+            if reducers:
+                # copy.copy()/deepcopy() call what the reducer returns and apply its state to the result: any object
+                # (`json`'s module namespace patched with the code's functions).
+                raise self.rules.refusal(
+                    "attribute",
+                    f"class {cls.__name__} defines {sorted(reducers)[0]!r}",
+                    "the copy protocol would call what it returns and write its state into any object",
+                )
             self.defined.add(cls)
         # Own when every base is own or a built-in type: library bases bring their private state with them.
         bases = cls.__mro__[1:] if isinstance(cls, type) and type(cls) is type else None
@@ -256,6 +266,10 @@ class RuntimeGuard:
             return getattr(self, substitute[1])
         if isinstance(value, types.BuiltinFunctionType) and value.__self__ is builtins:
             return self.builtins.get(value.__name__, value)  # the namespace's version (guarded, or refusing)
+        if isinstance(value, io.IOBase) and _writable_file(value):
+            # A file of the host's open for writing (a logging handler's stream): the code opens files for reading
+            # only, and writes through its own objects.
+            raise self.rules.refusal("write", f"{how} is a file open for writing", "writing files is denied")
         return value
 
     # --- attributes the code spells (compiled into these lookups, see `GuardedLookups`) -----------------------------
@@ -477,10 +491,15 @@ class RuntimeGuard:
                 "attribute", what, "a class's namespace holds its internals (functions' globals …)"
             )
         found = vars(obj)
-        if not self.is_own(obj):
-            for key in list(found):
-                self.check_attribute(obj, key, f"{what} holds")
-        return found
+        if self.is_own(obj):
+            return found
+        # Another object's namespace: read-only, each entry checked as an attribute read (a library object's
+        # `__dict__` holds its private state, open files …).
+        checked = {}
+        for key, value in found.items():
+            self.check_attribute(obj, key, f"{what} holds")
+            checked[key] = self._value(value, f"{what} holds {key!r}, which")
+        return types.MappingProxyType(checked)
 
     # --- format strings --------------------------------------------------------------------------------------------
 
@@ -697,6 +716,24 @@ _TYPE_EXPRESSION = (
 )  # fmt: skip
 
 
+def _writable_file(stream: io.IOBase) -> bool:
+    """Whether `stream` writes to a file descriptor other than the standard output and error (whatever
+    `sys.stdout`/`sys.stderr` are now: a host may redirect them)."""
+    if isinstance(stream, (io.StringIO, io.BytesIO)) or stream is sys.stdout or stream is sys.stderr:
+        return False
+    try:
+        if not stream.writable():
+            return False
+        descriptor = stream.fileno()
+    except (OSError, ValueError, AttributeError):
+        return False  # closed, or no descriptor: memory, or a wrapper the code made
+    standard = {1, 2}
+    for name in ("stdout", "stderr"):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            standard.add(getattr(sys, name).fileno())
+    return descriptor not in standard
+
+
 def _is_dunder(name: str) -> bool:
     return len(name) > 4 and name.startswith("__") and name.endswith("__")
 
@@ -738,6 +775,9 @@ _TWINS = {
     "_collections_abc": "collections",
     "_weakrefset": "threading",
 }
+
+# Methods by which an object tells the copy protocol what to call to rebuild it, and what state to give the result.
+_REDUCERS = frozenset({"__reduce__", "__reduce_ex__"})
 
 # The built-in types whose class pattern binds the subject itself (`case int(x)`), reading no attribute.
 _MATCH_SELF = frozenset({bool, bytearray, bytes, dict, float, frozenset, int, list, set, str, tuple})
