@@ -384,10 +384,15 @@ def test_a_class_claiming_a_host_apis_module_is_still_the_codes(tmp_path):
 def test_classes_of_modules_the_policy_does_not_allow_are_not_handed_to_the_code(policy):
     """dspy resolves a string signature's types by importing any module: `pathlib.Path` (files in strict) reaches the
     code as a field's annotation, past the static pass (the names are in a string)."""
-    code = "import dspy\nS = dspy.Signature('x: pathlib.Path -> y')\nS.input_fields['x'].annotation('/').iterdir()"
-    with pytest.raises(Exception, match="RuntimeRefusal") as caught:
-        InProcessInterpreter(guard=policy).execute(code)
-    assert "'Path' of module 'pathlib'" in str(caught.value)
+    for code in (
+        "import dspy\nS = dspy.Signature('x: pathlib.Path -> y')\nS.input_fields['x'].annotation('/').iterdir()",
+        # Inside a type expression, which typing.get_args() opens.
+        "import dspy, typing\nS = dspy.Signature('x: Type[pathlib.Path] -> y')\n"
+        "typing.get_args(S.input_fields['x'].annotation)[0]('/').iterdir()",
+    ):
+        with pytest.raises(Exception, match="RuntimeRefusal") as caught:
+            InProcessInterpreter(guard=policy).execute(code)
+        assert "'Path' of module 'pathlib'" in str(caught.value)
     ordinary = (
         "import threading, hashlib, json, io\nfrom concurrent.futures import ThreadPoolExecutor\n"
         "[threading.Lock.__name__, hashlib.blake2b.__name__, json.JSONDecodeError.__name__, io.BytesIO.__name__,"

@@ -244,7 +244,7 @@ class RuntimeGuard:
         if refused is not None:
             raise refused
 
-    def _value(self, value: Any, how: str) -> Any:
+    def _value(self, value: Any, how: str, depth: int = 0) -> Any:
         """`value`, read by the code through an attribute: refused if it is a module the policy does not allow; the
         checking version of a library function that reads attributes named by its arguments (`_SUBSTITUTES`)."""
         if isinstance(value, types.ModuleType):
@@ -266,6 +266,11 @@ class RuntimeGuard:
             return getattr(self, substitute[1])
         if isinstance(value, types.BuiltinFunctionType) and value.__self__ is builtins:
             return self.builtins.get(value.__name__, value)  # the namespace's version (guarded, or refusing)
+        if type(value).__module__ in _TYPE_FORMS and depth < 8:
+            # A type expression (`Type[pathlib.Path]`): `typing.get_args` hands out what it holds.
+            for part in (typing.get_origin(value), *typing.get_args(value)):
+                if part is not None and not isinstance(part, (str, int, float, bool, bytes)):
+                    self._value(part, f"{how} holds {part!r}, which", depth + 1)
         if isinstance(value, io.IOBase) and _writable_file(value):
             # A file of the host's open for writing (a logging handler's stream): the code opens files for reading
             # only, and writes through its own objects.
@@ -411,7 +416,8 @@ class RuntimeGuard:
             for value in layer.values():
                 for text in _strings_in(value):
                     self._check_annotation(text, scope if isinstance(scope, dict) else self.namespace)
-        return typing.get_type_hints(obj, include_extras=include_extras)
+        hints = typing.get_type_hints(obj, include_extras=include_extras)
+        return {name: self._value(hint, f"the type hint of {name!r}") for name, hint in hints.items()}
 
     def _check_annotation(self, text: str, scope: dict[str, Any], depth: int = 0) -> None:
         refused = self.rules.refusal(
@@ -775,6 +781,9 @@ _TWINS = {
     "_collections_abc": "collections",
     "_weakrefset": "threading",
 }
+
+# Modules of the classes of type expressions (`list[int]`, `typing.Optional[x]`, `int | None`).
+_TYPE_FORMS = frozenset({"typing", "types", "typing_extensions"})
 
 # Methods by which an object tells the copy protocol what to call to rebuild it, and what state to give the result.
 _REDUCERS = frozenset({"__reduce__", "__reduce_ex__"})
