@@ -12,6 +12,7 @@ interpreter and speculation, so all three bind them alike).
 from __future__ import annotations
 
 import ast
+import contextlib
 import inspect
 import io
 import json
@@ -166,7 +167,8 @@ class InProcessInterpreter:
 
     def execute(self, code: str, variables: dict[str, Any] | None = None) -> Any:
         self.start()
-        guard = None if host_setup(variables) else self._runtime_guard()  # DSPy's own setup is the host's code
+        setup = host_setup(variables)
+        guard = None if setup else self._runtime_guard()  # DSPy's own setup is the host's code
         try:
             body, tail = _compiled(code, guarded=guard is not None)
         except SyntaxError as exc:
@@ -180,9 +182,9 @@ class InProcessInterpreter:
         if guard is None and isinstance(ns.get("__builtins__"), dict):
             ns.pop("__builtins__")  # a guard of an earlier execution no longer applies
         try:
-            # Unguarded (DSPy's own setup, or no policy): the host's code, also where an earlier execution's guard
-            # still watches this namespace's frames.
-            with guard.armed() if guard is not None else host_code():
+            # DSPy's own setup is the host's code, also where an earlier execution's guard still watches this
+            # namespace's frames. (Other unguarded code stays under the watch of guarded code that runs it.)
+            with guard.armed() if guard is not None else host_code() if setup else contextlib.nullcontext():
                 exec(body, ns)
                 value = eval(tail, ns) if tail is not None else None
         except Submission as done:
