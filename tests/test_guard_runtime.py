@@ -466,12 +466,19 @@ def test_host_files_open_for_writing_and_the_copy_protocol_are_not_the_codes(tmp
     finally:
         handler.close()
     assert log.read_text() == ""
-    reducer = (
+    for reducer in (
         "import copy, json\nclass R:\n    def __reduce_ex__(self, protocol):\n"
-        "        return (lambda: json, (), {'dumps': len})\ncopy.copy(R())"
+        "        return (lambda: json, (), {'dumps': len})\ncopy.copy(R())",
+        "import copy, json, dataclasses\nX = dataclasses.make_dataclass('X', [('a', int)],"
+        " namespace={'__reduce__': lambda s: (lambda: json, (), {'loads': len})})\ncopy.deepcopy([X(1)])",
+    ):
+        with pytest.raises(Exception, match="RuntimeRefusal") as caught:
+            InProcessInterpreter(guard="default").execute(reducer)
+        assert "whose reducer rebuilt it as 'module'" in str(caught.value)
+    assert json.dumps([1]) == "[1]" and json.loads("1") == 1
+    ordinary = (
+        "import copy, collections\nclass Q:\n    def __init__(self):\n        self.a = [1]\n"
+        "[copy.copy(Q()).a, copy.deepcopy(collections.OrderedDict(a=1))['a']]"
     )
-    with pytest.raises(Exception, match="RuntimeRefusal") as caught:
-        InProcessInterpreter(guard="default").execute(reducer)
-    assert "'__reduce_ex__'" in str(caught.value)
-    assert json.dumps([1]) == "[1]"
+    assert InProcessInterpreter(guard="default").execute(ordinary) == [[1], 1]
     assert InProcessInterpreter(guard="default").execute("import sys, copy\nsys.stdout.writable() or True") is True

@@ -44,6 +44,7 @@ import ast
 import builtins
 import contextlib
 import contextvars
+import copy
 import functools
 import io
 import operator
@@ -209,15 +210,6 @@ class RuntimeGuard:
     def _build_class(self, *args: Any, **kwargs: Any) -> Any:
         cls = builtins.__build_class__(*args, **kwargs)
         if isinstance(cls, type):
-            reducers = _REDUCERS & vars(cls).keys()
-            if reducers:
-                # copy.copy()/deepcopy() call what the reducer returns and apply its state to the result: any object
-                # (`json`'s module namespace patched with the code's functions).
-                raise self.rules.refusal(
-                    "attribute",
-                    f"class {cls.__name__} defines {sorted(reducers)[0]!r}",
-                    "the copy protocol would call what it returns and write its state into any object",
-                )
             self.defined.add(cls)
         # Own when every base is own or a built-in type: library bases bring their private state with them.
         bases = cls.__mro__[1:] if isinstance(cls, type) and type(cls) is type else None
@@ -785,9 +777,6 @@ _TWINS = {
 # Modules of the classes of type expressions (`list[int]`, `typing.Optional[x]`, `int | None`).
 _TYPE_FORMS = frozenset({"typing", "types", "typing_extensions"})
 
-# Methods by which an object tells the copy protocol what to call to rebuild it, and what state to give the result.
-_REDUCERS = frozenset({"__reduce__", "__reduce_ex__"})
-
 # The built-in types whose class pattern binds the subject itself (`case int(x)`), reading no attribute.
 _MATCH_SELF = frozenset({bool, bytearray, bytes, dict, float, frozenset, int, list, set, str, tuple})
 
@@ -990,6 +979,33 @@ def install_hook() -> None:
         sys.addaudithook(_audit)
         starter = threading._start_new_thread  # type: ignore[attr-defined]
         threading._start_new_thread = functools.partial(_started, starter)  # type: ignore[attr-defined]
+        copy._reconstruct = functools.partial(_reconstructed, copy._reconstruct)  # type: ignore[attr-defined]
+
+
+def _reconstructed(
+    reconstruct: Callable[..., Any], x: Any, memo: Any, func: Any, args: Any, *rest: Any, **kw: Any
+) -> Any:
+    """`copy`'s rebuilding of an object from what its reducer returned (`__reduce_ex__`: a callable, its arguments,
+    and state to write into the result): while guarded code runs, the state is written only into a new object of
+    the copied one's class, never into whatever the callable returns (a module: `json`'s namespace patched). The
+    code may define reducers in classes it builds with `type()` or `dataclasses.make_dataclass`, where
+    `__build_class__` does not see them."""
+    if any(part is not None for part in rest[:3]) and (_WATCHED or _PROCESS_WIDE is not None):
+        _THREAD.busy = True
+        try:
+            guard = _caller(sys._getframe(1))[0] or getattr(_THREAD, "carried", None)
+        finally:
+            _THREAD.busy = False
+        if guard is not None:
+            made = func(*args)
+            if not isinstance(made, type(x)) or isinstance(made, (type, types.ModuleType)):
+                raise guard.rules.refusal(
+                    "attribute",
+                    f"copying a {type(x).__name__} whose reducer rebuilt it as {type(made).__name__!r}",
+                    "the copy protocol writes the object's state into what its reducer returns",
+                )
+            return reconstruct(x, memo, lambda *_: made, args, *rest, **kw)
+    return reconstruct(x, memo, func, args, *rest, **kw)
 
 
 def _started(starter: Callable[..., Any], function: Callable[..., Any], args: tuple[Any, ...], *rest: Any) -> Any:
