@@ -192,6 +192,7 @@ class RuntimeGuard:
         self.own: weakref.WeakSet[type] = weakref.WeakSet()
         self.defined: weakref.WeakSet[type] = weakref.WeakSet()  # every class the code defined, own or not
         self._patterns: dict[tuple[type, tuple[str, ...], int], type] = {}  # see pattern_class()
+        self._plain_names: dict[str, bool] = {}  # see _plain_name()
         self.builtins = self._builtins()
 
     # --- the code's own objects ------------------------------------------------------------------------------------
@@ -274,6 +275,18 @@ class RuntimeGuard:
     def attribute(self, obj: Any, name: str) -> Any:
         """`obj.<name>` read by the code: checked as `getattr(obj, "<name>")` is, except that a module may be gone
         through to an allowed submodule (`os.path` after `import os.path`)."""
+        # The common case first (every attribute the code reads comes here): a public name on an object that is not
+        # a module, giving a value of a type that needs no check (`row.items`, `text.upper`, `point.x`).
+        if not isinstance(obj, types.ModuleType) and self._plain_name(name):
+            value = getattr(obj, name)
+            kind = type(value)
+            if kind is types.BuiltinFunctionType:
+                owner = value.__self__
+                if owner is not builtins and not isinstance(owner, types.ModuleType) and owner is not None:
+                    return value  # a method of an object (`rows.append`)
+            elif _PLAIN_VALUES.get(kind) or (kind not in _PLAIN_VALUES and _plain_value_type(kind)):
+                return value
+            return self._value(value, f"{_kind(obj)}.{name}")
         if isinstance(obj, types.ModuleType) and self.rules.on_the_way(module_name(obj), name):
             return getattr(obj, name)
         self.check_spelled(obj, name, "reads")
@@ -282,6 +295,20 @@ class RuntimeGuard:
         if name == "__class__":
             return obj.__class__  # what type(obj) gives
         return self._value(getattr(obj, name), f"{_kind(obj)}.{name}")
+
+    def _plain_name(self, name: str) -> bool:
+        """Whether reading `name` on an object that is not a module needs no check: a public name the rules allow,
+        other than the format methods (and `__class__`)."""
+        plain = self._plain_names.get(name)
+        if plain is None:
+            plain = (
+                not name.startswith("_")
+                and name not in FORMAT_METHODS
+                and self.rules.name_refusal(name, False, "") is None
+            )
+            if len(self._plain_names) < 10_000:
+                self._plain_names[name] = plain
+        return plain
 
     def owner(self, obj: Any, name: str) -> Any:
         """`obj`, whose attribute `name` the code assigns or deletes (`obj.<name> = v`, `del obj.<name>`): refused on
@@ -712,6 +739,21 @@ _TYPE_EXPRESSION = (
     ast.Expression, ast.Name, ast.Attribute, ast.Subscript, ast.Tuple, ast.List, ast.Constant, ast.BinOp, ast.BitOr,
     ast.Load, ast.Slice, ast.UnaryOp, ast.USub, ast.Starred,
 )  # fmt: skip
+
+
+# Per type of value read through an attribute: whether such values need no check (not a module, class, function,
+# type expression or file). Bounded: classes the code makes come and go.
+_PLAIN_VALUES: dict[type, bool] = {}
+
+
+def _plain_value_type(kind: type) -> bool:
+    plain = not issubclass(
+        kind, (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType, io.IOBase)
+    ) and (getattr(kind, "__module__", None) not in _TYPE_FORMS)
+    if len(_PLAIN_VALUES) > 4096:
+        _PLAIN_VALUES.clear()
+    _PLAIN_VALUES[kind] = plain
+    return plain
 
 
 def _writable_file(stream: io.IOBase) -> bool:
