@@ -324,6 +324,13 @@ def test_attributes_the_code_spells_are_checked_at_run_time(code, refused):
             "{'x': list[int]}",
         ),
         ("import json\nclass C:\n    pass\nC.tag = 'x'\nc = C()\nc.name = 'y'\ndel c.name\nC.tag", "x"),
+        # Lazy annotations stay as written (strings for typing to evaluate, checked when it compiles them).
+        (
+            "from __future__ import annotations\nimport typing, collections\n"
+            "def f(a: collections.Counter) -> typing.List[int]:\n    return []\n"
+            "str(typing.get_type_hints(f)['return'])",
+            "typing.List[int]",
+        ),
     ],
 )
 def test_attribute_syntax_of_ordinary_code_at_run_time(code, value):
@@ -482,3 +489,9 @@ def test_host_files_open_for_writing_and_the_copy_protocol_are_not_the_codes(tmp
     )
     assert InProcessInterpreter(guard="default").execute(ordinary) == [[1], 1]
     assert InProcessInterpreter(guard="default").execute("import sys, copy\nsys.stdout.writable() or True") is True
+
+
+def test_evaluated_annotations_are_checked_like_other_code():
+    with pytest.raises(Exception, match="RuntimeRefusal") as caught:
+        InProcessInterpreter(guard="default").execute("import logging\nx: logging.sys.modules = 1")
+    assert "'sys.modules'" in str(caught.value)

@@ -896,11 +896,36 @@ class GuardedLookups(ast.NodeTransformer):
       `<guard:pattern>(C, ("a",), 0)`, since CPython reads the pattern's attributes in C.
 
     Attribute names are mangled as Python mangles them (`self.__x` in class `A` is `_A__x`): the string the lookup
-    receives is the name Python would read."""
+    receives is the name Python would read. Under `from __future__ import annotations` the annotations stay as
+    written: they are strings then, never evaluated by Python (a library that evaluates them is checked when it
+    compiles them), and `dataclasses` reads `ClassVar` in them."""
 
-    def __init__(self) -> None:
+    def __init__(self, lazy_annotations: bool = False) -> None:
         self.classes: list[str] = []
         self.patterns = 0
+        self.lazy_annotations = lazy_annotations
+
+    def visit_arg(self, node: ast.arg) -> ast.AST:
+        return node if self.lazy_annotations else self.generic_visit(node)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> ast.AST:
+        if not self.lazy_annotations:
+            return self.generic_visit(node)
+        node.target = self.visit(node.target)
+        node.value = self.visit(node.value) if node.value is not None else None
+        return node
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        returns, node.returns = node.returns, None
+        self.generic_visit(node)
+        node.returns = returns if self.lazy_annotations or returns is None else self.visit(returns)
+        return node
+
+    def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> ast.AST:
+        returns, node.returns = node.returns, None
+        self.generic_visit(node)
+        node.returns = returns if self.lazy_annotations or returns is None else self.visit(returns)
+        return node
 
     def _mangled(self, name: str) -> str:
         if name.startswith("__") and not name.endswith("__") and self.classes:
@@ -972,7 +997,13 @@ class GuardedLookups(ast.NodeTransformer):
 
 def rewrite(tree: ast.Module) -> ast.Module:
     """`tree` with its attribute accesses and class patterns routed through the guard (see `GuardedLookups`)."""
-    return ast.fix_missing_locations(GuardedLookups().visit(tree))
+    lazy = any(
+        isinstance(node, ast.ImportFrom)
+        and node.module == "__future__"
+        and any(a.name == "annotations" for a in node.names)
+        for node in tree.body
+    )
+    return ast.fix_missing_locations(GuardedLookups(lazy_annotations=lazy).visit(tree))
 
 
 # --- the audit hook: one per process ---------------------------------------------------------------------------------
