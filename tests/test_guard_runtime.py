@@ -495,3 +495,16 @@ def test_evaluated_annotations_are_checked_like_other_code():
     with pytest.raises(Exception, match="RuntimeRefusal") as caught:
         InProcessInterpreter(guard="default").execute("import logging\nx: logging.sys.modules = 1")
     assert "'sys.modules'" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "__builtins__['<guard:format>'](getattr, '__self__')",
+        "b = __builtins__\nb['<guard:attribute>'] = b['<guard:format>']",
+    ],
+)
+def test_the_builtins_table_holding_the_lookups_is_not_the_codes(code):
+    with pytest.raises(Exception, match="RuntimeRefusal") as caught:
+        InProcessInterpreter(guard="default").execute(code)
+    assert "'__builtins__'" in str(caught.value)

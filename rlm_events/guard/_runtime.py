@@ -62,6 +62,7 @@ FORMAT_LOOKUP = "<guard:format>"  # the global the format-method lookups are com
 # The globals other attribute reads, and the receivers of attribute writes and deletes, are compiled into.
 ATTRIBUTE_LOOKUP = "<guard:attribute>"
 ATTRIBUTE_OWNER = "<guard:owner>"
+BUILTINS_REFUSED = "<guard:builtins>"  # what reading `__builtins__` is compiled into: a refusal
 PATTERN_CLASS = "<guard:pattern>"  # the class patterns' classes (their attribute reads are checked on the subject)
 FORMAT_METHODS = frozenset({"format", "format_map", "vformat"})
 RULE_FIELDS = ("modules", "only_members", "deny_members", "builtins", "dunders", "private", "deny_attributes")
@@ -530,7 +531,11 @@ class RuntimeGuard:
 
     def format_lookup(self, obj: Any, name: str) -> Any:
         """`obj.<name>` for `format`, `format_map` and `vformat`: on strings and `string.Formatter`s, a version that
-        checks the format string's fields (attribute parts as attribute reads) before formatting."""
+        checks the format string's fields (attribute parts as attribute reads) before formatting. Any other name is
+        read as the code's own attribute read (the lookup is reachable as a value in the built-ins table)."""
+        if name not in FORMAT_METHODS:
+            return self.attribute(obj, name)
+        self.check_attribute(obj, name, f"{_kind(obj)}.{name} reads")
         method = getattr(obj, name)
         mapping = name == "format_map"
         if isinstance(obj, str) and name in ("format", "format_map"):
@@ -623,6 +628,7 @@ class RuntimeGuard:
             ATTRIBUTE_LOOKUP: self.attribute,
             ATTRIBUTE_OWNER: self.owner,
             PATTERN_CLASS: self.pattern_class,
+            BUILTINS_REFUSED: self._builtins_refused,
         }
         table = vars(builtins).copy()
         for name, value in list(table.items()):
@@ -634,6 +640,9 @@ class RuntimeGuard:
         table.update(guarded)
         table.update(__loader__=None, __spec__=None)  # the import machinery's, not the code's
         return table
+
+    def _builtins_refused(self) -> Any:
+        raise self.rules.refusal("attribute", "reading '__builtins__'", "the REPL's built-ins table is the guard's")
 
     def _refused(self, name: str) -> Callable[..., Any]:
         def refused(*_: Any, **__: Any) -> Any:
@@ -952,6 +961,12 @@ class GuardedLookups(ast.NodeTransformer):
             out.extend(result if isinstance(result, list) else [result])
         return out
 
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        # `__builtins__` is the guarded table, holding the lookups above: the code does not get to read or change it.
+        if node.id == "__builtins__" and isinstance(node.ctx, ast.Load):
+            return ast.copy_location(ast.Call(ast.Name(BUILTINS_REFUSED, ast.Load()), [], []), node)
+        return node
+
     def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
         self.generic_visit(node)
         name = ast.Constant(self._mangled(node.attr))
@@ -1171,6 +1186,7 @@ __all__ = [
     "ANY_CALLER",
     "ATTRIBUTE_LOOKUP",
     "ATTRIBUTE_OWNER",
+    "BUILTINS_REFUSED",
     "FORMAT_LOOKUP",
     "FORMAT_METHODS",
     "FROM_THE_CODE",
