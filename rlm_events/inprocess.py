@@ -91,8 +91,10 @@ def _compiled(code: str, guarded: bool = False) -> tuple[CodeType, CodeType | No
         last = tail if isinstance(tail, ast.Expr) else None
         if last is not None:
             tree.body.pop()
-        body = compile(tree, "<interpreter>", "exec")
-        value = compile(ast.Expression(last.value), "<interpreter>", "eval") if last is not None else None
+        # dont_inherit: the code gets its own `__future__` imports, not this module's (`annotations` would turn its
+        # annotations into strings, which DSPy's interpreters do not).
+        body = compile(tree, "<interpreter>", "exec", dont_inherit=True)
+        value = compile(ast.Expression(last.value), "<interpreter>", "eval", dont_inherit=True) if last else None
         return body, value
 
     return converted(compile_now)  # concurrent calls' interpreters compile at once
@@ -165,7 +167,8 @@ class InProcessInterpreter:
 
     def execute(self, code: str, variables: dict[str, Any] | None = None) -> Any:
         self.start()
-        guard = None if host_setup(variables) else self._runtime_guard()  # DSPy's own setup is the host's code
+        setup = host_setup(variables)
+        guard = None if setup else self._runtime_guard()  # DSPy's own setup is the host's code
         try:
             body, tail = _compiled(code, guarded=guard is not None)
         except SyntaxError as exc:
@@ -179,7 +182,9 @@ class InProcessInterpreter:
         if guard is None and isinstance(ns.get("__builtins__"), dict):
             ns.pop("__builtins__")  # a guard of an earlier execution no longer applies
         try:
-            with guard.armed() if guard is not None else contextlib.nullcontext():
+            # DSPy's own setup is the host's code, also where an earlier execution's guard still watches this
+            # namespace's frames. (Other unguarded code stays under the watch of guarded code that runs it.)
+            with guard.armed() if guard is not None else host_code() if setup else contextlib.nullcontext():
                 exec(body, ns)
                 value = eval(tail, ns) if tail is not None else None
         except Submission as done:

@@ -69,7 +69,7 @@ def escapes(marker: Path) -> list[tuple[str, str, str]]:
         (
             "os-system-through-a-chain",
             f"import os.path\nrun = [os.path.dirname, os][1].__dict__['sys' + 'tem']\nrun('touch {marker}')",
-            "os.system",
+            "os.__dict__",
         ),
         (
             "os-system-from-a-thread",
@@ -107,7 +107,8 @@ def test_an_escape_computed_at_run_time_is_refused_in_the_sandbox(make_rlm, inde
     # The sandbox's scratch directory is writable: the run-time layer is what refuses the write there.
     marker = Path("pwned")
     name, code, named = escapes(marker)[index]
-    steps = [code, "import os.path\nprint(os.path.exists('pwned'))", "SUBMIT(answer='done')"]
+    exists = "try:\n    open('pwned').close()\n    print(True)\nexcept OSError:\n    print(False)"
+    steps = [code, exists, "SUBMIT(answer='done')"]
     outputs = run(make_rlm, steps, factory, StaticPassMissed("default"))
     assert REFUSED in outputs[0] and named in outputs[0], (name, outputs[0])
     assert outputs[1] == "False"
@@ -126,7 +127,7 @@ def test_a_codeguard_arms_the_run_time_layer_where_its_static_pass_cannot_know(m
         with dspy.context(lm=lm):
             first = str(rlm(config=config).trajectory[0]["output"])
         assert "CodeGuard refused to run this code" not in first  # the static pass let it run
-        assert (REFUSED in first and "os.system" in first) is refused, first
+        assert (REFUSED in first and "reaches module 'os'" in first) is refused, first
         assert marker.exists() is not refused
         marker.unlink(missing_ok=True)
 
@@ -231,11 +232,11 @@ def test_the_guard_cost_benchmark_runs_and_reports_every_figure(tmp_path):
         ("import importlib", "import of module 'importlib'"),
         ("from json import scanner", "module 'json.scanner'"),
         ("'{0.__class__.__base__}'.format(1)", "'__base__'"),
-        ("import string\nstring.Formatter().vformat('{0.__self__}', (print,), {})", "'__self__'"),
+        ("import string\nstring.Formatter().vformat('{0.__self__}', (print,), {})", "'string.Formatter'"),
         ("breakpoint()", "the built-in breakpoint()"),
         ("def f():\n    pass\nimport operator\noperator.attrgetter('__co' + 'de__')(f)", "'__code__'"),
         ("import os.path\nos.remove('/nonexistent-' + 'x')", "os.remove"),
-        ("import os.path\nos.open('/tmp/x', os.O_WRONLY)", "for writing"),
+        ("import os.path\nos.open('/tmp/x', os.O_WRONLY)", "os.open"),
     ],
 )
 def test_run_time_rules(code, refused):
@@ -258,3 +259,252 @@ def test_run_time_rules(code, refused):
 )
 def test_ordinary_access_at_run_time(code, value):
     assert InProcessInterpreter(guard="default").execute(code) == value
+
+
+@pytest.mark.parametrize(
+    ("code", "refused"),
+    [
+        # The guard's own state hangs off objects the code holds: attribute syntax is checked like getattr().
+        ("getattr.__self__", "'__self__'"),
+        ("(lambda: 0).__globals__", "'__globals__'"),
+        ("import logging\nlogging.sys.modules['rlm_events.guard._runtime'].host_code", "'sys.modules'"),
+        ("import logging\nlogging.os.system", "reaches module 'os'"),
+        ("import json\njson.dumps = len", "patching them is denied"),
+        ("try:\n    1 / 0\nexcept Exception as e:\n    e.__traceback__.tb_frame", "'__traceback__'"),
+        ("def g():\n    yield 1\ng().gi_frame.f_back", "'gi_frame'"),
+        ("class A:\n    pass\nA.__subclasses__", "'__subclasses__'"),
+        # Attributes read in C: class patterns, operator's getters (imported either way), typing's eval.
+        ("import logging\nmatch logging:\n    case object(sys=s):\n        s.modules", "'sys.modules'"),
+        ("import logging\nmatch logging:\n    case object(os=o):\n        o", "reaches module 'os'"),
+        (
+            "class M(type):\n    def __instancecheck__(cls, x):\n        return True\n"
+            "class C(metaclass=M):\n    __match_args__ = ('__globals__',)\n"
+            "match (lambda: 0):\n    case C(g):\n        g",
+            "'__globals__'",
+        ),
+        ("from operator import attrgetter\nimport logging\nattrgetter('sys.modules')(logging)", "'sys.modules'"),
+        ("import operator\noperator.methodcaller('__subclasses__')(object)", "'__subclasses__'"),
+        (
+            "import typing\ndef f(x: '().__class__.__base__.__subclasses__()'):\n    pass\ntyping.get_type_hints(f)",
+            "a string annotation is run as code",
+        ),
+        ("import typing\ndef f(x: int):\n    pass\ntyping.get_type_hints(f, globalns={})", "namespaces"),
+    ],
+)
+def test_attributes_the_code_spells_are_checked_at_run_time(code, refused):
+    with pytest.raises(Exception, match="RuntimeRefusal") as caught:
+        InProcessInterpreter(guard="default").execute(code)
+    assert refused in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("code", "value"),
+    [
+        ("import os.path\nos.path.join('a', 'b')", "a/b"),
+        ("import xml.etree.ElementTree\nxml.etree.ElementTree.fromstring('<a/>').tag", "a"),
+        (
+            "import collections\nclass B(collections.UserDict):\n    def __init__(self):\n        super().__init__()\n"
+            "        self._x, self.__y = 1, 2\n    def total(self):\n        return self._x + self.__y\nB().total()",
+            3,
+        ),
+        (
+            "import dataclasses\n@dataclasses.dataclass(frozen=True)\nclass P:\n    x: int\n    y: int = 2\n"
+            "match dataclasses.replace(P(1), y=5):\n    case P(x, y=y):\n        found = [x, y]\nfound",
+            [1, 5],
+        ),
+        ("match 5:\n    case int(v):\n        pass\nv", 5),
+        (
+            "from operator import attrgetter, methodcaller\n[attrgetter('real')(3), methodcaller('upper')('a')]",
+            [3, "A"],
+        ),
+        ("from collections import *\nCounter('aab')['a']", 2),
+        (
+            "from __future__ import annotations\nimport typing\ndef f(x: list[int]):\n    pass\n"
+            "str(typing.get_type_hints(f))",
+            "{'x': list[int]}",
+        ),
+        ("import json\nclass C:\n    pass\nC.tag = 'x'\nc = C()\nc.name = 'y'\ndel c.name\nC.tag", "x"),
+        # Lazy annotations stay as written (strings for typing to evaluate, checked when it compiles them).
+        (
+            "from __future__ import annotations\nimport typing, collections\n"
+            "def f(a: collections.Counter) -> typing.List[int]:\n    return []\n"
+            "str(typing.get_type_hints(f)['return'])",
+            "typing.List[int]",
+        ),
+    ],
+)
+def test_attribute_syntax_of_ordinary_code_at_run_time(code, value):
+    assert InProcessInterpreter(guard="default").execute(code) == value
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        "t = threading.Thread(target=io.open, args=(path, 'w'))\nt.start()",  # a C function: no frame of the code
+        "t = threading.Timer(0, io.open, (path, 'w'))\nt.start()",
+        "pool = concurrent.futures.ThreadPoolExecutor(1)\nt = pool.submit(io.open, path, 'w')",
+        # A function of the code, run after the execution returned (the host releases it below).
+        "gate = queue.Queue()\ndef later():\n    gate.get()\n    io.open(path, 'w')\n"
+        "t = threading.Thread(target=later)\nt.start()",
+    ],
+)
+def test_threads_the_code_starts_carry_its_guard_after_the_execution(tmp_path, start):
+    target = tmp_path / "written"
+    interpreter = InProcessInterpreter(guard="default")
+    interpreter.execute(
+        f"import concurrent.futures, io, queue, threading\npath = {str(target)!r}\n{start}", variables={}
+    )
+    namespace = interpreter.namespace
+    if "gate" in namespace:
+        namespace["gate"].put(None)  # host code: the thread goes on, outside any guarded execution
+    handle = namespace["t"]
+    if hasattr(handle, "exception"):
+        assert isinstance(handle.exception(), RuntimeRefusal)
+        namespace["pool"].shutdown()
+    else:
+        handle.join()
+    assert not target.exists()
+    # The host's own threads are not the code's.
+    done: list[str] = []
+    worker = __import__("threading").Thread(target=lambda: done.append(target.write_text("host") and "ok"))
+    worker.start()
+    worker.join()
+    assert done == ["ok"] and target.read_text() == "host"
+
+
+def test_a_class_claiming_a_host_apis_module_is_still_the_codes(tmp_path):
+    """dataclasses compiles `__init__` with the globals of the class's `__module__`: a frame that looks like the host
+    API's (dspy's), running the code's `__post_init__`, must not make the code's writes the host's."""
+    code = (
+        "import dataclasses, functools, io, zipfile\nbuf = io.BytesIO()\n"
+        "with zipfile.ZipFile(buf, 'w') as z:\n    z.writestr('written', 'x')\n"
+        "@dataclasses.dataclass\nclass X:\n    __module__ = 'dspy'\n"
+        f"    __post_init__ = functools.partial(zipfile.ZipFile(buf).extract, 'written', {str(tmp_path)!r})\nX()"
+    )
+    with pytest.raises(Exception, match="RuntimeRefusal") as caught:
+        InProcessInterpreter(guard="default").execute(code)
+    assert "for writing" in str(caught.value)
+    assert not (tmp_path / "written").exists()
+
+
+@pytest.mark.parametrize("policy", ["default", "strict"])
+def test_classes_of_modules_the_policy_does_not_allow_are_not_handed_to_the_code(policy):
+    """dspy resolves a string signature's types by importing any module: `pathlib.Path` (files in strict) reaches the
+    code as a field's annotation, past the static pass (the names are in a string)."""
+    for code in (
+        "import dspy\nS = dspy.Signature('x: pathlib.Path -> y')\nS.input_fields['x'].annotation('/').iterdir()",
+        # Inside a type expression, which typing.get_args() opens.
+        "import dspy, typing\nS = dspy.Signature('x: Type[pathlib.Path] -> y')\n"
+        "typing.get_args(S.input_fields['x'].annotation)[0]('/').iterdir()",
+    ):
+        with pytest.raises(Exception, match="RuntimeRefusal") as caught:
+            InProcessInterpreter(guard=policy).execute(code)
+        assert "'Path' of module 'pathlib'" in str(caught.value)
+    ordinary = (
+        "import threading, hashlib, json, io\nfrom concurrent.futures import ThreadPoolExecutor\n"
+        "[threading.Lock.__name__, hashlib.blake2b.__name__, json.JSONDecodeError.__name__, io.BytesIO.__name__,"
+        " ThreadPoolExecutor.__name__, io.StringIO().__class__.__name__]"
+    )
+    assert InProcessInterpreter(guard="default").execute(ordinary) == [
+        "allocate_lock", "blake2b", "JSONDecodeError", "BytesIO", "ThreadPoolExecutor", "StringIO",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("code", "refused"),
+    [
+        # functools.update_wrapper copies the attributes it is given the names of (the guard behind `getattr`).
+        (
+            "import functools\nclass O:\n    pass\no = O()\n"
+            "functools.update_wrapper(o, getattr, assigned=('__self__',), updated=())\nvars(o)",
+            "'__self__'",
+        ),
+        (
+            "import functools, json\nclass O:\n    pass\n"
+            "functools.update_wrapper(O(), json, assigned=(), updated=('__dict__',))",
+            "'__dict__'",
+        ),
+        # Libraries evaluate annotation strings in C with namespaces of their choosing (the real built-ins).
+        (
+            "import functools\n@functools.singledispatch\ndef f(x):\n    return 0\n"
+            "@f.register\ndef _(x: 'getattr.__self__'):\n    return 1",
+            "typing compiling b'getattr.__self__'",
+        ),
+        (
+            "import dspy\nclass S(dspy.Signature):\n    q: \"__import__('os').getcwd() or str\" = dspy.InputField()\n"
+            "    a: str = dspy.OutputField()",
+            "may only be a type expression",
+        ),
+    ],
+)
+def test_library_functions_that_read_names_or_evaluate_strings_for_the_code(code, refused):
+    with pytest.raises(Exception, match="RuntimeRefusal") as caught:
+        InProcessInterpreter(guard="default").execute(code)
+    assert refused in str(caught.value)
+
+
+def test_decorators_signatures_and_annotations_of_ordinary_code_still_work():
+    code = (
+        "import dspy, functools, typing, dataclasses\n"
+        "def deco(fn):\n    @functools.wraps(fn)\n    def inner(*a):\n        return fn(*a)\n    return inner\n"
+        "@deco\ndef add(x: int, y: int) -> int:\n    return x + y\n"
+        "class S(dspy.Signature):\n    q: 'str' = dspy.InputField()\n"
+        "    a: typing.Optional[list[str]] = dspy.OutputField()\n"
+        "P = dspy.Predict('question: str, n: int -> answer: list[str]')\n"
+        "@functools.singledispatch\ndef g(x):\n    return 'obj'\n@g.register\ndef _(x: 'str'):\n    return 'str'\n"
+        "class NT(typing.NamedTuple):\n    a: int\n    b: 'str'\n"
+        "[add(1, 2), add.__name__, str(S.input_fields['q'].annotation), g('s'), NT(1, 'x').b,"
+        " functools.wraps(len)(deco).__name__]"
+    )
+    assert InProcessInterpreter(guard="default").execute(code) == [3, "add", "<class 'str'>", "str", "x", "len"]
+
+
+def test_host_files_open_for_writing_and_the_copy_protocol_are_not_the_codes(tmp_path):
+    log = tmp_path / "host.log"
+    handler = __import__("logging").FileHandler(log)
+    interpreter = InProcessInterpreter(guard="default", tools={})
+    interpreter.namespace["handler"] = handler  # e.g. what logging.getLogger().handlers[0] gives in a host that logs
+    interpreter.namespace["box"] = types.SimpleNamespace(stream=handler.stream)
+    try:
+        for code in ("handler.stream.write('injected')", "vars(box)['stream']"):
+            with pytest.raises(Exception, match="RuntimeRefusal") as caught:
+                interpreter.execute(code)
+            assert "a file open for writing" in str(caught.value)
+    finally:
+        handler.close()
+    assert log.read_text() == ""
+    for reducer in (
+        "import copy, json\nclass R:\n    def __reduce_ex__(self, protocol):\n"
+        "        return (lambda: json, (), {'dumps': len})\ncopy.copy(R())",
+        "import copy, json, dataclasses\nX = dataclasses.make_dataclass('X', [('a', int)],"
+        " namespace={'__reduce__': lambda s: (lambda: json, (), {'loads': len})})\ncopy.deepcopy([X(1)])",
+    ):
+        with pytest.raises(Exception, match="RuntimeRefusal") as caught:
+            InProcessInterpreter(guard="default").execute(reducer)
+        assert "whose reducer rebuilt it as 'module'" in str(caught.value)
+    assert json.dumps([1]) == "[1]" and json.loads("1") == 1
+    ordinary = (
+        "import copy, collections\nclass Q:\n    def __init__(self):\n        self.a = [1]\n"
+        "[copy.copy(Q()).a, copy.deepcopy(collections.OrderedDict(a=1))['a']]"
+    )
+    assert InProcessInterpreter(guard="default").execute(ordinary) == [[1], 1]
+    assert InProcessInterpreter(guard="default").execute("import sys, copy\nsys.stdout.writable() or True") is True
+
+
+def test_evaluated_annotations_are_checked_like_other_code():
+    with pytest.raises(Exception, match="RuntimeRefusal") as caught:
+        InProcessInterpreter(guard="default").execute("import logging\nx: logging.sys.modules = 1")
+    assert "'sys.modules'" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "__builtins__['<guard:format>'](getattr, '__self__')",
+        "b = __builtins__\nb['<guard:attribute>'] = b['<guard:format>']",
+    ],
+)
+def test_the_builtins_table_holding_the_lookups_is_not_the_codes(code):
+    with pytest.raises(Exception, match="RuntimeRefusal") as caught:
+        InProcessInterpreter(guard="default").execute(code)
+    assert "'__builtins__'" in str(caught.value)
