@@ -1065,8 +1065,13 @@ def install_hook() -> None:
     if not _hook_installed:
         _hook_installed = True
         sys.addaudithook(_audit)
-        starter = threading._start_new_thread  # type: ignore[attr-defined]
-        threading._start_new_thread = functools.partial(_started, starter)  # type: ignore[attr-defined]
+        # What `Thread.start()` calls: `_start_joinable_thread(function, handle=, daemon=)` from Python 3.13,
+        # `_start_new_thread(function, args, kwargs)` before. Both start `function` in the new thread.
+        for name in ("_start_joinable_thread", "_start_new_thread"):
+            starter = getattr(threading, name, None)
+            if starter is not None:
+                setattr(threading, name, functools.partial(_started, starter))
+                break
         copy._reconstruct = functools.partial(_reconstructed, copy._reconstruct)  # type: ignore[attr-defined]
 
 
@@ -1096,7 +1101,7 @@ def _reconstructed(
     return reconstruct(x, memo, func, args, *rest, **kw)
 
 
-def _started(starter: Callable[..., Any], function: Callable[..., Any], args: tuple[Any, ...], *rest: Any) -> Any:
+def _started(starter: Callable[..., Any], function: Callable[..., Any], *rest: Any, **options: Any) -> Any:
     """`threading`'s thread starter: a thread started while guarded code is on the stack (a `Thread` or `Timer`
     of the code, an executor's worker, an event loop's default executor) carries that code's guard for its whole
     life, so what it runs (a C function such as `io.open`, a callback after the execution returned) is checked as
@@ -1112,13 +1117,13 @@ def _started(starter: Callable[..., Any], function: Callable[..., Any], args: tu
                 _THREAD.busy = False
             guard = None if host_api or found is _PROCESS_WIDE else found
     if guard is None:
-        return starter(function, args, *rest)
+        return starter(function, *rest, **options)
 
-    def carrying(*inner: Any) -> Any:
+    def carrying(*inner: Any, **named: Any) -> Any:
         _THREAD.carried = guard
-        return function(*inner)
+        return function(*inner, **named)
 
-    return starter(carrying, args, *rest)
+    return starter(carrying, *rest, **options)
 
 
 def _audit(event: str, args: tuple[Any, ...]) -> None:
