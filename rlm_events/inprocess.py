@@ -24,8 +24,10 @@ from dspy.primitives.code_interpreter import FinalOutput
 
 from ._ast import converted
 from .guard import GuardPolicy
-from .guard._runtime import RuntimeGuard, host_code, rewrite
+from .guard._runtime import RuntimeGuard
+from .guard._runtime_audit import host_code
 from .guard._runtime_policy import as_policy, host_setup, run_policy, runtime_guard
+from .guard._runtime_rewrite import rewrite
 from .runtime import CodeInterpreterError, ExecutionError
 from .sandbox._worker import Submission, describe, submitted
 

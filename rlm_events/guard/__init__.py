@@ -26,9 +26,11 @@ before a use), `_host`
 evaluator), `_resolve` (what names refer to), `_owners` (which objects are the code's own), the rules
 `_rules_imports`, `_rules_names`, `_rules_attributes`, `_rules_files`, `_rules_library` (library functions that
 reach attributes, formats, annotations or files for the code), `_rules_calls`, `_rules_strings`, put together in
-`_scanner` (one pass over the tree), and `_hints` (what to do instead). The run-time layer: `_runtime` (the checks
-while the code runs: guarded built-ins and an audit hook; standard library only, so the sandbox's worker loads it
-too) and `_runtime_policy` (which policy it enforces, as plain data).
+`_scanner` (one pass over the tree), and `_hints` (what to do instead). The run-time layer (standard library only,
+so the sandbox's worker loads it too): `_runtime` (the checks while the code runs: the guarded built-ins),
+`_runtime_rules` (the rules they read, and the refusal), `_runtime_rewrite` (attribute accesses compiled into checked
+lookups) and `_runtime_audit` (the audit hook and the process-wide patches); and `_runtime_policy` (which policy the
+layer enforces, as plain data).
 """
 
 from ._grammar import HOST_PYTHON, PYODIDE_PYTHON, interpreter_python

@@ -33,8 +33,16 @@ inside host tool calls (`host_code()`) and host APIs (a `dspy` frame whose code 
 worker, `armed(process_wide=True)` applies it to every thread of the process. It is a policy layer, not a sandbox:
 what C code does for the code without an audit event is left to the static pass and to the sandbox.
 
-Standard library only, with no import from this package: the sandbox's worker receives this module's source from
-the host and loads it (the sandbox exposes only the worker script).
+
+How the layer is laid out, one concept a module: this one holds
+[`RuntimeGuard`][rlm_events.guard._runtime.RuntimeGuard] (a namespace's guarded built-ins and the checks behind them);
+`_runtime_rules` the rules as data and the refusal; `_runtime_rewrite` the compiling of attribute accesses into
+lookups; `_runtime_audit` the audit hook and the process-wide patches. The names they export are exported from here
+too: this module is the layer's entry point.
+
+Standard library only, importing nothing of this package but the layer's own modules (relatively): the sandbox's
+worker receives their sources from the host and loads them as a package of their own (the sandbox exposes only the
+worker script).
 """
 
 from __future__ import annotations
@@ -43,145 +51,29 @@ import _string
 import ast
 import builtins
 import contextlib
-import contextvars
-import copy
 import functools
 import io
 import operator
-import os
 import string
 import sys
-import threading
 import types
 import typing
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from typing import Any
 
-FORMAT_LOOKUP = "<guard:format>"  # the global the format-method lookups are compiled into; no code can spell it
-# The globals other attribute reads, and the receivers of attribute writes and deletes, are compiled into.
-ATTRIBUTE_LOOKUP = "<guard:attribute>"
-ATTRIBUTE_OWNER = "<guard:owner>"
-BUILTINS_REFUSED = "<guard:builtins>"  # what reading `__builtins__` is compiled into: a refusal
-PATTERN_CLASS = "<guard:pattern>"  # the class patterns' classes (their attribute reads are checked on the subject)
-FORMAT_METHODS = frozenset({"format", "format_map", "vformat"})
-RULE_FIELDS = ("modules", "only_members", "deny_members", "builtins", "dunders", "private", "deny_attributes")
-# Packages whose calls act for the host: a dspy sub-agent's LM call uses the network and DSPy's disk cache. Audit
-# events under one of their frames (and no frame of the code nearer) are theirs.
-HOST_APIS = frozenset({"dspy"})
-_WRITE_MODE = frozenset("wax+")
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-_GUARDED = frozenset({"getattr", "hasattr", "setattr", "delattr", "vars", "open", "__import__", "__build_class__"})
-
-
-def _events(names: str, rule: str, what: str) -> dict[str, tuple[str, str]]:
-    return dict.fromkeys(names.split(), (rule, what))
-
-
-# Audit events refused whoever makes the call, while guarded code runs: (policy rule, what it is).
-ANY_CALLER: dict[str, tuple[str, str]] = {
-    **_events(
-        """os.system os.exec os.posix_spawn os.spawn os.fork os.forkpty os.kill os.killpg subprocess.Popen pty.spawn
-        os.startfile signal.pthread_kill""",
-        "call",
-        "starting or signalling a process",
-    ),
-    **_events(
-        """socket.connect socket.bind socket.getaddrinfo socket.gethostbyname socket.gethostbyaddr socket.sendto
-        socket.sendmsg socket.sethostname http.client.connect urllib.Request ftplib.connect smtplib.connect
-        imaplib.open poplib.connect nntplib.connect webbrowser.open""",
-        "module",
-        "using the network",
-    ),
-    **_events(
-        """os.remove os.rename os.rmdir os.mkdir os.chmod os.chown os.truncate os.symlink os.link os.utime
-        os.setxattr os.removexattr os.putenv os.unsetenv os.chdir shutil.copyfile shutil.copymode shutil.copystat
-        shutil.copytree shutil.move shutil.rmtree shutil.chown shutil.make_archive shutil.unpack_archive""",
-        "write",
-        "changing files, directories or the environment",
-    ),
-    **_events(
-        """ctypes.dlopen ctypes.dlsym ctypes.dlsym/handle ctypes.cdata ctypes.cdata/buffer ctypes.call_function
-        ctypes.addressof ctypes.string_at ctypes.wstring_at ctypes.PyObj_FromPtr sys.settrace sys.setprofile
-        sys._current_frames sys._current_exceptions sys.addaudithook gc.get_objects gc.get_referrers
-        gc.get_referents function.__new__ pickle.find_class""",
-        "attribute",
-        "reaching native code, other objects' references or the interpreter's hooks",
-    ),
-}
-# Audit events refused when the code itself (or a C function it called) makes them; library code may.
-FROM_THE_CODE: dict[str, tuple[str, str]] = {
-    "compile": ("call", "compiling code at run time"),
-    "exec": ("call", "running code built at run time"),
-    "code.__new__": ("call", "building a code object"),
-    "marshal.loads": ("call", "loading a code object"),
-    "builtins.input": ("call", "reading standard input"),
-}
-
-
-class RuntimeRefusal(PermissionError):
-    """What the run-time layer raises for a refused operation; the message names the operation and the policy rule.
-    A `PermissionError` (an `OSError`), so library code that tolerates a refused file operation (the import
-    system's bytecode cache) goes on."""
-
-
-class Rules:
-    """A policy's rules as plain data (see [`runtime_rules()`][rlm_events.guard._runtime_policy.runtime_rules]):
-    what the run-time checks read."""
-
-    def __init__(self, payload: Mapping[str, Any]) -> None:
-        fields = {name: frozenset(payload[name]) for name in RULE_FIELDS}
-        self.modules, self.only_members = fields["modules"], fields["only_members"]
-        self.deny_members, self.deny_attributes = fields["deny_members"], fields["deny_attributes"]
-        self.builtins, self.dunders, self.private = fields["builtins"], fields["dunders"], fields["private"]
-        self.reasons: dict[str, str] = dict(payload.get("reasons") or {})
-        self.restricted = frozenset(m.rpartition(".")[0] for m in self.only_members)
-        # Packages on the way to an allowed module (`os` of `os.path`, `xml` and `xml.etree`): code holds them after
-        # `import os.path` and may go through them to that module, and nowhere else.
-        self.packages = frozenset(m.rsplit(".", i)[0] for m in self.modules for i in range(1, m.count(".") + 1))
-        self.tops = frozenset(m.split(".")[0] for m in self.modules)
-
-    def related(self, module: str) -> bool:
-        """Whether classes and functions defined in `module` may be handed to the code: an allowed module, one of
-        its submodules or private twins (`json.decoder`, `_io`, `_thread` for `threading`), or the built-ins."""
-        if module in self.modules or module in self.packages or module == "builtins":
-            return True
-        head = _TWINS.get(module, module).lstrip("_").split(".")[0]
-        return head in self.tops
-
-    def on_the_way(self, module: str, name: str) -> bool:
-        """Whether `module.name` is an allowed module or a package on the way to one (`os.path`, `xml.etree`)."""
-        path = f"{module}.{name}"
-        return path in self.modules or path in self.packages
-
-    def refusal(self, rule: str, what: str, reason: str | None = None) -> RuntimeRefusal:
-        """The error for a refused operation: what it was, why (`reason`, else the rule's own reason), the rule."""
-        why = reason or self.reasons.get(rule, "the guard's policy denies it")
-        return RuntimeRefusal(f"CodeGuard refused at run time: {what} ({why}; policy rule {rule!r})")
-
-    def module_refusal(self, name: str, how: str) -> RuntimeRefusal | None:
-        if name in self.modules:
-            return None
-        return self.refusal("module", f"{how} module {name!r}, which the policy does not allow")
-
-    def member_refusal(self, module: str, name: str, how: str) -> RuntimeRefusal | None:
-        path = f"{module}.{name}"
-        if path in self.deny_members or (module in self.restricted and path not in self.only_members):
-            return self.refusal("module", f"{how} {path!r}, a member the policy does not allow")
-        return None
-
-    def name_refusal(self, name: str, own: bool, how: str) -> RuntimeRefusal | None:
-        """The attribute `name` read or written as if the code spelled it (`own`: on the code's own object)."""
-        if name in self.deny_attributes:
-            return self.refusal("attribute", f"{how} {name!r}, an interpreter-internal attribute")
-        if len(name) > 4 and name.startswith("__") and name.endswith("__"):
-            if name not in self.dunders:
-                return self.refusal("attribute", f"{how} {name!r}, a dunder attribute the policy does not list")
-            if name == "__dict__" and not own:
-                return self.refusal("attribute", f"{how} '__dict__' of an object that is not the code's own")
-        elif name.startswith("_") and name not in self.private and not own:
-            return self.refusal("attribute", f"{how} {name!r}, a private attribute of an object not the code's own")
-        return None
+from ._runtime_audit import ANY_CALLER, FROM_THE_CODE, HOST_APIS, every_thread, host_code, install_hook, watch
+from ._runtime_rewrite import (
+    ATTRIBUTE_LOOKUP,
+    ATTRIBUTE_OWNER,
+    BUILTINS_REFUSED,
+    FORMAT_LOOKUP,
+    FORMAT_METHODS,
+    PATTERN_CLASS,
+    GuardedLookups,
+    rewrite,
+)
+from ._runtime_rules import RULE_FIELDS, TYPE_EXPRESSION, WRITE_MODE, Rules, RuntimeRefusal
 
 
 class RuntimeGuard:
@@ -222,9 +114,9 @@ class RuntimeGuard:
     # --- attribute access ------------------------------------------------------------------------------------------
 
     def check_attribute(self, obj: Any, name: Any, how: str, *, spelled: bool = False) -> None:
-        """Raise [`RuntimeRefusal`][rlm_events.guard._runtime.RuntimeRefusal] if reading or writing `obj.<name>` breaks
-        the rules (a name that is not a string is left to Python's own error). `spelled`: the code wrote
-        `obj.<name>`; as in the static pass, a `_name` of an object of a class the code defined is its own then
+        """Raise [`RuntimeRefusal`][rlm_events.guard._runtime_rules.RuntimeRefusal] if reading or writing
+        `obj.<name>` breaks the rules (a name that is not a string is left to Python's own error). `spelled`: the code
+        wrote `obj.<name>`; as in the static pass, a `_name` of an object of a class the code defined is its own then
         (`self._cache` in a subclass of a library class)."""
         if not isinstance(name, str):
             return
@@ -464,7 +356,7 @@ class RuntimeGuard:
                     value = scope[part.id]
                     for name in chain:
                         value = self.attribute(value, name)
-            elif not isinstance(node, _TYPE_EXPRESSION):
+            elif not isinstance(node, TYPE_EXPRESSION):
                 raise refused
 
     def _getattr(self, obj: Any, name: Any, *default: Any) -> Any:
@@ -610,7 +502,7 @@ class RuntimeGuard:
     def _open(self, file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
         if "open" not in self.rules.builtins:
             raise self.rules.refusal("call", "open(): this policy gives the code no files")
-        if not isinstance(mode, str) or _WRITE_MODE & set(mode) or isinstance(file, int) or kwargs.get("opener"):
+        if not isinstance(mode, str) or WRITE_MODE & set(mode) or isinstance(file, int) or kwargs.get("opener"):
             raise self.rules.refusal("write", f"open({file!r}, {mode!r}): only reading a path is allowed")
         return open(file, mode, *args, **kwargs)
 
@@ -657,97 +549,13 @@ class RuntimeGuard:
     def armed(self, *, process_wide: bool = False) -> Iterator[None]:
         """While the code runs: its namespace's built-ins guarded and the audit hook applying to it (to every
         thread of the process with `process_wide`, for the sandbox's worker). Re-entrant."""
-        global _PROCESS_WIDE
         install_hook()
         self.namespace["__builtins__"] = self.builtins
         # The namespace stays guarded after this execution, for as long as the guard lives: functions the code
         # defined (a thread's target, a callback it handed to a library) may run after it returns.
-        _guard_namespace(self)
-        previous = _PROCESS_WIDE
-        if process_wide:
-            _PROCESS_WIDE = self
-        try:
+        watch(self)
+        with every_thread(self if process_wide else None):
             yield
-        finally:
-            _PROCESS_WIDE = previous
-
-    def check_library_compile(self, args: tuple[Any, ...], library: str, host_api: bool) -> None:
-        """A library compiling source while the code runs: `typing` (and pydantic, for a `dspy.Signature`) evaluate
-        the code's annotation strings with `eval`, in C and with the namespaces they choose (the real built-ins),
-        where no check of this layer runs. Such a source may only be a type expression: names that are not refused
-        built-ins, dotted names the attribute rules allow, subscripts, tuples, `|` and constants; no call. The
-        parsers and generators (`ast`, `dataclasses`, `namedtuple`) compile what they build from identifiers, and
-        a host API's other compilations (templates of an LM client) are the host's."""
-        top = library.partition(".")[0]
-        if not library or top in _GENERATORS or (host_api and top not in _EVALUATORS):
-            return  # ("": no frame of the code on the stack, in a thread it did not start: the sandbox's worker)
-        source = args[0] if args else None
-        shown = repr(source)[:60]
-        refused = self.rules.refusal(
-            "call",
-            f"{library or 'a library'} compiling {shown} while the code runs",
-            "code a library evaluates for the code (an annotation string) may only be a type expression",
-        )
-        if isinstance(source, (bytes, bytearray)):
-            source = bytes(source).decode("utf-8", "replace")
-        try:
-            tree = ast.parse(source.strip(), mode="eval") if isinstance(source, str) else source
-        except SyntaxError:
-            raise refused from None
-        if not isinstance(tree, ast.AST):
-            raise refused
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute):
-                found = self.rules.name_refusal(node.attr, False, f"{library} compiling {shown}: it reads")
-                if found is not None:
-                    raise found
-            elif isinstance(node, ast.Name):
-                value = vars(builtins).get(node.id)
-                if node.id.startswith("__") or (
-                    value is not None and not isinstance(value, type) and self.builtins.get(node.id) is not value
-                ):
-                    raise refused  # `__import__`, `getattr`: the namespace may hold the real built-ins
-            elif not isinstance(node, _TYPE_EXPRESSION):
-                raise refused
-
-    def audit(self, event: str, args: tuple[Any, ...], from_the_code: bool, host_api: bool, library: str = "") -> None:
-        """Refuse the audit `event` if the rules deny it (see the module's docstring). `library`: the module of the
-        nearest Python frame, when it is not the code's."""
-        if event == "compile" and not from_the_code:
-            self.check_library_compile(args, library, host_api)
-        if host_api:  # the host's API acting for the code (a dspy sub-agent's LM call, its cache)
-            return
-        rule = ANY_CALLER.get(event)
-        if rule is not None:
-            raise self.rules.refusal(rule[0], f"{event}{_shown(args)}", f"{rule[1]} is denied")
-        if event == "open":
-            mode, flags = (args[1], args[2]) if len(args) > 2 else (None, 0)
-            if (isinstance(mode, str) and _WRITE_MODE & set(mode)) or (isinstance(flags, int) and flags & _WRITE_FLAGS):
-                raise self.rules.refusal("write", f"open({args[0]!r}, {mode or flags!r}) for writing")
-            return
-        if not from_the_code:
-            return
-        if event == "import":
-            found = self.rules.module_refusal(str(args[0]), "import of")
-            if found is not None:
-                raise found
-        elif event in ("object.__getattr__", "object.__setattr__", "object.__delattr__"):
-            self.check_attribute(args[0], args[1], f"{event} on a {type(args[0]).__name__}:")
-        elif event in FROM_THE_CODE:
-            rule = FROM_THE_CODE[event]
-            raise self.rules.refusal(rule[0], f"{event}{_shown(args)}", f"{rule[1]} is denied")
-
-
-# Library modules whose compilations the code cannot turn into its own code: `ast` only parses, `dataclasses` and
-# `collections` (namedtuple) generate code from identifiers.
-_GENERATORS = frozenset({"ast", "dataclasses", "collections"})
-# Libraries that evaluate annotation strings (`ForwardRef`): also under a host API (pydantic under `dspy.Signature`).
-_EVALUATORS = frozenset({"typing", "typing_extensions", "pydantic"})
-# What a string evaluated as an annotation may hold: a type expression, with no call.
-_TYPE_EXPRESSION = (
-    ast.Expression, ast.Name, ast.Attribute, ast.Subscript, ast.Tuple, ast.List, ast.Constant, ast.BinOp, ast.BitOr,
-    ast.Load, ast.Slice, ast.UnaryOp, ast.USub, ast.Starred,
-)  # fmt: skip
 
 
 # Per type of value read through an attribute: whether such values need no check (not a module, class, function,
@@ -807,23 +615,6 @@ def _pattern_proxy(guard: RuntimeGuard, cls: type, names: tuple[str, ...], posit
         namespace["__match_args__"] = listed
     return Checked(cls.__name__, (), namespace)
 
-
-# Modules whose classes and functions allowed modules hand out under another name: (module -> the allowed one).
-_TWINS = {
-    "_thread": "threading",
-    "genericpath": "os.path",
-    "posixpath": "os.path",
-    "ntpath": "os.path",
-    "_sre": "re",
-    "_blake2": "hashlib",
-    "_sha1": "hashlib",
-    "_sha256": "hashlib",
-    "_sha512": "hashlib",
-    "_sha3": "hashlib",
-    "_md5": "hashlib",
-    "_collections_abc": "collections",
-    "_weakrefset": "threading",
-}
 
 # Modules of the classes of type expressions (`list[int]`, `typing.Optional[x]`, `int | None`).
 _TYPE_FORMS = frozenset({"typing", "types", "typing_extensions"})
@@ -887,304 +678,6 @@ def _attribute(obj: Any, name: str) -> tuple[Any, bool]:
         return getattr(obj, name), True
     except Exception:
         return None, False
-
-
-def _shown(args: tuple[Any, ...]) -> str:
-    text = ", ".join(repr(a) if not isinstance(a, (list, dict, tuple)) else "…" for a in args[:2])
-    return f"({text if len(text) <= 80 else text[:77] + '...'})"
-
-
-class GuardedLookups(ast.NodeTransformer):
-    """Compiles the code's attribute accesses into the guard's checks (the names are the globals above, which no code
-    can spell):
-
-    * a read `x.name` into `<guard:attribute>(x, "name")`, a read of `format`, `format_map` or `vformat` into
-      `<guard:format>(x, "name")` (a format string's fields are checked when it is used);
-    * a write or delete `x.name = v` / `del x.name` into `<guard:owner>(x, "name").name = v`;
-    * the class of a class pattern `case C(a=p)` into a name bound just before the `match` to
-      `<guard:pattern>(C, ("a",), 0)`, since CPython reads the pattern's attributes in C.
-
-    Attribute names are mangled as Python mangles them (`self.__x` in class `A` is `_A__x`): the string the lookup
-    receives is the name Python would read. Under `from __future__ import annotations` the annotations stay as
-    written: they are strings then, never evaluated by Python (a library that evaluates them is checked when it
-    compiles them), and `dataclasses` reads `ClassVar` in them."""
-
-    def __init__(self, lazy_annotations: bool = False) -> None:
-        self.classes: list[str] = []
-        self.patterns = 0
-        self.lazy_annotations = lazy_annotations
-
-    def visit_arg(self, node: ast.arg) -> ast.AST:
-        return node if self.lazy_annotations else self.generic_visit(node)
-
-    def visit_AnnAssign(self, node: ast.AnnAssign) -> ast.AST:
-        if not self.lazy_annotations:
-            return self.generic_visit(node)
-        node.target = self.visit(node.target)
-        node.value = self.visit(node.value) if node.value is not None else None
-        return node
-
-    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
-        returns, node.returns = node.returns, None
-        self.generic_visit(node)
-        node.returns = returns if self.lazy_annotations or returns is None else self.visit(returns)
-        return node
-
-    def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> ast.AST:
-        returns, node.returns = node.returns, None
-        self.generic_visit(node)
-        node.returns = returns if self.lazy_annotations or returns is None else self.visit(returns)
-        return node
-
-    def _mangled(self, name: str) -> str:
-        if name.startswith("__") and not name.endswith("__") and self.classes:
-            owner = self.classes[-1].lstrip("_")
-            if owner:
-                return f"_{owner}{name}"
-        return name
-
-    def visit_ClassDef(self, node: ast.ClassDef) -> ast.AST:
-        node.decorator_list = [self.visit(d) for d in node.decorator_list]
-        node.bases = [self.visit(b) for b in node.bases]
-        node.keywords = [self.visit(k) for k in node.keywords]
-        self.classes.append(node.name)
-        try:
-            node.body = self._statements(node.body)
-        finally:
-            self.classes.pop()
-        return node
-
-    def _statements(self, body: list[ast.stmt]) -> list[ast.stmt]:
-        out: list[ast.stmt] = []
-        for statement in body:
-            result = self.visit(statement)
-            out.extend(result if isinstance(result, list) else [result])
-        return out
-
-    def visit_Name(self, node: ast.Name) -> ast.AST:
-        # `__builtins__` is the guarded table, holding the lookups above: the code does not get to read or change it.
-        if node.id == "__builtins__" and isinstance(node.ctx, ast.Load):
-            return ast.copy_location(ast.Call(ast.Name(BUILTINS_REFUSED, ast.Load()), [], []), node)
-        return node
-
-    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
-        self.generic_visit(node)
-        name = ast.Constant(self._mangled(node.attr))
-        if isinstance(node.ctx, ast.Load):
-            lookup = FORMAT_LOOKUP if node.attr in FORMAT_METHODS else ATTRIBUTE_LOOKUP
-            return ast.copy_location(ast.Call(ast.Name(lookup, ast.Load()), [node.value, name], []), node)
-        owner = ast.Call(ast.Name(ATTRIBUTE_OWNER, ast.Load()), [node.value, name], [])
-        node.value = ast.copy_location(owner, node.value)
-        return node
-
-    def visit_Match(self, node: ast.Match) -> Any:
-        node.subject = self.visit(node.subject)
-        bound: list[ast.stmt] = []
-        for case in node.cases:
-            for pattern in ast.walk(case.pattern):
-                if isinstance(pattern, ast.MatchClass):
-                    self.patterns += 1
-                    alias = f"<guard:pattern:{self.patterns}>"
-                    names = ast.Tuple([ast.Constant(n) for n in pattern.kwd_attrs], ast.Load())
-                    call = ast.Call(
-                        ast.Name(PATTERN_CLASS, ast.Load()),
-                        [self.visit(pattern.cls), names, ast.Constant(len(pattern.patterns))],
-                        [],
-                    )
-                    bound.append(ast.copy_location(ast.Assign([ast.Name(alias, ast.Store())], call), node))
-                    pattern.cls = ast.copy_location(ast.Name(alias, ast.Load()), pattern.cls)
-            if case.guard is not None:
-                case.guard = self.visit(case.guard)
-            case.body = self._statements(case.body)
-        # Value patterns (`case Color.RED:`) stay dotted names, as patterns must: they compare, binding nothing.
-        return [*bound, node]
-
-    def generic_visit(self, node: ast.AST) -> ast.AST:
-        for field, value in ast.iter_fields(node):
-            if isinstance(value, list) and value and isinstance(value[0], ast.stmt):
-                setattr(node, field, self._statements(value))
-            elif isinstance(value, list):
-                setattr(node, field, [self.visit(v) if isinstance(v, ast.AST) else v for v in value])
-            elif isinstance(value, ast.AST):
-                setattr(node, field, self.visit(value))
-        return node
-
-
-def rewrite(tree: ast.Module) -> ast.Module:
-    """`tree` with its attribute accesses and class patterns routed through the guard (see `GuardedLookups`)."""
-    lazy = any(
-        isinstance(node, ast.ImportFrom)
-        and node.module == "__future__"
-        and any(a.name == "annotations" for a in node.names)
-        for node in tree.body
-    )
-    return ast.fix_missing_locations(GuardedLookups(lazy_annotations=lazy).visit(tree))
-
-
-# --- the audit hook: one per process ---------------------------------------------------------------------------------
-
-# id(namespace) -> its guard, from its first guarded execution for as long as the guard lives: the audit hook applies
-# to frames of these namespaces whenever they run.
-_WATCHED: dict[int, weakref.ref[RuntimeGuard]] = {}
-_PROCESS_WIDE: RuntimeGuard | None = None
-_HOST_CODE: contextvars.ContextVar[bool] = contextvars.ContextVar("rlm_events_guard_host_code", default=False)
-# Per thread: `carried`, the guard of the code that started the thread (set for the thread's whole life, see
-# `_started`); `busy`, while the hook itself runs (its frame reads raise audit events of their own).
-_THREAD = threading.local()
-_hook_installed = False
-
-
-def _guard_namespace(guard: RuntimeGuard) -> None:
-    key = id(guard.namespace)
-    kept = _WATCHED.get(key)
-    if kept is not None and kept() is guard:
-        return
-
-    def forget(ref: weakref.ref[RuntimeGuard]) -> None:
-        if _WATCHED.get(key) is ref:  # (a later guard of the same namespace replaced it)
-            del _WATCHED[key]
-
-    _WATCHED[key] = weakref.ref(guard, forget)
-
-
-@contextlib.contextmanager
-def host_code() -> Iterator[None]:
-    """Host code called from the code (a tool): the audit hook does not apply to it, nor to what it starts in
-    threads that copy its context."""
-    token = _HOST_CODE.set(True)
-    try:
-        yield
-    finally:
-        _HOST_CODE.reset(token)
-
-
-def install_hook() -> None:
-    """Install the audit hook once per process (it cannot be removed; idle, it is one dictionary test), and have
-    every thread started from guarded code carry that code's guard (see `_started`)."""
-    global _hook_installed
-    if not _hook_installed:
-        _hook_installed = True
-        sys.addaudithook(_audit)
-        # What `Thread.start()` calls: `_start_joinable_thread(function, handle=, daemon=)` from Python 3.13,
-        # `_start_new_thread(function, args, kwargs)` before. Both start `function` in the new thread.
-        for name in ("_start_joinable_thread", "_start_new_thread"):
-            starter = getattr(threading, name, None)
-            if starter is not None:
-                setattr(threading, name, functools.partial(_started, starter))
-                break
-        copy._reconstruct = functools.partial(_reconstructed, copy._reconstruct)  # type: ignore[attr-defined]
-
-
-def _reconstructed(
-    reconstruct: Callable[..., Any], x: Any, memo: Any, func: Any, args: Any, *rest: Any, **kw: Any
-) -> Any:
-    """`copy`'s rebuilding of an object from what its reducer returned (`__reduce_ex__`: a callable, its arguments,
-    and state to write into the result): while guarded code runs, the state is written only into a new object of
-    the copied one's class, never into whatever the callable returns (a module: `json`'s namespace patched). The
-    code may define reducers in classes it builds with `type()` or `dataclasses.make_dataclass`, where
-    `__build_class__` does not see them."""
-    if any(part is not None for part in rest[:3]) and (_WATCHED or _PROCESS_WIDE is not None):
-        _THREAD.busy = True
-        try:
-            guard = _caller(sys._getframe(1))[0] or getattr(_THREAD, "carried", None)
-        finally:
-            _THREAD.busy = False
-        if guard is not None:
-            made = func(*args)
-            if not isinstance(made, type(x)) or isinstance(made, (type, types.ModuleType)):
-                raise guard.rules.refusal(
-                    "attribute",
-                    f"copying a {type(x).__name__} whose reducer rebuilt it as {type(made).__name__!r}",
-                    "the copy protocol writes the object's state into what its reducer returns",
-                )
-            return reconstruct(x, memo, lambda *_: made, args, *rest, **kw)
-    return reconstruct(x, memo, func, args, *rest, **kw)
-
-
-def _started(starter: Callable[..., Any], function: Callable[..., Any], *rest: Any, **options: Any) -> Any:
-    """`threading`'s thread starter: a thread started while guarded code is on the stack (a `Thread` or `Timer`
-    of the code, an executor's worker, an event loop's default executor) carries that code's guard for its whole
-    life, so what it runs (a C function such as `io.open`, a callback after the execution returned) is checked as
-    the code's. The host's threads (started by host code, tools and host APIs) carry none."""
-    guard = None
-    if (_WATCHED or _PROCESS_WIDE is not None) and not _HOST_CODE.get():
-        guard = getattr(_THREAD, "carried", None)
-        if guard is None:
-            _THREAD.busy = True
-            try:
-                found, _, host_api, _ = _caller(sys._getframe(1))
-            finally:
-                _THREAD.busy = False
-            guard = None if host_api or found is _PROCESS_WIDE else found
-    if guard is None:
-        return starter(function, *rest, **options)
-
-    def carrying(*inner: Any, **named: Any) -> Any:
-        _THREAD.carried = guard
-        return function(*inner, **named)
-
-    return starter(carrying, *rest, **options)
-
-
-def _audit(event: str, args: tuple[Any, ...]) -> None:
-    if not _WATCHED and _PROCESS_WIDE is None:
-        return
-    if event not in ANY_CALLER and event not in FROM_THE_CODE and event not in _OTHER_EVENTS:
-        return
-    if _HOST_CODE.get() or getattr(_THREAD, "busy", False):
-        return
-    _THREAD.busy = True
-    try:
-        guard, from_the_code, host_api, library = _caller(sys._getframe(1))
-        if guard is None:  # no frame of guarded code: a thread that code started (running a C function …)?
-            guard = getattr(_THREAD, "carried", None)
-    finally:
-        _THREAD.busy = False
-    if guard is not None:
-        guard.audit(event, args, from_the_code, host_api, library)
-
-
-_OTHER_EVENTS = frozenset({"open", "import", "object.__getattr__", "object.__setattr__", "object.__delattr__"})
-
-
-def _caller(frame: types.FrameType | None) -> tuple[RuntimeGuard | None, bool, bool, str]:
-    """The guard whose code is on this stack (else the process-wide one), whether the nearest Python frame (past
-    the import machinery) is that code, whether a host API's frame is in between, and the module of the nearest
-    Python frame when it is not the code's (`""` when it is)."""
-    nearest, host_api, library = True, False, ""
-    while frame is not None:
-        namespace = frame.f_globals
-        ref = _WATCHED.get(id(namespace))
-        guard = ref() if ref is not None else None
-        if guard is not None and guard.namespace is namespace:
-            return guard, nearest, host_api, library
-        module = namespace.get("__name__")
-        module = module if isinstance(module, str) else ""
-        if not module.startswith("importlib") and nearest:
-            nearest, library = False, module or "?"
-        if module.partition(".")[0] in HOST_APIS and _host_api_frame(frame, module):
-            host_api = True
-        frame = frame.f_back
-    return _PROCESS_WIDE, False, host_api, library if _carried() else ""
-
-
-def _carried() -> bool:
-    return getattr(_THREAD, "carried", None) is not None
-
-
-def _host_api_frame(frame: types.FrameType, module: str) -> bool:
-    """Whether `frame` runs a host API's own code: its globals are the module's and its code comes from the
-    package's files. (Code can give its classes `__module__ = "dspy"`, and `dataclasses` then compiles their
-    `__init__` with that module's globals: a frame of code the code wrote, which must not pass for the host's.)"""
-    loaded = sys.modules.get(module)
-    if loaded is None or getattr(loaded, "__dict__", None) is not frame.f_globals:
-        return False
-    top = sys.modules.get(module.partition(".")[0])
-    where = getattr(top, "__file__", None)
-    if not isinstance(where, str):
-        return False
-    # (frame.f_code raises an audit event of its own: the hook is `busy` meanwhile and lets it through.)
-    return frame.f_code.co_filename.startswith(os.path.dirname(where) + os.sep)
 
 
 __all__ = [

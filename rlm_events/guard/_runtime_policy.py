@@ -1,7 +1,7 @@
 """Which policy the run-time layer ([`rlm_events.guard._runtime`][rlm_events.guard._runtime]) enforces, and the
 form it travels in: a [`GuardPolicy`][rlm_events.guard.GuardPolicy]'s rules as plain data
 ([`runtime_rules()`][rlm_events.guard._runtime_policy.runtime_rules]), and, for the sandbox's worker, with the
-layer's source ([`worker_guard()`][rlm_events.guard._runtime_policy.worker_guard]).
+sources of the layer's modules ([`worker_guard()`][rlm_events.guard._runtime_policy.worker_guard]).
 
 The layer is tied to a [`CodeGuard`][rlm_events.guard.CodeGuard]: a guard checking a run records its policy in the
 run's state (`CodeGuard(runtime=False)` does not), and the interpreters this library controls enforce the policy
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runtime import current_run
-from . import _runtime
+from . import _runtime, _runtime_audit, _runtime_rewrite, _runtime_rules
 from ._policy import GuardPolicy
 from ._violation import REASONS
 
@@ -24,13 +24,18 @@ RUNTIME_POLICY_KEY = "guard_runtime"  # run.state key: the policy the run-time l
 # DSPy (3.4) sets an interpreter up (its sub-agent facade) with executions that carry this variable: the host's
 # code, not the LM's (only the host passes variables), run without the run-time layer.
 DSPY_SETUP_VARIABLE = "__dspy_host_token"
-_SOURCE = Path(_runtime.__file__).read_text(encoding="utf-8") if _runtime.__file__ else ""
+# The run-time layer's modules, each importing only the ones before it (relatively): what the sandbox's worker loads,
+# in this order, as a package of their own ({module's name in the package: its source}).
+_SOURCES = {
+    module.__name__.rpartition(".")[2]: Path(module.__file__).read_text(encoding="utf-8") if module.__file__ else ""
+    for module in (_runtime_rules, _runtime_rewrite, _runtime_audit, _runtime)
+}
 
 
 @functools.lru_cache(maxsize=32)
 def runtime_rules(policy: GuardPolicy) -> dict[str, Any]:
     """`policy`'s rules as JSON-compatible data: the names the run-time checks read, and the reasons they give."""
-    rules: dict[str, Any] = {name: sorted(getattr(policy, name)) for name in _runtime.RULE_FIELDS}
+    rules: dict[str, Any] = {name: sorted(getattr(policy, name)) for name in _runtime_rules.RULE_FIELDS}
     rules["reasons"] = dict(REASONS)
     return rules
 
@@ -59,17 +64,17 @@ def run_policy() -> GuardPolicy | None:
 
 def runtime_guard(policy: GuardPolicy, namespace: dict[str, Any]) -> _runtime.RuntimeGuard:
     """The run-time checks of `policy` for one REPL namespace."""
-    return _runtime.RuntimeGuard(_runtime.Rules(runtime_rules(policy)), namespace)
+    return _runtime.RuntimeGuard(_runtime_rules.Rules(runtime_rules(policy)), namespace)
 
 
 def worker_guard(variables: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """What the sandbox's worker needs to enforce the run's policy on an execution with `variables` (`None`: no
-    guard, also for DSPy's own setup): the rules, and the layer's source, which the worker loads (the sandbox
-    exposes only the worker script, not this package)."""
+    guard, also for DSPy's own setup): the rules, and the sources of the layer's modules, which the worker loads
+    (the sandbox exposes only the worker script, not this package)."""
     policy = run_policy()
     if policy is None or host_setup(variables):
         return None
-    return {"rules": runtime_rules(policy), "source": _SOURCE}
+    return {"rules": runtime_rules(policy), "sources": _SOURCES}
 
 
 __all__ = [

@@ -223,19 +223,29 @@ class CapturedOutput:
         self.file.close()
 
 
-def guard_layer(source: str) -> Any:
-    """The guard's run-time layer (`rlm_events.guard._runtime`), loaded from the source the host sent with the
-    request (the sandbox exposes this script, not the package); one module per distinct source."""
-    module = _GUARD_LAYERS.get(source)
-    if module is None:
-        module = types.ModuleType("rlm_events_guard_runtime")
-        sys.modules[module.__name__] = module  # (its classes name their module)
-        exec(compile(source, "<rlm_events.guard._runtime>", "exec"), module.__dict__)
-        _GUARD_LAYERS[source] = module
-    return module
+def guard_layer(sources: dict[str, str]) -> Any:
+    """The guard's run-time layer (`rlm_events.guard._runtime`), loaded from the sources of its modules the host sent
+    with the request (the sandbox exposes this script, not the package): as the modules of a package of their own, in
+    the order sent (each imports only the ones before it, relatively); its last module, the layer's entry point. Once
+    per distinct set of sources."""
+    key = tuple(sources.items())
+    layer = _GUARD_LAYERS.get(key)
+    if layer is None:
+        package = types.ModuleType(GUARD_PACKAGE)
+        package.__path__ = []  # a package: its modules' relative imports resolve, from sys.modules
+        sys.modules[GUARD_PACKAGE] = package
+        for name, source in sources.items():
+            layer = types.ModuleType(f"{GUARD_PACKAGE}.{name}")
+            layer.__package__ = GUARD_PACKAGE
+            sys.modules[layer.__name__] = layer  # (its classes name their module; the later modules import it)
+            exec(compile(source, f"<rlm_events.guard.{name}>", "exec"), layer.__dict__)
+            setattr(package, name, layer)
+        _GUARD_LAYERS[key] = layer
+    return layer
 
 
-_GUARD_LAYERS: dict[str, Any] = {}
+GUARD_PACKAGE = "rlm_events_guard_runtime"  # the package the run-time layer's modules are loaded into
+_GUARD_LAYERS: dict[tuple[tuple[str, str], ...], Any] = {}
 
 
 class Session:
@@ -271,12 +281,12 @@ class Session:
         raise submitted(self.output_fields, args, kwargs)
 
     def runtime_guard(self, spec: Any) -> tuple[dict[str, Any], Any, Any] | None:
-        """The run-time guard a request asks for (`{"rules": ..., "source": ...}`), or None; kept while the rules
+        """The run-time guard a request asks for (`{"rules": ..., "sources": ...}`), or None; kept while the rules
         are the same (the classes the code defined stay its own)."""
         if not isinstance(spec, dict):
             return None
         if self.guard is None or self.guard[0] != spec:
-            layer = guard_layer(spec["source"])
+            layer = guard_layer(spec["sources"])
             self.guard = (spec, layer, layer.RuntimeGuard(layer.Rules(spec["rules"]), self.namespace))
         return self.guard
 
