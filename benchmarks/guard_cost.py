@@ -1,4 +1,5 @@
-"""What the code guard's static check costs per step, uncached: microseconds per `GuardPolicy.check(code)`.
+"""What the code guard costs: its static check per step, uncached (microseconds per `GuardPolicy.check(code)`), and
+its run-time layer per execution (the same step run with and without it).
 
     python benchmarks/guard_cost.py [--repeats 200] [--json out.json] [--quick]
 
@@ -7,8 +8,15 @@ Steps of about 10, 50 and 200 lines are made of the guard corpus's ordinary anal
 the default policy, every check from scratch (no cache: a new code string each time, with a comment that differs).
 Printed: the fastest and the median microseconds per check of `--repeats` (the fastest is the least disturbed by
 the machine's other work), and apart what CodeGuard pays for code it has checked before (`cached`: it remembers
-the last 256 distinct checks). Issue 21's target: a 50-line step checked in at most 1 ms. These are figures on the
-machine at hand, not assertions.
+the last 256 distinct checks). Issue 21's target: a 50-line step checked in at most 1 ms.
+
+The run-time layer (`InProcessInterpreter(guard=...)`, the sandbox's worker) recompiles the code so that its
+attribute reads and writes, calls of guarded built-ins and imports are checked as they run. Its cost depends on what
+the code does, so it is measured on two steps, each executed `--repeats` times in one interpreter with the layer
+(`guard="default"`) and without it (`guard=None`), interleaved: `RUNTIME_STEPS`, an ordinary analysis step on a text
+(split, count, regex, JSON, sort) and an attribute-heavy loop over objects of the code's own class (the worst case:
+every step checks an attribute). Printed: the median microseconds per execution of each and their ratio.
+These are figures on the machine at hand, not assertions.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from typing import Any
 
 from rlm_events.guard import GuardPolicy
 from rlm_events.guard._middleware import checked
+from rlm_events.inprocess import InProcessInterpreter
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,6 +50,30 @@ ORDINARY = _corpus()
 
 SIZES = (10, 50, 200)
 TARGET_US = {50: 1000.0}
+
+# Executed with and without the run-time layer; `text` is given as the step's variable.
+RUNTIME_STEPS = {
+    "analysis": (
+        "import collections, json, re\n"
+        "words = re.findall(r'[a-z]+', text.lower())\n"
+        "counts = collections.Counter(words)\n"
+        "top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:10]\n"
+        "rows = [{'word': w, 'n': n, 'share': round(n / len(words), 4)} for w, n in top]\n"
+        "print(json.dumps(json.loads(json.dumps(rows)))[:80])"
+    ),
+    "attributes": (
+        "class Point:\n"
+        "    def __init__(self, x, y):\n"
+        "        self.x, self.y = x, y\n"
+        "points = [Point(i, 2 * i) for i in range(500)]\n"
+        "total = 0\n"
+        "for p in points:\n"
+        "    p.x = p.x + p.y\n"
+        "    total += p.x * p.y\n"
+        "print(total)"
+    ),
+}
+TEXT = " ".join(f"word{i % 50} lorem ipsum dolor sit amet" for i in range(400))
 
 
 def step_of(lines: int) -> str:
@@ -77,6 +110,35 @@ def cached_cost(policy: GuardPolicy, code: str, repeats: int) -> float:
     return (time.perf_counter() - start) * 1e6 / repeats
 
 
+def runtime_cost(repeats: int) -> list[dict[str, Any]]:
+    """Median microseconds per execution of each of `RUNTIME_STEPS` without and with the run-time layer, and their
+    ratio; the two interpreters run in turn, one execution each, so that the machine's drift hits both alike."""
+    rows: list[dict[str, Any]] = []
+    for name, code in RUNTIME_STEPS.items():
+        plain, guarded = InProcessInterpreter(), InProcessInterpreter(guard="default")
+        timings: dict[str, list[float]] = {"plain": [], "guarded": []}
+        try:
+            for i in range(repeats + 1):  # the first of each: compiling, imports
+                for key, repl in (("plain", plain), ("guarded", guarded)):
+                    start = time.perf_counter()
+                    out = repl.execute(code, variables={"text": TEXT})
+                    if i:
+                        timings[key].append((time.perf_counter() - start) * 1e6)
+                    if isinstance(out, str) and out.startswith("[Error]"):
+                        raise RuntimeError(f"{name} ({key}): {out}")
+        finally:
+            plain.shutdown()
+            guarded.shutdown()
+        row = {"step": name, **{f"{k}_us": statistics.median(v) for k, v in timings.items()}}
+        row["ratio"] = row["guarded_us"] / row["plain_us"]
+        rows.append(row)
+        print(
+            f"run-time layer, {name:<10} without {row['plain_us']:8.0f} µs  with {row['guarded_us']:8.0f} µs  "
+            f"ratio {row['ratio']:.2f}"
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=200)
@@ -101,7 +163,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"median {row['median_us']:8.0f} µs  cached {row['cached_us']:5.1f} µs"
                 + ("" if target is None else f"  (target ≤ {target:.0f} µs uncached)")
             )
-    report = {"command": "python benchmarks/guard_cost.py", "repeats": repeats, "checks": rows}
+    report = {
+        "command": "python benchmarks/guard_cost.py",
+        "repeats": repeats,
+        "checks": rows,
+        "runtime": runtime_cost(repeats),
+    }
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return report

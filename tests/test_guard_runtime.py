@@ -221,6 +221,11 @@ def test_the_guard_cost_benchmark_runs_and_reports_every_figure(tmp_path):
         assert row["fastest_us"] > 0 and row["median_us"] >= row["fastest_us"] and row["cached_us"] > 0
     assert [row["target_us"] for row in rows] == [None, None, 1000.0, 1000.0, None, None]
     assert "(target ≤ 1000 µs uncached)" in done.stdout
+    runtime = report["runtime"]  # each step run with and without the run-time layer (it raises if a step failed)
+    assert [row["step"] for row in runtime] == ["analysis", "attributes"]
+    for row in runtime:
+        assert row["plain_us"] > 0 and row["guarded_us"] > 0
+        assert row["ratio"] == pytest.approx(row["guarded_us"] / row["plain_us"])
 
 
 @pytest.mark.parametrize(
