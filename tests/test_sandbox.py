@@ -752,6 +752,32 @@ def test_a_message_over_the_cap_fails_the_execution_with_an_error_the_lm_reads(m
     assert out[1] == "fresh"
 
 
+FORGE = """
+import gc
+proto = next(o for o in gc.get_objects() if type(o).__name__ == "Protocol")
+channel = next(o for o in gc.get_objects() if type(o).__name__ == "type" and o.__name__ == "Channel")
+channel.output.write('{{"type":"result","execution":"%s","value":%s}}\\n' % (proto.execution, {value}))
+channel.output.flush()
+"""
+
+
+@needs_sandbox
+def test_a_message_that_decodes_into_too_much_is_an_error_the_lm_reads_not_a_host_crash(make_rlm):
+    """Under 16 MiB, but nested 100,000 deep (the host's JSON decoder would raise RecursionError, ending the whole
+    call), or 5 million empty lists (over 500 MiB of the host's memory once decoded): both refused before decoding."""
+    deep = FORGE.format(value='"[" * 100_000 + "]" * 100_000')
+    wide = FORGE.format(value='"[" + "[]," * 5_000_000 + "[]]"')
+    strings = '"[{,]}" * 400_000'  # 2 million brackets and commas, inside a string: they count for nothing
+    steps = [deep, "print('fresh')", wide, strings, "SUBMIT(answer='done')"]
+    result = run(make_rlm, steps, Recorder())
+    out = outputs(result)
+    assert result.answer == "done"
+    assert out[0].startswith("[Error]") and "nested more than 100 deep" in out[0], out[0][:300]
+    assert out[1] == "fresh"
+    assert out[2].startswith("[Error]") and "more than 1048576 JSON values" in out[2], out[2][:300]
+    assert out[3].startswith("[{,]}[{,]}"), out[3][:300]
+
+
 @needs_sandbox
 def test_stale_scratch_and_cgroups_of_a_killed_host_are_removed():
     code = (

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import itertools
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -31,6 +33,37 @@ if TYPE_CHECKING:
 # before the host reads it (past that the reader stops reading, so the worker blocks on its pipe).
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_BUFFERED_BYTES = 2 * MAX_MESSAGE_BYTES
+# ... and it decodes into at most this many JSON values (containers and their items), nested at most this deep. The
+# byte cap alone does not bound the host's memory: a 16 MiB line of `[[],[],...]` decodes into 5.6 million lists
+# (over 500 MiB), and a line of `[[[...` overflows the decoder's recursion (RecursionError, which would end the
+# whole RLM call) or, a little less deep, every later `repr` of the value on the host.
+MAX_MESSAGE_VALUES = 2**20
+MAX_MESSAGE_DEPTH = 100
+
+# A JSON string (escapes included): what the structure scan skips.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(range(256)).translate(None, b"[]{}")
+_NESTING = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
+
+
+def structure_problem(line: bytes) -> str | None:
+    """Why the JSON text `line` decodes into too much for the host (more than `MAX_MESSAGE_VALUES` values, or
+    nested deeper than `MAX_MESSAGE_DEPTH`), or None. Counted outside strings, before decoding: an ordinary message
+    costs three byte counts; only one that might be over a bound is scanned (a regular expression, then a pass over
+    its brackets alone)."""
+    opening = line.count(b"[") + line.count(b"{")
+    if opening + line.count(b",") <= MAX_MESSAGE_VALUES and opening <= MAX_MESSAGE_DEPTH:
+        return None
+    structure = _JSON_STRING.sub(b'""', line)
+    opening = structure.count(b"[") + structure.count(b"{")
+    if opening + structure.count(b",") > MAX_MESSAGE_VALUES:
+        return f"more than {MAX_MESSAGE_VALUES} JSON values"
+    if opening > MAX_MESSAGE_DEPTH:
+        # each opening bracket +1, each closing one -1 (bytes 2 and 0, minus 1): the deepest running sum
+        brackets = structure.translate(_NESTING, _NOT_BRACKETS)
+        if max(itertools.accumulate(step - 1 for step in brackets), default=0) > MAX_MESSAGE_DEPTH:
+            return f"JSON nested more than {MAX_MESSAGE_DEPTH} deep"
+    return None
 
 
 class WorkerLost(Exception):
@@ -167,9 +200,12 @@ class Worker:
         with self.buffer_room:
             self.buffered -= len(line)
             self.buffer_room.notify()
+        problem = structure_problem(line)
+        if problem is not None:
+            raise WorkerLost(f"broke the protocol (a message of {problem})")
         try:
             message = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: cannot happen past structure_problem; never let it out
             raise WorkerLost(f"broke the protocol (not JSON: {line[:200]!r})") from None
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             raise WorkerLost(f"broke the protocol (not a message: {str(message)[:200]})")
@@ -350,6 +386,8 @@ class Resources:
 __all__ = [
     "MAX_BUFFERED_BYTES",
     "MAX_MESSAGE_BYTES",
+    "MAX_MESSAGE_DEPTH",
+    "MAX_MESSAGE_VALUES",
     "Resources",
     "Worker",
     "WorkerLost",
