@@ -672,6 +672,37 @@ print(seen)
 
 
 @needs_sandbox
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="system call numbers of x86-64")
+def test_sockets_only_of_unix_ip_and_netlink_families_the_rest_refused_with_eperm(make_rlm):
+    """AF_VSOCK is not network-namespaced (on a VM it reaches the hypervisor and other VMs); AF_ALG, AF_TIPC, AF_KEY
+    are kernel surface; a family with high bits set (the kernel truncates it to an int) is refused too."""
+    attack = """
+import ctypes, errno, socket
+libc = ctypes.CDLL(None, use_errno=True)
+seen = {}
+for name, family, kind in (("AF_UNIX", 1, 1), ("AF_INET", 2, 1), ("AF_INET6", 10, 2), ("AF_NETLINK", 16, 3),
+                           ("AF_VSOCK", 40, 1), ("AF_ALG", 38, 5), ("AF_TIPC", 30, 2), ("AF_KEY", 15, 3),
+                           ("AF_VSOCK+2**32", 2**32 + 40, 1)):
+    ctypes.set_errno(0)
+    fd = libc.syscall(41, ctypes.c_long(family), kind, 0)  # socket
+    seen[name] = "ok" if fd >= 0 else errno.errorcode.get(ctypes.get_errno())
+    pair = (ctypes.c_int * 2)()
+    ctypes.set_errno(0)
+    if libc.syscall(53, ctypes.c_long(family), kind, 0, pair) == -1 and ctypes.get_errno() == errno.EPERM:
+        seen[name + " pair"] = "EPERM"  # socketpair
+print(seen)
+print(socket.getaddrinfo("localhost", 80, socket.AF_INET)[0][4])
+"""
+    result = run(make_rlm, [attack, "SUBMIT(answer='done')"], Recorder())
+    seen, address = outputs(result)[0].split("\n")
+    refused = ["AF_VSOCK", "AF_ALG", "AF_TIPC", "AF_KEY", "AF_VSOCK+2**32"]
+    expected = {"AF_UNIX": "ok", "AF_INET": "ok", "AF_INET6": "ok", "AF_NETLINK": "ok"}
+    expected |= {name: "EPERM" for name in refused} | {name + " pair": "EPERM" for name in refused}
+    assert ast.literal_eval(seen) == expected, seen
+    assert address == "('127.0.0.1', 80)", address  # the C library's resolver still works
+
+
+@needs_sandbox
 def test_a_process_the_code_forks_does_not_outlive_its_execution_nor_answer_the_next(make_rlm):
     marker = f"rlm-straggler-{uuid.uuid4().hex}"
     attack = f"""
