@@ -742,6 +742,35 @@ time.sleep(0.2)
 
 
 @needs_sandbox
+def test_a_thread_started_outside_the_threading_module_does_not_outlive_its_execution(make_rlm):
+    """`_thread.start_new_thread` (or `pthread_create` through ctypes) is invisible to `threading.enumerate()`: the
+    worker counts the kernel's threads of its process, and replaces itself as for any thread left running."""
+    hidden = """
+import _thread, time
+ticks = [0]
+def spin():
+    while True:
+        ticks[0] += 1
+        time.sleep(0.01)
+_thread.start_new_thread(spin, ())
+"""
+    joined = """
+import threading
+for n in range(20):
+    t = threading.Thread(target=sum, args=([n],))
+    t.start()
+    t.join()
+print("joined")
+"""
+    steps = [hidden, "print(ticks)", joined, "SUBMIT(answer='done')"]
+    result = run(make_rlm, steps, Recorder())
+    out = outputs(result)
+    assert out[0].startswith("[Error]") and "1 background thread(s) running outside the threading module" in out[0]
+    assert out[1] == "[Error] NameError: name 'ticks' is not defined", out[1]  # the worker (and its thread) are gone
+    assert out[2] == "joined", out[2]  # threads the code joined are not reported
+
+
+@needs_sandbox
 def test_forged_tool_requests_run_at_most_max_tool_concurrency_tools_at_once(make_rlm):
     running, peak, calls = [0], [0], [0]
     lock = threading.Lock()

@@ -27,6 +27,7 @@ import queue
 import sys
 import tempfile
 import threading
+import time
 import types
 from typing import Any
 
@@ -223,6 +224,26 @@ class CapturedOutput:
         self.file.close()
 
 
+def os_threads() -> set[str]:
+    """The kernel's threads of this process (`/proc/self/task`), by thread id: what the `threading` module does not
+    list too (`_thread.start_new_thread`, `pthread_create` through `ctypes`, a raw `clone`)."""
+    try:
+        return set(os.listdir("/proc/self/task"))
+    except OSError:
+        return set()
+
+
+def os_threads_left(before: set[str], patience: float = 1.0) -> int:
+    """How many threads beyond `before` are still running once `patience` seconds have passed (a thread joined through
+    `threading` may still be leaving the kernel for a moment: waited for, not reported)."""
+    deadline = time.monotonic() + patience
+    while True:
+        extra = len(os_threads() - before)
+        if not extra or time.monotonic() > deadline:
+            return extra
+        time.sleep(0.005)
+
+
 def guard_layer(source: str) -> Any:
     """The guard's run-time layer (`rlm_events.guard._runtime`), loaded from the source the host sent with the
     request (the sandbox exposes this script, not the package); one module per distinct source."""
@@ -243,6 +264,7 @@ class Session:
         self.protocol = protocol
         self.guard: tuple[dict[str, Any], Any, Any] | None = None  # (request's spec, layer module, RuntimeGuard)
         self.worker_threads = set(threading.enumerate())
+        self.worker_tasks = os_threads()
         self.namespace: dict[str, Any] = {"__builtins__": vars(builtins).copy()}
         self.tool_names: set[str] = set()
         self.output_fields: list[dict[str, Any]] | None = None
@@ -319,6 +341,12 @@ class Session:
         leaked = [thread.name for thread in threading.enumerate() if thread not in self.worker_threads]
         if leaked:
             return {"type": "terminal_error", "error": f"executed code left background threads running: {leaked!r}"}
+        hidden = os_threads_left(self.worker_tasks)
+        if hidden:
+            return {
+                "type": "terminal_error",
+                "error": f"executed code left {hidden} background thread(s) running outside the threading module",
+            }
         return outcome
 
 
