@@ -771,6 +771,41 @@ print("joined")
 
 
 @needs_sandbox
+def test_what_the_code_writes_to_the_sandboxs_standard_error_never_reaches_the_hosts_disk(make_rlm):
+    """bubblewrap's init (PID 1 in the sandbox) holds the sandbox's standard error; where the sandbox runs as the
+    host's own user (a host that is not root) the code reopens it through /proc/1/fd/2. It is a pipe the host drains
+    into a small buffer, never a file of the host's (which 64 MiB written there would fill, past scratch_mb)."""
+    attack = """
+import os
+try:
+    fd = os.open("/proc/1/fd/2", os.O_WRONLY)
+except OSError as exc:  # a root host: the sandbox runs as nobody, who may not reopen it
+    print(type(exc).__name__)
+else:
+    for _ in range(64):
+        os.write(fd, b"x" * 2**20)
+    print("written")
+"""
+    recorder = Recorder()
+
+    def host_side() -> str:
+        import stat
+
+        held = 0  # the host's open files that are deleted (a temporary file is)
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/self/fd/{fd}").endswith("(deleted)"):
+                    held += os.fstat(int(fd)).st_size
+        kind = os.stat(f"/proc/{recorder.made[0].pid}/fd/2").st_mode
+        return f"{stat.S_ISFIFO(kind)} {held < 2**20}"
+
+    result = run(make_rlm, [attack, "print(host_side())", "SUBMIT(answer='done')"], recorder, tools=[host_side])
+    out = outputs(result)
+    assert out[0] in ("written", "PermissionError"), out[0]
+    assert out[1] == "True True", out[1]
+
+
+@needs_sandbox
 def test_forged_tool_requests_run_at_most_max_tool_concurrency_tools_at_once(make_rlm):
     running, peak, calls = [0], [0], [0]
     lock = threading.Lock()

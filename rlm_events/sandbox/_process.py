@@ -13,13 +13,12 @@ import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from ..runtime import CodeInterpreterError
 from . import _isolation
@@ -39,6 +38,11 @@ MAX_BUFFERED_BYTES = 2 * MAX_MESSAGE_BYTES
 # whole RLM call) or, a little less deep, every later `repr` of the value on the host.
 MAX_MESSAGE_VALUES = 2**20
 MAX_MESSAGE_DEPTH = 100
+# What the host keeps of the sandbox's standard error (bubblewrap's and the launcher's errors, for
+# `startup_error`): its last bytes, in memory. Not a file: bubblewrap's init process (PID 1 in the sandbox) holds the
+# descriptor, and where the sandbox runs as the host's own user (a host that is not root) the code reopens it
+# through /proc/1/fd/2, so a file would let it fill the host's disk past scratch_mb.
+STDERR_TAIL_BYTES = 4096
 
 # A JSON string (escapes included): what the structure scan skips.
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
@@ -121,7 +125,8 @@ class Worker:
         self.own_pids: set[int] = set()
         self.root_pid: int | None = None
         self.cgroup: SandboxCgroup | None = None
-        self.stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _release()
+        self.stderr_tail = b""
+        self.stderr_drained = threading.Event()
         memory = None if sandbox.memory_mb is None else sandbox.memory_mb * 1024 * 1024
         controllers = sandbox._controllers
         limits = {
@@ -143,7 +148,7 @@ class Worker:
                 command,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                stderr=self.stderr,
+                stderr=subprocess.PIPE,
                 env=_isolation.sandbox_environment(scratch),
                 start_new_session=True,
                 close_fds=True,
@@ -156,6 +161,21 @@ class Worker:
             for fd in fds:
                 os.close(fd)
         threading.Thread(target=self._read, daemon=True, name="rlm-events-sandbox-reader").start()
+        threading.Thread(target=self._drain_stderr, daemon=True, name="rlm-events-sandbox-stderr").start()
+
+    def _drain_stderr(self) -> None:
+        """Read the sandbox's standard error until every process holding it is gone, keeping only its last
+        `STDERR_TAIL_BYTES` (whatever the code writes there costs the host no more)."""
+        stream = self.process.stderr
+        assert stream is not None
+        try:
+            with contextlib.suppress(OSError, ValueError):
+                while chunk := os.read(stream.fileno(), 65536):
+                    self.stderr_tail = (self.stderr_tail + chunk)[-STDERR_TAIL_BYTES:]
+        finally:
+            with contextlib.suppress(OSError):
+                stream.close()
+            self.stderr_drained.set()
 
     def _read(self) -> None:
         stream = self.process.stdout
@@ -271,12 +291,9 @@ class Worker:
         return f"exited with status {status}"
 
     def startup_error(self) -> str:
-        with contextlib.suppress(OSError, ValueError):
-            self.stderr.seek(0)
-            text = self.stderr.read()[-2000:].decode(errors="replace").strip()
-            if text:
-                return text
-        return self.death()
+        self.stderr_drained.wait(5)  # the sandbox has exited (or is about to): its last words are on their way
+        text = self.stderr_tail[-2000:].decode(errors="replace").strip()
+        return text or self.death()
 
     def kill(self) -> None:
         self.killed_by_host = True
@@ -300,8 +317,6 @@ class Worker:
         if self.cgroup is not None:
             self.cgroup.remove()
             self.cgroup = None
-        with contextlib.suppress(OSError):
-            self.stderr.close()
 
 
 def _depth(pid: int) -> int:
