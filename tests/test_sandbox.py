@@ -806,6 +806,66 @@ else:
 
 
 @needs_sandbox
+def test_a_worker_that_stops_reading_its_input_cannot_hang_the_host_past_the_timeout(make_rlm):
+    """The code parks the protocol's reader on a pipe of its own: nothing reads the worker's input any more, and a
+    message to it larger than the pipe (here the LM's next code, 200 kB) used to block the host's write for good,
+    the execution's timeout never reached. The host's writes wait for room only until the deadline."""
+    park = """
+import gc, os
+channel = next(o for o in gc.get_objects() if type(o).__name__ == "type" and o.__name__ == "Channel")
+r, w = os.pipe()
+os.dup2(r, channel.input.fileno())  # the protocol's reader takes the host's next message, then nothing more
+"""
+    big = "x = '" + "a" * 200_000 + "'\nprint(len(x))"
+    steps = [park, "print('second')", big, "print('fresh')", "SUBMIT(answer='done')"]
+    finished: list[Any] = []
+    call = threading.Thread(target=lambda: finished.append(run(make_rlm, steps, Recorder(timeout=3))), daemon=True)
+    call.start()
+    call.join(300)  # not a timing check: without the bound on writes the call never returns, and the test fails
+    assert finished, "the host hung writing to a worker that stopped reading"
+    out = outputs(finished[0])
+    assert out[1] == "second", out
+    assert out[2].startswith("[Error] Execution timed out after 3 s"), out[2][:300]
+    assert out[3] == "fresh" and finished[0].answer == "done", out
+
+
+@needs_sandbox
+def test_no_code_of_an_execution_starts_processes_while_the_lm_thinks(make_rlm):
+    """An interval timer's signal handler runs in the worker while it waits for the host, and a replaced answering
+    function runs when the host reads variables (Speculate): both used to start processes between executions, alive
+    until the next one ended. Timers and handlers are reset when an execution ends; what a read started is killed."""
+    from rlm_events.sandbox._reader import read_variables
+
+    marker = f"rlm-between-{uuid.uuid4().hex}"
+    arm = f"""
+import signal, subprocess, sys
+def spawn(*_):
+    subprocess.Popen(["/bin/sh", "-c", "sleep 60", "{marker}"])
+signal.signal(signal.SIGALRM, spawn)
+signal.setitimer(signal.ITIMER_REAL, 0.02, 0.02)
+worker = sys.modules["__main__"]
+answer = worker.read
+def read(namespace, request):
+    spawn()
+    return answer(namespace, request)
+worker.read = read
+x = 1
+"""
+    recorder = Recorder()
+    between: list[int] = []
+
+    def thinking(_index: int) -> str:  # the LM, between the two executions: it thinks, Speculate reads
+        time.sleep(0.3)
+        values, _bound = read_variables(recorder.made[0], ["x"], max_items=10, max_chars=10, max_total=100)
+        between.append(marked(marker))
+        return f"print({values['x']})"
+
+    result = run(make_rlm, [arm, thinking, "SUBMIT(answer='done')"], recorder)
+    assert outputs(result)[1] == "1"
+    assert between == [0], f"{between[0]} processes started after the execution that armed them had ended"
+
+
+@needs_sandbox
 def test_forged_tool_requests_run_at_most_max_tool_concurrency_tools_at_once(make_rlm):
     running, peak, calls = [0], [0], [0]
     lock = threading.Lock()

@@ -10,6 +10,7 @@ import json
 import os
 import queue
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -120,6 +121,7 @@ class Worker:
         self.buffered = 0
         self.buffer_room = threading.Condition()
         self.send_lock = threading.Lock()
+        self.input_broken = False  # a send stopped part-way: the worker's input holds half a message
         self.killed_by_host = False
         self.abandoned_reads: set[str] = set()  # tags of reads the host stopped waiting for (see _reader)
         self.own_pids: set[int] = set()
@@ -160,6 +162,10 @@ class Worker:
         finally:
             for fd in fds:
                 os.close(fd)
+        # The host never blocks writing to the worker: code that stops reading its input (and fills the pipe) would
+        # otherwise hang the host's execute(), its timeout never reached (see send()).
+        assert self.process.stdin is not None
+        os.set_blocking(self.process.stdin.fileno(), False)
         threading.Thread(target=self._read, daemon=True, name="rlm-events-sandbox-reader").start()
         threading.Thread(target=self._drain_stderr, daemon=True, name="rlm-events-sandbox-stderr").start()
 
@@ -195,16 +201,35 @@ class Worker:
                 self.responses.put(line)
         self.responses.put(None)
 
-    def send(self, message: dict[str, Any]) -> None:
-        data = (json.dumps(message, separators=(",", ":"), allow_nan=False) + "\n").encode()
-        with self.send_lock:
+    def send(self, message: dict[str, Any], deadline: float | None) -> None:
+        """Write one message to the worker by `deadline` (monotonic; None: no limit). The worker's input is
+        non-blocking: a worker that stops reading it (code can park the protocol's reader) fills the pipe, and the
+        host then waits for room only until the deadline, raising TimeoutError, never for good. Raises WorkerLost
+        if the worker is gone, or its input holds half of a message an earlier send gave up on."""
+        data = memoryview((json.dumps(message, separators=(",", ":"), allow_nan=False) + "\n").encode())
+        if not self.send_lock.acquire(timeout=-1 if deadline is None else max(0.0, deadline - time.monotonic())):
+            raise TimeoutError  # another send waits for room (a tool's answer)
+        try:
+            if self.input_broken:
+                raise WorkerLost("stopped reading its input (a message to it was left half-written)")
             stdin = self.process.stdin
             assert stdin is not None
-            try:
-                stdin.write(data)
-                stdin.flush()
-            except (OSError, ValueError) as exc:
-                raise WorkerLost(self.death()) from exc
+            room = select.poll()
+            room.register(stdin.fileno(), select.POLLOUT)
+            total, sent = len(data), 0
+            while sent < total:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not room.poll(None if remaining is None else remaining * 1000):
+                    raise TimeoutError
+                with contextlib.suppress(BlockingIOError):
+                    sent += os.write(stdin.fileno(), data[sent:])
+                self.input_broken = 0 < sent < total
+        except TimeoutError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise WorkerLost(self.death()) from exc
+        finally:
+            self.send_lock.release()
 
     def receive(self, deadline: float | None) -> dict[str, Any]:
         """The next message; raises WorkerLost (worker gone, bad message), TimeoutError, or what a tool raised."""

@@ -24,6 +24,7 @@ import json
 import keyword
 import os
 import queue
+import signal
 import sys
 import tempfile
 import threading
@@ -224,6 +225,30 @@ class CapturedOutput:
         self.file.close()
 
 
+def signal_handlers() -> dict[int, Any]:
+    """The worker's own handler of each signal Python can handle (read at start, before any code ran)."""
+    found: dict[int, Any] = {}
+    for number in signal.valid_signals():
+        with contextlib.suppress(OSError, ValueError):
+            handler = signal.getsignal(number)
+            if handler is not None:  # None: set outside Python, left alone
+                found[number] = handler
+    return found
+
+
+def restore_signals(handlers: dict[int, Any]) -> None:
+    """Nothing the code armed fires once its execution is over: its interval timers and alarm are cancelled and every
+    signal handler is the worker's own again. (A handler of the code's, run by a timer while the worker waits for
+    the host, would run code between executions, outside the timeout, and start processes that live on until the
+    next execution ends.) Main thread only, as `signal.signal`."""
+    for timer in (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF):
+        signal.setitimer(timer, 0)
+    for number, handler in handlers.items():
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            if signal.getsignal(number) is not handler:
+                signal.signal(number, handler)
+
+
 def os_threads() -> set[str]:
     """The kernel's threads of this process (`/proc/self/task`), by thread id: what the `threading` module does not
     list too (`_thread.start_new_thread`, `pthread_create` through `ctypes`, a raw `clone`)."""
@@ -265,6 +290,7 @@ class Session:
         self.guard: tuple[dict[str, Any], Any, Any] | None = None  # (request's spec, layer module, RuntimeGuard)
         self.worker_threads = set(threading.enumerate())
         self.worker_tasks = os_threads()
+        self.signal_handlers = signal_handlers()
         self.namespace: dict[str, Any] = {"__builtins__": vars(builtins).copy()}
         self.tool_names: set[str] = set()
         self.output_fields: list[dict[str, Any]] | None = None
@@ -304,7 +330,10 @@ class Session:
 
     def execute(self, request: dict[str, Any]) -> dict[str, Any]:
         self.protocol.execution = request.get("execution")
-        outcome = self._execute(request)
+        try:
+            outcome = self._execute(request)
+        finally:
+            restore_signals(self.signal_handlers)
         outcome["execution"] = request.get("execution")
         return outcome
 
