@@ -4,10 +4,11 @@ as the model), compiled to BPF by libseccomp (through `pyseccomp`) and handed to
 The filter allows by default and refuses, on the native architecture, the calls that reach kernel-wide state or
 widen the kernel's attack surface: keyrings, BPF, perf, `userfaultfd`, io_uring, mounts and namespaces, `ptrace`
 and cross-process memory, kernel modules and `kexec`, swap, reboot, clocks, `open_by_handle_at`, `syslog`,
-`acct`, `quotactl`. `socket` and `socketpair` are refused for every address family but Unix, IPv4, IPv6 and netlink
-(see `SOCKET_FAMILIES`). `clone` with a namespace flag is refused; `clone3`, whose flags sit in
-memory a filter cannot read, answers `ENOSYS` (the C library then falls back to `clone`). A system call of another
-architecture (32-bit calls on x86-64, x32) kills the process: libseccomp's default for a foreign architecture.
+`acct`, `quotactl`, and the kernel objects counted per host user (inotify, POSIX message queues). `socket` and
+`socketpair` are refused for every address family but Unix, IPv4, IPv6 and netlink (see `SOCKET_FAMILIES`).
+`clone` with a namespace flag is refused; `clone3`, whose flags sit in memory a filter cannot read, answers
+`ENOSYS` (the C library then falls back to `clone`). A system call of another architecture (32-bit calls on
+x86-64, x32) kills the process: libseccomp's default for a foreign architecture.
 """
 
 from __future__ import annotations
@@ -79,6 +80,14 @@ DENIED: tuple[str, ...] = (
     # file handles reach files outside the mount namespace
     "open_by_handle_at",
     "name_to_handle_at",
+    # kernel objects counted per host user, across every user namespace (ucounts): inotify instances (128 by
+    # default) and watches, POSIX message queue bytes. The sandbox's user is a host user (nobody for a root host,
+    # else the host's own user), so a sandbox that took them all would leave none to the host user's other
+    # processes (an editor's file watchers) or to the other sandboxes, for as long as it runs.
+    "inotify_init",
+    "inotify_init1",
+    "inotify_add_watch",
+    "mq_open",
     # obsolete or host-wide
     "uselib",
     "ustat",
