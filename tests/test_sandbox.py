@@ -705,6 +705,31 @@ print(socket.getaddrinfo("localhost", 80, socket.AF_INET)[0][4])
 
 
 @needs_sandbox
+def test_signals_queued_in_the_sandbox_stop_at_its_own_bound_not_the_host_users(make_rlm):
+    """Pending signals are counted per host user across namespaces: a process that queues signals to itself used to
+    take the host user's whole allowance (about 96,000; its other processes then got EAGAIN)."""
+    attack = """
+import ctypes, errno, os, signal
+libc = ctypes.CDLL(None, use_errno=True)
+r, w = os.pipe()
+if os.fork() == 0:  # one thread, the signal blocked: every one queued stays pending
+    class Value(ctypes.Union):  # union sigval
+        _fields_ = [("number", ctypes.c_int), ("pointer", ctypes.c_void_p)]
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGRTMIN])
+    queued = 0
+    while queued < 200_000 and libc.sigqueue(os.getpid(), signal.SIGRTMIN, Value(number=0)) == 0:
+        queued += 1
+    os.write(w, f"{queued} {errno.errorcode.get(ctypes.get_errno())}".encode())
+    os._exit(0)
+print(os.read(r, 100).decode())
+_ = os.wait()
+"""
+    result = run(make_rlm, [attack, "SUBMIT(answer='done')"], Recorder())
+    queued, error = outputs(result)[0].split()
+    assert int(queued) <= 1024 and error == "EAGAIN", outputs(result)[0]
+
+
+@needs_sandbox
 def test_a_process_the_code_forks_does_not_outlive_its_execution_nor_answer_the_next(make_rlm):
     marker = f"rlm-straggler-{uuid.uuid4().hex}"
     attack = f"""

@@ -34,6 +34,9 @@ from typing import Any
 
 # Printed output kept per execution: the host and the LM need a readable amount, not a flood.
 MAX_CAPTURED_BYTES = 4 * 1024 * 1024
+# Signals queued and memory locked by the sandbox's processes together (see apply_limits).
+PENDING_SIGNALS = 1024
+LOCKED_BYTES = 64 * 1024
 
 
 def apply_limits(limits: dict[str, Any]) -> None:
@@ -41,6 +44,13 @@ def apply_limits(limits: dict[str, Any]) -> None:
     import resource  # POSIX only, and only here: the in-process interpreter imports this module for `submitted()`
 
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # Counted per host user across every user namespace (ucounts), and bounded, for the sandbox's processes together,
+    # by their own limit: without these, code could queue the ~96,000 pending signals the host user is allowed
+    # (its other processes, and the other sandboxes, then get EAGAIN from sigqueue and timer_create), or lock its
+    # memory. The sandbox's user is a host user: nobody for a root host, else the host's own user.
+    resource.setrlimit(resource.RLIMIT_SIGPENDING, (PENDING_SIGNALS, PENDING_SIGNALS))
+    resource.setrlimit(resource.RLIMIT_MEMLOCK, (LOCKED_BYTES, LOCKED_BYTES))
+    resource.setrlimit(resource.RLIMIT_MSGQUEUE, (0, 0))
     memory = limits.get("memory_bytes")
     if memory:
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
