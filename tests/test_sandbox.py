@@ -926,6 +926,45 @@ print(slow())
 
 
 @needs_sandbox
+def test_a_flood_of_tiny_lines_is_buffered_by_what_it_costs_the_host_not_by_its_bytes(make_rlm):
+    """While the host waits for a tool slot it does not read messages; the worker's lines pile up, at most 32 MiB of
+    them. Two-byte lines used to be counted by their bytes: 16 million objects (about 700 MiB of the host's memory).
+    Each line is charged its overhead too."""
+    from rlm_events.sandbox._process import LINE_OVERHEAD, MAX_BUFFERED_BYTES
+
+    recorder = Recorder(max_tool_concurrency=1)
+    seen: list[int] = []
+
+    def hold() -> str:  # runs while the host waits for its slot: returns once the reader has stopped buffering
+        worker = recorder.made[0]._resources.worker
+        assert worker is not None
+        while not worker.killed_by_host and worker.responses.qsize() <= 2_000_000:
+            if worker.buffered > MAX_BUFFERED_BYTES - 2 - LINE_OVERHEAD:  # the reader waits for room
+                break
+            time.sleep(0.01)
+        seen.append(worker.responses.qsize())
+        return "ok"
+
+    attack = """
+import gc, json, os
+proto = next(o for o in gc.get_objects() if type(o).__name__ == "Protocol")
+channel = next(o for o in gc.get_objects() if type(o).__name__ == "type" and o.__name__ == "Channel")
+for n in range(2):  # the second waits for the first's slot: meanwhile the host reads nothing
+    request = {"type": "tool_request", "execution": proto.execution, "id": 10_000 + n, "name": "hold", "args": [],
+               "kwargs": {}}
+    channel.output.write(json.dumps(request) + "\\n")
+channel.output.flush()
+for _ in range(32):
+    os.write(channel.output.fileno(), b" \\n" * 2**19)
+"""
+    result = run(make_rlm, [attack, "print('fresh')", "SUBMIT(answer='done')"], recorder, tools=[hold])
+    out = outputs(result)
+    assert out[0].startswith("[Error]") and "broke the protocol" in out[0], out[0][:300]
+    assert out[1] == "fresh"
+    assert seen and seen[0] <= MAX_BUFFERED_BYTES // LINE_OVERHEAD, seen
+
+
+@needs_sandbox
 def test_a_message_over_the_cap_fails_the_execution_with_an_error_the_lm_reads(make_rlm):
     steps = ["'x' * (17 * 1024 * 1024)", "print('fresh')", "SUBMIT(answer='done')"]
     result = run(make_rlm, steps, Recorder())

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 # before the host reads it (past that the reader stops reading, so the worker blocks on its pipe).
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_BUFFERED_BYTES = 2 * MAX_MESSAGE_BYTES
+# What one buffered line costs the host beyond its bytes (the bytes object's header, the queue's slot), charged
+# against MAX_BUFFERED_BYTES too: 32 MiB of two-byte lines would otherwise be 16 million objects, about 700 MiB.
+LINE_OVERHEAD = 64
 # ... and it decodes into at most this many JSON values (containers and their items), nested at most this deep. The
 # byte cap alone does not bound the host's memory: a 16 MiB line of `[[],[],...]` decodes into 5.6 million lists
 # (over 500 MiB), and a line of `[[[...` overflows the decoder's recursion (RecursionError, which would end the
@@ -195,9 +198,10 @@ class Worker:
                     self.responses.put(WorkerLost(f"sent a message over {MAX_MESSAGE_BYTES // 2**20} MiB"))
                     return
                 with self.buffer_room:
-                    while self.buffered > MAX_BUFFERED_BYTES - len(line) and not self.killed_by_host:
+                    cost = len(line) + LINE_OVERHEAD
+                    while self.buffered > MAX_BUFFERED_BYTES - cost and not self.killed_by_host:
                         self.buffer_room.wait(1.0)
-                    self.buffered += len(line)
+                    self.buffered += cost
                 self.responses.put(line)
         self.responses.put(None)
 
@@ -243,7 +247,7 @@ class Worker:
         if isinstance(line, BaseException):
             raise line
         with self.buffer_room:
-            self.buffered -= len(line)
+            self.buffered -= len(line) + LINE_OVERHEAD
             self.buffer_room.notify()
         problem = structure_problem(line)
         if problem is not None:
