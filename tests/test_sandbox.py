@@ -789,12 +789,15 @@ for n in range(20):
     t.join()
 print("joined")
 """
-    steps = [hidden, "print(ticks)", joined, "SUBMIT(answer='done')"]
-    result = run(make_rlm, steps, Recorder())
+    # A library's native threads run no Python code: OpenBLAS's pool, started by `import numpy`, is not reported.
+    native = "import numpy\nprint(numpy.ones(2).sum())" if importlib.util.find_spec("numpy") else "print(2.0)"
+    steps = [hidden, "print(ticks)", joined, native, "print(numpy.ones(3).sum())" if "numpy" in native else "3.0"]
+    result = run(make_rlm, [*steps, "SUBMIT(answer='done')"], Recorder())
     out = outputs(result)
     assert out[0].startswith("[Error]") and "1 background thread(s) running outside the threading module" in out[0]
     assert out[1] == "[Error] NameError: name 'ticks' is not defined", out[1]  # the worker (and its thread) are gone
     assert out[2] == "joined", out[2]  # threads the code joined are not reported
+    assert out[3:5] == ["2.0", "3.0"], out[3:5]  # the worker (and its state) kept
 
 
 @needs_sandbox

@@ -259,24 +259,47 @@ def restore_signals(handlers: dict[int, Any]) -> None:
                 signal.signal(number, handler)
 
 
-def os_threads() -> set[str]:
-    """The kernel's threads of this process (`/proc/self/task`), by thread id: what the `threading` module does not
-    list too (`_thread.start_new_thread`, `pthread_create` through `ctypes`, a raw `clone`)."""
+def python_threads() -> set[int]:
+    """The threads of this process running Python code (`sys._current_frames()`), by thread id: those the
+    `threading` module does not list too (`_thread.start_new_thread`, a `ctypes` thread calling back into Python).
+    A library's native threads (OpenBLAS's pool, started by `import numpy`) run no Python code and are not in it."""
+    return set(sys._current_frames())
+
+
+def kernel_threads() -> set[str]:
+    """Every thread of this process, by the kernel's thread id (`/proc/self/task`), Python code or not."""
     try:
         return set(os.listdir("/proc/self/task"))
     except OSError:
         return set()
 
 
-def os_threads_left(before: set[str], patience: float = 1.0) -> int:
-    """How many threads beyond `before` are still running once `patience` seconds have passed (a thread joined through
-    `threading` may still be leaving the kernel for a moment: waited for, not reported)."""
-    deadline = time.monotonic() + patience
-    while True:
-        extra = len(os_threads() - before)
-        if not extra or time.monotonic() > deadline:
-            return extra
-        time.sleep(0.005)
+class ThreadWatch:
+    """Threads left running by an execution, the `threading` module's or not. A thread appears in
+    `python_threads()` only once it has run, which it does when it gets the GIL: while the kernel lists a thread it
+    did not before, the check yields the GIL for up to `patience` seconds before it decides. A new thread that has
+    run no Python code by then is a library's native thread (OpenBLAS's pool), accepted from then on."""
+
+    def __init__(self, patience: float = 0.25) -> None:
+        self.patience = patience
+        self.python = python_threads()
+        self.known = kernel_threads()
+
+    def left_running(self) -> int:
+        """How many threads beyond the worker's own run Python code (after `patience`, if any is new)."""
+        deadline = time.monotonic() + self.patience
+        while True:
+            extra = len(python_threads() - self.python)
+            tasks = kernel_threads()
+            self.known &= tasks  # a thread id the kernel gives again is a new thread
+            new = tasks - self.known
+            if not extra and not new:
+                return 0
+            if time.monotonic() > deadline:
+                if not extra:
+                    self.known |= new
+                return extra
+            time.sleep(0.005)  # the GIL, to a thread that has yet to start
 
 
 def guard_layer(source: str) -> Any:
@@ -299,7 +322,7 @@ class Session:
         self.protocol = protocol
         self.guard: tuple[dict[str, Any], Any, Any] | None = None  # (request's spec, layer module, RuntimeGuard)
         self.worker_threads = set(threading.enumerate())
-        self.worker_tasks = os_threads()
+        self.threads = ThreadWatch()
         self.signal_handlers = signal_handlers()
         self.namespace: dict[str, Any] = {"__builtins__": vars(builtins).copy()}
         self.tool_names: set[str] = set()
@@ -380,7 +403,7 @@ class Session:
         leaked = [thread.name for thread in threading.enumerate() if thread not in self.worker_threads]
         if leaked:
             return {"type": "terminal_error", "error": f"executed code left background threads running: {leaked!r}"}
-        hidden = os_threads_left(self.worker_tasks)
+        hidden = self.threads.left_running()
         if hidden:
             return {
                 "type": "terminal_error",
