@@ -861,19 +861,28 @@ os.dup2(r, channel.input.fileno())
 
 @needs_sandbox
 def test_no_code_of_an_execution_starts_processes_while_the_lm_thinks(make_rlm):
-    """An interval timer's signal handler runs in the worker while it waits for the host, and a replaced answering
-    function runs when the host reads variables (Speculate): both used to start processes between executions, alive
-    until the next one ended. Timers and handlers are reset when an execution ends; what a read started is killed."""
+    """The worker is the code's: it switches off the worker's own hygiene (timers and signal handlers reset, threads
+    counted), then leaves an interval timer's signal handler and a hidden thread starting processes, and replaces the
+    function that answers the host's variable reads (Speculate). Between requests the host keeps the worker stopped
+    (SIGSTOP) and kills the rest: nothing the code left runs while the LM thinks, and what the read started is
+    killed after it."""
     from rlm_events.sandbox._reader import read_variables
 
     marker = f"rlm-between-{uuid.uuid4().hex}"
     arm = f"""
-import signal, subprocess, sys
+import _thread, signal, subprocess, sys, time
+worker = sys.modules["__main__"]
+worker.restore_signals = lambda handlers: None
+worker.ThreadWatch.left_running = lambda self: 0
 def spawn(*_):
     subprocess.Popen(["/bin/sh", "-c", "sleep 60", "{marker}"])
+def spawning():
+    while True:
+        time.sleep(0.02)
+        spawn()
 signal.signal(signal.SIGALRM, spawn)
 signal.setitimer(signal.ITIMER_REAL, 0.02, 0.02)
-worker = sys.modules["__main__"]
+_thread.start_new_thread(spawning, ())
 answer = worker.read
 def read(namespace, request):
     spawn()
@@ -886,13 +895,14 @@ x = 1
 
     def thinking(_index: int) -> str:  # the LM, between the two executions: it thinks, Speculate reads
         time.sleep(0.3)
+        between.append(marked(marker))
         values, _bound = read_variables(recorder.made[0], ["x"], max_items=10, max_chars=10, max_total=100)
         between.append(marked(marker))
         return f"print({values['x']})"
 
     result = run(make_rlm, [arm, thinking, "SUBMIT(answer='done')"], recorder)
     assert outputs(result)[1] == "1"
-    assert between == [0], f"{between[0]} processes started after the execution that armed them had ended"
+    assert between == [0, 0], f"processes started after the execution that armed them had ended: {between}"
 
 
 @needs_sandbox

@@ -157,7 +157,11 @@ class SandboxedInterpreter:
         if message.get("type") != "ready":
             self._resources.drop_worker()
             raise CodeInterpreterError(f"The sandboxed interpreter sent {message!r} instead of 'ready'")
-        worker.started()
+        try:
+            worker.started()
+        except WorkerLost as lost:
+            self._resources.drop_worker()
+            raise CodeInterpreterError(f"The sandboxed interpreter {lost}") from None
         if self._lost:
             self._lost = False
             self.restarts += 1
@@ -235,6 +239,7 @@ class SandboxedInterpreter:
         slots = threading.BoundedSemaphore(self.sandbox.max_tool_concurrency)
         tag = secrets.token_hex(16)  # messages of this execution carry it; anything else is forged or late
         try:
+            worker.resume()  # stopped between requests (see Worker.pause)
             worker.send(
                 {
                     "type": "execute",
@@ -264,7 +269,7 @@ class SandboxedInterpreter:
             kind = message["type"]
             if kind == "terminal_error":
                 raise WorkerLost(f"failed: {message.get('error')}")
-            worker.kill_strays()
+            worker.pause()  # the worker stopped, what the code started killed: nothing runs until the next request
         except TimeoutError:
             self._lose()
             raise ExecutionError(

@@ -129,6 +129,7 @@ class Worker:
         self.abandoned_reads: set[str] = set()  # tags of reads the host stopped waiting for (see _reader)
         self.own_pids: set[int] = set()
         self.root_pid: int | None = None
+        self.worker_handle: int | None = None  # a pidfd of the worker process (see pause())
         self.cgroup: SandboxCgroup | None = None
         self.stderr_tail = b""
         self.stderr_drained = threading.Event()
@@ -264,9 +265,36 @@ class Worker:
         return message
 
     def started(self) -> None:
-        """Note the sandbox's own processes (bubblewrap's and the worker), once the worker said it is ready."""
+        """Note the sandbox's own processes (bubblewrap's and the worker), once the worker said it is ready; the
+        worker is then paused until the host's first request (see `pause()`)."""
         self.own_pids = {self.process.pid, *descendants(self.process.pid)}
         self.root_pid = min(self.own_pids - {self.process.pid}, key=_depth, default=None)
+        worker = max(self.own_pids - {self.process.pid}, key=_depth, default=None)
+        with contextlib.suppress(OSError):
+            self.worker_handle = None if worker is None else os.pidfd_open(worker)
+        self.pause()
+
+    def pause(self) -> None:
+        """Between the host's requests no code of the sandbox runs: the worker is stopped (SIGSTOP, which nothing
+        catches or ignores: no timer, thread or signal handler the code left in it runs), then every other process
+        in the sandbox is killed (in this order, so that the worker cannot start one meanwhile). A worker that
+        cannot be stopped is lost (WorkerLost). `resume()` continues it for the next request."""
+        self._signal_worker(signal.SIGSTOP)
+        self.kill_strays()
+
+    def resume(self) -> None:
+        """Continue the worker (SIGCONT) for a request of the host's."""
+        self._signal_worker(signal.SIGCONT)
+
+    def _signal_worker(self, number: int) -> None:
+        # Through a pidfd opened while the worker was known alive: a PID reused since by another process of the host
+        # is never signalled.
+        if self.worker_handle is None:
+            raise WorkerLost("could not be found among the sandbox's processes")
+        try:
+            signal.pidfd_send_signal(self.worker_handle, number)
+        except OSError as exc:
+            raise WorkerLost(self.death()) from exc
 
     def sandbox_path(self, path: str) -> str | None:
         """Where the host reads `path` of the sandbox's own mounts (its scratch tmpfs): through the `/proc` root of
@@ -343,6 +371,10 @@ class Worker:
         self._release()
 
     def _release(self) -> None:
+        handle, self.worker_handle = self.worker_handle, None
+        if handle is not None:
+            with contextlib.suppress(OSError):
+                os.close(handle)
         if self.cgroup is not None:
             self.cgroup.remove()
             self.cgroup = None

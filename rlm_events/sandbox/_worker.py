@@ -247,10 +247,10 @@ def signal_handlers() -> dict[int, Any]:
 
 
 def restore_signals(handlers: dict[int, Any]) -> None:
-    """Nothing the code armed fires once its execution is over: its interval timers and alarm are cancelled and every
-    signal handler is the worker's own again. (A handler of the code's, run by a timer while the worker waits for
-    the host, would run code between executions, outside the timeout, and start processes that live on until the
-    next execution ends.) Main thread only, as `signal.signal`."""
+    """Nothing the code armed fires in the next request: its interval timers and alarm are cancelled and every
+    signal handler is the worker's own again. Hygiene, not a boundary (this process is the code's, which can patch
+    it): between requests the host keeps the worker stopped (`Worker.pause` in `_process`). Main thread only, as
+    `signal.signal`."""
     for timer in (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF):
         signal.setitimer(timer, 0)
     for number, handler in handlers.items():
@@ -278,7 +278,8 @@ class ThreadWatch:
     """Threads left running by an execution, the `threading` module's or not. A thread appears in
     `python_threads()` only once it has run, which it does when it gets the GIL: while the kernel lists a thread it
     did not before, the check yields the GIL for up to `patience` seconds before it decides. A new thread that has
-    run no Python code by then is a library's native thread (OpenBLAS's pool), accepted from then on."""
+    run no Python code by then is a library's native thread (OpenBLAS's pool), accepted from then on. Like
+    `restore_signals`, this tells the LM what it left behind; the host's pause between requests is the boundary."""
 
     def __init__(self, patience: float = 0.25) -> None:
         self.patience = patience
