@@ -647,6 +647,8 @@ SECCOMP_CLASSES = {  # x86-64 numbers: one call per denied class, each expected 
     "reboot": 169,
     "clock_settime": 227,
     "process_vm_readv": 310,
+    "inotify_init1": 294,  # counted per host user: 128 instances, shared with the host user's other processes
+    "mq_open": 240,
 }
 
 
@@ -669,6 +671,62 @@ print(seen)
     result = run(make_rlm, [attack, "SUBMIT(answer='done')"], Recorder())
     seen = ast.literal_eval(outputs(result)[0])
     assert seen == {name: (-1, "EPERM") for name in [*SECCOMP_CLASSES, "clone(CLONE_NEWUSER)"]}, seen
+
+
+@needs_sandbox
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="system call numbers of x86-64")
+def test_sockets_only_of_unix_ip_and_netlink_families_the_rest_refused_with_eperm(make_rlm):
+    """AF_VSOCK is not network-namespaced (on a VM it reaches the hypervisor and other VMs); AF_ALG, AF_TIPC, AF_KEY
+    are kernel surface; a family with high bits set (the kernel truncates it to an int) is refused too."""
+    attack = """
+import ctypes, errno, socket
+libc = ctypes.CDLL(None, use_errno=True)
+seen = {}
+for name, family, kind in (("AF_UNIX", 1, 1), ("AF_INET", 2, 1), ("AF_INET6", 10, 2), ("AF_NETLINK", 16, 3),
+                           ("AF_VSOCK", 40, 1), ("AF_ALG", 38, 5), ("AF_TIPC", 30, 2), ("AF_KEY", 15, 3),
+                           ("AF_VSOCK+2**32", 2**32 + 40, 1)):
+    ctypes.set_errno(0)
+    fd = libc.syscall(41, ctypes.c_long(family), kind, 0)  # socket
+    seen[name] = "ok" if fd >= 0 else errno.errorcode.get(ctypes.get_errno())
+    pair = (ctypes.c_int * 2)()
+    ctypes.set_errno(0)
+    if libc.syscall(53, ctypes.c_long(family), kind, 0, pair) == -1 and ctypes.get_errno() == errno.EPERM:
+        seen[name + " pair"] = "EPERM"  # socketpair
+print(seen)
+print(socket.getaddrinfo("localhost", 80, socket.AF_INET)[0][4])
+"""
+    result = run(make_rlm, [attack, "SUBMIT(answer='done')"], Recorder())
+    seen, address = outputs(result)[0].split("\n")
+    refused = ["AF_VSOCK", "AF_ALG", "AF_TIPC", "AF_KEY", "AF_VSOCK+2**32"]
+    expected = {"AF_UNIX": "ok", "AF_INET": "ok", "AF_INET6": "ok", "AF_NETLINK": "ok"}
+    expected |= {name: "EPERM" for name in refused} | {name + " pair": "EPERM" for name in refused}
+    assert ast.literal_eval(seen) == expected, seen
+    assert address == "('127.0.0.1', 80)", address  # the C library's resolver still works
+
+
+@needs_sandbox
+def test_signals_queued_in_the_sandbox_stop_at_its_own_bound_not_the_host_users(make_rlm):
+    """Pending signals are counted per host user across namespaces: a process that queues signals to itself used to
+    take the host user's whole allowance (about 96,000; its other processes then got EAGAIN)."""
+    attack = """
+import ctypes, errno, os, signal
+libc = ctypes.CDLL(None, use_errno=True)
+r, w = os.pipe()
+if os.fork() == 0:  # one thread, the signal blocked: every one queued stays pending
+    class Value(ctypes.Union):  # union sigval
+        _fields_ = [("number", ctypes.c_int), ("pointer", ctypes.c_void_p)]
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGRTMIN])
+    queued = 0
+    while queued < 200_000 and libc.sigqueue(os.getpid(), signal.SIGRTMIN, Value(number=0)) == 0:
+        queued += 1
+    os.write(w, f"{queued} {errno.errorcode.get(ctypes.get_errno())}".encode())
+    os._exit(0)
+print(os.read(r, 100).decode())
+_ = os.wait()
+"""
+    result = run(make_rlm, [attack, "SUBMIT(answer='done')"], Recorder())
+    queued, error = outputs(result)[0].split()
+    assert int(queued) <= 1024 and error == "EAGAIN", outputs(result)[0]
 
 
 @needs_sandbox
@@ -711,6 +769,143 @@ time.sleep(0.2)
 
 
 @needs_sandbox
+def test_a_thread_started_outside_the_threading_module_does_not_outlive_its_execution(make_rlm):
+    """`_thread.start_new_thread` (or `pthread_create` through ctypes) is invisible to `threading.enumerate()`: the
+    worker counts the kernel's threads of its process, and replaces itself as for any thread left running."""
+    hidden = """
+import _thread, time
+ticks = [0]
+def spin():
+    while True:
+        ticks[0] += 1
+        time.sleep(0.01)
+_thread.start_new_thread(spin, ())
+"""
+    joined = """
+import threading
+for n in range(20):
+    t = threading.Thread(target=sum, args=([n],))
+    t.start()
+    t.join()
+print("joined")
+"""
+    # A library's native threads run no Python code: OpenBLAS's pool, started by `import numpy`, is not reported.
+    native = "import numpy\nprint(numpy.ones(2).sum())" if importlib.util.find_spec("numpy") else "print(2.0)"
+    steps = [hidden, "print(ticks)", joined, native, "print(numpy.ones(3).sum())" if "numpy" in native else "3.0"]
+    result = run(make_rlm, [*steps, "SUBMIT(answer='done')"], Recorder())
+    out = outputs(result)
+    assert out[0].startswith("[Error]") and "1 background thread(s) running outside the threading module" in out[0]
+    assert out[1] == "[Error] NameError: name 'ticks' is not defined", out[1]  # the worker (and its thread) are gone
+    assert out[2] == "joined", out[2]  # threads the code joined are not reported
+    assert out[3:5] == ["2.0", "3.0"], out[3:5]  # the worker (and its state) kept
+
+
+@needs_sandbox
+def test_what_the_code_writes_to_the_sandboxs_standard_error_never_reaches_the_hosts_disk(make_rlm):
+    """bubblewrap's init (PID 1 in the sandbox) holds the sandbox's standard error; where the sandbox runs as the
+    host's own user (a host that is not root) the code reopens it through /proc/1/fd/2. It is a pipe the host drains
+    into a small buffer, never a file of the host's (which 64 MiB written there would fill, past scratch_mb)."""
+    attack = """
+import os
+try:
+    fd = os.open("/proc/1/fd/2", os.O_WRONLY)
+except OSError as exc:  # a root host: the sandbox runs as nobody, who may not reopen it
+    print(type(exc).__name__)
+else:
+    for _ in range(64):
+        os.write(fd, b"x" * 2**20)
+    print("written")
+"""
+    recorder = Recorder()
+
+    def host_side() -> str:
+        import stat
+
+        held = 0  # the host's open files that are deleted (a temporary file is)
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/self/fd/{fd}").endswith("(deleted)"):
+                    held += os.fstat(int(fd)).st_size
+        kind = os.stat(f"/proc/{recorder.made[0].pid}/fd/2").st_mode
+        return f"{stat.S_ISFIFO(kind)} {held < 2**20}"
+
+    result = run(make_rlm, [attack, "print(host_side())", "SUBMIT(answer='done')"], recorder, tools=[host_side])
+    out = outputs(result)
+    assert out[0] in ("written", "PermissionError"), out[0]
+    assert out[1] == "True True", out[1]
+
+
+@needs_sandbox
+def test_a_worker_that_stops_reading_its_input_cannot_hang_the_host_past_the_timeout(make_rlm):
+    """The code parks the protocol's reader on a pipe of its own: nothing reads the worker's input any more (but
+    for what a read already under way takes), and a message to it larger than the pipe (here the LM's next code,
+    200 kB) used to block the host's write for good, the execution's timeout never reached. The host's writes wait
+    for room only until the deadline."""
+    park = """
+import gc, os
+channel = next(o for o in gc.get_objects() if type(o).__name__ == "type" and o.__name__ == "Channel")
+r, w = os.pipe()
+os.dup2(r, channel.input.fileno())
+"""
+    big = "x = '" + "a" * 200_000 + "'\nprint(len(x))"
+    steps = [park, big, "print('fresh')", "SUBMIT(answer='done')"]
+    finished: list[Any] = []
+    call = threading.Thread(target=lambda: finished.append(run(make_rlm, steps, Recorder(timeout=3))), daemon=True)
+    call.start()
+    call.join(300)  # not a timing check: without the bound on writes the call never returns, and the test fails
+    assert finished, "the host hung writing to a worker that stopped reading"
+    out = outputs(finished[0])
+    assert out[1].startswith("[Error] Execution timed out after 3 s"), out[1][:300]
+    assert out[2] == "fresh" and finished[0].answer == "done", out
+
+
+@needs_sandbox
+def test_no_code_of_an_execution_starts_processes_while_the_lm_thinks(make_rlm):
+    """The worker is the code's: it switches off the worker's own hygiene (timers and signal handlers reset, threads
+    counted), then leaves an interval timer's signal handler and a hidden thread starting processes, and replaces the
+    function that answers the host's variable reads (Speculate). Between requests the host keeps the worker stopped
+    (SIGSTOP) and kills the rest: nothing the code left runs while the LM thinks, and what the read started is
+    killed after it."""
+    from rlm_events.sandbox._reader import read_variables
+
+    marker = f"rlm-between-{uuid.uuid4().hex}"
+    arm = f"""
+import _thread, signal, subprocess, sys, time
+worker = sys.modules["__main__"]
+worker.restore_signals = lambda handlers: None
+worker.ThreadWatch.left_running = lambda self: 0
+def spawn(*_):
+    subprocess.Popen(["/bin/sh", "-c", "sleep 60", "{marker}"])
+def spawning():
+    while True:
+        time.sleep(0.02)
+        spawn()
+signal.signal(signal.SIGALRM, spawn)
+signal.setitimer(signal.ITIMER_REAL, 0.02, 0.02)
+_thread.start_new_thread(spawning, ())
+answer = worker.read
+def read(namespace, request):
+    spawn()
+    return answer(namespace, request)
+worker.read = read
+x = 1
+"""
+    recorder = Recorder()
+    between: list[int] = []
+
+    def thinking(_index: int) -> str:  # the LM, between the two executions: it thinks, Speculate reads
+        time.sleep(0.3)
+        between.append(marked(marker))
+        values, _bound = read_variables(recorder.made[0], ["x"], max_items=10, max_chars=10, max_total=100)
+        between.append(marked(marker))
+        return f"print({values['x']})"
+
+    result = run(make_rlm, [arm, thinking, "SUBMIT(answer='done')"], recorder)
+    assert outputs(result)[1] == "1"
+    assert between == [0, 0], f"processes started after the execution that armed them had ended: {between}"
+
+
+@needs_sandbox
 def test_forged_tool_requests_run_at_most_max_tool_concurrency_tools_at_once(make_rlm):
     running, peak, calls = [0], [0], [0]
     lock = threading.Lock()
@@ -744,12 +939,77 @@ print(slow())
 
 
 @needs_sandbox
+def test_a_flood_of_tiny_lines_is_buffered_by_what_it_costs_the_host_not_by_its_bytes(make_rlm):
+    """While the host waits for a tool slot it does not read messages; the worker's lines pile up, at most 32 MiB of
+    them. Two-byte lines used to be counted by their bytes: 16 million objects (about 700 MiB of the host's memory).
+    Each line is charged its overhead too."""
+    from rlm_events.sandbox._process import LINE_OVERHEAD, MAX_BUFFERED_BYTES
+
+    recorder = Recorder(max_tool_concurrency=1)
+    seen: list[int] = []
+
+    def hold() -> str:  # runs while the host waits for its slot: returns once the reader has stopped buffering
+        worker = recorder.made[0]._resources.worker
+        assert worker is not None
+        while not worker.killed_by_host and worker.responses.qsize() <= 2_000_000:
+            if worker.buffered > MAX_BUFFERED_BYTES - 2 - LINE_OVERHEAD:  # the reader waits for room
+                break
+            time.sleep(0.01)
+        seen.append(worker.responses.qsize())
+        return "ok"
+
+    attack = """
+import gc, json, os
+proto = next(o for o in gc.get_objects() if type(o).__name__ == "Protocol")
+channel = next(o for o in gc.get_objects() if type(o).__name__ == "type" and o.__name__ == "Channel")
+for n in range(2):  # the second waits for the first's slot: meanwhile the host reads nothing
+    request = {"type": "tool_request", "execution": proto.execution, "id": 10_000 + n, "name": "hold", "args": [],
+               "kwargs": {}}
+    channel.output.write(json.dumps(request) + "\\n")
+channel.output.flush()
+for _ in range(32):
+    os.write(channel.output.fileno(), b" \\n" * 2**19)
+"""
+    result = run(make_rlm, [attack, "print('fresh')", "SUBMIT(answer='done')"], recorder, tools=[hold])
+    out = outputs(result)
+    assert out[0].startswith("[Error]") and "broke the protocol" in out[0], out[0][:300]
+    assert out[1] == "fresh"
+    assert seen and seen[0] <= MAX_BUFFERED_BYTES // LINE_OVERHEAD, seen
+
+
+@needs_sandbox
 def test_a_message_over_the_cap_fails_the_execution_with_an_error_the_lm_reads(make_rlm):
     steps = ["'x' * (17 * 1024 * 1024)", "print('fresh')", "SUBMIT(answer='done')"]
     result = run(make_rlm, steps, Recorder())
     out = outputs(result)
     assert out[0].startswith("[Error]") and "over 16 MiB" in out[0], out[0][:300]
     assert out[1] == "fresh"
+
+
+FORGE = """
+import gc
+proto = next(o for o in gc.get_objects() if type(o).__name__ == "Protocol")
+channel = next(o for o in gc.get_objects() if type(o).__name__ == "type" and o.__name__ == "Channel")
+channel.output.write('{{"type":"result","execution":"%s","value":%s}}\\n' % (proto.execution, {value}))
+channel.output.flush()
+"""
+
+
+@needs_sandbox
+def test_a_message_that_decodes_into_too_much_is_an_error_the_lm_reads_not_a_host_crash(make_rlm):
+    """Under 16 MiB, but nested 100,000 deep (the host's JSON decoder would raise RecursionError, ending the whole
+    call), or 5 million empty lists (over 500 MiB of the host's memory once decoded): both refused before decoding."""
+    deep = FORGE.format(value='"[" * 100_000 + "]" * 100_000')
+    wide = FORGE.format(value='"[" + "[]," * 5_000_000 + "[]]"')
+    strings = '"[{,]}" * 400_000'  # 2 million brackets and commas, inside a string: they count for nothing
+    steps = [deep, "print('fresh')", wide, strings, "SUBMIT(answer='done')"]
+    result = run(make_rlm, steps, Recorder())
+    out = outputs(result)
+    assert result.answer == "done"
+    assert out[0].startswith("[Error]") and "nested more than 100 deep" in out[0], out[0][:300]
+    assert out[1] == "fresh"
+    assert out[2].startswith("[Error]") and "more than 1048576 JSON values" in out[2], out[2][:300]
+    assert out[3].startswith("[{,]}[{,]}"), out[3][:300]
 
 
 @needs_sandbox

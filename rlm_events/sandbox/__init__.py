@@ -84,9 +84,10 @@ class Sandboxed:
             runs in a fresh worker: variables, imports and definitions are lost; files in scratch too,
             unless `scratch_mb=None`.
         memory_mb: memory in MiB (default 1024): the address space of each process (`RLIMIT_AS`: an allocation
-            past it raises `MemoryError` in the code, and the interpreter goes on), and, where a memory cgroup is
-            in force, what all the sandbox's processes use together, scratch files included (past it the kernel's
-            out-of-memory killer kills one of them; the LM is told).
+            past it raises `MemoryError` in the code, and the interpreter goes on; memory held outside an address
+            space, a `memfd` written to, shared memory, socket buffers, is bounded only by the cgroup), and, where a
+            memory cgroup is in force, what all the sandbox's processes use together, scratch files included (past it
+            the kernel's out-of-memory killer kills one of them; the LM is told).
         max_processes: processes and threads in the sandbox at once, the worker's included (default 64): fork,
             `subprocess` and thread creation fail with `EAGAIN` past it. The cgroup's `pids.max` where one is in
             force, else `RLIMIT_NPROC` (counted per user in the sandbox's user namespace).

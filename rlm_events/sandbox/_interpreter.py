@@ -157,7 +157,11 @@ class SandboxedInterpreter:
         if message.get("type") != "ready":
             self._resources.drop_worker()
             raise CodeInterpreterError(f"The sandboxed interpreter sent {message!r} instead of 'ready'")
-        worker.started()
+        try:
+            worker.started()
+        except WorkerLost as lost:
+            self._resources.drop_worker()
+            raise CodeInterpreterError(f"The sandboxed interpreter {lost}") from None
         if self._lost:
             self._lost = False
             self.restarts += 1
@@ -235,6 +239,7 @@ class SandboxedInterpreter:
         slots = threading.BoundedSemaphore(self.sandbox.max_tool_concurrency)
         tag = secrets.token_hex(16)  # messages of this execution carry it; anything else is forged or late
         try:
+            worker.resume()  # stopped between requests (see Worker.pause)
             worker.send(
                 {
                     "type": "execute",
@@ -244,7 +249,8 @@ class SandboxedInterpreter:
                     "tools": list(self.tools),
                     "output_fields": self.output_fields,
                     "guard": worker_guard(variables),  # the run-time layer of the run's CodeGuard, if any
-                }
+                },
+                deadline,
             )
             message = _tagged(worker.receive(deadline), tag)
             while message["type"] == "tool_request":
@@ -252,7 +258,7 @@ class SandboxedInterpreter:
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 if not slots.acquire(timeout=remaining):
                     raise TimeoutError
-                tool_calls.append(run_in_thread(functools.partial(self._handle_tool, message, worker, slots)))
+                tool_calls.append(run_in_thread(functools.partial(self._handle_tool, message, worker, slots, deadline)))
                 message = _tagged(worker.receive(deadline), tag)
             for call in tool_calls:
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -263,7 +269,7 @@ class SandboxedInterpreter:
             kind = message["type"]
             if kind == "terminal_error":
                 raise WorkerLost(f"failed: {message.get('error')}")
-            worker.kill_strays()
+            worker.pause()  # the worker stopped, what the code started killed: nothing runs until the next request
         except TimeoutError:
             self._lose()
             raise ExecutionError(
@@ -293,13 +299,15 @@ class SandboxedInterpreter:
         self._resources.drop_worker()
         self._lost = True
 
-    def _handle_tool(self, request: dict[str, Any], worker: Worker, slots: threading.BoundedSemaphore) -> None:
+    def _handle_tool(
+        self, request: dict[str, Any], worker: Worker, slots: threading.BoundedSemaphore, deadline: float | None
+    ) -> None:
         try:
-            self._run_tool(request, worker)
+            self._run_tool(request, worker, deadline)
         finally:
             slots.release()
 
-    def _run_tool(self, request: dict[str, Any], worker: Worker) -> None:
+    def _run_tool(self, request: dict[str, Any], worker: Worker, deadline: float | None) -> None:
         request_id = request.get("id")
         try:
             name, args, kwargs = request.get("name"), request.get("args", []), request.get("kwargs", {})
@@ -313,9 +321,10 @@ class SandboxedInterpreter:
         except BaseException as exc:  # KeyboardInterrupt and the like reach the caller, as in LocalInterpreter
             worker.responses.put(exc)
             return
-        with contextlib.suppress(WorkerLost):
+        # By the execution's deadline: past it the execution times out and the worker goes anyway.
+        with contextlib.suppress(WorkerLost, TimeoutError):
             if self._resources.worker is worker:
-                worker.send(response)
+                worker.send(response, deadline)
 
     def invoke_tool(self, tool_name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         """Call one registered host tool, as code in the sandbox called it (awaiting it if it is async)."""

@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import itertools
 import json
 import os
 import queue
+import re
+import select
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from ..runtime import CodeInterpreterError
 from . import _isolation
@@ -31,6 +33,45 @@ if TYPE_CHECKING:
 # before the host reads it (past that the reader stops reading, so the worker blocks on its pipe).
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_BUFFERED_BYTES = 2 * MAX_MESSAGE_BYTES
+# What one buffered line costs the host beyond its bytes (the bytes object's header, the queue's slot), charged
+# against MAX_BUFFERED_BYTES too: 32 MiB of two-byte lines would otherwise be 16 million objects, about 700 MiB.
+LINE_OVERHEAD = 64
+# ... and it decodes into at most this many JSON values (containers and their items), nested at most this deep. The
+# byte cap alone does not bound the host's memory: a 16 MiB line of `[[],[],...]` decodes into 5.6 million lists
+# (over 500 MiB), and a line of `[[[...` overflows the decoder's recursion (RecursionError, which would end the
+# whole RLM call) or, a little less deep, every later `repr` of the value on the host.
+MAX_MESSAGE_VALUES = 2**20
+MAX_MESSAGE_DEPTH = 100
+# What the host keeps of the sandbox's standard error (bubblewrap's and the launcher's errors, for
+# `startup_error`): its last bytes, in memory. Not a file: bubblewrap's init process (PID 1 in the sandbox) holds the
+# descriptor, and where the sandbox runs as the host's own user (a host that is not root) the code reopens it
+# through /proc/1/fd/2, so a file would let it fill the host's disk past scratch_mb.
+STDERR_TAIL_BYTES = 4096
+
+# A JSON string (escapes included): what the structure scan skips.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(range(256)).translate(None, b"[]{}")
+_NESTING = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
+
+
+def structure_problem(line: bytes) -> str | None:
+    """Why the JSON text `line` decodes into too much for the host (more than `MAX_MESSAGE_VALUES` values, or
+    nested deeper than `MAX_MESSAGE_DEPTH`), or None. Counted outside strings, before decoding: an ordinary message
+    costs three byte counts; only one that might be over a bound is scanned (a regular expression, then a pass over
+    its brackets alone)."""
+    opening = line.count(b"[") + line.count(b"{")
+    if opening + line.count(b",") <= MAX_MESSAGE_VALUES and opening <= MAX_MESSAGE_DEPTH:
+        return None
+    structure = _JSON_STRING.sub(b'""', line)
+    opening = structure.count(b"[") + structure.count(b"{")
+    if opening + structure.count(b",") > MAX_MESSAGE_VALUES:
+        return f"more than {MAX_MESSAGE_VALUES} JSON values"
+    if opening > MAX_MESSAGE_DEPTH:
+        # each opening bracket +1, each closing one -1 (bytes 2 and 0, minus 1): the deepest running sum
+        brackets = structure.translate(_NESTING, _NOT_BRACKETS)
+        if max(itertools.accumulate(step - 1 for step in brackets), default=0) > MAX_MESSAGE_DEPTH:
+            return f"JSON nested more than {MAX_MESSAGE_DEPTH} deep"
+    return None
 
 
 class WorkerLost(Exception):
@@ -83,12 +124,15 @@ class Worker:
         self.buffered = 0
         self.buffer_room = threading.Condition()
         self.send_lock = threading.Lock()
+        self.input_broken = False  # a send stopped part-way: the worker's input holds half a message
         self.killed_by_host = False
         self.abandoned_reads: set[str] = set()  # tags of reads the host stopped waiting for (see _reader)
         self.own_pids: set[int] = set()
         self.root_pid: int | None = None
+        self.worker_handle: int | None = None  # a pidfd of the worker process (see pause())
         self.cgroup: SandboxCgroup | None = None
-        self.stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _release()
+        self.stderr_tail = b""
+        self.stderr_drained = threading.Event()
         memory = None if sandbox.memory_mb is None else sandbox.memory_mb * 1024 * 1024
         controllers = sandbox._controllers
         limits = {
@@ -110,7 +154,7 @@ class Worker:
                 command,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                stderr=self.stderr,
+                stderr=subprocess.PIPE,
                 env=_isolation.sandbox_environment(scratch),
                 start_new_session=True,
                 close_fds=True,
@@ -122,7 +166,26 @@ class Worker:
         finally:
             for fd in fds:
                 os.close(fd)
+        # The host never blocks writing to the worker: code that stops reading its input (and fills the pipe) would
+        # otherwise hang the host's execute(), its timeout never reached (see send()).
+        assert self.process.stdin is not None
+        os.set_blocking(self.process.stdin.fileno(), False)
         threading.Thread(target=self._read, daemon=True, name="rlm-events-sandbox-reader").start()
+        threading.Thread(target=self._drain_stderr, daemon=True, name="rlm-events-sandbox-stderr").start()
+
+    def _drain_stderr(self) -> None:
+        """Read the sandbox's standard error until every process holding it is gone, keeping only its last
+        `STDERR_TAIL_BYTES` (whatever the code writes there costs the host no more)."""
+        stream = self.process.stderr
+        assert stream is not None
+        try:
+            with contextlib.suppress(OSError, ValueError):
+                while chunk := os.read(stream.fileno(), 65536):
+                    self.stderr_tail = (self.stderr_tail + chunk)[-STDERR_TAIL_BYTES:]
+        finally:
+            with contextlib.suppress(OSError):
+                stream.close()
+            self.stderr_drained.set()
 
     def _read(self) -> None:
         stream = self.process.stdout
@@ -136,22 +199,42 @@ class Worker:
                     self.responses.put(WorkerLost(f"sent a message over {MAX_MESSAGE_BYTES // 2**20} MiB"))
                     return
                 with self.buffer_room:
-                    while self.buffered > MAX_BUFFERED_BYTES - len(line) and not self.killed_by_host:
+                    cost = len(line) + LINE_OVERHEAD
+                    while self.buffered > MAX_BUFFERED_BYTES - cost and not self.killed_by_host:
                         self.buffer_room.wait(1.0)
-                    self.buffered += len(line)
+                    self.buffered += cost
                 self.responses.put(line)
         self.responses.put(None)
 
-    def send(self, message: dict[str, Any]) -> None:
-        data = (json.dumps(message, separators=(",", ":"), allow_nan=False) + "\n").encode()
-        with self.send_lock:
+    def send(self, message: dict[str, Any], deadline: float | None) -> None:
+        """Write one message to the worker by `deadline` (monotonic; None: no limit). The worker's input is
+        non-blocking: a worker that stops reading it (code can park the protocol's reader) fills the pipe, and the
+        host then waits for room only until the deadline, raising TimeoutError, never for good. Raises WorkerLost
+        if the worker is gone, or its input holds half of a message an earlier send gave up on."""
+        data = memoryview((json.dumps(message, separators=(",", ":"), allow_nan=False) + "\n").encode())
+        if not self.send_lock.acquire(timeout=-1 if deadline is None else max(0.0, deadline - time.monotonic())):
+            raise TimeoutError  # another send waits for room (a tool's answer)
+        try:
+            if self.input_broken:
+                raise WorkerLost("stopped reading its input (a message to it was left half-written)")
             stdin = self.process.stdin
             assert stdin is not None
-            try:
-                stdin.write(data)
-                stdin.flush()
-            except (OSError, ValueError) as exc:
-                raise WorkerLost(self.death()) from exc
+            room = select.poll()
+            room.register(stdin.fileno(), select.POLLOUT)
+            total, sent = len(data), 0
+            while sent < total:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not room.poll(None if remaining is None else remaining * 1000):
+                    raise TimeoutError
+                with contextlib.suppress(BlockingIOError):
+                    sent += os.write(stdin.fileno(), data[sent:])
+                self.input_broken = 0 < sent < total
+        except TimeoutError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise WorkerLost(self.death()) from exc
+        finally:
+            self.send_lock.release()
 
     def receive(self, deadline: float | None) -> dict[str, Any]:
         """The next message; raises WorkerLost (worker gone, bad message), TimeoutError, or what a tool raised."""
@@ -165,11 +248,14 @@ class Worker:
         if isinstance(line, BaseException):
             raise line
         with self.buffer_room:
-            self.buffered -= len(line)
+            self.buffered -= len(line) + LINE_OVERHEAD
             self.buffer_room.notify()
+        problem = structure_problem(line)
+        if problem is not None:
+            raise WorkerLost(f"broke the protocol (a message of {problem})")
         try:
             message = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: cannot happen past structure_problem; never let it out
             raise WorkerLost(f"broke the protocol (not JSON: {line[:200]!r})") from None
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             raise WorkerLost(f"broke the protocol (not a message: {str(message)[:200]})")
@@ -179,9 +265,36 @@ class Worker:
         return message
 
     def started(self) -> None:
-        """Note the sandbox's own processes (bubblewrap's and the worker), once the worker said it is ready."""
+        """Note the sandbox's own processes (bubblewrap's and the worker), once the worker said it is ready; the
+        worker is then paused until the host's first request (see `pause()`)."""
         self.own_pids = {self.process.pid, *descendants(self.process.pid)}
         self.root_pid = min(self.own_pids - {self.process.pid}, key=_depth, default=None)
+        worker = max(self.own_pids - {self.process.pid}, key=_depth, default=None)
+        with contextlib.suppress(OSError):
+            self.worker_handle = None if worker is None else os.pidfd_open(worker)
+        self.pause()
+
+    def pause(self) -> None:
+        """Between the host's requests no code of the sandbox runs: the worker is stopped (SIGSTOP, which nothing
+        catches or ignores: no timer, thread or signal handler the code left in it runs), then every other process
+        in the sandbox is killed (in this order, so that the worker cannot start one meanwhile). A worker that
+        cannot be stopped is lost (WorkerLost). `resume()` continues it for the next request."""
+        self._signal_worker(signal.SIGSTOP)
+        self.kill_strays()
+
+    def resume(self) -> None:
+        """Continue the worker (SIGCONT) for a request of the host's."""
+        self._signal_worker(signal.SIGCONT)
+
+    def _signal_worker(self, number: int) -> None:
+        # Through a pidfd opened while the worker was known alive: a PID reused since by another process of the host
+        # is never signalled.
+        if self.worker_handle is None:
+            raise WorkerLost("could not be found among the sandbox's processes")
+        try:
+            signal.pidfd_send_signal(self.worker_handle, number)
+        except OSError as exc:
+            raise WorkerLost(self.death()) from exc
 
     def sandbox_path(self, path: str) -> str | None:
         """Where the host reads `path` of the sandbox's own mounts (its scratch tmpfs): through the `/proc` root of
@@ -235,12 +348,9 @@ class Worker:
         return f"exited with status {status}"
 
     def startup_error(self) -> str:
-        with contextlib.suppress(OSError, ValueError):
-            self.stderr.seek(0)
-            text = self.stderr.read()[-2000:].decode(errors="replace").strip()
-            if text:
-                return text
-        return self.death()
+        self.stderr_drained.wait(5)  # the sandbox has exited (or is about to): its last words are on their way
+        text = self.stderr_tail[-2000:].decode(errors="replace").strip()
+        return text or self.death()
 
     def kill(self) -> None:
         self.killed_by_host = True
@@ -261,11 +371,13 @@ class Worker:
         self._release()
 
     def _release(self) -> None:
+        handle, self.worker_handle = self.worker_handle, None
+        if handle is not None:
+            with contextlib.suppress(OSError):
+                os.close(handle)
         if self.cgroup is not None:
             self.cgroup.remove()
             self.cgroup = None
-        with contextlib.suppress(OSError):
-            self.stderr.close()
 
 
 def _depth(pid: int) -> int:
@@ -350,6 +462,8 @@ class Resources:
 __all__ = [
     "MAX_BUFFERED_BYTES",
     "MAX_MESSAGE_BYTES",
+    "MAX_MESSAGE_DEPTH",
+    "MAX_MESSAGE_VALUES",
     "Resources",
     "Worker",
     "WorkerLost",

@@ -39,9 +39,16 @@ def read_variables(
     try:
         tag = secrets.token_hex(16)
         bounds = {"max_items": max_items, "max_chars": max_chars, "max_total": max_total}
-        worker.send({"type": "read", "execution": tag, "names": names, "limits": bounds})
+        deadline = time.monotonic() + READ_TIMEOUT
         try:
-            message = worker.receive(time.monotonic() + READ_TIMEOUT)
+            worker.resume()  # stopped between requests (see Worker.pause)
+            try:
+                worker.send({"type": "read", "execution": tag, "names": names, "limits": bounds}, deadline)
+                message = worker.receive(deadline)
+            finally:
+                # The worker is the code's: it is stopped again, and whatever it started while it answered (it may
+                # have replaced the answering function) is killed, as at the end of an execution.
+                worker.pause()
         except TimeoutError:  # its answer may still come: tagged, the worker's next receive drops it
             worker.abandoned_reads.add(tag)
             raise NotReadable("the worker did not answer the read in time") from None

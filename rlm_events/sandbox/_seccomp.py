@@ -4,9 +4,11 @@ as the model), compiled to BPF by libseccomp (through `pyseccomp`) and handed to
 The filter allows by default and refuses, on the native architecture, the calls that reach kernel-wide state or
 widen the kernel's attack surface: keyrings, BPF, perf, `userfaultfd`, io_uring, mounts and namespaces, `ptrace`
 and cross-process memory, kernel modules and `kexec`, swap, reboot, clocks, `open_by_handle_at`, `syslog`,
-`acct`, `quotactl`. `clone` with a namespace flag is refused; `clone3`, whose flags sit in
-memory a filter cannot read, answers `ENOSYS` (the C library then falls back to `clone`). A system call of another
-architecture (32-bit calls on x86-64, x32) kills the process: libseccomp's default for a foreign architecture.
+`acct`, `quotactl`, and the kernel objects counted per host user (inotify, POSIX message queues). `socket` and
+`socketpair` are refused for every address family but Unix, IPv4, IPv6 and netlink (see `SOCKET_FAMILIES`).
+`clone` with a namespace flag is refused; `clone3`, whose flags sit in memory a filter cannot read, answers
+`ENOSYS` (the C library then falls back to `clone`). A system call of another architecture (32-bit calls on
+x86-64, x32) kills the process: libseccomp's default for a foreign architecture.
 """
 
 from __future__ import annotations
@@ -78,6 +80,14 @@ DENIED: tuple[str, ...] = (
     # file handles reach files outside the mount namespace
     "open_by_handle_at",
     "name_to_handle_at",
+    # kernel objects counted per host user, across every user namespace (ucounts): inotify instances (128 by
+    # default) and watches, POSIX message queue bytes. The sandbox's user is a host user (nobody for a root host,
+    # else the host's own user), so a sandbox that took them all would leave none to the host user's other
+    # processes (an editor's file watchers) or to the other sandboxes, for as long as it runs.
+    "inotify_init",
+    "inotify_init1",
+    "inotify_add_watch",
+    "mq_open",
     # obsolete or host-wide
     "uselib",
     "ustat",
@@ -98,6 +108,15 @@ CLONE_NAMESPACE_FLAGS: tuple[int, ...] = (
     0x40000000,
     0x00000080,
 )
+
+# The address families the code may open sockets of (`socket`, `socketpair`): Unix sockets, IPv4 and IPv6 (inside
+# the sandbox's own network namespace: its loopback only) and netlink (that namespace's routing, which the C
+# library's getaddrinfo asks). Every other family is refused. Some are not network-namespaced at all: AF_VSOCK
+# reaches the hypervisor's services and other VMs from inside any network namespace (Docker's profile refuses it for
+# that reason), so on a VM the network namespace alone would not keep the code off the network. The rest (AF_ALG,
+# AF_TIPC, AF_RDS, AF_KCM, ...) is kernel code ordinary Python never needs, with a history of exploits.
+AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
+SOCKET_FAMILIES: tuple[int, ...] = (AF_UNIX, AF_INET, AF_INET6, AF_NETLINK)
 
 _CACHE: dict[str, bytes] = {}
 _LOCK = threading.Lock()
@@ -144,6 +163,15 @@ def _build() -> bytes:
     for flag in CLONE_NAMESPACE_FLAGS:
         rules.add_rule(refuse, "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
         rules.add_rule(refuse, "unshare", sc.Arg(0, sc.MASKED_EQ, flag, flag))
+    # Refused: each family below the largest allowed one that is not allowed, and every value above it (the filter
+    # compares all 64 bits, so a family smuggled in with high bits set, which the kernel truncates to an int, is
+    # above too).
+    highest = max(SOCKET_FAMILIES)
+    for call in ("socket", "socketpair"):
+        for family in range(highest):
+            if family not in SOCKET_FAMILIES:
+                rules.add_rule(refuse, call, sc.Arg(0, sc.EQ, family))
+        rules.add_rule(refuse, call, sc.Arg(0, sc.GT, highest))
     with contextlib.suppress(Exception):  # a libseccomp too old to know clone3
         rules.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
     with tempfile.TemporaryFile() as sink:

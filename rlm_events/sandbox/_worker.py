@@ -24,14 +24,19 @@ import json
 import keyword
 import os
 import queue
+import signal
 import sys
 import tempfile
 import threading
+import time
 import types
 from typing import Any
 
 # Printed output kept per execution: the host and the LM need a readable amount, not a flood.
 MAX_CAPTURED_BYTES = 4 * 1024 * 1024
+# Signals queued and memory locked by the sandbox's processes together (see apply_limits).
+PENDING_SIGNALS = 1024
+LOCKED_BYTES = 64 * 1024
 
 
 def apply_limits(limits: dict[str, Any]) -> None:
@@ -39,6 +44,13 @@ def apply_limits(limits: dict[str, Any]) -> None:
     import resource  # POSIX only, and only here: the in-process interpreter imports this module for `submitted()`
 
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # Counted per host user across every user namespace (ucounts), and bounded, for the sandbox's processes together,
+    # by their own limit: without these, code could queue the ~96,000 pending signals the host user is allowed
+    # (its other processes, and the other sandboxes, then get EAGAIN from sigqueue and timer_create), or lock its
+    # memory. The sandbox's user is a host user: nobody for a root host, else the host's own user.
+    resource.setrlimit(resource.RLIMIT_SIGPENDING, (PENDING_SIGNALS, PENDING_SIGNALS))
+    resource.setrlimit(resource.RLIMIT_MEMLOCK, (LOCKED_BYTES, LOCKED_BYTES))
+    resource.setrlimit(resource.RLIMIT_MSGQUEUE, (0, 0))
     memory = limits.get("memory_bytes")
     if memory:
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
@@ -223,6 +235,74 @@ class CapturedOutput:
         self.file.close()
 
 
+def signal_handlers() -> dict[int, Any]:
+    """The worker's own handler of each signal Python can handle (read at start, before any code ran)."""
+    found: dict[int, Any] = {}
+    for number in signal.valid_signals():
+        with contextlib.suppress(OSError, ValueError):
+            handler = signal.getsignal(number)
+            if handler is not None:  # None: set outside Python, left alone
+                found[number] = handler
+    return found
+
+
+def restore_signals(handlers: dict[int, Any]) -> None:
+    """Nothing the code armed fires in the next request: its interval timers and alarm are cancelled and every
+    signal handler is the worker's own again. Hygiene, not a boundary (this process is the code's, which can patch
+    it): between requests the host keeps the worker stopped (`Worker.pause` in `_process`). Main thread only, as
+    `signal.signal`."""
+    for timer in (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF):
+        signal.setitimer(timer, 0)
+    for number, handler in handlers.items():
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            if signal.getsignal(number) is not handler:
+                signal.signal(number, handler)
+
+
+def python_threads() -> set[int]:
+    """The threads of this process running Python code (`sys._current_frames()`), by thread id: those the
+    `threading` module does not list too (`_thread.start_new_thread`, a `ctypes` thread calling back into Python).
+    A library's native threads (OpenBLAS's pool, started by `import numpy`) run no Python code and are not in it."""
+    return set(sys._current_frames())
+
+
+def kernel_threads() -> set[str]:
+    """Every thread of this process, by the kernel's thread id (`/proc/self/task`), Python code or not."""
+    try:
+        return set(os.listdir("/proc/self/task"))
+    except OSError:
+        return set()
+
+
+class ThreadWatch:
+    """Threads left running by an execution, the `threading` module's or not. A thread appears in
+    `python_threads()` only once it has run, which it does when it gets the GIL: while the kernel lists a thread it
+    did not before, the check yields the GIL for up to `patience` seconds before it decides. A new thread that has
+    run no Python code by then is a library's native thread (OpenBLAS's pool), accepted from then on. Like
+    `restore_signals`, this tells the LM what it left behind; the host's pause between requests is the boundary."""
+
+    def __init__(self, patience: float = 0.25) -> None:
+        self.patience = patience
+        self.python = python_threads()
+        self.known = kernel_threads()
+
+    def left_running(self) -> int:
+        """How many threads beyond the worker's own run Python code (after `patience`, if any is new)."""
+        deadline = time.monotonic() + self.patience
+        while True:
+            extra = len(python_threads() - self.python)
+            tasks = kernel_threads()
+            self.known &= tasks  # a thread id the kernel gives again is a new thread
+            new = tasks - self.known
+            if not extra and not new:
+                return 0
+            if time.monotonic() > deadline:
+                if not extra:
+                    self.known |= new
+                return extra
+            time.sleep(0.005)  # the GIL, to a thread that has yet to start
+
+
 def guard_layer(sources: dict[str, str]) -> Any:
     """The guard's run-time layer (`rlm_events.guard._runtime`), loaded from the sources of its modules the host sent
     with the request (the sandbox exposes this script, not the package): as the modules of a package of their own, in
@@ -253,6 +333,8 @@ class Session:
         self.protocol = protocol
         self.guard: tuple[dict[str, Any], Any, Any] | None = None  # (request's spec, layer module, RuntimeGuard)
         self.worker_threads = set(threading.enumerate())
+        self.threads = ThreadWatch()
+        self.signal_handlers = signal_handlers()
         self.namespace: dict[str, Any] = {"__builtins__": vars(builtins).copy()}
         self.tool_names: set[str] = set()
         self.output_fields: list[dict[str, Any]] | None = None
@@ -292,7 +374,10 @@ class Session:
 
     def execute(self, request: dict[str, Any]) -> dict[str, Any]:
         self.protocol.execution = request.get("execution")
-        outcome = self._execute(request)
+        try:
+            outcome = self._execute(request)
+        finally:
+            restore_signals(self.signal_handlers)
         outcome["execution"] = request.get("execution")
         return outcome
 
@@ -329,6 +414,12 @@ class Session:
         leaked = [thread.name for thread in threading.enumerate() if thread not in self.worker_threads]
         if leaked:
             return {"type": "terminal_error", "error": f"executed code left background threads running: {leaked!r}"}
+        hidden = self.threads.left_running()
+        if hidden:
+            return {
+                "type": "terminal_error",
+                "error": f"executed code left {hidden} background thread(s) running outside the threading module",
+            }
         return outcome
 
 
