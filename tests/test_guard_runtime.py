@@ -9,6 +9,7 @@ pass lets everything through (`StaticPassMissed`), so that what stops them is th
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -286,6 +287,8 @@ def test_run_time_rules(code, refused):
         ("'{0.real} {x[k]}'.format(3, x={'k': 'v'})", "3 v"),
         ("import dataclasses\n@dataclasses.dataclass\nclass P:\n    x: int\ndataclasses.asdict(P(1))", {"x": 1}),
         ("hasattr([], '__len__')", True),
+        # A class pattern's class is evaluated when its case is tried, as Python does: a later case's is never.
+        ("match 1:\n    case int():\n        x = 'int'\n    case Undefined(x=1):\n        x = 'no'\nx", "int"),
     ],
 )
 def test_ordinary_access_at_run_time(code, value):
@@ -508,3 +511,15 @@ def test_the_builtins_table_holding_the_lookups_is_not_the_codes(code):
     with pytest.raises(Exception, match="RuntimeRefusal") as caught:
         InProcessInterpreter(guard="default").execute(code)
     assert "'__builtins__'" in str(caught.value)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="type parameter syntax (PEP 695) is Python 3.12's")
+def test_type_parameter_bounds_are_compiled_through_the_lookups():
+    # A bound is evaluated when read (`__bound__`), outside the class body: its attribute reads go through the
+    # guard's lookups like the rest of the code (the read itself is a dunder the policies refuse).
+    from rlm_events.guard._runtime_rewrite import ATTRIBUTE_LOOKUP, rewrite
+
+    tree = rewrite(ast.parse("import logging\nclass C[T: logging.os]:\n    x: int = logging.INFO"))
+    bound = tree.body[1].type_params[0].bound  # type: ignore[attr-defined]
+    assert isinstance(bound, ast.Call) and bound.func.id == ATTRIBUTE_LOOKUP  # type: ignore[attr-defined]
+    assert ast.unparse(bound) == "<guard:attribute>(logging, 'os')"

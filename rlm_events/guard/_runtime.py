@@ -73,7 +73,7 @@ from ._runtime_rewrite import (
     GuardedLookups,
     rewrite,
 )
-from ._runtime_rules import RULE_FIELDS, TYPE_EXPRESSION, WRITE_MODE, Rules, RuntimeRefusal
+from ._runtime_rules import RULE_FIELDS, TYPE_EXPRESSION, WRITE_MODE, Rules, RuntimeRefusal, is_dunder
 
 
 class RuntimeGuard:
@@ -120,7 +120,7 @@ class RuntimeGuard:
         (`self._cache` in a subclass of a library class)."""
         if not isinstance(name, str):
             return
-        own = self.is_own(obj) or (spelled and not _is_dunder(name) and self.is_defined(obj))
+        own = self.is_own(obj) or (spelled and not is_dunder(name) and self.is_defined(obj))
         refused = self.rules.name_refusal(name, own, how)
         if refused is None and isinstance(obj, types.ModuleType):
             module = module_name(obj)
@@ -227,7 +227,12 @@ class RuntimeGuard:
                 raise refused
         self.check_attribute(obj, name, f"{_kind(obj)}.{name} {verb}", spelled=True)
 
-    def pattern_class(self, cls: Any, names: tuple[str, ...], positional: int) -> Any:
+    def pattern_class(self, resolve: Callable[[], Any], names: tuple[str, ...], positional: int) -> PatternSite:
+        """Where a `case cls(..., name=p)` pattern finds its class: `resolve()` (the code's `lambda: cls`) when the
+        case is tried, as `checked_pattern_class` gives it."""
+        return PatternSite(self, resolve, names, positional)
+
+    def checked_pattern_class(self, cls: Any, names: tuple[str, ...], positional: int) -> Any:
         """The class a `case cls(..., name=p)` pattern matches with: one whose `isinstance` check first checks the
         attributes the pattern reads on the subject (its keywords, and the class's `__match_args__` for
         positional sub-patterns) as if the code spelled them, since CPython reads them in C."""
@@ -593,12 +598,24 @@ def _writable_file(stream: io.IOBase) -> bool:
     return descriptor not in standard
 
 
-def _is_dunder(name: str) -> bool:
-    return len(name) > 4 and name.startswith("__") and name.endswith("__")
-
-
 def _kind(obj: Any) -> str:
     return module_name(obj) if isinstance(obj, types.ModuleType) else f"a {type(obj).__name__}"
+
+
+class PatternSite:
+    """A class pattern's class in the code (`case C(a=p)` reads `<guard:pattern:N>.cls`): `C` is evaluated when
+    Python tries the case, as it evaluates a class pattern's class, and handed over checked."""
+
+    __slots__ = ("_guard", "_names", "_positional", "_resolve")
+
+    def __init__(
+        self, guard: RuntimeGuard, resolve: Callable[[], Any], names: tuple[str, ...], positional: int
+    ) -> None:
+        self._guard, self._resolve, self._names, self._positional = guard, resolve, names, positional
+
+    @property
+    def cls(self) -> Any:
+        return self._guard.checked_pattern_class(self._resolve(), self._names, self._positional)
 
 
 def _pattern_proxy(guard: RuntimeGuard, cls: type, names: tuple[str, ...], positional: int) -> type:

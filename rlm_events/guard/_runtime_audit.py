@@ -179,6 +179,7 @@ _HOST_CODE: contextvars.ContextVar[bool] = contextvars.ContextVar("rlm_events_gu
 # `_started`); `busy`, while the hook itself runs (its frame reads raise audit events of their own).
 _THREAD = threading.local()
 _hook_installed = False
+_INSTALLING = threading.Lock()
 
 
 def watch(guard: RuntimeGuard) -> None:
@@ -210,7 +211,9 @@ def install_hook() -> None:
     """Install the audit hook once per process (it cannot be removed; idle, it is one dictionary test), and have
     every thread started from guarded code carry that code's guard (see `_started`)."""
     global _hook_installed
-    if not _hook_installed:
+    with _INSTALLING:  # interpreters arming at once on several threads: one hook, each function wrapped once
+        if _hook_installed:
+            return
         _hook_installed = True
         sys.addaudithook(_audit)
         # What `Thread.start()` calls: `_start_joinable_thread(function, handle=, daemon=)` from Python 3.13,

@@ -23,6 +23,10 @@ PATTERN_CLASS = "<guard:pattern>"  # the class patterns' classes (their attribut
 FORMAT_METHODS = frozenset({"format", "format_map", "vformat"})
 
 
+def _no_arguments() -> ast.arguments:
+    return ast.arguments(posonlyargs=[], args=[], vararg=None, kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[])
+
+
 class GuardedLookups(ast.NodeTransformer):
     """Compiles the code's attribute accesses into the guard's checks (the names are the globals above, which no code
     can spell):
@@ -30,8 +34,10 @@ class GuardedLookups(ast.NodeTransformer):
     * a read `x.name` into `<guard:attribute>(x, "name")`, a read of `format`, `format_map` or `vformat` into
       `<guard:format>(x, "name")` (a format string's fields are checked when it is used);
     * a write or delete `x.name = v` / `del x.name` into `<guard:owner>(x, "name").name = v`;
-    * the class of a class pattern `case C(a=p)` into a name bound just before the `match` to
-      `<guard:pattern>(C, ("a",), 0)`, since CPython reads the pattern's attributes in C.
+    * the class of a class pattern `case C(a=p)` into `<guard:pattern:N>.cls`, with `<guard:pattern:N>` bound just
+      before the `match` to `<guard:pattern>(lambda: C, ("a",), 0)`, since CPython reads the pattern's attributes in
+      C: `C` is evaluated when the case is tried, as Python evaluates it (after the subject, only for the cases
+      tried).
 
     Attribute names are mangled as Python mangles them (`self.__x` in class `A` is `_A__x`): the string the lookup
     receives is the name Python would read. Under `from __future__ import annotations` the annotations stay as
@@ -59,11 +65,7 @@ class GuardedLookups(ast.NodeTransformer):
         node.returns = returns if self.lazy_annotations or returns is None else self.visit(returns)
         return node
 
-    def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> ast.AST:
-        returns, node.returns = node.returns, None
-        self.generic_visit(node)
-        node.returns = returns if self.lazy_annotations or returns is None else self.visit(returns)
-        return node
+    visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
 
     def _mangled(self, name: str) -> str:
         if name.startswith("__") and not name.endswith("__") and self.classes:
@@ -73,12 +75,13 @@ class GuardedLookups(ast.NodeTransformer):
         return name
 
     def visit_ClassDef(self, node: ast.ClassDef) -> ast.AST:
-        node.decorator_list = [self.visit(d) for d in node.decorator_list]
-        node.bases = [self.visit(b) for b in node.bases]
-        node.keywords = [self.visit(k) for k in node.keywords]
+        # Everything but the body (decorators, bases, keywords, and type parameters' bounds from Python 3.12) is
+        # outside the class's name mangling.
+        body, node.body = node.body, []
+        self.generic_visit(node)
         self.classes.append(node.name)
         try:
-            node.body = self._statements(node.body)
+            node.body = self._statements(body)
         finally:
             self.classes.pop()
         return node
@@ -115,13 +118,13 @@ class GuardedLookups(ast.NodeTransformer):
                     self.patterns += 1
                     alias = f"<guard:pattern:{self.patterns}>"
                     names = ast.Tuple([ast.Constant(n) for n in pattern.kwd_attrs], ast.Load())
+                    resolve = ast.Lambda(_no_arguments(), self.visit(pattern.cls))
                     call = ast.Call(
-                        ast.Name(PATTERN_CLASS, ast.Load()),
-                        [self.visit(pattern.cls), names, ast.Constant(len(pattern.patterns))],
-                        [],
+                        ast.Name(PATTERN_CLASS, ast.Load()), [resolve, names, ast.Constant(len(pattern.patterns))], []
                     )
                     bound.append(ast.copy_location(ast.Assign([ast.Name(alias, ast.Store())], call), node))
-                    pattern.cls = ast.copy_location(ast.Name(alias, ast.Load()), pattern.cls)
+                    site = ast.Attribute(ast.Name(alias, ast.Load()), "cls", ast.Load())
+                    pattern.cls = ast.copy_location(site, pattern.cls)  # type: ignore[assignment]
             if case.guard is not None:
                 case.guard = self.visit(case.guard)
             case.body = self._statements(case.body)

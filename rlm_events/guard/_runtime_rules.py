@@ -79,7 +79,7 @@ class Rules:
         """The attribute `name` read or written as if the code spelled it (`own`: on the code's own object)."""
         if name in self.deny_attributes:
             return self.refusal("attribute", f"{how} {name!r}, an interpreter-internal attribute")
-        if len(name) > 4 and name.startswith("__") and name.endswith("__"):
+        if is_dunder(name):
             if name not in self.dunders:
                 return self.refusal("attribute", f"{how} {name!r}, a dunder attribute the policy does not list")
             if name == "__dict__" and not own:
@@ -87,6 +87,13 @@ class Rules:
         elif name.startswith("_") and name not in self.private and not own:
             return self.refusal("attribute", f"{how} {name!r}, a private attribute of an object not the code's own")
         return None
+
+
+def is_dunder(name: str) -> bool:
+    """Whether `name` has the dunder shape (`__...__`, any characters between: stricter than the static rules'
+    `_host.is_dunder`, which the run-time layer's modules cannot import: they import only the standard library and
+    each other)."""
+    return len(name) > 4 and name.startswith("__") and name.endswith("__")
 
 
 # Modules whose classes and functions allowed modules hand out under another name: (module -> the allowed one).
@@ -107,4 +114,11 @@ _TWINS = {
 }
 
 
-__all__ = ["RULE_FIELDS", "TYPE_EXPRESSION", "WRITE_MODE", "Rules", "RuntimeRefusal"]
+__all__ = [
+    "RULE_FIELDS",
+    "TYPE_EXPRESSION",
+    "WRITE_MODE",
+    "Rules",
+    "RuntimeRefusal",
+    "is_dunder",
+]
