@@ -16,7 +16,11 @@ the code does, so it is measured on two steps, each executed `--repeats` times i
 (`guard="default"`) and without it (`guard=None`), interleaved: `RUNTIME_STEPS`, an ordinary analysis step on a text
 (split, count, regex, JSON, sort) and an attribute-heavy loop over objects of the code's own class (the worst case:
 every step checks an attribute). Printed: the median microseconds per execution of each and their ratio.
-These are figures on the machine at hand, not assertions.
+
+And what the host pays while a guarded interpreter is alive (its audit hook sees every event of the process): a
+logging record (logging reads `f_code`, an audited read) and a `compile()` of the host, at a stack depth of 30,
+before any guarded execution and then with one guarded interpreter alive. These are figures on the machine at hand,
+not assertions.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
+import io
 import json
+import logging
 import statistics
 import time
 from pathlib import Path
@@ -139,6 +145,37 @@ def runtime_cost(repeats: int) -> list[dict[str, Any]]:
     return rows
 
 
+def host_cost(repeats: int) -> dict[str, dict[str, float]]:
+    """Microseconds per host logging record and per host `compile()`, 30 frames deep, before any guarded execution
+    in this process and then while a guarded interpreter is alive (call it before anything else arms a guard)."""
+    logger = logging.getLogger("rlm_events.benchmarks.guard_cost")
+    logger.handlers, logger.propagate = [logging.StreamHandler(io.StringIO())], False
+    logger.setLevel(logging.INFO)
+
+    def timed(depth: int = 30) -> dict[str, float]:
+        if depth:
+            return timed(depth - 1)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            logger.info("record %s", 1)
+        record = (time.perf_counter() - start) * 1e6 / repeats
+        start = time.perf_counter()
+        for _ in range(repeats):
+            compile("x = 1", "<host>", "exec")
+        return {"log_record_us": record, "compile_us": (time.perf_counter() - start) * 1e6 / repeats}
+
+    before = timed()
+    alive = InProcessInterpreter(guard="default")
+    try:
+        alive.execute("x = 1")
+        during = timed()
+    finally:
+        alive.shutdown()
+    for key in before:
+        print(f"host, {key[:-3]:<10} no guard {before[key]:7.1f} µs  a guarded interpreter alive {during[key]:7.1f} µs")
+    return {"before": before, "guarded_interpreter_alive": during}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=200)
@@ -146,6 +183,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
     repeats = 3 if args.quick else args.repeats
+    host = host_cost(repeats * 20)  # first: before anything in this process arms a guard
     rows: list[dict[str, Any]] = []
     for size in SIZES:
         code = step_of(size)
@@ -168,6 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "repeats": repeats,
         "checks": rows,
         "runtime": runtime_cost(repeats),
+        "host": host,
     }
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

@@ -227,6 +227,9 @@ def test_the_guard_cost_benchmark_runs_and_reports_every_figure(tmp_path):
     for row in runtime:
         assert row["plain_us"] > 0 and row["guarded_us"] > 0
         assert row["ratio"] == pytest.approx(row["guarded_us"] / row["plain_us"])
+    for when in ("before", "guarded_interpreter_alive"):
+        assert set(report["host"][when]) == {"log_record_us", "compile_us"}
+        assert all(us > 0 for us in report["host"][when].values())
 
 
 @pytest.mark.parametrize(

@@ -300,6 +300,13 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
         return
     _THREAD.busy = True
     try:
+        if event in _NEAREST_ONLY:
+            # Refused only when the code itself raises it (`check_event`): one look at the nearest frame, not a walk
+            # of the stack, for the host's own imports, audited reads (logging's `f_code`, DSPy's caller check) …
+            guard = _code_guard_at(sys._getframe(1))
+            if guard is not None:
+                check_event(guard, event, args, True, False)
+            return
         guard, from_the_code, host_api, library = _caller(sys._getframe(1))
         if guard is None:  # no frame of guarded code: a thread that code started (running a C function …)?
             guard = getattr(_THREAD, "carried", None)
@@ -310,6 +317,24 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
 
 
 _OTHER_EVENTS = frozenset({"open", "import", "object.__getattr__", "object.__setattr__", "object.__delattr__"})
+# The events `check_event` refuses only when the nearest frame (past the import machinery) is the code's.
+_NEAREST_ONLY = frozenset((_OTHER_EVENTS | FROM_THE_CODE.keys()) - {"open", "compile"} - ANY_CALLER.keys())
+
+
+def _code_guard_at(frame: types.FrameType | None) -> RuntimeGuard | None:
+    """The guard of the code whose frame is the nearest past the import machinery, else `None` (as `_caller`
+    finds the code's frame when it is the nearest)."""
+    while frame is not None:
+        namespace = frame.f_globals
+        ref = _WATCHED.get(id(namespace))
+        guard = ref() if ref is not None else None
+        if guard is not None and guard.namespace is namespace:
+            return guard
+        module = namespace.get("__name__")
+        if not (isinstance(module, str) and module.startswith("importlib")):
+            return None
+        frame = frame.f_back
+    return None
 
 
 def _caller(frame: types.FrameType | None) -> tuple[RuntimeGuard | None, bool, bool, str]:
