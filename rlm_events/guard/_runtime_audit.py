@@ -341,6 +341,10 @@ def _caller(frame: types.FrameType | None) -> tuple[RuntimeGuard | None, bool, b
     """The guard whose code is on this stack (else the process-wide one), whether the nearest Python frame (past
     the import machinery) is that code, whether a host API's frame is in between, and the module of the nearest
     Python frame when it is not the code's (`""` when it is)."""
+    if _PROCESS_WIDE is None and not _carried() and not _holds_code(frame):
+        # The host's own event (its `compile()` or `open()`), no code on the stack: nothing applies, so the frames'
+        # modules are not looked at (a host API's check reads each frame's code and file).
+        return None, False, False, ""
     nearest, host_api, library = True, False, ""
     while frame is not None:
         namespace = frame.f_globals
@@ -360,6 +364,15 @@ def _caller(frame: types.FrameType | None) -> tuple[RuntimeGuard | None, bool, b
 
 def _carried() -> bool:
     return getattr(_THREAD, "carried", None) is not None
+
+
+def _holds_code(frame: types.FrameType | None) -> bool:
+    """Whether a frame of a watched namespace is on this stack (one dictionary test a frame)."""
+    while frame is not None:
+        if id(frame.f_globals) in _WATCHED:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _host_api_frame(frame: types.FrameType, module: str) -> bool:
