@@ -170,8 +170,12 @@ def _shown(args: tuple[Any, ...]) -> str:
 
 # --- the audit hook: one per process ---------------------------------------------------------------------------------
 
-# id(namespace) -> its guard, from its first guarded execution for as long as the guard lives: the audit hook applies
-# to frames of these namespaces whenever they run.
+# What `id()` gives (the object's address, reversibly scrambled: one key per live object), without `id()`'s audit
+# event: the hook reads the namespace of every frame on the stack, and each `id()` there raised an event of its own
+# (32 nested calls of the hook for one host `compile()` 30 frames deep).
+identity: Callable[[object], int] = object.__hash__
+# identity(namespace) -> its guard, from its first guarded execution for as long as the guard lives: the audit hook
+# applies to frames of these namespaces whenever they run.
 _WATCHED: dict[int, weakref.ref[RuntimeGuard]] = {}
 _PROCESS_WIDE: RuntimeGuard | None = None
 _HOST_CODE: contextvars.ContextVar[bool] = contextvars.ContextVar("rlm_events_guard_host_code", default=False)
@@ -184,7 +188,7 @@ _INSTALLING = threading.Lock()
 
 def watch(guard: RuntimeGuard) -> None:
     """Have the audit hook apply to the frames of `guard`'s namespace from now on, for as long as `guard` lives."""
-    key = id(guard.namespace)
+    key = identity(guard.namespace)
     kept = _WATCHED.get(key)
     if kept is not None and kept() is guard:
         return
@@ -326,7 +330,7 @@ def _code_guard_at(frame: types.FrameType | None) -> RuntimeGuard | None:
     finds the code's frame when it is the nearest)."""
     while frame is not None:
         namespace = frame.f_globals
-        ref = _WATCHED.get(id(namespace))
+        ref = _WATCHED.get(identity(namespace))
         guard = ref() if ref is not None else None
         if guard is not None and guard.namespace is namespace:
             return guard
@@ -348,7 +352,7 @@ def _caller(frame: types.FrameType | None) -> tuple[RuntimeGuard | None, bool, b
     nearest, host_api, library = True, False, ""
     while frame is not None:
         namespace = frame.f_globals
-        ref = _WATCHED.get(id(namespace))
+        ref = _WATCHED.get(identity(namespace))
         guard = ref() if ref is not None else None
         if guard is not None and guard.namespace is namespace:
             return guard, nearest, host_api, library
@@ -369,7 +373,7 @@ def _carried() -> bool:
 def _holds_code(frame: types.FrameType | None) -> bool:
     """Whether a frame of a watched namespace is on this stack (one dictionary test a frame)."""
     while frame is not None:
-        if id(frame.f_globals) in _WATCHED:
+        if identity(frame.f_globals) in _WATCHED:
             return True
         frame = frame.f_back
     return False
