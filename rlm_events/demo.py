@@ -35,7 +35,7 @@ from . import (
     instrument,
 )
 from ._optional import requiring
-from ._patch import dspy_prices
+from ._patch import dspy_model_info
 from .build import build_rlm
 from .builtins import Budget, CodeGuard
 from .inprocess import InProcessInterpreter
@@ -131,11 +131,12 @@ def has_price(model: str) -> bool:
     try:
         import litellm  # DSPy's client, which register_prices also registers with
     except ImportError:  # DSPy 3.4's own engine runs without it; on 3.4.0 importing it after DSPy fails
-        return dspy_prices(model)
-    try:
-        info = litellm.get_model_info(model)
-    except Exception:  # LiteLLM raises for a model it does not know
-        return False
+        info: Mapping[str, Any] = dspy_model_info(model)
+    else:
+        try:
+            info = litellm.get_model_info(model)
+        except Exception:  # LiteLLM raises for a model it does not know
+            return False
     return bool(info.get("input_cost_per_token") or info.get("output_cost_per_token"))
 
 

@@ -52,7 +52,7 @@ from .detect import ATTR
 from .direct_calls import check_by_caller_frame, check_by_stack_walk, own_modules
 from .handle import Handle
 from .predict_rlm import own_lms
-from .prices import dspy_prices, register_dspy_prices
+from .prices import dspy_model_info, register_dspy_prices
 from .subclass import base_of, is_stand_in
 from .warnings import warn_once
 
@@ -63,7 +63,7 @@ __all__ = [
     "RLMConstructor",
     "attach",
     "detach",
-    "dspy_prices",
+    "dspy_model_info",
     "instrumentation_of",
     "own_lms",
     "register_dspy_prices",

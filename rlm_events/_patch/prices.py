@@ -27,19 +27,19 @@ def register_dspy_prices(model: str, entry: Callable[[Mapping[str, Any] | None],
     return True
 
 
-def dspy_prices(model: str) -> bool:
-    """Whether DSPy's own model-metadata map (3.4+) prices `model` (`provider/model`), as its default engine looks
-    it up (`model_metadata.model_info(provider, model)`); `False` where DSPy has no such map."""
+def dspy_model_info(model: str) -> Mapping[str, Any]:
+    """DSPy's own model-metadata entry (3.4+) for `model` (`provider/model`), as its default engine looks it up
+    (`model_metadata.model_info(provider, model)`); empty where DSPy has no such map or no entry."""
     try:
         from dspy.clients import model_metadata
     except ImportError:
-        return False
+        return {}
     info = getattr(model_metadata, "model_info", None)
     if info is None or "/" not in model:
-        return False
+        return {}
     provider, name = model.split("/", 1)
     try:
         entry = info(provider, name)
-    except Exception:  # a map DSPy cannot read: unpriced, as DSPy would then price the call
-        return False
-    return isinstance(entry, dict) and bool(entry.get("input_cost_per_token") or entry.get("output_cost_per_token"))
+    except Exception:  # a map DSPy cannot read: no entry, as DSPy would then price the call
+        return {}
+    return entry if isinstance(entry, dict) else {}
